@@ -1,0 +1,265 @@
+//! Encodings: MessagePack with named fields (the default) and JSON, chosen by
+//! the AMQP `content_type`, with a size limit applied before decoding.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, ErrorCode};
+
+/// Largest payload a peer accepts by default: 1 MiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
+
+/// Content type string of MessagePack payloads.
+pub const MSGPACK: &str = "application/msgpack";
+/// Content type string of JSON payloads.
+pub const JSON: &str = "application/json";
+
+/// A payload encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ContentType {
+    /// MessagePack, structs as maps with field names (never arrays).
+    #[default]
+    MsgPack,
+    /// JSON (UTF-8).
+    Json,
+}
+
+impl ContentType {
+    /// The `content_type` property value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentType::MsgPack => MSGPACK,
+            ContentType::Json => JSON,
+        }
+    }
+
+    /// Parses a `content_type` property. An absent property means MessagePack;
+    /// parameters such as `; charset=utf-8` are ignored.
+    pub fn parse(value: Option<&str>) -> Result<Self, CodecError> {
+        let Some(raw) = value else {
+            return Ok(ContentType::MsgPack);
+        };
+        let essence = raw.split(';').next().unwrap_or_default().trim();
+        match essence.to_ascii_lowercase().as_str() {
+            "" | MSGPACK | "application/x-msgpack" | "application/vnd.msgpack" => {
+                Ok(ContentType::MsgPack)
+            }
+            JSON => Ok(ContentType::Json),
+            _ => Err(CodecError::UnsupportedContentType(raw.to_owned())),
+        }
+    }
+}
+
+/// Why a payload could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// The payload is larger than allowed.
+    #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The bytes are not a valid message of the expected type.
+    #[error("cannot decode payload: {0}")]
+    Malformed(String),
+    /// The value could not be encoded.
+    #[error("cannot encode payload: {0}")]
+    Encode(String),
+    /// The content type is not spoken here.
+    #[error("unsupported content type `{0}`")]
+    UnsupportedContentType(String),
+}
+
+impl From<CodecError> for Error {
+    fn from(e: CodecError) -> Self {
+        let message = e.to_string();
+        match e {
+            CodecError::TooLarge { size, limit } => Error::new(
+                ErrorCode::PayloadTooLarge,
+                [("size", size.to_string()), ("limit", limit.to_string())],
+                message,
+            ),
+            CodecError::Malformed(reason) => {
+                Error::new(ErrorCode::MalformedMessage, [("reason", reason)], message)
+            }
+            CodecError::Encode(reason) => Error::internal(reason),
+            CodecError::UnsupportedContentType(ct) => Error::new(
+                ErrorCode::UnsupportedContentType,
+                [("content_type", ct)],
+                message,
+            ),
+        }
+    }
+}
+
+/// Encodes a value. MessagePack structs are written as maps with field names.
+pub fn encode<T: Serialize + ?Sized>(ct: ContentType, value: &T) -> Result<Vec<u8>, CodecError> {
+    match ct {
+        ContentType::MsgPack => {
+            rmp_serde::to_vec_named(value).map_err(|e| CodecError::Encode(e.to_string()))
+        }
+        ContentType::Json => {
+            serde_json::to_vec(value).map_err(|e| CodecError::Encode(e.to_string()))
+        }
+    }
+}
+
+/// Decodes a value, refusing payloads over `limit` bytes before looking at them.
+/// Never panics, whatever the bytes.
+pub fn decode<T: DeserializeOwned>(
+    ct: ContentType,
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, CodecError> {
+    if bytes.len() > limit {
+        return Err(CodecError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    match ct {
+        ContentType::MsgPack => {
+            match msgpack_value_len(bytes) {
+                Some(n) if n == bytes.len() => {}
+                Some(n) => {
+                    return Err(CodecError::Malformed(format!(
+                        "{} trailing bytes after the message",
+                        bytes.len() - n
+                    )))
+                }
+                None => {
+                    return Err(CodecError::Malformed(
+                        "truncated or invalid MessagePack".to_owned(),
+                    ))
+                }
+            }
+            rmp_serde::from_slice(bytes).map_err(|e| CodecError::Malformed(e.to_string()))
+        }
+        ContentType::Json => {
+            serde_json::from_slice(bytes).map_err(|e| CodecError::Malformed(e.to_string()))
+        }
+    }
+}
+
+/// Length in bytes of the first complete MessagePack value in `buf`, or
+/// `None` when it is truncated or uses the reserved marker. Iterative, so
+/// hostile nesting cannot exhaust the stack; every step consumes a byte.
+fn msgpack_value_len(buf: &[u8]) -> Option<usize> {
+    fn be(buf: &[u8], pos: usize, n: usize) -> Option<u64> {
+        let bytes = buf.get(pos..pos.checked_add(n)?)?;
+        Some(bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    }
+    let mut pos = 0usize;
+    let mut pending: u64 = 1;
+    while pending > 0 {
+        pending -= 1;
+        let m = *buf.get(pos)?;
+        pos += 1;
+        // (bytes of length field, extra fixed bytes, payload bytes, children)
+        let skip: u64 = match m {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => 0,
+            0x80..=0x8f => {
+                pending += 2 * u64::from(m & 0x0f);
+                0
+            }
+            0x90..=0x9f => {
+                pending += u64::from(m & 0x0f);
+                0
+            }
+            0xa0..=0xbf => u64::from(m & 0x1f),
+            0xc4 | 0xd9 => 1 + be(buf, pos, 1)?,
+            0xc5 | 0xda => 2 + be(buf, pos, 2)?,
+            0xc6 | 0xdb => 4 + be(buf, pos, 4)?,
+            0xc7 => 2 + be(buf, pos, 1)?,
+            0xc8 => 3 + be(buf, pos, 2)?,
+            0xc9 => 5 + be(buf, pos, 4)?,
+            0xcc | 0xd0 => 1,
+            0xcd | 0xd1 => 2,
+            0xca | 0xce | 0xd2 => 4,
+            0xcb | 0xcf | 0xd3 => 8,
+            0xd4 => 2,
+            0xd5 => 3,
+            0xd6 => 5,
+            0xd7 => 9,
+            0xd8 => 17,
+            0xdc => {
+                pending += be(buf, pos, 2)?;
+                2
+            }
+            0xdd => {
+                pending += be(buf, pos, 4)?;
+                4
+            }
+            0xde => {
+                pending += 2 * be(buf, pos, 2)?;
+                2
+            }
+            0xdf => {
+                pending += 2 * be(buf, pos, 4)?;
+                4
+            }
+            0xc1 => return None,
+        };
+        pos = pos.checked_add(usize::try_from(skip).ok()?)?;
+        if pos > buf.len() {
+            return None;
+        }
+    }
+    Some(pos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::{Empty, Ping};
+
+    #[test]
+    fn content_types_parse_leniently_but_refuse_strangers() {
+        assert_eq!(ContentType::parse(None), Ok(ContentType::MsgPack));
+        assert_eq!(
+            ContentType::parse(Some("application/json; charset=utf-8")),
+            Ok(ContentType::Json)
+        );
+        assert!(matches!(
+            ContentType::parse(Some("text/xml")),
+            Err(CodecError::UnsupportedContentType(_))
+        ));
+    }
+
+    #[test]
+    fn msgpack_uses_field_names() {
+        let bytes = encode(
+            ContentType::MsgPack,
+            &Ping {
+                echo: Some("x".into()),
+            },
+        )
+        .expect("encode");
+        // fixmap of 1, fixstr "echo", fixstr "x"
+        assert_eq!(bytes, [0x81, 0xa4, b'e', b'c', b'h', b'o', 0xa1, b'x']);
+    }
+
+    #[test]
+    fn oversized_and_trailing_input_is_refused() {
+        let big = vec![0u8; 10];
+        assert!(matches!(
+            decode::<Empty>(ContentType::MsgPack, &big, 5),
+            Err(CodecError::TooLarge { size: 10, limit: 5 })
+        ));
+        let mut bytes = encode(
+            ContentType::MsgPack,
+            &Ping {
+                echo: Some("hi".into()),
+            },
+        )
+        .expect("encode");
+        assert!(decode::<Ping>(ContentType::MsgPack, &bytes, 100).is_ok());
+        bytes.push(0xc0);
+        let err = decode::<Ping>(ContentType::MsgPack, &bytes, 100).unwrap_err();
+        assert!(err.to_string().contains("1 trailing bytes"), "{err}");
+        bytes.truncate(bytes.len() - 2);
+        assert!(decode::<Ping>(ContentType::MsgPack, &bytes, 100).is_err());
+    }
+}

@@ -1,0 +1,470 @@
+//! The envelope of a command and its reply, and their mapping onto AMQP 0-9-1
+//! basic properties, as plain data: this crate knows no AMQP library. The
+//! agent and the client copy [`AmqpProperties`] to and from their library's
+//! property type field by field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::codec::ContentType;
+use crate::error::{Error, ErrorCode};
+use crate::types::{TaskRecord, Timestamp};
+
+/// Header that carries the protocol version, `"<major>.<minor>"`.
+pub const VERSION_HEADER: &str = "x-hostbus-version";
+/// Header that carries the absolute deadline, milliseconds since the Unix epoch.
+pub const DEADLINE_HEADER: &str = "x-hostbus-deadline";
+/// Header that asks for asynchronous execution (`true`): the reply is a task.
+pub const ASYNC_HEADER: &str = "x-hostbus-async";
+/// Header of a reply: `ok`, `task` or `error`, mirroring the body's variant.
+pub const STATUS_HEADER: &str = "x-hostbus-status";
+/// Header of a reply: the id of the host that answered.
+pub const HOST_HEADER: &str = "x-hostbus-host";
+
+/// A protocol version. Peers with the same major version interoperate;
+/// minor versions only add (fields, commands, codes, enum values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProtocolVersion {
+    /// Changes on a breaking change.
+    pub major: u16,
+    /// Changes on an additive change.
+    pub minor: u16,
+}
+
+/// The version this crate speaks.
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+
+impl ProtocolVersion {
+    /// Parses `"1.0"`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (major, minor) = s.trim().split_once('.')?;
+        Some(Self {
+            major: major.parse().ok()?,
+            minor: minor.parse().ok()?,
+        })
+    }
+
+    /// Whether a peer speaking `self` can serve a request of version `other`.
+    pub fn accepts(self, other: ProtocolVersion) -> bool {
+        self.major == other.major
+    }
+}
+
+impl fmt::Display for ProtocolVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// A header value, the subset of AMQP field values the protocol uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderValue {
+    /// A long string.
+    Str(String),
+    /// A signed 64-bit integer.
+    Int(i64),
+    /// A boolean.
+    Bool(bool),
+}
+
+impl HeaderValue {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            HeaderValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn as_int(&self) -> Option<i64> {
+        match self {
+            HeaderValue::Int(i) => Some(*i),
+            HeaderValue::Str(s) => s.parse().ok(),
+            HeaderValue::Bool(_) => None,
+        }
+    }
+    fn as_bool(&self) -> Option<bool> {
+        match self {
+            HeaderValue::Bool(b) => Some(*b),
+            HeaderValue::Str(s) => s.parse().ok(),
+            HeaderValue::Int(i) => Some(*i != 0),
+        }
+    }
+}
+
+/// AMQP 0-9-1 basic properties as plain data.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AmqpProperties {
+    /// `message_id`.
+    pub message_id: Option<String>,
+    /// `correlation_id`.
+    pub correlation_id: Option<String>,
+    /// `reply_to`.
+    pub reply_to: Option<String>,
+    /// `type`.
+    pub kind: Option<String>,
+    /// `content_type`.
+    pub content_type: Option<String>,
+    /// `timestamp`, seconds since the Unix epoch.
+    pub timestamp: Option<u64>,
+    /// `expiration`, milliseconds of TTL as a decimal string.
+    pub expiration: Option<String>,
+    /// `user_id`, verified by RabbitMQ against the publisher's login.
+    pub user_id: Option<String>,
+    /// `delivery_mode`: 2 for persistent.
+    pub delivery_mode: Option<u8>,
+    /// `headers`.
+    pub headers: BTreeMap<String, HeaderValue>,
+}
+
+/// Everything about a command that is not its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Unique id of the command (`message_id`), the key of deduplication.
+    pub command_id: Uuid,
+    /// The command's wire name (`type`), e.g. `vm.start`.
+    pub command: String,
+    /// Id the reply will carry (`correlation_id`); the command id when absent.
+    pub correlation_id: Option<String>,
+    /// Where to reply (`reply_to`); absent for a cast.
+    pub reply_to: Option<String>,
+    /// Absolute deadline (header and `expiration`); past it, the command is not run.
+    pub deadline: Option<Timestamp>,
+    /// The sender's protocol version (header).
+    pub version: ProtocolVersion,
+    /// The broker-verified sender (`user_id`).
+    pub sender: Option<String>,
+    /// Payload encoding (`content_type`).
+    pub content_type: ContentType,
+    /// When sent, seconds (`timestamp`).
+    pub sent_at: Option<u64>,
+    /// Run as a task and reply with the task at once (header).
+    pub asynchronous: bool,
+}
+
+impl Envelope {
+    /// A new command envelope with a fresh id, the current protocol version
+    /// and MessagePack content.
+    pub fn new(command: &str) -> Self {
+        Self {
+            command_id: Uuid::new_v4(),
+            command: command.to_owned(),
+            correlation_id: None,
+            reply_to: None,
+            deadline: None,
+            version: PROTOCOL_VERSION,
+            sender: None,
+            content_type: ContentType::MsgPack,
+            sent_at: None,
+            asynchronous: false,
+        }
+    }
+
+    /// Whether this is a cast (no reply expected).
+    pub fn is_cast(&self) -> bool {
+        self.reply_to.is_none()
+    }
+
+    /// The correlation id the reply carries.
+    pub fn reply_correlation(&self) -> String {
+        self.correlation_id
+            .clone()
+            .unwrap_or_else(|| self.command_id.to_string())
+    }
+
+    /// Whether the deadline has passed at `now` (ms).
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+
+    /// `EXPIRED` for this envelope at `now`.
+    pub fn expired_error(&self, now: Timestamp) -> Error {
+        let deadline = self.deadline.unwrap_or_default();
+        Error::new(
+            ErrorCode::Expired,
+            [("deadline", deadline.to_string()), ("now", now.to_string())],
+            format!(
+                "command {} expired {} ms before it could run",
+                self.command,
+                now.saturating_sub(deadline)
+            ),
+        )
+    }
+
+    /// The AMQP properties of the command, with `expiration` computed from
+    /// the deadline at `now` (ms), so the broker drops it when it expires.
+    pub fn to_properties(&self, now: Timestamp) -> AmqpProperties {
+        let mut headers = BTreeMap::new();
+        headers.insert(
+            VERSION_HEADER.to_owned(),
+            HeaderValue::Str(self.version.to_string()),
+        );
+        if let Some(d) = self.deadline {
+            headers.insert(
+                DEADLINE_HEADER.to_owned(),
+                HeaderValue::Int(i64::try_from(d).unwrap_or(i64::MAX)),
+            );
+        }
+        if self.asynchronous {
+            headers.insert(ASYNC_HEADER.to_owned(), HeaderValue::Bool(true));
+        }
+        AmqpProperties {
+            message_id: Some(self.command_id.to_string()),
+            correlation_id: self.correlation_id.clone(),
+            reply_to: self.reply_to.clone(),
+            kind: Some(self.command.clone()),
+            content_type: Some(self.content_type.as_str().to_owned()),
+            timestamp: self.sent_at.or(Some(now / 1000)),
+            expiration: self.deadline.map(|d| d.saturating_sub(now).to_string()),
+            user_id: self.sender.clone(),
+            delivery_mode: Some(2),
+            headers,
+        }
+    }
+
+    /// Reads an envelope from received properties. Missing or malformed
+    /// properties give `BAD_ENVELOPE`, a foreign major version
+    /// `UNSUPPORTED_VERSION`, a foreign encoding `UNSUPPORTED_CONTENT_TYPE`.
+    pub fn from_properties(p: &AmqpProperties) -> Result<Self, Error> {
+        let bad = |property: &str, reason: &str| {
+            Error::new(
+                ErrorCode::BadEnvelope,
+                [
+                    ("property", property.to_owned()),
+                    ("reason", reason.to_owned()),
+                ],
+                format!("bad envelope: `{property}` {reason}"),
+            )
+        };
+        let command_id = p
+            .message_id
+            .as_deref()
+            .ok_or_else(|| bad("message_id", "is missing"))?;
+        let command_id =
+            Uuid::parse_str(command_id).map_err(|_| bad("message_id", "is not a UUID"))?;
+        let command = p
+            .kind
+            .clone()
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| bad("type", "is missing"))?;
+        let version = match p.headers.get(VERSION_HEADER) {
+            None => return Err(bad(VERSION_HEADER, "is missing")),
+            Some(v) => v
+                .as_str()
+                .and_then(ProtocolVersion::parse)
+                .ok_or_else(|| bad(VERSION_HEADER, "is not `<major>.<minor>`"))?,
+        };
+        if !PROTOCOL_VERSION.accepts(version) {
+            return Err(Error::new(
+                ErrorCode::UnsupportedVersion,
+                [
+                    ("version", version.to_string()),
+                    ("supported", PROTOCOL_VERSION.to_string()),
+                ],
+                format!("protocol version {version} is not supported; this peer speaks {PROTOCOL_VERSION}"),
+            ));
+        }
+        let content_type = ContentType::parse(p.content_type.as_deref())?;
+        let deadline = match p.headers.get(DEADLINE_HEADER) {
+            None => None,
+            Some(v) => Some(
+                v.as_int()
+                    .and_then(|i| u64::try_from(i).ok())
+                    .ok_or_else(|| bad(DEADLINE_HEADER, "is not a non-negative integer"))?,
+            ),
+        };
+        let asynchronous = match p.headers.get(ASYNC_HEADER) {
+            None => false,
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| bad(ASYNC_HEADER, "is not a boolean"))?,
+        };
+        Ok(Self {
+            command_id,
+            command,
+            correlation_id: p.correlation_id.clone(),
+            reply_to: p.reply_to.clone().filter(|r| !r.is_empty()),
+            deadline,
+            version,
+            sender: p.user_id.clone(),
+            content_type,
+            sent_at: p.timestamp,
+            asynchronous,
+        })
+    }
+
+    /// The AMQP properties of the reply to this command.
+    pub fn reply_properties(
+        &self,
+        status: ReplyStatus,
+        host_id: &str,
+        now: Timestamp,
+    ) -> AmqpProperties {
+        reply_properties(
+            self.reply_correlation(),
+            &self.command,
+            self.content_type,
+            status,
+            host_id,
+            now,
+        )
+    }
+}
+
+/// The AMQP properties of a reply, for callers that could not read a full
+/// envelope (the reply to a bad envelope still needs a correlation id).
+pub fn reply_properties(
+    correlation_id: String,
+    command: &str,
+    content_type: ContentType,
+    status: ReplyStatus,
+    host_id: &str,
+    now: Timestamp,
+) -> AmqpProperties {
+    let mut headers = BTreeMap::new();
+    headers.insert(
+        VERSION_HEADER.to_owned(),
+        HeaderValue::Str(PROTOCOL_VERSION.to_string()),
+    );
+    headers.insert(
+        STATUS_HEADER.to_owned(),
+        HeaderValue::Str(status.as_str().to_owned()),
+    );
+    headers.insert(HOST_HEADER.to_owned(), HeaderValue::Str(host_id.to_owned()));
+    AmqpProperties {
+        message_id: Some(Uuid::new_v4().to_string()),
+        correlation_id: Some(correlation_id),
+        kind: Some(command.to_owned()),
+        content_type: Some(content_type.as_str().to_owned()),
+        timestamp: Some(now / 1000),
+        headers,
+        ..AmqpProperties::default()
+    }
+}
+
+/// Which variant a reply body holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyStatus {
+    /// A value.
+    Ok,
+    /// A task record (asynchronous call).
+    Task,
+    /// An error.
+    Error,
+}
+
+impl ReplyStatus {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplyStatus::Ok => "ok",
+            ReplyStatus::Task => "task",
+            ReplyStatus::Error => "error",
+        }
+    }
+}
+
+/// The body of every reply: `{"ok": <response>}`, `{"task": <task record>}`
+/// or `{"error": <error>}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[serde(rename_all = "snake_case")]
+pub enum Reply<T> {
+    /// The command succeeded with this value.
+    Ok(T),
+    /// The command runs asynchronously as this task.
+    Task(Box<TaskRecord>),
+    /// The command failed; nothing or only what the error says was done.
+    Error(Error),
+}
+
+impl<T> Reply<T> {
+    /// The status header value of this reply.
+    pub fn status(&self) -> ReplyStatus {
+        match self {
+            Reply::Ok(_) => ReplyStatus::Ok,
+            Reply::Task(_) => ReplyStatus::Task,
+            Reply::Error(_) => ReplyStatus::Error,
+        }
+    }
+}
+
+impl<T> From<Result<T, Error>> for Reply<T> {
+    fn from(r: Result<T, Error>) -> Self {
+        match r {
+            Ok(v) => Reply::Ok(v),
+            Err(e) => Reply::Error(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        let mut e = Envelope::new("vm.start");
+        e.reply_to = Some("amq.rabbitmq.reply-to".into());
+        e.deadline = Some(10_000);
+        e.sender = Some("manager".into());
+        e.asynchronous = true;
+        e.sent_at = Some(5);
+        e
+    }
+
+    #[test]
+    fn envelope_survives_the_property_mapping() {
+        let e = sample();
+        let p = e.to_properties(4_000);
+        assert_eq!(p.expiration.as_deref(), Some("6000"));
+        assert_eq!(p.kind.as_deref(), Some("vm.start"));
+        assert_eq!(Envelope::from_properties(&p), Ok(e));
+    }
+
+    #[test]
+    fn bad_properties_name_the_property() {
+        let mut p = sample().to_properties(0);
+        p.message_id = Some("not-a-uuid".into());
+        let err = Envelope::from_properties(&p).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadEnvelope);
+        assert_eq!(err.param("property"), Some("message_id"));
+
+        let mut p = sample().to_properties(0);
+        p.headers
+            .insert(VERSION_HEADER.into(), HeaderValue::Str("2.0".into()));
+        let err = Envelope::from_properties(&p).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnsupportedVersion);
+
+        let mut p = sample().to_properties(0);
+        p.headers.remove(VERSION_HEADER);
+        assert_eq!(
+            Envelope::from_properties(&p).unwrap_err().param("property"),
+            Some(VERSION_HEADER)
+        );
+
+        let mut p = sample().to_properties(0);
+        p.content_type = Some("text/plain".into());
+        assert_eq!(
+            Envelope::from_properties(&p).unwrap_err().code,
+            ErrorCode::UnsupportedContentType
+        );
+    }
+
+    #[test]
+    fn minor_versions_interoperate() {
+        let mut p = sample().to_properties(0);
+        p.headers
+            .insert(VERSION_HEADER.into(), HeaderValue::Str("1.7".into()));
+        assert!(Envelope::from_properties(&p).is_ok());
+    }
+
+    #[test]
+    fn deadlines_expire() {
+        let e = sample();
+        assert!(!e.is_expired(9_999));
+        assert!(e.is_expired(10_000));
+        assert_eq!(e.expired_error(10_500).code, ErrorCode::Expired);
+    }
+}

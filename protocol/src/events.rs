@@ -1,0 +1,175 @@
+//! Lifecycle events and presence heartbeats, published by agents.
+//!
+//! Every event carries the full record of the object after the change, the
+//! object's generation, and the agent's epoch and sequence number, so a
+//! subscriber detects a gap (a sequence number skipped within one epoch, or a
+//! new epoch) and resyncs from `host.snapshot` instead of trusting deltas.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::names::{event_key, presence_key};
+use crate::types::{wire_enum, HealthStatus, Inventory, ObjectClass, Record, Timestamp};
+
+wire_enum! {
+    /// What happened to an object.
+    EventAction {
+        /// A persistent definition appeared (VM, pool, network).
+        Defined = "defined",
+        /// A definition was removed.
+        Undefined = "undefined",
+        /// Started (VM, pool, network).
+        Started = "started",
+        /// Stopped (shut down, destroyed, or stopped).
+        Stopped = "stopped",
+        /// A VM was paused.
+        Paused = "paused",
+        /// A VM was resumed from pause or restored from suspend.
+        Resumed = "resumed",
+        /// A VM was suspended to disk.
+        Suspended = "suspended",
+        /// A VM crashed.
+        Crashed = "crashed",
+        /// A VM rebooted or was reset.
+        Rebooted = "rebooted",
+        /// A property changed (memory, vCPUs, devices, autostart, ...).
+        Changed = "changed",
+        /// An object was created (volume, snapshot, task).
+        Created = "created",
+        /// An object was deleted (volume, snapshot).
+        Deleted = "deleted",
+        /// A task made progress.
+        Progress = "progress",
+        /// A task finished (success, failure or cancelled).
+        Finished = "finished",
+        /// The agent came online (carries the full inventory).
+        Online = "online",
+        /// The agent is going offline cleanly.
+        Offline = "offline",
+        /// The agent's hypervisor connection changed health.
+        Health = "health",
+    }
+}
+
+/// An event as published on the event exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Event {
+    /// The host it happened on.
+    pub host_id: String,
+    /// The publishing agent's epoch: a fresh id at every agent start.
+    pub epoch: Uuid,
+    /// Sequence number within the epoch: 1, 2, 3, ... without gaps.
+    pub seq: u64,
+    /// When the agent published it.
+    pub time: Timestamp,
+    /// Class of the object.
+    pub class: ObjectClass,
+    /// What happened.
+    pub action: EventAction,
+    /// The object's id (see [`crate::types::ObjectRef`]).
+    pub object_id: String,
+    /// The object's generation after the change.
+    pub generation: u64,
+    /// The full record after the change ([`Record::None`] once deleted).
+    pub record: Record,
+    /// The host's full inventory, on `agent.online` only.
+    #[serde(default)]
+    pub inventory: Option<Inventory>,
+}
+
+impl Event {
+    /// The routing key on the event exchange: `<host>.<class>.<action>`.
+    pub fn routing_key(&self) -> String {
+        event_key(&self.host_id, self.class.as_str(), self.action.as_str())
+    }
+}
+
+/// Versions an agent reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Versions {
+    /// hostbus agent version.
+    pub agent: String,
+    /// Protocol version spoken, `major.minor`.
+    pub protocol: String,
+    /// libvirt library version.
+    pub libvirt: String,
+    /// Hypervisor driver and version, e.g. `QEMU 8.2.0`.
+    pub hypervisor: String,
+}
+
+/// Agent health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Health {
+    /// Summary.
+    pub status: HealthStatus,
+    /// Whether the hypervisor connection is up.
+    pub hypervisor_connected: bool,
+    /// What is wrong, when not `ok`.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Agent load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Load {
+    /// Commands executing now.
+    pub in_flight: u32,
+    /// Commands handled since start.
+    pub commands_total: u64,
+    /// Tasks running.
+    pub tasks_running: u32,
+    /// VMs running or paused.
+    pub vms_active: u32,
+    /// Host one-minute load average × 1000.
+    pub load_avg_milli: u32,
+    /// Host free memory, KiB.
+    pub memory_free_kib: u64,
+}
+
+/// A presence heartbeat, published on the presence exchange under
+/// `<host>.heartbeat` every `interval_ms`. A manager considers a host stale
+/// after missing about three intervals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Heartbeat {
+    /// The host.
+    pub host_id: String,
+    /// The agent's epoch.
+    pub epoch: Uuid,
+    /// The agent's event sequence number at the time: a subscriber whose
+    /// last seen event is older knows it missed events.
+    pub last_seq: u64,
+    /// When sent.
+    pub time: Timestamp,
+    /// When the agent started.
+    pub started_at: Timestamp,
+    /// Heartbeat interval, ms.
+    pub interval_ms: u32,
+    /// Versions.
+    pub versions: Versions,
+    /// Commands served.
+    pub capabilities: Vec<String>,
+    /// Labels (command groups the host belongs to).
+    pub labels: Vec<String>,
+    /// Health.
+    pub health: Health,
+    /// Load.
+    pub load: Load,
+    /// Free-form facts (e.g. `kvm: true`).
+    #[serde(default)]
+    pub facts: BTreeMap<String, String>,
+}
+
+impl Heartbeat {
+    /// The routing key on the presence exchange.
+    pub fn routing_key(&self) -> String {
+        presence_key(&self.host_id)
+    }
+}

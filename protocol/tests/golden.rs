@@ -1,0 +1,328 @@
+//! Golden fixtures lock the encoded bytes of a representative message of
+//! each kind, in both encodings, and the exported schema under `docs/`.
+//! A change to the wire shows up here as a failing test; when the change is
+//! intended (and allowed by docs/protocol.md's versioning rules), regenerate
+//! with `HOSTBUS_BLESS=1 cargo test -p hostbus-protocol --test golden` and
+//! commit the new files together with the change.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use hostbus_protocol::commands::{Message, Pong, VmDefineRequest, VmStartRequest};
+use hostbus_protocol::error::ErrorCode;
+use hostbus_protocol::events::{Health, Load, Versions};
+use hostbus_protocol::types::{
+    DiskBus, DiskFormat, DiskRecord, DiskSource, DiskSpec, HealthStatus, NicModel, NicRecord,
+    NicSpec, ObjectClass, ObjectRef, PowerState, Record, TaskRecord, TaskStatus, VmOperation,
+    VmRecord, VmSpec, VolumeRef,
+};
+use hostbus_protocol::{decode, encode, ContentType, Error, Event, EventAction, Heartbeat, Reply};
+use uuid::Uuid;
+
+fn bless() -> bool {
+    std::env::var_os("HOSTBUS_BLESS").is_some()
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("golden")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::new();
+    for (i, chunk) in bytes.chunks(32).enumerate() {
+        if i > 0 {
+            s.push('\n');
+        }
+        for b in chunk {
+            s.push_str(&format!("{b:02x}"));
+        }
+    }
+    s.push('\n');
+    s
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    let digits: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
+    digits
+        .chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).expect("ascii"), 16).expect("hex"))
+        .collect()
+}
+
+/// Compares (or, when blessing, writes) the fixture files of one message.
+fn check<T: Message>(name: &str, value: &T) {
+    let dir = golden_dir();
+    let msgpack = encode(ContentType::MsgPack, value).expect("encode msgpack");
+    let json = serde_json::to_string_pretty(value).expect("encode json") + "\n";
+    let mp_path = dir.join(format!("{name}.msgpack.hex"));
+    let json_path = dir.join(format!("{name}.json"));
+    if bless() {
+        std::fs::write(&mp_path, hex(&msgpack)).expect("write fixture");
+        std::fs::write(&json_path, &json).expect("write fixture");
+        return;
+    }
+    let stored_mp = std::fs::read_to_string(&mp_path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with HOSTBUS_BLESS=1 to create)",
+            mp_path.display()
+        )
+    });
+    let stored_json = std::fs::read_to_string(&json_path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with HOSTBUS_BLESS=1 to create)",
+            json_path.display()
+        )
+    });
+    assert_eq!(
+        hex(&msgpack),
+        stored_mp,
+        "{name}: MessagePack bytes changed"
+    );
+    assert_eq!(json, stored_json, "{name}: JSON changed");
+    // And the stored bytes decode to the same value, so old peers' messages still read.
+    let from_mp: T = decode(ContentType::MsgPack, &unhex(&stored_mp), usize::MAX)
+        .expect("decode stored msgpack");
+    let from_json: T =
+        decode(ContentType::Json, stored_json.as_bytes(), usize::MAX).expect("decode stored json");
+    assert_eq!(&from_mp, value);
+    assert_eq!(&from_json, value);
+}
+
+fn uuid(n: u128) -> Uuid {
+    Uuid::from_u128(0x6a8f_1b8e_8a8e_4d47_9d6f_3c1f_0000_0000 + n)
+}
+
+fn vm_record() -> VmRecord {
+    VmRecord {
+        uuid: uuid(1),
+        name: "web01".into(),
+        description: "front end".into(),
+        power_state: PowerState::Running,
+        memory_kib: 1_048_576,
+        max_memory_kib: 2_097_152,
+        vcpus: 2,
+        max_vcpus: 4,
+        disks: vec![DiskRecord {
+            target: "vda".into(),
+            bus: DiskBus::Virtio,
+            format: DiskFormat::Qcow2,
+            source_path: Some("/var/lib/libvirt/images/web01.qcow2".into()),
+            volume: Some(VolumeRef {
+                pool: "default".into(),
+                volume: "web01.qcow2".into(),
+            }),
+            read_only: false,
+        }],
+        nics: vec![NicRecord {
+            mac: "52:54:00:12:34:56".into(),
+            network: Some("default".into()),
+            bridge: None,
+            model: NicModel::Virtio,
+        }],
+        autostart: true,
+        persistent: true,
+        has_saved_state: false,
+        current_snapshot: None,
+        generation: 7,
+        allowed_operations: vec![
+            VmOperation::Shutdown,
+            VmOperation::Destroy,
+            VmOperation::Pause,
+        ],
+        current_operations: vec![],
+    }
+}
+
+#[test]
+fn request_vm_define() {
+    check(
+        "request-vm-define",
+        &VmDefineRequest {
+            spec: VmSpec {
+                name: "web01".into(),
+                uuid: Some(uuid(1)),
+                description: String::new(),
+                memory_kib: 1_048_576,
+                max_memory_kib: Some(2_097_152),
+                vcpus: 2,
+                max_vcpus: None,
+                arch: None,
+                disks: vec![DiskSpec {
+                    target: "vda".into(),
+                    source: DiskSource::NewVolume {
+                        pool: "default".into(),
+                        capacity_bytes: 10 << 30,
+                    },
+                    bus: DiskBus::Virtio,
+                    format: DiskFormat::Qcow2,
+                    read_only: false,
+                }],
+                nics: vec![NicSpec {
+                    network: Some("default".into()),
+                    bridge: None,
+                    mac: None,
+                    model: NicModel::Virtio,
+                }],
+                autostart: false,
+            },
+        },
+    );
+}
+
+#[test]
+fn request_vm_start() {
+    check(
+        "request-vm-start",
+        &VmStartRequest {
+            uuid: uuid(1),
+            paused: false,
+        },
+    );
+}
+
+#[test]
+fn reply_ok_vm_record() {
+    check("reply-ok-vm", &Reply::Ok(vm_record()));
+}
+
+#[test]
+fn reply_ok_pong() {
+    check(
+        "reply-ok-pong",
+        &Reply::Ok(Pong {
+            host_id: "h1".into(),
+            time: 1_700_000_000_000,
+            echo: Some("hi".into()),
+        }),
+    );
+}
+
+#[test]
+fn reply_error() {
+    let e = Error::new(
+        ErrorCode::VmBadPowerState,
+        [
+            ("vm", uuid(1).to_string()),
+            ("operation", "pause".to_owned()),
+            ("current", "halted".to_owned()),
+            ("allowed", "running".to_owned()),
+        ],
+        "vm web01 is halted; pause needs running",
+    );
+    check("reply-error", &Reply::<VmRecord>::Error(e));
+}
+
+#[test]
+fn reply_task() {
+    let task = TaskRecord {
+        id: uuid(9),
+        command: "vm.start".into(),
+        object: Some(ObjectRef {
+            class: ObjectClass::Vm,
+            id: uuid(1).to_string(),
+        }),
+        status: TaskStatus::Success,
+        progress: 100,
+        created_at: 1_700_000_000_000,
+        finished_at: Some(1_700_000_000_250),
+        cancellable: false,
+        result: Some(Record::Vm(vm_record())),
+        error: None,
+        generation: 3,
+    };
+    check("reply-task", &Reply::<VmRecord>::Task(Box::new(task)));
+}
+
+#[test]
+fn event_vm_started() {
+    check(
+        "event-vm-started",
+        &Event {
+            host_id: "h1".into(),
+            epoch: uuid(100),
+            seq: 42,
+            time: 1_700_000_000_123,
+            class: ObjectClass::Vm,
+            action: EventAction::Started,
+            object_id: uuid(1).to_string(),
+            generation: 7,
+            record: Record::Vm(vm_record()),
+            inventory: None,
+        },
+    );
+}
+
+#[test]
+fn heartbeat() {
+    check(
+        "heartbeat",
+        &Heartbeat {
+            host_id: "h1".into(),
+            epoch: uuid(100),
+            last_seq: 42,
+            time: 1_700_000_005_000,
+            started_at: 1_700_000_000_000,
+            interval_ms: 5000,
+            versions: Versions {
+                agent: "0.1.0".into(),
+                protocol: "1.0".into(),
+                libvirt: "9.0.0".into(),
+                hypervisor: "Test 2.0.0".into(),
+            },
+            capabilities: vec!["host.ping".into(), "vm.start".into()],
+            labels: vec!["rack-a".into(), "gpu".into()],
+            health: Health {
+                status: HealthStatus::Ok,
+                hypervisor_connected: true,
+                message: String::new(),
+            },
+            load: Load {
+                in_flight: 1,
+                commands_total: 1234,
+                tasks_running: 0,
+                vms_active: 2,
+                load_avg_milli: 250,
+                memory_free_kib: 8_000_000,
+            },
+            facts: BTreeMap::from([("kvm".to_owned(), "false".to_owned())]),
+        },
+    );
+}
+
+#[test]
+fn schema_in_docs_is_up_to_date() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(hostbus_protocol::schema::SCHEMA_PATH);
+    let current = hostbus_protocol::schema::schema_text();
+    if bless() {
+        std::fs::write(&path, &current).expect("write schema");
+        return;
+    }
+    let stored = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        stored == current,
+        "{} is stale: regenerate with `HOSTBUS_BLESS=1 cargo test -p hostbus-protocol --test golden` \
+         (or `cargo run -p hostbus-protocol --example export-schema`) and commit it",
+        path.display()
+    );
+}
+
+#[test]
+fn schema_lists_every_command_with_request_and_response() {
+    let schema = hostbus_protocol::schema::schema();
+    let commands = schema["commands"].as_array().expect("commands");
+    assert_eq!(commands.len(), hostbus_protocol::COMMANDS.len());
+    let defs = schema["$defs"].as_object().expect("$defs");
+    for c in commands {
+        for part in ["request", "response"] {
+            let r = c[part]["$ref"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{c}: {part} is not a $ref"));
+            let name = r.trim_start_matches("#/$defs/");
+            assert!(defs.contains_key(name), "{name} missing from $defs");
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Enforces the crate boundaries of DESIGN.md from `cargo metadata`: the
+//! protocol is a leaf, the bridge knows no AMQP or async runtime, the client
+//! never pulls in libvirt, the bridge or the agent.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Package name → names of the packages it depends on (normal and build
+/// dependencies, transitively; dev-dependencies do not ship and are skipped).
+fn dependency_closure() -> BTreeMap<String, BTreeSet<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut args = vec!["metadata", "--format-version", "1", "--locked"];
+    // Resolve for this machine only, so no crate of a foreign platform is fetched.
+    let platform = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    if cfg!(target_os = "linux") {
+        args.extend(["--filter-platform", platform.as_str()]);
+    }
+    let out = Command::new(cargo)
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: Value = serde_json::from_slice(&out.stdout).expect("metadata is JSON");
+
+    let mut names = BTreeMap::new();
+    for p in meta["packages"].as_array().expect("packages") {
+        names.insert(
+            p["id"].as_str().expect("id").to_owned(),
+            p["name"].as_str().expect("name").to_owned(),
+        );
+    }
+    let mut direct: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for node in meta["resolve"]["nodes"].as_array().expect("resolve nodes") {
+        let id = node["id"].as_str().expect("id").to_owned();
+        let deps = node["deps"]
+            .as_array()
+            .expect("deps")
+            .iter()
+            .filter(|d| {
+                d["dep_kinds"]
+                    .as_array()
+                    .expect("dep_kinds")
+                    .iter()
+                    .any(|k| k["kind"].as_str() != Some("dev"))
+            })
+            .map(|d| d["pkg"].as_str().expect("pkg").to_owned())
+            .collect();
+        direct.insert(id, deps);
+    }
+    let mut closure = BTreeMap::new();
+    for id in direct.keys() {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![id.clone()];
+        while let Some(cur) = stack.pop() {
+            for d in direct.get(&cur).into_iter().flatten() {
+                if seen.insert(d.clone()) {
+                    stack.push(d.clone());
+                }
+            }
+        }
+        let dep_names = seen.iter().map(|d| names[d].clone()).collect();
+        closure.insert(names[id].clone(), dep_names);
+    }
+    closure
+}
+
+fn assert_forbidden(closure: &BTreeMap<String, BTreeSet<String>>, krate: &str, forbidden: &[&str]) {
+    let deps = closure
+        .get(krate)
+        .unwrap_or_else(|| panic!("{krate} is not in the workspace"));
+    let found: Vec<&&str> = forbidden.iter().filter(|f| deps.contains(**f)).collect();
+    assert!(
+        found.is_empty(),
+        "{krate} must not depend on {found:?} (see DESIGN.md, crate boundaries)"
+    );
+}
+
+#[test]
+fn protocol_is_a_leaf() {
+    let c = dependency_closure();
+    assert_forbidden(
+        &c,
+        "hostbus-protocol",
+        &[
+            "tokio",
+            "lapin",
+            "virt",
+            "virt-sys",
+            "hostbus-bridge",
+            "hostbus-agent",
+            "hostbus-client",
+        ],
+    );
+}
+
+#[test]
+fn bridge_knows_no_amqp_and_no_async_runtime() {
+    let c = dependency_closure();
+    assert_forbidden(
+        &c,
+        "hostbus-bridge",
+        &[
+            "lapin",
+            "amq-protocol",
+            "tokio",
+            "async-std",
+            "hostbus-agent",
+            "hostbus-client",
+        ],
+    );
+}
+
+#[test]
+fn client_builds_without_libvirt() {
+    let c = dependency_closure();
+    assert_forbidden(
+        &c,
+        "hostbus-client",
+        &["virt", "virt-sys", "hostbus-bridge", "hostbus-agent"],
+    );
+}
+
+#[test]
+fn agent_does_not_depend_on_the_client() {
+    let c = dependency_closure();
+    assert_forbidden(&c, "hostbus-agent", &["hostbus-client"]);
+}
