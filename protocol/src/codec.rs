@@ -94,11 +94,22 @@ impl From<CodecError> for Error {
     }
 }
 
-/// Encodes a value. MessagePack structs are written as maps with field names.
+/// Encodes a value. MessagePack structs are written as maps with field
+/// names; UUIDs are strings in both encodings.
 pub fn encode<T: Serialize + ?Sized>(ct: ContentType, value: &T) -> Result<Vec<u8>, CodecError> {
     match ct {
         ContentType::MsgPack => {
-            rmp_serde::to_vec_named(value).map_err(|e| CodecError::Encode(e.to_string()))
+            // Named fields, and the human-readable forms of types that have
+            // one (UUIDs as their 36-character strings, not 16 raw bytes), so
+            // both encodings carry the same values.
+            let mut buf = Vec::new();
+            let mut ser = rmp_serde::Serializer::new(&mut buf)
+                .with_struct_map()
+                .with_human_readable();
+            value
+                .serialize(&mut ser)
+                .map_err(|e| CodecError::Encode(e.to_string()))?;
+            Ok(buf)
         }
         ContentType::Json => {
             serde_json::to_vec(value).map_err(|e| CodecError::Encode(e.to_string()))
@@ -135,7 +146,8 @@ pub fn decode<T: DeserializeOwned>(
                     ))
                 }
             }
-            rmp_serde::from_slice(bytes).map_err(|e| CodecError::Malformed(e.to_string()))
+            let mut de = rmp_serde::Deserializer::from_read_ref(bytes).with_human_readable();
+            T::deserialize(&mut de).map_err(|e| CodecError::Malformed(e.to_string()))
         }
         ContentType::Json => {
             serde_json::from_slice(bytes).map_err(|e| CodecError::Malformed(e.to_string()))

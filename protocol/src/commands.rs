@@ -12,6 +12,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::codec::{decode, encode, CodecError, ContentType};
+use crate::envelope::Reply;
+use crate::error::Error;
+use crate::types::Record;
 use crate::types::{
     Capabilities, DiskSpec, HostRecord, HostStats, Inventory, NetworkRecord, NetworkSpec, NicSpec,
     PoolRecord, PoolSpec, PowerState, SnapshotRecord, TaskRecord, TaskStatus, Timestamp, VmRecord,
@@ -102,6 +106,11 @@ pub trait Command: 'static {
     type Request: Message + Validate;
     /// The value of a successful reply.
     type Response: Message;
+    /// Tags a request of this command.
+    fn wrap(request: Self::Request) -> AnyRequest;
+    /// Takes this command's response out of an [`AnyResponse`]; `None` when
+    /// it holds another command's response.
+    fn unwrap(response: AnyResponse) -> Option<Self::Response>;
 }
 
 /// Receives each command type of the catalogue in turn.
@@ -144,6 +153,16 @@ macro_rules! catalogue {
                 const DOC: &'static str = concat!($($doc),+);
                 type Request = $req;
                 type Response = $resp;
+                fn wrap(request: $req) -> AnyRequest {
+                    AnyRequest::$marker(request)
+                }
+                fn unwrap(response: AnyResponse) -> Option<$resp> {
+                    match response {
+                        AnyResponse::$marker(v) => Some(v),
+                        #[allow(unreachable_patterns)]
+                        _ => None,
+                    }
+                }
             }
         )+
 
@@ -161,6 +180,91 @@ macro_rules! catalogue {
         /// Calls `visitor.visit::<C>()` for every command of the catalogue.
         pub fn visit_commands<V: CommandVisitor>(visitor: &mut V) {
             $( visitor.visit::<$marker>(); )+
+        }
+
+        /// Any request of the catalogue, tagged by command: what a server
+        /// decodes from a delivery and matches on exhaustively, so a command
+        /// without a handler does not compile.
+        #[derive(Debug, Clone, PartialEq)]
+        #[allow(clippy::large_enum_variant)]
+        pub enum AnyRequest {
+            $(
+                #[doc = concat!("`", $name, "`.")]
+                $marker($req),
+            )+
+        }
+
+        /// Any successful response of the catalogue, tagged by command.
+        #[derive(Debug, Clone, PartialEq)]
+        #[allow(clippy::large_enum_variant)]
+        pub enum AnyResponse {
+            $(
+                #[doc = concat!("`", $name, "`.")]
+                $marker($resp),
+            )+
+        }
+
+        impl AnyRequest {
+            /// Decodes the payload of command `name`. An unknown name gives
+            /// `UNKNOWN_COMMAND`; bytes that do not decode give
+            /// `MALFORMED_MESSAGE` or `PAYLOAD_TOO_LARGE`.
+            pub fn decode(name: &str, ct: ContentType, bytes: &[u8], limit: usize) -> Result<Self, Error> {
+                match name {
+                    $( $name => Ok(AnyRequest::$marker(decode(ct, bytes, limit)?)), )+
+                    _ => Err(Error::unknown_command(name)),
+                }
+            }
+
+            /// The command's wire name.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( AnyRequest::$marker(_) => $name, )+
+                }
+            }
+
+            /// The access level the command needs.
+            pub fn access(&self) -> Access {
+                match self {
+                    $( AnyRequest::$marker(_) => Access::$access, )+
+                }
+            }
+
+            /// Validates the request's fields.
+            pub fn validate(&self) -> Validation {
+                match self {
+                    $( AnyRequest::$marker(r) => r.validate(), )+
+                }
+            }
+
+            /// Encodes the request payload.
+            pub fn encode(&self, ct: ContentType) -> Result<Vec<u8>, CodecError> {
+                match self {
+                    $( AnyRequest::$marker(r) => encode(ct, r), )+
+                }
+            }
+        }
+
+        impl AnyResponse {
+            /// The command's wire name.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( AnyResponse::$marker(_) => $name, )+
+                }
+            }
+
+            /// Encodes `{"ok": <response>}`, the body of a successful reply.
+            pub fn encode_reply(&self, ct: ContentType) -> Result<Vec<u8>, CodecError> {
+                match self {
+                    $( AnyResponse::$marker(v) => encode(ct, &Reply::Ok(v)), )+
+                }
+            }
+
+            /// The response as a record, for task results (lists and stats give [`Record::None`]).
+            pub fn into_record(self) -> Record {
+                match self {
+                    $( AnyResponse::$marker(v) => v.into_record(), )+
+                }
+            }
         }
     };
 }
@@ -745,6 +849,35 @@ wire_struct! {
         tasks: Vec<TaskRecord>,
     }
 }
+
+/// Turns a response into the record a task stores as its result.
+pub trait IntoRecord {
+    /// The record, or [`Record::None`] for responses that are not one object.
+    fn into_record(self) -> Record;
+}
+
+macro_rules! into_record {
+    ($($ty:ident => $variant:ident),* ; $($none:ident),*) => {
+        $(impl IntoRecord for $ty {
+            fn into_record(self) -> Record {
+                Record::$variant(self.into())
+            }
+        })*
+        $(impl IntoRecord for $none {
+            fn into_record(self) -> Record {
+                Record::None
+            }
+        })*
+    };
+}
+
+into_record!(
+    HostRecord => Host, VmRecord => Vm, SnapshotRecord => Snapshot, PoolRecord => Pool,
+    VolumeRecord => Volume, NetworkRecord => Network, TaskRecord => Task;
+    Empty, Pong, Capabilities, HostStats, Inventory, VmListResponse, VmStats,
+    SnapshotListResponse, PoolListResponse, VolumeListResponse, NetworkListResponse,
+    TaskListResponse
+);
 
 #[cfg(test)]
 mod tests {

@@ -32,7 +32,8 @@ pub mod validate;
 
 pub use codec::{decode, encode, CodecError, ContentType, DEFAULT_MAX_PAYLOAD};
 pub use commands::{
-    command_info, visit_commands, Access, Command, CommandInfo, CommandVisitor, COMMANDS,
+    command_info, visit_commands, Access, AnyRequest, AnyResponse, Command, CommandInfo,
+    CommandVisitor, COMMANDS,
 };
 pub use envelope::{
     AmqpProperties, Envelope, HeaderValue, ProtocolVersion, Reply, ReplyStatus, PROTOCOL_VERSION,

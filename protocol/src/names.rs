@@ -13,7 +13,9 @@ use crate::validate::{Validation, ValidationError};
 pub const COMMAND_EXCHANGE: &str = "hostbus.cmd";
 /// Topic exchange that carries lifecycle events from agents.
 pub const EVENT_EXCHANGE: &str = "hostbus.evt";
-/// Topic exchange that carries heartbeats and online/offline announcements.
+/// Topic exchange that carries heartbeats (`<host>.heartbeat`). Online and
+/// offline announcements are events (`<host>.agent.online`, `<host>.agent.offline`)
+/// on [`EVENT_EXCHANGE`].
 pub const PRESENCE_EXCHANGE: &str = "hostbus.presence";
 /// Fanout exchange that receives dead-lettered commands.
 pub const DEAD_LETTER_EXCHANGE: &str = "hostbus.dlx";

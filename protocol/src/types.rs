@@ -372,7 +372,7 @@ pub struct HostRecord {
     pub cpus: u32,
     /// CPU frequency, MHz.
     pub cpu_mhz: u32,
-    /// Sockets × cores × threads.
+    /// CPU sockets (per NUMA node, as libvirt reports them).
     pub sockets: u32,
     /// Cores per socket.
     pub cores: u32,
@@ -689,6 +689,14 @@ impl Record {
 pub struct Inventory {
     /// When taken.
     pub taken_at: Timestamp,
+    /// The serving agent's epoch (absent when not served by an agent).
+    #[serde(default)]
+    pub epoch: Option<Uuid>,
+    /// The agent's last event sequence number when the inventory was taken:
+    /// events of this epoch with a higher `seq` may be newer than it; for
+    /// older ones, compare the object's generation.
+    #[serde(default)]
+    pub seq: u64,
     /// The host.
     pub host: HostRecord,
     /// Every VM.
@@ -806,7 +814,12 @@ impl Validate for NicSpec {
     fn validate(&self) -> Validation {
         match (&self.network, &self.bridge) {
             (Some(n), None) => check_name("network", n)?,
-            (None, Some(b)) => check_name("bridge", b)?,
+            (None, Some(b)) => {
+                check_name("bridge", b)?;
+                if b.len() > 15 {
+                    return Err(ValidationError::new("bridge", "must be at most 15 bytes"));
+                }
+            }
             _ => {
                 return Err(ValidationError::new(
                     "network",

@@ -1,0 +1,240 @@
+//! The one place where a libvirt error becomes a protocol error.
+
+use hostbus_protocol::types::PowerState;
+use hostbus_protocol::{Error, ErrorCode};
+use virt::error::{ErrorNumber, ErrorNumberEnum};
+
+/// What an operation was working on, so a libvirt error can name it.
+#[derive(Debug, Clone)]
+pub(crate) enum Subject {
+    Host,
+    Vm { id: String, op: &'static str },
+    Snapshot { vm: String, name: String },
+    Pool { name: String, op: &'static str },
+    Volume { pool: String, name: String },
+    Network { name: String, op: &'static str },
+}
+
+impl Subject {
+    pub(crate) fn vm(id: impl ToString, op: &'static str) -> Self {
+        Subject::Vm {
+            id: id.to_string(),
+            op,
+        }
+    }
+    pub(crate) fn pool(name: &str, op: &'static str) -> Self {
+        Subject::Pool {
+            name: name.to_owned(),
+            op,
+        }
+    }
+    pub(crate) fn volume(pool: &str, name: &str) -> Self {
+        Subject::Volume {
+            pool: pool.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+    pub(crate) fn network(name: &str, op: &'static str) -> Self {
+        Subject::Network {
+            name: name.to_owned(),
+            op,
+        }
+    }
+    pub(crate) fn snapshot(vm: impl ToString, name: &str) -> Self {
+        Subject::Snapshot {
+            vm: vm.to_string(),
+            name: name.to_owned(),
+        }
+    }
+
+    fn class_and_name(&self) -> (&'static str, String) {
+        match self {
+            Subject::Host => ("host", String::new()),
+            Subject::Vm { id, .. } => ("vm", id.clone()),
+            Subject::Snapshot { vm, name } => ("snapshot", format!("{vm}/{name}")),
+            Subject::Pool { name, .. } => ("pool", name.clone()),
+            Subject::Volume { pool, name } => ("volume", format!("{pool}/{name}")),
+            Subject::Network { name, .. } => ("network", name.clone()),
+        }
+    }
+}
+
+/// Whether a libvirt error means the connection itself is broken, so the
+/// bridge should drop it and reconnect.
+pub(crate) fn is_connection_error(e: &virt::error::Error) -> bool {
+    matches!(
+        e.code(),
+        ErrorNumberEnum::Known(ErrorNumber::NoConnect | ErrorNumber::InvalidConn)
+    ) || (matches!(e.code(), ErrorNumberEnum::Known(ErrorNumber::SystemError))
+        && matches!(
+            e.domain(),
+            virt::error::ErrorDomainEnum::Known(virt::error::ErrorDomain::Rpc)
+        ))
+}
+
+/// Maps a libvirt error on `subject` to a protocol error. This is the only
+/// function that looks at libvirt error numbers.
+pub(crate) fn map_error(e: &virt::error::Error, subject: &Subject) -> Error {
+    let detail = e.message().to_owned();
+    let (class, name) = subject.class_and_name();
+    let code = match e.code() {
+        ErrorNumberEnum::Known(n) => n,
+        ErrorNumberEnum::Unknown(_) => ErrorNumber::InternalError,
+    };
+    match code {
+        ErrorNumber::NoDomain => match subject {
+            Subject::Snapshot { vm, .. } => {
+                not_found(ErrorCode::VmNotFound, &[("vm", vm.clone())], &detail)
+            }
+            _ => not_found(ErrorCode::VmNotFound, &[("vm", name)], &detail),
+        },
+        ErrorNumber::NoDomainSnapshot => match subject {
+            Subject::Snapshot { vm, name } => not_found(
+                ErrorCode::SnapshotNotFound,
+                &[("vm", vm.clone()), ("snapshot", name.clone())],
+                &detail,
+            ),
+            _ => Error::internal(detail),
+        },
+        ErrorNumber::NoStoragePool => {
+            let pool = match subject {
+                Subject::Volume { pool, .. } => pool.clone(),
+                _ => name,
+            };
+            not_found(ErrorCode::PoolNotFound, &[("pool", pool)], &detail)
+        }
+        ErrorNumber::NoStorageVolume => match subject {
+            Subject::Volume { pool, name } => not_found(
+                ErrorCode::VolumeNotFound,
+                &[("pool", pool.clone()), ("volume", name.clone())],
+                &detail,
+            ),
+            _ => not_found(
+                ErrorCode::VolumeNotFound,
+                &[("pool", String::new()), ("volume", name)],
+                &detail,
+            ),
+        },
+        ErrorNumber::NoNetwork => {
+            not_found(ErrorCode::NetworkNotFound, &[("network", name)], &detail)
+        }
+        ErrorNumber::InvalidArg | ErrorNumber::XmlError | ErrorNumber::XmlDetail => Error::new(
+            ErrorCode::InvalidArgument,
+            [("field", class.to_owned()), ("reason", detail.clone())],
+            format!("the hypervisor refused the {class} definition: {detail}"),
+        ),
+        ErrorNumber::OperationInvalid => bad_state(subject, &detail),
+        ErrorNumber::NoSupport
+        | ErrorNumber::OperationUnsupported
+        | ErrorNumber::ArgumentUnsupported => {
+            let op = match subject {
+                Subject::Vm { op, .. } | Subject::Pool { op, .. } | Subject::Network { op, .. } => {
+                    *op
+                }
+                _ => class,
+            };
+            Error::new(
+                ErrorCode::OperationNotSupported,
+                [("operation", op.to_owned()), ("reason", detail.clone())],
+                format!("{op} is not supported by this host: {detail}"),
+            )
+        }
+        ErrorNumber::OperationTimeout | ErrorNumber::AgentUnresponsive => Error::new(
+            ErrorCode::Timeout,
+            [
+                ("operation", class.to_owned()),
+                ("timeout_s", String::new()),
+            ],
+            format!("the hypervisor timed out: {detail}"),
+        ),
+        ErrorNumber::ResourceBusy => Error::new(
+            ErrorCode::Busy,
+            [
+                ("object", format!("{class}/{name}")),
+                ("retry_after_ms", "1000".to_owned()),
+            ],
+            format!("{class} {name} is busy in the hypervisor: {detail}"),
+        ),
+        ErrorNumber::DomExist | ErrorNumber::NetworkExist | ErrorNumber::StorageVolExist => {
+            Error::new(
+                ErrorCode::AlreadyExists,
+                [("class", class.to_owned()), ("name", name.clone())],
+                format!("{class} {name} already exists: {detail}"),
+            )
+        }
+        ErrorNumber::NoConnect | ErrorNumber::InvalidConn => host_unavailable(&detail),
+        ErrorNumber::SystemError if is_connection_error(e) => host_unavailable(&detail),
+        _ => Error::internal(detail),
+    }
+}
+
+/// `HOST_UNAVAILABLE`.
+pub(crate) fn host_unavailable(reason: &str) -> Error {
+    Error::new(
+        ErrorCode::HostUnavailable,
+        [("reason", reason.to_owned())],
+        format!("the hypervisor is unavailable: {reason}"),
+    )
+}
+
+fn not_found(code: ErrorCode, params: &[(&str, String)], detail: &str) -> Error {
+    let what: Vec<String> = params.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    Error::new(
+        code,
+        params.iter().map(|(k, v)| (*k, v.clone())),
+        format!("{} not found ({detail})", what.join(", ")),
+    )
+}
+
+fn bad_state(subject: &Subject, detail: &str) -> Error {
+    match subject {
+        Subject::Vm { id, op } => Error::new(
+            ErrorCode::VmBadPowerState,
+            [
+                ("vm", id.clone()),
+                ("operation", (*op).to_owned()),
+                ("current", PowerState::Unknown.to_string()),
+                ("allowed", String::new()),
+            ],
+            format!("vm {id} cannot {op} in its current state: {detail}"),
+        ),
+        Subject::Pool { name, op } => Error::new(
+            ErrorCode::PoolBadState,
+            [
+                ("pool", name.clone()),
+                ("operation", (*op).to_owned()),
+                ("current", String::new()),
+            ],
+            format!("pool {name} cannot {op} in its current state: {detail}"),
+        ),
+        Subject::Volume { pool, .. } => Error::new(
+            ErrorCode::PoolBadState,
+            [
+                ("pool", pool.clone()),
+                ("operation", "volume".to_owned()),
+                ("current", String::new()),
+            ],
+            format!("pool {pool} does not allow this volume operation: {detail}"),
+        ),
+        Subject::Network { name, op } => Error::new(
+            ErrorCode::NetworkBadState,
+            [
+                ("network", name.clone()),
+                ("operation", (*op).to_owned()),
+                ("current", String::new()),
+            ],
+            format!("network {name} cannot {op} in its current state: {detail}"),
+        ),
+        Subject::Snapshot { vm, name } => Error::new(
+            ErrorCode::VmBadPowerState,
+            [
+                ("vm", vm.clone()),
+                ("operation", "snapshot".to_owned()),
+                ("current", PowerState::Unknown.to_string()),
+                ("allowed", String::new()),
+            ],
+            format!("snapshot {name} of vm {vm} cannot be used now: {detail}"),
+        ),
+        Subject::Host => Error::internal(detail),
+    }
+}

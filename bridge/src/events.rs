@@ -1,0 +1,342 @@
+//! libvirt's event loop and lifecycle callbacks.
+//!
+//! libvirt delivers events only through a registered event loop implementation;
+//! the bridge registers libvirt's default implementation once per process and
+//! runs it on its own thread (`hostbus-libvirt-events`). Callbacks run on that
+//! thread and do nothing but send the object's identity to the bridge's event
+//! worker over a channel: they never call back into libvirt for records, so
+//! the loop stays responsive. The worker observes the object, which emits the
+//! protocol-level event.
+//!
+//! virt 0.5 has no safe wrapper for event registration, so this module calls
+//! `virt::sys` directly. It is the only module of the bridge with unsafe code.
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int, c_void};
+use std::sync::mpsc::Sender;
+use std::sync::Once;
+use std::time::Duration;
+
+use virt::connect::Connect;
+use virt::sys;
+
+/// What a callback reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RawEvent {
+    /// A domain changed (lifecycle), by uuid.
+    Vm(String),
+    /// A domain rebooted, by uuid.
+    VmRebooted(String),
+    /// A storage pool changed, by name.
+    Pool(String),
+    /// A network changed, by name.
+    Network(String),
+    /// The connection to libvirt closed.
+    ConnectionClosed,
+}
+
+static EVENT_LOOP: Once = Once::new();
+
+/// Registers libvirt's default event loop and starts its thread, once per
+/// process. Must run before the first connection is opened.
+pub(crate) fn ensure_event_loop() {
+    EVENT_LOOP.call_once(|| {
+        // libvirt prints every error to stderr by default; the bridge maps
+        // and reports errors itself.
+        virt::error::clear_error_callback();
+        if let Err(e) = virt::event::event_register_default_impl() {
+            tracing::error!(error = %e, "cannot register the libvirt event loop; lifecycle events will come from reconciliation only");
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("hostbus-libvirt-events".into())
+            .spawn(|| loop {
+                if let Err(e) = virt::event::event_run_default_impl() {
+                    tracing::warn!(error = %e, "libvirt event loop iteration failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the libvirt event loop thread");
+        }
+    });
+}
+
+/// Callback ids registered on one connection.
+pub(crate) struct Registrations {
+    domain: Vec<c_int>,
+    pool: Vec<c_int>,
+    network: Vec<c_int>,
+    close: bool,
+}
+
+type Opaque = Sender<RawEvent>;
+
+fn opaque(tx: &Sender<RawEvent>) -> *mut c_void {
+    Box::into_raw(Box::new(tx.clone())).cast()
+}
+
+unsafe extern "C" fn free_opaque(opaque: *mut c_void) {
+    // SAFETY: libvirt calls this exactly once per registration, with the
+    // pointer produced by `opaque()` from a `Box<Sender<RawEvent>>`.
+    drop(unsafe { Box::from_raw(opaque.cast::<Opaque>()) });
+}
+
+/// Sends `ev` through the sender behind `opaque`.
+///
+/// # Safety
+/// `opaque` must be a pointer produced by `opaque()` that libvirt has not freed.
+unsafe fn send(opaque: *mut c_void, ev: RawEvent) {
+    // SAFETY: guaranteed by the caller; the sender is only read.
+    let tx = unsafe { &*opaque.cast::<Opaque>() };
+    let _ = tx.send(ev);
+}
+
+/// # Safety
+/// `dom` must be a valid domain pointer for the duration of the call.
+unsafe fn domain_uuid(dom: sys::virDomainPtr) -> Option<String> {
+    let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+    // SAFETY: `dom` is valid per the caller; `buf` has the documented size.
+    if unsafe { sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: libvirt wrote a NUL-terminated string into `buf`.
+    Some(
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+unsafe extern "C" fn on_domain_lifecycle(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _event: c_int,
+    _detail: c_int,
+    opaque: *mut c_void,
+) -> c_int {
+    // SAFETY: libvirt passes a valid domain and our registration's opaque.
+    unsafe {
+        if let Some(uuid) = domain_uuid(dom) {
+            send(opaque, RawEvent::Vm(uuid));
+        }
+    }
+    0
+}
+
+unsafe extern "C" fn on_domain_reboot(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    opaque: *mut c_void,
+) {
+    // SAFETY: libvirt passes a valid domain and our registration's opaque.
+    unsafe {
+        if let Some(uuid) = domain_uuid(dom) {
+            send(opaque, RawEvent::VmRebooted(uuid));
+        }
+    }
+}
+
+unsafe extern "C" fn on_pool_lifecycle(
+    _conn: sys::virConnectPtr,
+    pool: sys::virStoragePoolPtr,
+    _event: c_int,
+    _detail: c_int,
+    opaque: *mut c_void,
+) {
+    // SAFETY: libvirt passes a valid pool; the returned name lives as long as the pool.
+    unsafe {
+        let name = sys::virStoragePoolGetName(pool);
+        if !name.is_null() {
+            send(
+                opaque,
+                RawEvent::Pool(CStr::from_ptr(name).to_string_lossy().into_owned()),
+            );
+        }
+    }
+}
+
+unsafe extern "C" fn on_pool_refresh(
+    _conn: sys::virConnectPtr,
+    pool: sys::virStoragePoolPtr,
+    opaque: *mut c_void,
+) {
+    // SAFETY: as in `on_pool_lifecycle`.
+    unsafe {
+        let name = sys::virStoragePoolGetName(pool);
+        if !name.is_null() {
+            send(
+                opaque,
+                RawEvent::Pool(CStr::from_ptr(name).to_string_lossy().into_owned()),
+            );
+        }
+    }
+}
+
+unsafe extern "C" fn on_network_lifecycle(
+    _conn: sys::virConnectPtr,
+    net: sys::virNetworkPtr,
+    _event: c_int,
+    _detail: c_int,
+    opaque: *mut c_void,
+) {
+    // SAFETY: libvirt passes a valid network; the returned name lives as long as it.
+    unsafe {
+        let name = sys::virNetworkGetName(net);
+        if !name.is_null() {
+            send(
+                opaque,
+                RawEvent::Network(CStr::from_ptr(name).to_string_lossy().into_owned()),
+            );
+        }
+    }
+}
+
+unsafe extern "C" fn on_close(_conn: sys::virConnectPtr, _reason: c_int, opaque: *mut c_void) {
+    // SAFETY: our registration's opaque.
+    unsafe { send(opaque, RawEvent::ConnectionClosed) };
+}
+
+type LifecycleCb =
+    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void) -> c_int;
+type GenericDomainCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+type PoolLifecycleCb =
+    unsafe extern "C" fn(sys::virConnectPtr, sys::virStoragePoolPtr, c_int, c_int, *mut c_void);
+type GenericPoolCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virStoragePoolPtr, *mut c_void);
+type NetLifecycleCb =
+    unsafe extern "C" fn(sys::virConnectPtr, sys::virNetworkPtr, c_int, c_int, *mut c_void);
+type GenericNetCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virNetworkPtr, *mut c_void);
+
+/// Registers the lifecycle callbacks on `conn`. Failures are logged: the
+/// periodic reconciliation still catches every change, only later.
+pub(crate) fn register(conn: &Connect, tx: &Sender<RawEvent>) -> Registrations {
+    let mut regs = Registrations {
+        domain: Vec::new(),
+        pool: Vec::new(),
+        network: Vec::new(),
+        close: false,
+    };
+    // SAFETY: `conn` is a live connection for the duration of the call.
+    let ptr = unsafe { conn.as_ptr() };
+
+    // SAFETY (all transmutes below): libvirt's *RegisterAny functions take a
+    // generic callback type and call it with the signature of the event id,
+    // exactly like the C macros VIR_DOMAIN_EVENT_CALLBACK & co. The function
+    // types differ only in their trailing arguments, which follow the C ABI.
+    let domain_cbs: [(u32, GenericDomainCb); 2] = [
+        (sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, unsafe {
+            std::mem::transmute::<LifecycleCb, GenericDomainCb>(on_domain_lifecycle)
+        }),
+        (sys::VIR_DOMAIN_EVENT_ID_REBOOT, on_domain_reboot),
+    ];
+    for (id, cb) in domain_cbs {
+        let op = opaque(tx);
+        // SAFETY: valid connection; `op` is freed by `free_opaque` when
+        // libvirt drops the registration, or by us below when it fails.
+        let rc = unsafe {
+            sys::virConnectDomainEventRegisterAny(
+                ptr,
+                std::ptr::null_mut(),
+                id as c_int,
+                Some(cb),
+                op,
+                Some(free_opaque),
+            )
+        };
+        if rc < 0 {
+            // SAFETY: libvirt did not take ownership of `op`.
+            unsafe { free_opaque(op) };
+            tracing::warn!(event_id = id, "libvirt refused a domain event registration");
+        } else {
+            regs.domain.push(rc);
+        }
+    }
+    let pool_cbs: [(u32, GenericPoolCb); 2] = [
+        (sys::VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, unsafe {
+            std::mem::transmute::<PoolLifecycleCb, GenericPoolCb>(on_pool_lifecycle)
+        }),
+        (sys::VIR_STORAGE_POOL_EVENT_ID_REFRESH, on_pool_refresh),
+    ];
+    for (id, cb) in pool_cbs {
+        let op = opaque(tx);
+        // SAFETY: as for domains.
+        let rc = unsafe {
+            sys::virConnectStoragePoolEventRegisterAny(
+                ptr,
+                std::ptr::null_mut(),
+                id as c_int,
+                Some(cb),
+                op,
+                Some(free_opaque),
+            )
+        };
+        if rc < 0 {
+            // SAFETY: libvirt did not take ownership of `op`.
+            unsafe { free_opaque(op) };
+            tracing::debug!(event_id = id, "no storage pool events on this driver");
+        } else {
+            regs.pool.push(rc);
+        }
+    }
+    {
+        let op = opaque(tx);
+        // SAFETY: as for domains.
+        let cb =
+            unsafe { std::mem::transmute::<NetLifecycleCb, GenericNetCb>(on_network_lifecycle) };
+        let rc = unsafe {
+            sys::virConnectNetworkEventRegisterAny(
+                ptr,
+                std::ptr::null_mut(),
+                sys::VIR_NETWORK_EVENT_ID_LIFECYCLE as c_int,
+                Some(cb),
+                op,
+                Some(free_opaque),
+            )
+        };
+        if rc < 0 {
+            // SAFETY: libvirt did not take ownership of `op`.
+            unsafe { free_opaque(op) };
+            tracing::debug!("no network events on this driver");
+        } else {
+            regs.network.push(rc);
+        }
+    }
+    {
+        let op = opaque(tx);
+        // SAFETY: valid connection; libvirt frees `op` through `free_opaque`
+        // when the callback is unregistered or the connection is freed.
+        let rc = unsafe {
+            sys::virConnectRegisterCloseCallback(ptr, Some(on_close), op, Some(free_opaque))
+        };
+        if rc < 0 {
+            // SAFETY: libvirt did not take ownership of `op`.
+            unsafe { free_opaque(op) };
+        } else {
+            regs.close = true;
+        }
+    }
+    regs
+}
+
+/// Removes the callbacks registered on `conn`.
+pub(crate) fn deregister(conn: &Connect, regs: Registrations) {
+    // SAFETY: `conn` is the live connection the callbacks were registered on.
+    let ptr = unsafe { conn.as_ptr() };
+    for id in regs.domain {
+        // SAFETY: `id` came from a successful registration on `ptr`.
+        unsafe { sys::virConnectDomainEventDeregisterAny(ptr, id) };
+    }
+    for id in regs.pool {
+        // SAFETY: as above.
+        unsafe { sys::virConnectStoragePoolEventDeregisterAny(ptr, id) };
+    }
+    for id in regs.network {
+        // SAFETY: as above.
+        unsafe { sys::virConnectNetworkEventDeregisterAny(ptr, id) };
+    }
+    if regs.close {
+        // SAFETY: `on_close` was registered on `ptr`.
+        unsafe { sys::virConnectUnregisterCloseCallback(ptr, Some(on_close)) };
+    }
+}

@@ -1,0 +1,222 @@
+//! Generations and events. Every record the bridge hands out passes through
+//! [`Observer::observe`]: if it differs from the last one seen for that
+//! object, the object's generation grows and an event goes to every
+//! subscriber. Operations, libvirt callbacks and reconciliation all observe
+//! the same way, so an event is emitted once per change whoever saw it first.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Reboot reports of one object closer than this are one reboot.
+const MOMENTARY_DEDUP: Duration = Duration::from_secs(2);
+
+use hostbus_protocol::types::{ObjectClass, PoolState, PowerState, Record, Timestamp};
+use hostbus_protocol::{now_ms, EventAction};
+
+/// A change to one object, as the bridge reports it. The agent stamps it
+/// with its host id, epoch and sequence number to make a protocol `Event`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectEvent {
+    /// Class of the object.
+    pub class: ObjectClass,
+    /// What happened.
+    pub action: EventAction,
+    /// The object's id: uuid for VMs, name for pools and networks,
+    /// `pool/volume` for volumes, `vm-uuid/name` for snapshots, task id for tasks.
+    pub object_id: String,
+    /// The object's generation after the change.
+    pub generation: u64,
+    /// The full record after the change, [`Record::None`] once gone.
+    pub record: Record,
+    /// When the bridge saw it.
+    pub time: Timestamp,
+}
+
+struct Seen {
+    generation: u64,
+    /// When the last momentary event (a reboot) was emitted: the operation
+    /// and libvirt's callback both report a reboot, which is one event.
+    last_momentary: Option<Instant>,
+    /// The last record seen, normalized; `None` once the object is gone.
+    last: Option<Record>,
+}
+
+/// Per-object generations and the subscribers to changes.
+#[derive(Default)]
+pub(crate) struct Observer {
+    seen: Mutex<HashMap<(ObjectClass, String), Seen>>,
+    subscribers: Mutex<Vec<Sender<ObjectEvent>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The record with everything that is not state removed, for comparison.
+fn normalized(r: &Record) -> Record {
+    let mut r = r.clone();
+    set_generation(&mut r, 0);
+    if let Record::Vm(vm) = &mut r {
+        vm.current_operations.clear();
+        vm.allowed_operations.clear();
+    }
+    r
+}
+
+pub(crate) fn set_generation(r: &mut Record, g: u64) {
+    match r {
+        Record::Host(x) => x.generation = g,
+        Record::Vm(x) => x.generation = g,
+        Record::Snapshot(x) => x.generation = g,
+        Record::Pool(x) => x.generation = g,
+        Record::Volume(x) => x.generation = g,
+        Record::Network(x) => x.generation = g,
+        Record::Task(x) => x.generation = g,
+        Record::None => {}
+    }
+}
+
+/// The action that explains a change from `old` to `new`.
+fn infer(class: ObjectClass, old: Option<&Record>, new: Option<&Record>) -> EventAction {
+    match (old, new) {
+        (None, Some(_)) => match class {
+            ObjectClass::Volume | ObjectClass::Snapshot | ObjectClass::Task => EventAction::Created,
+            _ => EventAction::Defined,
+        },
+        (Some(_), None) => match class {
+            ObjectClass::Volume | ObjectClass::Snapshot => EventAction::Deleted,
+            _ => EventAction::Undefined,
+        },
+        (Some(Record::Vm(a)), Some(Record::Vm(b))) => {
+            use PowerState::*;
+            match (a.power_state, b.power_state) {
+                (x, y) if x == y => EventAction::Changed,
+                (Halted | Crashed, Running | Paused) => EventAction::Started,
+                (Running, Paused) => EventAction::Paused,
+                (Paused | Suspended, Running) => EventAction::Resumed,
+                (_, Suspended) => EventAction::Suspended,
+                (_, Halted) => EventAction::Stopped,
+                (_, Crashed) => EventAction::Crashed,
+                _ => EventAction::Changed,
+            }
+        }
+        (Some(Record::Pool(a)), Some(Record::Pool(b))) if a.state != b.state => {
+            if b.state == PoolState::Running {
+                EventAction::Started
+            } else if b.state == PoolState::Inactive {
+                EventAction::Stopped
+            } else {
+                EventAction::Changed
+            }
+        }
+        (Some(Record::Network(a)), Some(Record::Network(b))) if a.active != b.active => {
+            if b.active {
+                EventAction::Started
+            } else {
+                EventAction::Stopped
+            }
+        }
+        _ => EventAction::Changed,
+    }
+}
+
+impl Observer {
+    pub(crate) fn subscribe(&self) -> Receiver<ObjectEvent> {
+        let (tx, rx) = channel();
+        lock(&self.subscribers).push(tx);
+        rx
+    }
+
+    fn publish(&self, ev: ObjectEvent) {
+        let mut subs = lock(&self.subscribers);
+        subs.retain(|s| s.send(ev.clone()).is_ok());
+    }
+
+    /// Records the current state of an object (`None`: it does not exist)
+    /// and returns it stamped with its generation. When it differs from the
+    /// last state seen, or `hint` names a momentary action (a reboot), the
+    /// generation grows and, if `emit`, an event is published.
+    pub(crate) fn observe(
+        &self,
+        class: ObjectClass,
+        id: &str,
+        record: Option<Record>,
+        hint: Option<EventAction>,
+        emit: bool,
+    ) -> Option<Record> {
+        let mut seen = lock(&self.seen);
+        let entry = seen.entry((class, id.to_owned())).or_insert(Seen {
+            generation: 0,
+            last_momentary: None,
+            last: None,
+        });
+        let norm = record.as_ref().map(normalized);
+        let changed = norm != entry.last || (entry.generation == 0 && record.is_some());
+        let momentary = hint == Some(EventAction::Rebooted)
+            && record.is_some()
+            && entry
+                .last_momentary
+                .is_none_or(|t| t.elapsed() > MOMENTARY_DEDUP);
+        if momentary {
+            entry.last_momentary = Some(Instant::now());
+        }
+        let mut event = None;
+        if changed || momentary {
+            let action = match hint {
+                Some(h) if momentary => h,
+                _ => infer(class, entry.last.as_ref(), norm.as_ref()),
+            };
+            entry.generation += 1;
+            entry.last = norm;
+            if emit && (entry.generation > 1 || record.is_some()) {
+                let mut rec = record.clone().unwrap_or(Record::None);
+                set_generation(&mut rec, entry.generation);
+                event = Some(ObjectEvent {
+                    class,
+                    action,
+                    object_id: id.to_owned(),
+                    generation: entry.generation,
+                    record: rec,
+                    time: now_ms(),
+                });
+            }
+        }
+        let generation = entry.generation;
+        drop(seen);
+        if let Some(ev) = event {
+            tracing::debug!(class = %ev.class, action = %ev.action, object = %ev.object_id, generation, "object event");
+            self.publish(ev);
+        }
+        record.map(|mut r| {
+            set_generation(&mut r, generation);
+            r
+        })
+    }
+
+    /// Publishes a task's record as an event (tasks carry their own generation).
+    pub(crate) fn task_event(
+        &self,
+        action: EventAction,
+        task: hostbus_protocol::types::TaskRecord,
+    ) {
+        self.publish(ObjectEvent {
+            class: ObjectClass::Task,
+            action,
+            object_id: task.id.to_string(),
+            generation: task.generation,
+            record: Record::Task(Box::new(task)),
+            time: now_ms(),
+        });
+    }
+
+    /// Ids of objects of `class` last seen existing.
+    pub(crate) fn existing(&self, class: ObjectClass) -> Vec<String> {
+        lock(&self.seen)
+            .iter()
+            .filter(|((c, _), s)| *c == class && s.last.is_some())
+            .map(|((_, id), _)| id.clone())
+            .collect()
+    }
+}

@@ -1,0 +1,413 @@
+//! Storage pools and volumes.
+
+use hostbus_protocol::commands::*;
+use hostbus_protocol::types::{
+    ObjectClass, PoolKind, PoolRecord, PoolState, Record, VolumeRecord, VolumeSpec,
+};
+use hostbus_protocol::{Error, ErrorCode, ValidationError};
+use virt::connect::Connect;
+use virt::storage_pool::StoragePool;
+use virt::storage_vol::StorageVol;
+
+use crate::errors::Subject;
+use crate::vm::already_exists;
+use crate::xml;
+use crate::Inner;
+
+fn pool_state(raw: u32) -> PoolState {
+    match raw {
+        0 => PoolState::Inactive,
+        1 => PoolState::Building,
+        2 => PoolState::Running,
+        3 => PoolState::Degraded,
+        4 => PoolState::Inaccessible,
+        _ => PoolState::Unknown,
+    }
+}
+
+fn pool_bad_state(name: &str, op: &str, current: PoolState) -> Error {
+    Error::new(
+        ErrorCode::PoolBadState,
+        [
+            ("pool", name.to_owned()),
+            ("operation", op.to_owned()),
+            ("current", current.to_string()),
+        ],
+        format!("pool {name} is {current}; {op} is not possible"),
+    )
+}
+
+impl Inner {
+    pub(crate) fn lookup_pool(&self, conn: &Connect, name: &str) -> Result<StoragePool, Error> {
+        self.lv(
+            &Subject::pool(name, "lookup"),
+            conn.lookup_storage_pool_by_name(name),
+        )
+    }
+
+    pub(crate) fn lookup_volume(
+        &self,
+        conn: &Connect,
+        pool: &str,
+        name: &str,
+    ) -> Result<StorageVol, Error> {
+        let p = self.lookup_pool(conn, pool)?;
+        let rec = self.pool_record(&p)?;
+        if rec.state != PoolState::Running {
+            return Err(pool_bad_state(pool, "volume lookup", rec.state));
+        }
+        self.lv(
+            &Subject::volume(pool, name),
+            p.lookup_storage_vol_by_name(name),
+        )
+    }
+
+    fn pool_raw(&self, p: &StoragePool) -> Result<PoolRecord, Error> {
+        let name = p.name().unwrap_or_default();
+        let subject = Subject::pool(&name, "get");
+        let info = self.lv(&subject, p.info())?;
+        let facts = xml::parse_pool(&self.lv(&subject, p.xml_desc(0))?)?;
+        let state = pool_state(info.state);
+        Ok(PoolRecord {
+            uuid: p
+                .uuid_string()
+                .ok()
+                .and_then(|u| u.parse().ok())
+                .unwrap_or_default(),
+            kind: facts.kind,
+            state,
+            target_path: facts.target_path,
+            capacity_bytes: info.capacity,
+            allocation_bytes: info.allocation,
+            available_bytes: info.available,
+            autostart: p.autostart().unwrap_or(false),
+            persistent: p.is_persistent().unwrap_or(true),
+            volumes: if state == PoolState::Running {
+                p.num_of_volumes().unwrap_or(0)
+            } else {
+                0
+            },
+            generation: 0,
+            name,
+        })
+    }
+
+    pub(crate) fn pool_record(&self, p: &StoragePool) -> Result<PoolRecord, Error> {
+        let rec = self.pool_raw(p)?;
+        let id = rec.name.clone();
+        Ok(
+            match self.observer.observe(
+                ObjectClass::Pool,
+                &id,
+                Some(Record::Pool(rec.clone())),
+                None,
+                self.emitting(),
+            ) {
+                Some(Record::Pool(r)) => r,
+                _ => rec,
+            },
+        )
+    }
+
+    fn volume_raw(&self, pool: &str, v: &StorageVol) -> Result<VolumeRecord, Error> {
+        let name = v.name().unwrap_or_default();
+        let subject = Subject::volume(pool, &name);
+        let info = self.lv(&subject, v.info())?;
+        Ok(VolumeRecord {
+            pool: pool.to_owned(),
+            key: v.key().unwrap_or_default(),
+            path: v.path().unwrap_or_default(),
+            format: xml::parse_volume_format(&self.lv(&subject, v.xml_desc(0))?)?,
+            capacity_bytes: info.capacity,
+            allocation_bytes: info.allocation,
+            generation: 0,
+            name,
+        })
+    }
+
+    fn volume_record(&self, pool: &str, v: &StorageVol) -> Result<VolumeRecord, Error> {
+        let rec = self.volume_raw(pool, v)?;
+        let id = format!("{pool}/{}", rec.name);
+        Ok(
+            match self.observer.observe(
+                ObjectClass::Volume,
+                &id,
+                Some(Record::Volume(rec.clone())),
+                None,
+                self.emitting(),
+            ) {
+                Some(Record::Volume(r)) => r,
+                _ => rec,
+            },
+        )
+    }
+
+    pub(crate) fn volume_gone(&self, pool: &str, name: &str) {
+        self.observer.observe(
+            ObjectClass::Volume,
+            &format!("{pool}/{name}"),
+            None,
+            None,
+            self.emitting(),
+        );
+    }
+
+    pub(crate) fn all_pools(
+        &self,
+        conn: &Connect,
+    ) -> Result<Vec<(StoragePool, PoolRecord)>, Error> {
+        let pools = self.lv(&Subject::Host, conn.list_all_storage_pools(0))?;
+        let mut out = Vec::new();
+        for p in pools {
+            match self.pool_record(&p) {
+                Ok(r) => out.push((p, r)),
+                Err(e) if e.code == ErrorCode::PoolNotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        Ok(out)
+    }
+
+    /// Observes every volume of a running pool and notices volumes that are gone.
+    pub(crate) fn pool_volumes(
+        &self,
+        p: &StoragePool,
+        pool: &str,
+    ) -> Result<Vec<VolumeRecord>, Error> {
+        let vols = self.lv(&Subject::pool(pool, "volume.list"), p.list_all_volumes(0))?;
+        let mut out = Vec::new();
+        for v in vols {
+            match self.volume_record(pool, &v) {
+                Ok(r) => out.push(r),
+                Err(e) if e.code == ErrorCode::VolumeNotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        let prefix = format!("{pool}/");
+        for id in self.observer.existing(ObjectClass::Volume) {
+            if let Some(name) = id.strip_prefix(&prefix) {
+                if !out.iter().any(|v| v.name == name) {
+                    self.volume_gone(pool, name);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn refresh_pool(&self, name: &str) -> Result<(), Error> {
+        let conn = self.conn()?;
+        match conn.lookup_storage_pool_by_name(name) {
+            Ok(p) => {
+                let rec = self.pool_record(&p)?;
+                if rec.state == PoolState::Running {
+                    self.pool_volumes(&p, name)?;
+                }
+            }
+            Err(_) => {
+                self.observer
+                    .observe(ObjectClass::Pool, name, None, None, self.emitting());
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pool_list(&self) -> Result<PoolListResponse, Error> {
+        let conn = self.conn()?;
+        Ok(PoolListResponse {
+            pools: self.all_pools(&conn)?.into_iter().map(|(_, r)| r).collect(),
+        })
+    }
+
+    pub(crate) fn pool_get(&self, name: &str) -> Result<PoolRecord, Error> {
+        let conn = self.conn()?;
+        let p = self.lookup_pool(&conn, name)?;
+        self.pool_record(&p)
+    }
+
+    pub(crate) fn pool_define(&self, r: PoolDefineRequest) -> Result<PoolRecord, Error> {
+        let spec = r.spec;
+        let conn = self.conn()?;
+        if conn.lookup_storage_pool_by_name(&spec.name).is_ok() {
+            return Err(already_exists("pool", &spec.name));
+        }
+        let xml = xml::pool_xml(&spec)?;
+        let subject = Subject::pool(&spec.name, "define");
+        let p = self.lv(&subject, conn.define_storage_pool_xml(&xml, 0))?;
+        if spec.kind == PoolKind::Dir {
+            // Creates the target directory on real hosts; drivers without
+            // build support (the test driver) need none.
+            if let Err(e) = p.build(0) {
+                tracing::debug!(pool = %spec.name, error = %e, "pool build skipped");
+            }
+        }
+        if spec.autostart {
+            self.lv(&subject, p.set_autostart(true).map(|_| ()))?;
+            self.lv(&subject, p.create(0).map(|_| ()))?;
+        }
+        tracing::info!(pool = %spec.name, "defined pool");
+        self.pool_record(&p)
+    }
+
+    fn pool_op(
+        &self,
+        name: &str,
+        op: &'static str,
+        need: PoolState,
+        act: impl FnOnce(&StoragePool) -> Result<(), virt::error::Error>,
+    ) -> Result<(StoragePool, PoolRecord), Error> {
+        let conn = self.conn()?;
+        let p = self.lookup_pool(&conn, name)?;
+        let rec = self.pool_record(&p)?;
+        if rec.state != need {
+            return Err(pool_bad_state(name, op, rec.state));
+        }
+        self.lv(&Subject::pool(name, op), act(&p))?;
+        let rec = self.pool_record(&p)?;
+        Ok((p, rec))
+    }
+
+    pub(crate) fn pool_start(&self, name: &str) -> Result<PoolRecord, Error> {
+        let (p, rec) = self.pool_op(name, "pool.start", PoolState::Inactive, |p| {
+            p.create(0).map(|_| ())
+        })?;
+        self.pool_volumes(&p, name)?;
+        Ok(rec)
+    }
+
+    pub(crate) fn pool_stop(&self, name: &str) -> Result<PoolRecord, Error> {
+        Ok(self
+            .pool_op(name, "pool.stop", PoolState::Running, |p| p.destroy())?
+            .1)
+    }
+
+    pub(crate) fn pool_refresh(&self, name: &str) -> Result<PoolRecord, Error> {
+        let (p, rec) = self.pool_op(name, "pool.refresh", PoolState::Running, |p| {
+            p.refresh(0).map(|_| ())
+        })?;
+        self.pool_volumes(&p, name)?;
+        Ok(rec)
+    }
+
+    pub(crate) fn pool_undefine(&self, name: &str) -> Result<Empty, Error> {
+        let conn = self.conn()?;
+        let p = self.lookup_pool(&conn, name)?;
+        let rec = self.pool_record(&p)?;
+        if rec.state != PoolState::Inactive {
+            return Err(pool_bad_state(name, "pool.undefine", rec.state));
+        }
+        self.lv(&Subject::pool(name, "pool.undefine"), p.undefine())?;
+        self.observer
+            .observe(ObjectClass::Pool, name, None, None, self.emitting());
+        tracing::info!(pool = %name, "undefined pool");
+        Ok(Empty {})
+    }
+
+    fn running_pool(&self, conn: &Connect, pool: &str, op: &str) -> Result<StoragePool, Error> {
+        let p = self.lookup_pool(conn, pool)?;
+        let rec = self.pool_record(&p)?;
+        if rec.state != PoolState::Running {
+            return Err(pool_bad_state(pool, op, rec.state));
+        }
+        Ok(p)
+    }
+
+    pub(crate) fn volume_list(&self, pool: &str) -> Result<VolumeListResponse, Error> {
+        let conn = self.conn()?;
+        let p = self.running_pool(&conn, pool, "volume.list")?;
+        Ok(VolumeListResponse {
+            volumes: self.pool_volumes(&p, pool)?,
+        })
+    }
+
+    pub(crate) fn volume_get(&self, pool: &str, name: &str) -> Result<VolumeRecord, Error> {
+        let conn = self.conn()?;
+        let v = self.lookup_volume(&conn, pool, name)?;
+        self.volume_record(pool, &v)
+    }
+
+    /// Creates a volume without observing it (callers observe).
+    pub(crate) fn create_volume_raw(
+        &self,
+        conn: &Connect,
+        pool: &str,
+        spec: &VolumeSpec,
+    ) -> Result<StorageVol, Error> {
+        let p = self.running_pool(conn, pool, "volume.create")?;
+        if p.lookup_storage_vol_by_name(&spec.name).is_ok() {
+            return Err(already_exists("volume", &format!("{pool}/{}", spec.name)));
+        }
+        let v = self.lv(
+            &Subject::volume(pool, &spec.name),
+            StorageVol::create_xml(&p, &xml::volume_xml(spec), 0),
+        )?;
+        Ok(v)
+    }
+
+    pub(crate) fn volume_create(
+        &self,
+        pool: &str,
+        spec: &VolumeSpec,
+    ) -> Result<VolumeRecord, Error> {
+        let conn = self.conn()?;
+        let v = self.create_volume_raw(&conn, pool, spec)?;
+        let rec = self.volume_record(pool, &v)?;
+        let _ = self.pool_get(pool);
+        tracing::info!(pool, volume = %spec.name, "created volume");
+        Ok(rec)
+    }
+
+    pub(crate) fn volume_delete(&self, pool: &str, name: &str) -> Result<Empty, Error> {
+        let conn = self.conn()?;
+        let v = self.lookup_volume(&conn, pool, name)?;
+        self.lv(&Subject::volume(pool, name), v.delete(0))?;
+        self.volume_gone(pool, name);
+        let _ = self.pool_get(pool);
+        tracing::info!(pool, volume = %name, "deleted volume");
+        Ok(Empty {})
+    }
+
+    pub(crate) fn volume_resize(&self, r: VolumeResizeRequest) -> Result<VolumeRecord, Error> {
+        let conn = self.conn()?;
+        let v = self.lookup_volume(&conn, &r.pool, &r.name)?;
+        let current = self.volume_raw(&r.pool, &v)?.capacity_bytes;
+        if r.capacity_bytes < current {
+            return Err(ValidationError::new(
+                "capacity_bytes",
+                format_args!("is smaller than the current {current}; shrinking is refused"),
+            )
+            .into());
+        }
+        self.lv(
+            &Subject::volume(&r.pool, &r.name),
+            v.resize(r.capacity_bytes, 0),
+        )?;
+        self.volume_record(&r.pool, &v)
+    }
+
+    pub(crate) fn volume_clone(&self, r: VolumeCloneRequest) -> Result<VolumeRecord, Error> {
+        let conn = self.conn()?;
+        let p = self.running_pool(&conn, &r.pool, "volume.clone")?;
+        let src = self.lookup_volume(&conn, &r.pool, &r.name)?;
+        if p.lookup_storage_vol_by_name(&r.new_name).is_ok() {
+            return Err(already_exists(
+                "volume",
+                &format!("{}/{}", r.pool, r.new_name),
+            ));
+        }
+        let src_rec = self.volume_raw(&r.pool, &src)?;
+        let spec = VolumeSpec {
+            name: r.new_name.clone(),
+            capacity_bytes: src_rec.capacity_bytes,
+            allocation_bytes: 0,
+            format: src_rec.format,
+        };
+        let v = self.lv(
+            &Subject::volume(&r.pool, &r.new_name),
+            StorageVol::create_xml_from(&p, &xml::volume_xml(&spec), &src, 0),
+        )?;
+        let _ = self.pool_get(&r.pool);
+        self.volume_record(&r.pool, &v)
+    }
+}

@@ -1,0 +1,660 @@
+//! Generation and parsing of libvirt XML. Nothing outside the bridge sees
+//! XML: specs go in, records come out.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hostbus_protocol::types::{
+    DiskBus, DiskFormat, DiskRecord, ForwardMode, IpSpec, NetworkSpec, NicModel, NicRecord,
+    PoolKind, PoolSpec, PowerState, VolumeSpec,
+};
+use hostbus_protocol::Error;
+use roxmltree::{Document, Node};
+use uuid::Uuid;
+
+/// Escapes text for XML content and attribute values.
+pub(crate) fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn parse(xml: &str) -> Result<Document<'_>, Error> {
+    Document::parse(xml).map_err(|e| Error::internal(format!("unparsable XML from libvirt: {e}")))
+}
+
+fn child<'a, 'i>(n: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
+    n.children().find(|c| c.has_tag_name(name))
+}
+
+fn path_node<'a, 'i>(n: Node<'a, 'i>, path: &[&str]) -> Option<Node<'a, 'i>> {
+    path.iter().try_fold(n, |n, p| child(n, p))
+}
+
+fn text_at(n: Node<'_, '_>, path: &[&str]) -> Option<String> {
+    path_node(n, path)
+        .and_then(|n| n.text())
+        .map(|t| t.trim().to_owned())
+}
+
+fn attr_at(n: Node<'_, '_>, path: &[&str], attr: &str) -> Option<String> {
+    path_node(n, path)
+        .and_then(|n| n.attribute(attr))
+        .map(str::to_owned)
+}
+
+/// Converts a libvirt size with a unit to the given scale (bytes per unit of result).
+fn scaled(value: u64, unit: Option<&str>, result_unit: u64) -> u64 {
+    let mult: u64 = match unit.unwrap_or("KiB") {
+        "b" | "bytes" => 1,
+        "KB" => 1000,
+        "k" | "KiB" => 1024,
+        "MB" => 1_000_000,
+        "M" | "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "G" | "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "T" | "TiB" => 1 << 40,
+        _ => 1024,
+    };
+    value.saturating_mul(mult) / result_unit
+}
+
+fn size_at(n: Node<'_, '_>, path: &[&str], result_unit: u64, default_unit: &str) -> Option<u64> {
+    let node = path_node(n, path)?;
+    let v: u64 = node.text()?.trim().parse().ok()?;
+    Some(scaled(
+        v,
+        Some(node.attribute("unit").unwrap_or(default_unit)),
+        result_unit,
+    ))
+}
+
+// ------------------------------------------------------------------ domains
+
+/// A disk as the bridge writes it into domain XML.
+pub(crate) struct DiskXml<'a> {
+    pub target: &'a str,
+    pub path: String,
+    pub bus: DiskBus,
+    pub format: DiskFormat,
+    pub read_only: bool,
+}
+
+/// A NIC as the bridge writes it into domain XML.
+pub(crate) struct NicXml<'a> {
+    pub network: Option<&'a str>,
+    pub bridge: Option<&'a str>,
+    pub mac: String,
+    pub model: NicModel,
+}
+
+/// Everything needed to write a domain definition.
+pub(crate) struct DomainXml<'a> {
+    pub domain_type: &'a str,
+    pub name: &'a str,
+    pub uuid: Uuid,
+    pub description: &'a str,
+    pub memory_kib: u64,
+    pub max_memory_kib: u64,
+    pub vcpus: u32,
+    pub max_vcpus: u32,
+    pub arch: &'a str,
+    pub disks: Vec<DiskXml<'a>>,
+    pub nics: Vec<NicXml<'a>>,
+}
+
+pub(crate) fn disk_xml(d: &DiskXml<'_>) -> String {
+    let kind = if d.path.starts_with("/dev/") {
+        "block"
+    } else {
+        "file"
+    };
+    let src_attr = if kind == "block" { "dev" } else { "file" };
+    let mut s = format!(
+        "<disk type='{kind}' device='disk'><driver name='qemu' type='{}'/><source {src_attr}='{}'/><target dev='{}' bus='{}'/>",
+        d.format.as_str(),
+        esc(&d.path),
+        esc(d.target),
+        d.bus.as_str()
+    );
+    if d.read_only {
+        s.push_str("<readonly/>");
+    }
+    s.push_str("</disk>");
+    s
+}
+
+pub(crate) fn nic_xml(n: &NicXml<'_>) -> String {
+    let (kind, source) = match (n.network, n.bridge) {
+        (Some(net), _) => ("network", format!("<source network='{}'/>", esc(net))),
+        (None, Some(br)) => ("bridge", format!("<source bridge='{}'/>", esc(br))),
+        (None, None) => ("network", "<source network='default'/>".to_owned()),
+    };
+    format!(
+        "<interface type='{kind}'><mac address='{}'/>{source}<model type='{}'/></interface>",
+        esc(&n.mac),
+        n.model.as_str()
+    )
+}
+
+pub(crate) fn domain_xml(d: &DomainXml<'_>) -> String {
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "<domain type='{}'><name>{}</name><uuid>{}</uuid><description>{}</description>\
+         <memory unit='KiB'>{}</memory><currentMemory unit='KiB'>{}</currentMemory>\
+         <vcpu placement='static' current='{}'>{}</vcpu>\
+         <os><type arch='{}'>hvm</type><boot dev='hd'/></os><features><acpi/></features>\
+         <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash><devices>",
+        esc(d.domain_type),
+        esc(d.name),
+        d.uuid,
+        esc(d.description),
+        d.max_memory_kib,
+        d.memory_kib,
+        d.vcpus,
+        d.max_vcpus,
+        esc(d.arch)
+    );
+    for disk in &d.disks {
+        s.push_str(&disk_xml(disk));
+    }
+    for nic in &d.nics {
+        s.push_str(&nic_xml(nic));
+    }
+    s.push_str("</devices></domain>");
+    s
+}
+
+/// What the bridge reads back from a domain definition.
+#[derive(Debug, Clone)]
+pub(crate) struct DomainFacts {
+    pub name: String,
+    pub uuid: Uuid,
+    pub description: String,
+    pub memory_kib: u64,
+    pub max_memory_kib: u64,
+    pub vcpus: u32,
+    pub max_vcpus: u32,
+    pub disks: Vec<DiskRecord>,
+    pub nics: Vec<NicRecord>,
+    /// Host-side device of each NIC (`<target dev=..>`), parallel to `nics`.
+    pub nic_devs: Vec<Option<String>>,
+}
+
+pub(crate) fn parse_domain(xml: &str) -> Result<DomainFacts, Error> {
+    let doc = parse(xml)?;
+    let root = doc.root_element();
+    let uuid = text_at(root, &["uuid"])
+        .and_then(|u| Uuid::parse_str(&u).ok())
+        .ok_or_else(|| Error::internal("domain XML without a uuid"))?;
+    let max_memory_kib = size_at(root, &["memory"], 1024, "KiB").unwrap_or(0);
+    let memory_kib = size_at(root, &["currentMemory"], 1024, "KiB").unwrap_or(max_memory_kib);
+    let vcpu = child(root, "vcpu");
+    let max_vcpus: u32 = vcpu
+        .and_then(|v| v.text())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(1);
+    let vcpus: u32 = vcpu
+        .and_then(|v| v.attribute("current"))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(max_vcpus);
+    let mut disks = Vec::new();
+    let mut nics = Vec::new();
+    let mut nic_devs = Vec::new();
+    if let Some(devices) = child(root, "devices") {
+        for d in devices.children().filter(|c| c.has_tag_name("disk")) {
+            if d.attribute("device").is_some_and(|dev| dev != "disk") {
+                continue;
+            }
+            let Some(target) = attr_at(d, &["target"], "dev") else {
+                continue;
+            };
+            let source = child(d, "source");
+            let source_path = source
+                .and_then(|s| s.attribute("file").or(s.attribute("dev")))
+                .map(str::to_owned);
+            let format = match attr_at(d, &["driver"], "type").as_deref() {
+                Some("qcow2") => DiskFormat::Qcow2,
+                Some("raw") | None => DiskFormat::Raw,
+                Some(_) => DiskFormat::Unknown,
+            };
+            let bus = match attr_at(d, &["target"], "bus").as_deref() {
+                Some("virtio") => DiskBus::Virtio,
+                Some("scsi") => DiskBus::Scsi,
+                Some("sata") => DiskBus::Sata,
+                Some("ide") => DiskBus::Ide,
+                _ => DiskBus::Unknown,
+            };
+            let volume = source.and_then(|s| {
+                Some(hostbus_protocol::types::VolumeRef {
+                    pool: s.attribute("pool")?.to_owned(),
+                    volume: s.attribute("volume")?.to_owned(),
+                })
+            });
+            disks.push(DiskRecord {
+                target,
+                bus,
+                format,
+                source_path,
+                volume,
+                read_only: child(d, "readonly").is_some(),
+            });
+        }
+        for i in devices.children().filter(|c| c.has_tag_name("interface")) {
+            let source = child(i, "source");
+            let model = match attr_at(i, &["model"], "type").as_deref() {
+                Some("virtio") => NicModel::Virtio,
+                Some("e1000") => NicModel::E1000,
+                Some("rtl8139") => NicModel::Rtl8139,
+                _ => NicModel::Unknown,
+            };
+            nic_devs.push(attr_at(i, &["target"], "dev"));
+            nics.push(NicRecord {
+                mac: attr_at(i, &["mac"], "address").unwrap_or_default(),
+                network: source
+                    .and_then(|s| s.attribute("network"))
+                    .map(str::to_owned),
+                bridge: source
+                    .and_then(|s| s.attribute("bridge"))
+                    .map(str::to_owned),
+                model,
+            });
+        }
+    }
+    Ok(DomainFacts {
+        name: text_at(root, &["name"]).unwrap_or_default(),
+        uuid,
+        description: text_at(root, &["description"]).unwrap_or_default(),
+        memory_kib,
+        max_memory_kib,
+        vcpus,
+        max_vcpus,
+        disks,
+        nics,
+        nic_devs,
+    })
+}
+
+/// The domain definition with `device` added to its devices.
+pub(crate) fn add_device(domain: &str, device: &str) -> Result<String, Error> {
+    if let Some(i) = domain.rfind("</devices>") {
+        return Ok(format!("{}{device}{}", &domain[..i], &domain[i..]));
+    }
+    if let Some(i) = domain.find("<devices/>") {
+        return Ok(format!(
+            "{}<devices>{device}</devices>{}",
+            &domain[..i],
+            &domain[i + "<devices/>".len()..]
+        ));
+    }
+    if let Some(i) = domain.rfind("</domain>") {
+        return Ok(format!(
+            "{}<devices>{device}</devices>{}",
+            &domain[..i],
+            &domain[i..]
+        ));
+    }
+    Err(Error::internal("domain XML without a closing tag"))
+}
+
+/// The domain definition without the first `tag` device (`disk` or
+/// `interface`) for which `matches` holds, or `None` when there is none.
+pub(crate) fn remove_device(
+    domain: &str,
+    tag: &str,
+    matches: impl Fn(Node<'_, '_>) -> bool,
+) -> Result<Option<String>, Error> {
+    let doc = parse(domain)?;
+    let Some(devices) = child(doc.root_element(), "devices") else {
+        return Ok(None);
+    };
+    let found = devices
+        .children()
+        .find(|c| c.has_tag_name(tag) && matches(*c));
+    Ok(found.map(|n| {
+        let r = n.range();
+        format!("{}{}", &domain[..r.start], &domain[r.end..])
+    }))
+}
+
+/// Whether a `<disk>` node has guest target `target`.
+pub(crate) fn disk_has_target(n: Node<'_, '_>, target: &str) -> bool {
+    attr_at(n, &["target"], "dev").as_deref() == Some(target)
+}
+
+/// Whether an `<interface>` node has MAC `mac` (case-insensitive).
+pub(crate) fn nic_has_mac(n: Node<'_, '_>, mac: &str) -> bool {
+    attr_at(n, &["mac"], "address").is_some_and(|m| m.eq_ignore_ascii_case(mac))
+}
+
+// ---------------------------------------------------------------- snapshots
+
+pub(crate) fn snapshot_xml(name: &str, description: &str) -> String {
+    format!(
+        "<domainsnapshot><name>{}</name><description>{}</description></domainsnapshot>",
+        esc(name),
+        esc(description)
+    )
+}
+
+/// What the bridge reads back from a snapshot.
+pub(crate) struct SnapshotFacts {
+    pub name: String,
+    pub description: String,
+    pub created_at_s: u64,
+    pub state: PowerState,
+    pub parent: Option<String>,
+}
+
+pub(crate) fn parse_snapshot(xml: &str) -> Result<SnapshotFacts, Error> {
+    let doc = parse(xml)?;
+    let root = doc.root_element();
+    let state = match text_at(root, &["state"]).as_deref() {
+        Some("running") | Some("blocked") => PowerState::Running,
+        Some("paused") => PowerState::Paused,
+        Some("shutoff") | Some("shutdown") | Some("nostate") => PowerState::Halted,
+        Some("crashed") => PowerState::Crashed,
+        Some("pmsuspended") => PowerState::Suspended,
+        _ => PowerState::Unknown,
+    };
+    Ok(SnapshotFacts {
+        name: text_at(root, &["name"]).unwrap_or_default(),
+        description: text_at(root, &["description"]).unwrap_or_default(),
+        created_at_s: text_at(root, &["creationTime"])
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0),
+        state,
+        parent: text_at(root, &["parent", "name"]),
+    })
+}
+
+// -------------------------------------------------------------------- pools
+
+pub(crate) fn pool_xml(spec: &PoolSpec) -> Result<String, Error> {
+    let source = match (spec.kind, spec.source.as_deref()) {
+        (PoolKind::Dir, _) => String::new(),
+        (PoolKind::Fs | PoolKind::Disk, Some(dev)) => {
+            format!("<source><device path='{}'/></source>", esc(dev))
+        }
+        (PoolKind::Logical, Some(vg)) => format!("<source><name>{}</name></source>", esc(vg)),
+        (PoolKind::Netfs, Some(src)) => {
+            let (host, dir) = src.split_once(':').ok_or_else(|| {
+                Error::from(hostbus_protocol::ValidationError::new(
+                    "spec.source",
+                    "must be `host:/path` for a netfs pool",
+                ))
+            })?;
+            format!(
+                "<source><host name='{}'/><dir path='{}'/></source>",
+                esc(host),
+                esc(dir)
+            )
+        }
+        (kind, None) if kind != PoolKind::Dir => {
+            return Err(hostbus_protocol::ValidationError::new(
+                "spec.source",
+                format_args!("is required for a {kind} pool"),
+            )
+            .into())
+        }
+        (kind, _) => {
+            return Err(Error::new(
+                hostbus_protocol::ErrorCode::OperationNotSupported,
+                [
+                    ("operation", "pool.define".to_owned()),
+                    ("reason", format!("{kind} pools")),
+                ],
+                format!("{kind} pools cannot be defined through hostbus yet"),
+            ))
+        }
+    };
+    Ok(format!(
+        "<pool type='{}'><name>{}</name>{source}<target><path>{}</path></target></pool>",
+        spec.kind.as_str(),
+        esc(&spec.name),
+        esc(&spec.target_path)
+    ))
+}
+
+pub(crate) struct PoolFacts {
+    pub kind: PoolKind,
+    pub target_path: Option<String>,
+}
+
+pub(crate) fn parse_pool(xml: &str) -> Result<PoolFacts, Error> {
+    let doc = parse(xml)?;
+    let root = doc.root_element();
+    let kind = match root.attribute("type") {
+        Some("dir") => PoolKind::Dir,
+        Some("fs") => PoolKind::Fs,
+        Some("netfs") => PoolKind::Netfs,
+        Some("logical") => PoolKind::Logical,
+        Some("disk") => PoolKind::Disk,
+        Some("iscsi") => PoolKind::Iscsi,
+        Some("rbd") => PoolKind::Rbd,
+        _ => PoolKind::Unknown,
+    };
+    Ok(PoolFacts {
+        kind,
+        target_path: text_at(root, &["target", "path"]),
+    })
+}
+
+pub(crate) fn volume_xml(spec: &VolumeSpec) -> String {
+    format!(
+        "<volume><name>{}</name><capacity unit='bytes'>{}</capacity><allocation unit='bytes'>{}</allocation>\
+         <target><format type='{}'/></target></volume>",
+        esc(&spec.name),
+        spec.capacity_bytes,
+        spec.allocation_bytes,
+        spec.format.as_str()
+    )
+}
+
+pub(crate) fn parse_volume_format(xml: &str) -> Result<DiskFormat, Error> {
+    let doc = parse(xml)?;
+    Ok(
+        match attr_at(doc.root_element(), &["target", "format"], "type").as_deref() {
+            Some("qcow2") => DiskFormat::Qcow2,
+            Some("raw") | Some("dir") | None => DiskFormat::Raw,
+            Some(_) => DiskFormat::Unknown,
+        },
+    )
+}
+
+// ----------------------------------------------------------------- networks
+
+pub(crate) fn network_xml(spec: &NetworkSpec) -> String {
+    let mut s = format!("<network><name>{}</name>", esc(&spec.name));
+    if let Some(b) = &spec.bridge {
+        let _ = write!(s, "<bridge name='{}' stp='on' delay='0'/>", esc(b));
+    }
+    match spec.forward {
+        ForwardMode::Isolated | ForwardMode::Unknown => {}
+        mode => {
+            let _ = write!(s, "<forward mode='{}'/>", mode.as_str());
+        }
+    }
+    if let Some(ip) = &spec.ip {
+        let _ = write!(
+            s,
+            "<ip address='{}' prefix='{}'>",
+            esc(&ip.address),
+            ip.prefix
+        );
+        if let (Some(a), Some(b)) = (&ip.dhcp_start, &ip.dhcp_end) {
+            let _ = write!(
+                s,
+                "<dhcp><range start='{}' end='{}'/></dhcp>",
+                esc(a),
+                esc(b)
+            );
+        }
+        s.push_str("</ip>");
+    }
+    s.push_str("</network>");
+    s
+}
+
+pub(crate) struct NetworkFacts {
+    pub bridge: Option<String>,
+    pub forward: ForwardMode,
+    pub ip: Option<IpSpec>,
+}
+
+fn prefix_from_netmask(mask: &str) -> Option<u8> {
+    let addr: std::net::Ipv4Addr = mask.parse().ok()?;
+    u8::try_from(u32::from(addr).count_ones()).ok()
+}
+
+pub(crate) fn parse_network(xml: &str) -> Result<NetworkFacts, Error> {
+    let doc = parse(xml)?;
+    let root = doc.root_element();
+    let forward = match child(root, "forward") {
+        None => ForwardMode::Isolated,
+        Some(f) => match f.attribute("mode").unwrap_or("nat") {
+            "nat" => ForwardMode::Nat,
+            "route" => ForwardMode::Route,
+            "bridge" => ForwardMode::Bridge,
+            "open" => ForwardMode::Open,
+            _ => ForwardMode::Unknown,
+        },
+    };
+    let ip = child(root, "ip").and_then(|ip| {
+        let address = ip.attribute("address")?.to_owned();
+        let prefix = ip
+            .attribute("prefix")
+            .and_then(|p| p.parse().ok())
+            .or_else(|| ip.attribute("netmask").and_then(prefix_from_netmask))
+            .unwrap_or(24);
+        let range = path_node(ip, &["dhcp", "range"]);
+        Some(IpSpec {
+            address,
+            prefix,
+            dhcp_start: range.and_then(|r| r.attribute("start")).map(str::to_owned),
+            dhcp_end: range.and_then(|r| r.attribute("end")).map(str::to_owned),
+        })
+    });
+    Ok(NetworkFacts {
+        bridge: attr_at(root, &["bridge"], "name"),
+        forward,
+        ip,
+    })
+}
+
+// ------------------------------------------------------------- capabilities
+
+pub(crate) struct CapsFacts {
+    pub arch: String,
+    pub cpu_model: String,
+    pub cpu_features: Vec<String>,
+    pub guest_domain_types: BTreeMap<String, Vec<String>>,
+    pub machine_types: Vec<String>,
+}
+
+pub(crate) fn parse_capabilities(xml: &str) -> Result<CapsFacts, Error> {
+    let doc = parse(xml)?;
+    let root = doc.root_element();
+    let cpu = path_node(root, &["host", "cpu"]);
+    let arch = cpu.and_then(|c| text_at(c, &["arch"])).unwrap_or_default();
+    let mut guest_domain_types: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut machine_types = Vec::new();
+    for g in root.children().filter(|c| c.has_tag_name("guest")) {
+        let Some(a) = child(g, "arch") else { continue };
+        let name = a.attribute("name").unwrap_or_default().to_owned();
+        let types = guest_domain_types.entry(name.clone()).or_default();
+        for d in a.children().filter(|c| c.has_tag_name("domain")) {
+            if let Some(t) = d.attribute("type") {
+                if !types.iter().any(|x| x == t) {
+                    types.push(t.to_owned());
+                }
+            }
+        }
+        if name == arch {
+            for m in a.children().filter(|c| c.has_tag_name("machine")) {
+                if let Some(t) = m.text() {
+                    if !machine_types.iter().any(|x| x == t) {
+                        machine_types.push(t.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    Ok(CapsFacts {
+        cpu_model: cpu.and_then(|c| text_at(c, &["model"])).unwrap_or_default(),
+        cpu_features: cpu
+            .map(|c| {
+                c.children()
+                    .filter(|f| f.has_tag_name("feature"))
+                    .filter_map(|f| f.attribute("name").map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        arch,
+        guest_domain_types,
+        machine_types,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_domain_xml_parses_back() {
+        let xml = domain_xml(&DomainXml {
+            domain_type: "test",
+            name: "a<b",
+            uuid: Uuid::nil(),
+            description: "it's \"quoted\" & <tagged>",
+            memory_kib: 1024,
+            max_memory_kib: 2048,
+            vcpus: 1,
+            max_vcpus: 2,
+            arch: "x86_64",
+            disks: vec![DiskXml {
+                target: "vda",
+                path: "/var/lib/x.qcow2".into(),
+                bus: DiskBus::Virtio,
+                format: DiskFormat::Qcow2,
+                read_only: true,
+            }],
+            nics: vec![NicXml {
+                network: Some("default"),
+                bridge: None,
+                mac: "52:54:00:00:00:01".into(),
+                model: NicModel::E1000,
+            }],
+        });
+        let f = parse_domain(&xml).expect("parse");
+        assert_eq!(f.name, "a<b");
+        assert_eq!(f.description, "it's \"quoted\" & <tagged>");
+        assert_eq!(
+            (f.memory_kib, f.max_memory_kib, f.vcpus, f.max_vcpus),
+            (1024, 2048, 1, 2)
+        );
+        assert_eq!(f.disks[0].target, "vda");
+        assert!(f.disks[0].read_only);
+        assert_eq!(f.disks[0].format, DiskFormat::Qcow2);
+        assert_eq!(f.nics[0].model, NicModel::E1000);
+        assert_eq!(f.nics[0].network.as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn sizes_respect_units() {
+        assert_eq!(scaled(2, Some("GiB"), 1024), 2 * 1024 * 1024);
+        assert_eq!(scaled(4096, Some("bytes"), 1), 4096);
+        assert_eq!(prefix_from_netmask("255.255.255.0"), Some(24));
+    }
+}

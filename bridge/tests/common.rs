@@ -1,0 +1,131 @@
+//! Helpers shared by the bridge tests: a bridge on its own private copy of
+//! the shipped node file, typed calls, and event waits.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use hostbus_bridge::{Bridge, CallContext, Config, ObjectEvent};
+use hostbus_protocol::commands::*;
+use hostbus_protocol::types::{
+    DiskBus, DiskFormat, DiskSource, DiskSpec, NicModel, NicSpec, PowerState, VmRecord, VmSpec,
+};
+use hostbus_protocol::{Command, Error, ErrorCode};
+use uuid::Uuid;
+
+pub fn node_uri() -> String {
+    format!("test://{}/testdata/node-h1.xml", env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn config() -> Config {
+    Config {
+        uri: node_uri(),
+        host_id: "h1".into(),
+        reconcile_interval: Duration::from_secs(3600),
+        ..Config::default()
+    }
+}
+
+pub fn open() -> Bridge {
+    Bridge::open(config()).expect("open bridge")
+}
+
+/// Runs command `C` synchronously and returns its typed response.
+pub fn run<C: Command>(b: &Bridge, req: C::Request) -> Result<C::Response, Error> {
+    let resp = b.call(C::wrap(req), &CallContext::new())?;
+    let name = resp.name();
+    Ok(C::unwrap(resp).unwrap_or_else(|| panic!("{} answered with {name}", C::NAME)))
+}
+
+pub fn code<T: std::fmt::Debug>(r: Result<T, Error>) -> ErrorCode {
+    r.expect_err("expected an error").code
+}
+
+pub const WEB01: &str = "11111111-0000-4000-8000-000000000001";
+pub const DB01: &str = "11111111-0000-4000-8000-000000000002";
+
+pub fn uuid(s: &str) -> Uuid {
+    s.parse().expect("uuid")
+}
+
+pub fn spec(name: &str) -> VmSpec {
+    VmSpec {
+        name: name.into(),
+        uuid: None,
+        description: String::new(),
+        memory_kib: 524_288,
+        max_memory_kib: Some(1_048_576),
+        vcpus: 1,
+        max_vcpus: Some(4),
+        arch: None,
+        disks: vec![],
+        nics: vec![NicSpec {
+            network: Some("default".into()),
+            bridge: None,
+            mac: None,
+            model: NicModel::Virtio,
+        }],
+        autostart: false,
+    }
+}
+
+pub fn new_disk(target: &str, pool: &str) -> DiskSpec {
+    DiskSpec {
+        target: target.into(),
+        source: DiskSource::NewVolume {
+            pool: pool.into(),
+            capacity_bytes: 1 << 30,
+        },
+        bus: DiskBus::Virtio,
+        format: DiskFormat::Qcow2,
+        read_only: false,
+    }
+}
+
+pub fn define(b: &Bridge, name: &str) -> VmRecord {
+    run::<VmDefine>(b, VmDefineRequest { spec: spec(name) }).expect("define")
+}
+
+/// Defines a VM and drives it into `state`.
+pub fn vm_in(b: &Bridge, name: &str, state: PowerState) -> VmRecord {
+    let vm = define(b, name);
+    let u = vm.uuid;
+    let start = || {
+        run::<VmStart>(
+            b,
+            VmStartRequest {
+                uuid: u,
+                paused: false,
+            },
+        )
+        .expect("start")
+    };
+    let rec = match state {
+        PowerState::Halted => vm,
+        PowerState::Running => start(),
+        PowerState::Paused => {
+            start();
+            run::<VmPause>(b, VmUuid { uuid: u }).expect("pause")
+        }
+        PowerState::Suspended => {
+            start();
+            run::<VmSuspend>(b, VmUuid { uuid: u }).expect("suspend")
+        }
+        other => panic!("cannot drive a vm to {other}"),
+    };
+    assert_eq!(rec.power_state, state, "{name} should be {state}");
+    rec
+}
+
+/// Waits up to 5 s for an event matching `pred`, returning it.
+pub fn wait_event(rx: &Receiver<ObjectEvent>, pred: impl Fn(&ObjectEvent) -> bool) -> ObjectEvent {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(ev) if pred(&ev) => return ev,
+            Ok(_) => {}
+            Err(e) => panic!("no matching event: {e}"),
+        }
+    }
+}

@@ -1,0 +1,622 @@
+//! The bridge on libvirt's test driver: host facts, VM operations and their
+//! refusal paths, the power-state table, devices and snapshots.
+
+mod common;
+
+use common::*;
+use hostbus_bridge::allowed_states;
+use hostbus_protocol::commands::*;
+use hostbus_protocol::types::{
+    DiskBus, DiskFormat, DiskSource, DiskSpec, NicModel, NicSpec, PowerState, VmOperation,
+    VolumeRef,
+};
+use hostbus_protocol::{ErrorCode, COMMANDS};
+use uuid::Uuid;
+
+#[test]
+fn host_facts_come_from_the_node_file() {
+    let b = open();
+    let pong = run::<HostPing>(
+        &b,
+        Ping {
+            echo: Some("hi".into()),
+        },
+    )
+    .expect("ping");
+    assert_eq!(
+        (pong.host_id.as_str(), pong.echo.as_deref()),
+        ("h1", Some("hi"))
+    );
+    let info = run::<HostInfo>(&b, Empty {}).expect("info");
+    assert_eq!(info.host_id, "h1");
+    assert_eq!(info.cpus, 8);
+    assert_eq!(info.memory_kib, 33_554_432);
+    assert_eq!(info.hypervisor, "TEST");
+    assert!(info.generation >= 1);
+    let caps = run::<HostCapabilities>(&b, Empty {}).expect("caps");
+    assert_eq!(caps.commands.len(), COMMANDS.len());
+    assert!(
+        caps.guest_domain_types
+            .values()
+            .flatten()
+            .any(|t| t == "test"),
+        "{caps:?}"
+    );
+    let stats = run::<HostStatsGet>(&b, Empty {}).expect("stats");
+    assert_eq!((stats.vms_total, stats.vms_active), (3, 1));
+    assert_eq!(stats.vm_memory_kib, 1_048_576);
+    let inv = run::<HostSnapshot>(&b, Empty {}).expect("snapshot");
+    assert_eq!(inv.vms.len(), 3);
+    assert_eq!(inv.pools.len(), 2);
+    assert_eq!(inv.volumes.len(), 4);
+    assert_eq!(inv.networks.len(), 2);
+    assert!(inv.vms.iter().all(|v| v.generation >= 1));
+}
+
+#[test]
+fn vms_are_listed_and_found_by_uuid_and_name() {
+    let b = open();
+    let all = run::<VmList>(&b, VmListRequest { power_state: None })
+        .expect("list")
+        .vms;
+    let names: Vec<&str> = all.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["batch01", "db01", "web01"]);
+    let running = run::<VmList>(
+        &b,
+        VmListRequest {
+            power_state: Some(PowerState::Running),
+        },
+    )
+    .expect("list")
+    .vms;
+    assert_eq!(running.len(), 1);
+    let web = run::<VmGet>(&b, VmUuid { uuid: uuid(WEB01) }).expect("get");
+    assert_eq!(web.name, "web01");
+    assert_eq!(
+        (web.memory_kib, web.max_memory_kib, web.vcpus, web.max_vcpus),
+        (1_048_576, 2_097_152, 2, 4)
+    );
+    assert_eq!(
+        web.disks[0].source_path.as_deref(),
+        Some("/var/lib/hostbus/images/web01.qcow2")
+    );
+    assert_eq!(web.nics[0].mac, "52:54:00:10:00:01");
+    assert!(web.allowed_operations.contains(&VmOperation::Pause));
+    assert!(!web.allowed_operations.contains(&VmOperation::Start));
+    let db = run::<VmGetByName>(
+        &b,
+        ObjectName {
+            name: "db01".into(),
+        },
+    )
+    .expect("by name");
+    assert_eq!(db.uuid, uuid(DB01));
+    assert_eq!(db.power_state, PowerState::Halted);
+
+    assert_eq!(
+        code(run::<VmGet>(
+            &b,
+            VmUuid {
+                uuid: Uuid::new_v4()
+            }
+        )),
+        ErrorCode::VmNotFound
+    );
+    let err = run::<VmGetByName>(
+        &b,
+        ObjectName {
+            name: "nope".into(),
+        },
+    )
+    .expect_err("missing");
+    assert_eq!(err.code, ErrorCode::VmNotFound);
+    assert_eq!(err.param("vm"), Some("nope"));
+}
+
+#[test]
+fn define_creates_volumes_and_undefine_can_remove_them() {
+    let b = open();
+    let mut s = spec("app01");
+    s.disks = vec![new_disk("vda", "default"), new_disk("vdb", "default")];
+    s.description = "app server".into();
+    let vm = run::<VmDefine>(&b, VmDefineRequest { spec: s.clone() }).expect("define");
+    assert_eq!(vm.power_state, PowerState::Halted);
+    assert_eq!(vm.description, "app server");
+    assert_eq!(vm.disks.len(), 2);
+    assert!(vm.nics[0].mac.starts_with("52:54:00:"));
+    let vols = run::<VolumeList>(
+        &b,
+        PoolName {
+            pool: "default".into(),
+        },
+    )
+    .expect("vols")
+    .volumes;
+    assert!(vols.iter().any(|v| v.name == "app01-vda.qcow2"));
+    assert!(vols.iter().any(|v| v.name == "app01-vdb.qcow2"));
+
+    assert_eq!(
+        code(run::<VmDefine>(&b, VmDefineRequest { spec: s })),
+        ErrorCode::AlreadyExists
+    );
+
+    run::<VmUndefine>(
+        &b,
+        VmUndefineRequest {
+            uuid: vm.uuid,
+            remove_storage: true,
+        },
+    )
+    .expect("undefine");
+    assert_eq!(
+        code(run::<VmGet>(&b, VmUuid { uuid: vm.uuid })),
+        ErrorCode::VmNotFound
+    );
+    let vols = run::<VolumeList>(
+        &b,
+        PoolName {
+            pool: "default".into(),
+        },
+    )
+    .expect("vols")
+    .volumes;
+    assert!(
+        !vols.iter().any(|v| v.name.starts_with("app01-")),
+        "{vols:?}"
+    );
+}
+
+#[test]
+fn define_refuses_missing_networks_pools_and_bad_specs_and_leaves_nothing_behind() {
+    let b = open();
+    let mut s = spec("bad01");
+    s.nics[0].network = Some("nonet".into());
+    assert_eq!(
+        code(run::<VmDefine>(&b, VmDefineRequest { spec: s })),
+        ErrorCode::NetworkNotFound
+    );
+
+    let mut s = spec("bad02");
+    s.disks = vec![new_disk("vda", "default"), new_disk("vdb", "nopool")];
+    let err = run::<VmDefine>(&b, VmDefineRequest { spec: s }).expect_err("no pool");
+    assert_eq!(err.code, ErrorCode::PoolNotFound);
+    assert_eq!(err.param("pool"), Some("nopool"));
+    let vols = run::<VolumeList>(
+        &b,
+        PoolName {
+            pool: "default".into(),
+        },
+    )
+    .expect("vols")
+    .volumes;
+    assert!(
+        !vols.iter().any(|v| v.name.starts_with("bad02-")),
+        "rolled back: {vols:?}"
+    );
+
+    let mut s = spec("bad03");
+    s.memory_kib = 1;
+    let err = run::<VmDefine>(&b, VmDefineRequest { spec: s }).expect_err("invalid");
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert_eq!(err.param("field"), Some("spec.memory_kib"));
+    assert_eq!(
+        code(run::<VmGetByName>(
+            &b,
+            ObjectName {
+                name: "bad03".into()
+            }
+        )),
+        ErrorCode::VmNotFound
+    );
+}
+
+/// Each VM operation from each power state: allowed, or refused with the
+/// exact `VM_BAD_POWER_STATE` naming the current and allowed states.
+#[test]
+fn power_state_table() {
+    let b = open();
+    let states = [
+        PowerState::Halted,
+        PowerState::Running,
+        PowerState::Paused,
+        PowerState::Suspended,
+    ];
+    let ops = [
+        VmOperation::Start,
+        VmOperation::Shutdown,
+        VmOperation::Destroy,
+        VmOperation::Reboot,
+        VmOperation::Reset,
+        VmOperation::Pause,
+        VmOperation::Resume,
+        VmOperation::Suspend,
+        VmOperation::Undefine,
+        VmOperation::SetMemory,
+        VmOperation::SetVcpus,
+        VmOperation::SnapshotCreate,
+    ];
+    let mut n = 0;
+    for state in states {
+        for op in ops {
+            n += 1;
+            let vm = vm_in(&b, &format!("sm{n:03}"), state);
+            let u = vm.uuid;
+            let result = match op {
+                VmOperation::Start => run::<VmStart>(
+                    &b,
+                    VmStartRequest {
+                        uuid: u,
+                        paused: false,
+                    },
+                )
+                .map(|r| Some(r.power_state)),
+                VmOperation::Shutdown => run::<VmShutdown>(
+                    &b,
+                    VmShutdownRequest {
+                        uuid: u,
+                        timeout_s: 10,
+                        force: false,
+                    },
+                )
+                .map(|r| Some(r.power_state)),
+                VmOperation::Destroy => {
+                    run::<VmDestroy>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
+                }
+                VmOperation::Reboot => {
+                    run::<VmReboot>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
+                }
+                VmOperation::Reset => {
+                    run::<VmReset>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
+                }
+                VmOperation::Pause => {
+                    run::<VmPause>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
+                }
+                VmOperation::Resume => {
+                    run::<VmResume>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
+                }
+                VmOperation::Suspend => {
+                    run::<VmSuspend>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
+                }
+                VmOperation::Undefine => run::<VmUndefine>(
+                    &b,
+                    VmUndefineRequest {
+                        uuid: u,
+                        remove_storage: false,
+                    },
+                )
+                .map(|_| None),
+                VmOperation::SetMemory => run::<VmSetMemory>(
+                    &b,
+                    VmSetMemoryRequest {
+                        uuid: u,
+                        memory_kib: 262_144,
+                    },
+                )
+                .map(|r| {
+                    assert_eq!(r.memory_kib, 262_144);
+                    Some(r.power_state)
+                }),
+                VmOperation::SetVcpus => {
+                    run::<VmSetVcpus>(&b, VmSetVcpusRequest { uuid: u, vcpus: 2 }).map(|r| {
+                        assert_eq!(r.vcpus, 2);
+                        Some(r.power_state)
+                    })
+                }
+                VmOperation::SnapshotCreate => run::<SnapshotCreate>(
+                    &b,
+                    SnapshotCreateRequest {
+                        vm: u,
+                        name: "s1".into(),
+                        description: String::new(),
+                    },
+                )
+                .map(|_| Some(state)),
+                other => unreachable!("{other}"),
+            };
+            let allowed = allowed_states(op);
+            if allowed.contains(&state) {
+                let after = result.unwrap_or_else(|e| panic!("{op} from {state} failed: {e}"));
+                let expected = match op {
+                    VmOperation::Start | VmOperation::Resume => Some(PowerState::Running),
+                    VmOperation::Shutdown | VmOperation::Destroy => Some(PowerState::Halted),
+                    VmOperation::Pause => Some(PowerState::Paused),
+                    VmOperation::Suspend => Some(PowerState::Suspended),
+                    VmOperation::Undefine => None,
+                    _ => Some(state),
+                };
+                assert_eq!(after, expected, "{op} from {state}");
+            } else {
+                let err = result.expect_err(&format!("{op} from {state} was allowed"));
+                assert_eq!(
+                    err.code,
+                    ErrorCode::VmBadPowerState,
+                    "{op} from {state}: {err}"
+                );
+                assert_eq!(err.param("current"), Some(state.as_str()));
+                assert_eq!(err.param("operation"), Some(op.as_str()));
+                let list: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+                assert_eq!(err.param("allowed"), Some(list.join(",").as_str()));
+            }
+        }
+    }
+}
+
+#[test]
+fn memory_and_vcpus_cannot_exceed_their_ceilings() {
+    let b = open();
+    let err = run::<VmSetMemory>(
+        &b,
+        VmSetMemoryRequest {
+            uuid: uuid(WEB01),
+            memory_kib: 4_194_304,
+        },
+    )
+    .expect_err("too much");
+    assert_eq!(
+        (err.code, err.param("field")),
+        (ErrorCode::InvalidArgument, Some("memory_kib"))
+    );
+    let err = run::<VmSetVcpus>(
+        &b,
+        VmSetVcpusRequest {
+            uuid: uuid(WEB01),
+            vcpus: 8,
+        },
+    )
+    .expect_err("too many");
+    assert_eq!(
+        (err.code, err.param("field")),
+        (ErrorCode::InvalidArgument, Some("vcpus"))
+    );
+    let r = run::<VmSetVcpus>(
+        &b,
+        VmSetVcpusRequest {
+            uuid: uuid(WEB01),
+            vcpus: 3,
+        },
+    )
+    .expect("live vcpus");
+    assert_eq!(r.vcpus, 3);
+}
+
+#[test]
+fn disks_and_nics_attach_and_detach() {
+    let b = open();
+    // The test driver has no hotplug: a running VM refuses, a halted one is
+    // changed through its definition.
+    let running = vm_in(&b, "dev00", PowerState::Running);
+    let nic = NicSpec {
+        network: Some("default".into()),
+        bridge: None,
+        mac: None,
+        model: NicModel::Virtio,
+    };
+    let err = run::<VmAttachNic>(
+        &b,
+        VmAttachNicRequest {
+            uuid: running.uuid,
+            nic,
+        },
+    )
+    .expect_err("no hotplug");
+    assert_eq!(
+        (err.code, err.param("operation")),
+        (ErrorCode::OperationNotSupported, Some("attach_nic"))
+    );
+
+    let vm = vm_in(&b, "dev01", PowerState::Halted);
+    let u = vm.uuid;
+    let disk = DiskSpec {
+        target: "vdb".into(),
+        source: DiskSource::Volume(VolumeRef {
+            pool: "default".into(),
+            volume: "base-debian12.qcow2".into(),
+        }),
+        bus: DiskBus::Virtio,
+        format: DiskFormat::Qcow2,
+        read_only: true,
+    };
+    let r = run::<VmAttachDisk>(
+        &b,
+        VmAttachDiskRequest {
+            uuid: u,
+            disk: disk.clone(),
+        },
+    )
+    .expect("attach disk");
+    let vdb = r
+        .disks
+        .iter()
+        .find(|d| d.target == "vdb")
+        .expect("vdb attached");
+    assert_eq!(
+        vdb.source_path.as_deref(),
+        Some("/var/lib/hostbus/images/base-debian12.qcow2")
+    );
+    let err = run::<VmAttachDisk>(&b, VmAttachDiskRequest { uuid: u, disk }).expect_err("twice");
+    assert_eq!(
+        (err.code, err.param("field")),
+        (ErrorCode::InvalidArgument, Some("disk.target"))
+    );
+    let r = run::<VmDetachDisk>(
+        &b,
+        VmDetachDiskRequest {
+            uuid: u,
+            target: "vdb".into(),
+        },
+    )
+    .expect("detach disk");
+    assert!(r.disks.iter().all(|d| d.target != "vdb"));
+    assert_eq!(
+        code(run::<VmDetachDisk>(
+            &b,
+            VmDetachDiskRequest {
+                uuid: u,
+                target: "vdz".into()
+            }
+        )),
+        ErrorCode::DeviceNotFound
+    );
+
+    let nic = NicSpec {
+        network: Some("default".into()),
+        bridge: None,
+        mac: Some("52:54:00:aa:bb:cc".into()),
+        model: NicModel::Virtio,
+    };
+    let r = run::<VmAttachNic>(&b, VmAttachNicRequest { uuid: u, nic }).expect("attach nic");
+    assert!(r.nics.iter().any(|n| n.mac == "52:54:00:aa:bb:cc"));
+    let r = run::<VmDetachNic>(
+        &b,
+        VmDetachNicRequest {
+            uuid: u,
+            mac: "52:54:00:AA:BB:CC".into(),
+        },
+    )
+    .expect("detach nic");
+    assert!(r.nics.iter().all(|n| n.mac != "52:54:00:aa:bb:cc"));
+    assert_eq!(
+        code(run::<VmDetachNic>(
+            &b,
+            VmDetachNicRequest {
+                uuid: u,
+                mac: "52:54:00:00:00:99".into()
+            }
+        )),
+        ErrorCode::DeviceNotFound
+    );
+    let nic = NicSpec {
+        network: Some("nonet".into()),
+        bridge: None,
+        mac: None,
+        model: NicModel::Virtio,
+    };
+    assert_eq!(
+        code(run::<VmAttachNic>(&b, VmAttachNicRequest { uuid: u, nic })),
+        ErrorCode::NetworkNotFound
+    );
+}
+
+#[test]
+fn stats_report_cpu_memory_block_and_net() {
+    let b = open();
+    let s = run::<VmStatsGet>(&b, VmUuid { uuid: uuid(WEB01) }).expect("stats");
+    assert_eq!(s.power_state, PowerState::Running);
+    assert!(s.cpu_time_ns > 0);
+    assert_eq!(s.memory_kib, 1_048_576);
+    assert_eq!(s.block.len(), 1);
+    assert_eq!(s.net.len(), 1);
+    assert_eq!(s.net[0].mac, "52:54:00:10:00:01");
+    let halted = run::<VmStatsGet>(&b, VmUuid { uuid: uuid(DB01) }).expect("stats");
+    assert!(halted.block.is_empty() && halted.net.is_empty());
+    assert_eq!(
+        code(run::<VmStatsGet>(
+            &b,
+            VmUuid {
+                uuid: Uuid::new_v4()
+            }
+        )),
+        ErrorCode::VmNotFound
+    );
+}
+
+#[test]
+fn snapshots_create_list_revert_and_delete() {
+    let b = open();
+    let vm = vm_in(&b, "snap01", PowerState::Running);
+    let u = vm.uuid;
+    let s1 = run::<SnapshotCreate>(
+        &b,
+        SnapshotCreateRequest {
+            vm: u,
+            name: "before".into(),
+            description: "clean".into(),
+        },
+    )
+    .expect("snapshot");
+    assert_eq!(
+        (s1.name.as_str(), s1.description.as_str(), s1.vm_power_state),
+        ("before", "clean", PowerState::Running)
+    );
+    assert!(s1.current);
+    assert_eq!(
+        code(run::<SnapshotCreate>(
+            &b,
+            SnapshotCreateRequest {
+                vm: u,
+                name: "before".into(),
+                description: String::new()
+            }
+        )),
+        ErrorCode::AlreadyExists
+    );
+    run::<VmPause>(&b, VmUuid { uuid: u }).expect("pause");
+    run::<SnapshotCreate>(
+        &b,
+        SnapshotCreateRequest {
+            vm: u,
+            name: "paused".into(),
+            description: String::new(),
+        },
+    )
+    .expect("snapshot 2");
+    let list = run::<SnapshotList>(&b, VmUuid { uuid: u })
+        .expect("list")
+        .snapshots;
+    assert_eq!(list.len(), 2);
+    assert_eq!(list.iter().filter(|s| s.current).count(), 1);
+    run::<VmDestroy>(&b, VmUuid { uuid: u }).expect("destroy");
+    let r = run::<SnapshotRevert>(
+        &b,
+        SnapshotRef {
+            vm: u,
+            name: "before".into(),
+        },
+    )
+    .expect("revert");
+    assert_eq!(
+        r.power_state,
+        PowerState::Running,
+        "revert restores the power state at the time"
+    );
+    assert_eq!(r.current_snapshot.as_deref(), Some("before"));
+    run::<SnapshotDelete>(
+        &b,
+        SnapshotRef {
+            vm: u,
+            name: "paused".into(),
+        },
+    )
+    .expect("delete");
+    let err = run::<SnapshotDelete>(
+        &b,
+        SnapshotRef {
+            vm: u,
+            name: "paused".into(),
+        },
+    )
+    .expect_err("gone");
+    assert_eq!(
+        (err.code, err.param("snapshot")),
+        (ErrorCode::SnapshotNotFound, Some("paused"))
+    );
+    assert_eq!(
+        code(run::<SnapshotRevert>(
+            &b,
+            SnapshotRef {
+                vm: u,
+                name: "nope".into()
+            }
+        )),
+        ErrorCode::SnapshotNotFound
+    );
+    assert_eq!(
+        code(run::<SnapshotList>(
+            &b,
+            VmUuid {
+                uuid: Uuid::new_v4()
+            }
+        )),
+        ErrorCode::VmNotFound
+    );
+}
