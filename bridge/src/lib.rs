@@ -273,7 +273,8 @@ impl Bridge {
     }
 
     /// Compares libvirt's state with the last seen now, emitting events for
-    /// every difference (the background thread does this periodically).
+    /// every difference, and collects tasks past their TTL (the background
+    /// thread does this periodically).
     pub fn reconcile_now(&self) -> Result<(), Error> {
         self.inner.reconcile()
     }
@@ -530,10 +531,6 @@ impl Inner {
             if let Err(e) = self.reconcile() {
                 tracing::warn!(error = %e, "reconciliation failed");
             }
-            let collected = self.tasks.collect();
-            if collected > 0 {
-                tracing::debug!(collected, "collected finished tasks");
-            }
         }
     }
 
@@ -543,6 +540,10 @@ impl Inner {
         let emit = self.baseline.load(Ordering::SeqCst);
         self.scan(emit)?;
         self.baseline.store(true, Ordering::SeqCst);
+        let collected = self.tasks.collect();
+        if collected > 0 {
+            tracing::debug!(collected, "collected finished tasks");
+        }
         Ok(())
     }
 
