@@ -30,13 +30,23 @@ fn an_unreachable_hypervisor_is_reported_and_reconnected() {
     assert_eq!(err.code, ErrorCode::HostUnavailable);
     assert!(err.is_retryable());
 
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/node-h1.xml"), &node).expect("copy node");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/node-h1.xml"),
+        &node,
+    )
+    .expect("copy node");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !b.health().connected {
         assert!(Instant::now() < deadline, "never reconnected");
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(b.health().status, HealthStatus::Ok);
-    assert_eq!(run::<VmList>(&b, VmListRequest { power_state: None }).expect("list").vms.len(), 3);
+    assert_eq!(
+        run::<VmList>(&b, VmListRequest { power_state: None })
+            .expect("list")
+            .vms
+            .len(),
+        3
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,13 +15,26 @@ use hostbus_protocol::EventAction;
 #[test]
 fn changes_behind_the_bridges_back_are_caught() {
     let uri = "test:///default";
-    let quiet = Bridge::open(Config { uri: uri.into(), libvirt_events: false, reconcile_interval: Duration::from_secs(3600), ..Config::default() })
-        .expect("open");
+    let quiet = Bridge::open(Config {
+        uri: uri.into(),
+        libvirt_events: false,
+        reconcile_interval: Duration::from_secs(3600),
+        ..Config::default()
+    })
+    .expect("open");
     let rx = quiet.subscribe();
     let other = virt::connect::Connect::open(Some(uri)).expect("second connection");
-    let dom = other.lookup_domain_by_name("test").expect("the default test domain");
+    let dom = other
+        .lookup_domain_by_name("test")
+        .expect("the default test domain");
     let uuid = dom.uuid_string().expect("uuid");
-    let before = match quiet.inventory().expect("inventory").vms.into_iter().find(|v| v.name == "test") {
+    let before = match quiet
+        .inventory()
+        .expect("inventory")
+        .vms
+        .into_iter()
+        .find(|v| v.name == "test")
+    {
         Some(vm) => vm,
         None => panic!("no test domain"),
     };
@@ -29,7 +42,10 @@ fn changes_behind_the_bridges_back_are_caught() {
 
     dom.suspend().expect("pause behind the bridge's back");
     std::thread::sleep(Duration::from_millis(300));
-    assert!(rx.try_iter().all(|e| e.object_id != uuid), "no callbacks: nothing seen before reconciliation");
+    assert!(
+        rx.try_iter().all(|e| e.object_id != uuid),
+        "no callbacks: nothing seen before reconciliation"
+    );
     quiet.reconcile_now().expect("reconcile");
     let ev = wait_event(&rx, |e| e.class == ObjectClass::Vm && e.object_id == uuid);
     assert_eq!(ev.action, EventAction::Paused);
@@ -37,7 +53,12 @@ fn changes_behind_the_bridges_back_are_caught() {
     assert!(matches!(&ev.record, Record::Vm(vm) if vm.power_state == PowerState::Paused));
 
     // With libvirt's callbacks, the change arrives without reconciliation.
-    let live = Bridge::open(Config { uri: uri.into(), reconcile_interval: Duration::from_secs(3600), ..Config::default() }).expect("open");
+    let live = Bridge::open(Config {
+        uri: uri.into(),
+        reconcile_interval: Duration::from_secs(3600),
+        ..Config::default()
+    })
+    .expect("open");
     let rx2 = live.subscribe();
     dom.resume().expect("resume behind the bridge's back");
     let ev = wait_event(&rx2, |e| e.class == ObjectClass::Vm && e.object_id == uuid);
@@ -45,13 +66,22 @@ fn changes_behind_the_bridges_back_are_caught() {
 
     // A new definition is caught too, by both paths.
     let xml = "<domain type='test'><name>sneaky</name><memory>65536</memory><os><type>hvm</type></os></domain>";
-    let sneaky = other.define_domain_xml(xml).expect("define behind the bridge's back");
+    let sneaky = other
+        .define_domain_xml(xml)
+        .expect("define behind the bridge's back");
     let sneaky_uuid = sneaky.uuid_string().expect("uuid");
-    wait_event(&rx2, |e| e.object_id == sneaky_uuid && e.action == EventAction::Defined);
+    wait_event(&rx2, |e| {
+        e.object_id == sneaky_uuid && e.action == EventAction::Defined
+    });
     quiet.reconcile_now().expect("reconcile");
-    wait_event(&rx, |e| e.object_id == sneaky_uuid && e.action == EventAction::Defined);
+    wait_event(&rx, |e| {
+        e.object_id == sneaky_uuid && e.action == EventAction::Defined
+    });
     sneaky.undefine().expect("undefine");
     quiet.reconcile_now().expect("reconcile");
     let gone = wait_event(&rx, |e| e.object_id == sneaky_uuid);
-    assert_eq!((gone.action, gone.record), (EventAction::Undefined, Record::None));
+    assert_eq!(
+        (gone.action, gone.record),
+        (EventAction::Undefined, Record::None)
+    );
 }

@@ -5,11 +5,18 @@ mod common;
 
 use common::*;
 use hostbus_protocol::commands::*;
-use hostbus_protocol::types::{DiskFormat, ForwardMode, IpSpec, NetworkSpec, PoolKind, PoolSpec, PoolState, VolumeSpec};
+use hostbus_protocol::types::{
+    DiskFormat, ForwardMode, IpSpec, NetworkSpec, PoolKind, PoolSpec, PoolState, VolumeSpec,
+};
 use hostbus_protocol::ErrorCode;
 
 fn vol(name: &str, gib: u64) -> VolumeSpec {
-    VolumeSpec { name: name.into(), capacity_bytes: gib << 30, allocation_bytes: 0, format: DiskFormat::Qcow2 }
+    VolumeSpec {
+        name: name.into(),
+        capacity_bytes: gib << 30,
+        allocation_bytes: 0,
+        format: DiskFormat::Qcow2,
+    }
 }
 
 #[test]
@@ -19,75 +26,271 @@ fn pools_are_listed_defined_started_refreshed_stopped_and_undefined() {
     let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["default", "iso"]);
     let default = &pools[0];
-    assert_eq!((default.kind, default.state, default.volumes), (PoolKind::Dir, PoolState::Running, 3));
-    assert_eq!(default.target_path.as_deref(), Some("/var/lib/hostbus/images"));
+    assert_eq!(
+        (default.kind, default.state, default.volumes),
+        (PoolKind::Dir, PoolState::Running, 3)
+    );
+    assert_eq!(
+        default.target_path.as_deref(),
+        Some("/var/lib/hostbus/images")
+    );
     assert!(default.capacity_bytes > 0 && default.allocation_bytes <= default.capacity_bytes);
 
-    let spec = PoolSpec { name: "scratch".into(), kind: PoolKind::Dir, target_path: "/var/lib/hostbus/scratch".into(), source: None, autostart: false };
+    let spec = PoolSpec {
+        name: "scratch".into(),
+        kind: PoolKind::Dir,
+        target_path: "/var/lib/hostbus/scratch".into(),
+        source: None,
+        autostart: false,
+    };
     let p = run::<PoolDefine>(&b, PoolDefineRequest { spec: spec.clone() }).expect("define");
     assert_eq!(p.state, PoolState::Inactive);
-    assert_eq!(code(run::<PoolDefine>(&b, PoolDefineRequest { spec })), ErrorCode::AlreadyExists);
+    assert_eq!(
+        code(run::<PoolDefine>(&b, PoolDefineRequest { spec })),
+        ErrorCode::AlreadyExists
+    );
 
-    let err = run::<VolumeList>(&b, PoolName { pool: "scratch".into() }).expect_err("inactive");
-    assert_eq!((err.code, err.param("current")), (ErrorCode::PoolBadState, Some("inactive")));
-    assert_eq!(code(run::<PoolStop>(&b, ObjectName { name: "scratch".into() })), ErrorCode::PoolBadState);
-    assert_eq!(code(run::<PoolRefresh>(&b, ObjectName { name: "scratch".into() })), ErrorCode::PoolBadState);
+    let err = run::<VolumeList>(
+        &b,
+        PoolName {
+            pool: "scratch".into(),
+        },
+    )
+    .expect_err("inactive");
+    assert_eq!(
+        (err.code, err.param("current")),
+        (ErrorCode::PoolBadState, Some("inactive"))
+    );
+    assert_eq!(
+        code(run::<PoolStop>(
+            &b,
+            ObjectName {
+                name: "scratch".into()
+            }
+        )),
+        ErrorCode::PoolBadState
+    );
+    assert_eq!(
+        code(run::<PoolRefresh>(
+            &b,
+            ObjectName {
+                name: "scratch".into()
+            }
+        )),
+        ErrorCode::PoolBadState
+    );
 
-    let p = run::<PoolStart>(&b, ObjectName { name: "scratch".into() }).expect("start");
+    let p = run::<PoolStart>(
+        &b,
+        ObjectName {
+            name: "scratch".into(),
+        },
+    )
+    .expect("start");
     assert_eq!(p.state, PoolState::Running);
-    assert_eq!(code(run::<PoolStart>(&b, ObjectName { name: "scratch".into() })), ErrorCode::PoolBadState);
-    assert_eq!(code(run::<PoolUndefine>(&b, ObjectName { name: "scratch".into() })), ErrorCode::PoolBadState);
-    run::<PoolRefresh>(&b, ObjectName { name: "scratch".into() }).expect("refresh");
-    let p = run::<PoolStop>(&b, ObjectName { name: "scratch".into() }).expect("stop");
+    assert_eq!(
+        code(run::<PoolStart>(
+            &b,
+            ObjectName {
+                name: "scratch".into()
+            }
+        )),
+        ErrorCode::PoolBadState
+    );
+    assert_eq!(
+        code(run::<PoolUndefine>(
+            &b,
+            ObjectName {
+                name: "scratch".into()
+            }
+        )),
+        ErrorCode::PoolBadState
+    );
+    run::<PoolRefresh>(
+        &b,
+        ObjectName {
+            name: "scratch".into(),
+        },
+    )
+    .expect("refresh");
+    let p = run::<PoolStop>(
+        &b,
+        ObjectName {
+            name: "scratch".into(),
+        },
+    )
+    .expect("stop");
     assert_eq!(p.state, PoolState::Inactive);
-    run::<PoolUndefine>(&b, ObjectName { name: "scratch".into() }).expect("undefine");
-    assert_eq!(code(run::<PoolGet>(&b, ObjectName { name: "scratch".into() })), ErrorCode::PoolNotFound);
+    run::<PoolUndefine>(
+        &b,
+        ObjectName {
+            name: "scratch".into(),
+        },
+    )
+    .expect("undefine");
+    assert_eq!(
+        code(run::<PoolGet>(
+            &b,
+            ObjectName {
+                name: "scratch".into()
+            }
+        )),
+        ErrorCode::PoolNotFound
+    );
 
-    let bad = PoolSpec { name: "lvm".into(), kind: PoolKind::Logical, target_path: "/dev/vg0".into(), source: None, autostart: false };
+    let bad = PoolSpec {
+        name: "lvm".into(),
+        kind: PoolKind::Logical,
+        target_path: "/dev/vg0".into(),
+        source: None,
+        autostart: false,
+    };
     let err = run::<PoolDefine>(&b, PoolDefineRequest { spec: bad }).expect_err("no source");
-    assert_eq!((err.code, err.param("field")), (ErrorCode::InvalidArgument, Some("spec.source")));
+    assert_eq!(
+        (err.code, err.param("field")),
+        (ErrorCode::InvalidArgument, Some("spec.source"))
+    );
 }
 
 #[test]
 fn volumes_are_created_resized_cloned_and_deleted() {
     let b = open();
-    let v = run::<VolumeCreate>(&b, VolumeCreateRequest { pool: "default".into(), spec: vol("data.qcow2", 2) }).expect("create");
-    assert_eq!((v.pool.as_str(), v.capacity_bytes, v.format), ("default", 2 << 30, DiskFormat::Qcow2));
+    let v = run::<VolumeCreate>(
+        &b,
+        VolumeCreateRequest {
+            pool: "default".into(),
+            spec: vol("data.qcow2", 2),
+        },
+    )
+    .expect("create");
+    assert_eq!(
+        (v.pool.as_str(), v.capacity_bytes, v.format),
+        ("default", 2 << 30, DiskFormat::Qcow2)
+    );
     assert_eq!(v.path, "/var/lib/hostbus/images/data.qcow2");
-    let err = run::<VolumeCreate>(&b, VolumeCreateRequest { pool: "default".into(), spec: vol("data.qcow2", 1) }).expect_err("dup");
+    let err = run::<VolumeCreate>(
+        &b,
+        VolumeCreateRequest {
+            pool: "default".into(),
+            spec: vol("data.qcow2", 1),
+        },
+    )
+    .expect_err("dup");
     assert_eq!(err.code, ErrorCode::AlreadyExists);
-    assert_eq!(code(run::<VolumeCreate>(&b, VolumeCreateRequest { pool: "nopool".into(), spec: vol("x", 1) })), ErrorCode::PoolNotFound);
+    assert_eq!(
+        code(run::<VolumeCreate>(
+            &b,
+            VolumeCreateRequest {
+                pool: "nopool".into(),
+                spec: vol("x", 1)
+            }
+        )),
+        ErrorCode::PoolNotFound
+    );
 
-    let got = run::<VolumeGet>(&b, VolumeKey { pool: "default".into(), name: "data.qcow2".into() }).expect("get");
+    let got = run::<VolumeGet>(
+        &b,
+        VolumeKey {
+            pool: "default".into(),
+            name: "data.qcow2".into(),
+        },
+    )
+    .expect("get");
     assert_eq!(got.key, v.key);
 
-    let err = run::<VolumeResize>(&b, VolumeResizeRequest { pool: "default".into(), name: "data.qcow2".into(), capacity_bytes: 1 << 30 })
-        .expect_err("shrink");
-    assert_eq!((err.code, err.param("field")), (ErrorCode::InvalidArgument, Some("capacity_bytes")));
-    match run::<VolumeResize>(&b, VolumeResizeRequest { pool: "default".into(), name: "data.qcow2".into(), capacity_bytes: 4 << 30 }) {
+    let err = run::<VolumeResize>(
+        &b,
+        VolumeResizeRequest {
+            pool: "default".into(),
+            name: "data.qcow2".into(),
+            capacity_bytes: 1 << 30,
+        },
+    )
+    .expect_err("shrink");
+    assert_eq!(
+        (err.code, err.param("field")),
+        (ErrorCode::InvalidArgument, Some("capacity_bytes"))
+    );
+    match run::<VolumeResize>(
+        &b,
+        VolumeResizeRequest {
+            pool: "default".into(),
+            name: "data.qcow2".into(),
+            capacity_bytes: 4 << 30,
+        },
+    ) {
         Ok(r) => assert_eq!(r.capacity_bytes, 4 << 30),
         // Drivers without resize support must say so, not fail vaguely.
         Err(e) => assert_eq!(e.code, ErrorCode::OperationNotSupported, "{e}"),
     }
 
-    let c = run::<VolumeClone>(&b, VolumeCloneRequest { pool: "default".into(), name: "data.qcow2".into(), new_name: "copy.qcow2".into() })
-        .expect("clone");
+    let c = run::<VolumeClone>(
+        &b,
+        VolumeCloneRequest {
+            pool: "default".into(),
+            name: "data.qcow2".into(),
+            new_name: "copy.qcow2".into(),
+        },
+    )
+    .expect("clone");
     assert_eq!(c.name, "copy.qcow2");
     assert_eq!(
-        code(run::<VolumeClone>(&b, VolumeCloneRequest { pool: "default".into(), name: "nope".into(), new_name: "x".into() })),
+        code(run::<VolumeClone>(
+            &b,
+            VolumeCloneRequest {
+                pool: "default".into(),
+                name: "nope".into(),
+                new_name: "x".into()
+            }
+        )),
         ErrorCode::VolumeNotFound
     );
     assert_eq!(
-        code(run::<VolumeClone>(&b, VolumeCloneRequest { pool: "default".into(), name: "data.qcow2".into(), new_name: "copy.qcow2".into() })),
+        code(run::<VolumeClone>(
+            &b,
+            VolumeCloneRequest {
+                pool: "default".into(),
+                name: "data.qcow2".into(),
+                new_name: "copy.qcow2".into()
+            }
+        )),
         ErrorCode::AlreadyExists
     );
 
     for name in ["data.qcow2", "copy.qcow2"] {
-        run::<VolumeDelete>(&b, VolumeKey { pool: "default".into(), name: name.into() }).expect("delete");
+        run::<VolumeDelete>(
+            &b,
+            VolumeKey {
+                pool: "default".into(),
+                name: name.into(),
+            },
+        )
+        .expect("delete");
     }
-    let err = run::<VolumeDelete>(&b, VolumeKey { pool: "default".into(), name: "data.qcow2".into() }).expect_err("gone");
-    assert_eq!((err.code, err.param("pool"), err.param("volume")), (ErrorCode::VolumeNotFound, Some("default"), Some("data.qcow2")));
-    let left = run::<VolumeList>(&b, PoolName { pool: "default".into() }).expect("list").volumes;
+    let err = run::<VolumeDelete>(
+        &b,
+        VolumeKey {
+            pool: "default".into(),
+            name: "data.qcow2".into(),
+        },
+    )
+    .expect_err("gone");
+    assert_eq!(
+        (err.code, err.param("pool"), err.param("volume")),
+        (
+            ErrorCode::VolumeNotFound,
+            Some("default"),
+            Some("data.qcow2")
+        )
+    );
+    let left = run::<VolumeList>(
+        &b,
+        PoolName {
+            pool: "default".into(),
+        },
+    )
+    .expect("list")
+    .volumes;
     assert_eq!(left.len(), 3);
 }
 
@@ -101,24 +304,57 @@ fn networks_are_defined_started_stopped_and_undefined() {
     assert_eq!(default.bridge.as_deref(), Some("virbr0"));
     let ip = default.ip.as_ref().expect("ip");
     assert_eq!((ip.address.as_str(), ip.prefix), ("192.168.122.1", 24));
-    assert_eq!(nets.iter().find(|n| n.name == "storage-net").map(|n| n.forward), Some(ForwardMode::Isolated));
+    assert_eq!(
+        nets.iter()
+            .find(|n| n.name == "storage-net")
+            .map(|n| n.forward),
+        Some(ForwardMode::Isolated)
+    );
 
     let spec = NetworkSpec {
         name: "lab".into(),
         bridge: Some("virbr9".into()),
         forward: ForwardMode::Nat,
-        ip: Some(IpSpec { address: "192.168.150.1".into(), prefix: 24, dhcp_start: Some("192.168.150.10".into()), dhcp_end: Some("192.168.150.99".into()) }),
+        ip: Some(IpSpec {
+            address: "192.168.150.1".into(),
+            prefix: 24,
+            dhcp_start: Some("192.168.150.10".into()),
+            dhcp_end: Some("192.168.150.99".into()),
+        }),
         autostart: false,
     };
     let n = run::<NetworkDefine>(&b, NetworkDefineRequest { spec: spec.clone() }).expect("define");
     assert!(!n.active);
-    assert_eq!(n.ip.as_ref().and_then(|i| i.dhcp_end.as_deref()), Some("192.168.150.99"));
-    assert_eq!(code(run::<NetworkDefine>(&b, NetworkDefineRequest { spec })), ErrorCode::AlreadyExists);
-    assert_eq!(code(run::<NetworkStop>(&b, ObjectName { name: "lab".into() })), ErrorCode::NetworkBadState);
-    assert!(run::<NetworkStart>(&b, ObjectName { name: "lab".into() }).expect("start").active);
+    assert_eq!(
+        n.ip.as_ref().and_then(|i| i.dhcp_end.as_deref()),
+        Some("192.168.150.99")
+    );
+    assert_eq!(
+        code(run::<NetworkDefine>(&b, NetworkDefineRequest { spec })),
+        ErrorCode::AlreadyExists
+    );
+    assert_eq!(
+        code(run::<NetworkStop>(&b, ObjectName { name: "lab".into() })),
+        ErrorCode::NetworkBadState
+    );
+    assert!(
+        run::<NetworkStart>(&b, ObjectName { name: "lab".into() })
+            .expect("start")
+            .active
+    );
     let err = run::<NetworkUndefine>(&b, ObjectName { name: "lab".into() }).expect_err("active");
-    assert_eq!((err.code, err.param("current")), (ErrorCode::NetworkBadState, Some("active")));
-    assert!(!run::<NetworkStop>(&b, ObjectName { name: "lab".into() }).expect("stop").active);
+    assert_eq!(
+        (err.code, err.param("current")),
+        (ErrorCode::NetworkBadState, Some("active"))
+    );
+    assert!(
+        !run::<NetworkStop>(&b, ObjectName { name: "lab".into() })
+            .expect("stop")
+            .active
+    );
     run::<NetworkUndefine>(&b, ObjectName { name: "lab".into() }).expect("undefine");
-    assert_eq!(code(run::<NetworkGet>(&b, ObjectName { name: "lab".into() })), ErrorCode::NetworkNotFound);
+    assert_eq!(
+        code(run::<NetworkGet>(&b, ObjectName { name: "lab".into() })),
+        ErrorCode::NetworkNotFound
+    );
 }
