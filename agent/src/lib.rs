@@ -1,4 +1,22 @@
-//! The hostbus bus agent: consumes commands from the host's AMQP queue,
-//! dispatches them into the bridge on blocking threads, replies, and publishes
-//! lifecycle events and heartbeats. It is the only host-side crate that knows
-//! AMQP. The service itself lands with issue 4.
+//! The hostbus bus agent: serves one host's bridge through a RabbitMQ broker.
+//!
+//! It consumes commands from the host's durable queue, dispatches them into
+//! the bridge on blocking threads, replies to `reply_to` with the
+//! `correlation_id` before acking, publishes lifecycle events and heartbeats
+//! with publisher confirms, reconnects forever, and drains on SIGTERM. It is
+//! the only host-side crate that knows AMQP.
+//!
+//! * [`config`]: the layered configuration.
+//! * [`dispatch`]: delivery → reply, with no AMQP in it.
+//! * [`agent`]: sessions, topology, events, presence, reconnection, shutdown.
+//! * [`metrics`]: the Prometheus endpoint.
+//! * [`props`]: lapin ⇄ protocol property conversion.
+
+pub mod agent;
+pub mod config;
+pub mod dispatch;
+pub mod metrics;
+pub mod props;
+
+pub use agent::Agent;
+pub use config::{Config, ConfigError, Flags};

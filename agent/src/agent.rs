@@ -1,0 +1,658 @@
+//! The agent's life: connect (forever, with jittered backoff), declare the
+//! topology, announce itself with a full inventory, consume commands,
+//! publish events and heartbeats; on a lost connection start over; on
+//! SIGTERM drain and say goodbye.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use hostbus_bridge::{Bridge, ObjectEvent};
+use hostbus_protocol::envelope::VERSION_HEADER;
+use hostbus_protocol::events::{Health, Load, Versions};
+use hostbus_protocol::names::{self, ALL_KEY};
+use hostbus_protocol::types::{HealthStatus, Inventory, ObjectClass, Record};
+use hostbus_protocol::{
+    encode, now_ms, AmqpProperties, ContentType, Event, EventAction, HeaderValue, Heartbeat,
+    COMMANDS, PROTOCOL_VERSION,
+};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::dispatch::{Dispatcher, ReplyMessage};
+use crate::metrics::Metrics;
+use crate::props::to_lapin;
+
+/// Why a session ended.
+enum SessionEnd {
+    /// A clean stop was requested and done.
+    Shutdown,
+    /// The broker connection was lost.
+    Lost(String),
+}
+
+#[derive(Clone, Default)]
+struct Facts {
+    libvirt: String,
+    hypervisor: String,
+    vms_active: u32,
+    memory_free_kib: u64,
+    load_avg_milli: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One running agent.
+pub struct Agent {
+    cfg: Config,
+    bridge: Arc<Bridge>,
+    dispatcher: Arc<Dispatcher>,
+    metrics: Arc<Metrics>,
+    epoch: Uuid,
+    seq: Arc<AtomicU64>,
+    started_at: u64,
+    facts: Arc<Mutex<Facts>>,
+    refreshing: Arc<AtomicBool>,
+}
+
+impl Agent {
+    /// Opens the bridge and prepares the agent; nothing connects yet.
+    pub fn new(cfg: Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let bridge = Arc::new(Bridge::open(hostbus_bridge::Config {
+            uri: cfg.libvirt_uri.clone(),
+            host_id: cfg.host_id.clone(),
+            task_ttl: Duration::from_secs(cfg.task_ttl_s),
+            reconcile_interval: Duration::from_millis(cfg.reconcile_interval_ms),
+            step_pause: Duration::from_millis(cfg.step_pause_ms),
+            ..hostbus_bridge::Config::default()
+        })?);
+        let epoch = Uuid::new_v4();
+        let seq = Arc::new(AtomicU64::new(0));
+        let dispatcher = Arc::new(Dispatcher::new(
+            bridge.clone(),
+            cfg.host_id.clone(),
+            epoch,
+            seq.clone(),
+            cfg.max_payload_bytes,
+            metrics.clone(),
+        ));
+        Ok(Self {
+            cfg,
+            bridge,
+            dispatcher,
+            metrics,
+            epoch,
+            seq,
+            started_at: now_ms(),
+            facts: Arc::default(),
+            refreshing: Arc::default(),
+        })
+    }
+
+    /// The agent's epoch.
+    pub fn epoch(&self) -> Uuid {
+        self.epoch
+    }
+
+    /// Runs until `shutdown` resolves, then stops gracefully.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let agent = Arc::new(self);
+        tracing::info!(host = %agent.cfg.host_id, epoch = %agent.epoch, libvirt = %agent.cfg.libvirt_uri, "agent starting");
+        // Bridge events cross from the bridge's threads to the runtime here.
+        let (ev_tx, ev_rx) = mpsc::channel::<ObjectEvent>(10_000);
+        let bridge_rx = agent.bridge.subscribe();
+        std::thread::Builder::new()
+            .name("hostbus-event-pump".into())
+            .spawn(move || {
+                for ev in bridge_rx {
+                    if ev_tx.blocking_send(ev).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        let events = Arc::new(tokio::sync::Mutex::new(ev_rx));
+        tokio::pin!(shutdown);
+        let mut attempt: u32 = 0;
+        let mut first = true;
+        loop {
+            let conn = tokio::select! {
+                c = agent.connect(&mut attempt) => c,
+                () = &mut shutdown => {
+                    tracing::info!("stopping before a broker connection was made");
+                    agent.bridge.shutdown();
+                    return Ok(());
+                }
+            };
+            if !first {
+                agent.metrics.reconnected();
+            }
+            match agent
+                .clone()
+                .session(conn, events.clone(), &mut shutdown)
+                .await
+            {
+                SessionEnd::Shutdown => {
+                    agent.bridge.shutdown();
+                    tracing::info!("agent stopped");
+                    return Ok(());
+                }
+                SessionEnd::Lost(why) => {
+                    tracing::warn!(reason = %why, "broker connection lost; reconnecting");
+                    first = false;
+                }
+            }
+        }
+    }
+
+    /// Connects to the first broker that answers, retrying forever with
+    /// jittered exponential backoff.
+    async fn connect(&self, attempt: &mut u32) -> Connection {
+        loop {
+            for url in &self.cfg.broker_urls {
+                let props = ConnectionProperties::default().with_connection_name(LongString::from(
+                    format!("hostbus-agent/{}", self.cfg.host_id).as_bytes(),
+                ));
+                match Connection::connect(url, props).await {
+                    Ok(c) => {
+                        tracing::info!(broker = %redact(url), "connected to the broker");
+                        *attempt = 0;
+                        return c;
+                    }
+                    Err(e) => {
+                        tracing::warn!(broker = %redact(url), error = %e, "cannot connect to the broker")
+                    }
+                }
+            }
+            let base = 100u64
+                .saturating_mul(1 << (*attempt).min(16))
+                .min(self.cfg.reconnect_max_backoff_ms);
+            // Full jitter: anywhere between half and all of the backoff.
+            let jitter = (Uuid::new_v4().as_u128() % u128::from(base / 2 + 1)) as u64;
+            let wait = Duration::from_millis(base / 2 + jitter);
+            *attempt = attempt.saturating_add(1);
+            tracing::info!(
+                wait_ms = wait.as_millis() as u64,
+                attempt = *attempt,
+                "retrying the broker connection"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn declare(&self, ch: &Channel) -> lapin::Result<String> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        for (name, kind) in [
+            (names::COMMAND_EXCHANGE, ExchangeKind::Topic),
+            (names::EVENT_EXCHANGE, ExchangeKind::Topic),
+            (names::PRESENCE_EXCHANGE, ExchangeKind::Topic),
+            (names::DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
+        ] {
+            ch.exchange_declare(name.into(), kind, durable, FieldTable::default())
+                .await?;
+        }
+        let dq = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        ch.queue_declare(names::DEAD_LETTER_QUEUE.into(), dq, FieldTable::default())
+            .await?;
+        ch.queue_bind(
+            names::DEAD_LETTER_QUEUE.into(),
+            names::DEAD_LETTER_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let queue = names::agent_queue(&self.cfg.host_id);
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(names::DEAD_LETTER_EXCHANGE.into()),
+        );
+        ch.queue_declare(queue.as_str().into(), dq, args).await?;
+        let mut keys = vec![names::host_key(&self.cfg.host_id), ALL_KEY.to_owned()];
+        keys.extend(self.cfg.labels.iter().map(|l| names::group_key(l)));
+        for key in keys {
+            ch.queue_bind(
+                queue.as_str().into(),
+                names::COMMAND_EXCHANGE.into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
+        Ok(queue)
+    }
+
+    async fn session(
+        self: Arc<Self>,
+        conn: Connection,
+        events: Arc<tokio::sync::Mutex<mpsc::Receiver<ObjectEvent>>>,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> SessionEnd {
+        let setup = async {
+            let cmd = conn.create_channel().await?;
+            let publ = conn.create_channel().await?;
+            publ.confirm_select(ConfirmSelectOptions::default()).await?;
+            let queue = self.declare(&cmd).await?;
+            let prefetch = u16::try_from(self.cfg.concurrency).unwrap_or(u16::MAX);
+            cmd.basic_qos(prefetch, BasicQosOptions::default()).await?;
+            Ok::<_, lapin::Error>((cmd, publ, queue))
+        };
+        let (cmd, publ, queue) = match setup.await {
+            Ok(x) => x,
+            Err(e) => return SessionEnd::Lost(format!("cannot set up channels and topology: {e}")),
+        };
+        // Events queued while disconnected are covered by the fresh inventory.
+        {
+            let mut rx = events.lock().await;
+            while rx.try_recv().is_ok() {}
+        }
+        if let Err(e) = self.announce(&publ, EventAction::Online).await {
+            return SessionEnd::Lost(format!("cannot publish agent.online: {e}"));
+        }
+        let tag = format!("hostbus-agent-{}-{}", self.cfg.host_id, self.epoch);
+        let mut consumer = match cmd
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Lost(format!("cannot consume {queue}: {e}")),
+        };
+        tracing::info!(queue = %queue, labels = ?self.cfg.labels, "serving commands");
+
+        let mut background = JoinSet::new();
+        {
+            let agent = self.clone();
+            let publ = publ.clone();
+            background.spawn(async move {
+                let mut rx = events.lock().await;
+                while let Some(ev) = rx.recv().await {
+                    if let Err(e) = agent.publish_event(&publ, ev).await {
+                        return format!("cannot publish an event: {e}");
+                    }
+                }
+                "the bridge's event stream ended".to_owned()
+            });
+        }
+        {
+            let agent = self.clone();
+            let publ = publ.clone();
+            background.spawn(async move {
+                let mut tick = tokio::time::interval(agent.cfg.heartbeat_interval());
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = agent.publish_heartbeat(&publ).await {
+                        return format!("cannot publish a heartbeat: {e}");
+                    }
+                }
+            });
+        }
+
+        let permits = Arc::new(Semaphore::new(self.cfg.concurrency as usize));
+        let mut inflight = JoinSet::new();
+        let end = loop {
+            tokio::select! {
+                delivery = consumer.next() => match delivery {
+                    Some(Ok(d)) => {
+                        let permit = match permits.clone().acquire_owned().await {
+                            Ok(p) => p,
+                            Err(_) => break SessionEnd::Lost("the command semaphore closed".into()),
+                        };
+                        let agent = self.clone();
+                        let publ = publ.clone();
+                        inflight.spawn(async move {
+                            let _permit = permit;
+                            agent.serve(&publ, d).await;
+                        });
+                    }
+                    Some(Err(e)) => break SessionEnd::Lost(format!("consumer failed: {e}")),
+                    None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
+                },
+                Some(done) = background.join_next() => {
+                    let why = done.unwrap_or_else(|e| format!("a background task failed: {e}"));
+                    break SessionEnd::Lost(why);
+                }
+                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+                () = shutdown.as_mut() => break SessionEnd::Shutdown,
+            }
+        };
+        match end {
+            SessionEnd::Lost(why) => {
+                background.abort_all();
+                // In-flight commands finish on their own; unacked ones are redelivered.
+                inflight.detach_all();
+                SessionEnd::Lost(why)
+            }
+            SessionEnd::Shutdown => {
+                tracing::info!(in_flight = inflight.len(), "stopping: no new commands");
+                if let Err(e) = cmd
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot cancel the consumer");
+                }
+                let bound = Duration::from_millis(self.cfg.shutdown_timeout_ms);
+                let drained = tokio::time::timeout(bound, async {
+                    while inflight.join_next().await.is_some() {}
+                })
+                .await;
+                if drained.is_err() {
+                    tracing::warn!(
+                        left = inflight.len(),
+                        bound_ms = self.cfg.shutdown_timeout_ms,
+                        "in-flight commands did not finish in time; they will be redelivered"
+                    );
+                    inflight.abort_all();
+                }
+                // Let pending events out before saying goodbye.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                background.abort_all();
+                if let Err(e) = self.announce(&publ, EventAction::Offline).await {
+                    tracing::warn!(error = %e, "cannot publish agent.offline");
+                }
+                let _ = conn.close(200, "agent stopping".into()).await;
+                SessionEnd::Shutdown
+            }
+        }
+    }
+
+    /// Handles one delivery: reply first, then ack.
+    async fn serve(&self, publ: &Channel, d: lapin::message::Delivery) {
+        let props = crate::props::from_lapin(&d.properties);
+        let handled = self.dispatcher.handle(props, d.data.clone()).await;
+        if let Some(reply) = handled.reply {
+            if let Err(e) = self.publish_reply(publ, reply).await {
+                tracing::warn!(command = %handled.command, error = %e, "cannot publish the reply; the command will be redelivered");
+                let _ = d
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await;
+                return;
+            }
+        }
+        if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
+            tracing::warn!(command = %handled.command, error = %e, "cannot ack the command");
+        }
+    }
+
+    async fn publish_reply(&self, publ: &Channel, r: ReplyMessage) -> anyhow::Result<()> {
+        let confirm = publ
+            .basic_publish(
+                "".into(),
+                r.to.as_str().into(),
+                BasicPublishOptions::default(),
+                &r.body,
+                to_lapin(&r.properties),
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Nack(_) => anyhow::bail!("the broker refused the reply"),
+            _ => Ok(()),
+        }
+    }
+
+    fn message_props(&self, kind: &str, expiration_ms: Option<u64>) -> AmqpProperties {
+        let mut p = AmqpProperties {
+            message_id: Some(Uuid::new_v4().to_string()),
+            kind: Some(kind.to_owned()),
+            content_type: Some(ContentType::MsgPack.as_str().to_owned()),
+            timestamp: Some(now_ms() / 1000),
+            expiration: expiration_ms.map(|e| e.to_string()),
+            delivery_mode: Some(2),
+            ..AmqpProperties::default()
+        };
+        p.headers.insert(
+            VERSION_HEADER.to_owned(),
+            HeaderValue::Str(PROTOCOL_VERSION.to_string()),
+        );
+        p.headers.insert(
+            hostbus_protocol::envelope::HOST_HEADER.to_owned(),
+            HeaderValue::Str(self.cfg.host_id.clone()),
+        );
+        p
+    }
+
+    async fn publish_confirmed(
+        &self,
+        publ: &Channel,
+        exchange: &str,
+        key: &str,
+        body: &[u8],
+        props: AmqpProperties,
+    ) -> anyhow::Result<()> {
+        let confirm = publ
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(key),
+                BasicPublishOptions::default(),
+                body,
+                to_lapin(&props),
+            )
+            .await?
+            .await?;
+        if let Confirmation::Nack(_) = confirm {
+            anyhow::bail!("the broker refused the message");
+        }
+        Ok(())
+    }
+
+    async fn publish_event(&self, publ: &Channel, ev: ObjectEvent) -> anyhow::Result<()> {
+        let event = Event {
+            host_id: self.cfg.host_id.clone(),
+            epoch: self.epoch,
+            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            time: ev.time,
+            class: ev.class,
+            action: ev.action,
+            object_id: ev.object_id,
+            generation: ev.generation,
+            record: ev.record,
+            inventory: None,
+        };
+        self.send_event(publ, &event).await
+    }
+
+    async fn send_event(&self, publ: &Channel, event: &Event) -> anyhow::Result<()> {
+        let body = encode(ContentType::MsgPack, event)?;
+        let kind = format!("{}.{}", event.class, event.action);
+        self.publish_confirmed(
+            publ,
+            names::EVENT_EXCHANGE,
+            &event.routing_key(),
+            &body,
+            self.message_props(&kind, None),
+        )
+        .await?;
+        self.metrics.event_published();
+        Ok(())
+    }
+
+    /// Publishes `agent.online` (with the full inventory) or `agent.offline`.
+    async fn announce(&self, publ: &Channel, action: EventAction) -> anyhow::Result<()> {
+        let inventory = if action == EventAction::Online {
+            let bridge = self.bridge.clone();
+            match tokio::task::spawn_blocking(move || bridge.inventory()).await? {
+                Ok(inv) => Some(inv),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no inventory for agent.online");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let inventory = inventory.map(|mut inv: Inventory| {
+            inv.epoch = Some(self.epoch);
+            inv.seq = seq;
+            self.note_inventory(&inv);
+            inv
+        });
+        let event = Event {
+            host_id: self.cfg.host_id.clone(),
+            epoch: self.epoch,
+            seq,
+            time: now_ms(),
+            class: ObjectClass::Agent,
+            action,
+            object_id: self.cfg.host_id.clone(),
+            generation: seq,
+            record: inventory
+                .as_ref()
+                .map_or(Record::None, |i| Record::Host(i.host.clone())),
+            inventory,
+        };
+        self.send_event(publ, &event).await?;
+        tracing::info!(action = %action, seq, "announced");
+        Ok(())
+    }
+
+    fn note_inventory(&self, inv: &Inventory) {
+        let mut f = lock(&self.facts);
+        f.libvirt = inv.host.libvirt_version.clone();
+        f.hypervisor = format!("{} {}", inv.host.hypervisor, inv.host.hypervisor_version);
+    }
+
+    /// Refreshes load facts on a blocking thread; heartbeats never wait for it.
+    fn refresh_facts(&self) {
+        if self.refreshing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let bridge = self.bridge.clone();
+        let facts = self.facts.clone();
+        let flag = self.refreshing.clone();
+        tokio::task::spawn_blocking(move || {
+            let load = std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|s| {
+                    s.split_whitespace()
+                        .next()
+                        .and_then(|l| l.parse::<f64>().ok())
+                })
+                .map_or(0, |l| (l * 1000.0) as u32);
+            let stats = bridge.call(
+                hostbus_protocol::AnyRequest::HostStatsGet(hostbus_protocol::commands::Empty {}),
+                &hostbus_bridge::CallContext::new(),
+            );
+            let mut f = lock(&facts);
+            f.load_avg_milli = load;
+            if let Ok(hostbus_protocol::AnyResponse::HostStatsGet(s)) = stats {
+                f.vms_active = s.vms_active;
+                f.memory_free_kib = s.memory_free_kib;
+            }
+            drop(f);
+            flag.store(false, Ordering::SeqCst);
+        });
+    }
+
+    async fn publish_heartbeat(&self, publ: &Channel) -> anyhow::Result<()> {
+        self.refresh_facts();
+        let f = lock(&self.facts).clone();
+        let h = self.bridge.health();
+        let hb = Heartbeat {
+            host_id: self.cfg.host_id.clone(),
+            epoch: self.epoch,
+            last_seq: self.seq.load(Ordering::SeqCst),
+            time: now_ms(),
+            started_at: self.started_at,
+            interval_ms: u32::try_from(self.cfg.heartbeat_interval_ms).unwrap_or(u32::MAX),
+            versions: Versions {
+                agent: env!("CARGO_PKG_VERSION").to_owned(),
+                protocol: PROTOCOL_VERSION.to_string(),
+                libvirt: f.libvirt,
+                hypervisor: f.hypervisor,
+            },
+            capabilities: COMMANDS.iter().map(|c| c.name.to_owned()).collect(),
+            labels: self.cfg.labels.clone(),
+            health: Health {
+                status: h.status,
+                hypervisor_connected: h.connected,
+                message: if h.status == HealthStatus::Ok {
+                    String::new()
+                } else {
+                    h.message
+                },
+            },
+            load: Load {
+                in_flight: u32::try_from(self.metrics.in_flight()).unwrap_or(u32::MAX),
+                commands_total: self.metrics.commands_total(),
+                tasks_running: u32::try_from(self.bridge.running_tasks()).unwrap_or(u32::MAX),
+                vms_active: f.vms_active,
+                load_avg_milli: f.load_avg_milli,
+                memory_free_kib: f.memory_free_kib,
+            },
+            facts: Default::default(),
+        };
+        let body = encode(ContentType::MsgPack, &hb)?;
+        // A heartbeat older than three intervals is worthless: let the broker drop it.
+        let props = self.message_props(
+            "heartbeat",
+            Some(self.cfg.heartbeat_interval_ms.saturating_mul(3)),
+        );
+        self.publish_confirmed(
+            publ,
+            names::PRESENCE_EXCHANGE,
+            &hb.routing_key(),
+            &body,
+            props,
+        )
+        .await?;
+        self.metrics.heartbeat_published();
+        Ok(())
+    }
+}
+
+/// A broker URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            redact("amqp://bob:secret@host:5672/%2f"),
+            "amqp://bob:***@host:5672/%2f"
+        );
+        assert_eq!(redact("amqp://host"), "amqp://host");
+    }
+}

@@ -1,0 +1,393 @@
+//! The agent's configuration: defaults < TOML file < `HOSTBUS_*` environment
+//! < command-line flags, merged with the `config` crate, validated before
+//! anything connects. Every field is documented in `docs/operations.md`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use hostbus_protocol::names::{check_host_id, check_label};
+use serde::Deserialize;
+
+/// Command-line flags. Each overrides the file and the environment.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "hostbus-agent",
+    version,
+    about = "Serves one virtualization host on the hostbus message bus."
+)]
+pub struct Flags {
+    /// TOML configuration file (also `HOSTBUS_CONFIG`).
+    #[arg(long, env = "HOSTBUS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Broker URL; repeat for a broker cluster (tried in order).
+    #[arg(long = "broker-url")]
+    pub broker_urls: Vec<String>,
+    /// Host id on the bus (default: the hostname).
+    #[arg(long)]
+    pub host_id: Option<String>,
+    /// A label; repeat for several. The agent also serves `group.<label>`.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// libvirt URI.
+    #[arg(long)]
+    pub libvirt_uri: Option<String>,
+    /// Commands executed at once (also the AMQP prefetch).
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long)]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Path of the command journal.
+    #[arg(long)]
+    pub journal_path: Option<PathBuf>,
+    /// Log format: `text` or `json`.
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. `info` or `hostbus_agent=debug`.
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Address of the Prometheus metrics endpoint, e.g. `127.0.0.1:9187`; `off` disables it.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Broker URLs (`amqp://` or `amqps://`), tried in order.
+    pub broker_urls: Vec<String>,
+    /// Host id on the bus.
+    pub host_id: String,
+    /// Labels: the agent also serves `group.<label>`.
+    pub labels: Vec<String>,
+    /// libvirt URI.
+    pub libvirt_uri: String,
+    /// Commands executed at once; also the AMQP prefetch.
+    pub concurrency: u32,
+    /// Heartbeat interval, ms.
+    pub heartbeat_interval_ms: u64,
+    /// Command journal path.
+    pub journal_path: PathBuf,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_level: String,
+    /// Prometheus endpoint address, or `off`.
+    pub metrics_addr: String,
+    /// How often the bridge reconciles with libvirt, ms.
+    pub reconcile_interval_ms: u64,
+    /// How long finished tasks stay queryable, s.
+    pub task_ttl_s: u64,
+    /// Bound on draining in-flight commands at shutdown, ms.
+    pub shutdown_timeout_ms: u64,
+    /// Largest accepted command payload, bytes.
+    pub max_payload_bytes: usize,
+    /// Longest wait between reconnection attempts, ms.
+    pub reconnect_max_backoff_ms: u64,
+    /// Pause after each step of multi-step operations, ms (demos and tests only).
+    pub step_pause_ms: u64,
+}
+
+/// Every field, with its environment variable and default.
+const FIELDS: &[&str] = &[
+    "broker_urls",
+    "host_id",
+    "labels",
+    "libvirt_uri",
+    "concurrency",
+    "heartbeat_interval_ms",
+    "journal_path",
+    "log_format",
+    "log_level",
+    "metrics_addr",
+    "reconcile_interval_ms",
+    "task_ttl_s",
+    "shutdown_timeout_ms",
+    "max_payload_bytes",
+    "reconnect_max_backoff_ms",
+    "step_pause_ms",
+];
+
+/// A configuration problem, naming the field at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn field_error(field: &str, reason: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("`{field}`: {reason}"))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_ascii_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .map(|h| h.split('.').next().unwrap_or_default().to_owned())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+impl Config {
+    /// Loads the configuration from `flags`, the environment `env` and the
+    /// file the flags or environment name, then validates it.
+    pub fn load(flags: &Flags, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let map = |e: config::ConfigError| ConfigError(e.to_string());
+        let mut b = config::Config::builder()
+            .set_default("broker_urls", vec!["amqp://guest:guest@127.0.0.1:5672/%2f"])
+            .map_err(map)?
+            .set_default("host_id", hostname())
+            .map_err(map)?
+            .set_default("labels", Vec::<String>::new())
+            .map_err(map)?
+            .set_default("libvirt_uri", "qemu:///system")
+            .map_err(map)?
+            .set_default("concurrency", 8)
+            .map_err(map)?
+            .set_default("heartbeat_interval_ms", 5000)
+            .map_err(map)?
+            .set_default("journal_path", "/var/lib/hostbus/journal")
+            .map_err(map)?
+            .set_default("log_format", "text")
+            .map_err(map)?
+            .set_default("log_level", "info")
+            .map_err(map)?
+            .set_default("metrics_addr", "127.0.0.1:9187")
+            .map_err(map)?
+            .set_default("reconcile_interval_ms", 30_000)
+            .map_err(map)?
+            .set_default("task_ttl_s", 600)
+            .map_err(map)?
+            .set_default("shutdown_timeout_ms", 30_000)
+            .map_err(map)?
+            .set_default(
+                "max_payload_bytes",
+                hostbus_protocol::DEFAULT_MAX_PAYLOAD as u64,
+            )
+            .map_err(map)?
+            .set_default("reconnect_max_backoff_ms", 30_000)
+            .map_err(map)?
+            .set_default("step_pause_ms", 0)
+            .map_err(map)?;
+        if let Some(path) = &flags.config {
+            b = b.add_source(
+                config::File::from(path.clone())
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        // Only the agent's own variables: other HOSTBUS_* variables (the
+        // client's, the tests') must not trip `deny_unknown_fields`.
+        let own: config::Map<String, String> = FIELDS
+            .iter()
+            .filter_map(|f| {
+                env.get(&format!("HOSTBUS_{}", f.to_ascii_uppercase()))
+                    .map(|v| (format!("HOSTBUS_{}", f.to_ascii_uppercase()), v.clone()))
+            })
+            .collect();
+        b = b.add_source(
+            config::Environment::with_prefix("HOSTBUS")
+                .prefix_separator("_")
+                .list_separator(",")
+                .with_list_parse_key("broker_urls")
+                .with_list_parse_key("labels")
+                .try_parsing(true)
+                .source(Some(own)),
+        );
+        if !flags.broker_urls.is_empty() {
+            b = b
+                .set_override("broker_urls", flags.broker_urls.clone())
+                .map_err(map)?;
+        }
+        if !flags.labels.is_empty() {
+            b = b
+                .set_override("labels", flags.labels.clone())
+                .map_err(map)?;
+        }
+        b = b
+            .set_override_option("host_id", flags.host_id.clone())
+            .map_err(map)?
+            .set_override_option("libvirt_uri", flags.libvirt_uri.clone())
+            .map_err(map)?
+            .set_override_option("concurrency", flags.concurrency.map(i64::from))
+            .map_err(map)?
+            .set_override_option(
+                "heartbeat_interval_ms",
+                flags.heartbeat_interval_ms.map(|v| v.to_string()),
+            )
+            .map_err(map)?
+            .set_override_option(
+                "journal_path",
+                flags.journal_path.as_ref().map(|p| p.display().to_string()),
+            )
+            .map_err(map)?
+            .set_override_option("log_format", flags.log_format.clone())
+            .map_err(map)?
+            .set_override_option("log_level", flags.log_level.clone())
+            .map_err(map)?
+            .set_override_option("metrics_addr", flags.metrics_addr.clone())
+            .map_err(map)?;
+        let cfg: Config = b.build().map_err(map)?.try_deserialize().map_err(map)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.broker_urls.is_empty() {
+            return Err(field_error(
+                "broker_urls",
+                "at least one broker URL is needed",
+            ));
+        }
+        for u in &self.broker_urls {
+            u.parse::<lapin::uri::AMQPUri>().map_err(|e| {
+                field_error("broker_urls", format_args!("{u:?} is not an AMQP URL: {e}"))
+            })?;
+        }
+        check_host_id("host_id", &self.host_id).map_err(|e| field_error("host_id", e.reason))?;
+        for l in &self.labels {
+            check_label("labels", l)
+                .map_err(|e| field_error("labels", format_args!("{l:?} {}", e.reason)))?;
+        }
+        if self.libvirt_uri.is_empty() {
+            return Err(field_error("libvirt_uri", "must not be empty"));
+        }
+        if !(1..=1024).contains(&self.concurrency) {
+            return Err(field_error(
+                "concurrency",
+                format_args!("must be between 1 and 1024, got {}", self.concurrency),
+            ));
+        }
+        if !(50..=3_600_000).contains(&self.heartbeat_interval_ms) {
+            return Err(field_error(
+                "heartbeat_interval_ms",
+                "must be between 50 and 3600000",
+            ));
+        }
+        if self.reconcile_interval_ms < 100 {
+            return Err(field_error("reconcile_interval_ms", "must be at least 100"));
+        }
+        if self.max_payload_bytes < 1024 || self.max_payload_bytes > 64 << 20 {
+            return Err(field_error(
+                "max_payload_bytes",
+                "must be between 1024 and 67108864",
+            ));
+        }
+        if self.reconnect_max_backoff_ms < 100 {
+            return Err(field_error(
+                "reconnect_max_backoff_ms",
+                "must be at least 100",
+            ));
+        }
+        self.metrics_socket()?;
+        Ok(())
+    }
+
+    /// The metrics address, or `None` when disabled.
+    pub fn metrics_socket(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.metrics_addr == "off" || self.metrics_addr.is_empty() {
+            return Ok(None);
+        }
+        self.metrics_addr.parse().map(Some).map_err(|_| {
+            field_error(
+                "metrics_addr",
+                format_args!(
+                    "{:?} is not an address like 127.0.0.1:9187, or `off`",
+                    self.metrics_addr
+                ),
+            )
+        })
+    }
+
+    /// Heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = std::env::temp_dir().join(format!("hostbus-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("agent.toml");
+        std::fs::write(&file, "host_id = \"from-file\"\nconcurrency = 3\nlabels = [\"a\", \"b\"]\nheartbeat_interval_ms = 1000\n").expect("write");
+        let flags = Flags {
+            config: Some(file.clone()),
+            concurrency: Some(5),
+            ..Flags::default()
+        };
+        let c = Config::load(
+            &flags,
+            &env(&[
+                ("HOSTBUS_HEARTBEAT_INTERVAL_MS", "2000"),
+                ("HOSTBUS_LABELS", "x,y"),
+                ("HOSTBUS_TEST_AMQP_URL", "ignored"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(c.host_id, "from-file");
+        assert_eq!(c.concurrency, 5, "flags beat the file");
+        assert_eq!(c.heartbeat_interval_ms, 2000, "environment beats the file");
+        assert_eq!(c.labels, ["x", "y"]);
+        assert_eq!(c.libvirt_uri, "qemu:///system", "defaults fill the rest");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let bad = |pairs: &[(&str, &str)]| {
+            Config::load(&Flags::default(), &env(pairs))
+                .expect_err("invalid")
+                .to_string()
+        };
+        assert!(bad(&[("HOSTBUS_HOST_ID", "Bad.Host")]).contains("`host_id`"));
+        assert!(bad(&[("HOSTBUS_CONCURRENCY", "0")]).contains("`concurrency`"));
+        assert!(bad(&[("HOSTBUS_CONCURRENCY", "many")]).contains("concurrency"));
+        assert!(bad(&[("HOSTBUS_BROKER_URLS", "http://x")]).contains("`broker_urls`"));
+        assert!(bad(&[("HOSTBUS_LABELS", "ok,Not OK")]).contains("`labels`"));
+        assert!(bad(&[("HOSTBUS_LOG_FORMAT", "xml")]).contains("log_format"));
+        assert!(bad(&[("HOSTBUS_METRICS_ADDR", "nowhere")]).contains("`metrics_addr`"));
+    }
+
+    #[test]
+    fn unknown_file_fields_are_refused() {
+        let dir = std::env::temp_dir().join(format!("hostbus-cfg-unknown-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("agent.toml");
+        std::fs::write(&file, "hots_id = \"typo\"\n").expect("write");
+        let err = Config::load(
+            &Flags {
+                config: Some(file),
+                ..Flags::default()
+            },
+            &HashMap::new(),
+        )
+        .expect_err("typo");
+        assert!(err.to_string().contains("hots_id"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
