@@ -32,7 +32,7 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, ReplyMessage};
 use crate::metrics::Metrics;
-use crate::props::to_lapin;
+use hostbus_amqp::{redact, to_lapin};
 
 /// Why a session ended.
 enum SessionEnd {
@@ -383,7 +383,7 @@ impl Agent {
 
     /// Handles one delivery: reply first, then ack.
     async fn serve(&self, publ: &Channel, d: lapin::message::Delivery) {
-        let props = crate::props::from_lapin(&d.properties);
+        let props = hostbus_amqp::from_lapin(&d.properties);
         let handled = self.dispatcher.handle(props, d.data.clone()).await;
         if let Some(reply) = handled.reply {
             if let Err(e) = self.publish_reply(publ, reply).await {
@@ -628,31 +628,5 @@ impl Agent {
         .await?;
         self.metrics.heartbeat_published();
         Ok(())
-    }
-}
-
-/// A broker URL without its password, for logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_never_reach_the_logs() {
-        assert_eq!(
-            redact("amqp://bob:secret@host:5672/%2f"),
-            "amqp://bob:***@host:5672/%2f"
-        );
-        assert_eq!(redact("amqp://host"), "amqp://host");
     }
 }

@@ -10,13 +10,11 @@
 //! * [`dispatch`]: delivery → reply, with no AMQP in it.
 //! * [`agent`]: sessions, topology, events, presence, reconnection, shutdown.
 //! * [`metrics`]: the Prometheus endpoint.
-//! * [`props`]: lapin ⇄ protocol property conversion.
 
 pub mod agent;
 pub mod config;
 pub mod dispatch;
 pub mod metrics;
-pub mod props;
 
 pub use agent::Agent;
 pub use config::{Config, ConfigError, Flags};

@@ -1,3 +1,33 @@
-//! The hostbus client SDK used by cluster managers, event subscribers and
-//! operators, and the library behind the `hostctl` CLI. It speaks only the
-//! wire protocol and must build without libvirt. The SDK lands with issue 5.
+//! The hostbus client SDK: what a cluster manager, an event subscriber or an
+//! operator uses to drive hosts through the broker. It speaks only the wire
+//! protocol and builds without libvirt.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), hostbus_client::ClientError> {
+//! use hostbus_client::{Client, ClientConfig};
+//! let client = Client::connect(ClientConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")).await?;
+//! let vm = client.host("h1").vm_named("web01").start().await?;
+//! println!("{} is {}", vm.name, vm.power_state);
+//! # Ok(()) }
+//! ```
+//!
+//! * [`Client`]: calls with deadlines, casts, broadcasts, tasks.
+//! * [`Host`], [`Vm`], [`Pool`], [`Network`], [`Task`]: typed handles.
+//! * [`Subscription`]: events as a `Stream`, with gap detection and resync.
+//! * [`Presence`]: live view of hosts.
+//! * [`ClientError`]: one error type with an [`ErrorKind`].
+//!
+//! Runnable examples live in `client/examples/`.
+
+mod client;
+mod error;
+mod events;
+mod handles;
+mod presence;
+
+pub use client::{Broadcast, CallOptions, Client, ClientConfig};
+pub use error::{ClientError, ErrorKind};
+pub use events::{topic_matches, Notification, ResyncReason, SubscribeOptions, Subscription};
+pub use handles::{Host, Network, Pool, Task, Vm};
+pub use hostbus_protocol as protocol;
+pub use presence::{HostView, Liveness, Presence};

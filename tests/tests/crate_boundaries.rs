@@ -90,6 +90,7 @@ fn protocol_is_a_leaf() {
         "hostbus-protocol",
         &[
             "tokio",
+            "hostbus-amqp",
             "lapin",
             "virt",
             "virt-sys",
@@ -108,6 +109,7 @@ fn bridge_knows_no_amqp_and_no_async_runtime() {
         "hostbus-bridge",
         &[
             "lapin",
+            "hostbus-amqp",
             "amq-protocol",
             "tokio",
             "async-std",

@@ -1,0 +1,506 @@
+//! The connection to the broker and the call machinery: calls with
+//! deadlines, casts, broadcasts, asynchronous submissions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use hostbus_amqp::{from_lapin, redact, to_lapin};
+use hostbus_protocol::envelope::HOST_HEADER;
+use hostbus_protocol::names::{Target, COMMAND_EXCHANGE, DIRECT_REPLY_TO};
+use hostbus_protocol::types::TaskRecord;
+use hostbus_protocol::{
+    decode, encode, now_ms, AmqpProperties, Command, ContentType, Envelope, HeaderValue, Reply,
+};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{FieldTable, LongString};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::error::{ClientError, ErrorKind};
+use crate::presence::Presence;
+
+/// Largest reply the client accepts.
+const MAX_REPLY: usize = 64 << 20;
+
+/// How to reach the broker.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Broker URLs, tried in order (`amqp://user:pass@host:5672/%2f`, `amqps://...`).
+    pub urls: Vec<String>,
+    /// Default deadline of a call.
+    pub timeout: Duration,
+    /// Encoding of requests (replies come back in the same one).
+    pub content_type: ContentType,
+    /// The `user_id` property to send: must equal the broker login, which
+    /// RabbitMQ verifies; the agent authorizes on it. Taken from the first
+    /// URL's user when not set.
+    pub user_id: Option<String>,
+}
+
+impl ClientConfig {
+    /// A configuration for one broker URL with a 10 s default deadline.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            urls: vec![url.into()],
+            timeout: Duration::from_secs(10),
+            content_type: ContentType::MsgPack,
+            user_id: None,
+        }
+    }
+
+    fn user(&self) -> Option<String> {
+        self.user_id.clone().or_else(|| {
+            let url = self.urls.first()?;
+            let rest = url.split_once("://")?.1;
+            let (creds, _) = rest.rsplit_once('@')?;
+            let user = creds.split(':').next()?;
+            (!user.is_empty()).then(|| user.to_owned())
+        })
+    }
+}
+
+/// Options of one call.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// Deadline (default: the client's). Also the message expiration, so an
+    /// agent that was down does not run a command nobody waits for.
+    pub timeout: Option<Duration>,
+    /// The command id; reuse it to retry a call safely (the agent answers a
+    /// repeated id from its journal).
+    pub command_id: Option<Uuid>,
+}
+
+/// A raw reply: its properties and body.
+#[derive(Debug, Clone)]
+pub(crate) struct RawReply {
+    pub(crate) props: AmqpProperties,
+    pub(crate) body: Vec<u8>,
+}
+
+enum Pending {
+    One(oneshot::Sender<RawReply>),
+    Many(mpsc::UnboundedSender<RawReply>),
+}
+
+#[derive(Clone)]
+struct Session {
+    conn: Arc<Connection>,
+    channel: Channel,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: ClientConfig,
+    session: tokio::sync::Mutex<Option<Session>>,
+    pending: Mutex<HashMap<String, Pending>>,
+    presence: tokio::sync::OnceCell<Presence>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A connection to the bus. Cheap to clone; reconnects on its own when the
+/// broker connection is lost (calls in flight at that moment fail with
+/// [`ErrorKind::Connection`]).
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// The replies of a broadcast.
+#[derive(Debug)]
+pub struct Broadcast<T> {
+    /// Each answering host's reply.
+    pub replies: BTreeMap<String, Result<T, ClientError>>,
+    /// Hosts that presence says are alive (and carry the label, for a group)
+    /// but did not answer before the deadline.
+    pub missing: Vec<String>,
+}
+
+impl Client {
+    /// Connects to the first broker URL that answers.
+    pub async fn connect(cfg: ClientConfig) -> Result<Self, ClientError> {
+        if cfg.urls.is_empty() {
+            return Err(ClientError::new(
+                ErrorKind::InvalidArgument,
+                "no broker URL given",
+            ));
+        }
+        let client = Self {
+            inner: Arc::new(Inner {
+                cfg,
+                session: tokio::sync::Mutex::new(None),
+                pending: Mutex::default(),
+                presence: tokio::sync::OnceCell::new(),
+            }),
+        };
+        client.session().await?;
+        Ok(client)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.cfg
+    }
+
+    /// Opens a new AMQP connection to the first URL that answers (for
+    /// subscriptions, which own their connection).
+    pub(crate) async fn open_connection(&self, purpose: &str) -> Result<Connection, ClientError> {
+        let mut last = None;
+        for url in &self.inner.cfg.urls {
+            let props = ConnectionProperties::default().with_connection_name(LongString::from(
+                format!("hostbus-client/{purpose}").as_bytes(),
+            ));
+            match Connection::connect(url, props).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(format!("{}: {e}", redact(url))),
+            }
+        }
+        Err(ClientError::new(
+            ErrorKind::Connection,
+            format!(
+                "cannot connect to the broker ({})",
+                last.unwrap_or_default()
+            ),
+        ))
+    }
+
+    async fn session(&self) -> Result<Session, ClientError> {
+        let mut guard = self.inner.session.lock().await;
+        if let Some(s) = guard.as_ref() {
+            if s.conn.status().connected() && s.channel.status().connected() {
+                return Ok(s.clone());
+            }
+            tracing::info!("broker connection lost; reconnecting");
+        }
+        let conn = self.open_connection("calls").await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                DIRECT_REPLY_TO.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                let Some(inner) = inner.upgrade() else { return };
+                let props = from_lapin(&d.properties);
+                let Some(corr) = props.correlation_id.clone() else {
+                    continue;
+                };
+                let reply = RawReply {
+                    props,
+                    body: d.data,
+                };
+                let mut pending = lock(&inner.pending);
+                match pending.get(&corr) {
+                    Some(Pending::Many(tx)) => {
+                        let _ = tx.send(reply);
+                    }
+                    Some(Pending::One(_)) => {
+                        if let Some(Pending::One(tx)) = pending.remove(&corr) {
+                            let _ = tx.send(reply);
+                        }
+                    }
+                    None => {
+                        tracing::debug!(correlation_id = %corr, "late or unknown reply dropped")
+                    }
+                }
+            }
+            // The connection is gone: fail every waiting call now.
+            if let Some(inner) = inner.upgrade() {
+                lock(&inner.pending).clear();
+            }
+        });
+        let s = Session {
+            conn: Arc::new(conn),
+            channel,
+        };
+        *guard = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Publishes a command; returns its envelope.
+    async fn publish<C: Command>(
+        &self,
+        target: &Target,
+        req: &C::Request,
+        opts: &CallOptions,
+        reply: bool,
+        asynchronous: bool,
+    ) -> Result<Envelope, ClientError> {
+        target
+            .validate()
+            .map_err(|e| ClientError::from(hostbus_protocol::Error::from(e)))?;
+        let cfg = &self.inner.cfg;
+        let mut env = Envelope::new(C::NAME);
+        if let Some(id) = opts.command_id {
+            env.command_id = id;
+        }
+        env.content_type = cfg.content_type;
+        env.sender = cfg.user();
+        env.asynchronous = asynchronous;
+        let now = now_ms();
+        let timeout = opts.timeout.unwrap_or(cfg.timeout);
+        env.deadline = Some(now + timeout.as_millis() as u64);
+        if reply {
+            env.reply_to = Some(DIRECT_REPLY_TO.to_owned());
+        }
+        let body = encode(env.content_type, req)
+            .map_err(|e| ClientError::new(ErrorKind::InvalidArgument, e.to_string()))?;
+        let session = self.session().await?;
+        let confirm = session
+            .channel
+            .basic_publish(
+                COMMAND_EXCHANGE.into(),
+                target.routing_key().as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &body,
+                to_lapin(&env.to_properties(now)),
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Err(ClientError::new(
+                ErrorKind::NoRoute,
+                format!(
+                    "no host serves `{}` (unknown host id or empty group)",
+                    target.routing_key()
+                ),
+            )),
+            Confirmation::Nack(None) => Err(ClientError::new(
+                ErrorKind::Connection,
+                "the broker refused the command",
+            )),
+            _ => Ok(env),
+        }
+    }
+
+    fn register(&self, corr: String, p: Pending) {
+        lock(&self.inner.pending).insert(corr, p);
+    }
+
+    fn forget(&self, corr: &str) {
+        lock(&self.inner.pending).remove(corr);
+    }
+
+    async fn round_trip<C: Command>(
+        &self,
+        host: &str,
+        req: &C::Request,
+        opts: &CallOptions,
+        asynchronous: bool,
+    ) -> Result<Reply<C::Response>, ClientError> {
+        let id = opts.command_id.unwrap_or_else(Uuid::new_v4);
+        let opts = CallOptions {
+            command_id: Some(id),
+            ..opts.clone()
+        };
+        let corr = id.to_string();
+        let (tx, rx) = oneshot::channel();
+        self.register(corr.clone(), Pending::One(tx));
+        let timeout = opts.timeout.unwrap_or(self.inner.cfg.timeout);
+        let result = async {
+            self.publish::<C>(
+                &Target::Host(host.to_owned()),
+                req,
+                &opts,
+                true,
+                asynchronous,
+            )
+            .await?;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(raw)) => decode_reply::<C>(&raw),
+                Ok(Err(_)) => Err(ClientError::new(
+                    ErrorKind::Connection,
+                    "the broker connection was lost while waiting for the reply",
+                )),
+                Err(_) => Err(ClientError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no reply from {host} to {} within {} ms (command id {id})",
+                        C::NAME,
+                        timeout.as_millis()
+                    ),
+                )),
+            }
+        }
+        .await;
+        self.forget(&corr);
+        result
+    }
+
+    /// Calls command `C` on `host` and waits for its response.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the wait, not the command: the agent may
+    /// still run it.
+    pub async fn call<C: Command>(
+        &self,
+        host: &str,
+        req: C::Request,
+    ) -> Result<C::Response, ClientError> {
+        self.call_with::<C>(host, req, &CallOptions::default())
+            .await
+    }
+
+    /// [`Client::call`] with options.
+    pub async fn call_with<C: Command>(
+        &self,
+        host: &str,
+        req: C::Request,
+        opts: &CallOptions,
+    ) -> Result<C::Response, ClientError> {
+        match self.round_trip::<C>(host, &req, opts, false).await? {
+            Reply::Ok(v) => Ok(v),
+            Reply::Error(e) => Err(e.into()),
+            Reply::Task(t) => Err(ClientError::new(
+                ErrorKind::Internal,
+                format!(
+                    "{} answered with task {} to a synchronous call",
+                    C::NAME,
+                    t.id
+                ),
+            )),
+        }
+    }
+
+    /// Starts command `C` on `host` as a task and returns it at once.
+    pub async fn submit<C: Command>(
+        &self,
+        host: &str,
+        req: C::Request,
+    ) -> Result<TaskRecord, ClientError> {
+        match self
+            .round_trip::<C>(host, &req, &CallOptions::default(), true)
+            .await?
+        {
+            Reply::Task(t) => Ok(*t),
+            Reply::Error(e) => Err(e.into()),
+            Reply::Ok(_) => Err(ClientError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{} ran synchronously; read commands do not run as tasks",
+                    C::NAME
+                ),
+            )),
+        }
+    }
+
+    /// Sends command `C` to `target` without waiting for anything (a cast).
+    pub async fn cast<C: Command>(
+        &self,
+        target: &Target,
+        req: C::Request,
+    ) -> Result<Uuid, ClientError> {
+        Ok(self
+            .publish::<C>(target, &req, &CallOptions::default(), false, false)
+            .await?
+            .command_id)
+    }
+
+    /// Sends command `C` to every host of `target` (`all` or a label group)
+    /// and collects replies until `timeout`, or until every host presence
+    /// knows as alive in the target has answered. Hosts that presence
+    /// expected but that did not answer are reported in `missing`.
+    pub async fn broadcast<C: Command>(
+        &self,
+        target: &Target,
+        req: C::Request,
+        timeout: Duration,
+    ) -> Result<Broadcast<C::Response>, ClientError> {
+        let presence = self.presence().await?;
+        let id = Uuid::new_v4();
+        let corr = id.to_string();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.register(corr.clone(), Pending::Many(tx));
+        let opts = CallOptions {
+            timeout: Some(timeout),
+            command_id: Some(id),
+        };
+        let published = self.publish::<C>(target, &req, &opts, true, false).await;
+        if let Err(e) = published {
+            self.forget(&corr);
+            // Nobody bound: an empty broadcast, not an error.
+            if e.kind() == ErrorKind::NoRoute {
+                return Ok(Broadcast {
+                    replies: BTreeMap::new(),
+                    missing: presence.expected(target),
+                });
+            }
+            return Err(e);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut replies = BTreeMap::new();
+        loop {
+            let expected = presence.expected(target);
+            if !expected.is_empty()
+                && expected.iter().all(|h| replies.contains_key(h))
+                && presence.is_warm()
+            {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(raw)) => {
+                    let host = match raw.props.headers.get(HOST_HEADER) {
+                        Some(HeaderValue::Str(h)) => h.clone(),
+                        _ => continue,
+                    };
+                    let value = decode_reply::<C>(&raw).and_then(|r| match r {
+                        Reply::Ok(v) => Ok(v),
+                        Reply::Error(e) => Err(e.into()),
+                        Reply::Task(t) => Err(ClientError::new(
+                            ErrorKind::Internal,
+                            format!("unexpected task {}", t.id),
+                        )),
+                    });
+                    replies.insert(host, value);
+                }
+                Ok(None) => break,
+                Err(_) => break,
+            }
+        }
+        self.forget(&corr);
+        let missing = presence
+            .expected(target)
+            .into_iter()
+            .filter(|h| !replies.contains_key(h))
+            .collect();
+        Ok(Broadcast { replies, missing })
+    }
+
+    /// The live presence view (started on first use; it listens to heartbeats).
+    pub async fn presence(&self) -> Result<Presence, ClientError> {
+        self.inner
+            .presence
+            .get_or_try_init(|| Presence::start(self.clone()))
+            .await
+            .cloned()
+    }
+}
+
+fn decode_reply<C: Command>(raw: &RawReply) -> Result<Reply<C::Response>, ClientError> {
+    let ct = ContentType::parse(raw.props.content_type.as_deref())
+        .map_err(|e| ClientError::new(ErrorKind::Internal, e.to_string()))?;
+    decode(ct, &raw.body, MAX_REPLY).map_err(|e| {
+        ClientError::new(
+            ErrorKind::Internal,
+            format!("undecodable reply to {}: {e}", C::NAME),
+        )
+    })
+}

@@ -1,0 +1,544 @@
+//! A tree of typed handles over the catalogue:
+//! `client.host("h1").vm_named("web01").start().await`.
+
+use std::time::Duration;
+
+use hostbus_protocol::commands::*;
+use hostbus_protocol::types::{
+    Capabilities, DiskSpec, HostRecord, HostStats, Inventory, NetworkRecord, NetworkSpec, NicSpec,
+    PoolRecord, PoolSpec, PowerState, SnapshotRecord, TaskRecord, TaskStatus, VmRecord, VmSpec,
+    VmStats, VolumeRecord, VolumeSpec,
+};
+use hostbus_protocol::Command;
+use uuid::Uuid;
+
+use crate::client::Client;
+use crate::error::{ClientError, ErrorKind};
+
+/// One host.
+#[derive(Clone)]
+pub struct Host {
+    client: Client,
+    id: String,
+}
+
+impl Client {
+    /// A handle on host `id` (nothing is sent yet).
+    pub fn host(&self, id: &str) -> Host {
+        Host {
+            client: self.clone(),
+            id: id.to_owned(),
+        }
+    }
+}
+
+impl Host {
+    /// The host id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Calls any command on this host.
+    pub async fn call<C: Command>(&self, req: C::Request) -> Result<C::Response, ClientError> {
+        self.client.call::<C>(&self.id, req).await
+    }
+
+    /// Starts any command on this host as a task.
+    pub async fn submit<C: Command>(&self, req: C::Request) -> Result<Task, ClientError> {
+        let rec = self.client.submit::<C>(&self.id, req).await?;
+        Ok(self.task(rec.id))
+    }
+
+    /// `host.ping`.
+    pub async fn ping(&self) -> Result<Pong, ClientError> {
+        self.call::<HostPing>(Ping { echo: None }).await
+    }
+    /// `host.info`.
+    pub async fn info(&self) -> Result<HostRecord, ClientError> {
+        self.call::<HostInfo>(Empty {}).await
+    }
+    /// `host.capabilities`.
+    pub async fn capabilities(&self) -> Result<Capabilities, ClientError> {
+        self.call::<HostCapabilities>(Empty {}).await
+    }
+    /// `host.stats`.
+    pub async fn stats(&self) -> Result<HostStats, ClientError> {
+        self.call::<HostStatsGet>(Empty {}).await
+    }
+    /// `host.snapshot`: every record, for resync.
+    pub async fn snapshot(&self) -> Result<Inventory, ClientError> {
+        self.call::<HostSnapshot>(Empty {}).await
+    }
+    /// `vm.list`, optionally filtered by power state.
+    pub async fn vms(&self, power_state: Option<PowerState>) -> Result<Vec<VmRecord>, ClientError> {
+        Ok(self
+            .call::<VmList>(VmListRequest { power_state })
+            .await?
+            .vms)
+    }
+    /// A VM by uuid.
+    pub fn vm(&self, uuid: Uuid) -> Vm {
+        Vm {
+            host: self.clone(),
+            key: VmKey::Uuid(uuid),
+        }
+    }
+    /// A VM by name (resolved to its uuid on each operation).
+    pub fn vm_named(&self, name: &str) -> Vm {
+        Vm {
+            host: self.clone(),
+            key: VmKey::Name(name.to_owned()),
+        }
+    }
+    /// A VM by uuid or name, whichever `key` parses as.
+    pub fn vm_key(&self, key: &str) -> Vm {
+        match key.parse() {
+            Ok(u) => self.vm(u),
+            Err(_) => self.vm_named(key),
+        }
+    }
+    /// `vm.define`.
+    pub async fn define_vm(&self, spec: VmSpec) -> Result<VmRecord, ClientError> {
+        self.call::<VmDefine>(VmDefineRequest { spec }).await
+    }
+    /// `vm.define` as a task (for specs that create volumes).
+    pub async fn define_vm_async(&self, spec: VmSpec) -> Result<Task, ClientError> {
+        self.submit::<VmDefine>(VmDefineRequest { spec }).await
+    }
+    /// `pool.list`.
+    pub async fn pools(&self) -> Result<Vec<PoolRecord>, ClientError> {
+        Ok(self.call::<PoolList>(Empty {}).await?.pools)
+    }
+    /// A pool by name.
+    pub fn pool(&self, name: &str) -> Pool {
+        Pool {
+            host: self.clone(),
+            name: name.to_owned(),
+        }
+    }
+    /// `pool.define`.
+    pub async fn define_pool(&self, spec: PoolSpec) -> Result<PoolRecord, ClientError> {
+        self.call::<PoolDefine>(PoolDefineRequest { spec }).await
+    }
+    /// `network.list`.
+    pub async fn networks(&self) -> Result<Vec<NetworkRecord>, ClientError> {
+        Ok(self.call::<NetworkList>(Empty {}).await?.networks)
+    }
+    /// A network by name.
+    pub fn network(&self, name: &str) -> Network {
+        Network {
+            host: self.clone(),
+            name: name.to_owned(),
+        }
+    }
+    /// `network.define`.
+    pub async fn define_network(&self, spec: NetworkSpec) -> Result<NetworkRecord, ClientError> {
+        self.call::<NetworkDefine>(NetworkDefineRequest { spec })
+            .await
+    }
+    /// `task.list`.
+    pub async fn tasks(&self, status: Option<TaskStatus>) -> Result<Vec<TaskRecord>, ClientError> {
+        Ok(self
+            .call::<TaskList>(TaskListRequest { status })
+            .await?
+            .tasks)
+    }
+    /// A task by id.
+    pub fn task(&self, id: Uuid) -> Task {
+        Task {
+            host: self.clone(),
+            id,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum VmKey {
+    Uuid(Uuid),
+    Name(String),
+}
+
+/// One VM.
+#[derive(Clone)]
+pub struct Vm {
+    host: Host,
+    key: VmKey,
+}
+
+impl Vm {
+    /// The VM's uuid, looking it up by name if needed.
+    pub async fn uuid(&self) -> Result<Uuid, ClientError> {
+        match &self.key {
+            VmKey::Uuid(u) => Ok(*u),
+            VmKey::Name(n) => Ok(self
+                .host
+                .call::<VmGetByName>(ObjectName { name: n.clone() })
+                .await?
+                .uuid),
+        }
+    }
+
+    async fn op<C: Command<Request = VmUuid>>(&self) -> Result<C::Response, ClientError> {
+        let uuid = self.uuid().await?;
+        self.host.call::<C>(VmUuid { uuid }).await
+    }
+
+    /// `vm.get` (or `vm.get_by_name`).
+    pub async fn get(&self) -> Result<VmRecord, ClientError> {
+        match &self.key {
+            VmKey::Uuid(u) => self.host.call::<VmGet>(VmUuid { uuid: *u }).await,
+            VmKey::Name(n) => {
+                self.host
+                    .call::<VmGetByName>(ObjectName { name: n.clone() })
+                    .await
+            }
+        }
+    }
+    /// `vm.start`.
+    pub async fn start(&self) -> Result<VmRecord, ClientError> {
+        let uuid = self.uuid().await?;
+        self.host
+            .call::<VmStart>(VmStartRequest {
+                uuid,
+                paused: false,
+            })
+            .await
+    }
+    /// `vm.start` with vCPUs paused.
+    pub async fn start_paused(&self) -> Result<VmRecord, ClientError> {
+        let uuid = self.uuid().await?;
+        self.host
+            .call::<VmStart>(VmStartRequest { uuid, paused: true })
+            .await
+    }
+    /// `vm.shutdown`: asks the guest, waits up to `timeout`, forces off after it when `force`.
+    pub async fn shutdown(&self, timeout: Duration, force: bool) -> Result<VmRecord, ClientError> {
+        let uuid = self.uuid().await?;
+        let timeout_s = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX);
+        self.host
+            .call::<VmShutdown>(VmShutdownRequest {
+                uuid,
+                timeout_s,
+                force,
+            })
+            .await
+    }
+    /// `vm.destroy`.
+    pub async fn destroy(&self) -> Result<VmRecord, ClientError> {
+        self.op::<VmDestroy>().await
+    }
+    /// `vm.reboot`.
+    pub async fn reboot(&self) -> Result<VmRecord, ClientError> {
+        self.op::<VmReboot>().await
+    }
+    /// `vm.reset`.
+    pub async fn reset(&self) -> Result<VmRecord, ClientError> {
+        self.op::<VmReset>().await
+    }
+    /// `vm.pause`.
+    pub async fn pause(&self) -> Result<VmRecord, ClientError> {
+        self.op::<VmPause>().await
+    }
+    /// `vm.resume`.
+    pub async fn resume(&self) -> Result<VmRecord, ClientError> {
+        self.op::<VmResume>().await
+    }
+    /// `vm.suspend`.
+    pub async fn suspend(&self) -> Result<VmRecord, ClientError> {
+        self.op::<VmSuspend>().await
+    }
+    /// `vm.stats`.
+    pub async fn stats(&self) -> Result<VmStats, ClientError> {
+        self.op::<VmStatsGet>().await
+    }
+    /// `vm.set_memory`.
+    pub async fn set_memory(&self, memory_kib: u64) -> Result<VmRecord, ClientError> {
+        let uuid = self.uuid().await?;
+        self.host
+            .call::<VmSetMemory>(VmSetMemoryRequest { uuid, memory_kib })
+            .await
+    }
+    /// `vm.set_vcpus`.
+    pub async fn set_vcpus(&self, vcpus: u32) -> Result<VmRecord, ClientError> {
+        let uuid = self.uuid().await?;
+        self.host
+            .call::<VmSetVcpus>(VmSetVcpusRequest { uuid, vcpus })
+            .await
+    }
+    /// `vm.attach_disk`.
+    pub async fn attach_disk(&self, disk: DiskSpec) -> Result<VmRecord, ClientError> {
+        let uuid = self.uuid().await?;
+        self.host
+            .call::<VmAttachDisk>(VmAttachDiskRequest { uuid, disk })
+            .await
+    }
+    /// `vm.detach_disk`.
+    pub async fn detach_disk(&self, target: &str) -> Result<VmRecord, ClientError> {
+        let uuid = self.uuid().await?;
+        self.host
+            .call::<VmDetachDisk>(VmDetachDiskRequest {
+                uuid,
+                target: target.to_owned(),
+            })
+            .await
+    }
+    /// `vm.attach_nic`.
+    pub async fn attach_nic(&self, nic: NicSpec) -> Result<VmRecord, ClientError> {
+        let uuid = self.uuid().await?;
+        self.host
+            .call::<VmAttachNic>(VmAttachNicRequest { uuid, nic })
+            .await
+    }
+    /// `vm.detach_nic`.
+    pub async fn detach_nic(&self, mac: &str) -> Result<VmRecord, ClientError> {
+        let uuid = self.uuid().await?;
+        self.host
+            .call::<VmDetachNic>(VmDetachNicRequest {
+                uuid,
+                mac: mac.to_owned(),
+            })
+            .await
+    }
+    /// `vm.undefine`.
+    pub async fn undefine(&self, remove_storage: bool) -> Result<(), ClientError> {
+        let uuid = self.uuid().await?;
+        self.host
+            .call::<VmUndefine>(VmUndefineRequest {
+                uuid,
+                remove_storage,
+            })
+            .await
+            .map(|_| ())
+    }
+    /// `snapshot.list`.
+    pub async fn snapshots(&self) -> Result<Vec<SnapshotRecord>, ClientError> {
+        Ok(self.op::<SnapshotList>().await?.snapshots)
+    }
+    /// `snapshot.create`.
+    pub async fn snapshot(
+        &self,
+        name: &str,
+        description: &str,
+    ) -> Result<SnapshotRecord, ClientError> {
+        let vm = self.uuid().await?;
+        self.host
+            .call::<SnapshotCreate>(SnapshotCreateRequest {
+                vm,
+                name: name.to_owned(),
+                description: description.to_owned(),
+            })
+            .await
+    }
+    /// `snapshot.revert`.
+    pub async fn revert(&self, name: &str) -> Result<VmRecord, ClientError> {
+        let vm = self.uuid().await?;
+        self.host
+            .call::<SnapshotRevert>(SnapshotRef {
+                vm,
+                name: name.to_owned(),
+            })
+            .await
+    }
+    /// `snapshot.delete`.
+    pub async fn delete_snapshot(&self, name: &str) -> Result<(), ClientError> {
+        let vm = self.uuid().await?;
+        self.host
+            .call::<SnapshotDelete>(SnapshotRef {
+                vm,
+                name: name.to_owned(),
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+/// One storage pool.
+#[derive(Clone)]
+pub struct Pool {
+    host: Host,
+    name: String,
+}
+
+impl Pool {
+    fn req(&self) -> ObjectName {
+        ObjectName {
+            name: self.name.clone(),
+        }
+    }
+    /// `pool.get`.
+    pub async fn get(&self) -> Result<PoolRecord, ClientError> {
+        self.host.call::<PoolGet>(self.req()).await
+    }
+    /// `pool.start`.
+    pub async fn start(&self) -> Result<PoolRecord, ClientError> {
+        self.host.call::<PoolStart>(self.req()).await
+    }
+    /// `pool.stop`.
+    pub async fn stop(&self) -> Result<PoolRecord, ClientError> {
+        self.host.call::<PoolStop>(self.req()).await
+    }
+    /// `pool.refresh`.
+    pub async fn refresh(&self) -> Result<PoolRecord, ClientError> {
+        self.host.call::<PoolRefresh>(self.req()).await
+    }
+    /// `pool.undefine`.
+    pub async fn undefine(&self) -> Result<(), ClientError> {
+        self.host.call::<PoolUndefine>(self.req()).await.map(|_| ())
+    }
+    /// `volume.list`.
+    pub async fn volumes(&self) -> Result<Vec<VolumeRecord>, ClientError> {
+        Ok(self
+            .host
+            .call::<VolumeList>(PoolName {
+                pool: self.name.clone(),
+            })
+            .await?
+            .volumes)
+    }
+    /// `volume.create`.
+    pub async fn create_volume(&self, spec: VolumeSpec) -> Result<VolumeRecord, ClientError> {
+        self.host
+            .call::<VolumeCreate>(VolumeCreateRequest {
+                pool: self.name.clone(),
+                spec,
+            })
+            .await
+    }
+    /// `volume.get`.
+    pub async fn volume(&self, name: &str) -> Result<VolumeRecord, ClientError> {
+        self.host
+            .call::<VolumeGet>(VolumeKey {
+                pool: self.name.clone(),
+                name: name.to_owned(),
+            })
+            .await
+    }
+    /// `volume.delete`.
+    pub async fn delete_volume(&self, name: &str) -> Result<(), ClientError> {
+        self.host
+            .call::<VolumeDelete>(VolumeKey {
+                pool: self.name.clone(),
+                name: name.to_owned(),
+            })
+            .await
+            .map(|_| ())
+    }
+    /// `volume.resize`.
+    pub async fn resize_volume(
+        &self,
+        name: &str,
+        capacity_bytes: u64,
+    ) -> Result<VolumeRecord, ClientError> {
+        self.host
+            .call::<VolumeResize>(VolumeResizeRequest {
+                pool: self.name.clone(),
+                name: name.to_owned(),
+                capacity_bytes,
+            })
+            .await
+    }
+    /// `volume.clone`.
+    pub async fn clone_volume(
+        &self,
+        name: &str,
+        new_name: &str,
+    ) -> Result<VolumeRecord, ClientError> {
+        self.host
+            .call::<VolumeClone>(VolumeCloneRequest {
+                pool: self.name.clone(),
+                name: name.to_owned(),
+                new_name: new_name.to_owned(),
+            })
+            .await
+    }
+}
+
+/// One virtual network.
+#[derive(Clone)]
+pub struct Network {
+    host: Host,
+    name: String,
+}
+
+impl Network {
+    fn req(&self) -> ObjectName {
+        ObjectName {
+            name: self.name.clone(),
+        }
+    }
+    /// `network.get`.
+    pub async fn get(&self) -> Result<NetworkRecord, ClientError> {
+        self.host.call::<NetworkGet>(self.req()).await
+    }
+    /// `network.start`.
+    pub async fn start(&self) -> Result<NetworkRecord, ClientError> {
+        self.host.call::<NetworkStart>(self.req()).await
+    }
+    /// `network.stop`.
+    pub async fn stop(&self) -> Result<NetworkRecord, ClientError> {
+        self.host.call::<NetworkStop>(self.req()).await
+    }
+    /// `network.undefine`.
+    pub async fn undefine(&self) -> Result<(), ClientError> {
+        self.host
+            .call::<NetworkUndefine>(self.req())
+            .await
+            .map(|_| ())
+    }
+}
+
+/// One task.
+#[derive(Clone)]
+pub struct Task {
+    host: Host,
+    id: Uuid,
+}
+
+impl Task {
+    /// The task id (the id of the command that started it).
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+    /// `task.get`.
+    pub async fn get(&self) -> Result<TaskRecord, ClientError> {
+        self.host.call::<TaskGet>(TaskId { id: self.id }).await
+    }
+    /// `task.cancel`.
+    pub async fn cancel(&self) -> Result<TaskRecord, ClientError> {
+        self.host.call::<TaskCancel>(TaskId { id: self.id }).await
+    }
+    /// Waits until the task finishes, calling `progress` on every change,
+    /// and returns the final record (whatever its status).
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops waiting; the task goes on.
+    pub async fn wait(
+        &self,
+        mut progress: impl FnMut(&TaskRecord),
+    ) -> Result<TaskRecord, ClientError> {
+        let mut last_generation = 0;
+        loop {
+            let t = self.get().await?;
+            if t.generation != last_generation {
+                last_generation = t.generation;
+                progress(&t);
+            }
+            if t.status.is_final() {
+                return Ok(t);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    /// Waits, then turns a failed or cancelled task into its error.
+    pub async fn result(&self) -> Result<TaskRecord, ClientError> {
+        let t = self.wait(|_| {}).await?;
+        match (t.status, &t.error) {
+            (TaskStatus::Success, _) => Ok(t),
+            (_, Some(e)) => Err(e.clone().into()),
+            (s, None) => Err(ClientError::new(
+                ErrorKind::Internal,
+                format!("task ended {s} without an error"),
+            )),
+        }
+    }
+}
