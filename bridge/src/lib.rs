@@ -197,8 +197,11 @@ impl Bridge {
 
     /// Runs one command synchronously.
     pub fn call(&self, request: AnyRequest, ctx: &CallContext) -> Result<AnyResponse, Error> {
-        self.inner
-            .execute(request, &Progress::default(), ctx.command_id)
+        self.inner.execute(
+            request,
+            &Progress::untracked(self.inner.config.step_pause),
+            ctx.command_id,
+        )
     }
 
     /// Starts one command as a task and returns the task at once. The task's

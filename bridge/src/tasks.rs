@@ -44,6 +44,16 @@ impl Progress {
         }
     }
 
+    /// A reporter for a synchronous call: never cancelled, reports nothing,
+    /// but still pauses between steps when configured.
+    pub(crate) fn untracked(pause: Duration) -> Self {
+        Self {
+            task: None,
+            pause,
+            report: None,
+        }
+    }
+
     /// Adds the function told each new percentage.
     pub(crate) fn with_report(mut self, report: Arc<dyn Fn(u8) + Send + Sync>) -> Self {
         self.report = Some(report);
@@ -58,7 +68,7 @@ impl Progress {
             let pct = percent(done as u64, total as u64);
             report(pct);
         }
-        if !self.pause.is_zero() && self.task.is_some() {
+        if !self.pause.is_zero() {
             std::thread::sleep(self.pause);
         }
         self.check()

@@ -172,7 +172,7 @@ impl Client {
         let ch = conn.create_channel().await?;
         // A small prefetch and acks after hand-over: a slow reader backs up
         // into the bounded queue, where the broker drops the oldest.
-        ch.basic_qos(64, BasicQosOptions::default()).await?;
+        ch.basic_qos(8, BasicQosOptions::default()).await?;
         let mut args = FieldTable::default();
         args.insert(
             "x-max-length".into(),

@@ -181,14 +181,15 @@ impl Presence {
     }
 
     /// Whether the view has listened long enough to have heard every live
-    /// host at least once (one and a half of the longest interval seen, at
-    /// least one second).
+    /// host at least once: one and a half of the longest interval heard (5 s
+    /// before any heartbeat arrived), at least one second.
     pub fn is_warm(&self) -> bool {
         let longest = lock(&self.inner.hosts)
             .values()
             .map(|e| e.hb.interval_ms)
             .max()
-            .unwrap_or(1000);
+            // Until a heartbeat tells the interval, assume the agents' default.
+            .unwrap_or(5000);
         self.inner.started.elapsed()
             >= Duration::from_millis(u64::from(longest) * 3 / 2).max(Duration::from_secs(1))
     }

@@ -1,3 +1,55 @@
-//! The hostbus integration test harness. Cross-crate tests live in `tests/`
-//! beside this file; the harness that starts private RabbitMQ nodes and agent
-//! processes lands here with issue 4.
+//! The hostbus integration-test harness. Cross-crate tests live in `tests/`
+//! beside this file.
+//!
+//! * [`RabbitNode`]: a private RabbitMQ node from the OS package, on free
+//!   ports with its own data directory; stop, restart (durable state
+//!   survives) and `rabbitmqctl`. With `HOSTBUS_TEST_AMQP_URL` set, an
+//!   existing broker is used instead; tests that stop or restart the broker
+//!   or run `rabbitmqctl` start with [`RabbitNode::start_private`] and then
+//!   fail at once with a clear error rather than being skipped.
+//! * [`AgentProcess`]: the `hostbus-agent` binary (built once per test
+//!   process) run as a real process, with its log captured to a file,
+//!   signals, exit status and restart on the same journal.
+//! * [`AmqpPeer`] and [`Subscription`]: a third party's view of the bus on
+//!   plain lapin: raw commands with chosen properties, replies through
+//!   direct reply-to, events and heartbeats on exclusive queues;
+//!   [`to_lapin`]/[`from_lapin`] map the protocol's `AmqpProperties`.
+//!
+//! Process management blocks. Called from a multi-threaded tokio runtime
+//! (`#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`), the
+//! blocking methods use `block_in_place`, so the test's AMQP connections
+//! keep running meanwhile.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use hostbus_protocol::{names, Envelope};
+//! use hostbus_tests::{AgentProcess, AmqpPeer, RabbitNode};
+//!
+//! # async fn example() -> hostbus_tests::Result<()> {
+//! let node = RabbitNode::start()?;
+//! let mut peer = AmqpPeer::connect(&node.amqp_url()).await?;
+//! let mut events = peer.subscribe(names::EVENT_EXCHANGE, "h1.#").await?;
+//! let agent = AgentProcess::builder("h1", &node.amqp_url()).label("rack1").spawn()?;
+//! let online = events.next(Duration::from_secs(30)).await?;
+//! let props = Envelope::new("host.get").to_properties(hostbus_protocol::now_ms());
+//! let reply = peer
+//!     .call(&names::host_key("h1"), &props, b"\x80", Duration::from_secs(10))
+//!     .await?;
+//! # drop((agent, online, reply));
+//! # Ok(())
+//! # }
+//! ```
+
+mod agent;
+mod amqp;
+mod error;
+mod process;
+mod rabbit;
+
+pub use agent::{
+    agent_binary, node_file_uri, workspace_dir, AgentBuilder, AgentProcess, AGENT_BIN_ENV,
+};
+pub use amqp::{from_lapin, to_lapin, AmqpPeer, Received, Subscription};
+pub use error::{ErrorKind, HarnessError, Result};
+pub use process::{free_port, group_alive, Signal, TempDir};
+pub use rabbit::{RabbitNode, EXTERNAL_URL_ENV, RABBITMQ_BIN_DIR_ENV, START_TIMEOUT};

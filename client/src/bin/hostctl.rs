@@ -22,6 +22,19 @@ use hostbus_client::{
 };
 use serde::Serialize;
 
+/// `println!` that ends the program quietly when stdout is a closed pipe
+/// (`hostctl ... | head`), like other Unix tools.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 const EXIT_CODES: &str = "EXIT CODES:
   0  success
   1  other error (internal, unexpected reply)
@@ -529,7 +542,7 @@ fn print_json<T: Serialize>(v: &T) -> Res<()> {
         code: 1,
         message: e.to_string(),
     })?;
-    println!("{s}");
+    outln!("{s}");
     Ok(())
 }
 
@@ -546,7 +559,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
             .collect();
-        println!("{}", s.join("  ").trim_end());
+        outln!("{}", s.join("  ").trim_end());
     };
     line(headers.iter().map(|h| (*h).to_owned()).collect());
     for r in rows {
@@ -593,17 +606,17 @@ impl Ctx {
 
     fn vm(&self, vm: &VmRecord) -> Res<()> {
         self.show(vm, |v| {
-            println!("name:        {}", v.name);
-            println!("uuid:        {}", v.uuid);
-            println!("state:       {}", v.power_state);
-            println!(
+            outln!("name:        {}", v.name);
+            outln!("uuid:        {}", v.uuid);
+            outln!("state:       {}", v.power_state);
+            outln!(
                 "memory:      {} MiB (max {} MiB)",
                 v.memory_kib / 1024,
                 v.max_memory_kib / 1024
             );
-            println!("vcpus:       {} (max {})", v.vcpus, v.max_vcpus);
+            outln!("vcpus:       {} (max {})", v.vcpus, v.max_vcpus);
             for d in &v.disks {
-                println!(
+                outln!(
                     "disk:        {} {} {}",
                     d.target,
                     d.format,
@@ -611,15 +624,15 @@ impl Ctx {
                 );
             }
             for n in &v.nics {
-                println!(
+                outln!(
                     "nic:         {} {}",
                     n.mac,
                     n.network.as_deref().or(n.bridge.as_deref()).unwrap_or("-")
                 );
             }
             let ops: Vec<&str> = v.allowed_operations.iter().map(|o| o.as_str()).collect();
-            println!("allowed:     {}", ops.join(", "));
-            println!("generation:  {}", v.generation);
+            outln!("allowed:     {}", ops.join(", "));
+            outln!("generation:  {}", v.generation);
         })
     }
 }
@@ -752,7 +765,7 @@ async fn run(cli: Cli) -> Res<u8> {
             let rtt = started.elapsed().as_secs_f64() * 1000.0;
             ctx.show(
                 &serde_json::json!({"host": pong.host_id, "rtt_ms": rtt}),
-                |_| println!("{} answered in {rtt:.1} ms", pong.host_id),
+                |_| outln!("{} answered in {rtt:.1} ms", pong.host_id),
             )?;
         }
         Cmd::Host(h) => match h {
@@ -784,11 +797,11 @@ async fn run(cli: Cli) -> Res<u8> {
             HostCmd::Caps { host } => {
                 let caps = c.host(&host).capabilities().await?;
                 ctx.show(&caps, |c| {
-                    println!("arch: {}", c.arch);
+                    outln!("arch: {}", c.arch);
                     for (a, t) in &c.guest_domain_types {
-                        println!("guests {a}: {}", t.join(", "));
+                        outln!("guests {a}: {}", t.join(", "));
                     }
-                    println!("commands: {}", c.commands.len());
+                    outln!("commands: {}", c.commands.len());
                 })?;
             }
             HostCmd::Stats { host } => {
@@ -846,21 +859,21 @@ async fn run(cli: Cli) -> Res<u8> {
                 let (h, v) = split(&vm, "VM")?;
                 let s = c.host(&h).vm_key(&v).snapshot(&name, &description).await?;
                 ctx.show(&s, |s| {
-                    println!("snapshot {} of {v} taken ({})", s.name, s.vm_power_state)
+                    outln!("snapshot {} of {v} taken ({})", s.name, s.vm_power_state)
                 })?;
             }
             SnapshotCmd::Revert { vm, name } => {
                 let (h, v) = split(&vm, "VM")?;
                 let r = c.host(&h).vm_key(&v).revert(&name).await?;
                 ctx.show(&r, |r| {
-                    println!("{} reverted to {name}: {}", r.name, r.power_state)
+                    outln!("{} reverted to {name}: {}", r.name, r.power_state)
                 })?;
             }
             SnapshotCmd::Delete { vm, name } => {
                 let (h, v) = split(&vm, "VM")?;
                 c.host(&h).vm_key(&v).delete_snapshot(&name).await?;
                 ctx.show(&serde_json::json!({"deleted": name}), |_| {
-                    println!("snapshot {name} deleted")
+                    outln!("snapshot {name} deleted")
                 })?;
             }
         },
@@ -914,30 +927,30 @@ async fn run(cli: Cli) -> Res<u8> {
                         autostart,
                     })
                     .await?;
-                ctx.show(&r, |r| println!("pool {} defined ({})", r.name, r.state))?;
+                ctx.show(&r, |r| outln!("pool {} defined ({})", r.name, r.state))?;
             }
             PoolCmd::Start { pool } => {
                 let (h, p) = split(&pool, "POOL")?;
                 let r = c.host(&h).pool(&p).start().await?;
-                ctx.show(&r, |r| println!("pool {} is {}", r.name, r.state))?;
+                ctx.show(&r, |r| outln!("pool {} is {}", r.name, r.state))?;
             }
             PoolCmd::Stop { pool } => {
                 let (h, p) = split(&pool, "POOL")?;
                 let r = c.host(&h).pool(&p).stop().await?;
-                ctx.show(&r, |r| println!("pool {} is {}", r.name, r.state))?;
+                ctx.show(&r, |r| outln!("pool {} is {}", r.name, r.state))?;
             }
             PoolCmd::Refresh { pool } => {
                 let (h, p) = split(&pool, "POOL")?;
                 let r = c.host(&h).pool(&p).refresh().await?;
                 ctx.show(&r, |r| {
-                    println!("pool {} refreshed: {} volumes", r.name, r.volumes)
+                    outln!("pool {} refreshed: {} volumes", r.name, r.volumes)
                 })?;
             }
             PoolCmd::Delete { pool } => {
                 let (h, p) = split(&pool, "POOL")?;
                 c.host(&h).pool(&p).undefine().await?;
                 ctx.show(&serde_json::json!({"deleted": p}), |_| {
-                    println!("pool {p} deleted")
+                    outln!("pool {p} deleted")
                 })?;
             }
         },
@@ -985,7 +998,7 @@ async fn run(cli: Cli) -> Res<u8> {
                     })
                     .await?;
                 ctx.show(&v, |v| {
-                    println!(
+                    outln!(
                         "volume {} created: {} GiB at {}",
                         v.name,
                         gib(v.capacity_bytes),
@@ -998,7 +1011,7 @@ async fn run(cli: Cli) -> Res<u8> {
                 let (p, v) = split(&rest, "VOLUME")?;
                 c.host(&h).pool(&p).delete_volume(&v).await?;
                 ctx.show(&serde_json::json!({"deleted": v}), |_| {
-                    println!("volume {v} deleted")
+                    outln!("volume {v} deleted")
                 })?;
             }
             VolumeCmd::Resize { volume, size } => {
@@ -1006,14 +1019,14 @@ async fn run(cli: Cli) -> Res<u8> {
                 let (p, v) = split(&rest, "VOLUME")?;
                 let r = c.host(&h).pool(&p).resize_volume(&v, size << 30).await?;
                 ctx.show(&r, |r| {
-                    println!("volume {} is now {} GiB", r.name, gib(r.capacity_bytes))
+                    outln!("volume {} is now {} GiB", r.name, gib(r.capacity_bytes))
                 })?;
             }
             VolumeCmd::Clone { volume, new_name } => {
                 let (h, rest) = split(&volume, "POOL/VOLUME")?;
                 let (p, v) = split(&rest, "VOLUME")?;
                 let r = c.host(&h).pool(&p).clone_volume(&v, &new_name).await?;
-                ctx.show(&r, |r| println!("volume {v} cloned to {}", r.name))?;
+                ctx.show(&r, |r| outln!("volume {v} cloned to {}", r.name))?;
             }
         },
         Cmd::Network(n) => match n {
@@ -1092,23 +1105,23 @@ async fn run(cli: Cli) -> Res<u8> {
                         autostart,
                     })
                     .await?;
-                ctx.show(&r, |r| println!("network {} defined", r.name))?;
+                ctx.show(&r, |r| outln!("network {} defined", r.name))?;
             }
             NetworkCmd::Start { network } => {
                 let (h, n) = split(&network, "NETWORK")?;
                 let r = c.host(&h).network(&n).start().await?;
-                ctx.show(&r, |r| println!("network {} active: {}", r.name, r.active))?;
+                ctx.show(&r, |r| outln!("network {} active: {}", r.name, r.active))?;
             }
             NetworkCmd::Stop { network } => {
                 let (h, n) = split(&network, "NETWORK")?;
                 let r = c.host(&h).network(&n).stop().await?;
-                ctx.show(&r, |r| println!("network {} active: {}", r.name, r.active))?;
+                ctx.show(&r, |r| outln!("network {} active: {}", r.name, r.active))?;
             }
             NetworkCmd::Delete { network } => {
                 let (h, n) = split(&network, "NETWORK")?;
                 c.host(&h).network(&n).undefine().await?;
                 ctx.show(&serde_json::json!({"deleted": n}), |_| {
-                    println!("network {n} deleted")
+                    outln!("network {n} deleted")
                 })?;
             }
         },
@@ -1137,12 +1150,12 @@ async fn run(cli: Cli) -> Res<u8> {
                 let bar = Progress::new(&format!("task {id}"));
                 let t = c.host(&host).task(id).wait(|t| bar.update(t)).await?;
                 bar.done();
-                ctx.show(&t, |t| println!("task {} {}", t.id, t.status))?;
+                ctx.show(&t, |t| outln!("task {} {}", t.id, t.status))?;
                 task_outcome(&t)?;
             }
             TaskCmd::Cancel { host, id } => {
                 let t = c.host(&host).task(id).cancel().await?;
-                ctx.show(&t, |t| println!("task {} {}", t.id, t.status))?;
+                ctx.show(&t, |t| outln!("task {} {}", t.id, t.status))?;
             }
         },
         Cmd::Events {
@@ -1166,14 +1179,14 @@ async fn run(cli: Cli) -> Res<u8> {
                     Notification::Event(e) => {
                         seen += 1;
                         match ctx.output {
-                            Output::Json => println!(
+                            Output::Json => outln!(
                                 "{}",
                                 serde_json::to_string(&e).map_err(|e| Failure {
                                     code: 1,
                                     message: e.to_string()
                                 })?
                             ),
-                            Output::Table => println!(
+                            Output::Table => outln!(
                                 "{} {:<10} {:<9} {:<9} seq={:<5} gen={:<4} {}",
                                 e.time,
                                 e.host_id,
@@ -1216,7 +1229,7 @@ async fn lifecycle(ctx: &Ctx, op: &str, vm: &str) -> Res<()> {
         "reboot" => handle.reboot().await?,
         _ => handle.reset().await?,
     };
-    ctx.show(&r, |r| println!("{} is {}", r.name, r.power_state))
+    ctx.show(&r, |r| outln!("{} is {}", r.name, r.power_state))
 }
 
 async fn vm_cmd(ctx: &Ctx, cmd: VmCmd) -> Res<u8> {
@@ -1317,7 +1330,7 @@ async fn vm_cmd(ctx: &Ctx, cmd: VmCmd) -> Res<u8> {
             } else {
                 handle.start().await?
             };
-            ctx.show(&r, |r| println!("{} is {}", r.name, r.power_state))?;
+            ctx.show(&r, |r| outln!("{} is {}", r.name, r.power_state))?;
         }
         VmCmd::Shutdown { vm, timeout, force } => {
             let (h, v) = split(&vm, "VM")?;
@@ -1326,7 +1339,7 @@ async fn vm_cmd(ctx: &Ctx, cmd: VmCmd) -> Res<u8> {
                 .vm_key(&v)
                 .shutdown(Duration::from_secs(u64::from(timeout)), force)
                 .await?;
-            ctx.show(&r, |r| println!("{} is {}", r.name, r.power_state))?;
+            ctx.show(&r, |r| outln!("{} is {}", r.name, r.power_state))?;
         }
         VmCmd::Destroy { vm }
         | VmCmd::Pause { vm }
@@ -1397,39 +1410,39 @@ async fn vm_cmd(ctx: &Ctx, cmd: VmCmd) -> Res<u8> {
             let (h, v) = split(&vm, "VM")?;
             c.host(&h).vm_key(&v).undefine(remove_storage).await?;
             ctx.show(&serde_json::json!({"deleted": v}), |_| {
-                println!("vm {v} deleted")
+                outln!("vm {v} deleted")
             })?;
         }
         VmCmd::SetMemory { vm, mib } => {
             let (h, v) = split(&vm, "VM")?;
             let r = c.host(&h).vm_key(&v).set_memory(mib * 1024).await?;
-            ctx.show(&r, |r| {
-                println!("{} has {} MiB", r.name, r.memory_kib / 1024)
-            })?;
+            ctx.show(&r, |r| outln!("{} has {} MiB", r.name, r.memory_kib / 1024))?;
         }
         VmCmd::SetVcpus { vm, vcpus } => {
             let (h, v) = split(&vm, "VM")?;
             let r = c.host(&h).vm_key(&v).set_vcpus(vcpus).await?;
-            ctx.show(&r, |r| println!("{} has {} vCPUs", r.name, r.vcpus))?;
+            ctx.show(&r, |r| outln!("{} has {} vCPUs", r.name, r.vcpus))?;
         }
         VmCmd::Stats { vm } => {
             let (h, v) = split(&vm, "VM")?;
             let s = c.host(&h).vm_key(&v).stats().await?;
             ctx.show(&s, |s| {
-                println!(
+                outln!(
                     "state: {}  cpu_time: {} ms  memory: {} MiB",
                     s.power_state,
                     s.cpu_time_ns / 1_000_000,
                     s.memory_kib / 1024
                 );
                 for b in &s.block {
-                    println!(
+                    outln!(
                         "disk {}: read {} B, written {} B",
-                        b.target, b.read_bytes, b.write_bytes
+                        b.target,
+                        b.read_bytes,
+                        b.write_bytes
                     );
                 }
                 for n in &s.net {
-                    println!("nic {}: rx {} B, tx {} B", n.mac, n.rx_bytes, n.tx_bytes);
+                    outln!("nic {}: rx {} B, tx {} B", n.mac, n.rx_bytes, n.tx_bytes);
                 }
             })?;
         }

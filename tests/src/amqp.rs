@@ -1,0 +1,525 @@
+//! A small AMQP peer on lapin, used the way a third-party program would talk
+//! to hostbus (not through the hostbus SDK): publish raw commands with
+//! chosen properties, receive replies through direct reply-to, and collect
+//! events and heartbeats on exclusive queues.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use hostbus_protocol::envelope::{AmqpProperties, HeaderValue};
+use hostbus_protocol::names::{COMMAND_EXCHANGE, DIRECT_REPLY_TO};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+
+use crate::error::{ErrorKind, HarnessError, Result};
+
+/// Converts protocol properties to lapin's. Headers become long strings,
+/// 64-bit integers and booleans.
+///
+/// # Panics
+///
+/// If a property other than a header is longer than 255 bytes (an AMQP short
+/// string): a bug in the test.
+pub fn to_lapin(p: &AmqpProperties) -> BasicProperties {
+    let short = |s: &String| ShortString::from(s.as_str());
+    let mut b = BasicProperties::default();
+    if let Some(v) = &p.message_id {
+        b = b.with_message_id(short(v));
+    }
+    if let Some(v) = &p.correlation_id {
+        b = b.with_correlation_id(short(v));
+    }
+    if let Some(v) = &p.reply_to {
+        b = b.with_reply_to(short(v));
+    }
+    if let Some(v) = &p.kind {
+        b = b.with_type(short(v));
+    }
+    if let Some(v) = &p.content_type {
+        b = b.with_content_type(short(v));
+    }
+    if let Some(v) = p.timestamp {
+        b = b.with_timestamp(v);
+    }
+    if let Some(v) = &p.expiration {
+        b = b.with_expiration(short(v));
+    }
+    if let Some(v) = &p.user_id {
+        b = b.with_user_id(short(v));
+    }
+    if let Some(v) = p.delivery_mode {
+        b = b.with_delivery_mode(v);
+    }
+    if !p.headers.is_empty() {
+        let mut table = FieldTable::default();
+        for (k, v) in &p.headers {
+            let value = match v {
+                HeaderValue::Str(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+                HeaderValue::Int(i) => AMQPValue::LongLongInt(*i),
+                HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
+            };
+            table.insert(ShortString::from(k.as_str()), value);
+        }
+        b = b.with_headers(table);
+    }
+    b
+}
+
+/// Converts lapin's properties to protocol properties. String headers
+/// (long or short) become strings, every integer kind and timestamps
+/// integers, booleans booleans; other header values (floats, tables,
+/// arrays, byte arrays, void) are left out.
+pub fn from_lapin(b: &BasicProperties) -> AmqpProperties {
+    let s = |v: &Option<ShortString>| v.as_ref().map(|v| v.as_str().to_owned());
+    let mut headers = BTreeMap::new();
+    if let Some(table) = b.headers() {
+        for (k, v) in table {
+            let value = match v {
+                AMQPValue::LongString(s) => {
+                    HeaderValue::Str(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
+                AMQPValue::ShortString(s) => HeaderValue::Str(s.as_str().to_owned()),
+                AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
+                AMQPValue::ShortShortInt(i) => HeaderValue::Int(i64::from(*i)),
+                AMQPValue::ShortShortUInt(i) => HeaderValue::Int(i64::from(*i)),
+                AMQPValue::ShortInt(i) => HeaderValue::Int(i64::from(*i)),
+                AMQPValue::ShortUInt(i) => HeaderValue::Int(i64::from(*i)),
+                AMQPValue::LongInt(i) => HeaderValue::Int(i64::from(*i)),
+                AMQPValue::LongUInt(i) => HeaderValue::Int(i64::from(*i)),
+                AMQPValue::LongLongInt(i) => HeaderValue::Int(*i),
+                AMQPValue::Timestamp(t) => HeaderValue::Int(i64::try_from(*t).unwrap_or(i64::MAX)),
+                _ => continue,
+            };
+            headers.insert(k.as_str().to_owned(), value);
+        }
+    }
+    AmqpProperties {
+        message_id: s(b.message_id()),
+        correlation_id: s(b.correlation_id()),
+        reply_to: s(b.reply_to()),
+        kind: s(b.kind()),
+        content_type: s(b.content_type()),
+        timestamp: *b.timestamp(),
+        expiration: s(b.expiration()),
+        user_id: s(b.user_id()),
+        delivery_mode: *b.delivery_mode(),
+        headers,
+    }
+}
+
+/// A message received by a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The exchange it was published to (empty for the default exchange and
+    /// direct reply-to).
+    pub exchange: String,
+    /// Its routing key.
+    pub routing_key: String,
+    /// Whether the broker delivered it before.
+    pub redelivered: bool,
+    /// Its properties.
+    pub properties: AmqpProperties,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    fn from_delivery(d: lapin::message::Delivery) -> Self {
+        Self {
+            exchange: d.exchange.as_str().to_owned(),
+            routing_key: d.routing_key.as_str().to_owned(),
+            redelivered: d.redelivered,
+            properties: from_lapin(&d.properties),
+            body: d.data,
+        }
+    }
+
+    /// The value of a string header.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        match self.properties.headers.get(name) {
+            Some(HeaderValue::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// An AMQP connection with one channel in publisher-confirm mode, used as a
+/// third party would use the bus.
+#[derive(Debug)]
+pub struct AmqpPeer {
+    connection: Connection,
+    channel: Channel,
+    replies: Option<Consumer>,
+}
+
+impl AmqpPeer {
+    /// Connects to `url` and opens a channel with publisher confirms.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .map_err(|e| HarnessError::amqp(format!("cannot connect to {}", redact(url)), e))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| HarnessError::amqp("cannot open a channel", e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| HarnessError::amqp("cannot enable publisher confirms", e))?;
+        Ok(Self {
+            connection,
+            channel,
+            replies: None,
+        })
+    }
+
+    /// The connection, for what the helpers do not cover.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// The channel (publisher confirms on), for what the helpers do not
+    /// cover.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes `body` with `properties` and waits for the broker's
+    /// confirm. A negative acknowledgement is an error.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &AmqpProperties,
+        body: &[u8],
+    ) -> Result<()> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                to_lapin(properties),
+            )
+            .await
+            .map_err(|e| HarnessError::amqp(format!("cannot publish to {exchange:?}"), e))?
+            .await
+            .map_err(|e| HarnessError::amqp(format!("no confirm from {exchange:?}"), e))?;
+        if confirm.is_nack() {
+            return Err(HarnessError::new(
+                ErrorKind::Amqp,
+                format!("the broker refused the message to {exchange:?} {routing_key:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Publishes a raw command to `hostbus.cmd` with `routing_key`
+    /// (`host.<id>`, `all`, `group.<label>`).
+    pub async fn publish_command(
+        &self,
+        routing_key: &str,
+        properties: &AmqpProperties,
+        body: &[u8],
+    ) -> Result<()> {
+        self.publish(COMMAND_EXCHANGE, routing_key, properties, body)
+            .await
+    }
+
+    /// Starts consuming direct reply-to on this peer's channel (RabbitMQ
+    /// requires this before a message with `reply_to =
+    /// amq.rabbitmq.reply-to` is published on the same channel). Idempotent;
+    /// [`call`](Self::call) does it itself.
+    pub async fn consume_replies(&mut self) -> Result<()> {
+        if self.replies.is_none() {
+            let consumer = self
+                .channel
+                .basic_consume(
+                    DIRECT_REPLY_TO.into(),
+                    "".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| HarnessError::amqp("cannot consume direct reply-to", e))?;
+            self.replies = Some(consumer);
+        }
+        Ok(())
+    }
+
+    /// Sends a command and waits for its reply: consumes direct reply-to,
+    /// sets `reply_to` to it (when `properties` has none) and
+    /// `correlation_id` to the message id (when it has none), publishes to
+    /// `hostbus.cmd`, and returns the first reply with that correlation id.
+    /// Replies with another correlation id are skipped.
+    pub async fn call(
+        &mut self,
+        routing_key: &str,
+        properties: &AmqpProperties,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Received> {
+        self.consume_replies().await?;
+        let mut p = properties.clone();
+        if p.reply_to.is_none() {
+            p.reply_to = Some(DIRECT_REPLY_TO.to_owned());
+        }
+        if p.correlation_id.is_none() {
+            p.correlation_id = p.message_id.clone();
+        }
+        let correlation = p.correlation_id.clone();
+        self.publish_command(routing_key, &p, body).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let reply = self.next_reply(left).await.map_err(|e| {
+                if e.is_timeout() {
+                    HarnessError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "no reply to {:?} (correlation id {:?}) within {timeout:?}",
+                            p.kind.as_deref().unwrap_or("?"),
+                            correlation.as_deref().unwrap_or("?")
+                        ),
+                    )
+                } else {
+                    e
+                }
+            })?;
+            if correlation.is_none() || reply.properties.correlation_id == correlation {
+                return Ok(reply);
+            }
+        }
+    }
+
+    /// The next message on direct reply-to, within `timeout`.
+    pub async fn next_reply(&mut self, timeout: Duration) -> Result<Received> {
+        self.consume_replies().await?;
+        let Some(consumer) = self.replies.as_mut() else {
+            return Err(HarnessError::new(
+                ErrorKind::Amqp,
+                "direct reply-to is not consumed",
+            ));
+        };
+        next_delivery(consumer, timeout, "direct reply-to").await
+    }
+
+    /// Declares a fresh exclusive, auto-delete queue on a channel of its
+    /// own and binds it to `exchange` with `pattern` (e.g. `h1.vm.*`, `#`).
+    /// The exchange is declared first as a durable topic exchange (as every
+    /// hostbus exchange is), so a subscription can be made before any agent
+    /// runs.
+    pub async fn subscribe(&self, exchange: &str, pattern: &str) -> Result<Subscription> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| HarnessError::amqp("cannot open a channel", e))?;
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| HarnessError::amqp(format!("cannot declare exchange {exchange:?}"), e))?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| HarnessError::amqp("cannot declare an exclusive queue", e))?;
+        let name = queue.name().as_str().to_owned();
+        let subscription = Subscription {
+            consumer: None,
+            queue: name,
+            channel,
+        };
+        subscription.bind(exchange, pattern).await?;
+        let consumer = subscription
+            .channel
+            .basic_consume(
+                subscription.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| HarnessError::amqp("cannot consume the exclusive queue", e))?;
+        Ok(Subscription {
+            consumer: Some(consumer),
+            ..subscription
+        })
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) -> Result<()> {
+        self.connection
+            .close(200, "bye".into())
+            .await
+            .map_err(|e| HarnessError::amqp("cannot close the connection", e))
+    }
+}
+
+/// An exclusive queue bound to an exchange, consumed without
+/// acknowledgements.
+#[derive(Debug)]
+pub struct Subscription {
+    channel: Channel,
+    queue: String,
+    consumer: Option<Consumer>,
+}
+
+impl Subscription {
+    /// The queue's server-generated name.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Adds a binding to `exchange` with `pattern` (the exchange must exist).
+    pub async fn bind(&self, exchange: &str, pattern: &str) -> Result<()> {
+        self.channel
+            .queue_bind(
+                self.queue.as_str().into(),
+                exchange.into(),
+                pattern.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                HarnessError::amqp(format!("cannot bind to {exchange:?} with {pattern:?}"), e)
+            })
+    }
+
+    /// The next message, within `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Result<Received> {
+        let Some(consumer) = self.consumer.as_mut() else {
+            return Err(HarnessError::new(ErrorKind::Amqp, "not consuming"));
+        };
+        next_delivery(consumer, timeout, &self.queue).await
+    }
+
+    /// The first message for which `matches` holds, within `timeout`;
+    /// others are dropped.
+    pub async fn next_matching(
+        &mut self,
+        timeout: Duration,
+        mut matches: impl FnMut(&Received) -> bool,
+    ) -> Result<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let m = self.next(left).await?;
+            if matches(&m) {
+                return Ok(m);
+            }
+        }
+    }
+
+    /// Every message that arrives within `window`.
+    pub async fn collect_for(&mut self, window: Duration) -> Result<Vec<Received>> {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Ok(m) => out.push(m),
+                Err(e) if e.is_timeout() => return Ok(out),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+async fn next_delivery(consumer: &mut Consumer, timeout: Duration, what: &str) -> Result<Received> {
+    match tokio::time::timeout(timeout, consumer.next()).await {
+        Err(_) => Err(HarnessError::new(
+            ErrorKind::Timeout,
+            format!("nothing arrived on {what} within {timeout:?}"),
+        )),
+        Ok(None) => Err(HarnessError::new(
+            ErrorKind::Amqp,
+            format!("the consumer of {what} was cancelled"),
+        )),
+        Ok(Some(Err(e))) => Err(HarnessError::amqp(format!("consuming {what} failed"), e)),
+        Ok(Some(Ok(d))) => Ok(Received::from_delivery(d)),
+    }
+}
+
+/// `url` without its password, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hostbus_protocol::envelope::Envelope;
+    use hostbus_protocol::now_ms;
+
+    #[test]
+    fn properties_survive_lapin_and_back() {
+        let mut e = Envelope::new("vm.start");
+        e.reply_to = Some(DIRECT_REPLY_TO.into());
+        e.deadline = Some(now_ms() + 5_000);
+        e.sender = Some("manager".into());
+        e.asynchronous = true;
+        let now = now_ms();
+        e.sent_at = Some(now / 1000);
+        let p = e.to_properties(now);
+        let back = from_lapin(&to_lapin(&p));
+        assert_eq!(back, p);
+        assert_eq!(Envelope::from_properties(&back), Ok(e));
+    }
+
+    #[test]
+    fn foreign_header_kinds_are_read() {
+        let mut table = FieldTable::default();
+        table.insert("a".into(), AMQPValue::LongInt(7));
+        table.insert("b".into(), AMQPValue::ShortString("x".into()));
+        table.insert("c".into(), AMQPValue::Double(1.5));
+        let p = from_lapin(&BasicProperties::default().with_headers(table));
+        assert_eq!(p.headers.get("a"), Some(&HeaderValue::Int(7)));
+        assert_eq!(p.headers.get("b"), Some(&HeaderValue::Str("x".into())));
+        assert!(!p.headers.contains_key("c"));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://h/%2f"), "amqp://h/%2f");
+    }
+}

@@ -1,0 +1,675 @@
+//! A private RabbitMQ node, started from the operating system's package for
+//! one test and thrown away after it.
+//!
+//! How a node runs (found out on Debian 12, RabbitMQ 3.10, Erlang 25):
+//!
+//! * `/usr/sbin/rabbitmq-server` is Debian's wrapper that switches to the
+//!   `rabbitmq` user and `/var/lib/rabbitmq` when run as root; the harness
+//!   runs the real script, `/usr/lib/rabbitmq/bin/rabbitmq-server`, as the
+//!   current user instead (`HOSTBUS_RABBITMQ_BIN_DIR` overrides the folder;
+//!   without that folder, `rabbitmq-server` and `rabbitmqctl` come from
+//!   `PATH`).
+//! * Every path the node writes goes to its own temporary directory:
+//!   `RABBITMQ_MNESIA_BASE`, `RABBITMQ_LOG_BASE`, `RABBITMQ_PID_FILE`,
+//!   `RABBITMQ_ENABLED_PLUGINS_FILE` (an empty list: no management plugin, no
+//!   port 15672), `RABBITMQ_CONFIG_FILE`, and `HOME`, so the Erlang cookie is
+//!   the node's own and `rabbitmqctl` run with the same `HOME` finds it.
+//!   `RABBITMQ_CONF_ENV_FILE` points at a file that does not exist, so
+//!   `/etc/rabbitmq/rabbitmq-env.conf` is not read.
+//! * Ports: `RABBITMQ_NODE_PORT` (AMQP, on 127.0.0.1 only through
+//!   `RABBITMQ_NODE_IP_ADDRESS`) and `RABBITMQ_DIST_PORT` (Erlang
+//!   distribution, on 127.0.0.1 through `-kernel inet_dist_use_interface`),
+//!   both picked free by [`free_port`](crate::free_port). `rabbitmqctl` listens on a
+//!   fixed range (35672..35682) unless `RABBITMQ_CTL_DIST_PORT_MIN/MAX` say
+//!   otherwise; the harness sets both to 0 (any free port). epmd (4369) is
+//!   shared with any other Erlang node: the node starts it if needed, it
+//!   outlives the node, and that is harmless. None of this touches a system
+//!   RabbitMQ on 5672.
+//! * The node name, `hostbus-test-<pid>-<n>@localhost` (short names), does
+//!   not appear on the Erlang VM's command line (RabbitMQ passes it through
+//!   the environment), so the harness adds `-hostbus_test_node <name>` to the
+//!   VM's arguments: `pgrep -f <name>` then finds the node's processes.
+//! * The node runs under a small `sh` watchdog, in its own process group,
+//!   whose standard input is a pipe from the test process: when the test
+//!   process dies without unwinding (SIGKILL, Ctrl-C), the pipe closes, the
+//!   watchdog kills the node and removes its directory. No node outlives its
+//!   test.
+//! * A node is ready in about 5 to 10 s on two cores; a stop takes about 2 s.
+
+use std::fs;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use std::os::unix::process::CommandExt;
+
+use crate::amqp::redact;
+use crate::error::{ErrorKind, HarnessError, Result};
+use crate::process::{
+    block_on_fresh, blocking, free_port, group_alive, signal_group, tail_file, unique_name,
+    wait_child, Signal, TempDir,
+};
+
+/// Environment variable that makes [`RabbitNode::start`] use an existing
+/// broker at this URL instead of starting a private node.
+pub const EXTERNAL_URL_ENV: &str = "HOSTBUS_TEST_AMQP_URL";
+
+/// Environment variable naming the folder of `rabbitmq-server` and
+/// `rabbitmqctl` (default: `/usr/lib/rabbitmq/bin` when it exists, else `PATH`).
+pub const RABBITMQ_BIN_DIR_ENV: &str = "HOSTBUS_RABBITMQ_BIN_DIR";
+
+/// How long a node may take to become ready.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a clean stop may take before the node is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The node's configuration file. `loopback_users = none` lets every user,
+/// `guest` included, log in from any address; the disk limit is low so a
+/// nearly full disk on a CI machine does not block publishers.
+const CONFIG: &str = "\
+loopback_users = none
+disk_free_limit.absolute = 10MB
+log.file.level = info
+log.console = false
+";
+
+/// The watchdog. `$0` names the node (so `pgrep -f <node>` finds it too),
+/// `$1...` is the server command. Standard input is a pipe from the test
+/// process; its end means the test process died without unwinding. Then a
+/// cleanup process in a new session kills the watchdog's whole process group
+/// at once (a TERM to a booting node can be lost) and removes the node's
+/// directory. `$$` is the watchdog's pid, the group's id.
+const WATCHDOG: &str = r#"
+exec 3<&0
+"$@" 3<&- &
+node=$!
+(
+    read -r _ <&3 || true
+    if command -v setsid >/dev/null 2>&1; then
+        exec setsid sh -c 'kill -KILL "-$2"; sleep 1; rm -rf -- "$1"' \
+            hostbus-rabbit-cleanup "$HOSTBUS_NODE_DIR" "$$" </dev/null >/dev/null 2>&1
+    fi
+    rm -rf -- "$HOSTBUS_NODE_DIR"
+    kill -KILL 0
+) &
+reader=$!
+exec 3<&- 0</dev/null
+wait "$node"
+status=$?
+kill "$reader" 2>/dev/null
+exit $status
+"#;
+
+/// A RabbitMQ broker for tests: a private node started from the OS package,
+/// or, when `HOSTBUS_TEST_AMQP_URL` is set, an existing broker at that URL.
+///
+/// Dropping a private node kills it (its whole process group) and removes
+/// its directory, also when the test panics.
+#[derive(Debug)]
+pub struct RabbitNode {
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Private(Box<PrivateNode>),
+    External { url: String },
+}
+
+#[derive(Debug)]
+struct PrivateNode {
+    name: String,
+    port: u16,
+    dist_port: u16,
+    bin_dir: Option<PathBuf>,
+    child: Option<Child>,
+    // Last: removed after the node is dead.
+    dir: TempDir,
+}
+
+impl RabbitNode {
+    /// Starts a private node on free ports with its own data directory and
+    /// waits (up to [`START_TIMEOUT`]) until `guest` can open an AMQP
+    /// connection. With `HOSTBUS_TEST_AMQP_URL` set, starts nothing and
+    /// returns a handle on that broker.
+    ///
+    /// Blocks for several seconds; inside a multi-threaded tokio runtime it
+    /// uses `block_in_place`, so it may be called directly from async tests.
+    pub fn start() -> Result<Self> {
+        if let Some(url) = std::env::var(EXTERNAL_URL_ENV)
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+        {
+            return Ok(Self {
+                inner: Inner::External {
+                    url: url.trim().to_owned(),
+                },
+            });
+        }
+        blocking(PrivateNode::start).map(|node| Self {
+            inner: Inner::Private(Box::new(node)),
+        })
+    }
+
+    /// Like [`start`](Self::start), but an error at once (before the test
+    /// changes anything on the broker) when `HOSTBUS_TEST_AMQP_URL` is set:
+    /// for tests that stop or restart the broker or run `rabbitmqctl`.
+    pub fn start_private() -> Result<Self> {
+        let node = Self::start()?;
+        node.private("this test")?;
+        Ok(node)
+    }
+
+    /// Whether this handle is a private node (not `HOSTBUS_TEST_AMQP_URL`).
+    pub fn is_private(&self) -> bool {
+        matches!(self.inner, Inner::Private(_))
+    }
+
+    /// The URL of the default vhost with the `guest` user.
+    pub fn amqp_url(&self) -> String {
+        match &self.inner {
+            Inner::Private(n) => n.url_for("guest", "guest"),
+            Inner::External { url } => url.clone(),
+        }
+    }
+
+    /// The URL of the default vhost with another user. For an external
+    /// broker, the user and password of `HOSTBUS_TEST_AMQP_URL` are replaced.
+    pub fn url_for(&self, user: &str, password: &str) -> String {
+        match &self.inner {
+            Inner::Private(n) => n.url_for(user, password),
+            Inner::External { url } => replace_userinfo(url, user, password),
+        }
+    }
+
+    /// The AMQP port.
+    pub fn port(&self) -> u16 {
+        match &self.inner {
+            Inner::Private(n) => n.port,
+            Inner::External { url } => url_port(url),
+        }
+    }
+
+    /// The Erlang node name of a private node, e.g.
+    /// `hostbus-test-4242-0@localhost`.
+    pub fn node_name(&self) -> Option<&str> {
+        match &self.inner {
+            Inner::Private(n) => Some(&n.name),
+            Inner::External { .. } => None,
+        }
+    }
+
+    /// The data directory of a private node.
+    pub fn data_dir(&self) -> Option<&Path> {
+        match &self.inner {
+            Inner::Private(n) => Some(n.dir.path()),
+            Inner::External { .. } => None,
+        }
+    }
+
+    /// The process group of a running private node (every process of the
+    /// node belongs to it).
+    pub fn process_group(&self) -> Option<u32> {
+        match &self.inner {
+            Inner::Private(n) => n.child.as_ref().map(Child::id),
+            Inner::External { .. } => None,
+        }
+    }
+
+    /// Whether the node is running (an external broker always counts as
+    /// running).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.inner {
+            Inner::Private(n) => n.is_running(),
+            Inner::External { .. } => true,
+        }
+    }
+
+    /// Runs `rabbitmqctl -n <node> <args>` and returns its standard output;
+    /// a non-zero exit is an error with its output. Private nodes only.
+    pub fn ctl(&self, args: &[&str]) -> Result<String> {
+        let node = self.private("`rabbitmqctl`")?;
+        blocking(|| node.ctl(args))
+    }
+
+    /// Adds a user with a password and full permissions on the default
+    /// vhost (`rabbitmqctl add_user` and `set_permissions`). Private nodes
+    /// only.
+    pub fn add_user(&self, user: &str, password: &str) -> Result<()> {
+        self.ctl(&["add_user", user, password])?;
+        self.ctl(&["set_permissions", "-p", "/", user, ".*", ".*", ".*"])?;
+        Ok(())
+    }
+
+    /// Stops the node cleanly (`rabbitmqctl stop`), waits for it to exit and
+    /// kills what is left after a timeout. The data directory stays, so
+    /// [`restart`](Self::restart) finds durable queues and persistent
+    /// messages again. An error for an external broker.
+    pub fn stop(&mut self) -> Result<()> {
+        let node = self.private_mut("`stop`")?;
+        blocking(|| node.stop())
+    }
+
+    /// Starts a stopped node again (stopping it first if it runs) on the
+    /// same ports, name and data directory, and waits until it is ready.
+    /// An error for an external broker.
+    pub fn restart(&mut self) -> Result<()> {
+        let node = self.private_mut("`restart`")?;
+        blocking(|| {
+            node.stop()?;
+            node.spawn_and_wait()
+        })
+    }
+
+    /// Starts a node stopped by [`stop`](Self::stop) again; does nothing if
+    /// it runs. An error for an external broker.
+    pub fn start_again(&mut self) -> Result<()> {
+        let node = self.private_mut("`start_again`")?;
+        blocking(|| {
+            if node.is_running() {
+                Ok(())
+            } else {
+                node.spawn_and_wait()
+            }
+        })
+    }
+
+    /// The last `lines` lines of the node's own log and of its console.
+    pub fn log_tail(&self, lines: usize) -> String {
+        match &self.inner {
+            Inner::Private(n) => n.log_tail(lines),
+            Inner::External { url } => format!("<external broker {url}: no log>"),
+        }
+    }
+
+    fn private(&self, what: &str) -> Result<&PrivateNode> {
+        match &self.inner {
+            Inner::Private(n) => Ok(n),
+            Inner::External { url } => Err(needs_private(what, url)),
+        }
+    }
+
+    fn private_mut(&mut self, what: &str) -> Result<&mut PrivateNode> {
+        match &mut self.inner {
+            Inner::Private(n) => Ok(n),
+            Inner::External { url } => Err(needs_private(what, url)),
+        }
+    }
+}
+
+fn needs_private(what: &str, url: &str) -> HarnessError {
+    HarnessError::new(
+        ErrorKind::NeedsPrivateNode,
+        format!(
+            "{what} needs a private RabbitMQ node, but {EXTERNAL_URL_ENV} is set \
+             ({}): unset it to run this test",
+            redact(url)
+        ),
+    )
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        if let Inner::Private(node) = &mut self.inner {
+            blocking(|| node.kill());
+        }
+    }
+}
+
+impl PrivateNode {
+    fn start() -> Result<Self> {
+        let dir = TempDir::new("hostbus-rabbit")?;
+        let name = format!("{}@localhost", unique_name("hostbus-test"));
+        for sub in ["home", "mnesia", "log"] {
+            fs::create_dir_all(dir.join(sub))
+                .map_err(|e| HarnessError::io(format!("cannot create {sub} directory"), e))?;
+        }
+        write_file(&dir.join("enabled_plugins"), "[].\n")?;
+        write_file(&dir.join("rabbitmq.conf"), CONFIG)?;
+        let bin_dir = std::env::var_os(RABBITMQ_BIN_DIR_ENV)
+            .map(PathBuf::from)
+            .or_else(|| {
+                let debian = PathBuf::from("/usr/lib/rabbitmq/bin");
+                debian.join("rabbitmq-server").exists().then_some(debian)
+            });
+        let mut node = Self {
+            name,
+            port: free_port()?,
+            dist_port: free_port()?,
+            bin_dir,
+            child: None,
+            dir,
+        };
+        // A port found free can be taken by another process before the node
+        // binds it; the node then exits at once. Try other ports.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match node.spawn_and_wait() {
+                Err(e) if e.kind() == ErrorKind::Startup && attempts < 3 => {
+                    node.port = free_port()?;
+                    node.dist_port = free_port()?;
+                }
+                result => return result.map(|()| node),
+            }
+        }
+    }
+
+    fn url_for(&self, user: &str, password: &str) -> String {
+        format!(
+            "amqp://{}:{}@127.0.0.1:{}/%2f",
+            percent_encode(user),
+            percent_encode(password),
+            self.port
+        )
+    }
+
+    fn program(&self, name: &str) -> PathBuf {
+        match &self.bin_dir {
+            Some(d) => d.join(name),
+            None => PathBuf::from(name),
+        }
+    }
+
+    /// `program` (from the RabbitMQ folder) with the node's environment.
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.program(program));
+        self.set_env(&mut cmd);
+        cmd
+    }
+
+    /// Gives `cmd` the node's environment (and removes every inherited
+    /// variable that starts with `RABBITMQ_`).
+    fn set_env(&self, cmd: &mut Command) {
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("RABBITMQ_") {
+                cmd.env_remove(key);
+            }
+        }
+        let d = self.dir.path();
+        cmd.current_dir(d)
+            .env("HOME", d.join("home"))
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_USE_LONGNAME", "false")
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_CTL_DIST_PORT_MIN", "0")
+            .env("RABBITMQ_CTL_DIST_PORT_MAX", "0")
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_PID_FILE", d.join("rabbitmq.pid"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
+            .env("RABBITMQ_CONF_ENV_FILE", d.join("no-rabbitmq-env.conf"))
+            .stdin(Stdio::null());
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<()> {
+        let console = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("console.log"))
+            .map_err(|e| HarnessError::io("cannot open the node's console log", e))?;
+        let console2 = console
+            .try_clone()
+            .map_err(|e| HarnessError::io("cannot open the node's console log", e))?;
+        let server = self.program("rabbitmq-server");
+        let mut cmd = Command::new("sh");
+        self.set_env(&mut cmd);
+        cmd.env("HOSTBUS_NODE_DIR", self.dir.path())
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                format!(
+                    "-hostbus_test_node {} -kernel inet_dist_use_interface {{127,0,0,1}}",
+                    self.name
+                ),
+            )
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg(format!("hostbus-rabbit-watchdog:{}", self.name))
+            .arg(&server)
+            .stdin(Stdio::piped())
+            .stdout(console)
+            .stderr(console2)
+            .process_group(0);
+        let child = cmd.spawn().map_err(|e| {
+            HarnessError::io(format!("cannot run {} under sh", server.display()), e)
+        })?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let deadline = started + START_TIMEOUT;
+        let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port));
+        let url = self.url_for("guest", "guest");
+        let mut last_error = String::from("the AMQP port never accepted a connection");
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(HarnessError::new(
+                        ErrorKind::Startup,
+                        format!(
+                            "RabbitMQ node {} exited ({status}) before it was ready\n{}",
+                            self.name,
+                            self.log_tail(40)
+                        ),
+                    ));
+                }
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(HarnessError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "RabbitMQ node {} was not ready after {:?} ({last_error})\n{}",
+                        self.name,
+                        START_TIMEOUT,
+                        self.log_tail(40)
+                    ),
+                ));
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
+                match probe(&url) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last_error = e,
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                self.child = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .command("rabbitmqctl")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .map_err(|e| HarnessError::io("cannot run rabbitmqctl", e))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(HarnessError::new(
+                ErrorKind::Command,
+                format!(
+                    "`rabbitmqctl -n {} {}` failed ({}):\n{}{}",
+                    self.name,
+                    args.join(" "),
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            ))
+        }
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        if !self.is_running() {
+            self.child = None;
+            return Ok(());
+        }
+        let ctl = self.ctl(&["stop"]);
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        let pgid = child.id();
+        if ctl.is_err() {
+            let _ = signal_group(pgid, Signal::Term);
+        }
+        let exited = wait_child(child, STOP_TIMEOUT);
+        if exited.is_none() {
+            let _ = signal_group(pgid, Signal::Kill);
+            let _ = wait_child(child, Duration::from_secs(5));
+        }
+        self.child = None;
+        wait_group_gone(pgid, Duration::from_secs(5));
+        match (ctl, exited) {
+            (_, Some(_)) => Ok(()),
+            (Err(e), None) => Err(e),
+            (Ok(_), None) => Err(HarnessError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "RabbitMQ node {} did not exit within {STOP_TIMEOUT:?} of `rabbitmqctl stop`; killed\n{}",
+                    self.name,
+                    self.log_tail(20)
+                ),
+            )),
+        }
+    }
+
+    /// Kills the whole process group at once and reaps the watchdog: for
+    /// Drop and failed starts, when the data is thrown away anyway.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pgid = child.id();
+            let _ = signal_group(pgid, Signal::Kill);
+            let _ = child.kill();
+            let _ = wait_child(&mut child, Duration::from_secs(10));
+            wait_group_gone(pgid, Duration::from_secs(5));
+        }
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        format!(
+            "--- {}/log/{}.log (last {lines} lines) ---\n{}\n--- console ---\n{}",
+            self.dir.path().display(),
+            self.name,
+            tail_file(
+                &self.dir.join("log").join(format!("{}.log", self.name)),
+                lines
+            ),
+            tail_file(&self.dir.join("console.log"), lines)
+        )
+    }
+}
+
+/// Waits until no process of the group is left (the Erlang VM may take a
+/// moment to die after its parent shell).
+fn wait_group_gone(pgid: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while group_alive(pgid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if group_alive(pgid) {
+        let _ = signal_group(pgid, Signal::Kill);
+    }
+}
+
+/// One AMQP connection attempt with `url`, closed at once.
+fn probe(url: &str) -> std::result::Result<(), String> {
+    let url = url.to_owned();
+    let attempt = async move {
+        let connect = lapin::Connection::connect(&url, lapin::ConnectionProperties::default());
+        match tokio::time::timeout(Duration::from_secs(5), connect).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close(200, "probe".into()).await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("AMQP connection failed: {e}")),
+            Err(_) => Err("AMQP connection timed out".to_owned()),
+        }
+    };
+    block_on_fresh(attempt).map_err(|e| e.to_string())?
+}
+
+fn write_file(path: &Path, contents: &str) -> Result<()> {
+    fs::File::create(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .map_err(|e| HarnessError::io(format!("cannot write {}", path.display()), e))
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `scheme://user:pass@rest` with new user info.
+fn replace_userinfo(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let host_part = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    format!(
+        "{scheme}://{}:{}@{host_part}",
+        percent_encode(user),
+        percent_encode(password)
+    )
+}
+
+/// The port of an AMQP URL (5672 or 5671 by default).
+fn url_port(url: &str) -> u16 {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    host.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(if scheme == "amqps" { 5671 } else { 5672 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_rewritten_for_other_users() {
+        assert_eq!(
+            replace_userinfo("amqp://guest:guest@broker:5673/%2f", "ops", "p@ss word"),
+            "amqp://ops:p%40ss%20word@broker:5673/%2f"
+        );
+        assert_eq!(
+            replace_userinfo("amqp://broker/vh", "a", "b"),
+            "amqp://a:b@broker/vh"
+        );
+        assert_eq!(url_port("amqp://u:p@broker:5673/%2f"), 5673);
+        assert_eq!(url_port("amqp://broker"), 5672);
+        assert_eq!(url_port("amqps://broker/x"), 5671);
+    }
+}

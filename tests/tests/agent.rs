@@ -1,0 +1,831 @@
+//! The agent over a real RabbitMQ node, driven with plain lapin the way a
+//! third party would: every kind of command gets its reply, every bad input
+//! its error, events and heartbeats flow, a broker restart is survived and
+//! SIGTERM drains in-flight work.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use hostbus_protocol::commands::*;
+use hostbus_protocol::envelope::{DEADLINE_HEADER, HOST_HEADER, STATUS_HEADER, VERSION_HEADER};
+use hostbus_protocol::names::{self, host_key};
+use hostbus_protocol::types::{
+    DiskBus, DiskFormat, DiskSource, DiskSpec, ObjectClass, PowerState, TaskStatus, VmSpec,
+    VolumeSpec,
+};
+use hostbus_protocol::{
+    decode, encode, now_ms, AmqpProperties, Command, ContentType, Envelope, ErrorCode, Event,
+    EventAction, HeaderValue, Heartbeat, Reply,
+};
+use hostbus_tests::{AgentProcess, AmqpPeer, RabbitNode, Received};
+
+const WEB01: &str = "11111111-0000-4000-8000-000000000001";
+const DB01: &str = "11111111-0000-4000-8000-000000000002";
+const T: Duration = Duration::from_secs(15);
+
+fn props_for(command: &str, ct: ContentType) -> AmqpProperties {
+    let mut env = Envelope::new(command);
+    env.content_type = ct;
+    env.deadline = Some(now_ms() + 30_000);
+    env.to_properties(now_ms())
+}
+
+/// Sends command `C` to `host` in `ct` and decodes the typed reply.
+async fn call_in<C: Command>(
+    peer: &mut AmqpPeer,
+    host: &str,
+    req: &C::Request,
+    ct: ContentType,
+) -> (Received, Reply<C::Response>) {
+    let body = encode(ct, req).expect("encode");
+    let r = peer
+        .call(&host_key(host), &props_for(C::NAME, ct), &body, T)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", C::NAME));
+    let reply_ct =
+        ContentType::parse(r.properties.content_type.as_deref()).expect("reply content type");
+    assert_eq!(reply_ct, ct, "replies come in the request's encoding");
+    let reply = decode(reply_ct, &r.body, 64 << 20)
+        .unwrap_or_else(|e| panic!("{}: undecodable reply: {e}", C::NAME));
+    (r, reply)
+}
+
+async fn ok<C: Command>(peer: &mut AmqpPeer, host: &str, req: C::Request) -> C::Response {
+    match call_in::<C>(peer, host, &req, ContentType::MsgPack).await.1 {
+        Reply::Ok(v) => v,
+        other => panic!("{}: {other:?}", C::NAME),
+    }
+}
+
+fn error_of(r: &Received) -> hostbus_protocol::Error {
+    let ct = ContentType::parse(r.properties.content_type.as_deref()).unwrap_or_default();
+    match decode::<Reply<Empty>>(ct, &r.body, 1 << 20) {
+        Ok(Reply::Error(e)) => {
+            assert_eq!(r.header_str(STATUS_HEADER), Some("error"));
+            e
+        }
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+fn metrics(agent: &AgentProcess) -> String {
+    let addr = agent.metrics_addr().expect("metrics enabled");
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_command_gets_its_reply() {
+    let node = RabbitNode::start().expect("rabbit");
+    let mut peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
+    let mut online = peer
+        .subscribe(names::EVENT_EXCHANGE, "*.agent.online")
+        .await
+        .expect("subscribe");
+    let agent = AgentProcess::builder("h1", &node.amqp_url())
+        .label("gpu")
+        .spawn()
+        .expect("agent");
+    let h2 = AgentProcess::builder("h2", &node.amqp_url())
+        .libvirt_uri(hostbus_tests::node_file_uri("h2"))
+        .spawn()
+        .expect("agent h2");
+    for _ in 0..2 {
+        online
+            .next(Duration::from_secs(60))
+            .await
+            .expect("agents online");
+    }
+    let web: uuid::Uuid = WEB01.parse().expect("uuid");
+    let db: uuid::Uuid = DB01.parse().expect("uuid");
+
+    // Reads.
+    let pong = ok::<HostPing>(
+        &mut peer,
+        "h1",
+        Ping {
+            echo: Some("x".into()),
+        },
+    )
+    .await;
+    assert_eq!(
+        (pong.host_id.as_str(), pong.echo.as_deref()),
+        ("h1", Some("x"))
+    );
+    assert_eq!(
+        ok::<HostInfo>(&mut peer, "h1", Empty {}).await.host_id,
+        "h1"
+    );
+    assert!(!ok::<HostCapabilities>(&mut peer, "h1", Empty {})
+        .await
+        .commands
+        .is_empty());
+    assert_eq!(
+        ok::<HostStatsGet>(&mut peer, "h1", Empty {})
+            .await
+            .vms_total,
+        3
+    );
+    let inv = ok::<HostSnapshot>(&mut peer, "h1", Empty {}).await;
+    assert!(
+        inv.epoch.is_some() && inv.seq >= 1,
+        "a served inventory carries the agent's epoch and seq"
+    );
+    assert_eq!(
+        ok::<VmList>(&mut peer, "h1", VmListRequest { power_state: None })
+            .await
+            .vms
+            .len(),
+        3
+    );
+    assert_eq!(
+        ok::<VmGet>(&mut peer, "h1", VmUuid { uuid: web })
+            .await
+            .name,
+        "web01"
+    );
+    assert_eq!(
+        ok::<VmGetByName>(
+            &mut peer,
+            "h1",
+            ObjectName {
+                name: "db01".into()
+            }
+        )
+        .await
+        .uuid,
+        db
+    );
+    assert!(
+        ok::<VmStatsGet>(&mut peer, "h1", VmUuid { uuid: web })
+            .await
+            .cpu_time_ns
+            > 0
+    );
+    assert!(ok::<SnapshotList>(&mut peer, "h1", VmUuid { uuid: web })
+        .await
+        .snapshots
+        .is_empty());
+    assert_eq!(
+        ok::<PoolList>(&mut peer, "h1", Empty {}).await.pools.len(),
+        2
+    );
+    assert_eq!(
+        ok::<PoolGet>(&mut peer, "h1", ObjectName { name: "iso".into() })
+            .await
+            .volumes,
+        1
+    );
+    assert_eq!(
+        ok::<VolumeList>(
+            &mut peer,
+            "h1",
+            PoolName {
+                pool: "default".into()
+            }
+        )
+        .await
+        .volumes
+        .len(),
+        3
+    );
+    ok::<VolumeGet>(
+        &mut peer,
+        "h1",
+        VolumeKey {
+            pool: "iso".into(),
+            name: "debian-12.iso".into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        ok::<NetworkList>(&mut peer, "h1", Empty {})
+            .await
+            .networks
+            .len(),
+        2
+    );
+    ok::<NetworkGet>(
+        &mut peer,
+        "h1",
+        ObjectName {
+            name: "default".into(),
+        },
+    )
+    .await;
+    ok::<TaskList>(&mut peer, "h1", TaskListRequest { status: None }).await;
+
+    // Changes.
+    assert_eq!(
+        ok::<VmStart>(
+            &mut peer,
+            "h1",
+            VmStartRequest {
+                uuid: db,
+                paused: false
+            }
+        )
+        .await
+        .power_state,
+        PowerState::Running
+    );
+    assert_eq!(
+        ok::<VmPause>(&mut peer, "h1", VmUuid { uuid: db })
+            .await
+            .power_state,
+        PowerState::Paused
+    );
+    ok::<SnapshotCreate>(
+        &mut peer,
+        "h1",
+        SnapshotCreateRequest {
+            vm: db,
+            name: "s1".into(),
+            description: String::new(),
+        },
+    )
+    .await;
+    assert_eq!(
+        ok::<VmResume>(&mut peer, "h1", VmUuid { uuid: db })
+            .await
+            .power_state,
+        PowerState::Running
+    );
+    let spec = VolumeSpec {
+        name: "t.qcow2".into(),
+        capacity_bytes: 1 << 30,
+        allocation_bytes: 0,
+        format: DiskFormat::Qcow2,
+    };
+    ok::<VolumeCreate>(
+        &mut peer,
+        "h1",
+        VolumeCreateRequest {
+            pool: "iso".into(),
+            spec,
+        },
+    )
+    .await;
+    ok::<VolumeDelete>(
+        &mut peer,
+        "h1",
+        VolumeKey {
+            pool: "iso".into(),
+            name: "t.qcow2".into(),
+        },
+    )
+    .await;
+    assert!(
+        !ok::<NetworkStop>(
+            &mut peer,
+            "h1",
+            ObjectName {
+                name: "storage-net".into()
+            }
+        )
+        .await
+        .active
+    );
+    assert!(
+        ok::<NetworkStart>(
+            &mut peer,
+            "h1",
+            ObjectName {
+                name: "storage-net".into()
+            }
+        )
+        .await
+        .active
+    );
+
+    // JSON in, JSON out.
+    match call_in::<VmGet>(&mut peer, "h1", &VmUuid { uuid: web }, ContentType::Json).await {
+        (r, Reply::Ok(vm)) => {
+            assert_eq!(vm.name, "web01");
+            assert_eq!(r.header_str(HOST_HEADER), Some("h1"));
+            assert!(r.body.starts_with(b"{\"ok\""));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Asynchronous: a task comes back at once, then finishes.
+    let mut p = props_for(VmDefine::NAME, ContentType::MsgPack);
+    p.headers.insert(
+        hostbus_protocol::envelope::ASYNC_HEADER.into(),
+        HeaderValue::Bool(true),
+    );
+    let spec = VmSpec {
+        name: "async01".into(),
+        uuid: None,
+        description: String::new(),
+        memory_kib: 262_144,
+        max_memory_kib: None,
+        vcpus: 1,
+        max_vcpus: None,
+        arch: None,
+        disks: vec![DiskSpec {
+            target: "vda".into(),
+            source: DiskSource::NewVolume {
+                pool: "default".into(),
+                capacity_bytes: 1 << 30,
+            },
+            bus: DiskBus::Virtio,
+            format: DiskFormat::Qcow2,
+            read_only: false,
+        }],
+        nics: vec![],
+        autostart: false,
+    };
+    let body = encode(ContentType::MsgPack, &VmDefineRequest { spec }).expect("encode");
+    let r = peer
+        .call(&host_key("h1"), &p, &body, T)
+        .await
+        .expect("async define");
+    assert_eq!(r.header_str(STATUS_HEADER), Some("task"));
+    let task = match decode::<Reply<hostbus_protocol::types::VmRecord>>(
+        ContentType::MsgPack,
+        &r.body,
+        1 << 20,
+    )
+    .expect("decode")
+    {
+        Reply::Task(t) => t,
+        other => panic!("{other:?}"),
+    };
+    let deadline = Instant::now() + T;
+    loop {
+        let t = ok::<TaskGet>(&mut peer, "h1", TaskId { id: task.id }).await;
+        if t.status.is_final() {
+            assert_eq!(t.status, TaskStatus::Success, "{t:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "task never finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ok::<VmGetByName>(
+        &mut peer,
+        "h1",
+        ObjectName {
+            name: "async01".into(),
+        },
+    )
+    .await;
+
+    // A cast gets no reply but runs.
+    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    p.reply_to = None;
+    peer.publish_command(
+        &host_key("h1"),
+        &p,
+        &encode(ContentType::MsgPack, &VmUuid { uuid: web }).expect("encode"),
+    )
+    .await
+    .expect("cast");
+    let deadline = Instant::now() + T;
+    while ok::<VmGet>(&mut peer, "h1", VmUuid { uuid: web })
+        .await
+        .power_state
+        != PowerState::Paused
+    {
+        assert!(Instant::now() < deadline, "the cast never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // `all` and `group.<label>` reach the right agents.
+    let p = props_for(HostPing::NAME, ContentType::MsgPack);
+    let body = encode(ContentType::MsgPack, &Ping { echo: None }).expect("encode");
+    let mut answered = Vec::new();
+    let mut all = p.clone();
+    all.reply_to = Some(names::DIRECT_REPLY_TO.into());
+    all.correlation_id = all.message_id.clone();
+    peer.consume_replies().await.expect("replies");
+    peer.publish_command(names::ALL_KEY, &all, &body)
+        .await
+        .expect("broadcast");
+    for _ in 0..2 {
+        let r = peer.next_reply(T).await.expect("reply from each host");
+        answered.push(r.header_str(HOST_HEADER).unwrap_or_default().to_owned());
+    }
+    answered.sort();
+    assert_eq!(answered, ["h1", "h2"]);
+    let r = peer
+        .call(
+            &names::group_key("gpu"),
+            &props_for(HostPing::NAME, ContentType::MsgPack),
+            &body,
+            T,
+        )
+        .await
+        .expect("group");
+    assert_eq!(
+        r.header_str(HOST_HEADER),
+        Some("h1"),
+        "only h1 carries the gpu label"
+    );
+
+    let m = metrics(&agent);
+    assert!(
+        m.contains("hostbus_commands_total{command=\"host.ping\",outcome=\"ok\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("hostbus_command_duration_seconds_bucket{command=\"vm.start\""),
+        "{m}"
+    );
+    drop(h2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bad_input_gets_its_error_and_nothing_runs() {
+    let node = RabbitNode::start().expect("rabbit");
+    let mut peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
+    let mut online = peer
+        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
+        .await
+        .expect("subscribe");
+    let agent = AgentProcess::builder("h1", &node.amqp_url())
+        .spawn()
+        .expect("agent");
+    online.next(Duration::from_secs(60)).await.expect("online");
+    let key = host_key("h1");
+    let web: uuid::Uuid = WEB01.parse().expect("uuid");
+    let pause_body = encode(ContentType::MsgPack, &VmUuid { uuid: web }).expect("encode");
+
+    let check = |r: &Received, code: ErrorCode| {
+        let e = error_of(r);
+        assert_eq!(e.code, code, "{e}");
+        e
+    };
+
+    // Unknown command.
+    let r = peer
+        .call(
+            &key,
+            &props_for("vm.fly", ContentType::MsgPack),
+            &pause_body,
+            T,
+        )
+        .await
+        .expect("reply");
+    assert_eq!(
+        check(&r, ErrorCode::UnknownCommand).param("command"),
+        Some("vm.fly")
+    );
+    // Garbage, truncated and wrong-typed payloads.
+    for body in [
+        &b"\xc1\xff\x00garbage"[..],
+        &pause_body[..pause_body.len() - 3],
+        &encode(ContentType::MsgPack, &Ping { echo: None }).expect("encode"),
+    ] {
+        let r = peer
+            .call(
+                &key,
+                &props_for(VmPause::NAME, ContentType::MsgPack),
+                body,
+                T,
+            )
+            .await
+            .expect("reply");
+        check(&r, ErrorCode::MalformedMessage);
+    }
+    let r = peer
+        .call(
+            &key,
+            &props_for(VmPause::NAME, ContentType::Json),
+            br#"{"uuid": 42}"#,
+            T,
+        )
+        .await
+        .expect("reply");
+    check(&r, ErrorCode::MalformedMessage);
+    // An invalid field is named.
+    let bad = VmDetachNicRequest {
+        uuid: web,
+        mac: "not-a-mac".into(),
+    };
+    let r = peer
+        .call(
+            &key,
+            &props_for(VmDetachNic::NAME, ContentType::MsgPack),
+            &encode(ContentType::MsgPack, &bad).expect("encode"),
+            T,
+        )
+        .await
+        .expect("reply");
+    assert_eq!(
+        check(&r, ErrorCode::InvalidArgument).param("field"),
+        Some("mac")
+    );
+    // Oversized.
+    let big = vec![0x90u8; 2 << 20];
+    let r = peer
+        .call(
+            &key,
+            &props_for(VmPause::NAME, ContentType::MsgPack),
+            &big,
+            T,
+        )
+        .await
+        .expect("reply");
+    check(&r, ErrorCode::PayloadTooLarge);
+    // A foreign major version, a foreign encoding, a missing message id.
+    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    p.headers
+        .insert(VERSION_HEADER.into(), HeaderValue::Str("2.0".into()));
+    check(
+        &peer.call(&key, &p, &pause_body, T).await.expect("reply"),
+        ErrorCode::UnsupportedVersion,
+    );
+    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    p.content_type = Some("application/xml".into());
+    check(
+        &peer.call(&key, &p, &pause_body, T).await.expect("reply"),
+        ErrorCode::UnsupportedContentType,
+    );
+    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    p.message_id = None;
+    p.correlation_id = Some("corr-1".into());
+    let r = peer.call(&key, &p, &pause_body, T).await.expect("reply");
+    assert_eq!(
+        check(&r, ErrorCode::BadEnvelope).param("property"),
+        Some("message_id")
+    );
+    assert_eq!(r.properties.correlation_id.as_deref(), Some("corr-1"));
+    // An expired deadline (no broker expiration, so the agent sees it).
+    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    p.expiration = None;
+    p.headers.insert(
+        DEADLINE_HEADER.into(),
+        HeaderValue::Int(i64::try_from(now_ms()).expect("now") - 1000),
+    );
+    check(
+        &peer.call(&key, &p, &pause_body, T).await.expect("reply"),
+        ErrorCode::Expired,
+    );
+
+    // None of the refused pauses ran, and the agent is alive.
+    assert_eq!(
+        ok::<VmGet>(&mut peer, "h1", VmUuid { uuid: web })
+            .await
+            .power_state,
+        PowerState::Running
+    );
+    let m = metrics(&agent);
+    assert!(m.contains("outcome=\"EXPIRED\""), "{m}");
+    assert!(m.contains("outcome=\"UNKNOWN_COMMAND\""), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_carry_growing_sequence_numbers_and_heartbeats_arrive() {
+    let node = RabbitNode::start().expect("rabbit");
+    let mut peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
+    let mut events = peer
+        .subscribe(names::EVENT_EXCHANGE, "h1.#")
+        .await
+        .expect("subscribe");
+    let mut beats = peer
+        .subscribe(names::PRESENCE_EXCHANGE, "h1.heartbeat")
+        .await
+        .expect("subscribe");
+    let _agent = AgentProcess::builder("h1", &node.amqp_url())
+        .label("rack-a")
+        .heartbeat_interval(Duration::from_millis(300))
+        .spawn()
+        .expect("agent");
+    let ev =
+        |r: &Received| decode::<Event>(ContentType::MsgPack, &r.body, 64 << 20).expect("event");
+
+    let online = ev(&events.next(Duration::from_secs(60)).await.expect("online"));
+    assert_eq!(
+        (online.class, online.action, online.seq),
+        (ObjectClass::Agent, EventAction::Online, 1)
+    );
+    let inv = online
+        .inventory
+        .expect("agent.online carries the inventory");
+    assert_eq!(inv.vms.len(), 3);
+    assert_eq!((inv.epoch, inv.seq), (Some(online.epoch), 1));
+
+    let db: uuid::Uuid = DB01.parse().expect("uuid");
+    ok::<VmStart>(
+        &mut peer,
+        "h1",
+        VmStartRequest {
+            uuid: db,
+            paused: false,
+        },
+    )
+    .await;
+    ok::<VmPause>(&mut peer, "h1", VmUuid { uuid: db }).await;
+    ok::<VmResume>(&mut peer, "h1", VmUuid { uuid: db }).await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let r = events.next(T).await.expect("event");
+        let e = ev(&r);
+        assert_eq!(r.routing_key, e.routing_key());
+        assert_eq!(e.epoch, online.epoch);
+        if e.object_id == DB01 {
+            seen.push(e);
+        }
+    }
+    let actions: Vec<EventAction> = seen.iter().map(|e| e.action).collect();
+    assert_eq!(
+        actions,
+        [
+            EventAction::Started,
+            EventAction::Paused,
+            EventAction::Resumed
+        ]
+    );
+    assert!(
+        seen.windows(2)
+            .all(|w| w[1].seq > w[0].seq && w[1].generation > w[0].generation),
+        "{seen:?}"
+    );
+    assert!(seen[0].seq > online.seq);
+
+    let hb: Vec<Heartbeat> = beats
+        .collect_for(Duration::from_millis(1500))
+        .await
+        .expect("heartbeats")
+        .iter()
+        .map(|r| decode(ContentType::MsgPack, &r.body, 1 << 20).expect("heartbeat"))
+        .collect();
+    assert!(hb.len() >= 3, "{} heartbeats in 1.5 s at 300 ms", hb.len());
+    let last = hb.last().expect("one");
+    assert_eq!(
+        (last.host_id.as_str(), last.epoch, last.interval_ms),
+        ("h1", online.epoch, 300)
+    );
+    assert_eq!(last.labels, ["rack-a"]);
+    assert!(last.health.hypervisor_connected);
+    assert!(last.last_seq >= seen[2].seq);
+    assert!(last.capabilities.iter().any(|c| c == "vm.start"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_is_survived_and_queued_commands_are_answered() {
+    let mut node = RabbitNode::start().expect("rabbit");
+    let url = node.amqp_url();
+    let mut agent = AgentProcess::builder("h1", &url)
+        .env("HOSTBUS_RECONNECT_MAX_BACKOFF_MS", "2000")
+        .spawn()
+        .expect("agent");
+    {
+        let mut peer = AmqpPeer::connect(&url).await.expect("peer");
+        let mut online = peer
+            .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
+            .await
+            .expect("subscribe");
+        online.next(Duration::from_secs(60)).await.expect("online");
+        ok::<HostPing>(&mut peer, "h1", Ping { echo: None }).await;
+    }
+    node.stop().expect("stop broker");
+    node.start_again().expect("start broker");
+    // Publish at once, before the agent is back: the commands wait in its durable queue.
+    let mut peer = AmqpPeer::connect(&url).await.expect("peer after restart");
+    let mut online = peer
+        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
+        .await
+        .expect("subscribe");
+    peer.consume_replies().await.expect("replies");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut p = props_for(HostPing::NAME, ContentType::MsgPack);
+        p.reply_to = Some(names::DIRECT_REPLY_TO.into());
+        p.correlation_id = p.message_id.clone();
+        ids.push(p.message_id.clone().expect("id"));
+        let body = encode(
+            ContentType::MsgPack,
+            &Ping {
+                echo: Some(format!("q{i}")),
+            },
+        )
+        .expect("encode");
+        peer.publish_command(&host_key("h1"), &p, &body)
+            .await
+            .expect("publish");
+    }
+    let mut answered = Vec::new();
+    while answered.len() < ids.len() {
+        let r = peer
+            .next_reply(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_tail(30)));
+        answered.push(r.properties.correlation_id.clone().expect("correlation"));
+    }
+    answered.sort();
+    ids.sort();
+    assert_eq!(answered, ids, "every queued command answered exactly once");
+    let again = decode::<Event>(
+        ContentType::MsgPack,
+        &online.next(T).await.expect("online again").body,
+        64 << 20,
+    )
+    .expect("event");
+    assert!(
+        again.inventory.is_some(),
+        "a fresh snapshot after reconnecting"
+    );
+    assert!(agent.is_running());
+    assert!(
+        agent.log().contains("reconnecting"),
+        "{}",
+        agent.log_tail(20)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_work() {
+    let node = RabbitNode::start().expect("rabbit");
+    let mut peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
+    let mut events = peer
+        .subscribe(names::EVENT_EXCHANGE, "h1.agent.*")
+        .await
+        .expect("subscribe");
+    let mut agent = AgentProcess::builder("h1", &node.amqp_url())
+        .env("HOSTBUS_STEP_PAUSE_MS", "500")
+        .spawn()
+        .expect("agent");
+    events.next(Duration::from_secs(60)).await.expect("online");
+    // vm.define with three new volumes takes four steps of 500 ms.
+    let disk = |t: &str| DiskSpec {
+        target: t.into(),
+        source: DiskSource::NewVolume {
+            pool: "default".into(),
+            capacity_bytes: 1 << 30,
+        },
+        bus: DiskBus::Virtio,
+        format: DiskFormat::Qcow2,
+        read_only: false,
+    };
+    let spec = VmSpec {
+        name: "drain01".into(),
+        uuid: None,
+        description: String::new(),
+        memory_kib: 262_144,
+        max_memory_kib: None,
+        vcpus: 1,
+        max_vcpus: None,
+        arch: None,
+        disks: vec![disk("vda"), disk("vdb"), disk("vdc")],
+        nics: vec![],
+        autostart: false,
+    };
+    let mut p = props_for(VmDefine::NAME, ContentType::MsgPack);
+    p.reply_to = Some(names::DIRECT_REPLY_TO.into());
+    p.correlation_id = p.message_id.clone();
+    peer.consume_replies().await.expect("replies");
+    peer.publish_command(
+        &host_key("h1"),
+        &p,
+        &encode(ContentType::MsgPack, &VmDefineRequest { spec }).expect("encode"),
+    )
+    .await
+    .expect("publish");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let sent = Instant::now();
+    agent.terminate().expect("SIGTERM");
+    let r = peer
+        .next_reply(T)
+        .await
+        .expect("the in-flight command is answered");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(500),
+        "the reply came after the drain, not before the signal"
+    );
+    match decode::<Reply<hostbus_protocol::types::VmRecord>>(ContentType::MsgPack, &r.body, 1 << 20)
+        .expect("decode")
+    {
+        Reply::Ok(vm) => assert_eq!((vm.name.as_str(), vm.disks.len()), ("drain01", 3)),
+        other => panic!("{other:?}"),
+    }
+    let status = agent.wait_exit(T).expect("the agent exits");
+    assert!(status.success(), "{status:?}\n{}", agent.log_tail(20));
+    let offline = events.next(T).await.expect("offline");
+    let e = decode::<Event>(ContentType::MsgPack, &offline.body, 1 << 20).expect("event");
+    assert_eq!(e.action, EventAction::Offline);
+}
+
+#[test]
+fn invalid_configuration_exits_64_naming_the_field() {
+    let bin = hostbus_tests::agent_binary().expect("agent binary");
+    let out = std::process::Command::new(bin)
+        .env("HOSTBUS_CONCURRENCY", "0")
+        .env("HOSTBUS_METRICS_ADDR", "off")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`concurrency`"), "{err}");
+    let out = std::process::Command::new(hostbus_tests::agent_binary().expect("bin"))
+        .args(["--host-id", "Not_Valid"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`host_id`"));
+}

@@ -1,0 +1,624 @@
+//! The SDK and `hostctl` against real agents on a real broker: every hostctl
+//! subcommand end to end with its JSON parsed back, a broadcast that reports
+//! a dead host, an event subscription that sees another client's change, and
+//! a slow subscriber that loses events, notices the gap and resyncs.
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use hostbus_client::protocol::commands::{VmDefine, VmDefineRequest, VmList, VmListRequest};
+use hostbus_client::protocol::names::{Target, EVENT_EXCHANGE};
+use hostbus_client::protocol::types::{
+    DiskBus, DiskFormat, DiskSource, DiskSpec, PowerState, VmSpec,
+};
+use hostbus_client::protocol::EventAction;
+use hostbus_client::{Client, ClientConfig, Notification, ResyncReason, SubscribeOptions};
+use hostbus_tests::{node_file_uri, workspace_dir, AgentProcess, AmqpPeer, RabbitNode};
+use serde_json::Value;
+
+fn hostctl_binary() -> std::path::PathBuf {
+    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-q", "-p", "hostbus-client", "--bin", "hostctl"])
+                .current_dir(workspace_dir())
+                .status()
+                .expect("cargo build hostctl");
+            assert!(status.success(), "cannot build hostctl");
+            let agent = hostbus_tests::agent_binary().expect("agent binary");
+            agent.with_file_name("hostctl")
+        })
+        .clone()
+}
+
+struct Ctl {
+    url: String,
+}
+
+impl Ctl {
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(hostctl_binary())
+            .args(args)
+            .env("HOSTBUS_URL", &self.url)
+            .env("HOSTCTL_CONFIG", "/nonexistent")
+            .output()
+            .expect("run hostctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs with `-o json`, expects success, returns the parsed output.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let (code, out, err) = self.run(&all);
+        assert_eq!(code, 0, "hostctl {args:?} failed: {err}");
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("hostctl {args:?}: not JSON ({e}): {out}"))
+    }
+
+    fn code(&self, args: &[&str]) -> i32 {
+        self.run(args).0
+    }
+}
+
+async fn online(node: &RabbitNode, n: usize) {
+    let peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
+    let mut sub = peer
+        .subscribe(EVENT_EXCHANGE, "*.agent.online")
+        .await
+        .expect("subscribe");
+    for _ in 0..n {
+        sub.next(Duration::from_secs(60))
+            .await
+            .expect("agent online");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostctl_drives_every_subcommand() {
+    let node = RabbitNode::start().expect("rabbit");
+    let url = node.amqp_url();
+    let wait_online = online(&node, 2);
+    let _h1 = AgentProcess::builder("h1", &url)
+        .label("gpu")
+        .spawn()
+        .expect("h1");
+    let _h2 = AgentProcess::builder("h2", &url)
+        .libvirt_uri(node_file_uri("h2"))
+        .spawn()
+        .expect("h2");
+    wait_online.await;
+    let ctl = Ctl { url: url.clone() };
+
+    let hosts = ctl.json(&["hosts"]);
+    let ids: Vec<&str> = hosts
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|h| h["host_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["h1", "h2"]);
+    assert!(hosts
+        .as_array()
+        .expect("array")
+        .iter()
+        .all(|h| h["liveness"] == "alive"));
+    assert_eq!(ctl.json(&["ping", "h1"])["host"], "h1");
+    assert_eq!(ctl.json(&["host", "info", "h1"])["host_id"], "h1");
+    assert!(ctl.json(&["host", "caps", "h1"])["commands"]
+        .as_array()
+        .is_some_and(|c| c.len() > 40));
+    assert_eq!(ctl.json(&["host", "stats", "h1"])["vms_total"], 3);
+    assert_eq!(
+        ctl.json(&["host", "snapshot", "h2"])["vms"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+
+    assert_eq!(
+        ctl.json(&["vm", "list", "--host", "h1"])
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    let all = ctl.json(&["vm", "list", "--all"]);
+    assert_eq!(all["vms"].as_array().map(Vec::len), Some(6));
+    assert_eq!(all["missing"].as_array().map(Vec::len), Some(0));
+    let gpu = ctl.json(&["vm", "list", "--label", "gpu"]);
+    assert!(gpu["vms"]
+        .as_array()
+        .expect("vms")
+        .iter()
+        .all(|v| v["host"] == "h1"));
+    assert_eq!(
+        ctl.json(&["vm", "list", "--host", "h1", "--state", "running"])
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        ctl.json(&["vm", "get", "h1/web01"])["power_state"],
+        "running"
+    );
+
+    let state = |args: &[&str]| {
+        ctl.json(args)["power_state"]
+            .as_str()
+            .expect("state")
+            .to_owned()
+    };
+    assert_eq!(state(&["vm", "start", "h1/db01"]), "running");
+    assert_eq!(state(&["vm", "pause", "h1/db01"]), "paused");
+    assert_eq!(state(&["vm", "resume", "h1/db01"]), "running");
+    assert_eq!(state(&["vm", "suspend", "h1/db01"]), "suspended");
+    assert_eq!(state(&["vm", "resume", "h1/db01"]), "running");
+    assert_eq!(state(&["vm", "reboot", "h1/db01"]), "running");
+    assert_eq!(state(&["vm", "reset", "h1/db01"]), "running");
+    assert_eq!(
+        state(&["vm", "shutdown", "h1/db01", "--timeout", "5"]),
+        "halted"
+    );
+    assert_eq!(state(&["vm", "start", "h1/db01", "--paused"]), "paused");
+    assert_eq!(state(&["vm", "destroy", "h1/db01"]), "halted");
+
+    let vm = ctl.json(&[
+        "vm",
+        "create",
+        "h1",
+        "--name",
+        "app01",
+        "--memory",
+        "512",
+        "--vcpus",
+        "2",
+        "--disk",
+        "default:1",
+        "--network",
+        "default",
+        "--start",
+    ]);
+    assert_eq!(
+        (vm["name"].as_str(), vm["power_state"].as_str()),
+        (Some("app01"), Some("running"))
+    );
+    assert_eq!(
+        ctl.json(&["vm", "set-memory", "h1/app01", "256"])["memory_kib"],
+        262_144
+    );
+    assert_eq!(ctl.json(&["vm", "set-vcpus", "h1/app01", "1"])["vcpus"], 1);
+    assert!(ctl.json(&["vm", "stats", "h1/app01"])["cpu_time_ns"]
+        .as_u64()
+        .is_some());
+    assert_eq!(
+        ctl.json(&[
+            "snapshot",
+            "create",
+            "h1/app01",
+            "s1",
+            "--description",
+            "first"
+        ])["name"],
+        "s1"
+    );
+    assert_eq!(
+        ctl.json(&["snapshot", "list", "h1/app01"])
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    ctl.json(&["vm", "destroy", "h1/app01"]);
+    assert_eq!(state(&["snapshot", "revert", "h1/app01", "s1"]), "running");
+    ctl.json(&["snapshot", "delete", "h1/app01", "s1"]);
+    ctl.json(&["vm", "destroy", "h1/app01"]);
+    ctl.json(&["vm", "delete", "h1/app01", "--remove-storage"]);
+    assert_eq!(ctl.code(&["vm", "get", "h1/app01"]), 3, "gone: not found");
+
+    assert_eq!(
+        ctl.json(&["pool", "list", "h1"]).as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(ctl.json(&["pool", "get", "h1/default"])["name"], "default");
+    assert_eq!(
+        ctl.json(&[
+            "pool",
+            "create",
+            "h1",
+            "--name",
+            "scratch",
+            "--path",
+            "/var/lib/hostbus/scratch"
+        ])["state"],
+        "inactive"
+    );
+    assert_eq!(
+        ctl.json(&["pool", "start", "h1/scratch"])["state"],
+        "running"
+    );
+    ctl.json(&["pool", "refresh", "h1/scratch"]);
+    assert_eq!(
+        ctl.json(&["pool", "stop", "h1/scratch"])["state"],
+        "inactive"
+    );
+    ctl.json(&["pool", "delete", "h1/scratch"]);
+    assert_eq!(
+        ctl.json(&["volume", "list", "h1/default"])
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    assert_eq!(
+        ctl.json(&["volume", "create", "h1/iso", "v1", "--size", "1"])["capacity_bytes"],
+        1u64 << 30
+    );
+    let resized = ctl.run(&["-o", "json", "volume", "resize", "h1/iso/v1", "--size", "2"]);
+    assert!(
+        resized.0 == 0 || resized.0 == 4,
+        "resize: ok, or refused as unsupported: {}",
+        resized.2
+    );
+    assert_eq!(
+        ctl.json(&["volume", "clone", "h1/iso/v1", "v2"])["name"],
+        "v2"
+    );
+    ctl.json(&["volume", "delete", "h1/iso/v2"]);
+    ctl.json(&["volume", "delete", "h1/iso/v1"]);
+
+    assert_eq!(
+        ctl.json(&["network", "list", "h1"])
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(
+        ctl.json(&["network", "get", "h1/default"])["forward"],
+        "nat"
+    );
+    let net = ctl.json(&[
+        "network",
+        "create",
+        "h1",
+        "--name",
+        "lab",
+        "--bridge",
+        "virbr9",
+        "--ip",
+        "192.168.150.1/24",
+        "--dhcp",
+        "192.168.150.10-192.168.150.99",
+    ]);
+    assert_eq!(net["ip"]["prefix"], 24);
+    assert_eq!(ctl.json(&["network", "start", "h1/lab"])["active"], true);
+    assert_eq!(ctl.json(&["network", "stop", "h1/lab"])["active"], false);
+    ctl.json(&["network", "delete", "h1/lab"]);
+
+    // Tasks: one started through the SDK, waited for and inspected with hostctl.
+    let client = Client::connect(ClientConfig::new(&url))
+        .await
+        .expect("client");
+    let spec = VmSpec {
+        name: "task01".into(),
+        uuid: None,
+        description: String::new(),
+        memory_kib: 262_144,
+        max_memory_kib: None,
+        vcpus: 1,
+        max_vcpus: None,
+        arch: None,
+        disks: vec![DiskSpec {
+            target: "vda".into(),
+            source: DiskSource::NewVolume {
+                pool: "default".into(),
+                capacity_bytes: 1 << 30,
+            },
+            bus: DiskBus::Virtio,
+            format: DiskFormat::Qcow2,
+            read_only: false,
+        }],
+        nics: vec![],
+        autostart: false,
+    };
+    let task = client
+        .submit::<VmDefine>("h1", VmDefineRequest { spec })
+        .await
+        .expect("submit");
+    let id = task.id.to_string();
+    assert_eq!(ctl.json(&["task", "wait", "h1", &id])["status"], "success");
+    assert_eq!(ctl.json(&["task", "get", "h1", &id])["progress"], 100);
+    assert!(ctl
+        .json(&["task", "list", "h1"])
+        .as_array()
+        .is_some_and(|t| t.iter().any(|t| t["id"] == id.as_str())));
+    assert_eq!(
+        ctl.code(&["task", "cancel", "h1", &id]),
+        4,
+        "a finished task cannot be cancelled"
+    );
+
+    // Events: a follower sees a change made meanwhile.
+    let follower = Command::new(hostctl_binary())
+        .args([
+            "-o",
+            "json",
+            "events",
+            "h1.vm.*",
+            "--count",
+            "1",
+            "--duration-ms",
+            "20000",
+        ])
+        .env("HOSTBUS_URL", &url)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("events");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ctl.json(&["vm", "start", "h1/batch01"]);
+    let out = tokio::task::spawn_blocking(move || follower.wait_with_output())
+        .await
+        .expect("join")
+        .expect("events output");
+    let ev: Value =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap_or_default())
+            .expect("event JSON");
+    assert_eq!(
+        (ev["action"].as_str(), ev["host_id"].as_str()),
+        (Some("started"), Some("h1"))
+    );
+
+    let schema: Value = serde_json::from_str(&ctl.run(&["schema"]).1).expect("schema JSON");
+    assert!(schema["commands"].as_array().is_some_and(|c| c.len() > 40));
+    let (code, completions, _) = ctl.run(&["completions", "bash"]);
+    assert!(code == 0 && completions.contains("hostctl"));
+
+    // Exit codes scripts rely on.
+    assert_eq!(ctl.code(&["vm", "get", "h1/nope"]), 3);
+    assert_eq!(
+        ctl.code(&["vm", "pause", "h1/db01"]),
+        4,
+        "pausing a halted VM is refused"
+    );
+    assert_eq!(ctl.code(&["ping", "h9"]), 3, "an unknown host has no route");
+    assert_eq!(ctl.code(&["vm", "get", "no-slash"]), 2);
+    let (code, _, err) = ctl.run(&["--url", "amqp://guest:guest@127.0.0.1:1/%2f", "ping", "h1"]);
+    assert_eq!(code, 5, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_reports_the_host_that_did_not_answer() {
+    let node = RabbitNode::start().expect("rabbit");
+    let url = node.amqp_url();
+    let wait_online = online(&node, 3);
+    let beat = Duration::from_millis(2000);
+    let _h1 = AgentProcess::builder("h1", &url)
+        .label("rack-a")
+        .heartbeat_interval(beat)
+        .spawn()
+        .expect("h1");
+    let _h2 = AgentProcess::builder("h2", &url)
+        .label("rack-a")
+        .libvirt_uri(node_file_uri("h2"))
+        .heartbeat_interval(beat)
+        .spawn()
+        .expect("h2");
+    let mut h3 = AgentProcess::builder("h3", &url)
+        .label("rack-b")
+        .libvirt_uri(node_file_uri("h3"))
+        .heartbeat_interval(beat)
+        .spawn()
+        .expect("h3");
+    wait_online.await;
+    let client = Client::connect(ClientConfig::new(&url))
+        .await
+        .expect("client");
+    let presence = client.presence().await.expect("presence");
+    presence.wait_warm(Duration::from_secs(10)).await;
+    assert_eq!(presence.expected(&Target::All).len(), 3);
+
+    let b = client
+        .broadcast::<VmList>(
+            &Target::All,
+            VmListRequest { power_state: None },
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("broadcast");
+    assert_eq!(
+        b.replies.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["h1", "h2", "h3"]
+    );
+    assert!(b.missing.is_empty());
+    let g = client
+        .broadcast::<VmList>(
+            &Target::Group("rack-a".into()),
+            VmListRequest { power_state: None },
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("group");
+    assert_eq!(
+        g.replies.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["h1", "h2"]
+    );
+
+    // h3 dies without a goodbye: presence still expects it, it does not answer.
+    h3.kill().expect("kill h3");
+    let b = client
+        .broadcast::<VmList>(
+            &Target::All,
+            VmListRequest { power_state: None },
+            Duration::from_secs(3),
+        )
+        .await
+        .expect("broadcast");
+    assert_eq!(
+        b.replies.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["h1", "h2"]
+    );
+    assert_eq!(b.missing, ["h3"]);
+    assert!(b
+        .replies
+        .values()
+        .all(|r| r.as_ref().is_ok_and(|l| l.vms.len() == 3)));
+
+    // A fresh hostctl only knows the hosts it hears during its call, so it
+    // reports a host that heartbeats but does not answer in time: h4 is
+    // busy with one slow command (concurrency 1), its heartbeats go on.
+    let _h4 = AgentProcess::builder("h4", &url)
+        .label("rack-b")
+        .libvirt_uri(node_file_uri("h3"))
+        .heartbeat_interval(beat)
+        .concurrency(1)
+        .env("HOSTBUS_STEP_PAUSE_MS", "4000")
+        .spawn()
+        .expect("h4");
+    presence.wait_warm(Duration::from_secs(10)).await;
+    tokio::time::sleep(beat).await;
+    let disk = |target: &str| DiskSpec {
+        target: target.into(),
+        source: DiskSource::NewVolume {
+            pool: "default".into(),
+            capacity_bytes: 1 << 30,
+        },
+        bus: DiskBus::Virtio,
+        format: DiskFormat::Qcow2,
+        read_only: false,
+    };
+    // Five steps of 4 s: h4 is busy for 20 s, far past hostctl's 3 s deadline.
+    let slow = VmSpec {
+        name: "slow01".into(),
+        uuid: None,
+        description: String::new(),
+        memory_kib: 262_144,
+        max_memory_kib: None,
+        vcpus: 1,
+        max_vcpus: None,
+        arch: None,
+        disks: vec![disk("vda"), disk("vdb"), disk("vdc"), disk("vdd")],
+        nics: vec![],
+        autostart: false,
+    };
+    client
+        .cast::<VmDefine>(&Target::Host("h4".into()), VmDefineRequest { spec: slow })
+        .await
+        .expect("cast");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ctl = Ctl { url };
+    let (code, out, err) = ctl.run(&[
+        "-o",
+        "json",
+        "--timeout-ms",
+        "3000",
+        "vm",
+        "list",
+        "--label",
+        "rack-b",
+    ]);
+    assert_eq!(code, 7, "{err}\n{out}\n{}", _h4.log_tail(30));
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["missing"], serde_json::json!(["h4"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_sees_another_clients_change_and_a_slow_one_resyncs() {
+    let node = RabbitNode::start().expect("rabbit");
+    let url = node.amqp_url();
+    let wait_online = online(&node, 1);
+    let _h1 = AgentProcess::builder("h1", &url).spawn().expect("h1");
+    wait_online.await;
+    let watcher = Client::connect(ClientConfig::new(&url))
+        .await
+        .expect("watcher");
+    let actor = Client::connect(ClientConfig::new(&url))
+        .await
+        .expect("actor");
+    let mut sub = watcher
+        .subscribe(&["*.vm.*"], SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    let db = actor.host("h1").vm_named("db01");
+    db.start().await.expect("start");
+    let started = loop {
+        match tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("an event")
+            .expect("open")
+            .expect("ok")
+        {
+            Notification::Event(e) if e.action == EventAction::Started => break e,
+            _ => {}
+        }
+    };
+    assert_eq!(started.object_id, "11111111-0000-4000-8000-000000000002");
+
+    // A slow subscriber: a tiny queue that nobody reads while 200 events happen.
+    let mut slow = watcher
+        .subscribe(
+            &["h1.#"],
+            SubscribeOptions {
+                queue_limit: 5,
+                resync: true,
+            },
+        )
+        .await
+        .expect("subscribe");
+    // Establish the sequence baseline with one event.
+    db.pause().await.expect("pause");
+    match tokio::time::timeout(Duration::from_secs(10), slow.next())
+        .await
+        .expect("first")
+        .expect("open")
+        .expect("ok")
+    {
+        Notification::Event(e) => assert_eq!(e.action, EventAction::Paused),
+        other => panic!("{other:?}"),
+    }
+    for _ in 0..100 {
+        db.resume().await.expect("resume");
+        db.pause().await.expect("pause");
+    }
+    let mut resync = None;
+    let mut after = 0;
+    while after < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), slow.next())
+            .await
+            .expect("more notifications")
+            .expect("open")
+            .expect("ok")
+        {
+            Notification::Resync {
+                reason,
+                inventory,
+                host,
+                ..
+            } => {
+                assert_eq!(host, "h1");
+                resync = Some((reason, inventory));
+            }
+            Notification::Event(_) if resync.is_some() => after += 1,
+            Notification::Event(_) => {}
+        }
+        if resync.is_some() && after == 0 {
+            db.resume().await.expect("resume");
+            db.pause().await.expect("pause");
+            db.resume().await.expect("resume");
+        }
+    }
+    let (reason, inventory) = resync.expect("the overflow was detected");
+    assert!(
+        matches!(reason, ResyncReason::Gap { expected, got } if got > expected),
+        "{reason:?}"
+    );
+    let inv = inventory.expect("a fresh inventory");
+    assert!(inv
+        .vms
+        .iter()
+        .any(|v| v.name == "db01" && v.power_state != PowerState::Halted));
+}
