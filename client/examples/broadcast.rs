@@ -1,0 +1,42 @@
+//! Broadcast to every host (or a label group) and see who did not answer.
+//!
+//! `cargo run -p hostbus-client --example broadcast -- amqp://guest:guest@127.0.0.1:5682/%2f [label]`
+
+use std::time::Duration;
+
+use hostbus_client::protocol::commands::{VmList, VmListRequest};
+use hostbus_client::protocol::names::Target;
+use hostbus_client::{Client, ClientConfig};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let url = args
+        .next()
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5682/%2f".into());
+    let target = args.next().map_or(Target::All, Target::Group);
+    let client = Client::connect(ClientConfig::new(url)).await?;
+    // Presence tells who is expected; let it hear every host once.
+    client
+        .presence()
+        .await?
+        .wait_warm(Duration::from_secs(10))
+        .await;
+    let b = client
+        .broadcast::<VmList>(
+            &target,
+            VmListRequest { power_state: None },
+            Duration::from_secs(3),
+        )
+        .await?;
+    for (host, reply) in &b.replies {
+        match reply {
+            Ok(list) => println!("{host}: {} VMs", list.vms.len()),
+            Err(e) => println!("{host}: {e}"),
+        }
+    }
+    if !b.missing.is_empty() {
+        println!("no answer from {}", b.missing.join(", "));
+    }
+    Ok(())
+}

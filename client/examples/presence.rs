@@ -1,0 +1,26 @@
+//! A live view of hosts: alive, stale or gone, with their load.
+//!
+//! `cargo run -p hostbus-client --example presence -- amqp://guest:guest@127.0.0.1:5682/%2f`
+
+use std::time::Duration;
+
+use hostbus_client::{Client, ClientConfig};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5682/%2f".into());
+    let client = Client::connect(ClientConfig::new(url)).await?;
+    let presence = client.presence().await?;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for h in presence.hosts() {
+            println!(
+                "{} {:?} epoch={} vms_active={} in_flight={}",
+                h.host_id, h.liveness, h.epoch, h.load.vms_active, h.load.in_flight
+            );
+        }
+    }
+    Ok(())
+}

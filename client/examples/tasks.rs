@@ -1,0 +1,53 @@
+//! A long operation as a task: start it, watch its progress, cancel it if it
+//! takes too long.
+//!
+//! `cargo run -p hostbus-client --example tasks -- amqp://guest:guest@127.0.0.1:5682/%2f h1`
+
+use std::time::Duration;
+
+use hostbus_client::protocol::types::{DiskBus, DiskFormat, DiskSource, DiskSpec, VmSpec};
+use hostbus_client::{Client, ClientConfig};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let url = args
+        .next()
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5682/%2f".into());
+    let host = args.next().unwrap_or_else(|| "h1".into());
+    let client = Client::connect(ClientConfig::new(url)).await?;
+    let spec = VmSpec {
+        name: format!("example-{}", std::process::id()),
+        uuid: None,
+        description: "made by the tasks example".into(),
+        memory_kib: 512 * 1024,
+        max_memory_kib: None,
+        vcpus: 1,
+        max_vcpus: None,
+        arch: None,
+        disks: vec![DiskSpec {
+            target: "vda".into(),
+            source: DiskSource::NewVolume {
+                pool: "default".into(),
+                capacity_bytes: 1 << 30,
+            },
+            bus: DiskBus::Virtio,
+            format: DiskFormat::Qcow2,
+            read_only: false,
+        }],
+        nics: vec![],
+        autostart: false,
+    };
+    let task = client.host(&host).define_vm_async(spec).await?;
+    println!("task {}", task.id());
+    let waited = tokio::time::timeout(
+        Duration::from_secs(30),
+        task.wait(|t| println!("{:>3}% {}", t.progress, t.status)),
+    )
+    .await;
+    match waited {
+        Ok(done) => println!("finished: {:?}", done?.status),
+        Err(_) => println!("cancelling: {:?}", task.cancel().await?.status),
+    }
+    Ok(())
+}
