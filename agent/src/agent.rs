@@ -23,14 +23,15 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Confirmation, Connection, ExchangeKind};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::dispatch::{Dispatcher, ReplyMessage};
+use crate::dispatch::{Dispatcher, Policy, ReplyMessage};
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 use hostbus_amqp::{redact, to_lapin};
 
@@ -66,6 +67,8 @@ pub struct Agent {
     started_at: u64,
     facts: Arc<Mutex<Facts>>,
     refreshing: Arc<AtomicBool>,
+    journal: Arc<Journal>,
+    tls: hostbus_amqp::Tls,
 }
 
 impl Agent {
@@ -81,12 +84,30 @@ impl Agent {
         })?);
         let epoch = Uuid::new_v4();
         let seq = Arc::new(AtomicU64::new(0));
+        let journal = Arc::new(Journal::open(
+            &cfg.journal_path,
+            Duration::from_secs(cfg.journal_max_age_s),
+            cfg.journal_max_entries,
+        )?);
+        match journal.prune() {
+            Ok(n) if n > 0 => tracing::info!(dropped = n, "pruned the command journal"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot prune the command journal"),
+        }
+        let policy = Policy {
+            max_payload: cfg.max_payload_bytes,
+            roles: cfg.role_map()?,
+            max_object_queue: cfg.max_object_queue,
+            max_deliveries: cfg.max_deliveries,
+        };
+        let tls = cfg.tls()?;
         let dispatcher = Arc::new(Dispatcher::new(
             bridge.clone(),
             cfg.host_id.clone(),
             epoch,
             seq.clone(),
-            cfg.max_payload_bytes,
+            policy,
+            journal.clone(),
             metrics.clone(),
         ));
         Ok(Self {
@@ -99,6 +120,8 @@ impl Agent {
             started_at: now_ms(),
             facts: Arc::default(),
             refreshing: Arc::default(),
+            journal,
+            tls,
         })
     }
 
@@ -162,18 +185,14 @@ impl Agent {
     async fn connect(&self, attempt: &mut u32) -> Connection {
         loop {
             for url in &self.cfg.broker_urls {
-                let props = ConnectionProperties::default().with_connection_name(LongString::from(
-                    format!("hostbus-agent/{}", self.cfg.host_id).as_bytes(),
-                ));
-                match Connection::connect(url, props).await {
+                let name = format!("hostbus-agent/{}", self.cfg.host_id);
+                match hostbus_amqp::connect(url, &name, &self.tls).await {
                     Ok(c) => {
                         tracing::info!(broker = %redact(url), "connected to the broker");
                         *attempt = 0;
                         return c;
                     }
-                    Err(e) => {
-                        tracing::warn!(broker = %redact(url), error = %e, "cannot connect to the broker")
-                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot connect to the broker"),
                 }
             }
             let base = 100u64
@@ -193,33 +212,39 @@ impl Agent {
     }
 
     async fn declare(&self, ch: &Channel) -> lapin::Result<String> {
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        for (name, kind) in [
-            (names::COMMAND_EXCHANGE, ExchangeKind::Topic),
-            (names::EVENT_EXCHANGE, ExchangeKind::Topic),
-            (names::PRESENCE_EXCHANGE, ExchangeKind::Topic),
-            (names::DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
-        ] {
-            ch.exchange_declare(name.into(), kind, durable, FieldTable::default())
+        if self.cfg.declare_exchanges {
+            let durable = ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            };
+            for (name, kind) in [
+                (names::COMMAND_EXCHANGE, ExchangeKind::Topic),
+                (names::EVENT_EXCHANGE, ExchangeKind::Topic),
+                (names::PRESENCE_EXCHANGE, ExchangeKind::Topic),
+                (names::DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
+            ] {
+                ch.exchange_declare(name.into(), kind, durable, FieldTable::default())
+                    .await?;
+            }
+            let dq = QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            };
+            ch.queue_declare(names::DEAD_LETTER_QUEUE.into(), dq, FieldTable::default())
                 .await?;
+            ch.queue_bind(
+                names::DEAD_LETTER_QUEUE.into(),
+                names::DEAD_LETTER_EXCHANGE.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         }
         let dq = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        ch.queue_declare(names::DEAD_LETTER_QUEUE.into(), dq, FieldTable::default())
-            .await?;
-        ch.queue_bind(
-            names::DEAD_LETTER_QUEUE.into(),
-            names::DEAD_LETTER_EXCHANGE.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
         let queue = names::agent_queue(&self.cfg.host_id);
         let mut args = FieldTable::default();
         args.insert(
@@ -313,6 +338,26 @@ impl Agent {
             });
         }
 
+        {
+            let journal = self.journal.clone();
+            background.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(600));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let j = journal.clone();
+                    match tokio::task::spawn_blocking(move || j.prune()).await {
+                        Ok(Ok(n)) if n > 0 => {
+                            tracing::info!(dropped = n, "pruned the command journal")
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "cannot prune the command journal")
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
         let permits = Arc::new(Semaphore::new(self.cfg.concurrency as usize));
         let mut inflight = JoinSet::new();
         let end = loop {
@@ -384,7 +429,26 @@ impl Agent {
     /// Handles one delivery: reply first, then ack.
     async fn serve(&self, publ: &Channel, d: lapin::message::Delivery) {
         let props = hostbus_amqp::from_lapin(&d.properties);
-        let handled = self.dispatcher.handle(props, d.data.clone()).await;
+        let handled = self
+            .dispatcher
+            .handle(props.clone(), d.data.clone(), d.redelivered)
+            .await;
+        if let Some(reason) = &handled.dead_letter {
+            if let Err(e) = self
+                .dead_letter(publ, props, &d.data, reason, &handled.outcome)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot dead-letter a message; it will be redelivered");
+                let _ = d
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await;
+                return;
+            }
+        }
         if let Some(reply) = handled.reply {
             if let Err(e) = self.publish_reply(publ, reply).await {
                 tracing::warn!(command = %handled.command, error = %e, "cannot publish the reply; the command will be redelivered");
@@ -401,6 +465,46 @@ impl Agent {
         if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
             tracing::warn!(command = %handled.command, error = %e, "cannot ack the command");
         }
+    }
+
+    /// Sends the original message to the dead-letter exchange, with the
+    /// reason, the error code and this host in its headers, for inspection.
+    async fn dead_letter(
+        &self,
+        publ: &Channel,
+        mut props: AmqpProperties,
+        body: &[u8],
+        reason: &str,
+        code: &str,
+    ) -> anyhow::Result<()> {
+        props.expiration = None;
+        props.headers.insert(
+            "x-hostbus-dead-reason".into(),
+            HeaderValue::Str(reason.to_owned()),
+        );
+        props.headers.insert(
+            "x-hostbus-dead-code".into(),
+            HeaderValue::Str(code.to_owned()),
+        );
+        props.headers.insert(
+            "x-hostbus-dead-host".into(),
+            HeaderValue::Str(self.cfg.host_id.clone()),
+        );
+        props.headers.insert(
+            "x-hostbus-dead-at".into(),
+            HeaderValue::Int(i64::try_from(now_ms()).unwrap_or(i64::MAX)),
+        );
+        self.publish_confirmed(
+            publ,
+            names::DEAD_LETTER_EXCHANGE,
+            &names::agent_queue(&self.cfg.host_id),
+            body,
+            props,
+        )
+        .await?;
+        self.metrics.dead_lettered();
+        tracing::warn!(reason, "message dead-lettered");
+        Ok(())
     }
 
     async fn publish_reply(&self, publ: &Channel, r: ReplyMessage) -> anyhow::Result<()> {

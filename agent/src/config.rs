@@ -2,7 +2,7 @@
 //! < command-line flags, merged with the `config` crate, validated before
 //! anything connects. Every field is documented in `docs/operations.md`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -100,6 +100,30 @@ pub struct Config {
     pub reconnect_max_backoff_ms: u64,
     /// Pause after each step of multi-step operations, ms (demos and tests only).
     pub step_pause_ms: u64,
+    /// Users (broker logins, as carried in `user_id`) and their roles:
+    /// `read-only`, `operator` or `admin`.
+    pub roles: BTreeMap<String, String>,
+    /// CA certificates (PEM) for `amqps://` brokers; system roots when absent.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for brokers that verify clients.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Client key (PEM, PKCS#8) for `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Journal entries older than this are dropped, s.
+    pub journal_max_age_s: u64,
+    /// Most journal entries kept.
+    pub journal_max_entries: u64,
+    /// Operations queued on one object before new ones get `BUSY`.
+    pub max_object_queue: usize,
+    /// Deliveries of one command (crashes included) before it is dead-lettered.
+    pub max_deliveries: u32,
+    /// Declare the exchanges on connecting. Turn off when an administrator
+    /// declares them and host users have no `configure` permission on them
+    /// (docs/security.md).
+    pub declare_exchanges: bool,
 }
 
 /// Every field, with its environment variable and default.
@@ -120,6 +144,14 @@ const FIELDS: &[&str] = &[
     "max_payload_bytes",
     "reconnect_max_backoff_ms",
     "step_pause_ms",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "journal_max_age_s",
+    "journal_max_entries",
+    "max_object_queue",
+    "max_deliveries",
+    "declare_exchanges",
 ];
 
 /// A configuration problem, naming the field at fault.
@@ -181,7 +213,35 @@ impl Config {
             .set_default("reconnect_max_backoff_ms", 30_000)
             .map_err(map)?
             .set_default("step_pause_ms", 0)
+            .map_err(map)?
+            .set_default("journal_max_age_s", 86_400)
+            .map_err(map)?
+            .set_default("journal_max_entries", 100_000)
+            .map_err(map)?
+            .set_default("max_object_queue", 16)
+            .map_err(map)?
+            .set_default("max_deliveries", 3)
+            .map_err(map)?
+            .set_default("declare_exchanges", true)
             .map_err(map)?;
+        // Without a [roles] table, the broker's default `guest` login is an
+        // admin: right for a laptop, wrong for production (docs/security.md).
+        let has_roles_file = flags.config.as_ref().is_some_and(|p| {
+            std::fs::read_to_string(p).is_ok_and(|t| t.lines().any(|l| l.trim() == "[roles]"))
+        });
+        if !has_roles_file && !env.contains_key("HOSTBUS_ROLES") {
+            b = b.set_default("roles.guest", "admin").map_err(map)?;
+        }
+        if let Some(roles) = env.get("HOSTBUS_ROLES") {
+            for pair in roles.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (user, role) = pair.split_once('=').ok_or_else(|| {
+                    field_error("roles", format_args!("{pair:?} is not user=role"))
+                })?;
+                b = b
+                    .set_override(format!("roles.{}", user.trim()), role.trim())
+                    .map_err(map)?;
+            }
+        }
         if let Some(path) = &flags.config {
             b = b.add_source(
                 config::File::from(path.clone())
@@ -293,7 +353,48 @@ impl Config {
             ));
         }
         self.metrics_socket()?;
+        self.role_map()?;
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(field_error(
+                "tls_cert_file",
+                "tls_cert_file and tls_key_file go together",
+            ));
+        }
+        self.tls()?;
+        if self.max_deliveries == 0 {
+            return Err(field_error("max_deliveries", "must be at least 1"));
+        }
+        if self.max_object_queue == 0 {
+            return Err(field_error("max_object_queue", "must be at least 1"));
+        }
         Ok(())
+    }
+
+    /// The roles, parsed.
+    pub fn role_map(&self) -> Result<BTreeMap<String, crate::auth::Role>, ConfigError> {
+        self.roles
+            .iter()
+            .map(|(u, r)| {
+                crate::auth::Role::parse(r)
+                    .map(|role| (u.clone(), role))
+                    .ok_or_else(|| {
+                        field_error(
+                            "roles",
+                            format_args!("{u} = {r:?}: roles are read-only, operator or admin"),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// The TLS material, read from the configured files.
+    pub fn tls(&self) -> Result<hostbus_amqp::Tls, ConfigError> {
+        hostbus_amqp::Tls::load(
+            self.tls_ca_file.as_deref(),
+            self.tls_cert_file.as_deref(),
+            self.tls_key_file.as_deref(),
+        )
+        .map_err(|e| field_error("tls_ca_file", e))
     }
 
     /// The metrics address, or `None` when disabled.

@@ -1,22 +1,26 @@
-//! From a delivery to a reply: envelope, deadline, decoding, validation,
-//! then the bridge on a blocking thread with panics contained. Nothing here
-//! touches AMQP; the session publishes what this returns.
+//! From a delivery to a reply: envelope, authorization, deadline, decoding,
+//! validation, backpressure, the journal, then the bridge on a blocking
+//! thread with panics contained. Nothing here touches AMQP; the session
+//! publishes what this returns.
 
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use hostbus_bridge::{Bridge, CallContext};
-use hostbus_protocol::commands::Empty;
+use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::reply_properties;
 use hostbus_protocol::{
-    encode, now_ms, Access, AmqpProperties, AnyRequest, AnyResponse, ContentType, Envelope, Error,
-    Reply, ReplyStatus,
+    command_info, encode, now_ms, Access, AmqpProperties, AnyRequest, AnyResponse, ContentType,
+    Envelope, Error, ErrorCode, Reply, ReplyStatus,
 };
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::auth::{authorize, Role};
+use crate::journal::{Journal, State};
 use crate::metrics::Metrics;
 
 /// Where and what to reply.
@@ -39,6 +43,22 @@ pub struct Handled {
     pub command: String,
     /// `ok`, `task` or the error code.
     pub outcome: String,
+    /// When set, the original message goes to the dead-letter exchange with
+    /// this reason: it could not be processed, or kept failing.
+    pub dead_letter: Option<String>,
+}
+
+/// Knobs of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Largest payload accepted.
+    pub max_payload: usize,
+    /// Users and their roles.
+    pub roles: BTreeMap<String, Role>,
+    /// Operations queued on one object before `BUSY`.
+    pub max_object_queue: usize,
+    /// Executions of one command (crashes included) before it is dead-lettered.
+    pub max_deliveries: u32,
 }
 
 /// Turns deliveries into replies.
@@ -47,8 +67,18 @@ pub struct Dispatcher {
     host_id: String,
     epoch: Uuid,
     seq: Arc<AtomicU64>,
-    max_payload: usize,
+    policy: Policy,
+    journal: Arc<Journal>,
     metrics: Arc<Metrics>,
+    /// One lock per command id being handled, so a duplicate waits for the
+    /// original and is then answered from the journal.
+    running: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// Redeliveries of read commands (not journaled), to spot poison.
+    read_attempts: Mutex<HashMap<Uuid, u32>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn encode_reply<T: serde::Serialize>(ct: ContentType, reply: &Reply<T>) -> Vec<u8> {
@@ -60,6 +90,31 @@ fn encode_reply<T: serde::Serialize>(ct: ContentType, reply: &Reply<T>) -> Vec<u
     })
 }
 
+/// What execution produced: an encoded reply body with its status.
+struct Outcome {
+    status: ReplyStatus,
+    body: Vec<u8>,
+    outcome: String,
+    dead_letter: Option<String>,
+}
+
+impl Outcome {
+    fn error(ct: ContentType, e: Error) -> Self {
+        let outcome = e.code.as_str().to_owned();
+        Self {
+            status: ReplyStatus::Error,
+            body: encode_reply::<Empty>(ct, &Reply::Error(e)),
+            outcome,
+            dead_letter: None,
+        }
+    }
+}
+
+enum Executed {
+    Value(Box<AnyResponse>),
+    Task(Box<hostbus_protocol::types::TaskRecord>),
+}
+
 impl Dispatcher {
     /// A dispatcher for one agent epoch.
     pub fn new(
@@ -67,7 +122,8 @@ impl Dispatcher {
         host_id: String,
         epoch: Uuid,
         seq: Arc<AtomicU64>,
-        max_payload: usize,
+        policy: Policy,
+        journal: Arc<Journal>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -75,45 +131,34 @@ impl Dispatcher {
             host_id,
             epoch,
             seq,
-            max_payload,
+            policy,
+            journal,
             metrics,
+            running: Mutex::default(),
+            read_attempts: Mutex::default(),
         }
     }
 
     /// Handles one delivery's properties and body.
-    pub async fn handle(&self, props: AmqpProperties, body: Vec<u8>) -> Handled {
+    pub async fn handle(&self, props: AmqpProperties, body: Vec<u8>, redelivered: bool) -> Handled {
         let started = Instant::now();
         let _in_flight = self.metrics.start();
-        let now = now_ms();
         let env = match Envelope::from_properties(&props) {
             Ok(env) => env,
             Err(err) => return self.refuse_bad_envelope(&props, err, started),
         };
         let span = tracing::info_span!("command", command = %env.command, command_id = %env.command_id, host = %self.host_id);
         async move {
-            let (status, body, outcome) = match self.run(&env, &body, now).await {
-                Ok(Executed::Value(resp)) => {
-                    let body = resp.encode_reply(env.content_type).unwrap_or_else(|e| {
-                        encode_reply::<Empty>(env.content_type, &Reply::Error(Error::internal(format!("cannot encode the response: {e}"))))
-                    });
-                    (ReplyStatus::Ok, body, "ok".to_owned())
-                }
-                Ok(Executed::Task(task)) => (ReplyStatus::Task, encode_reply::<Empty>(env.content_type, &Reply::Task(task)), "task".to_owned()),
-                Err(err) => {
-                    let code = err.code.as_str().to_owned();
-                    tracing::info!(code = %code, message = %err.message, "command refused or failed");
-                    (ReplyStatus::Error, encode_reply::<Empty>(env.content_type, &Reply::Error(err)), code)
-                }
-            };
+            let out = self.process(&env, &body, redelivered).await;
             let elapsed = started.elapsed();
-            self.metrics.command(&env.command, &outcome, elapsed);
-            tracing::info!(outcome = %outcome, duration_ms = elapsed.as_secs_f64() * 1000.0, cast = env.is_cast(), "command handled");
+            self.metrics.command(&env.command, &out.outcome, elapsed);
+            tracing::info!(outcome = %out.outcome, duration_ms = elapsed.as_secs_f64() * 1000.0, cast = env.is_cast(), "command handled");
             let reply = env.reply_to.clone().map(|to| ReplyMessage {
                 to,
-                properties: env.reply_properties(status, &self.host_id, now_ms()),
-                body,
+                properties: env.reply_properties(out.status, &self.host_id, now_ms()),
+                body: out.body,
             });
-            Handled { reply, command: env.command.clone(), outcome }
+            Handled { reply, command: env.command.clone(), outcome: out.outcome, dead_letter: out.dead_letter }
         }
         .instrument(span)
         .await
@@ -130,6 +175,7 @@ impl Dispatcher {
             .clone()
             .or_else(|| props.message_id.clone())
             .unwrap_or_default();
+        let dead_letter = Some(format!("{}: {}", err.code, err.message));
         let reply = props
             .reply_to
             .clone()
@@ -150,15 +196,244 @@ impl Dispatcher {
             reply,
             command,
             outcome,
+            dead_letter,
         }
     }
 
-    async fn run(&self, env: &Envelope, body: &[u8], now: u64) -> Result<Executed, Error> {
-        if env.is_expired(now) {
-            return Err(env.expired_error(now));
+    async fn process(&self, env: &Envelope, body: &[u8], redelivered: bool) -> Outcome {
+        let ct = env.content_type;
+        let refuse = |e: Error| {
+            tracing::info!(code = %e.code, message = %e.message, "command refused");
+            Outcome::error(ct, e)
+        };
+        let Some(info) = command_info(&env.command) else {
+            let mut o = refuse(Error::unknown_command(&env.command));
+            o.dead_letter = Some(format!("UNKNOWN_COMMAND: {}", env.command));
+            return o;
+        };
+        if let Err(e) = authorize(
+            &self.policy.roles,
+            env.sender.as_deref(),
+            info.name,
+            info.access,
+        ) {
+            return refuse(e);
         }
-        let request = AnyRequest::decode(&env.command, env.content_type, body, self.max_payload)?;
-        request.validate()?;
+        let now = now_ms();
+        if env.is_expired(now) {
+            return refuse(env.expired_error(now));
+        }
+        let request = match AnyRequest::decode(&env.command, ct, body, self.policy.max_payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let mut o = refuse(e);
+                o.dead_letter = Some(format!(
+                    "{}: the payload does not decode as {}",
+                    o.outcome, env.command
+                ));
+                return o;
+            }
+        };
+        if let Err(e) = request.validate() {
+            return refuse(e.into());
+        }
+        let depth = self.bridge.queue_depth(&request);
+        if depth >= self.policy.max_object_queue {
+            let retry = 200 * depth as u64;
+            return refuse(Error::new(
+                ErrorCode::Busy,
+                [
+                    ("object", env.command.clone()),
+                    ("retry_after_ms", retry.to_string()),
+                ],
+                format!(
+                    "{depth} operations are already queued on this object; retry in {retry} ms"
+                ),
+            ));
+        }
+        if info.access == Access::Read {
+            return self.run_read(env, request, redelivered).await;
+        }
+        self.run_journaled(env, request).await
+    }
+
+    async fn run_read(&self, env: &Envelope, request: AnyRequest, redelivered: bool) -> Outcome {
+        if redelivered {
+            let attempts = {
+                let mut a = lock(&self.read_attempts);
+                if a.len() > 10_000 {
+                    a.clear();
+                }
+                let n = a.entry(env.command_id).or_insert(1);
+                *n += 1;
+                *n
+            };
+            if attempts > self.policy.max_deliveries {
+                return self.give_up(env, attempts);
+            }
+        }
+        let result = self.execute(env, request, false).await;
+        self.encode(env, result)
+    }
+
+    fn give_up(&self, env: &Envelope, attempts: u32) -> Outcome {
+        let reason = format!(
+            "{} was delivered {attempts} times without finishing",
+            env.command
+        );
+        tracing::error!(attempts, "poison command: dead-lettered");
+        let mut o = Outcome::error(env.content_type, Error::internal(&reason));
+        o.dead_letter = Some(reason);
+        o
+    }
+
+    async fn run_journaled(&self, env: &Envelope, request: AnyRequest) -> Outcome {
+        let id_lock = lock(&self.running)
+            .entry(env.command_id)
+            .or_default()
+            .clone();
+        let _held = id_lock.lock().await;
+        let out = self.run_journaled_locked(env, request).await;
+        let mut running = lock(&self.running);
+        if Arc::strong_count(&id_lock) <= 2 {
+            running.remove(&env.command_id);
+        }
+        out
+    }
+
+    async fn run_journaled_locked(&self, env: &Envelope, request: AnyRequest) -> Outcome {
+        let id = env.command_id.to_string();
+        let journal = self.journal.clone();
+        let (id2, name) = (id.clone(), env.command.clone());
+        let seen = tokio::task::spawn_blocking(move || {
+            let prev = journal.get(&id2)?;
+            if prev.as_ref().is_some_and(|p| p.state == State::Done) {
+                return Ok((prev, 0));
+            }
+            let attempts = journal.start(&id2, &name)?;
+            Ok::<_, crate::journal::JournalError>((prev, attempts))
+        })
+        .await;
+        let (prev, attempts) = match seen {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => return Outcome::error(env.content_type, Error::internal(e)),
+            Err(e) => {
+                return Outcome::error(
+                    env.content_type,
+                    Error::internal(format!("journal task failed: {e}")),
+                )
+            }
+        };
+        if let Some(done) = prev.as_ref().filter(|p| p.state == State::Done) {
+            tracing::info!("duplicate command answered from the journal; not executed again");
+            let status = done.reply_status();
+            let outcome = match status {
+                ReplyStatus::Ok => "ok".to_owned(),
+                ReplyStatus::Task => "task".to_owned(),
+                ReplyStatus::Error => "error".to_owned(),
+            };
+            let stored_ct = ContentType::parse(done.content_type.as_deref()).unwrap_or_default();
+            let body = if stored_ct == env.content_type {
+                done.body.clone().unwrap_or_default()
+            } else {
+                // Same command id, other encoding: re-encode what was stored.
+                match hostbus_protocol::decode::<serde_json::Value>(
+                    stored_ct,
+                    done.body.as_deref().unwrap_or_default(),
+                    usize::MAX,
+                ) {
+                    Ok(v) => encode(env.content_type, &v).unwrap_or_default(),
+                    Err(_) => done.body.clone().unwrap_or_default(),
+                }
+            };
+            return Outcome {
+                status,
+                body,
+                outcome: format!("journal-{outcome}"),
+                dead_letter: None,
+            };
+        }
+        if attempts > self.policy.max_deliveries {
+            let out = self.give_up(env, attempts);
+            self.record(env, &out).await;
+            return out;
+        }
+        let interrupted = prev.is_some();
+        if interrupted {
+            tracing::warn!(attempts, "command was interrupted before it finished (agent crash?); reconciling with libvirt");
+            if let AnyRequest::VmDefine(r) = &request {
+                self.clean_interrupted_define(r).await;
+            }
+        }
+        let result = self.execute(env, request.clone(), interrupted).await;
+        let result = match result {
+            Err(e) if interrupted => match self.reconcile(&request, &e).await {
+                Some(v) => {
+                    tracing::info!("the interrupted command had already taken effect");
+                    Ok(Executed::Value(Box::new(v)))
+                }
+                None => Err(e),
+            },
+            other => other,
+        };
+        let out = self.encode(env, result);
+        self.record(env, &out).await;
+        out
+    }
+
+    async fn record(&self, env: &Envelope, out: &Outcome) {
+        let journal = self.journal.clone();
+        let (id, name, status, ct, body) = (
+            env.command_id.to_string(),
+            env.command.clone(),
+            out.status,
+            env.content_type,
+            out.body.clone(),
+        );
+        match tokio::task::spawn_blocking(move || journal.finish(&id, &name, status, ct, &body))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot record the reply in the journal"),
+            Err(e) => tracing::error!(error = %e, "journal task failed"),
+        }
+    }
+
+    fn encode(&self, env: &Envelope, result: Result<Executed, Error>) -> Outcome {
+        let ct = env.content_type;
+        match result {
+            Ok(Executed::Value(resp)) => match resp.encode_reply(ct) {
+                Ok(body) => Outcome {
+                    status: ReplyStatus::Ok,
+                    body,
+                    outcome: "ok".to_owned(),
+                    dead_letter: None,
+                },
+                Err(e) => Outcome::error(
+                    ct,
+                    Error::internal(format!("cannot encode the response: {e}")),
+                ),
+            },
+            Ok(Executed::Task(task)) => Outcome {
+                status: ReplyStatus::Task,
+                body: encode_reply::<Empty>(ct, &Reply::Task(task)),
+                outcome: "task".to_owned(),
+                dead_letter: None,
+            },
+            Err(e) => {
+                tracing::info!(code = %e.code, message = %e.message, "command failed");
+                Outcome::error(ct, e)
+            }
+        }
+    }
+
+    /// Runs the request on the bridge on a blocking thread, panics contained.
+    async fn execute(
+        &self,
+        env: &Envelope,
+        request: AnyRequest,
+        _retry: bool,
+    ) -> Result<Executed, Error> {
         let ctx = CallContext {
             command_id: env.command_id,
         };
@@ -171,7 +446,9 @@ impl Dispatcher {
                         .submit(request, &ctx)
                         .map(|t| Executed::Task(Box::new(t)))
                 } else {
-                    bridge.call(request, &ctx).map(Executed::Value)
+                    bridge
+                        .call(request, &ctx)
+                        .map(|r| Executed::Value(Box::new(r)))
                 }
             }))
         })
@@ -190,18 +467,131 @@ impl Dispatcher {
             Err(e) => return Err(Error::internal(format!("the handler did not finish: {e}"))),
         };
         match result {
-            Ok(Executed::Value(AnyResponse::HostSnapshot(mut inv))) => {
-                inv.epoch = Some(self.epoch);
-                inv.seq = self.seq.load(Ordering::SeqCst);
-                Ok(Executed::Value(AnyResponse::HostSnapshot(inv)))
-            }
+            Ok(Executed::Value(resp)) => match *resp {
+                AnyResponse::HostSnapshot(mut inv) => {
+                    inv.epoch = Some(self.epoch);
+                    inv.seq = self.seq.load(Ordering::SeqCst);
+                    Ok(Executed::Value(Box::new(AnyResponse::HostSnapshot(inv))))
+                }
+                other => Ok(Executed::Value(Box::new(other))),
+            },
             other => other,
         }
     }
-}
 
-#[allow(clippy::large_enum_variant)]
-enum Executed {
-    Value(AnyResponse),
-    Task(Box<hostbus_protocol::types::TaskRecord>),
+    /// An interrupted `vm.define` may have left the volumes it created
+    /// without the VM. If the VM does not exist, they are removed so the
+    /// re-run starts clean; if it does, the re-run reconciles to it.
+    async fn clean_interrupted_define(&self, r: &VmDefineRequest) {
+        let bridge = self.bridge.clone();
+        let spec = r.spec.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let ctx = CallContext::new();
+            if bridge.call(AnyRequest::VmGetByName(ObjectName { name: spec.name.clone() }), &ctx).is_ok() {
+                return;
+            }
+            for d in &spec.disks {
+                if let hostbus_protocol::types::DiskSource::NewVolume { pool, .. } = &d.source {
+                    let name = hostbus_bridge::new_volume_name(&spec.name, &d.target, d.format);
+                    match bridge.call(AnyRequest::VolumeDelete(VolumeKey { pool: pool.clone(), name: name.clone() }), &ctx) {
+                        Ok(_) => tracing::info!(volume = %name, "removed a volume left by an interrupted vm.define"),
+                        Err(e) if e.code == ErrorCode::VolumeNotFound => {}
+                        Err(e) => tracing::warn!(volume = %name, error = %e, "cannot remove a volume left by an interrupted vm.define"),
+                    }
+                }
+            }
+        })
+        .await;
+    }
+
+    /// After a crash, a re-run may fail only because the first run already
+    /// did the work (the VM is already running, the volume already exists).
+    /// Then the answer is the object's current state.
+    async fn reconcile(&self, request: &AnyRequest, err: &Error) -> Option<AnyResponse> {
+        use AnyRequest as R;
+        let current = err.param("current");
+        let vm_now = |uuid| AnyRequest::VmGet(VmUuid { uuid });
+        let (read, wrap): (AnyRequest, fn(AnyResponse) -> Option<AnyResponse>) =
+            match (request, err.code) {
+                (R::VmStart(r), ErrorCode::VmBadPowerState)
+                    if current == Some("running") || current == Some("paused") =>
+                {
+                    (vm_now(r.uuid), |a| match a {
+                        AnyResponse::VmGet(v) => Some(AnyResponse::VmStart(v)),
+                        _ => None,
+                    })
+                }
+                (R::VmResume(r), ErrorCode::VmBadPowerState) if current == Some("running") => {
+                    (vm_now(r.uuid), |a| match a {
+                        AnyResponse::VmGet(v) => Some(AnyResponse::VmResume(v)),
+                        _ => None,
+                    })
+                }
+                (R::VmPause(r), ErrorCode::VmBadPowerState) if current == Some("paused") => {
+                    (vm_now(r.uuid), |a| match a {
+                        AnyResponse::VmGet(v) => Some(AnyResponse::VmPause(v)),
+                        _ => None,
+                    })
+                }
+                (R::VmSuspend(r), ErrorCode::VmBadPowerState) if current == Some("suspended") => {
+                    (vm_now(r.uuid), |a| match a {
+                        AnyResponse::VmGet(v) => Some(AnyResponse::VmSuspend(v)),
+                        _ => None,
+                    })
+                }
+                (R::VmShutdown(r), ErrorCode::VmBadPowerState) if current == Some("halted") => {
+                    (vm_now(r.uuid), |a| match a {
+                        AnyResponse::VmGet(v) => Some(AnyResponse::VmShutdown(v)),
+                        _ => None,
+                    })
+                }
+                (R::VmDestroy(r), ErrorCode::VmBadPowerState) if current == Some("halted") => {
+                    (vm_now(r.uuid), |a| match a {
+                        AnyResponse::VmGet(v) => Some(AnyResponse::VmDestroy(v)),
+                        _ => None,
+                    })
+                }
+                (R::VmDefine(r), ErrorCode::AlreadyExists) => (
+                    AnyRequest::VmGetByName(ObjectName {
+                        name: r.spec.name.clone(),
+                    }),
+                    |a| match a {
+                        AnyResponse::VmGetByName(v) => Some(AnyResponse::VmDefine(v)),
+                        _ => None,
+                    },
+                ),
+                (R::VolumeCreate(r), ErrorCode::AlreadyExists) => (
+                    AnyRequest::VolumeGet(VolumeKey {
+                        pool: r.pool.clone(),
+                        name: r.spec.name.clone(),
+                    }),
+                    |a| match a {
+                        AnyResponse::VolumeGet(v) => Some(AnyResponse::VolumeCreate(v)),
+                        _ => None,
+                    },
+                ),
+                (R::VmUndefine(_), ErrorCode::VmNotFound) => {
+                    return Some(AnyResponse::VmUndefine(Empty {}))
+                }
+                (R::VolumeDelete(_), ErrorCode::VolumeNotFound) => {
+                    return Some(AnyResponse::VolumeDelete(Empty {}))
+                }
+                (R::SnapshotDelete(_), ErrorCode::SnapshotNotFound) => {
+                    return Some(AnyResponse::SnapshotDelete(Empty {}))
+                }
+                (R::PoolUndefine(_), ErrorCode::PoolNotFound) => {
+                    return Some(AnyResponse::PoolUndefine(Empty {}))
+                }
+                (R::NetworkUndefine(_), ErrorCode::NetworkNotFound) => {
+                    return Some(AnyResponse::NetworkUndefine(Empty {}))
+                }
+                _ => return None,
+            };
+        let bridge = self.bridge.clone();
+        let got = tokio::task::spawn_blocking(move || bridge.call(read, &CallContext::new()))
+            .await
+            .ok()?
+            .ok()?;
+        wrap(got)
+    }
 }

@@ -12,8 +12,10 @@
 //! * [`metrics`]: the Prometheus endpoint.
 
 pub mod agent;
+pub mod auth;
 pub mod config;
 pub mod dispatch;
+pub mod journal;
 pub mod metrics;
 
 pub use agent::Agent;

@@ -187,10 +187,20 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
         let (mut sock, _) = listener.accept().await?;
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
+            // Read the request head, however many writes it came in.
+            let mut buf = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            let n = loop {
+                match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut chunk)).await {
+                    Ok(Ok(0)) => break buf.len(),
+                    Ok(Ok(k)) => {
+                        buf.extend_from_slice(&chunk[..k]);
+                        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() > 8192 {
+                            break buf.len();
+                        }
+                    }
+                    _ => return,
+                }
             };
             let req = String::from_utf8_lossy(&buf[..n]);
             let path = req.split_whitespace().nth(1).unwrap_or("/");

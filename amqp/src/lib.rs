@@ -4,8 +4,10 @@
 //! redaction for logs. It knows lapin and the protocol, nothing else; the
 //! bridge and the protocol never depend on it.
 
+pub mod connect;
 pub mod props;
 
+pub use connect::{connect, Tls, TlsFileError};
 pub use props::{from_lapin, to_lapin};
 
 /// A broker URL without its password, for logs and error messages.

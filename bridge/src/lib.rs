@@ -43,7 +43,7 @@ use virt::connect::Connect;
 pub use conn::HealthReport;
 pub use locks::{LockEvent, LockHook};
 pub use observe::ObjectEvent;
-pub use vm::{allowed_operations, allowed_states};
+pub use vm::{allowed_operations, allowed_states, new_volume_name};
 
 use crate::conn::Conn;
 use crate::errors::{is_connection_error, map_error, Subject};

@@ -114,7 +114,8 @@ fn random_mac() -> String {
     format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
 }
 
-fn volume_name(vm: &str, target: &str, format: DiskFormat) -> String {
+/// The name of the volume `vm.define` creates for a `new_volume` disk.
+pub fn new_volume_name(vm: &str, target: &str, format: DiskFormat) -> String {
     let ext = if format == DiskFormat::Qcow2 {
         "qcow2"
     } else {
@@ -459,7 +460,7 @@ impl Inner {
                 pool,
                 capacity_bytes,
             } => {
-                let name = volume_name(vm_name, &d.target, d.format);
+                let name = new_volume_name(vm_name, &d.target, d.format);
                 let spec = hostbus_protocol::types::VolumeSpec {
                     name: name.clone(),
                     capacity_bytes: *capacity_bytes,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use hostbus_amqp::{from_lapin, redact, to_lapin};
+use hostbus_amqp::{from_lapin, to_lapin};
 use hostbus_protocol::envelope::HOST_HEADER;
 use hostbus_protocol::names::{Target, COMMAND_EXCHANGE, DIRECT_REPLY_TO};
 use hostbus_protocol::types::TaskRecord;
@@ -14,8 +14,8 @@ use hostbus_protocol::{
     decode, encode, now_ms, AmqpProperties, Command, ContentType, Envelope, HeaderValue, Reply,
 };
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{FieldTable, LongString};
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::types::FieldTable;
+use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -38,6 +38,8 @@ pub struct ClientConfig {
     /// RabbitMQ verifies; the agent authorizes on it. Taken from the first
     /// URL's user when not set.
     pub user_id: Option<String>,
+    /// TLS material for `amqps://` URLs (CA, optional client certificate).
+    pub tls: hostbus_amqp::Tls,
 }
 
 impl ClientConfig {
@@ -48,6 +50,7 @@ impl ClientConfig {
             timeout: Duration::from_secs(10),
             content_type: ContentType::MsgPack,
             user_id: None,
+            tls: hostbus_amqp::Tls::default(),
         }
     }
 
@@ -151,20 +154,20 @@ impl Client {
     pub(crate) async fn open_connection(&self, purpose: &str) -> Result<Connection, ClientError> {
         let mut last = None;
         for url in &self.inner.cfg.urls {
-            let props = ConnectionProperties::default().with_connection_name(LongString::from(
-                format!("hostbus-client/{purpose}").as_bytes(),
-            ));
-            match Connection::connect(url, props).await {
+            match hostbus_amqp::connect(
+                url,
+                &format!("hostbus-client/{purpose}"),
+                &self.inner.cfg.tls,
+            )
+            .await
+            {
                 Ok(c) => return Ok(c),
-                Err(e) => last = Some(format!("{}: {e}", redact(url))),
+                Err(e) => last = Some(e),
             }
         }
         Err(ClientError::new(
             ErrorKind::Connection,
-            format!(
-                "cannot connect to the broker ({})",
-                last.unwrap_or_default()
-            ),
+            last.unwrap_or_else(|| "no broker URL".to_owned()),
         ))
     }
 

@@ -29,5 +29,6 @@ pub use client::{Broadcast, CallOptions, Client, ClientConfig};
 pub use error::{ClientError, ErrorKind};
 pub use events::{topic_matches, Notification, ResyncReason, SubscribeOptions, Subscription};
 pub use handles::{Host, Network, Pool, Task, Vm};
+pub use hostbus_amqp::Tls;
 pub use hostbus_protocol as protocol;
 pub use presence::{HostView, Liveness, Presence};

@@ -339,6 +339,8 @@ pub fn reply_properties(
         kind: Some(command.to_owned()),
         content_type: Some(content_type.as_str().to_owned()),
         timestamp: Some(now / 1000),
+        // Persistent, so replies to a durable reply queue survive a broker restart.
+        delivery_mode: Some(2),
         headers,
         ..AmqpProperties::default()
     }

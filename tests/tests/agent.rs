@@ -26,6 +26,8 @@ const T: Duration = Duration::from_secs(15);
 fn props_for(command: &str, ct: ContentType) -> AmqpProperties {
     let mut env = Envelope::new(command);
     env.content_type = ct;
+    // RabbitMQ checks it against our login; the agent authorizes on it.
+    env.sender = Some("guest".into());
     env.deadline = Some(now_ms() + 30_000);
     env.to_properties(now_ms())
 }
@@ -447,7 +449,9 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
         .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
         .await
         .expect("subscribe");
+    node.add_user("viewer", "viewer-pw").expect("viewer user");
     let agent = AgentProcess::builder("h1", &node.amqp_url())
+        .env("HOSTBUS_ROLES", "guest=admin,viewer=read-only")
         .spawn()
         .expect("agent");
     online.next(Duration::from_secs(60)).await.expect("online");
@@ -566,6 +570,30 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
         &peer.call(&key, &p, &pause_body, T).await.expect("reply"),
         ErrorCode::Expired,
     );
+
+    // No user_id: refused before anything runs.
+    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    p.user_id = None;
+    let e = check(
+        &peer.call(&key, &p, &pause_body, T).await.expect("reply"),
+        ErrorCode::PermissionDenied,
+    );
+    assert_eq!(e.param("command"), Some("vm.pause"));
+    // A read-only user may read but not operate.
+    let mut viewer = AmqpPeer::connect(&node.url_for("viewer", "viewer-pw"))
+        .await
+        .expect("viewer peer");
+    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    p.user_id = Some("viewer".into());
+    let e = check(
+        &viewer.call(&key, &p, &pause_body, T).await.expect("reply"),
+        ErrorCode::PermissionDenied,
+    );
+    assert_eq!(e.param("user"), Some("viewer"));
+    let mut p = props_for(VmGet::NAME, ContentType::MsgPack);
+    p.user_id = Some("viewer".into());
+    let r = viewer.call(&key, &p, &pause_body, T).await.expect("reply");
+    assert_eq!(r.header_str(STATUS_HEADER), Some("ok"), "reads are allowed");
 
     // None of the refused pauses ran, and the agent is alive.
     assert_eq!(

@@ -49,6 +49,9 @@ ENVIRONMENT:
   HOSTBUS_URL         broker URL(s), comma-separated (like --url)
   HOSTBUS_TIMEOUT_MS  call deadline (like --timeout-ms)
   HOSTBUS_OUTPUT      table or json (like --output)
+  HOSTBUS_CA_FILE     CA certificate for amqps:// (like --ca-file)
+  HOSTBUS_CERT_FILE   client certificate (like --cert-file)
+  HOSTBUS_KEY_FILE    client key (like --key-file)
   HOSTCTL_CONFIG      config file (default ~/.config/hostbus/hostctl.toml)
 
 EXAMPLES:
@@ -71,9 +74,18 @@ struct Cli {
     /// Output format.
     #[arg(long, short, global = true, value_enum)]
     output: Option<Output>,
-    /// Config file (TOML with `urls`, `timeout_ms`, `output`).
+    /// Config file (TOML with `urls`, `timeout_ms`, `output`, `ca_file`, `cert_file`, `key_file`).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// CA certificate (PEM) for amqps:// brokers.
+    #[arg(long, global = true)]
+    ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for brokers that verify clients.
+    #[arg(long, global = true)]
+    cert_file: Option<PathBuf>,
+    /// Client key (PEM, PKCS#8).
+    #[arg(long, global = true)]
+    key_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -348,6 +360,9 @@ struct FileConfig {
     urls: Option<Vec<String>>,
     timeout_ms: Option<u64>,
     output: Option<Output>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 /// An error with the exit code it maps to.
@@ -487,8 +502,19 @@ fn load_config(cli: &Cli) -> Res<(ClientConfig, Output)> {
         })
         .or(file.output)
         .unwrap_or(Output::Table);
+    let pick = |flag: &Option<PathBuf>, env: &str, file: &Option<PathBuf>| {
+        flag.clone()
+            .or_else(|| std::env::var_os(env).map(PathBuf::from))
+            .or_else(|| file.clone())
+    };
+    let ca = pick(&cli.ca_file, "HOSTBUS_CA_FILE", &file.ca_file);
+    let cert = pick(&cli.cert_file, "HOSTBUS_CERT_FILE", &file.cert_file);
+    let key = pick(&cli.key_file, "HOSTBUS_KEY_FILE", &file.key_file);
+    let tls = hostbus_client::Tls::load(ca.as_deref(), cert.as_deref(), key.as_deref())
+        .map_err(|e| usage(e.to_string()))?;
     let mut cfg = ClientConfig::new(urls.first().cloned().unwrap_or_default());
     cfg.urls = urls;
+    cfg.tls = tls;
     cfg.timeout = Duration::from_millis(timeout_ms);
     Ok((cfg, output))
 }

@@ -1,0 +1,107 @@
+//! Authorization: who may run what.
+//!
+//! The agent trusts only the AMQP `user_id` property, which RabbitMQ
+//! verifies against the publisher's login (a message whose `user_id` differs
+//! from the connection's user is refused by the broker). Each user has a
+//! role; roles are cumulative: `read` ⊂ `operate` ⊂ `admin`, matching the
+//! access level of each command in the catalogue.
+
+use std::collections::BTreeMap;
+
+use hostbus_protocol::{Access, Error, ErrorCode};
+use serde::Deserialize;
+
+/// A role, granting commands up to its access level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Read commands only (`*.list`, `*.get`, `host.*` facts).
+    ReadOnly,
+    /// Reads, plus changing the running state of existing objects.
+    Operator,
+    /// Everything, including creating and destroying objects and data.
+    Admin,
+}
+
+impl Role {
+    fn grants(self, access: Access) -> bool {
+        match self {
+            Role::ReadOnly => access == Access::Read,
+            Role::Operator => access != Access::Admin,
+            Role::Admin => true,
+        }
+    }
+
+    /// Parses `read-only`, `operator` or `admin`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "read-only" | "readonly" | "read" => Some(Role::ReadOnly),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// Checks that `sender` may run `command`, whose access level is `access`.
+pub fn authorize(
+    roles: &BTreeMap<String, Role>,
+    sender: Option<&str>,
+    command: &str,
+    access: Access,
+) -> Result<(), Error> {
+    let denied = |user: &str, why: String| {
+        Error::new(
+            ErrorCode::PermissionDenied,
+            [("user", user.to_owned()), ("command", command.to_owned())],
+            why,
+        )
+    };
+    let Some(user) = sender.filter(|u| !u.is_empty()) else {
+        return Err(denied(
+            "",
+            format!("{command} needs a user_id property (set it to your broker login)"),
+        ));
+    };
+    match roles.get(user) {
+        Some(role) if role.grants(access) => Ok(()),
+        Some(role) => Err(denied(
+            user,
+            format!(
+                "user {user} has role {role:?}, which may not run {command} ({} access)",
+                access.as_str()
+            ),
+        )),
+        None => Err(denied(
+            user,
+            format!("user {user} has no role on this host"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_cumulative_and_strangers_are_refused() {
+        let roles: BTreeMap<String, Role> = [
+            ("dash".to_owned(), Role::ReadOnly),
+            ("ops".to_owned(), Role::Operator),
+            ("root".to_owned(), Role::Admin),
+        ]
+        .into();
+        assert!(authorize(&roles, Some("dash"), "vm.list", Access::Read).is_ok());
+        assert_eq!(
+            authorize(&roles, Some("dash"), "vm.start", Access::Operate).map_err(|e| e.code),
+            Err(ErrorCode::PermissionDenied)
+        );
+        assert!(authorize(&roles, Some("ops"), "vm.start", Access::Operate).is_ok());
+        assert!(authorize(&roles, Some("ops"), "vm.define", Access::Admin).is_err());
+        assert!(authorize(&roles, Some("root"), "vm.define", Access::Admin).is_ok());
+        let e = authorize(&roles, Some("eve"), "vm.list", Access::Read).expect_err("stranger");
+        assert_eq!(e.param("user"), Some("eve"));
+        assert!(authorize(&roles, None, "vm.list", Access::Read).is_err());
+        assert!(authorize(&roles, Some(""), "vm.list", Access::Read).is_err());
+    }
+}

@@ -1,0 +1,984 @@
+//! The test cluster in `broker-compose/`: `broker-compose/cluster up` starts
+//! a private RabbitMQ node and three agents that `hostctl` drives, `cluster
+//! down` leaves nothing running, and `docker-compose.yml` declares the same
+//! hosts (ids, labels, node files, heartbeat interval) as the script.
+//!
+//! Std only: the compose file is read by a small YAML-subset reader below
+//! (checked against PyYAML when `python3 -c 'import yaml'` works), JSON with
+//! serde_json.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+/// The repository root.
+fn repo() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn script() -> PathBuf {
+    repo().join("broker-compose/cluster")
+}
+
+// ------------------------------------------------------------ the script's table
+
+/// One agent of the cluster, as the script or the compose file declares it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct HostDecl {
+    id: String,
+    labels: Vec<String>,
+    /// File name in `bridge/testdata/`.
+    node_file: String,
+    heartbeat_interval_ms: u64,
+}
+
+/// The cluster table of `broker-compose/cluster`: the lines between its
+/// `cluster table: begin` and `cluster table: end` markers.
+fn script_table() -> Vec<HostDecl> {
+    let text = fs::read_to_string(script()).expect("read broker-compose/cluster");
+    let begin = text
+        .find("# ---- cluster table: begin ----")
+        .expect("the script has a `cluster table: begin` marker");
+    let end = text
+        .find("# ---- cluster table: end ----")
+        .expect("the script has a `cluster table: end` marker");
+    let table = &text[begin..end];
+    let heartbeat: u64 = table
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("HEARTBEAT_INTERVAL_MS="))
+        .expect("the table sets HEARTBEAT_INTERVAL_MS")
+        .trim()
+        .parse()
+        .expect("HEARTBEAT_INTERVAL_MS is a number");
+    let rows_start = table
+        .find("CLUSTER_TABLE='")
+        .expect("the table sets CLUSTER_TABLE")
+        + 15;
+    let rows_len = table[rows_start..]
+        .find('\'')
+        .expect("CLUSTER_TABLE is closed");
+    let hosts: Vec<HostDecl> = table[rows_start..rows_start + rows_len]
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(
+                cols.len(),
+                4,
+                "a table row is `host labels node-file metrics-port`: {l:?}"
+            );
+            HostDecl {
+                id: cols[0].to_owned(),
+                labels: cols[1].split(',').map(str::to_owned).collect(),
+                node_file: cols[2].to_owned(),
+                heartbeat_interval_ms: heartbeat,
+            }
+        })
+        .collect();
+    assert_eq!(hosts.len(), 3, "the script declares three hosts: {hosts:?}");
+    hosts
+}
+
+// ------------------------------------------------------------ processes
+
+/// Runs `cmd` with stdin closed and stdout/stderr in files under `dir`
+/// (not pipes: processes it leaves running must not hold the test's pipes),
+/// killing it after `timeout`. Returns the status, stdout and stderr.
+fn run_logged(
+    mut cmd: Command,
+    dir: &Path,
+    name: &str,
+    timeout: Duration,
+) -> (ExitStatus, String, String) {
+    let out_path = dir.join(format!("{name}.stdout"));
+    let err_path = dir.join(format!("{name}.stderr"));
+    let out = fs::File::create(&out_path).expect("create stdout file");
+    let err = fs::File::create(&err_path).expect("create stderr file");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{name} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                fs::read_to_string(&out_path).unwrap_or_default(),
+                fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        status,
+        fs::read_to_string(&out_path).unwrap_or_default(),
+        fs::read_to_string(&err_path).unwrap_or_default(),
+    )
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local address").port())
+        .collect()
+}
+
+/// Processes (pid, command line) whose command line contains one of `needles`.
+fn processes_mentioning(needles: &[&str]) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(raw) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if needles.iter().any(|n| cmdline.contains(n)) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+// ------------------------------------------------------------ the cluster
+
+/// A cluster started by `broker-compose/cluster up` in its own temporary
+/// run directory and ports. Dropping it runs `cluster down` (also when an
+/// assertion failed), and removes the temporary directory unless the test
+/// is panicking (the script's logs stay for the failure report).
+struct Cluster {
+    /// Temporary folder: the run directory and the script's output.
+    base: PathBuf,
+    run_dir: PathBuf,
+    node: String,
+    amqp_port: u16,
+    dist_port: u16,
+    metrics_ports: Vec<u16>,
+    down_done: bool,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let tag = format!("{}-{nanos:x}", std::process::id());
+        let base = std::env::temp_dir().join(format!("hostbus-cluster-test-{tag}"));
+        fs::create_dir_all(&base).expect("create the test folder");
+        let ports = free_ports(5);
+        Self {
+            run_dir: base.join("run"),
+            base,
+            node: format!("hostbus-cluster-test-{tag}@localhost"),
+            amqp_port: ports[0],
+            dist_port: ports[1],
+            metrics_ports: ports[2..].to_vec(),
+            down_done: false,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
+    }
+
+    /// Runs `broker-compose/cluster <args>`; returns (status, stdout, stderr).
+    fn script(&self, args: &[&str], name: &str, timeout: Duration) -> (ExitStatus, String, String) {
+        let mut cmd = Command::new(script());
+        cmd.args(args)
+            .current_dir(repo())
+            .env("HOSTBUS_RUN_DIR", &self.run_dir)
+            .env("HOSTBUS_AMQP_PORT", self.amqp_port.to_string())
+            .env("HOSTBUS_DIST_PORT", self.dist_port.to_string())
+            .env("HOSTBUS_NODE_NAME", &self.node)
+            .env(
+                "HOSTBUS_METRICS_PORTS",
+                self.metrics_ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        run_logged(cmd, &self.base, name, timeout)
+    }
+
+    fn down(&mut self) -> (ExitStatus, String, String) {
+        self.down_done = true;
+        self.script(&["down"], "down", Duration::from_secs(180))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.down_done {
+            let (status, out, err) = self.down();
+            eprintln!("cleanup: `cluster down` exited {status}\n{out}{err}");
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "the cluster's logs and the script's output stay in {}",
+                self.base.display()
+            );
+        } else {
+            let _ = fs::remove_dir_all(&self.base);
+        }
+    }
+}
+
+/// `hostctl` with HOSTBUS_URL (as `cluster env` prints it) and no user config.
+struct Hostctl {
+    bin: PathBuf,
+    url: String,
+    scratch: PathBuf,
+}
+
+impl Hostctl {
+    /// Runs `hostctl <args>`; returns (status, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env("HOSTBUS_URL", &self.url)
+            .env("HOSTCTL_CONFIG", "/dev/null")
+            .env_remove("HOSTBUS_OUTPUT")
+            .env_remove("HOSTBUS_TIMEOUT_MS");
+        run_logged(cmd, &self.scratch, "hostctl", Duration::from_secs(60))
+    }
+
+    /// Runs `hostctl -o json <args>`, which must succeed, and parses its output.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let (status, out, err) = self.run(&all);
+        assert!(
+            status.success(),
+            "hostctl {} failed ({status}):\n{out}{err}",
+            all.join(" ")
+        );
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("hostctl {}: not JSON ({e}):\n{out}", all.join(" ")))
+    }
+}
+
+/// The value of `export NAME=value` (or `export NAME="value"`) in `text`.
+fn exported(text: &str, name: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix(&format!("export {name}="))
+            .map(|v| v.trim_matches('"').to_owned())
+    })
+}
+
+/// Hosts of `vm list` JSON rows (`{"host": .., "vm": {..}}`).
+fn rows_hosts(rows: &Value) -> BTreeSet<String> {
+    rows.as_array()
+        .expect("rows are an array")
+        .iter()
+        .map(|r| r["host"].as_str().expect("row host").to_owned())
+        .collect()
+}
+
+#[test]
+fn cluster_script_runs_end_to_end() {
+    let table = script_table();
+    let ids: BTreeSet<String> = table.iter().map(|h| h.id.clone()).collect();
+    let mut cluster = Cluster::new();
+
+    // up: builds, starts the broker and the agents, waits until they serve.
+    let started = Instant::now();
+    let (status, out, err) = cluster.script(&["up"], "up", Duration::from_secs(900));
+    assert!(
+        status.success(),
+        "cluster up failed ({status}):\n{out}\n{err}"
+    );
+    eprintln!("cluster up took {:?}", started.elapsed());
+    let url = exported(&out, "HOSTBUS_URL").expect("up prints `export HOSTBUS_URL=...`");
+    assert_eq!(url, cluster.url(), "up's URL:\n{out}");
+    let path = exported(&out, "PATH").expect("up prints `export PATH=...` for hostctl");
+    let bin_dir = path.split(':').next().expect("a folder").to_owned();
+    for example in [
+        "hostctl hosts",
+        "hostctl vm list --all",
+        "hostctl vm start h1/db01",
+    ] {
+        assert!(out.contains(example), "up shows `{example}`:\n{out}");
+    }
+    let hostctl = Hostctl {
+        bin: Path::new(&bin_dir).join("hostctl"),
+        url,
+        scratch: cluster.base.clone(),
+    };
+    assert!(hostctl.bin.is_file(), "{} exists", hostctl.bin.display());
+
+    // env and status agree.
+    let (status, out, _) = cluster.script(&["env"], "env", Duration::from_secs(30));
+    assert!(status.success());
+    assert_eq!(out.trim(), format!("export HOSTBUS_URL={}", cluster.url()));
+    let (status, out, err) = cluster.script(&["status"], "status", Duration::from_secs(60));
+    assert!(status.success(), "status while up ({status}):\n{out}{err}");
+    for id in &ids {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(id.as_str()) && l.contains("running")),
+            "status shows {id} running:\n{out}"
+        );
+    }
+
+    // up again: already up, nothing restarted.
+    let (status, out, err) = cluster.script(&["up"], "up-again", Duration::from_secs(300));
+    assert!(status.success(), "second up ({status}):\n{out}{err}");
+    assert!(out.contains("already up"), "second up says so:\n{out}");
+
+    // hosts: all three alive, with the table's labels (asked again while a
+    // listening window missed some heartbeat).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let hosts = loop {
+        let hosts = hostctl.json(&["hosts"]);
+        let alive: BTreeSet<String> = hosts
+            .as_array()
+            .expect("hosts is an array")
+            .iter()
+            .filter(|h| h["liveness"] == "alive")
+            .map(|h| h["host_id"].as_str().expect("host_id").to_owned())
+            .collect();
+        if alive == ids {
+            break hosts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hosts never showed {ids:?} alive; last answer: {hosts:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for decl in &table {
+        let h = hosts
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|h| h["host_id"] == decl.id.as_str())
+            .expect("host listed");
+        let labels: Vec<&str> = h["labels"]
+            .as_array()
+            .expect("labels")
+            .iter()
+            .map(|l| l.as_str().expect("label"))
+            .collect();
+        assert_eq!(labels, decl.labels, "labels of {}", decl.id);
+        assert_eq!(h["health"]["status"], "ok", "health of {}: {h:#}", decl.id);
+    }
+
+    // vm list --all: VMs from all three hosts, none missing.
+    let list = hostctl.json(&["vm", "list", "--all"]);
+    assert_eq!(list["missing"], serde_json::json!([]), "{list:#}");
+    assert_eq!(rows_hosts(&list["vms"]), ids, "{list:#}");
+
+    // Label groups route to the right hosts.
+    for (label, expected) in [("rack-a", &["h1", "h2"][..]), ("gpu", &["h1"][..])] {
+        let l = hostctl.json(&["vm", "list", "--label", label]);
+        let expected: BTreeSet<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+        assert_eq!(rows_hosts(&l["vms"]), expected, "--label {label}: {l:#}");
+    }
+
+    // Start a halted VM on each host and check its state.
+    for id in &ids {
+        let vm = list["vms"]
+            .as_array()
+            .expect("vms")
+            .iter()
+            .find(|r| r["host"] == id.as_str() && r["vm"]["power_state"] == "halted")
+            .unwrap_or_else(|| panic!("{id} has a halted VM: {list:#}"));
+        let target = format!("{id}/{}", vm["vm"]["name"].as_str().expect("VM name"));
+        let (status, out, err) = hostctl.run(&["vm", "start", &target]);
+        assert!(
+            status.success(),
+            "vm start {target} ({status}):\n{out}{err}"
+        );
+        let got = hostctl.json(&["vm", "get", &target]);
+        assert_eq!(
+            got["power_state"], "running",
+            "{target} after start: {got:#}"
+        );
+    }
+
+    // The compose file's health check passes against each agent's metrics.
+    for (decl, port) in table.iter().zip(&cluster.metrics_ports) {
+        let cmd = {
+            let mut c = Command::new(repo().join("broker-compose/agent-healthcheck"));
+            c.arg(format!("127.0.0.1:{port}"));
+            c
+        };
+        let (status, out, err) =
+            run_logged(cmd, &cluster.base, "healthcheck", Duration::from_secs(30));
+        assert!(
+            status.success(),
+            "agent-healthcheck of {} ({status}):\n{out}{err}",
+            decl.id
+        );
+    }
+
+    // down: stops everything, removes the run directory, leaves nothing.
+    let started = Instant::now();
+    let (status, out, err) = cluster.down();
+    assert!(
+        status.success(),
+        "cluster down failed ({status}):\n{out}{err}"
+    );
+    eprintln!("cluster down took {:?}", started.elapsed());
+    assert!(!cluster.run_dir.exists(), "down removed the run directory");
+    let run_dir = cluster.run_dir.display().to_string();
+    let left = processes_mentioning(&[&run_dir, &cluster.node]);
+    assert!(left.is_empty(), "processes left after down: {left:#?}");
+    let (status, out, _) = cluster.script(&["status"], "status-after", Duration::from_secs(60));
+    assert_eq!(status.code(), Some(3), "status after down:\n{out}");
+    let (status, out, _) = cluster.script(&["down"], "down-again", Duration::from_secs(60));
+    assert!(status.success(), "a second down is harmless:\n{out}");
+}
+
+// ------------------------------------------------------------ the compose file
+
+/// A YAML value, as far as the reader below understands YAML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Yaml {
+    Null,
+    /// Every scalar, unquoted; numbers and booleans as written.
+    Scalar(String),
+    List(Vec<Yaml>),
+    Map(BTreeMap<String, Yaml>),
+}
+
+impl Yaml {
+    fn get(&self, key: &str) -> Option<&Yaml> {
+        match self {
+            Yaml::Map(m) => m.get(key),
+            _ => None,
+        }
+    }
+
+    fn str(&self) -> Option<&str> {
+        match self {
+            Yaml::Scalar(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn map(&self) -> &BTreeMap<String, Yaml> {
+        match self {
+            Yaml::Map(m) => m,
+            other => panic!("expected a mapping, found {other:?}"),
+        }
+    }
+
+    /// The same value from JSON (PyYAML's output), scalars as strings.
+    fn from_json(v: &Value) -> Self {
+        match v {
+            Value::Null => Yaml::Null,
+            Value::Bool(b) => Yaml::Scalar(b.to_string()),
+            Value::Number(n) => Yaml::Scalar(n.to_string()),
+            Value::String(s) => Yaml::Scalar(s.clone()),
+            Value::Array(a) => Yaml::List(a.iter().map(Yaml::from_json).collect()),
+            Value::Object(o) => Yaml::Map(
+                o.iter()
+                    .map(|(k, v)| (k.clone(), Yaml::from_json(v)))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// A reader for the YAML subset our compose file uses: block mappings and
+/// sequences by indentation, plain and quoted scalars, one-line flow
+/// sequences of scalars, comments, anchors (`&name`), aliases (`*name`) and
+/// merge keys (`<<: *name`). Anything else panics with the line, so a
+/// compose file that outgrows it fails loudly instead of being misread.
+struct YamlReader<'a> {
+    lines: Vec<(usize, usize, &'a str)>,
+    pos: usize,
+    anchors: BTreeMap<String, Yaml>,
+}
+
+impl<'a> YamlReader<'a> {
+    fn parse(text: &'a str) -> Yaml {
+        let lines = text
+            .lines()
+            .enumerate()
+            .filter_map(|(n, raw)| {
+                assert!(!raw.contains('\t'), "line {}: tabs are not YAML", n + 1);
+                let content = strip_comment(raw).trim_end();
+                let trimmed = content.trim_start();
+                if trimmed.is_empty() || trimmed == "---" {
+                    None
+                } else {
+                    Some((n + 1, content.len() - trimmed.len(), trimmed))
+                }
+            })
+            .collect();
+        let mut r = YamlReader {
+            lines,
+            pos: 0,
+            anchors: BTreeMap::new(),
+        };
+        let doc = match r.lines.first() {
+            None => Yaml::Null,
+            Some(&(_, indent, _)) => r.block(indent),
+        };
+        if let Some((n, _, l)) = r.lines.get(r.pos) {
+            panic!("line {n}: unexpected {l:?}");
+        }
+        doc
+    }
+
+    /// The block (mapping or sequence) whose lines start at `indent`.
+    fn block(&mut self, indent: usize) -> Yaml {
+        let (_, _, first) = self.lines[self.pos];
+        if first == "-" || first.starts_with("- ") {
+            self.sequence(indent)
+        } else {
+            self.mapping(indent)
+        }
+    }
+
+    fn sequence(&mut self, indent: usize) -> Yaml {
+        let mut items = Vec::new();
+        while let Some(&(n, ind, line)) = self.lines.get(self.pos) {
+            // A sequence ends at a shallower line, or at a key beside it
+            // (`key:` followed by items at the key's indentation).
+            if ind < indent || (ind == indent && !(line == "-" || line.starts_with("- "))) {
+                break;
+            }
+            assert_eq!(ind, indent, "line {n}: unexpected indentation");
+            let Some(rest) = line.strip_prefix('-') else {
+                panic!("line {n}: expected a `- item`");
+            };
+            let rest = rest.trim();
+            assert!(
+                (!rest.contains(": ") && !rest.ends_with(':')) || rest.starts_with(['"', '\'']),
+                "line {n}: mappings inside sequences are not supported"
+            );
+            self.pos += 1;
+            if rest.is_empty() {
+                items.push(self.nested(indent));
+            } else {
+                items.push(self.scalar_or_alias(rest, n));
+            }
+        }
+        Yaml::List(items)
+    }
+
+    fn mapping(&mut self, indent: usize) -> Yaml {
+        let mut map = BTreeMap::new();
+        let mut merged = BTreeMap::new();
+        while let Some(&(n, ind, line)) = self.lines.get(self.pos) {
+            if ind < indent {
+                break;
+            }
+            assert_eq!(ind, indent, "line {n}: unexpected indentation");
+            let (key, rest) =
+                split_key(line).unwrap_or_else(|| panic!("line {n}: expected `key: value`"));
+            self.pos += 1;
+            let (anchor, rest) = match rest.strip_prefix('&') {
+                Some(a) => {
+                    let (name, after) = a.split_once(' ').unwrap_or((a, ""));
+                    (Some(name.to_owned()), after.trim())
+                }
+                None => (None, rest),
+            };
+            let value = if rest.is_empty() {
+                self.nested(indent)
+            } else {
+                self.scalar_or_alias(rest, n)
+            };
+            if let Some(a) = anchor {
+                self.anchors.insert(a, value.clone());
+            }
+            if key == "<<" {
+                let Yaml::Map(m) = value else {
+                    panic!("line {n}: `<<` merges a mapping");
+                };
+                merged.extend(m);
+            } else {
+                assert!(
+                    map.insert(key.clone(), value).is_none(),
+                    "line {n}: duplicate key {key:?}"
+                );
+            }
+        }
+        // Explicit keys win over merged ones.
+        for (k, v) in merged {
+            map.entry(k).or_insert(v);
+        }
+        Yaml::Map(map)
+    }
+
+    /// The value of a `key:` or `-` with nothing after it: a nested block
+    /// (a sequence may sit at the key's own indentation), or null.
+    fn nested(&mut self, indent: usize) -> Yaml {
+        match self.lines.get(self.pos) {
+            Some(&(_, ind, _)) if ind > indent => self.block(ind),
+            // `key:` followed by `- item` at the key's indentation.
+            Some(&(_, ind, l)) if ind == indent && l.starts_with("- ") => self.sequence(ind),
+            _ => Yaml::Null,
+        }
+    }
+
+    fn scalar_or_alias(&self, text: &str, n: usize) -> Yaml {
+        if let Some(name) = text.strip_prefix('*') {
+            return self
+                .anchors
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| panic!("line {n}: unknown alias *{name}"));
+        }
+        if let Some(inner) = text.strip_prefix('[') {
+            let inner = inner
+                .strip_suffix(']')
+                .unwrap_or_else(|| panic!("line {n}: flow sequences must fit on one line"));
+            return Yaml::List(
+                split_flow(inner, n)
+                    .iter()
+                    .map(|item| Yaml::Scalar(unquote(item, n)))
+                    .collect(),
+            );
+        }
+        assert!(
+            !text.starts_with(['{', '|', '>', '&', '!']),
+            "line {n}: unsupported YAML: {text:?}"
+        );
+        match text {
+            "~" | "null" => Yaml::Null,
+            _ => Yaml::Scalar(unquote(text, n)),
+        }
+    }
+}
+
+/// `line` without a trailing comment (a `#` at the start or after a space,
+/// outside quotes).
+fn strip_comment(line: &str) -> &str {
+    let mut quote = None;
+    let mut prev = ' ';
+    for (i, c) in line.char_indices() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if c == '#' && prev == ' ' => return &line[..i],
+            None => {}
+        }
+        prev = c;
+    }
+    line
+}
+
+/// `key: rest` (rest trimmed, maybe empty), or None.
+fn split_key(line: &str) -> Option<(String, &str)> {
+    if let Some(q) = line.chars().next().filter(|c| *c == '"' || *c == '\'') {
+        let end = line[1..].find(q)? + 1;
+        let rest = line[end + 1..].strip_prefix(':')?;
+        return Some((line[1..end].to_owned(), rest.trim()));
+    }
+    if let Some(key) = line.strip_suffix(':') {
+        return Some((key.to_owned(), ""));
+    }
+    let (key, rest) = line.split_once(": ")?;
+    Some((key.to_owned(), rest.trim()))
+}
+
+/// The items of a one-line flow sequence, still quoted.
+fn split_flow(inner: &str, n: usize) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut cur = String::new();
+    let mut quote = None;
+    for c in inner.chars() {
+        match quote {
+            Some(q) if c == q => {
+                quote = None;
+                cur.push(c);
+            }
+            Some(_) => cur.push(c),
+            None if c == '"' || c == '\'' => {
+                quote = Some(c);
+                cur.push(c);
+            }
+            None if c == ',' => items.push(std::mem::take(&mut cur).trim().to_owned()),
+            None => {
+                assert!(
+                    !matches!(c, '[' | ']' | '{' | '}'),
+                    "line {n}: nested flow collections are not supported"
+                );
+                cur.push(c);
+            }
+        }
+    }
+    assert!(quote.is_none(), "line {n}: unclosed quote");
+    if !cur.trim().is_empty() {
+        items.push(cur.trim().to_owned());
+    }
+    items
+}
+
+/// A scalar without its quotes (double quotes with `\\`, `\"`, `\n`, `\t` escapes).
+fn unquote(text: &str, n: usize) -> String {
+    if let Some(inner) = text.strip_prefix('\'') {
+        let inner = inner
+            .strip_suffix('\'')
+            .unwrap_or_else(|| panic!("line {n}: unclosed quote"));
+        return inner.replace("''", "'");
+    }
+    if let Some(inner) = text.strip_prefix('"') {
+        let inner = inner
+            .strip_suffix('"')
+            .unwrap_or_else(|| panic!("line {n}: unclosed quote"));
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some('r') => out.push('\r'),
+                Some(c @ ('\\' | '"' | '/')) => out.push(c),
+                other => panic!("line {n}: unsupported escape \\{other:?}"),
+            }
+        }
+        return out;
+    }
+    text.to_owned()
+}
+
+/// The compose file, parsed by PyYAML, when python3 with PyYAML is here.
+fn pyyaml(path: &Path) -> Option<Yaml> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import yaml,json,sys; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "PyYAML not available, cross-check skipped: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+        return None;
+    }
+    let json: Value = serde_json::from_slice(&out.stdout).expect("PyYAML printed JSON");
+    Some(Yaml::from_json(&json))
+}
+
+fn env_of<'y>(service: &'y Yaml, name: &str) -> &'y BTreeMap<String, Yaml> {
+    service
+        .get("environment")
+        .unwrap_or_else(|| panic!("service {name} has an environment mapping"))
+        .map()
+}
+
+fn env_str<'y>(env: &'y BTreeMap<String, Yaml>, key: &str, service: &str) -> &'y str {
+    env.get(key)
+        .and_then(Yaml::str)
+        .unwrap_or_else(|| panic!("service {service} sets {key}"))
+}
+
+#[test]
+fn compose_file_matches_the_script() {
+    let dir = repo().join("broker-compose");
+    let path = dir.join("docker-compose.yml");
+    let text = fs::read_to_string(&path).expect("read docker-compose.yml");
+    let doc = YamlReader::parse(&text);
+    match pyyaml(&path) {
+        Some(reference) => assert_eq!(doc, reference, "the YAML reader agrees with PyYAML"),
+        None => eprintln!("checked with the std-only YAML reader only"),
+    }
+    let services = doc.get("services").expect("services").map();
+
+    // The broker: RabbitMQ with the management plugin and a health check,
+    // and a user that may log in from other containers.
+    let rabbit = services.get("rabbitmq").expect("a rabbitmq service");
+    assert_eq!(
+        rabbit.get("image").and_then(Yaml::str),
+        Some("rabbitmq:3-management")
+    );
+    let test = rabbit
+        .get("healthcheck")
+        .and_then(|h| h.get("test"))
+        .expect("rabbitmq has a health check");
+    assert_eq!(
+        test,
+        &Yaml::List(
+            ["CMD", "rabbitmq-diagnostics", "-q", "ping"]
+                .iter()
+                .map(|s| Yaml::Scalar((*s).to_owned()))
+                .collect()
+        )
+    );
+    let renv = env_of(rabbit, "rabbitmq");
+    let user = env_str(renv, "RABBITMQ_DEFAULT_USER", "rabbitmq");
+    let pass = env_str(renv, "RABBITMQ_DEFAULT_PASS", "rabbitmq");
+    assert_ne!(user, "guest", "guest may only log in from localhost");
+    let broker_url = format!("amqp://{user}:{pass}@rabbitmq:5672/%2f");
+
+    // The agents: every service that sets HOSTBUS_HOST_ID.
+    let dockerfile = fs::read_to_string(dir.join("Dockerfile")).expect("read the Dockerfile");
+    let mut agents = Vec::new();
+    for (name, service) in services {
+        let Some(env) = service.get("environment").map(Yaml::map) else {
+            continue;
+        };
+        let Some(id) = env.get("HOSTBUS_HOST_ID").and_then(Yaml::str) else {
+            continue;
+        };
+        assert_eq!(name, id, "agent services are named after their host");
+        assert_eq!(env_str(env, "HOSTBUS_BROKER_URLS", name), broker_url);
+        assert_eq!(env_str(env, "HOSTBUS_METRICS_ADDR", name), "0.0.0.0:9187");
+        let uri = env_str(env, "HOSTBUS_LIBVIRT_URI", name);
+        let node_file = uri
+            .strip_prefix("test:///etc/hostbus/")
+            .unwrap_or_else(|| panic!("{name}: {uri} is a node file in /etc/hostbus/"));
+        assert!(
+            repo().join("bridge/testdata").join(node_file).is_file(),
+            "{name}: bridge/testdata/{node_file} exists"
+        );
+        assert!(
+            dockerfile.lines().any(|l| l.starts_with("COPY")
+                && l.contains(&format!("bridge/testdata/{node_file}"))
+                && l.trim_end().ends_with("/etc/hostbus/")),
+            "the Dockerfile copies {node_file} to /etc/hostbus/"
+        );
+        let build = service.get("build").expect("agents are built");
+        assert_eq!(build.get("context").and_then(Yaml::str), Some(".."));
+        assert_eq!(
+            build.get("dockerfile").and_then(Yaml::str),
+            Some("broker-compose/Dockerfile")
+        );
+        assert_eq!(
+            service
+                .get("depends_on")
+                .and_then(|d| d.get("rabbitmq"))
+                .and_then(|r| r.get("condition"))
+                .and_then(Yaml::str),
+            Some("service_healthy"),
+            "{name} waits for a healthy broker"
+        );
+        assert!(
+            service
+                .get("healthcheck")
+                .and_then(|h| h.get("test"))
+                .is_some(),
+            "{name} has a health check"
+        );
+        agents.push(HostDecl {
+            id: id.to_owned(),
+            labels: env_str(env, "HOSTBUS_LABELS", name)
+                .split(',')
+                .map(|l| l.trim().to_owned())
+                .collect(),
+            node_file: node_file.to_owned(),
+            heartbeat_interval_ms: env_str(env, "HOSTBUS_HEARTBEAT_INTERVAL_MS", name)
+                .parse()
+                .expect("a number"),
+        });
+    }
+    let mut script = script_table();
+    agents.sort();
+    script.sort();
+    assert_eq!(
+        agents, script,
+        "docker-compose.yml and broker-compose/cluster declare the same hosts"
+    );
+
+    // hostctl: on demand (a profile), from the same image, with HOSTBUS_URL.
+    let hostctl = services.get("hostctl").expect("a hostctl service");
+    assert!(
+        hostctl.get("profiles").is_some(),
+        "hostctl is not started by `up`"
+    );
+    assert_eq!(
+        hostctl.get("entrypoint"),
+        Some(&Yaml::List(vec![Yaml::Scalar("hostctl".to_owned())]))
+    );
+    assert_eq!(
+        env_str(env_of(hostctl, "hostctl"), "HOSTBUS_URL", "hostctl"),
+        broker_url
+    );
+    assert_eq!(
+        hostctl.get("image"),
+        services.get("h1").and_then(|h| h.get("image")),
+        "hostctl runs the agents' image"
+    );
+}
+
+#[test]
+fn yaml_reader_handles_the_subset() {
+    let doc = YamlReader::parse(
+        "\
+# comment
+base: &b
+  a: 1
+  list:
+    - x
+    - 'y # not a comment'
+svc:
+  <<: *b
+  a: 2 # explicit wins
+  flow: [\"CMD\", 'two', three]
+  empty:
+  seq:
+  - same-indent
+",
+    );
+    let svc = doc.get("svc").expect("svc");
+    assert_eq!(svc.get("a"), Some(&Yaml::Scalar("2".to_owned())));
+    assert_eq!(
+        svc.get("list"),
+        Some(&Yaml::List(vec![
+            Yaml::Scalar("x".to_owned()),
+            Yaml::Scalar("y # not a comment".to_owned())
+        ]))
+    );
+    assert_eq!(
+        svc.get("flow"),
+        Some(&Yaml::List(
+            ["CMD", "two", "three"]
+                .iter()
+                .map(|s| Yaml::Scalar((*s).to_owned()))
+                .collect()
+        ))
+    );
+    assert_eq!(svc.get("empty"), Some(&Yaml::Null));
+    assert_eq!(
+        svc.get("seq"),
+        Some(&Yaml::List(vec![Yaml::Scalar("same-indent".to_owned())]))
+    );
+}
