@@ -235,7 +235,7 @@ impl Client {
         Ok(s)
     }
 
-    /// Publishes a command; returns its envelope.
+    /// Publishes a command and waits for the broker's confirm.
     async fn publish<C: Command>(
         &self,
         target: &Target,
@@ -244,6 +244,22 @@ impl Client {
         reply: bool,
         asynchronous: bool,
     ) -> Result<Envelope, ClientError> {
+        let (env, confirm) = self
+            .send::<C>(target, req, opts, reply, asynchronous)
+            .await?;
+        check_confirm(target, confirm.await?)?;
+        Ok(env)
+    }
+
+    /// Publishes a command; returns its envelope and the pending confirm.
+    async fn send<C: Command>(
+        &self,
+        target: &Target,
+        req: &C::Request,
+        opts: &CallOptions,
+        reply: bool,
+        asynchronous: bool,
+    ) -> Result<(Envelope, lapin::PublisherConfirm), ClientError> {
         target
             .validate()
             .map_err(|e| ClientError::from(hostbus_protocol::Error::from(e)))?;
@@ -276,22 +292,8 @@ impl Client {
                 &body,
                 to_lapin(&env.to_properties(now)),
             )
-            .await?
             .await?;
-        match confirm {
-            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Err(ClientError::new(
-                ErrorKind::NoRoute,
-                format!(
-                    "no host serves `{}` (unknown host id or empty group)",
-                    target.routing_key()
-                ),
-            )),
-            Confirmation::Nack(None) => Err(ClientError::new(
-                ErrorKind::Connection,
-                "the broker refused the command",
-            )),
-            _ => Ok(env),
-        }
+        Ok((env, confirm))
     }
 
     fn register(&self, corr: String, p: Pending) {
@@ -318,16 +320,24 @@ impl Client {
         let (tx, rx) = oneshot::channel();
         self.register(corr.clone(), Pending::One(tx));
         let timeout = opts.timeout.unwrap_or(self.inner.cfg.timeout);
+        let target = Target::Host(host.to_owned());
         let result = async {
-            self.publish::<C>(
-                &Target::Host(host.to_owned()),
-                req,
-                &opts,
-                true,
-                asynchronous,
-            )
-            .await?;
-            match tokio::time::timeout(timeout, rx).await {
+            let (_, confirm) = self
+                .send::<C>(&target, req, &opts, true, asynchronous)
+                .await?;
+            // The reply proves delivery: wait for it and for the confirm at
+            // once, so the confirm's round trip adds no latency; the confirm
+            // still matters when the broker returns an unroutable command.
+            let reply = tokio::time::timeout(timeout, rx);
+            tokio::pin!(reply);
+            let waited = tokio::select! {
+                r = &mut reply => r,
+                c = confirm => {
+                    check_confirm(&target, c?)?;
+                    reply.await
+                }
+            };
+            match waited {
                 Ok(Ok(raw)) => decode_reply::<C>(&raw),
                 Ok(Err(_)) => Err(ClientError::new(
                     ErrorKind::Connection,
@@ -494,6 +504,23 @@ impl Client {
             .get_or_try_init(|| Presence::start(self.clone()))
             .await
             .cloned()
+    }
+}
+
+fn check_confirm(target: &Target, confirm: Confirmation) -> Result<(), ClientError> {
+    match confirm {
+        Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Err(ClientError::new(
+            ErrorKind::NoRoute,
+            format!(
+                "no host serves `{}` (unknown host id or empty group)",
+                target.routing_key()
+            ),
+        )),
+        Confirmation::Nack(None) => Err(ClientError::new(
+            ErrorKind::Connection,
+            "the broker refused the command",
+        )),
+        _ => Ok(()),
     }
 }
 
