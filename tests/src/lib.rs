@@ -7,6 +7,7 @@
 //!   existing broker is used instead; tests that stop or restart the broker
 //!   or run `rabbitmqctl` start with [`RabbitNode::start_private`] and then
 //!   fail at once with a clear error rather than being skipped.
+//!   [`RabbitNode::start_with_tls`] adds a TLS listener ([`TlsListener`]).
 //! * [`AgentProcess`]: the `hostbus-agent` binary (built once per test
 //!   process) run as a real process, with its log captured to a file,
 //!   signals, exit status and restart on the same journal.
@@ -52,4 +53,4 @@ pub use agent::{
 pub use amqp::{from_lapin, to_lapin, AmqpPeer, Received, Subscription};
 pub use error::{ErrorKind, HarnessError, Result};
 pub use process::{free_port, group_alive, Signal, TempDir};
-pub use rabbit::{RabbitNode, EXTERNAL_URL_ENV, RABBITMQ_BIN_DIR_ENV, START_TIMEOUT};
+pub use rabbit::{RabbitNode, TlsListener, EXTERNAL_URL_ENV, RABBITMQ_BIN_DIR_ENV, START_TIMEOUT};

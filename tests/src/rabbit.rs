@@ -103,6 +103,45 @@ kill "$reader" 2>/dev/null
 exit $status
 "#;
 
+/// A TLS (AMQPS) listener for a private node, on 127.0.0.1 and a free port
+/// of its own beside the plain AMQP listener (which stays, so the harness
+/// still probes readiness and `rabbitmqctl` works as usual).
+///
+/// The files are PEM and must be readable by the node (it runs as the
+/// current user). They go into `rabbitmq.conf` as
+/// `ssl_options.cacertfile/certfile/keyfile`, with `ssl_options.verify =
+/// verify_peer` (a client certificate, when one is presented, must be
+/// signed by the CA) and `ssl_options.fail_if_no_peer_cert` as set here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    /// CA certificate(s) that sign the server's and clients' certificates.
+    pub ca_file: PathBuf,
+    /// The server's certificate.
+    pub cert_file: PathBuf,
+    /// The server's private key.
+    pub key_file: PathBuf,
+    /// Refuse clients that present no certificate.
+    pub fail_if_no_peer_cert: bool,
+}
+
+impl TlsListener {
+    /// The `rabbitmq.conf` lines of this listener on `port`.
+    fn config(&self, port: u16) -> String {
+        format!(
+            "listeners.ssl.1 = 127.0.0.1:{port}\n\
+             ssl_options.cacertfile = {}\n\
+             ssl_options.certfile = {}\n\
+             ssl_options.keyfile = {}\n\
+             ssl_options.verify = verify_peer\n\
+             ssl_options.fail_if_no_peer_cert = {}\n",
+            self.ca_file.display(),
+            self.cert_file.display(),
+            self.key_file.display(),
+            self.fail_if_no_peer_cert
+        )
+    }
+}
+
 /// A RabbitMQ broker for tests: a private node started from the OS package,
 /// or, when `HOSTBUS_TEST_AMQP_URL` is set, an existing broker at that URL.
 ///
@@ -124,6 +163,8 @@ struct PrivateNode {
     name: String,
     port: u16,
     dist_port: u16,
+    /// A TLS listener and its port, when asked for.
+    tls: Option<(TlsListener, u16)>,
     bin_dir: Option<PathBuf>,
     child: Option<Child>,
     // Last: removed after the node is dead.
@@ -149,7 +190,7 @@ impl RabbitNode {
                 },
             });
         }
-        blocking(PrivateNode::start).map(|node| Self {
+        blocking(|| PrivateNode::start_with(None)).map(|node| Self {
             inner: Inner::Private(Box::new(node)),
         })
     }
@@ -161,6 +202,43 @@ impl RabbitNode {
         let node = Self::start()?;
         node.private("this test")?;
         Ok(node)
+    }
+
+    /// Starts a private node with a TLS listener beside the plain one (see
+    /// [`TlsListener`]); [`tls_port`](Self::tls_port) says where. An error
+    /// at once when `HOSTBUS_TEST_AMQP_URL` is set.
+    pub fn start_with_tls(tls: TlsListener) -> Result<Self> {
+        if let Some(url) = std::env::var(EXTERNAL_URL_ENV)
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+        {
+            return Err(needs_private("a TLS listener", &url));
+        }
+        blocking(|| PrivateNode::start_with(Some(tls))).map(|node| Self {
+            inner: Inner::Private(Box::new(node)),
+        })
+    }
+
+    /// The TLS port of a node started with
+    /// [`start_with_tls`](Self::start_with_tls).
+    pub fn tls_port(&self) -> Option<u16> {
+        match &self.inner {
+            Inner::Private(n) => n.tls.as_ref().map(|(_, port)| *port),
+            Inner::External { .. } => None,
+        }
+    }
+
+    /// `amqps://<user>:<password>@<host>:<tls port>/%2f` for a node with a
+    /// TLS listener; `host` must match the server certificate (`localhost`
+    /// or `127.0.0.1`).
+    pub fn amqps_url_for(&self, host: &str, user: &str, password: &str) -> Option<String> {
+        self.tls_port().map(|port| {
+            format!(
+                "amqps://{}:{}@{host}:{port}/%2f",
+                percent_encode(user),
+                percent_encode(password)
+            )
+        })
     }
 
     /// Whether this handle is a private node (not `HOSTBUS_TEST_AMQP_URL`).
@@ -320,7 +398,7 @@ impl Drop for RabbitNode {
 }
 
 impl PrivateNode {
-    fn start() -> Result<Self> {
+    fn start_with(tls: Option<TlsListener>) -> Result<Self> {
         let dir = TempDir::new("hostbus-rabbit")?;
         let name = format!("{}@localhost", unique_name("hostbus-test"));
         for sub in ["home", "mnesia", "log"] {
@@ -328,17 +406,21 @@ impl PrivateNode {
                 .map_err(|e| HarnessError::io(format!("cannot create {sub} directory"), e))?;
         }
         write_file(&dir.join("enabled_plugins"), "[].\n")?;
-        write_file(&dir.join("rabbitmq.conf"), CONFIG)?;
         let bin_dir = std::env::var_os(RABBITMQ_BIN_DIR_ENV)
             .map(PathBuf::from)
             .or_else(|| {
                 let debian = PathBuf::from("/usr/lib/rabbitmq/bin");
                 debian.join("rabbitmq-server").exists().then_some(debian)
             });
+        let tls = match tls {
+            Some(t) => Some((t, free_port()?)),
+            None => None,
+        };
         let mut node = Self {
             name,
             port: free_port()?,
             dist_port: free_port()?,
+            tls,
             bin_dir,
             child: None,
             dir,
@@ -352,6 +434,9 @@ impl PrivateNode {
                 Err(e) if e.kind() == ErrorKind::Startup && attempts < 3 => {
                     node.port = free_port()?;
                     node.dist_port = free_port()?;
+                    if let Some((_, port)) = node.tls.as_mut() {
+                        *port = free_port()?;
+                    }
                 }
                 result => return result.map(|()| node),
             }
@@ -409,6 +494,11 @@ impl PrivateNode {
     }
 
     fn spawn_and_wait(&mut self) -> Result<()> {
+        let mut config = CONFIG.to_owned();
+        if let Some((tls, port)) = &self.tls {
+            config.push_str(&tls.config(*port));
+        }
+        write_file(&self.dir.join("rabbitmq.conf"), &config)?;
         let console = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -477,7 +567,19 @@ impl PrivateNode {
             }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
                 match probe(&url) {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => match self.tls.as_ref().map(|(_, p)| *p) {
+                        None => return Ok(()),
+                        Some(port) => {
+                            let tls_addr =
+                                SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+                            if TcpStream::connect_timeout(&tls_addr, Duration::from_millis(500))
+                                .is_ok()
+                            {
+                                return Ok(());
+                            }
+                            last_error = format!("the TLS port {port} does not accept connections");
+                        }
+                    },
                     Err(e) => last_error = e,
                 }
             }
