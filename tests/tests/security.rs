@@ -1,0 +1,559 @@
+//! Per-host broker users and the agent's authorization, on a private
+//! RabbitMQ node. With the permissions and topic permissions of
+//! docs/security.md (an administrator declares the exchanges):
+//!
+//! * agent h1, logged in as user `h1` with `HOSTBUS_DECLARE_EXCHANGES=false`,
+//!   serves commands (also through `group.<label>`), publishes events and
+//!   heartbeats;
+//! * a manager user, through the SDK, subscribes to events and presence and
+//!   starts a VM; a read-only manager may read but gets `PERMISSION_DENIED`
+//!   for `vm.start`; with `HOSTBUS_ROLES` set, `guest` has no role;
+//! * with host h2's credentials, the broker refuses (403) events and
+//!   heartbeats under h1's id, commands to `hostbus.cmd`, consuming,
+//!   declaring or binding to h1's commands, declaring exchanges, and (406)
+//!   a forged `user_id`; what it cannot refuse, a message put into h1's
+//!   queue through the default exchange, the agent refuses (h2 has no role).
+//!
+//! The permission strings below are the ones docs/security.md shows; change
+//! both together.
+
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use hostbus_client::{Client, ClientConfig, Notification, SubscribeOptions};
+use hostbus_protocol::commands::*;
+use hostbus_protocol::envelope::STATUS_HEADER;
+use hostbus_protocol::names::{self, host_key};
+use hostbus_protocol::types::{PowerState, VmRecord};
+use hostbus_protocol::{
+    decode, encode, now_ms, AmqpProperties, Command, ContentType, Envelope, ErrorCode, Event,
+    EventAction, Heartbeat, Reply,
+};
+use hostbus_tests::{to_lapin, AgentProcess, AmqpPeer, RabbitNode, Received};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+
+const DB01: &str = "11111111-0000-4000-8000-000000000002";
+const BATCH01: &str = "11111111-0000-4000-8000-000000000003";
+const T: Duration = Duration::from_secs(15);
+
+/// Checks the outcome of one of h2's attempts and notes it.
+fn expect_code(what: &str, got: Option<u16>, want: Option<u16>) {
+    println!("h2: {what}: {got:?}");
+    assert_eq!(got, want, "h2: {what}");
+}
+
+/// `rabbitmqctl set_permissions` arguments (configure, write, read) of host
+/// user `h`: its own command queue only; events, heartbeats, dead letters
+/// and replies (the default exchange) to write; its queue and the command
+/// exchange (for bindings) to read.
+fn host_permissions(h: &str) -> [String; 3] {
+    [
+        format!(r"^hostbus\.agent\.{h}$"),
+        format!(
+            r"^(hostbus\.agent\.{h}|hostbus\.evt|hostbus\.presence|hostbus\.dlx|amq\.default)$"
+        ),
+        format!(r"^(hostbus\.agent\.{h}|hostbus\.cmd)$"),
+    ]
+}
+
+/// `rabbitmqctl set_topic_permissions` arguments (exchange, write, read) of
+/// host user `h`: events and heartbeats only under its own host id, and
+/// command bindings only for `host.<h>`, `all` and `group.<label>`.
+fn host_topic_permissions(h: &str) -> [[String; 3]; 3] {
+    [
+        [
+            "hostbus.evt".to_owned(),
+            format!(r"^{h}\."),
+            "^$".to_owned(),
+        ],
+        [
+            "hostbus.presence".to_owned(),
+            format!(r"^{h}\.heartbeat$"),
+            "^$".to_owned(),
+        ],
+        [
+            "hostbus.cmd".to_owned(),
+            "^$".to_owned(),
+            format!(r"^(host\.{h}|all|group\.[a-z0-9-]+)$"),
+        ],
+    ]
+}
+
+/// Permissions of a manager user: server-named queues of its own (event
+/// subscriptions), commands to write, events and heartbeats to read.
+const MANAGER_PERMISSIONS: [&str; 3] = [
+    r"^amq\.gen-.*$",
+    r"^(hostbus\.cmd|amq\.gen-.*)$",
+    r"^(hostbus\.evt|hostbus\.presence|amq\.gen-.*)$",
+];
+
+fn add_host_user(node: &RabbitNode, h: &str, password: &str) {
+    node.ctl(&["add_user", h, password]).expect("add_user");
+    let [conf, write, read] = host_permissions(h);
+    node.ctl(&["set_permissions", "-p", "/", h, &conf, &write, &read])
+        .expect("set_permissions");
+    for [exchange, write, read] in host_topic_permissions(h) {
+        node.ctl(&[
+            "set_topic_permissions",
+            "-p",
+            "/",
+            h,
+            &exchange,
+            &write,
+            &read,
+        ])
+        .expect("set_topic_permissions");
+    }
+}
+
+fn add_manager(node: &RabbitNode, user: &str, password: &str) {
+    node.ctl(&["add_user", user, password]).expect("add_user");
+    let [conf, write, read] = MANAGER_PERMISSIONS;
+    node.ctl(&["set_permissions", "-p", "/", user, conf, write, read])
+        .expect("set_permissions");
+}
+
+/// What an administrator declares once (the agents do not, with
+/// `HOSTBUS_DECLARE_EXCHANGES=false`): the agent's own declarations.
+async fn declare_topology(admin: &AmqpPeer) {
+    let ch = admin.channel();
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for (name, kind) in [
+        (names::COMMAND_EXCHANGE, ExchangeKind::Topic),
+        (names::EVENT_EXCHANGE, ExchangeKind::Topic),
+        (names::PRESENCE_EXCHANGE, ExchangeKind::Topic),
+        (names::DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
+    ] {
+        ch.exchange_declare(name.into(), kind, durable, FieldTable::default())
+            .await
+            .expect("declare an exchange");
+    }
+    ch.queue_declare(
+        names::DEAD_LETTER_QUEUE.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare the dead-letter queue");
+    ch.queue_bind(
+        names::DEAD_LETTER_QUEUE.into(),
+        names::DEAD_LETTER_EXCHANGE.into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind the dead-letter queue");
+}
+
+fn props(command: &str, user: &str) -> AmqpProperties {
+    let mut env = Envelope::new(command);
+    env.sender = Some(user.to_owned());
+    env.deadline = Some(now_ms() + 30_000);
+    env.to_properties(now_ms())
+}
+
+async fn call<C: Command>(
+    peer: &mut AmqpPeer,
+    user: &str,
+    req: &C::Request,
+) -> (Received, Reply<C::Response>) {
+    let body = encode(ContentType::MsgPack, req).expect("encode");
+    let r = peer
+        .call(&host_key("h1"), &props(C::NAME, user), &body, T)
+        .await
+        .unwrap_or_else(|e| panic!("{} as {user}: {e}", C::NAME));
+    let reply = decode(ContentType::MsgPack, &r.body, 64 << 20).expect("decode the reply");
+    (r, reply)
+}
+
+/// The AMQP reply code of a failed operation: 403 ACCESS_REFUSED, 406
+/// PRECONDITION_FAILED, ...; `None` when it succeeded. Channel errors close
+/// the channel, so every check runs on a fresh one.
+fn code_of<T>(r: Result<T, lapin::Error>) -> Option<u16> {
+    match r {
+        Ok(_) => None,
+        Err(e) => match e.kind() {
+            lapin::ErrorKind::ProtocolError(p) => Some(p.get_id()),
+            other => panic!("expected a channel error from the broker, got {other:?}"),
+        },
+    }
+}
+
+async fn channel(conn: &Connection) -> Channel {
+    let ch = conn.create_channel().await.expect("open a channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    ch
+}
+
+/// Publishes on a fresh channel and waits for the broker's confirm; the
+/// AMQP error code if the broker closed the channel instead.
+async fn publish(
+    conn: &Connection,
+    exchange: &str,
+    key: &str,
+    props: &AmqpProperties,
+) -> Option<u16> {
+    let ch = channel(conn).await;
+    let result = async {
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                b"\x80",
+                to_lapin(props),
+            )
+            .await?
+            .await?;
+        assert!(confirm.is_ack(), "{confirm:?}");
+        Ok::<_, lapin::Error>(())
+    }
+    .await;
+    code_of(result)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_host_users_are_confined_and_roles_are_enforced() {
+    let node = RabbitNode::start_private().expect("rabbit");
+    let admin = AmqpPeer::connect(&node.amqp_url())
+        .await
+        .expect("admin peer");
+    declare_topology(&admin).await;
+    add_host_user(&node, "h1", "h1-secret");
+    add_host_user(&node, "h2", "h2-secret");
+    add_manager(&node, "ops", "ops-secret");
+    add_manager(&node, "viewer", "viewer-secret");
+
+    let mut events = admin
+        .subscribe(names::EVENT_EXCHANGE, "#")
+        .await
+        .expect("subscribe to events");
+    let mut beats = admin
+        .subscribe(names::PRESENCE_EXCHANGE, "h1.heartbeat")
+        .await
+        .expect("subscribe to heartbeats");
+
+    // Agent h1, logged in as h1, declaring only its own queue.
+    let agent = AgentProcess::builder("h1", &node.url_for("h1", "h1-secret"))
+        .label("rack-a")
+        .env("HOSTBUS_DECLARE_EXCHANGES", "false")
+        .env("HOSTBUS_ROLES", "ops=operator,viewer=read-only")
+        .spawn()
+        .expect("agent");
+    let online = events
+        .next(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_tail(40)));
+    assert_eq!(online.routing_key, "h1.agent.online");
+    let hb: Heartbeat = decode(
+        ContentType::MsgPack,
+        &beats.next(T).await.expect("a heartbeat").body,
+        1 << 20,
+    )
+    .expect("heartbeat");
+    assert_eq!(hb.host_id, "h1");
+
+    // An operator, through the SDK with nothing but the manager
+    // permissions: it subscribes to events and presence (server-named
+    // queues), starts a VM, and sees the event the agent published.
+    let ops_client = Client::connect(ClientConfig::new(node.url_for("ops", "ops-secret")))
+        .await
+        .expect("ops client");
+    let mut sub = ops_client
+        .subscribe(&["h1.vm.*"], SubscribeOptions::default())
+        .await
+        .expect("ops subscribes to events");
+    let presence = ops_client.presence().await.expect("ops watches presence");
+    let db01: uuid::Uuid = DB01.parse().expect("uuid");
+    let vm = ops_client
+        .host("h1")
+        .vm(db01)
+        .start()
+        .await
+        .expect("ops may start a VM");
+    assert_eq!(vm.power_state, PowerState::Running);
+    loop {
+        match tokio::time::timeout(T, sub.next())
+            .await
+            .expect("an event for ops")
+            .expect("subscription open")
+            .expect("event")
+        {
+            Notification::Event(e) if e.action == EventAction::Started => {
+                assert_eq!(e.object_id, DB01);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let started = events
+        .next_matching(T, |r| r.routing_key == "h1.vm.started")
+        .await
+        .expect("h1.vm.started");
+    let ev: Event = decode(ContentType::MsgPack, &started.body, 1 << 20).expect("event");
+    assert_eq!(
+        (ev.action, ev.object_id.as_str()),
+        (EventAction::Started, DB01)
+    );
+    presence.wait_warm(Duration::from_secs(5)).await;
+    assert!(
+        presence.hosts().iter().any(|h| h.host_id == "h1"),
+        "ops sees h1's heartbeats"
+    );
+    let mut ops = AmqpPeer::connect(&node.url_for("ops", "ops-secret"))
+        .await
+        .expect("ops peer");
+    // Reaching the agent through `group.<label>` works too (its binding was allowed).
+    let r = ops
+        .call(
+            &names::group_key("rack-a"),
+            &props(HostPing::NAME, "ops"),
+            &encode(ContentType::MsgPack, &Ping { echo: None }).expect("encode"),
+            T,
+        )
+        .await
+        .expect("group ping");
+    assert_eq!(r.header_str(STATUS_HEADER), Some("ok"));
+
+    // A read-only manager may read, not operate.
+    let mut viewer = AmqpPeer::connect(&node.url_for("viewer", "viewer-secret"))
+        .await
+        .expect("viewer peer");
+    let batch01: uuid::Uuid = BATCH01.parse().expect("uuid");
+    let (r, reply) = call::<VmStart>(
+        &mut viewer,
+        "viewer",
+        &VmStartRequest {
+            uuid: batch01,
+            paused: false,
+        },
+    )
+    .await;
+    assert_eq!(r.header_str(STATUS_HEADER), Some("error"));
+    match reply {
+        Reply::Error(e) => {
+            assert_eq!(e.code, ErrorCode::PermissionDenied, "{e}");
+            assert_eq!(
+                (e.param("user"), e.param("command")),
+                (Some("viewer"), Some("vm.start"))
+            );
+        }
+        other => panic!("viewer must not start a VM: {other:?}"),
+    }
+    let (_, reply) = call::<VmGet>(&mut viewer, "viewer", &VmUuid { uuid: batch01 }).await;
+    match reply {
+        Reply::Ok(vm) => assert_eq!(vm.power_state, PowerState::Halted, "nothing ran"),
+        other => panic!("viewer may read: {other:?}"),
+    }
+    // With HOSTBUS_ROLES set, `guest` has no role at all.
+    let mut guest = AmqpPeer::connect(&node.amqp_url()).await.expect("guest");
+    let (_, reply) = call::<VmGet>(&mut guest, "guest", &VmUuid { uuid: batch01 }).await;
+    assert!(
+        matches!(&reply, Reply::Error(e) if e.code == ErrorCode::PermissionDenied),
+        "{reply:?}"
+    );
+
+    // Host h2's credentials, used directly.
+    let h2 = Connection::connect(
+        &node.url_for("h2", "h2-secret"),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("h2 logs in");
+    // Its own queue: declare (with the dead-letter exchange) and bind.
+    let ch = channel(&h2).await;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(names::DEAD_LETTER_EXCHANGE.into()),
+    );
+    ch.queue_declare(
+        "hostbus.agent.h2".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await
+    .expect("h2 may declare its own queue");
+    for key in ["host.h2", "all", "group.rack-b"] {
+        ch.queue_bind(
+            "hostbus.agent.h2".into(),
+            names::COMMAND_EXCHANGE.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("h2 may bind its queue with {key}: {e}"));
+    }
+
+    let mut event_props = AmqpProperties {
+        delivery_mode: Some(2),
+        ..AmqpProperties::default()
+    };
+    expect_code(
+        "publish hostbus.evt h1.vm.started",
+        publish(&h2, names::EVENT_EXCHANGE, "h1.vm.started", &event_props).await,
+        Some(403),
+    );
+    expect_code(
+        "publish hostbus.evt h2.vm.started",
+        publish(&h2, names::EVENT_EXCHANGE, "h2.vm.started", &event_props).await,
+        None,
+    );
+    events
+        .next_matching(T, |r| r.routing_key == "h2.vm.started")
+        .await
+        .expect("h2's own event arrives");
+    expect_code(
+        "publish hostbus.presence h1.heartbeat",
+        publish(&h2, names::PRESENCE_EXCHANGE, "h1.heartbeat", &event_props).await,
+        Some(403),
+    );
+    expect_code(
+        "publish a command to hostbus.cmd host.h1",
+        publish(
+            &h2,
+            names::COMMAND_EXCHANGE,
+            "host.h1",
+            &props(VmStart::NAME, "h2"),
+        )
+        .await,
+        Some(403),
+    );
+    event_props.user_id = Some("h1".into());
+    expect_code(
+        "publish with user_id h1",
+        publish(&h2, names::EVENT_EXCHANGE, "h2.vm.started", &event_props).await,
+        Some(406),
+    );
+    let ch = channel(&h2).await;
+    expect_code(
+        "consume hostbus.agent.h1",
+        code_of(
+            ch.basic_consume(
+                "hostbus.agent.h1".into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await,
+        ),
+        Some(403),
+    );
+    let ch = channel(&h2).await;
+    expect_code(
+        "declare hostbus.agent.h1",
+        code_of(
+            ch.queue_declare(
+                "hostbus.agent.h1".into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await,
+        ),
+        Some(403),
+    );
+    let ch = channel(&h2).await;
+    expect_code(
+        "bind hostbus.agent.h2 to host.h1",
+        code_of(
+            ch.queue_bind(
+                "hostbus.agent.h2".into(),
+                names::COMMAND_EXCHANGE.into(),
+                "host.h1".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await,
+        ),
+        Some(403),
+    );
+    let ch = channel(&h2).await;
+    expect_code(
+        "declare exchange hostbus.evt",
+        code_of(
+            ch.exchange_declare(
+                names::EVENT_EXCHANGE.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await,
+        ),
+        Some(403),
+    );
+
+    // What the permissions cannot stop: replies need write on the default
+    // exchange, and the default exchange routes to any queue by name, so h2
+    // can put a message straight into h1's command queue. The broker stamps
+    // it with h2's login and the agent refuses it: h2 has no role.
+    let mut sneaky = AmqpPeer::connect(&node.url_for("h2", "h2-secret"))
+        .await
+        .expect("h2 peer");
+    sneaky
+        .consume_replies()
+        .await
+        .expect("direct reply-to as h2");
+    let mut p = props(VmStart::NAME, "h2");
+    p.reply_to = Some(names::DIRECT_REPLY_TO.into());
+    p.correlation_id = p.message_id.clone();
+    let body = encode(
+        ContentType::MsgPack,
+        &VmStartRequest {
+            uuid: batch01,
+            paused: false,
+        },
+    )
+    .expect("encode");
+    sneaky
+        .publish("", "hostbus.agent.h1", &p, &body)
+        .await
+        .expect("the default exchange takes it");
+    let r = sneaky.next_reply(T).await.expect("the agent answers h2");
+    let reply: Reply<VmRecord> = decode(ContentType::MsgPack, &r.body, 1 << 20).expect("decode");
+    match reply {
+        Reply::Error(e) => {
+            println!("h2: a command through the default exchange: {e}");
+            assert_eq!(e.code, ErrorCode::PermissionDenied, "{e}");
+            assert_eq!(e.param("user"), Some("h2"));
+        }
+        other => panic!("h2's command must be refused: {other:?}"),
+    }
+
+    // h1 kept working through all of this, and nothing h2 sent ran.
+    let (_, reply) = call::<VmGet>(&mut ops, "ops", &VmUuid { uuid: batch01 }).await;
+    match reply {
+        Reply::Ok(vm) => assert_eq!(vm.power_state, PowerState::Halted),
+        other => panic!("{other:?}"),
+    }
+    let (_, reply) = call::<VmGet>(&mut ops, "ops", &VmUuid { uuid: db01 }).await;
+    assert!(matches!(reply, Reply::Ok(VmRecord { .. })), "{reply:?}");
+    assert!(
+        !agent.log().contains("ACCESS_REFUSED"),
+        "the agent hit a permission it lacks:\n{}",
+        agent.log_tail(40)
+    );
+}

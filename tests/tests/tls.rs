@@ -1,0 +1,422 @@
+//! TLS end to end on a private RabbitMQ node with a TLS listener and
+//! certificates the test makes with the `openssl` command: the agent, the
+//! client SDK and `hostctl` connect over `amqps://` with the CA (the broker
+//! lists their connections as TLS); a client or agent that trusts another
+//! CA fails with a clear error (the agent keeps retrying); and a broker that
+//! requires client certificates admits a client with one signed by its CA
+//! and refuses a client without one or with one from another CA.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use hostbus_client::protocol::commands::{HostPing, Ping};
+use hostbus_client::protocol::names;
+use hostbus_client::{Client, ClientConfig, ErrorKind, Tls};
+use hostbus_tests::{workspace_dir, AgentProcess, AmqpPeer, RabbitNode, TempDir, TlsListener};
+
+/// How long an agent may take to come online.
+const ONLINE: Duration = Duration::from_secs(60);
+
+/// Runs `openssl <args>` in `dir`; panics with its output on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (is the openssl command installed?)");
+    assert!(
+        out.status.success(),
+        "openssl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private key (EC P-256; `openssl genpkey` writes PKCS#8 PEM).
+fn key(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            name,
+        ],
+    );
+}
+
+/// A self-signed CA: `<name>.key` and `<name>.pem`.
+fn ca(dir: &Path, name: &str, cn: &str) {
+    let key_file = format!("{name}.key");
+    key(dir, &key_file);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &key_file,
+            "-subj",
+            &format!("/CN={cn}"),
+            "-days",
+            "2",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+/// A leaf certificate `<name>.pem` (key `<name>.key`) signed by CA `ca`,
+/// with the extension lines `ext`.
+fn leaf(dir: &Path, name: &str, cn: &str, ca: &str, serial: &str, ext: &str) {
+    let key_file = format!("{name}.key");
+    key(dir, &key_file);
+    let csr = format!("{name}.csr");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            &key_file,
+            "-subj",
+            &format!("/CN={cn}"),
+            "-out",
+            &csr,
+        ],
+    );
+    let ext_file = format!("{name}.ext");
+    std::fs::write(dir.join(&ext_file), ext).expect("write the extension file");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-set_serial",
+            serial,
+            "-days",
+            "2",
+            "-extfile",
+            &ext_file,
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+/// The test's PKI: a CA with a server certificate (localhost, 127.0.0.1)
+/// and a client certificate, and an unrelated CA with a client certificate
+/// of its own.
+struct Pki {
+    dir: TempDir,
+}
+
+impl Pki {
+    fn make() -> Self {
+        let dir = TempDir::new("hostbus-tls").expect("temporary directory");
+        let d = dir.path();
+        ca(d, "ca", "hostbus test CA");
+        leaf(
+            d,
+            "server",
+            "localhost",
+            "ca",
+            "0x1001",
+            "basicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\n\
+             subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        );
+        let client_ext = "basicConstraints=critical,CA:FALSE\n\
+                          keyUsage=critical,digitalSignature\n\
+                          extendedKeyUsage=clientAuth\n";
+        leaf(d, "client", "guest", "ca", "0x1002", client_ext);
+        ca(d, "other-ca", "some other CA");
+        leaf(d, "stranger", "guest", "other-ca", "0x2001", client_ext);
+        Self { dir }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn listener(&self, fail_if_no_peer_cert: bool) -> TlsListener {
+        TlsListener {
+            ca_file: self.file("ca.pem"),
+            cert_file: self.file("server.pem"),
+            key_file: self.file("server.key"),
+            fail_if_no_peer_cert,
+        }
+    }
+
+    fn tls(&self, ca: &str, client: Option<&str>) -> Tls {
+        let cert = client.map(|c| self.file(&format!("{c}.pem")));
+        let key = client.map(|c| self.file(&format!("{c}.key")));
+        Tls::load(
+            Some(&self.file(&format!("{ca}.pem"))),
+            cert.as_deref(),
+            key.as_deref(),
+        )
+        .expect("load TLS material")
+    }
+}
+
+fn hostctl_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-q", "-p", "hostbus-client", "--bin", "hostctl"])
+                .current_dir(workspace_dir())
+                .status()
+                .expect("cargo build hostctl");
+            assert!(status.success(), "cannot build hostctl");
+            let agent = hostbus_tests::agent_binary().expect("agent binary");
+            agent.with_file_name("hostctl")
+        })
+        .clone()
+}
+
+/// Runs hostctl with `args`; exit code, stdout, stderr.
+fn hostctl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(hostctl_binary())
+        .args(args)
+        .env("HOSTCTL_CONFIG", "/nonexistent")
+        .env_remove("HOSTBUS_URL")
+        .env_remove("HOSTBUS_CA_FILE")
+        .env_remove("HOSTBUS_CERT_FILE")
+        .env_remove("HOSTBUS_KEY_FILE")
+        .output()
+        .expect("run hostctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits for `n` `agent.online` events (watched over the plain listener).
+async fn wait_online(node: &RabbitNode, agents: &[&AgentProcess], n: usize) {
+    let peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
+    let mut sub = peer
+        .subscribe(names::EVENT_EXCHANGE, "*.agent.online")
+        .await
+        .expect("subscribe");
+    for _ in 0..n {
+        if let Err(e) = sub.next(ONLINE).await {
+            let logs: Vec<String> = agents.iter().map(|a| a.log_tail(30)).collect();
+            panic!("{e}\n{}", logs.join("\n"));
+        }
+    }
+}
+
+/// The broker's view of a connection: `(server port, ssl)` of the
+/// connection whose client properties carry `connection_name`.
+fn broker_connection(node: &RabbitNode, connection_name: &str) -> Option<(u16, bool)> {
+    let out = node
+        .ctl(&[
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "port",
+            "ssl",
+            "client_properties",
+        ])
+        .expect("list_connections");
+    out.lines()
+        .find(|l| l.contains(connection_name))
+        .and_then(|l| {
+            let mut cols = l.split_whitespace();
+            let port = cols.next()?.parse().ok()?;
+            let ssl = cols.next()? == "true";
+            Some((port, ssl))
+        })
+}
+
+async fn ping(tls: Tls, url: &str) -> Result<String, hostbus_client::ClientError> {
+    let mut cfg = ClientConfig::new(url);
+    cfg.tls = tls;
+    let client = Client::connect(cfg).await?;
+    let pong = client
+        .call::<HostPing>(
+            "h1",
+            Ping {
+                echo: Some("tls".into()),
+            },
+        )
+        .await?;
+    Ok(pong.host_id)
+}
+
+fn mentions_tls(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("certificate") || m.contains("tls") || m.contains("unknownissuer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_sdk_and_hostctl_connect_over_tls_and_a_foreign_ca_is_refused() {
+    let pki = Pki::make();
+    let node = RabbitNode::start_with_tls(pki.listener(false)).expect("rabbit with TLS");
+    let url = node
+        .amqps_url_for("localhost", "guest", "guest")
+        .expect("TLS url");
+    let ca = pki.file("ca.pem");
+    let ca_str = ca.to_str().expect("utf-8 path");
+
+    let agent = AgentProcess::builder("h1", &url)
+        .env("HOSTBUS_TLS_CA_FILE", ca_str)
+        .spawn()
+        .expect("agent");
+    wait_online(&node, &[&agent], 1).await;
+    let tls_port = node.tls_port().expect("TLS port");
+    assert_eq!(
+        broker_connection(&node, "hostbus-agent/h1"),
+        Some((tls_port, true)),
+        "the agent's connection is on the TLS listener"
+    );
+
+    // The SDK, trusting the CA.
+    assert_eq!(ping(pki.tls("ca", None), &url).await.expect("ping"), "h1");
+
+    // hostctl with --ca-file.
+    let (code, out, err) = hostctl(&[
+        "--url",
+        &url,
+        "--ca-file",
+        ca_str,
+        "-o",
+        "json",
+        "ping",
+        "h1",
+    ]);
+    assert_eq!(code, 0, "hostctl over TLS failed: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["host"], "h1", "{out}");
+
+    // Another CA: the client fails with a clear connection error.
+    let e = ping(pki.tls("other-ca", None), &url)
+        .await
+        .expect_err("a client trusting another CA must not connect");
+    println!("client with a foreign CA: {e}");
+    assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+    assert!(mentions_tls(e.message()), "{e}");
+    // hostctl without any CA (only the system roots) fails the same way.
+    let (code, _, err) = hostctl(&["--url", &url, "ping", "h1"]);
+    assert_eq!(code, 5, "unreachable: {err}");
+    assert!(mentions_tls(&err), "{err}");
+
+    // An agent trusting another CA logs why and keeps retrying.
+    let mut stray = AgentProcess::builder("h2", &url)
+        .libvirt_uri(hostbus_tests::node_file_uri("h2"))
+        .env(
+            "HOSTBUS_TLS_CA_FILE",
+            pki.file("other-ca.pem").to_str().expect("path"),
+        )
+        .env("HOSTBUS_RECONNECT_MAX_BACKOFF_MS", "300")
+        .spawn()
+        .expect("agent h2");
+    stray
+        .wait_for_log("cannot connect to the broker", Duration::from_secs(30))
+        .expect("h2 logs the failure");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stray
+        .log()
+        .matches("retrying the broker connection")
+        .count()
+        < 3
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "h2 does not keep retrying\n{}",
+            stray.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = stray.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("cannot connect to the broker"))
+        .expect("the failure line");
+    println!("agent with a foreign CA logs: {line}");
+    assert!(mentions_tls(line), "{line}");
+    assert!(
+        line.contains("amqps://guest:***@localhost"),
+        "names the broker without its password: {line}"
+    );
+    assert!(stray.is_running(), "{}", stray.log_tail(20));
+    assert!(!log.contains("serving commands"), "{}", stray.log_tail(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_requires_client_certificates_admits_only_certified_clients() {
+    let pki = Pki::make();
+    let node = RabbitNode::start_with_tls(pki.listener(true)).expect("rabbit with TLS");
+    let url = node
+        .amqps_url_for("127.0.0.1", "guest", "guest")
+        .expect("TLS url");
+    let path = |name: &str| pki.file(name).to_str().expect("utf-8 path").to_owned();
+
+    let agent = AgentProcess::builder("h1", &url)
+        .env("HOSTBUS_TLS_CA_FILE", path("ca.pem"))
+        .env("HOSTBUS_TLS_CERT_FILE", path("client.pem"))
+        .env("HOSTBUS_TLS_KEY_FILE", path("client.key"))
+        .spawn()
+        .expect("agent");
+    wait_online(&node, &[&agent], 1).await;
+
+    // With the client certificate: admitted.
+    assert_eq!(
+        ping(pki.tls("ca", Some("client")), &url)
+            .await
+            .expect("ping with a client certificate"),
+        "h1"
+    );
+    let (code, out, err) = hostctl(&[
+        "--url",
+        &url,
+        "--ca-file",
+        &path("ca.pem"),
+        "--cert-file",
+        &path("client.pem"),
+        "--key-file",
+        &path("client.key"),
+        "-o",
+        "json",
+        "ping",
+        "h1",
+    ]);
+    assert_eq!(code, 0, "hostctl with a client certificate failed: {err}");
+    assert!(out.contains("\"h1\""), "{out}");
+
+    // Without one: refused.
+    let e = ping(pki.tls("ca", None), &url)
+        .await
+        .expect_err("a client without a certificate must be refused");
+    println!("client without a certificate: {e}");
+    assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+    // With one from another CA: refused.
+    let e = ping(pki.tls("ca", Some("stranger")), &url)
+        .await
+        .expect_err("a client certificate from another CA must be refused");
+    println!("client with a foreign certificate: {e}");
+    assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+    let (code, _, err) = hostctl(&["--url", &url, "--ca-file", &path("ca.pem"), "ping", "h1"]);
+    assert_eq!(code, 5, "hostctl without a certificate: {err}");
+}
