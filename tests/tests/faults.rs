@@ -21,7 +21,8 @@ use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::{STATUS_HEADER, VERSION_HEADER};
 use hostbus_protocol::names::{self, host_key};
 use hostbus_protocol::types::{
-    DiskBus, DiskFormat, DiskSource, DiskSpec, ObjectClass, Record, VmRecord, VmSpec, VolumeSpec,
+    DiskBus, DiskFormat, DiskSource, DiskSpec, ObjectClass, PowerState, Record, VmRecord, VmSpec,
+    VolumeSpec,
 };
 use hostbus_protocol::{
     decode, encode, now_ms, AmqpProperties, Command, ContentType, Envelope, Event, EventAction,
@@ -1301,4 +1302,90 @@ async fn a_command_that_never_finishes_is_dead_lettered_after_max_deliveries() {
         1,
         "{m}"
     );
+}
+
+/// A crash can leave the journal saying "started" while libvirt already
+/// shows the effect (the VM runs, the volume exists). The libvirt test
+/// driver loses its state with the agent process, so this test writes the
+/// journal entry the crash would have left, with the agent's own journal
+/// code, and lets the agent find it: the re-run is reconciled to success
+/// instead of failing with the state error the first run caused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_command_that_already_took_effect_is_answered_as_done() {
+    let node = RabbitNode::start().expect("rabbit");
+    let dir = hostbus_tests::TempDir::new("reconcile").expect("temp dir");
+    let journal_path = dir.path().join("journal");
+    let web: uuid::Uuid = WEB01.parse().expect("uuid");
+    // vm.start of web01, which already runs in node-h1.xml: the first run "succeeded".
+    let start = command::<VmStart>(
+        &VmStartRequest {
+            uuid: web,
+            paused: false,
+        },
+        names::DIRECT_REPLY_TO,
+    );
+    // vm.define whose first run created its volume, then crashed before defining the VM.
+    let define = command::<VmDefine>(&define_request("halfdone", 1), names::DIRECT_REPLY_TO);
+    {
+        let j =
+            hostbus_agent::journal::Journal::open(&journal_path, Duration::from_secs(3600), 1000)
+                .expect("journal");
+        j.start(&start.id, VmStart::NAME).expect("start entry");
+        j.start(&define.id, VmDefine::NAME).expect("define entry");
+    }
+    let mut peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
+    let mut online = peer
+        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
+        .await
+        .expect("subscribe");
+    let _agent = AgentProcess::builder("h1", &node.amqp_url())
+        .journal_path(&journal_path)
+        .spawn()
+        .expect("agent");
+    online.next(ONLINE).await.expect("online");
+    let leftover = hostbus_bridge::new_volume_name("halfdone", "vda", DiskFormat::Qcow2);
+    ok::<VolumeCreate>(
+        &mut peer,
+        &VolumeCreateRequest {
+            pool: "default".into(),
+            spec: VolumeSpec {
+                name: leftover.clone(),
+                capacity_bytes: 1 << 30,
+                allocation_bytes: 0,
+                format: DiskFormat::Qcow2,
+            },
+        },
+    )
+    .await;
+
+    // The redelivery of the interrupted start: not VM_BAD_POWER_STATE, but done.
+    let r = peer
+        .call(&host_key("h1"), &start.props, &start.body, T)
+        .await
+        .expect("reply");
+    match decode::<Reply<VmRecord>>(ContentType::MsgPack, &r.body, 1 << 20).expect("decode") {
+        Reply::Ok(vm) => assert_eq!(vm.power_state, PowerState::Running),
+        other => panic!("the interrupted vm.start was not reconciled: {other:?}"),
+    }
+    // The redelivery of the interrupted define: its leftover volume is cleaned, then it runs.
+    let r = peer
+        .call(&host_key("h1"), &define.props, &define.body, T)
+        .await
+        .expect("reply");
+    match decode::<Reply<VmRecord>>(ContentType::MsgPack, &r.body, 1 << 20).expect("decode") {
+        Reply::Ok(vm) => assert_eq!((vm.name.as_str(), vm.disks.len()), ("halfdone", 1)),
+        other => panic!("the interrupted vm.define was not reconciled: {other:?}"),
+    }
+    let vols = volume_names(&mut peer).await;
+    assert_eq!(
+        vols.iter().filter(|v| **v == leftover).count(),
+        1,
+        "{vols:?}"
+    );
+    // Both are now answered from the journal.
+    let again = peer
+        .call(&host_key("h1"), &start.props, &start.body, T)
+        .await
+        .expect("reply");
+    assert_eq!(again.header_str(STATUS_HEADER), Some("ok"));
 }
