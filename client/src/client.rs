@@ -96,7 +96,10 @@ struct Session {
 
 pub(crate) struct Inner {
     pub(crate) cfg: ClientConfig,
-    session: tokio::sync::Mutex<Option<Session>>,
+    /// The live session; read without waiting on every call.
+    session: std::sync::RwLock<Option<Session>>,
+    /// Held while (re)connecting, so one task reconnects and the others wait.
+    reconnecting: tokio::sync::Mutex<()>,
     pending: Mutex<HashMap<String, Pending>>,
     presence: tokio::sync::OnceCell<Presence>,
 }
@@ -135,7 +138,8 @@ impl Client {
         let client = Self {
             inner: Arc::new(Inner {
                 cfg,
-                session: tokio::sync::Mutex::new(None),
+                session: std::sync::RwLock::new(None),
+                reconnecting: tokio::sync::Mutex::new(()),
                 pending: Mutex::default(),
                 presence: tokio::sync::OnceCell::new(),
             }),
@@ -171,12 +175,33 @@ impl Client {
         ))
     }
 
+    fn live_session(&self) -> Option<Session> {
+        let guard = self
+            .inner
+            .session
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        guard
+            .as_ref()
+            .filter(|s| s.conn.status().connected() && s.channel.status().connected())
+            .cloned()
+    }
+
     async fn session(&self) -> Result<Session, ClientError> {
-        let mut guard = self.inner.session.lock().await;
-        if let Some(s) = guard.as_ref() {
-            if s.conn.status().connected() && s.channel.status().connected() {
-                return Ok(s.clone());
-            }
+        if let Some(s) = self.live_session() {
+            return Ok(s);
+        }
+        let _reconnecting = self.inner.reconnecting.lock().await;
+        if let Some(s) = self.live_session() {
+            return Ok(s);
+        }
+        if self
+            .inner
+            .session
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
             tracing::info!("broker connection lost; reconnecting");
         }
         let conn = self.open_connection("calls").await?;
@@ -231,7 +256,11 @@ impl Client {
             conn: Arc::new(conn),
             channel,
         };
-        *guard = Some(s.clone());
+        *self
+            .inner
+            .session
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(s.clone());
         Ok(s)
     }
 

@@ -335,6 +335,8 @@ async fn bench(a: Args) {
         .arg("--log-level")
         .arg("warn")
         .heartbeat_interval(Duration::from_millis(1000))
+        // As many commands in flight as the deepest client concurrency measured.
+        .concurrency(64)
         .spawn()
         .expect("agent");
     beats
