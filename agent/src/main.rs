@@ -73,7 +73,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
-    let agent = Agent::new(cfg, metrics)?;
+    // Opening libvirt, the first scan and the journal block: not on the runtime.
+    let agent = tokio::task::spawn_blocking(move || Agent::new(cfg, metrics)).await??;
     agent.run(shutdown_signal()).await
 }
 
