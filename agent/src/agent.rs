@@ -429,10 +429,7 @@ impl Agent {
     /// Handles one delivery: reply first, then ack.
     async fn serve(&self, publ: &Channel, d: lapin::message::Delivery) {
         let props = hostbus_amqp::from_lapin(&d.properties);
-        let handled = self
-            .dispatcher
-            .handle(props.clone(), d.data.clone(), d.redelivered)
-            .await;
+        let handled = self.dispatcher.handle(&props, &d.data, d.redelivered).await;
         if let Some(reason) = &handled.dead_letter {
             if let Err(e) = self
                 .dead_letter(publ, props, &d.data, reason, &handled.outcome)

@@ -140,16 +140,16 @@ impl Dispatcher {
     }
 
     /// Handles one delivery's properties and body.
-    pub async fn handle(&self, props: AmqpProperties, body: Vec<u8>, redelivered: bool) -> Handled {
+    pub async fn handle(&self, props: &AmqpProperties, body: &[u8], redelivered: bool) -> Handled {
         let started = Instant::now();
         let _in_flight = self.metrics.start();
-        let env = match Envelope::from_properties(&props) {
+        let env = match Envelope::from_properties(props) {
             Ok(env) => env,
-            Err(err) => return self.refuse_bad_envelope(&props, err, started),
+            Err(err) => return self.refuse_bad_envelope(props, err, started),
         };
         let span = tracing::info_span!("command", command = %env.command, command_id = %env.command_id, host = %self.host_id);
         async move {
-            let out = self.process(&env, &body, redelivered).await;
+            let out = self.process(&env, body, redelivered).await;
             let elapsed = started.elapsed();
             self.metrics.command(&env.command, &out.outcome, elapsed);
             tracing::info!(outcome = %out.outcome, duration_ms = elapsed.as_secs_f64() * 1000.0, cast = env.is_cast(), "command handled");
@@ -272,7 +272,7 @@ impl Dispatcher {
                 return self.give_up(env, attempts);
             }
         }
-        let result = self.execute(env, request, false).await;
+        let result = self.execute(env, request).await;
         self.encode(env, result)
     }
 
@@ -365,7 +365,7 @@ impl Dispatcher {
                 self.clean_interrupted_define(r).await;
             }
         }
-        let result = self.execute(env, request.clone(), interrupted).await;
+        let result = self.execute(env, request.clone()).await;
         let result = match result {
             Err(e) if interrupted => match self.reconcile(&request, &e).await {
                 Some(v) => {
@@ -428,12 +428,7 @@ impl Dispatcher {
     }
 
     /// Runs the request on the bridge on a blocking thread, panics contained.
-    async fn execute(
-        &self,
-        env: &Envelope,
-        request: AnyRequest,
-        _retry: bool,
-    ) -> Result<Executed, Error> {
+    async fn execute(&self, env: &Envelope, request: AnyRequest) -> Result<Executed, Error> {
         let ctx = CallContext {
             command_id: env.command_id,
         };

@@ -208,6 +208,24 @@ type NetLifecycleCb =
     unsafe extern "C" fn(sys::virConnectPtr, sys::virNetworkPtr, c_int, c_int, *mut c_void);
 type GenericNetCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virNetworkPtr, *mut c_void);
 
+/// Registers one callback: `register` gets a fresh opaque sender and returns
+/// libvirt's callback id, or a negative value when libvirt refused, in
+/// which case the opaque is freed here.
+fn register_one(
+    tx: &Sender<RawEvent>,
+    register: impl FnOnce(*mut c_void) -> c_int,
+) -> Option<c_int> {
+    let op = opaque(tx);
+    let rc = register(op);
+    if rc < 0 {
+        // SAFETY: libvirt did not take ownership of `op`.
+        unsafe { free_opaque(op) };
+        None
+    } else {
+        Some(rc)
+    }
+}
+
 /// Registers the lifecycle callbacks on `conn`. Failures are logged: the
 /// periodic reconciliation still catches every change, only later.
 pub(crate) fn register(conn: &Connect, tx: &Sender<RawEvent>) -> Registrations {
@@ -231,10 +249,9 @@ pub(crate) fn register(conn: &Connect, tx: &Sender<RawEvent>) -> Registrations {
         (sys::VIR_DOMAIN_EVENT_ID_REBOOT, on_domain_reboot),
     ];
     for (id, cb) in domain_cbs {
-        let op = opaque(tx);
-        // SAFETY: valid connection; `op` is freed by `free_opaque` when
-        // libvirt drops the registration, or by us below when it fails.
-        let rc = unsafe {
+        // SAFETY: valid connection; libvirt frees `op` through `free_opaque`
+        // when it drops the registration.
+        let rc = register_one(tx, |op| unsafe {
             sys::virConnectDomainEventRegisterAny(
                 ptr,
                 std::ptr::null_mut(),
@@ -243,13 +260,10 @@ pub(crate) fn register(conn: &Connect, tx: &Sender<RawEvent>) -> Registrations {
                 op,
                 Some(free_opaque),
             )
-        };
-        if rc < 0 {
-            // SAFETY: libvirt did not take ownership of `op`.
-            unsafe { free_opaque(op) };
-            tracing::warn!(event_id = id, "libvirt refused a domain event registration");
-        } else {
-            regs.domain.push(rc);
+        });
+        match rc {
+            Some(rc) => regs.domain.push(rc),
+            None => tracing::warn!(event_id = id, "libvirt refused a domain event registration"),
         }
     }
     let pool_cbs: [(u32, GenericPoolCb); 2] = [
@@ -259,9 +273,8 @@ pub(crate) fn register(conn: &Connect, tx: &Sender<RawEvent>) -> Registrations {
         (sys::VIR_STORAGE_POOL_EVENT_ID_REFRESH, on_pool_refresh),
     ];
     for (id, cb) in pool_cbs {
-        let op = opaque(tx);
         // SAFETY: as for domains.
-        let rc = unsafe {
+        let rc = register_one(tx, |op| unsafe {
             sys::virConnectStoragePoolEventRegisterAny(
                 ptr,
                 std::ptr::null_mut(),
@@ -270,52 +283,35 @@ pub(crate) fn register(conn: &Connect, tx: &Sender<RawEvent>) -> Registrations {
                 op,
                 Some(free_opaque),
             )
-        };
-        if rc < 0 {
-            // SAFETY: libvirt did not take ownership of `op`.
-            unsafe { free_opaque(op) };
-            tracing::debug!(event_id = id, "no storage pool events on this driver");
-        } else {
-            regs.pool.push(rc);
+        });
+        match rc {
+            Some(rc) => regs.pool.push(rc),
+            None => tracing::debug!(event_id = id, "no storage pool events on this driver"),
         }
     }
-    {
-        let op = opaque(tx);
-        // SAFETY: as for domains.
-        let cb =
-            unsafe { std::mem::transmute::<NetLifecycleCb, GenericNetCb>(on_network_lifecycle) };
-        let rc = unsafe {
-            sys::virConnectNetworkEventRegisterAny(
-                ptr,
-                std::ptr::null_mut(),
-                sys::VIR_NETWORK_EVENT_ID_LIFECYCLE as c_int,
-                Some(cb),
-                op,
-                Some(free_opaque),
-            )
-        };
-        if rc < 0 {
-            // SAFETY: libvirt did not take ownership of `op`.
-            unsafe { free_opaque(op) };
-            tracing::debug!("no network events on this driver");
-        } else {
-            regs.network.push(rc);
-        }
+    // SAFETY: as for domains.
+    let cb = unsafe { std::mem::transmute::<NetLifecycleCb, GenericNetCb>(on_network_lifecycle) };
+    // SAFETY: as for domains.
+    let rc = register_one(tx, |op| unsafe {
+        sys::virConnectNetworkEventRegisterAny(
+            ptr,
+            std::ptr::null_mut(),
+            sys::VIR_NETWORK_EVENT_ID_LIFECYCLE as c_int,
+            Some(cb),
+            op,
+            Some(free_opaque),
+        )
+    });
+    match rc {
+        Some(rc) => regs.network.push(rc),
+        None => tracing::debug!("no network events on this driver"),
     }
-    {
-        let op = opaque(tx);
-        // SAFETY: valid connection; libvirt frees `op` through `free_opaque`
-        // when the callback is unregistered or the connection is freed.
-        let rc = unsafe {
-            sys::virConnectRegisterCloseCallback(ptr, Some(on_close), op, Some(free_opaque))
-        };
-        if rc < 0 {
-            // SAFETY: libvirt did not take ownership of `op`.
-            unsafe { free_opaque(op) };
-        } else {
-            regs.close = true;
-        }
-    }
+    // SAFETY: valid connection; libvirt frees `op` through `free_opaque`
+    // when the callback is unregistered or the connection is freed.
+    regs.close = register_one(tx, |op| unsafe {
+        sys::virConnectRegisterCloseCallback(ptr, Some(on_close), op, Some(free_opaque))
+    })
+    .is_some();
     regs
 }
 

@@ -284,9 +284,4 @@ impl Inner {
             tasks: self.tasks.list(None),
         })
     }
-
-    /// A reconciliation pass: the inventory, observed, thrown away.
-    pub(crate) fn scan(&self, _emit: bool) -> Result<(), Error> {
-        self.inventory().map(|_| ())
-    }
 }

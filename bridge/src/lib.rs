@@ -540,8 +540,8 @@ impl Inner {
     /// Observes every object; the first successful pass sets the baseline
     /// without events, later passes emit an event per difference.
     fn reconcile(&self) -> Result<(), Error> {
-        let emit = self.baseline.load(Ordering::SeqCst);
-        self.scan(emit)?;
+        // Taking the inventory observes every object; it is then thrown away.
+        self.inventory()?;
         self.baseline.store(true, Ordering::SeqCst);
         let collected = self.tasks.collect();
         if collected > 0 {
