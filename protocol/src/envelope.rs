@@ -174,6 +174,19 @@ impl Envelope {
             .unwrap_or_else(|| self.command_id.to_string())
     }
 
+    /// Whether the broker should keep this command on disk (delivery mode
+    /// 2). Every command is persistent except a read whose reply goes to
+    /// direct reply-to: that reply's only consumer is the caller's
+    /// connection, which a broker restart closes, so a read kept across the
+    /// restart would run for nobody. Persisting it costs the broker a disk
+    /// write per call (about a third of the broker's throughput; see
+    /// docs/performance.md).
+    pub fn is_persistent(&self) -> bool {
+        let read = crate::commands::command_info(&self.command)
+            .is_some_and(|c| c.access == crate::commands::Access::Read);
+        !(read && self.reply_to.as_deref() == Some(crate::names::DIRECT_REPLY_TO))
+    }
+
     /// Whether the deadline has passed at `now` (ms).
     pub fn is_expired(&self, now: Timestamp) -> bool {
         self.deadline.is_some_and(|d| now >= d)
@@ -219,7 +232,7 @@ impl Envelope {
             timestamp: self.sent_at.or(Some(now / 1000)),
             expiration: self.deadline.map(|d| d.saturating_sub(now).to_string()),
             user_id: self.sender.clone(),
-            delivery_mode: Some(2),
+            delivery_mode: Some(if self.is_persistent() { 2 } else { 1 }),
             headers,
         }
     }
@@ -423,6 +436,25 @@ mod tests {
         assert_eq!(p.expiration.as_deref(), Some("6000"));
         assert_eq!(p.kind.as_deref(), Some("vm.start"));
         assert_eq!(Envelope::from_properties(&p), Ok(e));
+    }
+
+    #[test]
+    fn only_reads_answered_on_direct_reply_to_are_transient() {
+        let mode = |command: &str, reply_to: Option<&str>| {
+            let mut e = Envelope::new(command);
+            e.reply_to = reply_to.map(str::to_owned);
+            e.to_properties(0).delivery_mode
+        };
+        let direct = Some(crate::names::DIRECT_REPLY_TO);
+        assert_eq!(mode("host.ping", direct), Some(1));
+        assert_eq!(mode("vm.list", direct), Some(1));
+        // A change must survive a broker restart even if its caller does not.
+        assert_eq!(mode("vm.start", direct), Some(2));
+        // A named reply queue can outlive the caller's connection.
+        assert_eq!(mode("vm.list", Some("my.replies")), Some(2));
+        // A cast has no reply at all: keep it.
+        assert_eq!(mode("vm.list", None), Some(2));
+        assert_eq!(mode("no.such.command", direct), Some(2));
     }
 
     #[test]
