@@ -434,7 +434,8 @@ impl Dispatcher {
         };
         let bridge = self.bridge.clone();
         let asynchronous = env.asynchronous && request.access() != Access::Read;
-        let joined = tokio::task::spawn_blocking(move || {
+        let inline = !asynchronous && Bridge::runs_inline(&request);
+        let run = move || {
             std::panic::catch_unwind(AssertUnwindSafe(|| {
                 if asynchronous {
                     bridge
@@ -446,8 +447,14 @@ impl Dispatcher {
                         .map(|r| Executed::Value(Box::new(r)))
                 }
             }))
-        })
-        .await;
+        };
+        // Libvirt stays off the runtime; what the bridge answers from memory
+        // skips the blocking pool's thread hand-off.
+        let joined = if inline {
+            Ok(run())
+        } else {
+            tokio::task::spawn_blocking(run).await
+        };
         let result = match joined {
             Ok(Ok(r)) => r,
             Ok(Err(panic)) => {

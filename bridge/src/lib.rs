@@ -195,6 +195,15 @@ impl Bridge {
         })
     }
 
+    /// Whether `request` is answered from memory, without libvirt and
+    /// without any lock that libvirt work holds, so a caller on an async
+    /// runtime may [`call`](Self::call) it in place instead of handing it to
+    /// a blocking thread. Only `host.ping`: it proves the bus and the agent
+    /// answer, and costs nothing to run.
+    pub fn runs_inline(request: &AnyRequest) -> bool {
+        matches!(request, AnyRequest::HostPing(_))
+    }
+
     /// Runs one command synchronously.
     pub fn call(&self, request: AnyRequest, ctx: &CallContext) -> Result<AnyResponse, Error> {
         self.inner.execute(
