@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         host = %cfg.host_id,
         "hostbus-agent build info"
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("hostbus-rt")
         .build()
