@@ -19,9 +19,8 @@ use hostbus_protocol::{
     COMMANDS, PROTOCOL_VERSION,
 };
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Confirmation, Connection, ExchangeKind};
@@ -33,6 +32,7 @@ use crate::config::Config;
 use crate::dispatch::{Dispatcher, Policy, ReplyMessage};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
+use crate::settle::{Settle, Settler};
 use hostbus_amqp::{redact, to_lapin};
 
 /// Why a session ended.
@@ -358,6 +358,10 @@ impl Agent {
                 }
             });
         }
+        let (settler, settling) = Settler::start(cmd.clone());
+        // What every command needs, shared: cloning lapin channels per
+        // command showed in profiles.
+        let lanes = Arc::new((publ.clone(), cmd.clone(), settler));
         let permits = Arc::new(Semaphore::new(self.cfg.concurrency as usize));
         let mut inflight = JoinSet::new();
         let end = loop {
@@ -368,11 +372,11 @@ impl Agent {
                             Ok(p) => p,
                             Err(_) => break SessionEnd::Lost("the command semaphore closed".into()),
                         };
-                        let agent = self.clone();
-                        let publ = publ.clone();
+                        let (agent, lanes) = (self.clone(), lanes.clone());
                         inflight.spawn(async move {
                             let _permit = permit;
-                            agent.serve(&publ, d).await;
+                            let (publ, cmd, settler) = &*lanes;
+                            agent.serve(publ, cmd, settler, d).await;
                         });
                     }
                     Some(Err(e)) => break SessionEnd::Lost(format!("consumer failed: {e}")),
@@ -391,6 +395,7 @@ impl Agent {
                 background.abort_all();
                 // In-flight commands finish on their own; unacked ones are redelivered.
                 inflight.detach_all();
+                settling.abort();
                 SessionEnd::Lost(why)
             }
             SessionEnd::Shutdown => {
@@ -414,6 +419,9 @@ impl Agent {
                     );
                     inflight.abort_all();
                 }
+                // Acks still queued go out before the connection closes.
+                drop(lanes);
+                let _ = tokio::time::timeout(Duration::from_secs(1), settling).await;
                 // Let pending events out before saying goodbye.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 background.abort_all();
@@ -427,7 +435,14 @@ impl Agent {
     }
 
     /// Handles one delivery: reply first, then ack.
-    async fn serve(&self, publ: &Channel, d: lapin::message::Delivery) {
+    async fn serve(
+        &self,
+        publ: &Channel,
+        cmd: &Channel,
+        settler: &Settler,
+        d: lapin::message::Delivery,
+    ) {
+        let tag = d.delivery_tag;
         let props = hostbus_amqp::from_lapin(&d.properties);
         let handled = self.dispatcher.handle(&props, &d.data, d.redelivered).await;
         if let Some(reason) = &handled.dead_letter {
@@ -436,32 +451,18 @@ impl Agent {
                 .await
             {
                 tracing::warn!(error = %e, "cannot dead-letter a message; it will be redelivered");
-                let _ = d
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await;
+                settler.settle(Settle::Requeue(tag));
                 return;
             }
         }
         if let Some(reply) = handled.reply {
-            if let Err(e) = self.publish_reply(publ, reply).await {
+            if let Err(e) = self.publish_reply(publ, cmd, reply).await {
                 tracing::warn!(command = %handled.command, error = %e, "cannot publish the reply; the command will be redelivered");
-                let _ = d
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await;
+                settler.settle(Settle::Requeue(tag));
                 return;
             }
         }
-        if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
-            tracing::warn!(command = %handled.command, error = %e, "cannot ack the command");
-        }
+        settler.settle(Settle::Ack(tag));
     }
 
     /// Sends the original message to the dead-letter exchange, with the
@@ -504,7 +505,32 @@ impl Agent {
         Ok(())
     }
 
-    async fn publish_reply(&self, publ: &Channel, r: ReplyMessage) -> anyhow::Result<()> {
+    /// Publishes a reply before the command is acked.
+    ///
+    /// A reply to direct reply-to goes out on the command channel without a
+    /// confirm: the broker handles a channel's frames in order, so once it
+    /// has the ack it has the reply, and a confirm would promise no more
+    /// (the reply lives only as long as the caller's connection). A reply to
+    /// a named queue may have to survive a broker restart: it goes out on
+    /// the confirm channel, and the command is acked only once the broker
+    /// has confirmed it.
+    async fn publish_reply(
+        &self,
+        publ: &Channel,
+        cmd: &Channel,
+        r: ReplyMessage,
+    ) -> anyhow::Result<()> {
+        if r.to.starts_with(names::DIRECT_REPLY_TO) {
+            cmd.basic_publish(
+                "".into(),
+                r.to.as_str().into(),
+                BasicPublishOptions::default(),
+                &r.body,
+                to_lapin(&r.properties),
+            )
+            .await?;
+            return Ok(());
+        }
         let confirm = publ
             .basic_publish(
                 "".into(),

@@ -9,6 +9,7 @@
 //! * [`config`]: the layered configuration.
 //! * [`dispatch`]: delivery → reply, with no AMQP in it.
 //! * [`agent`]: sessions, topology, events, presence, reconnection, shutdown.
+//! * [`settle`]: acks, coalesced where it is safe.
 //! * [`metrics`]: the Prometheus endpoint.
 
 pub mod agent;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod dispatch;
 pub mod journal;
 pub mod metrics;
+pub mod settle;
 
 pub use agent::Agent;
 pub use config::{Config, ConfigError, Flags};
