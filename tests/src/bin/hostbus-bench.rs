@@ -17,6 +17,8 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,44 +31,89 @@ use hostbus_client::protocol::names::{EVENT_EXCHANGE, PRESENCE_EXCHANGE};
 use hostbus_client::protocol::{decode, now_ms, ContentType, Event};
 use hostbus_client::{Client, ClientConfig};
 use hostbus_tests::{AgentProcess, AmqpPeer, RabbitNode};
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::oneshot;
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
 
 struct Args {
+    /// Seconds per measured slice.
     secs: u64,
+    /// Slices per path, interleaved across the paths of one table.
+    rounds: usize,
     write: bool,
+    breakdown: bool,
+    /// Only the breakdown (for profiling sessions; writes nothing).
+    breakdown_only: bool,
+    /// Only host.ping at this concurrency, for attaching a profiler.
+    profile: Option<usize>,
 }
 
 fn args() -> Args {
     let mut a = Args {
-        secs: 5,
+        secs: 2,
+        rounds: 3,
         write: true,
+        breakdown: true,
+        breakdown_only: false,
+        profile: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
-            "--secs" => a.secs = it.next().and_then(|v| v.parse().ok()).unwrap_or(5),
+            "--secs" => a.secs = it.next().and_then(|v| v.parse().ok()).unwrap_or(2),
+            "--rounds" => a.rounds = it.next().and_then(|v| v.parse().ok()).unwrap_or(3).max(1),
             "--no-write" => a.write = false,
+            "--no-breakdown" => a.breakdown = false,
+            "--profile" => {
+                a.profile = it.next().and_then(|v| v.parse().ok());
+                a.write = false;
+            }
+            "--breakdown-only" => {
+                a.breakdown_only = true;
+                a.write = false;
+            }
             other => eprintln!("hostbus-bench: ignoring {other}"),
         }
     }
     a
 }
 
-/// Latency samples and a count over a window.
+/// Latency samples and a count over one or more windows.
+#[derive(Default)]
 struct Run {
     calls: u64,
     secs: f64,
     lat: Vec<Duration>,
+    /// CPU seconds over the windows: broker, agent, this process.
+    cpu: [f64; 3],
+    /// Calls/s of each window merged in.
+    rates: Vec<f64>,
 }
 
 impl Run {
+    /// Calls/s: the median over the windows merged in.
     fn rate(&self) -> f64 {
-        self.calls as f64 / self.secs
+        if self.rates.is_empty() {
+            return self.calls as f64 / self.secs;
+        }
+        let mut r = self.rates.clone();
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    }
+    fn merge(&mut self, other: Run) {
+        self.rates.push(other.calls as f64 / other.secs);
+        self.calls += other.calls;
+        self.secs += other.secs;
+        self.lat.extend(other.lat);
+        for i in 0..3 {
+            self.cpu[i] += other.cpu[i];
+        }
     }
     fn pct(&self, p: f64) -> f64 {
         if self.lat.is_empty() {
@@ -77,13 +124,88 @@ impl Run {
         let i = ((v.len() as f64 - 1.0) * p).round() as usize;
         v[i].as_secs_f64() * 1000.0
     }
+    /// CPU microseconds per call of the broker, the agent and this process.
+    fn cpu_per_call(&self) -> [f64; 3] {
+        let n = self.calls.max(1) as f64;
+        self.cpu.map(|c| c * 1e6 / n)
+    }
+}
+
+/// Where the CPU goes: the broker's process group, the agent, this process.
+#[derive(Clone)]
+struct Meter {
+    broker: Vec<u32>,
+    agent: u32,
+}
+
+impl Meter {
+    fn sample(&self) -> [f64; 3] {
+        [
+            cpu_secs(&self.broker),
+            cpu_secs(&[self.agent]),
+            cpu_secs(&[std::process::id()]),
+        ]
+    }
+}
+
+/// One way of making a call; true when it succeeded.
+type Call = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+fn ping_call(client: &Client) -> Call {
+    let cl = client.clone();
+    Arc::new(move || {
+        let cl = cl.clone();
+        Box::pin(async move { cl.call::<HostPing>("h1", Ping { echo: None }).await.is_ok() })
+    })
+}
+
+fn list_call(client: &Client) -> Call {
+    let cl = client.clone();
+    Arc::new(move || {
+        let cl = cl.clone();
+        Box::pin(async move {
+            cl.call::<VmList>("h1", VmListRequest { power_state: None })
+                .await
+                .is_ok()
+        })
+    })
+}
+
+fn raw_call(raw: &Arc<Raw>) -> Call {
+    let r = raw.clone();
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    Arc::new(move || {
+        let r = r.clone();
+        let id = counter.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move { r.call(id).await })
+    })
+}
+
+/// Measures every path at `concurrency`: `rounds` slices of `secs` each,
+/// interleaved (path 1, 2, …, then again), so a slow spell of the machine
+/// hits every path alike. Calls/s is the median slice.
+async fn measure(
+    meter: &Meter,
+    concurrency: usize,
+    secs: u64,
+    rounds: usize,
+    paths: &[Call],
+) -> Vec<Run> {
+    let mut runs: Vec<Run> = paths.iter().map(|_| Run::default()).collect();
+    for _ in 0..rounds {
+        for (path, run) in paths.iter().zip(&mut runs) {
+            let p = path.clone();
+            run.merge(drive(meter, concurrency, secs, move || p()).await);
+        }
+    }
+    runs
 }
 
 /// Runs `concurrency` loops of `call` for `secs`, after a short warm-up.
-async fn drive<F, Fut>(concurrency: usize, secs: u64, call: F) -> Run
+async fn drive<F, Fut>(meter: &Meter, concurrency: usize, secs: u64, call: F) -> Run
 where
     F: Fn() -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
+    Fut: Future<Output = bool> + Send,
 {
     let stop = Arc::new(AtomicBool::new(false));
     let warm = Arc::new(AtomicBool::new(false));
@@ -108,9 +230,11 @@ where
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     warm.store(true, Ordering::Relaxed);
+    let cpu0 = meter.sample();
     let t = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let elapsed = t.elapsed().as_secs_f64();
+    let cpu1 = meter.sample();
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
@@ -120,69 +244,149 @@ where
         calls: lat.len() as u64,
         secs: elapsed,
         lat,
+        cpu: [0, 1, 2].map(|i| cpu1[i] - cpu0[i]),
+        rates: Vec::new(),
     }
+}
+
+/// What a raw request/reply pays for, beyond the minimal baseline; each
+/// flag adds one of the broker operations a hostbus call makes, so the
+/// breakdown (`--breakdown`) prices them one by one on the same broker.
+#[derive(Clone, Copy, Default)]
+struct RawOpts {
+    /// Route through a topic exchange instead of the default exchange.
+    topic: bool,
+    /// Requests carry a per-message TTL (`expiration`), as hostbus commands do.
+    ttl: bool,
+    /// A durable queue (requests still transient).
+    durable: bool,
+    /// Persistent requests (delivery mode 2).
+    persistent: bool,
+    /// The responder answers each request in its own task.
+    spawn: bool,
+    /// The responder acks each request after publishing its reply.
+    ack: bool,
+    /// The client publishes with confirms and the mandatory flag, and waits
+    /// for the confirm along with the reply.
+    confirm: bool,
 }
 
 /// The raw baseline: a responder that echoes on direct reply-to, and a
 /// client with one channel and a correlation map, all plain lapin.
 struct Raw {
     ch: lapin::Channel,
+    opts: RawOpts,
+    exchange: &'static str,
+    queue: String,
     pending: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
     _conns: (Connection, Connection),
 }
 
 impl Raw {
-    async fn start(url: &str) -> Raw {
+    async fn start(url: &str, opts: RawOpts) -> Raw {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let queue = format!("bench.raw.{}", N.fetch_add(1, Ordering::Relaxed));
         let server = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("raw server");
         let sch = server.create_channel().await.expect("channel");
         sch.queue_declare(
-            "bench.raw".into(),
+            queue.as_str().into(),
             QueueDeclareOptions {
-                exclusive: true,
+                exclusive: !opts.durable,
+                durable: opts.durable,
                 ..QueueDeclareOptions::default()
             },
             FieldTable::default(),
         )
         .await
         .expect("queue");
+        let exchange = if opts.topic {
+            let (name, kind) = ("bench.topic", ExchangeKind::Topic);
+            sch.exchange_declare(
+                name.into(),
+                kind,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("exchange");
+            sch.queue_bind(
+                queue.as_str().into(),
+                name.into(),
+                queue.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+            name
+        } else {
+            ""
+        };
+        if opts.ack {
+            sch.basic_qos(64, BasicQosOptions::default())
+                .await
+                .expect("qos");
+        }
+        // Replies and acks on the consuming channel, as the agent does for
+        // direct reply-to.
+        let reply_ch = sch.clone();
         let mut requests = sch
             .basic_consume(
-                "bench.raw".into(),
+                queue.as_str().into(),
                 "".into(),
                 BasicConsumeOptions {
-                    no_ack: true,
+                    no_ack: !opts.ack,
                     ..BasicConsumeOptions::default()
                 },
                 FieldTable::default(),
             )
             .await
             .expect("consume");
-        let sch2 = sch.clone();
         tokio::spawn(async move {
             while let Some(Ok(d)) = requests.next().await {
-                let (Some(to), Some(corr)) = (
-                    d.properties.reply_to().clone(),
-                    d.properties.correlation_id().clone(),
-                ) else {
-                    continue;
+                let reply_ch = reply_ch.clone();
+                let answer = async move {
+                    let (Some(to), Some(corr)) = (
+                        d.properties.reply_to().clone(),
+                        d.properties.correlation_id().clone(),
+                    ) else {
+                        return;
+                    };
+                    if reply_ch
+                        .basic_publish(
+                            "".into(),
+                            to,
+                            BasicPublishOptions::default(),
+                            &d.data,
+                            BasicProperties::default().with_correlation_id(corr),
+                        )
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    if opts.ack {
+                        let _ = d.acker.ack(BasicAckOptions::default()).await;
+                    }
                 };
-                let _ = sch2
-                    .basic_publish(
-                        "".into(),
-                        to,
-                        BasicPublishOptions::default(),
-                        &d.data,
-                        BasicProperties::default().with_correlation_id(corr),
-                    )
-                    .await;
+                if opts.spawn {
+                    tokio::spawn(answer);
+                } else {
+                    answer.await;
+                }
             }
         });
         let client = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("raw client");
         let ch = client.create_channel().await.expect("channel");
+        if opts.confirm {
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .expect("confirms");
+        }
         let mut replies = ch
             .basic_consume(
                 "amq.rabbitmq.reply-to".into(),
@@ -208,8 +412,18 @@ impl Raw {
         });
         Raw {
             ch,
+            opts,
+            exchange,
+            queue,
             pending,
             _conns: (server, client),
+        }
+    }
+
+    /// Closes both connections (dropping a lapin connection leaves it open).
+    async fn close(&self) {
+        for c in [&self._conns.0, &self._conns.1] {
+            let _ = c.close(200, "done".into()).await;
         }
     }
 
@@ -220,35 +434,101 @@ impl Raw {
             .lock()
             .expect("pending")
             .insert(corr.clone(), tx);
-        let props = BasicProperties::default()
+        let mut props = BasicProperties::default()
             .with_correlation_id(corr.as_str().into())
             .with_reply_to("amq.rabbitmq.reply-to".into());
-        if self
+        if self.opts.persistent {
+            props = props.with_delivery_mode(2);
+        }
+        if self.opts.ttl {
+            props = props.with_expiration("30000".into());
+        }
+        let Ok(confirm) = self
             .ch
             .basic_publish(
-                "".into(),
-                "bench.raw".into(),
-                BasicPublishOptions::default(),
+                self.exchange.into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: self.opts.confirm,
+                    ..BasicPublishOptions::default()
+                },
                 b"\x80",
                 props,
             )
             .await
-            .is_err()
-        {
+        else {
             return false;
+        };
+        let reply = tokio::time::timeout(Duration::from_secs(10), rx);
+        if self.opts.confirm {
+            let (reply, confirm) = futures_lite::future::zip(reply, confirm).await;
+            reply.is_ok_and(|r| r.is_ok()) && confirm.is_ok()
+        } else {
+            reply.await.is_ok_and(|r| r.is_ok())
         }
-        tokio::time::timeout(Duration::from_secs(10), rx)
-            .await
-            .is_ok_and(|r| r.is_ok())
     }
 }
 
+/// CPU seconds used so far by every process in a process group (or one pid).
+fn cpu_secs(pids: &[u32]) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tick)
+        })
+        .sum()
+}
+
+/// The pids of a process group, read from /proc.
+fn group_pids(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = &s[s.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(2)?.parse::<u32>().ok()
+                })
+                == Some(pgid)
+        })
+        .collect()
+}
+
+const HEADER: &str = "| concurrency | path | calls/s | p50 ms | p99 ms | of raw | broker µs | agent µs | client µs |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|";
+
+/// One table row: rate, latency, share of `base` and CPU per call.
+fn row(c: &str, name: &str, r: &Run, base: f64) -> String {
+    let [b, ag, cl] = r.cpu_per_call();
+    format!(
+        "| {c} | {name:<28} | {:>9.0} | {:>7.2} | {:>7.2} | {:>5.0}% | {b:>6.0} | {ag:>6.0} | {cl:>6.0} |",
+        r.rate(),
+        r.pct(0.5),
+        r.pct(0.99),
+        100.0 * r.rate() / base
+    )
+}
+
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The peak resident set (high-water mark) of a process.
+fn hwm_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
@@ -351,59 +631,116 @@ async fn bench(a: Args) {
     let client = Client::connect(ClientConfig::new(&url))
         .await
         .expect("client");
-    let raw = Arc::new(Raw::start(&url).await);
+    let meter = Meter {
+        broker: node.process_group().map(group_pids).unwrap_or_default(),
+        agent: pid,
+    };
+    if let Some(c) = a.profile {
+        eprintln!(
+            "hostbus-bench: host.ping at concurrency {c} for {} s; agent pid {pid}, broker pids {:?}",
+            a.secs, meter.broker
+        );
+        let r = measure(&meter, c, a.secs, 1, &[ping_call(&client)]).await;
+        println!(
+            "{HEADER}\n{}",
+            row(&format!("{c:>3}"), "hostbus host.ping", &r[0], r[0].rate())
+        );
+        return;
+    }
+    // Two minimal responders: answering inline is fastest at concurrency 1,
+    // a task per request from 16 on; the baseline is whichever is faster.
+    let raw_inline = Arc::new(Raw::start(&url, RawOpts::default()).await);
+    let raw_tasks = Arc::new(
+        Raw::start(
+            &url,
+            RawOpts {
+                spawn: true,
+                ..RawOpts::default()
+            },
+        )
+        .await,
+    );
     let mut table = Vec::new();
-    let mut rss_load = 0;
     let mut targets = Vec::new();
-    for c in [1usize, 16, 64] {
-        let r = raw.clone();
-        let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let raw_run = drive(c, a.secs, move || {
-            let r = r.clone();
-            let id = counter.fetch_add(1, Ordering::Relaxed);
-            async move { r.call(id).await }
-        })
-        .await;
-        let cl = client.clone();
-        let ping = drive(c, a.secs, move || {
-            let cl = cl.clone();
-            async move { cl.call::<HostPing>("h1", Ping { echo: None }).await.is_ok() }
-        })
-        .await;
-        rss_load = rss_load.max(rss_kib(pid));
-        let cl = client.clone();
-        let list = drive(c, a.secs, move || {
-            let cl = cl.clone();
-            async move {
-                cl.call::<VmList>("h1", VmListRequest { power_state: None })
-                    .await
-                    .is_ok()
+    let levels: &[usize] = if a.breakdown_only { &[] } else { &[1, 16, 64] };
+    let names = [
+        "raw lapin, inline responder",
+        "raw lapin, task per request",
+        "hostbus host.ping",
+        "hostbus vm.list",
+    ];
+    for &c in levels {
+        let paths = [
+            raw_call(&raw_inline),
+            raw_call(&raw_tasks),
+            ping_call(&client),
+            list_call(&client),
+        ];
+        let runs = measure(&meter, c, a.secs, a.rounds, &paths).await;
+        let base = if runs[1].rate() > runs[0].rate() {
+            &runs[1]
+        } else {
+            &runs[0]
+        };
+        let ping = &runs[2];
+        targets.push((
+            c,
+            ping.rate() / base.rate(),
+            ping.pct(0.99) / base.pct(0.99),
+        ));
+        for (name, r) in names.iter().zip(&runs) {
+            table.push(row(&format!("{c:>3}"), name, r, base.rate()));
+        }
+    }
+    let rss_load = hwm_kib(pid);
+    raw_inline.close().await;
+    raw_tasks.close().await;
+
+    // The price list: the raw baseline with hostbus's broker operations
+    // added one at a time, then hostbus itself.
+    let mut breakdown = Vec::new();
+    if a.breakdown {
+        let mut o = RawOpts::default();
+        let mut steps = vec![("raw, inline responder", o)];
+        o.spawn = true;
+        steps.push(("raw, task per request", o));
+        o.topic = true;
+        steps.push(("+ topic exchange", o));
+        o.durable = true;
+        steps.push(("+ durable queue", o));
+        o.ack = true;
+        steps.push(("+ responder acks", o));
+        o.ttl = true;
+        steps.push(("+ per-message TTL", o));
+        o.confirm = true;
+        steps.push(("+ client confirms, mandatory", o));
+        o.persistent = true;
+        steps.push(("+ persistent requests", o));
+        let mut raws = Vec::new();
+        for &(_, opts) in &steps {
+            raws.push(Arc::new(Raw::start(&url, opts).await));
+        }
+        let mut paths: Vec<Call> = raws.iter().map(raw_call).collect();
+        paths.push(ping_call(&client));
+        for c in [1usize, 16, 64] {
+            let runs = measure(&meter, c, a.secs, a.rounds, &paths).await;
+            // Against the faster of the two minimal responders (rows 1 and 2).
+            let base = runs.iter().take(2).map(Run::rate).fold(0.0, f64::max);
+            let names = steps.iter().map(|(n, _)| *n).chain(["hostbus host.ping"]);
+            for (name, r) in names.zip(&runs) {
+                breakdown.push(row(&format!("{c:>3}"), name, r, base));
             }
-        })
-        .await;
-        rss_load = rss_load.max(rss_kib(pid));
-        let ratio = ping.rate() / raw_run.rate();
-        let p99x = ping.pct(0.99) / raw_run.pct(0.99);
-        targets.push((c, ratio, p99x));
-        for (name, r) in [
-            ("raw lapin (baseline)", &raw_run),
-            ("hostbus host.ping", &ping),
-            ("hostbus vm.list", &list),
-        ] {
-            table.push(format!(
-                "| {c:>3} | {name:<20} | {:>9.0} | {:>7.2} | {:>7.2} | {:>5.0}% |",
-                r.rate(),
-                r.pct(0.5),
-                r.pct(0.99),
-                100.0 * r.rate() / raw_run.rate()
-            ));
+        }
+        for r in raws {
+            r.close().await;
         }
     }
 
     // Events: pause/resume churn on web01 (one VM: its operations are
     // serialized anyway); subscribers on plain lapin.
     let mut ev_rows = Vec::new();
-    for subs in [1usize, 10] {
+    let fan_out: &[usize] = if a.breakdown_only { &[] } else { &[1, 10] };
+    for &subs in fan_out {
         let mut consumers = Vec::new();
         for _ in 0..subs {
             consumers.push(
@@ -463,6 +800,7 @@ async fn bench(a: Args) {
             calls: counts.iter().sum::<u64>() / subs as u64,
             secs: window.as_secs_f64(),
             lat,
+            ..Run::default()
         };
         ev_rows.push(format!(
             "| {subs:>2} | {:>9.0} | {:>9.0} | {:>7.1} | {:>7.1} |",
@@ -472,19 +810,31 @@ async fn bench(a: Args) {
             r.pct(0.99)
         ));
     }
-    drop(raw);
 
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Machine: {}. Window {} s per cell, after 0.5 s of warm-up.\n",
+        "Machine: {}. Each cell: {} slices of {} s (each after 0.5 s of warm-up), interleaved with the other rows of its table; calls/s is the median slice, latencies and CPU cover all slices.\n",
         machine(),
+        a.rounds,
         a.secs
     );
     let _ = writeln!(out, "### Calls through the broker\n");
-    let _ = writeln!(out, "| concurrency | path | calls/s | p50 ms | p99 ms | of raw |\n|---:|---|---:|---:|---:|---:|");
+    let _ = writeln!(out, "{HEADER}");
     for row in &table {
         let _ = writeln!(out, "{row}");
+    }
+    let _ = writeln!(out, "\nCPU columns: microseconds of CPU per call in the broker (all its processes), the agent, and the benchmark process (the SDK client; for the raw rows, the raw client and responder).");
+    if !breakdown.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n### What each broker operation costs (raw lapin, added one at a time)\n"
+        );
+        let _ = writeln!(out, "{HEADER}");
+        for row in &breakdown {
+            let _ = writeln!(out, "{row}");
+        }
+        let _ = writeln!(out, "\nEach row adds one thing a hostbus call asks of the broker to the row above; \"of raw\" is against the faster of the first two rows of the same concurrency.");
     }
     let _ = writeln!(
         out,
@@ -507,7 +857,7 @@ async fn bench(a: Args) {
     let _ = writeln!(out, "\n### Agent footprint\n");
     let _ = writeln!(
         out,
-        "| RSS idle | RSS under load (max) | start to first heartbeat |\n|---:|---:|---:|\n| {:.1} MiB | {:.1} MiB | {} ms |",
+        "| RSS idle | peak RSS (VmHWM, after all calls) | start to first heartbeat |\n|---:|---:|---:|\n| {:.1} MiB | {:.1} MiB | {} ms |",
         rss_idle as f64 / 1024.0,
         rss_load as f64 / 1024.0,
         first_heartbeat.as_millis()
