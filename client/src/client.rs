@@ -97,7 +97,7 @@ struct Session {
 pub(crate) struct Inner {
     pub(crate) cfg: ClientConfig,
     /// The live session; read without waiting on every call.
-    session: std::sync::RwLock<Option<Session>>,
+    session: std::sync::RwLock<Option<Arc<Session>>>,
     /// Held while (re)connecting, so one task reconnects and the others wait.
     reconnecting: tokio::sync::Mutex<()>,
     pending: Mutex<HashMap<String, Pending>>,
@@ -175,7 +175,7 @@ impl Client {
         ))
     }
 
-    fn live_session(&self) -> Option<Session> {
+    fn live_session(&self) -> Option<Arc<Session>> {
         let guard = self
             .inner
             .session
@@ -187,7 +187,7 @@ impl Client {
             .cloned()
     }
 
-    async fn session(&self) -> Result<Session, ClientError> {
+    async fn session(&self) -> Result<Arc<Session>, ClientError> {
         if let Some(s) = self.live_session() {
             return Ok(s);
         }
@@ -252,10 +252,11 @@ impl Client {
                 lock(&inner.pending).clear();
             }
         });
-        let s = Session {
+        // Shared, not cloned per call: cloning a lapin channel showed in profiles.
+        let s = Arc::new(Session {
             conn: Arc::new(conn),
             channel,
-        };
+        });
         *self
             .inner
             .session
