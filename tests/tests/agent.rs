@@ -695,6 +695,8 @@ async fn events_carry_growing_sequence_numbers_and_heartbeats_arrive() {
     assert!(last.capabilities.iter().any(|c| c == "vm.start"));
 }
 
+const ONLINE_AGAIN: &str = "test.online-again";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_is_survived_and_queued_commands_are_answered() {
     let mut node = RabbitNode::start().expect("rabbit");
@@ -711,15 +713,33 @@ async fn a_broker_restart_is_survived_and_queued_commands_are_answered() {
             .expect("subscribe");
         online.next(Duration::from_secs(60)).await.expect("online");
         ok::<HostPing>(&mut peer, "h1", Ping { echo: None }).await;
+        // A durable queue for the agent.online that follows the restart: the
+        // agent may be back before a subscription made after the restart is.
+        let ch = peer.channel();
+        ch.queue_declare(
+            ONLINE_AGAIN.into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+        ch.queue_bind(
+            ONLINE_AGAIN.into(),
+            names::EVENT_EXCHANGE.into(),
+            "h1.agent.online".into(),
+            lapin::options::QueueBindOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("bind");
     }
     node.stop().expect("stop broker");
     node.start_again().expect("start broker");
     // Publish at once, before the agent is back: the commands wait in its durable queue.
     let mut peer = AmqpPeer::connect(&url).await.expect("peer after restart");
-    let mut online = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
     peer.consume_replies().await.expect("replies");
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -749,12 +769,23 @@ async fn a_broker_restart_is_survived_and_queued_commands_are_answered() {
     answered.sort();
     ids.sort();
     assert_eq!(answered, ids, "every queued command answered exactly once");
-    let again = decode::<Event>(
-        ContentType::MsgPack,
-        &online.next(T).await.expect("online again").body,
-        64 << 20,
-    )
-    .expect("event");
+    let waited = Instant::now();
+    let body = loop {
+        let got = peer
+            .channel()
+            .basic_get(
+                ONLINE_AGAIN.into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get");
+        if let Some(m) = got {
+            break m.delivery.data;
+        }
+        assert!(waited.elapsed() < T, "no agent.online after the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let again = decode::<Event>(ContentType::MsgPack, &body, 64 << 20).expect("event");
     assert!(
         again.inventory.is_some(),
         "a fresh snapshot after reconnecting"
