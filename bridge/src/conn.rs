@@ -29,8 +29,12 @@ pub struct HealthReport {
     pub reconnects: u64,
 }
 
-struct State {
-    live: Option<Live>,
+/// What `health` reports, kept apart from the connection: opening a
+/// connection can block for as long as libvirt takes, and `health` is read
+/// from async code (the agent's heartbeats), which must not wait for it.
+#[derive(Default)]
+struct Status {
+    connected: bool,
     last_error: String,
     reconnects: u64,
     ever_connected: bool,
@@ -40,7 +44,10 @@ pub(crate) struct Conn {
     uri: String,
     callbacks: bool,
     events: Sender<RawEvent>,
-    state: Mutex<State>,
+    /// Held while the connection is opened or closed.
+    live: Mutex<Option<Live>>,
+    /// Held only to read or write a few fields.
+    status: Mutex<Status>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -53,12 +60,8 @@ impl Conn {
             uri: uri.to_owned(),
             callbacks,
             events,
-            state: Mutex::new(State {
-                live: None,
-                last_error: String::new(),
-                reconnects: 0,
-                ever_connected: false,
-            }),
+            live: Mutex::new(None),
+            status: Mutex::default(),
         }
     }
 
@@ -68,15 +71,16 @@ impl Conn {
 
     /// The live connection, opening it when there is none.
     pub(crate) fn get(&self) -> Result<Connect, Error> {
-        let mut st = lock(&self.state);
-        if let Some(live) = &st.live {
-            return Ok(live.conn.clone());
+        let mut live = lock(&self.live);
+        if let Some(l) = &*live {
+            return Ok(l.conn.clone());
         }
         match Connect::open(Some(&self.uri)) {
             Ok(conn) => {
                 let regs = self
                     .callbacks
                     .then(|| events::register(&conn, &self.events));
+                let mut st = lock(&self.status);
                 if st.ever_connected {
                     st.reconnects += 1;
                     tracing::info!(uri = %self.uri, "reconnected to libvirt");
@@ -84,13 +88,14 @@ impl Conn {
                     tracing::info!(uri = %self.uri, "connected to libvirt");
                 }
                 st.ever_connected = true;
+                st.connected = true;
                 st.last_error.clear();
                 let out = conn.clone();
-                st.live = Some(Live { conn, regs });
+                *live = Some(Live { conn, regs });
                 Ok(out)
             }
             Err(e) => {
-                st.last_error = e.message().to_owned();
+                lock(&self.status).last_error = e.message().to_owned();
                 tracing::warn!(uri = %self.uri, error = %e, "cannot connect to libvirt");
                 Err(host_unavailable(e.message()))
             }
@@ -99,22 +104,23 @@ impl Conn {
 
     /// Drops the connection after a failure; the next call reconnects.
     pub(crate) fn invalidate(&self, reason: &str) {
-        let mut st = lock(&self.state);
-        if let Some(mut live) = st.live.take() {
+        let mut live = lock(&self.live);
+        if let Some(mut l) = live.take() {
             tracing::warn!(uri = %self.uri, reason, "libvirt connection lost");
-            if let Some(regs) = live.regs.take() {
-                events::deregister(&live.conn, regs);
+            if let Some(regs) = l.regs.take() {
+                events::deregister(&l.conn, regs);
             }
         }
+        let mut st = lock(&self.status);
+        st.connected = false;
         st.last_error = reason.to_owned();
     }
 
     /// Probes the connection; reconnects when it is gone.
     pub(crate) fn check(&self) {
-        let alive = {
-            let st = lock(&self.state);
-            st.live.as_ref().map(|l| l.conn.is_alive().unwrap_or(false))
-        };
+        let alive = lock(&self.live)
+            .as_ref()
+            .map(|l| l.conn.is_alive().unwrap_or(false));
         match alive {
             Some(true) => {}
             Some(false) => {
@@ -128,8 +134,8 @@ impl Conn {
     }
 
     pub(crate) fn health(&self) -> HealthReport {
-        let st = lock(&self.state);
-        let connected = st.live.is_some();
+        let st = lock(&self.status);
+        let connected = st.connected;
         HealthReport {
             status: if connected {
                 HealthStatus::Ok
@@ -148,11 +154,11 @@ impl Conn {
 
     /// Closes the connection and removes the callbacks.
     pub(crate) fn close(&self) {
-        let mut st = lock(&self.state);
-        if let Some(mut live) = st.live.take() {
-            if let Some(regs) = live.regs.take() {
-                events::deregister(&live.conn, regs);
+        if let Some(mut l) = lock(&self.live).take() {
+            if let Some(regs) = l.regs.take() {
+                events::deregister(&l.conn, regs);
             }
         }
+        lock(&self.status).connected = false;
     }
 }
