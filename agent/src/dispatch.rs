@@ -23,6 +23,14 @@ use crate::auth::{authorize, Role};
 use crate::journal::{Journal, State};
 use crate::metrics::Metrics;
 
+/// A power operation for `reconcile`: the VM, the states in which it has
+/// already taken effect, and its response built from the VM's record.
+type PowerOp = (
+    Uuid,
+    &'static [&'static str],
+    fn(hostbus_protocol::types::VmRecord) -> AnyResponse,
+);
+
 /// Where and what to reply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplyMessage {
@@ -512,47 +520,28 @@ impl Dispatcher {
     async fn reconcile(&self, request: &AnyRequest, err: &Error) -> Option<AnyResponse> {
         use AnyRequest as R;
         let current = err.param("current");
-        let vm_now = |uuid| AnyRequest::VmGet(VmUuid { uuid });
+        // A power operation whose target state already stands: answer with the VM.
+        let power: Option<PowerOp> = match request {
+            R::VmStart(r) => Some((r.uuid, &["running", "paused"], AnyResponse::VmStart)),
+            R::VmResume(r) => Some((r.uuid, &["running"], AnyResponse::VmResume)),
+            R::VmPause(r) => Some((r.uuid, &["paused"], AnyResponse::VmPause)),
+            R::VmSuspend(r) => Some((r.uuid, &["suspended"], AnyResponse::VmSuspend)),
+            R::VmShutdown(r) => Some((r.uuid, &["halted"], AnyResponse::VmShutdown)),
+            R::VmDestroy(r) => Some((r.uuid, &["halted"], AnyResponse::VmDestroy)),
+            _ => None,
+        };
+        if let Some((uuid, done, wrap)) = power {
+            if err.code != ErrorCode::VmBadPowerState || !current.is_some_and(|c| done.contains(&c))
+            {
+                return None;
+            }
+            return match self.read_now(AnyRequest::VmGet(VmUuid { uuid })).await? {
+                AnyResponse::VmGet(v) => Some(wrap(v)),
+                _ => None,
+            };
+        }
         let (read, wrap): (AnyRequest, fn(AnyResponse) -> Option<AnyResponse>) =
             match (request, err.code) {
-                (R::VmStart(r), ErrorCode::VmBadPowerState)
-                    if current == Some("running") || current == Some("paused") =>
-                {
-                    (vm_now(r.uuid), |a| match a {
-                        AnyResponse::VmGet(v) => Some(AnyResponse::VmStart(v)),
-                        _ => None,
-                    })
-                }
-                (R::VmResume(r), ErrorCode::VmBadPowerState) if current == Some("running") => {
-                    (vm_now(r.uuid), |a| match a {
-                        AnyResponse::VmGet(v) => Some(AnyResponse::VmResume(v)),
-                        _ => None,
-                    })
-                }
-                (R::VmPause(r), ErrorCode::VmBadPowerState) if current == Some("paused") => {
-                    (vm_now(r.uuid), |a| match a {
-                        AnyResponse::VmGet(v) => Some(AnyResponse::VmPause(v)),
-                        _ => None,
-                    })
-                }
-                (R::VmSuspend(r), ErrorCode::VmBadPowerState) if current == Some("suspended") => {
-                    (vm_now(r.uuid), |a| match a {
-                        AnyResponse::VmGet(v) => Some(AnyResponse::VmSuspend(v)),
-                        _ => None,
-                    })
-                }
-                (R::VmShutdown(r), ErrorCode::VmBadPowerState) if current == Some("halted") => {
-                    (vm_now(r.uuid), |a| match a {
-                        AnyResponse::VmGet(v) => Some(AnyResponse::VmShutdown(v)),
-                        _ => None,
-                    })
-                }
-                (R::VmDestroy(r), ErrorCode::VmBadPowerState) if current == Some("halted") => {
-                    (vm_now(r.uuid), |a| match a {
-                        AnyResponse::VmGet(v) => Some(AnyResponse::VmDestroy(v)),
-                        _ => None,
-                    })
-                }
                 (R::VmDefine(r), ErrorCode::AlreadyExists) => (
                     AnyRequest::VmGetByName(ObjectName {
                         name: r.spec.name.clone(),
@@ -589,11 +578,15 @@ impl Dispatcher {
                 }
                 _ => return None,
             };
+        wrap(self.read_now(read).await?)
+    }
+
+    /// Runs a read on the bridge on a blocking thread; `None` if it fails.
+    async fn read_now(&self, read: AnyRequest) -> Option<AnyResponse> {
         let bridge = self.bridge.clone();
-        let got = tokio::task::spawn_blocking(move || bridge.call(read, &CallContext::new()))
+        tokio::task::spawn_blocking(move || bridge.call(read, &CallContext::new()))
             .await
             .ok()?
-            .ok()?;
-        wrap(got)
+            .ok()
     }
 }
