@@ -33,5 +33,10 @@ mod tests {
             "amqp://bob:***@host:5672/%2f"
         );
         assert_eq!(redact("amqp://host"), "amqp://host");
+        assert_eq!(
+            redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://h/%2f"), "amqp://h/%2f");
     }
 }

@@ -98,16 +98,33 @@ pub fn from_lapin(b: &BasicProperties) -> AmqpProperties {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hostbus_protocol::Envelope;
+    use hostbus_protocol::names::DIRECT_REPLY_TO;
+    use hostbus_protocol::{now_ms, Envelope};
 
     #[test]
-    fn properties_survive_both_conversions() {
+    fn properties_survive_lapin_and_back() {
         let mut e = Envelope::new("vm.start");
-        e.reply_to = Some("amq.rabbitmq.reply-to".into());
-        e.deadline = Some(99_000);
+        e.reply_to = Some(DIRECT_REPLY_TO.into());
+        e.deadline = Some(now_ms() + 5_000);
+        e.sender = Some("manager".into());
         e.asynchronous = true;
-        e.sender = Some("mgr".into());
-        let p = e.to_properties(1_000);
-        assert_eq!(from_lapin(&to_lapin(&p)), p);
+        let now = now_ms();
+        e.sent_at = Some(now / 1000);
+        let p = e.to_properties(now);
+        let back = from_lapin(&to_lapin(&p));
+        assert_eq!(back, p);
+        assert_eq!(Envelope::from_properties(&back), Ok(e));
+    }
+
+    #[test]
+    fn foreign_header_kinds_are_read() {
+        let mut table = FieldTable::default();
+        table.insert("a".into(), AMQPValue::LongInt(7));
+        table.insert("b".into(), AMQPValue::ShortString("x".into()));
+        table.insert("c".into(), AMQPValue::Double(1.5));
+        let p = from_lapin(&BasicProperties::default().with_headers(table));
+        assert_eq!(p.headers.get("a"), Some(&HeaderValue::Int(7)));
+        assert_eq!(p.headers.get("b"), Some(&HeaderValue::Str("x".into())));
+        assert!(!p.headers.contains_key("c"));
     }
 }

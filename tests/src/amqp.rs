@@ -3,7 +3,6 @@
 //! chosen properties, receive replies through direct reply-to, and collect
 //! events and heartbeats on exclusive queues.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
@@ -13,104 +12,12 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
 use crate::error::{ErrorKind, HarnessError, Result};
-
-/// Converts protocol properties to lapin's. Headers become long strings,
-/// 64-bit integers and booleans.
-///
-/// # Panics
-///
-/// If a property other than a header is longer than 255 bytes (an AMQP short
-/// string): a bug in the test.
-pub fn to_lapin(p: &AmqpProperties) -> BasicProperties {
-    let short = |s: &String| ShortString::from(s.as_str());
-    let mut b = BasicProperties::default();
-    if let Some(v) = &p.message_id {
-        b = b.with_message_id(short(v));
-    }
-    if let Some(v) = &p.correlation_id {
-        b = b.with_correlation_id(short(v));
-    }
-    if let Some(v) = &p.reply_to {
-        b = b.with_reply_to(short(v));
-    }
-    if let Some(v) = &p.kind {
-        b = b.with_type(short(v));
-    }
-    if let Some(v) = &p.content_type {
-        b = b.with_content_type(short(v));
-    }
-    if let Some(v) = p.timestamp {
-        b = b.with_timestamp(v);
-    }
-    if let Some(v) = &p.expiration {
-        b = b.with_expiration(short(v));
-    }
-    if let Some(v) = &p.user_id {
-        b = b.with_user_id(short(v));
-    }
-    if let Some(v) = p.delivery_mode {
-        b = b.with_delivery_mode(v);
-    }
-    if !p.headers.is_empty() {
-        let mut table = FieldTable::default();
-        for (k, v) in &p.headers {
-            let value = match v {
-                HeaderValue::Str(s) => AMQPValue::LongString(LongString::from(s.as_str())),
-                HeaderValue::Int(i) => AMQPValue::LongLongInt(*i),
-                HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
-            };
-            table.insert(ShortString::from(k.as_str()), value);
-        }
-        b = b.with_headers(table);
-    }
-    b
-}
-
-/// Converts lapin's properties to protocol properties. String headers
-/// (long or short) become strings, every integer kind and timestamps
-/// integers, booleans booleans; other header values (floats, tables,
-/// arrays, byte arrays, void) are left out.
-pub fn from_lapin(b: &BasicProperties) -> AmqpProperties {
-    let s = |v: &Option<ShortString>| v.as_ref().map(|v| v.as_str().to_owned());
-    let mut headers = BTreeMap::new();
-    if let Some(table) = b.headers() {
-        for (k, v) in table {
-            let value = match v {
-                AMQPValue::LongString(s) => {
-                    HeaderValue::Str(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                }
-                AMQPValue::ShortString(s) => HeaderValue::Str(s.as_str().to_owned()),
-                AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
-                AMQPValue::ShortShortInt(i) => HeaderValue::Int(i64::from(*i)),
-                AMQPValue::ShortShortUInt(i) => HeaderValue::Int(i64::from(*i)),
-                AMQPValue::ShortInt(i) => HeaderValue::Int(i64::from(*i)),
-                AMQPValue::ShortUInt(i) => HeaderValue::Int(i64::from(*i)),
-                AMQPValue::LongInt(i) => HeaderValue::Int(i64::from(*i)),
-                AMQPValue::LongUInt(i) => HeaderValue::Int(i64::from(*i)),
-                AMQPValue::LongLongInt(i) => HeaderValue::Int(*i),
-                AMQPValue::Timestamp(t) => HeaderValue::Int(i64::try_from(*t).unwrap_or(i64::MAX)),
-                _ => continue,
-            };
-            headers.insert(k.as_str().to_owned(), value);
-        }
-    }
-    AmqpProperties {
-        message_id: s(b.message_id()),
-        correlation_id: s(b.correlation_id()),
-        reply_to: s(b.reply_to()),
-        kind: s(b.kind()),
-        content_type: s(b.content_type()),
-        timestamp: *b.timestamp(),
-        expiration: s(b.expiration()),
-        user_id: s(b.user_id()),
-        delivery_mode: *b.delivery_mode(),
-        headers,
-    }
-}
+pub(crate) use hostbus_amqp::redact;
+pub use hostbus_amqp::{from_lapin, to_lapin};
 
 /// A message received by a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -466,60 +373,5 @@ async fn next_delivery(consumer: &mut Consumer, timeout: Duration, what: &str) -
         )),
         Ok(Some(Err(e))) => Err(HarnessError::amqp(format!("consuming {what} failed"), e)),
         Ok(Some(Ok(d))) => Ok(Received::from_delivery(d)),
-    }
-}
-
-/// `url` without its password, for messages.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use hostbus_protocol::envelope::Envelope;
-    use hostbus_protocol::now_ms;
-
-    #[test]
-    fn properties_survive_lapin_and_back() {
-        let mut e = Envelope::new("vm.start");
-        e.reply_to = Some(DIRECT_REPLY_TO.into());
-        e.deadline = Some(now_ms() + 5_000);
-        e.sender = Some("manager".into());
-        e.asynchronous = true;
-        let now = now_ms();
-        e.sent_at = Some(now / 1000);
-        let p = e.to_properties(now);
-        let back = from_lapin(&to_lapin(&p));
-        assert_eq!(back, p);
-        assert_eq!(Envelope::from_properties(&back), Ok(e));
-    }
-
-    #[test]
-    fn foreign_header_kinds_are_read() {
-        let mut table = FieldTable::default();
-        table.insert("a".into(), AMQPValue::LongInt(7));
-        table.insert("b".into(), AMQPValue::ShortString("x".into()));
-        table.insert("c".into(), AMQPValue::Double(1.5));
-        let p = from_lapin(&BasicProperties::default().with_headers(table));
-        assert_eq!(p.headers.get("a"), Some(&HeaderValue::Int(7)));
-        assert_eq!(p.headers.get("b"), Some(&HeaderValue::Str("x".into())));
-        assert!(!p.headers.contains_key("c"));
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(redact("amqp://h/%2f"), "amqp://h/%2f");
     }
 }
