@@ -52,5 +52,5 @@ pub use agent::{
 };
 pub use amqp::{from_lapin, to_lapin, AmqpPeer, Received, Subscription};
 pub use error::{ErrorKind, HarnessError, Result};
-pub use process::{free_port, group_alive, Signal, TempDir};
+pub use process::{free_port, group_alive, group_members, stat_fields, Signal, TempDir};
 pub use rabbit::{RabbitNode, TlsListener, EXTERNAL_URL_ENV, RABBITMQ_BIN_DIR_ENV, START_TIMEOUT};

@@ -125,32 +125,38 @@ fn run_kill(signal: Signal, target: &str) -> Result<()> {
     }
 }
 
+/// The fields of `/proc/<pid>/stat` after the command name: `state ppid
+/// pgrp …`, so stat(5)'s field n is at index n − 3.
+pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state …`; comm may contain spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The live processes (zombies count as dead) of the process group `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            stat_fields(pid).is_some_and(|f| {
+                let state = f.first().map(String::as_str);
+                f.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
+                    && state != Some("Z")
+                    && state != Some("X")
+            })
+        })
+        .collect()
+}
+
 /// Whether any process of the process group `pgid` is alive (zombies count
 /// as dead).
 pub fn group_alive(pgid: u32) -> bool {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return false;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid pgrp ...`; comm may contain spaces and parentheses.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let pgrp = fields.nth(1).and_then(|s| s.parse::<u32>().ok());
-        if pgrp == Some(pgid) && state != Some("Z") && state != Some("X") {
-            return true;
-        }
-    }
-    false
+    !group_members(pgid).is_empty()
 }
 
 /// Polls `child` until it exits or `timeout` passes.

@@ -469,35 +469,16 @@ impl Raw {
     }
 }
 
-/// CPU seconds used so far by every process in a process group (or one pid).
+/// CPU seconds (user + system) used so far by the processes `pids`.
 fn cpu_secs(pids: &[u32]) -> f64 {
     let tick = 100.0; // USER_HZ on Linux
     pids.iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|s| {
-            let rest = &s[s.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
+        .filter_map(|&p| {
+            // stat(5) fields 14 and 15: utime, stime.
+            let f = hostbus_tests::stat_fields(p)?;
             Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tick)
         })
         .sum()
-}
-
-/// The pids of a process group, read from /proc.
-fn group_pids(pgid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let rest = &s[s.rfind(')')? + 2..];
-                    rest.split_whitespace().nth(2)?.parse::<u32>().ok()
-                })
-                == Some(pgid)
-        })
-        .collect()
 }
 
 const HEADER: &str = "| concurrency | path | calls/s | p50 ms | p99 ms | of raw | broker µs | agent µs | client µs |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|";
@@ -632,7 +613,10 @@ async fn bench(a: Args) {
         .await
         .expect("client");
     let meter = Meter {
-        broker: node.process_group().map(group_pids).unwrap_or_default(),
+        broker: node
+            .process_group()
+            .map(hostbus_tests::group_members)
+            .unwrap_or_default(),
         agent: pid,
     };
     if let Some(c) = a.profile {
