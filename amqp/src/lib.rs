@@ -6,9 +6,11 @@
 
 pub mod connect;
 pub mod props;
+pub mod reply_to;
 
 pub use connect::{connect, Tls, TlsFileError};
-pub use props::{from_lapin, to_lapin};
+pub use props::{from_lapin, short, to_lapin};
+pub use reply_to::{classify_reply_to, ReplyAddress};
 
 /// A broker URL without its password, for logs and error messages.
 pub fn redact(url: &str) -> String {

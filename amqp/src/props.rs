@@ -5,32 +5,47 @@ use hostbus_protocol::{AmqpProperties, HeaderValue};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 
-/// lapin properties from protocol properties.
+/// A short string of at most 255 bytes: longer text is cut on a character
+/// boundary. lapin panics on a longer one, and text read from the wire can
+/// be longer than it was sent (bytes that are not UTF-8 are read as U+FFFD,
+/// three bytes each), so nothing built from a received message may reach
+/// lapin uncut.
+pub fn short(s: &str) -> ShortString {
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    ShortString::from(&s[..end])
+}
+
+/// lapin properties from protocol properties. Strings longer than a short
+/// string allows are cut ([`short`]); headers of [`HeaderValue::Other`]
+/// types are left out.
 pub fn to_lapin(p: &AmqpProperties) -> BasicProperties {
     let mut b = BasicProperties::default();
     if let Some(v) = &p.message_id {
-        b = b.with_message_id(ShortString::from(v.as_str()));
+        b = b.with_message_id(short(v));
     }
     if let Some(v) = &p.correlation_id {
-        b = b.with_correlation_id(ShortString::from(v.as_str()));
+        b = b.with_correlation_id(short(v));
     }
     if let Some(v) = &p.reply_to {
-        b = b.with_reply_to(ShortString::from(v.as_str()));
+        b = b.with_reply_to(short(v));
     }
     if let Some(v) = &p.kind {
-        b = b.with_type(ShortString::from(v.as_str()));
+        b = b.with_type(short(v));
     }
     if let Some(v) = &p.content_type {
-        b = b.with_content_type(ShortString::from(v.as_str()));
+        b = b.with_content_type(short(v));
     }
     if let Some(v) = p.timestamp {
         b = b.with_timestamp(v);
     }
     if let Some(v) = &p.expiration {
-        b = b.with_expiration(ShortString::from(v.as_str()));
+        b = b.with_expiration(short(v));
     }
     if let Some(v) = &p.user_id {
-        b = b.with_user_id(ShortString::from(v.as_str()));
+        b = b.with_user_id(short(v));
     }
     if let Some(v) = p.delivery_mode {
         b = b.with_delivery_mode(v);
@@ -42,16 +57,17 @@ pub fn to_lapin(p: &AmqpProperties) -> BasicProperties {
                 HeaderValue::Str(s) => AMQPValue::LongString(LongString::from(s.as_bytes())),
                 HeaderValue::Int(i) => AMQPValue::LongLongInt(*i),
                 HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
+                HeaderValue::Other(_) => continue,
             };
-            t.insert(ShortString::from(k.as_str()), v);
+            t.insert(short(k), v);
         }
         b = b.with_headers(t);
     }
     b
 }
 
-fn header(v: &AMQPValue) -> Option<HeaderValue> {
-    Some(match v {
+fn header(v: &AMQPValue) -> HeaderValue {
+    match v {
         AMQPValue::LongString(s) => {
             HeaderValue::Str(String::from_utf8_lossy(s.as_bytes()).into_owned())
         }
@@ -65,11 +81,18 @@ fn header(v: &AMQPValue) -> Option<HeaderValue> {
         AMQPValue::LongUInt(i) => HeaderValue::Int(i64::from(*i)),
         AMQPValue::LongLongInt(i) => HeaderValue::Int(*i),
         AMQPValue::Timestamp(t) => HeaderValue::Int(i64::try_from(*t).unwrap_or(i64::MAX)),
-        _ => return None,
-    })
+        AMQPValue::Float(_) => HeaderValue::Other("float".into()),
+        AMQPValue::Double(_) => HeaderValue::Other("double".into()),
+        AMQPValue::DecimalValue(_) => HeaderValue::Other("decimal".into()),
+        AMQPValue::FieldArray(_) => HeaderValue::Other("array".into()),
+        AMQPValue::FieldTable(_) => HeaderValue::Other("table".into()),
+        AMQPValue::ByteArray(_) => HeaderValue::Other("byte array".into()),
+        AMQPValue::Void => HeaderValue::Other("void".into()),
+    }
 }
 
-/// Protocol properties from lapin properties; header values of other types are dropped.
+/// Protocol properties from lapin properties; header values of types the
+/// protocol does not read become [`HeaderValue::Other`].
 pub fn from_lapin(b: &BasicProperties) -> AmqpProperties {
     let s = |v: &Option<ShortString>| v.as_ref().map(|x| x.as_str().to_owned());
     AmqpProperties {
@@ -88,7 +111,7 @@ pub fn from_lapin(b: &BasicProperties) -> AmqpProperties {
             .map(|t| {
                 t.inner()
                     .iter()
-                    .filter_map(|(k, v)| header(v).map(|h| (k.as_str().to_owned(), h)))
+                    .map(|(k, v)| (k.as_str().to_owned(), header(v)))
                     .collect()
             })
             .unwrap_or_default(),
@@ -125,6 +148,51 @@ mod tests {
         let p = from_lapin(&BasicProperties::default().with_headers(table));
         assert_eq!(p.headers.get("a"), Some(&HeaderValue::Int(7)));
         assert_eq!(p.headers.get("b"), Some(&HeaderValue::Str("x".into())));
-        assert!(!p.headers.contains_key("c"));
+        assert_eq!(
+            p.headers.get("c"),
+            Some(&HeaderValue::Other("double".into()))
+        );
+        // ... and are not written back.
+        let back = to_lapin(&p);
+        let headers = back.headers().as_ref().expect("headers");
+        assert!(headers.inner().contains_key("a"));
+        assert!(!headers.inner().contains_key("c"));
+    }
+
+    /// Issue 12: a version header of another type was dropped here and then
+    /// refused as missing.
+    #[test]
+    fn a_version_header_of_the_wrong_type_is_refused_as_such() {
+        let mut table = FieldTable::default();
+        table.insert(
+            hostbus_protocol::envelope::VERSION_HEADER.into(),
+            AMQPValue::Double(1.0),
+        );
+        let props = BasicProperties::default()
+            .with_message_id(uuid_like().as_str().into())
+            .with_type("host.ping".into())
+            .with_headers(table);
+        let err = Envelope::from_properties(&from_lapin(&props)).expect_err("refused");
+        assert_eq!(err.param("property"), Some("x-hostbus-version"));
+        assert_eq!(err.param("reason"), Some("is not `<major>.<minor>`"));
+    }
+
+    fn uuid_like() -> String {
+        "6a8f1b8e-8a8e-4d47-9d6f-3c1f00000001".to_owned()
+    }
+
+    #[test]
+    fn long_text_from_the_wire_is_cut_not_a_panic() {
+        let long = "\u{fffd}".repeat(200); // 600 bytes
+        let p = AmqpProperties {
+            message_id: Some(long.clone()),
+            kind: Some(long.clone()),
+            headers: [(long.clone(), HeaderValue::Int(1))].into_iter().collect(),
+            ..AmqpProperties::default()
+        };
+        let b = to_lapin(&p);
+        let id = b.message_id().as_ref().expect("message id");
+        assert_eq!(id.as_str().len(), 255);
+        assert!(id.as_str().chars().all(|c| c == '\u{fffd}'));
     }
 }

@@ -69,6 +69,10 @@ pub enum HeaderValue {
     Int(i64),
     /// A boolean.
     Bool(bool),
+    /// A value of another AMQP type (a float, a table, an array, ...), by
+    /// the name of its type. The protocol reads none of them; they are kept
+    /// so that a header of the wrong type is refused as such, not as missing.
+    Other(String),
 }
 
 impl HeaderValue {
@@ -82,7 +86,7 @@ impl HeaderValue {
         match self {
             HeaderValue::Int(i) => Some(*i),
             HeaderValue::Str(s) => s.parse().ok(),
-            HeaderValue::Bool(_) => None,
+            HeaderValue::Bool(_) | HeaderValue::Other(_) => None,
         }
     }
     fn as_bool(&self) -> Option<bool> {
@@ -90,6 +94,7 @@ impl HeaderValue {
             HeaderValue::Bool(b) => Some(*b),
             HeaderValue::Str(s) => s.parse().ok(),
             HeaderValue::Int(i) => Some(*i != 0),
+            HeaderValue::Other(_) => None,
         }
     }
 }
@@ -194,16 +199,7 @@ impl Envelope {
 
     /// `EXPIRED` for this envelope at `now`.
     pub fn expired_error(&self, now: Timestamp) -> Error {
-        let deadline = self.deadline.unwrap_or_default();
-        Error::new(
-            ErrorCode::Expired,
-            [("deadline", deadline.to_string()), ("now", now.to_string())],
-            format!(
-                "command {} expired {} ms before it could run",
-                self.command,
-                now.saturating_sub(deadline)
-            ),
-        )
+        Error::expired(&self.command, self.deadline.unwrap_or_default(), now)
     }
 
     /// The AMQP properties of the command, with `expiration` computed from

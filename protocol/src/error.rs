@@ -181,6 +181,19 @@ impl Error {
         )
     }
 
+    /// `EXPIRED`: `command` reached its deadline (ms since the epoch) at
+    /// `now` before it could run; nothing was executed.
+    pub fn expired(command: &str, deadline: u64, now: u64) -> Self {
+        Self::new(
+            ErrorCode::Expired,
+            [("deadline", deadline.to_string()), ("now", now.to_string())],
+            format!(
+                "command {command} expired {} ms before it could run",
+                now.saturating_sub(deadline)
+            ),
+        )
+    }
+
     /// `MALFORMED_MESSAGE` with a reason.
     pub fn malformed(reason: impl fmt::Display) -> Self {
         let reason = reason.to_string();
