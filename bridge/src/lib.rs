@@ -106,14 +106,33 @@ impl std::fmt::Debug for Config {
 pub struct CallContext {
     /// The command id (AMQP `message_id`).
     pub command_id: Uuid,
+    /// When the caller stops waiting, ms since the Unix epoch. A synchronous
+    /// call checks it once it holds its object's lock and between the steps
+    /// of multi-step operations, and fails with `EXPIRED`, with nothing done
+    /// (steps already taken are rolled back), once it has passed. A task
+    /// ([`Bridge::submit`]) is accepted or refused within it and then runs to
+    /// its end.
+    pub deadline: Option<u64>,
 }
 
 impl CallContext {
-    /// A context with a fresh command id.
+    /// A context with a fresh command id and no deadline.
     pub fn new() -> Self {
         Self {
             command_id: Uuid::new_v4(),
+            deadline: None,
         }
+    }
+}
+
+/// A request's place in the line of the object it changes, taken with
+/// [`Bridge::take_turn`]. Operations on one object run in the order their
+/// turns were taken; dropping a turn unused leaves the line.
+pub struct Turn(locks::Ticket);
+
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Turn").field(&self.0.key()).finish()
     }
 }
 
@@ -204,19 +223,50 @@ impl Bridge {
         matches!(request, AnyRequest::HostPing(_))
     }
 
-    /// Runs one command synchronously.
-    pub fn call(&self, request: AnyRequest, ctx: &CallContext) -> Result<AnyResponse, Error> {
-        self.inner.execute(
-            request,
-            &Progress::untracked(self.inner.config.step_pause),
-            ctx.command_id,
-        )
+    /// Takes `request`'s place in the line of the object it changes, now,
+    /// without blocking; `None` for a request that changes nothing (reads
+    /// take no lock). Pass the turn to [`call_in_turn`](Self::call_in_turn)
+    /// or [`submit_in_turn`](Self::submit_in_turn): a caller that receives
+    /// requests in order takes their turns in that order, and they then run
+    /// in that order whatever threads run them.
+    pub fn take_turn(&self, request: &AnyRequest) -> Option<Turn> {
+        lock_key(request).map(|k| Turn(self.inner.locks.enqueue(&k)))
     }
 
-    /// Starts one command as a task and returns the task at once. The task's
-    /// id is the command id. Its progress and outcome arrive as task events
-    /// and through `task.get`.
+    /// Runs one command synchronously, taking its turn now.
+    pub fn call(&self, request: AnyRequest, ctx: &CallContext) -> Result<AnyResponse, Error> {
+        self.call_in_turn(request, ctx, None)
+    }
+
+    /// Runs one command synchronously in `turn` (from
+    /// [`take_turn`](Self::take_turn) for this request; a new one is taken
+    /// when `None`).
+    pub fn call_in_turn(
+        &self,
+        request: AnyRequest,
+        ctx: &CallContext,
+        turn: Option<Turn>,
+    ) -> Result<AnyResponse, Error> {
+        let progress = Progress::untracked(self.inner.config.step_pause)
+            .with_deadline(request.name(), ctx.deadline);
+        self.inner.execute(request, &progress, ctx.command_id, turn)
+    }
+
+    /// Starts one command as a task and returns the task at once, taking
+    /// its turn now.
     pub fn submit(&self, request: AnyRequest, ctx: &CallContext) -> Result<TaskRecord, Error> {
+        self.submit_in_turn(request, ctx, None)
+    }
+
+    /// Starts one command as a task in `turn` and returns the task at once.
+    /// The task's id is the command id. Its progress and outcome arrive as
+    /// task events and through `task.get`.
+    pub fn submit_in_turn(
+        &self,
+        request: AnyRequest,
+        ctx: &CallContext,
+        turn: Option<Turn>,
+    ) -> Result<TaskRecord, Error> {
         request.validate()?;
         let id = ctx.command_id;
         if let Ok(existing) = self.inner.tasks.get(id) {
@@ -249,7 +299,7 @@ impl Bridge {
                     inner.observer.task_event(EventAction::Progress, t);
                 }
                 let result = inner
-                    .execute(request, &progress, id)
+                    .execute(request, &progress, id, turn)
                     .map(AnyResponse::into_record);
                 if let Some(t) = inner.tasks.finish(id, result) {
                     inner.observer.task_event(EventAction::Finished, t);
@@ -399,13 +449,19 @@ impl Inner {
         req: AnyRequest,
         progress: &Progress,
         id: Uuid,
+        turn: Option<Turn>,
     ) -> Result<AnyResponse, Error> {
         use AnyRequest as R;
         use AnyResponse as A;
         req.validate()?;
         progress.check()?;
-        let key = lock_key(&req);
-        let _guard = key.as_deref().map(|k| self.locks.acquire(k));
+        let ticket = match (lock_key(&req), turn) {
+            (Some(key), Some(Turn(t))) if t.key() == key => Some(t),
+            (Some(key), _) => Some(self.locks.enqueue(&key)),
+            (None, _) => None,
+        };
+        let _guard = ticket.map(locks::Ticket::wait);
+        // Waiting in line may have taken past the deadline or a cancel.
         progress.check()?;
         let span = tracing::debug_span!("bridge", command = req.name(), command_id = %id);
         let _enter = span.enter();

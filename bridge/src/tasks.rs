@@ -33,6 +33,8 @@ pub(crate) struct Progress {
     task: Option<(Uuid, Arc<AtomicBool>)>,
     pause: Duration,
     report: Option<Arc<dyn Fn(u8) + Send + Sync>>,
+    /// The caller's deadline, ms since the epoch, and the command's name.
+    deadline: Option<(u64, &'static str)>,
 }
 
 impl Progress {
@@ -41,6 +43,7 @@ impl Progress {
             task: Some((task, cancel)),
             pause,
             report: None,
+            deadline: None,
         }
     }
 
@@ -51,7 +54,15 @@ impl Progress {
             task: None,
             pause,
             report: None,
+            deadline: None,
         }
+    }
+
+    /// Adds the caller's deadline (ms since the epoch) of `command`: past
+    /// it, [`check`](Self::check) fails with `EXPIRED`.
+    pub(crate) fn with_deadline(mut self, command: &'static str, deadline: Option<u64>) -> Self {
+        self.deadline = deadline.map(|d| (d, command));
+        self
     }
 
     /// Adds the function told each new percentage.
@@ -82,12 +93,28 @@ impl Progress {
         }
     }
 
-    /// Fails with `CANCELLED` when cancellation was requested.
-    pub(crate) fn check(&self) -> Result<(), Error> {
+    /// Fails with `CANCELLED` when cancellation was requested. For waits
+    /// after the operation took effect, where a passed deadline changes
+    /// nothing (see [`check`](Self::check)).
+    pub(crate) fn check_cancelled(&self) -> Result<(), Error> {
         match &self.task {
             Some((id, c)) if c.load(Ordering::SeqCst) => Err(cancelled(*id)),
             _ => Ok(()),
         }
+    }
+
+    /// Fails with `CANCELLED` when cancellation was requested, and with
+    /// `EXPIRED` when the caller's deadline has passed. Call it only before
+    /// the operation takes effect: `EXPIRED` promises nothing was done.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        self.check_cancelled()?;
+        if let Some((deadline, command)) = self.deadline {
+            let now = now_ms();
+            if now >= deadline {
+                return Err(Error::expired(command, deadline, now));
+            }
+        }
+        Ok(())
     }
 }
 
