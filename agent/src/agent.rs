@@ -3,6 +3,7 @@
 //! publish events and heartbeats; on a lost connection start over; on
 //! SIGTERM drain and say goodbye.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -29,19 +30,44 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::dispatch::{Dispatcher, Policy, ReplyMessage};
+use crate::dispatch::{Admission, Dispatcher, Policy, ReplyMessage};
 use crate::journal::Journal;
+use crate::lane::{LaneError, ReplyLane};
 use crate::metrics::Metrics;
 use crate::settle::{Settle, Settler};
-use hostbus_amqp::{redact, to_lapin};
+use hostbus_amqp::{classify_reply_to, redact, to_lapin, ReplyAddress};
 
 /// Why a session ended.
 enum SessionEnd {
     /// A clean stop was requested and done.
     Shutdown,
-    /// The broker connection was lost.
-    Lost(String),
+    /// The broker connection was lost, or the session could not start.
+    Lost {
+        /// Why.
+        why: String,
+        /// When the session began consuming, if it got that far.
+        serving_since: Option<std::time::Instant>,
+    },
 }
+
+impl SessionEnd {
+    fn lost(why: impl Into<String>) -> Self {
+        Self::Lost {
+            why: why.into(),
+            serving_since: None,
+        }
+    }
+}
+
+/// A session that consumed at least this long counts as started: its end
+/// resets the reconnect backoff. One that ends sooner (its topology cannot
+/// be declared, a message or the broker closes it at once) backs off like
+/// a failed connection, so a sick broker or a poison message cannot make
+/// the agent reconnect in a tight loop.
+const STABLE_SESSION: Duration = Duration::from_secs(5);
+
+/// Header in which quorum queues count earlier deliveries of a message.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 #[derive(Clone, Default)]
 struct Facts {
@@ -54,6 +80,14 @@ struct Facts {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What every command of a session publishes and settles with.
+struct Lanes {
+    publ: Channel,
+    cmd: Channel,
+    settler: Settler,
+    lane: ReplyLane,
 }
 
 /// One running agent.
@@ -69,6 +103,8 @@ pub struct Agent {
     refreshing: Arc<AtomicBool>,
     journal: Arc<Journal>,
     tls: hostbus_amqp::Tls,
+    /// Redeliveries seen by this process, by message id (or body hash).
+    redeliveries: Mutex<HashMap<String, u32>>,
 }
 
 impl Agent {
@@ -122,6 +158,7 @@ impl Agent {
             refreshing: Arc::default(),
             journal,
             tls,
+            redeliveries: Mutex::default(),
         })
     }
 
@@ -151,7 +188,7 @@ impl Agent {
         let mut attempt: u32 = 0;
         let mut first = true;
         loop {
-            let conn = tokio::select! {
+            let (conn, url) = tokio::select! {
                 c = agent.connect(&mut attempt) => c,
                 () = &mut shutdown => {
                     tracing::info!("stopping before a broker connection was made");
@@ -162,9 +199,10 @@ impl Agent {
             if !first {
                 agent.metrics.reconnected();
             }
+            first = false;
             match agent
                 .clone()
-                .session(conn, events.clone(), &mut shutdown)
+                .session(conn, &url, events.clone(), &mut shutdown)
                 .await
             {
                 SessionEnd::Shutdown => {
@@ -172,35 +210,60 @@ impl Agent {
                     tracing::info!("agent stopped");
                     return Ok(());
                 }
-                SessionEnd::Lost(why) => {
-                    tracing::warn!(reason = %why, "broker connection lost; reconnecting");
-                    first = false;
+                SessionEnd::Lost { why, serving_since } => {
+                    let served = serving_since.map(|t| t.elapsed());
+                    if served.is_some_and(|d| d >= STABLE_SESSION) {
+                        attempt = 0;
+                    }
+                    let wait = agent.backoff(attempt);
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(
+                        reason = %why,
+                        served_ms = served.map_or(0, |d| d.as_millis() as u64),
+                        wait_ms = wait.as_millis() as u64,
+                        attempt,
+                        "broker connection lost; reconnecting"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = &mut shutdown => {
+                            agent.bridge.shutdown();
+                            tracing::info!("agent stopped while reconnecting");
+                            return Ok(());
+                        }
+                    }
                 }
             }
         }
     }
 
+    /// The wait before reconnection attempt `attempt` (0 first): doubling
+    /// from 100 ms up to `reconnect_max_backoff_ms`, with full jitter
+    /// between half and all of it.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = 100u64
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.cfg.reconnect_max_backoff_ms);
+        let jitter = (Uuid::new_v4().as_u128() % u128::from(base / 2 + 1)) as u64;
+        Duration::from_millis(base / 2 + jitter)
+    }
+
     /// Connects to the first broker that answers, retrying forever with
-    /// jittered exponential backoff.
-    async fn connect(&self, attempt: &mut u32) -> Connection {
+    /// jittered exponential backoff. Returns the connection and its URL.
+    /// `attempt` counts failures; only a session that started resets it.
+    async fn connect(&self, attempt: &mut u32) -> (Connection, String) {
         loop {
             for url in &self.cfg.broker_urls {
                 let name = format!("hostbus-agent/{}", self.cfg.host_id);
                 match hostbus_amqp::connect(url, &name, &self.tls).await {
                     Ok(c) => {
                         tracing::info!(broker = %redact(url), "connected to the broker");
-                        *attempt = 0;
-                        return c;
+                        return (c, url.clone());
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot connect to the broker"),
                 }
             }
-            let base = 100u64
-                .saturating_mul(1 << (*attempt).min(16))
-                .min(self.cfg.reconnect_max_backoff_ms);
-            // Full jitter: anywhere between half and all of the backoff.
-            let jitter = (Uuid::new_v4().as_u128() % u128::from(base / 2 + 1)) as u64;
-            let wait = Duration::from_millis(base / 2 + jitter);
+            let wait = self.backoff(*attempt);
             *attempt = attempt.saturating_add(1);
             tracing::info!(
                 wait_ms = wait.as_millis() as u64,
@@ -209,6 +272,33 @@ impl Agent {
             );
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// How many times this message has been delivered, this time included:
+    /// the broker's count where the queue keeps one (quorum queues'
+    /// `x-delivery-count`, which survives agent restarts and connection
+    /// losses), else this process's count of redeliveries.
+    fn deliveries(&self, d: &lapin::message::Delivery, props: &AmqpProperties) -> u32 {
+        let broker = match props.headers.get(DELIVERY_COUNT_HEADER) {
+            Some(HeaderValue::Int(n)) => u32::try_from(*n).unwrap_or(u32::MAX).saturating_add(1),
+            _ => 1,
+        };
+        if !d.redelivered {
+            return broker;
+        }
+        let key = props.message_id.clone().unwrap_or_else(|| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            d.data.hash(&mut h);
+            format!("body:{:x}", h.finish())
+        });
+        let mut seen = lock(&self.redeliveries);
+        if seen.len() > 10_000 {
+            seen.clear();
+        }
+        let n = seen.entry(key).or_insert(1);
+        *n = n.saturating_add(1);
+        (*n).max(broker)
     }
 
     async fn declare(&self, ch: &Channel) -> lapin::Result<String> {
@@ -270,6 +360,7 @@ impl Agent {
     async fn session(
         self: Arc<Self>,
         conn: Connection,
+        url: &str,
         events: Arc<tokio::sync::Mutex<mpsc::Receiver<ObjectEvent>>>,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> SessionEnd {
@@ -284,7 +375,7 @@ impl Agent {
         };
         let (cmd, publ, queue) = match setup.await {
             Ok(x) => x,
-            Err(e) => return SessionEnd::Lost(format!("cannot set up channels and topology: {e}")),
+            Err(e) => return SessionEnd::lost(format!("cannot set up channels and topology: {e}")),
         };
         // Events queued while disconnected are covered by the fresh inventory.
         {
@@ -292,7 +383,7 @@ impl Agent {
             while rx.try_recv().is_ok() {}
         }
         if let Err(e) = self.announce(&publ, EventAction::Online).await {
-            return SessionEnd::Lost(format!("cannot publish agent.online: {e}"));
+            return SessionEnd::lost(format!("cannot publish agent.online: {e}"));
         }
         let tag = format!("hostbus-agent-{}-{}", self.cfg.host_id, self.epoch);
         let mut consumer = match cmd
@@ -305,8 +396,9 @@ impl Agent {
             .await
         {
             Ok(c) => c,
-            Err(e) => return SessionEnd::Lost(format!("cannot consume {queue}: {e}")),
+            Err(e) => return SessionEnd::lost(format!("cannot consume {queue}: {e}")),
         };
+        let serving_since = Some(std::time::Instant::now());
         tracing::info!(queue = %queue, labels = ?self.cfg.labels, "serving commands");
 
         let mut background = JoinSet::new();
@@ -359,44 +451,55 @@ impl Agent {
             });
         }
         let (settler, settling) = Settler::start(cmd.clone());
+        let lane = ReplyLane::new(url, &self.cfg.host_id, &self.tls);
         // What every command needs, shared: cloning lapin channels per
         // command showed in profiles.
-        let lanes = Arc::new((publ.clone(), cmd.clone(), settler));
+        let lanes = Arc::new(Lanes {
+            publ: publ.clone(),
+            cmd: cmd.clone(),
+            settler,
+            lane,
+        });
         let permits = Arc::new(Semaphore::new(self.cfg.concurrency as usize));
         let mut inflight = JoinSet::new();
+        let lost = |why: String| SessionEnd::Lost { why, serving_since };
         let end = loop {
             tokio::select! {
                 delivery = consumer.next() => match delivery {
                     Some(Ok(d)) => {
                         let permit = match permits.clone().acquire_owned().await {
                             Ok(p) => p,
-                            Err(_) => break SessionEnd::Lost("the command semaphore closed".into()),
+                            Err(_) => break lost("the command semaphore closed".into()),
                         };
+                        // Admitted here, in arrival order: commands on one
+                        // object then run in that order.
+                        let props = hostbus_amqp::from_lapin(&d.properties);
+                        let deliveries = self.deliveries(&d, &props);
+                        let admission = self.dispatcher.admit(&props, &d.data, deliveries);
                         let (agent, lanes) = (self.clone(), lanes.clone());
                         inflight.spawn(async move {
                             let _permit = permit;
-                            let (publ, cmd, settler) = &*lanes;
-                            agent.serve(publ, cmd, settler, d).await;
+                            agent.serve(&lanes, admission, props, d, deliveries).await;
                         });
                     }
-                    Some(Err(e)) => break SessionEnd::Lost(format!("consumer failed: {e}")),
-                    None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
+                    Some(Err(e)) => break lost(format!("consumer failed: {e}")),
+                    None => break lost("the broker cancelled the consumer".into()),
                 },
                 Some(done) = background.join_next() => {
                     let why = done.unwrap_or_else(|e| format!("a background task failed: {e}"));
-                    break SessionEnd::Lost(why);
+                    break lost(why);
                 }
                 Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
                 () = shutdown.as_mut() => break SessionEnd::Shutdown,
             }
         };
         match end {
-            SessionEnd::Lost(why) => {
+            lost @ SessionEnd::Lost { .. } => {
                 background.abort_all();
                 // In-flight commands finish on their own; unacked ones are redelivered.
                 inflight.detach_all();
                 settling.abort();
-                SessionEnd::Lost(why)
+                lost
             }
             SessionEnd::Shutdown => {
                 tracing::info!(in_flight = inflight.len(), "stopping: no new commands");
@@ -434,35 +537,76 @@ impl Agent {
         }
     }
 
-    /// Handles one delivery: reply first, then ack.
+    /// Handles one admitted delivery: reply first, then ack.
     async fn serve(
         &self,
-        publ: &Channel,
-        cmd: &Channel,
-        settler: &Settler,
+        lanes: &Lanes,
+        admission: Admission,
+        props: AmqpProperties,
         d: lapin::message::Delivery,
+        deliveries: u32,
     ) {
         let tag = d.delivery_tag;
-        let props = hostbus_amqp::from_lapin(&d.properties);
-        let handled = self.dispatcher.handle(&props, &d.data, d.redelivered).await;
+        let handled = match admission {
+            Admission::Done(h) => h,
+            Admission::Ready(a) => self.dispatcher.run(a).await,
+        };
+        let mut dead = false;
         if let Some(reason) = &handled.dead_letter {
             if let Err(e) = self
-                .dead_letter(publ, props, &d.data, reason, &handled.outcome)
+                .dead_letter(
+                    &lanes.publ,
+                    props.clone(),
+                    &d.data,
+                    reason,
+                    &handled.outcome,
+                )
                 .await
             {
                 tracing::warn!(error = %e, "cannot dead-letter a message; it will be redelivered");
-                settler.settle(Settle::Requeue(tag));
+                lanes.settler.settle(Settle::Requeue(tag));
                 return;
             }
+            dead = true;
         }
         if let Some(reply) = handled.reply {
-            if let Err(e) = self.publish_reply(publ, cmd, reply).await {
+            // A message seen before may have been redelivered because its
+            // reply closed our connection: reply where that cannot happen.
+            let risky = deliveries > 1 && classify_reply_to(&reply.to) == ReplyAddress::Direct;
+            let sent = if risky {
+                match lanes
+                    .lane
+                    .publish(&reply, || lanes.cmd.status().connected())
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    Err(LaneError::Refused(e)) => {
+                        tracing::warn!(command = %handled.command, reply_to = %reply.to, error = %e, "the broker refused this reply address; not replying to it again");
+                        let why = format!("the broker closed the connection when given reply_to {:?}; not replied", reply.to);
+                        if !dead {
+                            if let Err(e) = self
+                                .dead_letter(&lanes.publ, props, &d.data, &why, "BAD_ENVELOPE")
+                                .await
+                            {
+                                tracing::warn!(error = %e, "cannot dead-letter a message; it will be redelivered");
+                                lanes.settler.settle(Settle::Requeue(tag));
+                                return;
+                            }
+                        }
+                        Ok(())
+                    }
+                    Err(LaneError::Unavailable(e)) => Err(anyhow::anyhow!(e)),
+                }
+            } else {
+                self.publish_reply(&lanes.publ, &lanes.cmd, reply).await
+            };
+            if let Err(e) = sent {
                 tracing::warn!(command = %handled.command, error = %e, "cannot publish the reply; the command will be redelivered");
-                settler.settle(Settle::Requeue(tag));
+                lanes.settler.settle(Settle::Requeue(tag));
                 return;
             }
         }
-        settler.settle(Settle::Ack(tag));
+        lanes.settler.settle(Settle::Ack(tag));
     }
 
     /// Sends the original message to the dead-letter exchange, with the
@@ -500,8 +644,8 @@ impl Agent {
             props,
         )
         .await?;
-        self.metrics.dead_lettered();
-        tracing::warn!(reason, "message dead-lettered");
+        self.metrics.dead_lettered(code);
+        tracing::warn!(reason, code, "message dead-lettered");
         Ok(())
     }
 

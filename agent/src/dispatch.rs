@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use hostbus_bridge::{Bridge, CallContext};
+use hostbus_amqp::{classify_reply_to, ReplyAddress};
+use hostbus_bridge::{Bridge, CallContext, Turn};
 use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::reply_properties;
 use hostbus_protocol::{
@@ -78,11 +79,38 @@ pub struct Dispatcher {
     policy: Policy,
     journal: Arc<Journal>,
     metrics: Arc<Metrics>,
-    /// One lock per command id being handled, so a duplicate waits for the
+    /// One lock per changing command id being handled, taken at admission
+    /// by the first delivery of that id, so a duplicate waits for the
     /// original and is then answered from the journal.
     running: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
-    /// Redeliveries of read commands (not journaled), to spot poison.
-    read_attempts: Mutex<HashMap<Uuid, u32>>,
+}
+
+/// What [`Dispatcher::admit`] decided.
+pub enum Admission {
+    /// Answered without running anything: refused, or given up.
+    Done(Handled),
+    /// To be run by [`Dispatcher::run`]; holds its place in line.
+    Ready(Admitted),
+}
+
+/// A command admitted to run: decoded, validated, authorized, with its
+/// place in the line of the object it changes taken in arrival order.
+pub struct Admitted {
+    env: Envelope,
+    request: AnyRequest,
+    info: &'static hostbus_protocol::CommandInfo,
+    deliveries: u32,
+    turn: Option<Turn>,
+    /// For a changing command: the id lock, held when this is the first
+    /// delivery of the id; a duplicate waits on it.
+    id_lock: Option<IdLock>,
+    started: Instant,
+    _in_flight: crate::metrics::InFlight,
+}
+
+enum IdLock {
+    Held(tokio::sync::OwnedMutexGuard<()>),
+    Wait(Arc<tokio::sync::Mutex<()>>),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -143,33 +171,132 @@ impl Dispatcher {
             journal,
             metrics,
             running: Mutex::default(),
-            read_attempts: Mutex::default(),
         }
     }
 
-    /// Handles one delivery's properties and body.
-    pub async fn handle(&self, props: &AmqpProperties, body: &[u8], redelivered: bool) -> Handled {
+    /// Handles one delivery, start to end: [`admit`](Self::admit) then
+    /// [`run`](Self::run). `deliveries` counts this delivery of the message
+    /// (1 the first time).
+    pub async fn handle(&self, props: &AmqpProperties, body: &[u8], deliveries: u32) -> Handled {
+        match self.admit(props, body, deliveries) {
+            Admission::Done(h) => h,
+            Admission::Ready(a) => self.run(a).await,
+        }
+    }
+
+    /// Everything about a delivery that needs neither libvirt nor the
+    /// journal, without blocking: the envelope, the command, authorization,
+    /// the deadline, decoding, validation, backpressure, and the command's
+    /// place in the line of the object it changes. Call it in the order
+    /// deliveries arrive: commands on one object then run in that order.
+    pub fn admit(&self, props: &AmqpProperties, body: &[u8], deliveries: u32) -> Admission {
         let started = Instant::now();
-        let _in_flight = self.metrics.start();
+        let in_flight = self.metrics.start();
         let env = match Envelope::from_properties(props) {
             Ok(env) => env,
-            Err(err) => return self.refuse_bad_envelope(props, err, started),
+            Err(err) => return Admission::Done(self.refuse_bad_envelope(props, err, started)),
         };
+        if let Some(to) = &env.reply_to {
+            if classify_reply_to(to) == ReplyAddress::Invalid {
+                // Replying would make the broker close our connection.
+                let err = Error::new(
+                    ErrorCode::BadEnvelope,
+                    [
+                        ("property", "reply_to".to_owned()),
+                        (
+                            "reason",
+                            "is not a reply address the broker issued".to_owned(),
+                        ),
+                    ],
+                    "bad envelope: `reply_to` is not a reply address the broker issued",
+                );
+                let mut h = self.refuse_bad_envelope(props, err, started);
+                h.reply = None;
+                return Admission::Done(h);
+            }
+        }
         let span = tracing::info_span!("command", command = %env.command, command_id = %env.command_id, host = %self.host_id);
+        let _enter = span.enter();
+        match self.check(&env, body, deliveries) {
+            Err(out) => Admission::Done(self.finish(&env, out, started)),
+            Ok((info, request)) => {
+                let id_lock = (info.access != Access::Read).then(|| {
+                    let mut running = lock(&self.running);
+                    match running.get(&env.command_id) {
+                        Some(m) => IdLock::Wait(m.clone()),
+                        None => {
+                            let m = Arc::new(tokio::sync::Mutex::new(()));
+                            running.insert(env.command_id, m.clone());
+                            match m.try_lock_owned() {
+                                Ok(g) => IdLock::Held(g),
+                                Err(_) => IdLock::Wait(running[&env.command_id].clone()),
+                            }
+                        }
+                    }
+                });
+                // A duplicate of a command in flight takes no place: it
+                // waits for the original and is answered from the journal.
+                let turn = match id_lock {
+                    Some(IdLock::Wait(_)) => None,
+                    _ => self.bridge.take_turn(&request),
+                };
+                Admission::Ready(Admitted {
+                    env,
+                    request,
+                    info,
+                    deliveries,
+                    turn,
+                    id_lock,
+                    started,
+                    _in_flight: in_flight,
+                })
+            }
+        }
+    }
+
+    /// Runs an admitted command and builds its reply.
+    pub async fn run(&self, a: Admitted) -> Handled {
+        let span = tracing::info_span!("command", command = %a.env.command, command_id = %a.env.command_id, host = %self.host_id);
         async move {
-            let out = self.process(&env, body, redelivered).await;
-            let elapsed = started.elapsed();
-            self.metrics.command(&env.command, &out.outcome, elapsed);
-            tracing::info!(outcome = %out.outcome, duration_ms = elapsed.as_secs_f64() * 1000.0, cast = env.is_cast(), "command handled");
-            let reply = env.reply_to.clone().map(|to| ReplyMessage {
-                to,
-                properties: env.reply_properties(out.status, &self.host_id, now_ms()),
-                body: out.body,
-            });
-            Handled { reply, command: env.command.clone(), outcome: out.outcome, dead_letter: out.dead_letter }
+            let Admitted {
+                env,
+                request,
+                info,
+                deliveries,
+                turn,
+                id_lock,
+                started,
+                _in_flight,
+            } = a;
+            let out = if info.access == Access::Read {
+                self.run_read(&env, request, deliveries).await
+            } else {
+                self.run_journaled(&env, request, deliveries, turn, id_lock)
+                    .await
+            };
+            self.finish(&env, out, started)
         }
         .instrument(span)
         .await
+    }
+
+    fn finish(&self, env: &Envelope, out: Outcome, started: Instant) -> Handled {
+        let elapsed = started.elapsed();
+        // Label by the catalogue's name: a `type` off the wire is any text.
+        let label = command_info(&env.command).map_or("unknown", |i| i.name);
+        self.metrics.command(label, &out.outcome, elapsed);
+        tracing::info!(outcome = %out.outcome, duration_ms = elapsed.as_secs_f64() * 1000.0, cast = env.is_cast(), "command handled");
+        let reply = env.reply_to.clone().map(|to| ReplyMessage {
+            to,
+            properties: env.reply_properties(out.status, &self.host_id, now_ms()),
+            body: out.body,
+        });
+        Handled {
+            reply,
+            command: env.command.clone(),
+            outcome: out.outcome,
+            dead_letter: out.dead_letter,
+        }
     }
 
     fn refuse_bad_envelope(&self, props: &AmqpProperties, err: Error, started: Instant) -> Handled {
@@ -208,7 +335,14 @@ impl Dispatcher {
         }
     }
 
-    async fn process(&self, env: &Envelope, body: &[u8], redelivered: bool) -> Outcome {
+    /// The checks of [`admit`](Self::admit) after the envelope.
+    #[allow(clippy::result_large_err)]
+    fn check(
+        &self,
+        env: &Envelope,
+        body: &[u8],
+        deliveries: u32,
+    ) -> Result<(&'static hostbus_protocol::CommandInfo, AnyRequest), Outcome> {
         let ct = env.content_type;
         let refuse = |e: Error| {
             tracing::info!(code = %e.code, message = %e.message, "command refused");
@@ -217,7 +351,7 @@ impl Dispatcher {
         let Some(info) = command_info(&env.command) else {
             let mut o = refuse(Error::unknown_command(&env.command));
             o.dead_letter = Some(format!("UNKNOWN_COMMAND: {}", env.command));
-            return o;
+            return Err(o);
         };
         if let Err(e) = authorize(
             &self.policy.roles,
@@ -225,11 +359,16 @@ impl Dispatcher {
             info.name,
             info.access,
         ) {
-            return refuse(e);
+            return Err(refuse(e));
         }
         let now = now_ms();
         if env.is_expired(now) {
-            return refuse(env.expired_error(now));
+            return Err(refuse(env.expired_error(now)));
+        }
+        // Reads are not journaled: their deliveries are all there is to
+        // count. (A changing command's are counted with its journal.)
+        if info.access == Access::Read && deliveries > self.policy.max_deliveries {
+            return Err(self.give_up(env, deliveries));
         }
         let request = match AnyRequest::decode(&env.command, ct, body, self.policy.max_payload) {
             Ok(r) => r,
@@ -239,16 +378,16 @@ impl Dispatcher {
                     "{}: the payload does not decode as {}",
                     o.outcome, env.command
                 ));
-                return o;
+                return Err(o);
             }
         };
         if let Err(e) = request.validate() {
-            return refuse(e.into());
+            return Err(refuse(e.into()));
         }
         let depth = self.bridge.queue_depth(&request);
         if depth >= self.policy.max_object_queue {
             let retry = 200 * depth as u64;
-            return refuse(Error::new(
+            return Err(refuse(Error::new(
                 ErrorCode::Busy,
                 [
                     ("object", env.command.clone()),
@@ -257,30 +396,13 @@ impl Dispatcher {
                 format!(
                     "{depth} operations are already queued on this object; retry in {retry} ms"
                 ),
-            ));
+            )));
         }
-        if info.access == Access::Read {
-            return self.run_read(env, request, redelivered).await;
-        }
-        self.run_journaled(env, request).await
+        Ok((info, request))
     }
 
-    async fn run_read(&self, env: &Envelope, request: AnyRequest, redelivered: bool) -> Outcome {
-        if redelivered {
-            let attempts = {
-                let mut a = lock(&self.read_attempts);
-                if a.len() > 10_000 {
-                    a.clear();
-                }
-                let n = a.entry(env.command_id).or_insert(1);
-                *n += 1;
-                *n
-            };
-            if attempts > self.policy.max_deliveries {
-                return self.give_up(env, attempts);
-            }
-        }
-        let result = self.execute(env, request).await;
+    async fn run_read(&self, env: &Envelope, request: AnyRequest, _deliveries: u32) -> Outcome {
+        let result = self.execute(env, request, None).await;
         self.encode(env, result)
     }
 
@@ -295,21 +417,48 @@ impl Dispatcher {
         o
     }
 
-    async fn run_journaled(&self, env: &Envelope, request: AnyRequest) -> Outcome {
-        let id_lock = lock(&self.running)
-            .entry(env.command_id)
-            .or_default()
-            .clone();
-        let _held = id_lock.lock().await;
-        let out = self.run_journaled_locked(env, request).await;
+    async fn run_journaled(
+        &self,
+        env: &Envelope,
+        request: AnyRequest,
+        deliveries: u32,
+        turn: Option<Turn>,
+        id_lock: Option<IdLock>,
+    ) -> Outcome {
+        let (held, mutex) = match id_lock {
+            Some(IdLock::Held(g)) => {
+                let m = lock(&self.running).get(&env.command_id).cloned();
+                (g, m)
+            }
+            Some(IdLock::Wait(m)) => (m.clone().lock_owned().await, Some(m)),
+            None => {
+                // Not admitted through `admit` (cannot happen): lock now.
+                let m = lock(&self.running)
+                    .entry(env.command_id)
+                    .or_default()
+                    .clone();
+                (m.clone().lock_owned().await, Some(m))
+            }
+        };
+        let out = self
+            .run_journaled_locked(env, request, deliveries, turn)
+            .await;
+        drop(held);
         let mut running = lock(&self.running);
-        if Arc::strong_count(&id_lock) <= 2 {
+        // The map's and our own reference are all: nobody waits for this id.
+        if mutex.is_some_and(|m| Arc::strong_count(&m) <= 2) {
             running.remove(&env.command_id);
         }
         out
     }
 
-    async fn run_journaled_locked(&self, env: &Envelope, request: AnyRequest) -> Outcome {
+    async fn run_journaled_locked(
+        &self,
+        env: &Envelope,
+        request: AnyRequest,
+        deliveries: u32,
+        turn: Option<Turn>,
+    ) -> Outcome {
         let id = env.command_id.to_string();
         let journal = self.journal.clone();
         let (id2, name) = (id.clone(), env.command.clone());
@@ -361,6 +510,9 @@ impl Dispatcher {
                 dead_letter: None,
             };
         }
+        // Executions begun (journal, crashes included) or deliveries
+        // (broker or memory), whichever is more.
+        let attempts = attempts.max(deliveries);
         if attempts > self.policy.max_deliveries {
             let out = self.give_up(env, attempts);
             self.record(env, &out).await;
@@ -373,7 +525,7 @@ impl Dispatcher {
                 self.clean_interrupted_define(r).await;
             }
         }
-        let result = self.execute(env, request.clone()).await;
+        let result = self.execute(env, request.clone(), turn).await;
         let result = match result {
             Err(e) if interrupted => match self.reconcile(&request, &e).await {
                 Some(v) => {
@@ -435,10 +587,17 @@ impl Dispatcher {
         }
     }
 
-    /// Runs the request on the bridge on a blocking thread, panics contained.
-    async fn execute(&self, env: &Envelope, request: AnyRequest) -> Result<Executed, Error> {
+    /// Runs the request on the bridge on a blocking thread, panics
+    /// contained, in `turn` (its place in its object's line).
+    async fn execute(
+        &self,
+        env: &Envelope,
+        request: AnyRequest,
+        turn: Option<Turn>,
+    ) -> Result<Executed, Error> {
         let ctx = CallContext {
             command_id: env.command_id,
+            deadline: env.deadline,
         };
         let bridge = self.bridge.clone();
         let asynchronous = env.asynchronous && request.access() != Access::Read;
@@ -447,11 +606,11 @@ impl Dispatcher {
             std::panic::catch_unwind(AssertUnwindSafe(|| {
                 if asynchronous {
                     bridge
-                        .submit(request, &ctx)
+                        .submit_in_turn(request, &ctx, turn)
                         .map(|t| Executed::Task(Box::new(t)))
                 } else {
                     bridge
-                        .call(request, &ctx)
+                        .call_in_turn(request, &ctx, turn)
                         .map(|r| Executed::Value(Box::new(r)))
                 }
             }))

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod config;
 pub mod dispatch;
 pub mod journal;
+pub mod lane;
 pub mod metrics;
 pub mod settle;
 

@@ -32,7 +32,7 @@ pub struct Metrics {
     events_published: AtomicU64,
     heartbeats_published: AtomicU64,
     reconnects: AtomicU64,
-    dead_lettered: AtomicU64,
+    dead_lettered: Mutex<BTreeMap<String, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,8 +92,10 @@ impl Metrics {
     }
 
     /// Counts a message sent to the dead-letter exchange.
-    pub fn dead_lettered(&self) {
-        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    pub fn dead_lettered(&self, code: &str) {
+        *lock(&self.dead_lettered)
+            .entry(code.to_owned())
+            .or_default() += 1;
     }
 
     /// The text exposition format.
@@ -156,15 +158,13 @@ impl Metrics {
                 "Reconnections to the broker.",
                 self.reconnects.load(Ordering::Relaxed),
             ),
-            (
-                "hostbus_dead_lettered_total",
-                "counter",
-                "Messages sent to the dead-letter exchange.",
-                self.dead_lettered.load(Ordering::Relaxed),
-            ),
         ];
         for (name, kind, help, v) in gauges {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+        s.push_str("# HELP hostbus_dead_lettered_total Messages the agent sent to the dead-letter exchange, by error code.\n# TYPE hostbus_dead_lettered_total counter\n");
+        for (code, n) in lock(&self.dead_lettered).iter() {
+            let _ = writeln!(s, "hostbus_dead_lettered_total{{code=\"{code}\"}} {n}");
         }
         s
     }
