@@ -46,6 +46,7 @@ mod amqp;
 mod error;
 mod process;
 mod rabbit;
+mod raw;
 
 pub use agent::{
     agent_binary, node_file_uri, workspace_dir, AgentBuilder, AgentProcess, AGENT_BIN_ENV,
@@ -54,3 +55,6 @@ pub use amqp::{from_lapin, to_lapin, AmqpPeer, Received, Subscription};
 pub use error::{ErrorKind, HarnessError, Result};
 pub use process::{free_port, group_alive, group_members, stat_fields, Signal, TempDir};
 pub use rabbit::{RabbitNode, TlsListener, EXTERNAL_URL_ENV, RABBITMQ_BIN_DIR_ENV, START_TIMEOUT};
+pub use raw::{
+    long_str, nested_table, short_str, table, RawOutcome, RawProperties, RawProperty, RawPublisher,
+};
