@@ -143,7 +143,7 @@ pub struct AgentBuilder {
     labels: Vec<String>,
     libvirt_uri: String,
     concurrency: Option<usize>,
-    heartbeat_interval: Duration,
+    heartbeat_interval: Option<Duration>,
     metrics: bool,
     journal_path: Option<PathBuf>,
     env: Vec<(String, Option<String>)>,
@@ -181,9 +181,10 @@ impl AgentBuilder {
         self
     }
 
-    /// The heartbeat interval (default: 500 ms, short for tests).
+    /// The heartbeat interval (default: the agent's own, 5 s, as in
+    /// production; shorten it only where a test is about heartbeats).
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
-        self.heartbeat_interval = interval;
+        self.heartbeat_interval = Some(interval);
         self
     }
 
@@ -286,7 +287,7 @@ impl AgentProcess {
             labels: Vec::new(),
             libvirt_uri: node_file_uri("h1"),
             concurrency: None,
-            heartbeat_interval: Duration::from_millis(500),
+            heartbeat_interval: None,
             metrics: true,
             journal_path: None,
             env: Vec::new(),
@@ -325,16 +326,18 @@ impl AgentProcess {
         cmd.env("HOSTBUS_HOST_ID", &o.host_id)
             .env("HOSTBUS_BROKER_URLS", o.broker_urls.join(","))
             .env("HOSTBUS_LIBVIRT_URI", &o.libvirt_uri)
-            .env(
-                "HOSTBUS_HEARTBEAT_INTERVAL_MS",
-                o.heartbeat_interval.as_millis().to_string(),
-            )
             .env("HOSTBUS_JOURNAL_PATH", &self.journal_path)
             .env(
                 "HOSTBUS_METRICS_ADDR",
                 self.metrics_addr
                     .map_or_else(|| "off".to_owned(), |a| a.to_string()),
             );
+        if let Some(interval) = o.heartbeat_interval {
+            cmd.env(
+                "HOSTBUS_HEARTBEAT_INTERVAL_MS",
+                interval.as_millis().to_string(),
+            );
+        }
         if !o.labels.is_empty() {
             cmd.env("HOSTBUS_LABELS", o.labels.join(","));
         }

@@ -44,6 +44,7 @@
 mod agent;
 mod amqp;
 mod error;
+mod hostctl;
 mod process;
 mod rabbit;
 mod raw;
@@ -53,7 +54,8 @@ pub use agent::{
 };
 pub use amqp::{from_lapin, to_lapin, AmqpPeer, Received, Subscription};
 pub use error::{ErrorKind, HarnessError, Result};
-pub use process::{free_port, group_alive, group_members, stat_fields, Signal, TempDir};
+pub use hostctl::{hostctl_binary, CtlOutput, Hostctl};
+pub use process::{free_port, group_alive, group_members, rss_kib, stat_fields, Signal, TempDir};
 pub use rabbit::{RabbitNode, TlsListener, EXTERNAL_URL_ENV, RABBITMQ_BIN_DIR_ENV, START_TIMEOUT};
 pub use raw::{
     long_str, nested_table, short_str, table, RawOutcome, RawProperties, RawProperty, RawPublisher,
