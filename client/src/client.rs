@@ -14,9 +14,7 @@ use hostbus_protocol::{
     decode, encode, now_ms, AmqpProperties, Announcement, Command, ContentType, Envelope,
     HeaderValue, Reply, RosterAction,
 };
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::{mpsc, oneshot};
@@ -114,7 +112,11 @@ pub(crate) struct Inner {
     session: std::sync::RwLock<Option<Arc<Session>>>,
     /// Held while (re)connecting, so one task reconnects and the others wait.
     reconnecting: tokio::sync::Mutex<()>,
-    pending: Mutex<HashMap<String, Pending>>,
+    /// Waiting calls and broadcasts by correlation id, with the number of
+    /// the session that was current when they registered.
+    pending: Mutex<HashMap<String, (u64, Pending)>>,
+    /// Number of the latest session.
+    session_gen: std::sync::atomic::AtomicU64,
     presence: tokio::sync::OnceCell<Presence>,
 }
 
@@ -157,6 +159,7 @@ impl Client {
                 session: std::sync::RwLock::new(None),
                 reconnecting: tokio::sync::Mutex::new(()),
                 pending: Mutex::default(),
+                session_gen: std::sync::atomic::AtomicU64::new(0),
                 presence: tokio::sync::OnceCell::new(),
             }),
         };
@@ -237,6 +240,11 @@ impl Client {
                 FieldTable::default(),
             )
             .await?;
+        let gen = self
+            .inner
+            .session_gen
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
         let inner = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             while let Some(Ok(d)) = consumer.next().await {
@@ -251,11 +259,11 @@ impl Client {
                 };
                 let mut pending = lock(&inner.pending);
                 match pending.get(&corr) {
-                    Some(Pending::Many(tx)) => {
+                    Some((_, Pending::Many(tx))) => {
                         let _ = tx.send(reply);
                     }
-                    Some(Pending::One(_)) => {
-                        if let Some(Pending::One(tx)) = pending.remove(&corr) {
+                    Some((_, Pending::One(_))) => {
+                        if let Some((_, Pending::One(tx))) = pending.remove(&corr) {
                             let _ = tx.send(reply);
                         }
                     }
@@ -264,9 +272,10 @@ impl Client {
                     }
                 }
             }
-            // The connection is gone: fail every waiting call now.
+            // The connection is gone: fail the calls that waited on it now
+            // (not those of a newer session).
             if let Some(inner) = inner.upgrade() {
-                lock(&inner.pending).clear();
+                lock(&inner.pending).retain(|_, (g, _)| *g > gen);
             }
         });
         // Shared, not cloned per call: cloning a lapin channel showed in profiles.
@@ -294,8 +303,28 @@ impl Client {
         let (env, confirm) = self
             .send::<C>(target, req, opts, reply, asynchronous)
             .await?;
-        check_confirm(target, confirm.await?)?;
+        self.confirmed(target, confirm.await?)?;
         Ok(env)
+    }
+
+    /// Checks a publish's confirm. A negative one (a queue the command was
+    /// routed to refused it) also retires the channel: RabbitMQ 3.10
+    /// registers a channel with each quorum queue it publishes to on its
+    /// first publish, and a channel whose registration timed out (a queue's
+    /// leader was busy or moving) is refused by that queue for good.
+    fn confirmed(&self, target: &Target, confirm: Confirmation) -> Result<(), ClientError> {
+        let checked = check_confirm(target, confirm);
+        if checked
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::Connection)
+        {
+            *self
+                .inner
+                .session
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        checked
     }
 
     /// Publishes a command; returns its envelope and the pending confirm.
@@ -359,7 +388,11 @@ impl Client {
     }
 
     fn register(&self, corr: String, p: Pending) {
-        lock(&self.inner.pending).insert(corr, p);
+        let gen = self
+            .inner
+            .session_gen
+            .load(std::sync::atomic::Ordering::SeqCst);
+        lock(&self.inner.pending).insert(corr, (gen, p));
     }
 
     fn forget(&self, corr: &str) {
@@ -432,7 +465,7 @@ impl Client {
             let waited = tokio::select! {
                 r = &mut reply => r,
                 c = confirm => {
-                    check_confirm(&target, c?)?;
+                    self.confirmed(&target, c?)?;
                     reply.await
                 }
             };
@@ -552,7 +585,7 @@ impl Client {
         let id = Uuid::new_v4();
         let corr = id.to_string();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        self.register(corr.clone(), Pending::Many(tx));
+        self.register(corr.clone(), Pending::Many(tx.clone()));
         let opts = CallOptions {
             timeout: Some(timeout),
             command_id: Some(id),
@@ -568,7 +601,21 @@ impl Client {
             m.sort();
             m
         };
-        let published = self.publish::<C>(target, &req, &opts, true, false).await;
+        // Refused or cut off: publish again, with the same command id (an
+        // agent that already has it answers once and runs it once).
+        let give_up = tokio::time::Instant::now() + timeout;
+        let mut published = self.publish::<C>(target, &req, &opts, true, false).await;
+        while published
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::Connection)
+            && tokio::time::Instant::now() + Duration::from_millis(200) < give_up
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            published = self.publish::<C>(target, &req, &opts, true, false).await;
+            // Replies come on the session this publish went out on.
+            self.register(corr.clone(), Pending::Many(tx.clone()));
+        }
+        drop(tx);
         if let Err(e) = published {
             self.forget(&corr);
             // Nobody bound: an empty broadcast, not an error.
@@ -628,37 +675,12 @@ impl Client {
         let Ok(session) = self.session().await else {
             return Vec::new();
         };
-        let mut out = Vec::new();
-        for host in hosts {
-            // A failed passive declare closes its channel: one per probe.
-            let Ok(ch) = session.conn.create_channel().await else {
-                break;
-            };
-            let declared = ch
-                .queue_declare(
-                    names::agent_queue(host).as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            match declared {
-                Ok(q) => {
-                    if q.consumer_count() == 0 {
-                        out.push(host.clone());
-                    }
-                    let _ = ch.close(200, "probed".into()).await;
-                }
-                Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(a) if a.get_id() == 404) =>
-                {
-                    out.push(host.clone());
-                }
-                Err(_) => {}
-            }
-        }
-        out
+        crate::presence::probe(&session.conn, hosts.iter().cloned().collect())
+            .await
+            .into_iter()
+            .filter(|(_, connected)| !connected)
+            .map(|(host, _)| host)
+            .collect()
     }
 
     /// Declares the shared broker objects (exchanges, dead-letter queue,
@@ -782,7 +804,10 @@ fn check_confirm(target: &Target, confirm: Confirmation) -> Result<(), ClientErr
         )),
         Confirmation::Nack(None) => Err(ClientError::new(
             ErrorKind::Connection,
-            "the broker refused the command",
+            format!(
+                "the broker refused the command for `{}`: a queue it was routed to could not take it (its leader is busy or moving); it was not delivered there",
+                target.routing_key()
+            ),
         )),
         _ => Ok(()),
     }
