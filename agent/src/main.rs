@@ -43,11 +43,17 @@ fn main() -> ExitCode {
         host = %cfg.host_id,
         "hostbus-agent build info"
     );
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("hostbus-rt")
-        .build()
-    {
+    // One agent: a single runtime thread (docs/performance.md). A simulated
+    // fleet: a thread per core, for hundreds of agents at once.
+    let runtime = if flags.simulate.is_some() {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    }
+    .enable_all()
+    .thread_name("hostbus-rt")
+    .build();
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hostbus-agent: cannot start the async runtime: {e}");
