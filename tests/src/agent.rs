@@ -92,8 +92,7 @@ fn build_agent() -> std::result::Result<PathBuf, String> {
         .and_then(|n| n.to_str())
         .unwrap_or("debug")
         .to_owned();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-    let mut cmd = Command::new(&cargo);
+    let mut cmd = cargo();
     cmd.args([
         "build",
         "-q",
@@ -109,9 +108,7 @@ fn build_agent() -> std::result::Result<PathBuf, String> {
     if profile != "debug" {
         cmd.args(["--profile", &profile]);
     }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
+    let out = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "building hostbus-agent failed ({}):\n{}",
@@ -128,6 +125,27 @@ fn build_agent() -> std::result::Result<PathBuf, String> {
             bin.display()
         ))
     }
+}
+
+/// `cargo`, as the test or benchmark was started with (`$CARGO`), without
+/// the `CARGO_*` variables cargo sets for the program it runs. Build
+/// scripts (ring's, rustls's) rebuild when such a variable changes, so a
+/// build started from inside `cargo test` or `cargo run` with them would
+/// rebuild those crates, and the next outer cargo rebuild them back.
+pub fn cargo() -> Command {
+    let bin = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut cmd = Command::new(bin);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        let keep = matches!(
+            k.as_ref(),
+            "CARGO_HOME" | "CARGO_TARGET_DIR" | "CARGO_TERM_COLOR" | "CARGO_BUILD_JOBS"
+        );
+        if (k.starts_with("CARGO_") && !keep) || k == "OUT_DIR" || k == "RUSTC_BOOTSTRAP" {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
 }
 
 /// Options of an agent process; made by [`AgentProcess::builder`].

@@ -16,8 +16,7 @@ pub fn hostctl_binary() -> Result<PathBuf> {
     BIN.get_or_init(|| {
         blocking(|| {
             let agent = crate::agent::agent_binary().map_err(|e| e.to_string())?;
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
+            let mut cmd = crate::agent::cargo();
             cmd.args(["build", "-q", "-p", "hostbus-client", "--bin", "hostctl"])
                 .current_dir(workspace_dir());
             // The same target folder and profile as the agent the harness built.

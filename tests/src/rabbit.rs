@@ -34,6 +34,9 @@
 //!   process dies without unwinding (SIGKILL, Ctrl-C), the pipe closes, the
 //!   watchdog kills the node and removes its directory. No node outlives its
 //!   test.
+//! * The Erlang schedulers do not spin when idle (`+sbwt none`, RabbitMQ's
+//!   advice for shared machines): test nodes share two cores with agents and
+//!   other suites.
 //! * A node is ready in about 5 to 10 s on two cores; a stop takes about 2 s.
 
 use std::fs;
@@ -554,8 +557,11 @@ impl PrivateNode {
         cmd.env("HOSTBUS_NODE_DIR", self.dir.path())
             .env(
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                // Schedulers that sleep when idle instead of spinning: test
+                // nodes share two cores with agents and other suites, and a
+                // spinning VM would show (and take) CPU it does not use.
                 format!(
-                    "-hostbus_test_node {} -kernel inet_dist_use_interface {{127,0,0,1}}",
+                    "-hostbus_test_node {} -kernel inet_dist_use_interface {{127,0,0,1}} +sbwt none +sbwtdcpu none +sbwtdio none",
                     self.name
                 ),
             )

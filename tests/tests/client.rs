@@ -4,7 +4,6 @@
 //! a slow subscriber that loses events, notices the gap and resyncs.
 
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
@@ -14,25 +13,12 @@ use hostbus_client::protocol::types::{
     DiskBus, DiskFormat, DiskSource, DiskSpec, PowerState, VmSpec,
 };
 use hostbus_client::protocol::EventAction;
-use hostbus_client::{Client, ClientConfig, Notification, SubscribeOptions};
-use hostbus_tests::{node_file_uri, workspace_dir, AgentProcess, AmqpPeer, RabbitNode};
+use hostbus_client::{Client, ClientConfig, Notification, ResyncReason, StartAt, SubscribeOptions};
+use hostbus_tests::{node_file_uri, AgentProcess, AmqpPeer, RabbitNode};
 use serde_json::Value;
 
 fn hostctl_binary() -> std::path::PathBuf {
-    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-q", "-p", "hostbus-client", "--bin", "hostctl"])
-                .current_dir(workspace_dir())
-                .status()
-                .expect("cargo build hostctl");
-            assert!(status.success(), "cannot build hostctl");
-            let agent = hostbus_tests::agent_binary().expect("agent binary");
-            agent.with_file_name("hostctl")
-        })
-        .clone()
+    hostbus_tests::hostctl_binary().expect("hostctl")
 }
 
 struct Ctl {
@@ -372,6 +358,10 @@ async fn hostctl_drives_every_subcommand() {
         (ev["action"].as_str(), ev["host_id"].as_str()),
         (Some("started"), Some("h1"))
     );
+    assert!(
+        ev["offset"].is_u64(),
+        "each event carries its stream offset: {ev}"
+    );
 
     let schema: Value = serde_json::from_str(&ctl.run(&["schema"]).1).expect("schema JSON");
     assert!(schema["commands"].as_array().is_some_and(|c| c.len() > 40));
@@ -609,4 +599,60 @@ async fn a_subscriber_sees_another_clients_change_and_a_slow_one_resyncs() {
         .vms
         .iter()
         .any(|v| v.name == "db01" && v.power_state == PowerState::Paused));
+}
+
+/// A subscriber that comes back after the broker dropped the events it
+/// missed (beyond the stream's retention) is told so and resyncs from a
+/// snapshot, instead of silently skipping them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_beyond_the_event_retention_resyncs_from_a_snapshot() {
+    let node = RabbitNode::start_private().expect("rabbit");
+    let url = node.amqp_url();
+    let wait_online = online(&node, 1);
+    // The smallest retention: 1 MiB of events, in segments of 1 MiB.
+    let _h1 = AgentProcess::builder("h1", &url)
+        .env("HOSTBUS_EVENT_RETENTION_BYTES", "1048576")
+        .spawn()
+        .expect("h1");
+    wait_online.await;
+    let client = Client::connect(ClientConfig::new(&url))
+        .await
+        .expect("client");
+    let db = client.host("h1").vm_named("db01");
+    db.start().await.expect("start");
+    // Some 3 MiB of events: the broker keeps the last segment or two.
+    for _ in 0..1600 {
+        db.pause().await.expect("pause");
+        db.resume().await.expect("resume");
+    }
+    let mut sub = client
+        .subscribe(
+            &["h1.#"],
+            SubscribeOptions {
+                from: StartAt::Offset(0),
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .expect("subscribe");
+    let first = tokio::time::timeout(Duration::from_secs(20), sub.next())
+        .await
+        .expect("a notification")
+        .expect("open")
+        .expect("ok");
+    match first {
+        Notification::Resync {
+            host,
+            reason: ResyncReason::Truncated { asked, first },
+            inventory,
+            ..
+        } => {
+            println!("asked for offset {asked}, the broker kept from {first}");
+            assert_eq!((host.as_str(), asked), ("h1", 0));
+            assert!(first > 0);
+            let inv = inventory.expect("a fresh inventory");
+            assert!(inv.vms.iter().any(|v| v.name == "db01"));
+        }
+        other => panic!("expected a resync for the events the broker dropped, got {other:?}"),
+    }
 }

@@ -55,6 +55,14 @@ fn states(hosts: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
 /// Whether the agent queue of `host` exists.
 async fn queue_exists(url: &str, host: &str) -> bool {
     let peer = AmqpPeer::connect(url).await.expect("peer");
@@ -143,32 +151,59 @@ async fn a_fresh_process_sees_the_whole_fleet_and_its_dead_until_forgotten() {
         "it did not wait for the timeout"
     );
 
-    // A fresh process sees h4 stale after three intervals, gone after ten.
-    let stale_at = Duration::from_secs(16);
-    tokio::time::sleep(stale_at.saturating_sub(killed.elapsed())).await;
+    // h3 hangs (SIGSTOP): its connection stays open (its AMQP heartbeat is
+    // 60 s here, so the broker does not drop it meanwhile), it only stops
+    // beating. Three intervals after the last beat, a fresh process shows
+    // h3 stale (silent, still connected) and h4 gone (not connected).
+    let h3 = agents.pop().expect("h3");
+    let h3_pid = h3.pid().expect("pid");
+    signal(h3_pid, "-STOP");
+    let stopped = Instant::now();
+    tokio::time::sleep(Duration::from_secs(17).saturating_sub(stopped.elapsed())).await;
     let v = ctl.json(&["hosts"]);
-    println!("{:?} after the kill: {:?}", killed.elapsed(), states(&v));
-    assert!(states(&v).contains(&("h4".to_owned(), "stale".to_owned())));
-    let gone_at = Duration::from_secs(52);
-    tokio::time::sleep(gone_at.saturating_sub(killed.elapsed())).await;
-    let v = ctl.json(&["hosts"]);
-    println!("{:?} after the kill: {:?}", killed.elapsed(), states(&v));
-    assert!(states(&v).contains(&("h4".to_owned(), "gone".to_owned())));
-    assert!(states(&v).iter().filter(|(_, s)| s == "alive").count() == 3);
-    // Still expected by broadcasts: still missing.
+    println!(
+        "{:?} after the kill and the stop: {:?}",
+        killed.elapsed(),
+        states(&v)
+    );
+    let s = states(&v);
+    assert!(s.contains(&("h3".to_owned(), "stale".to_owned())), "{v}");
+    assert!(s.contains(&("h4".to_owned(), "gone".to_owned())), "{v}");
+    assert_eq!(s.iter().filter(|(_, st)| st == "alive").count(), 2);
+    // Still expected by broadcasts: both missing.
     let out = ctl.run(&["-o", "json", "vm", "list", "--label", "rack-b"]);
     assert_eq!(out.code, 7, "{}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(v["missing"], serde_json::json!(["h3", "h4"]));
+    // The hung agent is killed: its connection closes, it is gone.
+    signal(h3_pid, "-KILL");
+    signal(h3_pid, "-CONT");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let v = ctl.json(&["hosts"]);
+    assert!(
+        states(&v).contains(&("h3".to_owned(), "gone".to_owned())),
+        "{v}"
+    );
+    drop(h3);
 
     // Forgetting an alive host is refused; forgetting h4 removes its queue
     // and bindings, and no one expects it any more.
     let refused = ctl.run(&["host", "forget", "h1"]);
     assert_eq!(refused.code, 4, "{}", refused.stderr);
     assert!(queue_exists(&url, "h4").await);
-    let v = ctl.json(&["host", "forget", "h4"]);
-    assert_eq!(v["forgotten"], "h4");
-    assert!(!queue_exists(&url, "h4").await, "its queue is gone");
+    for h in ["h3", "h4"] {
+        let v = ctl.json(&["host", "forget", h]);
+        assert_eq!(v["forgotten"], h);
+        assert!(!queue_exists(&url, h).await, "{h}'s queue is gone");
+    }
     let v = ctl.json(&["hosts"]);
-    assert!(!states(&v).iter().any(|(h, _)| h == "h4"), "{v}");
+    assert_eq!(
+        states(&v),
+        [
+            ("h1".to_owned(), "alive".to_owned()),
+            ("h2".to_owned(), "alive".to_owned())
+        ]
+    );
     let v = ctl.json(&["vm", "list", "--all"]);
     assert_eq!(v["missing"], serde_json::json!([]));
 }

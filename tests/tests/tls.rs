@@ -8,13 +8,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use hostbus_client::protocol::commands::{HostPing, Ping};
 use hostbus_client::protocol::names;
 use hostbus_client::{Client, ClientConfig, ErrorKind, Tls};
-use hostbus_tests::{workspace_dir, AgentProcess, AmqpPeer, RabbitNode, TempDir, TlsListener};
+use hostbus_tests::{AgentProcess, AmqpPeer, RabbitNode, TempDir, TlsListener};
 
 /// How long an agent may take to come online.
 const ONLINE: Duration = Duration::from_secs(60);
@@ -178,20 +177,7 @@ impl Pki {
 }
 
 fn hostctl_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-q", "-p", "hostbus-client", "--bin", "hostctl"])
-                .current_dir(workspace_dir())
-                .status()
-                .expect("cargo build hostctl");
-            assert!(status.success(), "cannot build hostctl");
-            let agent = hostbus_tests::agent_binary().expect("agent binary");
-            agent.with_file_name("hostctl")
-        })
-        .clone()
+    hostbus_tests::hostctl_binary().expect("hostctl")
 }
 
 /// Runs hostctl with `args`; exit code, stdout, stderr.

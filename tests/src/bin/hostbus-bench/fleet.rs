@@ -19,8 +19,9 @@ fn web01(i: u32) -> uuid::Uuid {
         .expect("uuid")
 }
 
-fn simulator(url: &str, hosts: u32, prefix: &str) -> AgentProcess {
+fn simulator(url: &str, hosts: u32, prefix: &str, queue_type: &str) -> AgentProcess {
     AgentProcess::builder(&format!("{prefix}0001"), url)
+        .env("HOSTBUS_QUEUE_TYPE", queue_type)
         .args([
             "--log-level",
             "warn",
@@ -93,8 +94,8 @@ pub(crate) async fn bench(a: &Args) {
         "hostbus-bench: starting {n} simulated hosts ({doomed} of them in a process of their own)"
     );
     let mut sims = vec![
-        simulator(&url, n - doomed, "sim-"),
-        simulator(&url, doomed, "doomed-"),
+        simulator(&url, n - doomed, "sim-", &a.queue_type),
+        simulator(&url, doomed, "doomed-", &a.queue_type),
     ];
     let startup = until_alive(&url, n as usize, Duration::from_secs(600)).await;
     // Let a few heartbeat intervals pass, as in a fleet that runs.
@@ -185,20 +186,21 @@ pub(crate) async fn bench(a: &Args) {
         .map(|i| (format!("sim-{i:04}"), web01(i)))
         .chain((1..=doomed).map(|i| (format!("doomed-{i:04}"), web01(i))))
         .collect();
-    let driver = {
-        let client = client.clone();
-        let targets = targets.clone();
-        tokio::spawn(async move {
-            futures_lite::stream::iter(targets)
-                .map(|(h, uuid)| {
-                    let c = client.clone();
-                    async move { c.call::<VmPause>(&h, VmUuid { uuid }).await.is_ok() }
-                })
-                .then(|f| f)
-                .count()
-                .await
-        })
-    };
+    // 64 callers, each taking the next host.
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut driver = Vec::new();
+    for _ in 0..64 {
+        let (client, targets, next) = (client.clone(), targets.clone(), next.clone());
+        driver.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((h, uuid)) = targets.get(i) else {
+                    break;
+                };
+                let _ = client.call::<VmPause>(h, VmUuid { uuid: *uuid }).await;
+            }
+        }));
+    }
     let mut lat = Vec::new();
     while lat.len() < targets.len() {
         match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
@@ -210,7 +212,9 @@ pub(crate) async fn bench(a: &Args) {
         }
     }
     let events_secs = sent.elapsed().as_secs_f64();
-    let _ = driver.await;
+    for d in driver {
+        let _ = d.await;
+    }
     for (h, uuid) in &targets {
         let _ = client.call::<VmResume>(h, VmUuid { uuid: *uuid }).await;
     }
@@ -304,9 +308,10 @@ pub(crate) async fn bench(a: &Args) {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Machine: {}. {n} simulated hosts in two `hostbus-agent --simulate` processes ({} and {doomed}) on one private RabbitMQ node, every agent at its default settings (heartbeat every 5 s, quorum queues, concurrency 8); `hostctl` is a fresh release process each time.\n",
+        "Machine: {}. {n} simulated hosts in two `hostbus-agent --simulate` processes ({} and {doomed}) on one private RabbitMQ node, every agent at its default settings (heartbeat every 5 s, concurrency 8) with {} command queues; `hostctl` is a fresh release process each time.\n",
         machine(),
-        n - doomed
+        n - doomed,
+        a.queue_type
     );
     let _ = writeln!(out, "| measure | figure | target |\n|---|---:|---|");
     let _ = writeln!(

@@ -61,6 +61,8 @@ struct Args {
     section: Section,
     /// Simulated hosts of the fleet section.
     hosts: u32,
+    /// Queue type of the fleet section's agents.
+    queue_type: String,
     /// Seconds per measured slice.
     secs: u64,
     /// Slices per path, interleaved across the paths of one table.
@@ -77,6 +79,7 @@ fn args() -> Args {
     let mut a = Args {
         section: Section::Calls,
         hosts: 1000,
+        queue_type: "quorum".into(),
         secs: 2,
         rounds: 3,
         write: true,
@@ -95,6 +98,7 @@ fn args() -> Args {
             "cluster" => a.section = Section::Cluster,
             "all" => a.section = Section::All,
             "--hosts" => a.hosts = it.next().and_then(|v| v.parse().ok()).unwrap_or(1000),
+            "--queue-type" => a.queue_type = it.next().unwrap_or_else(|| "quorum".into()),
             "--no-breakdown" => a.breakdown = false,
             "--profile" => {
                 a.profile = it.next().and_then(|v| v.parse().ok());
@@ -576,8 +580,7 @@ pub(crate) fn machine() -> String {
 fn main() {
     let a = args();
     eprintln!("hostbus-bench: building the release agent");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(&cargo)
+    let status = hostbus_tests::cargo()
         .args([
             "build",
             "--release",
@@ -619,8 +622,7 @@ fn main() {
 
 /// Builds the release `hostctl` next to the release agent; its path.
 pub(crate) fn release_hostctl() -> std::path::PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(&cargo)
+    let status = hostbus_tests::cargo()
         .args([
             "build",
             "--release",
