@@ -118,6 +118,12 @@ pub(crate) fn map_error(e: &virt::error::Error, subject: &Subject) -> Error {
         ErrorNumber::NoNetwork => {
             not_found(ErrorCode::NetworkNotFound, &[("network", name)], &detail)
         }
+        // virCheckFlags: the driver lacks a flag combination (the test
+        // driver refuses live and config changes together, libvirt 11's
+        // attaches live only). The request was fine; the host cannot do it.
+        ErrorNumber::InvalidArg if is_unsupported_flags(e) => {
+            not_supported(subject, class, &detail)
+        }
         ErrorNumber::InvalidArg | ErrorNumber::XmlError | ErrorNumber::XmlDetail => Error::new(
             ErrorCode::InvalidArgument,
             [("field", class.to_owned()), ("reason", detail.clone())],
@@ -126,19 +132,7 @@ pub(crate) fn map_error(e: &virt::error::Error, subject: &Subject) -> Error {
         ErrorNumber::OperationInvalid => bad_state(subject, &detail),
         ErrorNumber::NoSupport
         | ErrorNumber::OperationUnsupported
-        | ErrorNumber::ArgumentUnsupported => {
-            let op = match subject {
-                Subject::Vm { op, .. } | Subject::Pool { op, .. } | Subject::Network { op, .. } => {
-                    *op
-                }
-                _ => class,
-            };
-            Error::new(
-                ErrorCode::OperationNotSupported,
-                [("operation", op.to_owned()), ("reason", detail.clone())],
-                format!("{op} is not supported by this host: {detail}"),
-            )
-        }
+        | ErrorNumber::ArgumentUnsupported => not_supported(subject, class, &detail),
         ErrorNumber::OperationTimeout | ErrorNumber::AgentUnresponsive => Error::new(
             ErrorCode::Timeout,
             [
@@ -166,6 +160,26 @@ pub(crate) fn map_error(e: &virt::error::Error, subject: &Subject) -> Error {
         ErrorNumber::SystemError if is_connection_error(e) => host_unavailable(&detail),
         _ => Error::internal(detail),
     }
+}
+
+/// Whether libvirt refused a flag (combination) the driver does not
+/// implement (`virCheckFlags`), as opposed to any other failure: only then
+/// may a caller retry the same change with other flags.
+pub(crate) fn is_unsupported_flags(e: &virt::error::Error) -> bool {
+    matches!(e.code(), ErrorNumberEnum::Known(ErrorNumber::InvalidArg))
+        && e.message().contains("unsupported flags")
+}
+
+fn not_supported(subject: &Subject, class: &'static str, detail: &str) -> Error {
+    let op = match subject {
+        Subject::Vm { op, .. } | Subject::Pool { op, .. } | Subject::Network { op, .. } => *op,
+        _ => class,
+    };
+    Error::new(
+        ErrorCode::OperationNotSupported,
+        [("operation", op.to_owned()), ("reason", detail.to_owned())],
+        format!("{op} is not supported by this host: {detail}"),
+    )
 }
 
 /// `HOST_UNAVAILABLE`.
