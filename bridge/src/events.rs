@@ -155,6 +155,22 @@ unsafe extern "C" fn on_domain_device(
     }
 }
 
+/// The guest's balloon reached a new size: the memory a `vm.set_memory`
+/// asked for is in effect once the guest has given it back.
+unsafe extern "C" fn on_domain_balloon(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _actual: std::os::raw::c_ulonglong,
+    opaque: *mut c_void,
+) {
+    // SAFETY: libvirt passes a valid domain and our registration's opaque.
+    unsafe {
+        if let Some(uuid) = domain_uuid(dom) {
+            send(opaque, RawEvent::Vm(uuid));
+        }
+    }
+}
+
 unsafe extern "C" fn on_pool_lifecycle(
     _conn: sys::virConnectPtr,
     pool: sys::virStoragePoolPtr,
@@ -220,6 +236,12 @@ type LifecycleCb =
 type GenericDomainCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
 type DeviceCb =
     unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *const c_char, *mut c_void);
+type BalloonCb = unsafe extern "C" fn(
+    sys::virConnectPtr,
+    sys::virDomainPtr,
+    std::os::raw::c_ulonglong,
+    *mut c_void,
+);
 type PoolLifecycleCb =
     unsafe extern "C" fn(sys::virConnectPtr, sys::virStoragePoolPtr, c_int, c_int, *mut c_void);
 type GenericPoolCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virStoragePoolPtr, *mut c_void);
@@ -262,7 +284,8 @@ pub(crate) fn register(conn: &Connect, tx: &Sender<RawEvent>) -> Registrations {
     // exactly like the C macros VIR_DOMAIN_EVENT_CALLBACK & co. The function
     // types differ only in their trailing arguments, which follow the C ABI.
     let device = unsafe { std::mem::transmute::<DeviceCb, GenericDomainCb>(on_domain_device) };
-    let domain_cbs: [(u32, GenericDomainCb); 5] = [
+    let balloon = unsafe { std::mem::transmute::<BalloonCb, GenericDomainCb>(on_domain_balloon) };
+    let domain_cbs: [(u32, GenericDomainCb); 6] = [
         (sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, unsafe {
             std::mem::transmute::<LifecycleCb, GenericDomainCb>(on_domain_lifecycle)
         }),
@@ -270,6 +293,7 @@ pub(crate) fn register(conn: &Connect, tx: &Sender<RawEvent>) -> Registrations {
         (sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, device),
         (sys::VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, device),
         (sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED, device),
+        (sys::VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE, balloon),
     ];
     for (id, cb) in domain_cbs {
         // SAFETY: valid connection; libvirt frees `op` through `free_opaque`
