@@ -673,14 +673,32 @@ async fn requests_a_guest_ignores_are_not_reported_as_done() {
     let host = b.host();
     let mut ev = b.events().await;
     // No disk, and a guest that ignores the power button.
-    let vm = host
-        .define_vm(b.guest(&format!("{QEMU_PREFIX}deaf"), vec![], "hostbus.noacpi"))
-        .await
-        .expect("define");
+    let mut spec = b.guest(&format!("{QEMU_PREFIX}deaf"), vec![], "hostbus.noacpi");
+    spec.max_vcpus = Some(2);
+    let vm = host.define_vm(spec).await.expect("define");
     let _ = std::fs::remove_file(console_log(&vm));
     let h = host.vm(vm.uuid);
     let running = h.start().await.expect("start");
     console(&running, BOOTED, 1, Duration::from_secs(60));
+
+    // A vCPU the guest cannot release (it is paused): one timeout, as
+    // libvirt reports it, and the change applied nowhere.
+    let r = h.set_vcpus(2).await.expect("hotplug a vcpu");
+    assert_eq!(r.vcpus, 2);
+    h.pause().await.expect("pause");
+    let t = Instant::now();
+    let err = h
+        .set_vcpus(1)
+        .await
+        .expect_err("a paused guest cannot unplug");
+    let took = t.elapsed();
+    assert_eq!(err.code(), Some(ErrorCode::Timeout), "{err}");
+    assert!(
+        took < Duration::from_secs(8),
+        "one wait for the guest, not a retry: {took:?}"
+    );
+    assert_eq!(h.get().await.expect("get").vcpus, 2, "nothing half-applied");
+    h.resume().await.expect("resume");
 
     // Nothing to keep a snapshot in: a clear refusal, not INTERNAL.
     let err = h.snapshot("s", "").await.expect_err("no disk");
