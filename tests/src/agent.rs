@@ -57,20 +57,34 @@ pub fn node_file_uri(name: &str) -> String {
 /// directory of the running test (or taken from `HOSTBUS_AGENT_BIN`).
 pub fn agent_binary() -> Result<PathBuf> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| blocking(build_agent))
+    BIN.get_or_init(|| {
+        blocking(|| match std::env::var_os(AGENT_BIN_ENV) {
+            Some(bin) => {
+                let bin = PathBuf::from(bin);
+                if bin.is_file() {
+                    Ok(bin)
+                } else {
+                    Err(format!("{AGENT_BIN_ENV}={} is not a file", bin.display()))
+                }
+            }
+            None => build_binary("hostbus-agent", "hostbus-agent"),
+        })
+    })
+    .clone()
+    .map_err(|m| HarnessError::new(ErrorKind::Command, m))
+}
+
+/// The `hostctl` binary, built once per test process like [`agent_binary`].
+pub fn hostctl_binary() -> Result<PathBuf> {
+    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| blocking(|| build_binary("hostbus-client", "hostctl")))
         .clone()
         .map_err(|m| HarnessError::new(ErrorKind::Command, m))
 }
 
-fn build_agent() -> std::result::Result<PathBuf, String> {
-    if let Some(bin) = std::env::var_os(AGENT_BIN_ENV) {
-        let bin = PathBuf::from(bin);
-        return if bin.is_file() {
-            Ok(bin)
-        } else {
-            Err(format!("{AGENT_BIN_ENV}={} is not a file", bin.display()))
-        };
-    }
+/// `$CARGO build -q -p <package> --bin <bin>` into the running test's target
+/// directory and profile; the binary's path.
+fn build_binary(package: &str, bin_name: &str) -> std::result::Result<PathBuf, String> {
     // target/<profile>/deps/<test binary> → target/<profile>
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the test binary: {e}"))?;
     let mut profile_dir = exe
@@ -94,18 +108,11 @@ fn build_agent() -> std::result::Result<PathBuf, String> {
         .to_owned();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut cmd = Command::new(&cargo);
-    cmd.args([
-        "build",
-        "-q",
-        "-p",
-        "hostbus-agent",
-        "--bin",
-        "hostbus-agent",
-    ])
-    .arg("--target-dir")
-    .arg(&target_dir)
-    .current_dir(workspace_dir())
-    .stdin(Stdio::null());
+    cmd.args(["build", "-q", "-p", package, "--bin", bin_name])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .current_dir(workspace_dir())
+        .stdin(Stdio::null());
     if profile != "debug" {
         cmd.args(["--profile", &profile]);
     }
@@ -114,17 +121,17 @@ fn build_agent() -> std::result::Result<PathBuf, String> {
         .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
     if !out.status.success() {
         return Err(format!(
-            "building hostbus-agent failed ({}):\n{}",
+            "building {bin_name} failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let bin = target_dir.join(&profile).join("hostbus-agent");
+    let bin = target_dir.join(&profile).join(bin_name);
     if bin.is_file() {
         Ok(bin)
     } else {
         Err(format!(
-            "cargo built hostbus-agent, but {} does not exist",
+            "cargo built {bin_name}, but {} does not exist",
             bin.display()
         ))
     }

@@ -22,7 +22,10 @@ use hostbus_client::protocol::{ErrorCode, Event, EventAction};
 use hostbus_client::{
     Client, ClientConfig, ClientError, Host, Notification, SubscribeOptions, Subscription,
 };
-use hostbus_tests::{wait_for_text, AgentProcess, QemuHost, RabbitNode, QEMU_PREFIX};
+use hostbus_tests::{
+    hostctl_binary, wait_for_text, AgentProcess, QemuHost, RabbitNode, QEMU_PREFIX,
+};
+use serde_json::Value;
 use tokio::sync::Mutex;
 
 /// The tests share libvirtd (one stops it) and two cores: one at a time.
@@ -36,6 +39,7 @@ const MIB: u64 = 1 << 20;
 /// serving `qemu:///system` with TCG guests, and an SDK client.
 struct Bench {
     q: QemuHost,
+    url: String,
     agent: AgentProcess,
     client: Client,
     // Last: the broker outlives the agent and the client.
@@ -64,11 +68,12 @@ impl Bench {
             builder = builder.env(*k, *v);
         }
         let agent = builder.spawn().expect("agent");
-        let mut cfg = ClientConfig::new(url);
+        let mut cfg = ClientConfig::new(url.clone());
         cfg.timeout = Duration::from_secs(90);
         let client = Client::connect(cfg).await.expect("client");
         let bench = Self {
             q,
+            url,
             agent,
             client,
             _node: node,
@@ -79,6 +84,28 @@ impl Bench {
 
     fn host(&self) -> Host {
         self.client.host(HOST)
+    }
+
+    /// Runs `hostctl -o json <args>` against the bench's broker; its output.
+    fn hostctl(&self, args: &[&str]) -> Value {
+        let out = std::process::Command::new(hostctl_binary().expect("hostctl"))
+            .args(["-o", "json"])
+            .args(args)
+            .env("HOSTBUS_URL", &self.url)
+            .env("HOSTCTL_CONFIG", "/nonexistent")
+            .output()
+            .expect("run hostctl");
+        assert!(
+            out.status.success(),
+            "hostctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "hostctl {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     async fn wait_serving(&self) {
@@ -920,17 +947,44 @@ async fn a_libvirtd_restart_is_seen_in_health_and_loses_no_change() {
     };
     wait_health(HealthStatus::Ok).await;
 
-    let vm = host
-        .define_vm(b.guest(&format!("{QEMU_PREFIX}restart"), vec![], ""))
-        .await
-        .expect("define");
-    let _ = std::fs::remove_file(console_log(&vm));
+    // This one through hostctl, as an operator would.
+    let name = format!("{QEMU_PREFIX}restart");
+    let _ = std::fs::remove_file(format!("/var/log/libvirt/qemu/{name}-serial0.log"));
+    let created = b.hostctl(&[
+        "vm",
+        "create",
+        HOST,
+        "--name",
+        &name,
+        "--memory",
+        "192",
+        "--kernel",
+        b.q.kernel.to_str().expect("utf-8"),
+        "--initrd",
+        b.q.initrd.to_str().expect("utf-8"),
+        "--cmdline",
+        "console=ttyS0",
+        "--cpu-mode",
+        "maximum",
+        "--start",
+    ]);
+    let vm: VmRecord = serde_json::from_value(created).expect("a vm record");
+    assert_eq!(vm.power_state, PowerState::Running);
+    assert_eq!(vm.boot.cmdline.as_deref(), Some("console=ttyS0"));
     let h = host.vm(vm.uuid);
-    let running = h.start().await.expect("start");
+    let running = h.get().await.expect("get");
     console(&running, BOOTED, 1, Duration::from_secs(60));
     let before = ev
         .vm(&vm, EventAction::Started, Duration::from_secs(10))
         .await;
+    let where_ = b.hostctl(&["vm", "console", &format!("{HOST}/{name}")]);
+    assert_eq!(where_["log_path"].as_str(), Some(console_log(&vm).as_str()));
+    assert!(
+        where_["attach"]
+            .as_str()
+            .is_some_and(|a| a.contains("virsh")),
+        "{where_}"
+    );
 
     // libvirtd goes away: health goes down, commands say the host is unavailable.
     let mut restart = StartLibvirtdOnDrop(true, b.q.clone());
@@ -940,11 +994,10 @@ async fn a_libvirtd_restart_is_seen_in_health_and_loses_no_change() {
 
     // Meanwhile the guest powers itself off (typed on its serial console);
     // nobody is connected to tell.
-    let pty = running
-        .console
-        .as_ref()
-        .and_then(|c| c.pty.clone())
-        .expect("pty");
+    let pty = where_["pty"]
+        .as_str()
+        .expect("the console's pty")
+        .to_owned();
     type_on_console(&running, &pty, "poweroff", "reboot: Power down");
 
     // libvirtd is back: health recovers and the missed change is an event.
