@@ -13,18 +13,18 @@ use futures_lite::StreamExt;
 use hostbus_bridge::{Bridge, ObjectEvent};
 use hostbus_protocol::envelope::VERSION_HEADER;
 use hostbus_protocol::events::{Health, Load, Versions};
-use hostbus_protocol::names::{self, ALL_KEY};
+use hostbus_protocol::names;
 use hostbus_protocol::types::{HealthStatus, Inventory, ObjectClass, Record};
 use hostbus_protocol::{
-    encode, now_ms, AmqpProperties, ContentType, Event, EventAction, HeaderValue, Heartbeat,
-    COMMANDS, PROTOCOL_VERSION,
+    encode, now_ms, AmqpProperties, Announcement, ContentType, Event, EventAction, HeaderValue,
+    Heartbeat, RosterAction, COMMANDS, PROTOCOL_VERSION,
 };
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, Confirmation, Connection, ExchangeKind};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -35,7 +35,7 @@ use crate::journal::Journal;
 use crate::lane::{LaneError, ReplyLane};
 use crate::metrics::Metrics;
 use crate::settle::{Settle, Settler};
-use hostbus_amqp::{classify_reply_to, redact, to_lapin, ReplyAddress};
+use hostbus_amqp::{classify_reply_to, redact, to_lapin, topology, ReplyAddress};
 
 /// Why a session ended.
 enum SessionEnd {
@@ -254,10 +254,12 @@ impl Agent {
     /// jittered exponential backoff. Returns the connection and its URL.
     /// `attempt` counts failures; only a session that started resets it.
     async fn connect(&self, attempt: &mut u32) -> (Connection, String) {
+        let order = self.cfg.broker_order();
         loop {
-            for url in &self.cfg.broker_urls {
+            for url in &order {
                 let name = format!("hostbus-agent/{}", self.cfg.host_id);
-                match hostbus_amqp::connect(url, &name, &self.tls).await {
+                match hostbus_amqp::connect(url, &name, &self.tls, self.cfg.connect_options()).await
+                {
                     Ok(c) => {
                         tracing::info!(broker = %redact(url), "connected to the broker");
                         return (c, url.clone());
@@ -303,58 +305,26 @@ impl Agent {
         (*n).max(broker)
     }
 
-    async fn declare(&self, ch: &Channel) -> lapin::Result<String> {
+    /// Declares the topology (the shared objects too, with
+    /// `declare_exchanges`); returns the command queue's name. Queues that
+    /// exist with other arguments are used as they are, with a warning.
+    async fn declare(&self, conn: &Connection) -> lapin::Result<String> {
+        let settings = self.cfg.topology();
+        let mut mismatches = Vec::new();
         if self.cfg.declare_exchanges {
-            let durable = ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            };
-            for (name, kind) in [
-                (names::COMMAND_EXCHANGE, ExchangeKind::Topic),
-                (names::EVENT_EXCHANGE, ExchangeKind::Topic),
-                (names::PRESENCE_EXCHANGE, ExchangeKind::Topic),
-                (names::DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
-            ] {
-                ch.exchange_declare(name.into(), kind, durable, FieldTable::default())
-                    .await?;
-            }
-            let dq = QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            };
-            ch.queue_declare(names::DEAD_LETTER_QUEUE.into(), dq, FieldTable::default())
-                .await?;
-            ch.queue_bind(
-                names::DEAD_LETTER_QUEUE.into(),
-                names::DEAD_LETTER_EXCHANGE.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+            mismatches = topology::declare_shared(conn, &settings).await?;
         }
-        let dq = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        let queue = names::agent_queue(&self.cfg.host_id);
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(names::DEAD_LETTER_EXCHANGE.into()),
-        );
-        ch.queue_declare(queue.as_str().into(), dq, args).await?;
-        let mut keys = vec![names::host_key(&self.cfg.host_id), ALL_KEY.to_owned()];
-        keys.extend(self.cfg.labels.iter().map(|l| names::group_key(l)));
-        for key in keys {
-            ch.queue_bind(
-                queue.as_str().into(),
-                names::COMMAND_EXCHANGE.into(),
-                key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let (queue, mismatch) =
+            topology::declare_agent_queue(conn, &self.cfg.host_id, &self.cfg.labels, &settings)
+                .await?;
+        mismatches.extend(mismatch);
+        for m in mismatches {
+            tracing::warn!(
+                queue = %m.queue,
+                queue_type = self.cfg.queue_type.as_str(),
+                reason = %m.reason,
+                "the queue exists with other arguments; using it as it is (docs/operations.md, \"Moving to quorum queues\")"
+            );
         }
         Ok(queue)
     }
@@ -367,10 +337,10 @@ impl Agent {
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> SessionEnd {
         let setup = async {
+            let queue = self.declare(&conn).await?;
             let cmd = conn.create_channel().await?;
             let publ = conn.create_channel().await?;
             publ.confirm_select(ConfirmSelectOptions::default()).await?;
-            let queue = self.declare(&cmd).await?;
             let prefetch = u16::try_from(self.cfg.concurrency).unwrap_or(u16::MAX);
             cmd.basic_qos(prefetch, BasicQosOptions::default()).await?;
             Ok::<_, lapin::Error>((cmd, publ, queue))
@@ -386,6 +356,9 @@ impl Agent {
         }
         if let Err(e) = self.announce(&publ, EventAction::Online).await {
             return SessionEnd::lost(format!("cannot publish agent.online: {e}"));
+        }
+        if let Err(e) = self.enroll(&publ, RosterAction::Online).await {
+            return SessionEnd::lost(format!("cannot publish the roster announcement: {e}"));
         }
         let tag = format!("hostbus-agent-{}-{}", self.cfg.host_id, self.epoch);
         let mut consumer = match cmd
@@ -453,7 +426,12 @@ impl Agent {
             });
         }
         let (settler, settling) = Settler::start(cmd.clone());
-        let lane = ReplyLane::new(url, &self.cfg.host_id, &self.tls);
+        let lane = ReplyLane::new(
+            url,
+            &self.cfg.host_id,
+            &self.tls,
+            self.cfg.connect_options(),
+        );
         // What every command needs, shared: cloning lapin channels per
         // command showed in profiles.
         let lanes = Arc::new(Lanes {
@@ -532,6 +510,9 @@ impl Agent {
                 background.abort_all();
                 if let Err(e) = self.announce(&publ, EventAction::Offline).await {
                     tracing::warn!(error = %e, "cannot publish agent.offline");
+                }
+                if let Err(e) = self.enroll(&publ, RosterAction::Offline).await {
+                    tracing::warn!(error = %e, "cannot publish the roster's offline announcement");
                 }
                 let _ = conn.close(200, "agent stopping".into()).await;
                 SessionEnd::Shutdown
@@ -809,6 +790,47 @@ impl Agent {
         Ok(())
     }
 
+    /// Publishes this host's roster announcement (`<host>.online` at every
+    /// session start, `<host>.offline` at a clean stop), which the broker
+    /// keeps in the roster stream for a manager that starts later.
+    async fn enroll(&self, publ: &Channel, action: RosterAction) -> anyhow::Result<()> {
+        let f = lock(&self.facts).clone();
+        let a = Announcement {
+            host_id: self.cfg.host_id.clone(),
+            action,
+            epoch: Some(self.epoch),
+            time: now_ms(),
+            started_at: self.started_at,
+            interval_ms: u32::try_from(self.cfg.heartbeat_interval_ms).unwrap_or(u32::MAX),
+            labels: self.cfg.labels.clone(),
+            versions: Some(self.versions(&f)),
+            capabilities: if action == RosterAction::Online {
+                COMMANDS.iter().map(|c| c.name.to_owned()).collect()
+            } else {
+                Vec::new()
+            },
+            by: None,
+        };
+        let body = encode(ContentType::MsgPack, &a)?;
+        self.publish_confirmed(
+            publ,
+            names::PRESENCE_EXCHANGE,
+            &a.routing_key(),
+            &body,
+            self.message_props("announcement", None),
+        )
+        .await
+    }
+
+    fn versions(&self, f: &Facts) -> Versions {
+        Versions {
+            agent: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol: PROTOCOL_VERSION.to_string(),
+            libvirt: f.libvirt.clone(),
+            hypervisor: f.hypervisor.clone(),
+        }
+    }
+
     fn note_inventory(&self, inv: &Inventory) {
         let mut f = lock(&self.facts);
         f.libvirt = inv.host.libvirt_version.clone();
@@ -858,13 +880,9 @@ impl Agent {
             time: now_ms(),
             started_at: self.started_at,
             interval_ms: u32::try_from(self.cfg.heartbeat_interval_ms).unwrap_or(u32::MAX),
-            versions: Versions {
-                agent: env!("CARGO_PKG_VERSION").to_owned(),
-                protocol: PROTOCOL_VERSION.to_string(),
-                libvirt: f.libvirt,
-                hypervisor: f.hypervisor,
-            },
-            capabilities: COMMANDS.iter().map(|c| c.name.to_owned()).collect(),
+            versions: self.versions(&f),
+            // In the roster announcement and host.capabilities, not every beat.
+            capabilities: Vec::new(),
             labels: self.cfg.labels.clone(),
             health: Health {
                 status: h.status,

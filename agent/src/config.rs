@@ -55,6 +55,35 @@ pub struct Flags {
     /// Address of the Prometheus metrics endpoint, e.g. `127.0.0.1:9187`; `off` disables it.
     #[arg(long)]
     pub metrics_addr: Option<String>,
+    /// Runs this many simulated hosts on libvirt's test driver instead of
+    /// serving this host (a fleet for load tests; docs/operations.md).
+    #[arg(long, value_name = "N")]
+    pub simulate: Option<u32>,
+    /// Host id prefix of simulated hosts: `<prefix>0001`, `<prefix>0002`, ...
+    #[arg(long, default_value = "sim-", requires = "simulate")]
+    pub host_prefix: String,
+}
+
+/// The RabbitMQ queue type of the agent's command queue and of the
+/// dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated over a broker cluster (Raft), counts deliveries even when
+    /// a consumer's connection drops, dead-letters at least once.
+    Quorum,
+    /// One node's queue: faster on one node, lost with its node.
+    Classic,
+}
+
+impl QueueType {
+    /// The `x-queue-type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
 }
 
 /// Log output format.
@@ -133,6 +162,27 @@ pub struct Config {
     /// Directory where each new VM's serial console is logged
     /// (`<dir>/<vm>-serial0.log`, written by virtlogd); `off` for none.
     pub console_log_dir: String,
+    /// Queue type of the command queue and the dead-letter queue.
+    pub queue_type: QueueType,
+    /// A command queue without a consumer for this long is deleted by the
+    /// broker (with its bindings), s; 0 keeps it for ever.
+    pub queue_expires_s: u64,
+    /// Most messages kept in the dead-letter queue (oldest dropped first).
+    pub dead_letter_max_length: u64,
+    /// Dead letters older than this are dropped, s.
+    pub dead_letter_max_age_s: u64,
+    /// How long the event stream keeps events, s.
+    pub event_retention_s: u64,
+    /// Most bytes the event stream keeps.
+    pub event_retention_bytes: u64,
+    /// How long the roster stream keeps host announcements, s.
+    pub roster_retention_s: u64,
+    /// How long the heartbeat stream keeps heartbeats, s.
+    pub beat_retention_s: u64,
+    /// Longest time to open a broker connection (TCP, TLS, AMQP handshake), ms.
+    pub connect_timeout_ms: u64,
+    /// AMQP heartbeat asked of the broker, s (a URL's `?heartbeat=` wins).
+    pub amqp_heartbeat_s: u16,
 }
 
 /// Every field, with its environment variable and default.
@@ -163,7 +213,38 @@ const FIELDS: &[&str] = &[
     "declare_exchanges",
     "domain_type",
     "console_log_dir",
+    "queue_type",
+    "queue_expires_s",
+    "dead_letter_max_length",
+    "dead_letter_max_age_s",
+    "event_retention_s",
+    "event_retention_bytes",
+    "roster_retention_s",
+    "beat_retention_s",
+    "connect_timeout_ms",
+    "amqp_heartbeat_s",
 ];
+
+/// `HOSTBUS_*` variables of other hostbus programs and of the test
+/// harness, which the agent leaves alone. Any other `HOSTBUS_*` variable
+/// that names no agent field is refused: a typo must not be ignored.
+const FOREIGN_VARIABLES: &[&str] = &[
+    "HOSTBUS_URL",
+    "HOSTBUS_TIMEOUT_MS",
+    "HOSTBUS_OUTPUT",
+    "HOSTBUS_CA_FILE",
+    "HOSTBUS_CERT_FILE",
+    "HOSTBUS_KEY_FILE",
+    "HOSTBUS_CONFIG",
+    "HOSTBUS_ROLES",
+    "HOSTBUS_AGENT_BIN",
+    "HOSTBUS_RABBITMQ_BIN_DIR",
+    "HOSTBUS_BLESS",
+];
+
+/// Prefixes of `HOSTBUS_*` variables that belong to the test harness and
+/// benchmarks.
+const FOREIGN_PREFIXES: &[&str] = &["HOSTBUS_TEST_", "HOSTBUS_BENCH_", "HOSTBUS_QEMU_"];
 
 /// A configuration problem, naming the field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -238,7 +319,38 @@ impl Config {
             .set_default("domain_type", "auto")
             .map_err(map)?
             .set_default("console_log_dir", "/var/log/libvirt/qemu")
+            .map_err(map)?
+            .set_default("queue_type", "quorum")
+            .map_err(map)?
+            .set_default("queue_expires_s", 7 * 86_400)
+            .map_err(map)?
+            .set_default("dead_letter_max_length", 100_000)
+            .map_err(map)?
+            .set_default("dead_letter_max_age_s", 7 * 86_400)
+            .map_err(map)?
+            .set_default("event_retention_s", 86_400)
+            .map_err(map)?
+            .set_default("event_retention_bytes", 1u64 << 30)
+            .map_err(map)?
+            .set_default("roster_retention_s", 7 * 86_400)
+            .map_err(map)?
+            .set_default("beat_retention_s", 600)
+            .map_err(map)?
+            .set_default("connect_timeout_ms", 10_000)
+            .map_err(map)?
+            .set_default("amqp_heartbeat_s", 10)
             .map_err(map)?;
+        if let Some(unknown) = env.keys().filter(|k| k.starts_with("HOSTBUS_")).find(|k| {
+            !FIELDS
+                .iter()
+                .any(|f| **k == format!("HOSTBUS_{}", f.to_ascii_uppercase()))
+                && !FOREIGN_VARIABLES.contains(&k.as_str())
+                && !FOREIGN_PREFIXES.iter().any(|p| k.starts_with(p))
+        }) {
+            return Err(ConfigError(format!(
+                "unknown setting {unknown}: the agent's variables are HOSTBUS_ followed by a field of docs/operations.md, e.g. HOSTBUS_QUEUE_TYPE"
+            )));
+        }
         // Without a [roles] table, the broker's default `guest` login is an
         // admin: right for a laptop, wrong for production (docs/security.md).
         let has_roles_file = flags.config.as_ref().is_some_and(|p| {
@@ -403,6 +515,31 @@ impl Config {
         if self.max_object_queue == 0 {
             return Err(field_error("max_object_queue", "must be at least 1"));
         }
+        if self.dead_letter_max_length == 0 {
+            return Err(field_error("dead_letter_max_length", "must be at least 1"));
+        }
+        for (field, v) in [
+            ("dead_letter_max_age_s", self.dead_letter_max_age_s),
+            ("event_retention_s", self.event_retention_s),
+            ("roster_retention_s", self.roster_retention_s),
+            ("beat_retention_s", self.beat_retention_s),
+        ] {
+            if v < 60 {
+                return Err(field_error(field, "must be at least 60"));
+            }
+        }
+        if self.event_retention_bytes < 1 << 20 {
+            return Err(field_error(
+                "event_retention_bytes",
+                "must be at least 1048576",
+            ));
+        }
+        if !(100..=600_000).contains(&self.connect_timeout_ms) {
+            return Err(field_error(
+                "connect_timeout_ms",
+                "must be between 100 and 600000",
+            ));
+        }
         Ok(())
     }
 
@@ -452,6 +589,41 @@ impl Config {
     /// Heartbeat interval.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// How broker connections are made.
+    pub fn connect_options(&self) -> hostbus_amqp::ConnectOptions {
+        hostbus_amqp::ConnectOptions {
+            timeout: Duration::from_millis(self.connect_timeout_ms),
+            heartbeat_s: self.amqp_heartbeat_s,
+        }
+    }
+
+    /// How the broker objects are declared.
+    pub fn topology(&self) -> hostbus_amqp::topology::TopologySettings {
+        use hostbus_amqp::topology::{QueueType as Q, TopologySettings};
+        TopologySettings {
+            queue_type: match self.queue_type {
+                QueueType::Quorum => Q::Quorum,
+                QueueType::Classic => Q::Classic,
+            },
+            queue_expires: (self.queue_expires_s > 0)
+                .then(|| Duration::from_secs(self.queue_expires_s)),
+            max_deliveries: self.max_deliveries,
+            dead_letter_max_length: self.dead_letter_max_length,
+            dead_letter_max_age: Duration::from_secs(self.dead_letter_max_age_s),
+            event_retention: Duration::from_secs(self.event_retention_s),
+            event_retention_bytes: self.event_retention_bytes,
+            roster_retention: Duration::from_secs(self.roster_retention_s),
+            beat_retention: Duration::from_secs(self.beat_retention_s),
+        }
+    }
+
+    /// The broker URLs in the order this host tries them: starting at a
+    /// position derived from the host id, so a fleet spreads over a
+    /// cluster's nodes.
+    pub fn broker_order(&self) -> Vec<String> {
+        hostbus_amqp::spread(&self.broker_urls, hostbus_amqp::stable_hash(&self.host_id))
     }
 }
 
@@ -508,6 +680,7 @@ mod tests {
         assert!(bad(&[("HOSTBUS_LABELS", "ok,Not OK")]).contains("`labels`"));
         assert!(bad(&[("HOSTBUS_LOG_FORMAT", "xml")]).contains("log_format"));
         assert!(bad(&[("HOSTBUS_METRICS_ADDR", "nowhere")]).contains("`metrics_addr`"));
+        assert!(bad(&[("HOSTBUS_QUEUE_TYPE", "mirrored")]).contains("queue_type"));
         assert!(bad(&[("HOSTBUS_DOMAIN_TYPE", "xen")]).contains("`domain_type`"));
         assert!(bad(&[("HOSTBUS_CONSOLE_LOG_DIR", "logs")]).contains("`console_log_dir`"));
     }
@@ -540,6 +713,32 @@ mod tests {
         )
         .expect("off");
         assert_eq!(c.bridge_console_log_dir(), None);
+    }
+
+    /// Issue 14: `HOSTBUS_QUEUE_TYPE` was silently ignored; now it is a
+    /// setting, and a variable that names no setting is refused.
+    #[test]
+    fn queue_type_is_a_setting_and_unknown_variables_are_refused() {
+        let c = Config::load(
+            &Flags::default(),
+            &env(&[("HOSTBUS_QUEUE_TYPE", "classic")]),
+        )
+        .expect("classic");
+        assert_eq!(c.queue_type, QueueType::Classic);
+        let c = Config::load(&Flags::default(), &env(&[])).expect("defaults");
+        assert_eq!(c.queue_type, QueueType::Quorum, "quorum by default");
+        let err = Config::load(&Flags::default(), &env(&[("HOSTBUS_QUEUE_TYP", "classic")]))
+            .expect_err("a typo");
+        assert!(err.to_string().contains("HOSTBUS_QUEUE_TYP"), "{err}");
+        // Other programs' variables are not the agent's business.
+        Config::load(
+            &Flags::default(),
+            &env(&[
+                ("HOSTBUS_URL", "amqp://x"),
+                ("HOSTBUS_TEST_AMQP_URL", "amqp://y"),
+            ]),
+        )
+        .expect("foreign variables pass");
     }
 
     #[test]

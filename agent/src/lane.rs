@@ -34,6 +34,7 @@ pub struct ReplyLane {
     url: String,
     name: String,
     tls: hostbus_amqp::Tls,
+    opts: hostbus_amqp::ConnectOptions,
     open: tokio::sync::Mutex<Option<(Connection, Channel)>>,
 }
 
@@ -42,11 +43,17 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ReplyLane {
     /// A lane to the broker at `url`; nothing connects until the first reply.
-    pub fn new(url: &str, host_id: &str, tls: &hostbus_amqp::Tls) -> Self {
+    pub fn new(
+        url: &str,
+        host_id: &str,
+        tls: &hostbus_amqp::Tls,
+        opts: hostbus_amqp::ConnectOptions,
+    ) -> Self {
         Self {
             url: url.to_owned(),
             name: format!("hostbus-agent/{host_id}/replies"),
             tls: tls.clone(),
+            opts,
             open: tokio::sync::Mutex::new(None),
         }
     }
@@ -65,7 +72,7 @@ impl ReplyLane {
             .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected())
         {
             *open = None;
-            let conn = hostbus_amqp::connect(&self.url, &self.name, &self.tls)
+            let conn = hostbus_amqp::connect(&self.url, &self.name, &self.tls, self.opts)
                 .await
                 .map_err(LaneError::Unavailable)?;
             let ch = conn

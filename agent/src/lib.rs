@@ -11,11 +11,13 @@
 //! * [`agent`]: sessions, topology, events, presence, reconnection, shutdown.
 //! * [`settle`]: acks, coalesced where it is safe.
 //! * [`metrics`]: the Prometheus endpoint.
+//! * [`fleet`]: many simulated hosts in one process (`--simulate`).
 
 pub mod agent;
 pub mod auth;
 pub mod config;
 pub mod dispatch;
+pub mod fleet;
 pub mod journal;
 pub mod lane;
 pub mod metrics;

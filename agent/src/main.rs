@@ -54,7 +54,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cfg)) {
+    let fleet = flags.simulate.map(|hosts| hostbus_agent::fleet::Fleet {
+        hosts,
+        prefix: flags.host_prefix.clone(),
+        dir: None,
+    });
+    match runtime.block_on(run(cfg, fleet)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "agent failed");
@@ -63,7 +68,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+async fn run(cfg: Config, fleet: Option<hostbus_agent::fleet::Fleet>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = cfg.metrics_socket()? {
         let m = metrics.clone();
@@ -72,6 +77,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 tracing::error!(%addr, error = %e, "metrics endpoint failed");
             }
         });
+    }
+    if let Some(fleet) = fleet {
+        return hostbus_agent::fleet::simulate(cfg, fleet, metrics, shutdown_signal()).await;
     }
     // Opening libvirt, the first scan and the journal block: not on the runtime.
     let agent = tokio::task::spawn_blocking(move || Agent::new(cfg, metrics)).await??;

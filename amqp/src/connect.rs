@@ -2,9 +2,11 @@
 //! and the client.
 
 use std::path::Path;
+use std::time::Duration;
 
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::LongString;
+use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 
 use crate::redact;
@@ -64,26 +66,115 @@ impl Tls {
     }
 }
 
+/// How connections are made, beyond the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// Longest time for the TCP connection, TLS and the AMQP handshake
+    /// together: a node that accepts connections and then hangs must not
+    /// hang the caller.
+    pub timeout: Duration,
+    /// AMQP heartbeat asked for, in seconds, unless the URL says
+    /// (`?heartbeat=N`): a dead peer on a silent network is noticed after
+    /// about two of them. RabbitMQ's own default is 60 s.
+    pub heartbeat_s: u16,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            heartbeat_s: 10,
+        }
+    }
+}
+
 /// Connects to `url` (`amqp://` or `amqps://`) naming the connection
-/// `name` in the broker's management view. Errors say which broker (without
-/// its password) and why, e.g. a certificate signed by an unknown CA.
-pub async fn connect(url: &str, name: &str, tls: &Tls) -> Result<Connection, String> {
+/// `name` in the broker's management view, within `opts.timeout`. Errors say
+/// which broker (without its password) and why, e.g. a certificate signed
+/// by an unknown CA.
+pub async fn connect(
+    url: &str,
+    name: &str,
+    tls: &Tls,
+    opts: ConnectOptions,
+) -> Result<Connection, String> {
+    let mut uri: AMQPUri = url
+        .parse()
+        .map_err(|e| format!("{} is not an AMQP URL: {e}", redact(url)))?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(opts.heartbeat_s);
+    }
+    if uri.query.connection_timeout.is_none() {
+        uri.query.connection_timeout = Some(opts.timeout.as_millis() as u64);
+    }
     let props =
         ConnectionProperties::default().with_connection_name(LongString::from(name.as_bytes()));
-    let result = if url.starts_with("amqps://") {
-        let config = OwnedTLSConfig {
-            identity: tls
-                .identity
-                .clone()
-                .map(|(pem, key)| OwnedIdentity::PKCS8 { pem, key }),
-            cert_chain: tls.ca_pem.clone(),
-        };
-        match lapin::runtime::default_runtime() {
-            Ok(rt) => Connection::connect_with_config(url, props, config, rt).await,
-            Err(e) => Err(e),
-        }
-    } else {
-        Connection::connect(url, props).await
+    let config = OwnedTLSConfig {
+        identity: tls
+            .identity
+            .clone()
+            .map(|(pem, key)| OwnedIdentity::PKCS8 { pem, key }),
+        cert_chain: tls.ca_pem.clone(),
     };
-    result.map_err(|e| format!("cannot connect to {}: {e}", redact(url)))
+    let attempt = async {
+        let rt = lapin::runtime::default_runtime()?;
+        Connection::connect_uri_with_config(uri, props, config, rt).await
+    };
+    match tokio::time::timeout(opts.timeout, attempt).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", redact(url))),
+        Err(_) => Err(format!(
+            "cannot connect to {}: no AMQP session within {} ms",
+            redact(url),
+            opts.timeout.as_millis()
+        )),
+    }
+}
+
+/// `urls` in the order to try them, starting at position `key % len`:
+/// agents pass a hash of their host id, so a fleet spreads over a broker
+/// cluster's nodes instead of landing on the first, and one agent always
+/// prefers the same node.
+pub fn spread(urls: &[String], key: u64) -> Vec<String> {
+    if urls.is_empty() {
+        return Vec::new();
+    }
+    let start = (key % urls.len() as u64) as usize;
+    urls[start..]
+        .iter()
+        .chain(&urls[..start])
+        .cloned()
+        .collect()
+}
+
+/// A stable 64-bit hash of `s` (FNV-1a), the same in every process.
+pub fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Whether the broker refused an operation as `PRECONDITION_FAILED` (406):
+/// for a declaration, the object exists with other arguments.
+pub fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(a) if a.get_id() == 406)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_spread_by_key_and_keep_their_order() {
+        let urls: Vec<String> = ["a", "b", "c"].iter().map(|s| (*s).to_owned()).collect();
+        assert_eq!(spread(&urls, 0), ["a", "b", "c"]);
+        assert_eq!(spread(&urls, 4), ["b", "c", "a"]);
+        assert_eq!(spread(&urls, 5), ["c", "a", "b"]);
+        assert!(spread(&[], 3).is_empty());
+        // Host ids of a fleet land on every node.
+        let firsts: std::collections::BTreeSet<String> = (0..30)
+            .map(|i| spread(&urls, stable_hash(&format!("h{i}")))[0].clone())
+            .collect();
+        assert_eq!(firsts.len(), 3);
+    }
 }

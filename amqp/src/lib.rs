@@ -7,8 +7,11 @@
 pub mod connect;
 pub mod props;
 pub mod reply_to;
+pub mod topology;
 
-pub use connect::{connect, Tls, TlsFileError};
+pub use connect::{
+    connect, is_precondition_failed, spread, stable_hash, ConnectOptions, Tls, TlsFileError,
+};
 pub use props::{from_lapin, short, to_lapin};
 pub use reply_to::{classify_reply_to, ReplyAddress};
 

@@ -46,6 +46,25 @@ pub use locks::{LockEvent, LockHook};
 pub use observe::ObjectEvent;
 pub use vm::{allowed_operations, allowed_states, new_volume_name};
 
+/// The inventory of a simulated host for libvirt's test driver (a node
+/// file: `test:///<path>`), number `index` of a fleet: three VMs (one
+/// running), two pools with volumes, two networks, like the shipped
+/// `testdata/node-h1.xml`, with uuids and MAC addresses of its own. Each
+/// connection to such a file keeps its own private state, so one process
+/// can simulate many hosts (`hostbus-agent --simulate`).
+pub fn simulated_node_xml(index: u32) -> String {
+    const TEMPLATE: &str = include_str!("../testdata/node-h1.xml");
+    TEMPLATE
+        .replace(
+            "11111111-0000-4000",
+            &format!("{:08x}-0000-4000", 0x5000_0000u32.wrapping_add(index)),
+        )
+        .replace(
+            "52:54:00:10:",
+            &format!("52:54:{:02x}:{:02x}:", (index >> 8) & 0xff, index & 0xff),
+        )
+}
+
 use crate::conn::Conn;
 use crate::errors::{is_connection_error, map_error, Subject};
 use crate::events::RawEvent;

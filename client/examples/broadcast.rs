@@ -16,12 +16,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5682/%2f".into());
     let target = args.next().map_or(Target::All, Target::Group);
     let client = Client::connect(ClientConfig::new(url)).await?;
-    // Presence tells who is expected; let it hear every host once.
-    client
-        .presence()
-        .await?
-        .wait_warm(Duration::from_secs(10))
-        .await;
+    // The fleet view (read from the broker at once) tells who is expected:
+    // the broadcast returns when every alive host answered, and names
+    // every expected host that did not, the dead ones too.
     let b = client
         .broadcast::<VmList>(
             &target,

@@ -1,4 +1,5 @@
-//! A live view of hosts: alive, stale or gone, with their load.
+//! The fleet view: every host the broker remembers, alive, stale or gone,
+//! complete as soon as `presence()` returns, then kept live.
 //!
 //! `cargo run -p hostbus-client --example presence -- amqp://guest:guest@127.0.0.1:5682/%2f`
 
@@ -13,12 +14,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5682/%2f".into());
     let client = Client::connect(ClientConfig::new(url)).await?;
     let presence = client.presence().await?;
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    for round in 0..3 {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
         for h in presence.hosts() {
             println!(
-                "{} {:?} epoch={} vms_active={} in_flight={}",
-                h.host_id, h.liveness, h.epoch, h.load.vms_active, h.load.in_flight
+                "{} {:?} last_seen_ms={:?} epoch={} vms_active={} in_flight={}",
+                h.host_id, h.liveness, h.last_seen_ms, h.epoch, h.load.vms_active, h.load.in_flight
             );
         }
     }

@@ -8,12 +8,15 @@ use std::time::Duration;
 use futures_lite::StreamExt;
 use hostbus_amqp::{from_lapin, to_lapin};
 use hostbus_protocol::envelope::HOST_HEADER;
-use hostbus_protocol::names::{Target, COMMAND_EXCHANGE, DIRECT_REPLY_TO};
+use hostbus_protocol::names::{self, Target, COMMAND_EXCHANGE, DIRECT_REPLY_TO, PRESENCE_EXCHANGE};
 use hostbus_protocol::types::TaskRecord;
 use hostbus_protocol::{
-    decode, encode, now_ms, AmqpProperties, Command, ContentType, Envelope, HeaderValue, Reply,
+    decode, encode, now_ms, AmqpProperties, Announcement, Command, ContentType, Envelope,
+    HeaderValue, Reply, RosterAction,
 };
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::{mpsc, oneshot};
@@ -24,6 +27,11 @@ use crate::presence::Presence;
 
 /// Largest reply the client accepts.
 const MAX_REPLY: usize = 64 << 20;
+
+/// How long a broadcast waits before asking the broker whether the alive
+/// hosts that have not answered still have a consumer, and how often after.
+const PROBE_AFTER: Duration = Duration::from_millis(500);
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// How to reach the broker.
 #[derive(Debug, Clone)]
@@ -40,6 +48,8 @@ pub struct ClientConfig {
     pub user_id: Option<String>,
     /// TLS material for `amqps://` URLs (CA, optional client certificate).
     pub tls: hostbus_amqp::Tls,
+    /// Connection timeout and AMQP heartbeat (10 s each by default).
+    pub connect: hostbus_amqp::ConnectOptions,
 }
 
 impl ClientConfig {
@@ -51,6 +61,7 @@ impl ClientConfig {
             content_type: ContentType::MsgPack,
             user_id: None,
             tls: hostbus_amqp::Tls::default(),
+            connect: hostbus_amqp::ConnectOptions::default(),
         }
     }
 
@@ -96,6 +107,9 @@ struct Session {
 
 pub(crate) struct Inner {
     pub(crate) cfg: ClientConfig,
+    /// The broker URLs in the order this process tries them: from a random
+    /// position, so a fleet of managers spreads over a cluster's nodes.
+    order: Vec<String>,
     /// The live session; read without waiting on every call.
     session: std::sync::RwLock<Option<Arc<Session>>>,
     /// Held while (re)connecting, so one task reconnects and the others wait.
@@ -121,8 +135,8 @@ pub struct Client {
 pub struct Broadcast<T> {
     /// Each answering host's reply.
     pub replies: BTreeMap<String, Result<T, ClientError>>,
-    /// Hosts that presence says are alive (and carry the label, for a group)
-    /// but did not answer before the deadline.
+    /// Hosts the fleet view expected (every host it knows that the target
+    /// reaches: alive, stale or gone) that did not answer.
     pub missing: Vec<String>,
 }
 
@@ -135,8 +149,10 @@ impl Client {
                 "no broker URL given",
             ));
         }
+        let order = hostbus_amqp::spread(&cfg.urls, Uuid::new_v4().as_u128() as u64);
         let client = Self {
             inner: Arc::new(Inner {
+                order,
                 cfg,
                 session: std::sync::RwLock::new(None),
                 reconnecting: tokio::sync::Mutex::new(()),
@@ -157,11 +173,12 @@ impl Client {
     /// subscriptions, which own their connection).
     pub(crate) async fn open_connection(&self, purpose: &str) -> Result<Connection, ClientError> {
         let mut last = None;
-        for url in &self.inner.cfg.urls {
+        for url in &self.inner.order {
             match hostbus_amqp::connect(
                 url,
                 &format!("hostbus-client/{purpose}"),
                 &self.inner.cfg.tls,
+                self.inner.cfg.connect,
             )
             .await
             {
@@ -290,6 +307,21 @@ impl Client {
         reply: bool,
         asynchronous: bool,
     ) -> Result<(Envelope, lapin::PublisherConfirm), ClientError> {
+        self.send_until::<C>(target, req, opts, reply, asynchronous, None)
+            .await
+    }
+
+    /// [`send`](Self::send) with an absolute deadline (ms since the epoch),
+    /// kept across retries of one command.
+    async fn send_until<C: Command>(
+        &self,
+        target: &Target,
+        req: &C::Request,
+        opts: &CallOptions,
+        reply: bool,
+        asynchronous: bool,
+        deadline: Option<u64>,
+    ) -> Result<(Envelope, lapin::PublisherConfirm), ClientError> {
         target
             .validate()
             .map_err(|e| ClientError::from(hostbus_protocol::Error::from(e)))?;
@@ -303,7 +335,7 @@ impl Client {
         env.asynchronous = asynchronous;
         let now = now_ms();
         let timeout = opts.timeout.unwrap_or(cfg.timeout);
-        env.deadline = Some(now + timeout.as_millis() as u64);
+        env.deadline = Some(deadline.unwrap_or(now + timeout.as_millis() as u64));
         if reply {
             env.reply_to = Some(DIRECT_REPLY_TO.to_owned());
         }
@@ -334,6 +366,11 @@ impl Client {
         lock(&self.inner.pending).remove(corr);
     }
 
+    /// Sends one command to `host` and waits for its reply. When the
+    /// broker connection is lost on the way (a broker node died, the network
+    /// broke), the command is sent again with the same command id, over a
+    /// new connection, until its deadline: the agent runs a command id at
+    /// most once and answers a repeat from its journal.
     async fn round_trip<C: Command>(
         &self,
         host: &str,
@@ -346,6 +383,38 @@ impl Client {
             command_id: Some(id),
             ..opts.clone()
         };
+        let timeout = opts.timeout.unwrap_or(self.inner.cfg.timeout);
+        let deadline = now_ms() + timeout.as_millis() as u64;
+        let until = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let result = self
+                .attempt::<C>(host, req, &opts, asynchronous, deadline, until)
+                .await;
+            match result {
+                Err(e)
+                    if e.kind() == ErrorKind::Connection
+                        && tokio::time::Instant::now() + pause < until =>
+                {
+                    tracing::info!(command = C::NAME, command_id = %id, error = %e, "broker connection lost during a call; sending it again with the same command id");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn attempt<C: Command>(
+        &self,
+        host: &str,
+        req: &C::Request,
+        opts: &CallOptions,
+        asynchronous: bool,
+        deadline: u64,
+        until: tokio::time::Instant,
+    ) -> Result<Reply<C::Response>, ClientError> {
+        let id = opts.command_id.unwrap_or_default();
         let corr = id.to_string();
         let (tx, rx) = oneshot::channel();
         self.register(corr.clone(), Pending::One(tx));
@@ -353,12 +422,12 @@ impl Client {
         let target = Target::Host(host.to_owned());
         let result = async {
             let (_, confirm) = self
-                .send::<C>(&target, req, &opts, true, asynchronous)
+                .send_until::<C>(&target, req, opts, true, asynchronous, Some(deadline))
                 .await?;
             // The reply proves delivery: wait for it and for the confirm at
             // once, so the confirm's round trip adds no latency; the confirm
             // still matters when the broker returns an unroutable command.
-            let reply = tokio::time::timeout(timeout, rx);
+            let reply = tokio::time::timeout_at(until, rx);
             tokio::pin!(reply);
             let waited = tokio::select! {
                 r = &mut reply => r,
@@ -458,9 +527,20 @@ impl Client {
     }
 
     /// Sends command `C` to every host of `target` (`all` or a label group)
-    /// and collects replies until `timeout`, or until every host presence
-    /// knows as alive in the target has answered. Hosts that presence
-    /// expected but that did not answer are reported in `missing`.
+    /// and collects the replies.
+    ///
+    /// The hosts expected are computed once, from the fleet view: every
+    /// host it knows that the target reaches. The broadcast returns as soon
+    /// as every *alive* one has answered; stale and gone hosts are not
+    /// waited for, but included if they answer meanwhile. An alive host that
+    /// is slow to answer is checked with the broker after a moment: when
+    /// its command queue has no consumer (its agent is not connected: it
+    /// died since its last heartbeat), it is not waited for either. Every
+    /// expected host that did not answer is in `missing`. `timeout` bounds
+    /// the whole wait and is the command's deadline.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the wait, not the command.
     pub async fn broadcast<C: Command>(
         &self,
         target: &Target,
@@ -468,6 +548,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<Broadcast<C::Response>, ClientError> {
         let presence = self.presence().await?;
+        let expected = presence.expected(target);
         let id = Uuid::new_v4();
         let corr = id.to_string();
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -476,6 +557,17 @@ impl Client {
             timeout: Some(timeout),
             command_id: Some(id),
         };
+        let missing_of = |replies: &BTreeMap<String, Result<C::Response, ClientError>>| {
+            let mut m: Vec<String> = expected
+                .alive
+                .iter()
+                .chain(&expected.not_alive)
+                .filter(|h| !replies.contains_key(*h))
+                .cloned()
+                .collect();
+            m.sort();
+            m
+        };
         let published = self.publish::<C>(target, &req, &opts, true, false).await;
         if let Err(e) = published {
             self.forget(&corr);
@@ -483,22 +575,21 @@ impl Client {
             if e.kind() == ErrorKind::NoRoute {
                 return Ok(Broadcast {
                     replies: BTreeMap::new(),
-                    missing: presence.expected(target),
+                    missing: missing_of(&BTreeMap::new()),
                 });
             }
             return Err(e);
         }
-        let deadline = tokio::time::Instant::now() + timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        // Alive hosts not heard from yet; emptied by replies and probes.
+        let mut waiting: std::collections::BTreeSet<String> =
+            expected.alive.iter().cloned().collect();
         let mut replies = BTreeMap::new();
-        loop {
-            let expected = presence.expected(target);
-            if !expected.is_empty()
-                && expected.iter().all(|h| replies.contains_key(h))
-                && presence.is_warm()
-            {
-                break;
-            }
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
+        let mut next_probe = started + PROBE_AFTER.min(timeout / 4);
+        while !waiting.is_empty() {
+            let until = next_probe.min(deadline);
+            match tokio::time::timeout_at(until, rx.recv()).await {
                 Ok(Some(raw)) => {
                     let host = match raw.props.headers.get(HOST_HEADER) {
                         Some(HeaderValue::Str(h)) => h.clone(),
@@ -512,22 +603,159 @@ impl Client {
                             format!("unexpected task {}", t.id),
                         )),
                     });
+                    waiting.remove(&host);
                     replies.insert(host, value);
                 }
                 Ok(None) => break,
-                Err(_) => break,
+                Err(_) if tokio::time::Instant::now() >= deadline => break,
+                Err(_) => {
+                    for host in self.unconsumed(&waiting).await {
+                        tracing::info!(host = %host, "broadcast: the host's queue has no consumer; not waiting for it");
+                        waiting.remove(&host);
+                    }
+                    next_probe = tokio::time::Instant::now() + PROBE_EVERY;
+                }
             }
         }
         self.forget(&corr);
-        let missing = presence
-            .expected(target)
-            .into_iter()
-            .filter(|h| !replies.contains_key(h))
-            .collect();
+        let missing = missing_of(&replies);
         Ok(Broadcast { replies, missing })
     }
 
-    /// The live presence view (started on first use; it listens to heartbeats).
+    /// Of `hosts`, those whose command queue has no consumer (or does not
+    /// exist): the broker's word that their agent is not connected.
+    async fn unconsumed(&self, hosts: &std::collections::BTreeSet<String>) -> Vec<String> {
+        let Ok(session) = self.session().await else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for host in hosts {
+            // A failed passive declare closes its channel: one per probe.
+            let Ok(ch) = session.conn.create_channel().await else {
+                break;
+            };
+            let declared = ch
+                .queue_declare(
+                    names::agent_queue(host).as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            match declared {
+                Ok(q) => {
+                    if q.consumer_count() == 0 {
+                        out.push(host.clone());
+                    }
+                    let _ = ch.close(200, "probed".into()).await;
+                }
+                Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(a) if a.get_id() == 404) =>
+                {
+                    out.push(host.clone());
+                }
+                Err(_) => {}
+            }
+        }
+        out
+    }
+
+    /// Declares the shared broker objects (exchanges, dead-letter queue,
+    /// streams) with `settings`, as an administrator does when agents may
+    /// not (docs/security.md). Objects that exist with other arguments are
+    /// left as they are and returned.
+    pub async fn declare_topology(
+        &self,
+        settings: &hostbus_amqp::topology::TopologySettings,
+    ) -> Result<Vec<hostbus_amqp::topology::Mismatch>, ClientError> {
+        let session = self.session().await?;
+        Ok(hostbus_amqp::topology::declare_shared(&session.conn, settings).await?)
+    }
+
+    /// Removes `host` from the fleet: deletes its command queue (and so
+    /// its bindings: broadcasts stop reaching it) and publishes a `forget`
+    /// announcement, after which fleet views no longer list it (until its
+    /// agent announces itself again). Refused with [`ErrorKind::BadState`]
+    /// while the host looks alive, unless `force`. Needs the broker
+    /// permissions to delete the queue and publish `<host>.forget` on
+    /// `hostbus.presence`.
+    pub async fn forget_host(&self, host: &str, force: bool) -> Result<(), ClientError> {
+        Target::Host(host.to_owned())
+            .validate()
+            .map_err(|e| ClientError::from(hostbus_protocol::Error::from(e)))?;
+        let presence = self.presence().await?;
+        if let Some(h) = presence.host(host) {
+            if h.liveness == crate::presence::Liveness::Alive && !force {
+                return Err(ClientError::new(
+                    ErrorKind::BadState,
+                    format!(
+                        "host {host} is alive (heard of {} ms ago): stop its agent first, or force",
+                        h.last_seen_ms.unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        let session = self.session().await?;
+        let ch = session.conn.create_channel().await?;
+        match ch
+            .queue_delete(
+                names::agent_queue(host).as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(a) if a.get_id() == 404) =>
+                {}
+            Err(e) => return Err(e.into()),
+        }
+        let _ = ch.close(200, "forgot".into()).await;
+        let a = Announcement {
+            host_id: host.to_owned(),
+            action: RosterAction::Forget,
+            epoch: None,
+            time: now_ms(),
+            started_at: 0,
+            interval_ms: 0,
+            labels: Vec::new(),
+            versions: None,
+            capabilities: Vec::new(),
+            by: self.inner.cfg.user(),
+        };
+        let body = encode(ContentType::MsgPack, &a)
+            .map_err(|e| ClientError::new(ErrorKind::Internal, e.to_string()))?;
+        let mut props = AmqpProperties {
+            kind: Some("announcement".into()),
+            content_type: Some(ContentType::MsgPack.as_str().to_owned()),
+            timestamp: Some(now_ms() / 1000),
+            delivery_mode: Some(2),
+            user_id: self.inner.cfg.user(),
+            ..AmqpProperties::default()
+        };
+        props.message_id = Some(Uuid::new_v4().to_string());
+        let confirm = session
+            .channel
+            .basic_publish(
+                PRESENCE_EXCHANGE.into(),
+                a.routing_key().as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                to_lapin(&props),
+            )
+            .await?
+            .await?;
+        if confirm.is_nack() {
+            return Err(ClientError::new(
+                ErrorKind::Connection,
+                "the broker refused the forget announcement",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The fleet view (started on first use: it reads what the broker
+    /// remembers of every host, then follows heartbeats and announcements).
     pub async fn presence(&self) -> Result<Presence, ClientError> {
         self.inner
             .presence
@@ -541,10 +769,16 @@ fn check_confirm(target: &Target, confirm: Confirmation) -> Result<(), ClientErr
     match confirm {
         Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Err(ClientError::new(
             ErrorKind::NoRoute,
-            format!(
-                "no host serves `{}` (unknown host id or empty group)",
-                target.routing_key()
-            ),
+            match target {
+                Target::Host(h) => format!(
+                    "no queue took the command for `{}`: no agent of host {h} ever declared its queue, it was forgotten, or its queue is unavailable (a broker node is down); `hostctl hosts` shows what the fleet knows of {h}",
+                    target.routing_key()
+                ),
+                _ => format!(
+                    "no queue took the command for `{}` (no host serves it)",
+                    target.routing_key()
+                ),
+            },
         )),
         Confirmation::Nack(None) => Err(ClientError::new(
             ErrorKind::Connection,

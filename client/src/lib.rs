@@ -13,8 +13,10 @@
 //!
 //! * [`Client`]: calls with deadlines, casts, broadcasts, tasks.
 //! * [`Host`], [`Vm`], [`Pool`], [`Network`], [`Task`]: typed handles.
-//! * [`Subscription`]: events as a `Stream`, with gap detection and resync.
-//! * [`Presence`]: live view of hosts.
+//! * [`Subscription`]: events as a `Stream`, read from the broker's event
+//!   stream, resumable from an offset, reconnecting on its own.
+//! * [`Presence`]: the fleet view, complete at once (read from the broker's
+//!   presence streams), then live.
 //! * [`ClientError`]: one error type with an [`ErrorKind`].
 //!
 //! Runnable examples live in `client/examples/`.
@@ -27,8 +29,10 @@ mod presence;
 
 pub use client::{Broadcast, CallOptions, Client, ClientConfig};
 pub use error::{ClientError, ErrorKind};
-pub use events::{topic_matches, Notification, ResyncReason, SubscribeOptions, Subscription};
+pub use events::{
+    topic_matches, Notification, ResyncReason, StartAt, SubscribeOptions, Subscription,
+};
 pub use handles::{Host, Network, Pool, Task, Vm};
-pub use hostbus_amqp::Tls;
+pub use hostbus_amqp::{topology, ConnectOptions, Tls};
 pub use hostbus_protocol as protocol;
-pub use presence::{HostView, Liveness, Presence};
+pub use presence::{Expected, HostView, Liveness, Presence};

@@ -1,9 +1,14 @@
-//! Lifecycle events and presence heartbeats, published by agents.
+//! Lifecycle events, presence heartbeats and roster announcements, published
+//! by agents.
 //!
 //! Every event carries the full record of the object after the change, the
 //! object's generation, and the agent's epoch and sequence number, so a
 //! subscriber detects a gap (a sequence number skipped within one epoch, or a
 //! new epoch) and resyncs from `host.snapshot` instead of trusting deltas.
+//! The broker keeps events, heartbeats and announcements in streams
+//! ([`crate::names::EVENT_STREAM`], [`crate::names::BEAT_STREAM`],
+//! [`crate::names::ROSTER_STREAM`]), so a reader that was away, or a process
+//! that just started, reads them back from an offset or a time.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::names::{event_key, presence_key};
+use crate::names::{event_key, presence_key, roster_key};
 use crate::types::{wire_enum, HealthStatus, Inventory, ObjectClass, Record, Timestamp};
 
 wire_enum! {
@@ -154,7 +159,9 @@ pub struct Heartbeat {
     pub interval_ms: u32,
     /// Versions.
     pub versions: Versions,
-    /// Commands served.
+    /// Commands served. Empty from protocol 1.1 on: the list is in the
+    /// host's [`Announcement`] and `host.capabilities`, not in every beat.
+    #[serde(default)]
     pub capabilities: Vec<String>,
     /// Labels (command groups the host belongs to).
     pub labels: Vec<String>,
@@ -171,5 +178,61 @@ impl Heartbeat {
     /// The routing key on the presence exchange.
     pub fn routing_key(&self) -> String {
         presence_key(&self.host_id)
+    }
+}
+
+wire_enum! {
+    /// What a roster [`Announcement`] says of a host.
+    RosterAction {
+        /// An agent session started (at every start and reconnection).
+        Online = "online",
+        /// The agent stopped cleanly.
+        Offline = "offline",
+        /// An operator removed the host from the fleet (`hostctl host forget`).
+        Forget = "forget",
+    }
+}
+
+/// A host's entry in the fleet roster, published on the presence exchange
+/// under `<host>.online`, `<host>.offline` or `<host>.forget` and kept by the
+/// broker in [`crate::names::ROSTER_STREAM`] for days: a process that starts
+/// reads it to know every host of the fleet, the dead ones too, until they
+/// are forgotten or the retention passes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Announcement {
+    /// The host.
+    pub host_id: String,
+    /// What happened.
+    pub action: RosterAction,
+    /// The agent's epoch (absent for `forget`).
+    #[serde(default)]
+    pub epoch: Option<Uuid>,
+    /// When published.
+    pub time: Timestamp,
+    /// When the agent started (0 for `forget`).
+    #[serde(default)]
+    pub started_at: Timestamp,
+    /// The agent's heartbeat interval, ms (0 for `forget`).
+    #[serde(default)]
+    pub interval_ms: u32,
+    /// The host's labels.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Versions (on `online`).
+    #[serde(default)]
+    pub versions: Option<Versions>,
+    /// Commands served (on `online`).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Who published a `forget` (the broker-verified login), if known.
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+impl Announcement {
+    /// The routing key on the presence exchange: `<host>.<action>`.
+    pub fn routing_key(&self) -> String {
+        roster_key(&self.host_id, self.action.as_str())
     }
 }

@@ -39,7 +39,7 @@ pub use envelope::{
     AmqpProperties, Envelope, HeaderValue, ProtocolVersion, Reply, ReplyStatus, PROTOCOL_VERSION,
 };
 pub use error::{Error, ErrorCode};
-pub use events::{Event, EventAction, Heartbeat};
+pub use events::{Announcement, Event, EventAction, Heartbeat, RosterAction};
 pub use validate::{Validate, ValidationError};
 
 /// Milliseconds since the Unix epoch now, the protocol's clock.

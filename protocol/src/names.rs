@@ -23,6 +23,20 @@ pub const DEAD_LETTER_EXCHANGE: &str = "hostbus.dlx";
 pub const DEAD_LETTER_QUEUE: &str = "hostbus.dead-letter";
 /// Routing key that reaches every agent.
 pub const ALL_KEY: &str = "all";
+
+/// Stream queue that keeps every event: bound to [`EVENT_EXCHANGE`] with
+/// `#`. Subscribers read it from an offset (their resume token) or a time.
+pub const EVENT_STREAM: &str = "hostbus.events";
+/// Stream queue that keeps recent heartbeats: bound to
+/// [`PRESENCE_EXCHANGE`] with [`BEAT_STREAM_BINDINGS`].
+pub const BEAT_STREAM: &str = "hostbus.presence.beats";
+/// Stream queue that keeps roster announcements for days: bound to
+/// [`PRESENCE_EXCHANGE`] with [`ROSTER_STREAM_BINDINGS`].
+pub const ROSTER_STREAM: &str = "hostbus.presence.roster";
+/// Binding keys of [`BEAT_STREAM`]: heartbeats and sync markers.
+pub const BEAT_STREAM_BINDINGS: &[&str] = &["*.heartbeat", "_sync.*"];
+/// Binding keys of [`ROSTER_STREAM`]: announcements and sync markers.
+pub const ROSTER_STREAM_BINDINGS: &[&str] = &["*.online", "*.offline", "*.forget", "_sync.*"];
 /// RabbitMQ's direct reply-to pseudo queue, the default `reply_to` of clients.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
@@ -52,6 +66,21 @@ pub fn event_key(host_id: &str, class: &str, action: &str) -> String {
 /// Routing key of a heartbeat: `<host>.heartbeat`.
 pub fn presence_key(host_id: &str) -> String {
     format!("{host_id}.heartbeat")
+}
+
+/// Routing key of a roster announcement: `<host>.online`, `<host>.offline`,
+/// `<host>.forget`.
+pub fn roster_key(host_id: &str, action: &str) -> String {
+    format!("{host_id}.{action}")
+}
+
+/// Routing key of a sync marker: `_sync.<id>`. A reader of the presence
+/// streams publishes one to [`PRESENCE_EXCHANGE`] (it lands in both
+/// streams) and knows it has read everything published before once its
+/// marker comes back. Host ids cannot start with `_`, so no host's key
+/// collides with it.
+pub fn sync_key(id: &str) -> String {
+    format!("_sync.{id}")
 }
 
 /// Host ids and labels: 1 to 63 bytes of lowercase ASCII letters, digits and

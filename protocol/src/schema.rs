@@ -11,7 +11,7 @@ use crate::envelope::{
     ASYNC_HEADER, DEADLINE_HEADER, HOST_HEADER, PROTOCOL_VERSION, STATUS_HEADER, VERSION_HEADER,
 };
 use crate::error::{Error, ErrorCode};
-use crate::events::{Event, Heartbeat};
+use crate::events::{Announcement, Event, Heartbeat};
 use crate::names;
 
 /// Path of the exported schema, relative to the workspace root.
@@ -51,6 +51,7 @@ pub fn schema() -> Value {
     let commands = collect.commands;
     let event = sub::<Event>(&mut generator);
     let heartbeat = sub::<Heartbeat>(&mut generator);
+    let announcement = sub::<Announcement>(&mut generator);
     let error = sub::<Error>(&mut generator);
     let codes: Vec<Value> = ErrorCode::ALL
         .iter()
@@ -74,6 +75,11 @@ pub fn schema() -> Value {
             "presence": names::PRESENCE_EXCHANGE,
             "dead_letter": names::DEAD_LETTER_EXCHANGE,
         },
+        "streams": {
+            "events": {"queue": names::EVENT_STREAM, "exchange": names::EVENT_EXCHANGE, "bindings": ["#"]},
+            "heartbeats": {"queue": names::BEAT_STREAM, "exchange": names::PRESENCE_EXCHANGE, "bindings": names::BEAT_STREAM_BINDINGS},
+            "roster": {"queue": names::ROSTER_STREAM, "exchange": names::PRESENCE_EXCHANGE, "bindings": names::ROSTER_STREAM_BINDINGS},
+        },
         "headers": {
             "version": VERSION_HEADER,
             "deadline": DEADLINE_HEADER,
@@ -92,6 +98,7 @@ pub fn schema() -> Value {
         "commands": commands,
         "event": event,
         "heartbeat": heartbeat,
+        "announcement": announcement,
         "error_codes": codes,
         "$defs": defs,
     })

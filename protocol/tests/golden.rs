@@ -16,7 +16,10 @@ use hostbus_protocol::types::{
     DiskSource, DiskSpec, HealthStatus, NicModel, NicRecord, NicSpec, ObjectClass, ObjectRef,
     PowerState, Record, TaskRecord, TaskStatus, VmOperation, VmRecord, VmSpec, VolumeRef,
 };
-use hostbus_protocol::{decode, encode, ContentType, Error, Event, EventAction, Heartbeat, Reply};
+use hostbus_protocol::{
+    decode, encode, Announcement, ContentType, Error, Event, EventAction, Heartbeat, Reply,
+    RosterAction,
+};
 use uuid::Uuid;
 
 fn bless() -> bool {
@@ -311,6 +314,45 @@ fn heartbeat() {
             facts: BTreeMap::from([("kvm".to_owned(), "false".to_owned())]),
         },
     );
+}
+
+#[test]
+fn announcement() {
+    check(
+        "announcement-online",
+        &Announcement {
+            host_id: "h1".into(),
+            action: RosterAction::Online,
+            epoch: Some(uuid(100)),
+            time: 1_700_000_000_050,
+            started_at: 1_700_000_000_000,
+            interval_ms: 5000,
+            labels: vec!["rack-a".into(), "gpu".into()],
+            versions: Some(Versions {
+                agent: "0.1.0".into(),
+                protocol: "1.1".into(),
+                libvirt: "9.0.0".into(),
+                hypervisor: "Test 2.0.0".into(),
+            }),
+            capabilities: vec!["host.ping".into(), "vm.start".into()],
+            by: None,
+        },
+    );
+}
+
+/// Protocol 1.1 heartbeats may leave the command list out (it moved to
+/// the announcement); 1.0 heartbeats, which carry it, still decode.
+#[test]
+fn a_heartbeat_without_capabilities_decodes() {
+    let mut v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(golden_dir().join("heartbeat.json")).expect("fixture"),
+    )
+    .expect("json");
+    v.as_object_mut().expect("object").remove("capabilities");
+    let hb: Heartbeat =
+        hostbus_protocol::decode(ContentType::Json, v.to_string().as_bytes(), 1 << 20)
+            .expect("decodes");
+    assert!(hb.capabilities.is_empty());
 }
 
 #[test]

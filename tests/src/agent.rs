@@ -57,34 +57,20 @@ pub fn node_file_uri(name: &str) -> String {
 /// directory of the running test (or taken from `HOSTBUS_AGENT_BIN`).
 pub fn agent_binary() -> Result<PathBuf> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        blocking(|| match std::env::var_os(AGENT_BIN_ENV) {
-            Some(bin) => {
-                let bin = PathBuf::from(bin);
-                if bin.is_file() {
-                    Ok(bin)
-                } else {
-                    Err(format!("{AGENT_BIN_ENV}={} is not a file", bin.display()))
-                }
-            }
-            None => build_binary("hostbus-agent", "hostbus-agent"),
-        })
-    })
-    .clone()
-    .map_err(|m| HarnessError::new(ErrorKind::Command, m))
-}
-
-/// The `hostctl` binary, built once per test process like [`agent_binary`].
-pub fn hostctl_binary() -> Result<PathBuf> {
-    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| blocking(|| build_binary("hostbus-client", "hostctl")))
+    BIN.get_or_init(|| blocking(build_agent))
         .clone()
         .map_err(|m| HarnessError::new(ErrorKind::Command, m))
 }
 
-/// `$CARGO build -q -p <package> --bin <bin>` into the running test's target
-/// directory and profile; the binary's path.
-fn build_binary(package: &str, bin_name: &str) -> std::result::Result<PathBuf, String> {
+fn build_agent() -> std::result::Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os(AGENT_BIN_ENV) {
+        let bin = PathBuf::from(bin);
+        return if bin.is_file() {
+            Ok(bin)
+        } else {
+            Err(format!("{AGENT_BIN_ENV}={} is not a file", bin.display()))
+        };
+    }
     // target/<profile>/deps/<test binary> → target/<profile>
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the test binary: {e}"))?;
     let mut profile_dir = exe
@@ -108,11 +94,18 @@ fn build_binary(package: &str, bin_name: &str) -> std::result::Result<PathBuf, S
         .to_owned();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut cmd = Command::new(&cargo);
-    cmd.args(["build", "-q", "-p", package, "--bin", bin_name])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(workspace_dir())
-        .stdin(Stdio::null());
+    cmd.args([
+        "build",
+        "-q",
+        "-p",
+        "hostbus-agent",
+        "--bin",
+        "hostbus-agent",
+    ])
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .current_dir(workspace_dir())
+    .stdin(Stdio::null());
     if profile != "debug" {
         cmd.args(["--profile", &profile]);
     }
@@ -121,17 +114,17 @@ fn build_binary(package: &str, bin_name: &str) -> std::result::Result<PathBuf, S
         .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
     if !out.status.success() {
         return Err(format!(
-            "building {bin_name} failed ({}):\n{}",
+            "building hostbus-agent failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let bin = target_dir.join(&profile).join(bin_name);
+    let bin = target_dir.join(&profile).join("hostbus-agent");
     if bin.is_file() {
         Ok(bin)
     } else {
         Err(format!(
-            "cargo built {bin_name}, but {} does not exist",
+            "cargo built hostbus-agent, but {} does not exist",
             bin.display()
         ))
     }
@@ -150,7 +143,7 @@ pub struct AgentBuilder {
     labels: Vec<String>,
     libvirt_uri: String,
     concurrency: Option<usize>,
-    heartbeat_interval: Duration,
+    heartbeat_interval: Option<Duration>,
     metrics: bool,
     journal_path: Option<PathBuf>,
     env: Vec<(String, Option<String>)>,
@@ -188,9 +181,10 @@ impl AgentBuilder {
         self
     }
 
-    /// The heartbeat interval (default: 500 ms, short for tests).
+    /// The heartbeat interval (default: the agent's own, 5 s, as in
+    /// production; shorten it only where a test is about heartbeats).
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
-        self.heartbeat_interval = interval;
+        self.heartbeat_interval = Some(interval);
         self
     }
 
@@ -293,7 +287,7 @@ impl AgentProcess {
             labels: Vec::new(),
             libvirt_uri: node_file_uri("h1"),
             concurrency: None,
-            heartbeat_interval: Duration::from_millis(500),
+            heartbeat_interval: None,
             metrics: true,
             journal_path: None,
             env: Vec::new(),
@@ -332,16 +326,18 @@ impl AgentProcess {
         cmd.env("HOSTBUS_HOST_ID", &o.host_id)
             .env("HOSTBUS_BROKER_URLS", o.broker_urls.join(","))
             .env("HOSTBUS_LIBVIRT_URI", &o.libvirt_uri)
-            .env(
-                "HOSTBUS_HEARTBEAT_INTERVAL_MS",
-                o.heartbeat_interval.as_millis().to_string(),
-            )
             .env("HOSTBUS_JOURNAL_PATH", &self.journal_path)
             .env(
                 "HOSTBUS_METRICS_ADDR",
                 self.metrics_addr
                     .map_or_else(|| "off".to_owned(), |a| a.to_string()),
             );
+        if let Some(interval) = o.heartbeat_interval {
+            cmd.env(
+                "HOSTBUS_HEARTBEAT_INTERVAL_MS",
+                interval.as_millis().to_string(),
+            );
+        }
         if !o.labels.is_empty() {
             cmd.env("HOSTBUS_LABELS", o.labels.join(","));
         }

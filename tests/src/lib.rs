@@ -46,18 +46,19 @@
 mod agent;
 mod amqp;
 mod error;
+mod hostctl;
 mod process;
 mod qemu;
 mod rabbit;
 mod raw;
 
 pub use agent::{
-    agent_binary, hostctl_binary, node_file_uri, workspace_dir, AgentBuilder, AgentProcess,
-    AGENT_BIN_ENV,
+    agent_binary, node_file_uri, workspace_dir, AgentBuilder, AgentProcess, AGENT_BIN_ENV,
 };
 pub use amqp::{from_lapin, to_lapin, AmqpPeer, Received, Subscription};
 pub use error::{ErrorKind, HarnessError, Result};
-pub use process::{free_port, group_alive, group_members, stat_fields, Signal, TempDir};
+pub use hostctl::{hostctl_binary, CtlOutput, Hostctl};
+pub use process::{free_port, group_alive, group_members, rss_kib, stat_fields, Signal, TempDir};
 pub use qemu::{
     wait_for_text, QemuHost, QEMU_HOME_ENV, QEMU_INITRD_ENV, QEMU_KERNEL_ENV, QEMU_PREFIX,
     QEMU_REQUIRED_ENV, QEMU_URI_ENV,

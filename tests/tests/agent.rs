@@ -14,8 +14,8 @@ use hostbus_protocol::types::{
     VmSpec, VolumeSpec,
 };
 use hostbus_protocol::{
-    decode, encode, now_ms, AmqpProperties, Command, ContentType, Envelope, ErrorCode, Event,
-    EventAction, HeaderValue, Heartbeat, Reply,
+    decode, encode, now_ms, AmqpProperties, Announcement, Command, ContentType, Envelope,
+    ErrorCode, Event, EventAction, HeaderValue, Heartbeat, Reply, RosterAction,
 };
 use hostbus_tests::{AgentProcess, AmqpPeer, RabbitNode, Received};
 
@@ -622,6 +622,10 @@ async fn events_carry_growing_sequence_numbers_and_heartbeats_arrive() {
         .subscribe(names::PRESENCE_EXCHANGE, "h1.heartbeat")
         .await
         .expect("subscribe");
+    let mut roster = peer
+        .subscribe(names::PRESENCE_EXCHANGE, "h1.online")
+        .await
+        .expect("subscribe");
     let _agent = AgentProcess::builder("h1", &node.amqp_url())
         .label("rack-a")
         .heartbeat_interval(Duration::from_millis(300))
@@ -695,7 +699,24 @@ async fn events_carry_growing_sequence_numbers_and_heartbeats_arrive() {
     assert_eq!(last.labels, ["rack-a"]);
     assert!(last.health.hypervisor_connected);
     assert!(last.last_seq >= seen[2].seq);
-    assert!(last.capabilities.iter().any(|c| c == "vm.start"));
+    // The command list is in the roster announcement, not in every beat.
+    assert!(last.capabilities.is_empty());
+    let a: Announcement = decode(
+        ContentType::MsgPack,
+        &roster
+            .next(Duration::from_secs(10))
+            .await
+            .expect("announcement")
+            .body,
+        1 << 20,
+    )
+    .expect("announcement");
+    assert_eq!(
+        (a.host_id.as_str(), a.action, a.epoch, a.interval_ms),
+        ("h1", RosterAction::Online, Some(online.epoch), 300)
+    );
+    assert_eq!(a.labels, ["rack-a"]);
+    assert!(a.capabilities.iter().any(|c| c == "vm.start"));
 }
 
 const ONLINE_AGAIN: &str = "test.online-again";

@@ -22,10 +22,7 @@ use hostbus_client::protocol::{ErrorCode, Event, EventAction};
 use hostbus_client::{
     Client, ClientConfig, ClientError, Host, Notification, SubscribeOptions, Subscription,
 };
-use hostbus_tests::{
-    hostctl_binary, wait_for_text, AgentProcess, QemuHost, RabbitNode, QEMU_PREFIX,
-};
-use serde_json::Value;
+use hostbus_tests::{wait_for_text, AgentProcess, Hostctl, QemuHost, RabbitNode, QEMU_PREFIX};
 use tokio::sync::Mutex;
 
 /// The tests share libvirtd (one stops it) and two cores: one at a time.
@@ -84,28 +81,6 @@ impl Bench {
 
     fn host(&self) -> Host {
         self.client.host(HOST)
-    }
-
-    /// Runs `hostctl -o json <args>` against the bench's broker; its output.
-    fn hostctl(&self, args: &[&str]) -> Value {
-        let out = std::process::Command::new(hostctl_binary().expect("hostctl"))
-            .args(["-o", "json"])
-            .args(args)
-            .env("HOSTBUS_URL", &self.url)
-            .env("HOSTCTL_CONFIG", "/nonexistent")
-            .output()
-            .expect("run hostctl");
-        assert!(
-            out.status.success(),
-            "hostctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "hostctl {args:?}: not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
     }
 
     async fn wait_serving(&self) {
@@ -950,7 +925,7 @@ async fn a_libvirtd_restart_is_seen_in_health_and_loses_no_change() {
     // This one through hostctl, as an operator would.
     let name = format!("{QEMU_PREFIX}restart");
     let _ = std::fs::remove_file(format!("/var/log/libvirt/qemu/{name}-serial0.log"));
-    let created = b.hostctl(&[
+    let created = Hostctl::new(&b.url).json(&[
         "vm",
         "create",
         HOST,
@@ -977,7 +952,7 @@ async fn a_libvirtd_restart_is_seen_in_health_and_loses_no_change() {
     let before = ev
         .vm(&vm, EventAction::Started, Duration::from_secs(10))
         .await;
-    let where_ = b.hostctl(&["vm", "console", &format!("{HOST}/{name}")]);
+    let where_ = Hostctl::new(&b.url).json(&["vm", "console", &format!("{HOST}/{name}")]);
     assert_eq!(where_["log_path"].as_str(), Some(console_log(&vm).as_str()));
     assert!(
         where_["attach"]

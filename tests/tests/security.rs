@@ -73,7 +73,7 @@ fn host_topic_permissions(h: &str) -> [[String; 3]; 3] {
         ],
         [
             "hostbus.presence".to_owned(),
-            format!(r"^{h}\.heartbeat$"),
+            format!(r"^{h}\.(heartbeat|online|offline)$"),
             "^$".to_owned(),
         ],
         [
@@ -84,13 +84,18 @@ fn host_topic_permissions(h: &str) -> [[String; 3]; 3] {
     ]
 }
 
-/// Permissions of a manager user: server-named queues of its own (event
-/// subscriptions), commands to write, events and heartbeats to read.
+/// Permissions of a manager user: server-named queues of its own,
+/// commands and presence sync markers to write, events, heartbeats and the
+/// streams to read.
 const MANAGER_PERMISSIONS: [&str; 3] = [
     r"^amq\.gen-.*$",
-    r"^(hostbus\.cmd|amq\.gen-.*)$",
-    r"^(hostbus\.evt|hostbus\.presence|amq\.gen-.*)$",
+    r"^(hostbus\.cmd|hostbus\.presence|amq\.gen-.*)$",
+    r"^(hostbus\.evt|hostbus\.presence|hostbus\.events|hostbus\.presence\.(beats|roster)|amq\.gen-.*)$",
 ];
+
+/// Topic permission of a manager on `hostbus.presence`: sync markers only
+/// (`_sync.<id>`), never another host's heartbeat or announcement.
+const MANAGER_PRESENCE_TOPICS: [&str; 3] = ["hostbus.presence", r"^_sync\.", ".*"];
 
 fn add_host_user(node: &RabbitNode, h: &str, password: &str) {
     node.ctl(&["add_user", h, password]).expect("add_user");
@@ -116,45 +121,30 @@ fn add_manager(node: &RabbitNode, user: &str, password: &str) {
     let [conf, write, read] = MANAGER_PERMISSIONS;
     node.ctl(&["set_permissions", "-p", "/", user, conf, write, read])
         .expect("set_permissions");
+    let [exchange, write, read] = MANAGER_PRESENCE_TOPICS;
+    node.ctl(&[
+        "set_topic_permissions",
+        "-p",
+        "/",
+        user,
+        exchange,
+        write,
+        read,
+    ])
+    .expect("set_topic_permissions");
 }
 
 /// What an administrator declares once (the agents do not, with
-/// `HOSTBUS_DECLARE_EXCHANGES=false`): the agent's own declarations.
+/// `HOSTBUS_DECLARE_EXCHANGES=false`): the agents' shared topology, the way
+/// `hostctl admin setup` does it.
 async fn declare_topology(admin: &AmqpPeer) {
-    let ch = admin.channel();
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    for (name, kind) in [
-        (names::COMMAND_EXCHANGE, ExchangeKind::Topic),
-        (names::EVENT_EXCHANGE, ExchangeKind::Topic),
-        (names::PRESENCE_EXCHANGE, ExchangeKind::Topic),
-        (names::DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
-    ] {
-        ch.exchange_declare(name.into(), kind, durable, FieldTable::default())
-            .await
-            .expect("declare an exchange");
-    }
-    ch.queue_declare(
-        names::DEAD_LETTER_QUEUE.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        },
-        FieldTable::default(),
+    let m = hostbus_amqp::topology::declare_shared(
+        admin.connection(),
+        &hostbus_amqp::topology::TopologySettings::default(),
     )
     .await
-    .expect("declare the dead-letter queue");
-    ch.queue_bind(
-        names::DEAD_LETTER_QUEUE.into(),
-        names::DEAD_LETTER_EXCHANGE.into(),
-        "".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("bind the dead-letter queue");
+    .expect("declare the topology");
+    assert!(m.is_empty(), "{m:?}");
 }
 
 fn props(command: &str, user: &str) -> AmqpProperties {
@@ -309,10 +299,10 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
         (ev.action, ev.object_id.as_str()),
         (EventAction::Started, DB01)
     );
-    presence.wait_warm(Duration::from_secs(5)).await;
+    presence.wait_ready(Duration::from_secs(5)).await;
     assert!(
         presence.hosts().iter().any(|h| h.host_id == "h1"),
-        "ops sees h1's heartbeats"
+        "ops sees h1 in the fleet view"
     );
     let mut ops = AmqpPeer::connect(&node.url_for("ops", "ops-secret"))
         .await

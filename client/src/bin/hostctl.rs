@@ -18,7 +18,7 @@ use hostbus_client::protocol::types::{
     TaskRecord, TaskStatus, VmRecord, VmSpec, VolumeRef, VolumeSpec,
 };
 use hostbus_client::{
-    Client, ClientConfig, ClientError, ErrorKind, Notification, SubscribeOptions,
+    Client, ClientConfig, ClientError, ErrorKind, Notification, StartAt, SubscribeOptions,
 };
 use serde::Serialize;
 
@@ -60,6 +60,8 @@ EXAMPLES:
   hostctl vm start h1/web01
   hostctl vm create h1 --name app01 --memory 1024 --vcpus 2 --disk default:10 --network default
   hostctl events '*.vm.*' --follow
+  hostctl events 'h1.#' --from -1h
+  hostctl host forget h9
   hostctl --output json vm get h1/web01 | jq .power_state";
 
 #[derive(Parser)]
@@ -99,10 +101,11 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Hosts seen on the bus, from their heartbeats.
+    /// Every host of the fleet, as the broker remembers it: alive, stale or
+    /// gone (until forgotten).
     Hosts {
-        /// How long to listen for heartbeats, ms.
-        #[arg(long, default_value_t = 2500)]
+        /// Longest wait for the broker's history, ms.
+        #[arg(long, default_value_t = 10_000)]
         listen_ms: u64,
     },
     /// Checks that a host's agent answers.
@@ -131,6 +134,11 @@ enum Cmd {
     /// Prints events matching PATTERNs (`*.vm.*`, `h1.#`; default all).
     Events {
         patterns: Vec<String>,
+        /// Where to start: `next` (default), `first` (the oldest the broker
+        /// keeps), a stream offset (a printed `offset` plus one), or a time
+        /// (`-10m`, `-2h`: that long ago).
+        #[arg(long, default_value = "next")]
+        from: String,
         /// Keep printing until interrupted.
         #[arg(long)]
         follow: bool,
@@ -141,6 +149,9 @@ enum Cmd {
         #[arg(long, default_value_t = 3000)]
         duration_ms: u64,
     },
+    /// Broker administration.
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Prints the protocol's JSON Schema.
     Schema,
     /// Prints a shell completion script.
@@ -148,7 +159,33 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum AdminCmd {
+    /// Declares the exchanges, the dead-letter queue and the streams with
+    /// the agents' default settings (for brokers whose host users may not
+    /// declare them: docs/security.md).
+    Setup {
+        /// Queue type of the dead-letter queue.
+        #[arg(long, value_enum, default_value = "quorum")]
+        queue_type: AdminQueueType,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AdminQueueType {
+    Quorum,
+    Classic,
+}
+
+#[derive(Subcommand)]
 enum HostCmd {
+    /// Removes a host that is gone from the fleet: deletes its command
+    /// queue and bindings, and fleet views stop listing it.
+    Forget {
+        host: String,
+        /// Even if it looks alive.
+        #[arg(long)]
+        force: bool,
+    },
     /// Hardware and hypervisor facts.
     Info { host: String },
     /// What the host can do.
@@ -905,7 +942,10 @@ async fn run(cli: Cli) -> Res<u8> {
         Cmd::Schema | Cmd::Completions { .. } => {}
         Cmd::Hosts { listen_ms } => {
             let p = c.presence().await?;
-            p.wait_warm(Duration::from_millis(listen_ms)).await;
+            p.wait_ready(Duration::from_millis(listen_ms)).await;
+            if !p.is_ready() {
+                eprintln!("hostctl: the broker's history did not arrive in time; the list may be incomplete");
+            }
             let hosts = p.hosts();
             ctx.show(&hosts, |hs| {
                 table(
@@ -916,7 +956,7 @@ async fn run(cli: Cli) -> Res<u8> {
                         "LABELS",
                         "VMS_ACTIVE",
                         "IN_FLIGHT",
-                        "LAST_SEEN_MS",
+                        "LAST_SEEN",
                         "AGENT",
                         "EPOCH",
                     ],
@@ -929,7 +969,10 @@ async fn run(cli: Cli) -> Res<u8> {
                                 h.labels.join(","),
                                 h.load.vms_active.to_string(),
                                 h.load.in_flight.to_string(),
-                                h.last_seen_ms.to_string(),
+                                h.last_seen_ms.map_or_else(
+                                    || format!(">{}s", p.lookback().as_secs()),
+                                    |ms| format!("{:.1}s", ms as f64 / 1000.0),
+                                ),
                                 h.versions.agent.clone(),
                                 h.epoch.to_string(),
                             ]
@@ -947,67 +990,95 @@ async fn run(cli: Cli) -> Res<u8> {
                 |_| outln!("{} answered in {rtt:.1} ms", pong.host_id),
             )?;
         }
-        Cmd::Host(h) => match h {
-            HostCmd::Info { host } => {
-                let i = c.host(&host).info().await?;
-                ctx.show(&i, |i| {
-                    table(
-                        &[
-                            "HOST",
-                            "HYPERVISOR",
-                            "LIBVIRT",
-                            "ARCH",
-                            "CPUS",
-                            "MEMORY_MIB",
-                            "CPU_MODEL",
-                        ],
-                        vec![vec![
-                            i.host_id.clone(),
-                            format!("{} {}", i.hypervisor, i.hypervisor_version),
-                            i.libvirt_version.clone(),
-                            i.arch.clone(),
-                            i.cpus.to_string(),
-                            mib(i.memory_kib),
-                            i.cpu_model.clone(),
-                        ]],
-                    )
-                })?;
+        Cmd::Admin(AdminCmd::Setup { queue_type }) => {
+            let settings = hostbus_client::topology::TopologySettings {
+                queue_type: match queue_type {
+                    AdminQueueType::Quorum => hostbus_client::topology::QueueType::Quorum,
+                    AdminQueueType::Classic => hostbus_client::topology::QueueType::Classic,
+                },
+                ..Default::default()
+            };
+            let mismatches = c.declare_topology(&settings).await?;
+            for m in &mismatches {
+                eprintln!(
+                    "hostctl: {} exists with other arguments; left as it is ({})",
+                    m.queue, m.reason
+                );
             }
-            HostCmd::Caps { host } => {
-                let caps = c.host(&host).capabilities().await?;
-                ctx.show(&caps, |c| {
-                    outln!("arch: {}", c.arch);
-                    for (a, t) in &c.guest_domain_types {
-                        outln!("guests {a}: {}", t.join(", "));
-                    }
-                    outln!("commands: {}", c.commands.len());
+            ctx.show(
+                &serde_json::json!({"declared": true, "left_as_is": mismatches.iter().map(|m| &m.queue).collect::<Vec<_>>()}),
+                |_| outln!("exchanges, dead-letter queue and streams declared"),
+            )?;
+        }
+        Cmd::Host(h) => {
+            match h {
+                HostCmd::Forget { host, force } => {
+                    c.forget_host(&host, force).await?;
+                    ctx.show(&serde_json::json!({"forgotten": host}), |_| {
+                    outln!("{host} forgotten: its queue is deleted and fleet views no longer list it")
                 })?;
+                }
+                HostCmd::Info { host } => {
+                    let i = c.host(&host).info().await?;
+                    ctx.show(&i, |i| {
+                        table(
+                            &[
+                                "HOST",
+                                "HYPERVISOR",
+                                "LIBVIRT",
+                                "ARCH",
+                                "CPUS",
+                                "MEMORY_MIB",
+                                "CPU_MODEL",
+                            ],
+                            vec![vec![
+                                i.host_id.clone(),
+                                format!("{} {}", i.hypervisor, i.hypervisor_version),
+                                i.libvirt_version.clone(),
+                                i.arch.clone(),
+                                i.cpus.to_string(),
+                                mib(i.memory_kib),
+                                i.cpu_model.clone(),
+                            ]],
+                        )
+                    })?;
+                }
+                HostCmd::Caps { host } => {
+                    let caps = c.host(&host).capabilities().await?;
+                    ctx.show(&caps, |c| {
+                        outln!("arch: {}", c.arch);
+                        for (a, t) in &c.guest_domain_types {
+                            outln!("guests {a}: {}", t.join(", "));
+                        }
+                        outln!("commands: {}", c.commands.len());
+                    })?;
+                }
+                HostCmd::Stats { host } => {
+                    let s = c.host(&host).stats().await?;
+                    ctx.show(&s, |s| {
+                        table(
+                            &[
+                                "MEMORY_MIB",
+                                "FREE_MIB",
+                                "VMS",
+                                "ACTIVE",
+                                "VM_MEMORY_MIB",
+                                "VM_VCPUS",
+                            ],
+                            vec![vec![
+                                mib(s.memory_total_kib),
+                                mib(s.memory_free_kib),
+                                s.vms_total.to_string(),
+                                s.vms_active.to_string(),
+                                mib(s.vm_memory_kib),
+                                s.vm_vcpus.to_string(),
+                            ]],
+                        )
+                    })?;
+                }
+                HostCmd::Snapshot { host } => print_json(&c.host(&host).snapshot().await?)?,
             }
-            HostCmd::Stats { host } => {
-                let s = c.host(&host).stats().await?;
-                ctx.show(&s, |s| {
-                    table(
-                        &[
-                            "MEMORY_MIB",
-                            "FREE_MIB",
-                            "VMS",
-                            "ACTIVE",
-                            "VM_MEMORY_MIB",
-                            "VM_VCPUS",
-                        ],
-                        vec![vec![
-                            mib(s.memory_total_kib),
-                            mib(s.memory_free_kib),
-                            s.vms_total.to_string(),
-                            s.vms_active.to_string(),
-                            mib(s.vm_memory_kib),
-                            s.vm_vcpus.to_string(),
-                        ]],
-                    )
-                })?;
-            }
-            HostCmd::Snapshot { host } => print_json(&c.host(&host).snapshot().await?)?,
-        },
+        }
         Cmd::Vm(v) => return vm_cmd(&ctx, v).await,
         Cmd::Snapshot(s) => match s {
             SnapshotCmd::List { vm } => {
@@ -1339,12 +1410,17 @@ async fn run(cli: Cli) -> Res<u8> {
         },
         Cmd::Events {
             patterns,
+            from,
             follow,
             count,
             duration_ms,
         } => {
             let pats: Vec<&str> = patterns.iter().map(String::as_str).collect();
-            let mut sub = c.subscribe(&pats, SubscribeOptions::default()).await?;
+            let opts = SubscribeOptions {
+                from: parse_start(&from)?,
+                ..SubscribeOptions::default()
+            };
+            let mut sub = c.subscribe(&pats, opts).await?;
             let mut seen = 0usize;
             let deadline = tokio::time::Instant::now() + Duration::from_millis(duration_ms);
             loop {
@@ -1357,17 +1433,23 @@ async fn run(cli: Cli) -> Res<u8> {
                 match n? {
                     Notification::Event(e) => {
                         seen += 1;
+                        let offset = sub.position();
                         match ctx.output {
-                            Output::Json => outln!(
-                                "{}",
-                                serde_json::to_string(&e).map_err(|e| Failure {
+                            Output::Json => {
+                                // The event's own fields, and its stream offset.
+                                let mut v = serde_json::to_value(&e).map_err(|e| Failure {
                                     code: 1,
-                                    message: e.to_string()
-                                })?
-                            ),
+                                    message: e.to_string(),
+                                })?;
+                                if let Some(m) = v.as_object_mut() {
+                                    m.insert("offset".into(), serde_json::json!(offset));
+                                }
+                                outln!("{v}")
+                            }
                             Output::Table => outln!(
-                                "{} {:<10} {:<9} {:<9} seq={:<5} gen={:<4} {}",
+                                "{} offset={:<7} {:<10} {:<9} {:<9} seq={:<5} gen={:<4} {}",
                                 e.time,
+                                offset.map_or_else(|| "-".to_owned(), |o| o.to_string()),
                                 e.host_id,
                                 e.class,
                                 e.action,
@@ -1389,6 +1471,40 @@ async fn run(cli: Cli) -> Res<u8> {
         }
     }
     Ok(0)
+}
+
+/// `--from` of `hostctl events`: `next`, `first`, an offset, or `-<n><s|m|h|d>`.
+fn parse_start(s: &str) -> Res<StartAt> {
+    match s {
+        "next" => return Ok(StartAt::Next),
+        "first" => return Ok(StartAt::First),
+        _ => {}
+    }
+    if let Ok(o) = s.parse::<u64>() {
+        return Ok(StartAt::Offset(o));
+    }
+    let ago = s
+        .strip_prefix('-')
+        .and_then(|r| {
+            let (n, unit) = r.split_at(r.len().checked_sub(1)?);
+            let n: u64 = n.parse().ok()?;
+            let secs = match unit {
+                "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                "d" => 86_400,
+                _ => return None,
+            };
+            Some(n * secs * 1000)
+        })
+        .ok_or_else(|| {
+            usage(format!(
+                "--from {s}: say next, first, an offset, or a time like -10m"
+            ))
+        })?;
+    Ok(StartAt::Time(
+        hostbus_client::protocol::now_ms().saturating_sub(ago),
+    ))
 }
 
 /// Records without a dedicated table print as JSON in both output modes.

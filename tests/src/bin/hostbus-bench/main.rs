@@ -3,12 +3,16 @@
 //! `docs/performance.md`.
 //!
 //! ```sh
-//! cargo run --release -p hostbus-tests --bin hostbus-bench            # print and write docs/performance.md
-//! cargo run --release -p hostbus-tests --bin hostbus-bench -- --no-write --secs 2
+//! cargo run --release -p hostbus-tests --bin hostbus-bench            # calls: print and write docs/performance.md
+//! cargo run --release -p hostbus-tests --bin hostbus-bench -- fleet    # 1,000 simulated hosts
+//! cargo run --release -p hostbus-tests --bin hostbus-bench -- cluster  # three nodes and quorum queues against one node and classic queues
+//! cargo run --release -p hostbus-tests --bin hostbus-bench -- all --no-write --secs 2
 //! ```
 //!
-//! It starts a private RabbitMQ node and a release-built agent on libvirt's
-//! test driver, then measures:
+//! Each section writes its own part of `docs/performance.md` (between
+//! `<!-- <section>:begin -->` and `<!-- <section>:end -->`). The calls
+//! section starts a private RabbitMQ node and a release-built agent on
+//! libvirt's test driver, then measures:
 //! * call round trips (`host.ping`, `vm.list`) through the SDK at
 //!   concurrency 1, 16 and 64, next to a raw-lapin baseline: the same broker,
 //!   a minimal responder that answers on direct reply-to, no hostbus code;
@@ -41,7 +45,22 @@ use tokio::sync::oneshot;
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
 
+mod cluster;
+mod fleet;
+
+/// Which parts to run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Calls,
+    Fleet,
+    Cluster,
+    All,
+}
+
 struct Args {
+    section: Section,
+    /// Simulated hosts of the fleet section.
+    hosts: u32,
     /// Seconds per measured slice.
     secs: u64,
     /// Slices per path, interleaved across the paths of one table.
@@ -56,6 +75,8 @@ struct Args {
 
 fn args() -> Args {
     let mut a = Args {
+        section: Section::Calls,
+        hosts: 1000,
         secs: 2,
         rounds: 3,
         write: true,
@@ -69,6 +90,11 @@ fn args() -> Args {
             "--secs" => a.secs = it.next().and_then(|v| v.parse().ok()).unwrap_or(2),
             "--rounds" => a.rounds = it.next().and_then(|v| v.parse().ok()).unwrap_or(3).max(1),
             "--no-write" => a.write = false,
+            "calls" => a.section = Section::Calls,
+            "fleet" => a.section = Section::Fleet,
+            "cluster" => a.section = Section::Cluster,
+            "all" => a.section = Section::All,
+            "--hosts" => a.hosts = it.next().and_then(|v| v.parse().ok()).unwrap_or(1000),
             "--no-breakdown" => a.breakdown = false,
             "--profile" => {
                 a.profile = it.next().and_then(|v| v.parse().ok());
@@ -86,7 +112,7 @@ fn args() -> Args {
 
 /// Latency samples and a count over one or more windows.
 #[derive(Default)]
-struct Run {
+pub(crate) struct Run {
     calls: u64,
     secs: f64,
     lat: Vec<Duration>,
@@ -98,7 +124,7 @@ struct Run {
 
 impl Run {
     /// Calls/s: the median over the windows merged in.
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         if self.rates.is_empty() {
             return self.calls as f64 / self.secs;
         }
@@ -115,7 +141,7 @@ impl Run {
             self.cpu[i] += other.cpu[i];
         }
     }
-    fn pct(&self, p: f64) -> f64 {
+    pub(crate) fn pct(&self, p: f64) -> f64 {
         if self.lat.is_empty() {
             return f64::NAN;
         }
@@ -125,7 +151,7 @@ impl Run {
         v[i].as_secs_f64() * 1000.0
     }
     /// CPU microseconds per call of the broker, the agent and this process.
-    fn cpu_per_call(&self) -> [f64; 3] {
+    pub(crate) fn cpu_per_call(&self) -> [f64; 3] {
         let n = self.calls.max(1) as f64;
         self.cpu.map(|c| c * 1e6 / n)
     }
@@ -133,13 +159,13 @@ impl Run {
 
 /// Where the CPU goes: the broker's process group, the agent, this process.
 #[derive(Clone)]
-struct Meter {
-    broker: Vec<u32>,
-    agent: u32,
+pub(crate) struct Meter {
+    pub(crate) broker: Vec<u32>,
+    pub(crate) agent: u32,
 }
 
 impl Meter {
-    fn sample(&self) -> [f64; 3] {
+    pub(crate) fn sample(&self) -> [f64; 3] {
         [
             cpu_secs(&self.broker),
             cpu_secs(&[self.agent]),
@@ -149,9 +175,9 @@ impl Meter {
 }
 
 /// One way of making a call; true when it succeeded.
-type Call = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+pub(crate) type Call = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
-fn ping_call(client: &Client) -> Call {
+pub(crate) fn ping_call(client: &Client) -> Call {
     let cl = client.clone();
     Arc::new(move || {
         let cl = cl.clone();
@@ -184,7 +210,7 @@ fn raw_call(raw: &Arc<Raw>) -> Call {
 /// Measures every path at `concurrency`: `rounds` slices of `secs` each,
 /// interleaved (path 1, 2, …, then again), so a slow spell of the machine
 /// hits every path alike. Calls/s is the median slice.
-async fn measure(
+pub(crate) async fn measure(
     meter: &Meter,
     concurrency: usize,
     secs: u64,
@@ -202,7 +228,7 @@ async fn measure(
 }
 
 /// Runs `concurrency` loops of `call` for `secs`, after a short warm-up.
-async fn drive<F, Fut>(meter: &Meter, concurrency: usize, secs: u64, call: F) -> Run
+pub(crate) async fn drive<F, Fut>(meter: &Meter, concurrency: usize, secs: u64, call: F) -> Run
 where
     F: Fn() -> Fut + Send + Sync + Clone + 'static,
     Fut: Future<Output = bool> + Send,
@@ -470,7 +496,7 @@ impl Raw {
 }
 
 /// CPU seconds (user + system) used so far by the processes `pids`.
-fn cpu_secs(pids: &[u32]) -> f64 {
+pub(crate) fn cpu_secs(pids: &[u32]) -> f64 {
     let tick = 100.0; // USER_HZ on Linux
     pids.iter()
         .filter_map(|&p| {
@@ -495,12 +521,12 @@ fn row(c: &str, name: &str, r: &Run, base: f64) -> String {
     )
 }
 
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
 }
 
 /// The peak resident set (high-water mark) of a process.
-fn hwm_kib(pid: u32) -> u64 {
+pub(crate) fn hwm_kib(pid: u32) -> u64 {
     status_kib(pid, "VmHWM:")
 }
 
@@ -515,7 +541,7 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -579,10 +605,75 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(bench(a));
+    let section = a.section;
+    if matches!(section, Section::Calls | Section::All) {
+        runtime.block_on(bench(&a));
+    }
+    if matches!(section, Section::Fleet | Section::All) {
+        runtime.block_on(fleet::bench(&a));
+    }
+    if matches!(section, Section::Cluster | Section::All) {
+        runtime.block_on(cluster::bench(&a));
+    }
 }
 
-async fn bench(a: Args) {
+/// Builds the release `hostctl` next to the release agent; its path.
+pub(crate) fn release_hostctl() -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(&cargo)
+        .args([
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "hostbus-client",
+            "--bin",
+            "hostctl",
+        ])
+        .current_dir(hostbus_tests::workspace_dir())
+        .status()
+        .expect("cargo");
+    assert!(status.success(), "cannot build the release hostctl");
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(
+            || hostbus_tests::workspace_dir().join("target"),
+            std::path::PathBuf::from,
+        )
+        .join("release/hostctl")
+}
+
+/// Replaces the part of docs/performance.md between
+/// `<!-- {section}:begin -->` and `<!-- {section}:end -->` with `text`
+/// (appends the part when it is not there yet).
+pub(crate) fn write_section(section: &str, text: &str) {
+    let path = hostbus_tests::workspace_dir().join("docs/performance.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_default();
+    let (begin, end) = (
+        format!("<!-- {section}:begin -->"),
+        format!("<!-- {section}:end -->"),
+    );
+    let new = match (doc.find(&begin), doc.find(&end)) {
+        (Some(b), Some(e)) if e > b => format!("{}{begin}\n{text}{}", &doc[..b], &doc[e..]),
+        _ => format!("{doc}\n{begin}\n{text}{end}\n"),
+    };
+    std::fs::write(&path, new).expect("write docs/performance.md");
+    eprintln!(
+        "hostbus-bench: wrote the {section} section of {}",
+        path.display()
+    );
+}
+
+/// The `p` quantile of `v`, in ms.
+pub(crate) fn quantile_ms(v: &[Duration], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = v.to_vec();
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+async fn bench(a: &Args) {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
 
@@ -848,15 +939,7 @@ async fn bench(a: Args) {
     );
     println!("{out}");
     if a.write {
-        let path = hostbus_tests::workspace_dir().join("docs/performance.md");
-        let doc = std::fs::read_to_string(&path).unwrap_or_default();
-        let (begin, end) = ("<!-- bench:begin -->", "<!-- bench:end -->");
-        let new = match (doc.find(begin), doc.find(end)) {
-            (Some(b), Some(e)) if e > b => format!("{}{begin}\n{out}{}", &doc[..b], &doc[e..]),
-            _ => format!("{doc}\n{begin}\n{out}{end}\n"),
-        };
-        std::fs::write(&path, new).expect("write docs/performance.md");
-        eprintln!("hostbus-bench: wrote {}", path.display());
+        write_section("bench", &out);
     }
     drop(agent);
 }

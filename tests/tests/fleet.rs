@@ -1,0 +1,405 @@
+//! A fleet, not three hosts (issue 13): at the agents' default settings
+//! (a heartbeat every 5 s), a fresh process — `hostctl` is one every time —
+//! sees every host at once, from the broker; a dead host stays listed as
+//! stale, then gone, until it is forgotten; broadcasts know when they are
+//! done and name every expected host that did not answer; nothing piles up
+//! for hosts that are gone; one process simulates hundreds of hosts.
+//!
+//! Timings are printed; run with `--nocapture` to see them.
+
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use hostbus_client::protocol::commands::{Ping, VmList, VmListRequest};
+use hostbus_client::protocol::names::{self, Target};
+use hostbus_client::protocol::types::PowerState;
+use hostbus_client::{Client, ClientConfig, Liveness, Notification, SubscribeOptions};
+use hostbus_protocol::commands::HostPing;
+use hostbus_tests::{node_file_uri, AgentProcess, AmqpPeer, Hostctl, RabbitNode, Subscription};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use serde_json::Value;
+
+/// Subscribes to roster announcements (`<host>.online` on the presence
+/// exchange, the last thing an agent publishes before it serves) before
+/// anything starts.
+async fn watch_online(node: &RabbitNode) -> (AmqpPeer, Subscription) {
+    let peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
+    let sub = peer
+        .subscribe(names::PRESENCE_EXCHANGE, "*.online")
+        .await
+        .expect("subscribe");
+    (peer, sub)
+}
+
+async fn wait_online(sub: &mut Subscription, n: usize) {
+    for _ in 0..n {
+        sub.next(Duration::from_secs(90))
+            .await
+            .expect("agent online");
+    }
+}
+
+/// The state `hostctl hosts` gives each host.
+fn states(hosts: &Value) -> Vec<(String, String)> {
+    hosts
+        .as_array()
+        .expect("a list of hosts")
+        .iter()
+        .map(|h| {
+            (
+                h["host_id"].as_str().unwrap_or_default().to_owned(),
+                h["liveness"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Whether the agent queue of `host` exists.
+async fn queue_exists(url: &str, host: &str) -> bool {
+    let peer = AmqpPeer::connect(url).await.expect("peer");
+    let ch = peer.connection().create_channel().await.expect("channel");
+    ch.queue_declare(
+        names::agent_queue(host).as_str().into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_process_sees_the_whole_fleet_and_its_dead_until_forgotten() {
+    let node = RabbitNode::start().expect("rabbit");
+    let url = node.amqp_url();
+    let ctl = Hostctl::new(&url);
+    let _ = tokio::task::spawn_blocking(hostbus_tests::hostctl_binary).await;
+    let (_peer, mut online) = watch_online(&node).await;
+    // Four agents at their default heartbeat interval (5 s).
+    let mut agents: Vec<AgentProcess> = [
+        ("h1", "h1", "rack-a"),
+        ("h2", "h2", "rack-a"),
+        ("h3", "h3", "rack-b"),
+        ("h4", "h3", "rack-b"),
+    ]
+    .into_iter()
+    .map(|(id, node_file, label)| {
+        AgentProcess::builder(id, &url)
+            .libvirt_uri(node_file_uri(node_file))
+            .label(label)
+            .spawn()
+            .expect("agent")
+    })
+    .collect();
+    wait_online(&mut online, 4).await;
+
+    // A fresh hostctl lists all four, alive, on its first call.
+    let hosts = ctl.run(&["-o", "json", "hosts"]);
+    assert_eq!(hosts.code, 0, "{}", hosts.stderr);
+    println!("fresh `hostctl hosts` with 4 hosts: {:?}", hosts.elapsed);
+    let v: Value = serde_json::from_str(&hosts.stdout).expect("json");
+    assert_eq!(
+        states(&v),
+        [
+            ("h1".to_owned(), "alive".to_owned()),
+            ("h2".to_owned(), "alive".to_owned()),
+            ("h3".to_owned(), "alive".to_owned()),
+            ("h4".to_owned(), "alive".to_owned())
+        ]
+    );
+    assert!(v[0]["labels"].as_array().is_some_and(|l| l.len() == 1));
+    assert!(v[0]["versions"]["agent"]
+        .as_str()
+        .is_some_and(|a| !a.is_empty()));
+    assert!(v[0]["capabilities"]
+        .as_array()
+        .is_some_and(|c| !c.is_empty()));
+
+    // h4 dies without a goodbye. A broadcast right after reports it missing,
+    // without waiting for its deadline, and hostctl exits 7.
+    let mut h4 = agents.pop().expect("h4");
+    h4.kill().expect("SIGKILL h4");
+    let killed = Instant::now();
+    let out = ctl.run(&["-o", "json", "--timeout-ms", "5000", "vm", "list", "--all"]);
+    println!("broadcast right after the kill: {:?}", out.elapsed);
+    assert_eq!(out.code, 7, "{}{}", out.stderr, out.stdout);
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(v["missing"], serde_json::json!(["h4"]));
+    assert_eq!(
+        v["vms"].as_array().map(Vec::len),
+        Some(9),
+        "h1..h3 answered"
+    );
+    assert!(
+        out.stderr.contains("h4"),
+        "hostctl names it: {}",
+        out.stderr
+    );
+    assert!(
+        out.elapsed < Duration::from_secs(5),
+        "it did not wait for the timeout"
+    );
+
+    // A fresh process sees h4 stale after three intervals, gone after ten.
+    let stale_at = Duration::from_secs(16);
+    tokio::time::sleep(stale_at.saturating_sub(killed.elapsed())).await;
+    let v = ctl.json(&["hosts"]);
+    println!("{:?} after the kill: {:?}", killed.elapsed(), states(&v));
+    assert!(states(&v).contains(&("h4".to_owned(), "stale".to_owned())));
+    let gone_at = Duration::from_secs(52);
+    tokio::time::sleep(gone_at.saturating_sub(killed.elapsed())).await;
+    let v = ctl.json(&["hosts"]);
+    println!("{:?} after the kill: {:?}", killed.elapsed(), states(&v));
+    assert!(states(&v).contains(&("h4".to_owned(), "gone".to_owned())));
+    assert!(states(&v).iter().filter(|(_, s)| s == "alive").count() == 3);
+    // Still expected by broadcasts: still missing.
+    let out = ctl.run(&["-o", "json", "vm", "list", "--label", "rack-b"]);
+    assert_eq!(out.code, 7, "{}", out.stderr);
+
+    // Forgetting an alive host is refused; forgetting h4 removes its queue
+    // and bindings, and no one expects it any more.
+    let refused = ctl.run(&["host", "forget", "h1"]);
+    assert_eq!(refused.code, 4, "{}", refused.stderr);
+    assert!(queue_exists(&url, "h4").await);
+    let v = ctl.json(&["host", "forget", "h4"]);
+    assert_eq!(v["forgotten"], "h4");
+    assert!(!queue_exists(&url, "h4").await, "its queue is gone");
+    let v = ctl.json(&["hosts"]);
+    assert!(!states(&v).iter().any(|(h, _)| h == "h4"), "{v}");
+    let v = ctl.json(&["vm", "list", "--all"]);
+    assert_eq!(v["missing"], serde_json::json!([]));
+}
+
+/// A dead host's queue is not filled for ever by broadcasts, and the
+/// dead-letter queue is bounded: what it drops is counted by the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_piles_up_for_hosts_that_are_gone() {
+    let node = RabbitNode::start_private().expect("rabbit");
+    let url = node.amqp_url();
+    let (peer, mut online) = watch_online(&node).await;
+    let mut h2 = AgentProcess::builder("h2", &url)
+        .libvirt_uri(node_file_uri("h2"))
+        .env("HOSTBUS_DEAD_LETTER_MAX_LENGTH", "5")
+        .spawn()
+        .expect("h2");
+    let _h1 = AgentProcess::builder("h1", &url)
+        .env("HOSTBUS_DEAD_LETTER_MAX_LENGTH", "5")
+        .spawn()
+        .expect("h1");
+    wait_online(&mut online, 2).await;
+    h2.kill().expect("SIGKILL h2");
+    let client = Client::connect(ClientConfig::new(&url))
+        .await
+        .expect("client");
+    // Twenty broadcasts of 1 s while h2 is dead.
+    for _ in 0..20 {
+        let b = client
+            .broadcast::<VmList>(
+                &Target::All,
+                VmListRequest { power_state: None },
+                Duration::from_secs(1),
+            )
+            .await
+            .expect("broadcast");
+        assert_eq!(b.missing, ["h2"]);
+    }
+    // Their deadline is their expiration: after it, h2's queue is empty.
+    let ch = peer.connection().create_channel().await.expect("channel");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let depth = loop {
+        let q = ch
+            .queue_declare(
+                names::agent_queue("h2").as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("h2's queue");
+        if q.message_count() == 0 || Instant::now() > deadline {
+            break q.message_count();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(depth, 0, "expired broadcasts left h2's queue");
+    // They went to the dead-letter queue, which keeps only five.
+    let dlq = ch
+        .queue_declare(
+            names::DEAD_LETTER_QUEUE.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("dead-letter queue");
+    println!(
+        "dead-letter queue after 20 expired broadcasts: {}",
+        dlq.message_count()
+    );
+    assert_eq!(dlq.message_count(), 5);
+    // The broker counts what the bound dropped.
+    let counters = node
+        .ctl(&["eval", "rabbit_global_counters:overview()."])
+        .expect("counters");
+    let dropped = dropped_dead_letters(&counters);
+    println!("dropped by the dead-letter queue's bound: {dropped}");
+    assert!(dropped >= 15, "{counters}");
+}
+
+/// The sum of `messages_dead_lettered_maxlen_total` for quorum queues
+/// without a dead-letter exchange of their own (`disabled`): messages the
+/// dead-letter queue dropped for its length bound. RabbitMQ's Prometheus
+/// endpoint exports it as
+/// `rabbitmq_global_messages_dead_lettered_maxlen_total{queue_type="rabbit_quorum_queue",dead_letter_strategy="disabled"}`.
+fn dropped_dead_letters(overview: &str) -> u64 {
+    // `#{... [{queue_type,rabbit_quorum_queue},{dead_letter_strategy,disabled}] => #{... messages_dead_lettered_maxlen_total => N ...}}`
+    let compact: String = overview.split_whitespace().collect();
+    let key = "{queue_type,rabbit_quorum_queue},{dead_letter_strategy,disabled}]=>#{";
+    compact
+        .find(key)
+        .and_then(|i| {
+            let rest = &compact[i + key.len()..];
+            let end = rest.find('}')?;
+            rest[..end].split(',').find_map(|kv| {
+                kv.strip_prefix("messages_dead_lettered_maxlen_total=>")?
+                    .parse::<u64>()
+                    .ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_simulates_two_hundred_hosts() {
+    const N: usize = 200;
+    let node = RabbitNode::start().expect("rabbit");
+    let url = node.amqp_url();
+    let sim = AgentProcess::builder("sim-0001", &url)
+        .args(["--simulate", "200", "--host-prefix", "sim-"])
+        .spawn()
+        .expect("simulator");
+    let client = Client::connect(ClientConfig::new(&url))
+        .await
+        .expect("client");
+    let started = Instant::now();
+    // Fresh views until the whole fleet is up (the first agents declare
+    // the presence exchange and streams).
+    let alive = loop {
+        let p = Client::connect(ClientConfig::new(&url))
+            .await
+            .expect("client")
+            .presence()
+            .await;
+        let alive = p.map_or(0, |p| {
+            p.hosts()
+                .iter()
+                .filter(|h| h.liveness == Liveness::Alive)
+                .count()
+        });
+        if alive == N || started.elapsed() > Duration::from_secs(120) {
+            break alive;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    println!(
+        "{alive} simulated hosts alive after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(alive, N, "{}", sim.log_tail(20));
+
+    // A fresh view, timed.
+    let t = Instant::now();
+    let fresh = Client::connect(ClientConfig::new(&url))
+        .await
+        .expect("client");
+    let hosts = fresh.presence().await.expect("presence").hosts();
+    println!(
+        "fresh fleet view of {} hosts in {:?}",
+        hosts.len(),
+        t.elapsed()
+    );
+    assert_eq!(hosts.len(), N);
+
+    // Every host answers a broadcast, which ends when the last one did.
+    let t = Instant::now();
+    let b = client
+        .broadcast::<VmList>(
+            &Target::All,
+            VmListRequest { power_state: None },
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("broadcast");
+    println!(
+        "broadcast vm.list to {N} simulated hosts: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(b.replies.len(), N);
+    assert!(b.missing.is_empty(), "{:?}", b.missing);
+    assert!(b
+        .replies
+        .values()
+        .all(|r| r.as_ref().is_ok_and(|l| l.vms.len() == 3)));
+    // A label group of the simulator: rack-<i mod 10>.
+    let g = client
+        .broadcast::<VmList>(
+            &Target::Group("rack-3".into()),
+            VmListRequest { power_state: None },
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("group");
+    assert_eq!(g.replies.len(), N / 10);
+
+    // Commands and events of one simulated host.
+    let mut sub = client
+        .subscribe(&["sim-0042.vm.*"], SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    let vm = client
+        .host("sim-0042")
+        .vm_named("db01")
+        .start()
+        .await
+        .expect("start");
+    assert_eq!(vm.power_state, PowerState::Running);
+    let ev = loop {
+        match tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("an event")
+            .expect("open")
+            .expect("ok")
+        {
+            Notification::Event(e) => break e,
+            Notification::Resync { .. } => {}
+        }
+    };
+    assert_eq!(
+        (ev.host_id.as_str(), ev.object_id),
+        ("sim-0042", vm.uuid.to_string())
+    );
+    let pong = client
+        .call::<HostPing>(
+            "sim-0199",
+            Ping {
+                echo: Some("x".into()),
+            },
+        )
+        .await
+        .expect("ping");
+    assert_eq!(pong.host_id, "sim-0199");
+
+    let rss = hostbus_tests::rss_kib(sim.pid().expect("pid")).expect("VmRSS");
+    println!(
+        "simulator RSS {} MiB for {N} hosts: {} KiB per host",
+        rss >> 10,
+        rss / N as u64
+    );
+}
