@@ -116,6 +116,8 @@ impl Agent {
             task_ttl: Duration::from_secs(cfg.task_ttl_s),
             reconcile_interval: Duration::from_millis(cfg.reconcile_interval_ms),
             step_pause: Duration::from_millis(cfg.step_pause_ms),
+            domain_type: cfg.bridge_domain_type()?,
+            console_log_dir: cfg.bridge_console_log_dir(),
             ..hostbus_bridge::Config::default()
         })?);
         let epoch = Uuid::new_v4();

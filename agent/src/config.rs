@@ -34,6 +34,9 @@ pub struct Flags {
     /// libvirt URI.
     #[arg(long)]
     pub libvirt_uri: Option<String>,
+    /// Hypervisor domain type of new VMs: `auto`, `kvm` or `qemu` (TCG).
+    #[arg(long)]
+    pub domain_type: Option<String>,
     /// Commands executed at once (also the AMQP prefetch).
     #[arg(long)]
     pub concurrency: Option<u32>,
@@ -153,6 +156,12 @@ pub struct Config {
     /// declares them and host users have no `configure` permission on them
     /// (docs/security.md).
     pub declare_exchanges: bool,
+    /// Hypervisor domain type of new VMs: `auto` (`kvm` when the host lists
+    /// it), `kvm`, or `qemu` (TCG, where KVM is absent or unusable).
+    pub domain_type: String,
+    /// Directory where each new VM's serial console is logged
+    /// (`<dir>/<vm>-serial0.log`, written by virtlogd); `off` for none.
+    pub console_log_dir: String,
     /// Queue type of the command queue and the dead-letter queue.
     pub queue_type: QueueType,
     /// A command queue without a consumer for this long is deleted by the
@@ -202,6 +211,8 @@ const FIELDS: &[&str] = &[
     "max_object_queue",
     "max_deliveries",
     "declare_exchanges",
+    "domain_type",
+    "console_log_dir",
     "queue_type",
     "queue_expires_s",
     "dead_letter_max_length",
@@ -305,6 +316,10 @@ impl Config {
             .map_err(map)?
             .set_default("declare_exchanges", true)
             .map_err(map)?
+            .set_default("domain_type", "auto")
+            .map_err(map)?
+            .set_default("console_log_dir", "/var/log/libvirt/qemu")
+            .map_err(map)?
             .set_default("queue_type", "quorum")
             .map_err(map)?
             .set_default("queue_expires_s", 7 * 86_400)
@@ -394,6 +409,8 @@ impl Config {
             .map_err(map)?
             .set_override_option("libvirt_uri", flags.libvirt_uri.clone())
             .map_err(map)?
+            .set_override_option("domain_type", flags.domain_type.clone())
+            .map_err(map)?
             .set_override_option("concurrency", flags.concurrency.map(i64::from))
             .map_err(map)?
             .set_override_option(
@@ -417,6 +434,18 @@ impl Config {
         Ok(cfg)
     }
 
+    /// `domain_type` for the bridge.
+    pub fn bridge_domain_type(&self) -> Result<hostbus_bridge::DomainType, ConfigError> {
+        self.domain_type
+            .parse()
+            .map_err(|e: String| field_error("domain_type", e))
+    }
+
+    /// `console_log_dir` for the bridge (`None` when `off`).
+    pub fn bridge_console_log_dir(&self) -> Option<String> {
+        (self.console_log_dir != "off").then(|| self.console_log_dir.clone())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.broker_urls.is_empty() {
             return Err(field_error(
@@ -436,6 +465,13 @@ impl Config {
         }
         if self.libvirt_uri.is_empty() {
             return Err(field_error("libvirt_uri", "must not be empty"));
+        }
+        self.bridge_domain_type()?;
+        if self.console_log_dir != "off" && !self.console_log_dir.starts_with('/') {
+            return Err(field_error(
+                "console_log_dir",
+                "must be an absolute directory or `off`",
+            ));
         }
         if !(1..=1024).contains(&self.concurrency) {
             return Err(field_error(
@@ -645,6 +681,38 @@ mod tests {
         assert!(bad(&[("HOSTBUS_LOG_FORMAT", "xml")]).contains("log_format"));
         assert!(bad(&[("HOSTBUS_METRICS_ADDR", "nowhere")]).contains("`metrics_addr`"));
         assert!(bad(&[("HOSTBUS_QUEUE_TYPE", "mirrored")]).contains("queue_type"));
+        assert!(bad(&[("HOSTBUS_DOMAIN_TYPE", "xen")]).contains("`domain_type`"));
+        assert!(bad(&[("HOSTBUS_CONSOLE_LOG_DIR", "logs")]).contains("`console_log_dir`"));
+    }
+
+    #[test]
+    fn domain_type_comes_from_the_environment_or_a_flag() {
+        let c = Config::load(&Flags::default(), &env(&[])).expect("defaults");
+        assert_eq!(
+            c.bridge_domain_type().ok(),
+            Some(hostbus_bridge::DomainType::Auto)
+        );
+        let c =
+            Config::load(&Flags::default(), &env(&[("HOSTBUS_DOMAIN_TYPE", "qemu")])).expect("env");
+        assert_eq!(
+            c.bridge_domain_type().ok(),
+            Some(hostbus_bridge::DomainType::Qemu)
+        );
+        let flags = Flags {
+            domain_type: Some("kvm".into()),
+            ..Flags::default()
+        };
+        let c = Config::load(&flags, &env(&[("HOSTBUS_DOMAIN_TYPE", "qemu")])).expect("flag");
+        assert_eq!(
+            c.bridge_domain_type().ok(),
+            Some(hostbus_bridge::DomainType::Kvm)
+        );
+        let c = Config::load(
+            &Flags::default(),
+            &env(&[("HOSTBUS_CONSOLE_LOG_DIR", "off")]),
+        )
+        .expect("off");
+        assert_eq!(c.bridge_console_log_dir(), None);
     }
 
     /// Issue 14: `HOSTBUS_QUEUE_TYPE` was silently ignored; now it is a

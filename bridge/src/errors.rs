@@ -163,11 +163,12 @@ pub(crate) fn map_error(e: &virt::error::Error, subject: &Subject) -> Error {
 }
 
 /// Whether libvirt refused a flag (combination) the driver does not
-/// implement (`virCheckFlags`), as opposed to any other failure: only then
+/// implement (`virCheckFlags`, `VIR_EXCLUSIVE_FLAGS_RET`), as opposed to any other failure: only then
 /// may a caller retry the same change with other flags.
 pub(crate) fn is_unsupported_flags(e: &virt::error::Error) -> bool {
     matches!(e.code(), ErrorNumberEnum::Known(ErrorNumber::InvalidArg))
-        && e.message().contains("unsupported flags")
+        && (e.message().contains("unsupported flags")
+            || e.message().contains("are mutually exclusive"))
 }
 
 fn not_supported(subject: &Subject, class: &'static str, detail: &str) -> Error {

@@ -138,6 +138,39 @@ unsafe extern "C" fn on_domain_reboot(
     }
 }
 
+/// A device was added to or removed from a running domain, or its removal
+/// failed: the guest's answer to a hotplug request, which may come long
+/// after the request returned.
+unsafe extern "C" fn on_domain_device(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _alias: *const c_char,
+    opaque: *mut c_void,
+) {
+    // SAFETY: libvirt passes a valid domain and our registration's opaque.
+    unsafe {
+        if let Some(uuid) = domain_uuid(dom) {
+            send(opaque, RawEvent::Vm(uuid));
+        }
+    }
+}
+
+/// The guest's balloon reached a new size: the memory a `vm.set_memory`
+/// asked for is in effect once the guest has given it back.
+unsafe extern "C" fn on_domain_balloon(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _actual: std::os::raw::c_ulonglong,
+    opaque: *mut c_void,
+) {
+    // SAFETY: libvirt passes a valid domain and our registration's opaque.
+    unsafe {
+        if let Some(uuid) = domain_uuid(dom) {
+            send(opaque, RawEvent::Vm(uuid));
+        }
+    }
+}
+
 unsafe extern "C" fn on_pool_lifecycle(
     _conn: sys::virConnectPtr,
     pool: sys::virStoragePoolPtr,
@@ -201,6 +234,14 @@ unsafe extern "C" fn on_close(_conn: sys::virConnectPtr, _reason: c_int, opaque:
 type LifecycleCb =
     unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void) -> c_int;
 type GenericDomainCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+type DeviceCb =
+    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *const c_char, *mut c_void);
+type BalloonCb = unsafe extern "C" fn(
+    sys::virConnectPtr,
+    sys::virDomainPtr,
+    std::os::raw::c_ulonglong,
+    *mut c_void,
+);
 type PoolLifecycleCb =
     unsafe extern "C" fn(sys::virConnectPtr, sys::virStoragePoolPtr, c_int, c_int, *mut c_void);
 type GenericPoolCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virStoragePoolPtr, *mut c_void);
@@ -242,11 +283,17 @@ pub(crate) fn register(conn: &Connect, tx: &Sender<RawEvent>) -> Registrations {
     // generic callback type and call it with the signature of the event id,
     // exactly like the C macros VIR_DOMAIN_EVENT_CALLBACK & co. The function
     // types differ only in their trailing arguments, which follow the C ABI.
-    let domain_cbs: [(u32, GenericDomainCb); 2] = [
+    let device = unsafe { std::mem::transmute::<DeviceCb, GenericDomainCb>(on_domain_device) };
+    let balloon = unsafe { std::mem::transmute::<BalloonCb, GenericDomainCb>(on_domain_balloon) };
+    let domain_cbs: [(u32, GenericDomainCb); 6] = [
         (sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, unsafe {
             std::mem::transmute::<LifecycleCb, GenericDomainCb>(on_domain_lifecycle)
         }),
         (sys::VIR_DOMAIN_EVENT_ID_REBOOT, on_domain_reboot),
+        (sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, device),
+        (sys::VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, device),
+        (sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED, device),
+        (sys::VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE, balloon),
     ];
     for (id, cb) in domain_cbs {
         // SAFETY: valid connection; libvirt frees `op` through `free_opaque`

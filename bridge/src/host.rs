@@ -4,10 +4,10 @@ use std::collections::{BTreeMap, HashSet};
 
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::{
-    Capabilities, HostRecord, HostStats, Inventory, ObjectClass, PoolState, PowerState, Record,
-    SnapshotRecord, VmOperation,
+    Capabilities, DiskDevice, DiskFormat, HostRecord, HostStats, Inventory, ObjectClass, PoolState,
+    PowerState, Record, SnapshotRecord, VmOperation, VmRecord,
 };
-use hostbus_protocol::{now_ms, Error, COMMANDS};
+use hostbus_protocol::{now_ms, Error, ErrorCode, COMMANDS};
 use uuid::Uuid;
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -17,6 +17,41 @@ use crate::errors::Subject;
 use crate::vm::already_exists;
 use crate::xml::{self, CapsFacts};
 use crate::Inner;
+
+/// QEMU keeps a snapshot inside the VM's qcow2 images (and the memory
+/// state in one of them): a VM with no writable disk, or with a writable
+/// disk in another format, cannot have one. Refused here, before libvirt
+/// fails in its own words.
+fn internal_snapshot_possible(rec: &VmRecord) -> Result<(), Error> {
+    let writable: Vec<_> = rec
+        .disks
+        .iter()
+        .filter(|d| d.device == DiskDevice::Disk && !d.read_only)
+        .collect();
+    let refuse = |reason: String| {
+        Error::new(
+            ErrorCode::OperationNotSupported,
+            [
+                ("operation", "snapshot.create".to_owned()),
+                ("reason", reason.clone()),
+            ],
+            format!("vm {} cannot have a snapshot: {reason}", rec.name),
+        )
+    };
+    if writable.is_empty() {
+        return Err(refuse(
+            "it has no writable disk to hold the snapshot; internal snapshots live in qcow2 disks"
+                .into(),
+        ));
+    }
+    if let Some(d) = writable.iter().find(|d| d.format != DiskFormat::Qcow2) {
+        return Err(refuse(format!(
+            "disk {} is {}; internal snapshots need every writable disk in qcow2",
+            d.target, d.format
+        )));
+    }
+    Ok(())
+}
 
 fn version_string(v: u32) -> String {
     format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
@@ -47,12 +82,14 @@ impl Inner {
             hypervisor: conn.driver_type().unwrap_or_default(),
             hypervisor_version: conn.hyp_version().map(version_string).unwrap_or_default(),
             libvirt_version: conn.lib_version().map(version_string).unwrap_or_default(),
-            arch: caps.arch,
-            cpu_model: if node.model.is_empty() {
-                caps.cpu_model
-            } else {
+            // libvirt's node info names the architecture in its `model`
+            // (`x86_64` under QEMU); the capabilities name the CPU model.
+            cpu_model: if caps.cpu_model.is_empty() {
                 node.model
+            } else {
+                caps.cpu_model
             },
+            arch: caps.arch,
             cpus: node.cpus,
             cpu_mhz: node.mhz,
             sockets: node.sockets,
@@ -109,7 +146,11 @@ impl Inner {
             sampled_at: now_ms(),
             memory_total_kib: node.memory,
             memory_free_kib: free_kib,
-            cpu_time_ns: BTreeMap::new(),
+            // Drivers that keep no host CPU counters (the test driver) leave it empty.
+            cpu_time_ns: crate::ffi::node_cpu_times(&conn).unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "no host cpu times");
+                BTreeMap::new()
+            }),
             vms_total: vms.len() as u32,
             vms_active: active.len() as u32,
             vm_memory_kib,
@@ -179,12 +220,12 @@ impl Inner {
         })
     }
 
-    fn prepare_snapshot(&self, vm: Uuid, op: VmOperation) -> Result<Domain, Error> {
+    fn prepare_snapshot(&self, vm: Uuid, op: VmOperation) -> Result<(Domain, VmRecord), Error> {
         let conn = self.conn()?;
         let dom = self.lookup_vm(&conn, vm)?;
         let rec = self.vm_record(&dom)?;
         crate::vm::require(&rec, op)?;
-        Ok(dom)
+        Ok((dom, rec))
     }
 
     pub(crate) fn snapshot_create(
@@ -192,9 +233,12 @@ impl Inner {
         r: SnapshotCreateRequest,
         id: Uuid,
     ) -> Result<SnapshotRecord, Error> {
-        let dom = self.prepare_snapshot(r.vm, VmOperation::SnapshotCreate)?;
+        let (dom, rec) = self.prepare_snapshot(r.vm, VmOperation::SnapshotCreate)?;
         if Domain::lookup_snapshot_by_name(&dom, &r.name, 0).is_ok() {
             return Err(already_exists("snapshot", &format!("{}/{}", r.vm, r.name)));
+        }
+        if matches!(rec.domain_type.as_deref(), Some("kvm" | "qemu")) {
+            internal_snapshot_possible(&rec)?;
         }
         let _op = self.begin_op(r.vm, id, VmOperation::SnapshotCreate);
         let snap = self.lv(
@@ -212,7 +256,7 @@ impl Inner {
         r: SnapshotRef,
         id: Uuid,
     ) -> Result<hostbus_protocol::types::VmRecord, Error> {
-        let dom = self.prepare_snapshot(r.vm, VmOperation::SnapshotRevert)?;
+        let (dom, _) = self.prepare_snapshot(r.vm, VmOperation::SnapshotRevert)?;
         let subject = Subject::snapshot(r.vm, &r.name);
         let snap = self.lv(&subject, Domain::lookup_snapshot_by_name(&dom, &r.name, 0))?;
         let _op = self.begin_op(r.vm, id, VmOperation::SnapshotRevert);
@@ -222,7 +266,7 @@ impl Inner {
     }
 
     pub(crate) fn snapshot_delete(&self, r: SnapshotRef, id: Uuid) -> Result<Empty, Error> {
-        let dom = self.prepare_snapshot(r.vm, VmOperation::SnapshotDelete)?;
+        let (dom, _) = self.prepare_snapshot(r.vm, VmOperation::SnapshotDelete)?;
         let subject = Subject::snapshot(r.vm, &r.name);
         let snap = self.lv(&subject, Domain::lookup_snapshot_by_name(&dom, &r.name, 0))?;
         let _op = self.begin_op(r.vm, id, VmOperation::SnapshotDelete);

@@ -18,6 +18,7 @@
 mod conn;
 mod errors;
 mod events;
+mod ffi;
 mod host;
 mod locks;
 mod network;
@@ -91,6 +92,50 @@ pub struct Config {
     /// Register libvirt lifecycle callbacks (default). Without them, changes
     /// made outside the bridge are seen by reconciliation only.
     pub libvirt_events: bool,
+    /// The hypervisor domain type of new VMs.
+    pub domain_type: DomainType,
+    /// Where the serial console of each new VM is logged, as
+    /// `<dir>/<vm name>-serial0.log` (written by libvirt's virtlogd).
+    /// `None`: consoles are reachable through their pty only.
+    pub console_log_dir: Option<String>,
+}
+
+/// Which hypervisor domain type new VMs get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DomainType {
+    /// `kvm` when the host's capabilities list it for the guest
+    /// architecture, else the first type listed (`qemu`: TCG, or the test
+    /// driver's `test`).
+    #[default]
+    Auto,
+    /// Hardware virtualization; refused when the host does not list it.
+    Kvm,
+    /// QEMU's software emulator (TCG): slower, and works where KVM is
+    /// absent or unusable (nested KVM that cannot run the guest).
+    Qemu,
+}
+
+impl DomainType {
+    /// The configuration name: `auto`, `kvm` or `qemu`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DomainType::Auto => "auto",
+            DomainType::Kvm => "kvm",
+            DomainType::Qemu => "qemu",
+        }
+    }
+}
+
+impl std::str::FromStr for DomainType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DomainType::Auto),
+            "kvm" => Ok(DomainType::Kvm),
+            "qemu" | "tcg" => Ok(DomainType::Qemu),
+            other => Err(format!("`{other}` is not auto, kvm or qemu")),
+        }
+    }
 }
 
 impl Default for Config {
@@ -103,6 +148,8 @@ impl Default for Config {
             step_pause: Duration::ZERO,
             lock_hook: None,
             libvirt_events: true,
+            domain_type: DomainType::Auto,
+            console_log_dir: Some("/var/log/libvirt/qemu".into()),
         }
     }
 }
@@ -116,6 +163,8 @@ impl std::fmt::Debug for Config {
             .field("reconcile_interval", &self.reconcile_interval)
             .field("step_pause", &self.step_pause)
             .field("libvirt_events", &self.libvirt_events)
+            .field("domain_type", &self.domain_type)
+            .field("console_log_dir", &self.console_log_dir)
             .finish_non_exhaustive()
     }
 }

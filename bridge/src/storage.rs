@@ -5,9 +5,12 @@ use hostbus_protocol::types::{
     ObjectClass, PoolKind, PoolRecord, PoolState, Record, VolumeRecord, VolumeSpec,
 };
 use hostbus_protocol::{Error, ErrorCode, ValidationError};
+use uuid::Uuid;
 use virt::connect::Connect;
+use virt::domain::Domain;
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
+use virt::sys;
 
 use crate::errors::Subject;
 use crate::vm::already_exists;
@@ -23,6 +26,34 @@ fn pool_state(raw: u32) -> PoolState {
         4 => PoolState::Inaccessible,
         _ => PoolState::Unknown,
     }
+}
+
+/// A VM disk backed by a volume.
+pub(crate) struct VolumeUser {
+    pub uuid: Uuid,
+    pub domain: Domain,
+    /// The disk's guest target.
+    pub target: String,
+    /// Running or paused: QEMU holds the image open.
+    pub active: bool,
+    /// The guest cannot write it.
+    pub read_only: bool,
+}
+
+fn volume_in_use(pool: &str, volume: &str, op: &str, users: &[&VolumeUser]) -> Error {
+    let vms: Vec<String> = users.iter().map(|u| u.uuid.to_string()).collect();
+    Error::new(
+        ErrorCode::VolumeInUse,
+        [
+            ("pool", pool.to_owned()),
+            ("volume", volume.to_owned()),
+            ("vms", vms.join(",")),
+        ],
+        format!(
+            "volume {pool}/{volume} backs a disk of vm {}; {op} is refused while it does",
+            vms.join(", ")
+        ),
+    )
 }
 
 fn pool_bad_state(name: &str, op: &str, current: PoolState) -> Error {
@@ -358,9 +389,66 @@ impl Inner {
         Ok(rec)
     }
 
+    /// The host path of a volume, when its pool is running and has it.
+    pub(crate) fn volume_path(&self, pool: &str, volume: &str) -> Option<String> {
+        let conn = self.conn().ok()?;
+        conn.lookup_storage_pool_by_name(pool)
+            .ok()?
+            .lookup_storage_vol_by_name(volume)
+            .ok()?
+            .path()
+            .ok()
+    }
+
+    /// Every VM disk backed by volume `pool/name` (at `path`), by pool and
+    /// volume name or by path, in the VMs' live definitions.
+    pub(crate) fn volume_users(
+        &self,
+        conn: &Connect,
+        pool: &str,
+        name: &str,
+        path: &str,
+    ) -> Result<Vec<VolumeUser>, Error> {
+        let doms = self.lv(&Subject::Host, conn.list_all_domains(0))?;
+        let mut out = Vec::new();
+        for dom in doms {
+            let Ok(desc) = dom.xml_desc(0) else { continue };
+            let facts = xml::parse_domain(&desc)?;
+            let active = dom.is_active().unwrap_or(false);
+            for d in facts.disks {
+                let by_ref = d
+                    .volume
+                    .as_ref()
+                    .is_some_and(|v| v.pool == pool && v.volume == name);
+                if by_ref || d.source_path.as_deref() == Some(path) {
+                    out.push(VolumeUser {
+                        uuid: facts.uuid,
+                        domain: dom.clone(),
+                        target: d.target,
+                        active,
+                        read_only: d.read_only,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub(crate) fn volume_delete(&self, pool: &str, name: &str) -> Result<Empty, Error> {
         let conn = self.conn()?;
         let v = self.lookup_volume(&conn, pool, name)?;
+        let path = v.path().unwrap_or_default();
+        let users = self.volume_users(&conn, pool, name, &path)?;
+        if !users.is_empty() {
+            // A running VM would keep writing a deleted file; a halted one
+            // could not start again.
+            return Err(volume_in_use(
+                pool,
+                name,
+                "volume.delete",
+                &users.iter().collect::<Vec<_>>(),
+            ));
+        }
         self.lv(&Subject::volume(pool, name), v.delete(0))?;
         self.volume_gone(pool, name);
         let _ = self.pool_get(pool);
@@ -379,10 +467,32 @@ impl Inner {
             )
             .into());
         }
-        self.lv(
-            &Subject::volume(&r.pool, &r.name),
-            v.resize(r.capacity_bytes, 0),
-        )?;
+        let path = v.path().unwrap_or_default();
+        let users = self.volume_users(&conn, &r.pool, &r.name, &path)?;
+        let active: Vec<&VolumeUser> = users.iter().filter(|u| u.active).collect();
+        let subject = Subject::volume(&r.pool, &r.name);
+        match active.as_slice() {
+            // QEMU holds the image (and its lock): it must grow it itself,
+            // and tells the guest.
+            [user] => {
+                self.lv(
+                    &Subject::vm(user.uuid, "volume.resize"),
+                    user.domain.block_resize(
+                        &user.target,
+                        r.capacity_bytes,
+                        sys::VIR_DOMAIN_BLOCK_RESIZE_BYTES,
+                    ),
+                )?;
+                tracing::info!(pool = %r.pool, volume = %r.name, vm = %user.uuid, "resized a volume live");
+            }
+            [] => self.lv(&subject, v.resize(r.capacity_bytes, 0))?,
+            many => return Err(volume_in_use(&r.pool, &r.name, "volume.resize", many)),
+        }
+        if !active.is_empty() {
+            // The pool's view of the file is refreshed from disk.
+            let _ = self.lookup_pool(&conn, &r.pool).map(|p| p.refresh(0));
+        }
+        let v = self.lookup_volume(&conn, &r.pool, &r.name)?;
         self.volume_record(&r.pool, &v)
     }
 
@@ -397,6 +507,13 @@ impl Inner {
             ));
         }
         let src_rec = self.volume_raw(&r.pool, &src)?;
+        let users = self.volume_users(&conn, &r.pool, &r.name, &src_rec.path)?;
+        let writers: Vec<&VolumeUser> = users.iter().filter(|u| u.active && !u.read_only).collect();
+        if !writers.is_empty() {
+            // QEMU holds the write lock of an image its guest writes; a copy
+            // taken now would not be consistent anyway.
+            return Err(volume_in_use(&r.pool, &r.name, "volume.clone", &writers));
+        }
         let spec = VolumeSpec {
             name: r.new_name.clone(),
             capacity_bytes: src_rec.capacity_bytes,

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::{
-    BlockStats, DiskFormat, DiskRecord, DiskSource, DiskSpec, NetStats, NicRecord, NicSpec,
-    ObjectClass, PowerState, Record, VmOperation, VmRecord, VmStats,
+    BlockStats, CpuMode, DiskDevice, DiskFormat, DiskRecord, DiskSource, DiskSpec, NetStats,
+    NicRecord, NicSpec, ObjectClass, PowerState, Record, VmOperation, VmRecord, VmStats, VolumeRef,
 };
 use hostbus_protocol::{now_ms, Error, ErrorCode, EventAction, ValidationError};
 use uuid::Uuid;
@@ -15,10 +15,10 @@ use virt::enumutil::Enum;
 use virt::storage_vol::StorageVol;
 use virt::sys;
 
-use crate::errors::Subject;
+use crate::errors::{is_unsupported_flags, Subject};
 use crate::tasks::Progress;
-use crate::xml::{self, DiskXml, DomainXml, NicXml};
-use crate::Inner;
+use crate::xml::{self, DiskSrc, DiskXml, DomainXml, NicXml};
+use crate::{DomainType, Inner};
 
 /// The power states in which `op` is allowed (XenAPI's lifecycle:
 /// halted ⇄ running ⇄ paused, running/paused → suspended → running).
@@ -94,13 +94,16 @@ fn live_flags(state: PowerState, persistent: bool) -> u32 {
 
 /// Applies a change with live and config flags together, or one after the
 /// other on drivers that refuse the combination (the test driver does).
+/// Only that refusal is retried: any other failure (a guest that does not
+/// release a vCPU in time, say) is the answer, so a change is never tried
+/// twice nor applied to one half only.
 fn with_flags(
     flags: u32,
     apply: impl Fn(u32) -> Result<(), virt::error::Error>,
 ) -> Result<(), virt::error::Error> {
     let both = sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG;
     match apply(flags) {
-        Err(_) if flags & both == both => {
+        Err(e) if flags & both == both && is_unsupported_flags(&e) => {
             apply(sys::VIR_DOMAIN_AFFECT_LIVE)?;
             apply(sys::VIR_DOMAIN_AFFECT_CONFIG)
         }
@@ -114,9 +117,10 @@ fn random_mac() -> String {
     format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
 }
 
-/// The name of the volume `vm.define` creates for a `new_volume` disk.
-pub fn new_volume_name(vm: &str, target: &str, format: DiskFormat) -> String {
-    let ext = if format == DiskFormat::Qcow2 {
+/// The name of the volume `vm.define` creates for a `new_volume` disk with
+/// the spec's `format` (absent: qcow2).
+pub fn new_volume_name(vm: &str, target: &str, format: Option<DiskFormat>) -> String {
+    let ext = if format.unwrap_or(DiskFormat::Qcow2) == DiskFormat::Qcow2 {
         "qcow2"
     } else {
         "img"
@@ -149,7 +153,13 @@ impl Inner {
     fn vm_raw(&self, dom: &Domain) -> Result<(VmRecord, Vec<Option<String>>), Error> {
         let id = dom.get_uuid_string_lossy();
         let subject = Subject::vm(&id, "get");
-        let facts = xml::parse_domain(&self.lv(&subject, dom.xml_desc(0))?)?;
+        let mut facts = xml::parse_domain(&self.lv(&subject, dom.xml_desc(0))?)?;
+        // A volume disk names its pool and volume; its path comes from the pool.
+        for d in &mut facts.disks {
+            if let (None, Some(v)) = (&d.source_path, &d.volume) {
+                d.source_path = self.volume_path(&v.pool, &v.volume);
+            }
+        }
         let power_state = self.power_state(dom)?;
         let current_snapshot = dom.current_snapshot(0).ok().and_then(|s| s.name().ok());
         let rec = VmRecord {
@@ -170,6 +180,10 @@ impl Inner {
             generation: 0,
             allowed_operations: allowed_operations(power_state),
             current_operations: self.current_ops(facts.uuid),
+            boot: facts.boot,
+            cpu_mode: facts.cpu_mode,
+            domain_type: facts.domain_type,
+            console: facts.console,
         };
         Ok((rec, facts.nic_devs))
     }
@@ -324,14 +338,19 @@ impl Inner {
         })
     }
 
+    /// Asks the guest to reboot. On a real hypervisor whether it does is the
+    /// guest's affair (QEMU passes the request on through ACPI): the
+    /// `rebooted` event comes from libvirt's reboot callback when the guest
+    /// actually resets, never from the request. The test driver reboots
+    /// within the call and has no such callback, so there the call itself
+    /// reports it.
     pub(crate) fn vm_reboot(&self, uuid: Uuid, id: Uuid) -> Result<VmRecord, Error> {
-        self.simple_op(
-            uuid,
-            id,
-            VmOperation::Reboot,
-            Some(EventAction::Rebooted),
-            |d, _| d.reboot(0),
-        )
+        let synchronous = self
+            .conn()?
+            .driver_type()
+            .is_ok_and(|t| t.eq_ignore_ascii_case("test"));
+        let hint = synchronous.then_some(EventAction::Rebooted);
+        self.simple_op(uuid, id, VmOperation::Reboot, hint, |d, _| d.reboot(0))
     }
 
     pub(crate) fn vm_reset(&self, uuid: Uuid, id: Uuid) -> Result<VmRecord, Error> {
@@ -440,39 +459,132 @@ impl Inner {
         self.vm_record(&dom)
     }
 
-    /// Resolves a disk spec to a host path, creating a new volume when asked.
-    /// Returns the path and the volume it created, if any.
+    /// Resolves a disk spec to its source and its actual format, creating a
+    /// new volume when asked (returned, for rollback). The format of an
+    /// existing volume is the volume's: a spec that says otherwise is
+    /// refused, since QEMU would either fail to start or show the guest the
+    /// image's raw bytes. `field` names the spec in errors.
     fn resolve_disk(
         &self,
         conn: &Connect,
         vm_name: &str,
         d: &DiskSpec,
-    ) -> Result<(String, Option<StorageVol>), Error> {
+        field: &str,
+    ) -> Result<(DiskSrc, DiskFormat, Option<StorageVol>), Error> {
+        let existing = |pool: &str, volume: &str, vol: &StorageVol| -> Result<_, Error> {
+            let subject = Subject::volume(pool, volume);
+            let actual = xml::parse_volume_format(&self.lv(&subject, vol.xml_desc(0))?)?;
+            if actual == DiskFormat::Unknown {
+                return Err(ValidationError::new(
+                    format!("{field}.source"),
+                    format_args!("volume {pool}/{volume} has a format QEMU disks cannot use"),
+                )
+                .into());
+            }
+            if let Some(said) = d.format.filter(|f| *f != actual) {
+                return Err(ValidationError::new(
+                    format!("{field}.format"),
+                    format_args!("is {said}, but volume {pool}/{volume} is {actual}"),
+                )
+                .into());
+            }
+            Ok((
+                DiskSrc::Volume {
+                    pool: pool.to_owned(),
+                    volume: volume.to_owned(),
+                },
+                actual,
+                None,
+            ))
+        };
         match &d.source {
-            DiskSource::Path(p) => Ok((p.clone(), None)),
+            DiskSource::Path(p) => match conn.lookup_storage_vol_by_path(p) {
+                // A path inside a pool is that pool's volume.
+                Ok(vol) => {
+                    let pool = vol.get_pool_name_lossy().unwrap_or_default();
+                    let name = vol.name().unwrap_or_default();
+                    existing(&pool, &name, &vol)
+                }
+                Err(_) => {
+                    let format = d.format.ok_or_else(|| {
+                        Error::from(ValidationError::new(
+                            format!("{field}.format"),
+                            "is required for a path outside every storage pool",
+                        ))
+                    })?;
+                    Ok((DiskSrc::Path(p.clone()), format, None))
+                }
+            },
             DiskSource::Volume(v) => {
                 let vol = self.lookup_volume(conn, &v.pool, &v.volume)?;
-                Ok((
-                    self.lv(&Subject::volume(&v.pool, &v.volume), vol.path())?,
-                    None,
-                ))
+                existing(&v.pool, &v.volume, &vol)
             }
             DiskSource::NewVolume {
                 pool,
                 capacity_bytes,
             } => {
-                let name = new_volume_name(vm_name, &d.target, d.format);
+                let format = d.format.unwrap_or(DiskFormat::Qcow2);
+                let name = new_volume_name(vm_name, &d.target, Some(format));
                 let spec = hostbus_protocol::types::VolumeSpec {
                     name: name.clone(),
                     capacity_bytes: *capacity_bytes,
                     allocation_bytes: 0,
-                    format: d.format,
+                    format,
                 };
                 let vol = self.create_volume_raw(conn, pool, &spec)?;
-                let path = self.lv(&Subject::volume(pool, &name), vol.path())?;
-                Ok((path, Some(vol)))
+                Ok((
+                    DiskSrc::Volume {
+                        pool: pool.clone(),
+                        volume: name,
+                    },
+                    format,
+                    Some(vol),
+                ))
             }
         }
+    }
+
+    /// The volumes `vm.undefine` removes with `remove_storage`: those of the
+    /// VM's writable hard disks that no other VM uses. Read-only disks,
+    /// CD-ROMs and shareable disks are shared by nature and stay.
+    fn owned_volumes(
+        &self,
+        conn: &Connect,
+        dom: &Domain,
+        rec: &VmRecord,
+    ) -> Result<Vec<StorageVol>, Error> {
+        let subject = Subject::vm(rec.uuid, "undefine");
+        let desc = self.lv(&subject, dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE))?;
+        let shareable = xml::parse_domain(&desc)?.shareable;
+        let mut out = Vec::new();
+        for d in &rec.disks {
+            if d.read_only || d.device != DiskDevice::Disk || shareable.contains(&d.target) {
+                tracing::info!(vm = %rec.name, disk = %d.target, "keeping the image of a read-only or shared disk");
+                continue;
+            }
+            let vol = match (&d.volume, &d.source_path) {
+                (Some(v), _) => conn
+                    .lookup_storage_pool_by_name(&v.pool)
+                    .and_then(|p| p.lookup_storage_vol_by_name(&v.volume)),
+                (None, Some(p)) => conn.lookup_storage_vol_by_path(p),
+                (None, None) => continue,
+            };
+            let Ok(vol) = vol else { continue };
+            let pool = vol.get_pool_name_lossy().unwrap_or_default();
+            let name = vol.name().unwrap_or_default();
+            let path = vol.path().unwrap_or_default();
+            let others = self
+                .volume_users(conn, &pool, &name, &path)?
+                .into_iter()
+                .filter(|u| u.uuid != rec.uuid)
+                .count();
+            if others > 0 {
+                tracing::info!(vm = %rec.name, volume = %name, others, "keeping a volume other vms use");
+                continue;
+            }
+            out.push(vol);
+        }
+        Ok(out)
     }
 
     fn check_networks(&self, conn: &Connect, nics: &[NicSpec]) -> Result<(), Error> {
@@ -525,11 +637,35 @@ impl Inner {
                 format_args!("this host runs no {arch} guests"),
             ))
         })?;
-        let domain_type = if types.iter().any(|t| t == "kvm") {
-            "kvm"
-        } else {
-            types.first().map_or("qemu", String::as_str)
+        let domain_type = match self.config.domain_type {
+            DomainType::Auto if types.iter().any(|t| t == "kvm") => "kvm",
+            DomainType::Auto => types.first().map_or("qemu", String::as_str),
+            wanted => {
+                let t = wanted.as_str();
+                if !types.iter().any(|x| x == t) {
+                    return Err(Error::new(
+                        ErrorCode::OperationNotSupported,
+                        [
+                            ("operation", "vm.define".to_owned()),
+                            ("reason", format!("domain type {t} for {arch}")),
+                        ],
+                        format!(
+                            "this host runs no {t} guests for {arch} (it offers {}); see the agent's domain_type",
+                            types.join(", ")
+                        ),
+                    ));
+                }
+                t
+            }
         };
+        // KVM guests see a model like the host's CPU; TCG offers QEMU's
+        // `max` (its default, qemu64, is too old for current distributions);
+        // other drivers get what they default to.
+        let cpu_mode = spec.cpu_mode.or(match domain_type {
+            "kvm" => Some(CpuMode::HostModel),
+            "qemu" => Some(CpuMode::Maximum),
+            _ => None,
+        });
         self.check_networks(&conn, &spec.nics)?;
 
         let new_volumes = spec
@@ -540,19 +676,21 @@ impl Inner {
         let total = new_volumes + 1;
         let mut created = Vec::new();
         let mut disks = Vec::new();
-        for d in &spec.disks {
+        for (i, d) in spec.disks.iter().enumerate() {
+            let field = format!("spec.disks[{i}]");
             let step = progress
                 .step(created.len(), total)
-                .and_then(|()| self.resolve_disk(&conn, &spec.name, d));
+                .and_then(|()| self.resolve_disk(&conn, &spec.name, d, &field));
             match step {
-                Ok((path, vol)) => {
+                Ok((source, format, vol)) => {
                     created.extend(vol);
                     disks.push(DiskXml {
                         target: &d.target,
-                        path,
+                        source,
                         bus: d.bus,
-                        format: d.format,
+                        format,
                         read_only: d.read_only,
+                        device: d.device,
                     });
                 }
                 Err(e) => {
@@ -585,6 +723,13 @@ impl Inner {
             vcpus: spec.vcpus,
             max_vcpus: spec.max_vcpus.unwrap_or(spec.vcpus),
             arch: &arch,
+            boot: &spec.boot,
+            cpu_mode,
+            console_log: self
+                .config
+                .console_log_dir
+                .as_ref()
+                .map(|dir| format!("{}/{}-serial0.log", dir.trim_end_matches('/'), spec.name)),
             disks,
             nics,
         });
@@ -622,11 +767,7 @@ impl Inner {
         let (conn, dom, rec) = self.prepare(r.uuid, VmOperation::Undefine)?;
         let _op = self.begin_op(r.uuid, id, VmOperation::Undefine);
         let volumes: Vec<StorageVol> = if r.remove_storage {
-            rec.disks
-                .iter()
-                .filter_map(|d| d.source_path.as_deref())
-                .filter_map(|p| conn.lookup_storage_vol_by_path(p).ok())
-                .collect()
+            self.owned_volumes(&conn, &dom, &rec)?
         } else {
             Vec::new()
         };
@@ -684,7 +825,27 @@ impl Inner {
             DeviceChange::Attach(x) => dom.attach_device_flags(x, flags),
             DeviceChange::Detach(x, _, _) => dom.detach_device_flags(x, flags),
         };
-        self.lv(&subject, result)
+        self.lv(&subject, result)?;
+        // QEMU removes a device only once the guest releases it; libvirt
+        // waits a few seconds for that and then answers success anyway. A
+        // device still in the live definition was not removed.
+        if let DeviceChange::Detach(_, tag, matches) = change {
+            let live = self.lv(&subject, dom.xml_desc(0))?;
+            if xml::remove_device(&live, tag, matches)?.is_some() {
+                return Err(Error::new(
+                    ErrorCode::DeviceDetachPending,
+                    [
+                        ("vm", rec.uuid.to_string()),
+                        ("device", device_name(tag, &live, matches)),
+                    ],
+                    format!(
+                        "vm {} has not released the {tag} yet; it goes when the guest lets it go",
+                        rec.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn vm_attach_disk(
@@ -701,13 +862,14 @@ impl Inner {
             .into());
         }
         let _op = self.begin_op(r.uuid, id, VmOperation::AttachDisk);
-        let (path, created) = self.resolve_disk(&conn, &rec.name, &r.disk)?;
+        let (source, format, created) = self.resolve_disk(&conn, &rec.name, &r.disk, "disk")?;
         let xml = xml::disk_xml(&DiskXml {
             target: &r.disk.target,
-            path,
+            source,
             bus: r.disk.bus,
-            format: r.disk.format,
+            format,
             read_only: r.disk.read_only,
+            device: r.disk.device,
         });
         if let Err(e) =
             self.change_device(&conn, &dom, &rec, "attach_disk", DeviceChange::Attach(&xml))
@@ -730,12 +892,21 @@ impl Inner {
             .find(|d| d.target == r.target)
             .ok_or_else(|| device_not_found(r.uuid, &r.target))?;
         let _op = self.begin_op(r.uuid, id, VmOperation::DetachDisk);
+        // libvirt finds the disk to detach by its target.
+        let source = match &disk.volume {
+            Some(VolumeRef { pool, volume }) => DiskSrc::Volume {
+                pool: pool.clone(),
+                volume: volume.clone(),
+            },
+            None => DiskSrc::Path(disk.source_path.clone().unwrap_or_default()),
+        };
         let xml = xml::disk_xml(&DiskXml {
             target: &disk.target,
-            path: disk.source_path.clone().unwrap_or_default(),
+            source,
             bus: disk.bus,
             format: disk.format,
             read_only: disk.read_only,
+            device: disk.device,
         });
         let target = r.target.clone();
         self.change_device(
@@ -858,6 +1029,34 @@ enum DeviceChange<'a> {
         &'static str,
         &'a dyn Fn(roxmltree::Node<'_, '_>) -> bool,
     ),
+}
+
+/// The name hostbus gives a device found by `matches` (target or MAC).
+fn device_name(
+    tag: &str,
+    domain: &str,
+    matches: &dyn Fn(roxmltree::Node<'_, '_>) -> bool,
+) -> String {
+    roxmltree::Document::parse(domain)
+        .ok()
+        .and_then(|doc| {
+            let dev = doc
+                .root_element()
+                .children()
+                .find(|c| c.has_tag_name("devices"))?
+                .children()
+                .find(|c| c.has_tag_name(tag) && matches(*c))?;
+            let (child, attr) = if tag == "disk" {
+                ("target", "dev")
+            } else {
+                ("mac", "address")
+            };
+            dev.children()
+                .find(|c| c.has_tag_name(child))?
+                .attribute(attr)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| tag.to_owned())
 }
 
 pub(crate) fn already_exists(class: &str, name: &str) -> Error {

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use hostbus_protocol::types::{
-    DiskBus, DiskFormat, DiskRecord, ForwardMode, IpSpec, NetworkSpec, NicModel, NicRecord,
-    PoolKind, PoolSpec, PowerState, VolumeSpec,
+    BootDevice, BootSpec, ConsoleRecord, CpuMode, DiskBus, DiskDevice, DiskFormat, DiskRecord,
+    ForwardMode, IpSpec, NetworkSpec, NicModel, NicRecord, PoolKind, PoolSpec, PowerState,
+    VolumeRef, VolumeSpec,
 };
 use hostbus_protocol::Error;
 use roxmltree::{Document, Node};
@@ -81,13 +82,23 @@ fn size_at(n: Node<'_, '_>, path: &[&str], result_unit: u64, default_unit: &str)
 
 // ------------------------------------------------------------------ domains
 
+/// Where a disk's image is, as the bridge writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DiskSrc {
+    /// A file or block device outside every pool.
+    Path(String),
+    /// A volume of a pool (`<disk type='volume'>`): the record then names it.
+    Volume { pool: String, volume: String },
+}
+
 /// A disk as the bridge writes it into domain XML.
 pub(crate) struct DiskXml<'a> {
     pub target: &'a str,
-    pub path: String,
+    pub source: DiskSrc,
     pub bus: DiskBus,
     pub format: DiskFormat,
     pub read_only: bool,
+    pub device: DiskDevice,
 }
 
 /// A NIC as the bridge writes it into domain XML.
@@ -109,25 +120,37 @@ pub(crate) struct DomainXml<'a> {
     pub vcpus: u32,
     pub max_vcpus: u32,
     pub arch: &'a str,
+    pub boot: &'a BootSpec,
+    /// `None`: no `<cpu>` element (the hypervisor's default model).
+    pub cpu_mode: Option<CpuMode>,
+    /// The file that receives the serial console's output.
+    pub console_log: Option<String>,
     pub disks: Vec<DiskXml<'a>>,
     pub nics: Vec<NicXml<'a>>,
 }
 
 pub(crate) fn disk_xml(d: &DiskXml<'_>) -> String {
-    let kind = if d.path.starts_with("/dev/") {
-        "block"
-    } else {
-        "file"
+    let (kind, source) = match &d.source {
+        DiskSrc::Path(p) if p.starts_with("/dev/") => {
+            ("block", format!("<source dev='{}'/>", esc(p)))
+        }
+        DiskSrc::Path(p) => ("file", format!("<source file='{}'/>", esc(p))),
+        DiskSrc::Volume { pool, volume } => (
+            "volume",
+            format!("<source pool='{}' volume='{}'/>", esc(pool), esc(volume)),
+        ),
     };
-    let src_attr = if kind == "block" { "dev" } else { "file" };
+    let device = match d.device {
+        DiskDevice::Cdrom => "cdrom",
+        _ => "disk",
+    };
     let mut s = format!(
-        "<disk type='{kind}' device='disk'><driver name='qemu' type='{}'/><source {src_attr}='{}'/><target dev='{}' bus='{}'/>",
+        "<disk type='{kind}' device='{device}'><driver name='qemu' type='{}'/>{source}<target dev='{}' bus='{}'/>",
         d.format.as_str(),
-        esc(&d.path),
         esc(d.target),
         d.bus.as_str()
     );
-    if d.read_only {
+    if d.read_only || d.device == DiskDevice::Cdrom {
         s.push_str("<readonly/>");
     }
     s.push_str("</disk>");
@@ -147,15 +170,31 @@ pub(crate) fn nic_xml(n: &NicXml<'_>) -> String {
     )
 }
 
+fn boot_dev(d: BootDevice) -> Option<&'static str> {
+    match d {
+        BootDevice::Disk => Some("hd"),
+        BootDevice::Cdrom => Some("cdrom"),
+        BootDevice::Network => Some("network"),
+        BootDevice::Unknown => None,
+    }
+}
+
+fn cpu_xml(mode: CpuMode) -> Option<&'static str> {
+    match mode {
+        CpuMode::HostModel => Some("<cpu mode='host-model'/>"),
+        CpuMode::HostPassthrough => Some("<cpu mode='host-passthrough'/>"),
+        CpuMode::Maximum => Some("<cpu mode='maximum'/>"),
+        CpuMode::HypervisorDefault | CpuMode::Unknown => None,
+    }
+}
+
 pub(crate) fn domain_xml(d: &DomainXml<'_>) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
         "<domain type='{}'><name>{}</name><uuid>{}</uuid><description>{}</description>\
          <memory unit='KiB'>{}</memory><currentMemory unit='KiB'>{}</currentMemory>\
-         <vcpu placement='static' current='{}'>{}</vcpu>\
-         <os><type arch='{}'>hvm</type><boot dev='hd'/></os><features><acpi/></features>\
-         <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash><devices>",
+         <vcpu placement='static' current='{}'>{}</vcpu><os><type arch='{}'>hvm</type>",
         esc(d.domain_type),
         esc(d.name),
         d.uuid,
@@ -166,12 +205,46 @@ pub(crate) fn domain_xml(d: &DomainXml<'_>) -> String {
         d.max_vcpus,
         esc(d.arch)
     );
+    if let Some(k) = &d.boot.kernel {
+        let _ = write!(s, "<kernel>{}</kernel>", esc(k));
+        if let Some(i) = &d.boot.initrd {
+            let _ = write!(s, "<initrd>{}</initrd>", esc(i));
+        }
+        if let Some(c) = &d.boot.cmdline {
+            let _ = write!(s, "<cmdline>{}</cmdline>", esc(c));
+        }
+    }
+    if d.boot.order.is_empty() {
+        if d.boot.kernel.is_none() {
+            s.push_str("<boot dev='hd'/>");
+        }
+    } else {
+        for dev in d.boot.order.iter().filter_map(|b| boot_dev(*b)) {
+            let _ = write!(s, "<boot dev='{dev}'/>");
+        }
+    }
+    s.push_str("</os><features><acpi/></features>");
+    if let Some(cpu) = d.cpu_mode.and_then(cpu_xml) {
+        s.push_str(cpu);
+    }
+    s.push_str(
+        "<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash><devices>",
+    );
     for disk in &d.disks {
         s.push_str(&disk_xml(disk));
     }
     for nic in &d.nics {
         s.push_str(&nic_xml(nic));
     }
+    // One serial port, which is also the console; libvirt's virtlogd
+    // copies its output to `console_log`.
+    s.push_str("<serial type='pty'>");
+    if let Some(log) = &d.console_log {
+        let _ = write!(s, "<log file='{}' append='on'/>", esc(log));
+    }
+    s.push_str(
+        "<target port='0'/></serial><console type='pty'><target type='serial' port='0'/></console>",
+    );
     s.push_str("</devices></domain>");
     s
 }
@@ -190,6 +263,12 @@ pub(crate) struct DomainFacts {
     pub nics: Vec<NicRecord>,
     /// Host-side device of each NIC (`<target dev=..>`), parallel to `nics`.
     pub nic_devs: Vec<Option<String>>,
+    pub boot: BootSpec,
+    pub cpu_mode: Option<CpuMode>,
+    pub domain_type: Option<String>,
+    pub console: Option<ConsoleRecord>,
+    /// Whether any disk is marked shareable between VMs, by target.
+    pub shareable: Vec<String>,
 }
 
 pub(crate) fn parse_domain(xml: &str) -> Result<DomainFacts, Error> {
@@ -212,11 +291,40 @@ pub(crate) fn parse_domain(xml: &str) -> Result<DomainFacts, Error> {
     let mut disks = Vec::new();
     let mut nics = Vec::new();
     let mut nic_devs = Vec::new();
+    let mut shareable = Vec::new();
+    let mut console = None;
+    let os = child(root, "os");
+    let boot = BootSpec {
+        order: os
+            .map(|os| {
+                os.children()
+                    .filter(|c| c.has_tag_name("boot"))
+                    .filter_map(|b| match b.attribute("dev") {
+                        Some("hd") => Some(BootDevice::Disk),
+                        Some("cdrom") => Some(BootDevice::Cdrom),
+                        Some("network") => Some(BootDevice::Network),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        kernel: os.and_then(|os| text_at(os, &["kernel"])),
+        initrd: os.and_then(|os| text_at(os, &["initrd"])),
+        cmdline: os.and_then(|os| text_at(os, &["cmdline"])),
+    };
+    let cpu_mode = child(root, "cpu").and_then(|c| match c.attribute("mode") {
+        Some("host-model") => Some(CpuMode::HostModel),
+        Some("host-passthrough") => Some(CpuMode::HostPassthrough),
+        Some("maximum") => Some(CpuMode::Maximum),
+        _ => None,
+    });
     if let Some(devices) = child(root, "devices") {
         for d in devices.children().filter(|c| c.has_tag_name("disk")) {
-            if d.attribute("device").is_some_and(|dev| dev != "disk") {
-                continue;
-            }
+            let device = match d.attribute("device").unwrap_or("disk") {
+                "disk" => DiskDevice::Disk,
+                "cdrom" => DiskDevice::Cdrom,
+                _ => continue,
+            };
             let Some(target) = attr_at(d, &["target"], "dev") else {
                 continue;
             };
@@ -229,6 +337,9 @@ pub(crate) fn parse_domain(xml: &str) -> Result<DomainFacts, Error> {
                 Some("raw") | None => DiskFormat::Raw,
                 Some(_) => DiskFormat::Unknown,
             };
+            if child(d, "shareable").is_some() {
+                shareable.push(target.clone());
+            }
             let bus = match attr_at(d, &["target"], "bus").as_deref() {
                 Some("virtio") => DiskBus::Virtio,
                 Some("scsi") => DiskBus::Scsi,
@@ -237,7 +348,7 @@ pub(crate) fn parse_domain(xml: &str) -> Result<DomainFacts, Error> {
                 _ => DiskBus::Unknown,
             };
             let volume = source.and_then(|s| {
-                Some(hostbus_protocol::types::VolumeRef {
+                Some(VolumeRef {
                     pool: s.attribute("pool")?.to_owned(),
                     volume: s.attribute("volume")?.to_owned(),
                 })
@@ -249,8 +360,22 @@ pub(crate) fn parse_domain(xml: &str) -> Result<DomainFacts, Error> {
                 source_path,
                 volume,
                 read_only: child(d, "readonly").is_some(),
+                device,
             });
         }
+        console = devices
+            .children()
+            .find(|c| c.has_tag_name("serial"))
+            .map(|ser| {
+                let port = attr_at(ser, &["target"], "port").unwrap_or_else(|| "0".into());
+                ConsoleRecord {
+                    guest_device: format!("ttyS{port}"),
+                    pty: (ser.attribute("type") == Some("pty"))
+                        .then(|| attr_at(ser, &["source"], "path"))
+                        .flatten(),
+                    log_path: attr_at(ser, &["log"], "file"),
+                }
+            });
         for i in devices.children().filter(|c| c.has_tag_name("interface")) {
             let source = child(i, "source");
             let model = match attr_at(i, &["model"], "type").as_deref() {
@@ -283,6 +408,11 @@ pub(crate) fn parse_domain(xml: &str) -> Result<DomainFacts, Error> {
         disks,
         nics,
         nic_devs,
+        boot,
+        cpu_mode,
+        domain_type: root.attribute("type").map(str::to_owned),
+        console,
+        shareable,
     })
 }
 
@@ -467,7 +597,8 @@ pub(crate) fn parse_volume_format(xml: &str) -> Result<DiskFormat, Error> {
     Ok(
         match attr_at(doc.root_element(), &["target", "format"], "type").as_deref() {
             Some("qcow2") => DiskFormat::Qcow2,
-            Some("raw") | Some("dir") | None => DiskFormat::Raw,
+            // A dir pool reports an ISO image as `iso`: raw bytes to QEMU.
+            Some("raw") | Some("dir") | Some("iso") | None => DiskFormat::Raw,
             Some(_) => DiskFormat::Unknown,
         },
     )
@@ -478,7 +609,14 @@ pub(crate) fn parse_volume_format(xml: &str) -> Result<DiskFormat, Error> {
 pub(crate) fn network_xml(spec: &NetworkSpec) -> String {
     let mut s = format!("<network><name>{}</name>", esc(&spec.name));
     if let Some(b) = &spec.bridge {
-        let _ = write!(s, "<bridge name='{}' stp='on' delay='0'/>", esc(b));
+        if spec.forward == ForwardMode::Bridge {
+            // An existing host bridge: libvirt manages none of it, and
+            // refuses stp and delay for it (QEMU's driver and the test
+            // driver alike).
+            let _ = write!(s, "<bridge name='{}'/>", esc(b));
+        } else {
+            let _ = write!(s, "<bridge name='{}' stp='on' delay='0'/>", esc(b));
+        }
     }
     match spec.forward {
         ForwardMode::Isolated | ForwardMode::Unknown => {}
@@ -623,13 +761,35 @@ mod tests {
             vcpus: 1,
             max_vcpus: 2,
             arch: "x86_64",
-            disks: vec![DiskXml {
-                target: "vda",
-                path: "/var/lib/x.qcow2".into(),
-                bus: DiskBus::Virtio,
-                format: DiskFormat::Qcow2,
-                read_only: true,
-            }],
+            boot: &BootSpec {
+                order: vec![BootDevice::Cdrom, BootDevice::Disk],
+                kernel: Some("/boot/vmlinuz".into()),
+                initrd: Some("/boot/initrd.img".into()),
+                cmdline: Some("console=ttyS0 root=/dev/vda".into()),
+            },
+            cpu_mode: Some(CpuMode::Maximum),
+            console_log: Some("/var/log/x-serial0.log".into()),
+            disks: vec![
+                DiskXml {
+                    target: "vda",
+                    source: DiskSrc::Path("/var/lib/x.qcow2".into()),
+                    bus: DiskBus::Virtio,
+                    format: DiskFormat::Qcow2,
+                    read_only: true,
+                    device: DiskDevice::Disk,
+                },
+                DiskXml {
+                    target: "hdc",
+                    source: DiskSrc::Volume {
+                        pool: "isos".into(),
+                        volume: "install.iso".into(),
+                    },
+                    bus: DiskBus::Ide,
+                    format: DiskFormat::Raw,
+                    read_only: false,
+                    device: DiskDevice::Cdrom,
+                },
+            ],
             nics: vec![NicXml {
                 network: Some("default"),
                 bridge: None,
@@ -649,6 +809,45 @@ mod tests {
         assert_eq!(f.disks[0].format, DiskFormat::Qcow2);
         assert_eq!(f.nics[0].model, NicModel::E1000);
         assert_eq!(f.nics[0].network.as_deref(), Some("default"));
+        let cd = &f.disks[1];
+        assert_eq!((cd.device, cd.read_only), (DiskDevice::Cdrom, true));
+        assert_eq!(
+            cd.volume,
+            Some(VolumeRef {
+                pool: "isos".into(),
+                volume: "install.iso".into()
+            })
+        );
+        assert_eq!(f.boot.order, vec![BootDevice::Cdrom, BootDevice::Disk]);
+        assert_eq!(f.boot.kernel.as_deref(), Some("/boot/vmlinuz"));
+        assert_eq!(f.boot.initrd.as_deref(), Some("/boot/initrd.img"));
+        assert_eq!(
+            f.boot.cmdline.as_deref(),
+            Some("console=ttyS0 root=/dev/vda")
+        );
+        assert_eq!(f.cpu_mode, Some(CpuMode::Maximum));
+        assert_eq!(f.domain_type.as_deref(), Some("test"));
+        let console = f.console.expect("a serial console");
+        assert_eq!(console.guest_device, "ttyS0");
+        assert_eq!(console.log_path.as_deref(), Some("/var/log/x-serial0.log"));
+        assert_eq!(console.pty, None, "a defined vm has no pty yet");
+    }
+
+    #[test]
+    fn bridge_forwarding_networks_have_no_stp_or_delay() {
+        let spec = |forward| NetworkSpec {
+            name: "n".into(),
+            bridge: Some("br0".into()),
+            forward,
+            ip: None,
+            autostart: false,
+        };
+        let bridged = network_xml(&spec(ForwardMode::Bridge));
+        assert!(
+            !bridged.contains("stp") && !bridged.contains("delay"),
+            "{bridged}"
+        );
+        assert!(network_xml(&spec(ForwardMode::Nat)).contains("stp='on'"));
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use hostbus_bridge::{Bridge, CallContext, Config, ObjectEvent};
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::{
-    DiskBus, DiskFormat, DiskSource, DiskSpec, NicModel, NicSpec, PowerState, VmRecord, VmSpec,
+    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, NicModel, NicSpec, PowerState, VmRecord,
+    VmSpec,
 };
 use hostbus_protocol::{Command, Error, ErrorCode};
 use uuid::Uuid;
@@ -66,6 +67,8 @@ pub fn spec(name: &str) -> VmSpec {
             model: NicModel::Virtio,
         }],
         autostart: false,
+        boot: Default::default(),
+        cpu_mode: None,
     }
 }
 
@@ -77,8 +80,9 @@ pub fn new_disk(target: &str, pool: &str) -> DiskSpec {
             capacity_bytes: 1 << 30,
         },
         bus: DiskBus::Virtio,
-        format: DiskFormat::Qcow2,
+        format: Some(DiskFormat::Qcow2),
         read_only: false,
+        device: DiskDevice::Disk,
     }
 }
 

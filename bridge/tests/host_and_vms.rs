@@ -7,7 +7,7 @@ use common::*;
 use hostbus_bridge::allowed_states;
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::{
-    DiskBus, DiskFormat, DiskSource, DiskSpec, NicModel, NicSpec, PowerState, VmOperation,
+    DiskBus, DiskDevice, DiskSource, DiskSpec, NicModel, NicSpec, PowerState, VmOperation,
     VolumeRef,
 };
 use hostbus_protocol::{ErrorCode, COMMANDS};
@@ -426,8 +426,9 @@ fn disks_and_nics_attach_and_detach() {
             volume: "base-debian12.qcow2".into(),
         }),
         bus: DiskBus::Virtio,
-        format: DiskFormat::Qcow2,
+        format: None,
         read_only: true,
+        device: DiskDevice::Disk,
     };
     let r = run::<VmAttachDisk>(
         &b,

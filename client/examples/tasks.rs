@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use hostbus_client::protocol::types::{DiskBus, DiskFormat, DiskSource, DiskSpec, VmSpec};
+use hostbus_client::protocol::types::{
+    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, VmSpec,
+};
 use hostbus_client::{Client, ClientConfig};
 
 #[tokio::main]
@@ -32,11 +34,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 capacity_bytes: 1 << 30,
             },
             bus: DiskBus::Virtio,
-            format: DiskFormat::Qcow2,
+            format: Some(DiskFormat::Qcow2),
             read_only: false,
+            device: DiskDevice::Disk,
         }],
         nics: vec![],
         autostart: false,
+        boot: Default::default(),
+        cpu_mode: None,
     };
     let task = client.host(&host).define_vm_async(spec).await?;
     println!("task {}", task.id());

@@ -108,6 +108,10 @@ error_codes! {
     NetworkNotFound = "NETWORK_NOT_FOUND", retryable: false, params: ["network"];
     /// The network's state does not allow the operation.
     NetworkBadState = "NETWORK_BAD_STATE", retryable: false, params: ["network", "operation", "current"];
+    /// The volume backs a disk of a VM that must not lose it now (`vms`: their uuids, comma-separated): deleting or cloning it is refused while a VM that writes it runs, deleting it while any VM is defined on it; detach it or stop the VM first.
+    VolumeInUse = "VOLUME_IN_USE", retryable: false, params: ["pool", "volume", "vms"];
+    /// The guest did not release the device within the wait (it ignores or has not finished the unplug request); the device stays attached until it does, and a vm `changed` event reports its removal then.
+    DeviceDetachPending = "DEVICE_DETACH_PENDING", retryable: false, params: ["vm", "device"];
     /// No device with this target or MAC is attached to the VM.
     DeviceNotFound = "DEVICE_NOT_FOUND", retryable: false, params: ["vm", "device"];
     /// No task with this id is known (it may have been collected after its TTL).

@@ -139,6 +139,53 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// What a disk is to the guest.
+    DiskDevice {
+        /// A hard disk.
+        Disk = "disk",
+        /// A CD-ROM drive (read-only; bus `sata`, `ide` or `scsi`).
+        Cdrom = "cdrom",
+    }
+}
+
+// `wire_enum!` takes no per-variant attributes, so no `#[default]`.
+#[allow(clippy::derivable_impls)]
+impl Default for DiskDevice {
+    fn default() -> Self {
+        DiskDevice::Disk
+    }
+}
+
+wire_enum! {
+    /// A device class the firmware boots from, in [`BootSpec::order`].
+    BootDevice {
+        /// The first hard disk (disks in spec order).
+        Disk = "disk",
+        /// The first CD-ROM drive.
+        Cdrom = "cdrom",
+        /// The network (PXE through the first NIC).
+        Network = "network",
+    }
+}
+
+wire_enum! {
+    /// The CPU a guest sees.
+    CpuMode {
+        /// A model like the host's, with its features (KVM's default: guests
+        /// can migrate between similar hosts).
+        HostModel = "host_model",
+        /// Exactly the host's CPU (KVM only; fastest, not migratable).
+        HostPassthrough = "host_passthrough",
+        /// Every feature the hypervisor can offer (TCG's default: QEMU's
+        /// `max` CPU, new enough for current distributions).
+        Maximum = "maximum",
+        /// The hypervisor's own default model (QEMU's `qemu64`, too old for
+        /// some current distributions).
+        HypervisorDefault = "hypervisor_default",
+    }
+}
+
+wire_enum! {
     /// The guest-visible NIC model.
     NicModel {
         /// Paravirtual virtio-net.
@@ -258,6 +305,9 @@ pub struct DiskRecord {
     pub volume: Option<VolumeRef>,
     /// Read-only disk.
     pub read_only: bool,
+    /// A disk or a CD-ROM drive.
+    #[serde(default)]
+    pub device: DiskDevice,
 }
 
 /// A NIC as the VM sees it.
@@ -346,6 +396,34 @@ pub struct VmRecord {
     /// Operations in progress.
     #[serde(default)]
     pub current_operations: Vec<CurrentOperation>,
+    /// How the guest boots.
+    #[serde(default)]
+    pub boot: BootSpec,
+    /// The CPU the guest sees (`None`: not said in its definition).
+    #[serde(default)]
+    pub cpu_mode: Option<CpuMode>,
+    /// The hypervisor domain type, e.g. `kvm`, `qemu` (TCG) or `test`.
+    #[serde(default)]
+    pub domain_type: Option<String>,
+    /// The serial console, when the VM has one.
+    #[serde(default)]
+    pub console: Option<ConsoleRecord>,
+}
+
+/// Where a VM's serial console can be reached on its host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct ConsoleRecord {
+    /// The console's device in the guest, e.g. `ttyS0` (serial port 0).
+    pub guest_device: String,
+    /// The host pseudo-terminal connected to it while the VM runs (what
+    /// `virsh console` opens).
+    #[serde(default)]
+    pub pty: Option<String>,
+    /// A host file that receives everything the guest writes to it (kept
+    /// across restarts of the VM).
+    #[serde(default)]
+    pub log_path: Option<String>,
 }
 
 /// The host and its hypervisor.
@@ -744,12 +822,18 @@ pub struct DiskSpec {
     /// Bus the guest sees (default virtio).
     #[serde(default = "default_bus")]
     pub bus: DiskBus,
-    /// Image format (default qcow2).
-    #[serde(default = "default_format")]
-    pub format: DiskFormat,
-    /// Read-only.
+    /// Image format. Absent: the volume's own format for a `volume` source
+    /// (or a path that is a volume of a pool), qcow2 for a new volume. A
+    /// format that contradicts the volume's is refused (`INVALID_ARGUMENT`);
+    /// a path outside every pool needs it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
+    /// Read-only (always, for a CD-ROM).
     #[serde(default)]
     pub read_only: bool,
+    /// A disk (default) or a CD-ROM drive.
+    #[serde(default)]
+    pub device: DiskDevice,
 }
 
 fn default_bus() -> DiskBus {
@@ -781,8 +865,90 @@ impl Validate for DiskSpec {
         if self.bus == DiskBus::Unknown {
             return Err(ValidationError::new("bus", "unknown bus"));
         }
-        if self.format == DiskFormat::Unknown {
+        if self.format == Some(DiskFormat::Unknown) {
             return Err(ValidationError::new("format", "unknown format"));
+        }
+        match self.device {
+            DiskDevice::Disk => {}
+            DiskDevice::Cdrom => {
+                if self.bus == DiskBus::Virtio {
+                    return Err(ValidationError::new(
+                        "bus",
+                        "a cdrom needs bus sata, ide or scsi",
+                    ));
+                }
+                if matches!(self.source, DiskSource::NewVolume { .. }) {
+                    return Err(ValidationError::new(
+                        "source",
+                        "a cdrom reads an existing image, not a new volume",
+                    ));
+                }
+            }
+            DiskDevice::Unknown => return Err(ValidationError::new("device", "unknown device")),
+        }
+        Ok(())
+    }
+}
+
+/// How a VM boots: from its devices in firmware order, or straight into a
+/// kernel (XenAPI's HVM boot order and PV kernel/ramdisk/args).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct BootSpec {
+    /// Devices the firmware tries, in order (empty: `[disk]`). Ignored by
+    /// the firmware when `kernel` is set.
+    #[serde(default)]
+    pub order: Vec<BootDevice>,
+    /// A kernel image on the host to boot directly.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// An initrd on the host for `kernel`.
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// The kernel command line for `kernel`.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+}
+
+impl Validate for BootSpec {
+    fn validate(&self) -> Validation {
+        if self.order.len() > BootDevice::ALL.len() {
+            return Err(ValidationError::new(
+                "order",
+                format_args!("must have at most {} entries", BootDevice::ALL.len()),
+            ));
+        }
+        for (i, d) in self.order.iter().enumerate() {
+            if *d == BootDevice::Unknown {
+                return Err(ValidationError::new(
+                    format!("order[{i}]"),
+                    "unknown boot device",
+                ));
+            }
+            if self.order[..i].contains(d) {
+                return Err(ValidationError::new(
+                    format!("order[{i}]"),
+                    format_args!("{d} is listed twice"),
+                ));
+            }
+        }
+        if let Some(k) = &self.kernel {
+            check_path("kernel", k)?;
+        }
+        if let Some(i) = &self.initrd {
+            check_path("initrd", i)?;
+        }
+        if let Some(c) = &self.cmdline {
+            check_text("cmdline", c)?;
+            if c.contains('\n') {
+                return Err(ValidationError::new("cmdline", "must be one line"));
+            }
+        }
+        if self.kernel.is_none() && (self.initrd.is_some() || self.cmdline.is_some()) {
+            return Err(ValidationError::new(
+                "kernel",
+                "is required when initrd or cmdline is given",
+            ));
         }
         Ok(())
     }
@@ -871,6 +1037,13 @@ pub struct VmSpec {
     /// Start when the host boots.
     #[serde(default)]
     pub autostart: bool,
+    /// How it boots (default: from the first disk).
+    #[serde(default)]
+    pub boot: BootSpec,
+    /// The CPU the guest sees. Absent: the host's choice, `host_model` on
+    /// KVM and `maximum` under TCG.
+    #[serde(default)]
+    pub cpu_mode: Option<CpuMode>,
 }
 
 impl Validate for VmSpec {
@@ -895,6 +1068,24 @@ impl Validate for VmSpec {
         }
         check_each("disks", &self.disks, MAX_DEVICES)?;
         check_each("nics", &self.nics, MAX_DEVICES)?;
+        self.boot.validate().map_err(|e| e.within("boot"))?;
+        if self.cpu_mode == Some(CpuMode::Unknown) {
+            return Err(ValidationError::new("cpu_mode", "unknown cpu mode"));
+        }
+        for (i, d) in self.boot.order.iter().enumerate() {
+            let has = match d {
+                BootDevice::Disk => self.disks.iter().any(|x| x.device == DiskDevice::Disk),
+                BootDevice::Cdrom => self.disks.iter().any(|x| x.device == DiskDevice::Cdrom),
+                BootDevice::Network => !self.nics.is_empty(),
+                BootDevice::Unknown => false,
+            };
+            if !has && self.boot.kernel.is_none() {
+                return Err(ValidationError::new(
+                    format!("boot.order[{i}]"),
+                    format_args!("the vm has no {d} device to boot from"),
+                ));
+            }
+        }
         let mut targets: Vec<&str> = self.disks.iter().map(|d| d.target.as_str()).collect();
         targets.sort_unstable();
         if let Some(w) = targets.windows(2).find(|w| w[0] == w[1]) {

@@ -12,9 +12,9 @@ use hostbus_protocol::commands::{Message, Pong, VmDefineRequest, VmStartRequest}
 use hostbus_protocol::error::ErrorCode;
 use hostbus_protocol::events::{Health, Load, Versions};
 use hostbus_protocol::types::{
-    DiskBus, DiskFormat, DiskRecord, DiskSource, DiskSpec, HealthStatus, NicModel, NicRecord,
-    NicSpec, ObjectClass, ObjectRef, PowerState, Record, TaskRecord, TaskStatus, VmOperation,
-    VmRecord, VmSpec, VolumeRef,
+    BootDevice, BootSpec, ConsoleRecord, CpuMode, DiskBus, DiskDevice, DiskFormat, DiskRecord,
+    DiskSource, DiskSpec, HealthStatus, NicModel, NicRecord, NicSpec, ObjectClass, ObjectRef,
+    PowerState, Record, TaskRecord, TaskStatus, VmOperation, VmRecord, VmSpec, VolumeRef,
 };
 use hostbus_protocol::{
     decode, encode, Announcement, ContentType, Error, Event, EventAction, Heartbeat, Reply,
@@ -117,6 +117,7 @@ fn vm_record() -> VmRecord {
                 volume: "web01.qcow2".into(),
             }),
             read_only: false,
+            device: DiskDevice::Disk,
         }],
         nics: vec![NicRecord {
             mac: "52:54:00:12:34:56".into(),
@@ -135,6 +136,19 @@ fn vm_record() -> VmRecord {
             VmOperation::Pause,
         ],
         current_operations: vec![],
+        boot: BootSpec {
+            order: vec![BootDevice::Disk, BootDevice::Network],
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+        },
+        cpu_mode: Some(CpuMode::HostModel),
+        domain_type: Some("kvm".into()),
+        console: Some(ConsoleRecord {
+            guest_device: "ttyS0".into(),
+            pty: Some("/dev/pts/3".into()),
+            log_path: Some("/var/log/libvirt/qemu/web01-serial0.log".into()),
+        }),
     }
 }
 
@@ -159,8 +173,9 @@ fn request_vm_define() {
                         capacity_bytes: 10 << 30,
                     },
                     bus: DiskBus::Virtio,
-                    format: DiskFormat::Qcow2,
+                    format: Some(DiskFormat::Qcow2),
                     read_only: false,
+                    device: DiskDevice::Disk,
                 }],
                 nics: vec![NicSpec {
                     network: Some("default".into()),
@@ -169,6 +184,13 @@ fn request_vm_define() {
                     model: NicModel::Virtio,
                 }],
                 autostart: false,
+                boot: BootSpec {
+                    order: vec![],
+                    kernel: Some("/var/lib/hostbus/vmlinuz".into()),
+                    initrd: Some("/var/lib/hostbus/initrd.img".into()),
+                    cmdline: Some("console=ttyS0".into()),
+                },
+                cpu_mode: None,
             },
         },
     );

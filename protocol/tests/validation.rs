@@ -2,8 +2,9 @@
 
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::{
-    DiskBus, DiskFormat, DiskSource, DiskSpec, ForwardMode, IpSpec, NetworkSpec, NicModel, NicSpec,
-    PoolKind, PoolSpec, VmSpec, VolumeRef, VolumeSpec,
+    BootDevice, BootSpec, CpuMode, DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec,
+    ForwardMode, IpSpec, NetworkSpec, NicModel, NicSpec, PoolKind, PoolSpec, VmSpec, VolumeRef,
+    VolumeSpec,
 };
 use hostbus_protocol::{Error, ErrorCode, Validate};
 use uuid::Uuid;
@@ -26,6 +27,8 @@ fn vm_spec() -> VmSpec {
             model: NicModel::Virtio,
         }],
         autostart: false,
+        boot: BootSpec::default(),
+        cpu_mode: None,
     }
 }
 
@@ -37,8 +40,9 @@ fn disk(target: &str) -> DiskSpec {
             volume: "a.qcow2".into(),
         }),
         bus: DiskBus::Virtio,
-        format: DiskFormat::Qcow2,
+        format: Some(DiskFormat::Qcow2),
         read_only: false,
+        device: DiskDevice::Disk,
     }
 }
 
@@ -59,6 +63,63 @@ fn a_good_vm_spec_passes() {
     VmDefineRequest { spec: vm_spec() }
         .validate()
         .expect("valid");
+}
+
+#[test]
+fn boot_cpu_and_cdrom_fields_are_checked() {
+    let define = |f: &dyn Fn(&mut VmSpec)| {
+        let mut spec = vm_spec();
+        f(&mut spec);
+        VmDefineRequest { spec }
+    };
+    let kernel_boot = define(&|s| {
+        s.boot.kernel = Some("/boot/vmlinuz".into());
+        s.boot.initrd = Some("/boot/initrd.img".into());
+        s.boot.cmdline = Some("console=ttyS0 quiet".into());
+        s.cpu_mode = Some(CpuMode::Maximum);
+    });
+    kernel_boot.validate().expect("direct kernel boot is valid");
+    refused(
+        &define(&|s| s.boot.initrd = Some("/boot/initrd.img".into())),
+        "spec.boot.kernel",
+    );
+    refused(
+        &define(&|s| s.boot.kernel = Some("vmlinuz".into())),
+        "spec.boot.kernel",
+    );
+    refused(
+        &define(&|s| {
+            s.boot.kernel = Some("/boot/vmlinuz".into());
+            s.boot.cmdline = Some("a\nb".into());
+        }),
+        "spec.boot.cmdline",
+    );
+    refused(
+        &define(&|s| s.boot.order = vec![BootDevice::Disk, BootDevice::Disk]),
+        "spec.boot.order[1]",
+    );
+    refused(
+        &define(&|s| s.boot.order = vec![BootDevice::Cdrom]),
+        "spec.boot.order[0]",
+    );
+    refused(
+        &define(&|s| s.cpu_mode = Some(CpuMode::Unknown)),
+        "spec.cpu_mode",
+    );
+    refused(
+        &define(&|s| s.disks[0].device = DiskDevice::Cdrom),
+        "spec.disks[0].bus",
+    );
+    let cdrom_boot = define(&|s| {
+        let mut cd = disk("hdc");
+        cd.device = DiskDevice::Cdrom;
+        cd.bus = DiskBus::Ide;
+        s.disks.push(cd);
+        s.boot.order = vec![BootDevice::Cdrom, BootDevice::Disk, BootDevice::Network];
+    });
+    cdrom_boot
+        .validate()
+        .expect("cdrom, disk, network boot is valid");
 }
 
 #[test]

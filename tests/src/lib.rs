@@ -15,6 +15,8 @@
 //!   plain lapin: raw commands with chosen properties, replies through
 //!   direct reply-to, events and heartbeats on exclusive queues;
 //!   [`to_lapin`]/[`from_lapin`] map the protocol's `AmqpProperties`.
+//! * [`QemuHost`]: the real hypervisor of the QEMU suite (libvirtd and a
+//!   tiny guest from `scripts/qemu-setup`), its gate and its libvirtd.
 //!
 //! Process management blocks. Called from a multi-threaded tokio runtime
 //! (`#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`), the
@@ -46,6 +48,7 @@ mod amqp;
 mod error;
 mod hostctl;
 mod process;
+mod qemu;
 mod rabbit;
 mod raw;
 
@@ -56,6 +59,10 @@ pub use amqp::{from_lapin, to_lapin, AmqpPeer, Received, Subscription};
 pub use error::{ErrorKind, HarnessError, Result};
 pub use hostctl::{hostctl_binary, CtlOutput, Hostctl};
 pub use process::{free_port, group_alive, group_members, rss_kib, stat_fields, Signal, TempDir};
+pub use qemu::{
+    wait_for_text, QemuHost, QEMU_HOME_ENV, QEMU_INITRD_ENV, QEMU_KERNEL_ENV, QEMU_PREFIX,
+    QEMU_REQUIRED_ENV, QEMU_URI_ENV,
+};
 pub use rabbit::{RabbitNode, TlsListener, EXTERNAL_URL_ENV, RABBITMQ_BIN_DIR_ENV, START_TIMEOUT};
 pub use raw::{
     long_str, nested_table, short_str, table, RawOutcome, RawProperties, RawProperty, RawPublisher,

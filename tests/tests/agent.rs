@@ -10,8 +10,8 @@ use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::{DEADLINE_HEADER, HOST_HEADER, STATUS_HEADER, VERSION_HEADER};
 use hostbus_protocol::names::{self, host_key};
 use hostbus_protocol::types::{
-    DiskBus, DiskFormat, DiskSource, DiskSpec, ObjectClass, PowerState, TaskStatus, VmSpec,
-    VolumeSpec,
+    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, ObjectClass, PowerState, TaskStatus,
+    VmSpec, VolumeSpec,
 };
 use hostbus_protocol::{
     decode, encode, now_ms, AmqpProperties, Announcement, Command, ContentType, Envelope,
@@ -336,11 +336,14 @@ async fn every_kind_of_command_gets_its_reply() {
                 capacity_bytes: 1 << 30,
             },
             bus: DiskBus::Virtio,
-            format: DiskFormat::Qcow2,
+            format: Some(DiskFormat::Qcow2),
             read_only: false,
+            device: DiskDevice::Disk,
         }],
         nics: vec![],
         autostart: false,
+        boot: Default::default(),
+        cpu_mode: None,
     };
     let body = encode(ContentType::MsgPack, &VmDefineRequest { spec }).expect("encode");
     let r = peer
@@ -840,8 +843,9 @@ async fn sigterm_drains_in_flight_work() {
             capacity_bytes: 1 << 30,
         },
         bus: DiskBus::Virtio,
-        format: DiskFormat::Qcow2,
+        format: Some(DiskFormat::Qcow2),
         read_only: false,
+        device: DiskDevice::Disk,
     };
     let spec = VmSpec {
         name: "drain01".into(),
@@ -855,6 +859,8 @@ async fn sigterm_drains_in_flight_work() {
         disks: vec![disk("vda"), disk("vdb"), disk("vdc")],
         nics: vec![],
         autostart: false,
+        boot: Default::default(),
+        cpu_mode: None,
     };
     let mut p = props_for(VmDefine::NAME, ContentType::MsgPack);
     p.reply_to = Some(names::DIRECT_REPLY_TO.into());

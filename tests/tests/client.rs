@@ -10,7 +10,7 @@ use futures_lite::StreamExt;
 use hostbus_client::protocol::commands::{VmDefine, VmDefineRequest, VmList, VmListRequest};
 use hostbus_client::protocol::names::{Target, EVENT_EXCHANGE};
 use hostbus_client::protocol::types::{
-    DiskBus, DiskFormat, DiskSource, DiskSpec, PowerState, VmSpec,
+    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, PowerState, VmSpec,
 };
 use hostbus_client::protocol::EventAction;
 use hostbus_client::{Client, ClientConfig, Notification, ResyncReason, StartAt, SubscribeOptions};
@@ -306,11 +306,14 @@ async fn hostctl_drives_every_subcommand() {
                 capacity_bytes: 1 << 30,
             },
             bus: DiskBus::Virtio,
-            format: DiskFormat::Qcow2,
+            format: Some(DiskFormat::Qcow2),
             read_only: false,
+            device: DiskDevice::Disk,
         }],
         nics: vec![],
         autostart: false,
+        boot: Default::default(),
+        cpu_mode: None,
     };
     let task = client
         .submit::<VmDefine>("h1", VmDefineRequest { spec })
@@ -484,8 +487,9 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
             capacity_bytes: 1 << 30,
         },
         bus: DiskBus::Virtio,
-        format: DiskFormat::Qcow2,
+        format: Some(DiskFormat::Qcow2),
         read_only: false,
+        device: DiskDevice::Disk,
     };
     // Five steps of 4 s: h4 is busy for 20 s, far past hostctl's 3 s deadline.
     let slow = VmSpec {
@@ -500,6 +504,8 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
         disks: vec![disk("vda"), disk("vdb"), disk("vdc"), disk("vdd")],
         nics: vec![],
         autostart: false,
+        boot: Default::default(),
+        cpu_mode: None,
     };
     client
         .cast::<VmDefine>(&Target::Host("h4".into()), VmDefineRequest { spec: slow })

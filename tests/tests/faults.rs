@@ -21,8 +21,8 @@ use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::{STATUS_HEADER, VERSION_HEADER};
 use hostbus_protocol::names::{self, host_key};
 use hostbus_protocol::types::{
-    DiskBus, DiskFormat, DiskSource, DiskSpec, ObjectClass, PowerState, Record, VmRecord, VmSpec,
-    VolumeSpec,
+    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, ObjectClass, PowerState, Record,
+    VmRecord, VmSpec, VolumeSpec,
 };
 use hostbus_protocol::{
     decode, encode, now_ms, AmqpProperties, Command, ContentType, Envelope, Event, EventAction,
@@ -96,12 +96,15 @@ fn define_request(name: &str, disks: usize) -> VmDefineRequest {
                         capacity_bytes: 1 << 30,
                     },
                     bus: DiskBus::Virtio,
-                    format: DiskFormat::Qcow2,
+                    format: Some(DiskFormat::Qcow2),
                     read_only: false,
+                    device: DiskDevice::Disk,
                 })
                 .collect(),
             nics: vec![],
             autostart: false,
+            boot: Default::default(),
+            cpu_mode: None,
         },
     }
 }
@@ -1353,7 +1356,7 @@ async fn an_interrupted_command_that_already_took_effect_is_answered_as_done() {
         .spawn()
         .expect("agent");
     online.next(ONLINE).await.expect("online");
-    let leftover = hostbus_bridge::new_volume_name("halfdone", "vda", DiskFormat::Qcow2);
+    let leftover = hostbus_bridge::new_volume_name("halfdone", "vda", Some(DiskFormat::Qcow2));
     ok::<VolumeCreate>(
         &mut peer,
         &VolumeCreateRequest {
@@ -1922,8 +1925,9 @@ async fn a_disk_attaches_to_a_halted_vm() {
                     capacity_bytes: 1 << 30,
                 },
                 bus: DiskBus::Virtio,
-                format: DiskFormat::Qcow2,
+                format: Some(DiskFormat::Qcow2),
                 read_only: false,
+                device: DiskDevice::Disk,
             },
         },
     )

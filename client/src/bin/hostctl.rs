@@ -13,9 +13,9 @@ use futures_lite::StreamExt;
 use hostbus_client::protocol::commands::{VmList, VmListRequest};
 use hostbus_client::protocol::names::Target;
 use hostbus_client::protocol::types::{
-    DiskBus, DiskFormat, DiskSource, DiskSpec, ForwardMode, IpSpec, NetworkSpec, NicModel, NicSpec,
-    PoolKind, PoolSpec, PowerState, TaskRecord, TaskStatus, VmRecord, VmSpec, VolumeRef,
-    VolumeSpec,
+    BootDevice, BootSpec, CpuMode, DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec,
+    ForwardMode, IpSpec, NetworkSpec, NicModel, NicSpec, PoolKind, PoolSpec, PowerState,
+    TaskRecord, TaskStatus, VmRecord, VmSpec, VolumeRef, VolumeSpec,
 };
 use hostbus_client::{
     Client, ClientConfig, ClientError, ErrorKind, Notification, StartAt, SubscribeOptions,
@@ -241,27 +241,7 @@ enum VmCmd {
     /// Resets a VM.
     Reset { vm: String },
     /// Defines a VM on HOST.
-    Create {
-        host: String,
-        #[arg(long)]
-        name: String,
-        /// Memory, MiB.
-        #[arg(long)]
-        memory: u64,
-        #[arg(long, default_value_t = 1)]
-        vcpus: u32,
-        /// `POOL:GiB` for a new volume, `POOL/VOLUME` for an existing one, or an absolute path. Repeat.
-        #[arg(long = "disk")]
-        disks: Vec<String>,
-        /// Network name. Repeat.
-        #[arg(long = "network")]
-        networks: Vec<String>,
-        #[arg(long)]
-        description: Option<String>,
-        /// Start it once defined.
-        #[arg(long)]
-        start: bool,
-    },
+    Create(Box<VmCreate>),
     /// Removes a halted VM.
     Delete {
         vm: String,
@@ -275,6 +255,53 @@ enum VmCmd {
     SetVcpus { vm: String, vcpus: u32 },
     /// CPU, memory, disk and network counters.
     Stats { vm: String },
+    /// Where the VM's serial console is, and how to reach it on its host.
+    Console { vm: String },
+}
+
+/// `hostctl vm create`'s arguments (boxed: they are many).
+#[derive(clap::Args)]
+struct VmCreate {
+    host: String,
+    #[arg(long)]
+    name: String,
+    /// Memory, MiB.
+    #[arg(long)]
+    memory: u64,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// `POOL:GiB` for a new volume, `POOL/VOLUME` for an existing one, or an absolute path;
+    /// `@raw` or `@qcow2` after it states the format (an existing volume's own is the
+    /// default; a path outside every pool needs it). Repeat.
+    #[arg(long = "disk")]
+    disks: Vec<String>,
+    /// An ISO image as a CD-ROM drive: `POOL/VOLUME` or an absolute path. Repeat.
+    #[arg(long = "cdrom")]
+    cdroms: Vec<String>,
+    /// Boot order, comma-separated: disk, cdrom, network (default: disk).
+    #[arg(long, value_delimiter = ',')]
+    boot: Vec<String>,
+    /// Boot this kernel (a path on the host) directly.
+    #[arg(long)]
+    kernel: Option<String>,
+    /// The initrd for --kernel.
+    #[arg(long, requires = "kernel")]
+    initrd: Option<String>,
+    /// The kernel command line for --kernel.
+    #[arg(long, requires = "kernel")]
+    cmdline: Option<String>,
+    /// host-model, host-passthrough, maximum or hypervisor-default
+    /// (default: the host's choice, host-model on KVM, maximum under TCG).
+    #[arg(long)]
+    cpu_mode: Option<String>,
+    /// Network name. Repeat.
+    #[arg(long = "network")]
+    networks: Vec<String>,
+    #[arg(long)]
+    description: Option<String>,
+    /// Start it once defined.
+    #[arg(long)]
+    start: bool,
 }
 
 #[derive(Subcommand)]
@@ -679,11 +706,22 @@ impl Ctx {
             );
             outln!("vcpus:       {} (max {})", v.vcpus, v.max_vcpus);
             for d in &v.disks {
+                let volume = d
+                    .volume
+                    .as_ref()
+                    .map(|r| format!(" ({}/{})", r.pool, r.volume))
+                    .unwrap_or_default();
+                let kind = if d.device == DiskDevice::Cdrom {
+                    "cdrom:      "
+                } else {
+                    "disk:       "
+                };
                 outln!(
-                    "disk:        {} {} {}",
+                    "{kind} {} {} {}{volume}{}",
                     d.target,
                     d.format,
-                    d.source_path.as_deref().unwrap_or("-")
+                    d.source_path.as_deref().unwrap_or("-"),
+                    if d.read_only { " read-only" } else { "" }
                 );
             }
             for n in &v.nics {
@@ -691,6 +729,38 @@ impl Ctx {
                     "nic:         {} {}",
                     n.mac,
                     n.network.as_deref().or(n.bridge.as_deref()).unwrap_or("-")
+                );
+            }
+            if let Some(k) = &v.boot.kernel {
+                outln!(
+                    "boot:        kernel {k}{}{}",
+                    v.boot
+                        .initrd
+                        .as_ref()
+                        .map(|i| format!(" initrd {i}"))
+                        .unwrap_or_default(),
+                    v.boot
+                        .cmdline
+                        .as_ref()
+                        .map(|c| format!(" cmdline \"{c}\""))
+                        .unwrap_or_default()
+                );
+            } else if !v.boot.order.is_empty() {
+                let order: Vec<&str> = v.boot.order.iter().map(|b| b.as_str()).collect();
+                outln!("boot:        {}", order.join(","));
+            }
+            if let Some(t) = &v.domain_type {
+                outln!(
+                    "hypervisor:  {t}, cpu {}",
+                    v.cpu_mode.map_or("hypervisor default", |m| m.as_str())
+                );
+            }
+            if let Some(c) = &v.console {
+                outln!(
+                    "console:     {} pty {} log {}",
+                    c.guest_device,
+                    c.pty.as_deref().unwrap_or("-"),
+                    c.log_path.as_deref().unwrap_or("-")
                 );
             }
             let ops: Vec<&str> = v.allowed_operations.iter().map(|o| o.as_str()).collect();
@@ -746,7 +816,89 @@ fn task_outcome(t: &TaskRecord) -> Res<()> {
     }
 }
 
+/// `hostctl vm console`: the console's place on its host, and the command
+/// that attaches to it there (consoles are not carried over the bus).
+fn vm_console(ctx: &Ctx, host: &str, vm: &VmRecord) -> Res<()> {
+    #[derive(Serialize)]
+    struct Console<'a> {
+        host: &'a str,
+        vm: &'a str,
+        uuid: uuid::Uuid,
+        power_state: PowerState,
+        guest_device: Option<&'a str>,
+        pty: Option<&'a str>,
+        log_path: Option<&'a str>,
+        attach: String,
+        follow: Option<String>,
+    }
+    let c = vm.console.as_ref().ok_or_else(|| Failure {
+        code: 1,
+        message: format!("vm {} has no serial console", vm.name),
+    })?;
+    let out = Console {
+        host,
+        vm: &vm.name,
+        uuid: vm.uuid,
+        power_state: vm.power_state,
+        guest_device: Some(c.guest_device.as_str()),
+        pty: c.pty.as_deref(),
+        log_path: c.log_path.as_deref(),
+        attach: format!("virsh -c qemu:///system console {}", vm.uuid),
+        follow: c.log_path.as_ref().map(|p| format!("tail -F {p}")),
+    };
+    ctx.show(&out, |o| {
+        outln!("host:        {}", o.host);
+        outln!("vm:          {} ({})", o.vm, o.power_state);
+        outln!("device:      {}", o.guest_device.unwrap_or("-"));
+        outln!("pty:         {}", o.pty.unwrap_or("- (not running)"));
+        outln!("log:         {}", o.log_path.unwrap_or("-"));
+        outln!("attach:      {}   (on {}; Ctrl-] leaves)", o.attach, o.host);
+        if let Some(f) = &o.follow {
+            outln!("follow:      {f}   (on {})", o.host);
+        }
+    })
+}
+
+/// Splits an optional `@raw` / `@qcow2` off a disk argument.
+fn split_format(arg: &str) -> Res<(&str, Option<DiskFormat>)> {
+    match arg.rsplit_once('@') {
+        Some((rest, "raw")) => Ok((rest, Some(DiskFormat::Raw))),
+        Some((rest, "qcow2")) => Ok((rest, Some(DiskFormat::Qcow2))),
+        Some((_, other)) => Err(usage(format!(
+            "disk `{arg}`: format `{other}` is not raw or qcow2"
+        ))),
+        None => Ok((arg, None)),
+    }
+}
+
+fn parse_cdrom(arg: &str, index: usize) -> Res<DiskSpec> {
+    // IDE: every machine type has it; hdc is the secondary master.
+    let target = format!(
+        "hd{}",
+        (b'c' + u8::try_from(index).map_err(|_| usage("too many cdroms"))?) as char
+    );
+    let source = if arg.starts_with('/') {
+        DiskSource::Path(arg.to_owned())
+    } else if let Some((pool, volume)) = arg.split_once('/') {
+        DiskSource::Volume(VolumeRef {
+            pool: pool.to_owned(),
+            volume: volume.to_owned(),
+        })
+    } else {
+        return Err(usage(format!("cdrom `{arg}`: use POOL/VOLUME or /path")));
+    };
+    Ok(DiskSpec {
+        target,
+        source,
+        bus: DiskBus::Ide,
+        format: Some(DiskFormat::Raw),
+        read_only: true,
+        device: DiskDevice::Cdrom,
+    })
+}
+
 fn parse_disk(arg: &str, index: usize) -> Res<DiskSpec> {
+    let (arg, format) = split_format(arg)?;
     let target = format!(
         "vd{}",
         (b'a' + u8::try_from(index).map_err(|_| usage("too many disks"))?) as char
@@ -775,8 +927,9 @@ fn parse_disk(arg: &str, index: usize) -> Res<DiskSpec> {
         target,
         source,
         bus: DiskBus::Virtio,
-        format: DiskFormat::Qcow2,
+        format,
         read_only: false,
+        device: DiskDevice::Disk,
     })
 }
 
@@ -1464,6 +1617,11 @@ async fn vm_cmd(ctx: &Ctx, cmd: VmCmd) -> Res<u8> {
             let (h, v) = split(&vm, "VM")?;
             ctx.vm(&c.host(&h).vm_key(&v).get().await?)?;
         }
+        VmCmd::Console { vm } => {
+            let (h, v) = split(&vm, "VM")?;
+            let rec = c.host(&h).vm_key(&v).get().await?;
+            vm_console(ctx, &h, &rec)?;
+        }
         VmCmd::Start { vm, paused } => {
             let (h, v) = split(&vm, "VM")?;
             let handle = c.host(&h).vm_key(&v);
@@ -1491,21 +1649,58 @@ async fn vm_cmd(ctx: &Ctx, cmd: VmCmd) -> Res<u8> {
         | VmCmd::Reset { vm } => {
             unreachable!("{vm} is handled by lifecycle()")
         }
-        VmCmd::Create {
-            host,
-            name,
-            memory,
-            vcpus,
-            disks,
-            networks,
-            description,
-            start,
-        } => {
-            let disks = disks
+        VmCmd::Create(args) => {
+            let VmCreate {
+                host,
+                name,
+                memory,
+                vcpus,
+                disks,
+                cdroms,
+                boot,
+                kernel,
+                initrd,
+                cmdline,
+                cpu_mode,
+                networks,
+                description,
+                start,
+            } = *args;
+            let mut disks = disks
                 .iter()
                 .enumerate()
                 .map(|(i, d)| parse_disk(d, i))
                 .collect::<Res<Vec<_>>>()?;
+            for (i, cd) in cdroms.iter().enumerate() {
+                disks.push(parse_cdrom(cd, i)?);
+            }
+            let boot = BootSpec {
+                order: boot
+                    .iter()
+                    .map(|b| match b.as_str() {
+                        "disk" | "hd" => Ok(BootDevice::Disk),
+                        "cdrom" | "cd" => Ok(BootDevice::Cdrom),
+                        "network" | "net" | "pxe" => Ok(BootDevice::Network),
+                        other => Err(usage(format!(
+                            "--boot `{other}`: use disk, cdrom or network"
+                        ))),
+                    })
+                    .collect::<Res<Vec<_>>>()?,
+                kernel,
+                initrd,
+                cmdline,
+            };
+            let cpu_mode = cpu_mode
+                .map(|m| match m.replace('-', "_").as_str() {
+                    "host_model" => Ok(CpuMode::HostModel),
+                    "host_passthrough" => Ok(CpuMode::HostPassthrough),
+                    "maximum" | "max" => Ok(CpuMode::Maximum),
+                    "hypervisor_default" => Ok(CpuMode::HypervisorDefault),
+                    other => Err(usage(format!(
+                        "--cpu-mode `{other}`: use host-model, host-passthrough, maximum or hypervisor-default"
+                    ))),
+                })
+                .transpose()?;
             let nics = networks
                 .into_iter()
                 .map(|n| NicSpec {
@@ -1527,6 +1722,8 @@ async fn vm_cmd(ctx: &Ctx, cmd: VmCmd) -> Res<u8> {
                 disks,
                 nics,
                 autostart: false,
+                boot,
+                cpu_mode,
             };
             let hh = c.host(&host);
             let task = hh.define_vm_async(spec).await?;

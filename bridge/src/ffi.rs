@@ -1,0 +1,60 @@
+//! libvirt calls that virt 0.5 does not wrap. With `events.rs`, the only
+//! module of the bridge with unsafe code.
+#![allow(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::CStr;
+use std::os::raw::c_int;
+
+use virt::connect::Connect;
+use virt::sys;
+
+/// Cumulative host CPU time over all CPUs by kind (`user`, `kernel`,
+/// `idle`, `iowait`, ...), in nanoseconds: `virNodeGetCPUStats`.
+pub(crate) fn node_cpu_times(conn: &Connect) -> Result<BTreeMap<String, u64>, virt::error::Error> {
+    // SAFETY: `conn` is a live connection for the duration of the call.
+    let ptr = unsafe { conn.as_ptr() };
+    let mut n: c_int = 0;
+    // SAFETY: a null params array asks libvirt for the number of fields.
+    let rc = unsafe {
+        sys::virNodeGetCPUStats(
+            ptr,
+            sys::VIR_NODE_CPU_STATS_ALL_CPUS,
+            std::ptr::null_mut(),
+            &mut n,
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    let mut params = vec![
+        sys::virNodeCPUStats {
+            field: [0; 80],
+            value: 0,
+        };
+        usize::try_from(n).unwrap_or(0)
+    ];
+    // SAFETY: `params` has room for `n` entries, as libvirt asked.
+    let rc = unsafe {
+        sys::virNodeGetCPUStats(
+            ptr,
+            sys::VIR_NODE_CPU_STATS_ALL_CPUS,
+            params.as_mut_ptr(),
+            &mut n,
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    let filled = usize::try_from(n).unwrap_or(0).min(params.len());
+    Ok(params[..filled]
+        .iter()
+        .map(|p| {
+            // SAFETY: libvirt NUL-terminates `field` within its 80 bytes.
+            let name = unsafe { CStr::from_ptr(p.field.as_ptr()) };
+            (name.to_string_lossy().into_owned(), p.value)
+        })
+        .collect())
+}
