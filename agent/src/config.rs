@@ -183,6 +183,9 @@ pub struct Config {
     pub connect_timeout_ms: u64,
     /// AMQP heartbeat asked of the broker, s (a URL's `?heartbeat=` wins).
     pub amqp_heartbeat_s: u16,
+    /// Largest AMQP frame asked of the broker, bytes; 0 takes the broker's
+    /// (a URL's `?frame_max=` wins). Sets each connection's buffers.
+    pub amqp_frame_max: u32,
 }
 
 /// Every field, with its environment variable and default.
@@ -223,6 +226,7 @@ const FIELDS: &[&str] = &[
     "beat_retention_s",
     "connect_timeout_ms",
     "amqp_heartbeat_s",
+    "amqp_frame_max",
 ];
 
 /// `HOSTBUS_*` variables of other hostbus programs and of the test
@@ -339,6 +343,8 @@ impl Config {
             .set_default("connect_timeout_ms", 10_000)
             .map_err(map)?
             .set_default("amqp_heartbeat_s", 10)
+            .map_err(map)?
+            .set_default("amqp_frame_max", 0)
             .map_err(map)?;
         if let Some(unknown) = env.keys().filter(|k| k.starts_with("HOSTBUS_")).find(|k| {
             !FIELDS
@@ -540,6 +546,12 @@ impl Config {
                 "must be between 100 and 600000",
             ));
         }
+        if self.amqp_frame_max != 0 && self.amqp_frame_max < 4096 {
+            return Err(field_error(
+                "amqp_frame_max",
+                "must be 0 (the broker's) or at least 4096 (AMQP's smallest frame)",
+            ));
+        }
         Ok(())
     }
 
@@ -596,6 +608,7 @@ impl Config {
         hostbus_amqp::ConnectOptions {
             timeout: Duration::from_millis(self.connect_timeout_ms),
             heartbeat_s: self.amqp_heartbeat_s,
+            frame_max: (self.amqp_frame_max > 0).then_some(self.amqp_frame_max),
         }
     }
 
@@ -683,6 +696,23 @@ mod tests {
         assert!(bad(&[("HOSTBUS_QUEUE_TYPE", "mirrored")]).contains("queue_type"));
         assert!(bad(&[("HOSTBUS_DOMAIN_TYPE", "xen")]).contains("`domain_type`"));
         assert!(bad(&[("HOSTBUS_CONSOLE_LOG_DIR", "logs")]).contains("`console_log_dir`"));
+        assert!(bad(&[("HOSTBUS_AMQP_FRAME_MAX", "1024")]).contains("`amqp_frame_max`"));
+    }
+
+    #[test]
+    fn the_frame_size_reaches_the_connection_options() {
+        let c = Config::load(&Flags::default(), &env(&[])).expect("defaults");
+        assert_eq!(
+            c.connect_options().frame_max,
+            None,
+            "the broker's by default"
+        );
+        let c = Config::load(
+            &Flags::default(),
+            &env(&[("HOSTBUS_AMQP_FRAME_MAX", "16384")]),
+        )
+        .expect("16 KiB");
+        assert_eq!(c.connect_options().frame_max, Some(16_384));
     }
 
     #[test]

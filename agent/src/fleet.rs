@@ -17,6 +17,10 @@ use crate::agent::Agent;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
+/// The AMQP frame size simulated hosts ask for unless `amqp_frame_max`
+/// says otherwise.
+pub const SIMULATED_FRAME_MAX: u32 = 16_384;
+
 /// What the simulated hosts are called and where their files go.
 #[derive(Debug, Clone)]
 pub struct Fleet {
@@ -72,6 +76,12 @@ pub async fn simulate(
         cfg.libvirt_uri = format!("test://{}", node.display());
         cfg.journal_path = dir.join(format!("{host_id}.journal"));
         cfg.labels.push(format!("rack-{}", i % 10));
+        // lapin's buffers are 32 frames each way per connection: 8 MiB at
+        // RabbitMQ's 128 KiB frames, 1 MiB at 16 KiB (a simulated host's
+        // messages are small; larger ones are split, not refused).
+        if cfg.amqp_frame_max == 0 {
+            cfg.amqp_frame_max = SIMULATED_FRAME_MAX;
+        }
         let metrics = metrics.clone();
         // Opening libvirt and the journal blocks: not on the runtime.
         let agent = tokio::task::spawn_blocking(move || Agent::new(cfg, metrics)).await??;
