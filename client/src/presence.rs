@@ -260,6 +260,11 @@ pub struct Presence {
 /// longer intervals lengthen it.
 const MIN_LOOKBACK: Duration = Duration::from_secs(17);
 
+/// How far back a new view reads heartbeats first: one default interval
+/// and a margin for beats that were late.
+const FIRST_LOOKBACK: Duration = Duration::from_secs(8);
+const FIRST_MARGIN_MS: u64 = 3000;
+
 /// How often a live view asks the broker about hosts that fell silent.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 
@@ -279,8 +284,10 @@ impl Presence {
     /// is complete (every host the broker remembers is in it), or after
     /// ten seconds with what it has (then [`Presence::is_ready`] is false).
     pub(crate) async fn start(client: Client) -> Result<Self, ClientError> {
-        let mut reader = Reader::open(&client, MIN_LOOKBACK).await?;
-        let (roster, mut beats) = reader.read_history().await?;
+        // Every alive host beat within the last interval: read that much
+        // first (the heartbeat stream is the bulk of what a view reads).
+        let mut reader = Reader::open(&client, FIRST_LOOKBACK).await?;
+        let (roster, beats) = reader.read_history().await?;
         let longest = roster
             .iter()
             .map(|a| u64::from(a.interval_ms))
@@ -288,16 +295,47 @@ impl Presence {
             .max()
             .unwrap_or(0);
         let lookback = MIN_LOOKBACK.max(Duration::from_millis(longest.saturating_mul(3) + 2000));
-        if lookback > MIN_LOOKBACK {
-            // Some host beats slowly: read its heartbeats further back.
-            beats.extend(reader.read_beats_again(lookback).await?);
-        }
         let mut state = State::default();
         for a in roster {
             state.announce(a);
         }
         for hb in beats {
             state.beat(hb);
+        }
+        let first = FIRST_LOOKBACK.max(Duration::from_millis(longest + FIRST_MARGIN_MS));
+        if first > FIRST_LOOKBACK {
+            // Some host beats slowly: read one of its intervals.
+            for hb in reader.read_beats_again(first).await? {
+                state.beat(hb);
+            }
+        }
+        // A host not heard from in that interval is gone unless its agent
+        // is still connected; only then does its last beat matter (alive
+        // with a beat missed, or stale), so only then is the heartbeat
+        // stream read three intervals back.
+        let first_ms = first.as_millis() as u64;
+        let unheard: Vec<String> = state
+            .hosts
+            .values()
+            .filter(|e| {
+                !e.offline
+                    && e.last
+                        .is_none_or(|t| now_ms().saturating_sub(t) >= first_ms)
+            })
+            .map(|e| e.host_id.clone())
+            .collect();
+        let answers = probe(reader.conn(), unheard).await;
+        if answers.iter().any(|(_, connected)| *connected) {
+            for hb in reader.read_beats_again(lookback).await? {
+                state.beat(hb);
+            }
+        }
+        for (host, connected) in answers {
+            if let Some(e) = state.hosts.get_mut(&host) {
+                if e.connected.is_none() && !connected {
+                    e.connected = Some(false);
+                }
+            }
         }
         // Hosts silent since before the look-back: connected or not?
         let silent: Vec<String> = state
