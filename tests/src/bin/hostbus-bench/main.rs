@@ -691,6 +691,7 @@ async fn bench(a: &Args) {
         .heartbeat_interval(Duration::from_millis(1000))
         // As many commands in flight as the deepest client concurrency measured.
         .concurrency(64)
+        .env("HOSTBUS_QUEUE_TYPE", &a.queue_type)
         .spawn()
         .expect("agent");
     beats
@@ -891,8 +892,9 @@ async fn bench(a: &Args) {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Machine: {}. Each cell: {} slices of {} s (each after 0.5 s of warm-up), interleaved with the other rows of its table; calls/s is the median slice, latencies and CPU cover all slices.\n",
+        "Machine: {}. The agent's command queue is a {} queue. Each cell: {} slices of {} s (each after 0.5 s of warm-up), interleaved with the other rows of its table; calls/s is the median slice, latencies and CPU cover all slices.\n",
         machine(),
+        a.queue_type,
         a.rounds,
         a.secs
     );
