@@ -81,6 +81,28 @@ fn broker_rss_kib(node: &RabbitNode) -> u64 {
         .sum()
 }
 
+/// `times` broadcasts `vm.list` to all, one after the other: their
+/// durations, the replies of the last one and the most hosts any of them
+/// reported missing.
+async fn broadcasts(client: &Client, times: usize) -> (Vec<Duration>, usize, usize) {
+    let (mut took, mut replies, mut missing) = (Vec::new(), 0, 0);
+    for _ in 0..times {
+        let t = Instant::now();
+        let b = client
+            .broadcast::<VmList>(
+                &Target::All,
+                VmListRequest { power_state: None },
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("broadcast");
+        took.push(t.elapsed());
+        replies = b.replies.len();
+        missing = missing.max(b.missing.len());
+    }
+    (took, replies, missing)
+}
+
 pub(crate) async fn bench(a: &Args) {
     let n = a.hosts.max(20);
     let doomed = 10;
@@ -126,22 +148,8 @@ pub(crate) async fn bench(a: &Args) {
     let view_t = Instant::now();
     let _ = client.presence().await.expect("presence");
     let view = view_t.elapsed();
-    let mut bc = Vec::new();
-    let mut replies = 0;
-    for _ in 0..10 {
-        let t = Instant::now();
-        let b = client
-            .broadcast::<VmList>(
-                &Target::All,
-                VmListRequest { power_state: None },
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("broadcast");
-        bc.push(t.elapsed());
-        replies = b.replies.len();
-        assert!(b.missing.is_empty(), "missing {:?}", b.missing);
-    }
+    let (bc, replies, missing) = broadcasts(&client, 10).await;
+    assert_eq!(missing, 0, "hosts missing from a broadcast");
     let mut ctl_bc = Vec::new();
     for _ in 0..3 {
         let bin = ctl.clone();
@@ -225,21 +233,7 @@ pub(crate) async fn bench(a: &Args) {
 
     // 6. Ten hosts die: the broadcast right after.
     sims[1].kill().expect("kill the doomed hosts");
-    let mut dead_bc = Vec::new();
-    let mut dead_missing = 0;
-    for _ in 0..3 {
-        let t = Instant::now();
-        let b = client
-            .broadcast::<VmList>(
-                &Target::All,
-                VmListRequest { power_state: None },
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("broadcast");
-        dead_bc.push(t.elapsed());
-        dead_missing = b.missing.len();
-    }
+    let (dead_bc, _, dead_missing) = broadcasts(&client, 3).await;
     let (dead_ctl, dead_code, _) = {
         let bin = ctl.clone();
         let u = url.clone();
@@ -287,20 +281,8 @@ pub(crate) async fn bench(a: &Args) {
         .await
         .expect("client");
     let _ = client.presence().await.expect("presence");
-    let mut proc_bc = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        let b = client
-            .broadcast::<VmList>(
-                &Target::All,
-                VmListRequest { power_state: None },
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("broadcast");
-        assert!(b.missing.is_empty());
-        proc_bc.push(t.elapsed());
-    }
+    let (proc_bc, _, proc_missing) = broadcasts(&client, 5).await;
+    assert_eq!(proc_missing, 0, "hosts missing from a broadcast");
     let broker_rss_procs = broker_rss_kib(&node);
     drop(agents);
 
