@@ -105,6 +105,21 @@ pub struct Agent {
     tls: hostbus_amqp::Tls,
     /// Redeliveries seen by this process, by message id (or body hash).
     redeliveries: Mutex<HashMap<String, u32>>,
+    /// Messages this process copied to the dead-letter exchange, by the same
+    /// key: a redelivered one (its ack was lost with a connection) is acked
+    /// without a second copy.
+    dead_lettered: Mutex<std::collections::HashSet<String>>,
+}
+
+/// What identifies a message across its redeliveries: its message id, or
+/// a hash of its body when it has none.
+fn message_key(d: &lapin::message::Delivery, props: &AmqpProperties) -> String {
+    props.message_id.clone().unwrap_or_else(|| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        d.data.hash(&mut h);
+        format!("body:{:x}", h.finish())
+    })
 }
 
 impl Agent {
@@ -161,6 +176,7 @@ impl Agent {
             journal,
             tls,
             redeliveries: Mutex::default(),
+            dead_lettered: Mutex::default(),
         })
     }
 
@@ -290,12 +306,7 @@ impl Agent {
         if !d.redelivered {
             return broker;
         }
-        let key = props.message_id.clone().unwrap_or_else(|| {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            d.data.hash(&mut h);
-            format!("body:{:x}", h.finish())
-        });
+        let key = message_key(d, props);
         let mut seen = lock(&self.redeliveries);
         if seen.len() > 10_000 {
             seen.clear();
@@ -537,13 +548,7 @@ impl Agent {
         let mut dead = false;
         if let Some(reason) = &handled.dead_letter {
             if let Err(e) = self
-                .dead_letter(
-                    &lanes.publ,
-                    props.clone(),
-                    &d.data,
-                    reason,
-                    &handled.outcome,
-                )
+                .dead_letter(&lanes.publ, props.clone(), &d, reason, &handled.outcome)
                 .await
             {
                 tracing::warn!(error = %e, "cannot dead-letter a message; it will be redelivered");
@@ -568,7 +573,7 @@ impl Agent {
                         let why = format!("the broker closed the connection when given reply_to {:?}; not replied", reply.to);
                         if !dead {
                             if let Err(e) = self
-                                .dead_letter(&lanes.publ, props, &d.data, &why, "BAD_ENVELOPE")
+                                .dead_letter(&lanes.publ, props, &d, &why, "BAD_ENVELOPE")
                                 .await
                             {
                                 tracing::warn!(error = %e, "cannot dead-letter a message; it will be redelivered");
@@ -593,15 +598,25 @@ impl Agent {
     }
 
     /// Sends the original message to the dead-letter exchange, with the
-    /// reason, the error code and this host in its headers, for inspection.
+    /// reason, the error code and this host in its headers, for inspection;
+    /// once per message: a redelivery of one this process already copied
+    /// (the ack was lost with its connection) is only acked.
     async fn dead_letter(
         &self,
         publ: &Channel,
         mut props: AmqpProperties,
-        body: &[u8],
+        d: &lapin::message::Delivery,
         reason: &str,
         code: &str,
     ) -> anyhow::Result<()> {
+        let key = message_key(d, &props);
+        if d.redelivered && lock(&self.dead_lettered).contains(&key) {
+            tracing::info!(
+                code,
+                "a redelivered message was dead-lettered before; acked without another copy"
+            );
+            return Ok(());
+        }
         props.expiration = None;
         props.headers.insert(
             "x-hostbus-dead-reason".into(),
@@ -623,10 +638,17 @@ impl Agent {
             publ,
             names::DEAD_LETTER_EXCHANGE,
             &names::agent_queue(&self.cfg.host_id),
-            body,
+            &d.data,
             props,
         )
         .await?;
+        {
+            let mut copied = lock(&self.dead_lettered);
+            if copied.len() > 10_000 {
+                copied.clear();
+            }
+            copied.insert(key);
+        }
         self.metrics.dead_lettered(code);
         tracing::warn!(reason, code, "message dead-lettered");
         Ok(())
