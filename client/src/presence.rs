@@ -330,21 +330,8 @@ impl Presence {
                 state.beat(hb);
             }
         }
+        // Every host silent for three intervals was among those asked.
         for (host, connected) in answers {
-            if let Some(e) = state.hosts.get_mut(&host) {
-                if e.connected.is_none() && !connected {
-                    e.connected = Some(false);
-                }
-            }
-        }
-        // Hosts silent since before the look-back: connected or not?
-        let silent: Vec<String> = state
-            .hosts
-            .values()
-            .filter(|e| e.needs_probe(now_ms()))
-            .map(|e| e.host_id.clone())
-            .collect();
-        for (host, connected) in probe(reader.conn(), silent).await {
             if let Some(e) = state.hosts.get_mut(&host) {
                 e.connected = Some(connected);
             }
