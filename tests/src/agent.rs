@@ -406,6 +406,20 @@ impl AgentProcess {
         self.metrics_addr
     }
 
+    /// The agent's metrics page (Prometheus text, headers included). Panics
+    /// when the agent serves no metrics or does not answer: a test asking
+    /// for them cannot go on without.
+    pub fn metrics_text(&self) -> String {
+        use std::io::Read;
+        let addr = self.metrics_addr.expect("metrics enabled");
+        let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        out
+    }
+
     /// Sends `signal` to the process. An error if it has exited.
     pub fn signal(&mut self, signal: Signal) -> Result<()> {
         let pid = self.running_pid(signal)?;
@@ -573,4 +587,20 @@ fn stop_guard(guard: &mut Option<Child>) {
         let _ = g.kill();
         let _ = g.wait();
     }
+}
+
+/// The value of metric line `name` (labels included) in a metrics page, 0
+/// when absent.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap_or(0.0) as u64)
+}
+
+/// `hostbus_commands_total` of one command and outcome in a metrics page.
+pub fn commands_total(text: &str, command: &str, outcome: &str) -> u64 {
+    metric(
+        text,
+        &format!("hostbus_commands_total{{command=\"{command}\",outcome=\"{outcome}\"}}"),
+    )
 }

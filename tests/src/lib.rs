@@ -53,7 +53,8 @@ mod rabbit;
 mod raw;
 
 pub use agent::{
-    agent_binary, cargo, node_file_uri, workspace_dir, AgentBuilder, AgentProcess, AGENT_BIN_ENV,
+    agent_binary, cargo, commands_total, metric, node_file_uri, workspace_dir, AgentBuilder,
+    AgentProcess, AGENT_BIN_ENV,
 };
 pub use amqp::{from_lapin, to_lapin, AmqpPeer, Received, Subscription};
 pub use error::{ErrorKind, HarnessError, Result};

@@ -3,7 +3,6 @@
 //! its error, events and heartbeats flow, a broker restart is survived and
 //! SIGTERM drains in-flight work.
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use hostbus_protocol::commands::*;
@@ -68,16 +67,6 @@ fn error_of(r: &Received) -> hostbus_protocol::Error {
         }
         other => panic!("expected an error reply, got {other:?}"),
     }
-}
-
-fn metrics(agent: &AgentProcess) -> String {
-    let addr = agent.metrics_addr().expect("metrics enabled");
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("response");
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,7 +421,7 @@ async fn every_kind_of_command_gets_its_reply() {
         "only h1 carries the gpu label"
     );
 
-    let m = metrics(&agent);
+    let m = agent.metrics_text();
     assert!(
         m.contains("hostbus_commands_total{command=\"host.ping\",outcome=\"ok\"}"),
         "{m}"
@@ -605,7 +594,7 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
             .power_state,
         PowerState::Running
     );
-    let m = metrics(&agent);
+    let m = agent.metrics_text();
     assert!(m.contains("outcome=\"EXPIRED\""), "{m}");
     assert!(m.contains("outcome=\"UNKNOWN_COMMAND\""), "{m}");
 }

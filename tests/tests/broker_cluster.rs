@@ -7,7 +7,6 @@
 //! (own names, ports, data directories, one Erlang cookie, joined with
 //! `rabbitmqctl join_cluster`). Figures are printed; run with `--nocapture`.
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
@@ -17,26 +16,9 @@ use hostbus_client::protocol::types::{DiskFormat, VolumeSpec};
 use hostbus_client::{Client, ClientConfig, Notification, StartAt, SubscribeOptions};
 use hostbus_protocol::commands::{PoolName, VolumeCreate, VolumeCreateRequest, VolumeList};
 use hostbus_protocol::Command;
-use hostbus_tests::{AgentProcess, AmqpPeer, RabbitNode};
+use hostbus_tests::{commands_total, AgentProcess, AmqpPeer, RabbitNode};
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
-
-fn metrics(agent: &AgentProcess) -> String {
-    let addr = agent.metrics_addr().expect("metrics enabled");
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("response");
-    out
-}
-
-fn commands_total(text: &str, command: &str, outcome: &str) -> u64 {
-    let name = format!("hostbus_commands_total{{command=\"{command}\",outcome=\"{outcome}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&name))
-        .map_or(0, |v| v.trim().parse::<f64>().unwrap_or(0.0) as u64)
-}
 
 /// The node that leads quorum queue `queue`, from `rabbitmqctl list_queues`.
 fn leader_of(node: &RabbitNode, queue: &str) -> Option<String> {
@@ -159,7 +141,7 @@ async fn losing_a_node_loses_no_command_and_runs_none_twice() {
         "the last value stays"
     );
     // Exactly one execution per command id; repeats answered from the journal.
-    let m = metrics(agent);
+    let m = agent.metrics_text();
     let ran = commands_total(&m, VmSetMemory::NAME, "ok");
     let repeats = commands_total(&m, VmSetMemory::NAME, "journal-ok");
     println!("vm.set_memory: {ran} executions, {repeats} answered from the journal");
@@ -271,7 +253,7 @@ async fn subscribers_resume_from_the_event_stream_and_filter_without_resyncs() {
     let missed = take(&mut again, 30).await;
     assert_eq!(missed[0].seq, seqs[seqs.len() - 1] + 1, "nothing skipped");
     assert!(missed.windows(2).all(|w| w[1].seq == w[0].seq + 1));
-    let m = metrics(&agents[0]);
+    let m = agents[0].metrics_text();
     assert_eq!(
         commands_total(&m, "host.snapshot", "ok"),
         0,

@@ -10,7 +10,6 @@
 //! printed; run with `--nocapture` to see them.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,8 +28,8 @@ use hostbus_protocol::{
     HeaderValue, Reply,
 };
 use hostbus_tests::{
-    long_str, nested_table, table, to_lapin, AgentProcess, AmqpPeer, RabbitNode, RawOutcome,
-    RawProperties, RawProperty, RawPublisher, Received, Subscription,
+    commands_total, long_str, metric, nested_table, table, to_lapin, AgentProcess, AmqpPeer,
+    RabbitNode, RawOutcome, RawProperties, RawProperty, RawPublisher, Received, Subscription,
 };
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
@@ -256,23 +255,6 @@ fn check_replies(sent: &[Sent], replies: &BTreeMap<String, Vec<Received>>) -> (u
     (ids_with_duplicates, extra)
 }
 
-fn metrics(agent: &AgentProcess) -> String {
-    let addr = agent.metrics_addr().expect("metrics enabled");
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("response");
-    out
-}
-
-/// The value of a metric line `name` (with its labels), 0 when absent.
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0, |v| v.trim().parse::<f64>().unwrap_or(0.0) as u64)
-}
-
 /// The sum of every series of metric `name`, whatever its labels.
 fn metric_sum(text: &str, name: &str) -> u64 {
     text.lines()
@@ -282,13 +264,6 @@ fn metric_sum(text: &str, name: &str) -> u64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
         .sum::<f64>() as u64
-}
-
-fn commands_total(text: &str, command: &str, outcome: &str) -> u64 {
-    metric(
-        text,
-        &format!("hostbus_commands_total{{command=\"{command}\",outcome=\"{outcome}\"}}"),
-    )
 }
 
 /// Sends `C` through direct reply-to and returns its value.
@@ -495,7 +470,7 @@ async fn a_broker_restart_mid_burst_loses_no_command_and_runs_none_twice() {
             assert_eq!(volumes.iter().filter(|v| **v == disk).count(), 1, "{disk}");
         }
     }
-    let m = metrics(&agent);
+    let m = agent.metrics_text();
     let mut journal_answers = 0;
     for c in [VolumeCreate::NAME, VmDefine::NAME, VmSetMemory::NAME] {
         let (ran, journal) = (
@@ -672,7 +647,7 @@ async fn an_agent_killed_mid_burst_reruns_interrupted_commands_and_runs_finished
         .filter(|v| !vms.iter().any(|vm| v.starts_with(&format!("{}-", vm.name))))
         .collect();
     assert!(strays.is_empty(), "leftover volumes: {strays:?}");
-    let m = metrics(&agent);
+    let m = agent.metrics_text();
     assert_eq!(
         commands_total(&m, VmDefine::NAME, "ok") as usize,
         rerun_or_new,
@@ -777,7 +752,7 @@ async fn the_same_command_id_twice_runs_once() {
         let disk = format!("{name}-vda.qcow2");
         assert_eq!(volumes.iter().filter(|v| **v == disk).count(), 1, "{disk}");
     }
-    let m = metrics(&agent);
+    let m = agent.metrics_text();
     let (ran, journal) = (
         commands_total(&m, VmDefine::NAME, "ok"),
         commands_total(&m, VmDefine::NAME, "journal-ok"),
@@ -1083,7 +1058,7 @@ async fn ten_thousand_hostile_messages_are_answered_or_dead_lettered_in_flat_mem
         seen.len()
     );
     assert_eq!(dead, expected_dead, "dead-lettered messages");
-    let m = metrics(&agent);
+    let m = agent.metrics_text();
     assert_eq!(
         metric_sum(&m, "hostbus_dead_lettered_total") as usize,
         expected_dead,
@@ -1218,7 +1193,7 @@ async fn a_cut_connection_is_reestablished_and_the_agent_resyncs() {
     .await;
     assert_eq!(pong.echo.as_deref(), Some("after the cut"));
     assert!(proxy.accepted.load(Ordering::SeqCst) >= 2);
-    assert!(metric(&metrics(&agent), "hostbus_reconnects_total") >= 1);
+    assert!(metric(&agent.metrics_text(), "hostbus_reconnects_total") >= 1);
     assert!(
         agent.log().contains("broker connection lost"),
         "{}",
@@ -1308,7 +1283,7 @@ async fn a_command_that_never_finishes_is_dead_lettered_after_max_deliveries() {
     assert_eq!(r2.body, r[0].body);
     let vms = vm_names(&mut peer).await;
     assert!(!vms.iter().any(|v| v.name == "poison-vm"));
-    let m = metrics(&agent);
+    let m = agent.metrics_text();
     assert_eq!(commands_total(&m, VmDefine::NAME, "INTERNAL"), 1, "{m}");
     assert_eq!(
         commands_total(&m, VmDefine::NAME, "journal-error"),
@@ -1621,7 +1596,7 @@ async fn messages_no_client_library_could_parse_are_answered_and_the_agent_serve
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(dead_letters(&peer).await, dead_before + expected_dead);
-    let m = metrics(&agent);
+    let m = agent.metrics_text();
     assert_eq!(metric(&m, "hostbus_reconnects_total"), 0, "{m}");
     assert!(
         !agent.log().contains("broker connection lost"),
@@ -1702,7 +1677,7 @@ async fn a_poison_reply_address_is_dead_lettered_after_at_most_one_lost_session(
     );
     let vm = ok::<VmGet>(&mut peer, &VmUuid { uuid: web }).await;
     assert_eq!(vm.memory_kib, 777 * 1024, "the change ran");
-    let m = metrics(&agent);
+    let m = agent.metrics_text();
     assert_eq!(
         commands_total(&m, VmSetMemory::NAME, "ok"),
         1,

@@ -59,22 +59,27 @@ fn broker_pids(nodes: &[RabbitNode]) -> Vec<u32> {
 
 /// Events per second to one SDK subscriber while a manager pauses and
 /// resumes web01 for `secs`, with the broker's CPU per event.
+/// Pauses and resumes web01 on h1 until the flag is set: a steady stream
+/// of VM events.
+fn churn(client: &Client) -> (Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (cl, flag) = (client.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        let uuid = WEB01.parse().expect("uuid");
+        while !flag.load(Ordering::Relaxed) {
+            let _ = cl.call::<VmPause>("h1", VmUuid { uuid }).await;
+            let _ = cl.call::<VmResume>("h1", VmUuid { uuid }).await;
+        }
+    });
+    (stop, task)
+}
+
 async fn events(client: &Client, meter: &Meter, secs: u64) -> (f64, f64, f64) {
     let mut sub = client
         .subscribe(&["h1.vm.*"], hostbus_client::SubscribeOptions::default())
         .await
         .expect("subscribe");
-    let stop = Arc::new(AtomicBool::new(false));
-    let churn = {
-        let (cl, stop) = (client.clone(), stop.clone());
-        tokio::spawn(async move {
-            let uuid = WEB01.parse().expect("uuid");
-            while !stop.load(Ordering::Relaxed) {
-                let _ = cl.call::<VmPause>("h1", VmUuid { uuid }).await;
-                let _ = cl.call::<VmResume>("h1", VmUuid { uuid }).await;
-            }
-        })
-    };
+    let (stop, churn) = churn(client);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu0 = meter.sample();
     let t = Instant::now();
@@ -145,18 +150,8 @@ pub(crate) async fn bench(a: &Args) {
         .subscribe(EVENT_EXCHANGE, "h1.vm.*")
         .await
         .expect("subscribe");
-    let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
-    let churn = {
-        let (cl, stop) = (client.clone(), stop.clone());
-        tokio::spawn(async move {
-            let uuid = WEB01.parse().expect("uuid");
-            while !stop.load(Ordering::Relaxed) {
-                let _ = cl.call::<VmPause>("h1", VmUuid { uuid }).await;
-                let _ = cl.call::<VmResume>("h1", VmUuid { uuid }).await;
-            }
-        })
-    };
+    let (stop, churn) = churn(&client);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu0 = meter.sample();
     let t = Instant::now();
