@@ -10,7 +10,8 @@
 //! * [`commands`]: the catalogue; one marker type per operation implementing
 //!   [`Command`] (`VmStart::NAME == "vm.start"`).
 //! * [`types`]: records (what objects are) and specs (what to create).
-//! * [`envelope`]: command envelope, replies, AMQP property mapping.
+//! * [`envelope`]: command envelope and its AMQP property mapping.
+//! * [`reply`]: the reply body (`ok` / `task` / `error`).
 //! * [`events`]: lifecycle events and presence heartbeats.
 //! * [`error`]: structured XenAPI-style errors.
 //! * [`codec`]: MessagePack (named fields) and JSON, with a size limit.
@@ -26,6 +27,7 @@ pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod names;
+pub mod reply;
 pub mod schema;
 pub mod types;
 pub mod validate;
@@ -33,7 +35,7 @@ pub mod validate;
 pub use codec::{decode, encode, CodecError, ContentType, DEFAULT_MAX_PAYLOAD};
 pub use commands::{
     command_info, visit_commands, Access, AnyRequest, AnyResponse, Command, CommandInfo,
-    CommandVisitor, COMMANDS,
+    CommandVisitor, Plan, Run, Target, COMMANDS,
 };
 pub use envelope::{
     AmqpProperties, Envelope, HeaderValue, ProtocolVersion, Reply, ReplyStatus, PROTOCOL_VERSION,

@@ -1,0 +1,58 @@
+//! Request types several object classes share, and how a response
+//! becomes a task's result.
+
+use super::*;
+use crate::types::*;
+use crate::validate::{check_name, Validate, Validation};
+
+wire_struct! {
+    /// No parameters (encodes as an empty map; any map is accepted).
+    Empty {}
+}
+impl Validate for Empty {
+    fn validate(&self) -> Validation {
+        Ok(())
+    }
+}
+
+wire_struct! {
+    /// An object by name (VMs, pools, networks).
+    ObjectName {
+        /// The name.
+        name: String,
+    }
+}
+impl Validate for ObjectName {
+    fn validate(&self) -> Validation {
+        check_name("name", &self.name)
+    }
+}
+
+/// Turns a response into the record a task stores as its result.
+pub trait IntoRecord {
+    /// The record, or [`Record::None`] for responses that are not one object.
+    fn into_record(self) -> Record;
+}
+
+macro_rules! into_record {
+    ($($ty:ident => $variant:ident),* ; $($none:ident),*) => {
+        $(impl IntoRecord for $ty {
+            fn into_record(self) -> Record {
+                Record::$variant(self.into())
+            }
+        })*
+        $(impl IntoRecord for $none {
+            fn into_record(self) -> Record {
+                Record::None
+            }
+        })*
+    };
+}
+
+into_record!(
+    HostRecord => Host, VmRecord => Vm, SnapshotRecord => Snapshot, PoolRecord => Pool,
+    VolumeRecord => Volume, NetworkRecord => Network, TaskRecord => Task;
+    Empty, Pong, Capabilities, HostStats, Inventory, VmListResponse, VmStats,
+    SnapshotListResponse, PoolListResponse, VolumeListResponse, NetworkListResponse,
+    TaskListResponse
+);

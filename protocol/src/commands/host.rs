@@ -1,0 +1,36 @@
+//! Request types of the host commands.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::types::Timestamp;
+use crate::validate::{check_text, Validate, Validation};
+
+wire_struct! {
+    /// Request of `host.ping`.
+    Ping {
+        /// Text to send back, at most 1024 bytes.
+        #[serde(default)]
+        echo: Option<String>,
+    }
+}
+impl Validate for Ping {
+    fn validate(&self) -> Validation {
+        self.echo
+            .as_deref()
+            .map_or(Ok(()), |e| check_text("echo", e))
+    }
+}
+
+wire_struct! {
+    /// Response of `host.ping`.
+    Pong {
+        /// The host that answered.
+        host_id: String,
+        /// Its clock when answering.
+        time: Timestamp,
+        /// The request's `echo`.
+        #[serde(default)]
+        echo: Option<String>,
+    }
+}
