@@ -141,6 +141,30 @@ pub async fn connect(
     }
 }
 
+/// Connects to the first of `urls` that answers, in the order given (see
+/// [`spread`]), naming the connection `name`. Returns the connection and
+/// its URL, or every URL's error when none answers. Agents, clients and
+/// tests all reach a broker cluster through this one loop.
+pub async fn connect_first(
+    urls: &[String],
+    name: &str,
+    tls: &Tls,
+    opts: ConnectOptions,
+) -> Result<(Connection, String), String> {
+    let mut errors = Vec::new();
+    for url in urls {
+        match connect(url, name, tls, opts).await {
+            Ok(c) => return Ok((c, url.clone())),
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(if errors.is_empty() {
+        "no broker URL given".to_owned()
+    } else {
+        errors.join("; ")
+    })
+}
+
 /// `urls` in the order to try them, starting at position `key % len`:
 /// agents pass a hash of their host id, so a fleet spreads over a broker
 /// cluster's nodes instead of landing on the first, and one agent always

@@ -10,7 +10,8 @@ pub mod reply_to;
 pub mod topology;
 
 pub use connect::{
-    connect, is_precondition_failed, spread, stable_hash, ConnectOptions, Tls, TlsFileError,
+    connect, connect_first, is_precondition_failed, spread, stable_hash, ConnectOptions, Tls,
+    TlsFileError,
 };
 pub use props::{from_lapin, short, to_lapin};
 pub use reply_to::{classify_reply_to, ReplyAddress};

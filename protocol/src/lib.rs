@@ -35,7 +35,7 @@ pub mod validate;
 pub use codec::{decode, encode, CodecError, ContentType, DEFAULT_MAX_PAYLOAD};
 pub use commands::{
     command_info, visit_commands, Access, AnyRequest, AnyResponse, Command, CommandInfo,
-    CommandVisitor, Plan, Run, Target, COMMANDS,
+    CommandVisitor, Plan, Planned, Run, Target, COMMANDS,
 };
 pub use envelope::{
     AmqpProperties, Envelope, HeaderValue, ProtocolVersion, Reply, ReplyStatus, PROTOCOL_VERSION,

@@ -42,7 +42,7 @@ pub use catalogue::*;
 pub use common::*;
 pub use host::*;
 pub use network::*;
-pub use plan::{Plan, Run, Target};
+pub use plan::{Plan, Planned, Run, Target};
 pub use snapshot::*;
 pub use storage::*;
 pub use task::*;

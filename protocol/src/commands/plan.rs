@@ -3,7 +3,8 @@
 
 use uuid::Uuid;
 
-use super::Access;
+use super::{Access, AnyRequest};
+use crate::error::Error;
 use crate::types::{ObjectClass, ObjectRef};
 
 /// How a server runs a command. Each command's is stated in the catalogue;
@@ -123,5 +124,38 @@ impl Plan {
     /// The object, for task records.
     pub fn object(&self) -> Option<ObjectRef> {
         self.target.as_ref().map(Target::object)
+    }
+}
+
+/// A request that passed validation, with its plan: what a server admits,
+/// decides about and runs. It can only be made by [`Planned::new`], so code
+/// that takes a `Planned` knows the request was validated, once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    request: AnyRequest,
+    plan: Plan,
+}
+
+impl Planned {
+    /// Validates `request` and computes its plan.
+    pub fn new(request: AnyRequest) -> Result<Self, Error> {
+        request.validate()?;
+        let plan = request.plan();
+        Ok(Self { request, plan })
+    }
+
+    /// The request.
+    pub fn request(&self) -> &AnyRequest {
+        &self.request
+    }
+
+    /// Its plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The request and its plan.
+    pub fn into_parts(self) -> (AnyRequest, Plan) {
+        (self.request, self.plan)
     }
 }
