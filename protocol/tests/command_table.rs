@@ -1,5 +1,5 @@
 //! docs/protocol.md §6 lists every command in a hand-written markdown table
-//! (name, access, request type, response type). This test reads that table
+//! (name, access, how it runs, hostctl verb, request type, response type). This test reads that table
 //! and compares it with the catalogue (`hostbus_protocol::commands::COMMANDS`),
 //! so the document cannot drift from the code: a command added, renamed or
 //! retyped in `catalogue!` fails here until its row says the same.
@@ -119,6 +119,8 @@ fn type_name(cell: &str) -> &str {
 #[derive(Debug, PartialEq, Eq)]
 struct Row {
     access: String,
+    runs: String,
+    hostctl: String,
     request: String,
     response: String,
 }
@@ -128,9 +130,11 @@ fn the_command_table_in_protocol_md_matches_the_catalogue() {
     let doc = protocol_md();
     let lines = section(&doc, SECTION);
     let table = first_table(&lines);
-    let (name, access, request, response) = (
+    let (name, access, runs, hostctl, request, response) = (
         table.column("command"),
         table.column("access"),
+        table.column("runs"),
+        table.column("hostctl"),
         table.column("request"),
         table.column("response"),
     );
@@ -142,6 +146,8 @@ fn the_command_table_in_protocol_md_matches_the_catalogue() {
         let command = code(cell(name)).to_owned();
         let row = Row {
             access: code(cell(access)).to_owned(),
+            runs: cell(runs).to_owned(),
+            hostctl: code(cell(hostctl)).to_owned(),
             request: type_name(cell(request)).to_owned(),
             response: type_name(cell(response)).to_owned(),
         };
@@ -153,13 +159,21 @@ fn the_command_table_in_protocol_md_matches_the_catalogue() {
     for c in COMMANDS {
         let expected = Row {
             access: c.access.as_str().to_owned(),
+            runs: c.run.as_str().to_owned(),
+            hostctl: c.cli.to_owned(),
             request: c.request.to_owned(),
             response: c.response.to_owned(),
         };
         match documented.remove(c.name) {
             None => problems.push(format!(
-                "`{}` is missing: add | `{}` | {} | `{}` | `{}` |",
-                c.name, c.name, expected.access, expected.request, expected.response
+                "`{}` is missing: add | `{}` | {} | {} | `{}` | `{}` | `{}` |",
+                c.name,
+                c.name,
+                expected.access,
+                expected.runs,
+                expected.hostctl,
+                expected.request,
+                expected.response
             )),
             Some(row) if row != expected => problems.push(format!(
                 "`{}` says {row:?}, the catalogue {expected:?}",
