@@ -113,7 +113,8 @@ impl FromStr for VolumeAt {
 
     fn from_str(arg: &str) -> Result<Self, String> {
         let (host, rest) = split(arg, "POOL/VOLUME")?;
-        let (pool, volume) = split(rest, "VOLUME")?;
+        let (pool, volume) =
+            split(rest, "VOLUME").map_err(|_| format!("expected HOST/POOL/VOLUME, got `{arg}`"))?;
         Ok(Self {
             pool: At {
                 host: host.to_owned(),

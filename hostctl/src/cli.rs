@@ -2,6 +2,7 @@
 //! Arguments are parsed into typed values here (`HOST/VM` into [`At`],
 //! states and modes into enums), so the commands never split or match
 //! strings themselves; a malformed argument is a usage error (exit 2).
+//! Where a flag's help already names its values, clap's list is hidden.
 
 use std::path::PathBuf;
 
@@ -269,7 +270,7 @@ pub(crate) struct VmCreate {
     #[arg(long = "cdrom", value_parser = crate::args::cdrom)]
     pub(crate) cdroms: Vec<DiskSource>,
     /// Boot order, comma-separated: disk, cdrom, network (default: disk).
-    #[arg(long, value_delimiter = ',', value_enum)]
+    #[arg(long, value_delimiter = ',', value_enum, hide_possible_values = true)]
     pub(crate) boot: Vec<Boot>,
     /// Boot this kernel (a path on the host) directly.
     #[arg(long)]
@@ -282,7 +283,7 @@ pub(crate) struct VmCreate {
     pub(crate) cmdline: Option<String>,
     /// host-model, host-passthrough, maximum or hypervisor-default
     /// (default: the host's choice, host-model on KVM, maximum under TCG).
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, hide_possible_values = true)]
     pub(crate) cpu_mode: Option<Cpu>,
     /// Network name. Repeat.
     #[arg(long = "network")]
@@ -400,7 +401,7 @@ pub(crate) enum VolumeCmd {
         /// Size, GiB.
         #[arg(long)]
         size: u64,
-        #[arg(long, value_enum, default_value = "qcow2")]
+        #[arg(long, value_enum, default_value = "qcow2", hide_possible_values = true)]
         format: VolumeFormat,
     },
     /// Deletes HOST/POOL/VOLUME.
@@ -445,7 +446,7 @@ pub(crate) enum NetworkCmd {
         #[arg(long)]
         bridge: Option<String>,
         /// isolated, nat, route, bridge, open.
-        #[arg(long, value_enum, default_value = "nat")]
+        #[arg(long, value_enum, default_value = "nat", hide_possible_values = true)]
         forward: Forward,
         /// Host address with prefix, e.g. 192.168.150.1/24.
         #[arg(long, value_parser = crate::args::cidr)]

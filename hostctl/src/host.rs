@@ -15,39 +15,36 @@ pub(crate) async fn hosts(ctx: &Ctx, listen_ms: u64) -> Res<()> {
         );
     }
     let hosts = p.hosts();
-    ctx.show(&hosts, |hs| {
-        table(
-            &[
-                "HOST",
-                "STATE",
-                "HEALTH",
-                "LABELS",
-                "VMS_ACTIVE",
-                "IN_FLIGHT",
-                "LAST_SEEN",
-                "AGENT",
-                "EPOCH",
-            ],
-            hs.iter()
-                .map(|h| {
-                    vec![
-                        h.host_id.clone(),
-                        format!("{:?}", h.liveness).to_lowercase(),
-                        h.health.status.to_string(),
-                        h.labels.join(","),
-                        h.load.vms_active.to_string(),
-                        h.load.in_flight.to_string(),
-                        h.last_seen_ms.map_or_else(
-                            || format!(">{}s", p.lookback().as_secs()),
-                            |ms| format!("{:.1}s", ms as f64 / 1000.0),
-                        ),
-                        h.versions.agent.clone(),
-                        h.epoch.to_string(),
-                    ]
-                })
-                .collect(),
-        )
-    })
+    ctx.list(
+        &hosts,
+        &[
+            "HOST",
+            "STATE",
+            "HEALTH",
+            "LABELS",
+            "VMS_ACTIVE",
+            "IN_FLIGHT",
+            "LAST_SEEN",
+            "AGENT",
+            "EPOCH",
+        ],
+        |h| {
+            vec![
+                h.host_id.clone(),
+                format!("{:?}", h.liveness).to_lowercase(),
+                h.health.status.to_string(),
+                h.labels.join(","),
+                h.load.vms_active.to_string(),
+                h.load.in_flight.to_string(),
+                h.last_seen_ms.map_or_else(
+                    || format!(">{}s", p.lookback().as_secs()),
+                    |ms| format!("{:.1}s", ms as f64 / 1000.0),
+                ),
+                h.versions.agent.clone(),
+                h.epoch.to_string(),
+            ]
+        },
+    )
 }
 
 /// `hostctl ping HOST`: the round trip to its agent.

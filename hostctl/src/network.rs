@@ -3,7 +3,7 @@
 use hostbus_client::protocol::types::{IpSpec, NetworkSpec};
 
 use crate::cli::NetworkCmd;
-use crate::output::{print_json, table, Ctx, Res};
+use crate::output::{print_json, Ctx, Res};
 
 /// `hostctl network ...`.
 pub(crate) async fn run(ctx: &Ctx, cmd: NetworkCmd) -> Res<()> {
@@ -11,24 +11,21 @@ pub(crate) async fn run(ctx: &Ctx, cmd: NetworkCmd) -> Res<()> {
     match cmd {
         NetworkCmd::List { host } => {
             let nets = c.host(&host).networks().await?;
-            ctx.show(&nets, |ns| {
-                table(
-                    &["NAME", "ACTIVE", "FORWARD", "BRIDGE", "ADDRESS"],
-                    ns.iter()
-                        .map(|n| {
-                            vec![
-                                n.name.clone(),
-                                n.active.to_string(),
-                                n.forward.to_string(),
-                                n.bridge.clone().unwrap_or_default(),
-                                n.ip.as_ref()
-                                    .map(|i| format!("{}/{}", i.address, i.prefix))
-                                    .unwrap_or_default(),
-                            ]
-                        })
-                        .collect(),
-                )
-            })
+            ctx.list(
+                &nets,
+                &["NAME", "ACTIVE", "FORWARD", "BRIDGE", "ADDRESS"],
+                |n| {
+                    vec![
+                        n.name.clone(),
+                        n.active.to_string(),
+                        n.forward.to_string(),
+                        n.bridge.clone().unwrap_or_default(),
+                        n.ip.as_ref()
+                            .map(|i| format!("{}/{}", i.address, i.prefix))
+                            .unwrap_or_default(),
+                    ]
+                },
+            )
         }
         NetworkCmd::Get { network } => print_json(&network.on(c).get().await?),
         NetworkCmd::Create {

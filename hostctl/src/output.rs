@@ -85,6 +85,18 @@ impl Ctx {
         }
     }
 
+    /// A list: a JSON array, or a table with a row per item.
+    pub(crate) fn list<T: Serialize>(
+        &self,
+        items: &[T],
+        headers: &[&str],
+        row: impl Fn(&T) -> Vec<String>,
+    ) -> Res<()> {
+        self.show(&items, |items| {
+            table(headers, items.iter().map(row).collect())
+        })
+    }
+
     /// `{"deleted": name}`, or `<what> <name> deleted`.
     pub(crate) fn deleted(&self, what: &str, name: &str) -> Res<()> {
         self.show(&serde_json::json!({ "deleted": name }), |_| {

@@ -3,7 +3,7 @@
 use hostbus_client::protocol::types::{PoolKind, PoolSpec, VolumeSpec};
 
 use crate::cli::{PoolCmd, VolumeCmd};
-use crate::output::{gib, print_json, table, Ctx, Res};
+use crate::output::{gib, print_json, Ctx, Res};
 
 /// `hostctl pool ...`.
 pub(crate) async fn pool(ctx: &Ctx, cmd: PoolCmd) -> Res<()> {
@@ -11,32 +11,29 @@ pub(crate) async fn pool(ctx: &Ctx, cmd: PoolCmd) -> Res<()> {
     match cmd {
         PoolCmd::List { host } => {
             let pools = c.host(&host).pools().await?;
-            ctx.show(&pools, |ps| {
-                table(
-                    &[
-                        "NAME",
-                        "STATE",
-                        "KIND",
-                        "VOLUMES",
-                        "CAPACITY_GIB",
-                        "AVAILABLE_GIB",
-                        "PATH",
-                    ],
-                    ps.iter()
-                        .map(|p| {
-                            vec![
-                                p.name.clone(),
-                                p.state.to_string(),
-                                p.kind.to_string(),
-                                p.volumes.to_string(),
-                                gib(p.capacity_bytes),
-                                gib(p.available_bytes),
-                                p.target_path.clone().unwrap_or_default(),
-                            ]
-                        })
-                        .collect(),
-                )
-            })
+            ctx.list(
+                &pools,
+                &[
+                    "NAME",
+                    "STATE",
+                    "KIND",
+                    "VOLUMES",
+                    "CAPACITY_GIB",
+                    "AVAILABLE_GIB",
+                    "PATH",
+                ],
+                |p| {
+                    vec![
+                        p.name.clone(),
+                        p.state.to_string(),
+                        p.kind.to_string(),
+                        p.volumes.to_string(),
+                        gib(p.capacity_bytes),
+                        gib(p.available_bytes),
+                        p.target_path.clone().unwrap_or_default(),
+                    ]
+                },
+            )
         }
         PoolCmd::Get { pool } => print_json(&pool.on(c).get().await?),
         PoolCmd::Create {
@@ -84,22 +81,19 @@ pub(crate) async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Res<()> {
     match cmd {
         VolumeCmd::List { pool } => {
             let vols = pool.on(c).volumes().await?;
-            ctx.show(&vols, |vs| {
-                table(
-                    &["NAME", "FORMAT", "CAPACITY_GIB", "ALLOCATION_GIB", "PATH"],
-                    vs.iter()
-                        .map(|v| {
-                            vec![
-                                v.name.clone(),
-                                v.format.to_string(),
-                                gib(v.capacity_bytes),
-                                gib(v.allocation_bytes),
-                                v.path.clone(),
-                            ]
-                        })
-                        .collect(),
-                )
-            })
+            ctx.list(
+                &vols,
+                &["NAME", "FORMAT", "CAPACITY_GIB", "ALLOCATION_GIB", "PATH"],
+                |v| {
+                    vec![
+                        v.name.clone(),
+                        v.format.to_string(),
+                        gib(v.capacity_bytes),
+                        gib(v.allocation_bytes),
+                        v.path.clone(),
+                    ]
+                },
+            )
         }
         VolumeCmd::Create {
             pool,

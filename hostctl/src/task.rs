@@ -7,7 +7,7 @@ use futures_lite::StreamExt;
 use hostbus_client::{Notification, SubscribeOptions};
 
 use crate::cli::{EventsArgs, Output, TaskCmd};
-use crate::output::{print_json, table, task_outcome, Ctx, Progress, Res};
+use crate::output::{print_json, task_outcome, Ctx, Progress, Res};
 
 /// `hostctl task ...`.
 pub(crate) async fn run(ctx: &Ctx, cmd: TaskCmd) -> Res<()> {
@@ -15,22 +15,19 @@ pub(crate) async fn run(ctx: &Ctx, cmd: TaskCmd) -> Res<()> {
     match cmd {
         TaskCmd::List { host } => {
             let tasks = c.host(&host).tasks(None).await?;
-            ctx.show(&tasks, |ts| {
-                table(
-                    &["ID", "COMMAND", "STATUS", "PROGRESS", "OBJECT"],
-                    ts.iter()
-                        .map(|t| {
-                            vec![
-                                t.id.to_string(),
-                                t.command.clone(),
-                                t.status.to_string(),
-                                format!("{}%", t.progress),
-                                t.object.as_ref().map(|o| o.id.clone()).unwrap_or_default(),
-                            ]
-                        })
-                        .collect(),
-                )
-            })
+            ctx.list(
+                &tasks,
+                &["ID", "COMMAND", "STATUS", "PROGRESS", "OBJECT"],
+                |t| {
+                    vec![
+                        t.id.to_string(),
+                        t.command.clone(),
+                        t.status.to_string(),
+                        format!("{}%", t.progress),
+                        t.object.as_ref().map(|o| o.id.clone()).unwrap_or_default(),
+                    ]
+                },
+            )
         }
         TaskCmd::Get { host, id } => print_json(&c.host(&host).task(id).get().await?),
         TaskCmd::Wait { host, id } => {

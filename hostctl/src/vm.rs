@@ -410,22 +410,19 @@ pub(crate) async fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Res<()> {
     match cmd {
         SnapshotCmd::List { vm } => {
             let snaps = vm.on(c).snapshots().await?;
-            ctx.show(&snaps, |ss| {
-                table(
-                    &["NAME", "VM_STATE", "CURRENT", "PARENT", "DESCRIPTION"],
-                    ss.iter()
-                        .map(|s| {
-                            vec![
-                                s.name.clone(),
-                                s.vm_power_state.to_string(),
-                                s.current.to_string(),
-                                s.parent.clone().unwrap_or_default(),
-                                s.description.clone(),
-                            ]
-                        })
-                        .collect(),
-                )
-            })
+            ctx.list(
+                &snaps,
+                &["NAME", "VM_STATE", "CURRENT", "PARENT", "DESCRIPTION"],
+                |s| {
+                    vec![
+                        s.name.clone(),
+                        s.vm_power_state.to_string(),
+                        s.current.to_string(),
+                        s.parent.clone().unwrap_or_default(),
+                        s.description.clone(),
+                    ]
+                },
+            )
         }
         SnapshotCmd::Create {
             vm,
