@@ -6,16 +6,13 @@ use std::time::Duration;
 
 use hostbus_client::protocol::commands::{VmList, VmListRequest};
 use hostbus_client::protocol::names::Target;
-use hostbus_client::{Client, ClientConfig};
+
+mod common;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let url = args
-        .next()
-        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5682/%2f".into());
+    let (client, mut args) = common::connect().await?;
     let target = args.next().map_or(Target::All, Target::Group);
-    let client = Client::connect(ClientConfig::new(url)).await?;
     // The fleet view (read from the broker at once) tells who is expected:
     // the broadcast returns when every alive host answered, and names
     // every expected host that did not, the dead ones too.

@@ -6,18 +6,16 @@
 use std::time::Duration;
 
 use hostbus_client::protocol::commands::{HostPing, Ping};
-use hostbus_client::{CallOptions, Client, ClientConfig, ErrorKind};
+use hostbus_client::{CallOptions, ErrorKind};
+
+mod common;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let url = args
-        .next()
-        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5682/%2f".into());
+    let (client, mut args) = common::connect().await?;
     let host = args.next().unwrap_or_else(|| "h1".into());
     let vm_name = args.next().unwrap_or_else(|| "db01".into());
 
-    let client = Client::connect(ClientConfig::new(url)).await?;
     // Any command of the catalogue, with explicit options.
     let pong = client
         .call_with::<HostPing>(

@@ -7,21 +7,19 @@
 //! `cargo run -p hostbus-client --example events -- amqp://guest:guest@127.0.0.1:5682/%2f '*.vm.*' [offset]`
 
 use futures_lite::StreamExt;
-use hostbus_client::{Client, ClientConfig, Notification, StartAt, SubscribeOptions};
+use hostbus_client::{Notification, StartAt, SubscribeOptions};
+
+mod common;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let url = args
-        .next()
-        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5682/%2f".into());
+    let (client, mut args) = common::connect().await?;
     let pattern = args.next().unwrap_or_else(|| "*.vm.*".into());
     // Resume after a stored position, or start with the next event.
     let from = match args.next().and_then(|o| o.parse::<u64>().ok()) {
         Some(last) => StartAt::Offset(last + 1),
         None => StartAt::Next,
     };
-    let client = Client::connect(ClientConfig::new(url)).await?;
     let mut events = client
         .subscribe(
             &[pattern.as_str()],

@@ -5,14 +5,11 @@
 
 use std::time::Duration;
 
-use hostbus_client::{Client, ClientConfig};
+mod common;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5682/%2f".into());
-    let client = Client::connect(ClientConfig::new(url)).await?;
+    let (client, _) = common::connect().await?;
     let presence = client.presence().await?;
     for round in 0..3 {
         if round > 0 {

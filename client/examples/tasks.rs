@@ -8,16 +8,13 @@ use std::time::Duration;
 use hostbus_client::protocol::types::{
     DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, VmSpec,
 };
-use hostbus_client::{Client, ClientConfig};
+
+mod common;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let url = args
-        .next()
-        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5682/%2f".into());
+    let (client, mut args) = common::connect().await?;
     let host = args.next().unwrap_or_else(|| "h1".into());
-    let client = Client::connect(ClientConfig::new(url)).await?;
     let spec = VmSpec {
         name: format!("example-{}", std::process::id()),
         uuid: None,

@@ -27,14 +27,14 @@ use futures_lite::{Stream, StreamExt};
 use hostbus_protocol::commands::{Empty, HostSnapshot};
 use hostbus_protocol::names::EVENT_STREAM;
 use hostbus_protocol::types::{Inventory, ObjectClass};
-use hostbus_protocol::{decode, ContentType, Event, EventAction};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use hostbus_protocol::{decode, Event, EventAction};
+use lapin::options::{BasicAckOptions, BasicQosOptions};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::client::Client;
 use crate::error::{ClientError, ErrorKind};
+use crate::stream::{self, content_type, offset_of};
 
 /// Where a subscription starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -294,15 +294,6 @@ impl Follow {
     }
 }
 
-fn offset_of(d: &lapin::message::Delivery) -> Option<u64> {
-    let headers = d.properties.headers().as_ref()?;
-    match headers.inner().get("x-stream-offset")? {
-        AMQPValue::LongLongInt(o) => u64::try_from(*o).ok(),
-        AMQPValue::LongUInt(o) => Some(u64::from(*o)),
-        _ => None,
-    }
-}
-
 /// Opens a connection and a consumer on the event stream at `from`.
 async fn open(
     client: &Client,
@@ -312,31 +303,12 @@ async fn open(
     let ch = conn.create_channel().await?;
     ch.basic_qos(500, BasicQosOptions::default()).await?;
     let offset = match from {
-        StartAt::Next => AMQPValue::LongString(LongString::from("next".as_bytes())),
-        StartAt::First => AMQPValue::LongString(LongString::from("first".as_bytes())),
-        StartAt::Time(ms) => AMQPValue::Timestamp(ms / 1000),
-        StartAt::Offset(o) => AMQPValue::LongLongInt(i64::try_from(o).unwrap_or(i64::MAX)),
+        StartAt::Next => stream::named("next"),
+        StartAt::First => stream::named("first"),
+        StartAt::Time(ms) => stream::at_time(ms),
+        StartAt::Offset(o) => stream::at(o),
     };
-    let mut args = FieldTable::default();
-    args.insert("x-stream-offset".into(), offset);
-    let consumer = ch
-        .basic_consume(
-            EVENT_STREAM.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await
-        .map_err(|e| {
-            if matches!(e.kind(), lapin::ErrorKind::ProtocolError(a) if a.get_id() == 404) {
-                ClientError::new(
-                    ErrorKind::NotFound,
-                    format!("the event stream {EVENT_STREAM} does not exist: agents of this version declare it, or an administrator runs `hostctl admin setup`"),
-                )
-            } else {
-                e.into()
-            }
-        })?;
+    let consumer = stream::consume(&ch, EVENT_STREAM, offset).await?;
     Ok((conn, ch, consumer))
 }
 
@@ -434,11 +406,7 @@ impl Client {
                     if let Some(o) = offset {
                         asked = Some(o + 1);
                     }
-                    let ct = ContentType::parse(
-                        d.properties.content_type().as_ref().map(|c| c.as_str()),
-                    )
-                    .unwrap_or_default();
-                    match decode::<Event>(ct, &d.data, 64 << 20) {
+                    match decode::<Event>(content_type(&d), &d.data, 64 << 20) {
                         Ok(ev) => {
                             if !follow.event(ev, offset).await {
                                 return;

@@ -15,6 +15,20 @@ use uuid::Uuid;
 use crate::client::Client;
 use crate::error::{ClientError, ErrorKind};
 
+/// Methods that each send one command whose request the handle makes
+/// itself (through its `call`), returning the command's response:
+/// `/// doc` `name -> Response = Command;`.
+macro_rules! calls {
+    ($($(#[$doc:meta])* $method:ident -> $ret:ty = $cmd:ty;)*) => {
+        $(
+            $(#[$doc])*
+            pub async fn $method(&self) -> Result<$ret, ClientError> {
+                self.call::<$cmd>().await
+            }
+        )*
+    };
+}
+
 /// One host.
 #[derive(Clone)]
 pub struct Host {
@@ -152,6 +166,12 @@ impl Host {
     }
 }
 
+fn object_name(name: &str) -> ObjectName {
+    ObjectName {
+        name: name.to_owned(),
+    }
+}
+
 #[derive(Clone)]
 enum VmKey {
     Uuid(Uuid),
@@ -170,149 +190,117 @@ impl Vm {
     pub async fn uuid(&self) -> Result<Uuid, ClientError> {
         match &self.key {
             VmKey::Uuid(u) => Ok(*u),
-            VmKey::Name(n) => Ok(self
-                .host
-                .call::<VmGetByName>(ObjectName { name: n.clone() })
-                .await?
-                .uuid),
+            VmKey::Name(n) => Ok(self.host.call::<VmGetByName>(object_name(n)).await?.uuid),
         }
     }
 
-    async fn op<C: Command<Request = VmUuid>>(&self) -> Result<C::Response, ClientError> {
+    /// Calls `C` with the request `request` makes of this VM's uuid.
+    async fn call_on<C: Command>(
+        &self,
+        request: impl FnOnce(Uuid) -> C::Request,
+    ) -> Result<C::Response, ClientError> {
         let uuid = self.uuid().await?;
-        self.host.call::<C>(VmUuid { uuid }).await
+        self.host.call::<C>(request(uuid)).await
+    }
+
+    async fn call<C: Command<Request = VmUuid>>(&self) -> Result<C::Response, ClientError> {
+        self.call_on::<C>(|uuid| VmUuid { uuid }).await
     }
 
     /// `vm.get` (or `vm.get_by_name`).
     pub async fn get(&self) -> Result<VmRecord, ClientError> {
         match &self.key {
             VmKey::Uuid(u) => self.host.call::<VmGet>(VmUuid { uuid: *u }).await,
-            VmKey::Name(n) => {
-                self.host
-                    .call::<VmGetByName>(ObjectName { name: n.clone() })
-                    .await
-            }
+            VmKey::Name(n) => self.host.call::<VmGetByName>(object_name(n)).await,
         }
     }
     /// `vm.start`.
     pub async fn start(&self) -> Result<VmRecord, ClientError> {
-        let uuid = self.uuid().await?;
-        self.host
-            .call::<VmStart>(VmStartRequest {
-                uuid,
-                paused: false,
-            })
-            .await
+        self.call_on::<VmStart>(|uuid| VmStartRequest {
+            uuid,
+            paused: false,
+        })
+        .await
     }
     /// `vm.start` with vCPUs paused.
     pub async fn start_paused(&self) -> Result<VmRecord, ClientError> {
-        let uuid = self.uuid().await?;
-        self.host
-            .call::<VmStart>(VmStartRequest { uuid, paused: true })
+        self.call_on::<VmStart>(|uuid| VmStartRequest { uuid, paused: true })
             .await
     }
     /// `vm.shutdown`: asks the guest, waits up to `timeout`, forces off after it when `force`.
     pub async fn shutdown(&self, timeout: Duration, force: bool) -> Result<VmRecord, ClientError> {
-        let uuid = self.uuid().await?;
         let timeout_s = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX);
-        self.host
-            .call::<VmShutdown>(VmShutdownRequest {
-                uuid,
-                timeout_s,
-                force,
-            })
-            .await
+        self.call_on::<VmShutdown>(|uuid| VmShutdownRequest {
+            uuid,
+            timeout_s,
+            force,
+        })
+        .await
     }
-    /// `vm.destroy`.
-    pub async fn destroy(&self) -> Result<VmRecord, ClientError> {
-        self.op::<VmDestroy>().await
-    }
-    /// `vm.reboot`.
-    pub async fn reboot(&self) -> Result<VmRecord, ClientError> {
-        self.op::<VmReboot>().await
-    }
-    /// `vm.reset`.
-    pub async fn reset(&self) -> Result<VmRecord, ClientError> {
-        self.op::<VmReset>().await
-    }
-    /// `vm.pause`.
-    pub async fn pause(&self) -> Result<VmRecord, ClientError> {
-        self.op::<VmPause>().await
-    }
-    /// `vm.resume`.
-    pub async fn resume(&self) -> Result<VmRecord, ClientError> {
-        self.op::<VmResume>().await
-    }
-    /// `vm.suspend`.
-    pub async fn suspend(&self) -> Result<VmRecord, ClientError> {
-        self.op::<VmSuspend>().await
-    }
-    /// `vm.stats`.
-    pub async fn stats(&self) -> Result<VmStats, ClientError> {
-        self.op::<VmStatsGet>().await
+    calls! {
+        /// `vm.destroy`.
+        destroy -> VmRecord = VmDestroy;
+        /// `vm.reboot`.
+        reboot -> VmRecord = VmReboot;
+        /// `vm.reset`.
+        reset -> VmRecord = VmReset;
+        /// `vm.pause`.
+        pause -> VmRecord = VmPause;
+        /// `vm.resume`.
+        resume -> VmRecord = VmResume;
+        /// `vm.suspend`.
+        suspend -> VmRecord = VmSuspend;
+        /// `vm.stats`.
+        stats -> VmStats = VmStatsGet;
     }
     /// `vm.set_memory`.
     pub async fn set_memory(&self, memory_kib: u64) -> Result<VmRecord, ClientError> {
-        let uuid = self.uuid().await?;
-        self.host
-            .call::<VmSetMemory>(VmSetMemoryRequest { uuid, memory_kib })
+        self.call_on::<VmSetMemory>(|uuid| VmSetMemoryRequest { uuid, memory_kib })
             .await
     }
     /// `vm.set_vcpus`.
     pub async fn set_vcpus(&self, vcpus: u32) -> Result<VmRecord, ClientError> {
-        let uuid = self.uuid().await?;
-        self.host
-            .call::<VmSetVcpus>(VmSetVcpusRequest { uuid, vcpus })
+        self.call_on::<VmSetVcpus>(|uuid| VmSetVcpusRequest { uuid, vcpus })
             .await
     }
     /// `vm.attach_disk`.
     pub async fn attach_disk(&self, disk: DiskSpec) -> Result<VmRecord, ClientError> {
-        let uuid = self.uuid().await?;
-        self.host
-            .call::<VmAttachDisk>(VmAttachDiskRequest { uuid, disk })
+        self.call_on::<VmAttachDisk>(|uuid| VmAttachDiskRequest { uuid, disk })
             .await
     }
     /// `vm.detach_disk`.
     pub async fn detach_disk(&self, target: &str) -> Result<VmRecord, ClientError> {
-        let uuid = self.uuid().await?;
-        self.host
-            .call::<VmDetachDisk>(VmDetachDiskRequest {
-                uuid,
-                target: target.to_owned(),
-            })
-            .await
+        self.call_on::<VmDetachDisk>(|uuid| VmDetachDiskRequest {
+            uuid,
+            target: target.to_owned(),
+        })
+        .await
     }
     /// `vm.attach_nic`.
     pub async fn attach_nic(&self, nic: NicSpec) -> Result<VmRecord, ClientError> {
-        let uuid = self.uuid().await?;
-        self.host
-            .call::<VmAttachNic>(VmAttachNicRequest { uuid, nic })
+        self.call_on::<VmAttachNic>(|uuid| VmAttachNicRequest { uuid, nic })
             .await
     }
     /// `vm.detach_nic`.
     pub async fn detach_nic(&self, mac: &str) -> Result<VmRecord, ClientError> {
-        let uuid = self.uuid().await?;
-        self.host
-            .call::<VmDetachNic>(VmDetachNicRequest {
-                uuid,
-                mac: mac.to_owned(),
-            })
-            .await
+        self.call_on::<VmDetachNic>(|uuid| VmDetachNicRequest {
+            uuid,
+            mac: mac.to_owned(),
+        })
+        .await
     }
     /// `vm.undefine`.
     pub async fn undefine(&self, remove_storage: bool) -> Result<(), ClientError> {
-        let uuid = self.uuid().await?;
-        self.host
-            .call::<VmUndefine>(VmUndefineRequest {
-                uuid,
-                remove_storage,
-            })
-            .await
-            .map(|_| ())
+        self.call_on::<VmUndefine>(|uuid| VmUndefineRequest {
+            uuid,
+            remove_storage,
+        })
+        .await
+        .map(|_| ())
     }
     /// `snapshot.list`.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotRecord>, ClientError> {
-        Ok(self.op::<SnapshotList>().await?.snapshots)
+        Ok(self.call::<SnapshotList>().await?.snapshots)
     }
     /// `snapshot.create`.
     pub async fn snapshot(
@@ -320,70 +308,81 @@ impl Vm {
         name: &str,
         description: &str,
     ) -> Result<SnapshotRecord, ClientError> {
-        let vm = self.uuid().await?;
-        self.host
-            .call::<SnapshotCreate>(SnapshotCreateRequest {
-                vm,
-                name: name.to_owned(),
-                description: description.to_owned(),
-            })
-            .await
+        self.call_on::<SnapshotCreate>(|vm| SnapshotCreateRequest {
+            vm,
+            name: name.to_owned(),
+            description: description.to_owned(),
+        })
+        .await
     }
     /// `snapshot.revert`.
     pub async fn revert(&self, name: &str) -> Result<VmRecord, ClientError> {
-        let vm = self.uuid().await?;
-        self.host
-            .call::<SnapshotRevert>(SnapshotRef {
-                vm,
-                name: name.to_owned(),
-            })
-            .await
+        self.call_on::<SnapshotRevert>(|vm| SnapshotRef {
+            vm,
+            name: name.to_owned(),
+        })
+        .await
     }
     /// `snapshot.delete`.
     pub async fn delete_snapshot(&self, name: &str) -> Result<(), ClientError> {
-        let vm = self.uuid().await?;
-        self.host
-            .call::<SnapshotDelete>(SnapshotRef {
-                vm,
-                name: name.to_owned(),
-            })
-            .await
-            .map(|_| ())
+        self.call_on::<SnapshotDelete>(|vm| SnapshotRef {
+            vm,
+            name: name.to_owned(),
+        })
+        .await
+        .map(|_| ())
     }
 }
 
-/// One storage pool.
-#[derive(Clone)]
-pub struct Pool {
-    host: Host,
-    name: String,
+/// A handle on an object its host knows by name: the struct, `call` for
+/// the commands whose request is that name, and `undefine`.
+macro_rules! named {
+    ($(#[$doc:meta])* $handle:ident, $undefine:ty, $wire:literal) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $handle {
+            host: Host,
+            name: String,
+        }
+
+        impl $handle {
+            async fn call<C: Command<Request = ObjectName>>(
+                &self,
+            ) -> Result<C::Response, ClientError> {
+                self.host.call::<C>(object_name(&self.name)).await
+            }
+
+            #[doc = concat!("`", $wire, "`.")]
+            pub async fn undefine(&self) -> Result<(), ClientError> {
+                self.call::<$undefine>().await.map(|_| ())
+            }
+        }
+    };
 }
+
+named!(
+    /// One storage pool.
+    Pool,
+    PoolUndefine,
+    "pool.undefine"
+);
+named!(
+    /// One virtual network.
+    Network,
+    NetworkUndefine,
+    "network.undefine"
+);
 
 impl Pool {
-    fn req(&self) -> ObjectName {
-        ObjectName {
-            name: self.name.clone(),
-        }
-    }
-    /// `pool.get`.
-    pub async fn get(&self) -> Result<PoolRecord, ClientError> {
-        self.host.call::<PoolGet>(self.req()).await
-    }
-    /// `pool.start`.
-    pub async fn start(&self) -> Result<PoolRecord, ClientError> {
-        self.host.call::<PoolStart>(self.req()).await
-    }
-    /// `pool.stop`.
-    pub async fn stop(&self) -> Result<PoolRecord, ClientError> {
-        self.host.call::<PoolStop>(self.req()).await
-    }
-    /// `pool.refresh`.
-    pub async fn refresh(&self) -> Result<PoolRecord, ClientError> {
-        self.host.call::<PoolRefresh>(self.req()).await
-    }
-    /// `pool.undefine`.
-    pub async fn undefine(&self) -> Result<(), ClientError> {
-        self.host.call::<PoolUndefine>(self.req()).await.map(|_| ())
+    calls! {
+        /// `pool.get`.
+        get -> PoolRecord = PoolGet;
+        /// `pool.start`.
+        start -> PoolRecord = PoolStart;
+        /// `pool.stop`.
+        stop -> PoolRecord = PoolStop;
+        /// `pool.refresh`.
+        refresh -> PoolRecord = PoolRefresh;
     }
     /// `volume.list`.
     pub async fn volumes(&self) -> Result<Vec<VolumeRecord>, ClientError> {
@@ -453,37 +452,14 @@ impl Pool {
     }
 }
 
-/// One virtual network.
-#[derive(Clone)]
-pub struct Network {
-    host: Host,
-    name: String,
-}
-
 impl Network {
-    fn req(&self) -> ObjectName {
-        ObjectName {
-            name: self.name.clone(),
-        }
-    }
-    /// `network.get`.
-    pub async fn get(&self) -> Result<NetworkRecord, ClientError> {
-        self.host.call::<NetworkGet>(self.req()).await
-    }
-    /// `network.start`.
-    pub async fn start(&self) -> Result<NetworkRecord, ClientError> {
-        self.host.call::<NetworkStart>(self.req()).await
-    }
-    /// `network.stop`.
-    pub async fn stop(&self) -> Result<NetworkRecord, ClientError> {
-        self.host.call::<NetworkStop>(self.req()).await
-    }
-    /// `network.undefine`.
-    pub async fn undefine(&self) -> Result<(), ClientError> {
-        self.host
-            .call::<NetworkUndefine>(self.req())
-            .await
-            .map(|_| ())
+    calls! {
+        /// `network.get`.
+        get -> NetworkRecord = NetworkGet;
+        /// `network.start`.
+        start -> NetworkRecord = NetworkStart;
+        /// `network.stop`.
+        stop -> NetworkRecord = NetworkStop;
     }
 }
 
@@ -499,13 +475,14 @@ impl Task {
     pub fn id(&self) -> Uuid {
         self.id
     }
-    /// `task.get`.
-    pub async fn get(&self) -> Result<TaskRecord, ClientError> {
-        self.host.call::<TaskGet>(TaskId { id: self.id }).await
+    async fn call<C: Command<Request = TaskId>>(&self) -> Result<C::Response, ClientError> {
+        self.host.call::<C>(TaskId { id: self.id }).await
     }
-    /// `task.cancel`.
-    pub async fn cancel(&self) -> Result<TaskRecord, ClientError> {
-        self.host.call::<TaskCancel>(TaskId { id: self.id }).await
+    calls! {
+        /// `task.get`.
+        get -> TaskRecord = TaskGet;
+        /// `task.cancel`.
+        cancel -> TaskRecord = TaskCancel;
     }
     /// Waits until the task finishes, calling `progress` on every change,
     /// and returns the final record (whatever its status).

@@ -21,13 +21,20 @@
 //!
 //! Runnable examples live in `client/examples/`.
 
+mod admin;
+mod broadcast;
 mod client;
+mod config;
+mod connection;
 mod error;
 mod events;
 mod handles;
 mod presence;
+mod stream;
 
-pub use client::{Broadcast, CallOptions, Client, ClientConfig};
+pub use broadcast::Broadcast;
+pub use client::Client;
+pub use config::{CallOptions, ClientConfig};
 pub use error::{ClientError, ErrorKind};
 pub use events::{
     topic_matches, Notification, ResyncReason, StartAt, SubscribeOptions, Subscription,

@@ -17,7 +17,7 @@ pub fn hostctl_binary() -> Result<PathBuf> {
         blocking(|| {
             let agent = crate::agent::agent_binary().map_err(|e| e.to_string())?;
             let mut cmd = crate::agent::cargo();
-            cmd.args(["build", "-q", "-p", "hostbus-client", "--bin", "hostctl"])
+            cmd.args(["build", "-q", "-p", "hostctl", "--bin", "hostctl"])
                 .current_dir(workspace_dir());
             // The same target folder and profile as the agent the harness built.
             if let Some(profile_dir) = agent.parent() {

@@ -1,6 +1,7 @@
 //! Enforces the crate boundaries of DESIGN.md from `cargo metadata`: the
 //! protocol is a leaf, the bridge knows no AMQP or async runtime, the client
-//! never pulls in libvirt, the bridge or the agent.
+//! never pulls in libvirt, the bridge or the agent, nor (being a library a
+//! manager embeds) the CLI's crates; `hostctl` is a client like any other.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -97,6 +98,7 @@ fn protocol_is_a_leaf() {
             "hostbus-bridge",
             "hostbus-agent",
             "hostbus-client",
+            "hostctl",
         ],
     );
 }
@@ -115,6 +117,7 @@ fn bridge_knows_no_amqp_and_no_async_runtime() {
             "async-std",
             "hostbus-agent",
             "hostbus-client",
+            "hostctl",
         ],
     );
 }
@@ -125,6 +128,38 @@ fn client_builds_without_libvirt() {
     assert_forbidden(
         &c,
         "hostbus-client",
+        &[
+            "virt",
+            "virt-sys",
+            "hostbus-bridge",
+            "hostbus-agent",
+            "hostctl",
+        ],
+    );
+}
+
+#[test]
+fn the_sdk_carries_no_cli_crates() {
+    let c = dependency_closure();
+    assert_forbidden(
+        &c,
+        "hostbus-client",
+        &[
+            "clap",
+            "clap_complete",
+            "anyhow",
+            "tracing-subscriber",
+            "toml",
+        ],
+    );
+}
+
+#[test]
+fn hostctl_is_a_client_of_the_bus_only() {
+    let c = dependency_closure();
+    assert_forbidden(
+        &c,
+        "hostctl",
         &["virt", "virt-sys", "hostbus-bridge", "hostbus-agent"],
     );
 }
@@ -132,5 +167,5 @@ fn client_builds_without_libvirt() {
 #[test]
 fn agent_does_not_depend_on_the_client() {
     let c = dependency_closure();
-    assert_forbidden(&c, "hostbus-agent", &["hostbus-client"]);
+    assert_forbidden(&c, "hostbus-agent", &["hostbus-client", "hostctl"]);
 }

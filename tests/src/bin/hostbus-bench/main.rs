@@ -628,7 +628,7 @@ pub(crate) fn release_hostctl() -> std::path::PathBuf {
             "--release",
             "-q",
             "-p",
-            "hostbus-client",
+            "hostctl",
             "--bin",
             "hostctl",
         ])

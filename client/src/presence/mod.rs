@@ -1,0 +1,322 @@
+//! The fleet view: every host the broker remembers, alive, stale or gone,
+//! complete as soon as it is started, however young the process.
+//!
+//! Agents publish on the presence exchange: a roster announcement when a
+//! session starts (`<host>.online`) and at a clean stop (`<host>.offline`),
+//! and a heartbeat every interval (`<host>.heartbeat`). The broker keeps
+//! both in streams: announcements for days (`hostbus.presence.roster`),
+//! heartbeats for minutes (`hostbus.presence.beats`). A new view reads the
+//! roster from its beginning and the heartbeats of the last three intervals,
+//! so it knows every host that ever announced itself (until forgotten or
+//! past the roster's retention) and the last beat of every host alive now.
+//! To know when it has read everything the broker had, it first publishes a
+//! sync marker (`_sync.<id>`, bound to both streams) and reads until the
+//! marker comes back.
+//!
+//! A host silent for three intervals or more is stale while its agent is
+//! still connected to the broker (its command queue has a consumer: the
+//! agent is hung, or its heartbeats are delayed) and gone once it is not
+//! (it died, or it cannot reach the broker): the view asks the broker, with
+//! a passive `queue.declare`, instead of reading minutes of heartbeats. One
+//! stream chunk per heartbeat makes reading history cost per message: three
+//! intervals of a thousand hosts read in a fraction of the time ten would.
+//! The view then keeps following both streams, and asks again about hosts
+//! that fall silent.
+
+mod reader;
+mod state;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hostbus_protocol::events::{Health, Load, Versions};
+use hostbus_protocol::names::Target;
+use hostbus_protocol::now_ms;
+use hostbus_protocol::types::Timestamp;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::connection::{lock, probe, Connector};
+use crate::error::ClientError;
+use reader::{Item, Reader};
+use state::{view, State};
+
+/// How alive a host looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    /// A heartbeat arrived within three intervals.
+    Alive,
+    /// Silent for three intervals or more, but its agent is still connected
+    /// to the broker (hung, or its heartbeats are delayed); before the
+    /// broker was asked, silent for three to ten intervals.
+    Stale,
+    /// The agent said goodbye, is not connected to the broker, or has been
+    /// silent for ten intervals without the broker being asked.
+    Gone,
+}
+
+/// What presence knows of one host.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HostView {
+    /// Host id.
+    pub host_id: String,
+    /// Alive, stale or gone.
+    pub liveness: Liveness,
+    /// Whether the agent was connected to the broker when last asked (a
+    /// host is asked about once it is silent for three intervals); `None`
+    /// when it was not asked.
+    pub connected: Option<bool>,
+    /// The agent's epoch (of its latest session seen).
+    pub epoch: Uuid,
+    /// Milliseconds since the host was last heard of (its last heartbeat,
+    /// or its latest announcement); `None` when that was before the
+    /// view's look-back (see [`Presence::lookback`]): gone longer than that.
+    pub last_seen_ms: Option<u64>,
+    /// When the agent's latest session started, ms since the epoch.
+    pub started_at: Timestamp,
+    /// Heartbeat interval, ms.
+    pub interval_ms: u32,
+    /// The agent's last event sequence number (from its last heartbeat).
+    pub last_seq: u64,
+    /// Versions.
+    pub versions: Versions,
+    /// Labels.
+    pub labels: Vec<String>,
+    /// Health (from the last heartbeat; `down` when none was seen).
+    pub health: Health,
+    /// Load (from the last heartbeat).
+    pub load: Load,
+    /// Commands the agent serves (from its announcement).
+    pub capabilities: Vec<String>,
+}
+
+/// The hosts a broadcast expects, computed once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// Alive hosts the target reaches: a broadcast waits for them.
+    pub alive: Vec<String>,
+    /// Stale and gone hosts the target reaches: reported missing unless
+    /// they answer while the broadcast waits for the alive ones.
+    pub not_alive: Vec<String>,
+}
+struct Inner {
+    state: Mutex<State>,
+    lookback: Duration,
+    ready: AtomicBool,
+    ready_changed: Notify,
+}
+
+/// The fleet view. Cheap to clone; a background task with its own broker
+/// connection keeps it up to date (reconnecting on its own).
+#[derive(Clone)]
+pub struct Presence {
+    inner: Arc<Inner>,
+}
+
+/// How far back a new view reads heartbeats, at least: three default
+/// intervals and a margin (every alive host beat within it). Hosts with
+/// longer intervals lengthen it.
+const MIN_LOOKBACK: Duration = Duration::from_secs(17);
+
+/// How far back a new view reads heartbeats first: one default interval
+/// and a margin for beats that were late.
+const FIRST_LOOKBACK: Duration = Duration::from_secs(8);
+const FIRST_MARGIN_MS: u64 = 3000;
+
+/// How often a live view asks the broker about hosts that fell silent.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+impl Presence {
+    /// Starts a view and reads the broker's history; returns once the view
+    /// is complete (every host the broker remembers is in it), or after
+    /// ten seconds with what it has (then [`Presence::is_ready`] is false).
+    pub(crate) async fn start(connector: Connector) -> Result<Self, ClientError> {
+        // Every alive host beat within the last interval: read that much
+        // first (the heartbeat stream is the bulk of what a view reads).
+        let mut reader = Reader::open(&connector, FIRST_LOOKBACK).await?;
+        let (roster, beats) = reader.read_history().await?;
+        let longest = roster
+            .iter()
+            .map(|a| u64::from(a.interval_ms))
+            .chain(beats.iter().map(|b| u64::from(b.interval_ms)))
+            .max()
+            .unwrap_or(0);
+        let lookback = MIN_LOOKBACK.max(Duration::from_millis(longest.saturating_mul(3) + 2000));
+        let mut state = State::default();
+        for a in roster {
+            state.announce(a);
+        }
+        for hb in beats {
+            state.beat(hb);
+        }
+        let first = FIRST_LOOKBACK.max(Duration::from_millis(longest + FIRST_MARGIN_MS));
+        if first > FIRST_LOOKBACK {
+            // Some host beats slowly: read one of its intervals.
+            for hb in reader.read_beats_again(first).await? {
+                state.beat(hb);
+            }
+        }
+        // A host not heard from in that interval is gone unless its agent
+        // is still connected; only then does its last beat matter (alive
+        // with a beat missed, or stale), so only then is the heartbeat
+        // stream read three intervals back.
+        let first_ms = first.as_millis() as u64;
+        let unheard: Vec<String> = state
+            .hosts
+            .values()
+            .filter(|e| {
+                !e.offline
+                    && e.last
+                        .is_none_or(|t| now_ms().saturating_sub(t) >= first_ms)
+            })
+            .map(|e| e.host_id.clone())
+            .collect();
+        let answers = probe(reader.conn(), unheard).await;
+        if answers.iter().any(|(_, connected)| *connected) {
+            for hb in reader.read_beats_again(lookback).await? {
+                state.beat(hb);
+            }
+        }
+        // Every host silent for three intervals was among those asked.
+        for (host, connected) in answers {
+            if let Some(e) = state.hosts.get_mut(&host) {
+                e.connected = Some(connected);
+            }
+        }
+        let p = Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(state),
+                lookback,
+                ready: AtomicBool::new(reader.caught_up),
+                ready_changed: Notify::new(),
+            }),
+        };
+        let weak = Arc::downgrade(&p.inner);
+        tokio::spawn(async move {
+            let mut reader = reader;
+            let mut ask = tokio::time::interval(PROBE_EVERY);
+            ask.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let delivered = tokio::select! {
+                    d = reader.next() => d,
+                    _ = ask.tick() => {
+                        let silent: Vec<String> = {
+                            let state = lock(&inner.state);
+                            let now = now_ms();
+                            state
+                                .hosts
+                                .values()
+                                .filter(|e| e.needs_probe(now))
+                                .map(|e| e.host_id.clone())
+                                .collect()
+                        };
+                        let answers = probe(reader.conn(), silent).await;
+                        let mut state = lock(&inner.state);
+                        for (host, connected) in answers {
+                            if let Some(e) = state.hosts.get_mut(&host) {
+                                e.connected = Some(connected);
+                            }
+                        }
+                        continue;
+                    }
+                };
+                match delivered {
+                    Some(Item::Roster(a)) => lock(&inner.state).announce(a),
+                    Some(Item::Beat(hb)) => lock(&inner.state).beat(hb),
+                    Some(Item::Synced) => {
+                        inner.ready.store(true, Ordering::SeqCst);
+                        inner.ready_changed.notify_waiters();
+                    }
+                    None => {
+                        drop(inner);
+                        tracing::info!("presence connection lost; reconnecting");
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            if weak.strong_count() == 0 {
+                                return;
+                            }
+                            match reader.reopen(&connector).await {
+                                Ok(()) => break,
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "presence: cannot reconnect yet")
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(p)
+    }
+
+    /// Whether the view has read everything the broker had when it started.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::SeqCst)
+    }
+
+    /// Waits until [`Presence::is_ready`], at most `max`.
+    pub async fn wait_ready(&self, max: Duration) {
+        let wait = async {
+            while !self.is_ready() {
+                let changed = self.inner.ready_changed.notified();
+                if self.is_ready() {
+                    break;
+                }
+                changed.await;
+            }
+        };
+        let _ = tokio::time::timeout(max, wait).await;
+    }
+
+    /// How far back this view read heartbeats: hosts silent for longer show
+    /// `last_seen_ms: None`.
+    pub fn lookback(&self) -> Duration {
+        self.inner.lookback
+    }
+
+    /// Every host known, sorted by id.
+    pub fn hosts(&self) -> Vec<HostView> {
+        let now = now_ms();
+        let lookback = self.inner.lookback.as_millis() as u64;
+        let state = lock(&self.inner.state);
+        state
+            .hosts
+            .values()
+            .map(|e| view(e, now, lookback))
+            .collect()
+    }
+
+    /// The hosts `target` reaches, by liveness, computed once.
+    pub fn expected(&self, target: &Target) -> Expected {
+        let mut out = Expected::default();
+        for h in self.hosts() {
+            let reached = match target {
+                Target::All => true,
+                Target::Group(l) => h.labels.iter().any(|x| x == l),
+                Target::Host(id) => &h.host_id == id,
+            };
+            if !reached {
+                continue;
+            }
+            if h.liveness == Liveness::Alive {
+                out.alive.push(h.host_id);
+            } else {
+                out.not_alive.push(h.host_id);
+            }
+        }
+        out
+    }
+
+    /// One host, if known.
+    pub fn host(&self, host_id: &str) -> Option<HostView> {
+        let now = now_ms();
+        let lookback = self.inner.lookback.as_millis() as u64;
+        lock(&self.inner.state)
+            .hosts
+            .get(host_id)
+            .map(|e| view(e, now, lookback))
+    }
+}

@@ -1,0 +1,334 @@
+//! What a fleet view knows of each host, and how announcements, heartbeats
+//! and the broker's answers change it. Pure data: no broker, no clock.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hostbus_protocol::events::{Health, Load, Versions};
+use hostbus_protocol::types::{HealthStatus, Timestamp};
+use hostbus_protocol::{Announcement, Heartbeat, RosterAction};
+use uuid::Uuid;
+
+use super::{HostView, Liveness};
+
+/// One host as the view knows it.
+#[derive(Debug, Clone)]
+pub(super) struct Entry {
+    pub(super) host_id: String,
+    pub(super) epoch: Uuid,
+    started_at: Timestamp,
+    interval_ms: u32,
+    labels: Vec<String>,
+    versions: Option<Versions>,
+    capabilities: Vec<String>,
+    /// When last heard of: the latest heartbeat's or announcement's time.
+    pub(super) last: Option<Timestamp>,
+    beat: Option<Heartbeat>,
+    pub(super) offline: bool,
+    /// Whether its command queue had a consumer when last asked, since its
+    /// last heartbeat.
+    pub(super) connected: Option<bool>,
+}
+
+impl Entry {
+    fn new(host_id: &str) -> Self {
+        Self {
+            host_id: host_id.to_owned(),
+            epoch: Uuid::nil(),
+            started_at: 0,
+            interval_ms: 5000,
+            labels: Vec::new(),
+            versions: None,
+            capabilities: Vec::new(),
+            last: None,
+            beat: None,
+            offline: false,
+            connected: None,
+        }
+    }
+
+    /// Whether the broker should be asked about this host now: silent for
+    /// three intervals, not gone for good.
+    pub(super) fn needs_probe(&self, now: Timestamp) -> bool {
+        let interval = u64::from(self.interval_ms.max(1));
+        let silent = self
+            .last
+            .is_none_or(|t| now.saturating_sub(t) >= 3 * interval);
+        silent && !self.offline && self.connected != Some(false)
+    }
+}
+
+/// Every host known, and the forgotten ones.
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) hosts: BTreeMap<String, Entry>,
+    /// Hosts forgotten, and when: what they published before is ignored.
+    forgotten: HashMap<String, Timestamp>,
+}
+
+impl State {
+    /// The entry of `host` for news from `time`; `None` when the host was
+    /// forgotten since (what it published before is ignored).
+    fn entry(&mut self, host: &str, time: Timestamp) -> Option<&mut Entry> {
+        if self.forgotten.get(host).is_some_and(|t| time <= *t) {
+            return None;
+        }
+        Some(
+            self.hosts
+                .entry(host.to_owned())
+                .or_insert_with(|| Entry::new(host)),
+        )
+    }
+
+    /// Takes in a roster announcement.
+    pub(super) fn announce(&mut self, a: Announcement) {
+        if a.action == RosterAction::Forget {
+            // Only what the host publishes after this brings it back.
+            if self
+                .hosts
+                .get(&a.host_id)
+                .is_none_or(|e| e.last.unwrap_or(0) <= a.time)
+            {
+                self.hosts.remove(&a.host_id);
+            }
+            let t = self.forgotten.entry(a.host_id).or_default();
+            *t = (*t).max(a.time);
+            return;
+        }
+        let Some(e) = self.entry(&a.host_id, a.time) else {
+            return;
+        };
+        if e.last.is_some_and(|t| t > a.time) && a.action == RosterAction::Online {
+            return;
+        }
+        if let Some(epoch) = a.epoch {
+            if epoch != e.epoch {
+                e.beat = None;
+            }
+            e.epoch = epoch;
+        }
+        e.started_at = a.started_at;
+        if a.interval_ms > 0 {
+            e.interval_ms = a.interval_ms;
+        }
+        e.labels = a.labels;
+        if a.versions.is_some() {
+            e.versions = a.versions;
+        }
+        if !a.capabilities.is_empty() {
+            e.capabilities = a.capabilities;
+        }
+        e.offline = a.action == RosterAction::Offline;
+        e.connected = None;
+        e.last = Some(e.last.unwrap_or(0).max(a.time));
+    }
+
+    /// Takes in a heartbeat.
+    pub(super) fn beat(&mut self, hb: Heartbeat) {
+        let Some(e) = self.entry(&hb.host_id, hb.time) else {
+            return;
+        };
+        if e.last.is_some_and(|t| t > hb.time) {
+            return;
+        }
+        if hb.epoch != e.epoch {
+            e.offline = false;
+            e.epoch = hb.epoch;
+            e.started_at = hb.started_at;
+        } else if e.offline {
+            // A late beat of an epoch that said goodbye.
+            return;
+        }
+        e.interval_ms = hb.interval_ms;
+        e.labels.clone_from(&hb.labels);
+        e.versions = Some(hb.versions.clone());
+        e.last = Some(hb.time);
+        e.beat = Some(hb);
+        e.connected = None;
+    }
+}
+
+/// The load of a host no heartbeat was seen of.
+fn idle() -> Load {
+    Load {
+        in_flight: 0,
+        commands_total: 0,
+        tasks_running: 0,
+        vms_active: 0,
+        load_avg_milli: 0,
+        memory_free_kib: 0,
+    }
+}
+
+/// What the view says of `e` at `now`, having read heartbeats
+/// `lookback_ms` back.
+pub(super) fn view(e: &Entry, now: Timestamp, lookback_ms: u64) -> HostView {
+    let age = e.last.map(|t| now.saturating_sub(t));
+    let interval = u64::from(e.interval_ms.max(1));
+    let liveness = match (age, e.connected) {
+        _ if e.offline => Liveness::Gone,
+        (Some(a), _) if a < 3 * interval => Liveness::Alive,
+        (_, Some(true)) => Liveness::Stale,
+        (_, Some(false)) => Liveness::Gone,
+        (Some(a), None) if a < 10 * interval => Liveness::Stale,
+        _ => Liveness::Gone,
+    };
+    let (health, load, last_seq) = match &e.beat {
+        Some(hb) => (hb.health.clone(), hb.load.clone(), hb.last_seq),
+        None => (
+            Health {
+                status: HealthStatus::Down,
+                hypervisor_connected: false,
+                message: "no heartbeat seen".into(),
+            },
+            idle(),
+            0,
+        ),
+    };
+    HostView {
+        host_id: e.host_id.clone(),
+        liveness,
+        connected: e.connected,
+        epoch: e.epoch,
+        last_seen_ms: age.filter(|a| *a <= lookback_ms),
+        started_at: e.started_at,
+        interval_ms: e.interval_ms,
+        last_seq,
+        versions: e.versions.clone().unwrap_or(Versions {
+            agent: String::new(),
+            protocol: String::new(),
+            libvirt: String::new(),
+            hypervisor: String::new(),
+        }),
+        labels: e.labels.clone(),
+        health,
+        load,
+        capabilities: e.capabilities.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(host: &str, epoch: Uuid, time: u64) -> Heartbeat {
+        Heartbeat {
+            host_id: host.into(),
+            epoch,
+            last_seq: 1,
+            time,
+            started_at: 1,
+            interval_ms: 5000,
+            versions: Versions {
+                agent: "0.1.0".into(),
+                protocol: "1.1".into(),
+                libvirt: String::new(),
+                hypervisor: String::new(),
+            },
+            capabilities: vec![],
+            labels: vec!["gpu".into()],
+            health: Health {
+                status: HealthStatus::Ok,
+                hypervisor_connected: true,
+                message: String::new(),
+            },
+            load: idle(),
+            facts: BTreeMap::new(),
+        }
+    }
+
+    fn announcement(host: &str, action: RosterAction, epoch: Uuid, time: u64) -> Announcement {
+        Announcement {
+            host_id: host.into(),
+            action,
+            epoch: Some(epoch),
+            time,
+            started_at: time,
+            interval_ms: 5000,
+            labels: vec!["gpu".into()],
+            versions: None,
+            capabilities: vec![],
+            by: None,
+        }
+    }
+
+    #[test]
+    fn liveness_follows_the_last_beat_the_broker_and_goodbyes() {
+        let now = 1_000_000;
+        let (e1, e2) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut s = State::default();
+        s.announce(announcement(
+            "alive",
+            RosterAction::Online,
+            e1,
+            now - 100_000,
+        ));
+        s.beat(beat("alive", e1, now - 4_000));
+        s.beat(beat("late", e2, now - 20_000));
+        s.beat(beat("hung", e2, now - 40_000));
+        s.beat(beat("dead", e2, now - 20_000));
+        s.announce(announcement("old", RosterAction::Online, e1, now - 500_000));
+        s.announce(announcement("left", RosterAction::Online, e2, now - 9_000));
+        s.announce(announcement("left", RosterAction::Offline, e2, now - 8_000));
+        let silent: Vec<String> = s
+            .hosts
+            .values()
+            .filter(|e| e.needs_probe(now))
+            .map(|e| e.host_id.clone())
+            .collect();
+        assert_eq!(
+            silent,
+            ["dead", "hung", "late", "old"],
+            "who is asked about"
+        );
+        // What the broker says.
+        s.hosts.get_mut("hung").expect("hung").connected = Some(true);
+        s.hosts.get_mut("dead").expect("dead").connected = Some(false);
+        let v: BTreeMap<String, HostView> = s
+            .hosts
+            .values()
+            .map(|e| (e.host_id.clone(), view(e, now, 17_000)))
+            .collect();
+        assert_eq!(v["alive"].liveness, Liveness::Alive);
+        assert_eq!(v["alive"].last_seen_ms, Some(4_000));
+        assert_eq!(v["late"].liveness, Liveness::Stale, "not asked yet: by age");
+        assert_eq!(v["hung"].liveness, Liveness::Stale, "connected, silent");
+        assert_eq!(v["dead"].liveness, Liveness::Gone, "not connected");
+        assert_eq!(v["old"].liveness, Liveness::Gone);
+        assert_eq!(v["old"].last_seen_ms, None, "older than the look-back");
+        assert_eq!(v["left"].liveness, Liveness::Gone);
+        // A beat makes a host alive again, whatever the broker said.
+        s.beat(beat("dead", e2, now));
+        assert_eq!(
+            view(&s.hosts["dead"], now, 17_000).liveness,
+            Liveness::Alive
+        );
+    }
+
+    #[test]
+    fn a_forgotten_host_leaves_until_it_announces_itself_again() {
+        let e = Uuid::new_v4();
+        let mut s = State::default();
+        s.announce(announcement("h", RosterAction::Online, e, 100));
+        let mut f = announcement("h", RosterAction::Forget, e, 200);
+        f.epoch = None;
+        s.announce(f);
+        assert!(s.hosts.is_empty());
+        // Its old heartbeats, read after the roster, do not bring it back.
+        s.beat(beat("h", e, 150));
+        assert!(s.hosts.is_empty());
+        s.announce(announcement("h", RosterAction::Online, Uuid::new_v4(), 300));
+        assert_eq!(s.hosts.len(), 1);
+    }
+
+    #[test]
+    fn a_new_epoch_replaces_a_goodbye() {
+        let mut s = State::default();
+        let (e1, e2) = (Uuid::new_v4(), Uuid::new_v4());
+        s.announce(announcement("h", RosterAction::Offline, e1, 100));
+        s.beat(beat("h", e1, 90));
+        assert!(s.hosts["h"].offline, "a late beat of the old epoch");
+        s.beat(beat("h", e2, 200));
+        assert!(!s.hosts["h"].offline);
+        assert_eq!(s.hosts["h"].epoch, e2);
+    }
+}

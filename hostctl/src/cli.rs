@@ -1,0 +1,510 @@
+//! The command line: every subcommand, flag and argument as clap types.
+//! Arguments are parsed into typed values here (`HOST/VM` into [`At`],
+//! states and modes into enums), so the commands never split or match
+//! strings themselves; a malformed argument is a usage error (exit 2).
+//! Where a flag's help already names its values, clap's list is hidden.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hostbus_client::protocol::types::{
+    BootDevice, CpuMode, DiskFormat, DiskSource, ForwardMode, PowerState,
+};
+use hostbus_client::StartAt;
+
+use crate::args::{At, Network, Pool, Vm, VolumeAt};
+
+const EXIT_CODES: &str = "EXIT CODES:
+  0  success
+  1  other error (internal, unexpected reply)
+  2  usage error (bad flags or arguments)
+  3  not found (host, VM, pool, volume, network, snapshot, task)
+  4  refused: invalid argument, bad state, already exists, unsupported
+  5  unreachable: broker connection failed, timeout, host unavailable, busy
+  6  permission denied
+  7  partial: a broadcast where some expected hosts did not answer
+
+ENVIRONMENT:
+  HOSTBUS_URL         broker URL(s), comma-separated (like --url)
+  HOSTBUS_TIMEOUT_MS  call deadline (like --timeout-ms)
+  HOSTBUS_OUTPUT      table or json (like --output)
+  HOSTBUS_CA_FILE     CA certificate for amqps:// (like --ca-file)
+  HOSTBUS_CERT_FILE   client certificate (like --cert-file)
+  HOSTBUS_KEY_FILE    client key (like --key-file)
+  HOSTCTL_CONFIG      config file (default ~/.config/hostbus/hostctl.toml)
+
+EXAMPLES:
+  hostctl hosts
+  hostctl vm list --all
+  hostctl vm start h1/web01
+  hostctl vm create h1 --name app01 --memory 1024 --vcpus 2 --disk default:10 --network default
+  hostctl events '*.vm.*' --follow
+  hostctl events 'h1.#' --from -1h
+  hostctl host forget h9
+  hostctl --output json vm get h1/web01 | jq .power_state";
+
+#[derive(Parser)]
+#[command(name = "hostctl", version, about = "Drive hostbus hosts through the broker.", after_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    /// Broker URL; repeat for a cluster.
+    #[arg(long = "url", global = true)]
+    pub(crate) urls: Vec<String>,
+    /// Call deadline in milliseconds.
+    #[arg(long, global = true)]
+    pub(crate) timeout_ms: Option<u64>,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum)]
+    pub(crate) output: Option<Output>,
+    /// Config file (TOML with `urls`, `timeout_ms`, `output`, `ca_file`, `cert_file`, `key_file`).
+    #[arg(long, global = true)]
+    pub(crate) config: Option<PathBuf>,
+    /// CA certificate (PEM) for amqps:// brokers.
+    #[arg(long, global = true)]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for brokers that verify clients.
+    #[arg(long, global = true)]
+    pub(crate) cert_file: Option<PathBuf>,
+    /// Client key (PEM, PKCS#8).
+    #[arg(long, global = true)]
+    pub(crate) key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    /// Every host of the fleet, as the broker remembers it: alive, stale or
+    /// gone (until forgotten).
+    Hosts {
+        /// Longest wait for the broker's history, ms.
+        #[arg(long, default_value_t = 10_000)]
+        listen_ms: u64,
+    },
+    /// Checks that a host's agent answers.
+    Ping { host: String },
+    /// Host facts.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// VMs.
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// VM snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Storage pools.
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Storage volumes.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Virtual networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Tasks.
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// Prints events matching PATTERNs (`*.vm.*`, `h1.#`; default all).
+    Events(EventsArgs),
+    /// Broker administration.
+    #[command(subcommand)]
+    Admin(AdminCmd),
+    /// Prints the protocol's JSON Schema.
+    Schema,
+    /// Prints a shell completion script.
+    Completions { shell: clap_complete::Shell },
+}
+
+/// `hostctl events`' arguments.
+#[derive(clap::Args)]
+pub(crate) struct EventsArgs {
+    pub(crate) patterns: Vec<String>,
+    /// Where to start: `next` (default), `first` (the oldest the broker
+    /// keeps), a stream offset (a printed `offset` plus one), or a time
+    /// (`-10m`, `-2h`: that long ago).
+    #[arg(long, default_value = "next", value_parser = crate::args::start_at)]
+    pub(crate) from: StartAt,
+    /// Keep printing until interrupted.
+    #[arg(long)]
+    pub(crate) follow: bool,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub(crate) count: Option<usize>,
+    /// Without --follow: stop after this long, ms.
+    #[arg(long, default_value_t = 3000)]
+    pub(crate) duration_ms: u64,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AdminCmd {
+    /// Declares the exchanges, the dead-letter queue and the streams with
+    /// the agents' default settings (for brokers whose host users may not
+    /// declare them: docs/security.md).
+    Setup {
+        /// Queue type of the dead-letter queue.
+        #[arg(long, value_enum, default_value = "quorum")]
+        queue_type: AdminQueueType,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AdminQueueType {
+    Quorum,
+    Classic,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum HostCmd {
+    /// Removes a host that is gone from the fleet: deletes its command
+    /// queue and bindings, and fleet views stop listing it.
+    Forget {
+        host: String,
+        /// Even if it looks alive.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Hardware and hypervisor facts.
+    Info { host: String },
+    /// What the host can do.
+    Caps { host: String },
+    /// Memory and VM load now.
+    Stats { host: String },
+    /// Every record of the host (JSON).
+    Snapshot { host: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum VmCmd {
+    /// Lists VMs of one host, a label group or all hosts.
+    List {
+        #[arg(long, conflicts_with_all = ["all", "label"])]
+        host: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        label: Option<String>,
+        /// Only VMs in this state (halted, running, paused, suspended).
+        #[arg(long, value_parser = crate::args::power_state)]
+        state: Option<PowerState>,
+    },
+    /// One VM (HOST/VM, VM by name or uuid).
+    Get { vm: At<Vm> },
+    /// Starts a VM.
+    Start {
+        vm: At<Vm>,
+        #[arg(long)]
+        paused: bool,
+    },
+    /// Asks a VM to shut down cleanly.
+    Shutdown {
+        vm: At<Vm>,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 120)]
+        timeout: u32,
+        /// Force off after the timeout.
+        #[arg(long)]
+        force: bool,
+    },
+    #[command(flatten)]
+    Lifecycle(Lifecycle),
+    /// Defines a VM on HOST.
+    Create(Box<VmCreate>),
+    /// Removes a halted VM.
+    Delete {
+        vm: At<Vm>,
+        /// Also delete its volumes.
+        #[arg(long)]
+        remove_storage: bool,
+    },
+    /// Sets memory, MiB.
+    SetMemory { vm: At<Vm>, mib: u64 },
+    /// Sets vCPUs.
+    SetVcpus { vm: At<Vm>, vcpus: u32 },
+    /// CPU, memory, disk and network counters.
+    Stats { vm: At<Vm> },
+    /// Where the VM's serial console is, and how to reach it on its host.
+    Console { vm: At<Vm> },
+}
+
+/// The one-word lifecycle operations: `hostctl vm <op> HOST/VM`, each
+/// answered with the VM's new power state.
+#[derive(Subcommand)]
+pub(crate) enum Lifecycle {
+    /// Stops a VM at once.
+    Destroy { vm: At<Vm> },
+    /// Pauses a VM.
+    Pause { vm: At<Vm> },
+    /// Resumes a paused or suspended VM.
+    Resume { vm: At<Vm> },
+    /// Suspends a VM to disk.
+    Suspend { vm: At<Vm> },
+    /// Reboots a VM.
+    Reboot { vm: At<Vm> },
+    /// Resets a VM.
+    Reset { vm: At<Vm> },
+}
+
+/// `hostctl vm create`'s arguments (boxed: they are many).
+#[derive(clap::Args)]
+pub(crate) struct VmCreate {
+    pub(crate) host: String,
+    #[arg(long)]
+    pub(crate) name: String,
+    /// Memory, MiB.
+    #[arg(long)]
+    pub(crate) memory: u64,
+    #[arg(long, default_value_t = 1)]
+    pub(crate) vcpus: u32,
+    /// `POOL:GiB` for a new volume, `POOL/VOLUME` for an existing one, or an absolute path;
+    /// `@raw` or `@qcow2` after it states the format (an existing volume's own is the
+    /// default; a path outside every pool needs it). Repeat.
+    #[arg(long = "disk", value_parser = crate::args::disk)]
+    pub(crate) disks: Vec<DiskArg>,
+    /// An ISO image as a CD-ROM drive: `POOL/VOLUME` or an absolute path. Repeat.
+    #[arg(long = "cdrom", value_parser = crate::args::cdrom)]
+    pub(crate) cdroms: Vec<DiskSource>,
+    /// Boot order, comma-separated: disk, cdrom, network (default: disk).
+    #[arg(long, value_delimiter = ',', value_enum, hide_possible_values = true)]
+    pub(crate) boot: Vec<Boot>,
+    /// Boot this kernel (a path on the host) directly.
+    #[arg(long)]
+    pub(crate) kernel: Option<String>,
+    /// The initrd for --kernel.
+    #[arg(long, requires = "kernel")]
+    pub(crate) initrd: Option<String>,
+    /// The kernel command line for --kernel.
+    #[arg(long, requires = "kernel")]
+    pub(crate) cmdline: Option<String>,
+    /// host-model, host-passthrough, maximum or hypervisor-default
+    /// (default: the host's choice, host-model on KVM, maximum under TCG).
+    #[arg(long, value_enum, hide_possible_values = true)]
+    pub(crate) cpu_mode: Option<Cpu>,
+    /// Network name. Repeat.
+    #[arg(long = "network")]
+    pub(crate) networks: Vec<String>,
+    #[arg(long)]
+    pub(crate) description: Option<String>,
+    /// Start it once defined.
+    #[arg(long)]
+    pub(crate) start: bool,
+}
+
+/// A `--disk`: where its data comes from, and its format if stated.
+#[derive(Clone, Debug)]
+pub(crate) struct DiskArg {
+    pub(crate) source: DiskSource,
+    pub(crate) format: Option<DiskFormat>,
+}
+
+/// A boot device of `--boot`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Boot {
+    #[value(alias = "hd")]
+    Disk,
+    #[value(alias = "cd")]
+    Cdrom,
+    #[value(aliases = ["net", "pxe"])]
+    Network,
+}
+
+impl From<Boot> for BootDevice {
+    fn from(b: Boot) -> Self {
+        match b {
+            Boot::Disk => BootDevice::Disk,
+            Boot::Cdrom => BootDevice::Cdrom,
+            Boot::Network => BootDevice::Network,
+        }
+    }
+}
+
+/// `--cpu-mode`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Cpu {
+    #[value(alias = "host_model")]
+    HostModel,
+    #[value(alias = "host_passthrough")]
+    HostPassthrough,
+    #[value(alias = "max")]
+    Maximum,
+    #[value(alias = "hypervisor_default")]
+    HypervisorDefault,
+}
+
+impl From<Cpu> for CpuMode {
+    fn from(c: Cpu) -> Self {
+        match c {
+            Cpu::HostModel => CpuMode::HostModel,
+            Cpu::HostPassthrough => CpuMode::HostPassthrough,
+            Cpu::Maximum => CpuMode::Maximum,
+            Cpu::HypervisorDefault => CpuMode::HypervisorDefault,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub(crate) enum SnapshotCmd {
+    /// Snapshots of a VM.
+    List { vm: At<Vm> },
+    /// Takes a snapshot.
+    Create {
+        vm: At<Vm>,
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Reverts to a snapshot.
+    Revert { vm: At<Vm>, name: String },
+    /// Deletes a snapshot.
+    Delete { vm: At<Vm>, name: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PoolCmd {
+    /// Pools of a host.
+    List { host: String },
+    /// One pool (HOST/POOL).
+    Get { pool: At<Pool> },
+    /// Defines a directory pool.
+    Create {
+        host: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        path: String,
+        #[arg(long)]
+        autostart: bool,
+    },
+    /// Starts a pool.
+    Start { pool: At<Pool> },
+    /// Stops a pool.
+    Stop { pool: At<Pool> },
+    /// Rescans a pool.
+    Refresh { pool: At<Pool> },
+    /// Removes a stopped pool's definition.
+    Delete { pool: At<Pool> },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum VolumeCmd {
+    /// Volumes of a pool (HOST/POOL).
+    List { pool: At<Pool> },
+    /// Creates a volume in HOST/POOL.
+    Create {
+        pool: At<Pool>,
+        name: String,
+        /// Size, GiB.
+        #[arg(long)]
+        size: u64,
+        #[arg(long, value_enum, default_value = "qcow2", hide_possible_values = true)]
+        format: VolumeFormat,
+    },
+    /// Deletes HOST/POOL/VOLUME.
+    Delete { volume: VolumeAt },
+    /// Grows HOST/POOL/VOLUME to a size in GiB.
+    Resize {
+        volume: VolumeAt,
+        #[arg(long)]
+        size: u64,
+    },
+    /// Copies HOST/POOL/VOLUME to NEW in the same pool.
+    Clone { volume: VolumeAt, new_name: String },
+}
+
+/// A new volume's `--format`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum VolumeFormat {
+    Qcow2,
+    Raw,
+}
+
+impl From<VolumeFormat> for DiskFormat {
+    fn from(f: VolumeFormat) -> Self {
+        match f {
+            VolumeFormat::Qcow2 => DiskFormat::Qcow2,
+            VolumeFormat::Raw => DiskFormat::Raw,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub(crate) enum NetworkCmd {
+    /// Networks of a host.
+    List { host: String },
+    /// One network (HOST/NET).
+    Get { network: At<Network> },
+    /// Defines a network on HOST.
+    Create {
+        host: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        bridge: Option<String>,
+        /// isolated, nat, route, bridge, open.
+        #[arg(long, value_enum, default_value = "nat", hide_possible_values = true)]
+        forward: Forward,
+        /// Host address with prefix, e.g. 192.168.150.1/24.
+        #[arg(long, value_parser = crate::args::cidr)]
+        ip: Option<(String, u8)>,
+        /// DHCP range, e.g. 192.168.150.10-192.168.150.99.
+        #[arg(long, value_parser = crate::args::range)]
+        dhcp: Option<(String, String)>,
+        #[arg(long)]
+        autostart: bool,
+    },
+    /// Starts a network.
+    Start { network: At<Network> },
+    /// Stops a network.
+    Stop { network: At<Network> },
+    /// Removes a stopped network's definition.
+    Delete { network: At<Network> },
+}
+
+/// A network's `--forward` mode.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Forward {
+    Isolated,
+    Nat,
+    Route,
+    Bridge,
+    Open,
+}
+
+impl From<Forward> for ForwardMode {
+    fn from(f: Forward) -> Self {
+        match f {
+            Forward::Isolated => ForwardMode::Isolated,
+            Forward::Nat => ForwardMode::Nat,
+            Forward::Route => ForwardMode::Route,
+            Forward::Bridge => ForwardMode::Bridge,
+            Forward::Open => ForwardMode::Open,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TaskCmd {
+    /// Tasks of a host.
+    List { host: String },
+    /// One task.
+    Get { host: String, id: uuid::Uuid },
+    /// Waits for a task, with a progress bar.
+    Wait { host: String, id: uuid::Uuid },
+    /// Cancels a task.
+    Cancel { host: String, id: uuid::Uuid },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

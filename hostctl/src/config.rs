@@ -1,0 +1,145 @@
+//! Settings: flags < `HOSTBUS_*` environment < config file < defaults, in
+//! that order of precedence (a flag wins).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hostbus_client::ClientConfig;
+
+use crate::cli::{Cli, Output};
+use crate::output::{Failure, Res};
+
+/// The config file (`--config`, `HOSTCTL_CONFIG`, or
+/// `~/.config/hostbus/hostctl.toml`): TOML, every key optional.
+#[derive(serde::Deserialize, Default, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    urls: Option<Vec<String>>,
+    timeout_ms: Option<u64>,
+    output: Option<Output>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+impl FileConfig {
+    /// Reads `path`; no file there is an empty configuration.
+    fn read(path: Option<PathBuf>) -> Res<Self> {
+        match path {
+            Some(p) if p.exists() => {
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| Failure::usage(format!("cannot read {}: {e}", p.display())))?;
+                Self::parse(&p, &text)
+            }
+            _ => Ok(Self::default()),
+        }
+    }
+
+    fn parse(path: &Path, text: &str) -> Res<Self> {
+        toml::from_str(text).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
+    }
+}
+
+/// The client configuration and output format `cli` asks for.
+pub(crate) fn load(cli: &Cli) -> Res<(ClientConfig, Output)> {
+    let path = cli
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("HOSTCTL_CONFIG").map(PathBuf::from))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/hostbus/hostctl.toml"))
+        });
+    let file = FileConfig::read(path)?;
+    let urls = if !cli.urls.is_empty() {
+        cli.urls.clone()
+    } else if let Ok(v) = std::env::var("HOSTBUS_URL") {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    } else {
+        file.urls
+            .unwrap_or_else(|| vec!["amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()])
+    };
+    let timeout_ms = cli
+        .timeout_ms
+        .or_else(|| {
+            std::env::var("HOSTBUS_TIMEOUT_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
+        .or(file.timeout_ms)
+        .unwrap_or(10_000);
+    let output = cli
+        .output
+        .or_else(|| match std::env::var("HOSTBUS_OUTPUT").as_deref() {
+            Ok("json") => Some(Output::Json),
+            Ok("table") => Some(Output::Table),
+            _ => None,
+        })
+        .or(file.output)
+        .unwrap_or(Output::Table);
+    let pick = |flag: &Option<PathBuf>, env: &str, file: &Option<PathBuf>| {
+        flag.clone()
+            .or_else(|| std::env::var_os(env).map(PathBuf::from))
+            .or_else(|| file.clone())
+    };
+    let ca = pick(&cli.ca_file, "HOSTBUS_CA_FILE", &file.ca_file);
+    let cert = pick(&cli.cert_file, "HOSTBUS_CERT_FILE", &file.cert_file);
+    let key = pick(&cli.key_file, "HOSTBUS_KEY_FILE", &file.key_file);
+    let tls = hostbus_client::Tls::load(ca.as_deref(), cert.as_deref(), key.as_deref())
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    let mut cfg = ClientConfig::new(urls.first().cloned().unwrap_or_default());
+    cfg.urls = urls;
+    cfg.tls = tls;
+    cfg.timeout = Duration::from_millis(timeout_ms);
+    Ok((cfg, output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, String> {
+        FileConfig::parse(Path::new("hostctl.toml"), text).map_err(|f| f.message)
+    }
+
+    #[test]
+    fn reads_every_setting() {
+        let c = parse(
+            r#"
+# the lab cluster
+urls = ["amqp://a:5672/%2f", "amqp://b:5672/%2f"]  # both nodes
+timeout_ms = 2500
+output = "json"
+ca_file = "/etc/hostbus/ca.pem"
+cert_file = "/etc/hostbus/me.pem"
+key_file = "/etc/hostbus/me.key"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            c.urls.as_deref(),
+            Some(
+                &[
+                    "amqp://a:5672/%2f".to_owned(),
+                    "amqp://b:5672/%2f".to_owned()
+                ][..]
+            )
+        );
+        assert_eq!(c.timeout_ms, Some(2500));
+        assert!(c.output == Some(Output::Json));
+        assert_eq!(c.key_file, Some(PathBuf::from("/etc/hostbus/me.key")));
+        assert_eq!(parse("").expect("empty"), FileConfig::default());
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_know() {
+        let e = parse("url = \"amqp://x\"").expect_err("unknown key");
+        assert!(e.starts_with("hostctl.toml: "), "{e}");
+        assert!(parse("timeout_ms = \"soon\"").is_err());
+        assert!(parse("output = \"yaml\"").is_err());
+        assert!(parse("urls = [").is_err());
+    }
+}

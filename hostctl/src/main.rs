@@ -1,0 +1,100 @@
+//! `hostctl`: drive hostbus hosts from a shell.
+//!
+//! Human tables by default, `--output json` everywhere; progress bars on
+//! long operations; exit codes scripts can rely on (see `hostctl --help`).
+//!
+//! `cli` holds the command line as clap types, `args` the typed arguments
+//! and their parsers, `config` the settings, `output` printing and exit
+//! codes; one module per object class runs its commands.
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+use hostbus_client::Client;
+
+/// `println!` that ends the program quietly when stdout is a closed pipe
+/// (`hostctl ... | head`), like other Unix tools.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
+mod admin;
+mod args;
+mod cli;
+mod config;
+mod host;
+mod network;
+mod output;
+mod storage;
+mod task;
+mod vm;
+
+use cli::{Cli, Cmd};
+use output::{Ctx, Res};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.cmd {
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "hostctl",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Cmd::Schema => {
+            print!("{}", hostbus_client::protocol::schema::schema_text());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hostctl: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("hostctl: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Connects and runs one command.
+async fn run(cli: Cli) -> Res<()> {
+    let (cfg, output) = config::load(&cli)?;
+    let client = Client::connect(cfg).await?;
+    let ctx = Ctx { client, output };
+    match cli.cmd {
+        // Answered in `main`, without a broker.
+        Cmd::Schema | Cmd::Completions { .. } => Ok(()),
+        Cmd::Hosts { listen_ms } => host::hosts(&ctx, listen_ms).await,
+        Cmd::Ping { host } => host::ping(&ctx, &host).await,
+        Cmd::Host(cmd) => host::run(&ctx, cmd).await,
+        Cmd::Vm(cmd) => vm::run(&ctx, cmd).await,
+        Cmd::Snapshot(cmd) => vm::snapshot(&ctx, cmd).await,
+        Cmd::Pool(cmd) => storage::pool(&ctx, cmd).await,
+        Cmd::Volume(cmd) => storage::volume(&ctx, cmd).await,
+        Cmd::Network(cmd) => network::run(&ctx, cmd).await,
+        Cmd::Task(cmd) => task::run(&ctx, cmd).await,
+        Cmd::Events(args) => task::events(&ctx, args).await,
+        Cmd::Admin(cmd) => admin::run(&ctx, cmd).await,
+    }
+}

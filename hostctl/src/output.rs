@@ -1,0 +1,192 @@
+//! What hostctl prints and how it fails: tables or JSON, the progress bar,
+//! and the exit code of each error.
+
+use std::io::{IsTerminal, Write};
+
+use hostbus_client::protocol::types::{TaskRecord, TaskStatus};
+use hostbus_client::{Client, ClientError, ErrorKind};
+use serde::Serialize;
+
+use crate::cli::Output;
+
+/// An error with the exit code it maps to.
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    /// Exit 1: an error that is neither the user's nor the remote side's.
+    pub(crate) fn other(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
+    }
+
+    /// Exit 2: bad flags or arguments.
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match e.kind() {
+            ErrorKind::NotFound | ErrorKind::NoRoute => 3,
+            ErrorKind::InvalidArgument
+            | ErrorKind::BadState
+            | ErrorKind::AlreadyExists
+            | ErrorKind::Unsupported
+            | ErrorKind::Cancelled
+            | ErrorKind::Expired => 4,
+            ErrorKind::Timeout
+            | ErrorKind::Connection
+            | ErrorKind::Unavailable
+            | ErrorKind::Busy => 5,
+            ErrorKind::PermissionDenied => 6,
+            _ => 1,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<serde_json::Error> for Failure {
+    fn from(e: serde_json::Error) -> Self {
+        Self::other(e.to_string())
+    }
+}
+
+/// A command's result: the exit code on success (0, or 7 for a partial
+/// broadcast), a [`Failure`] otherwise.
+pub(crate) type Res<T> = Result<T, Failure>;
+
+/// What every command runs with: the connection and the output format.
+pub(crate) struct Ctx {
+    pub(crate) client: Client,
+    pub(crate) output: Output,
+}
+
+impl Ctx {
+    /// Prints `value` as JSON, or calls `human` to print it as text.
+    pub(crate) fn show<T: Serialize>(&self, value: &T, human: impl FnOnce(&T)) -> Res<()> {
+        match self.output {
+            Output::Json => print_json(value),
+            Output::Table => {
+                human(value);
+                Ok(())
+            }
+        }
+    }
+
+    /// A list: a JSON array, or a table with a row per item.
+    pub(crate) fn list<T: Serialize>(
+        &self,
+        items: &[T],
+        headers: &[&str],
+        row: impl Fn(&T) -> Vec<String>,
+    ) -> Res<()> {
+        self.show(&items, |items| {
+            table(headers, items.iter().map(row).collect())
+        })
+    }
+
+    /// `{"deleted": name}`, or `<what> <name> deleted`.
+    pub(crate) fn deleted(&self, what: &str, name: &str) -> Res<()> {
+        self.show(&serde_json::json!({ "deleted": name }), |_| {
+            outln!("{what} {name} deleted")
+        })
+    }
+}
+
+/// Pretty JSON on stdout (records without a table of their own print so in
+/// both output modes).
+pub(crate) fn print_json<T: Serialize>(v: &T) -> Res<()> {
+    let s = serde_json::to_string_pretty(v)?;
+    outln!("{s}");
+    Ok(())
+}
+
+/// A table with a header line, columns as wide as their widest cell.
+pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        outln!("{}", s.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| (*h).to_owned()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+/// KiB as whole MiB.
+pub(crate) fn mib(kib: u64) -> String {
+    format!("{}", kib / 1024)
+}
+
+/// Bytes as GiB with one decimal.
+pub(crate) fn gib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// Draws a progress bar on stderr when it is a terminal.
+pub(crate) struct Progress {
+    tty: bool,
+    label: String,
+}
+
+impl Progress {
+    pub(crate) fn new(label: &str) -> Self {
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            label: label.to_owned(),
+        }
+    }
+
+    pub(crate) fn update(&self, t: &TaskRecord) {
+        if !self.tty {
+            return;
+        }
+        let filled = usize::from(t.progress.min(100)) * 30 / 100;
+        eprint!(
+            "\r{} [{}{}] {:>3}% {}",
+            self.label,
+            "#".repeat(filled),
+            ".".repeat(30 - filled),
+            t.progress,
+            t.status
+        );
+        let _ = std::io::stderr().flush();
+    }
+
+    pub(crate) fn done(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
+/// A finished task as a result: its error when it failed.
+pub(crate) fn task_outcome(t: &TaskRecord) -> Res<()> {
+    match (t.status, &t.error) {
+        (TaskStatus::Success, _) => Ok(()),
+        (_, Some(e)) => Err(ClientError::from(e.clone()).into()),
+        (s, None) => Err(Failure::other(format!("task ended {s}"))),
+    }
+}

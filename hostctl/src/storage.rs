@@ -1,0 +1,140 @@
+//! `hostctl pool ...` and `hostctl volume ...`: storage.
+
+use hostbus_client::protocol::types::{PoolKind, PoolSpec, VolumeSpec};
+
+use crate::cli::{PoolCmd, VolumeCmd};
+use crate::output::{gib, print_json, Ctx, Res};
+
+/// `hostctl pool ...`.
+pub(crate) async fn pool(ctx: &Ctx, cmd: PoolCmd) -> Res<()> {
+    let c = &ctx.client;
+    match cmd {
+        PoolCmd::List { host } => {
+            let pools = c.host(&host).pools().await?;
+            ctx.list(
+                &pools,
+                &[
+                    "NAME",
+                    "STATE",
+                    "KIND",
+                    "VOLUMES",
+                    "CAPACITY_GIB",
+                    "AVAILABLE_GIB",
+                    "PATH",
+                ],
+                |p| {
+                    vec![
+                        p.name.clone(),
+                        p.state.to_string(),
+                        p.kind.to_string(),
+                        p.volumes.to_string(),
+                        gib(p.capacity_bytes),
+                        gib(p.available_bytes),
+                        p.target_path.clone().unwrap_or_default(),
+                    ]
+                },
+            )
+        }
+        PoolCmd::Get { pool } => print_json(&pool.on(c).get().await?),
+        PoolCmd::Create {
+            host,
+            name,
+            path,
+            autostart,
+        } => {
+            let r = c
+                .host(&host)
+                .define_pool(PoolSpec {
+                    name,
+                    kind: PoolKind::Dir,
+                    target_path: path,
+                    source: None,
+                    autostart,
+                })
+                .await?;
+            ctx.show(&r, |r| outln!("pool {} defined ({})", r.name, r.state))
+        }
+        PoolCmd::Start { pool } => {
+            let r = pool.on(c).start().await?;
+            ctx.show(&r, |r| outln!("pool {} is {}", r.name, r.state))
+        }
+        PoolCmd::Stop { pool } => {
+            let r = pool.on(c).stop().await?;
+            ctx.show(&r, |r| outln!("pool {} is {}", r.name, r.state))
+        }
+        PoolCmd::Refresh { pool } => {
+            let r = pool.on(c).refresh().await?;
+            ctx.show(&r, |r| {
+                outln!("pool {} refreshed: {} volumes", r.name, r.volumes)
+            })
+        }
+        PoolCmd::Delete { pool } => {
+            pool.on(c).undefine().await?;
+            ctx.deleted("pool", &pool.name)
+        }
+    }
+}
+
+/// `hostctl volume ...`.
+pub(crate) async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Res<()> {
+    let c = &ctx.client;
+    match cmd {
+        VolumeCmd::List { pool } => {
+            let vols = pool.on(c).volumes().await?;
+            ctx.list(
+                &vols,
+                &["NAME", "FORMAT", "CAPACITY_GIB", "ALLOCATION_GIB", "PATH"],
+                |v| {
+                    vec![
+                        v.name.clone(),
+                        v.format.to_string(),
+                        gib(v.capacity_bytes),
+                        gib(v.allocation_bytes),
+                        v.path.clone(),
+                    ]
+                },
+            )
+        }
+        VolumeCmd::Create {
+            pool,
+            name,
+            size,
+            format,
+        } => {
+            let v = pool
+                .on(c)
+                .create_volume(VolumeSpec {
+                    name,
+                    capacity_bytes: size << 30,
+                    allocation_bytes: 0,
+                    format: format.into(),
+                })
+                .await?;
+            ctx.show(&v, |v| {
+                outln!(
+                    "volume {} created: {} GiB at {}",
+                    v.name,
+                    gib(v.capacity_bytes),
+                    v.path
+                )
+            })
+        }
+        VolumeCmd::Delete { volume: v } => {
+            v.pool.on(c).delete_volume(&v.volume).await?;
+            ctx.deleted("volume", &v.volume)
+        }
+        VolumeCmd::Resize { volume: v, size } => {
+            let r = v.pool.on(c).resize_volume(&v.volume, size << 30).await?;
+            ctx.show(&r, |r| {
+                outln!("volume {} is now {} GiB", r.name, gib(r.capacity_bytes))
+            })
+        }
+        VolumeCmd::Clone {
+            volume: v,
+            new_name,
+        } => {
+            let r = v.pool.on(c).clone_volume(&v.volume, &new_name).await?;
+            ctx.show(&r, |r| outln!("volume {} cloned to {}", v.volume, r.name))
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! `hostctl vm ...` and `hostctl snapshot ...`: VMs and their snapshots.
+
+use std::time::Duration;
+
+use hostbus_client::protocol::commands::{VmList, VmListRequest};
+use hostbus_client::protocol::names::Target;
+use hostbus_client::protocol::types::{
+    BootSpec, DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, NicModel, NicSpec, PowerState,
+    Record, VmRecord, VmSpec,
+};
+use serde::Serialize;
+
+use crate::cli::{Lifecycle, SnapshotCmd, VmCmd, VmCreate};
+use crate::output::{mib, table, task_outcome, Ctx, Failure, Progress, Res};
+
+/// `hostctl vm ...`.
+pub(crate) async fn run(ctx: &Ctx, cmd: VmCmd) -> Res<()> {
+    let c = &ctx.client;
+    match cmd {
+        VmCmd::List {
+            host,
+            all,
+            label,
+            state,
+        } => {
+            let target = match (host, all, label) {
+                (Some(h), _, _) => Target::Host(h),
+                (None, true, _) => Target::All,
+                (None, false, Some(l)) => Target::Group(l),
+                (None, false, None) => {
+                    return Err(Failure::usage(
+                        "say which hosts: --host H, --all or --label L",
+                    ))
+                }
+            };
+            list(ctx, target, state).await
+        }
+        VmCmd::Get { vm } => print_vm(ctx, &vm.on(c).get().await?),
+        VmCmd::Console { vm } => {
+            let rec = vm.on(c).get().await?;
+            console(ctx, &vm.host, &rec)
+        }
+        VmCmd::Start { vm, paused } => {
+            let handle = vm.on(c);
+            let r = if paused {
+                handle.start_paused().await?
+            } else {
+                handle.start().await?
+            };
+            print_state(ctx, &r)
+        }
+        VmCmd::Shutdown { vm, timeout, force } => {
+            let r = vm
+                .on(c)
+                .shutdown(Duration::from_secs(u64::from(timeout)), force)
+                .await?;
+            print_state(ctx, &r)
+        }
+        VmCmd::Lifecycle(op) => lifecycle(ctx, op).await,
+        VmCmd::Create(args) => create(ctx, *args).await,
+        VmCmd::Delete { vm, remove_storage } => {
+            vm.on(c).undefine(remove_storage).await?;
+            ctx.deleted("vm", &vm.name)
+        }
+        VmCmd::SetMemory { vm, mib } => {
+            let r = vm.on(c).set_memory(mib * 1024).await?;
+            ctx.show(&r, |r| outln!("{} has {} MiB", r.name, r.memory_kib / 1024))
+        }
+        VmCmd::SetVcpus { vm, vcpus } => {
+            let r = vm.on(c).set_vcpus(vcpus).await?;
+            ctx.show(&r, |r| outln!("{} has {} vCPUs", r.name, r.vcpus))
+        }
+        VmCmd::Stats { vm } => {
+            let s = vm.on(c).stats().await?;
+            ctx.show(&s, |s| {
+                outln!(
+                    "state: {}  cpu_time: {} ms  memory: {} MiB",
+                    s.power_state,
+                    s.cpu_time_ns / 1_000_000,
+                    s.memory_kib / 1024
+                );
+                for b in &s.block {
+                    outln!(
+                        "disk {}: read {} B, written {} B",
+                        b.target,
+                        b.read_bytes,
+                        b.write_bytes
+                    );
+                }
+                for n in &s.net {
+                    outln!("nic {}: rx {} B, tx {} B", n.mac, n.rx_bytes, n.tx_bytes);
+                }
+            })
+        }
+    }
+}
+
+/// `hostctl vm destroy|pause|resume|suspend|reboot|reset HOST/VM`.
+async fn lifecycle(ctx: &Ctx, op: Lifecycle) -> Res<()> {
+    let c = &ctx.client;
+    let r = match op {
+        Lifecycle::Destroy { vm } => vm.on(c).destroy().await?,
+        Lifecycle::Pause { vm } => vm.on(c).pause().await?,
+        Lifecycle::Resume { vm } => vm.on(c).resume().await?,
+        Lifecycle::Suspend { vm } => vm.on(c).suspend().await?,
+        Lifecycle::Reboot { vm } => vm.on(c).reboot().await?,
+        Lifecycle::Reset { vm } => vm.on(c).reset().await?,
+    };
+    print_state(ctx, &r)
+}
+
+/// `<name> is <state>`.
+fn print_state(ctx: &Ctx, r: &VmRecord) -> Res<()> {
+    ctx.show(r, |r| outln!("{} is {}", r.name, r.power_state))
+}
+
+/// `hostctl vm list`: one host's VMs by a call, a group's or everyone's by
+/// a broadcast that names the hosts that did not answer (exit 7).
+async fn list(ctx: &Ctx, target: Target, power_state: Option<PowerState>) -> Res<()> {
+    let c = &ctx.client;
+    if let Target::Host(h) = &target {
+        let vms = c.host(h).vms(power_state).await?;
+        let rows: Vec<(String, VmRecord)> = vms.into_iter().map(|v| (h.clone(), v)).collect();
+        return ctx.show(
+            &rows
+                .iter()
+                .map(|(h, v)| serde_json::json!({"host": h, "vm": v}))
+                .collect::<Vec<_>>(),
+            |_| vm_rows(&rows),
+        );
+    }
+    let b = c
+        .broadcast::<VmList>(
+            &target,
+            VmListRequest { power_state },
+            c.config().timeout.min(Duration::from_secs(5)),
+        )
+        .await?;
+    let mut rows = Vec::new();
+    let mut errors = serde_json::Map::new();
+    for (h, r) in &b.replies {
+        match r {
+            Ok(list) => rows.extend(list.vms.iter().map(|v| (h.clone(), v.clone()))),
+            Err(e) => {
+                errors.insert(h.clone(), serde_json::Value::String(e.to_string()));
+            }
+        }
+    }
+    let json = serde_json::json!({
+        "vms": rows.iter().map(|(h, v)| serde_json::json!({"host": h, "vm": v})).collect::<Vec<_>>(),
+        "missing": b.missing,
+        "errors": errors,
+    });
+    ctx.show(&json, |_| {
+        vm_rows(&rows);
+        for (h, e) in &errors {
+            eprintln!("hostctl: {h}: {e}");
+        }
+    })?;
+    if b.missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure {
+            code: 7,
+            message: format!("no answer from {}", b.missing.join(", ")),
+        })
+    }
+}
+
+fn vm_rows(vms: &[(String, VmRecord)]) {
+    table(
+        &["HOST", "NAME", "STATE", "VCPUS", "MEMORY_MIB", "UUID"],
+        vms.iter()
+            .map(|(h, v)| {
+                vec![
+                    h.clone(),
+                    v.name.clone(),
+                    v.power_state.to_string(),
+                    v.vcpus.to_string(),
+                    mib(v.memory_kib),
+                    v.uuid.to_string(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+/// One VM, every fact on its own line.
+fn print_vm(ctx: &Ctx, vm: &VmRecord) -> Res<()> {
+    ctx.show(vm, |v| {
+        outln!("name:        {}", v.name);
+        outln!("uuid:        {}", v.uuid);
+        outln!("state:       {}", v.power_state);
+        outln!(
+            "memory:      {} MiB (max {} MiB)",
+            v.memory_kib / 1024,
+            v.max_memory_kib / 1024
+        );
+        outln!("vcpus:       {} (max {})", v.vcpus, v.max_vcpus);
+        for d in &v.disks {
+            let volume = d
+                .volume
+                .as_ref()
+                .map(|r| format!(" ({}/{})", r.pool, r.volume))
+                .unwrap_or_default();
+            let kind = if d.device == DiskDevice::Cdrom {
+                "cdrom:      "
+            } else {
+                "disk:       "
+            };
+            outln!(
+                "{kind} {} {} {}{volume}{}",
+                d.target,
+                d.format,
+                d.source_path.as_deref().unwrap_or("-"),
+                if d.read_only { " read-only" } else { "" }
+            );
+        }
+        for n in &v.nics {
+            outln!(
+                "nic:         {} {}",
+                n.mac,
+                n.network.as_deref().or(n.bridge.as_deref()).unwrap_or("-")
+            );
+        }
+        if let Some(k) = &v.boot.kernel {
+            outln!(
+                "boot:        kernel {k}{}{}",
+                v.boot
+                    .initrd
+                    .as_ref()
+                    .map(|i| format!(" initrd {i}"))
+                    .unwrap_or_default(),
+                v.boot
+                    .cmdline
+                    .as_ref()
+                    .map(|c| format!(" cmdline \"{c}\""))
+                    .unwrap_or_default()
+            );
+        } else if !v.boot.order.is_empty() {
+            let order: Vec<&str> = v.boot.order.iter().map(|b| b.as_str()).collect();
+            outln!("boot:        {}", order.join(","));
+        }
+        if let Some(t) = &v.domain_type {
+            outln!(
+                "hypervisor:  {t}, cpu {}",
+                v.cpu_mode.map_or("hypervisor default", |m| m.as_str())
+            );
+        }
+        if let Some(c) = &v.console {
+            outln!(
+                "console:     {} pty {} log {}",
+                c.guest_device,
+                c.pty.as_deref().unwrap_or("-"),
+                c.log_path.as_deref().unwrap_or("-")
+            );
+        }
+        let ops: Vec<&str> = v.allowed_operations.iter().map(|o| o.as_str()).collect();
+        outln!("allowed:     {}", ops.join(", "));
+        outln!("generation:  {}", v.generation);
+    })
+}
+
+/// `hostctl vm console`: the console's place on its host, and the command
+/// that attaches to it there (consoles are not carried over the bus).
+fn console(ctx: &Ctx, host: &str, vm: &VmRecord) -> Res<()> {
+    #[derive(Serialize)]
+    struct Console<'a> {
+        host: &'a str,
+        vm: &'a str,
+        uuid: uuid::Uuid,
+        power_state: PowerState,
+        guest_device: Option<&'a str>,
+        pty: Option<&'a str>,
+        log_path: Option<&'a str>,
+        attach: String,
+        follow: Option<String>,
+    }
+    let c = vm
+        .console
+        .as_ref()
+        .ok_or_else(|| Failure::other(format!("vm {} has no serial console", vm.name)))?;
+    let out = Console {
+        host,
+        vm: &vm.name,
+        uuid: vm.uuid,
+        power_state: vm.power_state,
+        guest_device: Some(c.guest_device.as_str()),
+        pty: c.pty.as_deref(),
+        log_path: c.log_path.as_deref(),
+        attach: format!("virsh -c qemu:///system console {}", vm.uuid),
+        follow: c.log_path.as_ref().map(|p| format!("tail -F {p}")),
+    };
+    ctx.show(&out, |o| {
+        outln!("host:        {}", o.host);
+        outln!("vm:          {} ({})", o.vm, o.power_state);
+        outln!("device:      {}", o.guest_device.unwrap_or("-"));
+        outln!("pty:         {}", o.pty.unwrap_or("- (not running)"));
+        outln!("log:         {}", o.log_path.unwrap_or("-"));
+        outln!("attach:      {}   (on {}; Ctrl-] leaves)", o.attach, o.host);
+        if let Some(f) = &o.follow {
+            outln!("follow:      {f}   (on {})", o.host);
+        }
+    })
+}
+
+/// The `index`th drive letter after `first` (`vd` + `a`, `hd` + `c`).
+fn target(prefix: &str, first: u8, index: usize, what: &str) -> Res<String> {
+    let letter = u8::try_from(index)
+        .ok()
+        .and_then(|n| first.checked_add(n))
+        .ok_or_else(|| Failure::usage(format!("too many {what}")))?;
+    Ok(format!("{prefix}{}", letter as char))
+}
+
+/// `hostctl vm create`: defines the VM as a task (its new volumes take
+/// time), with a progress bar, and starts it if asked.
+async fn create(ctx: &Ctx, args: VmCreate) -> Res<()> {
+    let VmCreate {
+        host,
+        name,
+        memory,
+        vcpus,
+        disks,
+        cdroms,
+        boot,
+        kernel,
+        initrd,
+        cmdline,
+        cpu_mode,
+        networks,
+        description,
+        start,
+    } = args;
+    let mut drives = Vec::with_capacity(disks.len() + cdroms.len());
+    for (i, d) in disks.into_iter().enumerate() {
+        drives.push(DiskSpec {
+            target: target("vd", b'a', i, "disks")?,
+            source: d.source,
+            bus: DiskBus::Virtio,
+            format: d.format,
+            read_only: false,
+            device: DiskDevice::Disk,
+        });
+    }
+    for (i, source) in cdroms.into_iter().enumerate() {
+        // IDE: every machine type has it; hdc is the secondary master.
+        drives.push(cdrom(target("hd", b'c', i, "cdroms")?, source));
+    }
+    let nics = networks
+        .into_iter()
+        .map(|n| NicSpec {
+            network: Some(n),
+            bridge: None,
+            mac: None,
+            model: NicModel::Virtio,
+        })
+        .collect();
+    let spec = VmSpec {
+        name,
+        uuid: None,
+        description: description.unwrap_or_default(),
+        memory_kib: memory * 1024,
+        max_memory_kib: None,
+        vcpus,
+        max_vcpus: None,
+        arch: None,
+        disks: drives,
+        nics,
+        autostart: false,
+        boot: BootSpec {
+            order: boot.into_iter().map(Into::into).collect(),
+            kernel,
+            initrd,
+            cmdline,
+        },
+        cpu_mode: cpu_mode.map(Into::into),
+    };
+    let hh = ctx.client.host(&host);
+    let task = hh.define_vm_async(spec).await?;
+    let bar = Progress::new("vm.define");
+    let t = task.wait(|t| bar.update(t)).await?;
+    bar.done();
+    task_outcome(&t)?;
+    let mut vm = match t.result {
+        Some(Record::Vm(vm)) => vm,
+        other => return Err(Failure::other(format!("unexpected task result {other:?}"))),
+    };
+    if start {
+        vm = hh.vm(vm.uuid).start().await?;
+    }
+    print_vm(ctx, &vm)
+}
+
+/// A read-only raw CD-ROM drive on IDE.
+fn cdrom(target: String, source: DiskSource) -> DiskSpec {
+    DiskSpec {
+        target,
+        source,
+        bus: DiskBus::Ide,
+        format: Some(DiskFormat::Raw),
+        read_only: true,
+        device: DiskDevice::Cdrom,
+    }
+}
+
+/// `hostctl snapshot ...`.
+pub(crate) async fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Res<()> {
+    let c = &ctx.client;
+    match cmd {
+        SnapshotCmd::List { vm } => {
+            let snaps = vm.on(c).snapshots().await?;
+            ctx.list(
+                &snaps,
+                &["NAME", "VM_STATE", "CURRENT", "PARENT", "DESCRIPTION"],
+                |s| {
+                    vec![
+                        s.name.clone(),
+                        s.vm_power_state.to_string(),
+                        s.current.to_string(),
+                        s.parent.clone().unwrap_or_default(),
+                        s.description.clone(),
+                    ]
+                },
+            )
+        }
+        SnapshotCmd::Create {
+            vm,
+            name,
+            description,
+        } => {
+            let s = vm.on(c).snapshot(&name, &description).await?;
+            ctx.show(&s, |s| {
+                outln!(
+                    "snapshot {} of {} taken ({})",
+                    s.name,
+                    vm.name,
+                    s.vm_power_state
+                )
+            })
+        }
+        SnapshotCmd::Revert { vm, name } => {
+            let r = vm.on(c).revert(&name).await?;
+            ctx.show(&r, |r| {
+                outln!("{} reverted to {name}: {}", r.name, r.power_state)
+            })
+        }
+        SnapshotCmd::Delete { vm, name } => {
+            vm.on(c).delete_snapshot(&name).await?;
+            ctx.deleted("snapshot", &name)
+        }
+    }
+}
