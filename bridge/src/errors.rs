@@ -253,3 +253,12 @@ fn bad_state(subject: &Subject, detail: &str) -> Error {
         Subject::Host => Error::internal(detail),
     }
 }
+
+/// `ALREADY_EXISTS` for an object of `class` named `name`.
+pub(crate) fn already_exists(class: &str, name: &str) -> Error {
+    Error::new(
+        ErrorCode::AlreadyExists,
+        [("class", class.to_owned()), ("name", name.to_owned())],
+        format!("{class} {name} already exists"),
+    )
+}

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Reboot reports of one object closer than this are one reboot.
@@ -14,6 +14,8 @@ const MOMENTARY_DEDUP: Duration = Duration::from_secs(2);
 
 use hostbus_protocol::types::{ObjectClass, PoolState, PowerState, Record, Timestamp};
 use hostbus_protocol::{now_ms, EventAction};
+
+use crate::locks::lock;
 
 /// A change to one object, as the bridge reports it. The agent stamps it
 /// with its host id, epoch and sequence number to make a protocol `Event`.
@@ -43,15 +45,48 @@ struct Seen {
     last: Option<Record>,
 }
 
+/// A record the observer keeps generations of: its class and its place in
+/// [`Record`].
+pub(crate) trait Observed: Clone {
+    /// The class of such records.
+    const CLASS: ObjectClass;
+    /// The record as a [`Record`].
+    fn into_record(self) -> Record;
+    /// The record back out of a [`Record`] of its class.
+    fn from_record(r: Record) -> Option<Self>;
+}
+
+macro_rules! observed {
+    ($($ty:ident => $variant:ident),+ $(,)?) => {$(
+        impl Observed for hostbus_protocol::types::$ty {
+            const CLASS: ObjectClass = ObjectClass::$variant;
+            fn into_record(self) -> Record {
+                Record::$variant(self)
+            }
+            fn from_record(r: Record) -> Option<Self> {
+                match r {
+                    Record::$variant(x) => Some(x),
+                    _ => None,
+                }
+            }
+        }
+    )+};
+}
+
+observed! {
+    HostRecord => Host,
+    VmRecord => Vm,
+    SnapshotRecord => Snapshot,
+    PoolRecord => Pool,
+    VolumeRecord => Volume,
+    NetworkRecord => Network,
+}
+
 /// Per-object generations and the subscribers to changes.
 #[derive(Default)]
 pub(crate) struct Observer {
     seen: Mutex<HashMap<(ObjectClass, String), Seen>>,
     subscribers: Mutex<Vec<Sender<ObjectEvent>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The record with everything that is not state removed, for comparison.
