@@ -868,23 +868,12 @@ impl Agent {
         let facts = self.facts.clone();
         let flag = self.refreshing.clone();
         tokio::task::spawn_blocking(move || {
-            let load = std::fs::read_to_string("/proc/loadavg")
-                .ok()
-                .and_then(|s| {
-                    s.split_whitespace()
-                        .next()
-                        .and_then(|l| l.parse::<f64>().ok())
-                })
-                .map_or(0, |l| (l * 1000.0) as u32);
-            let stats = bridge.call(
-                hostbus_protocol::AnyRequest::HostStatsGet(hostbus_protocol::commands::Empty {}),
-                &hostbus_bridge::CallContext::new(),
-            );
+            let load = bridge.host_load();
             let mut f = lock(&facts);
-            f.load_avg_milli = load;
-            if let Ok(hostbus_protocol::AnyResponse::HostStatsGet(s)) = stats {
-                f.vms_active = s.vms_active;
-                f.memory_free_kib = s.memory_free_kib;
+            f.load_avg_milli = load.load_avg_milli;
+            if let (Some(vms), Some(free)) = (load.vms_active, load.memory_free_kib) {
+                f.vms_active = vms;
+                f.memory_free_kib = free;
             }
             drop(f);
             flag.store(false, Ordering::SeqCst);

@@ -24,14 +24,6 @@ use crate::auth::{authorize, Role};
 use crate::journal::{Journal, State};
 use crate::metrics::Metrics;
 
-/// A power operation for `reconcile`: the VM, the states in which it has
-/// already taken effect, and its response built from the VM's record.
-type PowerOp = (
-    Uuid,
-    &'static [&'static str],
-    fn(hostbus_protocol::types::VmRecord) -> AnyResponse,
-);
-
 /// Where and what to reply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplyMessage {
@@ -521,19 +513,21 @@ impl Dispatcher {
         let interrupted = prev.is_some();
         if interrupted {
             tracing::warn!(attempts, "command was interrupted before it finished (agent crash?); reconciling with libvirt");
-            if let AnyRequest::VmDefine(r) = &request {
-                self.clean_interrupted_define(r).await;
-            }
+            let r = request.clone();
+            self.blocking(move |b| b.clean_interrupted(&r)).await;
         }
         let result = self.execute(env, request.clone(), turn).await;
         let result = match result {
-            Err(e) if interrupted => match self.reconcile(&request, &e).await {
-                Some(v) => {
-                    tracing::info!("the interrupted command had already taken effect");
-                    Ok(Executed::Value(Box::new(v)))
+            Err(e) if interrupted => {
+                let err = e.clone();
+                match self.blocking(move |b| b.recover(&request, &err)).await {
+                    Some(Some(v)) => {
+                        tracing::info!("the interrupted command had already taken effect");
+                        Ok(Executed::Value(Box::new(v)))
+                    }
+                    _ => Err(e),
                 }
-                None => Err(e),
-            },
+            }
             other => other,
         };
         let out = self.encode(env, result);
@@ -648,104 +642,15 @@ impl Dispatcher {
         }
     }
 
-    /// An interrupted `vm.define` may have left the volumes it created
-    /// without the VM. If the VM does not exist, they are removed so the
-    /// re-run starts clean; if it does, the re-run reconciles to it.
-    async fn clean_interrupted_define(&self, r: &VmDefineRequest) {
+    /// Runs `work` on the bridge on a blocking thread; `None` if the thread
+    /// failed.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Bridge) -> T + Send + 'static,
+    ) -> Option<T> {
         let bridge = self.bridge.clone();
-        let spec = r.spec.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let ctx = CallContext::new();
-            if bridge.call(AnyRequest::VmGetByName(ObjectName { name: spec.name.clone() }), &ctx).is_ok() {
-                return;
-            }
-            for d in &spec.disks {
-                if let hostbus_protocol::types::DiskSource::NewVolume { pool, .. } = &d.source {
-                    let name = hostbus_bridge::new_volume_name(&spec.name, &d.target, d.format);
-                    match bridge.call(AnyRequest::VolumeDelete(VolumeKey { pool: pool.clone(), name: name.clone() }), &ctx) {
-                        Ok(_) => tracing::info!(volume = %name, "removed a volume left by an interrupted vm.define"),
-                        Err(e) if e.code == ErrorCode::VolumeNotFound => {}
-                        Err(e) => tracing::warn!(volume = %name, error = %e, "cannot remove a volume left by an interrupted vm.define"),
-                    }
-                }
-            }
-        })
-        .await;
-    }
-
-    /// After a crash, a re-run may fail only because the first run already
-    /// did the work (the VM is already running, the volume already exists).
-    /// Then the answer is the object's current state.
-    async fn reconcile(&self, request: &AnyRequest, err: &Error) -> Option<AnyResponse> {
-        use AnyRequest as R;
-        let current = err.param("current");
-        // A power operation whose target state already stands: answer with the VM.
-        let power: Option<PowerOp> = match request {
-            R::VmStart(r) => Some((r.uuid, &["running", "paused"], AnyResponse::VmStart)),
-            R::VmResume(r) => Some((r.uuid, &["running"], AnyResponse::VmResume)),
-            R::VmPause(r) => Some((r.uuid, &["paused"], AnyResponse::VmPause)),
-            R::VmSuspend(r) => Some((r.uuid, &["suspended"], AnyResponse::VmSuspend)),
-            R::VmShutdown(r) => Some((r.uuid, &["halted"], AnyResponse::VmShutdown)),
-            R::VmDestroy(r) => Some((r.uuid, &["halted"], AnyResponse::VmDestroy)),
-            _ => None,
-        };
-        if let Some((uuid, done, wrap)) = power {
-            if err.code != ErrorCode::VmBadPowerState || !current.is_some_and(|c| done.contains(&c))
-            {
-                return None;
-            }
-            return match self.read_now(AnyRequest::VmGet(VmUuid { uuid })).await? {
-                AnyResponse::VmGet(v) => Some(wrap(v)),
-                _ => None,
-            };
-        }
-        let (read, wrap): (AnyRequest, fn(AnyResponse) -> Option<AnyResponse>) =
-            match (request, err.code) {
-                (R::VmDefine(r), ErrorCode::AlreadyExists) => (
-                    AnyRequest::VmGetByName(ObjectName {
-                        name: r.spec.name.clone(),
-                    }),
-                    |a| match a {
-                        AnyResponse::VmGetByName(v) => Some(AnyResponse::VmDefine(v)),
-                        _ => None,
-                    },
-                ),
-                (R::VolumeCreate(r), ErrorCode::AlreadyExists) => (
-                    AnyRequest::VolumeGet(VolumeKey {
-                        pool: r.pool.clone(),
-                        name: r.spec.name.clone(),
-                    }),
-                    |a| match a {
-                        AnyResponse::VolumeGet(v) => Some(AnyResponse::VolumeCreate(v)),
-                        _ => None,
-                    },
-                ),
-                (R::VmUndefine(_), ErrorCode::VmNotFound) => {
-                    return Some(AnyResponse::VmUndefine(Empty {}))
-                }
-                (R::VolumeDelete(_), ErrorCode::VolumeNotFound) => {
-                    return Some(AnyResponse::VolumeDelete(Empty {}))
-                }
-                (R::SnapshotDelete(_), ErrorCode::SnapshotNotFound) => {
-                    return Some(AnyResponse::SnapshotDelete(Empty {}))
-                }
-                (R::PoolUndefine(_), ErrorCode::PoolNotFound) => {
-                    return Some(AnyResponse::PoolUndefine(Empty {}))
-                }
-                (R::NetworkUndefine(_), ErrorCode::NetworkNotFound) => {
-                    return Some(AnyResponse::NetworkUndefine(Empty {}))
-                }
-                _ => return None,
-            };
-        wrap(self.read_now(read).await?)
-    }
-
-    /// Runs a read on the bridge on a blocking thread; `None` if it fails.
-    async fn read_now(&self, read: AnyRequest) -> Option<AnyResponse> {
-        let bridge = self.bridge.clone();
-        tokio::task::spawn_blocking(move || bridge.call(read, &CallContext::new()))
+        tokio::task::spawn_blocking(move || work(&bridge))
             .await
-            .ok()?
             .ok()
     }
 }

@@ -46,7 +46,7 @@ pub use conn::HealthReport;
 pub use host::HostLoad;
 pub use locks::{LockEvent, LockHook, Turn};
 pub use observe::ObjectEvent;
-pub use vm::{allowed_operations, allowed_states, new_volume_name};
+pub use vm::{allowed_operations, allowed_states};
 
 /// The inventory of a simulated host for libvirt's test driver (a node
 /// file: `test:///<path>`), number `index` of a fleet: three VMs (one

@@ -91,7 +91,7 @@ pub(crate) fn random_mac() -> String {
 
 /// The name of the volume `vm.define` creates for a `new_volume` disk with
 /// the spec's `format` (absent: qcow2).
-pub fn new_volume_name(vm: &str, target: &str, format: Option<DiskFormat>) -> String {
+pub(crate) fn new_volume_name(vm: &str, target: &str, format: Option<DiskFormat>) -> String {
     let ext = if format.unwrap_or(DiskFormat::Qcow2) == DiskFormat::Qcow2 {
         "qcow2"
     } else {
