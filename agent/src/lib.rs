@@ -22,6 +22,7 @@ pub mod journal;
 pub mod lane;
 pub mod metrics;
 pub mod settle;
+pub mod stamp;
 
 pub use agent::Agent;
 pub use config::{Config, ConfigError, Flags};

@@ -45,7 +45,7 @@ pub use config::{Config, DomainType};
 pub use conn::HealthReport;
 pub use host::HostLoad;
 pub use locks::{LockEvent, LockHook, Turn};
-pub use observe::ObjectEvent;
+pub use observe::{Deliver, ObjectEvent};
 pub use vm::{allowed_operations, allowed_states};
 
 /// The inventory of a simulated host for libvirt's test driver (a node
@@ -241,9 +241,21 @@ impl Bridge {
         Ok(record)
     }
 
-    /// A new subscription to object events. Dropping the receiver ends it.
+    /// A new subscription to object events, on a channel. Dropping the
+    /// receiver ends it.
     pub fn subscribe(&self) -> Receiver<ObjectEvent> {
-        self.inner.observer.subscribe()
+        let (tx, rx) = channel();
+        self.subscribe_with(Box::new(move |ev| tx.send(ev).is_ok()));
+        rx
+    }
+
+    /// A new subscription to object events, handed to `deliver` on the
+    /// thread that saw each change, without a thread of the bridge's own in
+    /// between: `deliver` must not block (push onto a channel the consumer
+    /// awaits, say an async runtime's unbounded channel) and returns
+    /// `false` to end the subscription.
+    pub fn subscribe_with(&self, deliver: Deliver) {
+        self.inner.observer.subscribe(deliver);
     }
 
     /// Cleans up what an interrupted run of `request` left behind, before

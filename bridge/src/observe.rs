@@ -5,7 +5,6 @@
 //! the same way, so an event is emitted once per change whoever saw it first.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -86,8 +85,14 @@ observed! {
 #[derive(Default)]
 pub(crate) struct Observer {
     seen: Mutex<HashMap<(ObjectClass, String), Seen>>,
-    subscribers: Mutex<Vec<Sender<ObjectEvent>>>,
+    subscribers: Mutex<Vec<Deliver>>,
 }
+
+/// Where one subscription's events go. It is called on the thread that
+/// observed the change (the event worker, a task, a caller), with the
+/// subscribers' list locked, so it must not block; returning `false` ends
+/// the subscription.
+pub type Deliver = Box<dyn FnMut(ObjectEvent) -> bool + Send>;
 
 /// The record with everything that is not state removed, for comparison.
 fn normalized(r: &Record) -> Record {
@@ -158,15 +163,13 @@ fn infer(class: ObjectClass, old: Option<&Record>, new: Option<&Record>) -> Even
 }
 
 impl Observer {
-    pub(crate) fn subscribe(&self) -> Receiver<ObjectEvent> {
-        let (tx, rx) = channel();
-        lock(&self.subscribers).push(tx);
-        rx
+    pub(crate) fn subscribe(&self, deliver: Deliver) {
+        lock(&self.subscribers).push(deliver);
     }
 
     fn publish(&self, ev: ObjectEvent) {
         let mut subs = lock(&self.subscribers);
-        subs.retain(|s| s.send(ev.clone()).is_ok());
+        subs.retain_mut(|deliver| deliver(ev.clone()));
     }
 
     /// Records the current state of an object (`None`: it does not exist)
