@@ -248,23 +248,15 @@ impl Dispatcher {
     pub async fn run(&self, a: Admitted) -> Handled {
         let span = tracing::info_span!("command", command = %a.env.command, command_id = %a.env.command_id, host = %self.host_id);
         async move {
-            let Admitted {
-                env,
-                request,
-                info,
-                deliveries,
-                turn,
-                id_lock,
-                started,
-                _in_flight,
-            } = a;
-            let out = if info.access == Access::Read {
-                self.run_read(&env, request, deliveries).await
+            // `a` (its in-flight guard with it) lives until the reply is built.
+            let out = if a.info.access == Access::Read {
+                self.run_read(&a.env, a.request, a.deliveries).await
             } else {
-                self.run_journaled(&env, request, deliveries, turn, id_lock)
+                let (request, turn, id_lock) = (a.request, a.turn, a.id_lock);
+                self.run_journaled(&a.env, request, a.deliveries, turn, id_lock)
                     .await
             };
-            self.finish(&env, out, started)
+            self.finish(&a.env, out, a.started)
         }
         .instrument(span)
         .await

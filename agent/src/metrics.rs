@@ -133,32 +133,16 @@ impl Metrics {
                 h.count
             );
         }
-        let gauges = [
-            (
-                "hostbus_commands_in_flight",
-                "gauge",
-                "Commands executing now.",
-                self.in_flight.load(Ordering::Relaxed),
-            ),
-            (
-                "hostbus_events_published_total",
-                "counter",
-                "Events published with a broker confirm.",
-                self.events_published.load(Ordering::Relaxed),
-            ),
-            (
-                "hostbus_heartbeats_published_total",
-                "counter",
-                "Heartbeats published.",
-                self.heartbeats_published.load(Ordering::Relaxed),
-            ),
-            (
-                "hostbus_reconnects_total",
-                "counter",
-                "Reconnections to the broker.",
-                self.reconnects.load(Ordering::Relaxed),
-            ),
+        let values = [
+            self.in_flight.load(Ordering::Relaxed),
+            self.events_published.load(Ordering::Relaxed),
+            self.heartbeats_published.load(Ordering::Relaxed),
+            self.reconnects.load(Ordering::Relaxed),
         ];
+        let gauges = GAUGES
+            .iter()
+            .zip(values)
+            .map(|(&(n, k, h), v)| (n, k, h, v));
         for (name, kind, help, v) in gauges {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
@@ -169,6 +153,31 @@ impl Metrics {
         s
     }
 }
+
+/// The single-valued metrics: name, type and help, in the order
+/// [`Metrics::render`] reads their values.
+const GAUGES: [(&str, &str, &str); 4] = [
+    (
+        "hostbus_commands_in_flight",
+        "gauge",
+        "Commands executing now.",
+    ),
+    (
+        "hostbus_events_published_total",
+        "counter",
+        "Events published with a broker confirm.",
+    ),
+    (
+        "hostbus_heartbeats_published_total",
+        "counter",
+        "Heartbeats published.",
+    ),
+    (
+        "hostbus_reconnects_total",
+        "counter",
+        "Reconnections to the broker.",
+    ),
+];
 
 /// Decrements the in-flight gauge when dropped.
 pub struct InFlight(Arc<Metrics>);

@@ -6,22 +6,14 @@ use hostbus_protocol::{Error, ErrorCode};
 use virt::connect::Connect;
 use virt::network::Network;
 
-use crate::errors::already_exists;
 use crate::errors::Subject;
+use crate::errors::{already_exists, state_error};
 use crate::inner::{read_all, uuid_of, Inner};
 use crate::xml;
 
 fn net_bad_state(name: &str, op: &str, active: bool) -> Error {
     let current = if active { "active" } else { "inactive" };
-    Error::new(
-        ErrorCode::NetworkBadState,
-        [
-            ("network", name.to_owned()),
-            ("operation", op.to_owned()),
-            ("current", current.to_owned()),
-        ],
-        format!("network {name} is {current}; {op} is not possible"),
-    )
+    state_error(ErrorCode::NetworkBadState, "network", name, op, current)
 }
 
 impl Inner {

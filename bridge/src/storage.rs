@@ -12,8 +12,8 @@ use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::sys;
 
-use crate::errors::already_exists;
 use crate::errors::Subject;
+use crate::errors::{already_exists, state_error};
 use crate::inner::{read_all, uuid_of, Inner};
 use crate::xml;
 
@@ -57,15 +57,7 @@ fn volume_in_use(pool: &str, volume: &str, op: &str, users: &[&VolumeUser]) -> E
 }
 
 fn pool_bad_state(name: &str, op: &str, current: PoolState) -> Error {
-    Error::new(
-        ErrorCode::PoolBadState,
-        [
-            ("pool", name.to_owned()),
-            ("operation", op.to_owned()),
-            ("current", current.to_string()),
-        ],
-        format!("pool {name} is {current}; {op} is not possible"),
-    )
+    state_error(ErrorCode::PoolBadState, "pool", name, op, current.as_str())
 }
 
 impl Inner {
@@ -252,11 +244,9 @@ impl Inner {
     }
 
     pub(crate) fn pool_start(&self, name: &str) -> Result<PoolRecord, Error> {
-        let (p, rec) = self.pool_op(name, "pool.start", PoolState::Inactive, |p| {
+        self.pool_op_scan(name, "pool.start", PoolState::Inactive, |p| {
             p.create(0).map(|_| ())
-        })?;
-        self.pool_volumes(&p, name)?;
-        Ok(rec)
+        })
     }
 
     pub(crate) fn pool_stop(&self, name: &str) -> Result<PoolRecord, Error> {
@@ -266,9 +256,21 @@ impl Inner {
     }
 
     pub(crate) fn pool_refresh(&self, name: &str) -> Result<PoolRecord, Error> {
-        let (p, rec) = self.pool_op(name, "pool.refresh", PoolState::Running, |p| {
+        self.pool_op_scan(name, "pool.refresh", PoolState::Running, |p| {
             p.refresh(0).map(|_| ())
-        })?;
+        })
+    }
+
+    /// A [`pool_op`](Self::pool_op) after which the pool's volumes are
+    /// observed (they appear when it starts or refreshes).
+    fn pool_op_scan(
+        &self,
+        name: &str,
+        op: &'static str,
+        need: PoolState,
+        act: impl FnOnce(&StoragePool) -> Result<(), virt::error::Error>,
+    ) -> Result<PoolRecord, Error> {
+        let (p, rec) = self.pool_op(name, op, need, act)?;
         self.pool_volumes(&p, name)?;
         Ok(rec)
     }

@@ -9,12 +9,18 @@ fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
-#[test]
-fn layers_apply_in_order() {
-    let dir = std::env::temp_dir().join(format!("hostbus-cfg-{}", std::process::id()));
+/// A configuration file with `text`, in a directory of its own per test.
+fn config_file(test: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hostbus-cfg-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("agent.toml");
-    std::fs::write(&file, "host_id = \"from-file\"\nconcurrency = 3\nlabels = [\"a\", \"b\"]\nheartbeat_interval_ms = 1000\n").expect("write");
+    std::fs::write(&file, text).expect("write");
+    file
+}
+
+#[test]
+fn layers_apply_in_order() {
+    let file = config_file("layers", "host_id = \"from-file\"\nconcurrency = 3\nlabels = [\"a\", \"b\"]\nheartbeat_interval_ms = 1000\n");
     let flags = Flags {
         config: Some(file.clone()),
         concurrency: Some(5),
@@ -34,7 +40,7 @@ fn layers_apply_in_order() {
     assert_eq!(c.heartbeat_interval_ms, 2000, "environment beats the file");
     assert_eq!(c.labels, ["x", "y"]);
     assert_eq!(c.libvirt_uri, "qemu:///system", "defaults fill the rest");
-    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(file.parent().expect("dir"));
 }
 
 #[test]
@@ -130,18 +136,15 @@ fn queue_type_is_a_setting_and_unknown_variables_are_refused() {
 
 #[test]
 fn unknown_file_fields_are_refused() {
-    let dir = std::env::temp_dir().join(format!("hostbus-cfg-unknown-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let file = dir.join("agent.toml");
-    std::fs::write(&file, "hots_id = \"typo\"\n").expect("write");
+    let file = config_file("unknown", "hots_id = \"typo\"\n");
     let err = Config::load(
         &Flags {
-            config: Some(file),
+            config: Some(file.clone()),
             ..Flags::default()
         },
         &HashMap::new(),
     )
     .expect_err("typo");
     assert!(err.to_string().contains("hots_id"), "{err}");
-    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(file.parent().expect("dir"));
 }

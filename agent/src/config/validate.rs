@@ -2,11 +2,31 @@
 //! text for the bridge, authorization, TLS and metrics.
 
 use std::collections::BTreeMap;
+use std::fmt::Display;
 use std::net::SocketAddr;
 
 use hostbus_protocol::names::{check_host_id, check_label};
 
 use super::{field_error, Config, ConfigError};
+
+/// `field` must be at least `min`.
+fn at_least<T: PartialOrd + Display>(field: &str, v: T, min: T) -> Result<(), ConfigError> {
+    if v < min {
+        return Err(field_error(field, format_args!("must be at least {min}")));
+    }
+    Ok(())
+}
+
+/// `field` must lie between `min` and `max`, both included.
+fn between<T: PartialOrd + Display>(field: &str, v: T, min: T, max: T) -> Result<(), ConfigError> {
+    if v < min || v > max {
+        return Err(field_error(
+            field,
+            format_args!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(())
+}
 
 impl Config {
     /// `domain_type` for the bridge.
@@ -54,27 +74,19 @@ impl Config {
                 format_args!("must be between 1 and 1024, got {}", self.concurrency),
             ));
         }
-        if !(50..=3_600_000).contains(&self.heartbeat_interval_ms) {
-            return Err(field_error(
-                "heartbeat_interval_ms",
-                "must be between 50 and 3600000",
-            ));
-        }
-        if self.reconcile_interval_ms < 100 {
-            return Err(field_error("reconcile_interval_ms", "must be at least 100"));
-        }
-        if self.max_payload_bytes < 1024 || self.max_payload_bytes > 64 << 20 {
-            return Err(field_error(
-                "max_payload_bytes",
-                "must be between 1024 and 67108864",
-            ));
-        }
-        if self.reconnect_max_backoff_ms < 100 {
-            return Err(field_error(
-                "reconnect_max_backoff_ms",
-                "must be at least 100",
-            ));
-        }
+        between(
+            "heartbeat_interval_ms",
+            self.heartbeat_interval_ms,
+            50,
+            3_600_000,
+        )?;
+        at_least("reconcile_interval_ms", self.reconcile_interval_ms, 100)?;
+        between("max_payload_bytes", self.max_payload_bytes, 1024, 64 << 20)?;
+        at_least(
+            "reconnect_max_backoff_ms",
+            self.reconnect_max_backoff_ms,
+            100,
+        )?;
         self.metrics_socket()?;
         self.role_map()?;
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
@@ -84,37 +96,19 @@ impl Config {
             ));
         }
         self.tls()?;
-        if self.max_deliveries == 0 {
-            return Err(field_error("max_deliveries", "must be at least 1"));
-        }
-        if self.max_object_queue == 0 {
-            return Err(field_error("max_object_queue", "must be at least 1"));
-        }
-        if self.dead_letter_max_length == 0 {
-            return Err(field_error("dead_letter_max_length", "must be at least 1"));
-        }
+        at_least("max_deliveries", self.max_deliveries, 1)?;
+        at_least("max_object_queue", self.max_object_queue, 1)?;
+        at_least("dead_letter_max_length", self.dead_letter_max_length, 1)?;
         for (field, v) in [
             ("dead_letter_max_age_s", self.dead_letter_max_age_s),
             ("event_retention_s", self.event_retention_s),
             ("roster_retention_s", self.roster_retention_s),
             ("beat_retention_s", self.beat_retention_s),
         ] {
-            if v < 60 {
-                return Err(field_error(field, "must be at least 60"));
-            }
+            at_least(field, v, 60)?;
         }
-        if self.event_retention_bytes < 1 << 20 {
-            return Err(field_error(
-                "event_retention_bytes",
-                "must be at least 1048576",
-            ));
-        }
-        if !(100..=600_000).contains(&self.connect_timeout_ms) {
-            return Err(field_error(
-                "connect_timeout_ms",
-                "must be between 100 and 600000",
-            ));
-        }
+        at_least("event_retention_bytes", self.event_retention_bytes, 1 << 20)?;
+        between("connect_timeout_ms", self.connect_timeout_ms, 100, 600_000)?;
         if self.amqp_frame_max != 0 && self.amqp_frame_max < 4096 {
             return Err(field_error(
                 "amqp_frame_max",

@@ -10,7 +10,7 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
 
-use super::random_mac;
+use super::{random_mac, VmResult};
 use crate::errors::{is_unsupported_flags, Subject};
 use crate::inner::Inner;
 use crate::xml::{self, DiskSrc, DiskXml, NicXml};
@@ -47,38 +47,43 @@ fn with_flags(
 }
 
 impl Inner {
-    pub(crate) fn vm_set_memory(&self, r: VmSetMemoryRequest, id: Uuid) -> Result<VmRecord, Error> {
-        let (_conn, dom, rec) = self.prepare(r.uuid, VmOperation::SetMemory)?;
-        if r.memory_kib > rec.max_memory_kib {
-            return Err(ValidationError::new(
-                "memory_kib",
-                format_args!("exceeds the VM's max_memory_kib {}", rec.max_memory_kib),
-            )
-            .into());
-        }
-        let _op = self.begin_op(r.uuid, id, VmOperation::SetMemory);
-        let flags = live_flags(rec.power_state, rec.persistent);
-        self.lv(
-            &Subject::vm(r.uuid, "set_memory"),
-            with_flags(flags, |f| dom.set_memory_flags(r.memory_kib, f)),
-        )?;
-        self.vm_record(&dom)
+    pub(crate) fn vm_set_memory(&self, r: VmSetMemoryRequest, id: Uuid) -> VmResult {
+        let size = Size(VmOperation::SetMemory, "memory_kib", |v| v.max_memory_kib);
+        let set = |d: &Domain, f| d.set_memory_flags(r.memory_kib, f);
+        self.set_size(r.uuid, id, size, r.memory_kib, set)
     }
 
-    pub(crate) fn vm_set_vcpus(&self, r: VmSetVcpusRequest, id: Uuid) -> Result<VmRecord, Error> {
-        let (_conn, dom, rec) = self.prepare(r.uuid, VmOperation::SetVcpus)?;
-        if r.vcpus > rec.max_vcpus {
+    pub(crate) fn vm_set_vcpus(&self, r: VmSetVcpusRequest, id: Uuid) -> VmResult {
+        let size = Size(VmOperation::SetVcpus, "vcpus", |v| v.max_vcpus);
+        let set = |d: &Domain, f| d.set_vcpus_flags(r.vcpus, f);
+        self.set_size(r.uuid, id, size, r.vcpus, set)
+    }
+
+    /// Sets a size of a VM (memory, vCPUs) up to its maximum, live and in
+    /// its definition as its state allows.
+    fn set_size<T: PartialOrd + std::fmt::Display>(
+        &self,
+        uuid: Uuid,
+        id: Uuid,
+        size: Size<T>,
+        value: T,
+        apply: impl Fn(&Domain, u32) -> Result<(), virt::error::Error>,
+    ) -> Result<VmRecord, Error> {
+        let Size(op, field, max) = size;
+        let (_conn, dom, rec) = self.prepare(uuid, op)?;
+        let max = max(&rec);
+        if value > max {
             return Err(ValidationError::new(
-                "vcpus",
-                format_args!("exceeds the VM's max_vcpus {}", rec.max_vcpus),
+                field,
+                format_args!("exceeds the VM's max_{field} {max}"),
             )
             .into());
         }
-        let _op = self.begin_op(r.uuid, id, VmOperation::SetVcpus);
+        let _op = self.begin_op(uuid, id, op);
         let flags = live_flags(rec.power_state, rec.persistent);
         self.lv(
-            &Subject::vm(r.uuid, "set_vcpus"),
-            with_flags(flags, |f| dom.set_vcpus_flags(r.vcpus, f)),
+            &Subject::vm(uuid, op.as_str()),
+            with_flags(flags, |f| apply(&dom, f)),
         )?;
         self.vm_record(&dom)
     }
@@ -140,11 +145,7 @@ impl Inner {
         Ok(())
     }
 
-    pub(crate) fn vm_attach_disk(
-        &self,
-        r: VmAttachDiskRequest,
-        id: Uuid,
-    ) -> Result<VmRecord, Error> {
+    pub(crate) fn vm_attach_disk(&self, r: VmAttachDiskRequest, id: Uuid) -> VmResult {
         let (conn, dom, rec) = self.prepare(r.uuid, VmOperation::AttachDisk)?;
         if rec.disks.iter().any(|d| d.target == r.disk.target) {
             return Err(ValidationError::new(
@@ -172,17 +173,10 @@ impl Inner {
         self.vm_record(&dom)
     }
 
-    pub(crate) fn vm_detach_disk(
-        &self,
-        r: VmDetachDiskRequest,
-        id: Uuid,
-    ) -> Result<VmRecord, Error> {
+    pub(crate) fn vm_detach_disk(&self, r: VmDetachDiskRequest, id: Uuid) -> VmResult {
         let (conn, dom, rec) = self.prepare(r.uuid, VmOperation::DetachDisk)?;
-        let disk: &DiskRecord = rec
-            .disks
-            .iter()
-            .find(|d| d.target == r.target)
-            .ok_or_else(|| device_not_found(r.uuid, &r.target))?;
+        let disk: &DiskRecord =
+            find_device(&rec.disks, r.uuid, &r.target, |d| d.target == r.target)?;
         let _op = self.begin_op(r.uuid, id, VmOperation::DetachDisk);
         // libvirt finds the disk to detach by its target.
         let source = match &disk.volume {
@@ -211,7 +205,7 @@ impl Inner {
         self.vm_record(&dom)
     }
 
-    pub(crate) fn vm_attach_nic(&self, r: VmAttachNicRequest, id: Uuid) -> Result<VmRecord, Error> {
+    pub(crate) fn vm_attach_nic(&self, r: VmAttachNicRequest, id: Uuid) -> VmResult {
         let (conn, dom, rec) = self.prepare(r.uuid, VmOperation::AttachNic)?;
         self.check_networks(&conn, std::slice::from_ref(&r.nic))?;
         let mac = r.nic.mac.clone().unwrap_or_else(random_mac);
@@ -233,13 +227,10 @@ impl Inner {
         self.vm_record(&dom)
     }
 
-    pub(crate) fn vm_detach_nic(&self, r: VmDetachNicRequest, id: Uuid) -> Result<VmRecord, Error> {
+    pub(crate) fn vm_detach_nic(&self, r: VmDetachNicRequest, id: Uuid) -> VmResult {
         let (conn, dom, rec) = self.prepare(r.uuid, VmOperation::DetachNic)?;
-        let nic: &NicRecord = rec
-            .nics
-            .iter()
-            .find(|n| n.mac.eq_ignore_ascii_case(&r.mac))
-            .ok_or_else(|| device_not_found(r.uuid, &r.mac))?;
+        let same_mac = |n: &NicRecord| n.mac.eq_ignore_ascii_case(&r.mac);
+        let nic = find_device(&rec.nics, r.uuid, &r.mac, same_mac)?;
         let _op = self.begin_op(r.uuid, id, VmOperation::DetachNic);
         let xml = xml::nic_xml(&NicXml {
             network: nic.network.as_deref(),
@@ -258,6 +249,10 @@ impl Inner {
         self.vm_record(&dom)
     }
 }
+
+/// Which size [`Inner::set_size`] sets: the operation, the request's
+/// field, and the VM's maximum for it.
+struct Size<T>(VmOperation, &'static str, fn(&VmRecord) -> T);
 
 /// A device change for [`Inner::change_device`].
 enum DeviceChange<'a> {
@@ -297,6 +292,20 @@ fn device_name(
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| tag.to_owned())
+}
+
+/// The device of `vm` that `is` picks among `devices`, or
+/// `DEVICE_NOT_FOUND` naming it as `name`.
+fn find_device<'a, T>(
+    devices: &'a [T],
+    vm: Uuid,
+    name: &str,
+    is: impl Fn(&T) -> bool,
+) -> Result<&'a T, Error> {
+    devices
+        .iter()
+        .find(|d| is(d))
+        .ok_or_else(|| device_not_found(vm, name))
 }
 
 fn device_not_found(vm: Uuid, device: &str) -> Error {

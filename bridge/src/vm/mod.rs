@@ -22,6 +22,9 @@ use crate::errors::Subject;
 use crate::inner::{read_all, Inner};
 use crate::xml::{self};
 
+/// What an operation on one VM answers: its record afterwards.
+pub(crate) type VmResult = Result<VmRecord, Error>;
+
 /// The power states in which `op` is allowed (XenAPI's lifecycle:
 /// halted ⇄ running ⇄ paused, running/paused → suspended → running).
 pub fn allowed_states(op: VmOperation) -> &'static [PowerState] {

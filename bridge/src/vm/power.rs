@@ -11,7 +11,7 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
 
-use super::require;
+use super::{require, VmResult};
 use crate::errors::Subject;
 use crate::inner::Inner;
 use crate::tasks::Progress;
@@ -46,7 +46,7 @@ impl Inner {
         Ok(self.observe_vm(raw, hint))
     }
 
-    pub(crate) fn vm_start(&self, r: VmStartRequest, id: Uuid) -> Result<VmRecord, Error> {
+    pub(crate) fn vm_start(&self, r: VmStartRequest, id: Uuid) -> VmResult {
         let flags = if r.paused {
             sys::VIR_DOMAIN_START_PAUSED
         } else {
@@ -65,7 +65,7 @@ impl Inner {
         })
     }
 
-    pub(crate) fn vm_destroy(&self, uuid: Uuid, id: Uuid) -> Result<VmRecord, Error> {
+    pub(crate) fn vm_destroy(&self, uuid: Uuid, id: Uuid) -> VmResult {
         self.simple_op(uuid, id, VmOperation::Destroy, None, |d, rec| {
             if rec.power_state == PowerState::Suspended {
                 d.managed_save_remove(0)
@@ -81,7 +81,7 @@ impl Inner {
     /// actually resets, never from the request. The test driver reboots
     /// within the call and has no such callback, so there the call itself
     /// reports it.
-    pub(crate) fn vm_reboot(&self, uuid: Uuid, id: Uuid) -> Result<VmRecord, Error> {
+    pub(crate) fn vm_reboot(&self, uuid: Uuid, id: Uuid) -> VmResult {
         let synchronous = self
             .conn()?
             .driver_type()
@@ -90,7 +90,7 @@ impl Inner {
         self.simple_op(uuid, id, VmOperation::Reboot, hint, |d, _| d.reboot(0))
     }
 
-    pub(crate) fn vm_reset(&self, uuid: Uuid, id: Uuid) -> Result<VmRecord, Error> {
+    pub(crate) fn vm_reset(&self, uuid: Uuid, id: Uuid) -> VmResult {
         self.simple_op(
             uuid,
             id,
@@ -100,11 +100,11 @@ impl Inner {
         )
     }
 
-    pub(crate) fn vm_pause(&self, uuid: Uuid, id: Uuid) -> Result<VmRecord, Error> {
+    pub(crate) fn vm_pause(&self, uuid: Uuid, id: Uuid) -> VmResult {
         self.simple_op(uuid, id, VmOperation::Pause, None, |d, _| d.suspend())
     }
 
-    pub(crate) fn vm_resume(&self, uuid: Uuid, id: Uuid) -> Result<VmRecord, Error> {
+    pub(crate) fn vm_resume(&self, uuid: Uuid, id: Uuid) -> VmResult {
         self.simple_op(uuid, id, VmOperation::Resume, None, |d, rec| {
             if rec.power_state == PowerState::Suspended {
                 d.create().map(|_| ())
@@ -114,7 +114,7 @@ impl Inner {
         })
     }
 
-    pub(crate) fn vm_suspend(&self, uuid: Uuid, id: Uuid) -> Result<VmRecord, Error> {
+    pub(crate) fn vm_suspend(&self, uuid: Uuid, id: Uuid) -> VmResult {
         self.simple_op(uuid, id, VmOperation::Suspend, None, |d, _| {
             d.managed_save(0)
         })
@@ -125,7 +125,7 @@ impl Inner {
         r: VmShutdownRequest,
         progress: &Progress,
         id: Uuid,
-    ) -> Result<VmRecord, Error> {
+    ) -> VmResult {
         let (_conn, dom, _) = self.prepare(r.uuid, VmOperation::Shutdown)?;
         let _op = self.begin_op(r.uuid, id, VmOperation::Shutdown);
         let subject = Subject::vm(r.uuid, "shutdown");

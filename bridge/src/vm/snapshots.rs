@@ -140,28 +140,29 @@ impl Inner {
         Ok(rec)
     }
 
-    pub(crate) fn snapshot_revert(
-        &self,
-        r: SnapshotRef,
-        id: Uuid,
-    ) -> Result<hostbus_protocol::types::VmRecord, Error> {
-        let (dom, _) = self.prepare_snapshot(r.vm, VmOperation::SnapshotRevert)?;
-        let subject = Subject::snapshot(r.vm, &r.name);
-        let snap = self.lv(&subject, Domain::lookup_snapshot_by_name(&dom, &r.name, 0))?;
-        let _op = self.begin_op(r.vm, id, VmOperation::SnapshotRevert);
-        self.lv(&subject, snap.revert(0))?;
-        self.vm_snapshots(r.vm, &dom)?;
-        self.vm_record(&dom)
+    pub(crate) fn snapshot_revert(&self, r: SnapshotRef, id: Uuid) -> Result<VmRecord, Error> {
+        self.snapshot_op(&r, id, VmOperation::SnapshotRevert, |s| s.revert(0))
     }
 
     pub(crate) fn snapshot_delete(&self, r: SnapshotRef, id: Uuid) -> Result<Empty, Error> {
-        let (dom, _) = self.prepare_snapshot(r.vm, VmOperation::SnapshotDelete)?;
+        self.snapshot_op(&r, id, VmOperation::SnapshotDelete, |s| s.delete(0))?;
+        Ok(Empty {})
+    }
+
+    /// Runs `act` on snapshot `r` as `op` and returns the VM's new record.
+    fn snapshot_op(
+        &self,
+        r: &SnapshotRef,
+        id: Uuid,
+        op: VmOperation,
+        act: impl FnOnce(&DomainSnapshot) -> Result<(), virt::error::Error>,
+    ) -> Result<VmRecord, Error> {
+        let (dom, _) = self.prepare_snapshot(r.vm, op)?;
         let subject = Subject::snapshot(r.vm, &r.name);
         let snap = self.lv(&subject, Domain::lookup_snapshot_by_name(&dom, &r.name, 0))?;
-        let _op = self.begin_op(r.vm, id, VmOperation::SnapshotDelete);
-        self.lv(&subject, snap.delete(0))?;
+        let _op = self.begin_op(r.vm, id, op);
+        self.lv(&subject, act(&snap))?;
         self.vm_snapshots(r.vm, &dom)?;
-        self.vm_record(&dom)?;
-        Ok(Empty {})
+        self.vm_record(&dom)
     }
 }
