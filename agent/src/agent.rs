@@ -10,7 +10,7 @@ mod serve;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_lite::StreamExt;
@@ -32,6 +32,7 @@ use crate::lane::ReplyLane;
 use crate::metrics::Metrics;
 use crate::settle::Settler;
 use crate::stamp::Stamp;
+use crate::sync::lock;
 use hostbus_amqp::{redact, topology};
 use presence::Facts;
 
@@ -63,10 +64,6 @@ impl SessionEnd {
 /// a failed connection, so a sick broker or a poison message cannot make
 /// the agent reconnect in a tight loop.
 const STABLE_SESSION: Duration = Duration::from_secs(5);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// What every command of a session publishes and settles with.
 struct Lanes {

@@ -4,7 +4,7 @@
 //! publishes what this returns.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hostbus_amqp::{classify_reply_to, ReplyAddress};
@@ -22,6 +22,7 @@ use crate::auth::{authorize, Role};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::stamp::Stamp;
+use crate::sync::lock;
 
 mod run;
 
@@ -104,10 +105,6 @@ pub struct Admitted {
 enum IdLock {
     Held(tokio::sync::OwnedMutexGuard<()>),
     Wait(Arc<tokio::sync::Mutex<()>>),
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn encode_reply<T: serde::Serialize>(ct: ContentType, reply: &Reply<T>) -> Vec<u8> {

@@ -24,6 +24,7 @@ pub mod lane;
 pub mod metrics;
 pub mod settle;
 pub mod stamp;
+mod sync;
 
 pub use agent::Agent;
 pub use config::{Config, ConfigError, Flags};
