@@ -4,13 +4,11 @@
 //! publishes what this returns.
 
 use std::collections::{BTreeMap, HashMap};
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hostbus_amqp::{classify_reply_to, ReplyAddress};
-use hostbus_bridge::{Bridge, CallContext, Turn};
+use hostbus_bridge::{Bridge, Turn};
 use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::reply_properties;
 use hostbus_protocol::{
@@ -21,16 +19,12 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::auth::{authorize, Role};
-use crate::journal::{Journal, State};
+use crate::journal::Journal;
 use crate::metrics::Metrics;
+use crate::stamp::Stamp;
+use crate::sync::lock;
 
-/// A power operation for `reconcile`: the VM, the states in which it has
-/// already taken effect, and its response built from the VM's record.
-type PowerOp = (
-    Uuid,
-    &'static [&'static str],
-    fn(hostbus_protocol::types::VmRecord) -> AnyResponse,
-);
+mod run;
 
 /// Where and what to reply.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,8 +68,8 @@ pub struct Policy {
 pub struct Dispatcher {
     bridge: Arc<Bridge>,
     host_id: String,
-    epoch: Uuid,
-    seq: Arc<AtomicU64>,
+    /// Stamps `host.snapshot` inventories with the epoch and last event number.
+    stamp: Arc<Stamp>,
     policy: Policy,
     journal: Arc<Journal>,
     metrics: Arc<Metrics>,
@@ -111,10 +105,6 @@ pub struct Admitted {
 enum IdLock {
     Held(tokio::sync::OwnedMutexGuard<()>),
     Wait(Arc<tokio::sync::Mutex<()>>),
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn encode_reply<T: serde::Serialize>(ct: ContentType, reply: &Reply<T>) -> Vec<u8> {
@@ -155,18 +145,15 @@ impl Dispatcher {
     /// A dispatcher for one agent epoch.
     pub fn new(
         bridge: Arc<Bridge>,
-        host_id: String,
-        epoch: Uuid,
-        seq: Arc<AtomicU64>,
+        stamp: Arc<Stamp>,
         policy: Policy,
         journal: Arc<Journal>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             bridge,
-            host_id,
-            epoch,
-            seq,
+            host_id: stamp.host_id().to_owned(),
+            stamp,
             policy,
             journal,
             metrics,
@@ -258,23 +245,15 @@ impl Dispatcher {
     pub async fn run(&self, a: Admitted) -> Handled {
         let span = tracing::info_span!("command", command = %a.env.command, command_id = %a.env.command_id, host = %self.host_id);
         async move {
-            let Admitted {
-                env,
-                request,
-                info,
-                deliveries,
-                turn,
-                id_lock,
-                started,
-                _in_flight,
-            } = a;
-            let out = if info.access == Access::Read {
-                self.run_read(&env, request, deliveries).await
+            // `a` (its in-flight guard with it) lives until the reply is built.
+            let out = if a.info.access == Access::Read {
+                self.run_read(&a.env, a.request, a.deliveries).await
             } else {
-                self.run_journaled(&env, request, deliveries, turn, id_lock)
+                let (request, turn, id_lock) = (a.request, a.turn, a.id_lock);
+                self.run_journaled(&a.env, request, a.deliveries, turn, id_lock)
                     .await
             };
-            self.finish(&env, out, started)
+            self.finish(&a.env, out, a.started)
         }
         .instrument(span)
         .await
@@ -401,11 +380,6 @@ impl Dispatcher {
         Ok((info, request))
     }
 
-    async fn run_read(&self, env: &Envelope, request: AnyRequest, _deliveries: u32) -> Outcome {
-        let result = self.execute(env, request, None).await;
-        self.encode(env, result)
-    }
-
     fn give_up(&self, env: &Envelope, attempts: u32) -> Outcome {
         let reason = format!(
             "{} was delivered {attempts} times without finishing",
@@ -415,337 +389,5 @@ impl Dispatcher {
         let mut o = Outcome::error(env.content_type, Error::internal(&reason));
         o.dead_letter = Some(reason);
         o
-    }
-
-    async fn run_journaled(
-        &self,
-        env: &Envelope,
-        request: AnyRequest,
-        deliveries: u32,
-        turn: Option<Turn>,
-        id_lock: Option<IdLock>,
-    ) -> Outcome {
-        let (held, mutex) = match id_lock {
-            Some(IdLock::Held(g)) => {
-                let m = lock(&self.running).get(&env.command_id).cloned();
-                (g, m)
-            }
-            Some(IdLock::Wait(m)) => (m.clone().lock_owned().await, Some(m)),
-            None => {
-                // Not admitted through `admit` (cannot happen): lock now.
-                let m = lock(&self.running)
-                    .entry(env.command_id)
-                    .or_default()
-                    .clone();
-                (m.clone().lock_owned().await, Some(m))
-            }
-        };
-        let out = self
-            .run_journaled_locked(env, request, deliveries, turn)
-            .await;
-        drop(held);
-        let mut running = lock(&self.running);
-        // The map's and our own reference are all: nobody waits for this id.
-        if mutex.is_some_and(|m| Arc::strong_count(&m) <= 2) {
-            running.remove(&env.command_id);
-        }
-        out
-    }
-
-    async fn run_journaled_locked(
-        &self,
-        env: &Envelope,
-        request: AnyRequest,
-        deliveries: u32,
-        turn: Option<Turn>,
-    ) -> Outcome {
-        let id = env.command_id.to_string();
-        let journal = self.journal.clone();
-        let (id2, name) = (id.clone(), env.command.clone());
-        let seen = tokio::task::spawn_blocking(move || {
-            let prev = journal.get(&id2)?;
-            if prev.as_ref().is_some_and(|p| p.state == State::Done) {
-                return Ok((prev, 0));
-            }
-            let attempts = journal.start(&id2, &name)?;
-            Ok::<_, crate::journal::JournalError>((prev, attempts))
-        })
-        .await;
-        let (prev, attempts) = match seen {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => return Outcome::error(env.content_type, Error::internal(e)),
-            Err(e) => {
-                return Outcome::error(
-                    env.content_type,
-                    Error::internal(format!("journal task failed: {e}")),
-                )
-            }
-        };
-        if let Some(done) = prev.as_ref().filter(|p| p.state == State::Done) {
-            tracing::info!("duplicate command answered from the journal; not executed again");
-            let status = done.reply_status();
-            let outcome = match status {
-                ReplyStatus::Ok => "ok".to_owned(),
-                ReplyStatus::Task => "task".to_owned(),
-                ReplyStatus::Error => "error".to_owned(),
-            };
-            let stored_ct = ContentType::parse(done.content_type.as_deref()).unwrap_or_default();
-            let body = if stored_ct == env.content_type {
-                done.body.clone().unwrap_or_default()
-            } else {
-                // Same command id, other encoding: re-encode what was stored.
-                match hostbus_protocol::decode::<serde_json::Value>(
-                    stored_ct,
-                    done.body.as_deref().unwrap_or_default(),
-                    usize::MAX,
-                ) {
-                    Ok(v) => encode(env.content_type, &v).unwrap_or_default(),
-                    Err(_) => done.body.clone().unwrap_or_default(),
-                }
-            };
-            return Outcome {
-                status,
-                body,
-                outcome: format!("journal-{outcome}"),
-                dead_letter: None,
-            };
-        }
-        // Executions begun (journal, crashes included) or deliveries
-        // (broker or memory), whichever is more.
-        let attempts = attempts.max(deliveries);
-        if attempts > self.policy.max_deliveries {
-            let out = self.give_up(env, attempts);
-            self.record(env, &out).await;
-            return out;
-        }
-        let interrupted = prev.is_some();
-        if interrupted {
-            tracing::warn!(attempts, "command was interrupted before it finished (agent crash?); reconciling with libvirt");
-            if let AnyRequest::VmDefine(r) = &request {
-                self.clean_interrupted_define(r).await;
-            }
-        }
-        let result = self.execute(env, request.clone(), turn).await;
-        let result = match result {
-            Err(e) if interrupted => match self.reconcile(&request, &e).await {
-                Some(v) => {
-                    tracing::info!("the interrupted command had already taken effect");
-                    Ok(Executed::Value(Box::new(v)))
-                }
-                None => Err(e),
-            },
-            other => other,
-        };
-        let out = self.encode(env, result);
-        self.record(env, &out).await;
-        out
-    }
-
-    async fn record(&self, env: &Envelope, out: &Outcome) {
-        let journal = self.journal.clone();
-        let (id, name, status, ct, body) = (
-            env.command_id.to_string(),
-            env.command.clone(),
-            out.status,
-            env.content_type,
-            out.body.clone(),
-        );
-        match tokio::task::spawn_blocking(move || journal.finish(&id, &name, status, ct, &body))
-            .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot record the reply in the journal"),
-            Err(e) => tracing::error!(error = %e, "journal task failed"),
-        }
-    }
-
-    fn encode(&self, env: &Envelope, result: Result<Executed, Error>) -> Outcome {
-        let ct = env.content_type;
-        match result {
-            Ok(Executed::Value(resp)) => match resp.encode_reply(ct) {
-                Ok(body) => Outcome {
-                    status: ReplyStatus::Ok,
-                    body,
-                    outcome: "ok".to_owned(),
-                    dead_letter: None,
-                },
-                Err(e) => Outcome::error(
-                    ct,
-                    Error::internal(format!("cannot encode the response: {e}")),
-                ),
-            },
-            Ok(Executed::Task(task)) => Outcome {
-                status: ReplyStatus::Task,
-                body: encode_reply::<Empty>(ct, &Reply::Task(task)),
-                outcome: "task".to_owned(),
-                dead_letter: None,
-            },
-            Err(e) => {
-                tracing::info!(code = %e.code, message = %e.message, "command failed");
-                Outcome::error(ct, e)
-            }
-        }
-    }
-
-    /// Runs the request on the bridge on a blocking thread, panics
-    /// contained, in `turn` (its place in its object's line).
-    async fn execute(
-        &self,
-        env: &Envelope,
-        request: AnyRequest,
-        turn: Option<Turn>,
-    ) -> Result<Executed, Error> {
-        let ctx = CallContext {
-            command_id: env.command_id,
-            deadline: env.deadline,
-        };
-        let bridge = self.bridge.clone();
-        let asynchronous = env.asynchronous && request.access() != Access::Read;
-        let inline = !asynchronous && Bridge::runs_inline(&request);
-        let run = move || {
-            std::panic::catch_unwind(AssertUnwindSafe(|| {
-                if asynchronous {
-                    bridge
-                        .submit_in_turn(request, &ctx, turn)
-                        .map(|t| Executed::Task(Box::new(t)))
-                } else {
-                    bridge
-                        .call_in_turn(request, &ctx, turn)
-                        .map(|r| Executed::Value(Box::new(r)))
-                }
-            }))
-        };
-        // Libvirt stays off the runtime; what the bridge answers from memory
-        // skips the blocking pool's thread hand-off.
-        let joined = if inline {
-            Ok(run())
-        } else {
-            tokio::task::spawn_blocking(run).await
-        };
-        let result = match joined {
-            Ok(Ok(r)) => r,
-            Ok(Err(panic)) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned());
-                tracing::error!(panic = %what, "a handler panicked; the agent goes on");
-                return Err(Error::internal(format!("the handler panicked: {what}")));
-            }
-            Err(e) => return Err(Error::internal(format!("the handler did not finish: {e}"))),
-        };
-        match result {
-            Ok(Executed::Value(resp)) => match *resp {
-                AnyResponse::HostSnapshot(mut inv) => {
-                    inv.epoch = Some(self.epoch);
-                    inv.seq = self.seq.load(Ordering::SeqCst);
-                    Ok(Executed::Value(Box::new(AnyResponse::HostSnapshot(inv))))
-                }
-                other => Ok(Executed::Value(Box::new(other))),
-            },
-            other => other,
-        }
-    }
-
-    /// An interrupted `vm.define` may have left the volumes it created
-    /// without the VM. If the VM does not exist, they are removed so the
-    /// re-run starts clean; if it does, the re-run reconciles to it.
-    async fn clean_interrupted_define(&self, r: &VmDefineRequest) {
-        let bridge = self.bridge.clone();
-        let spec = r.spec.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let ctx = CallContext::new();
-            if bridge.call(AnyRequest::VmGetByName(ObjectName { name: spec.name.clone() }), &ctx).is_ok() {
-                return;
-            }
-            for d in &spec.disks {
-                if let hostbus_protocol::types::DiskSource::NewVolume { pool, .. } = &d.source {
-                    let name = hostbus_bridge::new_volume_name(&spec.name, &d.target, d.format);
-                    match bridge.call(AnyRequest::VolumeDelete(VolumeKey { pool: pool.clone(), name: name.clone() }), &ctx) {
-                        Ok(_) => tracing::info!(volume = %name, "removed a volume left by an interrupted vm.define"),
-                        Err(e) if e.code == ErrorCode::VolumeNotFound => {}
-                        Err(e) => tracing::warn!(volume = %name, error = %e, "cannot remove a volume left by an interrupted vm.define"),
-                    }
-                }
-            }
-        })
-        .await;
-    }
-
-    /// After a crash, a re-run may fail only because the first run already
-    /// did the work (the VM is already running, the volume already exists).
-    /// Then the answer is the object's current state.
-    async fn reconcile(&self, request: &AnyRequest, err: &Error) -> Option<AnyResponse> {
-        use AnyRequest as R;
-        let current = err.param("current");
-        // A power operation whose target state already stands: answer with the VM.
-        let power: Option<PowerOp> = match request {
-            R::VmStart(r) => Some((r.uuid, &["running", "paused"], AnyResponse::VmStart)),
-            R::VmResume(r) => Some((r.uuid, &["running"], AnyResponse::VmResume)),
-            R::VmPause(r) => Some((r.uuid, &["paused"], AnyResponse::VmPause)),
-            R::VmSuspend(r) => Some((r.uuid, &["suspended"], AnyResponse::VmSuspend)),
-            R::VmShutdown(r) => Some((r.uuid, &["halted"], AnyResponse::VmShutdown)),
-            R::VmDestroy(r) => Some((r.uuid, &["halted"], AnyResponse::VmDestroy)),
-            _ => None,
-        };
-        if let Some((uuid, done, wrap)) = power {
-            if err.code != ErrorCode::VmBadPowerState || !current.is_some_and(|c| done.contains(&c))
-            {
-                return None;
-            }
-            return match self.read_now(AnyRequest::VmGet(VmUuid { uuid })).await? {
-                AnyResponse::VmGet(v) => Some(wrap(v)),
-                _ => None,
-            };
-        }
-        let (read, wrap): (AnyRequest, fn(AnyResponse) -> Option<AnyResponse>) =
-            match (request, err.code) {
-                (R::VmDefine(r), ErrorCode::AlreadyExists) => (
-                    AnyRequest::VmGetByName(ObjectName {
-                        name: r.spec.name.clone(),
-                    }),
-                    |a| match a {
-                        AnyResponse::VmGetByName(v) => Some(AnyResponse::VmDefine(v)),
-                        _ => None,
-                    },
-                ),
-                (R::VolumeCreate(r), ErrorCode::AlreadyExists) => (
-                    AnyRequest::VolumeGet(VolumeKey {
-                        pool: r.pool.clone(),
-                        name: r.spec.name.clone(),
-                    }),
-                    |a| match a {
-                        AnyResponse::VolumeGet(v) => Some(AnyResponse::VolumeCreate(v)),
-                        _ => None,
-                    },
-                ),
-                (R::VmUndefine(_), ErrorCode::VmNotFound) => {
-                    return Some(AnyResponse::VmUndefine(Empty {}))
-                }
-                (R::VolumeDelete(_), ErrorCode::VolumeNotFound) => {
-                    return Some(AnyResponse::VolumeDelete(Empty {}))
-                }
-                (R::SnapshotDelete(_), ErrorCode::SnapshotNotFound) => {
-                    return Some(AnyResponse::SnapshotDelete(Empty {}))
-                }
-                (R::PoolUndefine(_), ErrorCode::PoolNotFound) => {
-                    return Some(AnyResponse::PoolUndefine(Empty {}))
-                }
-                (R::NetworkUndefine(_), ErrorCode::NetworkNotFound) => {
-                    return Some(AnyResponse::NetworkUndefine(Empty {}))
-                }
-                _ => return None,
-            };
-        wrap(self.read_now(read).await?)
-    }
-
-    /// Runs a read on the bridge on a blocking thread; `None` if it fails.
-    async fn read_now(&self, read: AnyRequest) -> Option<AnyResponse> {
-        let bridge = self.bridge.clone();
-        tokio::task::spawn_blocking(move || bridge.call(read, &CallContext::new()))
-            .await
-            .ok()?
-            .ok()
     }
 }

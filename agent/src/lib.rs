@@ -10,6 +10,7 @@
 //! * [`dispatch`]: delivery → reply, with no AMQP in it.
 //! * [`agent`]: sessions, topology, events, presence, reconnection, shutdown.
 //! * [`settle`]: acks, coalesced where it is safe.
+//! * [`stamp`]: the session clock (host, epoch, seq) on all that is published.
 //! * [`metrics`]: the Prometheus endpoint.
 //! * [`fleet`]: many simulated hosts in one process (`--simulate`).
 
@@ -22,6 +23,8 @@ pub mod journal;
 pub mod lane;
 pub mod metrics;
 pub mod settle;
+pub mod stamp;
+mod sync;
 
 pub use agent::Agent;
 pub use config::{Config, ConfigError, Flags};

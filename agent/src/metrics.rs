@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::sync::lock;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -33,10 +35,6 @@ pub struct Metrics {
     heartbeats_published: AtomicU64,
     reconnects: AtomicU64,
     dead_lettered: Mutex<BTreeMap<String, u64>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Metrics {
@@ -133,32 +131,16 @@ impl Metrics {
                 h.count
             );
         }
-        let gauges = [
-            (
-                "hostbus_commands_in_flight",
-                "gauge",
-                "Commands executing now.",
-                self.in_flight.load(Ordering::Relaxed),
-            ),
-            (
-                "hostbus_events_published_total",
-                "counter",
-                "Events published with a broker confirm.",
-                self.events_published.load(Ordering::Relaxed),
-            ),
-            (
-                "hostbus_heartbeats_published_total",
-                "counter",
-                "Heartbeats published.",
-                self.heartbeats_published.load(Ordering::Relaxed),
-            ),
-            (
-                "hostbus_reconnects_total",
-                "counter",
-                "Reconnections to the broker.",
-                self.reconnects.load(Ordering::Relaxed),
-            ),
+        let values = [
+            self.in_flight.load(Ordering::Relaxed),
+            self.events_published.load(Ordering::Relaxed),
+            self.heartbeats_published.load(Ordering::Relaxed),
+            self.reconnects.load(Ordering::Relaxed),
         ];
+        let gauges = GAUGES
+            .iter()
+            .zip(values)
+            .map(|(&(n, k, h), v)| (n, k, h, v));
         for (name, kind, help, v) in gauges {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
@@ -169,6 +151,31 @@ impl Metrics {
         s
     }
 }
+
+/// The single-valued metrics: name, type and help, in the order
+/// [`Metrics::render`] reads their values.
+const GAUGES: [(&str, &str, &str); 4] = [
+    (
+        "hostbus_commands_in_flight",
+        "gauge",
+        "Commands executing now.",
+    ),
+    (
+        "hostbus_events_published_total",
+        "counter",
+        "Events published with a broker confirm.",
+    ),
+    (
+        "hostbus_heartbeats_published_total",
+        "counter",
+        "Heartbeats published.",
+    ),
+    (
+        "hostbus_reconnects_total",
+        "counter",
+        "Reconnections to the broker.",
+    ),
+];
 
 /// Decrements the in-flight gauge when dropped.
 pub struct InFlight(Arc<Metrics>);

@@ -160,24 +160,16 @@ async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<Settle>) {
 mod tests {
     use super::*;
 
+    fn ack(tag: u64, multiple: bool) -> Op {
+        Op::Ack { tag, multiple }
+    }
+
     #[test]
     fn consecutive_acks_become_one_multiple_ack() {
         let mut c = Coalescer::default();
         let ops = c.plan(&[Settle::Ack(2), Settle::Ack(1), Settle::Ack(3)]);
-        assert_eq!(
-            ops,
-            vec![Op::Ack {
-                tag: 3,
-                multiple: true
-            }]
-        );
-        assert_eq!(
-            c.plan(&[Settle::Ack(4)]),
-            vec![Op::Ack {
-                tag: 4,
-                multiple: false
-            }]
-        );
+        assert_eq!(ops, vec![ack(3, true)]);
+        assert_eq!(c.plan(&[Settle::Ack(4)]), vec![ack(4, false)]);
     }
 
     #[test]
@@ -185,31 +177,12 @@ mod tests {
         let mut c = Coalescer::default();
         // Tag 2 still runs: 1 is acked alone, 3 and 4 one by one.
         let ops = c.plan(&[Settle::Ack(1), Settle::Ack(3), Settle::Ack(4)]);
-        assert_eq!(
-            ops,
-            vec![
-                Op::Ack {
-                    tag: 1,
-                    multiple: false
-                },
-                Op::Ack {
-                    tag: 3,
-                    multiple: false
-                },
-                Op::Ack {
-                    tag: 4,
-                    multiple: false
-                },
-            ]
-        );
+        assert_eq!(ops, vec![ack(1, false), ack(3, false), ack(4, false),]);
         // 2 and 5 finish: one multiple ack naming 5 covers both (3 and 4
         // are settled already; a frame naming them would close the channel).
         assert_eq!(
             c.plan(&[Settle::Ack(2), Settle::Ack(5)]),
-            vec![Op::Ack {
-                tag: 5,
-                multiple: true
-            }]
+            vec![ack(5, true)]
         );
     }
 
@@ -217,16 +190,7 @@ mod tests {
     fn requeues_go_first_and_are_not_acked() {
         let mut c = Coalescer::default();
         let ops = c.plan(&[Settle::Ack(1), Settle::Requeue(2), Settle::Ack(3)]);
-        assert_eq!(
-            ops,
-            vec![
-                Op::Requeue { tag: 2 },
-                Op::Ack {
-                    tag: 3,
-                    multiple: true
-                },
-            ]
-        );
+        assert_eq!(ops, vec![Op::Requeue { tag: 2 }, ack(3, true),]);
     }
 
     /// Simulates the broker: every tag settled exactly once, a multiple ack

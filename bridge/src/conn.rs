@@ -2,7 +2,7 @@
 //! broken or closed, reopened on the next call or health check.
 
 use std::sync::mpsc::Sender;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 
 use hostbus_protocol::types::HealthStatus;
 use hostbus_protocol::Error;
@@ -10,6 +10,7 @@ use virt::connect::Connect;
 
 use crate::errors::host_unavailable;
 use crate::events::{self, RawEvent, Registrations};
+use crate::locks::lock;
 
 struct Live {
     conn: Connect,
@@ -48,10 +49,6 @@ pub(crate) struct Conn {
     live: Mutex<Option<Live>>,
     /// Held only to read or write a few fields.
     status: Mutex<Status>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Conn {

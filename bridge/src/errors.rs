@@ -202,54 +202,59 @@ fn not_found(code: ErrorCode, params: &[(&str, String)], detail: &str) -> Error 
 }
 
 fn bad_state(subject: &Subject, detail: &str) -> Error {
-    match subject {
-        Subject::Vm { id, op } => Error::new(
-            ErrorCode::VmBadPowerState,
-            [
-                ("vm", id.clone()),
-                ("operation", (*op).to_owned()),
-                ("current", PowerState::Unknown.to_string()),
-                ("allowed", String::new()),
-            ],
-            format!("vm {id} cannot {op} in its current state: {detail}"),
-        ),
-        Subject::Pool { name, op } => Error::new(
-            ErrorCode::PoolBadState,
-            [
-                ("pool", name.clone()),
-                ("operation", (*op).to_owned()),
-                ("current", String::new()),
-            ],
-            format!("pool {name} cannot {op} in its current state: {detail}"),
-        ),
-        Subject::Volume { pool, .. } => Error::new(
-            ErrorCode::PoolBadState,
-            [
-                ("pool", pool.clone()),
-                ("operation", "volume".to_owned()),
-                ("current", String::new()),
-            ],
-            format!("pool {pool} does not allow this volume operation: {detail}"),
-        ),
-        Subject::Network { name, op } => Error::new(
-            ErrorCode::NetworkBadState,
-            [
-                ("network", name.clone()),
-                ("operation", (*op).to_owned()),
-                ("current", String::new()),
-            ],
-            format!("network {name} cannot {op} in its current state: {detail}"),
-        ),
-        Subject::Snapshot { vm, name } => Error::new(
-            ErrorCode::VmBadPowerState,
-            [
-                ("vm", vm.clone()),
-                ("operation", "snapshot".to_owned()),
-                ("current", PowerState::Unknown.to_string()),
-                ("allowed", String::new()),
-            ],
-            format!("snapshot {name} of vm {vm} cannot be used now: {detail}"),
-        ),
-        Subject::Host => Error::internal(detail),
+    use ErrorCode::*;
+    let (code, key, name, op) = match subject {
+        Subject::Vm { id, op } => (VmBadPowerState, "vm", id, *op),
+        Subject::Pool { name, op } => (PoolBadState, "pool", name, *op),
+        Subject::Volume { pool, .. } => (PoolBadState, "pool", pool, "volume"),
+        Subject::Network { name, op } => (NetworkBadState, "network", name, *op),
+        Subject::Snapshot { vm, .. } => (VmBadPowerState, "vm", vm, "snapshot"),
+        Subject::Host => return Error::internal(detail),
+    };
+    let message = match subject {
+        Subject::Volume { .. } => {
+            format!("pool {name} does not allow this volume operation: {detail}")
+        }
+        Subject::Snapshot { name: snap, .. } => {
+            format!("snapshot {snap} of vm {name} cannot be used now: {detail}")
+        }
+        _ => format!("{key} {name} cannot {op} in its current state: {detail}"),
+    };
+    let mut params = vec![(key, name.clone()), ("operation", op.to_owned())];
+    if code == VmBadPowerState {
+        params.push(("current", PowerState::Unknown.to_string()));
+        params.push(("allowed", String::new()));
+    } else {
+        params.push(("current", String::new()));
     }
+    Error::new(code, params, message)
+}
+
+/// `ALREADY_EXISTS` for an object of `class` named `name`.
+pub(crate) fn already_exists(class: &str, name: &str) -> Error {
+    Error::new(
+        ErrorCode::AlreadyExists,
+        [("class", class.to_owned()), ("name", name.to_owned())],
+        format!("{class} {name} already exists"),
+    )
+}
+
+/// `code` (a `*_BAD_STATE`) for object `name` of `class`, which is
+/// `current`, so `op` is not possible.
+pub(crate) fn state_error(
+    code: ErrorCode,
+    class: &str,
+    name: &str,
+    op: &str,
+    current: &str,
+) -> Error {
+    Error::new(
+        code,
+        [
+            (class, name.to_owned()),
+            ("operation", op.to_owned()),
+            ("current", current.to_owned()),
+        ],
+        format!("{class} {name} is {current}; {op} is not possible"),
+    )
 }

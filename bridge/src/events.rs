@@ -14,6 +14,7 @@
 
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int, c_void};
+use std::ptr::null_mut;
 use std::sync::mpsc::Sender;
 use std::sync::Once;
 use std::time::Duration;
@@ -109,122 +110,72 @@ unsafe fn domain_uuid(dom: sys::virDomainPtr) -> Option<String> {
     )
 }
 
-unsafe extern "C" fn on_domain_lifecycle(
-    _conn: sys::virConnectPtr,
-    dom: sys::virDomainPtr,
-    _event: c_int,
-    _detail: c_int,
-    opaque: *mut c_void,
-) -> c_int {
-    // SAFETY: libvirt passes a valid domain and our registration's opaque.
-    unsafe {
-        if let Some(uuid) = domain_uuid(dom) {
-            send(opaque, RawEvent::Vm(uuid));
+/// Defines a callback that reports the object it is called for, by the
+/// uuid (domains) or name (pools, networks) `$id` reads from it, as
+/// `$event`; `$arg`s are the event's own arguments, unused. The SAFETY
+/// argument is the same for all: libvirt passes a valid object, whose name
+/// lives as long as it, and our registration's opaque.
+macro_rules! callback {
+    ($(#[$doc:meta])* $name:ident($obj:ty, $id:expr $(, $arg:ident: $ty:ty)*) $(-> $ret:ty = $val:expr)? => $event:path) => {
+        $(#[$doc])*
+        unsafe extern "C" fn $name(
+            _conn: sys::virConnectPtr,
+            obj: $obj,
+            $($arg: $ty,)*
+            opaque: *mut c_void,
+        ) $(-> $ret)? {
+            // SAFETY: see the macro.
+            unsafe {
+                if let Some(id) = $id(obj) {
+                    send(opaque, $event(id));
+                }
+            }
+            $($val)?
         }
-    }
-    0
+    };
 }
 
-unsafe extern "C" fn on_domain_reboot(
-    _conn: sys::virConnectPtr,
-    dom: sys::virDomainPtr,
-    opaque: *mut c_void,
-) {
-    // SAFETY: libvirt passes a valid domain and our registration's opaque.
-    unsafe {
-        if let Some(uuid) = domain_uuid(dom) {
-            send(opaque, RawEvent::VmRebooted(uuid));
-        }
-    }
+/// # Safety
+/// `name` must be null or a NUL-terminated string.
+unsafe fn owned(name: *const c_char) -> Option<String> {
+    // SAFETY: guaranteed by the caller.
+    (!name.is_null()).then(|| {
+        unsafe { CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned()
+    })
 }
 
-/// A device was added to or removed from a running domain, or its removal
-/// failed: the guest's answer to a hotplug request, which may come long
-/// after the request returned.
-unsafe extern "C" fn on_domain_device(
-    _conn: sys::virConnectPtr,
-    dom: sys::virDomainPtr,
-    _alias: *const c_char,
-    opaque: *mut c_void,
-) {
-    // SAFETY: libvirt passes a valid domain and our registration's opaque.
-    unsafe {
-        if let Some(uuid) = domain_uuid(dom) {
-            send(opaque, RawEvent::Vm(uuid));
-        }
-    }
+/// # Safety
+/// `pool` must be a valid pool pointer for the duration of the call.
+unsafe fn pool_name(pool: sys::virStoragePoolPtr) -> Option<String> {
+    // SAFETY: the returned name lives as long as the pool.
+    unsafe { owned(sys::virStoragePoolGetName(pool)) }
 }
 
-/// The guest's balloon reached a new size: the memory a `vm.set_memory`
-/// asked for is in effect once the guest has given it back.
-unsafe extern "C" fn on_domain_balloon(
-    _conn: sys::virConnectPtr,
-    dom: sys::virDomainPtr,
-    _actual: std::os::raw::c_ulonglong,
-    opaque: *mut c_void,
-) {
-    // SAFETY: libvirt passes a valid domain and our registration's opaque.
-    unsafe {
-        if let Some(uuid) = domain_uuid(dom) {
-            send(opaque, RawEvent::Vm(uuid));
-        }
-    }
+/// # Safety
+/// `net` must be a valid network pointer for the duration of the call.
+unsafe fn network_name(net: sys::virNetworkPtr) -> Option<String> {
+    // SAFETY: the returned name lives as long as the network.
+    unsafe { owned(sys::virNetworkGetName(net)) }
 }
 
-unsafe extern "C" fn on_pool_lifecycle(
-    _conn: sys::virConnectPtr,
-    pool: sys::virStoragePoolPtr,
-    _event: c_int,
-    _detail: c_int,
-    opaque: *mut c_void,
-) {
-    // SAFETY: libvirt passes a valid pool; the returned name lives as long as the pool.
-    unsafe {
-        let name = sys::virStoragePoolGetName(pool);
-        if !name.is_null() {
-            send(
-                opaque,
-                RawEvent::Pool(CStr::from_ptr(name).to_string_lossy().into_owned()),
-            );
-        }
-    }
-}
-
-unsafe extern "C" fn on_pool_refresh(
-    _conn: sys::virConnectPtr,
-    pool: sys::virStoragePoolPtr,
-    opaque: *mut c_void,
-) {
-    // SAFETY: as in `on_pool_lifecycle`.
-    unsafe {
-        let name = sys::virStoragePoolGetName(pool);
-        if !name.is_null() {
-            send(
-                opaque,
-                RawEvent::Pool(CStr::from_ptr(name).to_string_lossy().into_owned()),
-            );
-        }
-    }
-}
-
-unsafe extern "C" fn on_network_lifecycle(
-    _conn: sys::virConnectPtr,
-    net: sys::virNetworkPtr,
-    _event: c_int,
-    _detail: c_int,
-    opaque: *mut c_void,
-) {
-    // SAFETY: libvirt passes a valid network; the returned name lives as long as it.
-    unsafe {
-        let name = sys::virNetworkGetName(net);
-        if !name.is_null() {
-            send(
-                opaque,
-                RawEvent::Network(CStr::from_ptr(name).to_string_lossy().into_owned()),
-            );
-        }
-    }
-}
+callback!(on_domain_lifecycle(sys::virDomainPtr, domain_uuid, _event: c_int, _detail: c_int) -> c_int = 0 => RawEvent::Vm);
+callback!(on_domain_reboot(sys::virDomainPtr, domain_uuid) => RawEvent::VmRebooted);
+callback!(
+    /// A device was added to or removed from a running domain, or its removal
+    /// failed: the guest's answer to a hotplug request, which may come long
+    /// after the request returned.
+    on_domain_device(sys::virDomainPtr, domain_uuid, _alias: *const c_char) => RawEvent::Vm
+);
+callback!(
+    /// The guest's balloon reached a new size: the memory a `vm.set_memory`
+    /// asked for is in effect once the guest has given it back.
+    on_domain_balloon(sys::virDomainPtr, domain_uuid, _actual: std::os::raw::c_ulonglong) => RawEvent::Vm
+);
+callback!(on_pool_lifecycle(sys::virStoragePoolPtr, pool_name, _event: c_int, _detail: c_int) => RawEvent::Pool);
+callback!(on_pool_refresh(sys::virStoragePoolPtr, pool_name) => RawEvent::Pool);
+callback!(on_network_lifecycle(sys::virNetworkPtr, network_name, _event: c_int, _detail: c_int) => RawEvent::Network);
 
 unsafe extern "C" fn on_close(_conn: sys::virConnectPtr, _reason: c_int, opaque: *mut c_void) {
     // SAFETY: our registration's opaque.
@@ -267,6 +218,30 @@ fn register_one(
     }
 }
 
+/// Registers each `(event id, callback)` with `register_any` (which gets
+/// the id, the callback and a fresh opaque); returns the registrations
+/// libvirt accepted. A refusal is logged, as a warning when every driver
+/// is `expected` to have such events (domains; the test driver has no pool
+/// or network events).
+fn register_many<C: Copy>(
+    tx: &Sender<RawEvent>,
+    callbacks: &[(u32, C)],
+    expected: bool,
+    register_any: impl Fn(c_int, C, *mut c_void) -> c_int,
+) -> Vec<c_int> {
+    let mut ids = Vec::new();
+    for &(id, cb) in callbacks {
+        match register_one(tx, |op| register_any(id as c_int, cb, op)) {
+            Some(rc) => ids.push(rc),
+            None if expected => {
+                tracing::warn!(event_id = id, "libvirt refused an event registration")
+            }
+            None => tracing::debug!(event_id = id, "no such events on this driver"),
+        }
+    }
+    ids
+}
+
 /// Registers the lifecycle callbacks on `conn`. Failures are logged: the
 /// periodic reconciliation still catches every change, only later.
 pub(crate) fn register(conn: &Connect, tx: &Sender<RawEvent>) -> Registrations {
@@ -295,64 +270,27 @@ pub(crate) fn register(conn: &Connect, tx: &Sender<RawEvent>) -> Registrations {
         (sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED, device),
         (sys::VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE, balloon),
     ];
-    for (id, cb) in domain_cbs {
-        // SAFETY: valid connection; libvirt frees `op` through `free_opaque`
-        // when it drops the registration.
-        let rc = register_one(tx, |op| unsafe {
-            sys::virConnectDomainEventRegisterAny(
-                ptr,
-                std::ptr::null_mut(),
-                id as c_int,
-                Some(cb),
-                op,
-                Some(free_opaque),
-            )
-        });
-        match rc {
-            Some(rc) => regs.domain.push(rc),
-            None => tracing::warn!(event_id = id, "libvirt refused a domain event registration"),
-        }
-    }
+    let free: sys::virFreeCallback = Some(free_opaque);
+    // SAFETY (the registrations below): valid connection; libvirt frees
+    // `op` through `free_opaque` when it drops the registration.
+    regs.domain = register_many(tx, &domain_cbs, true, |id, cb, op| unsafe {
+        sys::virConnectDomainEventRegisterAny(ptr, null_mut(), id, Some(cb), op, free)
+    });
     let pool_cbs: [(u32, GenericPoolCb); 2] = [
         (sys::VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, unsafe {
             std::mem::transmute::<PoolLifecycleCb, GenericPoolCb>(on_pool_lifecycle)
         }),
         (sys::VIR_STORAGE_POOL_EVENT_ID_REFRESH, on_pool_refresh),
     ];
-    for (id, cb) in pool_cbs {
-        // SAFETY: as for domains.
-        let rc = register_one(tx, |op| unsafe {
-            sys::virConnectStoragePoolEventRegisterAny(
-                ptr,
-                std::ptr::null_mut(),
-                id as c_int,
-                Some(cb),
-                op,
-                Some(free_opaque),
-            )
-        });
-        match rc {
-            Some(rc) => regs.pool.push(rc),
-            None => tracing::debug!(event_id = id, "no storage pool events on this driver"),
-        }
-    }
+    regs.pool = register_many(tx, &pool_cbs, false, |id, cb, op| unsafe {
+        sys::virConnectStoragePoolEventRegisterAny(ptr, null_mut(), id, Some(cb), op, free)
+    });
     // SAFETY: as for domains.
     let cb = unsafe { std::mem::transmute::<NetLifecycleCb, GenericNetCb>(on_network_lifecycle) };
-    // SAFETY: as for domains.
-    let rc = register_one(tx, |op| unsafe {
-        sys::virConnectNetworkEventRegisterAny(
-            ptr,
-            std::ptr::null_mut(),
-            sys::VIR_NETWORK_EVENT_ID_LIFECYCLE as c_int,
-            Some(cb),
-            op,
-            Some(free_opaque),
-        )
+    let net_cbs = [(sys::VIR_NETWORK_EVENT_ID_LIFECYCLE, cb)];
+    regs.network = register_many(tx, &net_cbs, false, |id, cb, op| unsafe {
+        sys::virConnectNetworkEventRegisterAny(ptr, null_mut(), id, Some(cb), op, free)
     });
-    match rc {
-        Some(rc) => regs.network.push(rc),
-        None => tracing::debug!("no network events on this driver"),
-    }
     // SAFETY: valid connection; libvirt frees `op` through `free_opaque`
     // when the callback is unregistered or the connection is freed.
     regs.close = register_one(tx, |op| unsafe {

@@ -1,56 +1,41 @@
-//! Host facts, VM snapshots, the full inventory and reconciliation scans.
+//! Host facts (info, capabilities, statistics, load) and the full
+//! inventory that reconciliation scans.
 
 use std::collections::{BTreeMap, HashSet};
 
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::{
-    Capabilities, DiskDevice, DiskFormat, HostRecord, HostStats, Inventory, ObjectClass, PoolState,
-    PowerState, Record, SnapshotRecord, VmOperation, VmRecord,
+    Capabilities, HostRecord, HostStats, Inventory, ObjectClass, PoolState, PowerState,
 };
-use hostbus_protocol::{now_ms, Error, ErrorCode, COMMANDS};
-use uuid::Uuid;
+use hostbus_protocol::{now_ms, Error, COMMANDS};
 use virt::connect::Connect;
-use virt::domain::Domain;
-use virt::domain_snapshot::DomainSnapshot;
 
 use crate::errors::Subject;
-use crate::vm::already_exists;
+use crate::inner::Inner;
 use crate::xml::{self, CapsFacts};
-use crate::Inner;
 
-/// QEMU keeps a snapshot inside the VM's qcow2 images (and the memory
-/// state in one of them): a VM with no writable disk, or with a writable
-/// disk in another format, cannot have one. Refused here, before libvirt
-/// fails in its own words.
-fn internal_snapshot_possible(rec: &VmRecord) -> Result<(), Error> {
-    let writable: Vec<_> = rec
-        .disks
-        .iter()
-        .filter(|d| d.device == DiskDevice::Disk && !d.read_only)
-        .collect();
-    let refuse = |reason: String| {
-        Error::new(
-            ErrorCode::OperationNotSupported,
-            [
-                ("operation", "snapshot.create".to_owned()),
-                ("reason", reason.clone()),
-            ],
-            format!("vm {} cannot have a snapshot: {reason}", rec.name),
-        )
-    };
-    if writable.is_empty() {
-        return Err(refuse(
-            "it has no writable disk to hold the snapshot; internal snapshots live in qcow2 disks"
-                .into(),
-        ));
-    }
-    if let Some(d) = writable.iter().find(|d| d.format != DiskFormat::Qcow2) {
-        return Err(refuse(format!(
-            "disk {} is {}; internal snapshots need every writable disk in qcow2",
-            d.target, d.format
-        )));
-    }
-    Ok(())
+/// The host's load as heartbeats report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostLoad {
+    /// The one-minute load average, in thousandths (0 where unknown).
+    pub load_avg_milli: u32,
+    /// Running or paused VMs; `None` when libvirt did not answer.
+    pub vms_active: Option<u32>,
+    /// Free memory; `None` when libvirt did not answer.
+    pub memory_free_kib: Option<u64>,
+}
+
+/// The one-minute load average from `/proc/loadavg`, in thousandths; 0
+/// where there is none.
+fn load_avg_milli() -> u32 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|l| l.parse::<f64>().ok())
+        })
+        .map_or(0, |l| (l * 1000.0) as u32)
 }
 
 fn version_string(v: u32) -> String {
@@ -99,18 +84,7 @@ impl Inner {
             generation: 0,
         };
         let id = rec.host_id.clone();
-        Ok(
-            match self.observer.observe(
-                ObjectClass::Host,
-                &id,
-                Some(Record::Host(rec.clone())),
-                None,
-                self.emitting(),
-            ) {
-                Some(Record::Host(r)) => r,
-                _ => rec,
-            },
-        )
+        Ok(self.observed(&id, rec, None))
     }
 
     pub(crate) fn capabilities(&self) -> Result<Capabilities, Error> {
@@ -125,6 +99,16 @@ impl Inner {
             live_resize: true,
             snapshots: true,
         })
+    }
+
+    pub(crate) fn host_load(&self) -> HostLoad {
+        let load_avg_milli = load_avg_milli();
+        let stats = self.host_stats().ok();
+        HostLoad {
+            load_avg_milli,
+            vms_active: stats.as_ref().map(|s| s.vms_active),
+            memory_free_kib: stats.map(|s| s.memory_free_kib),
+        }
     }
 
     pub(crate) fn host_stats(&self) -> Result<HostStats, Error> {
@@ -157,126 +141,6 @@ impl Inner {
             vm_vcpus: active.iter().map(|v| v.vcpus).sum(),
         })
     }
-
-    // ----------------------------------------------------------- snapshots
-
-    fn snapshot_raw(&self, vm: Uuid, s: &DomainSnapshot) -> Result<SnapshotRecord, Error> {
-        let name = s.name().unwrap_or_default();
-        let facts = xml::parse_snapshot(&self.lv(&Subject::snapshot(vm, &name), s.xml_desc(0))?)?;
-        Ok(SnapshotRecord {
-            vm,
-            name: facts.name,
-            description: facts.description,
-            created_at: facts.created_at_s.saturating_mul(1000),
-            vm_power_state: facts.state,
-            parent: facts.parent,
-            current: s.is_current(0).unwrap_or(false),
-            generation: 0,
-        })
-    }
-
-    fn snapshot_record(&self, vm: Uuid, s: &DomainSnapshot) -> Result<SnapshotRecord, Error> {
-        let rec = self.snapshot_raw(vm, s)?;
-        let id = format!("{vm}/{}", rec.name);
-        Ok(
-            match self.observer.observe(
-                ObjectClass::Snapshot,
-                &id,
-                Some(Record::Snapshot(rec.clone())),
-                None,
-                self.emitting(),
-            ) {
-                Some(Record::Snapshot(r)) => r,
-                _ => rec,
-            },
-        )
-    }
-
-    /// Observes every snapshot of a VM, noticing the ones that are gone.
-    fn vm_snapshots(&self, vm: Uuid, dom: &Domain) -> Result<Vec<SnapshotRecord>, Error> {
-        let snaps = self.lv(&Subject::vm(vm, "snapshot.list"), dom.list_all_snapshots(0))?;
-        let mut out = Vec::new();
-        for s in &snaps {
-            out.push(self.snapshot_record(vm, s)?);
-        }
-        out.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
-        let prefix = format!("{vm}/");
-        for id in self.observer.existing(ObjectClass::Snapshot) {
-            if let Some(name) = id.strip_prefix(&prefix) {
-                if !out.iter().any(|s| s.name == name) {
-                    self.observer
-                        .observe(ObjectClass::Snapshot, &id, None, None, self.emitting());
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    pub(crate) fn snapshot_list(&self, vm: Uuid) -> Result<SnapshotListResponse, Error> {
-        let conn = self.conn()?;
-        let dom = self.lookup_vm(&conn, vm)?;
-        Ok(SnapshotListResponse {
-            snapshots: self.vm_snapshots(vm, &dom)?,
-        })
-    }
-
-    fn prepare_snapshot(&self, vm: Uuid, op: VmOperation) -> Result<(Domain, VmRecord), Error> {
-        let conn = self.conn()?;
-        let dom = self.lookup_vm(&conn, vm)?;
-        let rec = self.vm_record(&dom)?;
-        crate::vm::require(&rec, op)?;
-        Ok((dom, rec))
-    }
-
-    pub(crate) fn snapshot_create(
-        &self,
-        r: SnapshotCreateRequest,
-        id: Uuid,
-    ) -> Result<SnapshotRecord, Error> {
-        let (dom, rec) = self.prepare_snapshot(r.vm, VmOperation::SnapshotCreate)?;
-        if Domain::lookup_snapshot_by_name(&dom, &r.name, 0).is_ok() {
-            return Err(already_exists("snapshot", &format!("{}/{}", r.vm, r.name)));
-        }
-        if matches!(rec.domain_type.as_deref(), Some("kvm" | "qemu")) {
-            internal_snapshot_possible(&rec)?;
-        }
-        let _op = self.begin_op(r.vm, id, VmOperation::SnapshotCreate);
-        let snap = self.lv(
-            &Subject::snapshot(r.vm, &r.name),
-            dom.create_snapshot_xml(&xml::snapshot_xml(&r.name, &r.description), 0),
-        )?;
-        let rec = self.snapshot_record(r.vm, &snap)?;
-        self.vm_snapshots(r.vm, &dom)?;
-        self.vm_record(&dom)?;
-        Ok(rec)
-    }
-
-    pub(crate) fn snapshot_revert(
-        &self,
-        r: SnapshotRef,
-        id: Uuid,
-    ) -> Result<hostbus_protocol::types::VmRecord, Error> {
-        let (dom, _) = self.prepare_snapshot(r.vm, VmOperation::SnapshotRevert)?;
-        let subject = Subject::snapshot(r.vm, &r.name);
-        let snap = self.lv(&subject, Domain::lookup_snapshot_by_name(&dom, &r.name, 0))?;
-        let _op = self.begin_op(r.vm, id, VmOperation::SnapshotRevert);
-        self.lv(&subject, snap.revert(0))?;
-        self.vm_snapshots(r.vm, &dom)?;
-        self.vm_record(&dom)
-    }
-
-    pub(crate) fn snapshot_delete(&self, r: SnapshotRef, id: Uuid) -> Result<Empty, Error> {
-        let (dom, _) = self.prepare_snapshot(r.vm, VmOperation::SnapshotDelete)?;
-        let subject = Subject::snapshot(r.vm, &r.name);
-        let snap = self.lv(&subject, Domain::lookup_snapshot_by_name(&dom, &r.name, 0))?;
-        let _op = self.begin_op(r.vm, id, VmOperation::SnapshotDelete);
-        self.lv(&subject, snap.delete(0))?;
-        self.vm_snapshots(r.vm, &dom)?;
-        self.vm_record(&dom)?;
-        Ok(Empty {})
-    }
-
-    // ----------------------------------------------------- inventory, scans
 
     /// Every record of the host, observed (so differences emit events).
     pub(crate) fn inventory(&self) -> Result<Inventory, Error> {

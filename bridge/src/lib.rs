@@ -15,36 +15,38 @@
 //!
 //! No libvirt type, flag, error or XML crosses this crate's public API.
 
+mod config;
 mod conn;
 mod errors;
 mod events;
 mod ffi;
 mod host;
+mod inner;
+mod keys;
 mod locks;
 mod network;
 mod observe;
+mod recover;
 mod storage;
 mod tasks;
 mod vm;
 mod xml;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use hostbus_protocol::commands::*;
-use hostbus_protocol::types::{CurrentOperation, Inventory, ObjectClass, ObjectRef, TaskRecord};
+use hostbus_protocol::types::{Inventory, TaskRecord};
 use hostbus_protocol::{AnyRequest, AnyResponse, Error, EventAction};
 use uuid::Uuid;
-use virt::connect::Connect;
 
+pub use config::{Config, DomainType};
 pub use conn::HealthReport;
-pub use locks::{LockEvent, LockHook};
-pub use observe::ObjectEvent;
-pub use vm::{allowed_operations, allowed_states, new_volume_name};
+pub use host::HostLoad;
+pub use locks::{LockEvent, LockHook, Turn};
+pub use observe::{Deliver, ObjectEvent};
+pub use vm::{allowed_operations, allowed_states};
 
 /// The inventory of a simulated host for libvirt's test driver (a node
 /// file: `test:///<path>`), number `index` of a fleet: three VMs (one
@@ -65,109 +67,10 @@ pub fn simulated_node_xml(index: u32) -> String {
         )
 }
 
-use crate::conn::Conn;
-use crate::errors::{is_connection_error, map_error, Subject};
-use crate::events::RawEvent;
-use crate::locks::LockTable;
-use crate::observe::Observer;
-use crate::tasks::{Progress, TaskTable};
-
-/// How the bridge is set up.
-#[derive(Clone)]
-pub struct Config {
-    /// libvirt URI, e.g. `qemu:///system`, `test:///default`, `test:///path/node.xml`.
-    pub uri: String,
-    /// The host id on the bus (reported in host records and pongs).
-    pub host_id: String,
-    /// How long finished tasks stay queryable.
-    pub task_ttl: Duration,
-    /// How often reconciliation compares libvirt's state with the last seen.
-    pub reconcile_interval: Duration,
-    /// A pause after each step of a multi-step operation (defining a VM with
-    /// new volumes, removing storage). Zero in production; demos and tests on
-    /// the instant test driver set it to watch progress and cancel tasks.
-    pub step_pause: Duration,
-    /// Observer of object lock transitions (tests, tracing).
-    pub lock_hook: Option<LockHook>,
-    /// Register libvirt lifecycle callbacks (default). Without them, changes
-    /// made outside the bridge are seen by reconciliation only.
-    pub libvirt_events: bool,
-    /// The hypervisor domain type of new VMs.
-    pub domain_type: DomainType,
-    /// Where the serial console of each new VM is logged, as
-    /// `<dir>/<vm name>-serial0.log` (written by libvirt's virtlogd).
-    /// `None`: consoles are reachable through their pty only.
-    pub console_log_dir: Option<String>,
-}
-
-/// Which hypervisor domain type new VMs get.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DomainType {
-    /// `kvm` when the host's capabilities list it for the guest
-    /// architecture, else the first type listed (`qemu`: TCG, or the test
-    /// driver's `test`).
-    #[default]
-    Auto,
-    /// Hardware virtualization; refused when the host does not list it.
-    Kvm,
-    /// QEMU's software emulator (TCG): slower, and works where KVM is
-    /// absent or unusable (nested KVM that cannot run the guest).
-    Qemu,
-}
-
-impl DomainType {
-    /// The configuration name: `auto`, `kvm` or `qemu`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DomainType::Auto => "auto",
-            DomainType::Kvm => "kvm",
-            DomainType::Qemu => "qemu",
-        }
-    }
-}
-
-impl std::str::FromStr for DomainType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(DomainType::Auto),
-            "kvm" => Ok(DomainType::Kvm),
-            "qemu" | "tcg" => Ok(DomainType::Qemu),
-            other => Err(format!("`{other}` is not auto, kvm or qemu")),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            uri: "test:///default".into(),
-            host_id: "localhost".into(),
-            task_ttl: Duration::from_secs(600),
-            reconcile_interval: Duration::from_secs(30),
-            step_pause: Duration::ZERO,
-            lock_hook: None,
-            libvirt_events: true,
-            domain_type: DomainType::Auto,
-            console_log_dir: Some("/var/log/libvirt/qemu".into()),
-        }
-    }
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("uri", &self.uri)
-            .field("host_id", &self.host_id)
-            .field("task_ttl", &self.task_ttl)
-            .field("reconcile_interval", &self.reconcile_interval)
-            .field("step_pause", &self.step_pause)
-            .field("libvirt_events", &self.libvirt_events)
-            .field("domain_type", &self.domain_type)
-            .field("console_log_dir", &self.console_log_dir)
-            .finish_non_exhaustive()
-    }
-}
+use crate::inner::Inner;
+use crate::keys::{lock_key, object_of};
+use crate::locks::lock;
+use crate::tasks::Progress;
 
 /// Who is calling: the command id names current operations and tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,39 +96,10 @@ impl CallContext {
     }
 }
 
-/// A request's place in the line of the object it changes, taken with
-/// [`Bridge::take_turn`]. Operations on one object run in the order their
-/// turns were taken; dropping a turn unused leaves the line.
-pub struct Turn(locks::Ticket);
-
-impl std::fmt::Debug for Turn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Turn").field(&self.0.key()).finish()
-    }
-}
-
 impl Default for CallContext {
     fn default() -> Self {
         Self::new()
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-pub(crate) struct Inner {
-    config: Config,
-    conn: Conn,
-    observer: Observer,
-    locks: LockTable,
-    tasks: TaskTable,
-    /// Operations in progress per VM uuid.
-    current_ops: Mutex<HashMap<Uuid, Vec<CurrentOperation>>>,
-    /// Whether the first full scan (without events) has been made.
-    baseline: AtomicBool,
-    stop: AtomicBool,
-    wake: (Mutex<()>, Condvar),
 }
 
 /// The API bridge of one host. Cheap to share behind an `Arc`; every method
@@ -250,17 +124,7 @@ impl Bridge {
     pub fn open(config: Config) -> Result<Self, std::io::Error> {
         events::ensure_event_loop();
         let (tx, rx) = channel();
-        let inner = Arc::new(Inner {
-            conn: Conn::new(&config.uri, tx, config.libvirt_events),
-            observer: Observer::default(),
-            locks: LockTable::new(config.lock_hook.clone()),
-            tasks: TaskTable::new(config.task_ttl),
-            current_ops: Mutex::default(),
-            baseline: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            wake: (Mutex::new(()), Condvar::new()),
-            config,
-        });
+        let inner = Arc::new(Inner::new(config, tx));
         if let Err(e) = inner.reconcile() {
             tracing::warn!(error = %e, "initial scan failed; will retry");
         }
@@ -377,9 +241,42 @@ impl Bridge {
         Ok(record)
     }
 
-    /// A new subscription to object events. Dropping the receiver ends it.
+    /// A new subscription to object events, on a channel. Dropping the
+    /// receiver ends it.
     pub fn subscribe(&self) -> Receiver<ObjectEvent> {
-        self.inner.observer.subscribe()
+        let (tx, rx) = channel();
+        self.subscribe_with(Box::new(move |ev| tx.send(ev).is_ok()));
+        rx
+    }
+
+    /// A new subscription to object events, handed to `deliver` on the
+    /// thread that saw each change, without a thread of the bridge's own in
+    /// between: `deliver` must not block (push onto a channel the consumer
+    /// awaits, say an async runtime's unbounded channel) and returns
+    /// `false` to end the subscription.
+    pub fn subscribe_with(&self, deliver: Deliver) {
+        self.inner.observer.subscribe(deliver);
+    }
+
+    /// Cleans up what an interrupted run of `request` left behind, before
+    /// it runs again (an interrupted `vm.define` may have left its new
+    /// volumes without the VM). Blocks on libvirt.
+    pub fn clean_interrupted(&self, request: &AnyRequest) {
+        self.inner.clean_interrupted(request);
+    }
+
+    /// The answer to a re-run of an interrupted `request` that failed with
+    /// `error` only because its first run already took effect (the VM
+    /// already runs, the volume already exists): the object's current
+    /// state. `None` when `error` is a real failure. Blocks on libvirt.
+    pub fn recover(&self, request: &AnyRequest, error: &Error) -> Option<AnyResponse> {
+        self.inner.recover(request, error)
+    }
+
+    /// What heartbeats report of the host's load: the load average and,
+    /// when libvirt answers, active VMs and free memory. Blocks on libvirt.
+    pub fn host_load(&self) -> HostLoad {
+        self.inner.host_load()
     }
 
     /// Every record of the host with its generation.
@@ -432,278 +329,5 @@ impl Bridge {
 impl Drop for Bridge {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-/// The lock key of the object a request changes; `None` for reads.
-fn lock_key(req: &AnyRequest) -> Option<String> {
-    use AnyRequest as R;
-    Some(match req {
-        R::VmDefine(r) => format!("vm-name:{}", r.spec.name),
-        R::VmUndefine(r) => format!("vm:{}", r.uuid),
-        R::VmStart(r) => format!("vm:{}", r.uuid),
-        R::VmShutdown(r) => format!("vm:{}", r.uuid),
-        R::VmDestroy(r)
-        | R::VmReboot(r)
-        | R::VmReset(r)
-        | R::VmPause(r)
-        | R::VmResume(r)
-        | R::VmSuspend(r) => {
-            format!("vm:{}", r.uuid)
-        }
-        R::VmSetMemory(r) => format!("vm:{}", r.uuid),
-        R::VmSetVcpus(r) => format!("vm:{}", r.uuid),
-        R::VmAttachDisk(r) => format!("vm:{}", r.uuid),
-        R::VmDetachDisk(r) => format!("vm:{}", r.uuid),
-        R::VmAttachNic(r) => format!("vm:{}", r.uuid),
-        R::VmDetachNic(r) => format!("vm:{}", r.uuid),
-        R::SnapshotCreate(r) => format!("vm:{}", r.vm),
-        R::SnapshotRevert(r) | R::SnapshotDelete(r) => format!("vm:{}", r.vm),
-        R::PoolDefine(r) => format!("pool:{}", r.spec.name),
-        R::PoolStart(r) | R::PoolStop(r) | R::PoolRefresh(r) | R::PoolUndefine(r) => {
-            format!("pool:{}", r.name)
-        }
-        R::VolumeCreate(r) => format!("volume:{}/{}", r.pool, r.spec.name),
-        R::VolumeDelete(r) => format!("volume:{}/{}", r.pool, r.name),
-        R::VolumeResize(r) => format!("volume:{}/{}", r.pool, r.name),
-        R::VolumeClone(r) => format!("volume:{}/{}", r.pool, r.new_name),
-        R::NetworkDefine(r) => format!("network:{}", r.spec.name),
-        R::NetworkStart(r) | R::NetworkStop(r) | R::NetworkUndefine(r) => {
-            format!("network:{}", r.name)
-        }
-        _ => return None,
-    })
-}
-
-/// The object a request works on, for task records.
-fn object_of(req: &AnyRequest) -> Option<ObjectRef> {
-    let key = lock_key(req)?;
-    let (class, id) = key.split_once(':')?;
-    let class = match class {
-        "vm" | "vm-name" => ObjectClass::Vm,
-        "pool" => ObjectClass::Pool,
-        "volume" => ObjectClass::Volume,
-        "network" => ObjectClass::Network,
-        _ => return None,
-    };
-    Some(ObjectRef {
-        class,
-        id: id.to_owned(),
-    })
-}
-
-impl Inner {
-    /// A live connection, or `HOST_UNAVAILABLE`.
-    pub(crate) fn conn(&self) -> Result<Connect, Error> {
-        self.conn.get()
-    }
-
-    /// Maps a libvirt result, dropping the connection when it broke.
-    pub(crate) fn lv<T>(
-        &self,
-        subject: &Subject,
-        r: Result<T, virt::error::Error>,
-    ) -> Result<T, Error> {
-        r.map_err(|e| {
-            if is_connection_error(&e) {
-                self.conn.invalidate(e.message());
-            }
-            map_error(&e, subject)
-        })
-    }
-
-    fn execute(
-        &self,
-        req: AnyRequest,
-        progress: &Progress,
-        id: Uuid,
-        turn: Option<Turn>,
-    ) -> Result<AnyResponse, Error> {
-        use AnyRequest as R;
-        use AnyResponse as A;
-        req.validate()?;
-        progress.check()?;
-        let ticket = match (lock_key(&req), turn) {
-            (Some(key), Some(Turn(t))) if t.key() == key => Some(t),
-            (Some(key), _) => Some(self.locks.enqueue(&key)),
-            (None, _) => None,
-        };
-        let _guard = ticket.map(locks::Ticket::wait);
-        // Waiting in line may have taken past the deadline or a cancel.
-        progress.check()?;
-        let span = tracing::debug_span!("bridge", command = req.name(), command_id = %id);
-        let _enter = span.enter();
-        Ok(match req {
-            R::HostPing(r) => A::HostPing(self.ping(r)),
-            R::HostInfo(_) => A::HostInfo(self.host_info()?),
-            R::HostCapabilities(_) => A::HostCapabilities(self.capabilities()?),
-            R::HostStatsGet(_) => A::HostStatsGet(self.host_stats()?),
-            R::HostSnapshot(_) => A::HostSnapshot(self.inventory()?),
-            R::VmList(r) => A::VmList(self.vm_list(r)?),
-            R::VmGet(r) => A::VmGet(self.vm_get(r.uuid)?),
-            R::VmGetByName(r) => A::VmGetByName(self.vm_get_by_name(&r.name)?),
-            R::VmDefine(r) => A::VmDefine(self.vm_define(r, progress)?),
-            R::VmUndefine(r) => A::VmUndefine(self.vm_undefine(r, progress, id)?),
-            R::VmStart(r) => A::VmStart(self.vm_start(r, id)?),
-            R::VmShutdown(r) => A::VmShutdown(self.vm_shutdown(r, progress, id)?),
-            R::VmDestroy(r) => A::VmDestroy(self.vm_destroy(r.uuid, id)?),
-            R::VmReboot(r) => A::VmReboot(self.vm_reboot(r.uuid, id)?),
-            R::VmReset(r) => A::VmReset(self.vm_reset(r.uuid, id)?),
-            R::VmPause(r) => A::VmPause(self.vm_pause(r.uuid, id)?),
-            R::VmResume(r) => A::VmResume(self.vm_resume(r.uuid, id)?),
-            R::VmSuspend(r) => A::VmSuspend(self.vm_suspend(r.uuid, id)?),
-            R::VmSetMemory(r) => A::VmSetMemory(self.vm_set_memory(r, id)?),
-            R::VmSetVcpus(r) => A::VmSetVcpus(self.vm_set_vcpus(r, id)?),
-            R::VmAttachDisk(r) => A::VmAttachDisk(self.vm_attach_disk(r, id)?),
-            R::VmDetachDisk(r) => A::VmDetachDisk(self.vm_detach_disk(r, id)?),
-            R::VmAttachNic(r) => A::VmAttachNic(self.vm_attach_nic(r, id)?),
-            R::VmDetachNic(r) => A::VmDetachNic(self.vm_detach_nic(r, id)?),
-            R::VmStatsGet(r) => A::VmStatsGet(self.vm_stats(r.uuid)?),
-            R::SnapshotCreate(r) => A::SnapshotCreate(self.snapshot_create(r, id)?),
-            R::SnapshotList(r) => A::SnapshotList(self.snapshot_list(r.uuid)?),
-            R::SnapshotRevert(r) => A::SnapshotRevert(self.snapshot_revert(r, id)?),
-            R::SnapshotDelete(r) => A::SnapshotDelete(self.snapshot_delete(r, id)?),
-            R::PoolList(_) => A::PoolList(self.pool_list()?),
-            R::PoolGet(r) => A::PoolGet(self.pool_get(&r.name)?),
-            R::PoolDefine(r) => A::PoolDefine(self.pool_define(r)?),
-            R::PoolStart(r) => A::PoolStart(self.pool_start(&r.name)?),
-            R::PoolStop(r) => A::PoolStop(self.pool_stop(&r.name)?),
-            R::PoolRefresh(r) => A::PoolRefresh(self.pool_refresh(&r.name)?),
-            R::PoolUndefine(r) => A::PoolUndefine(self.pool_undefine(&r.name)?),
-            R::VolumeList(r) => A::VolumeList(self.volume_list(&r.pool)?),
-            R::VolumeGet(r) => A::VolumeGet(self.volume_get(&r.pool, &r.name)?),
-            R::VolumeCreate(r) => A::VolumeCreate(self.volume_create(&r.pool, &r.spec)?),
-            R::VolumeDelete(r) => A::VolumeDelete(self.volume_delete(&r.pool, &r.name)?),
-            R::VolumeResize(r) => A::VolumeResize(self.volume_resize(r)?),
-            R::VolumeClone(r) => A::VolumeClone(self.volume_clone(r)?),
-            R::NetworkList(_) => A::NetworkList(self.network_list()?),
-            R::NetworkGet(r) => A::NetworkGet(self.network_get(&r.name)?),
-            R::NetworkDefine(r) => A::NetworkDefine(self.network_define(r)?),
-            R::NetworkStart(r) => A::NetworkStart(self.network_start(&r.name)?),
-            R::NetworkStop(r) => A::NetworkStop(self.network_stop(&r.name)?),
-            R::NetworkUndefine(r) => A::NetworkUndefine(self.network_undefine(&r.name)?),
-            R::TaskGet(r) => A::TaskGet(self.tasks.get(r.id)?),
-            R::TaskList(r) => A::TaskList(TaskListResponse {
-                tasks: self.tasks.list(r.status),
-            }),
-            R::TaskCancel(r) => A::TaskCancel(self.task_cancel(r.id)?),
-        })
-    }
-
-    fn task_cancel(&self, id: Uuid) -> Result<TaskRecord, Error> {
-        let t = self.tasks.cancel(id)?;
-        self.observer.task_event(EventAction::Progress, t.clone());
-        Ok(t)
-    }
-
-    /// Registers `op` as running on `vm` until the returned guard drops.
-    pub(crate) fn begin_op(
-        &self,
-        vm: Uuid,
-        id: Uuid,
-        operation: hostbus_protocol::types::VmOperation,
-    ) -> OpGuard<'_> {
-        lock(&self.current_ops)
-            .entry(vm)
-            .or_default()
-            .push(CurrentOperation { id, operation });
-        OpGuard {
-            inner: self,
-            vm,
-            id,
-        }
-    }
-
-    pub(crate) fn current_ops(&self, vm: Uuid) -> Vec<CurrentOperation> {
-        lock(&self.current_ops)
-            .get(&vm)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn event_worker(&self, rx: Receiver<RawEvent>) {
-        while !self.stop.load(Ordering::SeqCst) {
-            let ev = match rx.recv_timeout(Duration::from_millis(250)) {
-                Ok(ev) => ev,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            let result = match &ev {
-                RawEvent::Vm(uuid) => self.refresh_vm_by_uuid(uuid, None),
-                RawEvent::VmRebooted(uuid) => {
-                    self.refresh_vm_by_uuid(uuid, Some(EventAction::Rebooted))
-                }
-                RawEvent::Pool(name) => self.refresh_pool(name),
-                RawEvent::Network(name) => self.refresh_network(name),
-                RawEvent::ConnectionClosed => {
-                    self.conn.invalidate("libvirt closed the connection");
-                    Ok(())
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(event = ?ev, error = %e, "cannot observe after a libvirt event");
-            }
-        }
-    }
-
-    fn reconcile_loop(&self) {
-        loop {
-            {
-                // `stop` is set under this mutex, so the wake-up cannot be lost.
-                let guard = lock(&self.wake.0);
-                if self.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                let _ = self
-                    .wake
-                    .1
-                    .wait_timeout(guard, self.config.reconcile_interval)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
-            if self.stop.load(Ordering::SeqCst) {
-                return;
-            }
-            self.conn.check();
-            if let Err(e) = self.reconcile() {
-                tracing::warn!(error = %e, "reconciliation failed");
-            }
-        }
-    }
-
-    /// Observes every object; the first successful pass sets the baseline
-    /// without events, later passes emit an event per difference.
-    fn reconcile(&self) -> Result<(), Error> {
-        // Taking the inventory observes every object; it is then thrown away.
-        self.inventory()?;
-        self.baseline.store(true, Ordering::SeqCst);
-        let collected = self.tasks.collect();
-        if collected > 0 {
-            tracing::debug!(collected, "collected finished tasks");
-        }
-        Ok(())
-    }
-
-    /// Whether observations emit events (after the baseline scan).
-    pub(crate) fn emitting(&self) -> bool {
-        self.baseline.load(Ordering::SeqCst)
-    }
-}
-
-/// Removes a current operation when dropped.
-pub(crate) struct OpGuard<'a> {
-    inner: &'a Inner,
-    vm: Uuid,
-    id: Uuid,
-}
-
-impl Drop for OpGuard<'_> {
-    fn drop(&mut self) {
-        let mut ops = lock(&self.inner.current_ops);
-        if let Some(v) = ops.get_mut(&self.vm) {
-            v.retain(|o| o.id != self.id);
-            if v.is_empty() {
-                ops.remove(&self.vm);
-            }
-        }
     }
 }

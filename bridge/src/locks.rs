@@ -35,8 +35,22 @@ struct Slot {
     turn: Condvar,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks a short mutex, going on past a panic of an earlier holder (every
+/// mutex of the bridge guards data that stays consistent between statements).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A request's place in the line of the object it changes, taken with
+/// [`Bridge::take_turn`](crate::Bridge::take_turn). Operations on one object
+/// run in the order their turns were taken; dropping a turn unused leaves
+/// the line.
+pub struct Turn(pub(crate) Ticket);
+
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Turn").field(&self.0.key()).finish()
+    }
 }
 
 #[derive(Default)]

@@ -1,27 +1,19 @@
 //! Virtual networks.
 
 use hostbus_protocol::commands::*;
-use hostbus_protocol::types::{NetworkRecord, ObjectClass, Record};
+use hostbus_protocol::types::{NetworkRecord, ObjectClass};
 use hostbus_protocol::{Error, ErrorCode};
 use virt::connect::Connect;
 use virt::network::Network;
 
 use crate::errors::Subject;
-use crate::vm::already_exists;
+use crate::errors::{already_exists, state_error};
+use crate::inner::{read_all, uuid_of, Inner};
 use crate::xml;
-use crate::Inner;
 
 fn net_bad_state(name: &str, op: &str, active: bool) -> Error {
     let current = if active { "active" } else { "inactive" };
-    Error::new(
-        ErrorCode::NetworkBadState,
-        [
-            ("network", name.to_owned()),
-            ("operation", op.to_owned()),
-            ("current", current.to_owned()),
-        ],
-        format!("network {name} is {current}; {op} is not possible"),
-    )
+    state_error(ErrorCode::NetworkBadState, "network", name, op, current)
 }
 
 impl Inner {
@@ -36,11 +28,7 @@ impl Inner {
         let name = n.name().unwrap_or_default();
         let facts = xml::parse_network(&self.lv(&Subject::network(&name, "get"), n.xml_desc(0))?)?;
         Ok(NetworkRecord {
-            uuid: n
-                .uuid_string()
-                .ok()
-                .and_then(|u| u.parse().ok())
-                .unwrap_or_default(),
+            uuid: uuid_of(n.uuid_string()),
             active: n.is_active().unwrap_or(false),
             autostart: n.autostart().unwrap_or(false),
             persistent: n.is_persistent().unwrap_or(true),
@@ -55,30 +43,14 @@ impl Inner {
     pub(crate) fn network_record(&self, n: &Network) -> Result<NetworkRecord, Error> {
         let rec = self.network_raw(n)?;
         let id = rec.name.clone();
-        Ok(
-            match self.observer.observe(
-                ObjectClass::Network,
-                &id,
-                Some(Record::Network(rec.clone())),
-                None,
-                self.emitting(),
-            ) {
-                Some(Record::Network(r)) => r,
-                _ => rec,
-            },
-        )
+        Ok(self.observed(&id, rec, None))
     }
 
     pub(crate) fn all_networks(&self, conn: &Connect) -> Result<Vec<NetworkRecord>, Error> {
-        let nets = self.lv(&Subject::Host, conn.list_all_networks(0))?;
-        let mut out = Vec::new();
-        for n in nets {
-            match self.network_record(&n) {
-                Ok(r) => out.push(r),
-                Err(e) if e.code == ErrorCode::NetworkNotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let nets = self.lv(&Subject::Host, conn.list_all_networks(0));
+        let mut out = read_all(nets, ErrorCode::NetworkNotFound, |n| {
+            self.network_record(&n)
+        })?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -90,8 +62,7 @@ impl Inner {
                 self.network_record(&n)?;
             }
             Err(_) => {
-                self.observer
-                    .observe(ObjectClass::Network, name, None, None, self.emitting());
+                self.gone(ObjectClass::Network, name);
             }
         }
         Ok(())
@@ -155,8 +126,7 @@ impl Inner {
 
     pub(crate) fn network_undefine(&self, name: &str) -> Result<Empty, Error> {
         self.network_op(name, "network.undefine", false, |n| n.undefine())?;
-        self.observer
-            .observe(ObjectClass::Network, name, None, None, self.emitting());
+        self.gone(ObjectClass::Network, name);
         tracing::info!(network = %name, "undefined network");
         Ok(Empty {})
     }

@@ -5,8 +5,7 @@
 //! the same way, so an event is emitted once per change whoever saw it first.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Reboot reports of one object closer than this are one reboot.
@@ -14,6 +13,8 @@ const MOMENTARY_DEDUP: Duration = Duration::from_secs(2);
 
 use hostbus_protocol::types::{ObjectClass, PoolState, PowerState, Record, Timestamp};
 use hostbus_protocol::{now_ms, EventAction};
+
+use crate::locks::lock;
 
 /// A change to one object, as the bridge reports it. The agent stamps it
 /// with its host id, epoch and sequence number to make a protocol `Event`.
@@ -43,16 +44,55 @@ struct Seen {
     last: Option<Record>,
 }
 
+/// A record the observer keeps generations of: its class and its place in
+/// [`Record`].
+pub(crate) trait Observed: Clone {
+    /// The class of such records.
+    const CLASS: ObjectClass;
+    /// The record as a [`Record`].
+    fn into_record(self) -> Record;
+    /// The record back out of a [`Record`] of its class.
+    fn from_record(r: Record) -> Option<Self>;
+}
+
+macro_rules! observed {
+    ($($ty:ident => $variant:ident),+ $(,)?) => {$(
+        impl Observed for hostbus_protocol::types::$ty {
+            const CLASS: ObjectClass = ObjectClass::$variant;
+            fn into_record(self) -> Record {
+                Record::$variant(self)
+            }
+            fn from_record(r: Record) -> Option<Self> {
+                match r {
+                    Record::$variant(x) => Some(x),
+                    _ => None,
+                }
+            }
+        }
+    )+};
+}
+
+observed! {
+    HostRecord => Host,
+    VmRecord => Vm,
+    SnapshotRecord => Snapshot,
+    PoolRecord => Pool,
+    VolumeRecord => Volume,
+    NetworkRecord => Network,
+}
+
 /// Per-object generations and the subscribers to changes.
 #[derive(Default)]
 pub(crate) struct Observer {
     seen: Mutex<HashMap<(ObjectClass, String), Seen>>,
-    subscribers: Mutex<Vec<Sender<ObjectEvent>>>,
+    subscribers: Mutex<Vec<Deliver>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+/// Where one subscription's events go. It is called on the thread that
+/// observed the change (the event worker, a task, a caller), with the
+/// subscribers' list locked, so it must not block; returning `false` ends
+/// the subscription.
+pub type Deliver = Box<dyn FnMut(ObjectEvent) -> bool + Send>;
 
 /// The record with everything that is not state removed, for comparison.
 fn normalized(r: &Record) -> Record {
@@ -123,15 +163,13 @@ fn infer(class: ObjectClass, old: Option<&Record>, new: Option<&Record>) -> Even
 }
 
 impl Observer {
-    pub(crate) fn subscribe(&self) -> Receiver<ObjectEvent> {
-        let (tx, rx) = channel();
-        lock(&self.subscribers).push(tx);
-        rx
+    pub(crate) fn subscribe(&self, deliver: Deliver) {
+        lock(&self.subscribers).push(deliver);
     }
 
     fn publish(&self, ev: ObjectEvent) {
         let mut subs = lock(&self.subscribers);
-        subs.retain(|s| s.send(ev.clone()).is_ok());
+        subs.retain_mut(|deliver| deliver(ev.clone()));
     }
 
     /// Records the current state of an object (`None`: it does not exist)

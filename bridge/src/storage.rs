@@ -2,7 +2,7 @@
 
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::{
-    ObjectClass, PoolKind, PoolRecord, PoolState, Record, VolumeRecord, VolumeSpec,
+    ObjectClass, PoolKind, PoolRecord, PoolState, VolumeRecord, VolumeSpec,
 };
 use hostbus_protocol::{Error, ErrorCode, ValidationError};
 use uuid::Uuid;
@@ -13,9 +13,9 @@ use virt::storage_vol::StorageVol;
 use virt::sys;
 
 use crate::errors::Subject;
-use crate::vm::already_exists;
+use crate::errors::{already_exists, state_error};
+use crate::inner::{read_all, uuid_of, Inner};
 use crate::xml;
-use crate::Inner;
 
 fn pool_state(raw: u32) -> PoolState {
     match raw {
@@ -57,15 +57,7 @@ fn volume_in_use(pool: &str, volume: &str, op: &str, users: &[&VolumeUser]) -> E
 }
 
 fn pool_bad_state(name: &str, op: &str, current: PoolState) -> Error {
-    Error::new(
-        ErrorCode::PoolBadState,
-        [
-            ("pool", name.to_owned()),
-            ("operation", op.to_owned()),
-            ("current", current.to_string()),
-        ],
-        format!("pool {name} is {current}; {op} is not possible"),
-    )
+    state_error(ErrorCode::PoolBadState, "pool", name, op, current.as_str())
 }
 
 impl Inner {
@@ -100,11 +92,7 @@ impl Inner {
         let facts = xml::parse_pool(&self.lv(&subject, p.xml_desc(0))?)?;
         let state = pool_state(info.state);
         Ok(PoolRecord {
-            uuid: p
-                .uuid_string()
-                .ok()
-                .and_then(|u| u.parse().ok())
-                .unwrap_or_default(),
+            uuid: uuid_of(p.uuid_string()),
             kind: facts.kind,
             state,
             target_path: facts.target_path,
@@ -126,18 +114,7 @@ impl Inner {
     pub(crate) fn pool_record(&self, p: &StoragePool) -> Result<PoolRecord, Error> {
         let rec = self.pool_raw(p)?;
         let id = rec.name.clone();
-        Ok(
-            match self.observer.observe(
-                ObjectClass::Pool,
-                &id,
-                Some(Record::Pool(rec.clone())),
-                None,
-                self.emitting(),
-            ) {
-                Some(Record::Pool(r)) => r,
-                _ => rec,
-            },
-        )
+        Ok(self.observed(&id, rec, None))
     }
 
     fn volume_raw(&self, pool: &str, v: &StorageVol) -> Result<VolumeRecord, Error> {
@@ -159,43 +136,21 @@ impl Inner {
     fn volume_record(&self, pool: &str, v: &StorageVol) -> Result<VolumeRecord, Error> {
         let rec = self.volume_raw(pool, v)?;
         let id = format!("{pool}/{}", rec.name);
-        Ok(
-            match self.observer.observe(
-                ObjectClass::Volume,
-                &id,
-                Some(Record::Volume(rec.clone())),
-                None,
-                self.emitting(),
-            ) {
-                Some(Record::Volume(r)) => r,
-                _ => rec,
-            },
-        )
+        Ok(self.observed(&id, rec, None))
     }
 
     pub(crate) fn volume_gone(&self, pool: &str, name: &str) {
-        self.observer.observe(
-            ObjectClass::Volume,
-            &format!("{pool}/{name}"),
-            None,
-            None,
-            self.emitting(),
-        );
+        self.gone(ObjectClass::Volume, &format!("{pool}/{name}"));
     }
 
     pub(crate) fn all_pools(
         &self,
         conn: &Connect,
     ) -> Result<Vec<(StoragePool, PoolRecord)>, Error> {
-        let pools = self.lv(&Subject::Host, conn.list_all_storage_pools(0))?;
-        let mut out = Vec::new();
-        for p in pools {
-            match self.pool_record(&p) {
-                Ok(r) => out.push((p, r)),
-                Err(e) if e.code == ErrorCode::PoolNotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let pools = self.lv(&Subject::Host, conn.list_all_storage_pools(0));
+        let mut out = read_all(pools, ErrorCode::PoolNotFound, |p| {
+            self.pool_record(&p).map(|r| (p, r))
+        })?;
         out.sort_by(|a, b| a.1.name.cmp(&b.1.name));
         Ok(out)
     }
@@ -206,24 +161,14 @@ impl Inner {
         p: &StoragePool,
         pool: &str,
     ) -> Result<Vec<VolumeRecord>, Error> {
-        let vols = self.lv(&Subject::pool(pool, "volume.list"), p.list_all_volumes(0))?;
-        let mut out = Vec::new();
-        for v in vols {
-            match self.volume_record(pool, &v) {
-                Ok(r) => out.push(r),
-                Err(e) if e.code == ErrorCode::VolumeNotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let vols = self.lv(&Subject::pool(pool, "volume.list"), p.list_all_volumes(0));
+        let mut out = read_all(vols, ErrorCode::VolumeNotFound, |v| {
+            self.volume_record(pool, &v)
+        })?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        let prefix = format!("{pool}/");
-        for id in self.observer.existing(ObjectClass::Volume) {
-            if let Some(name) = id.strip_prefix(&prefix) {
-                if !out.iter().any(|v| v.name == name) {
-                    self.volume_gone(pool, name);
-                }
-            }
-        }
+        self.gone_under(ObjectClass::Volume, &format!("{pool}/"), |name| {
+            out.iter().any(|v| v.name == name)
+        });
         Ok(out)
     }
 
@@ -237,8 +182,7 @@ impl Inner {
                 }
             }
             Err(_) => {
-                self.observer
-                    .observe(ObjectClass::Pool, name, None, None, self.emitting());
+                self.gone(ObjectClass::Pool, name);
             }
         }
         Ok(())
@@ -300,11 +244,9 @@ impl Inner {
     }
 
     pub(crate) fn pool_start(&self, name: &str) -> Result<PoolRecord, Error> {
-        let (p, rec) = self.pool_op(name, "pool.start", PoolState::Inactive, |p| {
+        self.pool_op_scan(name, "pool.start", PoolState::Inactive, |p| {
             p.create(0).map(|_| ())
-        })?;
-        self.pool_volumes(&p, name)?;
-        Ok(rec)
+        })
     }
 
     pub(crate) fn pool_stop(&self, name: &str) -> Result<PoolRecord, Error> {
@@ -314,9 +256,21 @@ impl Inner {
     }
 
     pub(crate) fn pool_refresh(&self, name: &str) -> Result<PoolRecord, Error> {
-        let (p, rec) = self.pool_op(name, "pool.refresh", PoolState::Running, |p| {
+        self.pool_op_scan(name, "pool.refresh", PoolState::Running, |p| {
             p.refresh(0).map(|_| ())
-        })?;
+        })
+    }
+
+    /// A [`pool_op`](Self::pool_op) after which the pool's volumes are
+    /// observed (they appear when it starts or refreshes).
+    fn pool_op_scan(
+        &self,
+        name: &str,
+        op: &'static str,
+        need: PoolState,
+        act: impl FnOnce(&StoragePool) -> Result<(), virt::error::Error>,
+    ) -> Result<PoolRecord, Error> {
+        let (p, rec) = self.pool_op(name, op, need, act)?;
         self.pool_volumes(&p, name)?;
         Ok(rec)
     }
@@ -329,8 +283,7 @@ impl Inner {
             return Err(pool_bad_state(name, "pool.undefine", rec.state));
         }
         self.lv(&Subject::pool(name, "pool.undefine"), p.undefine())?;
-        self.observer
-            .observe(ObjectClass::Pool, name, None, None, self.emitting());
+        self.gone(ObjectClass::Pool, name);
         tracing::info!(pool = %name, "undefined pool");
         Ok(Empty {})
     }

@@ -3,12 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hostbus_protocol::types::{ObjectRef, Record, TaskRecord, TaskStatus};
 use hostbus_protocol::{now_ms, Error, ErrorCode};
 use uuid::Uuid;
+
+use crate::locks::lock;
 
 struct Entry {
     record: TaskRecord,
@@ -20,10 +22,6 @@ struct Entry {
 pub(crate) struct TaskTable {
     tasks: Mutex<HashMap<Uuid, Entry>>,
     ttl: Duration,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Reports progress of one operation and tells it when it was cancelled.

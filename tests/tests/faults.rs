@@ -1331,7 +1331,7 @@ async fn an_interrupted_command_that_already_took_effect_is_answered_as_done() {
         .spawn()
         .expect("agent");
     online.next(ONLINE).await.expect("online");
-    let leftover = hostbus_bridge::new_volume_name("halfdone", "vda", Some(DiskFormat::Qcow2));
+    let leftover = "halfdone-vda.qcow2".to_owned(); // the name vm.define gives a new qcow2 vda
     ok::<VolumeCreate>(
         &mut peer,
         &VolumeCreateRequest {

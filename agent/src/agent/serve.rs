@@ -1,0 +1,219 @@
+//! One delivery after admission: run it, dead-letter it when asked, reply
+//! (on the reply lane when a redelivered message's direct reply could cost
+//! the connection), then settle its ack; and how many times a message was
+//! delivered.
+
+use hostbus_protocol::names;
+use hostbus_protocol::{now_ms, AmqpProperties, HeaderValue};
+use lapin::options::BasicPublishOptions;
+use lapin::{Channel, Confirmation};
+
+use crate::dispatch::{Admission, ReplyMessage};
+use crate::lane::LaneError;
+use crate::settle::Settle;
+use hostbus_amqp::{classify_reply_to, to_lapin, ReplyAddress};
+
+use super::{lock, Agent, Lanes};
+
+/// Header in which quorum queues count earlier deliveries of a message.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+/// What identifies a message across its redeliveries: its message id, or
+/// a hash of its body when it has none.
+fn message_key(d: &lapin::message::Delivery, props: &AmqpProperties) -> String {
+    props.message_id.clone().unwrap_or_else(|| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        d.data.hash(&mut h);
+        format!("body:{:x}", h.finish())
+    })
+}
+
+impl Agent {
+    /// How many times this message has been delivered, this time included:
+    /// the broker's count where the queue keeps one (quorum queues'
+    /// `x-delivery-count`, which survives agent restarts and connection
+    /// losses), else this process's count of redeliveries.
+    pub(super) fn deliveries(&self, d: &lapin::message::Delivery, props: &AmqpProperties) -> u32 {
+        let broker = match props.headers.get(DELIVERY_COUNT_HEADER) {
+            Some(HeaderValue::Int(n)) => u32::try_from(*n).unwrap_or(u32::MAX).saturating_add(1),
+            _ => 1,
+        };
+        if !d.redelivered {
+            return broker;
+        }
+        let key = message_key(d, props);
+        let mut seen = lock(&self.redeliveries);
+        if seen.len() > 10_000 {
+            seen.clear();
+        }
+        let n = seen.entry(key).or_insert(1);
+        *n = n.saturating_add(1);
+        (*n).max(broker)
+    }
+
+    /// Handles one admitted delivery: reply first, then ack.
+    pub(super) async fn serve(
+        &self,
+        lanes: &Lanes,
+        admission: Admission,
+        props: AmqpProperties,
+        d: lapin::message::Delivery,
+        deliveries: u32,
+    ) {
+        let tag = d.delivery_tag;
+        let handled = match admission {
+            Admission::Done(h) => h,
+            Admission::Ready(a) => self.dispatcher.run(a).await,
+        };
+        let mut dead = false;
+        if let Some(reason) = &handled.dead_letter {
+            if let Err(e) = self
+                .dead_letter(&lanes.publ, props.clone(), &d, reason, &handled.outcome)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot dead-letter a message; it will be redelivered");
+                lanes.settler.settle(Settle::Requeue(tag));
+                return;
+            }
+            dead = true;
+        }
+        if let Some(reply) = handled.reply {
+            // A message seen before may have been redelivered because its
+            // reply closed our connection: reply where that cannot happen.
+            let risky = deliveries > 1 && classify_reply_to(&reply.to) == ReplyAddress::Direct;
+            let sent = if risky {
+                match lanes
+                    .lane
+                    .publish(&reply, || lanes.cmd.status().connected())
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    Err(LaneError::Refused(e)) => {
+                        tracing::warn!(command = %handled.command, reply_to = %reply.to, error = %e, "the broker refused this reply address; not replying to it again");
+                        let why = format!("the broker closed the connection when given reply_to {:?}; not replied", reply.to);
+                        if !dead {
+                            if let Err(e) = self
+                                .dead_letter(&lanes.publ, props, &d, &why, "BAD_ENVELOPE")
+                                .await
+                            {
+                                tracing::warn!(error = %e, "cannot dead-letter a message; it will be redelivered");
+                                lanes.settler.settle(Settle::Requeue(tag));
+                                return;
+                            }
+                        }
+                        Ok(())
+                    }
+                    Err(LaneError::Unavailable(e)) => Err(anyhow::anyhow!(e)),
+                }
+            } else {
+                self.publish_reply(&lanes.publ, &lanes.cmd, reply).await
+            };
+            if let Err(e) = sent {
+                tracing::warn!(command = %handled.command, error = %e, "cannot publish the reply; the command will be redelivered");
+                lanes.settler.settle(Settle::Requeue(tag));
+                return;
+            }
+        }
+        lanes.settler.settle(Settle::Ack(tag));
+    }
+
+    /// Sends the original message to the dead-letter exchange, with the
+    /// reason, the error code and this host in its headers, for inspection;
+    /// once per message: a redelivery of one this process already copied
+    /// (the ack was lost with its connection) is only acked.
+    pub(super) async fn dead_letter(
+        &self,
+        publ: &Channel,
+        mut props: AmqpProperties,
+        d: &lapin::message::Delivery,
+        reason: &str,
+        code: &str,
+    ) -> anyhow::Result<()> {
+        let key = message_key(d, &props);
+        if d.redelivered && lock(&self.dead_lettered).contains(&key) {
+            tracing::info!(
+                code,
+                "a redelivered message was dead-lettered before; acked without another copy"
+            );
+            return Ok(());
+        }
+        props.expiration = None;
+        props.headers.insert(
+            "x-hostbus-dead-reason".into(),
+            HeaderValue::Str(reason.to_owned()),
+        );
+        props.headers.insert(
+            "x-hostbus-dead-code".into(),
+            HeaderValue::Str(code.to_owned()),
+        );
+        props.headers.insert(
+            "x-hostbus-dead-host".into(),
+            HeaderValue::Str(self.cfg.host_id.clone()),
+        );
+        props.headers.insert(
+            "x-hostbus-dead-at".into(),
+            HeaderValue::Int(i64::try_from(now_ms()).unwrap_or(i64::MAX)),
+        );
+        self.publish_confirmed(
+            publ,
+            names::DEAD_LETTER_EXCHANGE,
+            &names::agent_queue(&self.cfg.host_id),
+            &d.data,
+            props,
+        )
+        .await?;
+        {
+            let mut copied = lock(&self.dead_lettered);
+            if copied.len() > 10_000 {
+                copied.clear();
+            }
+            copied.insert(key);
+        }
+        self.metrics.dead_lettered(code);
+        tracing::warn!(reason, code, "message dead-lettered");
+        Ok(())
+    }
+
+    /// Publishes a reply before the command is acked.
+    ///
+    /// A reply to direct reply-to goes out on the command channel without a
+    /// confirm: the broker handles a channel's frames in order, so once it
+    /// has the ack it has the reply, and a confirm would promise no more
+    /// (the reply lives only as long as the caller's connection). A reply to
+    /// a named queue may have to survive a broker restart: it goes out on
+    /// the confirm channel, and the command is acked only once the broker
+    /// has confirmed it.
+    pub(super) async fn publish_reply(
+        &self,
+        publ: &Channel,
+        cmd: &Channel,
+        r: ReplyMessage,
+    ) -> anyhow::Result<()> {
+        if r.to.starts_with(names::DIRECT_REPLY_TO) {
+            cmd.basic_publish(
+                "".into(),
+                r.to.as_str().into(),
+                BasicPublishOptions::default(),
+                &r.body,
+                to_lapin(&r.properties),
+            )
+            .await?;
+            return Ok(());
+        }
+        let confirm = publ
+            .basic_publish(
+                "".into(),
+                r.to.as_str().into(),
+                BasicPublishOptions::default(),
+                &r.body,
+                to_lapin(&r.properties),
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Nack(_) => anyhow::bail!("the broker refused the reply"),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Tests of the layered configuration.
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A configuration file with `text`, in a directory of its own per test.
+fn config_file(test: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hostbus-cfg-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("agent.toml");
+    std::fs::write(&file, text).expect("write");
+    file
+}
+
+#[test]
+fn layers_apply_in_order() {
+    let file = config_file("layers", "host_id = \"from-file\"\nconcurrency = 3\nlabels = [\"a\", \"b\"]\nheartbeat_interval_ms = 1000\n");
+    let flags = Flags {
+        config: Some(file.clone()),
+        concurrency: Some(5),
+        ..Flags::default()
+    };
+    let c = Config::load(
+        &flags,
+        &env(&[
+            ("HOSTBUS_HEARTBEAT_INTERVAL_MS", "2000"),
+            ("HOSTBUS_LABELS", "x,y"),
+            ("HOSTBUS_TEST_AMQP_URL", "ignored"),
+        ]),
+    )
+    .expect("load");
+    assert_eq!(c.host_id, "from-file");
+    assert_eq!(c.concurrency, 5, "flags beat the file");
+    assert_eq!(c.heartbeat_interval_ms, 2000, "environment beats the file");
+    assert_eq!(c.labels, ["x", "y"]);
+    assert_eq!(c.libvirt_uri, "qemu:///system", "defaults fill the rest");
+    let _ = std::fs::remove_dir_all(file.parent().expect("dir"));
+}
+
+#[test]
+fn invalid_values_name_the_field() {
+    let bad = |pairs: &[(&str, &str)]| {
+        Config::load(&Flags::default(), &env(pairs))
+            .expect_err("invalid")
+            .to_string()
+    };
+    assert!(bad(&[("HOSTBUS_HOST_ID", "Bad.Host")]).contains("`host_id`"));
+    assert!(bad(&[("HOSTBUS_CONCURRENCY", "0")]).contains("`concurrency`"));
+    assert!(bad(&[("HOSTBUS_CONCURRENCY", "many")]).contains("concurrency"));
+    assert!(bad(&[("HOSTBUS_BROKER_URLS", "http://x")]).contains("`broker_urls`"));
+    assert!(bad(&[("HOSTBUS_LABELS", "ok,Not OK")]).contains("`labels`"));
+    assert!(bad(&[("HOSTBUS_LOG_FORMAT", "xml")]).contains("log_format"));
+    assert!(bad(&[("HOSTBUS_METRICS_ADDR", "nowhere")]).contains("`metrics_addr`"));
+    assert!(bad(&[("HOSTBUS_QUEUE_TYPE", "mirrored")]).contains("queue_type"));
+    assert!(bad(&[("HOSTBUS_DOMAIN_TYPE", "xen")]).contains("`domain_type`"));
+    assert!(bad(&[("HOSTBUS_CONSOLE_LOG_DIR", "logs")]).contains("`console_log_dir`"));
+    assert!(bad(&[("HOSTBUS_AMQP_FRAME_MAX", "1024")]).contains("`amqp_frame_max`"));
+}
+
+#[test]
+fn the_frame_size_reaches_the_connection_options() {
+    let c = Config::load(&Flags::default(), &env(&[])).expect("defaults");
+    assert_eq!(
+        c.connect_options().frame_max,
+        None,
+        "the broker's by default"
+    );
+    let c = Config::load(
+        &Flags::default(),
+        &env(&[("HOSTBUS_AMQP_FRAME_MAX", "16384")]),
+    )
+    .expect("16 KiB");
+    assert_eq!(c.connect_options().frame_max, Some(16_384));
+}
+
+#[test]
+fn domain_type_comes_from_the_environment_or_a_flag() {
+    let c = Config::load(&Flags::default(), &env(&[])).expect("defaults");
+    assert_eq!(
+        c.bridge_domain_type().ok(),
+        Some(hostbus_bridge::DomainType::Auto)
+    );
+    let c = Config::load(&Flags::default(), &env(&[("HOSTBUS_DOMAIN_TYPE", "qemu")])).expect("env");
+    assert_eq!(
+        c.bridge_domain_type().ok(),
+        Some(hostbus_bridge::DomainType::Qemu)
+    );
+    let flags = Flags {
+        domain_type: Some("kvm".into()),
+        ..Flags::default()
+    };
+    let c = Config::load(&flags, &env(&[("HOSTBUS_DOMAIN_TYPE", "qemu")])).expect("flag");
+    assert_eq!(
+        c.bridge_domain_type().ok(),
+        Some(hostbus_bridge::DomainType::Kvm)
+    );
+    let c = Config::load(
+        &Flags::default(),
+        &env(&[("HOSTBUS_CONSOLE_LOG_DIR", "off")]),
+    )
+    .expect("off");
+    assert_eq!(c.bridge_console_log_dir(), None);
+}
+
+/// Issue 14: `HOSTBUS_QUEUE_TYPE` was silently ignored; now it is a
+/// setting, and a variable that names no setting is refused.
+#[test]
+fn queue_type_is_a_setting_and_unknown_variables_are_refused() {
+    let c = Config::load(
+        &Flags::default(),
+        &env(&[("HOSTBUS_QUEUE_TYPE", "classic")]),
+    )
+    .expect("classic");
+    assert_eq!(c.queue_type, QueueType::Classic);
+    let c = Config::load(&Flags::default(), &env(&[])).expect("defaults");
+    assert_eq!(c.queue_type, QueueType::Quorum, "quorum by default");
+    let err = Config::load(&Flags::default(), &env(&[("HOSTBUS_QUEUE_TYP", "classic")]))
+        .expect_err("a typo");
+    assert!(err.to_string().contains("HOSTBUS_QUEUE_TYP"), "{err}");
+    // Other programs' variables are not the agent's business.
+    Config::load(
+        &Flags::default(),
+        &env(&[
+            ("HOSTBUS_URL", "amqp://x"),
+            ("HOSTBUS_TEST_AMQP_URL", "amqp://y"),
+        ]),
+    )
+    .expect("foreign variables pass");
+}
+
+#[test]
+fn unknown_file_fields_are_refused() {
+    let file = config_file("unknown", "hots_id = \"typo\"\n");
+    let err = Config::load(
+        &Flags {
+            config: Some(file.clone()),
+            ..Flags::default()
+        },
+        &HashMap::new(),
+    )
+    .expect_err("typo");
+    assert!(err.to_string().contains("hots_id"), "{err}");
+    let _ = std::fs::remove_dir_all(file.parent().expect("dir"));
+}
