@@ -12,7 +12,7 @@ use hostbus_bridge::{Bridge, Turn};
 use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::reply_properties;
 use hostbus_protocol::{
-    command_info, encode, now_ms, Access, AmqpProperties, AnyRequest, AnyResponse, ContentType,
+    command_info, encode, now_ms, AmqpProperties, AnyRequest, AnyResponse, ContentType,
     Envelope, Error, ErrorCode, Reply, ReplyStatus,
 };
 use tracing::Instrument;
@@ -80,6 +80,8 @@ pub struct Dispatcher {
 }
 
 /// What [`Dispatcher::admit`] decided.
+// One per delivery, consumed at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Admission {
     /// Answered without running anything: refused, or given up.
     Done(Handled),
@@ -91,8 +93,7 @@ pub enum Admission {
 /// place in the line of the object it changes taken in arrival order.
 pub struct Admitted {
     env: Envelope,
-    request: AnyRequest,
-    info: &'static hostbus_protocol::CommandInfo,
+    request: Planned,
     deliveries: u32,
     turn: Option<Turn>,
     /// For a changing command: the id lock, held when this is the first
@@ -206,8 +207,8 @@ impl Dispatcher {
         let _enter = span.enter();
         match self.check(&env, body, deliveries) {
             Err(out) => Admission::Done(self.finish(&env, out, started)),
-            Ok((info, request)) => {
-                let id_lock = (info.access != Access::Read).then(|| {
+            Ok(request) => {
+                let id_lock = request.plan().run.changes().then(|| {
                     let mut running = lock(&self.running);
                     match running.get(&env.command_id) {
                         Some(m) => IdLock::Wait(m.clone()),
@@ -230,7 +231,6 @@ impl Dispatcher {
                 Admission::Ready(Admitted {
                     env,
                     request,
-                    info,
                     deliveries,
                     turn,
                     id_lock,
@@ -246,7 +246,7 @@ impl Dispatcher {
         let span = tracing::info_span!("command", command = %a.env.command, command_id = %a.env.command_id, host = %self.host_id);
         async move {
             // `a` (its in-flight guard with it) lives until the reply is built.
-            let out = if a.info.access == Access::Read {
+            let out = if !a.request.plan().run.changes() {
                 self.run_read(&a.env, a.request, a.deliveries).await
             } else {
                 let (request, turn, id_lock) = (a.request, a.turn, a.id_lock);
@@ -316,12 +316,7 @@ impl Dispatcher {
 
     /// The checks of [`admit`](Self::admit) after the envelope.
     #[allow(clippy::result_large_err)]
-    fn check(
-        &self,
-        env: &Envelope,
-        body: &[u8],
-        deliveries: u32,
-    ) -> Result<(&'static hostbus_protocol::CommandInfo, AnyRequest), Outcome> {
+    fn check(&self, env: &Envelope, body: &[u8], deliveries: u32) -> Result<Planned, Outcome> {
         let ct = env.content_type;
         let refuse = |e: Error| {
             tracing::info!(code = %e.code, message = %e.message, "command refused");
@@ -346,7 +341,7 @@ impl Dispatcher {
         }
         // Reads are not journaled: their deliveries are all there is to
         // count. (A changing command's are counted with its journal.)
-        if info.access == Access::Read && deliveries > self.policy.max_deliveries {
+        if !info.run.changes() && deliveries > self.policy.max_deliveries {
             return Err(self.give_up(env, deliveries));
         }
         let request = match AnyRequest::decode(&env.command, ct, body, self.policy.max_payload) {
@@ -360,16 +355,14 @@ impl Dispatcher {
                 return Err(o);
             }
         };
-        if let Err(e) = request.validate() {
-            return Err(refuse(e.into()));
-        }
+        let request = Planned::new(request).map_err(refuse)?;
         let depth = self.bridge.queue_depth(&request);
         if depth >= self.policy.max_object_queue {
             let retry = 200 * depth as u64;
             return Err(refuse(Error::new(
                 ErrorCode::Busy,
                 [
-                    ("object", env.command.clone()),
+                    ("object", request.plan().lock_key().unwrap_or_default()),
                     ("retry_after_ms", retry.to_string()),
                 ],
                 format!(
@@ -377,7 +370,7 @@ impl Dispatcher {
                 ),
             )));
         }
-        Ok((info, request))
+        Ok(request)
     }
 
     fn give_up(&self, env: &Envelope, attempts: u32) -> Outcome {

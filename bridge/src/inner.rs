@@ -19,7 +19,6 @@ use crate::config::Config;
 use crate::conn::Conn;
 use crate::errors::{is_connection_error, map_error, Subject};
 use crate::events::RawEvent;
-use crate::keys::lock_key;
 use crate::locks::{self, lock, LockTable, Turn};
 use crate::observe::{Observed, Observer};
 use crate::tasks::{Progress, TaskTable};
@@ -78,16 +77,16 @@ impl Inner {
 
     pub(crate) fn execute(
         &self,
-        req: AnyRequest,
+        req: Planned,
         progress: &Progress,
         id: Uuid,
         turn: Option<Turn>,
     ) -> Result<AnyResponse, Error> {
         use AnyRequest as R;
         use AnyResponse as A;
-        req.validate()?;
         progress.check()?;
-        let ticket = match (lock_key(&req), turn) {
+        let (req, plan) = req.into_parts();
+        let ticket = match (plan.lock_key(), turn) {
             (Some(key), Some(Turn(t))) if t.key() == key => Some(t),
             (Some(key), _) => Some(self.locks.enqueue(&key)),
             (None, _) => None,

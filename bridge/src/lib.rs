@@ -22,7 +22,6 @@ mod events;
 mod ffi;
 mod host;
 mod inner;
-mod keys;
 mod locks;
 mod network;
 mod observe;
@@ -38,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use hostbus_protocol::types::{Inventory, TaskRecord};
-use hostbus_protocol::{AnyRequest, AnyResponse, Error, EventAction};
+use hostbus_protocol::{AnyRequest, AnyResponse, Error, EventAction, Planned};
 use uuid::Uuid;
 
 pub use config::{Config, DomainType};
@@ -68,7 +67,6 @@ pub fn simulated_node_xml(index: u32) -> String {
 }
 
 use crate::inner::Inner;
-use crate::keys::{lock_key, object_of};
 use crate::locks::lock;
 use crate::tasks::Progress;
 
@@ -146,72 +144,64 @@ impl Bridge {
         })
     }
 
-    /// Whether `request` is answered from memory, without libvirt and
-    /// without any lock that libvirt work holds, so a caller on an async
-    /// runtime may [`call`](Self::call) it in place instead of handing it to
-    /// a blocking thread. Only `host.ping`: it proves the bus and the agent
-    /// answer, and costs nothing to run.
-    pub fn runs_inline(request: &AnyRequest) -> bool {
-        matches!(request, AnyRequest::HostPing(_))
-    }
-
     /// Takes `request`'s place in the line of the object it changes, now,
     /// without blocking; `None` for a request that changes nothing (reads
     /// take no lock). Pass the turn to [`call_in_turn`](Self::call_in_turn)
     /// or [`submit_in_turn`](Self::submit_in_turn): a caller that receives
     /// requests in order takes their turns in that order, and they then run
-    /// in that order whatever threads run them.
-    pub fn take_turn(&self, request: &AnyRequest) -> Option<Turn> {
-        lock_key(request).map(|k| Turn(self.inner.locks.enqueue(&k)))
+    /// in that order whatever threads run them. The line is the plan's
+    /// target (the catalogue says which object each command works on).
+    pub fn take_turn(&self, request: &Planned) -> Option<Turn> {
+        request
+            .plan()
+            .lock_key()
+            .map(|k| Turn(self.inner.locks.enqueue(&k)))
     }
 
-    /// Runs one command synchronously, taking its turn now.
+    /// Validates and runs one command synchronously, taking its turn now.
     pub fn call(&self, request: AnyRequest, ctx: &CallContext) -> Result<AnyResponse, Error> {
-        self.call_in_turn(request, ctx, None)
+        self.call_in_turn(Planned::new(request)?, ctx, None)
     }
 
-    /// Runs one command synchronously in `turn` (from
+    /// Runs one validated command synchronously in `turn` (from
     /// [`take_turn`](Self::take_turn) for this request; a new one is taken
     /// when `None`).
     pub fn call_in_turn(
         &self,
-        request: AnyRequest,
+        request: Planned,
         ctx: &CallContext,
         turn: Option<Turn>,
     ) -> Result<AnyResponse, Error> {
         let progress = Progress::untracked(self.inner.config.step_pause)
-            .with_deadline(request.name(), ctx.deadline);
+            .with_deadline(request.plan().command, ctx.deadline);
         self.inner.execute(request, &progress, ctx.command_id, turn)
     }
 
-    /// Starts one command as a task and returns the task at once, taking
-    /// its turn now.
+    /// Validates one command and starts it as a task, returning the task
+    /// at once and taking its turn now.
     pub fn submit(&self, request: AnyRequest, ctx: &CallContext) -> Result<TaskRecord, Error> {
-        self.submit_in_turn(request, ctx, None)
+        self.submit_in_turn(Planned::new(request)?, ctx, None)
     }
 
-    /// Starts one command as a task in `turn` and returns the task at once.
-    /// The task's id is the command id. Its progress and outcome arrive as
-    /// task events and through `task.get`.
+    /// Starts one validated command as a task in `turn` and returns the
+    /// task at once. The task's id is the command id; its object is the
+    /// plan's target; it is cancellable when the catalogue says so. Its
+    /// progress and outcome arrive as task events and through `task.get`.
     pub fn submit_in_turn(
         &self,
-        request: AnyRequest,
+        request: Planned,
         ctx: &CallContext,
         turn: Option<Turn>,
     ) -> Result<TaskRecord, Error> {
-        request.validate()?;
         let id = ctx.command_id;
         if let Ok(existing) = self.inner.tasks.get(id) {
             return Ok(existing);
         }
-        let cancellable = matches!(
-            request,
-            AnyRequest::VmDefine(_) | AnyRequest::VmUndefine(_) | AnyRequest::VmShutdown(_)
-        );
+        let plan = request.plan();
         let (record, cancel) =
             self.inner
                 .tasks
-                .create(id, request.name(), object_of(&request), cancellable);
+                .create(id, plan.command, plan.object(), plan.run.cancellable());
         self.inner
             .observer
             .task_event(EventAction::Created, record.clone());
@@ -295,8 +285,11 @@ impl Bridge {
     }
 
     /// Operations waiting for or holding the lock of the object a request works on.
-    pub fn queue_depth(&self, request: &AnyRequest) -> usize {
-        lock_key(request).map_or(0, |k| self.inner.locks.depth(&k))
+    pub fn queue_depth(&self, request: &Planned) -> usize {
+        request
+            .plan()
+            .lock_key()
+            .map_or(0, |k| self.inner.locks.depth(&k))
     }
 
     /// Compares libvirt's state with the last seen now, emitting events for

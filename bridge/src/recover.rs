@@ -41,7 +41,9 @@ impl Inner {
             });
             // Through `execute`, so the volume's lock is taken as for any delete.
             let progress = Progress::untracked(self.config.step_pause);
-            match self.execute(delete, &progress, Uuid::new_v4(), None) {
+            let result = Planned::new(delete)
+                .and_then(|delete| self.execute(delete, &progress, Uuid::new_v4(), None));
+            match result {
                 Ok(_) => {
                     tracing::info!(volume = %name, "removed a volume left by an interrupted vm.define")
                 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use hostbus_bridge::{Bridge, CallContext, Turn};
 use hostbus_protocol::commands::*;
 use hostbus_protocol::{
-    encode, Access, AnyRequest, AnyResponse, ContentType, Envelope, Error, Reply, ReplyStatus,
+    encode, AnyResponse, ContentType, Envelope, Error, Planned, Reply, ReplyStatus, Run,
 };
 
 use crate::journal::State;
@@ -21,7 +21,7 @@ impl Dispatcher {
     pub(super) async fn run_read(
         &self,
         env: &Envelope,
-        request: AnyRequest,
+        request: Planned,
         _deliveries: u32,
     ) -> Outcome {
         let result = self.execute(env, request, None).await;
@@ -31,7 +31,7 @@ impl Dispatcher {
     pub(super) async fn run_journaled(
         &self,
         env: &Envelope,
-        request: AnyRequest,
+        request: Planned,
         deliveries: u32,
         turn: Option<Turn>,
         id_lock: Option<IdLock>,
@@ -66,7 +66,7 @@ impl Dispatcher {
     pub(super) async fn run_journaled_locked(
         &self,
         env: &Envelope,
-        request: AnyRequest,
+        request: Planned,
         deliveries: u32,
         turn: Option<Turn>,
     ) -> Outcome {
@@ -133,13 +133,17 @@ impl Dispatcher {
         if interrupted {
             tracing::warn!(attempts, "command was interrupted before it finished (agent crash?); reconciling with libvirt");
             let r = request.clone();
-            self.blocking(move |b| b.clean_interrupted(&r)).await;
+            self.blocking(move |b| b.clean_interrupted(r.request()))
+                .await;
         }
         let result = self.execute(env, request.clone(), turn).await;
         let result = match result {
             Err(e) if interrupted => {
                 let err = e.clone();
-                match self.blocking(move |b| b.recover(&request, &err)).await {
+                match self
+                    .blocking(move |b| b.recover(request.request(), &err))
+                    .await
+                {
                     Some(Some(v)) => {
                         tracing::info!("the interrupted command had already taken effect");
                         Ok(Executed::Value(Box::new(v)))
@@ -205,7 +209,7 @@ impl Dispatcher {
     pub(super) async fn execute(
         &self,
         env: &Envelope,
-        request: AnyRequest,
+        request: Planned,
         turn: Option<Turn>,
     ) -> Result<Executed, Error> {
         let ctx = CallContext {
@@ -213,8 +217,11 @@ impl Dispatcher {
             deadline: env.deadline,
         };
         let bridge = self.bridge.clone();
-        let asynchronous = env.asynchronous && request.access() != Access::Read;
-        let inline = !asynchronous && Bridge::runs_inline(&request);
+        // The catalogue says what may run as a task (changes) and what is
+        // answered from memory (inline), so needs no blocking thread.
+        let run = request.plan().run;
+        let asynchronous = env.asynchronous && run.changes();
+        let inline = !asynchronous && run == Run::Inline;
         let run = move || {
             std::panic::catch_unwind(AssertUnwindSafe(|| {
                 if asynchronous {
