@@ -230,6 +230,28 @@ pub(crate) enum VmCmd {
     Stats { vm: At<Vm> },
     /// Where the VM's serial console is, and how to reach it on its host.
     Console { vm: At<Vm> },
+    /// Attaches a disk as guest TARGET (e.g. vdb): `POOL:GiB` for a new
+    /// volume, `POOL/VOLUME`, or an absolute path, as `vm create --disk`.
+    AttachDisk {
+        vm: At<Vm>,
+        #[arg(value_parser = crate::args::disk)]
+        disk: DiskArg,
+        /// Guest device name, e.g. vdb.
+        #[arg(long)]
+        target: String,
+    },
+    /// Detaches the disk at guest TARGET (e.g. vdb).
+    DetachDisk { vm: At<Vm>, target: String },
+    /// Attaches a virtio NIC on NETWORK.
+    AttachNic {
+        vm: At<Vm>,
+        network: String,
+        /// MAC address (default: generated).
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    /// Detaches the NIC with MAC.
+    DetachNic { vm: At<Vm>, mac: String },
 }
 
 /// The one-word lifecycle operations: `hostctl vm <op> HOST/VM`, each
@@ -406,6 +428,8 @@ pub(crate) enum VolumeCmd {
     },
     /// Deletes HOST/POOL/VOLUME.
     Delete { volume: VolumeAt },
+    /// One volume (HOST/POOL/VOLUME).
+    Get { volume: VolumeAt },
     /// Grows HOST/POOL/VOLUME to a size in GiB.
     Resize {
         volume: VolumeAt,
@@ -506,5 +530,20 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    /// Every command of the catalogue names the hostctl verb that sends
+    /// it; that verb exists (a command without one fails here).
+    #[test]
+    fn every_command_of_the_catalogue_has_its_verb() {
+        let cli = super::Cli::command();
+        for c in hostbus_client::protocol::COMMANDS {
+            let mut at = &cli;
+            for word in c.cli.split(' ') {
+                at = at.find_subcommand(word).unwrap_or_else(|| {
+                    panic!("{}: `hostctl {}` does not exist ({word})", c.name, c.cli)
+                });
+            }
+        }
     }
 }

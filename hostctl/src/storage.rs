@@ -119,6 +119,18 @@ pub(crate) async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Res<()> {
                 )
             })
         }
+        VolumeCmd::Get { volume: v } => {
+            let r = v.pool.on(c).volume(&v.volume).await?;
+            ctx.show(&r, |r| {
+                outln!("name:        {}", r.name);
+                outln!("pool:        {}", r.pool);
+                outln!("format:      {}", r.format);
+                outln!("capacity:    {} GiB", gib(r.capacity_bytes));
+                outln!("allocation:  {} GiB", gib(r.allocation_bytes));
+                outln!("path:        {}", r.path);
+                outln!("generation:  {}", r.generation);
+            })
+        }
         VolumeCmd::Delete { volume: v } => {
             v.pool.on(c).delete_volume(&v.volume).await?;
             ctx.deleted("volume", &v.volume)

@@ -70,6 +70,28 @@ pub(crate) async fn run(ctx: &Ctx, cmd: VmCmd) -> Res<()> {
             let r = vm.on(c).set_vcpus(vcpus).await?;
             ctx.show(&r, |r| outln!("{} has {} vCPUs", r.name, r.vcpus))
         }
+        VmCmd::AttachDisk { vm, disk, target } => {
+            let spec = DiskSpec {
+                target,
+                source: disk.source,
+                bus: DiskBus::Virtio,
+                format: disk.format,
+                read_only: false,
+                device: DiskDevice::Disk,
+            };
+            print_vm(ctx, &vm.on(c).attach_disk(spec).await?)
+        }
+        VmCmd::DetachDisk { vm, target } => print_vm(ctx, &vm.on(c).detach_disk(&target).await?),
+        VmCmd::AttachNic { vm, network, mac } => {
+            let nic = NicSpec {
+                network: Some(network),
+                bridge: None,
+                mac,
+                model: NicModel::Virtio,
+            };
+            print_vm(ctx, &vm.on(c).attach_nic(nic).await?)
+        }
+        VmCmd::DetachNic { vm, mac } => print_vm(ctx, &vm.on(c).detach_nic(&mac).await?),
         VmCmd::Stats { vm } => {
             let s = vm.on(c).stats().await?;
             ctx.show(&s, |s| {
