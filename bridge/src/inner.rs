@@ -249,12 +249,27 @@ impl Inner {
     /// Observes `rec`, the record of object `id`: stamps its generation and
     /// emits an event if it changed (or `hint` names a reboot).
     pub(crate) fn observed<T: Observed>(&self, id: &str, rec: T, hint: Option<EventAction>) -> T {
-        let seen = self.observer.observe(
+        let ticket = self.observer.ticket();
+        self.observed_read(id, rec, hint, ticket)
+    }
+
+    /// [`observed`](Self::observed) of a record whose read started at
+    /// `ticket` (taken with `self.observer.ticket()` before reading): a read
+    /// overtaken by a newer one gives the newer record.
+    pub(crate) fn observed_read<T: Observed>(
+        &self,
+        id: &str,
+        rec: T,
+        hint: Option<EventAction>,
+        ticket: u64,
+    ) -> T {
+        let seen = self.observer.observe_read(
             T::CLASS,
             id,
             Some(rec.clone().into_record()),
             hint,
             self.emitting(),
+            ticket,
         );
         seen.and_then(T::from_record).unwrap_or(rec)
     }

@@ -5,6 +5,7 @@
 //! the same way, so an event is emitted once per change whoever saw it first.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,10 @@ struct Seen {
     last_momentary: Option<Instant>,
     /// The last record seen, normalized; `None` once the object is gone.
     last: Option<Record>,
+    /// The last record seen as it was read, with its generation.
+    last_full: Option<Record>,
+    /// When the read of the last record seen started (see [`Observer::ticket`]).
+    ticket: u64,
 }
 
 /// A record the observer keeps generations of: its class and its place in
@@ -85,6 +90,8 @@ observed! {
 #[derive(Default)]
 pub(crate) struct Observer {
     seen: Mutex<HashMap<(ObjectClass, String), Seen>>,
+    /// Orders reads: a ticket is taken before reading an object's state.
+    clock: AtomicU64,
     subscribers: Mutex<Vec<Deliver>>,
 }
 
@@ -184,12 +191,44 @@ impl Observer {
         hint: Option<EventAction>,
         emit: bool,
     ) -> Option<Record> {
+        let ticket = self.ticket();
+        self.observe_read(class, id, record, hint, emit, ticket)
+    }
+
+    /// A ticket to take before reading an object's state from libvirt:
+    /// tickets grow, so [`observe_read`](Self::observe_read) can tell a read
+    /// that started before the last one observed.
+    pub(crate) fn ticket(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// [`observe`](Self::observe) of a record whose read started at
+    /// `ticket`. A read that started before the last observed one may have
+    /// seen the object before a change that one saw (an event worker's read
+    /// racing an operation): it is observed as the newer record instead, so
+    /// it cannot undo a change and report it twice.
+    pub(crate) fn observe_read(
+        &self,
+        class: ObjectClass,
+        id: &str,
+        mut record: Option<Record>,
+        hint: Option<EventAction>,
+        emit: bool,
+        ticket: u64,
+    ) -> Option<Record> {
         let mut seen = lock(&self.seen);
         let entry = seen.entry((class, id.to_owned())).or_insert(Seen {
             generation: 0,
             last_momentary: None,
             last: None,
+            last_full: None,
+            ticket: 0,
         });
+        if ticket < entry.ticket {
+            record.clone_from(&entry.last_full);
+        } else {
+            entry.ticket = ticket;
+        }
         let norm = record.as_ref().map(normalized);
         let changed = norm != entry.last || (entry.generation == 0 && record.is_some());
         let momentary = hint == Some(EventAction::Rebooted)
@@ -222,6 +261,10 @@ impl Observer {
             }
         }
         let generation = entry.generation;
+        entry.last_full = record.clone().map(|mut r| {
+            set_generation(&mut r, generation);
+            r
+        });
         drop(seen);
         if let Some(ev) = event {
             tracing::debug!(class = %ev.class, action = %ev.action, object = %ev.object_id, generation, "object event");
@@ -256,5 +299,59 @@ impl Observer {
             .filter(|((c, _), s)| *c == class && s.last.is_some())
             .map(|((_, id), _)| id.clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use hostbus_protocol::types::{ForwardMode, NetworkRecord};
+
+    use super::*;
+
+    fn network(active: bool) -> Record {
+        Record::Network(NetworkRecord {
+            uuid: uuid::Uuid::nil(),
+            name: "n".into(),
+            active,
+            autostart: false,
+            persistent: true,
+            bridge: None,
+            forward: ForwardMode::Nat,
+            ip: None,
+            generation: 0,
+        })
+    }
+
+    /// A read that started before the last observed one (the event worker
+    /// reading a VM while an operation changes it and observes first) must
+    /// not undo the change: that reported a stop and a second start.
+    #[test]
+    fn a_read_overtaken_by_a_newer_one_changes_nothing() {
+        let observer = Observer::default();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        observer.subscribe(Box::new(move |ev| {
+            lock(&sink).push(ev.action);
+            true
+        }));
+        let class = ObjectClass::Network;
+        observer.observe(class, "n", Some(network(false)), None, true);
+        let stale = observer.ticket();
+        let fresh = observer.ticket();
+        observer.observe_read(class, "n", Some(network(true)), None, true, fresh);
+        let seen = observer.observe_read(class, "n", Some(network(false)), None, true, stale);
+        assert_eq!(
+            seen.as_ref()
+                .map(|r| matches!(r, Record::Network(n) if n.active && n.generation == 2)),
+            Some(true),
+            "the stale read gives the newer record: {seen:?}"
+        );
+        assert_eq!(
+            *lock(&events),
+            [EventAction::Defined, EventAction::Started],
+            "one start, no stop"
+        );
     }
 }

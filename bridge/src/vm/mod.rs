@@ -125,7 +125,8 @@ impl Inner {
     }
 
     /// Reads a VM's record from libvirt, without observing it.
-    pub(crate) fn vm_raw(&self, dom: &Domain) -> Result<(VmRecord, Vec<Option<String>>), Error> {
+    pub(crate) fn vm_raw(&self, dom: &Domain) -> Result<RawVm, Error> {
+        let ticket = self.observer.ticket();
         let id = dom.get_uuid_string_lossy();
         let subject = Subject::vm(&id, "get");
         let mut facts = xml::parse_domain(&self.lv(&subject, dom.xml_desc(0))?)?;
@@ -160,17 +161,22 @@ impl Inner {
             domain_type: facts.domain_type,
             console: facts.console,
         };
-        Ok((rec, facts.nic_devs))
+        Ok(RawVm {
+            record: rec,
+            nic_devs: facts.nic_devs,
+            ticket,
+        })
     }
 
-    /// Observes a VM record: stamps its generation, emits an event if it changed.
-    pub(crate) fn observe_vm(&self, rec: VmRecord, hint: Option<EventAction>) -> VmRecord {
-        let id = rec.uuid.to_string();
-        self.observed(&id, rec, hint)
+    /// Observes a VM record as read: stamps its generation, emits an event
+    /// if it changed (a read overtaken by a newer one gives the newer record).
+    pub(crate) fn observe_vm(&self, raw: RawVm, hint: Option<EventAction>) -> VmRecord {
+        let id = raw.record.uuid.to_string();
+        self.observed_read(&id, raw.record, hint, raw.ticket)
     }
 
     pub(crate) fn vm_record(&self, dom: &Domain) -> Result<VmRecord, Error> {
-        Ok(self.observe_vm(self.vm_raw(dom)?.0, None))
+        Ok(self.observe_vm(self.vm_raw(dom)?, None))
     }
 
     pub(crate) fn lookup_vm(&self, conn: &Connect, uuid: Uuid) -> Result<Domain, Error> {
@@ -189,8 +195,8 @@ impl Inner {
         let conn = self.conn()?;
         match conn.lookup_domain_by_uuid_string(uuid) {
             Ok(dom) => {
-                let rec = self.vm_raw(&dom)?.0;
-                self.observe_vm(rec, hint);
+                let raw = self.vm_raw(&dom)?;
+                self.observe_vm(raw, hint);
             }
             Err(_) => {
                 self.vm_gone(uuid);
@@ -260,6 +266,16 @@ impl VolExt for StorageVol {
     fn get_pool_name_lossy(&self) -> Result<String, virt::error::Error> {
         self.lookup_storage_pool()?.name()
     }
+}
+
+/// A VM's record as read from libvirt, not yet observed.
+pub(crate) struct RawVm {
+    /// The record (generation 0).
+    pub(crate) record: VmRecord,
+    /// The libvirt interface device of each NIC, in order.
+    pub(crate) nic_devs: Vec<Option<String>>,
+    /// When the read started ([`Observer::ticket`](crate::observe::Observer::ticket)).
+    pub(crate) ticket: u64,
 }
 
 #[cfg(test)]

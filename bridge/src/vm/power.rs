@@ -42,7 +42,7 @@ impl Inner {
         let (_conn, dom, rec) = self.prepare(uuid, op)?;
         let _op = self.begin_op(uuid, id, op);
         self.lv(&Subject::vm(uuid, op.as_str()), action(&dom, &rec))?;
-        let (raw, _) = self.vm_raw(&dom)?;
+        let raw = self.vm_raw(&dom)?;
         Ok(self.observe_vm(raw, hint))
     }
 
@@ -133,8 +133,8 @@ impl Inner {
         let timeout = Duration::from_secs(u64::from(r.timeout_s));
         let started = Instant::now();
         loop {
-            let (raw, _) = self.vm_raw(&dom)?;
-            if raw.power_state == PowerState::Halted || r.timeout_s == 0 {
+            let raw = self.vm_raw(&dom)?;
+            if raw.record.power_state == PowerState::Halted || r.timeout_s == 0 {
                 return Ok(self.observe_vm(raw, None));
             }
             let elapsed = started.elapsed();
@@ -150,7 +150,10 @@ impl Inner {
                         ("operation", "vm.shutdown".to_owned()),
                         ("timeout_s", r.timeout_s.to_string()),
                     ],
-                    format!("vm {} did not shut down within {} s", raw.name, r.timeout_s),
+                    format!(
+                        "vm {} did not shut down within {} s",
+                        raw.record.name, r.timeout_s
+                    ),
                 ));
             }
             progress.fraction(elapsed.as_millis() as u64, timeout.as_millis() as u64);

@@ -12,7 +12,8 @@ impl Inner {
     pub(crate) fn vm_stats(&self, uuid: Uuid) -> Result<VmStats, Error> {
         let conn = self.conn()?;
         let dom = self.lookup_vm(&conn, uuid)?;
-        let (raw, nic_devs) = self.vm_raw(&dom)?;
+        let raw = self.vm_raw(&dom)?;
+        let nic_devs = raw.nic_devs.clone();
         let rec = self.observe_vm(raw, None);
         let info = self.lv(&Subject::vm(uuid, "stats"), dom.info())?;
         let active = matches!(rec.power_state, PowerState::Running | PowerState::Paused);
