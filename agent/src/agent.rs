@@ -239,16 +239,15 @@ impl Agent {
     async fn connect(&self, attempt: &mut u32) -> (Connection, String) {
         let order = self.cfg.broker_order();
         loop {
-            for url in &order {
-                let name = format!("hostbus-agent/{}", self.cfg.host_id);
-                match hostbus_amqp::connect(url, &name, &self.tls, self.cfg.connect_options()).await
-                {
-                    Ok(c) => {
-                        tracing::info!(broker = %redact(url), "connected to the broker");
-                        return (c, url.clone());
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot connect to the broker"),
+            let name = format!("hostbus-agent/{}", self.cfg.host_id);
+            match hostbus_amqp::connect_first(&order, &name, &self.tls, self.cfg.connect_options())
+                .await
+            {
+                Ok((c, url)) => {
+                    tracing::info!(broker = %redact(&url), "connected to the broker");
+                    return (c, url);
                 }
+                Err(e) => tracing::warn!(error = %e, "cannot connect to the broker"),
             }
             let wait = self.backoff(*attempt);
             *attempt = attempt.saturating_add(1);

@@ -12,8 +12,8 @@ use hostbus_bridge::{Bridge, Turn};
 use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::reply_properties;
 use hostbus_protocol::{
-    command_info, encode, now_ms, AmqpProperties, AnyRequest, AnyResponse, ContentType,
-    Envelope, Error, ErrorCode, Reply, ReplyStatus,
+    command_info, encode, now_ms, AmqpProperties, AnyRequest, AnyResponse, ContentType, Envelope,
+    Error, ErrorCode, Reply, ReplyStatus,
 };
 use tracing::Instrument;
 use uuid::Uuid;

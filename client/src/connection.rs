@@ -40,24 +40,15 @@ impl Connector {
     /// Opens a new AMQP connection to the first URL that answers, named
     /// `hostbus-client/<purpose>` on the broker.
     pub(crate) async fn open(&self, purpose: &str) -> Result<Connection, ClientError> {
-        let mut last = None;
-        for url in &self.order {
-            match hostbus_amqp::connect(
-                url,
-                &format!("hostbus-client/{purpose}"),
-                &self.tls,
-                self.options,
-            )
-            .await
-            {
-                Ok(c) => return Ok(c),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(ClientError::new(
-            ErrorKind::Connection,
-            last.unwrap_or_else(|| "no broker URL".to_owned()),
-        ))
+        hostbus_amqp::connect_first(
+            &self.order,
+            &format!("hostbus-client/{purpose}"),
+            &self.tls,
+            self.options,
+        )
+        .await
+        .map(|(c, _)| c)
+        .map_err(|e| ClientError::new(ErrorKind::Connection, e))
     }
 }
 
