@@ -16,23 +16,10 @@ wire_struct! {
     }
 }
 impl Validate for VmListRequest {
-    /// A filter this agent does not know (or `unknown`, which no VM is
-    /// ever in) is refused rather than answered with an empty list.
+    /// A filter this agent does not know (or `unknown`, which nothing is ever
+    /// in) is refused rather than answered with an empty list.
     fn validate(&self) -> Validation {
-        match self.power_state {
-            Some(PowerState::Unknown) => Err(ValidationError::new(
-                "power_state",
-                format!(
-                    "unknown power state; one of {}",
-                    PowerState::ALL
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )),
-            _ => Ok(()),
-        }
+        self.power_state.map_or(Ok(()), |v| v.known("power_state"))
     }
 }
 

@@ -50,6 +50,19 @@ macro_rules! wire_enum {
             /// Every known value.
             pub const ALL: &'static [$name] = &[$($name::$variant,)+];
 
+            /// `Ok` for a value this peer knows; `unknown` (any value it
+            /// does not know) is refused, naming `field` and the values.
+            pub fn known(self, field: &str) -> crate::validate::Validation {
+                if self != $name::Unknown {
+                    return Ok(());
+                }
+                let known: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
+                Err(crate::validate::ValidationError::new(
+                    field,
+                    format!("unknown value; one of {}", known.join(", ")),
+                ))
+            }
+
             /// The value as it appears on the wire.
             pub fn as_str(self) -> &'static str {
                 match self {
