@@ -16,7 +16,9 @@ use hostbus_tests::{group_members, AgentProcess, AmqpPeer, RabbitNode};
 use lapin::options::QueueBindOptions;
 use lapin::types::FieldTable;
 
-use crate::{machine, measure, ping_call, quantile_ms, write_section, Args, Meter, Run};
+use crate::measure::{measure, ping_call, quantile_ms, Meter, Run};
+use crate::report::{machine, write_section};
+use crate::Args;
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
 

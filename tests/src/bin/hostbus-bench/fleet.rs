@@ -10,7 +10,9 @@ use hostbus_client::protocol::names::{Target, PRESENCE_EXCHANGE};
 use hostbus_client::{Client, ClientConfig, Liveness, Notification, SubscribeOptions};
 use hostbus_tests::{group_members, rss_kib, AgentProcess, AmqpPeer, RabbitNode};
 
-use crate::{cpu_secs, machine, quantile_ms, release_hostctl, write_section, Args};
+use crate::measure::{cpu_secs, quantile_ms};
+use crate::report::{machine, release_hostctl, write_section};
+use crate::Args;
 
 /// The web01 of simulated host number `i` (from 1).
 fn web01(i: u32) -> uuid::Uuid {
