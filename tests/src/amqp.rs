@@ -36,7 +36,8 @@ pub struct Received {
 }
 
 impl Received {
-    fn from_delivery(d: lapin::message::Delivery) -> Self {
+    /// A delivery as received.
+    pub fn from_delivery(d: lapin::message::Delivery) -> Self {
         Self {
             exchange: d.exchange.as_str().to_owned(),
             routing_key: d.routing_key.as_str().to_owned(),
@@ -145,17 +146,7 @@ impl AmqpPeer {
     /// [`call`](Self::call) does it itself.
     pub async fn consume_replies(&mut self) -> Result<()> {
         if self.replies.is_none() {
-            let consumer = self
-                .channel
-                .basic_consume(
-                    DIRECT_REPLY_TO.into(),
-                    "".into(),
-                    BasicConsumeOptions {
-                        no_ack: true,
-                        ..BasicConsumeOptions::default()
-                    },
-                    FieldTable::default(),
-                )
+            let consumer = consume_no_ack(&self.channel, DIRECT_REPLY_TO)
                 .await
                 .map_err(|e| HarnessError::amqp("cannot consume direct reply-to", e))?;
             self.replies = Some(consumer);
@@ -243,16 +234,7 @@ impl AmqpPeer {
             )
             .await
             .map_err(|e| HarnessError::amqp(format!("cannot declare exchange {exchange:?}"), e))?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let queue = declare_exclusive(&channel, "")
             .await
             .map_err(|e| HarnessError::amqp("cannot declare an exclusive queue", e))?;
         let name = queue.name().as_str().to_owned();
@@ -262,17 +244,7 @@ impl AmqpPeer {
             channel,
         };
         subscription.bind(exchange, pattern).await?;
-        let consumer = subscription
-            .channel
-            .basic_consume(
-                subscription.queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let consumer = consume_no_ack(&subscription.channel, &subscription.queue)
             .await
             .map_err(|e| HarnessError::amqp("cannot consume the exclusive queue", e))?;
         Ok(Subscription {
@@ -329,6 +301,15 @@ impl Subscription {
         next_delivery(consumer, timeout, &self.queue).await
     }
 
+    /// The next `n` messages, each within `timeout`.
+    pub async fn take(&mut self, n: usize, timeout: Duration) -> Result<Vec<Received>> {
+        let mut got = Vec::with_capacity(n);
+        for _ in 0..n {
+            got.push(self.next(timeout).await?);
+        }
+        Ok(got)
+    }
+
     /// The first message for which `matches` holds, within `timeout`;
     /// others are dropped.
     pub async fn next_matching(
@@ -359,6 +340,55 @@ impl Subscription {
             }
         }
     }
+}
+
+/// Declares an exclusive, auto-delete queue `name` (`""`: a fresh name
+/// from the broker) on `channel`.
+pub async fn declare_exclusive(
+    channel: &Channel,
+    name: &str,
+) -> std::result::Result<lapin::Queue, lapin::Error> {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Consumes `queue` on `channel` without acknowledgements.
+pub async fn consume_no_ack(
+    channel: &Channel,
+    queue: &str,
+) -> std::result::Result<Consumer, lapin::Error> {
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// A peer on `url` subscribed to `agent.online` events of every host
+/// (`*.agent.online` on `hostbus.evt`), made before any agent starts so
+/// that none is missed.
+pub async fn watch_online(url: &str) -> (AmqpPeer, Subscription) {
+    let peer = AmqpPeer::connect(url).await.expect("peer");
+    let sub = peer
+        .subscribe(hostbus_protocol::names::EVENT_EXCHANGE, "*.agent.online")
+        .await
+        .expect("subscribe");
+    (peer, sub)
 }
 
 async fn next_delivery(consumer: &mut Consumer, timeout: Duration, what: &str) -> Result<Received> {

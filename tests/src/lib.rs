@@ -45,21 +45,32 @@
 
 mod agent;
 mod amqp;
+mod calls;
 mod error;
 mod hostctl;
 mod process;
 mod qemu;
 mod rabbit;
 mod raw;
+mod specs;
 
 pub use agent::{
     agent_binary, cargo, commands_total, metric, node_file_uri, workspace_dir, AgentBuilder,
     AgentProcess, AGENT_BIN_ENV,
 };
-pub use amqp::{from_lapin, to_lapin, AmqpPeer, Received, Subscription};
+pub use amqp::{
+    consume_no_ack, declare_exclusive, from_lapin, to_lapin, watch_online, AmqpPeer, Received,
+    Subscription,
+};
+pub use calls::{
+    call_as, call_in, command_props, error_of, event_of, expect_ok, ok, reply_error, CALL_TIMEOUT,
+    REPLY_LIMIT,
+};
 pub use error::{ErrorKind, HarnessError, Result};
 pub use hostctl::{hostctl_binary, CtlOutput, Hostctl};
-pub use process::{free_port, group_alive, group_members, rss_kib, stat_fields, Signal, TempDir};
+pub use process::{
+    free_port, group_alive, group_members, rss_kib, run_logged, stat_fields, Signal, TempDir,
+};
 pub use qemu::{
     wait_for_text, QemuHost, QEMU_HOME_ENV, QEMU_INITRD_ENV, QEMU_KERNEL_ENV, QEMU_PREFIX,
     QEMU_REQUIRED_ENV, QEMU_URI_ENV,
@@ -68,3 +79,4 @@ pub use rabbit::{RabbitNode, TlsListener, EXTERNAL_URL_ENV, RABBITMQ_BIN_DIR_ENV
 pub use raw::{
     long_str, nested_table, short_str, table, RawOutcome, RawProperties, RawProperty, RawPublisher,
 };
+pub use specs::small_vm;

@@ -13,61 +13,16 @@ use hostbus_protocol::types::{
     VmSpec, VolumeSpec,
 };
 use hostbus_protocol::{
-    decode, encode, now_ms, AmqpProperties, Announcement, Command, ContentType, Envelope,
-    ErrorCode, Event, EventAction, HeaderValue, Heartbeat, Reply, RosterAction,
+    decode, encode, now_ms, Announcement, Command, ContentType, ErrorCode, Event, EventAction,
+    HeaderValue, Heartbeat, Reply, RosterAction,
 };
-use hostbus_tests::{AgentProcess, AmqpPeer, RabbitNode, Received};
+use hostbus_tests::{
+    call_in, command_props, error_of, ok, small_vm, AgentProcess, AmqpPeer, RabbitNode, Received,
+};
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
 const DB01: &str = "11111111-0000-4000-8000-000000000002";
 const T: Duration = Duration::from_secs(15);
-
-fn props_for(command: &str, ct: ContentType) -> AmqpProperties {
-    let mut env = Envelope::new(command);
-    env.content_type = ct;
-    // RabbitMQ checks it against our login; the agent authorizes on it.
-    env.sender = Some("guest".into());
-    env.deadline = Some(now_ms() + 30_000);
-    env.to_properties(now_ms())
-}
-
-/// Sends command `C` to `host` in `ct` and decodes the typed reply.
-async fn call_in<C: Command>(
-    peer: &mut AmqpPeer,
-    host: &str,
-    req: &C::Request,
-    ct: ContentType,
-) -> (Received, Reply<C::Response>) {
-    let body = encode(ct, req).expect("encode");
-    let r = peer
-        .call(&host_key(host), &props_for(C::NAME, ct), &body, T)
-        .await
-        .unwrap_or_else(|e| panic!("{}: {e}", C::NAME));
-    let reply_ct =
-        ContentType::parse(r.properties.content_type.as_deref()).expect("reply content type");
-    assert_eq!(reply_ct, ct, "replies come in the request's encoding");
-    let reply = decode(reply_ct, &r.body, 64 << 20)
-        .unwrap_or_else(|e| panic!("{}: undecodable reply: {e}", C::NAME));
-    (r, reply)
-}
-
-async fn ok<C: Command>(peer: &mut AmqpPeer, host: &str, req: C::Request) -> C::Response {
-    match call_in::<C>(peer, host, &req, ContentType::MsgPack).await.1 {
-        Reply::Ok(v) => v,
-        other => panic!("{}: {other:?}", C::NAME),
-    }
-}
-
-fn error_of(r: &Received) -> hostbus_protocol::Error {
-    let ct = ContentType::parse(r.properties.content_type.as_deref()).unwrap_or_default();
-    match decode::<Reply<Empty>>(ct, &r.body, 1 << 20) {
-        Ok(Reply::Error(e)) => {
-            assert_eq!(r.header_str(STATUS_HEADER), Some("error"));
-            e
-        }
-        other => panic!("expected an error reply, got {other:?}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_command_gets_its_reply() {
@@ -304,36 +259,12 @@ async fn every_kind_of_command_gets_its_reply() {
     }
 
     // Asynchronous: a task comes back at once, then finishes.
-    let mut p = props_for(VmDefine::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmDefine::NAME, "guest", ContentType::MsgPack);
     p.headers.insert(
         hostbus_protocol::envelope::ASYNC_HEADER.into(),
         HeaderValue::Bool(true),
     );
-    let spec = VmSpec {
-        name: "async01".into(),
-        uuid: None,
-        description: String::new(),
-        memory_kib: 262_144,
-        max_memory_kib: None,
-        vcpus: 1,
-        max_vcpus: None,
-        arch: None,
-        disks: vec![DiskSpec {
-            target: "vda".into(),
-            source: DiskSource::NewVolume {
-                pool: "default".into(),
-                capacity_bytes: 1 << 30,
-            },
-            bus: DiskBus::Virtio,
-            format: Some(DiskFormat::Qcow2),
-            read_only: false,
-            device: DiskDevice::Disk,
-        }],
-        nics: vec![],
-        autostart: false,
-        boot: Default::default(),
-        cpu_mode: None,
-    };
+    let spec = small_vm("async01", 1);
     let body = encode(ContentType::MsgPack, &VmDefineRequest { spec }).expect("encode");
     let r = peer
         .call(&host_key("h1"), &p, &body, T)
@@ -370,7 +301,7 @@ async fn every_kind_of_command_gets_its_reply() {
     .await;
 
     // A cast gets no reply but runs.
-    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmPause::NAME, "guest", ContentType::MsgPack);
     p.reply_to = None;
     peer.publish_command(
         &host_key("h1"),
@@ -390,7 +321,7 @@ async fn every_kind_of_command_gets_its_reply() {
     }
 
     // `all` and `group.<label>` reach the right agents.
-    let p = props_for(HostPing::NAME, ContentType::MsgPack);
+    let p = command_props(HostPing::NAME, "guest", ContentType::MsgPack);
     let body = encode(ContentType::MsgPack, &Ping { echo: None }).expect("encode");
     let mut answered = Vec::new();
     let mut all = p.clone();
@@ -409,7 +340,7 @@ async fn every_kind_of_command_gets_its_reply() {
     let r = peer
         .call(
             &names::group_key("gpu"),
-            &props_for(HostPing::NAME, ContentType::MsgPack),
+            &command_props(HostPing::NAME, "guest", ContentType::MsgPack),
             &body,
             T,
         )
@@ -461,7 +392,7 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
     let r = peer
         .call(
             &key,
-            &props_for("vm.fly", ContentType::MsgPack),
+            &command_props("vm.fly", "guest", ContentType::MsgPack),
             &pause_body,
             T,
         )
@@ -480,7 +411,7 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
         let r = peer
             .call(
                 &key,
-                &props_for(VmPause::NAME, ContentType::MsgPack),
+                &command_props(VmPause::NAME, "guest", ContentType::MsgPack),
                 body,
                 T,
             )
@@ -491,7 +422,7 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
     let r = peer
         .call(
             &key,
-            &props_for(VmPause::NAME, ContentType::Json),
+            &command_props(VmPause::NAME, "guest", ContentType::Json),
             br#"{"uuid": 42}"#,
             T,
         )
@@ -506,7 +437,7 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
     let r = peer
         .call(
             &key,
-            &props_for(VmDetachNic::NAME, ContentType::MsgPack),
+            &command_props(VmDetachNic::NAME, "guest", ContentType::MsgPack),
             &encode(ContentType::MsgPack, &bad).expect("encode"),
             T,
         )
@@ -521,7 +452,7 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
     let r = peer
         .call(
             &key,
-            &props_for(VmPause::NAME, ContentType::MsgPack),
+            &command_props(VmPause::NAME, "guest", ContentType::MsgPack),
             &big,
             T,
         )
@@ -529,20 +460,20 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
         .expect("reply");
     check(&r, ErrorCode::PayloadTooLarge);
     // A foreign major version, a foreign encoding, a missing message id.
-    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmPause::NAME, "guest", ContentType::MsgPack);
     p.headers
         .insert(VERSION_HEADER.into(), HeaderValue::Str("2.0".into()));
     check(
         &peer.call(&key, &p, &pause_body, T).await.expect("reply"),
         ErrorCode::UnsupportedVersion,
     );
-    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmPause::NAME, "guest", ContentType::MsgPack);
     p.content_type = Some("application/xml".into());
     check(
         &peer.call(&key, &p, &pause_body, T).await.expect("reply"),
         ErrorCode::UnsupportedContentType,
     );
-    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmPause::NAME, "guest", ContentType::MsgPack);
     p.message_id = None;
     p.correlation_id = Some("corr-1".into());
     let r = peer.call(&key, &p, &pause_body, T).await.expect("reply");
@@ -552,7 +483,7 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
     );
     assert_eq!(r.properties.correlation_id.as_deref(), Some("corr-1"));
     // An expired deadline (no broker expiration, so the agent sees it).
-    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmPause::NAME, "guest", ContentType::MsgPack);
     p.expiration = None;
     p.headers.insert(
         DEADLINE_HEADER.into(),
@@ -564,7 +495,7 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
     );
 
     // No user_id: refused before anything runs.
-    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmPause::NAME, "guest", ContentType::MsgPack);
     p.user_id = None;
     let e = check(
         &peer.call(&key, &p, &pause_body, T).await.expect("reply"),
@@ -575,14 +506,14 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
     let mut viewer = AmqpPeer::connect(&node.url_for("viewer", "viewer-pw"))
         .await
         .expect("viewer peer");
-    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmPause::NAME, "guest", ContentType::MsgPack);
     p.user_id = Some("viewer".into());
     let e = check(
         &viewer.call(&key, &p, &pause_body, T).await.expect("reply"),
         ErrorCode::PermissionDenied,
     );
     assert_eq!(e.param("user"), Some("viewer"));
-    let mut p = props_for(VmGet::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmGet::NAME, "guest", ContentType::MsgPack);
     p.user_id = Some("viewer".into());
     let r = viewer.call(&key, &p, &pause_body, T).await.expect("reply");
     assert_eq!(r.header_str(STATUS_HEADER), Some("ok"), "reads are allowed");
@@ -756,7 +687,7 @@ async fn a_broker_restart_is_survived_and_queued_commands_are_answered() {
     peer.consume_replies().await.expect("replies");
     let mut ids = Vec::new();
     for i in 0..5 {
-        let mut p = props_for(HostPing::NAME, ContentType::MsgPack);
+        let mut p = command_props(HostPing::NAME, "guest", ContentType::MsgPack);
         p.reply_to = Some(names::DIRECT_REPLY_TO.into());
         p.correlation_id = p.message_id.clone();
         ids.push(p.message_id.clone().expect("id"));
@@ -851,7 +782,7 @@ async fn sigterm_drains_in_flight_work() {
         boot: Default::default(),
         cpu_mode: None,
     };
-    let mut p = props_for(VmDefine::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmDefine::NAME, "guest", ContentType::MsgPack);
     p.reply_to = Some(names::DIRECT_REPLY_TO.into());
     p.correlation_id = p.message_id.clone();
     peer.consume_replies().await.expect("replies");

@@ -8,64 +8,24 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use hostbus_client::protocol::commands::{VmDefine, VmDefineRequest, VmList, VmListRequest};
-use hostbus_client::protocol::names::{Target, EVENT_EXCHANGE};
+use hostbus_client::protocol::names::Target;
 use hostbus_client::protocol::types::{
     DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, PowerState, VmSpec,
 };
 use hostbus_client::protocol::EventAction;
 use hostbus_client::{Client, ClientConfig, Notification, ResyncReason, StartAt, SubscribeOptions};
-use hostbus_tests::{node_file_uri, AgentProcess, AmqpPeer, RabbitNode};
+use hostbus_tests::{node_file_uri, small_vm, watch_online, AgentProcess, Hostctl, RabbitNode};
 use serde_json::Value;
 
 fn hostctl_binary() -> std::path::PathBuf {
     hostbus_tests::hostctl_binary().expect("hostctl")
 }
 
-struct Ctl {
-    url: String,
-}
-
-impl Ctl {
-    fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(hostctl_binary())
-            .args(args)
-            .env("HOSTBUS_URL", &self.url)
-            .env("HOSTCTL_CONFIG", "/nonexistent")
-            .output()
-            .expect("run hostctl");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// Runs with `-o json`, expects success, returns the parsed output.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["-o", "json"];
-        all.extend_from_slice(args);
-        let (code, out, err) = self.run(&all);
-        assert_eq!(code, 0, "hostctl {args:?} failed: {err}");
-        serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("hostctl {args:?}: not JSON ({e}): {out}"))
-    }
-
-    fn code(&self, args: &[&str]) -> i32 {
-        self.run(args).0
-    }
-}
-
 async fn online(node: &RabbitNode, n: usize) {
-    let peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
-    let mut sub = peer
-        .subscribe(EVENT_EXCHANGE, "*.agent.online")
+    let (_peer, mut sub) = watch_online(&node.amqp_url()).await;
+    sub.take(n, Duration::from_secs(60))
         .await
-        .expect("subscribe");
-    for _ in 0..n {
-        sub.next(Duration::from_secs(60))
-            .await
-            .expect("agent online");
-    }
+        .expect("agent online");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +42,7 @@ async fn hostctl_drives_every_subcommand() {
         .spawn()
         .expect("h2");
     wait_online.await;
-    let ctl = Ctl { url: url.clone() };
+    let ctl = Hostctl::new(&url);
 
     let hosts = ctl.json(&["hosts"]);
     let ids: Vec<&str> = hosts
@@ -247,9 +207,9 @@ async fn hostctl_drives_every_subcommand() {
     );
     let resized = ctl.run(&["-o", "json", "volume", "resize", "h1/iso/v1", "--size", "2"]);
     assert!(
-        resized.0 == 0 || resized.0 == 4,
+        resized.code == 0 || resized.code == 4,
         "resize: ok, or refused as unsupported: {}",
-        resized.2
+        resized.stderr
     );
     assert_eq!(
         ctl.json(&["volume", "clone", "h1/iso/v1", "v2"])["name"],
@@ -290,31 +250,7 @@ async fn hostctl_drives_every_subcommand() {
     let client = Client::connect(ClientConfig::new(&url))
         .await
         .expect("client");
-    let spec = VmSpec {
-        name: "task01".into(),
-        uuid: None,
-        description: String::new(),
-        memory_kib: 262_144,
-        max_memory_kib: None,
-        vcpus: 1,
-        max_vcpus: None,
-        arch: None,
-        disks: vec![DiskSpec {
-            target: "vda".into(),
-            source: DiskSource::NewVolume {
-                pool: "default".into(),
-                capacity_bytes: 1 << 30,
-            },
-            bus: DiskBus::Virtio,
-            format: Some(DiskFormat::Qcow2),
-            read_only: false,
-            device: DiskDevice::Disk,
-        }],
-        nics: vec![],
-        autostart: false,
-        boot: Default::default(),
-        cpu_mode: None,
-    };
+    let spec = small_vm("task01", 1);
     let task = client
         .submit::<VmDefine>("h1", VmDefineRequest { spec })
         .await
@@ -366,10 +302,10 @@ async fn hostctl_drives_every_subcommand() {
         "each event carries its stream offset: {ev}"
     );
 
-    let schema: Value = serde_json::from_str(&ctl.run(&["schema"]).1).expect("schema JSON");
+    let schema: Value = serde_json::from_str(&ctl.run(&["schema"]).stdout).expect("schema JSON");
     assert!(schema["commands"].as_array().is_some_and(|c| c.len() > 40));
-    let (code, completions, _) = ctl.run(&["completions", "bash"]);
-    assert!(code == 0 && completions.contains("hostctl"));
+    let completions = ctl.run(&["completions", "bash"]);
+    assert!(completions.code == 0 && completions.stdout.contains("hostctl"));
 
     // Exit codes scripts rely on.
     assert_eq!(ctl.code(&["vm", "get", "h1/nope"]), 3);
@@ -380,8 +316,8 @@ async fn hostctl_drives_every_subcommand() {
     );
     assert_eq!(ctl.code(&["ping", "h9"]), 3, "an unknown host has no route");
     assert_eq!(ctl.code(&["vm", "get", "no-slash"]), 2);
-    let (code, _, err) = ctl.run(&["--url", "amqp://guest:guest@127.0.0.1:1/%2f", "ping", "h1"]);
-    assert_eq!(code, 5, "{err}");
+    let out = ctl.run(&["--url", "amqp://guest:guest@127.0.0.1:1/%2f", "ping", "h1"]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,8 +448,8 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
         .await
         .expect("cast");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ctl = Ctl { url };
-    let (code, out, err) = ctl.run(&[
+    let ctl = Hostctl::new(&url);
+    let out = ctl.run(&[
         "-o",
         "json",
         "--timeout-ms",
@@ -523,8 +459,15 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
         "--label",
         "rack-b",
     ]);
-    assert_eq!(code, 7, "{err}\n{out}\n{}", _h4.log_tail(30));
-    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        out.code,
+        7,
+        "{}\n{}\n{}",
+        out.stderr,
+        out.stdout,
+        _h4.log_tail(30)
+    );
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
     assert_eq!(v["missing"], serde_json::json!(["h3", "h4"]));
 }
 

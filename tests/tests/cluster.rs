@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hostbus_tests::{run_logged, Hostctl};
 use serde_json::Value;
 
 /// The repository root.
@@ -87,48 +88,6 @@ fn script_table() -> Vec<HostDecl> {
 }
 
 // ------------------------------------------------------------ processes
-
-/// Runs `cmd` with stdin closed and stdout/stderr in files under `dir`
-/// (not pipes: processes it leaves running must not hold the test's pipes),
-/// killing it after `timeout`. Returns the status, stdout and stderr.
-fn run_logged(
-    mut cmd: Command,
-    dir: &Path,
-    name: &str,
-    timeout: Duration,
-) -> (ExitStatus, String, String) {
-    let out_path = dir.join(format!("{name}.stdout"));
-    let err_path = dir.join(format!("{name}.stderr"));
-    let out = fs::File::create(&out_path).expect("create stdout file");
-    let err = fs::File::create(&err_path).expect("create stderr file");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the child") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{name} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
-                fs::read_to_string(&out_path).unwrap_or_default(),
-                fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (
-        status,
-        fs::read_to_string(&out_path).unwrap_or_default(),
-        fs::read_to_string(&err_path).unwrap_or_default(),
-    )
-}
 
 /// `n` distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
 fn free_ports(n: usize) -> Vec<u16> {
@@ -252,40 +211,6 @@ impl Drop for Cluster {
     }
 }
 
-/// `hostctl` with HOSTBUS_URL (as `cluster env` prints it) and no user config.
-struct Hostctl {
-    bin: PathBuf,
-    url: String,
-    scratch: PathBuf,
-}
-
-impl Hostctl {
-    /// Runs `hostctl <args>`; returns (status, stdout, stderr).
-    fn run(&self, args: &[&str]) -> (ExitStatus, String, String) {
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(args)
-            .env("HOSTBUS_URL", &self.url)
-            .env("HOSTCTL_CONFIG", "/dev/null")
-            .env_remove("HOSTBUS_OUTPUT")
-            .env_remove("HOSTBUS_TIMEOUT_MS");
-        run_logged(cmd, &self.scratch, "hostctl", Duration::from_secs(60))
-    }
-
-    /// Runs `hostctl -o json <args>`, which must succeed, and parses its output.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["-o", "json"];
-        all.extend_from_slice(args);
-        let (status, out, err) = self.run(&all);
-        assert!(
-            status.success(),
-            "hostctl {} failed ({status}):\n{out}{err}",
-            all.join(" ")
-        );
-        serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("hostctl {}: not JSON ({e}):\n{out}", all.join(" ")))
-    }
-}
-
 /// The value of `export NAME=value` (or `export NAME="value"`) in `text`.
 fn exported(text: &str, name: &str) -> Option<String> {
     text.lines().find_map(|l| {
@@ -329,12 +254,16 @@ fn cluster_script_runs_end_to_end() {
     ] {
         assert!(out.contains(example), "up shows `{example}`:\n{out}");
     }
-    let hostctl = Hostctl {
-        bin: Path::new(&bin_dir).join("hostctl"),
-        url,
-        scratch: cluster.base.clone(),
-    };
-    assert!(hostctl.bin.is_file(), "{} exists", hostctl.bin.display());
+    // hostctl as `cluster up` installed it, with HOSTBUS_URL (as `cluster
+    // env` prints it) and no user config.
+    let bin = Path::new(&bin_dir).join("hostctl");
+    assert!(bin.is_file(), "{} exists", bin.display());
+    let hostctl = Hostctl::new(url)
+        .binary(bin)
+        .config("/dev/null")
+        .env_remove("HOSTBUS_OUTPUT")
+        .env_remove("HOSTBUS_TIMEOUT_MS")
+        .logged(&cluster.base, Duration::from_secs(60));
 
     // env and status agree.
     let (status, out, _) = cluster.script(&["env"], "env", Duration::from_secs(30));
@@ -414,10 +343,11 @@ fn cluster_script_runs_end_to_end() {
             .find(|r| r["host"] == id.as_str() && r["vm"]["power_state"] == "halted")
             .unwrap_or_else(|| panic!("{id} has a halted VM: {list:#}"));
         let target = format!("{id}/{}", vm["vm"]["name"].as_str().expect("VM name"));
-        let (status, out, err) = hostctl.run(&["vm", "start", &target]);
-        assert!(
-            status.success(),
-            "vm start {target} ({status}):\n{out}{err}"
+        let out = hostctl.run(&["vm", "start", &target]);
+        assert_eq!(
+            out.code, 0,
+            "vm start {target}:\n{}{}",
+            out.stdout, out.stderr
         );
         let got = hostctl.json(&["vm", "get", &target]);
         assert_eq!(

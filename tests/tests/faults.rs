@@ -21,15 +21,16 @@ use hostbus_protocol::envelope::{STATUS_HEADER, VERSION_HEADER};
 use hostbus_protocol::names::{self, host_key};
 use hostbus_protocol::types::{
     DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, ObjectClass, PowerState, Record,
-    VmRecord, VmSpec, VolumeSpec,
+    VmRecord, VolumeSpec,
 };
 use hostbus_protocol::{
     decode, encode, now_ms, AmqpProperties, Command, ContentType, Envelope, Event, EventAction,
     HeaderValue, Reply,
 };
 use hostbus_tests::{
-    commands_total, long_str, metric, nested_table, table, to_lapin, AgentProcess, AmqpPeer,
-    RabbitNode, RawOutcome, RawProperties, RawProperty, RawPublisher, Received, Subscription,
+    commands_total, consume_no_ack, declare_exclusive, event_of, long_str, metric, nested_table,
+    ok, reply_error, small_vm, table, to_lapin, AgentProcess, AmqpPeer, RabbitNode, RawOutcome,
+    RawProperties, RawProperty, RawPublisher, Received, Subscription,
 };
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
@@ -75,36 +76,8 @@ fn command<C: Command>(req: &C::Request, reply_to: &str) -> Sent {
 }
 
 fn define_request(name: &str, disks: usize) -> VmDefineRequest {
-    let targets = ["vda", "vdb", "vdc"];
     VmDefineRequest {
-        spec: VmSpec {
-            name: name.to_owned(),
-            uuid: None,
-            description: String::new(),
-            memory_kib: 262_144,
-            max_memory_kib: None,
-            vcpus: 1,
-            max_vcpus: None,
-            arch: None,
-            disks: targets[..disks]
-                .iter()
-                .map(|t| DiskSpec {
-                    target: (*t).to_owned(),
-                    source: DiskSource::NewVolume {
-                        pool: "default".into(),
-                        capacity_bytes: 1 << 30,
-                    },
-                    bus: DiskBus::Virtio,
-                    format: Some(DiskFormat::Qcow2),
-                    read_only: false,
-                    device: DiskDevice::Disk,
-                })
-                .collect(),
-            nics: vec![],
-            autostart: false,
-            boot: Default::default(),
-            cpu_mode: None,
-        },
+        spec: small_vm(name, disks),
     }
 }
 
@@ -166,7 +139,7 @@ async fn collect_replies(
                     .ack(BasicAckOptions::default())
                     .await
                     .expect("ack a reply");
-                let r = received(d);
+                let r = Received::from_delivery(d);
                 let corr = r.properties.correlation_id.clone().unwrap_or_default();
                 replies.entry(corr).or_default().push(r);
             }
@@ -186,25 +159,6 @@ async fn collect_replies(
     }
     let _ = conn.close(200, "done".into()).await;
     replies
-}
-
-fn received(d: lapin::message::Delivery) -> Received {
-    Received {
-        exchange: d.exchange.as_str().to_owned(),
-        routing_key: d.routing_key.as_str().to_owned(),
-        redelivered: d.redelivered,
-        properties: hostbus_tests::from_lapin(&d.properties),
-        body: d.data,
-    }
-}
-
-/// The error of an error reply, if it is one.
-fn reply_error(r: &Received) -> Option<hostbus_protocol::Error> {
-    let ct = ContentType::parse(r.properties.content_type.as_deref()).unwrap_or_default();
-    match decode::<Reply<Empty>>(ct, &r.body, 64 << 20) {
-        Ok(Reply::Error(e)) => Some(e),
-        _ => None,
-    }
 }
 
 fn vm_of(r: &Received) -> VmRecord {
@@ -266,21 +220,8 @@ fn metric_sum(text: &str, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// Sends `C` through direct reply-to and returns its value.
-async fn ok<C: Command>(peer: &mut AmqpPeer, req: &C::Request) -> C::Response {
-    let s = command::<C>(req, names::DIRECT_REPLY_TO);
-    let r = peer
-        .call(&host_key("h1"), &s.props, &s.body, T)
-        .await
-        .unwrap_or_else(|e| panic!("{}: {e}", C::NAME));
-    match decode::<Reply<C::Response>>(ContentType::MsgPack, &r.body, 64 << 20) {
-        Ok(Reply::Ok(v)) => v,
-        other => panic!("{}: {other:?}", C::NAME),
-    }
-}
-
 async fn vm_names(peer: &mut AmqpPeer) -> Vec<VmRecord> {
-    ok::<VmList>(peer, &VmListRequest { power_state: None })
+    ok::<VmList>(peer, "h1", &VmListRequest { power_state: None })
         .await
         .vms
 }
@@ -288,6 +229,7 @@ async fn vm_names(peer: &mut AmqpPeer) -> Vec<VmRecord> {
 async fn volume_names(peer: &mut AmqpPeer) -> Vec<String> {
     ok::<VolumeList>(
         peer,
+        "h1",
         &PoolName {
             pool: "default".into(),
         },
@@ -297,10 +239,6 @@ async fn volume_names(peer: &mut AmqpPeer) -> Vec<String> {
     .into_iter()
     .map(|v| v.name)
     .collect()
-}
-
-fn event_of(r: &Received) -> Event {
-    decode(ContentType::MsgPack, &r.body, 64 << 20).expect("event")
 }
 
 async fn next_online(events: &mut Subscription, agent: &AgentProcess) -> Event {
@@ -490,7 +428,7 @@ async fn a_broker_restart_mid_burst_loses_no_command_and_runs_none_twice() {
         count(HostPing::NAME)
     );
     assert!(metric(&m, "hostbus_reconnects_total") >= 1, "{m}");
-    let web = ok::<VmGet>(&mut peer, &VmUuid { uuid: web01 }).await;
+    let web = ok::<VmGet>(&mut peer, "h1", &VmUuid { uuid: web01 }).await;
     assert!(
         (0..40)
             .filter(|i| i % 5 == 1 || i % 5 == 3)
@@ -925,7 +863,7 @@ async fn ten_thousand_hostile_messages_are_answered_or_dead_lettered_in_flat_mem
         .expect("subscribe");
     let mut agent = AgentProcess::spawn("h1", &url).expect("agent");
     next_online(&mut events, &agent).await;
-    ok::<HostPing>(&mut peer, &Ping { echo: None }).await;
+    ok::<HostPing>(&mut peer, "h1", &Ping { echo: None }).await;
     let pid = agent.pid().expect("pid");
     let rss_before = vm_rss_kib(pid);
 
@@ -1020,7 +958,7 @@ async fn ten_thousand_hostile_messages_are_answered_or_dead_lettered_in_flat_mem
                 agent.log_tail(20)
             ),
         };
-        let r = received(d);
+        let r = Received::from_delivery(d);
         let corr = r.properties.correlation_id.clone().unwrap_or_default();
         let e = reply_error(&r).unwrap_or_else(|| panic!("{corr}: not an error reply"));
         let want = expected_replies
@@ -1080,7 +1018,7 @@ async fn ten_thousand_hostile_messages_are_answered_or_dead_lettered_in_flat_mem
 
     // Alive, and memory stayed flat.
     assert!(agent.is_running(), "{}", agent.log_tail(30));
-    ok::<HostPing>(&mut peer, &Ping { echo: None }).await;
+    ok::<HostPing>(&mut peer, "h1", &Ping { echo: None }).await;
     let rss_after = vm_rss_kib(pid);
     println!(
         "agent VmRSS before {} KiB, after {} KiB (+{} KiB)",
@@ -1167,7 +1105,7 @@ async fn a_cut_connection_is_reestablished_and_the_agent_resyncs() {
         .expect("agent");
     let first = next_online(&mut events, &agent).await;
     assert!(first.inventory.is_some());
-    ok::<HostPing>(&mut peer, &Ping { echo: None }).await;
+    ok::<HostPing>(&mut peer, "h1", &Ping { echo: None }).await;
 
     let cut_at = Instant::now();
     proxy.cut();
@@ -1186,6 +1124,7 @@ async fn a_cut_connection_is_reestablished_and_the_agent_resyncs() {
     assert_eq!((inv.epoch, inv.seq), (Some(again.epoch), again.seq));
     let pong = ok::<HostPing>(
         &mut peer,
+        "h1",
         &Ping {
             echo: Some("after the cut".into()),
         },
@@ -1334,6 +1273,7 @@ async fn an_interrupted_command_that_already_took_effect_is_answered_as_done() {
     let leftover = hostbus_bridge::new_volume_name("halfdone", "vda", Some(DiskFormat::Qcow2));
     ok::<VolumeCreate>(
         &mut peer,
+        "h1",
         &VolumeCreateRequest {
             pool: "default".into(),
             spec: VolumeSpec {
@@ -1428,28 +1368,8 @@ async fn dead_letters(peer: &AmqpPeer) -> u32 {
 /// Declares `name` as an exclusive reply queue of `peer` and consumes it.
 async fn reply_queue(peer: &AmqpPeer, name: &str) -> lapin::Consumer {
     let ch = peer.connection().create_channel().await.expect("channel");
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..QueueDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("reply queue");
-    ch.basic_consume(
-        name.into(),
-        "".into(),
-        BasicConsumeOptions {
-            no_ack: true,
-            ..BasicConsumeOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("consume replies")
+    declare_exclusive(&ch, name).await.expect("reply queue");
+    consume_no_ack(&ch, name).await.expect("consume replies")
 }
 
 async fn next_reply_for(consumer: &mut lapin::Consumer, id: &str) -> Received {
@@ -1467,7 +1387,7 @@ async fn replies_for(consumer: &mut lapin::Consumer, ids: &[&str]) -> BTreeMap<S
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, consumer.next()).await {
             Ok(Some(Ok(d))) => {
-                let r = received(d);
+                let r = Received::from_delivery(d);
                 let corr = r.properties.correlation_id.clone().unwrap_or_default();
                 if ids.contains(&corr.as_str()) {
                     got.insert(corr, r);
@@ -1589,7 +1509,7 @@ async fn messages_no_client_library_could_parse_are_answered_and_the_agent_serve
         println!("{what}: answered {got}");
         assert_eq!(got, *want, "{what}");
         // And the agent serves the next command at once.
-        ok::<HostPing>(&mut peer, &Ping { echo: None }).await;
+        ok::<HostPing>(&mut peer, "h1", &Ping { echo: None }).await;
     }
     let deadline = Instant::now() + T;
     while dead_letters(&peer).await < dead_before + expected_dead && Instant::now() < deadline {
@@ -1675,7 +1595,7 @@ async fn a_poison_reply_address_is_dead_lettered_after_at_most_one_lost_session(
         "{}",
         agent.log_tail(30)
     );
-    let vm = ok::<VmGet>(&mut peer, &VmUuid { uuid: web }).await;
+    let vm = ok::<VmGet>(&mut peer, "h1", &VmUuid { uuid: web }).await;
     assert_eq!(vm.memory_kib, 777 * 1024, "the change ran");
     let m = agent.metrics_text();
     assert_eq!(
@@ -1687,7 +1607,7 @@ async fn a_poison_reply_address_is_dead_lettered_after_at_most_one_lost_session(
     println!("sessions lost to the poison reply addresses: {lost}");
     assert!(lost <= 1, "{}", agent.log_tail(30));
     assert!(metric(&m, "hostbus_reconnects_total") <= 1, "{m}");
-    ok::<HostPing>(&mut peer, &Ping { echo: None }).await;
+    ok::<HostPing>(&mut peer, "h1", &Ping { echo: None }).await;
 }
 
 /// Issue 12, finding 3: a session that ends right after it starts (here:
@@ -1852,7 +1772,7 @@ async fn changes_to_one_object_apply_in_the_order_they_were_sent() {
             generations.push(vm.generation);
         }
         let in_order = generations.windows(2).all(|w| w[0] < w[1]);
-        let now = ok::<VmGet>(&mut peer, &VmUuid { uuid: web }).await;
+        let now = ok::<VmGet>(&mut peer, "h1", &VmUuid { uuid: web }).await;
         if !in_order || now.memory_kib != sent[sent.len() - 1].1 {
             out_of_order += 1;
             println!(
@@ -1883,6 +1803,7 @@ async fn a_disk_attaches_to_a_halted_vm() {
     next_online(&mut events, &agent).await;
     let db = ok::<VmGetByName>(
         &mut peer,
+        "h1",
         &ObjectName {
             name: "db01".into(),
         },
@@ -1891,6 +1812,7 @@ async fn a_disk_attaches_to_a_halted_vm() {
     assert_eq!(db.power_state, PowerState::Halted);
     let vm = ok::<VmAttachDisk>(
         &mut peer,
+        "h1",
         &VmAttachDiskRequest {
             uuid: db.uuid,
             disk: DiskSpec {

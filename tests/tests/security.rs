@@ -23,13 +23,13 @@ use futures_lite::StreamExt;
 use hostbus_client::{Client, ClientConfig, Notification, SubscribeOptions};
 use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::STATUS_HEADER;
-use hostbus_protocol::names::{self, host_key};
+use hostbus_protocol::names;
 use hostbus_protocol::types::{PowerState, VmRecord};
 use hostbus_protocol::{
-    decode, encode, now_ms, AmqpProperties, Command, ContentType, Envelope, ErrorCode, Event,
-    EventAction, Heartbeat, Reply,
+    decode, encode, AmqpProperties, Command, ContentType, ErrorCode, Event, EventAction, Heartbeat,
+    Reply,
 };
-use hostbus_tests::{to_lapin, AgentProcess, AmqpPeer, RabbitNode, Received};
+use hostbus_tests::{call_as, command_props, to_lapin, AgentProcess, AmqpPeer, RabbitNode};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
@@ -145,27 +145,6 @@ async fn declare_topology(admin: &AmqpPeer) {
     .await
     .expect("declare the topology");
     assert!(m.is_empty(), "{m:?}");
-}
-
-fn props(command: &str, user: &str) -> AmqpProperties {
-    let mut env = Envelope::new(command);
-    env.sender = Some(user.to_owned());
-    env.deadline = Some(now_ms() + 30_000);
-    env.to_properties(now_ms())
-}
-
-async fn call<C: Command>(
-    peer: &mut AmqpPeer,
-    user: &str,
-    req: &C::Request,
-) -> (Received, Reply<C::Response>) {
-    let body = encode(ContentType::MsgPack, req).expect("encode");
-    let r = peer
-        .call(&host_key("h1"), &props(C::NAME, user), &body, T)
-        .await
-        .unwrap_or_else(|e| panic!("{} as {user}: {e}", C::NAME));
-    let reply = decode(ContentType::MsgPack, &r.body, 64 << 20).expect("decode the reply");
-    (r, reply)
 }
 
 /// The AMQP reply code of a failed operation: 403 ACCESS_REFUSED, 406
@@ -311,7 +290,7 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
     let r = ops
         .call(
             &names::group_key("rack-a"),
-            &props(HostPing::NAME, "ops"),
+            &command_props(HostPing::NAME, "ops", ContentType::MsgPack),
             &encode(ContentType::MsgPack, &Ping { echo: None }).expect("encode"),
             T,
         )
@@ -324,8 +303,9 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
         .await
         .expect("viewer peer");
     let batch01: uuid::Uuid = BATCH01.parse().expect("uuid");
-    let (r, reply) = call::<VmStart>(
+    let (r, reply) = call_as::<VmStart>(
         &mut viewer,
+        "h1",
         "viewer",
         &VmStartRequest {
             uuid: batch01,
@@ -344,14 +324,14 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
         }
         other => panic!("viewer must not start a VM: {other:?}"),
     }
-    let (_, reply) = call::<VmGet>(&mut viewer, "viewer", &VmUuid { uuid: batch01 }).await;
+    let (_, reply) = call_as::<VmGet>(&mut viewer, "h1", "viewer", &VmUuid { uuid: batch01 }).await;
     match reply {
         Reply::Ok(vm) => assert_eq!(vm.power_state, PowerState::Halted, "nothing ran"),
         other => panic!("viewer may read: {other:?}"),
     }
     // With HOSTBUS_ROLES set, `guest` has no role at all.
     let mut guest = AmqpPeer::connect(&node.amqp_url()).await.expect("guest");
-    let (_, reply) = call::<VmGet>(&mut guest, "guest", &VmUuid { uuid: batch01 }).await;
+    let (_, reply) = call_as::<VmGet>(&mut guest, "h1", "guest", &VmUuid { uuid: batch01 }).await;
     assert!(
         matches!(&reply, Reply::Error(e) if e.code == ErrorCode::PermissionDenied),
         "{reply:?}"
@@ -422,7 +402,7 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
             &h2,
             names::COMMAND_EXCHANGE,
             "host.h1",
-            &props(VmStart::NAME, "h2"),
+            &command_props(VmStart::NAME, "h2", ContentType::MsgPack),
         )
         .await,
         Some(403),
@@ -507,7 +487,7 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
         .consume_replies()
         .await
         .expect("direct reply-to as h2");
-    let mut p = props(VmStart::NAME, "h2");
+    let mut p = command_props(VmStart::NAME, "h2", ContentType::MsgPack);
     p.reply_to = Some(names::DIRECT_REPLY_TO.into());
     p.correlation_id = p.message_id.clone();
     let body = encode(
@@ -534,12 +514,12 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
     }
 
     // h1 kept working through all of this, and nothing h2 sent ran.
-    let (_, reply) = call::<VmGet>(&mut ops, "ops", &VmUuid { uuid: batch01 }).await;
+    let (_, reply) = call_as::<VmGet>(&mut ops, "h1", "ops", &VmUuid { uuid: batch01 }).await;
     match reply {
         Reply::Ok(vm) => assert_eq!(vm.power_state, PowerState::Halted),
         other => panic!("{other:?}"),
     }
-    let (_, reply) = call::<VmGet>(&mut ops, "ops", &VmUuid { uuid: db01 }).await;
+    let (_, reply) = call_as::<VmGet>(&mut ops, "h1", "ops", &VmUuid { uuid: db01 }).await;
     assert!(matches!(reply, Reply::Ok(VmRecord { .. })), "{reply:?}");
     assert!(
         !agent.log().contains("ACCESS_REFUSED"),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use hostbus_client::protocol::commands::{HostPing, Ping};
 use hostbus_client::protocol::names;
 use hostbus_client::{Client, ClientConfig, ErrorKind, Tls};
-use hostbus_tests::{AgentProcess, AmqpPeer, RabbitNode, TempDir, TlsListener};
+use hostbus_tests::{AgentProcess, AmqpPeer, Hostctl, RabbitNode, TempDir, TlsListener};
 
 /// How long an agent may take to come online.
 const ONLINE: Duration = Duration::from_secs(60);
@@ -176,26 +176,11 @@ impl Pki {
     }
 }
 
-fn hostctl_binary() -> PathBuf {
-    hostbus_tests::hostctl_binary().expect("hostctl")
-}
-
-/// Runs hostctl with `args`; exit code, stdout, stderr.
+/// Runs hostctl with `args` only (no broker URL or TLS files in its
+/// environment); exit code, stdout, stderr.
 fn hostctl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(hostctl_binary())
-        .args(args)
-        .env("HOSTCTL_CONFIG", "/nonexistent")
-        .env_remove("HOSTBUS_URL")
-        .env_remove("HOSTBUS_CA_FILE")
-        .env_remove("HOSTBUS_CERT_FILE")
-        .env_remove("HOSTBUS_KEY_FILE")
-        .output()
-        .expect("run hostctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = Hostctl::without_url().run(args);
+    (out.code, out.stdout, out.stderr)
 }
 
 /// Waits for `n` `agent.online` events (watched over the plain listener).
