@@ -169,6 +169,16 @@ pub struct AgentBuilder {
 }
 
 impl AgentBuilder {
+    /// The host id of the agent.
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    /// The first broker URL the agent tries.
+    pub fn first_broker_url(&self) -> &str {
+        &self.broker_urls[0]
+    }
+
     /// Adds another broker URL (the agent fails over between them).
     pub fn broker_url(mut self, url: impl Into<String>) -> Self {
         self.broker_urls.push(url.into());

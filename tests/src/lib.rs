@@ -48,6 +48,7 @@ mod amqp;
 mod calls;
 mod error;
 mod hostctl;
+mod online;
 mod process;
 mod qemu;
 mod rabbit;
@@ -68,6 +69,7 @@ pub use calls::{
 };
 pub use error::{ErrorKind, HarnessError, Result};
 pub use hostctl::{hostctl_binary, CtlOutput, Hostctl};
+pub use online::{next_online, spawn_online, ONLINE_TIMEOUT};
 pub use process::{
     free_port, group_alive, group_members, rss_kib, run_logged, stat_fields, Signal, TempDir,
 };
@@ -79,4 +81,4 @@ pub use rabbit::{RabbitNode, TlsListener, EXTERNAL_URL_ENV, RABBITMQ_BIN_DIR_ENV
 pub use raw::{
     long_str, nested_table, short_str, table, RawOutcome, RawProperties, RawProperty, RawPublisher,
 };
-pub use specs::small_vm;
+pub use specs::{new_disk, small_vm};

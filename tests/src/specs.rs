@@ -3,10 +3,25 @@
 
 use hostbus_protocol::types::{DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, VmSpec};
 
-/// A VM of 256 MiB and one vCPU named `name`, with `disks` (at most three:
-/// `vda`, `vdb`, `vdc`) new 1 GiB qcow2 volumes in pool `default` on virtio.
-pub fn small_vm(name: &str, disks: usize) -> VmSpec {
-    let targets = ["vda", "vdb", "vdc"];
+/// A disk `target` on virtio backed by a new 1 GiB qcow2 volume in pool
+/// `default`.
+pub fn new_disk(target: &str) -> DiskSpec {
+    DiskSpec {
+        target: target.to_owned(),
+        source: DiskSource::NewVolume {
+            pool: "default".into(),
+            capacity_bytes: 1 << 30,
+        },
+        bus: DiskBus::Virtio,
+        format: Some(DiskFormat::Qcow2),
+        read_only: false,
+        device: DiskDevice::Disk,
+    }
+}
+
+/// A VM of 256 MiB and one vCPU named `name`, with a [`new_disk`] for each
+/// of `disks` (targets such as `vda`).
+pub fn small_vm(name: &str, disks: &[&str]) -> VmSpec {
     VmSpec {
         name: name.to_owned(),
         uuid: None,
@@ -16,20 +31,7 @@ pub fn small_vm(name: &str, disks: usize) -> VmSpec {
         vcpus: 1,
         max_vcpus: None,
         arch: None,
-        disks: targets[..disks]
-            .iter()
-            .map(|t| DiskSpec {
-                target: (*t).to_owned(),
-                source: DiskSource::NewVolume {
-                    pool: "default".into(),
-                    capacity_bytes: 1 << 30,
-                },
-                bus: DiskBus::Virtio,
-                format: Some(DiskFormat::Qcow2),
-                read_only: false,
-                device: DiskDevice::Disk,
-            })
-            .collect(),
+        disks: disks.iter().map(|t| new_disk(t)).collect(),
         nics: vec![],
         autostart: false,
         boot: Default::default(),

@@ -8,16 +8,14 @@ use std::time::{Duration, Instant};
 use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::{DEADLINE_HEADER, HOST_HEADER, STATUS_HEADER, VERSION_HEADER};
 use hostbus_protocol::names::{self, host_key};
-use hostbus_protocol::types::{
-    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, ObjectClass, PowerState, TaskStatus,
-    VmSpec, VolumeSpec,
-};
+use hostbus_protocol::types::{DiskFormat, ObjectClass, PowerState, TaskStatus, VolumeSpec};
 use hostbus_protocol::{
     decode, encode, now_ms, Announcement, Command, ContentType, ErrorCode, Event, EventAction,
     HeaderValue, Heartbeat, Reply, RosterAction,
 };
 use hostbus_tests::{
-    call_in, command_props, error_of, ok, small_vm, AgentProcess, AmqpPeer, RabbitNode, Received,
+    call_in, command_props, error_of, ok, small_vm, spawn_online, AgentProcess, AmqpPeer,
+    RabbitNode, Received,
 };
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
@@ -264,7 +262,7 @@ async fn every_kind_of_command_gets_its_reply() {
         hostbus_protocol::envelope::ASYNC_HEADER.into(),
         HeaderValue::Bool(true),
     );
-    let spec = small_vm("async01", 1);
+    let spec = small_vm("async01", &["vda"]);
     let body = encode(ContentType::MsgPack, &VmDefineRequest { spec }).expect("encode");
     let r = peer
         .call(&host_key("h1"), &p, &body, T)
@@ -367,17 +365,12 @@ async fn every_kind_of_command_gets_its_reply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_bad_input_gets_its_error_and_nothing_runs() {
     let node = RabbitNode::start().expect("rabbit");
-    let mut peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
-    let mut online = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
     node.add_user("viewer", "viewer-pw").expect("viewer user");
-    let agent = AgentProcess::builder("h1", &node.amqp_url())
-        .env("HOSTBUS_ROLES", "guest=admin,viewer=read-only")
-        .spawn()
-        .expect("agent");
-    online.next(Duration::from_secs(60)).await.expect("online");
+    let (mut peer, _online, agent, _) = spawn_online(
+        AgentProcess::builder("h1", &node.amqp_url())
+            .env("HOSTBUS_ROLES", "guest=admin,viewer=read-only"),
+    )
+    .await;
     let key = host_key("h1");
     let web: uuid::Uuid = WEB01.parse().expect("uuid");
     let pause_body = encode(ContentType::MsgPack, &VmUuid { uuid: web }).expect("encode");
@@ -756,32 +749,7 @@ async fn sigterm_drains_in_flight_work() {
         .expect("agent");
     events.next(Duration::from_secs(60)).await.expect("online");
     // vm.define with three new volumes takes four steps of 500 ms.
-    let disk = |t: &str| DiskSpec {
-        target: t.into(),
-        source: DiskSource::NewVolume {
-            pool: "default".into(),
-            capacity_bytes: 1 << 30,
-        },
-        bus: DiskBus::Virtio,
-        format: Some(DiskFormat::Qcow2),
-        read_only: false,
-        device: DiskDevice::Disk,
-    };
-    let spec = VmSpec {
-        name: "drain01".into(),
-        uuid: None,
-        description: String::new(),
-        memory_kib: 262_144,
-        max_memory_kib: None,
-        vcpus: 1,
-        max_vcpus: None,
-        arch: None,
-        disks: vec![disk("vda"), disk("vdb"), disk("vdc")],
-        nics: vec![],
-        autostart: false,
-        boot: Default::default(),
-        cpu_mode: None,
-    };
+    let spec = small_vm("drain01", &["vda", "vdb", "vdc"]);
     let mut p = command_props(VmDefine::NAME, "guest", ContentType::MsgPack);
     p.reply_to = Some(names::DIRECT_REPLY_TO.into());
     p.correlation_id = p.message_id.clone();

@@ -9,9 +9,7 @@ use std::time::Duration;
 use futures_lite::StreamExt;
 use hostbus_client::protocol::commands::{VmDefine, VmDefineRequest, VmList, VmListRequest};
 use hostbus_client::protocol::names::Target;
-use hostbus_client::protocol::types::{
-    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, PowerState, VmSpec,
-};
+use hostbus_client::protocol::types::PowerState;
 use hostbus_client::protocol::EventAction;
 use hostbus_client::{Client, ClientConfig, Notification, ResyncReason, StartAt, SubscribeOptions};
 use hostbus_tests::{node_file_uri, small_vm, watch_online, AgentProcess, Hostctl, RabbitNode};
@@ -250,7 +248,7 @@ async fn hostctl_drives_every_subcommand() {
     let client = Client::connect(ClientConfig::new(&url))
         .await
         .expect("client");
-    let spec = small_vm("task01", 1);
+    let spec = small_vm("task01", &["vda"]);
     let task = client
         .submit::<VmDefine>("h1", VmDefineRequest { spec })
         .await
@@ -416,33 +414,8 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
         .spawn()
         .expect("h4");
     wait_h4.await;
-    let disk = |target: &str| DiskSpec {
-        target: target.into(),
-        source: DiskSource::NewVolume {
-            pool: "default".into(),
-            capacity_bytes: 1 << 30,
-        },
-        bus: DiskBus::Virtio,
-        format: Some(DiskFormat::Qcow2),
-        read_only: false,
-        device: DiskDevice::Disk,
-    };
     // Five steps of 4 s: h4 is busy for 20 s, far past hostctl's 3 s deadline.
-    let slow = VmSpec {
-        name: "slow01".into(),
-        uuid: None,
-        description: String::new(),
-        memory_kib: 262_144,
-        max_memory_kib: None,
-        vcpus: 1,
-        max_vcpus: None,
-        arch: None,
-        disks: vec![disk("vda"), disk("vdb"), disk("vdc"), disk("vdd")],
-        nics: vec![],
-        autostart: false,
-        boot: Default::default(),
-        cpu_mode: None,
-    };
+    let slow = small_vm("slow01", &["vda", "vdb", "vdc", "vdd"]);
     client
         .cast::<VmDefine>(&Target::Host("h4".into()), VmDefineRequest { spec: slow })
         .await

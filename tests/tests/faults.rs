@@ -20,17 +20,16 @@ use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::{STATUS_HEADER, VERSION_HEADER};
 use hostbus_protocol::names::{self, host_key};
 use hostbus_protocol::types::{
-    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, ObjectClass, PowerState, Record,
-    VmRecord, VolumeSpec,
+    DiskFormat, DiskSource, ObjectClass, PowerState, Record, VmRecord, VolumeSpec,
 };
 use hostbus_protocol::{
-    decode, encode, now_ms, AmqpProperties, Command, ContentType, Envelope, Event, EventAction,
+    decode, encode, now_ms, AmqpProperties, Command, ContentType, Envelope, EventAction,
     HeaderValue, Reply,
 };
 use hostbus_tests::{
     commands_total, consume_no_ack, declare_exclusive, event_of, long_str, metric, nested_table,
-    ok, reply_error, small_vm, table, to_lapin, AgentProcess, AmqpPeer, RabbitNode, RawOutcome,
-    RawProperties, RawProperty, RawPublisher, Received, Subscription,
+    new_disk, next_online, ok, reply_error, small_vm, spawn_online, table, to_lapin, AgentProcess,
+    AmqpPeer, RabbitNode, RawOutcome, RawProperties, RawProperty, RawPublisher, Received,
 };
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
@@ -44,7 +43,6 @@ use tokio::task::AbortHandle;
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
 const T: Duration = Duration::from_secs(15);
-const ONLINE: Duration = Duration::from_secs(60);
 
 // ------------------------------------------------------------------ helpers
 
@@ -77,7 +75,7 @@ fn command<C: Command>(req: &C::Request, reply_to: &str) -> Sent {
 
 fn define_request(name: &str, disks: usize) -> VmDefineRequest {
     VmDefineRequest {
-        spec: small_vm(name, disks),
+        spec: small_vm(name, &["vda", "vdb", "vdc"][..disks]),
     }
 }
 
@@ -239,14 +237,6 @@ async fn volume_names(peer: &mut AmqpPeer) -> Vec<String> {
     .into_iter()
     .map(|v| v.name)
     .collect()
-}
-
-async fn next_online(events: &mut Subscription, agent: &AgentProcess) -> Event {
-    let r = events
-        .next_matching(ONLINE, |r| r.routing_key == "h1.agent.online")
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_tail(40)));
-    event_of(&r)
 }
 
 // ------------------------------------------------------------------ 1
@@ -603,16 +593,8 @@ async fn an_agent_killed_mid_burst_reruns_interrupted_commands_and_runs_finished
 async fn the_same_command_id_twice_runs_once() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
-    let agent = AgentProcess::builder("h1", &url)
-        .env("HOSTBUS_STEP_PAUSE_MS", "300")
-        .spawn()
-        .expect("agent");
-    next_online(&mut events, &agent).await;
+    let (mut peer, _events, agent, _) =
+        spawn_online(AgentProcess::builder("h1", &url).env("HOSTBUS_STEP_PAUSE_MS", "300")).await;
     let key = host_key("h1");
 
     // One after the other.
@@ -856,13 +838,7 @@ async fn ten_thousand_hostile_messages_are_answered_or_dead_lettered_in_flat_mem
     const N: usize = 10_000;
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
-    let mut agent = AgentProcess::spawn("h1", &url).expect("agent");
-    next_online(&mut events, &agent).await;
+    let (mut peer, _events, mut agent, _) = spawn_online(AgentProcess::builder("h1", &url)).await;
     ok::<HostPing>(&mut peer, "h1", &Ping { echo: None }).await;
     let pid = agent.pid().expect("pid");
     let rss_before = vm_rss_kib(pid);
@@ -1147,18 +1123,13 @@ async fn a_command_that_never_finishes_is_dead_lettered_after_max_deliveries() {
     const REPLIES: &str = "faults.poison.replies";
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
     // Three steps of 1 s: long enough to be killed in the middle, every time.
-    let mut agent = AgentProcess::builder("h1", &url)
-        .concurrency(1)
-        .env("HOSTBUS_STEP_PAUSE_MS", "1000")
-        .spawn()
-        .expect("agent");
-    next_online(&mut events, &agent).await;
+    let (peer, mut events, mut agent, _) = spawn_online(
+        AgentProcess::builder("h1", &url)
+            .concurrency(1)
+            .env("HOSTBUS_STEP_PAUSE_MS", "1000"),
+    )
+    .await;
     declare_reply_queue(&url, REPLIES).await;
     let poison = command::<VmDefine>(&define_request("poison-vm", 2), REPLIES);
     peer.publish_command(&host_key("h1"), &poison.props, &poison.body)
@@ -1260,16 +1231,9 @@ async fn an_interrupted_command_that_already_took_effect_is_answered_as_done() {
         j.start(&start.id, VmStart::NAME).expect("start entry");
         j.start(&define.id, VmDefine::NAME).expect("define entry");
     }
-    let mut peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
-    let mut online = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
-    let _agent = AgentProcess::builder("h1", &node.amqp_url())
-        .journal_path(&journal_path)
-        .spawn()
-        .expect("agent");
-    online.next(ONLINE).await.expect("online");
+    let (mut peer, _online, _agent, _) =
+        spawn_online(AgentProcess::builder("h1", &node.amqp_url()).journal_path(&journal_path))
+            .await;
     let leftover = hostbus_bridge::new_volume_name("halfdone", "vda", Some(DiskFormat::Qcow2));
     ok::<VolumeCreate>(
         &mut peer,
@@ -1411,16 +1375,9 @@ async fn replies_for(consumer: &mut lapin::Consumer, ids: &[&str]) -> BTreeMap<S
 async fn messages_no_client_library_could_parse_are_answered_and_the_agent_serves_on() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
-    let agent = AgentProcess::builder("h1", &url)
-        .heartbeat_interval(Duration::from_secs(5))
-        .spawn()
-        .expect("agent");
-    next_online(&mut events, &agent).await;
+    let (mut peer, _events, agent, _) =
+        spawn_online(AgentProcess::builder("h1", &url).heartbeat_interval(Duration::from_secs(5)))
+            .await;
     let mut replies = reply_queue(&peer, RAW_REPLIES).await;
     let dead_before = dead_letters(&peer).await;
     let ping = encode(ContentType::MsgPack, &Ping { echo: None }).expect("encode");
@@ -1552,16 +1509,9 @@ fn forged_reply_to() -> String {
 async fn a_poison_reply_address_is_dead_lettered_after_at_most_one_lost_session() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
-    let agent = AgentProcess::builder("h1", &url)
-        .heartbeat_interval(Duration::from_secs(5))
-        .spawn()
-        .expect("agent");
-    next_online(&mut events, &agent).await;
+    let (mut peer, _events, agent, _) =
+        spawn_online(AgentProcess::builder("h1", &url).heartbeat_interval(Duration::from_secs(5)))
+            .await;
     let dead_before = dead_letters(&peer).await;
 
     // Garbage after the prefix: refused at once, no reply, no lost session.
@@ -1646,16 +1596,8 @@ async fn a_session_that_fails_at_once_backs_off_like_a_failed_connect() {
 async fn a_command_past_its_deadline_after_waiting_or_between_steps_has_no_effect() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
-    let agent = AgentProcess::builder("h1", &url)
-        .env("HOSTBUS_STEP_PAUSE_MS", "1000")
-        .spawn()
-        .expect("agent");
-    next_online(&mut events, &agent).await;
+    let (mut peer, _events, _agent, _) =
+        spawn_online(AgentProcess::builder("h1", &url).env("HOSTBUS_STEP_PAUSE_MS", "1000")).await;
     let mut replies = reply_queue(&peer, RAW_REPLIES).await;
 
     // A: defines `late` slowly (a pause per step), then fails on its second
@@ -1729,16 +1671,9 @@ async fn changes_to_one_object_apply_in_the_order_they_were_sent() {
     const PER_BURST: u64 = 8;
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
-    let agent = AgentProcess::builder("h1", &url)
-        .heartbeat_interval(Duration::from_secs(5))
-        .spawn()
-        .expect("agent");
-    next_online(&mut events, &agent).await;
+    let (mut peer, _events, _agent, _) =
+        spawn_online(AgentProcess::builder("h1", &url).heartbeat_interval(Duration::from_secs(5)))
+            .await;
     let mut replies = reply_queue(&peer, RAW_REPLIES).await;
     let web: uuid::Uuid = WEB01.parse().expect("uuid");
     let mut out_of_order = 0;
@@ -1794,13 +1729,7 @@ async fn changes_to_one_object_apply_in_the_order_they_were_sent() {
 async fn a_disk_attaches_to_a_halted_vm() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
-    let agent = AgentProcess::spawn("h1", &url).expect("agent");
-    next_online(&mut events, &agent).await;
+    let (mut peer, _events, _agent, _) = spawn_online(AgentProcess::builder("h1", &url)).await;
     let db = ok::<VmGetByName>(
         &mut peer,
         "h1",
@@ -1815,17 +1744,7 @@ async fn a_disk_attaches_to_a_halted_vm() {
         "h1",
         &VmAttachDiskRequest {
             uuid: db.uuid,
-            disk: DiskSpec {
-                target: "vdc".into(),
-                source: DiskSource::NewVolume {
-                    pool: "default".into(),
-                    capacity_bytes: 1 << 30,
-                },
-                bus: DiskBus::Virtio,
-                format: Some(DiskFormat::Qcow2),
-                read_only: false,
-                device: DiskDevice::Disk,
-            },
+            disk: new_disk("vdc"),
         },
     )
     .await;
