@@ -133,3 +133,43 @@ pub fn wait_event(rx: &Receiver<ObjectEvent>, pred: impl Fn(&ObjectEvent) -> boo
         }
     }
 }
+
+/// An object by name.
+pub fn named(name: &str) -> ObjectName {
+    ObjectName { name: name.into() }
+}
+
+/// A pool by name, for volume listings.
+pub fn pool_name(pool: &str) -> PoolName {
+    PoolName { pool: pool.into() }
+}
+
+/// Snapshot `name` of VM `vm`.
+pub fn snapshot_ref(vm: Uuid, name: &str) -> SnapshotRef {
+    SnapshotRef {
+        vm,
+        name: name.into(),
+    }
+}
+
+/// The names of the volumes in `pool`.
+pub fn volume_names(b: &Bridge, pool: &str) -> Vec<String> {
+    run::<VolumeList>(b, pool_name(pool))
+        .expect("volumes")
+        .volumes
+        .into_iter()
+        .map(|v| v.name)
+        .collect()
+}
+
+/// Undefines VM `uuid` (and its storage when `remove_storage`).
+pub fn undefine(b: &Bridge, uuid: Uuid, remove_storage: bool) {
+    run::<VmUndefine>(
+        b,
+        VmUndefineRequest {
+            uuid,
+            remove_storage,
+        },
+    )
+    .expect("undefine");
+}

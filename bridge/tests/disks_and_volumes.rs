@@ -64,12 +64,7 @@ fn a_disk_takes_its_format_from_its_volume_and_names_it() {
         "{err}"
     );
     assert_eq!(
-        code(run::<VmGetByName>(
-            &b,
-            ObjectName {
-                name: "fmt02".into()
-            }
-        )),
+        code(run::<VmGetByName>(&b, named("fmt02"))),
         ErrorCode::VmNotFound
     );
 
@@ -154,22 +149,8 @@ fn volumes_in_use_are_not_deleted_or_cloned_and_undefine_keeps_shared_ones() {
     let vm = run::<VmDefine>(&b, VmDefineRequest { spec: s }).expect("define");
     let cd = vm.disks.iter().find(|d| d.target == "hdc").expect("cdrom");
     assert_eq!((cd.device, cd.read_only), (DiskDevice::Cdrom, true));
-    run::<VmUndefine>(
-        &b,
-        VmUndefineRequest {
-            uuid: vm.uuid,
-            remove_storage: true,
-        },
-    )
-    .expect("undefine");
-    let names = |pool: &str| -> Vec<String> {
-        run::<VolumeList>(&b, PoolName { pool: pool.into() })
-            .expect("list")
-            .volumes
-            .into_iter()
-            .map(|v| v.name)
-            .collect()
-    };
+    undefine(&b, vm.uuid, true);
+    let names = |pool: &str| volume_names(&b, pool);
     let default = names("default");
     assert!(
         !default.iter().any(|n| n == "own01-vda.qcow2"),

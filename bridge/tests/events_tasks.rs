@@ -110,14 +110,7 @@ fn each_lifecycle_change_emits_one_event_with_a_growing_generation() {
         e.action == EventAction::Defined && e.object_id == vm.uuid.to_string()
     });
     assert_eq!(ev.generation, vm.generation);
-    run::<VmUndefine>(
-        &b,
-        VmUndefineRequest {
-            uuid: vm.uuid,
-            remove_storage: false,
-        },
-    )
-    .expect("undefine");
+    undefine(&b, vm.uuid, false);
     let ev = wait_event(&rx, |e| {
         e.action == EventAction::Undefined && e.object_id == vm.uuid.to_string()
     });
@@ -143,17 +136,11 @@ fn each_lifecycle_change_emits_one_event_with_a_growing_generation() {
             && e.action == EventAction::Created
             && e.object_id == "iso/ev.qcow2"
     });
-    run::<NetworkStop>(
-        &b,
-        ObjectName {
-            name: "storage-net".into(),
-        },
-    )
-    .expect("net stop");
+    run::<NetworkStop>(&b, named("storage-net")).expect("net stop");
     wait_event(&rx, |e| {
         e.class == ObjectClass::Network && e.action == EventAction::Stopped
     });
-    run::<PoolStop>(&b, ObjectName { name: "iso".into() }).expect("pool stop");
+    run::<PoolStop>(&b, named("iso")).expect("pool stop");
     wait_event(&rx, |e| {
         e.class == ObjectClass::Pool && e.action == EventAction::Stopped && e.object_id == "iso"
     });
@@ -279,24 +266,12 @@ fn a_task_can_be_cancelled_and_rolls_back() {
     assert_eq!(t.status, TaskStatus::Cancelled);
     assert_eq!(t.error.map(|e| e.code), Some(ErrorCode::Cancelled));
     assert_eq!(
-        code(run::<VmGetByName>(
-            &b,
-            ObjectName {
-                name: "cancel01".into()
-            }
-        )),
+        code(run::<VmGetByName>(&b, named("cancel01"))),
         ErrorCode::VmNotFound
     );
-    let vols = run::<VolumeList>(
-        &b,
-        PoolName {
-            pool: "default".into(),
-        },
-    )
-    .expect("vols")
-    .volumes;
+    let vols = volume_names(&b, "default");
     assert!(
-        !vols.iter().any(|v| v.name.starts_with("cancel01-")),
+        !vols.iter().any(|v| v.starts_with("cancel01-")),
         "volumes rolled back: {vols:?}"
     );
 }

@@ -83,13 +83,7 @@ fn vms_are_listed_and_found_by_uuid_and_name() {
     assert_eq!(web.nics[0].mac, "52:54:00:10:00:01");
     assert!(web.allowed_operations.contains(&VmOperation::Pause));
     assert!(!web.allowed_operations.contains(&VmOperation::Start));
-    let db = run::<VmGetByName>(
-        &b,
-        ObjectName {
-            name: "db01".into(),
-        },
-    )
-    .expect("by name");
+    let db = run::<VmGetByName>(&b, named("db01")).expect("by name");
     assert_eq!(db.uuid, uuid(DB01));
     assert_eq!(db.power_state, PowerState::Halted);
 
@@ -102,13 +96,7 @@ fn vms_are_listed_and_found_by_uuid_and_name() {
         )),
         ErrorCode::VmNotFound
     );
-    let err = run::<VmGetByName>(
-        &b,
-        ObjectName {
-            name: "nope".into(),
-        },
-    )
-    .expect_err("missing");
+    let err = run::<VmGetByName>(&b, named("nope")).expect_err("missing");
     assert_eq!(err.code, ErrorCode::VmNotFound);
     assert_eq!(err.param("vm"), Some("nope"));
 }
@@ -124,46 +112,22 @@ fn define_creates_volumes_and_undefine_can_remove_them() {
     assert_eq!(vm.description, "app server");
     assert_eq!(vm.disks.len(), 2);
     assert!(vm.nics[0].mac.starts_with("52:54:00:"));
-    let vols = run::<VolumeList>(
-        &b,
-        PoolName {
-            pool: "default".into(),
-        },
-    )
-    .expect("vols")
-    .volumes;
-    assert!(vols.iter().any(|v| v.name == "app01-vda.qcow2"));
-    assert!(vols.iter().any(|v| v.name == "app01-vdb.qcow2"));
+    let vols = volume_names(&b, "default");
+    assert!(vols.iter().any(|v| v == "app01-vda.qcow2"));
+    assert!(vols.iter().any(|v| v == "app01-vdb.qcow2"));
 
     assert_eq!(
         code(run::<VmDefine>(&b, VmDefineRequest { spec: s })),
         ErrorCode::AlreadyExists
     );
 
-    run::<VmUndefine>(
-        &b,
-        VmUndefineRequest {
-            uuid: vm.uuid,
-            remove_storage: true,
-        },
-    )
-    .expect("undefine");
+    undefine(&b, vm.uuid, true);
     assert_eq!(
         code(run::<VmGet>(&b, VmUuid { uuid: vm.uuid })),
         ErrorCode::VmNotFound
     );
-    let vols = run::<VolumeList>(
-        &b,
-        PoolName {
-            pool: "default".into(),
-        },
-    )
-    .expect("vols")
-    .volumes;
-    assert!(
-        !vols.iter().any(|v| v.name.starts_with("app01-")),
-        "{vols:?}"
-    );
+    let vols = volume_names(&b, "default");
+    assert!(!vols.iter().any(|v| v.starts_with("app01-")), "{vols:?}");
 }
 
 #[test]
@@ -181,16 +145,9 @@ fn define_refuses_missing_networks_pools_and_bad_specs_and_leaves_nothing_behind
     let err = run::<VmDefine>(&b, VmDefineRequest { spec: s }).expect_err("no pool");
     assert_eq!(err.code, ErrorCode::PoolNotFound);
     assert_eq!(err.param("pool"), Some("nopool"));
-    let vols = run::<VolumeList>(
-        &b,
-        PoolName {
-            pool: "default".into(),
-        },
-    )
-    .expect("vols")
-    .volumes;
+    let vols = volume_names(&b, "default");
     assert!(
-        !vols.iter().any(|v| v.name.starts_with("bad02-")),
+        !vols.iter().any(|v| v.starts_with("bad02-")),
         "rolled back: {vols:?}"
     );
 
@@ -200,12 +157,7 @@ fn define_refuses_missing_networks_pools_and_bad_specs_and_leaves_nothing_behind
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert_eq!(err.param("field"), Some("spec.memory_kib"));
     assert_eq!(
-        code(run::<VmGetByName>(
-            &b,
-            ObjectName {
-                name: "bad03".into()
-            }
-        )),
+        code(run::<VmGetByName>(&b, named("bad03"))),
         ErrorCode::VmNotFound
     );
 }
@@ -580,48 +532,21 @@ fn snapshots_create_list_revert_and_delete() {
     assert_eq!(list.len(), 2);
     assert_eq!(list.iter().filter(|s| s.current).count(), 1);
     run::<VmDestroy>(&b, VmUuid { uuid: u }).expect("destroy");
-    let r = run::<SnapshotRevert>(
-        &b,
-        SnapshotRef {
-            vm: u,
-            name: "before".into(),
-        },
-    )
-    .expect("revert");
+    let r = run::<SnapshotRevert>(&b, snapshot_ref(u, "before")).expect("revert");
     assert_eq!(
         r.power_state,
         PowerState::Running,
         "revert restores the power state at the time"
     );
     assert_eq!(r.current_snapshot.as_deref(), Some("before"));
-    run::<SnapshotDelete>(
-        &b,
-        SnapshotRef {
-            vm: u,
-            name: "paused".into(),
-        },
-    )
-    .expect("delete");
-    let err = run::<SnapshotDelete>(
-        &b,
-        SnapshotRef {
-            vm: u,
-            name: "paused".into(),
-        },
-    )
-    .expect_err("gone");
+    run::<SnapshotDelete>(&b, snapshot_ref(u, "paused")).expect("delete");
+    let err = run::<SnapshotDelete>(&b, snapshot_ref(u, "paused")).expect_err("gone");
     assert_eq!(
         (err.code, err.param("snapshot")),
         (ErrorCode::SnapshotNotFound, Some("paused"))
     );
     assert_eq!(
-        code(run::<SnapshotRevert>(
-            &b,
-            SnapshotRef {
-                vm: u,
-                name: "nope".into()
-            }
-        )),
+        code(run::<SnapshotRevert>(&b, snapshot_ref(u, "nope"))),
         ErrorCode::SnapshotNotFound
     );
     assert_eq!(

@@ -50,91 +50,36 @@ fn pools_are_listed_defined_started_refreshed_stopped_and_undefined() {
         ErrorCode::AlreadyExists
     );
 
-    let err = run::<VolumeList>(
-        &b,
-        PoolName {
-            pool: "scratch".into(),
-        },
-    )
-    .expect_err("inactive");
+    let err = run::<VolumeList>(&b, pool_name("scratch")).expect_err("inactive");
     assert_eq!(
         (err.code, err.param("current")),
         (ErrorCode::PoolBadState, Some("inactive"))
     );
     assert_eq!(
-        code(run::<PoolStop>(
-            &b,
-            ObjectName {
-                name: "scratch".into()
-            }
-        )),
+        code(run::<PoolStop>(&b, named("scratch"))),
         ErrorCode::PoolBadState
     );
     assert_eq!(
-        code(run::<PoolRefresh>(
-            &b,
-            ObjectName {
-                name: "scratch".into()
-            }
-        )),
+        code(run::<PoolRefresh>(&b, named("scratch"))),
         ErrorCode::PoolBadState
     );
 
-    let p = run::<PoolStart>(
-        &b,
-        ObjectName {
-            name: "scratch".into(),
-        },
-    )
-    .expect("start");
+    let p = run::<PoolStart>(&b, named("scratch")).expect("start");
     assert_eq!(p.state, PoolState::Running);
     assert_eq!(
-        code(run::<PoolStart>(
-            &b,
-            ObjectName {
-                name: "scratch".into()
-            }
-        )),
+        code(run::<PoolStart>(&b, named("scratch"))),
         ErrorCode::PoolBadState
     );
     assert_eq!(
-        code(run::<PoolUndefine>(
-            &b,
-            ObjectName {
-                name: "scratch".into()
-            }
-        )),
+        code(run::<PoolUndefine>(&b, named("scratch"))),
         ErrorCode::PoolBadState
     );
-    run::<PoolRefresh>(
-        &b,
-        ObjectName {
-            name: "scratch".into(),
-        },
-    )
-    .expect("refresh");
-    let p = run::<PoolStop>(
-        &b,
-        ObjectName {
-            name: "scratch".into(),
-        },
-    )
-    .expect("stop");
+    run::<PoolRefresh>(&b, named("scratch")).expect("refresh");
+    let p = run::<PoolStop>(&b, named("scratch")).expect("stop");
     assert_eq!(p.state, PoolState::Inactive);
-    run::<PoolUndefine>(
-        &b,
-        ObjectName {
-            name: "scratch".into(),
-        },
-    )
-    .expect("undefine");
+    run::<PoolUndefine>(&b, named("scratch")).expect("undefine");
     assert_eq!(
-        code(run::<PoolGet>(
-            &b,
-            ObjectName {
-                name: "scratch".into()
-            }
-        )),
+        code(run::<PoolGet>(&b, named("scratch"))),
         ErrorCode::PoolNotFound
     );
 
@@ -283,14 +228,7 @@ fn volumes_are_created_resized_cloned_and_deleted() {
             Some("data.qcow2")
         )
     );
-    let left = run::<VolumeList>(
-        &b,
-        PoolName {
-            pool: "default".into(),
-        },
-    )
-    .expect("list")
-    .volumes;
+    let left = volume_names(&b, "default");
     assert_eq!(left.len(), 3);
 }
 
@@ -334,27 +272,19 @@ fn networks_are_defined_started_stopped_and_undefined() {
         ErrorCode::AlreadyExists
     );
     assert_eq!(
-        code(run::<NetworkStop>(&b, ObjectName { name: "lab".into() })),
+        code(run::<NetworkStop>(&b, named("lab"))),
         ErrorCode::NetworkBadState
     );
-    assert!(
-        run::<NetworkStart>(&b, ObjectName { name: "lab".into() })
-            .expect("start")
-            .active
-    );
-    let err = run::<NetworkUndefine>(&b, ObjectName { name: "lab".into() }).expect_err("active");
+    assert!(run::<NetworkStart>(&b, named("lab")).expect("start").active);
+    let err = run::<NetworkUndefine>(&b, named("lab")).expect_err("active");
     assert_eq!(
         (err.code, err.param("current")),
         (ErrorCode::NetworkBadState, Some("active"))
     );
-    assert!(
-        !run::<NetworkStop>(&b, ObjectName { name: "lab".into() })
-            .expect("stop")
-            .active
-    );
-    run::<NetworkUndefine>(&b, ObjectName { name: "lab".into() }).expect("undefine");
+    assert!(!run::<NetworkStop>(&b, named("lab")).expect("stop").active);
+    run::<NetworkUndefine>(&b, named("lab")).expect("undefine");
     assert_eq!(
-        code(run::<NetworkGet>(&b, ObjectName { name: "lab".into() })),
+        code(run::<NetworkGet>(&b, named("lab"))),
         ErrorCode::NetworkNotFound
     );
 }
