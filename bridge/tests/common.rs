@@ -7,12 +7,16 @@ use std::time::{Duration, Instant};
 
 use hostbus_bridge::{Bridge, CallContext, Config, ObjectEvent};
 use hostbus_protocol::commands::*;
-use hostbus_protocol::types::{
-    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, NicModel, NicSpec, PowerState, VmRecord,
-    VmSpec,
-};
+use hostbus_protocol::types::{PowerState, VmRecord, VmSpec};
 use hostbus_protocol::{Command, Error, ErrorCode};
 use uuid::Uuid;
+
+/// The disk, NIC, network and VM builders of tests/src/specs.rs (protocol
+/// types only), shared with hostbus-tests and the protocol's tests.
+#[path = "../../tests/src/specs.rs"]
+mod specs;
+#[allow(unused_imports)]
+pub use specs::{nat_network, new_disk_in, virtio_nic, volume_disk};
 
 pub fn node_uri() -> String {
     format!("test://{}/testdata/node-h1.xml", env!("CARGO_MANIFEST_DIR"))
@@ -60,29 +64,10 @@ pub fn spec(name: &str) -> VmSpec {
         max_vcpus: Some(4),
         arch: None,
         disks: vec![],
-        nics: vec![NicSpec {
-            network: Some("default".into()),
-            bridge: None,
-            mac: None,
-            model: NicModel::Virtio,
-        }],
+        nics: vec![virtio_nic("default", None)],
         autostart: false,
         boot: Default::default(),
         cpu_mode: None,
-    }
-}
-
-pub fn new_disk(target: &str, pool: &str) -> DiskSpec {
-    DiskSpec {
-        target: target.into(),
-        source: DiskSource::NewVolume {
-            pool: pool.into(),
-            capacity_bytes: 1 << 30,
-        },
-        bus: DiskBus::Virtio,
-        format: Some(DiskFormat::Qcow2),
-        read_only: false,
-        device: DiskDevice::Disk,
     }
 }
 

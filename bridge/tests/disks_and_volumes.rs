@@ -12,20 +12,6 @@ use hostbus_protocol::types::{
 };
 use hostbus_protocol::ErrorCode;
 
-fn volume_disk(target: &str, pool: &str, volume: &str, format: Option<DiskFormat>) -> DiskSpec {
-    DiskSpec {
-        target: target.into(),
-        source: DiskSource::Volume(VolumeRef {
-            pool: pool.into(),
-            volume: volume.into(),
-        }),
-        bus: DiskBus::Virtio,
-        format,
-        read_only: false,
-        device: DiskDevice::Disk,
-    }
-}
-
 #[test]
 fn a_disk_takes_its_format_from_its_volume_and_names_it() {
     let b = open();
@@ -135,7 +121,7 @@ fn volumes_in_use_are_not_deleted_or_cloned_and_undefine_keeps_shared_ones() {
     // undefining it with its storage removes only its own disk.
     let mut s = spec("own01");
     s.disks = vec![
-        new_disk("vda", "default"),
+        new_disk_in("vda", "default"),
         DiskSpec {
             read_only: true,
             ..volume_disk("vdb", "default", "base-debian12.qcow2", None)
@@ -168,7 +154,7 @@ fn records_show_boot_cpu_console_and_domain_type() {
     let b = open();
     let mut s = spec("boot01");
     s.disks = vec![
-        new_disk("vda", "default"),
+        new_disk_in("vda", "default"),
         DiskSpec {
             bus: DiskBus::Sata,
             device: DiskDevice::Cdrom,

@@ -180,9 +180,9 @@ fn a_task_runs_reports_progress_and_returns_its_result() {
     let rx = b.subscribe();
     let mut s = spec("task01");
     s.disks = vec![
-        new_disk("vda", "default"),
-        new_disk("vdb", "default"),
-        new_disk("vdc", "default"),
+        new_disk_in("vda", "default"),
+        new_disk_in("vdb", "default"),
+        new_disk_in("vdc", "default"),
     ];
     let id = submit::<VmDefine>(&b, VmDefineRequest { spec: s });
     let t = wait_task(&b, id);
@@ -246,10 +246,10 @@ fn a_task_can_be_cancelled_and_rolls_back() {
     let rx = b.subscribe();
     let mut s = spec("cancel01");
     s.disks = vec![
-        new_disk("vda", "default"),
-        new_disk("vdb", "default"),
-        new_disk("vdc", "default"),
-        new_disk("vdd", "default"),
+        new_disk_in("vda", "default"),
+        new_disk_in("vdb", "default"),
+        new_disk_in("vdc", "default"),
+        new_disk_in("vdd", "default"),
     ];
     let id = submit::<VmDefine>(&b, VmDefineRequest { spec: s });
     // Cancel once the task has made some progress.

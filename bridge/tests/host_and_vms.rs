@@ -7,8 +7,7 @@ use common::*;
 use hostbus_bridge::allowed_states;
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::{
-    DiskBus, DiskDevice, DiskSource, DiskSpec, NicModel, NicSpec, PowerState, VmOperation,
-    VolumeRef,
+    DiskBus, DiskDevice, DiskSource, DiskSpec, PowerState, VmOperation, VolumeRef,
 };
 use hostbus_protocol::{ErrorCode, COMMANDS};
 use uuid::Uuid;
@@ -105,7 +104,7 @@ fn vms_are_listed_and_found_by_uuid_and_name() {
 fn define_creates_volumes_and_undefine_can_remove_them() {
     let b = open();
     let mut s = spec("app01");
-    s.disks = vec![new_disk("vda", "default"), new_disk("vdb", "default")];
+    s.disks = vec![new_disk_in("vda", "default"), new_disk_in("vdb", "default")];
     s.description = "app server".into();
     let vm = run::<VmDefine>(&b, VmDefineRequest { spec: s.clone() }).expect("define");
     assert_eq!(vm.power_state, PowerState::Halted);
@@ -141,7 +140,7 @@ fn define_refuses_missing_networks_pools_and_bad_specs_and_leaves_nothing_behind
     );
 
     let mut s = spec("bad02");
-    s.disks = vec![new_disk("vda", "default"), new_disk("vdb", "nopool")];
+    s.disks = vec![new_disk_in("vda", "default"), new_disk_in("vdb", "nopool")];
     let err = run::<VmDefine>(&b, VmDefineRequest { spec: s }).expect_err("no pool");
     assert_eq!(err.code, ErrorCode::PoolNotFound);
     assert_eq!(err.param("pool"), Some("nopool"));
@@ -339,12 +338,7 @@ fn disks_and_nics_attach_and_detach() {
     // as long as the answer matches what the VM then has. A halted VM is
     // changed through its definition on both.
     let running = vm_in(&b, "dev00", PowerState::Running);
-    let nic = NicSpec {
-        network: Some("default".into()),
-        bridge: None,
-        mac: Some("52:54:00:aa:bb:00".into()),
-        model: NicModel::Virtio,
-    };
+    let nic = virtio_nic("default", Some("52:54:00:aa:bb:00"));
     let live = run::<VmAttachNic>(
         &b,
         VmAttachNicRequest {
@@ -424,12 +418,7 @@ fn disks_and_nics_attach_and_detach() {
         ErrorCode::DeviceNotFound
     );
 
-    let nic = NicSpec {
-        network: Some("default".into()),
-        bridge: None,
-        mac: Some("52:54:00:aa:bb:cc".into()),
-        model: NicModel::Virtio,
-    };
+    let nic = virtio_nic("default", Some("52:54:00:aa:bb:cc"));
     let r = run::<VmAttachNic>(&b, VmAttachNicRequest { uuid: u, nic }).expect("attach nic");
     assert!(r.nics.iter().any(|n| n.mac == "52:54:00:aa:bb:cc"));
     let r = run::<VmDetachNic>(
@@ -451,12 +440,7 @@ fn disks_and_nics_attach_and_detach() {
         )),
         ErrorCode::DeviceNotFound
     );
-    let nic = NicSpec {
-        network: Some("nonet".into()),
-        bridge: None,
-        mac: None,
-        model: NicModel::Virtio,
-    };
+    let nic = virtio_nic("nonet", None);
     assert_eq!(
         code(run::<VmAttachNic>(&b, VmAttachNicRequest { uuid: u, nic })),
         ErrorCode::NetworkNotFound

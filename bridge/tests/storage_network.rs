@@ -5,9 +5,7 @@ mod common;
 
 use common::*;
 use hostbus_protocol::commands::*;
-use hostbus_protocol::types::{
-    DiskFormat, ForwardMode, IpSpec, NetworkSpec, PoolKind, PoolSpec, PoolState, VolumeSpec,
-};
+use hostbus_protocol::types::{DiskFormat, ForwardMode, PoolKind, PoolSpec, PoolState, VolumeSpec};
 use hostbus_protocol::ErrorCode;
 
 fn vol(name: &str, gib: u64) -> VolumeSpec {
@@ -249,18 +247,12 @@ fn networks_are_defined_started_stopped_and_undefined() {
         Some(ForwardMode::Isolated)
     );
 
-    let spec = NetworkSpec {
-        name: "lab".into(),
-        bridge: Some("virbr9".into()),
-        forward: ForwardMode::Nat,
-        ip: Some(IpSpec {
-            address: "192.168.150.1".into(),
-            prefix: 24,
-            dhcp_start: Some("192.168.150.10".into()),
-            dhcp_end: Some("192.168.150.99".into()),
-        }),
-        autostart: false,
-    };
+    let spec = nat_network(
+        "lab",
+        "virbr9",
+        "192.168.150.1",
+        ("192.168.150.10", "192.168.150.99"),
+    );
     let n = run::<NetworkDefine>(&b, NetworkDefineRequest { spec: spec.clone() }).expect("define");
     assert!(!n.active);
     assert_eq!(

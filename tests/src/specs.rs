@@ -1,21 +1,75 @@
-//! Objects the suites create: the smallest VM that boots on the test
-//! driver, with new volumes for its disks.
+//! Specs the suites create: disks, NICs, networks and the smallest VM that
+//! boots on the test driver.
+//!
+//! This file uses hostbus-protocol only, so the bridge's and the protocol's
+//! own tests, which cannot depend on hostbus-tests (it depends on them),
+//! include it by path (`#[path = "../../tests/src/specs.rs"] mod specs;`)
+//! instead of keeping copies.
 
-use hostbus_protocol::types::{DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, VmSpec};
+use hostbus_protocol::types::{
+    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, ForwardMode, IpSpec, NetworkSpec,
+    NicModel, NicSpec, VmSpec, VolumeRef,
+};
 
-/// A disk `target` on virtio backed by a new 1 GiB qcow2 volume in pool
-/// `default`.
-pub fn new_disk(target: &str) -> DiskSpec {
+/// A disk `target` on virtio backed by a new 1 GiB qcow2 volume in `pool`.
+pub fn new_disk_in(target: &str, pool: &str) -> DiskSpec {
     DiskSpec {
         target: target.to_owned(),
         source: DiskSource::NewVolume {
-            pool: "default".into(),
+            pool: pool.to_owned(),
             capacity_bytes: 1 << 30,
         },
         bus: DiskBus::Virtio,
         format: Some(DiskFormat::Qcow2),
         read_only: false,
         device: DiskDevice::Disk,
+    }
+}
+
+/// [`new_disk_in`] pool `default`.
+pub fn new_disk(target: &str) -> DiskSpec {
+    new_disk_in(target, "default")
+}
+
+/// A writable virtio disk `target` on the existing volume `pool`/`volume`.
+pub fn volume_disk(target: &str, pool: &str, volume: &str, format: Option<DiskFormat>) -> DiskSpec {
+    DiskSpec {
+        target: target.to_owned(),
+        source: DiskSource::Volume(VolumeRef {
+            pool: pool.to_owned(),
+            volume: volume.to_owned(),
+        }),
+        bus: DiskBus::Virtio,
+        format,
+        read_only: false,
+        device: DiskDevice::Disk,
+    }
+}
+
+/// A virtio NIC on libvirt network `network`, with MAC `mac` when given.
+pub fn virtio_nic(network: &str, mac: Option<&str>) -> NicSpec {
+    NicSpec {
+        network: Some(network.to_owned()),
+        bridge: None,
+        mac: mac.map(str::to_owned),
+        model: NicModel::Virtio,
+    }
+}
+
+/// A NAT network `name` on `bridge`, the host at `address`/24 with DHCP
+/// from `dhcp.0` to `dhcp.1`; not started at boot.
+pub fn nat_network(name: &str, bridge: &str, address: &str, dhcp: (&str, &str)) -> NetworkSpec {
+    NetworkSpec {
+        name: name.to_owned(),
+        bridge: Some(bridge.to_owned()),
+        forward: ForwardMode::Nat,
+        ip: Some(IpSpec {
+            address: address.to_owned(),
+            prefix: 24,
+            dhcp_start: Some(dhcp.0.to_owned()),
+            dhcp_end: Some(dhcp.1.to_owned()),
+        }),
+        autostart: false,
     }
 }
 

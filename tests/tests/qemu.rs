@@ -15,14 +15,17 @@ use std::time::{Duration, Instant};
 use futures_lite::StreamExt;
 use hostbus_client::protocol::types::{
     BootSpec, CpuMode, DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, ForwardMode,
-    HealthStatus, IpSpec, NetworkSpec, ObjectClass, PoolKind, PoolSpec, PowerState, Record,
-    VmRecord, VmSpec, VolumeRef, VolumeSpec,
+    HealthStatus, NetworkSpec, ObjectClass, PoolKind, PoolSpec, PowerState, Record, VmRecord,
+    VmSpec, VolumeRef, VolumeSpec,
 };
 use hostbus_client::protocol::{ErrorCode, Event, EventAction};
 use hostbus_client::{
     Client, ClientConfig, ClientError, Host, Notification, SubscribeOptions, Subscription,
 };
-use hostbus_tests::{wait_for_text, AgentProcess, Hostctl, QemuHost, RabbitNode, QEMU_PREFIX};
+use hostbus_tests::{
+    nat_network, volume_disk, wait_for_text, AgentProcess, Hostctl, QemuHost, RabbitNode,
+    QEMU_PREFIX,
+};
 use tokio::sync::Mutex;
 
 /// The tests share libvirtd (one stops it) and two cores: one at a time.
@@ -263,20 +266,6 @@ fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
     r.expect_err("expected an error")
         .code()
         .unwrap_or(ErrorCode::Unknown)
-}
-
-fn volume_disk(target: &str, pool: &str, volume: &str, format: Option<DiskFormat>) -> DiskSpec {
-    DiskSpec {
-        target: target.into(),
-        source: DiskSource::Volume(VolumeRef {
-            pool: pool.into(),
-            volume: volume.into(),
-        }),
-        bus: DiskBus::Virtio,
-        format,
-        read_only: false,
-        device: DiskDevice::Disk,
-    }
 }
 
 fn console_log(vm: &VmRecord) -> String {
@@ -743,18 +732,12 @@ async fn networks_are_defined_started_and_stopped() {
     let host = b.host();
     let nat = format!("{QEMU_PREFIX}nat");
     let n = host
-        .define_network(NetworkSpec {
-            name: nat.clone(),
-            bridge: Some("hbqbr0".into()),
-            forward: ForwardMode::Nat,
-            ip: Some(IpSpec {
-                address: "10.203.77.1".into(),
-                prefix: 24,
-                dhcp_start: Some("10.203.77.100".into()),
-                dhcp_end: Some("10.203.77.199".into()),
-            }),
-            autostart: false,
-        })
+        .define_network(nat_network(
+            &nat,
+            "hbqbr0",
+            "10.203.77.1",
+            ("10.203.77.100", "10.203.77.199"),
+        ))
         .await
         .expect("define a NAT network");
     assert!(!n.active);
