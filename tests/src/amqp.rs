@@ -222,16 +222,7 @@ impl AmqpPeer {
             .create_channel()
             .await
             .map_err(|e| HarnessError::amqp("cannot open a channel", e))?;
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        declare_topic(&channel, exchange)
             .await
             .map_err(|e| HarnessError::amqp(format!("cannot declare exchange {exchange:?}"), e))?;
         let queue = declare_exclusive(&channel, "")
@@ -354,6 +345,43 @@ pub async fn declare_exclusive(
             QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Declares `exchange` as a durable topic exchange, as every hostbus
+/// exchange is.
+pub async fn declare_topic(
+    channel: &Channel,
+    exchange: &str,
+) -> std::result::Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Declares `queue` passively: the queue (with its message and consumer
+/// counts) if it exists, an error (which closes `channel`) if not.
+pub async fn passive_declare(
+    channel: &Channel,
+    queue: &str,
+) -> std::result::Result<lapin::Queue, lapin::Error> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
                 ..QueueDeclareOptions::default()
             },
             FieldTable::default(),

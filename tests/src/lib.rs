@@ -60,8 +60,8 @@ pub use agent::{
     AgentProcess, AGENT_BIN_ENV,
 };
 pub use amqp::{
-    consume_no_ack, declare_exclusive, from_lapin, to_lapin, watch_online, AmqpPeer, Received,
-    Subscription,
+    consume_no_ack, declare_exclusive, declare_topic, from_lapin, passive_declare, to_lapin,
+    watch_online, AmqpPeer, Received, Subscription,
 };
 pub use calls::{
     call_as, call_in, command_props, error_of, event_of, expect_ok, ok, reply_error, CALL_TIMEOUT,

@@ -28,8 +28,9 @@ use hostbus_protocol::{
 };
 use hostbus_tests::{
     commands_total, consume_no_ack, declare_exclusive, event_of, long_str, metric, nested_table,
-    new_disk, next_online, ok, reply_error, small_vm, spawn_online, table, to_lapin, AgentProcess,
-    AmqpPeer, RabbitNode, RawOutcome, RawProperties, RawProperty, RawPublisher, Received,
+    new_disk, next_online, ok, passive_declare, reply_error, small_vm, spawn_online, table,
+    to_lapin, AgentProcess, AmqpPeer, RabbitNode, RawOutcome, RawProperties, RawProperty,
+    RawPublisher, Received,
 };
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
@@ -845,29 +846,9 @@ async fn ten_thousand_hostile_messages_are_answered_or_dead_lettered_in_flat_mem
 
     // A reply queue of our own, consumed without acks.
     let ch = peer.connection().create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("reply queue");
+    let q = declare_exclusive(&ch, "").await.expect("reply queue");
     let reply_queue = q.name().as_str().to_owned();
-    let mut consumer = ch
-        .basic_consume(
-            reply_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let mut consumer = consume_no_ack(&ch, &reply_queue)
         .await
         .expect("consume replies");
 
@@ -950,15 +931,7 @@ async fn ten_thousand_hostile_messages_are_answered_or_dead_lettered_in_flat_mem
     // Everything to be dead-lettered is in hostbus.dead-letter.
     let dl = peer.connection().create_channel().await.expect("channel");
     let dead = loop {
-        let q = dl
-            .queue_declare(
-                names::DEAD_LETTER_QUEUE.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let q = passive_declare(&dl, names::DEAD_LETTER_QUEUE)
             .await
             .expect("passive declare");
         let n = q.message_count() as usize;
@@ -1314,15 +1287,7 @@ fn version_table(extra: &[(&[u8], Vec<u8>)]) -> Vec<u8> {
 /// Messages in the dead-letter queue now.
 async fn dead_letters(peer: &AmqpPeer) -> u32 {
     let ch = peer.connection().create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(
-            names::DEAD_LETTER_QUEUE.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let q = passive_declare(&ch, names::DEAD_LETTER_QUEUE)
         .await
         .expect("passive declare");
     let _ = ch.close(200, "done".into()).await;

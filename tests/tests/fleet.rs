@@ -15,9 +15,9 @@ use hostbus_client::protocol::names::{self, Target};
 use hostbus_client::protocol::types::PowerState;
 use hostbus_client::{Client, ClientConfig, Liveness, Notification, SubscribeOptions};
 use hostbus_protocol::commands::HostPing;
-use hostbus_tests::{node_file_uri, AgentProcess, AmqpPeer, Hostctl, RabbitNode, Subscription};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
+use hostbus_tests::{
+    node_file_uri, passive_declare, AgentProcess, AmqpPeer, Hostctl, RabbitNode, Subscription,
+};
 use serde_json::Value;
 
 /// Subscribes to roster announcements (`<host>.online` on the presence
@@ -67,16 +67,9 @@ fn signal(pid: u32, sig: &str) {
 async fn queue_exists(url: &str, host: &str) -> bool {
     let peer = AmqpPeer::connect(url).await.expect("peer");
     let ch = peer.connection().create_channel().await.expect("channel");
-    ch.queue_declare(
-        names::agent_queue(host).as_str().into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .is_ok()
+    passive_declare(&ch, &names::agent_queue(host))
+        .await
+        .is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,15 +238,7 @@ async fn nothing_piles_up_for_hosts_that_are_gone() {
     let ch = peer.connection().create_channel().await.expect("channel");
     let deadline = Instant::now() + Duration::from_secs(20);
     let depth = loop {
-        let q = ch
-            .queue_declare(
-                names::agent_queue("h2").as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let q = passive_declare(&ch, &names::agent_queue("h2"))
             .await
             .expect("h2's queue");
         if q.message_count() == 0 || Instant::now() > deadline {
@@ -263,15 +248,7 @@ async fn nothing_piles_up_for_hosts_that_are_gone() {
     };
     assert_eq!(depth, 0, "expired broadcasts left h2's queue");
     // They went to the dead-letter queue, which keeps only five.
-    let dlq = ch
-        .queue_declare(
-            names::DEAD_LETTER_QUEUE.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let dlq = passive_declare(&ch, names::DEAD_LETTER_QUEUE)
         .await
         .expect("dead-letter queue");
     println!(

@@ -12,13 +12,11 @@ use futures_lite::StreamExt;
 use hostbus_protocol::envelope::{AmqpProperties, Envelope, HeaderValue};
 use hostbus_protocol::names::{self, COMMAND_EXCHANGE, EVENT_EXCHANGE};
 use hostbus_protocol::now_ms;
-use hostbus_tests::{group_alive, to_lapin, AgentProcess, AmqpPeer, RabbitNode};
-use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+use hostbus_tests::{
+    consume_no_ack, declare_topic, group_alive, to_lapin, AgentProcess, AmqpPeer, RabbitNode,
 };
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::ExchangeKind;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -179,17 +177,9 @@ async fn users_added_with_rabbitmqctl_log_in_and_user_id_is_verified() {
 async fn fake_responder(url: &str) -> tokio::task::JoinHandle<()> {
     let peer = AmqpPeer::connect(url).await.expect("connect the responder");
     let ch = peer.channel().clone();
-    ch.exchange_declare(
-        COMMAND_EXCHANGE.into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare hostbus.cmd");
+    declare_topic(&ch, COMMAND_EXCHANGE)
+        .await
+        .expect("declare hostbus.cmd");
     let q = ch
         .queue_declare(
             "".into(),
@@ -210,16 +200,7 @@ async fn fake_responder(url: &str) -> tokio::task::JoinHandle<()> {
     )
     .await
     .expect("bind");
-    let mut consumer = ch
-        .basic_consume(
-            q.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let mut consumer = consume_no_ack(&ch, q.name().as_str())
         .await
         .expect("consume");
     tokio::spawn(async move {

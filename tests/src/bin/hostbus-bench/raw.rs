@@ -166,16 +166,7 @@ impl Raw {
                 .await
                 .expect("confirms");
         }
-        let mut replies = ch
-            .basic_consume(
-                "amq.rabbitmq.reply-to".into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let mut replies = hostbus_tests::consume_no_ack(&ch, "amq.rabbitmq.reply-to")
             .await
             .expect("reply-to");
         let pending: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>> = Arc::default();
