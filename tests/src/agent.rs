@@ -258,6 +258,14 @@ impl AgentBuilder {
     /// Builds the agent if needed, makes the agent's temporary directory and
     /// starts the process. Does not wait for the agent to be ready: wait for
     /// its online event or heartbeat, or use [`AgentProcess::wait_for_log`].
+    /// Panics when the agent cannot be started.
+    pub fn start(self) -> AgentProcess {
+        let host = self.host_id.clone();
+        self.spawn()
+            .unwrap_or_else(|e| panic!("cannot start agent {host}: {e}"))
+    }
+
+    /// Starts the agent (see [`start`](Self::start), which panics instead).
     pub fn spawn(self) -> Result<AgentProcess> {
         let bin = agent_binary()?;
         let dir = TempDir::new(&format!("hostbus-agent-{}", self.host_id))?;

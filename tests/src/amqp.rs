@@ -244,6 +244,13 @@ impl AmqpPeer {
         })
     }
 
+    /// [`subscribe`](Self::subscribe), panicking when it fails.
+    pub async fn watch(&self, exchange: &str, pattern: &str) -> Subscription {
+        self.subscribe(exchange, pattern)
+            .await
+            .unwrap_or_else(|e| panic!("subscribe to {exchange} {pattern}: {e}"))
+    }
+
     /// Closes the connection.
     pub async fn close(self) -> Result<()> {
         self.connection

@@ -53,6 +53,7 @@ mod process;
 mod qemu;
 mod rabbit;
 mod raw;
+pub mod sdk;
 mod specs;
 
 pub use agent::{

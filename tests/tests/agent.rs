@@ -26,18 +26,13 @@ const T: Duration = Duration::from_secs(15);
 async fn every_kind_of_command_gets_its_reply() {
     let node = RabbitNode::start().expect("rabbit");
     let mut peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
-    let mut online = peer
-        .subscribe(names::EVENT_EXCHANGE, "*.agent.online")
-        .await
-        .expect("subscribe");
+    let mut online = peer.watch(names::EVENT_EXCHANGE, "*.agent.online").await;
     let agent = AgentProcess::builder("h1", &node.amqp_url())
         .label("gpu")
-        .spawn()
-        .expect("agent");
+        .start();
     let h2 = AgentProcess::builder("h2", &node.amqp_url())
         .libvirt_uri(hostbus_tests::node_file_uri("h2"))
-        .spawn()
-        .expect("agent h2");
+        .start();
     for _ in 0..2 {
         online
             .next(Duration::from_secs(60))
@@ -527,23 +522,13 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
 async fn events_carry_growing_sequence_numbers_and_heartbeats_arrive() {
     let node = RabbitNode::start().expect("rabbit");
     let mut peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.#")
-        .await
-        .expect("subscribe");
-    let mut beats = peer
-        .subscribe(names::PRESENCE_EXCHANGE, "h1.heartbeat")
-        .await
-        .expect("subscribe");
-    let mut roster = peer
-        .subscribe(names::PRESENCE_EXCHANGE, "h1.online")
-        .await
-        .expect("subscribe");
+    let mut events = peer.watch(names::EVENT_EXCHANGE, "h1.#").await;
+    let mut beats = peer.watch(names::PRESENCE_EXCHANGE, "h1.heartbeat").await;
+    let mut roster = peer.watch(names::PRESENCE_EXCHANGE, "h1.online").await;
     let _agent = AgentProcess::builder("h1", &node.amqp_url())
         .label("rack-a")
         .heartbeat_interval(Duration::from_millis(300))
-        .spawn()
-        .expect("agent");
+        .start();
     let ev =
         |r: &Received| decode::<Event>(ContentType::MsgPack, &r.body, 64 << 20).expect("event");
 
@@ -640,14 +625,10 @@ async fn a_broker_restart_is_survived_and_queued_commands_are_answered() {
     let url = node.amqp_url();
     let mut agent = AgentProcess::builder("h1", &url)
         .env("HOSTBUS_RECONNECT_MAX_BACKOFF_MS", "2000")
-        .spawn()
-        .expect("agent");
+        .start();
     {
         let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-        let mut online = peer
-            .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-            .await
-            .expect("subscribe");
+        let mut online = peer.watch(names::EVENT_EXCHANGE, "h1.agent.online").await;
         online.next(Duration::from_secs(60)).await.expect("online");
         ok::<HostPing>(&mut peer, "h1", Ping { echo: None }).await;
         // A durable queue for the agent.online that follows the restart: the
@@ -739,14 +720,10 @@ async fn a_broker_restart_is_survived_and_queued_commands_are_answered() {
 async fn sigterm_drains_in_flight_work() {
     let node = RabbitNode::start().expect("rabbit");
     let mut peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.*")
-        .await
-        .expect("subscribe");
+    let mut events = peer.watch(names::EVENT_EXCHANGE, "h1.agent.*").await;
     let mut agent = AgentProcess::builder("h1", &node.amqp_url())
         .env("HOSTBUS_STEP_PAUSE_MS", "500")
-        .spawn()
-        .expect("agent");
+        .start();
     events.next(Duration::from_secs(60)).await.expect("online");
     // vm.define with three new volumes takes four steps of 500 ms.
     let spec = small_vm("drain01", &["vda", "vdb", "vdc"]);

@@ -7,11 +7,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use hostbus_client::protocol::commands::{VmDefine, VmDefineRequest, VmList, VmListRequest};
+use hostbus_client::protocol::commands::{VmDefine, VmDefineRequest};
 use hostbus_client::protocol::names::Target;
 use hostbus_client::protocol::types::PowerState;
 use hostbus_client::protocol::EventAction;
-use hostbus_client::{Client, ClientConfig, Notification, ResyncReason, StartAt, SubscribeOptions};
+use hostbus_client::{Client, ClientConfig, Notification, ResyncReason, StartAt};
+use hostbus_tests::sdk::{list_vms, subscribe, subscribe_from};
 use hostbus_tests::{node_file_uri, small_vm, watch_online, AgentProcess, Hostctl, RabbitNode};
 use serde_json::Value;
 
@@ -31,14 +32,10 @@ async fn hostctl_drives_every_subcommand() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
     let wait_online = online(&node, 2);
-    let _h1 = AgentProcess::builder("h1", &url)
-        .label("gpu")
-        .spawn()
-        .expect("h1");
+    let _h1 = AgentProcess::builder("h1", &url).label("gpu").start();
     let _h2 = AgentProcess::builder("h2", &url)
         .libvirt_uri(node_file_uri("h2"))
-        .spawn()
-        .expect("h2");
+        .start();
     wait_online.await;
     let ctl = Hostctl::new(&url);
 
@@ -326,20 +323,15 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
     let url = node.amqp_url();
     let wait_online = online(&node, 3);
     // The agents' default heartbeat interval (5 s), as in production.
-    let _h1 = AgentProcess::builder("h1", &url)
-        .label("rack-a")
-        .spawn()
-        .expect("h1");
+    let _h1 = AgentProcess::builder("h1", &url).label("rack-a").start();
     let _h2 = AgentProcess::builder("h2", &url)
         .label("rack-a")
         .libvirt_uri(node_file_uri("h2"))
-        .spawn()
-        .expect("h2");
+        .start();
     let mut h3 = AgentProcess::builder("h3", &url)
         .label("rack-b")
         .libvirt_uri(node_file_uri("h3"))
-        .spawn()
-        .expect("h3");
+        .start();
     wait_online.await;
     let client = Client::connect(ClientConfig::new(&url))
         .await
@@ -348,12 +340,7 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
     assert!(presence.is_ready(), "the fleet view is complete at once");
     assert_eq!(presence.expected(&Target::All).alive.len(), 3);
 
-    let b = client
-        .broadcast::<VmList>(
-            &Target::All,
-            VmListRequest { power_state: None },
-            Duration::from_secs(5),
-        )
+    let b = list_vms(&client, &Target::All, Duration::from_secs(5))
         .await
         .expect("broadcast");
     assert_eq!(
@@ -361,14 +348,13 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
         ["h1", "h2", "h3"]
     );
     assert!(b.missing.is_empty());
-    let g = client
-        .broadcast::<VmList>(
-            &Target::Group("rack-a".into()),
-            VmListRequest { power_state: None },
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("group");
+    let g = list_vms(
+        &client,
+        &Target::Group("rack-a".into()),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("group");
     assert_eq!(
         g.replies.keys().map(String::as_str).collect::<Vec<_>>(),
         ["h1", "h2"]
@@ -379,12 +365,7 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
     // does not wait for its deadline.
     h3.kill().expect("kill h3");
     let sent = std::time::Instant::now();
-    let b = client
-        .broadcast::<VmList>(
-            &Target::All,
-            VmListRequest { power_state: None },
-            Duration::from_secs(5),
-        )
+    let b = list_vms(&client, &Target::All, Duration::from_secs(5))
         .await
         .expect("broadcast");
     println!("broadcast with h3 dead: {:?}", sent.elapsed());
@@ -411,8 +392,7 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
         .libvirt_uri(node_file_uri("h3"))
         .concurrency(1)
         .env("HOSTBUS_STEP_PAUSE_MS", "4000")
-        .spawn()
-        .expect("h4");
+        .start();
     wait_h4.await;
     // Five steps of 4 s: h4 is busy for 20 s, far past hostctl's 3 s deadline.
     let slow = small_vm("slow01", &["vda", "vdb", "vdc", "vdd"]);
@@ -457,10 +437,7 @@ async fn a_subscriber_sees_another_clients_change_and_a_slow_one_resyncs() {
     let actor = Client::connect(ClientConfig::new(&url))
         .await
         .expect("actor");
-    let mut sub = watcher
-        .subscribe(&["*.vm.*"], SubscribeOptions::default())
-        .await
-        .expect("subscribe");
+    let mut sub = subscribe(&watcher, &["*.vm.*"]).await;
     let db = actor.host("h1").vm_named("db01");
     db.start().await.expect("start");
     let started = loop {
@@ -478,10 +455,7 @@ async fn a_subscriber_sees_another_clients_change_and_a_slow_one_resyncs() {
 
     // A subscriber that reads nothing while 200 events happen loses none:
     // the broker keeps them in its event stream, in order.
-    let mut slow = watcher
-        .subscribe(&["h1.vm.*"], SubscribeOptions::default())
-        .await
-        .expect("subscribe");
+    let mut slow = subscribe(&watcher, &["h1.vm.*"]).await;
     // Establish the sequence baseline with one event.
     db.pause().await.expect("pause");
     let first = match tokio::time::timeout(Duration::from_secs(10), slow.next())
@@ -534,8 +508,7 @@ async fn a_subscriber_beyond_the_event_retention_resyncs_from_a_snapshot() {
     // The smallest retention: 1 MiB of events, in segments of 1 MiB.
     let _h1 = AgentProcess::builder("h1", &url)
         .env("HOSTBUS_EVENT_RETENTION_BYTES", "1048576")
-        .spawn()
-        .expect("h1");
+        .start();
     wait_online.await;
     let client = Client::connect(ClientConfig::new(&url))
         .await
@@ -547,16 +520,7 @@ async fn a_subscriber_beyond_the_event_retention_resyncs_from_a_snapshot() {
         db.pause().await.expect("pause");
         db.resume().await.expect("resume");
     }
-    let mut sub = client
-        .subscribe(
-            &["h1.#"],
-            SubscribeOptions {
-                from: StartAt::Offset(0),
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .expect("subscribe");
+    let mut sub = subscribe_from(&client, &["h1.#"], StartAt::Offset(0)).await;
     let first = tokio::time::timeout(Duration::from_secs(20), sub.next())
         .await
         .expect("a notification")

@@ -252,14 +252,10 @@ async fn a_broker_restart_mid_burst_loses_no_command_and_runs_none_twice() {
         // vm.define with two new volumes takes three steps of 1 s, so
         // commands are still running when the broker goes.
         .env("HOSTBUS_STEP_PAUSE_MS", "1000")
-        .spawn()
-        .expect("agent");
+        .start();
     {
         let peer = AmqpPeer::connect(&url).await.expect("peer");
-        let mut events = peer
-            .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-            .await
-            .expect("subscribe");
+        let mut events = peer.watch(names::EVENT_EXCHANGE, "h1.agent.online").await;
         next_online(&mut events, &agent).await;
     }
     declare_reply_queue(&url, REPLIES).await;
@@ -437,16 +433,12 @@ async fn an_agent_killed_mid_burst_reruns_interrupted_commands_and_runs_finished
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
     let peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.#")
-        .await
-        .expect("subscribe");
+    let mut events = peer.watch(names::EVENT_EXCHANGE, "h1.#").await;
     let mut agent = AgentProcess::builder("h1", &url)
         .concurrency(2)
         .env("HOSTBUS_STEP_PAUSE_MS", "300")
         .env("HOSTBUS_RECONNECT_MAX_BACKOFF_MS", "1000")
-        .spawn()
-        .expect("agent");
+        .start();
     let first = next_online(&mut events, &agent).await;
     declare_reply_queue(&url, REPLIES).await;
 
@@ -1042,16 +1034,12 @@ async fn a_cut_connection_is_reestablished_and_the_agent_resyncs() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
     let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.*")
-        .await
-        .expect("subscribe");
+    let mut events = peer.watch(names::EVENT_EXCHANGE, "h1.agent.*").await;
     let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], node.port()))).await;
     let via_proxy = format!("amqp://guest:guest@{}/%2f", proxy.addr);
     let agent = AgentProcess::builder("h1", &via_proxy)
         .env("HOSTBUS_RECONNECT_MAX_BACKOFF_MS", "1000")
-        .spawn()
-        .expect("agent");
+        .start();
     let first = next_online(&mut events, &agent).await;
     assert!(first.inventory.is_some());
     ok::<HostPing>(&mut peer, "h1", &Ping { echo: None }).await;
@@ -1539,8 +1527,7 @@ async fn a_session_that_fails_at_once_backs_off_like_a_failed_connect() {
         .expect("set_permissions");
     let agent = AgentProcess::builder("h1", &node.url_for("locked", "locked"))
         .env("HOSTBUS_RECONNECT_MAX_BACKOFF_MS", "30000")
-        .spawn()
-        .expect("agent");
+        .start();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let log = agent.log();
     let sessions = log.matches("connected to the broker").count();

@@ -10,11 +10,12 @@
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
-use hostbus_client::protocol::commands::{Ping, VmList, VmListRequest};
+use hostbus_client::protocol::commands::Ping;
 use hostbus_client::protocol::names::{self, Target};
 use hostbus_client::protocol::types::PowerState;
-use hostbus_client::{Client, ClientConfig, Liveness, Notification, SubscribeOptions};
+use hostbus_client::{Client, ClientConfig, Liveness, Notification};
 use hostbus_protocol::commands::HostPing;
+use hostbus_tests::sdk::{list_vms, subscribe};
 use hostbus_tests::{
     node_file_uri, passive_declare, AgentProcess, AmqpPeer, Hostctl, RabbitNode, Subscription,
 };
@@ -25,10 +26,7 @@ use serde_json::Value;
 /// anything starts.
 async fn watch_online(node: &RabbitNode) -> (AmqpPeer, Subscription) {
     let peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
-    let sub = peer
-        .subscribe(names::PRESENCE_EXCHANGE, "*.online")
-        .await
-        .expect("subscribe");
+    let sub = peer.watch(names::PRESENCE_EXCHANGE, "*.online").await;
     (peer, sub)
 }
 
@@ -91,8 +89,7 @@ async fn a_fresh_process_sees_the_whole_fleet_and_its_dead_until_forgotten() {
         AgentProcess::builder(id, &url)
             .libvirt_uri(node_file_uri(node_file))
             .label(label)
-            .spawn()
-            .expect("agent")
+            .start()
     })
     .collect();
     wait_online(&mut online, 4).await;
@@ -211,12 +208,10 @@ async fn nothing_piles_up_for_hosts_that_are_gone() {
     let mut h2 = AgentProcess::builder("h2", &url)
         .libvirt_uri(node_file_uri("h2"))
         .env("HOSTBUS_DEAD_LETTER_MAX_LENGTH", "5")
-        .spawn()
-        .expect("h2");
+        .start();
     let _h1 = AgentProcess::builder("h1", &url)
         .env("HOSTBUS_DEAD_LETTER_MAX_LENGTH", "5")
-        .spawn()
-        .expect("h1");
+        .start();
     wait_online(&mut online, 2).await;
     h2.kill().expect("SIGKILL h2");
     let client = Client::connect(ClientConfig::new(&url))
@@ -224,12 +219,7 @@ async fn nothing_piles_up_for_hosts_that_are_gone() {
         .expect("client");
     // Twenty broadcasts of 1 s while h2 is dead.
     for _ in 0..20 {
-        let b = client
-            .broadcast::<VmList>(
-                &Target::All,
-                VmListRequest { power_state: None },
-                Duration::from_secs(1),
-            )
+        let b = list_vms(&client, &Target::All, Duration::from_secs(1))
             .await
             .expect("broadcast");
         assert_eq!(b.missing, ["h2"]);
@@ -295,8 +285,7 @@ async fn one_process_simulates_two_hundred_hosts() {
     let url = node.amqp_url();
     let sim = AgentProcess::builder("sim-0001", &url)
         .args(["--simulate", "200", "--host-prefix", "sim-"])
-        .spawn()
-        .expect("simulator");
+        .start();
     let client = Client::connect(ClientConfig::new(&url))
         .await
         .expect("client");
@@ -341,12 +330,7 @@ async fn one_process_simulates_two_hundred_hosts() {
 
     // Every host answers a broadcast, which ends when the last one did.
     let t = Instant::now();
-    let b = client
-        .broadcast::<VmList>(
-            &Target::All,
-            VmListRequest { power_state: None },
-            Duration::from_secs(30),
-        )
+    let b = list_vms(&client, &Target::All, Duration::from_secs(30))
         .await
         .expect("broadcast");
     println!(
@@ -360,21 +344,17 @@ async fn one_process_simulates_two_hundred_hosts() {
         .values()
         .all(|r| r.as_ref().is_ok_and(|l| l.vms.len() == 3)));
     // A label group of the simulator: rack-<i mod 10>.
-    let g = client
-        .broadcast::<VmList>(
-            &Target::Group("rack-3".into()),
-            VmListRequest { power_state: None },
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("group");
+    let g = list_vms(
+        &client,
+        &Target::Group("rack-3".into()),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("group");
     assert_eq!(g.replies.len(), N / 10);
 
     // Commands and events of one simulated host.
-    let mut sub = client
-        .subscribe(&["sim-0042.vm.*"], SubscribeOptions::default())
-        .await
-        .expect("subscribe");
+    let mut sub = subscribe(&client, &["sim-0042.vm.*"]).await;
     let vm = client
         .host("sim-0042")
         .vm_named("db01")

@@ -260,10 +260,7 @@ async fn peer_calls_through_direct_reply_to_and_subscribes_to_events() {
         .expect_err("nobody answers");
     assert!(err.is_timeout(), "{err:?}");
 
-    let mut events = peer
-        .subscribe(EVENT_EXCHANGE, "h9.vm.*")
-        .await
-        .expect("subscribe");
+    let mut events = peer.watch(EVENT_EXCHANGE, "h9.vm.*").await;
     for key in ["h9.vm.started", "h9.pool.defined", "h9.vm.stopped"] {
         peer.publish(
             EVENT_EXCHANGE,
@@ -286,9 +283,7 @@ async fn peer_calls_through_direct_reply_to_and_subscribes_to_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_binary_is_built_and_invalid_config_exits_64() {
     let node = RabbitNode::start().expect("start a node");
-    let mut agent = AgentProcess::builder("Not.A.Host", &node.amqp_url())
-        .spawn()
-        .expect("spawn the agent");
+    let mut agent = AgentProcess::builder("Not.A.Host", &node.amqp_url()).start();
     let status = agent
         .wait_exit(Duration::from_secs(30))
         .unwrap_or_else(|| panic!("the agent still runs\n{}", agent.log_tail(30)));
@@ -306,8 +301,7 @@ async fn agent_process_is_signalled_restarted_and_killed() {
     let node = RabbitNode::start().expect("start a node");
     let mut agent = AgentProcess::builder("h1", &node.amqp_url())
         .label("rack1")
-        .spawn()
-        .expect("spawn the agent");
+        .start();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(agent.is_running(), "the agent runs\n{}", agent.log_tail(30));
     let first = agent.pid().expect("a pid");

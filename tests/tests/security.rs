@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use hostbus_client::{Client, ClientConfig, Notification, SubscribeOptions};
+use hostbus_client::{Client, ClientConfig, Notification};
 use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::STATUS_HEADER;
 use hostbus_protocol::names;
@@ -29,6 +29,7 @@ use hostbus_protocol::{
     decode, encode, AmqpProperties, Command, ContentType, ErrorCode, Event, EventAction, Heartbeat,
     Reply,
 };
+use hostbus_tests::sdk::subscribe;
 use hostbus_tests::{call_as, command_props, to_lapin, AgentProcess, AmqpPeer, RabbitNode};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
@@ -207,22 +208,15 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
     add_manager(&node, "ops", "ops-secret");
     add_manager(&node, "viewer", "viewer-secret");
 
-    let mut events = admin
-        .subscribe(names::EVENT_EXCHANGE, "#")
-        .await
-        .expect("subscribe to events");
-    let mut beats = admin
-        .subscribe(names::PRESENCE_EXCHANGE, "h1.heartbeat")
-        .await
-        .expect("subscribe to heartbeats");
+    let mut events = admin.watch(names::EVENT_EXCHANGE, "#").await;
+    let mut beats = admin.watch(names::PRESENCE_EXCHANGE, "h1.heartbeat").await;
 
     // Agent h1, logged in as h1, declaring only its own queue.
     let agent = AgentProcess::builder("h1", &node.url_for("h1", "h1-secret"))
         .label("rack-a")
         .env("HOSTBUS_DECLARE_EXCHANGES", "false")
         .env("HOSTBUS_ROLES", "ops=operator,viewer=read-only")
-        .spawn()
-        .expect("agent");
+        .start();
     let online = events
         .next(Duration::from_secs(60))
         .await
@@ -242,10 +236,7 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
     let ops_client = Client::connect(ClientConfig::new(node.url_for("ops", "ops-secret")))
         .await
         .expect("ops client");
-    let mut sub = ops_client
-        .subscribe(&["h1.vm.*"], SubscribeOptions::default())
-        .await
-        .expect("ops subscribes to events");
+    let mut sub = subscribe(&ops_client, &["h1.vm.*"]).await;
     let presence = ops_client.presence().await.expect("ops watches presence");
     let db01: uuid::Uuid = DB01.parse().expect("uuid");
     let vm = ops_client

@@ -186,10 +186,7 @@ fn hostctl(args: &[&str]) -> (i32, String, String) {
 /// Waits for `n` `agent.online` events (watched over the plain listener).
 async fn wait_online(node: &RabbitNode, agents: &[&AgentProcess], n: usize) {
     let peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
-    let mut sub = peer
-        .subscribe(names::EVENT_EXCHANGE, "*.agent.online")
-        .await
-        .expect("subscribe");
+    let mut sub = peer.watch(names::EVENT_EXCHANGE, "*.agent.online").await;
     for _ in 0..n {
         if let Err(e) = sub.next(ONLINE).await {
             let logs: Vec<String> = agents.iter().map(|a| a.log_tail(30)).collect();
@@ -253,8 +250,7 @@ async fn agent_sdk_and_hostctl_connect_over_tls_and_a_foreign_ca_is_refused() {
 
     let agent = AgentProcess::builder("h1", &url)
         .env("HOSTBUS_TLS_CA_FILE", ca_str)
-        .spawn()
-        .expect("agent");
+        .start();
     wait_online(&node, &[&agent], 1).await;
     let tls_port = node.tls_port().expect("TLS port");
     assert_eq!(
@@ -301,8 +297,7 @@ async fn agent_sdk_and_hostctl_connect_over_tls_and_a_foreign_ca_is_refused() {
             pki.file("other-ca.pem").to_str().expect("path"),
         )
         .env("HOSTBUS_RECONNECT_MAX_BACKOFF_MS", "300")
-        .spawn()
-        .expect("agent h2");
+        .start();
     stray
         .wait_for_log("cannot connect to the broker", Duration::from_secs(30))
         .expect("h2 logs the failure");
@@ -348,8 +343,7 @@ async fn a_broker_that_requires_client_certificates_admits_only_certified_client
         .env("HOSTBUS_TLS_CA_FILE", path("ca.pem"))
         .env("HOSTBUS_TLS_CERT_FILE", path("client.pem"))
         .env("HOSTBUS_TLS_KEY_FILE", path("client.key"))
-        .spawn()
-        .expect("agent");
+        .start();
     wait_online(&node, &[&agent], 1).await;
 
     // With the client certificate: admitted.

@@ -22,10 +22,7 @@ pub(crate) async fn bench(a: &Args) {
     let url = node.amqp_url();
 
     let peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut beats = peer
-        .subscribe(PRESENCE_EXCHANGE, "h1.heartbeat")
-        .await
-        .expect("subscribe");
+    let mut beats = peer.watch(PRESENCE_EXCHANGE, "h1.heartbeat").await;
     let spawned = Instant::now();
     let agent = AgentProcess::builder("h1", &url)
         .arg("--log-level")
@@ -34,8 +31,7 @@ pub(crate) async fn bench(a: &Args) {
         // As many commands in flight as the deepest client concurrency measured.
         .concurrency(64)
         .env("HOSTBUS_QUEUE_TYPE", &a.queue_type)
-        .spawn()
-        .expect("agent");
+        .start();
     beats
         .next(Duration::from_secs(60))
         .await

@@ -25,10 +25,7 @@ const WEB01: &str = "11111111-0000-4000-8000-000000000001";
 /// An agent `h1` on `urls`, with `queue_type`, waited for.
 async fn agent(urls: &[String], queue_type: &str) -> AgentProcess {
     let peer = AmqpPeer::connect(&urls[0]).await.expect("peer");
-    let mut online = peer
-        .subscribe(EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
+    let mut online = peer.watch(EVENT_EXCHANGE, "h1.agent.online").await;
     let mut b = AgentProcess::builder("h1", &urls[0])
         .arg("--log-level")
         .arg("warn")
@@ -148,10 +145,7 @@ pub(crate) async fn bench(a: &Args) {
         .await
         .expect("unbind the stream");
     // A subscriber on a queue of its own, as before the stream existed.
-    let mut plain = peer
-        .subscribe(EVENT_EXCHANGE, "h1.vm.*")
-        .await
-        .expect("subscribe");
+    let mut plain = peer.watch(EVENT_EXCHANGE, "h1.vm.*").await;
     let count = Arc::new(AtomicU64::new(0));
     let (stop, churn) = churn(&client);
     tokio::time::sleep(Duration::from_millis(500)).await;

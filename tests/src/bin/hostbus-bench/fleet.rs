@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
-use hostbus_client::protocol::commands::{VmList, VmListRequest, VmPause, VmResume, VmUuid};
+use hostbus_client::protocol::commands::{VmPause, VmResume, VmUuid};
 use hostbus_client::protocol::names::{Target, PRESENCE_EXCHANGE};
-use hostbus_client::{Client, ClientConfig, Liveness, Notification, SubscribeOptions};
+use hostbus_client::{Client, ClientConfig, Liveness, Notification};
+use hostbus_tests::sdk::{list_vms, subscribe};
 use hostbus_tests::{group_members, rss_kib, AgentProcess, AmqpPeer, RabbitNode};
 
 use crate::measure::{cpu_secs, quantile_ms};
@@ -33,8 +34,7 @@ fn simulator(url: &str, hosts: u32, prefix: &str, queue_type: &str) -> AgentProc
             prefix,
         ])
         .metrics(false)
-        .spawn()
-        .expect("simulator")
+        .start()
 }
 
 /// Fresh fleet views until `n` hosts are alive; how long it took.
@@ -90,12 +90,7 @@ async fn broadcasts(client: &Client, times: usize) -> (Vec<Duration>, usize, usi
     let (mut took, mut replies, mut missing) = (Vec::new(), 0, 0);
     for _ in 0..times {
         let t = Instant::now();
-        let b = client
-            .broadcast::<VmList>(
-                &Target::All,
-                VmListRequest { power_state: None },
-                Duration::from_secs(10),
-            )
+        let b = list_vms(&client, &Target::All, Duration::from_secs(10))
             .await
             .expect("broadcast");
         took.push(t.elapsed());
@@ -168,10 +163,7 @@ pub(crate) async fn bench(a: &Args) {
     // 3. Heartbeat load: beats per second through the broker and the
     // broker's CPU while the fleet only beats.
     let peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut beats = peer
-        .subscribe(PRESENCE_EXCHANGE, "*.heartbeat")
-        .await
-        .expect("subscribe");
+    let mut beats = peer.watch(PRESENCE_EXCHANGE, "*.heartbeat").await;
     let broker_pids = node.process_group().map(group_members).unwrap_or_default();
     let sim_pids: Vec<u32> = sims.iter().filter_map(AgentProcess::pid).collect();
     let window = Duration::from_secs(20);
@@ -187,10 +179,7 @@ pub(crate) async fn bench(a: &Args) {
 
     // 4. Events from every host to one subscriber (the SDK, reading the
     // event stream): one vm.pause on each host, 64 at a time.
-    let mut sub = client
-        .subscribe(&["*.vm.paused"], SubscribeOptions::default())
-        .await
-        .expect("subscribe");
+    let mut sub = subscribe(&client, &["*.vm.paused"]).await;
     let sent = Instant::now();
     let targets: Vec<(String, uuid::Uuid)> = (1..=n - doomed)
         .map(|i| (format!("sim-{i:04}"), web01(i)))
@@ -262,8 +251,7 @@ pub(crate) async fn bench(a: &Args) {
                 .arg("--log-level")
                 .arg("warn")
                 .metrics(false)
-                .spawn()
-                .expect("agent")
+                .start()
         })
         .collect();
     let proc_startup = until_alive(&url, procs as usize, Duration::from_secs(600)).await;

@@ -1,0 +1,41 @@
+//! The SDK calls the suites and the bench make again and again, each
+//! panicking with what failed.
+
+use std::time::Duration;
+
+use hostbus_client::protocol::commands::{VmList, VmListRequest, VmListResponse};
+use hostbus_client::protocol::names::Target;
+use hostbus_client::{Broadcast, Client, ClientError, StartAt, SubscribeOptions, Subscription};
+
+/// A subscription of `client` to the events matching `patterns`, from the
+/// next event on.
+pub async fn subscribe(client: &Client, patterns: &[&str]) -> Subscription {
+    subscribe_from(client, patterns, StartAt::Next).await
+}
+
+/// A subscription of `client` to the events matching `patterns`, reading
+/// the stream from `from`.
+pub async fn subscribe_from(client: &Client, patterns: &[&str], from: StartAt) -> Subscription {
+    client
+        .subscribe(
+            patterns,
+            SubscribeOptions {
+                from,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("subscribe to {patterns:?}: {e}"))
+}
+
+/// `vm.list` (every power state) broadcast to `target`, waiting up to
+/// `timeout` for the hosts expected to answer.
+pub async fn list_vms(
+    client: &Client,
+    target: &Target,
+    timeout: Duration,
+) -> Result<Broadcast<VmListResponse>, ClientError> {
+    client
+        .broadcast::<VmList>(target, VmListRequest { power_state: None }, timeout)
+        .await
+}
