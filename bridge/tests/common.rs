@@ -16,7 +16,9 @@ use uuid::Uuid;
 #[path = "../../tests/src/specs.rs"]
 mod specs;
 #[allow(unused_imports)]
-pub use specs::{nat_network, new_disk_in, virtio_nic, volume_disk};
+pub use specs::{
+    named, nat_network, new_disk_in, pool_name, snapshot_ref, virtio_nic, volume_disk,
+};
 
 pub fn node_uri() -> String {
     format!("test://{}/testdata/node-h1.xml", env!("CARGO_MANIFEST_DIR"))
@@ -106,6 +108,20 @@ pub fn vm_in(b: &Bridge, name: &str, state: PowerState) -> VmRecord {
     rec
 }
 
+/// Asserts that `r` failed with `code` naming `value` in parameter `param`
+/// (`what`: the case); returns the error.
+pub fn refused<T: std::fmt::Debug>(
+    r: Result<T, Error>,
+    what: &str,
+    code: ErrorCode,
+    param: &str,
+    value: &str,
+) -> Error {
+    let err = r.expect_err(what);
+    assert_eq!((err.code, err.param(param)), (code, Some(value)), "{what}");
+    err
+}
+
 /// Waits up to 5 s for an event matching `pred`, returning it.
 pub fn wait_event(rx: &Receiver<ObjectEvent>, pred: impl Fn(&ObjectEvent) -> bool) -> ObjectEvent {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -116,24 +132,6 @@ pub fn wait_event(rx: &Receiver<ObjectEvent>, pred: impl Fn(&ObjectEvent) -> boo
             Ok(_) => {}
             Err(e) => panic!("no matching event: {e}"),
         }
-    }
-}
-
-/// An object by name.
-pub fn named(name: &str) -> ObjectName {
-    ObjectName { name: name.into() }
-}
-
-/// A pool by name, for volume listings.
-pub fn pool_name(pool: &str) -> PoolName {
-    PoolName { pool: pool.into() }
-}
-
-/// Snapshot `name` of VM `vm`.
-pub fn snapshot_ref(vm: Uuid, name: &str) -> SnapshotRef {
-    SnapshotRef {
-        vm,
-        name: name.into(),
     }
 }
 

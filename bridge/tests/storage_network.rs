@@ -48,10 +48,12 @@ fn pools_are_listed_defined_started_refreshed_stopped_and_undefined() {
         ErrorCode::AlreadyExists
     );
 
-    let err = run::<VolumeList>(&b, pool_name("scratch")).expect_err("inactive");
-    assert_eq!(
-        (err.code, err.param("current")),
-        (ErrorCode::PoolBadState, Some("inactive"))
+    refused(
+        run::<VolumeList>(&b, pool_name("scratch")),
+        "inactive",
+        ErrorCode::PoolBadState,
+        "current",
+        "inactive",
     );
     assert_eq!(
         code(run::<PoolStop>(&b, named("scratch"))),
@@ -88,10 +90,12 @@ fn pools_are_listed_defined_started_refreshed_stopped_and_undefined() {
         source: None,
         autostart: false,
     };
-    let err = run::<PoolDefine>(&b, PoolDefineRequest { spec: bad }).expect_err("no source");
-    assert_eq!(
-        (err.code, err.param("field")),
-        (ErrorCode::InvalidArgument, Some("spec.source"))
+    refused(
+        run::<PoolDefine>(&b, PoolDefineRequest { spec: bad }),
+        "no source",
+        ErrorCode::InvalidArgument,
+        "field",
+        "spec.source",
     );
 }
 

@@ -82,4 +82,7 @@ pub use rabbit::{RabbitNode, TlsListener, EXTERNAL_URL_ENV, RABBITMQ_BIN_DIR_ENV
 pub use raw::{
     long_str, nested_table, short_str, table, RawOutcome, RawProperties, RawProperty, RawPublisher,
 };
-pub use specs::{nat_network, new_disk, new_disk_in, small_vm, virtio_nic, volume_disk};
+pub use specs::{
+    named, nat_network, new_disk, new_disk_in, pool_name, small_vm, snapshot_ref, virtio_nic,
+    volume_disk,
+};

@@ -1,11 +1,12 @@
-//! Specs the suites create: disks, NICs, networks and the smallest VM that
-//! boots on the test driver.
+//! Specs the suites create (disks, NICs, networks, the smallest VM that
+//! boots on the test driver) and the by-name requests they send.
 //!
 //! This file uses hostbus-protocol only, so the bridge's and the protocol's
 //! own tests, which cannot depend on hostbus-tests (it depends on them),
 //! include it by path (`#[path = "../../tests/src/specs.rs"] mod specs;`)
 //! instead of keeping copies.
 
+use hostbus_protocol::commands::{ObjectName, PoolName, SnapshotRef};
 use hostbus_protocol::types::{
     DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, ForwardMode, IpSpec, NetworkSpec,
     NicModel, NicSpec, VmSpec, VolumeRef,
@@ -70,6 +71,28 @@ pub fn nat_network(name: &str, bridge: &str, address: &str, dhcp: (&str, &str)) 
             dhcp_end: Some(dhcp.1.to_owned()),
         }),
         autostart: false,
+    }
+}
+
+/// An object by name (a VM, pool or network).
+pub fn named(name: &str) -> ObjectName {
+    ObjectName {
+        name: name.to_owned(),
+    }
+}
+
+/// A pool by name, for volume listings.
+pub fn pool_name(pool: &str) -> PoolName {
+    PoolName {
+        pool: pool.to_owned(),
+    }
+}
+
+/// Snapshot `name` of VM `vm`.
+pub fn snapshot_ref(vm: uuid::Uuid, name: &str) -> SnapshotRef {
+    SnapshotRef {
+        vm,
+        name: name.to_owned(),
     }
 }
 

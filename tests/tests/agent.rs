@@ -14,8 +14,8 @@ use hostbus_protocol::{
     HeaderValue, Heartbeat, Reply, RosterAction,
 };
 use hostbus_tests::{
-    call_in, command_props, error_of, ok, small_vm, spawn_online, AgentProcess, AmqpPeer,
-    RabbitNode, Received,
+    call_in, command_props, error_of, named, ok, pool_name, small_vm, spawn_online, AgentProcess,
+    AmqpPeer, RabbitNode, Received,
 };
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
@@ -88,15 +88,7 @@ async fn every_kind_of_command_gets_its_reply() {
         "web01"
     );
     assert_eq!(
-        ok::<VmGetByName>(
-            &mut peer,
-            "h1",
-            ObjectName {
-                name: "db01".into()
-            }
-        )
-        .await
-        .uuid,
+        ok::<VmGetByName>(&mut peer, "h1", named("db01")).await.uuid,
         db
     );
     assert!(
@@ -114,22 +106,14 @@ async fn every_kind_of_command_gets_its_reply() {
         2
     );
     assert_eq!(
-        ok::<PoolGet>(&mut peer, "h1", ObjectName { name: "iso".into() })
-            .await
-            .volumes,
+        ok::<PoolGet>(&mut peer, "h1", named("iso")).await.volumes,
         1
     );
     assert_eq!(
-        ok::<VolumeList>(
-            &mut peer,
-            "h1",
-            PoolName {
-                pool: "default".into()
-            }
-        )
-        .await
-        .volumes
-        .len(),
+        ok::<VolumeList>(&mut peer, "h1", pool_name("default"))
+            .await
+            .volumes
+            .len(),
         3
     );
     ok::<VolumeGet>(
@@ -148,14 +132,7 @@ async fn every_kind_of_command_gets_its_reply() {
             .len(),
         2
     );
-    ok::<NetworkGet>(
-        &mut peer,
-        "h1",
-        ObjectName {
-            name: "default".into(),
-        },
-    )
-    .await;
+    ok::<NetworkGet>(&mut peer, "h1", named("default")).await;
     ok::<TaskList>(&mut peer, "h1", TaskListRequest { status: None }).await;
 
     // Changes.
@@ -219,26 +196,14 @@ async fn every_kind_of_command_gets_its_reply() {
     )
     .await;
     assert!(
-        !ok::<NetworkStop>(
-            &mut peer,
-            "h1",
-            ObjectName {
-                name: "storage-net".into()
-            }
-        )
-        .await
-        .active
+        !ok::<NetworkStop>(&mut peer, "h1", named("storage-net"))
+            .await
+            .active
     );
     assert!(
-        ok::<NetworkStart>(
-            &mut peer,
-            "h1",
-            ObjectName {
-                name: "storage-net".into()
-            }
-        )
-        .await
-        .active
+        ok::<NetworkStart>(&mut peer, "h1", named("storage-net"))
+            .await
+            .active
     );
 
     // JSON in, JSON out.
@@ -284,14 +249,7 @@ async fn every_kind_of_command_gets_its_reply() {
         assert!(Instant::now() < deadline, "task never finished");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    ok::<VmGetByName>(
-        &mut peer,
-        "h1",
-        ObjectName {
-            name: "async01".into(),
-        },
-    )
-    .await;
+    ok::<VmGetByName>(&mut peer, "h1", named("async01")).await;
 
     // A cast gets no reply but runs.
     let mut p = command_props(VmPause::NAME, "guest", ContentType::MsgPack);

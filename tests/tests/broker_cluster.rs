@@ -14,10 +14,10 @@ use hostbus_client::protocol::commands::{VmGet, VmSetMemory, VmSetMemoryRequest,
 use hostbus_client::protocol::names;
 use hostbus_client::protocol::types::{DiskFormat, VolumeSpec};
 use hostbus_client::{Client, ClientConfig, Notification, StartAt};
-use hostbus_protocol::commands::{PoolName, VolumeCreate, VolumeCreateRequest, VolumeList};
+use hostbus_protocol::commands::{VolumeCreate, VolumeCreateRequest, VolumeList};
 use hostbus_protocol::Command;
 use hostbus_tests::sdk::{subscribe, subscribe_from};
-use hostbus_tests::{commands_total, AgentProcess, AmqpPeer, RabbitNode};
+use hostbus_tests::{commands_total, pool_name, AgentProcess, AmqpPeer, RabbitNode};
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
 
@@ -242,12 +242,7 @@ async fn subscribers_resume_from_the_event_stream_and_filter_without_resyncs() {
         "nobody resynced: {m}"
     );
     let vols = actor
-        .call::<VolumeList>(
-            "h1",
-            PoolName {
-                pool: "default".into(),
-            },
-        )
+        .call::<VolumeList>("h1", pool_name("default"))
         .await
         .expect("volumes");
     assert!(vols.volumes.len() >= 20);

@@ -27,10 +27,10 @@ use hostbus_protocol::{
     HeaderValue, Reply,
 };
 use hostbus_tests::{
-    commands_total, consume_no_ack, declare_exclusive, event_of, long_str, metric, nested_table,
-    new_disk, next_online, ok, passive_declare, reply_error, small_vm, spawn_online, table,
-    to_lapin, AgentProcess, AmqpPeer, RabbitNode, RawOutcome, RawProperties, RawProperty,
-    RawPublisher, Received,
+    commands_total, consume_no_ack, declare_exclusive, event_of, long_str, metric, named,
+    nested_table, new_disk, next_online, ok, passive_declare, pool_name, reply_error, small_vm,
+    spawn_online, table, to_lapin, AgentProcess, AmqpPeer, RabbitNode, RawOutcome, RawProperties,
+    RawProperty, RawPublisher, Received,
 };
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
@@ -226,18 +226,12 @@ async fn vm_names(peer: &mut AmqpPeer) -> Vec<VmRecord> {
 }
 
 async fn volume_names(peer: &mut AmqpPeer) -> Vec<String> {
-    ok::<VolumeList>(
-        peer,
-        "h1",
-        &PoolName {
-            pool: "default".into(),
-        },
-    )
-    .await
-    .volumes
-    .into_iter()
-    .map(|v| v.name)
-    .collect()
+    ok::<VolumeList>(peer, "h1", &pool_name("default"))
+        .await
+        .volumes
+        .into_iter()
+        .map(|v| v.name)
+        .collect()
 }
 
 // ------------------------------------------------------------------ 1
@@ -1682,14 +1676,7 @@ async fn a_disk_attaches_to_a_halted_vm() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
     let (mut peer, _events, _agent, _) = spawn_online(AgentProcess::builder("h1", &url)).await;
-    let db = ok::<VmGetByName>(
-        &mut peer,
-        "h1",
-        &ObjectName {
-            name: "db01".into(),
-        },
-    )
-    .await;
+    let db = ok::<VmGetByName>(&mut peer, "h1", &named("db01")).await;
     assert_eq!(db.power_state, PowerState::Halted);
     let vm = ok::<VmAttachDisk>(
         &mut peer,
