@@ -116,22 +116,22 @@ pub(crate) async fn bench(a: &Args) {
     // added one at a time, then hostbus itself.
     let mut breakdown = Vec::new();
     if a.breakdown {
+        // Each step adds one operation to the options of the step before.
+        let adds: [(&str, fn(&mut RawOpts)); 7] = [
+            ("raw, task per request", |o| o.spawn = true),
+            ("+ topic exchange", |o| o.topic = true),
+            ("+ durable queue", |o| o.durable = true),
+            ("+ responder acks", |o| o.ack = true),
+            ("+ per-message TTL", |o| o.ttl = true),
+            ("+ client confirms, mandatory", |o| o.confirm = true),
+            ("+ persistent requests", |o| o.persistent = true),
+        ];
         let mut o = RawOpts::default();
         let mut steps = vec![("raw, inline responder", o)];
-        o.spawn = true;
-        steps.push(("raw, task per request", o));
-        o.topic = true;
-        steps.push(("+ topic exchange", o));
-        o.durable = true;
-        steps.push(("+ durable queue", o));
-        o.ack = true;
-        steps.push(("+ responder acks", o));
-        o.ttl = true;
-        steps.push(("+ per-message TTL", o));
-        o.confirm = true;
-        steps.push(("+ client confirms, mandatory", o));
-        o.persistent = true;
-        steps.push(("+ persistent requests", o));
+        for (name, add) in adds {
+            add(&mut o);
+            steps.push((name, o));
+        }
         let mut raws = Vec::new();
         for &(_, opts) in &steps {
             raws.push(Arc::new(Raw::start(&url, opts).await));

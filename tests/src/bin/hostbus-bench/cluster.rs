@@ -112,6 +112,34 @@ fn call_row(name: &str, c: usize, r: &Run) -> String {
     )
 }
 
+/// A client of `urls`, the meter of `broker` and `agent`, and the rows of
+/// one broker setup (`label`): host.ping at concurrency 1 and 16 into
+/// `calls`, events into `event_rows`.
+async fn measure_setup(
+    label: &str,
+    urls: &[String],
+    broker: Vec<u32>,
+    agent: &AgentProcess,
+    a: &Args,
+    calls: &mut Vec<String>,
+    event_rows: &mut Vec<String>,
+) -> (Client, Meter) {
+    let client = Client::connect(client_config(urls)).await.expect("client");
+    let meter = Meter {
+        broker,
+        agent: agent.pid().expect("pid"),
+    };
+    for c in [1usize, 16] {
+        let r = measure(&meter, c, a.secs, a.rounds, &[ping_call(&client)]).await;
+        calls.push(call_row(label, c, &r[0]));
+    }
+    let (rate, p50, broker_us) = events(&client, &meter, a.secs * 2).await;
+    event_rows.push(format!(
+        "| {label} | {rate:.0} | {p50:.0} | {broker_us:.0} |"
+    ));
+    (client, meter)
+}
+
 pub(crate) async fn bench(a: &Args) {
     let mut calls = Vec::new();
     let mut event_rows = Vec::new();
@@ -120,19 +148,16 @@ pub(crate) async fn bench(a: &Args) {
     let single = RabbitNode::start().expect("rabbit");
     let urls = vec![single.amqp_url()];
     let agent1 = agent(&urls, "classic").await;
-    let client = Client::connect(client_config(&urls)).await.expect("client");
-    let meter = Meter {
-        broker: broker_pids(std::slice::from_ref(&single)),
-        agent: agent1.pid().expect("pid"),
-    };
-    for c in [1usize, 16] {
-        let r = measure(&meter, c, a.secs, a.rounds, &[ping_call(&client)]).await;
-        calls.push(call_row("one node, classic queues", c, &r[0]));
-    }
-    let (rate, p50, broker_us) = events(&client, &meter, a.secs * 2).await;
-    event_rows.push(format!(
-        "| one node, classic queues | {rate:.0} | {p50:.0} | {broker_us:.0} |"
-    ));
+    let (client, meter) = measure_setup(
+        "one node, classic queues",
+        &urls,
+        broker_pids(std::slice::from_ref(&single)),
+        &agent1,
+        a,
+        &mut calls,
+        &mut event_rows,
+    )
+    .await;
     // What the event stream costs: the same without its binding.
     let peer = AmqpPeer::connect(&urls[0]).await.expect("peer");
     peer.channel()
@@ -183,19 +208,16 @@ pub(crate) async fn bench(a: &Args) {
     let mut nodes = RabbitNode::start_cluster(3).expect("cluster");
     let urls: Vec<String> = nodes.iter().map(RabbitNode::amqp_url).collect();
     let agent3 = agent(&urls, "quorum").await;
-    let client = Client::connect(client_config(&urls)).await.expect("client");
-    let meter = Meter {
-        broker: broker_pids(&nodes),
-        agent: agent3.pid().expect("pid"),
-    };
-    for c in [1usize, 16] {
-        let r = measure(&meter, c, a.secs, a.rounds, &[ping_call(&client)]).await;
-        calls.push(call_row("three nodes, quorum queues", c, &r[0]));
-    }
-    let (rate, p50, broker_us) = events(&client, &meter, a.secs * 2).await;
-    event_rows.push(format!(
-        "| three nodes, quorum queues | {rate:.0} | {p50:.0} | {broker_us:.0} |"
-    ));
+    let (client, _) = measure_setup(
+        "three nodes, quorum queues",
+        &urls,
+        broker_pids(&nodes),
+        &agent3,
+        a,
+        &mut calls,
+        &mut event_rows,
+    )
+    .await;
 
     // The outage: the node the agent is connected to stops while host.ping
     // goes on at concurrency 1.

@@ -15,6 +15,11 @@ use crate::measure::{cpu_secs, quantile_ms};
 use crate::report::{machine, release_hostctl, write_section};
 use crate::Args;
 
+/// `p50 / max ms` of `v`, as the table shows a few runs.
+fn p50_max(v: &[Duration]) -> String {
+    format!("{:.0} / {:.0} ms", quantile_ms(v, 0.5), quantile_ms(v, 1.0))
+}
+
 /// The web01 of simulated host number `i` (from 1).
 fn web01(i: u32) -> uuid::Uuid {
     format!("{:08x}-0000-4000-8000-000000000001", 0x5000_0000u32 + i)
@@ -288,9 +293,8 @@ pub(crate) async fn bench(a: &Args) {
     let _ = writeln!(out, "| measure | figure | target |\n|---|---:|---|");
     let _ = writeln!(
         out,
-        "| fresh `hostctl hosts`, wall time (5 runs: p50 / max) | {:.0} / {:.0} ms, {listed} hosts listed | under 1 s |",
-        quantile_ms(&hosts_runs, 0.5),
-        quantile_ms(&hosts_runs, 1.0)
+        "| fresh `hostctl hosts`, wall time (5 runs: p50 / max) | {}, {listed} hosts listed | under 1 s |",
+        p50_max(&hosts_runs)
     );
     let _ = writeln!(
         out,
@@ -305,15 +309,13 @@ pub(crate) async fn bench(a: &Args) {
     );
     let _ = writeln!(
         out,
-        "| the same from a fresh `hostctl vm list --all` (3: p50 / max) | {:.0} / {:.0} ms | |",
-        quantile_ms(&ctl_bc, 0.5),
-        quantile_ms(&ctl_bc, 1.0)
+        "| the same from a fresh `hostctl vm list --all` (3: p50 / max) | {} | |",
+        p50_max(&ctl_bc)
     );
     let _ = writeln!(
         out,
-        "| broadcast right after {doomed} hosts were killed (3: p50 / max) | {:.0} / {:.0} ms, {dead_missing} reported missing | all {doomed} reported, no timeout |",
-        quantile_ms(&dead_bc, 0.5),
-        quantile_ms(&dead_bc, 1.0)
+        "| broadcast right after {doomed} hosts were killed (3: p50 / max) | {}, {dead_missing} reported missing | all {doomed} reported, no timeout |",
+        p50_max(&dead_bc)
     );
     let _ = writeln!(
         out,

@@ -97,29 +97,9 @@ fn args() -> Args {
 fn main() {
     let a = args();
     eprintln!("hostbus-bench: building the release agent");
-    let status = hostbus_tests::cargo()
-        .args([
-            "build",
-            "--release",
-            "-q",
-            "-p",
-            "hostbus-agent",
-            "--bin",
-            "hostbus-agent",
-        ])
-        .current_dir(hostbus_tests::workspace_dir())
-        .status()
-        .expect("cargo");
-    assert!(status.success(), "cannot build the release agent");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || hostbus_tests::workspace_dir().join("target"),
-        std::path::PathBuf::from,
-    );
+    let agent = report::release_build("hostbus-agent", "hostbus-agent");
     // The harness runs the binary this variable names; set before any other thread exists.
-    std::env::set_var(
-        hostbus_tests::AGENT_BIN_ENV,
-        target.join("release/hostbus-agent"),
-    );
+    std::env::set_var(hostbus_tests::AGENT_BIN_ENV, agent);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

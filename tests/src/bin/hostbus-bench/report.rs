@@ -69,28 +69,27 @@ pub(crate) fn machine() -> String {
     )
 }
 
-/// Builds the release `hostctl` next to the release agent; its path.
-pub(crate) fn release_hostctl() -> std::path::PathBuf {
+/// Builds binary `bin` of package `package` in release mode; its path in
+/// the target folder (`CARGO_TARGET_DIR`, else the workspace's `target`).
+pub(crate) fn release_build(package: &str, bin: &str) -> std::path::PathBuf {
     let status = hostbus_tests::cargo()
-        .args([
-            "build",
-            "--release",
-            "-q",
-            "-p",
-            "hostbus-client",
-            "--bin",
-            "hostctl",
-        ])
+        .args(["build", "--release", "-q", "-p", package, "--bin", bin])
         .current_dir(hostbus_tests::workspace_dir())
         .status()
         .expect("cargo");
-    assert!(status.success(), "cannot build the release hostctl");
+    assert!(status.success(), "cannot build the release {bin}");
     std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(
             || hostbus_tests::workspace_dir().join("target"),
             std::path::PathBuf::from,
         )
-        .join("release/hostctl")
+        .join("release")
+        .join(bin)
+}
+
+/// Builds the release `hostctl` next to the release agent; its path.
+pub(crate) fn release_hostctl() -> std::path::PathBuf {
+    release_build("hostbus-client", "hostctl")
 }
 
 /// Replaces the part of docs/performance.md between
