@@ -17,7 +17,7 @@ use uuid::Uuid;
 mod specs;
 #[allow(unused_imports)]
 pub use specs::{
-    named, nat_network, new_disk_in, pool_name, snapshot_ref, virtio_nic, volume_disk,
+    named, nat_network, new_disk_in, pool_name, snapshot_ref, virtio_nic, volume_disk, volume_key,
 };
 
 pub fn node_uri() -> String {
@@ -120,6 +120,32 @@ pub fn refused<T: std::fmt::Debug>(
     let err = r.expect_err(what);
     assert_eq!((err.code, err.param(param)), (code, Some(value)), "{what}");
     err
+}
+
+/// Asserts that `r` failed with `want`.
+pub fn assert_code<T: std::fmt::Debug>(r: Result<T, Error>, want: ErrorCode) {
+    assert_eq!(code(r), want);
+}
+
+/// New disks `targets` in pool `default` (see [`new_disk_in`]).
+pub fn new_disks(targets: &[&str]) -> Vec<hostbus_protocol::types::DiskSpec> {
+    targets.iter().map(|t| new_disk_in(t, "default")).collect()
+}
+
+/// Disk `target` of VM `uuid`, to detach.
+pub fn disk_of(uuid: Uuid, target: &str) -> VmDetachDiskRequest {
+    VmDetachDiskRequest {
+        uuid,
+        target: target.into(),
+    }
+}
+
+/// The NIC with MAC `mac` of VM `uuid`, to detach.
+pub fn nic_of(uuid: Uuid, mac: &str) -> VmDetachNicRequest {
+    VmDetachNicRequest {
+        uuid,
+        mac: mac.into(),
+    }
 }
 
 /// Waits up to 5 s for an event matching `pred`, returning it.

@@ -49,9 +49,9 @@ fn a_disk_takes_its_format_from_its_volume_and_names_it() {
         (ErrorCode::InvalidArgument, Some("spec.disks[0].format")),
         "{err}"
     );
-    assert_eq!(
-        code(run::<VmGetByName>(&b, named("fmt02"))),
-        ErrorCode::VmNotFound
+    assert_code(
+        run::<VmGetByName>(&b, named("fmt02")),
+        ErrorCode::VmNotFound,
     );
 
     // A path that is a pool's volume is that volume.
@@ -77,14 +77,8 @@ fn a_disk_takes_its_format_from_its_volume_and_names_it() {
 fn volumes_in_use_are_not_deleted_or_cloned_and_undefine_keeps_shared_ones() {
     let b = open();
     // web01 runs on default/web01.qcow2 (by path, as the node file defines it).
-    let err = run::<VolumeDelete>(
-        &b,
-        VolumeKey {
-            pool: "default".into(),
-            name: "web01.qcow2".into(),
-        },
-    )
-    .expect_err("in use by a running vm");
+    let err = run::<VolumeDelete>(&b, volume_key("default", "web01.qcow2"))
+        .expect_err("in use by a running vm");
     assert_eq!(err.code, ErrorCode::VolumeInUse, "{err}");
     assert_eq!(err.param("vms"), Some(WEB01));
     let err = run::<VolumeClone>(
@@ -107,14 +101,8 @@ fn volumes_in_use_are_not_deleted_or_cloned_and_undefine_keeps_shared_ones() {
         },
     )
     .expect("a halted vm's image can be cloned");
-    let err = run::<VolumeDelete>(
-        &b,
-        VolumeKey {
-            pool: "default".into(),
-            name: "db01.qcow2".into(),
-        },
-    )
-    .expect_err("a halted vm is defined on it");
+    let err = run::<VolumeDelete>(&b, volume_key("default", "db01.qcow2"))
+        .expect_err("a halted vm is defined on it");
     assert_eq!(err.code, ErrorCode::VolumeInUse, "{err}");
 
     // A vm with its own new disk, a read-only base image and a CD-ROM:

@@ -179,11 +179,7 @@ fn a_task_runs_reports_progress_and_returns_its_result() {
     let b = slow_bridge();
     let rx = b.subscribe();
     let mut s = spec("task01");
-    s.disks = vec![
-        new_disk_in("vda", "default"),
-        new_disk_in("vdb", "default"),
-        new_disk_in("vdc", "default"),
-    ];
+    s.disks = new_disks(&["vda", "vdb", "vdc"]);
     let id = submit::<VmDefine>(&b, VmDefineRequest { spec: s });
     let t = wait_task(&b, id);
     assert_eq!(t.status, TaskStatus::Success, "{t:?}");
@@ -218,13 +214,13 @@ fn a_task_runs_reports_progress_and_returns_its_result() {
     .expect("list")
     .tasks;
     assert!(listed.iter().any(|t| t.id == id));
-    assert_eq!(
-        code(run::<TaskCancel>(&b, TaskId { id })),
-        ErrorCode::TaskNotCancellable
+    assert_code(
+        run::<TaskCancel>(&b, TaskId { id }),
+        ErrorCode::TaskNotCancellable,
     );
-    assert_eq!(
-        code(run::<TaskGet>(&b, TaskId { id: Uuid::new_v4() })),
-        ErrorCode::TaskNotFound
+    assert_code(
+        run::<TaskGet>(&b, TaskId { id: Uuid::new_v4() }),
+        ErrorCode::TaskNotFound,
     );
 
     // A failing task reports its error.
@@ -245,12 +241,7 @@ fn a_task_can_be_cancelled_and_rolls_back() {
     let b = slow_bridge();
     let rx = b.subscribe();
     let mut s = spec("cancel01");
-    s.disks = vec![
-        new_disk_in("vda", "default"),
-        new_disk_in("vdb", "default"),
-        new_disk_in("vdc", "default"),
-        new_disk_in("vdd", "default"),
-    ];
+    s.disks = new_disks(&["vda", "vdb", "vdc", "vdd"]);
     let id = submit::<VmDefine>(&b, VmDefineRequest { spec: s });
     // Cancel once the task has made some progress.
     wait_event(
@@ -265,9 +256,9 @@ fn a_task_can_be_cancelled_and_rolls_back() {
     let t = wait_task(&b, id);
     assert_eq!(t.status, TaskStatus::Cancelled);
     assert_eq!(t.error.map(|e| e.code), Some(ErrorCode::Cancelled));
-    assert_eq!(
-        code(run::<VmGetByName>(&b, named("cancel01"))),
-        ErrorCode::VmNotFound
+    assert_code(
+        run::<VmGetByName>(&b, named("cancel01")),
+        ErrorCode::VmNotFound,
     );
     let vols = volume_names(&b, "default");
     assert!(
@@ -286,10 +277,7 @@ fn finished_tasks_are_collected_after_their_ttl() {
     let id = submit::<HostPing>(&b, Ping { echo: None });
     assert_eq!(wait_task(&b, id).status, TaskStatus::Success);
     b.reconcile_now().expect("reconcile");
-    assert_eq!(
-        code(run::<TaskGet>(&b, TaskId { id })),
-        ErrorCode::TaskNotFound
-    );
+    assert_code(run::<TaskGet>(&b, TaskId { id }), ErrorCode::TaskNotFound);
 }
 
 /// Counts, per object lock, how many operations hold it at once.

@@ -86,14 +86,14 @@ fn vms_are_listed_and_found_by_uuid_and_name() {
     assert_eq!(db.uuid, uuid(DB01));
     assert_eq!(db.power_state, PowerState::Halted);
 
-    assert_eq!(
-        code(run::<VmGet>(
+    assert_code(
+        run::<VmGet>(
             &b,
             VmUuid {
-                uuid: Uuid::new_v4()
-            }
-        )),
-        ErrorCode::VmNotFound
+                uuid: Uuid::new_v4(),
+            },
+        ),
+        ErrorCode::VmNotFound,
     );
     let err = run::<VmGetByName>(&b, named("nope")).expect_err("missing");
     assert_eq!(err.code, ErrorCode::VmNotFound);
@@ -104,7 +104,7 @@ fn vms_are_listed_and_found_by_uuid_and_name() {
 fn define_creates_volumes_and_undefine_can_remove_them() {
     let b = open();
     let mut s = spec("app01");
-    s.disks = vec![new_disk_in("vda", "default"), new_disk_in("vdb", "default")];
+    s.disks = new_disks(&["vda", "vdb"]);
     s.description = "app server".into();
     let vm = run::<VmDefine>(&b, VmDefineRequest { spec: s.clone() }).expect("define");
     assert_eq!(vm.power_state, PowerState::Halted);
@@ -115,15 +115,15 @@ fn define_creates_volumes_and_undefine_can_remove_them() {
     assert!(vols.iter().any(|v| v == "app01-vda.qcow2"));
     assert!(vols.iter().any(|v| v == "app01-vdb.qcow2"));
 
-    assert_eq!(
-        code(run::<VmDefine>(&b, VmDefineRequest { spec: s })),
-        ErrorCode::AlreadyExists
+    assert_code(
+        run::<VmDefine>(&b, VmDefineRequest { spec: s }),
+        ErrorCode::AlreadyExists,
     );
 
     undefine(&b, vm.uuid, true);
-    assert_eq!(
-        code(run::<VmGet>(&b, VmUuid { uuid: vm.uuid })),
-        ErrorCode::VmNotFound
+    assert_code(
+        run::<VmGet>(&b, VmUuid { uuid: vm.uuid }),
+        ErrorCode::VmNotFound,
     );
     let vols = volume_names(&b, "default");
     assert!(!vols.iter().any(|v| v.starts_with("app01-")), "{vols:?}");
@@ -134,9 +134,9 @@ fn define_refuses_missing_networks_pools_and_bad_specs_and_leaves_nothing_behind
     let b = open();
     let mut s = spec("bad01");
     s.nics[0].network = Some("nonet".into());
-    assert_eq!(
-        code(run::<VmDefine>(&b, VmDefineRequest { spec: s })),
-        ErrorCode::NetworkNotFound
+    assert_code(
+        run::<VmDefine>(&b, VmDefineRequest { spec: s }),
+        ErrorCode::NetworkNotFound,
     );
 
     let mut s = spec("bad02");
@@ -155,9 +155,9 @@ fn define_refuses_missing_networks_pools_and_bad_specs_and_leaves_nothing_behind
     let err = run::<VmDefine>(&b, VmDefineRequest { spec: s }).expect_err("invalid");
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert_eq!(err.param("field"), Some("spec.memory_kib"));
-    assert_eq!(
-        code(run::<VmGetByName>(&b, named("bad03"))),
-        ErrorCode::VmNotFound
+    assert_code(
+        run::<VmGetByName>(&b, named("bad03")),
+        ErrorCode::VmNotFound,
     );
 }
 
@@ -401,52 +401,26 @@ fn disks_and_nics_attach_and_detach() {
         "field",
         "disk.target",
     );
-    let r = run::<VmDetachDisk>(
-        &b,
-        VmDetachDiskRequest {
-            uuid: u,
-            target: "vdb".into(),
-        },
-    )
-    .expect("detach disk");
+    let r = run::<VmDetachDisk>(&b, disk_of(u, "vdb")).expect("detach disk");
     assert!(r.disks.iter().all(|d| d.target != "vdb"));
-    assert_eq!(
-        code(run::<VmDetachDisk>(
-            &b,
-            VmDetachDiskRequest {
-                uuid: u,
-                target: "vdz".into()
-            }
-        )),
-        ErrorCode::DeviceNotFound
+    assert_code(
+        run::<VmDetachDisk>(&b, disk_of(u, "vdz")),
+        ErrorCode::DeviceNotFound,
     );
 
     let nic = virtio_nic("default", Some("52:54:00:aa:bb:cc"));
     let r = run::<VmAttachNic>(&b, VmAttachNicRequest { uuid: u, nic }).expect("attach nic");
     assert!(r.nics.iter().any(|n| n.mac == "52:54:00:aa:bb:cc"));
-    let r = run::<VmDetachNic>(
-        &b,
-        VmDetachNicRequest {
-            uuid: u,
-            mac: "52:54:00:AA:BB:CC".into(),
-        },
-    )
-    .expect("detach nic");
+    let r = run::<VmDetachNic>(&b, nic_of(u, "52:54:00:AA:BB:CC")).expect("detach nic");
     assert!(r.nics.iter().all(|n| n.mac != "52:54:00:aa:bb:cc"));
-    assert_eq!(
-        code(run::<VmDetachNic>(
-            &b,
-            VmDetachNicRequest {
-                uuid: u,
-                mac: "52:54:00:00:00:99".into()
-            }
-        )),
-        ErrorCode::DeviceNotFound
+    assert_code(
+        run::<VmDetachNic>(&b, nic_of(u, "52:54:00:00:00:99")),
+        ErrorCode::DeviceNotFound,
     );
     let nic = virtio_nic("nonet", None);
-    assert_eq!(
-        code(run::<VmAttachNic>(&b, VmAttachNicRequest { uuid: u, nic })),
-        ErrorCode::NetworkNotFound
+    assert_code(
+        run::<VmAttachNic>(&b, VmAttachNicRequest { uuid: u, nic }),
+        ErrorCode::NetworkNotFound,
     );
 }
 
@@ -462,14 +436,14 @@ fn stats_report_cpu_memory_block_and_net() {
     assert_eq!(s.net[0].mac, "52:54:00:10:00:01");
     let halted = run::<VmStatsGet>(&b, VmUuid { uuid: uuid(DB01) }).expect("stats");
     assert!(halted.block.is_empty() && halted.net.is_empty());
-    assert_eq!(
-        code(run::<VmStatsGet>(
+    assert_code(
+        run::<VmStatsGet>(
             &b,
             VmUuid {
-                uuid: Uuid::new_v4()
-            }
-        )),
-        ErrorCode::VmNotFound
+                uuid: Uuid::new_v4(),
+            },
+        ),
+        ErrorCode::VmNotFound,
     );
 }
 
@@ -492,16 +466,16 @@ fn snapshots_create_list_revert_and_delete() {
         ("before", "clean", PowerState::Running)
     );
     assert!(s1.current);
-    assert_eq!(
-        code(run::<SnapshotCreate>(
+    assert_code(
+        run::<SnapshotCreate>(
             &b,
             SnapshotCreateRequest {
                 vm: u,
                 name: "before".into(),
-                description: String::new()
-            }
-        )),
-        ErrorCode::AlreadyExists
+                description: String::new(),
+            },
+        ),
+        ErrorCode::AlreadyExists,
     );
     run::<VmPause>(&b, VmUuid { uuid: u }).expect("pause");
     run::<SnapshotCreate>(
@@ -534,17 +508,17 @@ fn snapshots_create_list_revert_and_delete() {
         "snapshot",
         "paused",
     );
-    assert_eq!(
-        code(run::<SnapshotRevert>(&b, snapshot_ref(u, "nope"))),
-        ErrorCode::SnapshotNotFound
+    assert_code(
+        run::<SnapshotRevert>(&b, snapshot_ref(u, "nope")),
+        ErrorCode::SnapshotNotFound,
     );
-    assert_eq!(
-        code(run::<SnapshotList>(
+    assert_code(
+        run::<SnapshotList>(
             &b,
             VmUuid {
-                uuid: Uuid::new_v4()
-            }
-        )),
-        ErrorCode::VmNotFound
+                uuid: Uuid::new_v4(),
+            },
+        ),
+        ErrorCode::VmNotFound,
     );
 }

@@ -43,9 +43,9 @@ fn pools_are_listed_defined_started_refreshed_stopped_and_undefined() {
     };
     let p = run::<PoolDefine>(&b, PoolDefineRequest { spec: spec.clone() }).expect("define");
     assert_eq!(p.state, PoolState::Inactive);
-    assert_eq!(
-        code(run::<PoolDefine>(&b, PoolDefineRequest { spec })),
-        ErrorCode::AlreadyExists
+    assert_code(
+        run::<PoolDefine>(&b, PoolDefineRequest { spec }),
+        ErrorCode::AlreadyExists,
     );
 
     refused(
@@ -55,32 +55,32 @@ fn pools_are_listed_defined_started_refreshed_stopped_and_undefined() {
         "current",
         "inactive",
     );
-    assert_eq!(
-        code(run::<PoolStop>(&b, named("scratch"))),
-        ErrorCode::PoolBadState
+    assert_code(
+        run::<PoolStop>(&b, named("scratch")),
+        ErrorCode::PoolBadState,
     );
-    assert_eq!(
-        code(run::<PoolRefresh>(&b, named("scratch"))),
-        ErrorCode::PoolBadState
+    assert_code(
+        run::<PoolRefresh>(&b, named("scratch")),
+        ErrorCode::PoolBadState,
     );
 
     let p = run::<PoolStart>(&b, named("scratch")).expect("start");
     assert_eq!(p.state, PoolState::Running);
-    assert_eq!(
-        code(run::<PoolStart>(&b, named("scratch"))),
-        ErrorCode::PoolBadState
+    assert_code(
+        run::<PoolStart>(&b, named("scratch")),
+        ErrorCode::PoolBadState,
     );
-    assert_eq!(
-        code(run::<PoolUndefine>(&b, named("scratch"))),
-        ErrorCode::PoolBadState
+    assert_code(
+        run::<PoolUndefine>(&b, named("scratch")),
+        ErrorCode::PoolBadState,
     );
     run::<PoolRefresh>(&b, named("scratch")).expect("refresh");
     let p = run::<PoolStop>(&b, named("scratch")).expect("stop");
     assert_eq!(p.state, PoolState::Inactive);
     run::<PoolUndefine>(&b, named("scratch")).expect("undefine");
-    assert_eq!(
-        code(run::<PoolGet>(&b, named("scratch"))),
-        ErrorCode::PoolNotFound
+    assert_code(
+        run::<PoolGet>(&b, named("scratch")),
+        ErrorCode::PoolNotFound,
     );
 
     let bad = PoolSpec {
@@ -124,25 +124,18 @@ fn volumes_are_created_resized_cloned_and_deleted() {
     )
     .expect_err("dup");
     assert_eq!(err.code, ErrorCode::AlreadyExists);
-    assert_eq!(
-        code(run::<VolumeCreate>(
+    assert_code(
+        run::<VolumeCreate>(
             &b,
             VolumeCreateRequest {
                 pool: "nopool".into(),
-                spec: vol("x", 1)
-            }
-        )),
-        ErrorCode::PoolNotFound
+                spec: vol("x", 1),
+            },
+        ),
+        ErrorCode::PoolNotFound,
     );
 
-    let got = run::<VolumeGet>(
-        &b,
-        VolumeKey {
-            pool: "default".into(),
-            name: "data.qcow2".into(),
-        },
-    )
-    .expect("get");
+    let got = run::<VolumeGet>(&b, volume_key("default", "data.qcow2")).expect("get");
     assert_eq!(got.key, v.key);
 
     let err = run::<VolumeResize>(
@@ -181,47 +174,33 @@ fn volumes_are_created_resized_cloned_and_deleted() {
     )
     .expect("clone");
     assert_eq!(c.name, "copy.qcow2");
-    assert_eq!(
-        code(run::<VolumeClone>(
+    assert_code(
+        run::<VolumeClone>(
             &b,
             VolumeCloneRequest {
                 pool: "default".into(),
                 name: "nope".into(),
-                new_name: "x".into()
-            }
-        )),
-        ErrorCode::VolumeNotFound
+                new_name: "x".into(),
+            },
+        ),
+        ErrorCode::VolumeNotFound,
     );
-    assert_eq!(
-        code(run::<VolumeClone>(
+    assert_code(
+        run::<VolumeClone>(
             &b,
             VolumeCloneRequest {
                 pool: "default".into(),
                 name: "data.qcow2".into(),
-                new_name: "copy.qcow2".into()
-            }
-        )),
-        ErrorCode::AlreadyExists
+                new_name: "copy.qcow2".into(),
+            },
+        ),
+        ErrorCode::AlreadyExists,
     );
 
     for name in ["data.qcow2", "copy.qcow2"] {
-        run::<VolumeDelete>(
-            &b,
-            VolumeKey {
-                pool: "default".into(),
-                name: name.into(),
-            },
-        )
-        .expect("delete");
+        run::<VolumeDelete>(&b, volume_key("default", name)).expect("delete");
     }
-    let err = run::<VolumeDelete>(
-        &b,
-        VolumeKey {
-            pool: "default".into(),
-            name: "data.qcow2".into(),
-        },
-    )
-    .expect_err("gone");
+    let err = run::<VolumeDelete>(&b, volume_key("default", "data.qcow2")).expect_err("gone");
     assert_eq!(
         (err.code, err.param("pool"), err.param("volume")),
         (
@@ -263,13 +242,13 @@ fn networks_are_defined_started_stopped_and_undefined() {
         n.ip.as_ref().and_then(|i| i.dhcp_end.as_deref()),
         Some("192.168.150.99")
     );
-    assert_eq!(
-        code(run::<NetworkDefine>(&b, NetworkDefineRequest { spec })),
-        ErrorCode::AlreadyExists
+    assert_code(
+        run::<NetworkDefine>(&b, NetworkDefineRequest { spec }),
+        ErrorCode::AlreadyExists,
     );
-    assert_eq!(
-        code(run::<NetworkStop>(&b, named("lab"))),
-        ErrorCode::NetworkBadState
+    assert_code(
+        run::<NetworkStop>(&b, named("lab")),
+        ErrorCode::NetworkBadState,
     );
     assert!(run::<NetworkStart>(&b, named("lab")).expect("start").active);
     let err = run::<NetworkUndefine>(&b, named("lab")).expect_err("active");
@@ -279,8 +258,8 @@ fn networks_are_defined_started_stopped_and_undefined() {
     );
     assert!(!run::<NetworkStop>(&b, named("lab")).expect("stop").active);
     run::<NetworkUndefine>(&b, named("lab")).expect("undefine");
-    assert_eq!(
-        code(run::<NetworkGet>(&b, named("lab"))),
-        ErrorCode::NetworkNotFound
+    assert_code(
+        run::<NetworkGet>(&b, named("lab")),
+        ErrorCode::NetworkNotFound,
     );
 }

@@ -47,6 +47,13 @@ fn disk(target: &str) -> DiskSpec {
     }
 }
 
+/// A vm.define of [`vm_spec`] changed by `f`.
+fn define(f: &dyn Fn(&mut VmSpec)) -> VmDefineRequest {
+    let mut spec = vm_spec();
+    f(&mut spec);
+    VmDefineRequest { spec }
+}
+
 /// Asserts that `req` fails validation on exactly `field`, and that the
 /// protocol error built from it is INVALID_ARGUMENT naming it.
 fn refused(req: &impl Validate, field: &str) {
@@ -68,11 +75,6 @@ fn a_good_vm_spec_passes() {
 
 #[test]
 fn boot_cpu_and_cdrom_fields_are_checked() {
-    let define = |f: &dyn Fn(&mut VmSpec)| {
-        let mut spec = vm_spec();
-        f(&mut spec);
-        VmDefineRequest { spec }
-    };
     let kernel_boot = define(&|s| {
         s.boot.kernel = Some("/boot/vmlinuz".into());
         s.boot.initrd = Some("/boot/initrd.img".into());
@@ -125,11 +127,6 @@ fn boot_cpu_and_cdrom_fields_are_checked() {
 
 #[test]
 fn vm_spec_fields_are_checked() {
-    let define = |f: &dyn Fn(&mut VmSpec)| {
-        let mut spec = vm_spec();
-        f(&mut spec);
-        VmDefineRequest { spec }
-    };
     refused(&define(&|s| s.name = String::new()), "spec.name");
     refused(&define(&|s| s.name = "web 01".into()), "spec.name");
     refused(&define(&|s| s.name = "x".repeat(65)), "spec.name");

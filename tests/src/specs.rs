@@ -6,7 +6,7 @@
 //! include it by path (`#[path = "../../tests/src/specs.rs"] mod specs;`)
 //! instead of keeping copies.
 
-use hostbus_protocol::commands::{ObjectName, PoolName, SnapshotRef};
+use hostbus_protocol::commands::{ObjectName, PoolName, SnapshotRef, VolumeKey};
 use hostbus_protocol::types::{
     DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, ForwardMode, IpSpec, NetworkSpec,
     NicModel, NicSpec, VmSpec, VolumeRef,
@@ -85,6 +85,14 @@ pub fn named(name: &str) -> ObjectName {
 pub fn pool_name(pool: &str) -> PoolName {
     PoolName {
         pool: pool.to_owned(),
+    }
+}
+
+/// Volume `name` in `pool`.
+pub fn volume_key(pool: &str, name: &str) -> VolumeKey {
+    VolumeKey {
+        pool: pool.to_owned(),
+        name: name.to_owned(),
     }
 }
 
