@@ -507,6 +507,12 @@ impl AgentProcess {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Asserts that the log contains `needle` (showing its last 20 lines
+    /// when not).
+    pub fn assert_logged(&self, needle: &str) {
+        assert!(self.log().contains(needle), "{}", self.log_tail(20));
+    }
+
     /// The last `lines` lines of the log, headed by the log's path.
     pub fn log_tail(&self, lines: usize) -> String {
         format!(

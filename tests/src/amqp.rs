@@ -225,7 +225,7 @@ impl AmqpPeer {
         declare_topic(&channel, exchange)
             .await
             .map_err(|e| HarnessError::amqp(format!("cannot declare exchange {exchange:?}"), e))?;
-        let queue = declare_exclusive(&channel, "")
+        let queue = declare_queue(&channel, "", QueueKind::Exclusive)
             .await
             .map_err(|e| HarnessError::amqp("cannot declare an exclusive queue", e))?;
         let name = queue.name().as_str().to_owned();
@@ -340,22 +340,42 @@ impl Subscription {
     }
 }
 
-/// Declares an exclusive, auto-delete queue `name` (`""`: a fresh name
-/// from the broker) on `channel`.
-pub async fn declare_exclusive(
+/// The kinds of queue the suites declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    /// Exclusive to the connection and deleted with its last consumer.
+    Exclusive,
+    /// Durable, surviving a broker restart.
+    Durable,
+    /// A passive declare: the queue (with its message and consumer counts)
+    /// if it exists, an error (which closes the channel) if not.
+    Passive,
+}
+
+/// Declares queue `name` (`""`: a fresh name from the broker) of `kind`
+/// on `channel`, without arguments.
+pub async fn declare_queue(
     channel: &Channel,
     name: &str,
+    kind: QueueKind,
 ) -> std::result::Result<lapin::Queue, lapin::Error> {
+    let options = match kind {
+        QueueKind::Exclusive => QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        },
+        QueueKind::Durable => QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        QueueKind::Passive => QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        },
+    };
     channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare(name.into(), options, FieldTable::default())
         .await
 }
 
@@ -372,24 +392,6 @@ pub async fn declare_topic(
             ExchangeDeclareOptions {
                 durable: true,
                 ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-}
-
-/// Declares `queue` passively: the queue (with its message and consumer
-/// counts) if it exists, an error (which closes `channel`) if not.
-pub async fn passive_declare(
-    channel: &Channel,
-    queue: &str,
-) -> std::result::Result<lapin::Queue, lapin::Error> {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
             },
             FieldTable::default(),
         )

@@ -180,6 +180,11 @@ impl Hostctl {
             .unwrap_or_else(|e| panic!("hostctl {args:?}: not JSON ({e}): {}", out.stdout))
     }
 
+    /// How many rows `-o json args...` lists (`None`: not a list).
+    pub fn json_len(&self, args: &[&str]) -> Option<usize> {
+        self.json(args).as_array().map(Vec::len)
+    }
+
     /// Runs with `-o json`, expects success, returns the parsed output.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         self.json_with_code(0, args)

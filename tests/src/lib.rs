@@ -61,8 +61,8 @@ pub use agent::{
     AgentProcess, AGENT_BIN_ENV,
 };
 pub use amqp::{
-    consume_no_ack, declare_exclusive, declare_topic, from_lapin, passive_declare, to_lapin,
-    watch_online, AmqpPeer, Received, Subscription,
+    consume_no_ack, declare_queue, declare_topic, from_lapin, to_lapin, watch_online, AmqpPeer,
+    QueueKind, Received, Subscription,
 };
 pub use calls::{
     call_as, call_in, command_props, error_of, event_of, expect_ok, ok, reply_error, CALL_TIMEOUT,
@@ -84,5 +84,5 @@ pub use raw::{
 };
 pub use specs::{
     named, nat_network, new_disk, new_disk_in, pool_name, small_vm, snapshot_ref, virtio_nic,
-    volume_disk,
+    volume_disk, volume_key,
 };

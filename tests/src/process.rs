@@ -111,14 +111,22 @@ fn run_kill(signal: Signal, target: &str) -> Result<()> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| HarnessError::io("cannot run `kill`", e))?;
+    succeeded(&out, || {
+        format!("`kill -s {} -- {target}` failed", signal.name())
+    })
+}
+
+/// `Ok` when the command that gave `out` exited 0, else a command error
+/// `<what>: <its stderr>`.
+pub(crate) fn succeeded(out: &std::process::Output, what: impl FnOnce() -> String) -> Result<()> {
     if out.status.success() {
         Ok(())
     } else {
         Err(HarnessError::new(
             ErrorKind::Command,
             format!(
-                "`kill -s {} -- {target}` failed: {}",
-                signal.name(),
+                "{}: {}",
+                what(),
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
         ))

@@ -667,11 +667,7 @@ async fn a_broker_restart_is_survived_and_queued_commands_are_answered() {
         "a fresh snapshot after reconnecting"
     );
     assert!(agent.is_running());
-    assert!(
-        agent.log().contains("reconnecting"),
-        "{}",
-        agent.log_tail(20)
-    );
+    agent.assert_logged("reconnecting");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

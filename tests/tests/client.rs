@@ -65,12 +65,7 @@ async fn hostctl_drives_every_subcommand() {
         Some(3)
     );
 
-    assert_eq!(
-        ctl.json(&["vm", "list", "--host", "h1"])
-            .as_array()
-            .map(Vec::len),
-        Some(3)
-    );
+    assert_eq!(ctl.json_len(&["vm", "list", "--host", "h1"]), Some(3));
     let all = ctl.json(&["vm", "list", "--all"]);
     assert_eq!(all["vms"].as_array().map(Vec::len), Some(6));
     assert_eq!(all["missing"].as_array().map(Vec::len), Some(0));
@@ -81,9 +76,7 @@ async fn hostctl_drives_every_subcommand() {
         .iter()
         .all(|v| v["host"] == "h1"));
     assert_eq!(
-        ctl.json(&["vm", "list", "--host", "h1", "--state", "running"])
-            .as_array()
-            .map(Vec::len),
+        ctl.json_len(&["vm", "list", "--host", "h1", "--state", "running"]),
         Some(1)
     );
     assert_eq!(
@@ -150,12 +143,7 @@ async fn hostctl_drives_every_subcommand() {
         ])["name"],
         "s1"
     );
-    assert_eq!(
-        ctl.json(&["snapshot", "list", "h1/app01"])
-            .as_array()
-            .map(Vec::len),
-        Some(1)
-    );
+    assert_eq!(ctl.json_len(&["snapshot", "list", "h1/app01"]), Some(1));
     ctl.json(&["vm", "destroy", "h1/app01"]);
     assert_eq!(state(&["snapshot", "revert", "h1/app01", "s1"]), "running");
     ctl.json(&["snapshot", "delete", "h1/app01", "s1"]);
@@ -190,12 +178,7 @@ async fn hostctl_drives_every_subcommand() {
         "inactive"
     );
     ctl.json(&["pool", "delete", "h1/scratch"]);
-    assert_eq!(
-        ctl.json(&["volume", "list", "h1/default"])
-            .as_array()
-            .map(Vec::len),
-        Some(3)
-    );
+    assert_eq!(ctl.json_len(&["volume", "list", "h1/default"]), Some(3));
     assert_eq!(
         ctl.json(&["volume", "create", "h1/iso", "v1", "--size", "1"])["capacity_bytes"],
         1u64 << 30
@@ -213,12 +196,7 @@ async fn hostctl_drives_every_subcommand() {
     ctl.json(&["volume", "delete", "h1/iso/v2"]);
     ctl.json(&["volume", "delete", "h1/iso/v1"]);
 
-    assert_eq!(
-        ctl.json(&["network", "list", "h1"])
-            .as_array()
-            .map(Vec::len),
-        Some(2)
-    );
+    assert_eq!(ctl.json_len(&["network", "list", "h1"]), Some(2));
     assert_eq!(
         ctl.json(&["network", "get", "h1/default"])["forward"],
         "nat"

@@ -27,14 +27,14 @@ use hostbus_protocol::{
     HeaderValue, Reply,
 };
 use hostbus_tests::{
-    commands_total, consume_no_ack, declare_exclusive, event_of, long_str, metric, named,
-    nested_table, new_disk, next_online, ok, passive_declare, pool_name, reply_error, small_vm,
-    spawn_online, table, to_lapin, AgentProcess, AmqpPeer, RabbitNode, RawOutcome, RawProperties,
-    RawProperty, RawPublisher, Received,
+    commands_total, consume_no_ack, declare_queue, event_of, long_str, metric, named, nested_table,
+    new_disk, next_online, ok, pool_name, reply_error, small_vm, spawn_online, table, to_lapin,
+    AgentProcess, AmqpPeer, QueueKind, RabbitNode, RawOutcome, RawProperties, RawProperty,
+    RawPublisher, Received,
 };
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -84,15 +84,7 @@ fn define_request(name: &str, disks: usize) -> VmDefineRequest {
 /// restart; the agent publishes replies persistent).
 async fn declare_reply_queue(url: &str, name: &str) {
     let peer = AmqpPeer::connect(url).await.expect("peer");
-    peer.channel()
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    declare_queue(peer.channel(), name, QueueKind::Durable)
         .await
         .expect("declare the reply queue");
     let _ = peer.close().await;
@@ -832,7 +824,9 @@ async fn ten_thousand_hostile_messages_are_answered_or_dead_lettered_in_flat_mem
 
     // A reply queue of our own, consumed without acks.
     let ch = peer.connection().create_channel().await.expect("channel");
-    let q = declare_exclusive(&ch, "").await.expect("reply queue");
+    let q = declare_queue(&ch, "", QueueKind::Exclusive)
+        .await
+        .expect("reply queue");
     let reply_queue = q.name().as_str().to_owned();
     let mut consumer = consume_no_ack(&ch, &reply_queue)
         .await
@@ -917,7 +911,7 @@ async fn ten_thousand_hostile_messages_are_answered_or_dead_lettered_in_flat_mem
     // Everything to be dead-lettered is in hostbus.dead-letter.
     let dl = peer.connection().create_channel().await.expect("channel");
     let dead = loop {
-        let q = passive_declare(&dl, names::DEAD_LETTER_QUEUE)
+        let q = declare_queue(&dl, names::DEAD_LETTER_QUEUE, QueueKind::Passive)
             .await
             .expect("passive declare");
         let n = q.message_count() as usize;
@@ -1064,11 +1058,7 @@ async fn a_cut_connection_is_reestablished_and_the_agent_resyncs() {
     assert_eq!(pong.echo.as_deref(), Some("after the cut"));
     assert!(proxy.accepted.load(Ordering::SeqCst) >= 2);
     assert!(metric(&agent.metrics_text(), "hostbus_reconnects_total") >= 1);
-    assert!(
-        agent.log().contains("broker connection lost"),
-        "{}",
-        agent.log_tail(20)
-    );
+    agent.assert_logged("broker connection lost");
 }
 
 // ------------------------------------------------------------------ 6
@@ -1269,7 +1259,7 @@ fn version_table(extra: &[(&[u8], Vec<u8>)]) -> Vec<u8> {
 /// Messages in the dead-letter queue now.
 async fn dead_letters(peer: &AmqpPeer) -> u32 {
     let ch = peer.connection().create_channel().await.expect("channel");
-    let q = passive_declare(&ch, names::DEAD_LETTER_QUEUE)
+    let q = declare_queue(&ch, names::DEAD_LETTER_QUEUE, QueueKind::Passive)
         .await
         .expect("passive declare");
     let _ = ch.close(200, "done".into()).await;
@@ -1279,7 +1269,9 @@ async fn dead_letters(peer: &AmqpPeer) -> u32 {
 /// Declares `name` as an exclusive reply queue of `peer` and consumes it.
 async fn reply_queue(peer: &AmqpPeer, name: &str) -> lapin::Consumer {
     let ch = peer.connection().create_channel().await.expect("channel");
-    declare_exclusive(&ch, name).await.expect("reply queue");
+    declare_queue(&ch, name, QueueKind::Exclusive)
+        .await
+        .expect("reply queue");
     consume_no_ack(&ch, name).await.expect("consume replies")
 }
 

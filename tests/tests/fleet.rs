@@ -17,7 +17,8 @@ use hostbus_client::{Client, ClientConfig, Liveness, Notification};
 use hostbus_protocol::commands::HostPing;
 use hostbus_tests::sdk::{list_vms, subscribe};
 use hostbus_tests::{
-    node_file_uri, passive_declare, AgentProcess, AmqpPeer, Hostctl, RabbitNode, Subscription,
+    declare_queue, node_file_uri, AgentProcess, AmqpPeer, Hostctl, QueueKind, RabbitNode,
+    Subscription,
 };
 use serde_json::Value;
 
@@ -65,7 +66,7 @@ fn signal(pid: u32, sig: &str) {
 async fn queue_exists(url: &str, host: &str) -> bool {
     let peer = AmqpPeer::connect(url).await.expect("peer");
     let ch = peer.connection().create_channel().await.expect("channel");
-    passive_declare(&ch, &names::agent_queue(host))
+    declare_queue(&ch, &names::agent_queue(host), QueueKind::Passive)
         .await
         .is_ok()
 }
@@ -228,7 +229,7 @@ async fn nothing_piles_up_for_hosts_that_are_gone() {
     let ch = peer.connection().create_channel().await.expect("channel");
     let deadline = Instant::now() + Duration::from_secs(20);
     let depth = loop {
-        let q = passive_declare(&ch, &names::agent_queue("h2"))
+        let q = declare_queue(&ch, &names::agent_queue("h2"), QueueKind::Passive)
             .await
             .expect("h2's queue");
         if q.message_count() == 0 || Instant::now() > deadline {
@@ -238,7 +239,7 @@ async fn nothing_piles_up_for_hosts_that_are_gone() {
     };
     assert_eq!(depth, 0, "expired broadcasts left h2's queue");
     // They went to the dead-letter queue, which keeps only five.
-    let dlq = passive_declare(&ch, names::DEAD_LETTER_QUEUE)
+    let dlq = declare_queue(&ch, names::DEAD_LETTER_QUEUE, QueueKind::Passive)
         .await
         .expect("dead-letter queue");
     println!(

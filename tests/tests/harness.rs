@@ -13,7 +13,8 @@ use hostbus_protocol::envelope::{AmqpProperties, Envelope, HeaderValue};
 use hostbus_protocol::names::{self, COMMAND_EXCHANGE, EVENT_EXCHANGE};
 use hostbus_protocol::now_ms;
 use hostbus_tests::{
-    consume_no_ack, declare_topic, group_alive, to_lapin, AgentProcess, AmqpPeer, RabbitNode,
+    consume_no_ack, declare_queue, declare_topic, group_alive, to_lapin, AgentProcess, AmqpPeer,
+    QueueKind, RabbitNode,
 };
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -40,15 +41,7 @@ fn persistent() -> AmqpProperties {
 async fn durable_messages_survive_a_restart() {
     let mut node = RabbitNode::start_private().expect("start a node");
     let peer = AmqpPeer::connect(&node.amqp_url()).await.expect("connect");
-    peer.channel()
-        .queue_declare(
-            "harness.durable".into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    declare_queue(peer.channel(), "harness.durable", QueueKind::Durable)
         .await
         .expect("declare a durable queue");
     peer.publish("", "harness.durable", &persistent(), b"kept")
@@ -180,15 +173,7 @@ async fn fake_responder(url: &str) -> tokio::task::JoinHandle<()> {
     declare_topic(&ch, COMMAND_EXCHANGE)
         .await
         .expect("declare hostbus.cmd");
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let q = declare_queue(&ch, "", QueueKind::Exclusive)
         .await
         .expect("declare the responder's queue");
     ch.queue_bind(

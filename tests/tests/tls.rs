@@ -155,6 +155,16 @@ impl Pki {
         self.dir.join(name)
     }
 
+    /// A node with a TLS listener of this PKI (requiring client
+    /// certificates when `fail_if_no_peer_cert`), and its `amqps` URL for
+    /// `host` as guest.
+    fn broker(&self, fail_if_no_peer_cert: bool, host: &str) -> (RabbitNode, String) {
+        let node = RabbitNode::start_with_tls(self.listener(fail_if_no_peer_cert))
+            .expect("rabbit with TLS");
+        let url = node.amqps_url_for(host, "guest", "guest").expect("TLS url");
+        (node, url)
+    }
+
     fn listener(&self, fail_if_no_peer_cert: bool) -> TlsListener {
         TlsListener {
             ca_file: self.file("ca.pem"),
@@ -241,10 +251,7 @@ fn mentions_tls(message: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_sdk_and_hostctl_connect_over_tls_and_a_foreign_ca_is_refused() {
     let pki = Pki::make();
-    let node = RabbitNode::start_with_tls(pki.listener(false)).expect("rabbit with TLS");
-    let url = node
-        .amqps_url_for("localhost", "guest", "guest")
-        .expect("TLS url");
+    let (node, url) = pki.broker(false, "localhost");
     let ca = pki.file("ca.pem");
     let ca_str = ca.to_str().expect("utf-8 path");
 
@@ -333,10 +340,7 @@ async fn agent_sdk_and_hostctl_connect_over_tls_and_a_foreign_ca_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_requires_client_certificates_admits_only_certified_clients() {
     let pki = Pki::make();
-    let node = RabbitNode::start_with_tls(pki.listener(true)).expect("rabbit with TLS");
-    let url = node
-        .amqps_url_for("127.0.0.1", "guest", "guest")
-        .expect("TLS url");
+    let (node, url) = pki.broker(true, "127.0.0.1");
     let path = |name: &str| pki.file(name).to_str().expect("utf-8 path").to_owned();
 
     let agent = AgentProcess::builder("h1", &url)
