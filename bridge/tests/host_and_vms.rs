@@ -5,12 +5,22 @@ mod common;
 
 use common::*;
 use hostbus_bridge::allowed_states;
+use hostbus_bridge::Bridge;
 use hostbus_protocol::commands::*;
+use hostbus_protocol::types::VmRecord;
 use hostbus_protocol::types::{
     DiskBus, DiskDevice, DiskSource, DiskSpec, PowerState, VmOperation, VolumeRef,
 };
-use hostbus_protocol::{ErrorCode, COMMANDS};
+use hostbus_protocol::{Command, Error, ErrorCode, COMMANDS};
 use uuid::Uuid;
+
+/// The power state after `C` on VM `u`.
+fn state_after<C>(b: &Bridge, u: Uuid) -> Result<Option<PowerState>, Error>
+where
+    C: Command<Request = VmUuid, Response = VmRecord>,
+{
+    run::<C>(b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
+}
 
 #[test]
 fn host_facts_come_from_the_node_file() {
@@ -210,24 +220,12 @@ fn power_state_table() {
                     },
                 )
                 .map(|r| Some(r.power_state)),
-                VmOperation::Destroy => {
-                    run::<VmDestroy>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
-                }
-                VmOperation::Reboot => {
-                    run::<VmReboot>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
-                }
-                VmOperation::Reset => {
-                    run::<VmReset>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
-                }
-                VmOperation::Pause => {
-                    run::<VmPause>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
-                }
-                VmOperation::Resume => {
-                    run::<VmResume>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
-                }
-                VmOperation::Suspend => {
-                    run::<VmSuspend>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
-                }
+                VmOperation::Destroy => state_after::<VmDestroy>(&b, u),
+                VmOperation::Reboot => state_after::<VmReboot>(&b, u),
+                VmOperation::Reset => state_after::<VmReset>(&b, u),
+                VmOperation::Pause => state_after::<VmPause>(&b, u),
+                VmOperation::Resume => state_after::<VmResume>(&b, u),
+                VmOperation::Suspend => state_after::<VmSuspend>(&b, u),
                 VmOperation::Undefine => run::<VmUndefine>(
                     &b,
                     VmUndefineRequest {

@@ -17,6 +17,11 @@ fn vol(name: &str, gib: u64) -> VolumeSpec {
     }
 }
 
+/// Asserts that `r` was refused with POOL_BAD_STATE.
+fn bad_state<T: std::fmt::Debug>(r: Result<T, hostbus_protocol::Error>) {
+    assert_code(r, ErrorCode::PoolBadState);
+}
+
 #[test]
 fn pools_are_listed_defined_started_refreshed_stopped_and_undefined() {
     let b = open();
@@ -55,25 +60,13 @@ fn pools_are_listed_defined_started_refreshed_stopped_and_undefined() {
         "current",
         "inactive",
     );
-    assert_code(
-        run::<PoolStop>(&b, named("scratch")),
-        ErrorCode::PoolBadState,
-    );
-    assert_code(
-        run::<PoolRefresh>(&b, named("scratch")),
-        ErrorCode::PoolBadState,
-    );
+    bad_state(run::<PoolStop>(&b, named("scratch")));
+    bad_state(run::<PoolRefresh>(&b, named("scratch")));
 
     let p = run::<PoolStart>(&b, named("scratch")).expect("start");
     assert_eq!(p.state, PoolState::Running);
-    assert_code(
-        run::<PoolStart>(&b, named("scratch")),
-        ErrorCode::PoolBadState,
-    );
-    assert_code(
-        run::<PoolUndefine>(&b, named("scratch")),
-        ErrorCode::PoolBadState,
-    );
+    bad_state(run::<PoolStart>(&b, named("scratch")));
+    bad_state(run::<PoolUndefine>(&b, named("scratch")));
     run::<PoolRefresh>(&b, named("scratch")).expect("refresh");
     let p = run::<PoolStop>(&b, named("scratch")).expect("stop");
     assert_eq!(p.state, PoolState::Inactive);

@@ -52,6 +52,13 @@ impl Bench {
         Self::start_with(reconcile_ms, &[]).await
     }
 
+    /// The suite's turn (its tests share one libvirtd and run one at a
+    /// time), then [`start`](Self::start).
+    async fn turn(reconcile_ms: u64) -> Option<(tokio::sync::MutexGuard<'static, ()>, Self)> {
+        let turn = TURNS.lock().await;
+        Some((turn, Self::start(reconcile_ms).await?))
+    }
+
     /// [`start`](Self::start) with more agent settings.
     async fn start_with(reconcile_ms: u64, env: &[(&str, &str)]) -> Option<Self> {
         let q = QemuHost::from_env().expect("the real-hypervisor environment")?;
@@ -355,10 +362,9 @@ async fn wait_guest_disks(vm: &VmRecord, want: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_lives_its_whole_life_through_the_agent() {
-    let _turn = TURNS.lock().await;
     // Reconciliation is rare here: every event below comes from libvirt's
     // callbacks or the operations themselves.
-    let Some(b) = Bench::start(120_000).await else {
+    let Some((_turn, b)) = Bench::turn(120_000).await else {
         return;
     };
     let host = b.host();
@@ -657,8 +663,7 @@ async fn a_guest_lives_its_whole_life_through_the_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_a_guest_ignores_are_not_reported_as_done() {
-    let _turn = TURNS.lock().await;
-    let Some(b) = Bench::start(120_000).await else {
+    let Some((_turn, b)) = Bench::turn(120_000).await else {
         return;
     };
     let host = b.host();
@@ -725,8 +730,7 @@ async fn requests_a_guest_ignores_are_not_reported_as_done() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn networks_are_defined_started_and_stopped() {
-    let _turn = TURNS.lock().await;
-    let Some(b) = Bench::start(120_000).await else {
+    let Some((_turn, b)) = Bench::turn(120_000).await else {
         return;
     };
     let host = b.host();
@@ -877,9 +881,9 @@ async fn an_agent_killed_during_a_define_burst_answers_each_and_defines_one_vm_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_libvirtd_restart_is_seen_in_health_and_loses_no_change() {
-    let _turn = TURNS.lock().await;
     // Reconciliation every second: it is what reconnects and catches up.
-    let Some(b) = Bench::start(1_000).await else {
+
+    let Some((_turn, b)) = Bench::turn(1_000).await else {
         return;
     };
     let host = b.host();

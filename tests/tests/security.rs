@@ -30,13 +30,16 @@ use hostbus_protocol::{
     Reply,
 };
 use hostbus_tests::sdk::subscribe;
-use hostbus_tests::{call_as, command_props, to_lapin, AgentProcess, AmqpPeer, RabbitNode};
+use hostbus_tests::{
+    call_as, command_props, declare_queue, declare_topic, to_lapin, AgentProcess, AmqpPeer,
+    QueueKind, RabbitNode,
+};
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties};
 
 const DB01: &str = "11111111-0000-4000-8000-000000000002";
 const BATCH01: &str = "11111111-0000-4000-8000-000000000003";
@@ -421,17 +424,7 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
     let ch = channel(&h2).await;
     expect_code(
         "declare hostbus.agent.h1",
-        code_of(
-            ch.queue_declare(
-                "hostbus.agent.h1".into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await,
-        ),
+        code_of(declare_queue(&ch, "hostbus.agent.h1", QueueKind::Durable).await),
         Some(403),
     );
     let ch = channel(&h2).await;
@@ -452,18 +445,7 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
     let ch = channel(&h2).await;
     expect_code(
         "declare exchange hostbus.evt",
-        code_of(
-            ch.exchange_declare(
-                names::EVENT_EXCHANGE.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await,
-        ),
+        code_of(declare_topic(&ch, names::EVENT_EXCHANGE).await),
         Some(403),
     );
 
