@@ -192,9 +192,8 @@ impl AgentBuilder {
     }
 
     /// Adds labels.
-    pub fn labels<I: IntoIterator<Item = S>, S: Into<String>>(mut self, labels: I) -> Self {
-        self.labels.extend(labels.into_iter().map(Into::into));
-        self
+    pub fn labels<I: IntoIterator<Item = S>, S: Into<String>>(self, labels: I) -> Self {
+        labels.into_iter().fold(self, Self::label)
     }
 
     /// The libvirt URI (default: [`node_file_uri`]`("h1")`).
@@ -250,9 +249,8 @@ impl AgentBuilder {
     }
 
     /// Adds command-line arguments.
-    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Self {
-        self.args.extend(args.into_iter().map(Into::into));
-        self
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(self, args: I) -> Self {
+        args.into_iter().fold(self, Self::arg)
     }
 
     /// Builds the agent if needed, makes the agent's temporary directory and

@@ -14,7 +14,7 @@ use hostbus_tests::{AgentProcess, AmqpPeer, RabbitNode};
 
 use crate::measure::{list_call, measure, ping_call, Call, Meter, Run};
 use crate::raw::{raw_call, Raw, RawOpts};
-use crate::report::{hwm_kib, machine, row, rss_kib, write_section, HEADER};
+use crate::report::{self, hwm_kib, machine, row, rss_kib, write_section, HEADER};
 use crate::{Args, WEB01};
 
 pub(crate) async fn bench(a: &Args) {
@@ -237,20 +237,14 @@ pub(crate) async fn bench(a: &Args) {
         a.secs
     );
     let _ = writeln!(out, "### Calls through the broker\n");
-    let _ = writeln!(out, "{HEADER}");
-    for row in &table {
-        let _ = writeln!(out, "{row}");
-    }
+    report::table(&mut out, HEADER, &table);
     let _ = writeln!(out, "\nCPU columns: microseconds of CPU per call in the broker (all its processes), the agent, and the benchmark process (the SDK client; for the raw rows, the raw client and responder).");
     if !breakdown.is_empty() {
         let _ = writeln!(
             out,
             "\n### What each broker operation costs (raw lapin, added one at a time)\n"
         );
-        let _ = writeln!(out, "{HEADER}");
-        for row in &breakdown {
-            let _ = writeln!(out, "{row}");
-        }
+        report::table(&mut out, HEADER, &breakdown);
         let _ = writeln!(out, "\nEach row adds one thing a hostbus call asks of the broker to the row above; \"of raw\" is against the faster of the first two rows of the same concurrency.");
     }
     let _ = writeln!(
@@ -267,10 +261,7 @@ pub(crate) async fn bench(a: &Args) {
         );
     }
     let _ = writeln!(out, "\n### Events (VM pause/resume churn on one agent)\n");
-    let _ = writeln!(out, "| subscribers | events/s each | deliveries/s total | p50 ms | p99 ms |\n|---:|---:|---:|---:|---:|");
-    for row in &ev_rows {
-        let _ = writeln!(out, "{row}");
-    }
+    report::table(&mut out, "| subscribers | events/s each | deliveries/s total | p50 ms | p99 ms |\n|---:|---:|---:|---:|---:|", &ev_rows);
     let _ = writeln!(out, "\n### Agent footprint\n");
     let _ = writeln!(
         out,

@@ -17,7 +17,7 @@ use lapin::options::QueueBindOptions;
 use lapin::types::FieldTable;
 
 use crate::measure::{measure, ping_call, quantile_ms, Meter, Run};
-use crate::report::{machine, write_section};
+use crate::report::{self, machine, write_section};
 use crate::Args;
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
@@ -286,14 +286,8 @@ pub(crate) async fn bench(a: &Args) {
         a.rounds,
         a.secs
     );
-    let _ = writeln!(out, "| broker | concurrency | host.ping calls/s | p50 ms | p99 ms | broker µs | agent µs | client µs |\n|---|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &calls {
-        let _ = writeln!(out, "{r}");
-    }
-    let _ = writeln!(out, "\n| events (pause/resume churn on one VM, one SDK subscriber) | events/s | latency p50 ms | broker CPU µs per event |\n|---|---:|---:|---:|");
-    for r in &event_rows {
-        let _ = writeln!(out, "{r}");
-    }
+    report::table(&mut out, "| broker | concurrency | host.ping calls/s | p50 ms | p99 ms | broker µs | agent µs | client µs |\n|---|---:|---:|---:|---:|---:|---:|---:|", &calls);
+    report::table(&mut out, "\n| events (pause/resume churn on one VM, one SDK subscriber) | events/s | latency p50 ms | broker CPU µs per event |\n|---|---:|---:|---:|", &event_rows);
     let _ = writeln!(
         out,
         "\n**Losing a node.** The node the agent was connected to (it also led some of the queues) was stopped (`rabbitmqctl stop`, {:.1} s) while `host.ping` went on at concurrency 1 from a manager given all three URLs: {} calls, {failed} failed; the longest call {:.0} ms; the longest time without a reply {:.0} ms.",

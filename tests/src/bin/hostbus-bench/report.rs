@@ -69,6 +69,17 @@ pub(crate) fn machine() -> String {
     )
 }
 
+/// Appends a markdown table to `out`: `header` (its title and rule lines),
+/// then `rows`, one a line.
+pub(crate) fn table(out: &mut String, header: &str, rows: &[String]) {
+    out.push_str(header);
+    out.push('\n');
+    for row in rows {
+        out.push_str(row);
+        out.push('\n');
+    }
+}
+
 /// Builds binary `bin` of package `package` in release mode; its path in
 /// the target folder (`CARGO_TARGET_DIR`, else the workspace's `target`).
 pub(crate) fn release_build(package: &str, bin: &str) -> std::path::PathBuf {
