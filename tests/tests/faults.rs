@@ -90,17 +90,17 @@ async fn declare_reply_queue(url: &str, name: &str) {
     let _ = peer.close().await;
 }
 
-/// Consumes `queue` (acking each reply) until every id in `ids` has a reply,
-/// then `grace` longer to catch late duplicates. Replies by correlation id,
-/// in arrival order.
+/// Consumes `queue` (acking each reply) until every id in `ids` has a reply
+/// (within `secs.0` seconds), then `secs.1` seconds longer to catch late
+/// duplicates. Replies by correlation id, in arrival order.
 async fn collect_replies(
     url: &str,
     queue: &str,
     ids: &BTreeSet<String>,
-    timeout: Duration,
-    grace: Duration,
+    secs: (u64, u64),
     agent: &AgentProcess,
 ) -> BTreeMap<String, Vec<Received>> {
+    let (timeout, grace) = (Duration::from_secs(secs.0), Duration::from_secs(secs.1));
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .expect("connect");
@@ -346,15 +346,7 @@ async fn a_broker_restart_mid_burst_loses_no_command_and_runs_none_twice() {
             .expect("republish");
     }
     let ids: BTreeSet<String> = sent.iter().map(|s| s.id.clone()).collect();
-    let replies = collect_replies(
-        &url,
-        REPLIES,
-        &ids,
-        Duration::from_secs(90),
-        Duration::from_secs(3),
-        &agent,
-    )
-    .await;
+    let replies = collect_replies(&url, REPLIES, &ids, (90, 3), &agent).await;
     let deliveries: usize = replies.values().map(Vec::len).sum();
     let strays: Vec<&String> = replies.keys().filter(|k| !ids.contains(*k)).collect();
     assert!(strays.is_empty(), "replies to unknown ids: {strays:?}");
@@ -478,15 +470,7 @@ async fn an_agent_killed_mid_burst_reruns_interrupted_commands_and_runs_finished
     );
 
     let ids: BTreeSet<String> = sent.iter().map(|s| s.id.clone()).collect();
-    let replies = collect_replies(
-        &url,
-        REPLIES,
-        &ids,
-        Duration::from_secs(60),
-        Duration::from_secs(2),
-        &agent,
-    )
-    .await;
+    let replies = collect_replies(&url, REPLIES, &ids, (60, 2), &agent).await;
     let (dup_ids, extra) = check_replies(&sent, &replies);
     println!("{dup_ids} ids answered more than once ({extra} extra deliveries)");
 
@@ -1095,15 +1079,7 @@ async fn a_command_that_never_finishes_is_dead_lettered_after_max_deliveries() {
         }
     }
     let ids = BTreeSet::from([poison.id.clone()]);
-    let replies = collect_replies(
-        &url,
-        REPLIES,
-        &ids,
-        Duration::from_secs(30),
-        Duration::from_secs(1),
-        &agent,
-    )
-    .await;
+    let replies = collect_replies(&url, REPLIES, &ids, (30, 1), &agent).await;
     let r = &replies[&poison.id];
     assert_eq!(r.len(), 1, "one answer");
     let e = reply_error(&r[0]).expect("an error reply");
