@@ -17,6 +17,9 @@ use crate::raw::{raw_call, Raw, RawOpts};
 use crate::report::{self, hwm_kib, machine, row, rss_kib, write_section, HEADER};
 use crate::{Args, WEB01};
 
+/// A step of the breakdown: its row name and the operation it adds.
+type Step = (&'static str, fn(&mut RawOpts));
+
 pub(crate) async fn bench(a: &Args) {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
@@ -117,7 +120,7 @@ pub(crate) async fn bench(a: &Args) {
     let mut breakdown = Vec::new();
     if a.breakdown {
         // Each step adds one operation to the options of the step before.
-        let adds: [(&str, fn(&mut RawOpts)); 7] = [
+        let adds: [Step; 7] = [
             ("raw, task per request", |o| o.spawn = true),
             ("+ topic exchange", |o| o.topic = true),
             ("+ durable queue", |o| o.durable = true),

@@ -95,7 +95,7 @@ async fn broadcasts(client: &Client, times: usize) -> (Vec<Duration>, usize, usi
     let (mut took, mut replies, mut missing) = (Vec::new(), 0, 0);
     for _ in 0..times {
         let t = Instant::now();
-        let b = list_vms(&client, &Target::All, Duration::from_secs(10))
+        let b = list_vms(client, &Target::All, Duration::from_secs(10))
             .await
             .expect("broadcast");
         took.push(t.elapsed());
