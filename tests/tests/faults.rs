@@ -61,10 +61,16 @@ struct Sent {
 /// A command `C` from `guest` (an admin by default), without a deadline (so
 /// nothing expires while a broker or agent is down), replying to `reply_to`.
 fn command<C: Command>(req: &C::Request, reply_to: &str) -> Sent {
+    command_due::<C>(req, reply_to, None)
+}
+
+/// [`command`], due within `within_ms` milliseconds from now when given.
+fn command_due<C: Command>(req: &C::Request, reply_to: &str, within_ms: Option<u64>) -> Sent {
     let mut env = Envelope::new(C::NAME);
     env.sender = Some("guest".into());
     env.reply_to = Some(reply_to.to_owned());
     env.correlation_id = Some(env.command_id.to_string());
+    env.deadline = within_ms.map(|ms| now_ms() + ms);
     Sent {
         id: env.command_id.to_string(),
         command: C::NAME,
@@ -1524,14 +1530,9 @@ async fn a_command_past_its_deadline_after_waiting_or_between_steps_has_no_effec
     peer.publish_command(&host_key("h1"), &a.props, &a.body)
         .await
         .expect("publish A");
-    let mut b_env = Envelope::new(VmDefine::NAME);
-    b_env.sender = Some("guest".into());
-    b_env.reply_to = Some(RAW_REPLIES.into());
-    b_env.correlation_id = Some(b_env.command_id.to_string());
-    b_env.deadline = Some(now_ms() + 300);
-    let b_id = b_env.command_id.to_string();
-    let b_body = encode(ContentType::MsgPack, &define_request("late", 0)).expect("encode");
-    peer.publish_command(&host_key("h1"), &b_env.to_properties(now_ms()), &b_body)
+    let b = command_due::<VmDefine>(&define_request("late", 0), RAW_REPLIES, Some(300));
+    let b_id = b.id.clone();
+    peer.publish_command(&host_key("h1"), &b.props, &b.body)
         .await
         .expect("publish B");
     // B's reply may come before A's: both are published once A's turn ends.
@@ -1552,14 +1553,9 @@ async fn a_command_past_its_deadline_after_waiting_or_between_steps_has_no_effec
 
     // C: three new disks at a second a step, with 1.5 s to go: it expires
     // between its steps and rolls back what it made.
-    let mut c_env = Envelope::new(VmDefine::NAME);
-    c_env.sender = Some("guest".into());
-    c_env.reply_to = Some(RAW_REPLIES.into());
-    c_env.correlation_id = Some(c_env.command_id.to_string());
-    c_env.deadline = Some(now_ms() + 1500);
-    let c_id = c_env.command_id.to_string();
-    let c_body = encode(ContentType::MsgPack, &define_request("late2", 3)).expect("encode");
-    peer.publish_command(&host_key("h1"), &c_env.to_properties(now_ms()), &c_body)
+    let c = command_due::<VmDefine>(&define_request("late2", 3), RAW_REPLIES, Some(1500));
+    let c_id = c.id.clone();
+    peer.publish_command(&host_key("h1"), &c.props, &c.body)
         .await
         .expect("publish C");
     let rc = next_reply_for(&mut replies, &c_id).await;

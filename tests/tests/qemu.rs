@@ -59,6 +59,15 @@ impl Bench {
         Some((turn, Self::start(reconcile_ms).await?))
     }
 
+    /// [`turn`](Self::turn), then the host's handle and its events from now
+    /// on.
+    async fn turn_watched(reconcile_ms: u64) -> Option<Watched> {
+        let (turn, b) = Self::turn(reconcile_ms).await?;
+        let host = b.host();
+        let ev = b.events().await;
+        Some((turn, b, host, ev))
+    }
+
     /// [`start`](Self::start) with more agent settings.
     async fn start_with(reconcile_ms: u64, env: &[(&str, &str)]) -> Option<Self> {
         let q = QemuHost::from_env().expect("the real-hypervisor environment")?;
@@ -180,6 +189,19 @@ impl Drop for Bench {
 }
 
 /// Every event of the host, kept, with waits for particular ones.
+/// The names of the volumes in `pool`.
+async fn volume_names(pool: &hostbus_client::Pool) -> Vec<String> {
+    pool.volumes()
+        .await
+        .expect("volumes")
+        .into_iter()
+        .map(|v| v.name)
+        .collect()
+}
+
+/// The suite's turn, a bench, its host and its events.
+type Watched = (tokio::sync::MutexGuard<'static, ()>, Bench, Host, Events);
+
 struct Events {
     sub: Subscription,
     seen: Vec<Event>,
@@ -364,11 +386,9 @@ async fn wait_guest_disks(vm: &VmRecord, want: &str) {
 async fn a_guest_lives_its_whole_life_through_the_agent() {
     // Reconciliation is rare here: every event below comes from libvirt's
     // callbacks or the operations themselves.
-    let Some((_turn, b)) = Bench::turn(120_000).await else {
+    let Some((_turn, b, host, mut ev)) = Bench::turn_watched(120_000).await else {
         return;
     };
-    let host = b.host();
-    let mut ev = b.events().await;
     let pool = format!("{QEMU_PREFIX}pool");
     let started_at = Instant::now();
 
@@ -623,13 +643,7 @@ async fn a_guest_lives_its_whole_life_through_the_agent() {
     h.undefine(true).await.expect("undefine with storage");
     ev.vm(&vm, EventAction::Undefined, Duration::from_secs(10))
         .await;
-    let left: Vec<String> = p
-        .volumes()
-        .await
-        .expect("volumes")
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
+    let left = volume_names(&p).await;
     assert_eq!(
         left,
         ["data.img"],
@@ -663,11 +677,9 @@ async fn a_guest_lives_its_whole_life_through_the_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_a_guest_ignores_are_not_reported_as_done() {
-    let Some((_turn, b)) = Bench::turn(120_000).await else {
+    let Some((_turn, b, host, mut ev)) = Bench::turn_watched(120_000).await else {
         return;
     };
-    let host = b.host();
-    let mut ev = b.events().await;
     // No disk, and a guest that ignores the power button.
     let mut spec = b.guest(&format!("{QEMU_PREFIX}deaf"), vec![], "hostbus.noacpi");
     spec.max_vcpus = Some(2);
@@ -846,14 +858,7 @@ async fn an_agent_killed_during_a_define_burst_answers_each_and_defines_one_vm_e
         assert_eq!(now[0].disks.len(), 1, "{name}");
     }
     // libvirtd holds the state: no volume without its vm, none twice.
-    let mut volumes: Vec<String> = host
-        .pool(&pool)
-        .volumes()
-        .await
-        .expect("volumes")
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
+    let mut volumes = volume_names(&host.pool(&pool)).await;
     volumes.sort();
     let mut expected: Vec<String> = names.iter().map(|n| format!("{n}-vda.qcow2")).collect();
     expected.sort();
@@ -883,11 +888,9 @@ async fn an_agent_killed_during_a_define_burst_answers_each_and_defines_one_vm_e
 async fn a_libvirtd_restart_is_seen_in_health_and_loses_no_change() {
     // Reconciliation every second: it is what reconnects and catches up.
 
-    let Some((_turn, b)) = Bench::turn(1_000).await else {
+    let Some((_turn, b, host, mut ev)) = Bench::turn_watched(1_000).await else {
         return;
     };
-    let host = b.host();
-    let mut ev = b.events().await;
     let presence = b.client.presence().await.expect("presence");
     let health = || {
         presence
