@@ -132,6 +132,16 @@ pub fn new_disks(targets: &[&str]) -> Vec<hostbus_protocol::types::DiskSpec> {
     targets.iter().map(|t| new_disk_in(t, "default")).collect()
 }
 
+/// A new memory size for VM `uuid`.
+pub fn set_memory(uuid: Uuid, memory_kib: u64) -> VmSetMemoryRequest {
+    VmSetMemoryRequest { uuid, memory_kib }
+}
+
+/// A new vCPU count for VM `uuid`.
+pub fn set_vcpus(uuid: Uuid, vcpus: u32) -> VmSetVcpusRequest {
+    VmSetVcpusRequest { uuid, vcpus }
+}
+
 /// Disk `target` of VM `uuid`, to detach.
 pub fn disk_of(uuid: Uuid, target: &str) -> VmDetachDiskRequest {
     VmDetachDiskRequest {

@@ -68,14 +68,7 @@ fn each_lifecycle_change_emits_one_event_with_a_growing_generation() {
         run::<VmReboot>(&b, VmUuid { uuid: db }).expect("reboot");
     });
     step(EventAction::Changed, &|| {
-        run::<VmSetMemory>(
-            &b,
-            VmSetMemoryRequest {
-                uuid: db,
-                memory_kib: 2_097_152,
-            },
-        )
-        .expect("memory");
+        run::<VmSetMemory>(&b, set_memory(db, 2_097_152)).expect("memory");
     });
     step(EventAction::Stopped, &|| {
         run::<VmShutdown>(
@@ -387,14 +380,7 @@ fn operations_on_one_vm_never_interleave() {
             let b = b.clone();
             std::thread::spawn(move || {
                 let t0 = Instant::now();
-                run::<VmSetMemory>(
-                    &b,
-                    VmSetMemoryRequest {
-                        uuid: web,
-                        memory_kib: 1_048_576 + i * 1024,
-                    },
-                )
-                .expect("set memory");
+                run::<VmSetMemory>(&b, set_memory(web, 1_048_576 + i * 1024)).expect("set memory");
                 (t0, Instant::now())
             })
         })

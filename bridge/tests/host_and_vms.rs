@@ -234,23 +234,14 @@ fn power_state_table() {
                     },
                 )
                 .map(|_| None),
-                VmOperation::SetMemory => run::<VmSetMemory>(
-                    &b,
-                    VmSetMemoryRequest {
-                        uuid: u,
-                        memory_kib: 262_144,
-                    },
-                )
-                .map(|r| {
+                VmOperation::SetMemory => run::<VmSetMemory>(&b, set_memory(u, 262_144)).map(|r| {
                     assert_eq!(r.memory_kib, 262_144);
                     Some(r.power_state)
                 }),
-                VmOperation::SetVcpus => {
-                    run::<VmSetVcpus>(&b, VmSetVcpusRequest { uuid: u, vcpus: 2 }).map(|r| {
-                        assert_eq!(r.vcpus, 2);
-                        Some(r.power_state)
-                    })
-                }
+                VmOperation::SetVcpus => run::<VmSetVcpus>(&b, set_vcpus(u, 2)).map(|r| {
+                    assert_eq!(r.vcpus, 2);
+                    Some(r.power_state)
+                }),
                 VmOperation::SnapshotCreate => run::<SnapshotCreate>(
                     &b,
                     SnapshotCreateRequest {
@@ -293,39 +284,21 @@ fn power_state_table() {
 #[test]
 fn memory_and_vcpus_cannot_exceed_their_ceilings() {
     let b = open();
-    let err = run::<VmSetMemory>(
-        &b,
-        VmSetMemoryRequest {
-            uuid: uuid(WEB01),
-            memory_kib: 4_194_304,
-        },
-    )
-    .expect_err("too much");
-    assert_eq!(
-        (err.code, err.param("field")),
-        (ErrorCode::InvalidArgument, Some("memory_kib"))
+    refused(
+        run::<VmSetMemory>(&b, set_memory(uuid(WEB01), 4_194_304)),
+        "too much",
+        ErrorCode::InvalidArgument,
+        "field",
+        "memory_kib",
     );
     refused(
-        run::<VmSetVcpus>(
-            &b,
-            VmSetVcpusRequest {
-                uuid: uuid(WEB01),
-                vcpus: 8,
-            },
-        ),
+        run::<VmSetVcpus>(&b, set_vcpus(uuid(WEB01), 8)),
         "too many",
         ErrorCode::InvalidArgument,
         "field",
         "vcpus",
     );
-    let r = run::<VmSetVcpus>(
-        &b,
-        VmSetVcpusRequest {
-            uuid: uuid(WEB01),
-            vcpus: 3,
-        },
-    )
-    .expect("live vcpus");
+    let r = run::<VmSetVcpus>(&b, set_vcpus(uuid(WEB01), 3)).expect("live vcpus");
     assert_eq!(r.vcpus, 3);
 }
 

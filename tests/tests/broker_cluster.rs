@@ -9,14 +9,13 @@
 
 use std::time::{Duration, Instant};
 
-use futures_lite::StreamExt;
 use hostbus_client::protocol::commands::{VmGet, VmSetMemory, VmSetMemoryRequest, VmUuid};
 use hostbus_client::protocol::names;
 use hostbus_client::protocol::types::{DiskFormat, VolumeSpec};
 use hostbus_client::{Client, ClientConfig, Notification, StartAt};
 use hostbus_protocol::commands::{VolumeCreate, VolumeCreateRequest, VolumeList};
 use hostbus_protocol::Command;
-use hostbus_tests::sdk::{subscribe, subscribe_from};
+use hostbus_tests::sdk::{next_notification, subscribe, subscribe_from};
 use hostbus_tests::{commands_total, pool_name, AgentProcess, AmqpPeer, RabbitNode};
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
@@ -252,12 +251,7 @@ async fn subscribers_resume_from_the_event_stream_and_filter_without_resyncs() {
 async fn take(sub: &mut hostbus_client::Subscription, n: usize) -> Vec<hostbus_protocol::Event> {
     let mut events = Vec::new();
     while events.len() < n {
-        match tokio::time::timeout(Duration::from_secs(20), sub.next())
-            .await
-            .expect("more events")
-            .expect("open")
-            .expect("ok")
-        {
+        match next_notification(sub, Duration::from_secs(20), "more events").await {
             Notification::Event(e) => events.push(*e),
             other => panic!("no resync was needed: {other:?}"),
         }

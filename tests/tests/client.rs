@@ -12,7 +12,7 @@ use hostbus_client::protocol::names::Target;
 use hostbus_client::protocol::types::PowerState;
 use hostbus_client::protocol::EventAction;
 use hostbus_client::{Client, ClientConfig, Notification, ResyncReason, StartAt};
-use hostbus_tests::sdk::{list_vms, subscribe, subscribe_from};
+use hostbus_tests::sdk::{list_group, list_vms, next_notification, subscribe, subscribe_from};
 use hostbus_tests::{node_file_uri, small_vm, watch_online, AgentProcess, Hostctl, RabbitNode};
 use serde_json::Value;
 
@@ -326,13 +326,9 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
         ["h1", "h2", "h3"]
     );
     assert!(b.missing.is_empty());
-    let g = list_vms(
-        &client,
-        &Target::Group("rack-a".into()),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("group");
+    let g = list_group(&client, "rack-a", Duration::from_secs(5))
+        .await
+        .expect("group");
     assert_eq!(
         g.replies.keys().map(String::as_str).collect::<Vec<_>>(),
         ["h1", "h2"]
@@ -419,12 +415,7 @@ async fn a_subscriber_sees_another_clients_change_and_a_slow_one_resyncs() {
     let db = actor.host("h1").vm_named("db01");
     db.start().await.expect("start");
     let started = loop {
-        match tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("an event")
-            .expect("open")
-            .expect("ok")
-        {
+        match next_notification(&mut sub, Duration::from_secs(10), "an event").await {
             Notification::Event(e) if e.action == EventAction::Started => break e,
             _ => {}
         }
@@ -499,11 +490,7 @@ async fn a_subscriber_beyond_the_event_retention_resyncs_from_a_snapshot() {
         db.resume().await.expect("resume");
     }
     let mut sub = subscribe_from(&client, &["h1.#"], StartAt::Offset(0)).await;
-    let first = tokio::time::timeout(Duration::from_secs(20), sub.next())
-        .await
-        .expect("a notification")
-        .expect("open")
-        .expect("ok");
+    let first = next_notification(&mut sub, Duration::from_secs(20), "a notification").await;
     match first {
         Notification::Resync {
             host,

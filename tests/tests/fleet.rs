@@ -9,13 +9,12 @@
 
 use std::time::{Duration, Instant};
 
-use futures_lite::StreamExt;
 use hostbus_client::protocol::commands::Ping;
 use hostbus_client::protocol::names::{self, Target};
 use hostbus_client::protocol::types::PowerState;
 use hostbus_client::{Client, ClientConfig, Liveness, Notification};
 use hostbus_protocol::commands::HostPing;
-use hostbus_tests::sdk::{list_vms, subscribe};
+use hostbus_tests::sdk::{list_group, list_vms, next_notification, subscribe};
 use hostbus_tests::{
     declare_queue, node_file_uri, AgentProcess, AmqpPeer, Hostctl, QueueKind, RabbitNode,
     Subscription,
@@ -345,13 +344,9 @@ async fn one_process_simulates_two_hundred_hosts() {
         .values()
         .all(|r| r.as_ref().is_ok_and(|l| l.vms.len() == 3)));
     // A label group of the simulator: rack-<i mod 10>.
-    let g = list_vms(
-        &client,
-        &Target::Group("rack-3".into()),
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("group");
+    let g = list_group(&client, "rack-3", Duration::from_secs(30))
+        .await
+        .expect("group");
     assert_eq!(g.replies.len(), N / 10);
 
     // Commands and events of one simulated host.
@@ -364,12 +359,7 @@ async fn one_process_simulates_two_hundred_hosts() {
         .expect("start");
     assert_eq!(vm.power_state, PowerState::Running);
     let ev = loop {
-        match tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("an event")
-            .expect("open")
-            .expect("ok")
-        {
+        match next_notification(&mut sub, Duration::from_secs(10), "an event").await {
             Notification::Event(e) => break e,
             Notification::Resync { .. } => {}
         }

@@ -19,7 +19,6 @@
 
 use std::time::Duration;
 
-use futures_lite::StreamExt;
 use hostbus_client::{Client, ClientConfig, Notification};
 use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::STATUS_HEADER;
@@ -29,7 +28,7 @@ use hostbus_protocol::{
     decode, encode, AmqpProperties, Command, ContentType, ErrorCode, Event, EventAction, Heartbeat,
     Reply,
 };
-use hostbus_tests::sdk::subscribe;
+use hostbus_tests::sdk::{next_notification, subscribe};
 use hostbus_tests::{
     call_as, command_props, declare_queue, declare_topic, to_lapin, AgentProcess, AmqpPeer,
     QueueKind, RabbitNode,
@@ -250,12 +249,7 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
         .expect("ops may start a VM");
     assert_eq!(vm.power_state, PowerState::Running);
     loop {
-        match tokio::time::timeout(T, sub.next())
-            .await
-            .expect("an event for ops")
-            .expect("subscription open")
-            .expect("event")
-        {
+        match next_notification(&mut sub, T, "an event for ops").await {
             Notification::Event(e) if e.action == EventAction::Started => {
                 assert_eq!(e.object_id, DB01);
                 break;
