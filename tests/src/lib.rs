@@ -15,6 +15,14 @@
 //!   plain lapin: raw commands with chosen properties, replies through
 //!   direct reply-to, events and heartbeats on exclusive queues;
 //!   [`to_lapin`]/[`from_lapin`] map the protocol's `AmqpProperties`.
+//! * Helpers every suite shares instead of rewriting them: typed calls over
+//!   a peer ([`call_as`], [`call_in`], [`ok`], [`error_of`]), agents
+//!   started and waited for ([`spawn_online`], [`next_online`]), specs and
+//!   by-name requests ([`small_vm`], [`new_disk`], [`named`], ...; protocol
+//!   types only, so the bridge's and protocol's tests include that file by
+//!   path), queue and exchange declarations ([`declare_queue`],
+//!   [`declare_topic`], [`consume_no_ack`]), one `hostctl` runner
+//!   ([`Hostctl`]) and the SDK calls of the suites ([`sdk`]).
 //! * [`QemuHost`]: the real hypervisor of the QEMU suite (libvirtd and a
 //!   tiny guest from `scripts/qemu-setup`), its gate and its libvirtd.
 //!
