@@ -7,12 +7,18 @@ use std::time::{Duration, Instant};
 
 use hostbus_bridge::{Bridge, CallContext, Config, ObjectEvent};
 use hostbus_protocol::commands::*;
-use hostbus_protocol::types::{
-    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, NicModel, NicSpec, PowerState, VmRecord,
-    VmSpec,
-};
+use hostbus_protocol::types::{PowerState, VmRecord, VmSpec};
 use hostbus_protocol::{Command, Error, ErrorCode};
 use uuid::Uuid;
+
+/// The disk, NIC, network and VM builders of tests/src/specs.rs (protocol
+/// types only), shared with hostbus-tests and the protocol's tests.
+#[path = "../../tests/src/specs.rs"]
+mod specs;
+#[allow(unused_imports)]
+pub use specs::{
+    named, nat_network, new_disk_in, pool_name, snapshot_ref, virtio_nic, volume_disk, volume_key,
+};
 
 pub fn node_uri() -> String {
     format!("test://{}/testdata/node-h1.xml", env!("CARGO_MANIFEST_DIR"))
@@ -60,29 +66,10 @@ pub fn spec(name: &str) -> VmSpec {
         max_vcpus: Some(4),
         arch: None,
         disks: vec![],
-        nics: vec![NicSpec {
-            network: Some("default".into()),
-            bridge: None,
-            mac: None,
-            model: NicModel::Virtio,
-        }],
+        nics: vec![virtio_nic("default", None)],
         autostart: false,
         boot: Default::default(),
         cpu_mode: None,
-    }
-}
-
-pub fn new_disk(target: &str, pool: &str) -> DiskSpec {
-    DiskSpec {
-        target: target.into(),
-        source: DiskSource::NewVolume {
-            pool: pool.into(),
-            capacity_bytes: 1 << 30,
-        },
-        bus: DiskBus::Virtio,
-        format: Some(DiskFormat::Qcow2),
-        read_only: false,
-        device: DiskDevice::Disk,
     }
 }
 
@@ -121,6 +108,56 @@ pub fn vm_in(b: &Bridge, name: &str, state: PowerState) -> VmRecord {
     rec
 }
 
+/// Asserts that `r` failed with `code` naming `value` in parameter `param`
+/// (`what`: the case); returns the error.
+pub fn refused<T: std::fmt::Debug>(
+    r: Result<T, Error>,
+    what: &str,
+    code: ErrorCode,
+    param: &str,
+    value: &str,
+) -> Error {
+    let err = r.expect_err(what);
+    assert_eq!((err.code, err.param(param)), (code, Some(value)), "{what}");
+    err
+}
+
+/// Asserts that `r` failed with `want`.
+pub fn assert_code<T: std::fmt::Debug>(r: Result<T, Error>, want: ErrorCode) {
+    assert_eq!(code(r), want);
+}
+
+/// New disks `targets` in pool `default` (see [`new_disk_in`]).
+pub fn new_disks(targets: &[&str]) -> Vec<hostbus_protocol::types::DiskSpec> {
+    targets.iter().map(|t| new_disk_in(t, "default")).collect()
+}
+
+/// A new memory size for VM `uuid`.
+pub fn set_memory(uuid: Uuid, memory_kib: u64) -> VmSetMemoryRequest {
+    VmSetMemoryRequest { uuid, memory_kib }
+}
+
+/// A new vCPU count for VM `uuid`.
+pub fn set_vcpus(uuid: Uuid, vcpus: u32) -> VmSetVcpusRequest {
+    VmSetVcpusRequest { uuid, vcpus }
+}
+
+/// Disk `target` of VM `uuid`, to detach.
+pub fn disk_of(uuid: Uuid, target: &str) -> VmDetachDiskRequest {
+    VmDetachDiskRequest {
+        uuid,
+        target: target.into(),
+    }
+}
+
+/// The NIC with MAC `mac` of VM `uuid`, to detach.
+pub fn nic_of(uuid: Uuid, mac: &str) -> VmDetachNicRequest {
+    VmDetachNicRequest {
+        uuid,
+        mac: mac.into(),
+    }
+}
+
 /// Waits up to 5 s for an event matching `pred`, returning it.
 pub fn wait_event(rx: &Receiver<ObjectEvent>, pred: impl Fn(&ObjectEvent) -> bool) -> ObjectEvent {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -132,4 +169,26 @@ pub fn wait_event(rx: &Receiver<ObjectEvent>, pred: impl Fn(&ObjectEvent) -> boo
             Err(e) => panic!("no matching event: {e}"),
         }
     }
+}
+
+/// The names of the volumes in `pool`.
+pub fn volume_names(b: &Bridge, pool: &str) -> Vec<String> {
+    run::<VolumeList>(b, pool_name(pool))
+        .expect("volumes")
+        .volumes
+        .into_iter()
+        .map(|v| v.name)
+        .collect()
+}
+
+/// Undefines VM `uuid` (and its storage when `remove_storage`).
+pub fn undefine(b: &Bridge, uuid: Uuid, remove_storage: bool) {
+    run::<VmUndefine>(
+        b,
+        VmUndefineRequest {
+            uuid,
+            remove_storage,
+        },
+    )
+    .expect("undefine");
 }

@@ -12,20 +12,6 @@ use hostbus_protocol::types::{
 };
 use hostbus_protocol::ErrorCode;
 
-fn volume_disk(target: &str, pool: &str, volume: &str, format: Option<DiskFormat>) -> DiskSpec {
-    DiskSpec {
-        target: target.into(),
-        source: DiskSource::Volume(VolumeRef {
-            pool: pool.into(),
-            volume: volume.into(),
-        }),
-        bus: DiskBus::Virtio,
-        format,
-        read_only: false,
-        device: DiskDevice::Disk,
-    }
-}
-
 #[test]
 fn a_disk_takes_its_format_from_its_volume_and_names_it() {
     let b = open();
@@ -63,14 +49,9 @@ fn a_disk_takes_its_format_from_its_volume_and_names_it() {
         (ErrorCode::InvalidArgument, Some("spec.disks[0].format")),
         "{err}"
     );
-    assert_eq!(
-        code(run::<VmGetByName>(
-            &b,
-            ObjectName {
-                name: "fmt02".into()
-            }
-        )),
-        ErrorCode::VmNotFound
+    assert_code(
+        run::<VmGetByName>(&b, named("fmt02")),
+        ErrorCode::VmNotFound,
     );
 
     // A path that is a pool's volume is that volume.
@@ -96,14 +77,8 @@ fn a_disk_takes_its_format_from_its_volume_and_names_it() {
 fn volumes_in_use_are_not_deleted_or_cloned_and_undefine_keeps_shared_ones() {
     let b = open();
     // web01 runs on default/web01.qcow2 (by path, as the node file defines it).
-    let err = run::<VolumeDelete>(
-        &b,
-        VolumeKey {
-            pool: "default".into(),
-            name: "web01.qcow2".into(),
-        },
-    )
-    .expect_err("in use by a running vm");
+    let err = run::<VolumeDelete>(&b, volume_key("default", "web01.qcow2"))
+        .expect_err("in use by a running vm");
     assert_eq!(err.code, ErrorCode::VolumeInUse, "{err}");
     assert_eq!(err.param("vms"), Some(WEB01));
     let err = run::<VolumeClone>(
@@ -126,21 +101,15 @@ fn volumes_in_use_are_not_deleted_or_cloned_and_undefine_keeps_shared_ones() {
         },
     )
     .expect("a halted vm's image can be cloned");
-    let err = run::<VolumeDelete>(
-        &b,
-        VolumeKey {
-            pool: "default".into(),
-            name: "db01.qcow2".into(),
-        },
-    )
-    .expect_err("a halted vm is defined on it");
+    let err = run::<VolumeDelete>(&b, volume_key("default", "db01.qcow2"))
+        .expect_err("a halted vm is defined on it");
     assert_eq!(err.code, ErrorCode::VolumeInUse, "{err}");
 
     // A vm with its own new disk, a read-only base image and a CD-ROM:
     // undefining it with its storage removes only its own disk.
     let mut s = spec("own01");
     s.disks = vec![
-        new_disk("vda", "default"),
+        new_disk_in("vda", "default"),
         DiskSpec {
             read_only: true,
             ..volume_disk("vdb", "default", "base-debian12.qcow2", None)
@@ -154,22 +123,8 @@ fn volumes_in_use_are_not_deleted_or_cloned_and_undefine_keeps_shared_ones() {
     let vm = run::<VmDefine>(&b, VmDefineRequest { spec: s }).expect("define");
     let cd = vm.disks.iter().find(|d| d.target == "hdc").expect("cdrom");
     assert_eq!((cd.device, cd.read_only), (DiskDevice::Cdrom, true));
-    run::<VmUndefine>(
-        &b,
-        VmUndefineRequest {
-            uuid: vm.uuid,
-            remove_storage: true,
-        },
-    )
-    .expect("undefine");
-    let names = |pool: &str| -> Vec<String> {
-        run::<VolumeList>(&b, PoolName { pool: pool.into() })
-            .expect("list")
-            .volumes
-            .into_iter()
-            .map(|v| v.name)
-            .collect()
-    };
+    undefine(&b, vm.uuid, true);
+    let names = |pool: &str| volume_names(&b, pool);
     let default = names("default");
     assert!(
         !default.iter().any(|n| n == "own01-vda.qcow2"),
@@ -187,7 +142,7 @@ fn records_show_boot_cpu_console_and_domain_type() {
     let b = open();
     let mut s = spec("boot01");
     s.disks = vec![
-        new_disk("vda", "default"),
+        new_disk_in("vda", "default"),
         DiskSpec {
             bus: DiskBus::Sata,
             device: DiskDevice::Cdrom,

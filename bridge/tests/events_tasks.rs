@@ -68,14 +68,7 @@ fn each_lifecycle_change_emits_one_event_with_a_growing_generation() {
         run::<VmReboot>(&b, VmUuid { uuid: db }).expect("reboot");
     });
     step(EventAction::Changed, &|| {
-        run::<VmSetMemory>(
-            &b,
-            VmSetMemoryRequest {
-                uuid: db,
-                memory_kib: 2_097_152,
-            },
-        )
-        .expect("memory");
+        run::<VmSetMemory>(&b, set_memory(db, 2_097_152)).expect("memory");
     });
     step(EventAction::Stopped, &|| {
         run::<VmShutdown>(
@@ -110,14 +103,7 @@ fn each_lifecycle_change_emits_one_event_with_a_growing_generation() {
         e.action == EventAction::Defined && e.object_id == vm.uuid.to_string()
     });
     assert_eq!(ev.generation, vm.generation);
-    run::<VmUndefine>(
-        &b,
-        VmUndefineRequest {
-            uuid: vm.uuid,
-            remove_storage: false,
-        },
-    )
-    .expect("undefine");
+    undefine(&b, vm.uuid, false);
     let ev = wait_event(&rx, |e| {
         e.action == EventAction::Undefined && e.object_id == vm.uuid.to_string()
     });
@@ -143,17 +129,11 @@ fn each_lifecycle_change_emits_one_event_with_a_growing_generation() {
             && e.action == EventAction::Created
             && e.object_id == "iso/ev.qcow2"
     });
-    run::<NetworkStop>(
-        &b,
-        ObjectName {
-            name: "storage-net".into(),
-        },
-    )
-    .expect("net stop");
+    run::<NetworkStop>(&b, named("storage-net")).expect("net stop");
     wait_event(&rx, |e| {
         e.class == ObjectClass::Network && e.action == EventAction::Stopped
     });
-    run::<PoolStop>(&b, ObjectName { name: "iso".into() }).expect("pool stop");
+    run::<PoolStop>(&b, named("iso")).expect("pool stop");
     wait_event(&rx, |e| {
         e.class == ObjectClass::Pool && e.action == EventAction::Stopped && e.object_id == "iso"
     });
@@ -192,11 +172,7 @@ fn a_task_runs_reports_progress_and_returns_its_result() {
     let b = slow_bridge();
     let rx = b.subscribe();
     let mut s = spec("task01");
-    s.disks = vec![
-        new_disk("vda", "default"),
-        new_disk("vdb", "default"),
-        new_disk("vdc", "default"),
-    ];
+    s.disks = new_disks(&["vda", "vdb", "vdc"]);
     let id = submit::<VmDefine>(&b, VmDefineRequest { spec: s });
     let t = wait_task(&b, id);
     assert_eq!(t.status, TaskStatus::Success, "{t:?}");
@@ -231,13 +207,13 @@ fn a_task_runs_reports_progress_and_returns_its_result() {
     .expect("list")
     .tasks;
     assert!(listed.iter().any(|t| t.id == id));
-    assert_eq!(
-        code(run::<TaskCancel>(&b, TaskId { id })),
-        ErrorCode::TaskNotCancellable
+    assert_code(
+        run::<TaskCancel>(&b, TaskId { id }),
+        ErrorCode::TaskNotCancellable,
     );
-    assert_eq!(
-        code(run::<TaskGet>(&b, TaskId { id: Uuid::new_v4() })),
-        ErrorCode::TaskNotFound
+    assert_code(
+        run::<TaskGet>(&b, TaskId { id: Uuid::new_v4() }),
+        ErrorCode::TaskNotFound,
     );
 
     // A failing task reports its error.
@@ -258,12 +234,7 @@ fn a_task_can_be_cancelled_and_rolls_back() {
     let b = slow_bridge();
     let rx = b.subscribe();
     let mut s = spec("cancel01");
-    s.disks = vec![
-        new_disk("vda", "default"),
-        new_disk("vdb", "default"),
-        new_disk("vdc", "default"),
-        new_disk("vdd", "default"),
-    ];
+    s.disks = new_disks(&["vda", "vdb", "vdc", "vdd"]);
     let id = submit::<VmDefine>(&b, VmDefineRequest { spec: s });
     // Cancel once the task has made some progress.
     wait_event(
@@ -278,25 +249,13 @@ fn a_task_can_be_cancelled_and_rolls_back() {
     let t = wait_task(&b, id);
     assert_eq!(t.status, TaskStatus::Cancelled);
     assert_eq!(t.error.map(|e| e.code), Some(ErrorCode::Cancelled));
-    assert_eq!(
-        code(run::<VmGetByName>(
-            &b,
-            ObjectName {
-                name: "cancel01".into()
-            }
-        )),
-        ErrorCode::VmNotFound
+    assert_code(
+        run::<VmGetByName>(&b, named("cancel01")),
+        ErrorCode::VmNotFound,
     );
-    let vols = run::<VolumeList>(
-        &b,
-        PoolName {
-            pool: "default".into(),
-        },
-    )
-    .expect("vols")
-    .volumes;
+    let vols = volume_names(&b, "default");
     assert!(
-        !vols.iter().any(|v| v.name.starts_with("cancel01-")),
+        !vols.iter().any(|v| v.starts_with("cancel01-")),
         "volumes rolled back: {vols:?}"
     );
 }
@@ -311,10 +270,7 @@ fn finished_tasks_are_collected_after_their_ttl() {
     let id = submit::<HostPing>(&b, Ping { echo: None });
     assert_eq!(wait_task(&b, id).status, TaskStatus::Success);
     b.reconcile_now().expect("reconcile");
-    assert_eq!(
-        code(run::<TaskGet>(&b, TaskId { id })),
-        ErrorCode::TaskNotFound
-    );
+    assert_code(run::<TaskGet>(&b, TaskId { id }), ErrorCode::TaskNotFound);
 }
 
 /// Counts, per object lock, how many operations hold it at once.
@@ -424,14 +380,7 @@ fn operations_on_one_vm_never_interleave() {
             let b = b.clone();
             std::thread::spawn(move || {
                 let t0 = Instant::now();
-                run::<VmSetMemory>(
-                    &b,
-                    VmSetMemoryRequest {
-                        uuid: web,
-                        memory_kib: 1_048_576 + i * 1024,
-                    },
-                )
-                .expect("set memory");
+                run::<VmSetMemory>(&b, set_memory(web, 1_048_576 + i * 1024)).expect("set memory");
                 (t0, Instant::now())
             })
         })

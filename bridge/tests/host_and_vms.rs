@@ -5,13 +5,22 @@ mod common;
 
 use common::*;
 use hostbus_bridge::allowed_states;
+use hostbus_bridge::Bridge;
 use hostbus_protocol::commands::*;
+use hostbus_protocol::types::VmRecord;
 use hostbus_protocol::types::{
-    DiskBus, DiskDevice, DiskSource, DiskSpec, NicModel, NicSpec, PowerState, VmOperation,
-    VolumeRef,
+    DiskBus, DiskDevice, DiskSource, DiskSpec, PowerState, VmOperation, VolumeRef,
 };
-use hostbus_protocol::{ErrorCode, COMMANDS};
+use hostbus_protocol::{Command, Error, ErrorCode, COMMANDS};
 use uuid::Uuid;
+
+/// The power state after `C` on VM `u`.
+fn state_after<C>(b: &Bridge, u: Uuid) -> Result<Option<PowerState>, Error>
+where
+    C: Command<Request = VmUuid, Response = VmRecord>,
+{
+    run::<C>(b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
+}
 
 #[test]
 fn host_facts_come_from_the_node_file() {
@@ -83,32 +92,20 @@ fn vms_are_listed_and_found_by_uuid_and_name() {
     assert_eq!(web.nics[0].mac, "52:54:00:10:00:01");
     assert!(web.allowed_operations.contains(&VmOperation::Pause));
     assert!(!web.allowed_operations.contains(&VmOperation::Start));
-    let db = run::<VmGetByName>(
-        &b,
-        ObjectName {
-            name: "db01".into(),
-        },
-    )
-    .expect("by name");
+    let db = run::<VmGetByName>(&b, named("db01")).expect("by name");
     assert_eq!(db.uuid, uuid(DB01));
     assert_eq!(db.power_state, PowerState::Halted);
 
-    assert_eq!(
-        code(run::<VmGet>(
+    assert_code(
+        run::<VmGet>(
             &b,
             VmUuid {
-                uuid: Uuid::new_v4()
-            }
-        )),
-        ErrorCode::VmNotFound
+                uuid: Uuid::new_v4(),
+            },
+        ),
+        ErrorCode::VmNotFound,
     );
-    let err = run::<VmGetByName>(
-        &b,
-        ObjectName {
-            name: "nope".into(),
-        },
-    )
-    .expect_err("missing");
+    let err = run::<VmGetByName>(&b, named("nope")).expect_err("missing");
     assert_eq!(err.code, ErrorCode::VmNotFound);
     assert_eq!(err.param("vm"), Some("nope"));
 }
@@ -117,53 +114,29 @@ fn vms_are_listed_and_found_by_uuid_and_name() {
 fn define_creates_volumes_and_undefine_can_remove_them() {
     let b = open();
     let mut s = spec("app01");
-    s.disks = vec![new_disk("vda", "default"), new_disk("vdb", "default")];
+    s.disks = new_disks(&["vda", "vdb"]);
     s.description = "app server".into();
     let vm = run::<VmDefine>(&b, VmDefineRequest { spec: s.clone() }).expect("define");
     assert_eq!(vm.power_state, PowerState::Halted);
     assert_eq!(vm.description, "app server");
     assert_eq!(vm.disks.len(), 2);
     assert!(vm.nics[0].mac.starts_with("52:54:00:"));
-    let vols = run::<VolumeList>(
-        &b,
-        PoolName {
-            pool: "default".into(),
-        },
-    )
-    .expect("vols")
-    .volumes;
-    assert!(vols.iter().any(|v| v.name == "app01-vda.qcow2"));
-    assert!(vols.iter().any(|v| v.name == "app01-vdb.qcow2"));
+    let vols = volume_names(&b, "default");
+    assert!(vols.iter().any(|v| v == "app01-vda.qcow2"));
+    assert!(vols.iter().any(|v| v == "app01-vdb.qcow2"));
 
-    assert_eq!(
-        code(run::<VmDefine>(&b, VmDefineRequest { spec: s })),
-        ErrorCode::AlreadyExists
+    assert_code(
+        run::<VmDefine>(&b, VmDefineRequest { spec: s }),
+        ErrorCode::AlreadyExists,
     );
 
-    run::<VmUndefine>(
-        &b,
-        VmUndefineRequest {
-            uuid: vm.uuid,
-            remove_storage: true,
-        },
-    )
-    .expect("undefine");
-    assert_eq!(
-        code(run::<VmGet>(&b, VmUuid { uuid: vm.uuid })),
-        ErrorCode::VmNotFound
+    undefine(&b, vm.uuid, true);
+    assert_code(
+        run::<VmGet>(&b, VmUuid { uuid: vm.uuid }),
+        ErrorCode::VmNotFound,
     );
-    let vols = run::<VolumeList>(
-        &b,
-        PoolName {
-            pool: "default".into(),
-        },
-    )
-    .expect("vols")
-    .volumes;
-    assert!(
-        !vols.iter().any(|v| v.name.starts_with("app01-")),
-        "{vols:?}"
-    );
+    let vols = volume_names(&b, "default");
+    assert!(!vols.iter().any(|v| v.starts_with("app01-")), "{vols:?}");
 }
 
 #[test]
@@ -171,26 +144,19 @@ fn define_refuses_missing_networks_pools_and_bad_specs_and_leaves_nothing_behind
     let b = open();
     let mut s = spec("bad01");
     s.nics[0].network = Some("nonet".into());
-    assert_eq!(
-        code(run::<VmDefine>(&b, VmDefineRequest { spec: s })),
-        ErrorCode::NetworkNotFound
+    assert_code(
+        run::<VmDefine>(&b, VmDefineRequest { spec: s }),
+        ErrorCode::NetworkNotFound,
     );
 
     let mut s = spec("bad02");
-    s.disks = vec![new_disk("vda", "default"), new_disk("vdb", "nopool")];
+    s.disks = vec![new_disk_in("vda", "default"), new_disk_in("vdb", "nopool")];
     let err = run::<VmDefine>(&b, VmDefineRequest { spec: s }).expect_err("no pool");
     assert_eq!(err.code, ErrorCode::PoolNotFound);
     assert_eq!(err.param("pool"), Some("nopool"));
-    let vols = run::<VolumeList>(
-        &b,
-        PoolName {
-            pool: "default".into(),
-        },
-    )
-    .expect("vols")
-    .volumes;
+    let vols = volume_names(&b, "default");
     assert!(
-        !vols.iter().any(|v| v.name.starts_with("bad02-")),
+        !vols.iter().any(|v| v.starts_with("bad02-")),
         "rolled back: {vols:?}"
     );
 
@@ -199,14 +165,9 @@ fn define_refuses_missing_networks_pools_and_bad_specs_and_leaves_nothing_behind
     let err = run::<VmDefine>(&b, VmDefineRequest { spec: s }).expect_err("invalid");
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert_eq!(err.param("field"), Some("spec.memory_kib"));
-    assert_eq!(
-        code(run::<VmGetByName>(
-            &b,
-            ObjectName {
-                name: "bad03".into()
-            }
-        )),
-        ErrorCode::VmNotFound
+    assert_code(
+        run::<VmGetByName>(&b, named("bad03")),
+        ErrorCode::VmNotFound,
     );
 }
 
@@ -259,24 +220,12 @@ fn power_state_table() {
                     },
                 )
                 .map(|r| Some(r.power_state)),
-                VmOperation::Destroy => {
-                    run::<VmDestroy>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
-                }
-                VmOperation::Reboot => {
-                    run::<VmReboot>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
-                }
-                VmOperation::Reset => {
-                    run::<VmReset>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
-                }
-                VmOperation::Pause => {
-                    run::<VmPause>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
-                }
-                VmOperation::Resume => {
-                    run::<VmResume>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
-                }
-                VmOperation::Suspend => {
-                    run::<VmSuspend>(&b, VmUuid { uuid: u }).map(|r| Some(r.power_state))
-                }
+                VmOperation::Destroy => state_after::<VmDestroy>(&b, u),
+                VmOperation::Reboot => state_after::<VmReboot>(&b, u),
+                VmOperation::Reset => state_after::<VmReset>(&b, u),
+                VmOperation::Pause => state_after::<VmPause>(&b, u),
+                VmOperation::Resume => state_after::<VmResume>(&b, u),
+                VmOperation::Suspend => state_after::<VmSuspend>(&b, u),
                 VmOperation::Undefine => run::<VmUndefine>(
                     &b,
                     VmUndefineRequest {
@@ -285,23 +234,14 @@ fn power_state_table() {
                     },
                 )
                 .map(|_| None),
-                VmOperation::SetMemory => run::<VmSetMemory>(
-                    &b,
-                    VmSetMemoryRequest {
-                        uuid: u,
-                        memory_kib: 262_144,
-                    },
-                )
-                .map(|r| {
+                VmOperation::SetMemory => run::<VmSetMemory>(&b, set_memory(u, 262_144)).map(|r| {
                     assert_eq!(r.memory_kib, 262_144);
                     Some(r.power_state)
                 }),
-                VmOperation::SetVcpus => {
-                    run::<VmSetVcpus>(&b, VmSetVcpusRequest { uuid: u, vcpus: 2 }).map(|r| {
-                        assert_eq!(r.vcpus, 2);
-                        Some(r.power_state)
-                    })
-                }
+                VmOperation::SetVcpus => run::<VmSetVcpus>(&b, set_vcpus(u, 2)).map(|r| {
+                    assert_eq!(r.vcpus, 2);
+                    Some(r.power_state)
+                }),
                 VmOperation::SnapshotCreate => run::<SnapshotCreate>(
                     &b,
                     SnapshotCreateRequest {
@@ -344,38 +284,21 @@ fn power_state_table() {
 #[test]
 fn memory_and_vcpus_cannot_exceed_their_ceilings() {
     let b = open();
-    let err = run::<VmSetMemory>(
-        &b,
-        VmSetMemoryRequest {
-            uuid: uuid(WEB01),
-            memory_kib: 4_194_304,
-        },
-    )
-    .expect_err("too much");
-    assert_eq!(
-        (err.code, err.param("field")),
-        (ErrorCode::InvalidArgument, Some("memory_kib"))
+    refused(
+        run::<VmSetMemory>(&b, set_memory(uuid(WEB01), 4_194_304)),
+        "too much",
+        ErrorCode::InvalidArgument,
+        "field",
+        "memory_kib",
     );
-    let err = run::<VmSetVcpus>(
-        &b,
-        VmSetVcpusRequest {
-            uuid: uuid(WEB01),
-            vcpus: 8,
-        },
-    )
-    .expect_err("too many");
-    assert_eq!(
-        (err.code, err.param("field")),
-        (ErrorCode::InvalidArgument, Some("vcpus"))
+    refused(
+        run::<VmSetVcpus>(&b, set_vcpus(uuid(WEB01), 8)),
+        "too many",
+        ErrorCode::InvalidArgument,
+        "field",
+        "vcpus",
     );
-    let r = run::<VmSetVcpus>(
-        &b,
-        VmSetVcpusRequest {
-            uuid: uuid(WEB01),
-            vcpus: 3,
-        },
-    )
-    .expect("live vcpus");
+    let r = run::<VmSetVcpus>(&b, set_vcpus(uuid(WEB01), 3)).expect("live vcpus");
     assert_eq!(r.vcpus, 3);
 }
 
@@ -387,12 +310,7 @@ fn disks_and_nics_attach_and_detach() {
     // as long as the answer matches what the VM then has. A halted VM is
     // changed through its definition on both.
     let running = vm_in(&b, "dev00", PowerState::Running);
-    let nic = NicSpec {
-        network: Some("default".into()),
-        bridge: None,
-        mac: Some("52:54:00:aa:bb:00".into()),
-        model: NicModel::Virtio,
-    };
+    let nic = virtio_nic("default", Some("52:54:00:aa:bb:00"));
     let live = run::<VmAttachNic>(
         &b,
         VmAttachNicRequest {
@@ -447,67 +365,33 @@ fn disks_and_nics_attach_and_detach() {
         vdb.source_path.as_deref(),
         Some("/var/lib/hostbus/images/base-debian12.qcow2")
     );
-    let err = run::<VmAttachDisk>(&b, VmAttachDiskRequest { uuid: u, disk }).expect_err("twice");
-    assert_eq!(
-        (err.code, err.param("field")),
-        (ErrorCode::InvalidArgument, Some("disk.target"))
+    refused(
+        run::<VmAttachDisk>(&b, VmAttachDiskRequest { uuid: u, disk }),
+        "twice",
+        ErrorCode::InvalidArgument,
+        "field",
+        "disk.target",
     );
-    let r = run::<VmDetachDisk>(
-        &b,
-        VmDetachDiskRequest {
-            uuid: u,
-            target: "vdb".into(),
-        },
-    )
-    .expect("detach disk");
+    let r = run::<VmDetachDisk>(&b, disk_of(u, "vdb")).expect("detach disk");
     assert!(r.disks.iter().all(|d| d.target != "vdb"));
-    assert_eq!(
-        code(run::<VmDetachDisk>(
-            &b,
-            VmDetachDiskRequest {
-                uuid: u,
-                target: "vdz".into()
-            }
-        )),
-        ErrorCode::DeviceNotFound
+    assert_code(
+        run::<VmDetachDisk>(&b, disk_of(u, "vdz")),
+        ErrorCode::DeviceNotFound,
     );
 
-    let nic = NicSpec {
-        network: Some("default".into()),
-        bridge: None,
-        mac: Some("52:54:00:aa:bb:cc".into()),
-        model: NicModel::Virtio,
-    };
+    let nic = virtio_nic("default", Some("52:54:00:aa:bb:cc"));
     let r = run::<VmAttachNic>(&b, VmAttachNicRequest { uuid: u, nic }).expect("attach nic");
     assert!(r.nics.iter().any(|n| n.mac == "52:54:00:aa:bb:cc"));
-    let r = run::<VmDetachNic>(
-        &b,
-        VmDetachNicRequest {
-            uuid: u,
-            mac: "52:54:00:AA:BB:CC".into(),
-        },
-    )
-    .expect("detach nic");
+    let r = run::<VmDetachNic>(&b, nic_of(u, "52:54:00:AA:BB:CC")).expect("detach nic");
     assert!(r.nics.iter().all(|n| n.mac != "52:54:00:aa:bb:cc"));
-    assert_eq!(
-        code(run::<VmDetachNic>(
-            &b,
-            VmDetachNicRequest {
-                uuid: u,
-                mac: "52:54:00:00:00:99".into()
-            }
-        )),
-        ErrorCode::DeviceNotFound
+    assert_code(
+        run::<VmDetachNic>(&b, nic_of(u, "52:54:00:00:00:99")),
+        ErrorCode::DeviceNotFound,
     );
-    let nic = NicSpec {
-        network: Some("nonet".into()),
-        bridge: None,
-        mac: None,
-        model: NicModel::Virtio,
-    };
-    assert_eq!(
-        code(run::<VmAttachNic>(&b, VmAttachNicRequest { uuid: u, nic })),
-        ErrorCode::NetworkNotFound
+    let nic = virtio_nic("nonet", None);
+    assert_code(
+        run::<VmAttachNic>(&b, VmAttachNicRequest { uuid: u, nic }),
+        ErrorCode::NetworkNotFound,
     );
 }
 
@@ -523,14 +407,14 @@ fn stats_report_cpu_memory_block_and_net() {
     assert_eq!(s.net[0].mac, "52:54:00:10:00:01");
     let halted = run::<VmStatsGet>(&b, VmUuid { uuid: uuid(DB01) }).expect("stats");
     assert!(halted.block.is_empty() && halted.net.is_empty());
-    assert_eq!(
-        code(run::<VmStatsGet>(
+    assert_code(
+        run::<VmStatsGet>(
             &b,
             VmUuid {
-                uuid: Uuid::new_v4()
-            }
-        )),
-        ErrorCode::VmNotFound
+                uuid: Uuid::new_v4(),
+            },
+        ),
+        ErrorCode::VmNotFound,
     );
 }
 
@@ -553,16 +437,16 @@ fn snapshots_create_list_revert_and_delete() {
         ("before", "clean", PowerState::Running)
     );
     assert!(s1.current);
-    assert_eq!(
-        code(run::<SnapshotCreate>(
+    assert_code(
+        run::<SnapshotCreate>(
             &b,
             SnapshotCreateRequest {
                 vm: u,
                 name: "before".into(),
-                description: String::new()
-            }
-        )),
-        ErrorCode::AlreadyExists
+                description: String::new(),
+            },
+        ),
+        ErrorCode::AlreadyExists,
     );
     run::<VmPause>(&b, VmUuid { uuid: u }).expect("pause");
     run::<SnapshotCreate>(
@@ -580,57 +464,32 @@ fn snapshots_create_list_revert_and_delete() {
     assert_eq!(list.len(), 2);
     assert_eq!(list.iter().filter(|s| s.current).count(), 1);
     run::<VmDestroy>(&b, VmUuid { uuid: u }).expect("destroy");
-    let r = run::<SnapshotRevert>(
-        &b,
-        SnapshotRef {
-            vm: u,
-            name: "before".into(),
-        },
-    )
-    .expect("revert");
+    let r = run::<SnapshotRevert>(&b, snapshot_ref(u, "before")).expect("revert");
     assert_eq!(
         r.power_state,
         PowerState::Running,
         "revert restores the power state at the time"
     );
     assert_eq!(r.current_snapshot.as_deref(), Some("before"));
-    run::<SnapshotDelete>(
-        &b,
-        SnapshotRef {
-            vm: u,
-            name: "paused".into(),
-        },
-    )
-    .expect("delete");
-    let err = run::<SnapshotDelete>(
-        &b,
-        SnapshotRef {
-            vm: u,
-            name: "paused".into(),
-        },
-    )
-    .expect_err("gone");
-    assert_eq!(
-        (err.code, err.param("snapshot")),
-        (ErrorCode::SnapshotNotFound, Some("paused"))
+    run::<SnapshotDelete>(&b, snapshot_ref(u, "paused")).expect("delete");
+    refused(
+        run::<SnapshotDelete>(&b, snapshot_ref(u, "paused")),
+        "gone",
+        ErrorCode::SnapshotNotFound,
+        "snapshot",
+        "paused",
     );
-    assert_eq!(
-        code(run::<SnapshotRevert>(
-            &b,
-            SnapshotRef {
-                vm: u,
-                name: "nope".into()
-            }
-        )),
-        ErrorCode::SnapshotNotFound
+    assert_code(
+        run::<SnapshotRevert>(&b, snapshot_ref(u, "nope")),
+        ErrorCode::SnapshotNotFound,
     );
-    assert_eq!(
-        code(run::<SnapshotList>(
+    assert_code(
+        run::<SnapshotList>(
             &b,
             VmUuid {
-                uuid: Uuid::new_v4()
-            }
-        )),
-        ErrorCode::VmNotFound
+                uuid: Uuid::new_v4(),
+            },
+        ),
+        ErrorCode::VmNotFound,
     );
 }

@@ -5,9 +5,7 @@ mod common;
 
 use common::*;
 use hostbus_protocol::commands::*;
-use hostbus_protocol::types::{
-    DiskFormat, ForwardMode, IpSpec, NetworkSpec, PoolKind, PoolSpec, PoolState, VolumeSpec,
-};
+use hostbus_protocol::types::{DiskFormat, ForwardMode, PoolKind, PoolSpec, PoolState, VolumeSpec};
 use hostbus_protocol::ErrorCode;
 
 fn vol(name: &str, gib: u64) -> VolumeSpec {
@@ -17,6 +15,11 @@ fn vol(name: &str, gib: u64) -> VolumeSpec {
         allocation_bytes: 0,
         format: DiskFormat::Qcow2,
     }
+}
+
+/// Asserts that `r` was refused with POOL_BAD_STATE.
+fn bad_state<T: std::fmt::Debug>(r: Result<T, hostbus_protocol::Error>) {
+    assert_code(r, ErrorCode::PoolBadState);
 }
 
 #[test]
@@ -45,97 +48,32 @@ fn pools_are_listed_defined_started_refreshed_stopped_and_undefined() {
     };
     let p = run::<PoolDefine>(&b, PoolDefineRequest { spec: spec.clone() }).expect("define");
     assert_eq!(p.state, PoolState::Inactive);
-    assert_eq!(
-        code(run::<PoolDefine>(&b, PoolDefineRequest { spec })),
-        ErrorCode::AlreadyExists
+    assert_code(
+        run::<PoolDefine>(&b, PoolDefineRequest { spec }),
+        ErrorCode::AlreadyExists,
     );
 
-    let err = run::<VolumeList>(
-        &b,
-        PoolName {
-            pool: "scratch".into(),
-        },
-    )
-    .expect_err("inactive");
-    assert_eq!(
-        (err.code, err.param("current")),
-        (ErrorCode::PoolBadState, Some("inactive"))
+    refused(
+        run::<VolumeList>(&b, pool_name("scratch")),
+        "inactive",
+        ErrorCode::PoolBadState,
+        "current",
+        "inactive",
     );
-    assert_eq!(
-        code(run::<PoolStop>(
-            &b,
-            ObjectName {
-                name: "scratch".into()
-            }
-        )),
-        ErrorCode::PoolBadState
-    );
-    assert_eq!(
-        code(run::<PoolRefresh>(
-            &b,
-            ObjectName {
-                name: "scratch".into()
-            }
-        )),
-        ErrorCode::PoolBadState
-    );
+    bad_state(run::<PoolStop>(&b, named("scratch")));
+    bad_state(run::<PoolRefresh>(&b, named("scratch")));
 
-    let p = run::<PoolStart>(
-        &b,
-        ObjectName {
-            name: "scratch".into(),
-        },
-    )
-    .expect("start");
+    let p = run::<PoolStart>(&b, named("scratch")).expect("start");
     assert_eq!(p.state, PoolState::Running);
-    assert_eq!(
-        code(run::<PoolStart>(
-            &b,
-            ObjectName {
-                name: "scratch".into()
-            }
-        )),
-        ErrorCode::PoolBadState
-    );
-    assert_eq!(
-        code(run::<PoolUndefine>(
-            &b,
-            ObjectName {
-                name: "scratch".into()
-            }
-        )),
-        ErrorCode::PoolBadState
-    );
-    run::<PoolRefresh>(
-        &b,
-        ObjectName {
-            name: "scratch".into(),
-        },
-    )
-    .expect("refresh");
-    let p = run::<PoolStop>(
-        &b,
-        ObjectName {
-            name: "scratch".into(),
-        },
-    )
-    .expect("stop");
+    bad_state(run::<PoolStart>(&b, named("scratch")));
+    bad_state(run::<PoolUndefine>(&b, named("scratch")));
+    run::<PoolRefresh>(&b, named("scratch")).expect("refresh");
+    let p = run::<PoolStop>(&b, named("scratch")).expect("stop");
     assert_eq!(p.state, PoolState::Inactive);
-    run::<PoolUndefine>(
-        &b,
-        ObjectName {
-            name: "scratch".into(),
-        },
-    )
-    .expect("undefine");
-    assert_eq!(
-        code(run::<PoolGet>(
-            &b,
-            ObjectName {
-                name: "scratch".into()
-            }
-        )),
-        ErrorCode::PoolNotFound
+    run::<PoolUndefine>(&b, named("scratch")).expect("undefine");
+    assert_code(
+        run::<PoolGet>(&b, named("scratch")),
+        ErrorCode::PoolNotFound,
     );
 
     let bad = PoolSpec {
@@ -145,10 +83,12 @@ fn pools_are_listed_defined_started_refreshed_stopped_and_undefined() {
         source: None,
         autostart: false,
     };
-    let err = run::<PoolDefine>(&b, PoolDefineRequest { spec: bad }).expect_err("no source");
-    assert_eq!(
-        (err.code, err.param("field")),
-        (ErrorCode::InvalidArgument, Some("spec.source"))
+    refused(
+        run::<PoolDefine>(&b, PoolDefineRequest { spec: bad }),
+        "no source",
+        ErrorCode::InvalidArgument,
+        "field",
+        "spec.source",
     );
 }
 
@@ -177,25 +117,18 @@ fn volumes_are_created_resized_cloned_and_deleted() {
     )
     .expect_err("dup");
     assert_eq!(err.code, ErrorCode::AlreadyExists);
-    assert_eq!(
-        code(run::<VolumeCreate>(
+    assert_code(
+        run::<VolumeCreate>(
             &b,
             VolumeCreateRequest {
                 pool: "nopool".into(),
-                spec: vol("x", 1)
-            }
-        )),
-        ErrorCode::PoolNotFound
+                spec: vol("x", 1),
+            },
+        ),
+        ErrorCode::PoolNotFound,
     );
 
-    let got = run::<VolumeGet>(
-        &b,
-        VolumeKey {
-            pool: "default".into(),
-            name: "data.qcow2".into(),
-        },
-    )
-    .expect("get");
+    let got = run::<VolumeGet>(&b, volume_key("default", "data.qcow2")).expect("get");
     assert_eq!(got.key, v.key);
 
     let err = run::<VolumeResize>(
@@ -234,47 +167,33 @@ fn volumes_are_created_resized_cloned_and_deleted() {
     )
     .expect("clone");
     assert_eq!(c.name, "copy.qcow2");
-    assert_eq!(
-        code(run::<VolumeClone>(
+    assert_code(
+        run::<VolumeClone>(
             &b,
             VolumeCloneRequest {
                 pool: "default".into(),
                 name: "nope".into(),
-                new_name: "x".into()
-            }
-        )),
-        ErrorCode::VolumeNotFound
+                new_name: "x".into(),
+            },
+        ),
+        ErrorCode::VolumeNotFound,
     );
-    assert_eq!(
-        code(run::<VolumeClone>(
+    assert_code(
+        run::<VolumeClone>(
             &b,
             VolumeCloneRequest {
                 pool: "default".into(),
                 name: "data.qcow2".into(),
-                new_name: "copy.qcow2".into()
-            }
-        )),
-        ErrorCode::AlreadyExists
+                new_name: "copy.qcow2".into(),
+            },
+        ),
+        ErrorCode::AlreadyExists,
     );
 
     for name in ["data.qcow2", "copy.qcow2"] {
-        run::<VolumeDelete>(
-            &b,
-            VolumeKey {
-                pool: "default".into(),
-                name: name.into(),
-            },
-        )
-        .expect("delete");
+        run::<VolumeDelete>(&b, volume_key("default", name)).expect("delete");
     }
-    let err = run::<VolumeDelete>(
-        &b,
-        VolumeKey {
-            pool: "default".into(),
-            name: "data.qcow2".into(),
-        },
-    )
-    .expect_err("gone");
+    let err = run::<VolumeDelete>(&b, volume_key("default", "data.qcow2")).expect_err("gone");
     assert_eq!(
         (err.code, err.param("pool"), err.param("volume")),
         (
@@ -283,14 +202,7 @@ fn volumes_are_created_resized_cloned_and_deleted() {
             Some("data.qcow2")
         )
     );
-    let left = run::<VolumeList>(
-        &b,
-        PoolName {
-            pool: "default".into(),
-        },
-    )
-    .expect("list")
-    .volumes;
+    let left = volume_names(&b, "default");
     assert_eq!(left.len(), 3);
 }
 
@@ -311,50 +223,36 @@ fn networks_are_defined_started_stopped_and_undefined() {
         Some(ForwardMode::Isolated)
     );
 
-    let spec = NetworkSpec {
-        name: "lab".into(),
-        bridge: Some("virbr9".into()),
-        forward: ForwardMode::Nat,
-        ip: Some(IpSpec {
-            address: "192.168.150.1".into(),
-            prefix: 24,
-            dhcp_start: Some("192.168.150.10".into()),
-            dhcp_end: Some("192.168.150.99".into()),
-        }),
-        autostart: false,
-    };
+    let spec = nat_network(
+        "lab",
+        "virbr9",
+        "192.168.150.1",
+        ("192.168.150.10", "192.168.150.99"),
+    );
     let n = run::<NetworkDefine>(&b, NetworkDefineRequest { spec: spec.clone() }).expect("define");
     assert!(!n.active);
     assert_eq!(
         n.ip.as_ref().and_then(|i| i.dhcp_end.as_deref()),
         Some("192.168.150.99")
     );
-    assert_eq!(
-        code(run::<NetworkDefine>(&b, NetworkDefineRequest { spec })),
-        ErrorCode::AlreadyExists
+    assert_code(
+        run::<NetworkDefine>(&b, NetworkDefineRequest { spec }),
+        ErrorCode::AlreadyExists,
     );
-    assert_eq!(
-        code(run::<NetworkStop>(&b, ObjectName { name: "lab".into() })),
-        ErrorCode::NetworkBadState
+    assert_code(
+        run::<NetworkStop>(&b, named("lab")),
+        ErrorCode::NetworkBadState,
     );
-    assert!(
-        run::<NetworkStart>(&b, ObjectName { name: "lab".into() })
-            .expect("start")
-            .active
-    );
-    let err = run::<NetworkUndefine>(&b, ObjectName { name: "lab".into() }).expect_err("active");
+    assert!(run::<NetworkStart>(&b, named("lab")).expect("start").active);
+    let err = run::<NetworkUndefine>(&b, named("lab")).expect_err("active");
     assert_eq!(
         (err.code, err.param("current")),
         (ErrorCode::NetworkBadState, Some("active"))
     );
-    assert!(
-        !run::<NetworkStop>(&b, ObjectName { name: "lab".into() })
-            .expect("stop")
-            .active
-    );
-    run::<NetworkUndefine>(&b, ObjectName { name: "lab".into() }).expect("undefine");
-    assert_eq!(
-        code(run::<NetworkGet>(&b, ObjectName { name: "lab".into() })),
-        ErrorCode::NetworkNotFound
+    assert!(!run::<NetworkStop>(&b, named("lab")).expect("stop").active);
+    run::<NetworkUndefine>(&b, named("lab")).expect("undefine");
+    assert_code(
+        run::<NetworkGet>(&b, named("lab")),
+        ErrorCode::NetworkNotFound,
     );
 }

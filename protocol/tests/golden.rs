@@ -13,14 +13,21 @@ use hostbus_protocol::error::ErrorCode;
 use hostbus_protocol::events::{Health, Load, Versions};
 use hostbus_protocol::types::{
     BootDevice, BootSpec, ConsoleRecord, CpuMode, DiskBus, DiskDevice, DiskFormat, DiskRecord,
-    DiskSource, DiskSpec, HealthStatus, NicModel, NicRecord, NicSpec, ObjectClass, ObjectRef,
-    PowerState, Record, TaskRecord, TaskStatus, VmOperation, VmRecord, VmSpec, VolumeRef,
+    DiskSource, DiskSpec, HealthStatus, NicModel, NicRecord, ObjectClass, ObjectRef, PowerState,
+    Record, TaskRecord, TaskStatus, VmOperation, VmRecord, VmSpec, VolumeRef,
 };
 use hostbus_protocol::{
     decode, encode, Announcement, ContentType, Error, Event, EventAction, Heartbeat, Reply,
     RosterAction,
 };
 use uuid::Uuid;
+
+/// The disk, NIC, network and VM builders of tests/src/specs.rs, shared
+/// with the bridge's tests and hostbus-tests.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../tests/src/specs.rs"]
+mod specs;
+use specs::virtio_nic;
 
 fn bless() -> bool {
     std::env::var_os("HOSTBUS_BLESS").is_some()
@@ -177,12 +184,7 @@ fn request_vm_define() {
                     read_only: false,
                     device: DiskDevice::Disk,
                 }],
-                nics: vec![NicSpec {
-                    network: Some("default".into()),
-                    bridge: None,
-                    mac: None,
-                    model: NicModel::Virtio,
-                }],
+                nics: vec![virtio_nic("default", None)],
                 autostart: false,
                 boot: BootSpec {
                     order: vec![],

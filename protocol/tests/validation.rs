@@ -3,11 +3,17 @@
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::{
     BootDevice, BootSpec, CpuMode, DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec,
-    ForwardMode, IpSpec, NetworkSpec, NicModel, NicSpec, PoolKind, PoolSpec, VmSpec, VolumeRef,
-    VolumeSpec,
+    ForwardMode, NetworkSpec, NicModel, NicSpec, PoolKind, PoolSpec, VmSpec, VolumeRef, VolumeSpec,
 };
 use hostbus_protocol::{Error, ErrorCode, Validate};
 use uuid::Uuid;
+
+/// The disk, NIC, network and VM builders of tests/src/specs.rs, shared
+/// with the bridge's tests and hostbus-tests.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../tests/src/specs.rs"]
+mod specs;
+use specs::{nat_network, virtio_nic};
 
 fn vm_spec() -> VmSpec {
     VmSpec {
@@ -20,12 +26,7 @@ fn vm_spec() -> VmSpec {
         max_vcpus: None,
         arch: None,
         disks: vec![disk("vda")],
-        nics: vec![NicSpec {
-            network: Some("default".into()),
-            bridge: None,
-            mac: None,
-            model: NicModel::Virtio,
-        }],
+        nics: vec![virtio_nic("default", None)],
         autostart: false,
         boot: BootSpec::default(),
         cpu_mode: None,
@@ -44,6 +45,13 @@ fn disk(target: &str) -> DiskSpec {
         read_only: false,
         device: DiskDevice::Disk,
     }
+}
+
+/// A vm.define of [`vm_spec`] changed by `f`.
+fn define(f: &dyn Fn(&mut VmSpec)) -> VmDefineRequest {
+    let mut spec = vm_spec();
+    f(&mut spec);
+    VmDefineRequest { spec }
 }
 
 /// Asserts that `req` fails validation on exactly `field`, and that the
@@ -67,11 +75,6 @@ fn a_good_vm_spec_passes() {
 
 #[test]
 fn boot_cpu_and_cdrom_fields_are_checked() {
-    let define = |f: &dyn Fn(&mut VmSpec)| {
-        let mut spec = vm_spec();
-        f(&mut spec);
-        VmDefineRequest { spec }
-    };
     let kernel_boot = define(&|s| {
         s.boot.kernel = Some("/boot/vmlinuz".into());
         s.boot.initrd = Some("/boot/initrd.img".into());
@@ -124,11 +127,6 @@ fn boot_cpu_and_cdrom_fields_are_checked() {
 
 #[test]
 fn vm_spec_fields_are_checked() {
-    let define = |f: &dyn Fn(&mut VmSpec)| {
-        let mut spec = vm_spec();
-        f(&mut spec);
-        VmDefineRequest { spec }
-    };
     refused(&define(&|s| s.name = String::new()), "spec.name");
     refused(&define(&|s| s.name = "web 01".into()), "spec.name");
     refused(&define(&|s| s.name = "x".repeat(65)), "spec.name");
@@ -358,18 +356,12 @@ fn storage_and_network_requests_are_checked() {
     refused(&PoolName { pool: "p*".into() }, "pool");
 
     let net = |f: &dyn Fn(&mut NetworkSpec)| {
-        let mut spec = NetworkSpec {
-            name: "lab".into(),
-            bridge: Some("virbr9".into()),
-            forward: ForwardMode::Nat,
-            ip: Some(IpSpec {
-                address: "192.168.150.1".into(),
-                prefix: 24,
-                dhcp_start: Some("192.168.150.10".into()),
-                dhcp_end: Some("192.168.150.100".into()),
-            }),
-            autostart: false,
-        };
+        let mut spec = nat_network(
+            "lab",
+            "virbr9",
+            "192.168.150.1",
+            ("192.168.150.10", "192.168.150.100"),
+        );
         f(&mut spec);
         NetworkDefineRequest { spec }
     };

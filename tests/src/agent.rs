@@ -169,6 +169,16 @@ pub struct AgentBuilder {
 }
 
 impl AgentBuilder {
+    /// The host id of the agent.
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    /// The first broker URL the agent tries.
+    pub fn first_broker_url(&self) -> &str {
+        &self.broker_urls[0]
+    }
+
     /// Adds another broker URL (the agent fails over between them).
     pub fn broker_url(mut self, url: impl Into<String>) -> Self {
         self.broker_urls.push(url.into());
@@ -182,9 +192,8 @@ impl AgentBuilder {
     }
 
     /// Adds labels.
-    pub fn labels<I: IntoIterator<Item = S>, S: Into<String>>(mut self, labels: I) -> Self {
-        self.labels.extend(labels.into_iter().map(Into::into));
-        self
+    pub fn labels<I: IntoIterator<Item = S>, S: Into<String>>(self, labels: I) -> Self {
+        labels.into_iter().fold(self, Self::label)
     }
 
     /// The libvirt URI (default: [`node_file_uri`]`("h1")`).
@@ -240,14 +249,21 @@ impl AgentBuilder {
     }
 
     /// Adds command-line arguments.
-    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Self {
-        self.args.extend(args.into_iter().map(Into::into));
-        self
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(self, args: I) -> Self {
+        args.into_iter().fold(self, Self::arg)
     }
 
     /// Builds the agent if needed, makes the agent's temporary directory and
     /// starts the process. Does not wait for the agent to be ready: wait for
     /// its online event or heartbeat, or use [`AgentProcess::wait_for_log`].
+    /// Panics when the agent cannot be started.
+    pub fn start(self) -> AgentProcess {
+        let host = self.host_id.clone();
+        self.spawn()
+            .unwrap_or_else(|e| panic!("cannot start agent {host}: {e}"))
+    }
+
+    /// Starts the agent (see [`start`](Self::start), which panics instead).
     pub fn spawn(self) -> Result<AgentProcess> {
         let bin = agent_binary()?;
         let dir = TempDir::new(&format!("hostbus-agent-{}", self.host_id))?;
@@ -487,6 +503,12 @@ impl AgentProcess {
     /// The whole log (every start of the process).
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Asserts that the log contains `needle` (showing its last 20 lines
+    /// when not).
+    pub fn assert_logged(&self, needle: &str) {
+        assert!(self.log().contains(needle), "{}", self.log_tail(20));
     }
 
     /// The last `lines` lines of the log, headed by the log's path.

@@ -36,7 +36,8 @@ pub struct Received {
 }
 
 impl Received {
-    fn from_delivery(d: lapin::message::Delivery) -> Self {
+    /// A delivery as received.
+    pub fn from_delivery(d: lapin::message::Delivery) -> Self {
         Self {
             exchange: d.exchange.as_str().to_owned(),
             routing_key: d.routing_key.as_str().to_owned(),
@@ -145,17 +146,7 @@ impl AmqpPeer {
     /// [`call`](Self::call) does it itself.
     pub async fn consume_replies(&mut self) -> Result<()> {
         if self.replies.is_none() {
-            let consumer = self
-                .channel
-                .basic_consume(
-                    DIRECT_REPLY_TO.into(),
-                    "".into(),
-                    BasicConsumeOptions {
-                        no_ack: true,
-                        ..BasicConsumeOptions::default()
-                    },
-                    FieldTable::default(),
-                )
+            let consumer = consume_no_ack(&self.channel, DIRECT_REPLY_TO)
                 .await
                 .map_err(|e| HarnessError::amqp("cannot consume direct reply-to", e))?;
             self.replies = Some(consumer);
@@ -231,28 +222,10 @@ impl AmqpPeer {
             .create_channel()
             .await
             .map_err(|e| HarnessError::amqp("cannot open a channel", e))?;
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        declare_topic(&channel, exchange)
             .await
             .map_err(|e| HarnessError::amqp(format!("cannot declare exchange {exchange:?}"), e))?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let queue = declare_queue(&channel, "", QueueKind::Exclusive)
             .await
             .map_err(|e| HarnessError::amqp("cannot declare an exclusive queue", e))?;
         let name = queue.name().as_str().to_owned();
@@ -262,23 +235,20 @@ impl AmqpPeer {
             channel,
         };
         subscription.bind(exchange, pattern).await?;
-        let consumer = subscription
-            .channel
-            .basic_consume(
-                subscription.queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let consumer = consume_no_ack(&subscription.channel, &subscription.queue)
             .await
             .map_err(|e| HarnessError::amqp("cannot consume the exclusive queue", e))?;
         Ok(Subscription {
             consumer: Some(consumer),
             ..subscription
         })
+    }
+
+    /// [`subscribe`](Self::subscribe), panicking when it fails.
+    pub async fn watch(&self, exchange: &str, pattern: &str) -> Subscription {
+        self.subscribe(exchange, pattern)
+            .await
+            .unwrap_or_else(|e| panic!("subscribe to {exchange} {pattern}: {e}"))
     }
 
     /// Closes the connection.
@@ -329,6 +299,15 @@ impl Subscription {
         next_delivery(consumer, timeout, &self.queue).await
     }
 
+    /// The next `n` messages, each within `timeout`.
+    pub async fn take(&mut self, n: usize, timeout: Duration) -> Result<Vec<Received>> {
+        let mut got = Vec::with_capacity(n);
+        for _ in 0..n {
+            got.push(self.next(timeout).await?);
+        }
+        Ok(got)
+    }
+
     /// The first message for which `matches` holds, within `timeout`;
     /// others are dropped.
     pub async fn next_matching(
@@ -359,6 +338,94 @@ impl Subscription {
             }
         }
     }
+}
+
+/// The kinds of queue the suites declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    /// Exclusive to the connection and deleted with its last consumer.
+    Exclusive,
+    /// Durable, surviving a broker restart.
+    Durable,
+    /// A passive declare: the queue (with its message and consumer counts)
+    /// if it exists, an error (which closes the channel) if not.
+    Passive,
+}
+
+/// Declares queue `name` (`""`: a fresh name from the broker) of `kind`
+/// on `channel`, without arguments.
+pub async fn declare_queue(
+    channel: &Channel,
+    name: &str,
+    kind: QueueKind,
+) -> std::result::Result<lapin::Queue, lapin::Error> {
+    let options = match kind {
+        QueueKind::Exclusive => QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        },
+        QueueKind::Durable => QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        QueueKind::Passive => QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        },
+    };
+    channel
+        .queue_declare(name.into(), options, FieldTable::default())
+        .await
+}
+
+/// Declares `exchange` as a durable topic exchange, as every hostbus
+/// exchange is.
+pub async fn declare_topic(
+    channel: &Channel,
+    exchange: &str,
+) -> std::result::Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Consumes `queue` on `channel` without acknowledgements.
+pub async fn consume_no_ack(
+    channel: &Channel,
+    queue: &str,
+) -> std::result::Result<Consumer, lapin::Error> {
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// A peer on `url` subscribed to `agent.online` events of every host
+/// (`*.agent.online` on `hostbus.evt`), made before any agent starts so
+/// that none is missed.
+pub async fn watch_online(url: &str) -> (AmqpPeer, Subscription) {
+    let peer = AmqpPeer::connect(url).await.expect("peer");
+    let sub = peer
+        .subscribe(hostbus_protocol::names::EVENT_EXCHANGE, "*.agent.online")
+        .await
+        .expect("subscribe");
+    (peer, sub)
 }
 
 async fn next_delivery(consumer: &mut Consumer, timeout: Duration, what: &str) -> Result<Received> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::workspace_dir;
 use crate::error::{ErrorKind, HarnessError, Result};
-use crate::process::blocking;
+use crate::process::{blocking, run_logged};
 
 /// The `hostctl` binary, built once per test process next to the agent.
 pub fn hostctl_binary() -> Result<PathBuf> {
@@ -57,36 +57,113 @@ pub struct CtlOutput {
     pub elapsed: Duration,
 }
 
-/// Runs `hostctl` against one broker URL, with no config file.
+/// Runs `hostctl` as a fresh process: against one broker URL (or none),
+/// with no user config file. One runner for every suite; the builder
+/// methods say where a suite needs something else.
 #[derive(Debug, Clone)]
 pub struct Hostctl {
-    url: String,
+    bin: Option<PathBuf>,
+    url: Option<String>,
+    config: String,
+    removed: Vec<String>,
+    logged: Option<(PathBuf, Duration)>,
 }
 
 impl Hostctl {
-    /// `hostctl` with `HOSTBUS_URL=url`.
+    /// `hostctl` with `HOSTBUS_URL=url` and `HOSTCTL_CONFIG=/nonexistent`.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into() }
+        Self {
+            bin: None,
+            url: Some(url.into()),
+            config: "/nonexistent".to_owned(),
+            removed: Vec::new(),
+            logged: None,
+        }
+    }
+
+    /// `hostctl` with no broker in its environment: `HOSTBUS_URL` and the
+    /// TLS variables (`HOSTBUS_CA_FILE`, `HOSTBUS_CERT_FILE`,
+    /// `HOSTBUS_KEY_FILE`) removed, so only its arguments count.
+    pub fn without_url() -> Self {
+        Self {
+            url: None,
+            ..Self::new("")
+        }
+        .env_remove("HOSTBUS_URL")
+        .env_remove("HOSTBUS_CA_FILE")
+        .env_remove("HOSTBUS_CERT_FILE")
+        .env_remove("HOSTBUS_KEY_FILE")
+    }
+
+    /// Runs the binary at `path` instead of the one the harness builds.
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.bin = Some(path.into());
+        self
+    }
+
+    /// The binary this runner runs.
+    pub fn binary_path(&self) -> PathBuf {
+        self.bin
+            .clone()
+            .unwrap_or_else(|| hostctl_binary().unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Sets `HOSTCTL_CONFIG` to `path`.
+    pub fn config(mut self, path: impl Into<String>) -> Self {
+        self.config = path.into();
+        self
+    }
+
+    /// Removes `key` from hostctl's environment.
+    pub fn env_remove(mut self, key: impl Into<String>) -> Self {
+        self.removed.push(key.into());
+        self
+    }
+
+    /// Writes stdout and stderr to files in `dir` instead of pipes (see
+    /// [`run_logged`](crate::run_logged)) and kills hostctl after `timeout`.
+    pub fn logged(mut self, dir: impl Into<PathBuf>, timeout: Duration) -> Self {
+        self.logged = Some((dir.into(), timeout));
+        self
     }
 
     /// Runs `hostctl args...` and waits for it to exit.
     pub fn run(&self, args: &[&str]) -> CtlOutput {
-        let bin = hostctl_binary().unwrap_or_else(|e| panic!("{e}"));
+        let mut cmd = Command::new(self.binary_path());
+        cmd.args(args).env("HOSTCTL_CONFIG", &self.config);
+        if let Some(url) = &self.url {
+            cmd.env("HOSTBUS_URL", url);
+        }
+        for key in &self.removed {
+            cmd.env_remove(key);
+        }
         let started = Instant::now();
-        let out = blocking(|| {
-            Command::new(bin)
-                .args(args)
-                .env("HOSTBUS_URL", &self.url)
-                .env("HOSTCTL_CONFIG", "/nonexistent")
-                .output()
-        })
-        .unwrap_or_else(|e| panic!("cannot run hostctl: {e}"));
+        let (code, stdout, stderr) = match &self.logged {
+            Some((dir, timeout)) => {
+                let (status, out, err) = blocking(|| run_logged(cmd, dir, "hostctl", *timeout));
+                (status.code().unwrap_or(-1), out, err)
+            }
+            None => {
+                let out =
+                    blocking(|| cmd.output()).unwrap_or_else(|e| panic!("cannot run hostctl: {e}"));
+                (
+                    out.status.code().unwrap_or(-1),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            }
+        };
         CtlOutput {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            code,
+            stdout,
+            stderr,
             elapsed: started.elapsed(),
         }
+    }
+
+    /// Runs `hostctl args...`; its exit code.
+    pub fn code(&self, args: &[&str]) -> i32 {
+        self.run(args).code
     }
 
     /// Runs with `-o json`, expects exit `code`, returns the parsed output.
@@ -101,6 +178,11 @@ impl Hostctl {
         );
         serde_json::from_str(&out.stdout)
             .unwrap_or_else(|e| panic!("hostctl {args:?}: not JSON ({e}): {}", out.stdout))
+    }
+
+    /// How many rows `-o json args...` lists (`None`: not a list).
+    pub fn json_len(&self, args: &[&str]) -> Option<usize> {
+        self.json(args).as_array().map(Vec::len)
     }
 
     /// Runs with `-o json`, expects success, returns the parsed output.

@@ -15,6 +15,14 @@
 //!   plain lapin: raw commands with chosen properties, replies through
 //!   direct reply-to, events and heartbeats on exclusive queues;
 //!   [`to_lapin`]/[`from_lapin`] map the protocol's `AmqpProperties`.
+//! * Helpers every suite shares instead of rewriting them: typed calls over
+//!   a peer ([`call_as`], [`call_in`], [`ok`], [`error_of`]), agents
+//!   started and waited for ([`spawn_online`], [`next_online`]), specs and
+//!   by-name requests ([`small_vm`], [`new_disk`], [`named`], ...; protocol
+//!   types only, so the bridge's and protocol's tests include that file by
+//!   path), queue and exchange declarations ([`declare_queue`],
+//!   [`declare_topic`], [`consume_no_ack`]), one `hostctl` runner
+//!   ([`Hostctl`]) and the SDK calls of the suites ([`sdk`]).
 //! * [`QemuHost`]: the real hypervisor of the QEMU suite (libvirtd and a
 //!   tiny guest from `scripts/qemu-setup`), its gate and its libvirtd.
 //!
@@ -45,21 +53,35 @@
 
 mod agent;
 mod amqp;
+mod calls;
 mod error;
 mod hostctl;
+mod online;
 mod process;
 mod qemu;
 mod rabbit;
 mod raw;
+pub mod sdk;
+mod specs;
 
 pub use agent::{
     agent_binary, cargo, commands_total, metric, node_file_uri, workspace_dir, AgentBuilder,
     AgentProcess, AGENT_BIN_ENV,
 };
-pub use amqp::{from_lapin, to_lapin, AmqpPeer, Received, Subscription};
+pub use amqp::{
+    consume_no_ack, declare_queue, declare_topic, from_lapin, to_lapin, watch_online, AmqpPeer,
+    QueueKind, Received, Subscription,
+};
+pub use calls::{
+    call_as, call_in, command_props, error_of, event_of, expect_ok, ok, reply_error, CALL_TIMEOUT,
+    REPLY_LIMIT,
+};
 pub use error::{ErrorKind, HarnessError, Result};
 pub use hostctl::{hostctl_binary, CtlOutput, Hostctl};
-pub use process::{free_port, group_alive, group_members, rss_kib, stat_fields, Signal, TempDir};
+pub use online::{next_online, spawn_online, ONLINE_TIMEOUT};
+pub use process::{
+    free_port, group_alive, group_members, rss_kib, run_logged, stat_fields, Signal, TempDir,
+};
 pub use qemu::{
     wait_for_text, QemuHost, QEMU_HOME_ENV, QEMU_INITRD_ENV, QEMU_KERNEL_ENV, QEMU_PREFIX,
     QEMU_REQUIRED_ENV, QEMU_URI_ENV,
@@ -67,4 +89,8 @@ pub use qemu::{
 pub use rabbit::{RabbitNode, TlsListener, EXTERNAL_URL_ENV, RABBITMQ_BIN_DIR_ENV, START_TIMEOUT};
 pub use raw::{
     long_str, nested_table, short_str, table, RawOutcome, RawProperties, RawProperty, RawPublisher,
+};
+pub use specs::{
+    named, nat_network, new_disk, new_disk_in, pool_name, small_vm, snapshot_ref, virtio_nic,
+    volume_disk, volume_key,
 };

@@ -111,14 +111,22 @@ fn run_kill(signal: Signal, target: &str) -> Result<()> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| HarnessError::io("cannot run `kill`", e))?;
+    succeeded(&out, || {
+        format!("`kill -s {} -- {target}` failed", signal.name())
+    })
+}
+
+/// `Ok` when the command that gave `out` exited 0, else a command error
+/// `<what>: <its stderr>`.
+pub(crate) fn succeeded(out: &std::process::Output, what: impl FnOnce() -> String) -> Result<()> {
     if out.status.success() {
         Ok(())
     } else {
         Err(HarnessError::new(
             ErrorKind::Command,
             format!(
-                "`kill -s {} -- {target}` failed: {}",
-                signal.name(),
+                "{}: {}",
+                what(),
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
         ))
@@ -282,4 +290,47 @@ where
             "the helper thread panicked",
         )),
     }
+}
+
+/// Runs `cmd` with stdin closed and stdout/stderr in files
+/// `dir/<name>.stdout` and `.stderr` (not pipes: processes it leaves
+/// running must not hold the caller's pipes), killing it after `timeout`.
+/// Returns the status, stdout and stderr; panics when it did not finish.
+pub fn run_logged(
+    mut cmd: Command,
+    dir: &Path,
+    name: &str,
+    timeout: Duration,
+) -> (ExitStatus, String, String) {
+    let out_path = dir.join(format!("{name}.stdout"));
+    let err_path = dir.join(format!("{name}.stderr"));
+    let out = fs::File::create(&out_path).expect("create stdout file");
+    let err = fs::File::create(&err_path).expect("create stderr file");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{name} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                fs::read_to_string(&out_path).unwrap_or_default(),
+                fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        status,
+        fs::read_to_string(&out_path).unwrap_or_default(),
+        fs::read_to_string(&err_path).unwrap_or_default(),
+    )
 }

@@ -184,17 +184,7 @@ impl QemuHost {
                 .output()
         })
         .map_err(|e| HarnessError::io(format!("cannot run {}", script.display()), e))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(HarnessError::new(
-                ErrorKind::Command,
-                format!(
-                    "scripts/qemu-setup {what}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            ))
-        }
+        crate::process::succeeded(&out, || format!("scripts/qemu-setup {what}"))
     }
 }
 

@@ -8,83 +8,31 @@ use std::time::{Duration, Instant};
 use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::{DEADLINE_HEADER, HOST_HEADER, STATUS_HEADER, VERSION_HEADER};
 use hostbus_protocol::names::{self, host_key};
-use hostbus_protocol::types::{
-    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, ObjectClass, PowerState, TaskStatus,
-    VmSpec, VolumeSpec,
-};
+use hostbus_protocol::types::{DiskFormat, ObjectClass, PowerState, TaskStatus, VolumeSpec};
 use hostbus_protocol::{
-    decode, encode, now_ms, AmqpProperties, Announcement, Command, ContentType, Envelope,
-    ErrorCode, Event, EventAction, HeaderValue, Heartbeat, Reply, RosterAction,
+    decode, encode, now_ms, Announcement, Command, ContentType, ErrorCode, Event, EventAction,
+    HeaderValue, Heartbeat, Reply, RosterAction,
 };
-use hostbus_tests::{AgentProcess, AmqpPeer, RabbitNode, Received};
+use hostbus_tests::{
+    call_in, command_props, error_of, named, ok, pool_name, small_vm, spawn_online, AgentProcess,
+    AmqpPeer, RabbitNode, Received,
+};
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
 const DB01: &str = "11111111-0000-4000-8000-000000000002";
 const T: Duration = Duration::from_secs(15);
 
-fn props_for(command: &str, ct: ContentType) -> AmqpProperties {
-    let mut env = Envelope::new(command);
-    env.content_type = ct;
-    // RabbitMQ checks it against our login; the agent authorizes on it.
-    env.sender = Some("guest".into());
-    env.deadline = Some(now_ms() + 30_000);
-    env.to_properties(now_ms())
-}
-
-/// Sends command `C` to `host` in `ct` and decodes the typed reply.
-async fn call_in<C: Command>(
-    peer: &mut AmqpPeer,
-    host: &str,
-    req: &C::Request,
-    ct: ContentType,
-) -> (Received, Reply<C::Response>) {
-    let body = encode(ct, req).expect("encode");
-    let r = peer
-        .call(&host_key(host), &props_for(C::NAME, ct), &body, T)
-        .await
-        .unwrap_or_else(|e| panic!("{}: {e}", C::NAME));
-    let reply_ct =
-        ContentType::parse(r.properties.content_type.as_deref()).expect("reply content type");
-    assert_eq!(reply_ct, ct, "replies come in the request's encoding");
-    let reply = decode(reply_ct, &r.body, 64 << 20)
-        .unwrap_or_else(|e| panic!("{}: undecodable reply: {e}", C::NAME));
-    (r, reply)
-}
-
-async fn ok<C: Command>(peer: &mut AmqpPeer, host: &str, req: C::Request) -> C::Response {
-    match call_in::<C>(peer, host, &req, ContentType::MsgPack).await.1 {
-        Reply::Ok(v) => v,
-        other => panic!("{}: {other:?}", C::NAME),
-    }
-}
-
-fn error_of(r: &Received) -> hostbus_protocol::Error {
-    let ct = ContentType::parse(r.properties.content_type.as_deref()).unwrap_or_default();
-    match decode::<Reply<Empty>>(ct, &r.body, 1 << 20) {
-        Ok(Reply::Error(e)) => {
-            assert_eq!(r.header_str(STATUS_HEADER), Some("error"));
-            e
-        }
-        other => panic!("expected an error reply, got {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_command_gets_its_reply() {
     let node = RabbitNode::start().expect("rabbit");
     let mut peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
-    let mut online = peer
-        .subscribe(names::EVENT_EXCHANGE, "*.agent.online")
-        .await
-        .expect("subscribe");
+    let mut online = peer.watch(names::EVENT_EXCHANGE, "*.agent.online").await;
     let agent = AgentProcess::builder("h1", &node.amqp_url())
         .label("gpu")
-        .spawn()
-        .expect("agent");
+        .start();
     let h2 = AgentProcess::builder("h2", &node.amqp_url())
         .libvirt_uri(hostbus_tests::node_file_uri("h2"))
-        .spawn()
-        .expect("agent h2");
+        .start();
     for _ in 0..2 {
         online
             .next(Duration::from_secs(60))
@@ -140,15 +88,7 @@ async fn every_kind_of_command_gets_its_reply() {
         "web01"
     );
     assert_eq!(
-        ok::<VmGetByName>(
-            &mut peer,
-            "h1",
-            ObjectName {
-                name: "db01".into()
-            }
-        )
-        .await
-        .uuid,
+        ok::<VmGetByName>(&mut peer, "h1", named("db01")).await.uuid,
         db
     );
     assert!(
@@ -166,22 +106,14 @@ async fn every_kind_of_command_gets_its_reply() {
         2
     );
     assert_eq!(
-        ok::<PoolGet>(&mut peer, "h1", ObjectName { name: "iso".into() })
-            .await
-            .volumes,
+        ok::<PoolGet>(&mut peer, "h1", named("iso")).await.volumes,
         1
     );
     assert_eq!(
-        ok::<VolumeList>(
-            &mut peer,
-            "h1",
-            PoolName {
-                pool: "default".into()
-            }
-        )
-        .await
-        .volumes
-        .len(),
+        ok::<VolumeList>(&mut peer, "h1", pool_name("default"))
+            .await
+            .volumes
+            .len(),
         3
     );
     ok::<VolumeGet>(
@@ -200,14 +132,7 @@ async fn every_kind_of_command_gets_its_reply() {
             .len(),
         2
     );
-    ok::<NetworkGet>(
-        &mut peer,
-        "h1",
-        ObjectName {
-            name: "default".into(),
-        },
-    )
-    .await;
+    ok::<NetworkGet>(&mut peer, "h1", named("default")).await;
     ok::<TaskList>(&mut peer, "h1", TaskListRequest { status: None }).await;
 
     // Changes.
@@ -271,26 +196,14 @@ async fn every_kind_of_command_gets_its_reply() {
     )
     .await;
     assert!(
-        !ok::<NetworkStop>(
-            &mut peer,
-            "h1",
-            ObjectName {
-                name: "storage-net".into()
-            }
-        )
-        .await
-        .active
+        !ok::<NetworkStop>(&mut peer, "h1", named("storage-net"))
+            .await
+            .active
     );
     assert!(
-        ok::<NetworkStart>(
-            &mut peer,
-            "h1",
-            ObjectName {
-                name: "storage-net".into()
-            }
-        )
-        .await
-        .active
+        ok::<NetworkStart>(&mut peer, "h1", named("storage-net"))
+            .await
+            .active
     );
 
     // JSON in, JSON out.
@@ -304,36 +217,12 @@ async fn every_kind_of_command_gets_its_reply() {
     }
 
     // Asynchronous: a task comes back at once, then finishes.
-    let mut p = props_for(VmDefine::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmDefine::NAME, "guest", ContentType::MsgPack);
     p.headers.insert(
         hostbus_protocol::envelope::ASYNC_HEADER.into(),
         HeaderValue::Bool(true),
     );
-    let spec = VmSpec {
-        name: "async01".into(),
-        uuid: None,
-        description: String::new(),
-        memory_kib: 262_144,
-        max_memory_kib: None,
-        vcpus: 1,
-        max_vcpus: None,
-        arch: None,
-        disks: vec![DiskSpec {
-            target: "vda".into(),
-            source: DiskSource::NewVolume {
-                pool: "default".into(),
-                capacity_bytes: 1 << 30,
-            },
-            bus: DiskBus::Virtio,
-            format: Some(DiskFormat::Qcow2),
-            read_only: false,
-            device: DiskDevice::Disk,
-        }],
-        nics: vec![],
-        autostart: false,
-        boot: Default::default(),
-        cpu_mode: None,
-    };
+    let spec = small_vm("async01", &["vda"]);
     let body = encode(ContentType::MsgPack, &VmDefineRequest { spec }).expect("encode");
     let r = peer
         .call(&host_key("h1"), &p, &body, T)
@@ -360,17 +249,10 @@ async fn every_kind_of_command_gets_its_reply() {
         assert!(Instant::now() < deadline, "task never finished");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    ok::<VmGetByName>(
-        &mut peer,
-        "h1",
-        ObjectName {
-            name: "async01".into(),
-        },
-    )
-    .await;
+    ok::<VmGetByName>(&mut peer, "h1", named("async01")).await;
 
     // A cast gets no reply but runs.
-    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmPause::NAME, "guest", ContentType::MsgPack);
     p.reply_to = None;
     peer.publish_command(
         &host_key("h1"),
@@ -390,7 +272,7 @@ async fn every_kind_of_command_gets_its_reply() {
     }
 
     // `all` and `group.<label>` reach the right agents.
-    let p = props_for(HostPing::NAME, ContentType::MsgPack);
+    let p = command_props(HostPing::NAME, "guest", ContentType::MsgPack);
     let body = encode(ContentType::MsgPack, &Ping { echo: None }).expect("encode");
     let mut answered = Vec::new();
     let mut all = p.clone();
@@ -409,7 +291,7 @@ async fn every_kind_of_command_gets_its_reply() {
     let r = peer
         .call(
             &names::group_key("gpu"),
-            &props_for(HostPing::NAME, ContentType::MsgPack),
+            &command_props(HostPing::NAME, "guest", ContentType::MsgPack),
             &body,
             T,
         )
@@ -436,17 +318,12 @@ async fn every_kind_of_command_gets_its_reply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_bad_input_gets_its_error_and_nothing_runs() {
     let node = RabbitNode::start().expect("rabbit");
-    let mut peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
-    let mut online = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
     node.add_user("viewer", "viewer-pw").expect("viewer user");
-    let agent = AgentProcess::builder("h1", &node.amqp_url())
-        .env("HOSTBUS_ROLES", "guest=admin,viewer=read-only")
-        .spawn()
-        .expect("agent");
-    online.next(Duration::from_secs(60)).await.expect("online");
+    let (mut peer, _online, agent, _) = spawn_online(
+        AgentProcess::builder("h1", &node.amqp_url())
+            .env("HOSTBUS_ROLES", "guest=admin,viewer=read-only"),
+    )
+    .await;
     let key = host_key("h1");
     let web: uuid::Uuid = WEB01.parse().expect("uuid");
     let pause_body = encode(ContentType::MsgPack, &VmUuid { uuid: web }).expect("encode");
@@ -461,7 +338,7 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
     let r = peer
         .call(
             &key,
-            &props_for("vm.fly", ContentType::MsgPack),
+            &command_props("vm.fly", "guest", ContentType::MsgPack),
             &pause_body,
             T,
         )
@@ -480,7 +357,7 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
         let r = peer
             .call(
                 &key,
-                &props_for(VmPause::NAME, ContentType::MsgPack),
+                &command_props(VmPause::NAME, "guest", ContentType::MsgPack),
                 body,
                 T,
             )
@@ -491,7 +368,7 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
     let r = peer
         .call(
             &key,
-            &props_for(VmPause::NAME, ContentType::Json),
+            &command_props(VmPause::NAME, "guest", ContentType::Json),
             br#"{"uuid": 42}"#,
             T,
         )
@@ -506,7 +383,7 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
     let r = peer
         .call(
             &key,
-            &props_for(VmDetachNic::NAME, ContentType::MsgPack),
+            &command_props(VmDetachNic::NAME, "guest", ContentType::MsgPack),
             &encode(ContentType::MsgPack, &bad).expect("encode"),
             T,
         )
@@ -521,7 +398,7 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
     let r = peer
         .call(
             &key,
-            &props_for(VmPause::NAME, ContentType::MsgPack),
+            &command_props(VmPause::NAME, "guest", ContentType::MsgPack),
             &big,
             T,
         )
@@ -529,20 +406,20 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
         .expect("reply");
     check(&r, ErrorCode::PayloadTooLarge);
     // A foreign major version, a foreign encoding, a missing message id.
-    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmPause::NAME, "guest", ContentType::MsgPack);
     p.headers
         .insert(VERSION_HEADER.into(), HeaderValue::Str("2.0".into()));
     check(
         &peer.call(&key, &p, &pause_body, T).await.expect("reply"),
         ErrorCode::UnsupportedVersion,
     );
-    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmPause::NAME, "guest", ContentType::MsgPack);
     p.content_type = Some("application/xml".into());
     check(
         &peer.call(&key, &p, &pause_body, T).await.expect("reply"),
         ErrorCode::UnsupportedContentType,
     );
-    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmPause::NAME, "guest", ContentType::MsgPack);
     p.message_id = None;
     p.correlation_id = Some("corr-1".into());
     let r = peer.call(&key, &p, &pause_body, T).await.expect("reply");
@@ -552,7 +429,7 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
     );
     assert_eq!(r.properties.correlation_id.as_deref(), Some("corr-1"));
     // An expired deadline (no broker expiration, so the agent sees it).
-    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmPause::NAME, "guest", ContentType::MsgPack);
     p.expiration = None;
     p.headers.insert(
         DEADLINE_HEADER.into(),
@@ -564,7 +441,7 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
     );
 
     // No user_id: refused before anything runs.
-    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmPause::NAME, "guest", ContentType::MsgPack);
     p.user_id = None;
     let e = check(
         &peer.call(&key, &p, &pause_body, T).await.expect("reply"),
@@ -575,14 +452,14 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
     let mut viewer = AmqpPeer::connect(&node.url_for("viewer", "viewer-pw"))
         .await
         .expect("viewer peer");
-    let mut p = props_for(VmPause::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmPause::NAME, "guest", ContentType::MsgPack);
     p.user_id = Some("viewer".into());
     let e = check(
         &viewer.call(&key, &p, &pause_body, T).await.expect("reply"),
         ErrorCode::PermissionDenied,
     );
     assert_eq!(e.param("user"), Some("viewer"));
-    let mut p = props_for(VmGet::NAME, ContentType::MsgPack);
+    let mut p = command_props(VmGet::NAME, "guest", ContentType::MsgPack);
     p.user_id = Some("viewer".into());
     let r = viewer.call(&key, &p, &pause_body, T).await.expect("reply");
     assert_eq!(r.header_str(STATUS_HEADER), Some("ok"), "reads are allowed");
@@ -603,23 +480,13 @@ async fn each_bad_input_gets_its_error_and_nothing_runs() {
 async fn events_carry_growing_sequence_numbers_and_heartbeats_arrive() {
     let node = RabbitNode::start().expect("rabbit");
     let mut peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.#")
-        .await
-        .expect("subscribe");
-    let mut beats = peer
-        .subscribe(names::PRESENCE_EXCHANGE, "h1.heartbeat")
-        .await
-        .expect("subscribe");
-    let mut roster = peer
-        .subscribe(names::PRESENCE_EXCHANGE, "h1.online")
-        .await
-        .expect("subscribe");
+    let mut events = peer.watch(names::EVENT_EXCHANGE, "h1.#").await;
+    let mut beats = peer.watch(names::PRESENCE_EXCHANGE, "h1.heartbeat").await;
+    let mut roster = peer.watch(names::PRESENCE_EXCHANGE, "h1.online").await;
     let _agent = AgentProcess::builder("h1", &node.amqp_url())
         .label("rack-a")
         .heartbeat_interval(Duration::from_millis(300))
-        .spawn()
-        .expect("agent");
+        .start();
     let ev =
         |r: &Received| decode::<Event>(ContentType::MsgPack, &r.body, 64 << 20).expect("event");
 
@@ -716,14 +583,10 @@ async fn a_broker_restart_is_survived_and_queued_commands_are_answered() {
     let url = node.amqp_url();
     let mut agent = AgentProcess::builder("h1", &url)
         .env("HOSTBUS_RECONNECT_MAX_BACKOFF_MS", "2000")
-        .spawn()
-        .expect("agent");
+        .start();
     {
         let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-        let mut online = peer
-            .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-            .await
-            .expect("subscribe");
+        let mut online = peer.watch(names::EVENT_EXCHANGE, "h1.agent.online").await;
         online.next(Duration::from_secs(60)).await.expect("online");
         ok::<HostPing>(&mut peer, "h1", Ping { echo: None }).await;
         // A durable queue for the agent.online that follows the restart: the
@@ -756,7 +619,7 @@ async fn a_broker_restart_is_survived_and_queued_commands_are_answered() {
     peer.consume_replies().await.expect("replies");
     let mut ids = Vec::new();
     for i in 0..5 {
-        let mut p = props_for(HostPing::NAME, ContentType::MsgPack);
+        let mut p = command_props(HostPing::NAME, "guest", ContentType::MsgPack);
         p.reply_to = Some(names::DIRECT_REPLY_TO.into());
         p.correlation_id = p.message_id.clone();
         ids.push(p.message_id.clone().expect("id"));
@@ -804,54 +667,21 @@ async fn a_broker_restart_is_survived_and_queued_commands_are_answered() {
         "a fresh snapshot after reconnecting"
     );
     assert!(agent.is_running());
-    assert!(
-        agent.log().contains("reconnecting"),
-        "{}",
-        agent.log_tail(20)
-    );
+    agent.assert_logged("reconnecting");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_work() {
     let node = RabbitNode::start().expect("rabbit");
     let mut peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.*")
-        .await
-        .expect("subscribe");
+    let mut events = peer.watch(names::EVENT_EXCHANGE, "h1.agent.*").await;
     let mut agent = AgentProcess::builder("h1", &node.amqp_url())
         .env("HOSTBUS_STEP_PAUSE_MS", "500")
-        .spawn()
-        .expect("agent");
+        .start();
     events.next(Duration::from_secs(60)).await.expect("online");
     // vm.define with three new volumes takes four steps of 500 ms.
-    let disk = |t: &str| DiskSpec {
-        target: t.into(),
-        source: DiskSource::NewVolume {
-            pool: "default".into(),
-            capacity_bytes: 1 << 30,
-        },
-        bus: DiskBus::Virtio,
-        format: Some(DiskFormat::Qcow2),
-        read_only: false,
-        device: DiskDevice::Disk,
-    };
-    let spec = VmSpec {
-        name: "drain01".into(),
-        uuid: None,
-        description: String::new(),
-        memory_kib: 262_144,
-        max_memory_kib: None,
-        vcpus: 1,
-        max_vcpus: None,
-        arch: None,
-        disks: vec![disk("vda"), disk("vdb"), disk("vdc")],
-        nics: vec![],
-        autostart: false,
-        boot: Default::default(),
-        cpu_mode: None,
-    };
-    let mut p = props_for(VmDefine::NAME, ContentType::MsgPack);
+    let spec = small_vm("drain01", &["vda", "vdb", "vdc"]);
+    let mut p = command_props(VmDefine::NAME, "guest", ContentType::MsgPack);
     p.reply_to = Some(names::DIRECT_REPLY_TO.into());
     p.correlation_id = p.message_id.clone();
     peer.consume_replies().await.expect("replies");

@@ -9,14 +9,14 @@
 
 use std::time::{Duration, Instant};
 
-use futures_lite::StreamExt;
 use hostbus_client::protocol::commands::{VmGet, VmSetMemory, VmSetMemoryRequest, VmUuid};
 use hostbus_client::protocol::names;
 use hostbus_client::protocol::types::{DiskFormat, VolumeSpec};
-use hostbus_client::{Client, ClientConfig, Notification, StartAt, SubscribeOptions};
-use hostbus_protocol::commands::{PoolName, VolumeCreate, VolumeCreateRequest, VolumeList};
+use hostbus_client::{Client, ClientConfig, Notification, StartAt};
+use hostbus_protocol::commands::{VolumeCreate, VolumeCreateRequest, VolumeList};
 use hostbus_protocol::Command;
-use hostbus_tests::{commands_total, AgentProcess, AmqpPeer, RabbitNode};
+use hostbus_tests::sdk::{next_notification, subscribe, subscribe_from};
+use hostbus_tests::{commands_total, pool_name, AgentProcess, AmqpPeer, RabbitNode};
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
 
@@ -37,10 +37,7 @@ async fn wait_online(
     start: impl FnOnce() -> Vec<AgentProcess>,
 ) -> Vec<AgentProcess> {
     let peer = AmqpPeer::connect(url).await.expect("peer");
-    let mut sub = peer
-        .subscribe(names::EVENT_EXCHANGE, "*.agent.online")
-        .await
-        .expect("subscribe");
+    let mut sub = peer.watch(names::EVENT_EXCHANGE, "*.agent.online").await;
     let agents = start();
     for _ in 0..n {
         sub.next(Duration::from_secs(90))
@@ -168,8 +165,7 @@ async fn subscribers_resume_from_the_event_stream_and_filter_without_resyncs() {
     let agents = wait_online(&urls[1], 1, || {
         vec![AgentProcess::builder("h1", &urls[1])
             .broker_url(urls[2].clone())
-            .spawn()
-            .expect("agent")]
+            .start()]
     })
     .await;
     let mut cfg = ClientConfig::new(urls[0].clone());
@@ -180,14 +176,8 @@ async fn subscribers_resume_from_the_event_stream_and_filter_without_resyncs() {
     db.start().await.expect("start");
 
     // Everything of h1, and VM events only.
-    let mut all = watcher
-        .subscribe(&["h1.#"], SubscribeOptions::default())
-        .await
-        .expect("subscribe");
-    let mut vms = watcher
-        .subscribe(&["*.vm.*"], SubscribeOptions::default())
-        .await
-        .expect("subscribe");
+    let mut all = subscribe(&watcher, &["h1.#"]).await;
+    let mut vms = subscribe(&watcher, &["*.vm.*"]).await;
 
     // Events of several classes, the subscribers' connections killed by the
     // broker in the middle.
@@ -240,16 +230,7 @@ async fn subscribers_resume_from_the_event_stream_and_filter_without_resyncs() {
         db.pause().await.expect("pause");
         db.resume().await.expect("resume");
     }
-    let mut again = watcher
-        .subscribe(
-            &["h1.#"],
-            SubscribeOptions {
-                from: StartAt::Offset(position + 1),
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .expect("resume");
+    let mut again = subscribe_from(&watcher, &["h1.#"], StartAt::Offset(position + 1)).await;
     let missed = take(&mut again, 30).await;
     assert_eq!(missed[0].seq, seqs[seqs.len() - 1] + 1, "nothing skipped");
     assert!(missed.windows(2).all(|w| w[1].seq == w[0].seq + 1));
@@ -260,12 +241,7 @@ async fn subscribers_resume_from_the_event_stream_and_filter_without_resyncs() {
         "nobody resynced: {m}"
     );
     let vols = actor
-        .call::<VolumeList>(
-            "h1",
-            PoolName {
-                pool: "default".into(),
-            },
-        )
+        .call::<VolumeList>("h1", pool_name("default"))
         .await
         .expect("volumes");
     assert!(vols.volumes.len() >= 20);
@@ -275,12 +251,7 @@ async fn subscribers_resume_from_the_event_stream_and_filter_without_resyncs() {
 async fn take(sub: &mut hostbus_client::Subscription, n: usize) -> Vec<hostbus_protocol::Event> {
     let mut events = Vec::new();
     while events.len() < n {
-        match tokio::time::timeout(Duration::from_secs(20), sub.next())
-            .await
-            .expect("more events")
-            .expect("open")
-            .expect("ok")
-        {
+        match next_notification(sub, Duration::from_secs(20), "more events").await {
             Notification::Event(e) => events.push(*e),
             other => panic!("no resync was needed: {other:?}"),
         }

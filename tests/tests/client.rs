@@ -7,65 +7,24 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use hostbus_client::protocol::commands::{VmDefine, VmDefineRequest, VmList, VmListRequest};
-use hostbus_client::protocol::names::{Target, EVENT_EXCHANGE};
-use hostbus_client::protocol::types::{
-    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, PowerState, VmSpec,
-};
+use hostbus_client::protocol::commands::{VmDefine, VmDefineRequest};
+use hostbus_client::protocol::names::Target;
+use hostbus_client::protocol::types::PowerState;
 use hostbus_client::protocol::EventAction;
-use hostbus_client::{Client, ClientConfig, Notification, ResyncReason, StartAt, SubscribeOptions};
-use hostbus_tests::{node_file_uri, AgentProcess, AmqpPeer, RabbitNode};
+use hostbus_client::{Client, ClientConfig, Notification, ResyncReason, StartAt};
+use hostbus_tests::sdk::{list_group, list_vms, next_notification, subscribe, subscribe_from};
+use hostbus_tests::{node_file_uri, small_vm, watch_online, AgentProcess, Hostctl, RabbitNode};
 use serde_json::Value;
 
 fn hostctl_binary() -> std::path::PathBuf {
     hostbus_tests::hostctl_binary().expect("hostctl")
 }
 
-struct Ctl {
-    url: String,
-}
-
-impl Ctl {
-    fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(hostctl_binary())
-            .args(args)
-            .env("HOSTBUS_URL", &self.url)
-            .env("HOSTCTL_CONFIG", "/nonexistent")
-            .output()
-            .expect("run hostctl");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// Runs with `-o json`, expects success, returns the parsed output.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["-o", "json"];
-        all.extend_from_slice(args);
-        let (code, out, err) = self.run(&all);
-        assert_eq!(code, 0, "hostctl {args:?} failed: {err}");
-        serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("hostctl {args:?}: not JSON ({e}): {out}"))
-    }
-
-    fn code(&self, args: &[&str]) -> i32 {
-        self.run(args).0
-    }
-}
-
 async fn online(node: &RabbitNode, n: usize) {
-    let peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
-    let mut sub = peer
-        .subscribe(EVENT_EXCHANGE, "*.agent.online")
+    let (_peer, mut sub) = watch_online(&node.amqp_url()).await;
+    sub.take(n, Duration::from_secs(60))
         .await
-        .expect("subscribe");
-    for _ in 0..n {
-        sub.next(Duration::from_secs(60))
-            .await
-            .expect("agent online");
-    }
+        .expect("agent online");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,16 +32,12 @@ async fn hostctl_drives_every_subcommand() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
     let wait_online = online(&node, 2);
-    let _h1 = AgentProcess::builder("h1", &url)
-        .label("gpu")
-        .spawn()
-        .expect("h1");
+    let _h1 = AgentProcess::builder("h1", &url).label("gpu").start();
     let _h2 = AgentProcess::builder("h2", &url)
         .libvirt_uri(node_file_uri("h2"))
-        .spawn()
-        .expect("h2");
+        .start();
     wait_online.await;
-    let ctl = Ctl { url: url.clone() };
+    let ctl = Hostctl::new(&url);
 
     let hosts = ctl.json(&["hosts"]);
     let ids: Vec<&str> = hosts
@@ -110,12 +65,7 @@ async fn hostctl_drives_every_subcommand() {
         Some(3)
     );
 
-    assert_eq!(
-        ctl.json(&["vm", "list", "--host", "h1"])
-            .as_array()
-            .map(Vec::len),
-        Some(3)
-    );
+    assert_eq!(ctl.json_len(&["vm", "list", "--host", "h1"]), Some(3));
     let all = ctl.json(&["vm", "list", "--all"]);
     assert_eq!(all["vms"].as_array().map(Vec::len), Some(6));
     assert_eq!(all["missing"].as_array().map(Vec::len), Some(0));
@@ -126,9 +76,7 @@ async fn hostctl_drives_every_subcommand() {
         .iter()
         .all(|v| v["host"] == "h1"));
     assert_eq!(
-        ctl.json(&["vm", "list", "--host", "h1", "--state", "running"])
-            .as_array()
-            .map(Vec::len),
+        ctl.json_len(&["vm", "list", "--host", "h1", "--state", "running"]),
         Some(1)
     );
     assert_eq!(
@@ -195,12 +143,7 @@ async fn hostctl_drives_every_subcommand() {
         ])["name"],
         "s1"
     );
-    assert_eq!(
-        ctl.json(&["snapshot", "list", "h1/app01"])
-            .as_array()
-            .map(Vec::len),
-        Some(1)
-    );
+    assert_eq!(ctl.json_len(&["snapshot", "list", "h1/app01"]), Some(1));
     ctl.json(&["vm", "destroy", "h1/app01"]);
     assert_eq!(state(&["snapshot", "revert", "h1/app01", "s1"]), "running");
     ctl.json(&["snapshot", "delete", "h1/app01", "s1"]);
@@ -235,21 +178,16 @@ async fn hostctl_drives_every_subcommand() {
         "inactive"
     );
     ctl.json(&["pool", "delete", "h1/scratch"]);
-    assert_eq!(
-        ctl.json(&["volume", "list", "h1/default"])
-            .as_array()
-            .map(Vec::len),
-        Some(3)
-    );
+    assert_eq!(ctl.json_len(&["volume", "list", "h1/default"]), Some(3));
     assert_eq!(
         ctl.json(&["volume", "create", "h1/iso", "v1", "--size", "1"])["capacity_bytes"],
         1u64 << 30
     );
     let resized = ctl.run(&["-o", "json", "volume", "resize", "h1/iso/v1", "--size", "2"]);
     assert!(
-        resized.0 == 0 || resized.0 == 4,
+        resized.code == 0 || resized.code == 4,
         "resize: ok, or refused as unsupported: {}",
-        resized.2
+        resized.stderr
     );
     assert_eq!(
         ctl.json(&["volume", "clone", "h1/iso/v1", "v2"])["name"],
@@ -258,12 +196,7 @@ async fn hostctl_drives_every_subcommand() {
     ctl.json(&["volume", "delete", "h1/iso/v2"]);
     ctl.json(&["volume", "delete", "h1/iso/v1"]);
 
-    assert_eq!(
-        ctl.json(&["network", "list", "h1"])
-            .as_array()
-            .map(Vec::len),
-        Some(2)
-    );
+    assert_eq!(ctl.json_len(&["network", "list", "h1"]), Some(2));
     assert_eq!(
         ctl.json(&["network", "get", "h1/default"])["forward"],
         "nat"
@@ -290,31 +223,7 @@ async fn hostctl_drives_every_subcommand() {
     let client = Client::connect(ClientConfig::new(&url))
         .await
         .expect("client");
-    let spec = VmSpec {
-        name: "task01".into(),
-        uuid: None,
-        description: String::new(),
-        memory_kib: 262_144,
-        max_memory_kib: None,
-        vcpus: 1,
-        max_vcpus: None,
-        arch: None,
-        disks: vec![DiskSpec {
-            target: "vda".into(),
-            source: DiskSource::NewVolume {
-                pool: "default".into(),
-                capacity_bytes: 1 << 30,
-            },
-            bus: DiskBus::Virtio,
-            format: Some(DiskFormat::Qcow2),
-            read_only: false,
-            device: DiskDevice::Disk,
-        }],
-        nics: vec![],
-        autostart: false,
-        boot: Default::default(),
-        cpu_mode: None,
-    };
+    let spec = small_vm("task01", &["vda"]);
     let task = client
         .submit::<VmDefine>("h1", VmDefineRequest { spec })
         .await
@@ -366,10 +275,10 @@ async fn hostctl_drives_every_subcommand() {
         "each event carries its stream offset: {ev}"
     );
 
-    let schema: Value = serde_json::from_str(&ctl.run(&["schema"]).1).expect("schema JSON");
+    let schema: Value = serde_json::from_str(&ctl.run(&["schema"]).stdout).expect("schema JSON");
     assert!(schema["commands"].as_array().is_some_and(|c| c.len() > 40));
-    let (code, completions, _) = ctl.run(&["completions", "bash"]);
-    assert!(code == 0 && completions.contains("hostctl"));
+    let completions = ctl.run(&["completions", "bash"]);
+    assert!(completions.code == 0 && completions.stdout.contains("hostctl"));
 
     // Exit codes scripts rely on.
     assert_eq!(ctl.code(&["vm", "get", "h1/nope"]), 3);
@@ -380,8 +289,8 @@ async fn hostctl_drives_every_subcommand() {
     );
     assert_eq!(ctl.code(&["ping", "h9"]), 3, "an unknown host has no route");
     assert_eq!(ctl.code(&["vm", "get", "no-slash"]), 2);
-    let (code, _, err) = ctl.run(&["--url", "amqp://guest:guest@127.0.0.1:1/%2f", "ping", "h1"]);
-    assert_eq!(code, 5, "{err}");
+    let out = ctl.run(&["--url", "amqp://guest:guest@127.0.0.1:1/%2f", "ping", "h1"]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,20 +301,15 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
     let url = node.amqp_url();
     let wait_online = online(&node, 3);
     // The agents' default heartbeat interval (5 s), as in production.
-    let _h1 = AgentProcess::builder("h1", &url)
-        .label("rack-a")
-        .spawn()
-        .expect("h1");
+    let _h1 = AgentProcess::builder("h1", &url).label("rack-a").start();
     let _h2 = AgentProcess::builder("h2", &url)
         .label("rack-a")
         .libvirt_uri(node_file_uri("h2"))
-        .spawn()
-        .expect("h2");
+        .start();
     let mut h3 = AgentProcess::builder("h3", &url)
         .label("rack-b")
         .libvirt_uri(node_file_uri("h3"))
-        .spawn()
-        .expect("h3");
+        .start();
     wait_online.await;
     let client = Client::connect(ClientConfig::new(&url))
         .await
@@ -414,12 +318,7 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
     assert!(presence.is_ready(), "the fleet view is complete at once");
     assert_eq!(presence.expected(&Target::All).alive.len(), 3);
 
-    let b = client
-        .broadcast::<VmList>(
-            &Target::All,
-            VmListRequest { power_state: None },
-            Duration::from_secs(5),
-        )
+    let b = list_vms(&client, &Target::All, Duration::from_secs(5))
         .await
         .expect("broadcast");
     assert_eq!(
@@ -427,12 +326,7 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
         ["h1", "h2", "h3"]
     );
     assert!(b.missing.is_empty());
-    let g = client
-        .broadcast::<VmList>(
-            &Target::Group("rack-a".into()),
-            VmListRequest { power_state: None },
-            Duration::from_secs(5),
-        )
+    let g = list_group(&client, "rack-a", Duration::from_secs(5))
         .await
         .expect("group");
     assert_eq!(
@@ -445,12 +339,7 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
     // does not wait for its deadline.
     h3.kill().expect("kill h3");
     let sent = std::time::Instant::now();
-    let b = client
-        .broadcast::<VmList>(
-            &Target::All,
-            VmListRequest { power_state: None },
-            Duration::from_secs(5),
-        )
+    let b = list_vms(&client, &Target::All, Duration::from_secs(5))
         .await
         .expect("broadcast");
     println!("broadcast with h3 dead: {:?}", sent.elapsed());
@@ -477,43 +366,17 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
         .libvirt_uri(node_file_uri("h3"))
         .concurrency(1)
         .env("HOSTBUS_STEP_PAUSE_MS", "4000")
-        .spawn()
-        .expect("h4");
+        .start();
     wait_h4.await;
-    let disk = |target: &str| DiskSpec {
-        target: target.into(),
-        source: DiskSource::NewVolume {
-            pool: "default".into(),
-            capacity_bytes: 1 << 30,
-        },
-        bus: DiskBus::Virtio,
-        format: Some(DiskFormat::Qcow2),
-        read_only: false,
-        device: DiskDevice::Disk,
-    };
     // Five steps of 4 s: h4 is busy for 20 s, far past hostctl's 3 s deadline.
-    let slow = VmSpec {
-        name: "slow01".into(),
-        uuid: None,
-        description: String::new(),
-        memory_kib: 262_144,
-        max_memory_kib: None,
-        vcpus: 1,
-        max_vcpus: None,
-        arch: None,
-        disks: vec![disk("vda"), disk("vdb"), disk("vdc"), disk("vdd")],
-        nics: vec![],
-        autostart: false,
-        boot: Default::default(),
-        cpu_mode: None,
-    };
+    let slow = small_vm("slow01", &["vda", "vdb", "vdc", "vdd"]);
     client
         .cast::<VmDefine>(&Target::Host("h4".into()), VmDefineRequest { spec: slow })
         .await
         .expect("cast");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ctl = Ctl { url };
-    let (code, out, err) = ctl.run(&[
+    let ctl = Hostctl::new(&url);
+    let out = ctl.run(&[
         "-o",
         "json",
         "--timeout-ms",
@@ -523,8 +386,15 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
         "--label",
         "rack-b",
     ]);
-    assert_eq!(code, 7, "{err}\n{out}\n{}", _h4.log_tail(30));
-    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        out.code,
+        7,
+        "{}\n{}\n{}",
+        out.stderr,
+        out.stdout,
+        _h4.log_tail(30)
+    );
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
     assert_eq!(v["missing"], serde_json::json!(["h3", "h4"]));
 }
 
@@ -541,19 +411,11 @@ async fn a_subscriber_sees_another_clients_change_and_a_slow_one_resyncs() {
     let actor = Client::connect(ClientConfig::new(&url))
         .await
         .expect("actor");
-    let mut sub = watcher
-        .subscribe(&["*.vm.*"], SubscribeOptions::default())
-        .await
-        .expect("subscribe");
+    let mut sub = subscribe(&watcher, &["*.vm.*"]).await;
     let db = actor.host("h1").vm_named("db01");
     db.start().await.expect("start");
     let started = loop {
-        match tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("an event")
-            .expect("open")
-            .expect("ok")
-        {
+        match next_notification(&mut sub, Duration::from_secs(10), "an event").await {
             Notification::Event(e) if e.action == EventAction::Started => break e,
             _ => {}
         }
@@ -562,10 +424,7 @@ async fn a_subscriber_sees_another_clients_change_and_a_slow_one_resyncs() {
 
     // A subscriber that reads nothing while 200 events happen loses none:
     // the broker keeps them in its event stream, in order.
-    let mut slow = watcher
-        .subscribe(&["h1.vm.*"], SubscribeOptions::default())
-        .await
-        .expect("subscribe");
+    let mut slow = subscribe(&watcher, &["h1.vm.*"]).await;
     // Establish the sequence baseline with one event.
     db.pause().await.expect("pause");
     let first = match tokio::time::timeout(Duration::from_secs(10), slow.next())
@@ -618,8 +477,7 @@ async fn a_subscriber_beyond_the_event_retention_resyncs_from_a_snapshot() {
     // The smallest retention: 1 MiB of events, in segments of 1 MiB.
     let _h1 = AgentProcess::builder("h1", &url)
         .env("HOSTBUS_EVENT_RETENTION_BYTES", "1048576")
-        .spawn()
-        .expect("h1");
+        .start();
     wait_online.await;
     let client = Client::connect(ClientConfig::new(&url))
         .await
@@ -631,21 +489,8 @@ async fn a_subscriber_beyond_the_event_retention_resyncs_from_a_snapshot() {
         db.pause().await.expect("pause");
         db.resume().await.expect("resume");
     }
-    let mut sub = client
-        .subscribe(
-            &["h1.#"],
-            SubscribeOptions {
-                from: StartAt::Offset(0),
-                ..SubscribeOptions::default()
-            },
-        )
-        .await
-        .expect("subscribe");
-    let first = tokio::time::timeout(Duration::from_secs(20), sub.next())
-        .await
-        .expect("a notification")
-        .expect("open")
-        .expect("ok");
+    let mut sub = subscribe_from(&client, &["h1.#"], StartAt::Offset(0)).await;
+    let first = next_notification(&mut sub, Duration::from_secs(20), "a notification").await;
     match first {
         Notification::Resync {
             host,

@@ -20,20 +20,21 @@ use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::{STATUS_HEADER, VERSION_HEADER};
 use hostbus_protocol::names::{self, host_key};
 use hostbus_protocol::types::{
-    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, ObjectClass, PowerState, Record,
-    VmRecord, VmSpec, VolumeSpec,
+    DiskFormat, DiskSource, ObjectClass, PowerState, Record, VmRecord, VolumeSpec,
 };
 use hostbus_protocol::{
-    decode, encode, now_ms, AmqpProperties, Command, ContentType, Envelope, Event, EventAction,
+    decode, encode, now_ms, AmqpProperties, Command, ContentType, Envelope, EventAction,
     HeaderValue, Reply,
 };
 use hostbus_tests::{
-    commands_total, long_str, metric, nested_table, table, to_lapin, AgentProcess, AmqpPeer,
-    RabbitNode, RawOutcome, RawProperties, RawProperty, RawPublisher, Received, Subscription,
+    commands_total, consume_no_ack, declare_queue, event_of, long_str, metric, named, nested_table,
+    new_disk, next_online, ok, pool_name, reply_error, small_vm, spawn_online, table, to_lapin,
+    AgentProcess, AmqpPeer, QueueKind, RabbitNode, RawOutcome, RawProperties, RawProperty,
+    RawPublisher, Received,
 };
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -43,7 +44,6 @@ use tokio::task::AbortHandle;
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
 const T: Duration = Duration::from_secs(15);
-const ONLINE: Duration = Duration::from_secs(60);
 
 // ------------------------------------------------------------------ helpers
 
@@ -61,10 +61,16 @@ struct Sent {
 /// A command `C` from `guest` (an admin by default), without a deadline (so
 /// nothing expires while a broker or agent is down), replying to `reply_to`.
 fn command<C: Command>(req: &C::Request, reply_to: &str) -> Sent {
+    command_due::<C>(req, reply_to, None)
+}
+
+/// [`command`], due within `within_ms` milliseconds from now when given.
+fn command_due<C: Command>(req: &C::Request, reply_to: &str, within_ms: Option<u64>) -> Sent {
     let mut env = Envelope::new(C::NAME);
     env.sender = Some("guest".into());
     env.reply_to = Some(reply_to.to_owned());
     env.correlation_id = Some(env.command_id.to_string());
+    env.deadline = within_ms.map(|ms| now_ms() + ms);
     Sent {
         id: env.command_id.to_string(),
         command: C::NAME,
@@ -75,36 +81,8 @@ fn command<C: Command>(req: &C::Request, reply_to: &str) -> Sent {
 }
 
 fn define_request(name: &str, disks: usize) -> VmDefineRequest {
-    let targets = ["vda", "vdb", "vdc"];
     VmDefineRequest {
-        spec: VmSpec {
-            name: name.to_owned(),
-            uuid: None,
-            description: String::new(),
-            memory_kib: 262_144,
-            max_memory_kib: None,
-            vcpus: 1,
-            max_vcpus: None,
-            arch: None,
-            disks: targets[..disks]
-                .iter()
-                .map(|t| DiskSpec {
-                    target: (*t).to_owned(),
-                    source: DiskSource::NewVolume {
-                        pool: "default".into(),
-                        capacity_bytes: 1 << 30,
-                    },
-                    bus: DiskBus::Virtio,
-                    format: Some(DiskFormat::Qcow2),
-                    read_only: false,
-                    device: DiskDevice::Disk,
-                })
-                .collect(),
-            nics: vec![],
-            autostart: false,
-            boot: Default::default(),
-            cpu_mode: None,
-        },
+        spec: small_vm(name, &["vda", "vdb", "vdc"][..disks]),
     }
 }
 
@@ -112,31 +90,23 @@ fn define_request(name: &str, disks: usize) -> VmDefineRequest {
 /// restart; the agent publishes replies persistent).
 async fn declare_reply_queue(url: &str, name: &str) {
     let peer = AmqpPeer::connect(url).await.expect("peer");
-    peer.channel()
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    declare_queue(peer.channel(), name, QueueKind::Durable)
         .await
         .expect("declare the reply queue");
     let _ = peer.close().await;
 }
 
-/// Consumes `queue` (acking each reply) until every id in `ids` has a reply,
-/// then `grace` longer to catch late duplicates. Replies by correlation id,
-/// in arrival order.
+/// Consumes `queue` (acking each reply) until every id in `ids` has a reply
+/// (within `secs.0` seconds), then `secs.1` seconds longer to catch late
+/// duplicates. Replies by correlation id, in arrival order.
 async fn collect_replies(
     url: &str,
     queue: &str,
     ids: &BTreeSet<String>,
-    timeout: Duration,
-    grace: Duration,
+    secs: (u64, u64),
     agent: &AgentProcess,
 ) -> BTreeMap<String, Vec<Received>> {
+    let (timeout, grace) = (Duration::from_secs(secs.0), Duration::from_secs(secs.1));
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .expect("connect");
@@ -166,7 +136,7 @@ async fn collect_replies(
                     .ack(BasicAckOptions::default())
                     .await
                     .expect("ack a reply");
-                let r = received(d);
+                let r = Received::from_delivery(d);
                 let corr = r.properties.correlation_id.clone().unwrap_or_default();
                 replies.entry(corr).or_default().push(r);
             }
@@ -186,25 +156,6 @@ async fn collect_replies(
     }
     let _ = conn.close(200, "done".into()).await;
     replies
-}
-
-fn received(d: lapin::message::Delivery) -> Received {
-    Received {
-        exchange: d.exchange.as_str().to_owned(),
-        routing_key: d.routing_key.as_str().to_owned(),
-        redelivered: d.redelivered,
-        properties: hostbus_tests::from_lapin(&d.properties),
-        body: d.data,
-    }
-}
-
-/// The error of an error reply, if it is one.
-fn reply_error(r: &Received) -> Option<hostbus_protocol::Error> {
-    let ct = ContentType::parse(r.properties.content_type.as_deref()).unwrap_or_default();
-    match decode::<Reply<Empty>>(ct, &r.body, 64 << 20) {
-        Ok(Reply::Error(e)) => Some(e),
-        _ => None,
-    }
 }
 
 fn vm_of(r: &Received) -> VmRecord {
@@ -266,49 +217,19 @@ fn metric_sum(text: &str, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// Sends `C` through direct reply-to and returns its value.
-async fn ok<C: Command>(peer: &mut AmqpPeer, req: &C::Request) -> C::Response {
-    let s = command::<C>(req, names::DIRECT_REPLY_TO);
-    let r = peer
-        .call(&host_key("h1"), &s.props, &s.body, T)
-        .await
-        .unwrap_or_else(|e| panic!("{}: {e}", C::NAME));
-    match decode::<Reply<C::Response>>(ContentType::MsgPack, &r.body, 64 << 20) {
-        Ok(Reply::Ok(v)) => v,
-        other => panic!("{}: {other:?}", C::NAME),
-    }
-}
-
 async fn vm_names(peer: &mut AmqpPeer) -> Vec<VmRecord> {
-    ok::<VmList>(peer, &VmListRequest { power_state: None })
+    ok::<VmList>(peer, "h1", &VmListRequest { power_state: None })
         .await
         .vms
 }
 
 async fn volume_names(peer: &mut AmqpPeer) -> Vec<String> {
-    ok::<VolumeList>(
-        peer,
-        &PoolName {
-            pool: "default".into(),
-        },
-    )
-    .await
-    .volumes
-    .into_iter()
-    .map(|v| v.name)
-    .collect()
-}
-
-fn event_of(r: &Received) -> Event {
-    decode(ContentType::MsgPack, &r.body, 64 << 20).expect("event")
-}
-
-async fn next_online(events: &mut Subscription, agent: &AgentProcess) -> Event {
-    let r = events
-        .next_matching(ONLINE, |r| r.routing_key == "h1.agent.online")
+    ok::<VolumeList>(peer, "h1", &pool_name("default"))
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_tail(40)));
-    event_of(&r)
+        .volumes
+        .into_iter()
+        .map(|v| v.name)
+        .collect()
 }
 
 // ------------------------------------------------------------------ 1
@@ -323,14 +244,10 @@ async fn a_broker_restart_mid_burst_loses_no_command_and_runs_none_twice() {
         // vm.define with two new volumes takes three steps of 1 s, so
         // commands are still running when the broker goes.
         .env("HOSTBUS_STEP_PAUSE_MS", "1000")
-        .spawn()
-        .expect("agent");
+        .start();
     {
         let peer = AmqpPeer::connect(&url).await.expect("peer");
-        let mut events = peer
-            .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-            .await
-            .expect("subscribe");
+        let mut events = peer.watch(names::EVENT_EXCHANGE, "h1.agent.online").await;
         next_online(&mut events, &agent).await;
     }
     declare_reply_queue(&url, REPLIES).await;
@@ -435,15 +352,7 @@ async fn a_broker_restart_mid_burst_loses_no_command_and_runs_none_twice() {
             .expect("republish");
     }
     let ids: BTreeSet<String> = sent.iter().map(|s| s.id.clone()).collect();
-    let replies = collect_replies(
-        &url,
-        REPLIES,
-        &ids,
-        Duration::from_secs(90),
-        Duration::from_secs(3),
-        &agent,
-    )
-    .await;
+    let replies = collect_replies(&url, REPLIES, &ids, (90, 3), &agent).await;
     let deliveries: usize = replies.values().map(Vec::len).sum();
     let strays: Vec<&String> = replies.keys().filter(|k| !ids.contains(*k)).collect();
     assert!(strays.is_empty(), "replies to unknown ids: {strays:?}");
@@ -490,7 +399,7 @@ async fn a_broker_restart_mid_burst_loses_no_command_and_runs_none_twice() {
         count(HostPing::NAME)
     );
     assert!(metric(&m, "hostbus_reconnects_total") >= 1, "{m}");
-    let web = ok::<VmGet>(&mut peer, &VmUuid { uuid: web01 }).await;
+    let web = ok::<VmGet>(&mut peer, "h1", &VmUuid { uuid: web01 }).await;
     assert!(
         (0..40)
             .filter(|i| i % 5 == 1 || i % 5 == 3)
@@ -508,16 +417,12 @@ async fn an_agent_killed_mid_burst_reruns_interrupted_commands_and_runs_finished
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
     let peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.#")
-        .await
-        .expect("subscribe");
+    let mut events = peer.watch(names::EVENT_EXCHANGE, "h1.#").await;
     let mut agent = AgentProcess::builder("h1", &url)
         .concurrency(2)
         .env("HOSTBUS_STEP_PAUSE_MS", "300")
         .env("HOSTBUS_RECONNECT_MAX_BACKOFF_MS", "1000")
-        .spawn()
-        .expect("agent");
+        .start();
     let first = next_online(&mut events, &agent).await;
     declare_reply_queue(&url, REPLIES).await;
 
@@ -571,15 +476,7 @@ async fn an_agent_killed_mid_burst_reruns_interrupted_commands_and_runs_finished
     );
 
     let ids: BTreeSet<String> = sent.iter().map(|s| s.id.clone()).collect();
-    let replies = collect_replies(
-        &url,
-        REPLIES,
-        &ids,
-        Duration::from_secs(60),
-        Duration::from_secs(2),
-        &agent,
-    )
-    .await;
+    let replies = collect_replies(&url, REPLIES, &ids, (60, 2), &agent).await;
     let (dup_ids, extra) = check_replies(&sent, &replies);
     println!("{dup_ids} ids answered more than once ({extra} extra deliveries)");
 
@@ -665,16 +562,8 @@ async fn an_agent_killed_mid_burst_reruns_interrupted_commands_and_runs_finished
 async fn the_same_command_id_twice_runs_once() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
-    let agent = AgentProcess::builder("h1", &url)
-        .env("HOSTBUS_STEP_PAUSE_MS", "300")
-        .spawn()
-        .expect("agent");
-    next_online(&mut events, &agent).await;
+    let (mut peer, _events, agent, _) =
+        spawn_online(AgentProcess::builder("h1", &url).env("HOSTBUS_STEP_PAUSE_MS", "300")).await;
     let key = host_key("h1");
 
     // One after the other.
@@ -918,42 +807,18 @@ async fn ten_thousand_hostile_messages_are_answered_or_dead_lettered_in_flat_mem
     const N: usize = 10_000;
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
-    let mut agent = AgentProcess::spawn("h1", &url).expect("agent");
-    next_online(&mut events, &agent).await;
-    ok::<HostPing>(&mut peer, &Ping { echo: None }).await;
+    let (mut peer, _events, mut agent, _) = spawn_online(AgentProcess::builder("h1", &url)).await;
+    ok::<HostPing>(&mut peer, "h1", &Ping { echo: None }).await;
     let pid = agent.pid().expect("pid");
     let rss_before = vm_rss_kib(pid);
 
     // A reply queue of our own, consumed without acks.
     let ch = peer.connection().create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let q = declare_queue(&ch, "", QueueKind::Exclusive)
         .await
         .expect("reply queue");
     let reply_queue = q.name().as_str().to_owned();
-    let mut consumer = ch
-        .basic_consume(
-            reply_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let mut consumer = consume_no_ack(&ch, &reply_queue)
         .await
         .expect("consume replies");
 
@@ -1020,7 +885,7 @@ async fn ten_thousand_hostile_messages_are_answered_or_dead_lettered_in_flat_mem
                 agent.log_tail(20)
             ),
         };
-        let r = received(d);
+        let r = Received::from_delivery(d);
         let corr = r.properties.correlation_id.clone().unwrap_or_default();
         let e = reply_error(&r).unwrap_or_else(|| panic!("{corr}: not an error reply"));
         let want = expected_replies
@@ -1036,15 +901,7 @@ async fn ten_thousand_hostile_messages_are_answered_or_dead_lettered_in_flat_mem
     // Everything to be dead-lettered is in hostbus.dead-letter.
     let dl = peer.connection().create_channel().await.expect("channel");
     let dead = loop {
-        let q = dl
-            .queue_declare(
-                names::DEAD_LETTER_QUEUE.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let q = declare_queue(&dl, names::DEAD_LETTER_QUEUE, QueueKind::Passive)
             .await
             .expect("passive declare");
         let n = q.message_count() as usize;
@@ -1080,7 +937,7 @@ async fn ten_thousand_hostile_messages_are_answered_or_dead_lettered_in_flat_mem
 
     // Alive, and memory stayed flat.
     assert!(agent.is_running(), "{}", agent.log_tail(30));
-    ok::<HostPing>(&mut peer, &Ping { echo: None }).await;
+    ok::<HostPing>(&mut peer, "h1", &Ping { echo: None }).await;
     let rss_after = vm_rss_kib(pid);
     println!(
         "agent VmRSS before {} KiB, after {} KiB (+{} KiB)",
@@ -1155,19 +1012,15 @@ async fn a_cut_connection_is_reestablished_and_the_agent_resyncs() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
     let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.*")
-        .await
-        .expect("subscribe");
+    let mut events = peer.watch(names::EVENT_EXCHANGE, "h1.agent.*").await;
     let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], node.port()))).await;
     let via_proxy = format!("amqp://guest:guest@{}/%2f", proxy.addr);
     let agent = AgentProcess::builder("h1", &via_proxy)
         .env("HOSTBUS_RECONNECT_MAX_BACKOFF_MS", "1000")
-        .spawn()
-        .expect("agent");
+        .start();
     let first = next_online(&mut events, &agent).await;
     assert!(first.inventory.is_some());
-    ok::<HostPing>(&mut peer, &Ping { echo: None }).await;
+    ok::<HostPing>(&mut peer, "h1", &Ping { echo: None }).await;
 
     let cut_at = Instant::now();
     proxy.cut();
@@ -1186,6 +1039,7 @@ async fn a_cut_connection_is_reestablished_and_the_agent_resyncs() {
     assert_eq!((inv.epoch, inv.seq), (Some(again.epoch), again.seq));
     let pong = ok::<HostPing>(
         &mut peer,
+        "h1",
         &Ping {
             echo: Some("after the cut".into()),
         },
@@ -1194,11 +1048,7 @@ async fn a_cut_connection_is_reestablished_and_the_agent_resyncs() {
     assert_eq!(pong.echo.as_deref(), Some("after the cut"));
     assert!(proxy.accepted.load(Ordering::SeqCst) >= 2);
     assert!(metric(&agent.metrics_text(), "hostbus_reconnects_total") >= 1);
-    assert!(
-        agent.log().contains("broker connection lost"),
-        "{}",
-        agent.log_tail(20)
-    );
+    agent.assert_logged("broker connection lost");
 }
 
 // ------------------------------------------------------------------ 6
@@ -1208,18 +1058,13 @@ async fn a_command_that_never_finishes_is_dead_lettered_after_max_deliveries() {
     const REPLIES: &str = "faults.poison.replies";
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
     // Three steps of 1 s: long enough to be killed in the middle, every time.
-    let mut agent = AgentProcess::builder("h1", &url)
-        .concurrency(1)
-        .env("HOSTBUS_STEP_PAUSE_MS", "1000")
-        .spawn()
-        .expect("agent");
-    next_online(&mut events, &agent).await;
+    let (peer, mut events, mut agent, _) = spawn_online(
+        AgentProcess::builder("h1", &url)
+            .concurrency(1)
+            .env("HOSTBUS_STEP_PAUSE_MS", "1000"),
+    )
+    .await;
     declare_reply_queue(&url, REPLIES).await;
     let poison = command::<VmDefine>(&define_request("poison-vm", 2), REPLIES);
     peer.publish_command(&host_key("h1"), &poison.props, &poison.body)
@@ -1240,15 +1085,7 @@ async fn a_command_that_never_finishes_is_dead_lettered_after_max_deliveries() {
         }
     }
     let ids = BTreeSet::from([poison.id.clone()]);
-    let replies = collect_replies(
-        &url,
-        REPLIES,
-        &ids,
-        Duration::from_secs(30),
-        Duration::from_secs(1),
-        &agent,
-    )
-    .await;
+    let replies = collect_replies(&url, REPLIES, &ids, (30, 1), &agent).await;
     let r = &replies[&poison.id];
     assert_eq!(r.len(), 1, "one answer");
     let e = reply_error(&r[0]).expect("an error reply");
@@ -1321,19 +1158,13 @@ async fn an_interrupted_command_that_already_took_effect_is_answered_as_done() {
         j.start(&start.id, VmStart::NAME).expect("start entry");
         j.start(&define.id, VmDefine::NAME).expect("define entry");
     }
-    let mut peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
-    let mut online = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
-    let _agent = AgentProcess::builder("h1", &node.amqp_url())
-        .journal_path(&journal_path)
-        .spawn()
-        .expect("agent");
-    online.next(ONLINE).await.expect("online");
+    let (mut peer, _online, _agent, _) =
+        spawn_online(AgentProcess::builder("h1", &node.amqp_url()).journal_path(&journal_path))
+            .await;
     let leftover = "halfdone-vda.qcow2".to_owned(); // the name vm.define gives a new qcow2 vda
     ok::<VolumeCreate>(
         &mut peer,
+        "h1",
         &VolumeCreateRequest {
             pool: "default".into(),
             spec: VolumeSpec {
@@ -1410,15 +1241,7 @@ fn version_table(extra: &[(&[u8], Vec<u8>)]) -> Vec<u8> {
 /// Messages in the dead-letter queue now.
 async fn dead_letters(peer: &AmqpPeer) -> u32 {
     let ch = peer.connection().create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(
-            names::DEAD_LETTER_QUEUE.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let q = declare_queue(&ch, names::DEAD_LETTER_QUEUE, QueueKind::Passive)
         .await
         .expect("passive declare");
     let _ = ch.close(200, "done".into()).await;
@@ -1428,28 +1251,10 @@ async fn dead_letters(peer: &AmqpPeer) -> u32 {
 /// Declares `name` as an exclusive reply queue of `peer` and consumes it.
 async fn reply_queue(peer: &AmqpPeer, name: &str) -> lapin::Consumer {
     let ch = peer.connection().create_channel().await.expect("channel");
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..QueueDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("reply queue");
-    ch.basic_consume(
-        name.into(),
-        "".into(),
-        BasicConsumeOptions {
-            no_ack: true,
-            ..BasicConsumeOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("consume replies")
+    declare_queue(&ch, name, QueueKind::Exclusive)
+        .await
+        .expect("reply queue");
+    consume_no_ack(&ch, name).await.expect("consume replies")
 }
 
 async fn next_reply_for(consumer: &mut lapin::Consumer, id: &str) -> Received {
@@ -1467,7 +1272,7 @@ async fn replies_for(consumer: &mut lapin::Consumer, ids: &[&str]) -> BTreeMap<S
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, consumer.next()).await {
             Ok(Some(Ok(d))) => {
-                let r = received(d);
+                let r = Received::from_delivery(d);
                 let corr = r.properties.correlation_id.clone().unwrap_or_default();
                 if ids.contains(&corr.as_str()) {
                     got.insert(corr, r);
@@ -1491,16 +1296,9 @@ async fn replies_for(consumer: &mut lapin::Consumer, ids: &[&str]) -> BTreeMap<S
 async fn messages_no_client_library_could_parse_are_answered_and_the_agent_serves_on() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
-    let agent = AgentProcess::builder("h1", &url)
-        .heartbeat_interval(Duration::from_secs(5))
-        .spawn()
-        .expect("agent");
-    next_online(&mut events, &agent).await;
+    let (mut peer, _events, agent, _) =
+        spawn_online(AgentProcess::builder("h1", &url).heartbeat_interval(Duration::from_secs(5)))
+            .await;
     let mut replies = reply_queue(&peer, RAW_REPLIES).await;
     let dead_before = dead_letters(&peer).await;
     let ping = encode(ContentType::MsgPack, &Ping { echo: None }).expect("encode");
@@ -1589,7 +1387,7 @@ async fn messages_no_client_library_could_parse_are_answered_and_the_agent_serve
         println!("{what}: answered {got}");
         assert_eq!(got, *want, "{what}");
         // And the agent serves the next command at once.
-        ok::<HostPing>(&mut peer, &Ping { echo: None }).await;
+        ok::<HostPing>(&mut peer, "h1", &Ping { echo: None }).await;
     }
     let deadline = Instant::now() + T;
     while dead_letters(&peer).await < dead_before + expected_dead && Instant::now() < deadline {
@@ -1632,16 +1430,9 @@ fn forged_reply_to() -> String {
 async fn a_poison_reply_address_is_dead_lettered_after_at_most_one_lost_session() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
-    let agent = AgentProcess::builder("h1", &url)
-        .heartbeat_interval(Duration::from_secs(5))
-        .spawn()
-        .expect("agent");
-    next_online(&mut events, &agent).await;
+    let (mut peer, _events, agent, _) =
+        spawn_online(AgentProcess::builder("h1", &url).heartbeat_interval(Duration::from_secs(5)))
+            .await;
     let dead_before = dead_letters(&peer).await;
 
     // Garbage after the prefix: refused at once, no reply, no lost session.
@@ -1675,7 +1466,7 @@ async fn a_poison_reply_address_is_dead_lettered_after_at_most_one_lost_session(
         "{}",
         agent.log_tail(30)
     );
-    let vm = ok::<VmGet>(&mut peer, &VmUuid { uuid: web }).await;
+    let vm = ok::<VmGet>(&mut peer, "h1", &VmUuid { uuid: web }).await;
     assert_eq!(vm.memory_kib, 777 * 1024, "the change ran");
     let m = agent.metrics_text();
     assert_eq!(
@@ -1687,7 +1478,7 @@ async fn a_poison_reply_address_is_dead_lettered_after_at_most_one_lost_session(
     println!("sessions lost to the poison reply addresses: {lost}");
     assert!(lost <= 1, "{}", agent.log_tail(30));
     assert!(metric(&m, "hostbus_reconnects_total") <= 1, "{m}");
-    ok::<HostPing>(&mut peer, &Ping { echo: None }).await;
+    ok::<HostPing>(&mut peer, "h1", &Ping { echo: None }).await;
 }
 
 /// Issue 12, finding 3: a session that ends right after it starts (here:
@@ -1704,8 +1495,7 @@ async fn a_session_that_fails_at_once_backs_off_like_a_failed_connect() {
         .expect("set_permissions");
     let agent = AgentProcess::builder("h1", &node.url_for("locked", "locked"))
         .env("HOSTBUS_RECONNECT_MAX_BACKOFF_MS", "30000")
-        .spawn()
-        .expect("agent");
+        .start();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let log = agent.log();
     let sessions = log.matches("connected to the broker").count();
@@ -1726,16 +1516,8 @@ async fn a_session_that_fails_at_once_backs_off_like_a_failed_connect() {
 async fn a_command_past_its_deadline_after_waiting_or_between_steps_has_no_effect() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
-    let agent = AgentProcess::builder("h1", &url)
-        .env("HOSTBUS_STEP_PAUSE_MS", "1000")
-        .spawn()
-        .expect("agent");
-    next_online(&mut events, &agent).await;
+    let (mut peer, _events, _agent, _) =
+        spawn_online(AgentProcess::builder("h1", &url).env("HOSTBUS_STEP_PAUSE_MS", "1000")).await;
     let mut replies = reply_queue(&peer, RAW_REPLIES).await;
 
     // A: defines `late` slowly (a pause per step), then fails on its second
@@ -1748,14 +1530,9 @@ async fn a_command_past_its_deadline_after_waiting_or_between_steps_has_no_effec
     peer.publish_command(&host_key("h1"), &a.props, &a.body)
         .await
         .expect("publish A");
-    let mut b_env = Envelope::new(VmDefine::NAME);
-    b_env.sender = Some("guest".into());
-    b_env.reply_to = Some(RAW_REPLIES.into());
-    b_env.correlation_id = Some(b_env.command_id.to_string());
-    b_env.deadline = Some(now_ms() + 300);
-    let b_id = b_env.command_id.to_string();
-    let b_body = encode(ContentType::MsgPack, &define_request("late", 0)).expect("encode");
-    peer.publish_command(&host_key("h1"), &b_env.to_properties(now_ms()), &b_body)
+    let b = command_due::<VmDefine>(&define_request("late", 0), RAW_REPLIES, Some(300));
+    let b_id = b.id.clone();
+    peer.publish_command(&host_key("h1"), &b.props, &b.body)
         .await
         .expect("publish B");
     // B's reply may come before A's: both are published once A's turn ends.
@@ -1776,14 +1553,9 @@ async fn a_command_past_its_deadline_after_waiting_or_between_steps_has_no_effec
 
     // C: three new disks at a second a step, with 1.5 s to go: it expires
     // between its steps and rolls back what it made.
-    let mut c_env = Envelope::new(VmDefine::NAME);
-    c_env.sender = Some("guest".into());
-    c_env.reply_to = Some(RAW_REPLIES.into());
-    c_env.correlation_id = Some(c_env.command_id.to_string());
-    c_env.deadline = Some(now_ms() + 1500);
-    let c_id = c_env.command_id.to_string();
-    let c_body = encode(ContentType::MsgPack, &define_request("late2", 3)).expect("encode");
-    peer.publish_command(&host_key("h1"), &c_env.to_properties(now_ms()), &c_body)
+    let c = command_due::<VmDefine>(&define_request("late2", 3), RAW_REPLIES, Some(1500));
+    let c_id = c.id.clone();
+    peer.publish_command(&host_key("h1"), &c.props, &c.body)
         .await
         .expect("publish C");
     let rc = next_reply_for(&mut replies, &c_id).await;
@@ -1809,16 +1581,9 @@ async fn changes_to_one_object_apply_in_the_order_they_were_sent() {
     const PER_BURST: u64 = 8;
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
-    let agent = AgentProcess::builder("h1", &url)
-        .heartbeat_interval(Duration::from_secs(5))
-        .spawn()
-        .expect("agent");
-    next_online(&mut events, &agent).await;
+    let (mut peer, _events, _agent, _) =
+        spawn_online(AgentProcess::builder("h1", &url).heartbeat_interval(Duration::from_secs(5)))
+            .await;
     let mut replies = reply_queue(&peer, RAW_REPLIES).await;
     let web: uuid::Uuid = WEB01.parse().expect("uuid");
     let mut out_of_order = 0;
@@ -1852,7 +1617,7 @@ async fn changes_to_one_object_apply_in_the_order_they_were_sent() {
             generations.push(vm.generation);
         }
         let in_order = generations.windows(2).all(|w| w[0] < w[1]);
-        let now = ok::<VmGet>(&mut peer, &VmUuid { uuid: web }).await;
+        let now = ok::<VmGet>(&mut peer, "h1", &VmUuid { uuid: web }).await;
         if !in_order || now.memory_kib != sent[sent.len() - 1].1 {
             out_of_order += 1;
             println!(
@@ -1874,36 +1639,15 @@ async fn changes_to_one_object_apply_in_the_order_they_were_sent() {
 async fn a_disk_attaches_to_a_halted_vm() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let mut peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut events = peer
-        .subscribe(names::EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
-    let agent = AgentProcess::spawn("h1", &url).expect("agent");
-    next_online(&mut events, &agent).await;
-    let db = ok::<VmGetByName>(
-        &mut peer,
-        &ObjectName {
-            name: "db01".into(),
-        },
-    )
-    .await;
+    let (mut peer, _events, _agent, _) = spawn_online(AgentProcess::builder("h1", &url)).await;
+    let db = ok::<VmGetByName>(&mut peer, "h1", &named("db01")).await;
     assert_eq!(db.power_state, PowerState::Halted);
     let vm = ok::<VmAttachDisk>(
         &mut peer,
+        "h1",
         &VmAttachDiskRequest {
             uuid: db.uuid,
-            disk: DiskSpec {
-                target: "vdc".into(),
-                source: DiskSource::NewVolume {
-                    pool: "default".into(),
-                    capacity_bytes: 1 << 30,
-                },
-                bus: DiskBus::Virtio,
-                format: Some(DiskFormat::Qcow2),
-                read_only: false,
-                device: DiskDevice::Disk,
-            },
+            disk: new_disk("vdc"),
         },
     )
     .await;

@@ -9,15 +9,16 @@
 
 use std::time::{Duration, Instant};
 
-use futures_lite::StreamExt;
-use hostbus_client::protocol::commands::{Ping, VmList, VmListRequest};
+use hostbus_client::protocol::commands::Ping;
 use hostbus_client::protocol::names::{self, Target};
 use hostbus_client::protocol::types::PowerState;
-use hostbus_client::{Client, ClientConfig, Liveness, Notification, SubscribeOptions};
+use hostbus_client::{Client, ClientConfig, Liveness, Notification};
 use hostbus_protocol::commands::HostPing;
-use hostbus_tests::{node_file_uri, AgentProcess, AmqpPeer, Hostctl, RabbitNode, Subscription};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
+use hostbus_tests::sdk::{list_group, list_vms, next_notification, subscribe};
+use hostbus_tests::{
+    declare_queue, node_file_uri, AgentProcess, AmqpPeer, Hostctl, QueueKind, RabbitNode,
+    Subscription,
+};
 use serde_json::Value;
 
 /// Subscribes to roster announcements (`<host>.online` on the presence
@@ -25,10 +26,7 @@ use serde_json::Value;
 /// anything starts.
 async fn watch_online(node: &RabbitNode) -> (AmqpPeer, Subscription) {
     let peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
-    let sub = peer
-        .subscribe(names::PRESENCE_EXCHANGE, "*.online")
-        .await
-        .expect("subscribe");
+    let sub = peer.watch(names::PRESENCE_EXCHANGE, "*.online").await;
     (peer, sub)
 }
 
@@ -67,16 +65,9 @@ fn signal(pid: u32, sig: &str) {
 async fn queue_exists(url: &str, host: &str) -> bool {
     let peer = AmqpPeer::connect(url).await.expect("peer");
     let ch = peer.connection().create_channel().await.expect("channel");
-    ch.queue_declare(
-        names::agent_queue(host).as_str().into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .is_ok()
+    declare_queue(&ch, &names::agent_queue(host), QueueKind::Passive)
+        .await
+        .is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,8 +89,7 @@ async fn a_fresh_process_sees_the_whole_fleet_and_its_dead_until_forgotten() {
         AgentProcess::builder(id, &url)
             .libvirt_uri(node_file_uri(node_file))
             .label(label)
-            .spawn()
-            .expect("agent")
+            .start()
     })
     .collect();
     wait_online(&mut online, 4).await;
@@ -218,12 +208,10 @@ async fn nothing_piles_up_for_hosts_that_are_gone() {
     let mut h2 = AgentProcess::builder("h2", &url)
         .libvirt_uri(node_file_uri("h2"))
         .env("HOSTBUS_DEAD_LETTER_MAX_LENGTH", "5")
-        .spawn()
-        .expect("h2");
+        .start();
     let _h1 = AgentProcess::builder("h1", &url)
         .env("HOSTBUS_DEAD_LETTER_MAX_LENGTH", "5")
-        .spawn()
-        .expect("h1");
+        .start();
     wait_online(&mut online, 2).await;
     h2.kill().expect("SIGKILL h2");
     let client = Client::connect(ClientConfig::new(&url))
@@ -231,12 +219,7 @@ async fn nothing_piles_up_for_hosts_that_are_gone() {
         .expect("client");
     // Twenty broadcasts of 1 s while h2 is dead.
     for _ in 0..20 {
-        let b = client
-            .broadcast::<VmList>(
-                &Target::All,
-                VmListRequest { power_state: None },
-                Duration::from_secs(1),
-            )
+        let b = list_vms(&client, &Target::All, Duration::from_secs(1))
             .await
             .expect("broadcast");
         assert_eq!(b.missing, ["h2"]);
@@ -245,15 +228,7 @@ async fn nothing_piles_up_for_hosts_that_are_gone() {
     let ch = peer.connection().create_channel().await.expect("channel");
     let deadline = Instant::now() + Duration::from_secs(20);
     let depth = loop {
-        let q = ch
-            .queue_declare(
-                names::agent_queue("h2").as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let q = declare_queue(&ch, &names::agent_queue("h2"), QueueKind::Passive)
             .await
             .expect("h2's queue");
         if q.message_count() == 0 || Instant::now() > deadline {
@@ -263,15 +238,7 @@ async fn nothing_piles_up_for_hosts_that_are_gone() {
     };
     assert_eq!(depth, 0, "expired broadcasts left h2's queue");
     // They went to the dead-letter queue, which keeps only five.
-    let dlq = ch
-        .queue_declare(
-            names::DEAD_LETTER_QUEUE.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let dlq = declare_queue(&ch, names::DEAD_LETTER_QUEUE, QueueKind::Passive)
         .await
         .expect("dead-letter queue");
     println!(
@@ -318,8 +285,7 @@ async fn one_process_simulates_two_hundred_hosts() {
     let url = node.amqp_url();
     let sim = AgentProcess::builder("sim-0001", &url)
         .args(["--simulate", "200", "--host-prefix", "sim-"])
-        .spawn()
-        .expect("simulator");
+        .start();
     let client = Client::connect(ClientConfig::new(&url))
         .await
         .expect("client");
@@ -364,12 +330,7 @@ async fn one_process_simulates_two_hundred_hosts() {
 
     // Every host answers a broadcast, which ends when the last one did.
     let t = Instant::now();
-    let b = client
-        .broadcast::<VmList>(
-            &Target::All,
-            VmListRequest { power_state: None },
-            Duration::from_secs(30),
-        )
+    let b = list_vms(&client, &Target::All, Duration::from_secs(30))
         .await
         .expect("broadcast");
     println!(
@@ -383,21 +344,13 @@ async fn one_process_simulates_two_hundred_hosts() {
         .values()
         .all(|r| r.as_ref().is_ok_and(|l| l.vms.len() == 3)));
     // A label group of the simulator: rack-<i mod 10>.
-    let g = client
-        .broadcast::<VmList>(
-            &Target::Group("rack-3".into()),
-            VmListRequest { power_state: None },
-            Duration::from_secs(30),
-        )
+    let g = list_group(&client, "rack-3", Duration::from_secs(30))
         .await
         .expect("group");
     assert_eq!(g.replies.len(), N / 10);
 
     // Commands and events of one simulated host.
-    let mut sub = client
-        .subscribe(&["sim-0042.vm.*"], SubscribeOptions::default())
-        .await
-        .expect("subscribe");
+    let mut sub = subscribe(&client, &["sim-0042.vm.*"]).await;
     let vm = client
         .host("sim-0042")
         .vm_named("db01")
@@ -406,12 +359,7 @@ async fn one_process_simulates_two_hundred_hosts() {
         .expect("start");
     assert_eq!(vm.power_state, PowerState::Running);
     let ev = loop {
-        match tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("an event")
-            .expect("open")
-            .expect("ok")
-        {
+        match next_notification(&mut sub, Duration::from_secs(10), "an event").await {
             Notification::Event(e) => break e,
             Notification::Resync { .. } => {}
         }

@@ -12,13 +12,12 @@ use futures_lite::StreamExt;
 use hostbus_protocol::envelope::{AmqpProperties, Envelope, HeaderValue};
 use hostbus_protocol::names::{self, COMMAND_EXCHANGE, EVENT_EXCHANGE};
 use hostbus_protocol::now_ms;
-use hostbus_tests::{group_alive, to_lapin, AgentProcess, AmqpPeer, RabbitNode};
-use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+use hostbus_tests::{
+    consume_no_ack, declare_queue, declare_topic, group_alive, to_lapin, AgentProcess, AmqpPeer,
+    QueueKind, RabbitNode,
 };
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::ExchangeKind;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,15 +41,7 @@ fn persistent() -> AmqpProperties {
 async fn durable_messages_survive_a_restart() {
     let mut node = RabbitNode::start_private().expect("start a node");
     let peer = AmqpPeer::connect(&node.amqp_url()).await.expect("connect");
-    peer.channel()
-        .queue_declare(
-            "harness.durable".into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    declare_queue(peer.channel(), "harness.durable", QueueKind::Durable)
         .await
         .expect("declare a durable queue");
     peer.publish("", "harness.durable", &persistent(), b"kept")
@@ -179,26 +170,10 @@ async fn users_added_with_rabbitmqctl_log_in_and_user_id_is_verified() {
 async fn fake_responder(url: &str) -> tokio::task::JoinHandle<()> {
     let peer = AmqpPeer::connect(url).await.expect("connect the responder");
     let ch = peer.channel().clone();
-    ch.exchange_declare(
-        COMMAND_EXCHANGE.into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare hostbus.cmd");
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    declare_topic(&ch, COMMAND_EXCHANGE)
+        .await
+        .expect("declare hostbus.cmd");
+    let q = declare_queue(&ch, "", QueueKind::Exclusive)
         .await
         .expect("declare the responder's queue");
     ch.queue_bind(
@@ -210,16 +185,7 @@ async fn fake_responder(url: &str) -> tokio::task::JoinHandle<()> {
     )
     .await
     .expect("bind");
-    let mut consumer = ch
-        .basic_consume(
-            q.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let mut consumer = consume_no_ack(&ch, q.name().as_str())
         .await
         .expect("consume");
     tokio::spawn(async move {
@@ -279,10 +245,7 @@ async fn peer_calls_through_direct_reply_to_and_subscribes_to_events() {
         .expect_err("nobody answers");
     assert!(err.is_timeout(), "{err:?}");
 
-    let mut events = peer
-        .subscribe(EVENT_EXCHANGE, "h9.vm.*")
-        .await
-        .expect("subscribe");
+    let mut events = peer.watch(EVENT_EXCHANGE, "h9.vm.*").await;
     for key in ["h9.vm.started", "h9.pool.defined", "h9.vm.stopped"] {
         peer.publish(
             EVENT_EXCHANGE,
@@ -305,9 +268,7 @@ async fn peer_calls_through_direct_reply_to_and_subscribes_to_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_binary_is_built_and_invalid_config_exits_64() {
     let node = RabbitNode::start().expect("start a node");
-    let mut agent = AgentProcess::builder("Not.A.Host", &node.amqp_url())
-        .spawn()
-        .expect("spawn the agent");
+    let mut agent = AgentProcess::builder("Not.A.Host", &node.amqp_url()).start();
     let status = agent
         .wait_exit(Duration::from_secs(30))
         .unwrap_or_else(|| panic!("the agent still runs\n{}", agent.log_tail(30)));
@@ -325,8 +286,7 @@ async fn agent_process_is_signalled_restarted_and_killed() {
     let node = RabbitNode::start().expect("start a node");
     let mut agent = AgentProcess::builder("h1", &node.amqp_url())
         .label("rack1")
-        .spawn()
-        .expect("spawn the agent");
+        .start();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(agent.is_running(), "the agent runs\n{}", agent.log_tail(30));
     let first = agent.pid().expect("a pid");

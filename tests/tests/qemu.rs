@@ -15,14 +15,17 @@ use std::time::{Duration, Instant};
 use futures_lite::StreamExt;
 use hostbus_client::protocol::types::{
     BootSpec, CpuMode, DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, ForwardMode,
-    HealthStatus, IpSpec, NetworkSpec, ObjectClass, PoolKind, PoolSpec, PowerState, Record,
-    VmRecord, VmSpec, VolumeRef, VolumeSpec,
+    HealthStatus, NetworkSpec, ObjectClass, PoolKind, PoolSpec, PowerState, Record, VmRecord,
+    VmSpec, VolumeRef, VolumeSpec,
 };
 use hostbus_client::protocol::{ErrorCode, Event, EventAction};
 use hostbus_client::{
     Client, ClientConfig, ClientError, Host, Notification, SubscribeOptions, Subscription,
 };
-use hostbus_tests::{wait_for_text, AgentProcess, Hostctl, QemuHost, RabbitNode, QEMU_PREFIX};
+use hostbus_tests::{
+    nat_network, volume_disk, wait_for_text, AgentProcess, Hostctl, QemuHost, RabbitNode,
+    QEMU_PREFIX,
+};
 use tokio::sync::Mutex;
 
 /// The tests share libvirtd (one stops it) and two cores: one at a time.
@@ -47,6 +50,22 @@ impl Bench {
     /// `None` when the suite is not configured here (and not required).
     async fn start(reconcile_ms: u64) -> Option<Self> {
         Self::start_with(reconcile_ms, &[]).await
+    }
+
+    /// The suite's turn (its tests share one libvirtd and run one at a
+    /// time), then [`start`](Self::start).
+    async fn turn(reconcile_ms: u64) -> Option<(tokio::sync::MutexGuard<'static, ()>, Self)> {
+        let turn = TURNS.lock().await;
+        Some((turn, Self::start(reconcile_ms).await?))
+    }
+
+    /// [`turn`](Self::turn), then the host's handle and its events from now
+    /// on.
+    async fn turn_watched(reconcile_ms: u64) -> Option<Watched> {
+        let (turn, b) = Self::turn(reconcile_ms).await?;
+        let host = b.host();
+        let ev = b.events().await;
+        Some((turn, b, host, ev))
     }
 
     /// [`start`](Self::start) with more agent settings.
@@ -170,6 +189,19 @@ impl Drop for Bench {
 }
 
 /// Every event of the host, kept, with waits for particular ones.
+/// The names of the volumes in `pool`.
+async fn volume_names(pool: &hostbus_client::Pool) -> Vec<String> {
+    pool.volumes()
+        .await
+        .expect("volumes")
+        .into_iter()
+        .map(|v| v.name)
+        .collect()
+}
+
+/// The suite's turn, a bench, its host and its events.
+type Watched = (tokio::sync::MutexGuard<'static, ()>, Bench, Host, Events);
+
 struct Events {
     sub: Subscription,
     seen: Vec<Event>,
@@ -265,20 +297,6 @@ fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
         .unwrap_or(ErrorCode::Unknown)
 }
 
-fn volume_disk(target: &str, pool: &str, volume: &str, format: Option<DiskFormat>) -> DiskSpec {
-    DiskSpec {
-        target: target.into(),
-        source: DiskSource::Volume(VolumeRef {
-            pool: pool.into(),
-            volume: volume.into(),
-        }),
-        bus: DiskBus::Virtio,
-        format,
-        read_only: false,
-        device: DiskDevice::Disk,
-    }
-}
-
 fn console_log(vm: &VmRecord) -> String {
     vm.console
         .as_ref()
@@ -366,14 +384,11 @@ async fn wait_guest_disks(vm: &VmRecord, want: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_lives_its_whole_life_through_the_agent() {
-    let _turn = TURNS.lock().await;
     // Reconciliation is rare here: every event below comes from libvirt's
     // callbacks or the operations themselves.
-    let Some(b) = Bench::start(120_000).await else {
+    let Some((_turn, b, host, mut ev)) = Bench::turn_watched(120_000).await else {
         return;
     };
-    let host = b.host();
-    let mut ev = b.events().await;
     let pool = format!("{QEMU_PREFIX}pool");
     let started_at = Instant::now();
 
@@ -628,13 +643,7 @@ async fn a_guest_lives_its_whole_life_through_the_agent() {
     h.undefine(true).await.expect("undefine with storage");
     ev.vm(&vm, EventAction::Undefined, Duration::from_secs(10))
         .await;
-    let left: Vec<String> = p
-        .volumes()
-        .await
-        .expect("volumes")
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
+    let left = volume_names(&p).await;
     assert_eq!(
         left,
         ["data.img"],
@@ -668,12 +677,9 @@ async fn a_guest_lives_its_whole_life_through_the_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_a_guest_ignores_are_not_reported_as_done() {
-    let _turn = TURNS.lock().await;
-    let Some(b) = Bench::start(120_000).await else {
+    let Some((_turn, b, host, mut ev)) = Bench::turn_watched(120_000).await else {
         return;
     };
-    let host = b.host();
-    let mut ev = b.events().await;
     // No disk, and a guest that ignores the power button.
     let mut spec = b.guest(&format!("{QEMU_PREFIX}deaf"), vec![], "hostbus.noacpi");
     spec.max_vcpus = Some(2);
@@ -736,25 +742,18 @@ async fn requests_a_guest_ignores_are_not_reported_as_done() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn networks_are_defined_started_and_stopped() {
-    let _turn = TURNS.lock().await;
-    let Some(b) = Bench::start(120_000).await else {
+    let Some((_turn, b)) = Bench::turn(120_000).await else {
         return;
     };
     let host = b.host();
     let nat = format!("{QEMU_PREFIX}nat");
     let n = host
-        .define_network(NetworkSpec {
-            name: nat.clone(),
-            bridge: Some("hbqbr0".into()),
-            forward: ForwardMode::Nat,
-            ip: Some(IpSpec {
-                address: "10.203.77.1".into(),
-                prefix: 24,
-                dhcp_start: Some("10.203.77.100".into()),
-                dhcp_end: Some("10.203.77.199".into()),
-            }),
-            autostart: false,
-        })
+        .define_network(nat_network(
+            &nat,
+            "hbqbr0",
+            "10.203.77.1",
+            ("10.203.77.100", "10.203.77.199"),
+        ))
         .await
         .expect("define a NAT network");
     assert!(!n.active);
@@ -859,14 +858,7 @@ async fn an_agent_killed_during_a_define_burst_answers_each_and_defines_one_vm_e
         assert_eq!(now[0].disks.len(), 1, "{name}");
     }
     // libvirtd holds the state: no volume without its vm, none twice.
-    let mut volumes: Vec<String> = host
-        .pool(&pool)
-        .volumes()
-        .await
-        .expect("volumes")
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
+    let mut volumes = volume_names(&host.pool(&pool)).await;
     volumes.sort();
     let mut expected: Vec<String> = names.iter().map(|n| format!("{n}-vda.qcow2")).collect();
     expected.sort();
@@ -894,13 +886,11 @@ async fn an_agent_killed_during_a_define_burst_answers_each_and_defines_one_vm_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_libvirtd_restart_is_seen_in_health_and_loses_no_change() {
-    let _turn = TURNS.lock().await;
     // Reconciliation every second: it is what reconnects and catches up.
-    let Some(b) = Bench::start(1_000).await else {
+
+    let Some((_turn, b, host, mut ev)) = Bench::turn_watched(1_000).await else {
         return;
     };
-    let host = b.host();
-    let mut ev = b.events().await;
     let presence = b.client.presence().await.expect("presence");
     let health = || {
         presence

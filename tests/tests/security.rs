@@ -19,23 +19,26 @@
 
 use std::time::Duration;
 
-use futures_lite::StreamExt;
-use hostbus_client::{Client, ClientConfig, Notification, SubscribeOptions};
+use hostbus_client::{Client, ClientConfig, Notification};
 use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::STATUS_HEADER;
-use hostbus_protocol::names::{self, host_key};
+use hostbus_protocol::names;
 use hostbus_protocol::types::{PowerState, VmRecord};
 use hostbus_protocol::{
-    decode, encode, now_ms, AmqpProperties, Command, ContentType, Envelope, ErrorCode, Event,
-    EventAction, Heartbeat, Reply,
+    decode, encode, AmqpProperties, Command, ContentType, ErrorCode, Event, EventAction, Heartbeat,
+    Reply,
 };
-use hostbus_tests::{to_lapin, AgentProcess, AmqpPeer, RabbitNode, Received};
+use hostbus_tests::sdk::{next_notification, subscribe};
+use hostbus_tests::{
+    call_as, command_props, declare_queue, declare_topic, to_lapin, AgentProcess, AmqpPeer,
+    QueueKind, RabbitNode,
+};
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties};
 
 const DB01: &str = "11111111-0000-4000-8000-000000000002";
 const BATCH01: &str = "11111111-0000-4000-8000-000000000003";
@@ -147,27 +150,6 @@ async fn declare_topology(admin: &AmqpPeer) {
     assert!(m.is_empty(), "{m:?}");
 }
 
-fn props(command: &str, user: &str) -> AmqpProperties {
-    let mut env = Envelope::new(command);
-    env.sender = Some(user.to_owned());
-    env.deadline = Some(now_ms() + 30_000);
-    env.to_properties(now_ms())
-}
-
-async fn call<C: Command>(
-    peer: &mut AmqpPeer,
-    user: &str,
-    req: &C::Request,
-) -> (Received, Reply<C::Response>) {
-    let body = encode(ContentType::MsgPack, req).expect("encode");
-    let r = peer
-        .call(&host_key("h1"), &props(C::NAME, user), &body, T)
-        .await
-        .unwrap_or_else(|e| panic!("{} as {user}: {e}", C::NAME));
-    let reply = decode(ContentType::MsgPack, &r.body, 64 << 20).expect("decode the reply");
-    (r, reply)
-}
-
 /// The AMQP reply code of a failed operation: 403 ACCESS_REFUSED, 406
 /// PRECONDITION_FAILED, ...; `None` when it succeeded. Channel errors close
 /// the channel, so every check runs on a fresh one.
@@ -228,22 +210,15 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
     add_manager(&node, "ops", "ops-secret");
     add_manager(&node, "viewer", "viewer-secret");
 
-    let mut events = admin
-        .subscribe(names::EVENT_EXCHANGE, "#")
-        .await
-        .expect("subscribe to events");
-    let mut beats = admin
-        .subscribe(names::PRESENCE_EXCHANGE, "h1.heartbeat")
-        .await
-        .expect("subscribe to heartbeats");
+    let mut events = admin.watch(names::EVENT_EXCHANGE, "#").await;
+    let mut beats = admin.watch(names::PRESENCE_EXCHANGE, "h1.heartbeat").await;
 
     // Agent h1, logged in as h1, declaring only its own queue.
     let agent = AgentProcess::builder("h1", &node.url_for("h1", "h1-secret"))
         .label("rack-a")
         .env("HOSTBUS_DECLARE_EXCHANGES", "false")
         .env("HOSTBUS_ROLES", "ops=operator,viewer=read-only")
-        .spawn()
-        .expect("agent");
+        .start();
     let online = events
         .next(Duration::from_secs(60))
         .await
@@ -263,10 +238,7 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
     let ops_client = Client::connect(ClientConfig::new(node.url_for("ops", "ops-secret")))
         .await
         .expect("ops client");
-    let mut sub = ops_client
-        .subscribe(&["h1.vm.*"], SubscribeOptions::default())
-        .await
-        .expect("ops subscribes to events");
+    let mut sub = subscribe(&ops_client, &["h1.vm.*"]).await;
     let presence = ops_client.presence().await.expect("ops watches presence");
     let db01: uuid::Uuid = DB01.parse().expect("uuid");
     let vm = ops_client
@@ -277,12 +249,7 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
         .expect("ops may start a VM");
     assert_eq!(vm.power_state, PowerState::Running);
     loop {
-        match tokio::time::timeout(T, sub.next())
-            .await
-            .expect("an event for ops")
-            .expect("subscription open")
-            .expect("event")
-        {
+        match next_notification(&mut sub, T, "an event for ops").await {
             Notification::Event(e) if e.action == EventAction::Started => {
                 assert_eq!(e.object_id, DB01);
                 break;
@@ -311,7 +278,7 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
     let r = ops
         .call(
             &names::group_key("rack-a"),
-            &props(HostPing::NAME, "ops"),
+            &command_props(HostPing::NAME, "ops", ContentType::MsgPack),
             &encode(ContentType::MsgPack, &Ping { echo: None }).expect("encode"),
             T,
         )
@@ -324,8 +291,9 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
         .await
         .expect("viewer peer");
     let batch01: uuid::Uuid = BATCH01.parse().expect("uuid");
-    let (r, reply) = call::<VmStart>(
+    let (r, reply) = call_as::<VmStart>(
         &mut viewer,
+        "h1",
         "viewer",
         &VmStartRequest {
             uuid: batch01,
@@ -344,14 +312,14 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
         }
         other => panic!("viewer must not start a VM: {other:?}"),
     }
-    let (_, reply) = call::<VmGet>(&mut viewer, "viewer", &VmUuid { uuid: batch01 }).await;
+    let (_, reply) = call_as::<VmGet>(&mut viewer, "h1", "viewer", &VmUuid { uuid: batch01 }).await;
     match reply {
         Reply::Ok(vm) => assert_eq!(vm.power_state, PowerState::Halted, "nothing ran"),
         other => panic!("viewer may read: {other:?}"),
     }
     // With HOSTBUS_ROLES set, `guest` has no role at all.
     let mut guest = AmqpPeer::connect(&node.amqp_url()).await.expect("guest");
-    let (_, reply) = call::<VmGet>(&mut guest, "guest", &VmUuid { uuid: batch01 }).await;
+    let (_, reply) = call_as::<VmGet>(&mut guest, "h1", "guest", &VmUuid { uuid: batch01 }).await;
     assert!(
         matches!(&reply, Reply::Error(e) if e.code == ErrorCode::PermissionDenied),
         "{reply:?}"
@@ -422,7 +390,7 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
             &h2,
             names::COMMAND_EXCHANGE,
             "host.h1",
-            &props(VmStart::NAME, "h2"),
+            &command_props(VmStart::NAME, "h2", ContentType::MsgPack),
         )
         .await,
         Some(403),
@@ -450,17 +418,7 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
     let ch = channel(&h2).await;
     expect_code(
         "declare hostbus.agent.h1",
-        code_of(
-            ch.queue_declare(
-                "hostbus.agent.h1".into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await,
-        ),
+        code_of(declare_queue(&ch, "hostbus.agent.h1", QueueKind::Durable).await),
         Some(403),
     );
     let ch = channel(&h2).await;
@@ -481,18 +439,7 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
     let ch = channel(&h2).await;
     expect_code(
         "declare exchange hostbus.evt",
-        code_of(
-            ch.exchange_declare(
-                names::EVENT_EXCHANGE.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await,
-        ),
+        code_of(declare_topic(&ch, names::EVENT_EXCHANGE).await),
         Some(403),
     );
 
@@ -507,7 +454,7 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
         .consume_replies()
         .await
         .expect("direct reply-to as h2");
-    let mut p = props(VmStart::NAME, "h2");
+    let mut p = command_props(VmStart::NAME, "h2", ContentType::MsgPack);
     p.reply_to = Some(names::DIRECT_REPLY_TO.into());
     p.correlation_id = p.message_id.clone();
     let body = encode(
@@ -534,12 +481,12 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
     }
 
     // h1 kept working through all of this, and nothing h2 sent ran.
-    let (_, reply) = call::<VmGet>(&mut ops, "ops", &VmUuid { uuid: batch01 }).await;
+    let (_, reply) = call_as::<VmGet>(&mut ops, "h1", "ops", &VmUuid { uuid: batch01 }).await;
     match reply {
         Reply::Ok(vm) => assert_eq!(vm.power_state, PowerState::Halted),
         other => panic!("{other:?}"),
     }
-    let (_, reply) = call::<VmGet>(&mut ops, "ops", &VmUuid { uuid: db01 }).await;
+    let (_, reply) = call_as::<VmGet>(&mut ops, "h1", "ops", &VmUuid { uuid: db01 }).await;
     assert!(matches!(reply, Reply::Ok(VmRecord { .. })), "{reply:?}");
     assert!(
         !agent.log().contains("ACCESS_REFUSED"),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use hostbus_client::protocol::commands::{HostPing, Ping};
 use hostbus_client::protocol::names;
 use hostbus_client::{Client, ClientConfig, ErrorKind, Tls};
-use hostbus_tests::{AgentProcess, AmqpPeer, RabbitNode, TempDir, TlsListener};
+use hostbus_tests::{AgentProcess, AmqpPeer, Hostctl, RabbitNode, TempDir, TlsListener};
 
 /// How long an agent may take to come online.
 const ONLINE: Duration = Duration::from_secs(60);
@@ -155,6 +155,16 @@ impl Pki {
         self.dir.join(name)
     }
 
+    /// A node with a TLS listener of this PKI (requiring client
+    /// certificates when `fail_if_no_peer_cert`), and its `amqps` URL for
+    /// `host` as guest.
+    fn broker(&self, fail_if_no_peer_cert: bool, host: &str) -> (RabbitNode, String) {
+        let node = RabbitNode::start_with_tls(self.listener(fail_if_no_peer_cert))
+            .expect("rabbit with TLS");
+        let url = node.amqps_url_for(host, "guest", "guest").expect("TLS url");
+        (node, url)
+    }
+
     fn listener(&self, fail_if_no_peer_cert: bool) -> TlsListener {
         TlsListener {
             ca_file: self.file("ca.pem"),
@@ -176,35 +186,17 @@ impl Pki {
     }
 }
 
-fn hostctl_binary() -> PathBuf {
-    hostbus_tests::hostctl_binary().expect("hostctl")
-}
-
-/// Runs hostctl with `args`; exit code, stdout, stderr.
+/// Runs hostctl with `args` only (no broker URL or TLS files in its
+/// environment); exit code, stdout, stderr.
 fn hostctl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(hostctl_binary())
-        .args(args)
-        .env("HOSTCTL_CONFIG", "/nonexistent")
-        .env_remove("HOSTBUS_URL")
-        .env_remove("HOSTBUS_CA_FILE")
-        .env_remove("HOSTBUS_CERT_FILE")
-        .env_remove("HOSTBUS_KEY_FILE")
-        .output()
-        .expect("run hostctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = Hostctl::without_url().run(args);
+    (out.code, out.stdout, out.stderr)
 }
 
 /// Waits for `n` `agent.online` events (watched over the plain listener).
 async fn wait_online(node: &RabbitNode, agents: &[&AgentProcess], n: usize) {
     let peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
-    let mut sub = peer
-        .subscribe(names::EVENT_EXCHANGE, "*.agent.online")
-        .await
-        .expect("subscribe");
+    let mut sub = peer.watch(names::EVENT_EXCHANGE, "*.agent.online").await;
     for _ in 0..n {
         if let Err(e) = sub.next(ONLINE).await {
             let logs: Vec<String> = agents.iter().map(|a| a.log_tail(30)).collect();
@@ -259,17 +251,13 @@ fn mentions_tls(message: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_sdk_and_hostctl_connect_over_tls_and_a_foreign_ca_is_refused() {
     let pki = Pki::make();
-    let node = RabbitNode::start_with_tls(pki.listener(false)).expect("rabbit with TLS");
-    let url = node
-        .amqps_url_for("localhost", "guest", "guest")
-        .expect("TLS url");
+    let (node, url) = pki.broker(false, "localhost");
     let ca = pki.file("ca.pem");
     let ca_str = ca.to_str().expect("utf-8 path");
 
     let agent = AgentProcess::builder("h1", &url)
         .env("HOSTBUS_TLS_CA_FILE", ca_str)
-        .spawn()
-        .expect("agent");
+        .start();
     wait_online(&node, &[&agent], 1).await;
     let tls_port = node.tls_port().expect("TLS port");
     assert_eq!(
@@ -316,8 +304,7 @@ async fn agent_sdk_and_hostctl_connect_over_tls_and_a_foreign_ca_is_refused() {
             pki.file("other-ca.pem").to_str().expect("path"),
         )
         .env("HOSTBUS_RECONNECT_MAX_BACKOFF_MS", "300")
-        .spawn()
-        .expect("agent h2");
+        .start();
     stray
         .wait_for_log("cannot connect to the broker", Duration::from_secs(30))
         .expect("h2 logs the failure");
@@ -353,18 +340,14 @@ async fn agent_sdk_and_hostctl_connect_over_tls_and_a_foreign_ca_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_requires_client_certificates_admits_only_certified_clients() {
     let pki = Pki::make();
-    let node = RabbitNode::start_with_tls(pki.listener(true)).expect("rabbit with TLS");
-    let url = node
-        .amqps_url_for("127.0.0.1", "guest", "guest")
-        .expect("TLS url");
+    let (node, url) = pki.broker(true, "127.0.0.1");
     let path = |name: &str| pki.file(name).to_str().expect("utf-8 path").to_owned();
 
     let agent = AgentProcess::builder("h1", &url)
         .env("HOSTBUS_TLS_CA_FILE", path("ca.pem"))
         .env("HOSTBUS_TLS_CERT_FILE", path("client.pem"))
         .env("HOSTBUS_TLS_KEY_FILE", path("client.key"))
-        .spawn()
-        .expect("agent");
+        .start();
     wait_online(&node, &[&agent], 1).await;
 
     // With the client certificate: admitted.

@@ -16,17 +16,16 @@ use hostbus_tests::{group_members, AgentProcess, AmqpPeer, RabbitNode};
 use lapin::options::QueueBindOptions;
 use lapin::types::FieldTable;
 
-use crate::{machine, measure, ping_call, quantile_ms, write_section, Args, Meter, Run};
+use crate::measure::{measure, ping_call, quantile_ms, Meter, Run};
+use crate::report::{self, machine, write_section};
+use crate::Args;
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
 
 /// An agent `h1` on `urls`, with `queue_type`, waited for.
 async fn agent(urls: &[String], queue_type: &str) -> AgentProcess {
     let peer = AmqpPeer::connect(&urls[0]).await.expect("peer");
-    let mut online = peer
-        .subscribe(EVENT_EXCHANGE, "h1.agent.online")
-        .await
-        .expect("subscribe");
+    let mut online = peer.watch(EVENT_EXCHANGE, "h1.agent.online").await;
     let mut b = AgentProcess::builder("h1", &urls[0])
         .arg("--log-level")
         .arg("warn")
@@ -113,6 +112,34 @@ fn call_row(name: &str, c: usize, r: &Run) -> String {
     )
 }
 
+/// A client of `urls`, the meter of `broker` and `agent`, and the rows of
+/// one broker setup (`label`): host.ping at concurrency 1 and 16 into
+/// `calls`, events into `event_rows`.
+async fn measure_setup(
+    label: &str,
+    urls: &[String],
+    broker: Vec<u32>,
+    agent: &AgentProcess,
+    a: &Args,
+    calls: &mut Vec<String>,
+    event_rows: &mut Vec<String>,
+) -> (Client, Meter) {
+    let client = Client::connect(client_config(urls)).await.expect("client");
+    let meter = Meter {
+        broker,
+        agent: agent.pid().expect("pid"),
+    };
+    for c in [1usize, 16] {
+        let r = measure(&meter, c, a.secs, a.rounds, &[ping_call(&client)]).await;
+        calls.push(call_row(label, c, &r[0]));
+    }
+    let (rate, p50, broker_us) = events(&client, &meter, a.secs * 2).await;
+    event_rows.push(format!(
+        "| {label} | {rate:.0} | {p50:.0} | {broker_us:.0} |"
+    ));
+    (client, meter)
+}
+
 pub(crate) async fn bench(a: &Args) {
     let mut calls = Vec::new();
     let mut event_rows = Vec::new();
@@ -121,19 +148,16 @@ pub(crate) async fn bench(a: &Args) {
     let single = RabbitNode::start().expect("rabbit");
     let urls = vec![single.amqp_url()];
     let agent1 = agent(&urls, "classic").await;
-    let client = Client::connect(client_config(&urls)).await.expect("client");
-    let meter = Meter {
-        broker: broker_pids(std::slice::from_ref(&single)),
-        agent: agent1.pid().expect("pid"),
-    };
-    for c in [1usize, 16] {
-        let r = measure(&meter, c, a.secs, a.rounds, &[ping_call(&client)]).await;
-        calls.push(call_row("one node, classic queues", c, &r[0]));
-    }
-    let (rate, p50, broker_us) = events(&client, &meter, a.secs * 2).await;
-    event_rows.push(format!(
-        "| one node, classic queues | {rate:.0} | {p50:.0} | {broker_us:.0} |"
-    ));
+    let (client, meter) = measure_setup(
+        "one node, classic queues",
+        &urls,
+        broker_pids(std::slice::from_ref(&single)),
+        &agent1,
+        a,
+        &mut calls,
+        &mut event_rows,
+    )
+    .await;
     // What the event stream costs: the same without its binding.
     let peer = AmqpPeer::connect(&urls[0]).await.expect("peer");
     peer.channel()
@@ -146,10 +170,7 @@ pub(crate) async fn bench(a: &Args) {
         .await
         .expect("unbind the stream");
     // A subscriber on a queue of its own, as before the stream existed.
-    let mut plain = peer
-        .subscribe(EVENT_EXCHANGE, "h1.vm.*")
-        .await
-        .expect("subscribe");
+    let mut plain = peer.watch(EVENT_EXCHANGE, "h1.vm.*").await;
     let count = Arc::new(AtomicU64::new(0));
     let (stop, churn) = churn(&client);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -187,19 +208,16 @@ pub(crate) async fn bench(a: &Args) {
     let mut nodes = RabbitNode::start_cluster(3).expect("cluster");
     let urls: Vec<String> = nodes.iter().map(RabbitNode::amqp_url).collect();
     let agent3 = agent(&urls, "quorum").await;
-    let client = Client::connect(client_config(&urls)).await.expect("client");
-    let meter = Meter {
-        broker: broker_pids(&nodes),
-        agent: agent3.pid().expect("pid"),
-    };
-    for c in [1usize, 16] {
-        let r = measure(&meter, c, a.secs, a.rounds, &[ping_call(&client)]).await;
-        calls.push(call_row("three nodes, quorum queues", c, &r[0]));
-    }
-    let (rate, p50, broker_us) = events(&client, &meter, a.secs * 2).await;
-    event_rows.push(format!(
-        "| three nodes, quorum queues | {rate:.0} | {p50:.0} | {broker_us:.0} |"
-    ));
+    let (client, _) = measure_setup(
+        "three nodes, quorum queues",
+        &urls,
+        broker_pids(&nodes),
+        &agent3,
+        a,
+        &mut calls,
+        &mut event_rows,
+    )
+    .await;
 
     // The outage: the node the agent is connected to stops while host.ping
     // goes on at concurrency 1.
@@ -268,14 +286,8 @@ pub(crate) async fn bench(a: &Args) {
         a.rounds,
         a.secs
     );
-    let _ = writeln!(out, "| broker | concurrency | host.ping calls/s | p50 ms | p99 ms | broker µs | agent µs | client µs |\n|---|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &calls {
-        let _ = writeln!(out, "{r}");
-    }
-    let _ = writeln!(out, "\n| events (pause/resume churn on one VM, one SDK subscriber) | events/s | latency p50 ms | broker CPU µs per event |\n|---|---:|---:|---:|");
-    for r in &event_rows {
-        let _ = writeln!(out, "{r}");
-    }
+    report::table(&mut out, "| broker | concurrency | host.ping calls/s | p50 ms | p99 ms | broker µs | agent µs | client µs |\n|---|---:|---:|---:|---:|---:|---:|---:|", &calls);
+    report::table(&mut out, "\n| events (pause/resume churn on one VM, one SDK subscriber) | events/s | latency p50 ms | broker CPU µs per event |\n|---|---:|---:|---:|", &event_rows);
     let _ = writeln!(
         out,
         "\n**Losing a node.** The node the agent was connected to (it also led some of the queues) was stopped (`rabbitmqctl stop`, {:.1} s) while `host.ping` went on at concurrency 1 from a manager given all three URLs: {} calls, {failed} failed; the longest call {:.0} ms; the longest time without a reply {:.0} ms.",

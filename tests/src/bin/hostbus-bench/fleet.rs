@@ -5,12 +5,20 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
-use hostbus_client::protocol::commands::{VmList, VmListRequest, VmPause, VmResume, VmUuid};
+use hostbus_client::protocol::commands::{VmPause, VmResume, VmUuid};
 use hostbus_client::protocol::names::{Target, PRESENCE_EXCHANGE};
-use hostbus_client::{Client, ClientConfig, Liveness, Notification, SubscribeOptions};
+use hostbus_client::{Client, ClientConfig, Liveness, Notification};
+use hostbus_tests::sdk::{list_vms, subscribe};
 use hostbus_tests::{group_members, rss_kib, AgentProcess, AmqpPeer, RabbitNode};
 
-use crate::{cpu_secs, machine, quantile_ms, release_hostctl, write_section, Args};
+use crate::measure::{cpu_secs, quantile_ms};
+use crate::report::{machine, release_hostctl, write_section};
+use crate::Args;
+
+/// `p50 / max ms` of `v`, as the table shows a few runs.
+fn p50_max(v: &[Duration]) -> String {
+    format!("{:.0} / {:.0} ms", quantile_ms(v, 0.5), quantile_ms(v, 1.0))
+}
 
 /// The web01 of simulated host number `i` (from 1).
 fn web01(i: u32) -> uuid::Uuid {
@@ -31,8 +39,7 @@ fn simulator(url: &str, hosts: u32, prefix: &str, queue_type: &str) -> AgentProc
             prefix,
         ])
         .metrics(false)
-        .spawn()
-        .expect("simulator")
+        .start()
 }
 
 /// Fresh fleet views until `n` hosts are alive; how long it took.
@@ -88,12 +95,7 @@ async fn broadcasts(client: &Client, times: usize) -> (Vec<Duration>, usize, usi
     let (mut took, mut replies, mut missing) = (Vec::new(), 0, 0);
     for _ in 0..times {
         let t = Instant::now();
-        let b = client
-            .broadcast::<VmList>(
-                &Target::All,
-                VmListRequest { power_state: None },
-                Duration::from_secs(10),
-            )
+        let b = list_vms(client, &Target::All, Duration::from_secs(10))
             .await
             .expect("broadcast");
         took.push(t.elapsed());
@@ -166,10 +168,7 @@ pub(crate) async fn bench(a: &Args) {
     // 3. Heartbeat load: beats per second through the broker and the
     // broker's CPU while the fleet only beats.
     let peer = AmqpPeer::connect(&url).await.expect("peer");
-    let mut beats = peer
-        .subscribe(PRESENCE_EXCHANGE, "*.heartbeat")
-        .await
-        .expect("subscribe");
+    let mut beats = peer.watch(PRESENCE_EXCHANGE, "*.heartbeat").await;
     let broker_pids = node.process_group().map(group_members).unwrap_or_default();
     let sim_pids: Vec<u32> = sims.iter().filter_map(AgentProcess::pid).collect();
     let window = Duration::from_secs(20);
@@ -185,10 +184,7 @@ pub(crate) async fn bench(a: &Args) {
 
     // 4. Events from every host to one subscriber (the SDK, reading the
     // event stream): one vm.pause on each host, 64 at a time.
-    let mut sub = client
-        .subscribe(&["*.vm.paused"], SubscribeOptions::default())
-        .await
-        .expect("subscribe");
+    let mut sub = subscribe(&client, &["*.vm.paused"]).await;
     let sent = Instant::now();
     let targets: Vec<(String, uuid::Uuid)> = (1..=n - doomed)
         .map(|i| (format!("sim-{i:04}"), web01(i)))
@@ -260,8 +256,7 @@ pub(crate) async fn bench(a: &Args) {
                 .arg("--log-level")
                 .arg("warn")
                 .metrics(false)
-                .spawn()
-                .expect("agent")
+                .start()
         })
         .collect();
     let proc_startup = until_alive(&url, procs as usize, Duration::from_secs(600)).await;
@@ -298,9 +293,8 @@ pub(crate) async fn bench(a: &Args) {
     let _ = writeln!(out, "| measure | figure | target |\n|---|---:|---|");
     let _ = writeln!(
         out,
-        "| fresh `hostctl hosts`, wall time (5 runs: p50 / max) | {:.0} / {:.0} ms, {listed} hosts listed | under 1 s |",
-        quantile_ms(&hosts_runs, 0.5),
-        quantile_ms(&hosts_runs, 1.0)
+        "| fresh `hostctl hosts`, wall time (5 runs: p50 / max) | {}, {listed} hosts listed | under 1 s |",
+        p50_max(&hosts_runs)
     );
     let _ = writeln!(
         out,
@@ -315,15 +309,13 @@ pub(crate) async fn bench(a: &Args) {
     );
     let _ = writeln!(
         out,
-        "| the same from a fresh `hostctl vm list --all` (3: p50 / max) | {:.0} / {:.0} ms | |",
-        quantile_ms(&ctl_bc, 0.5),
-        quantile_ms(&ctl_bc, 1.0)
+        "| the same from a fresh `hostctl vm list --all` (3: p50 / max) | {} | |",
+        p50_max(&ctl_bc)
     );
     let _ = writeln!(
         out,
-        "| broadcast right after {doomed} hosts were killed (3: p50 / max) | {:.0} / {:.0} ms, {dead_missing} reported missing | all {doomed} reported, no timeout |",
-        quantile_ms(&dead_bc, 0.5),
-        quantile_ms(&dead_bc, 1.0)
+        "| broadcast right after {doomed} hosts were killed (3: p50 / max) | {}, {dead_missing} reported missing | all {doomed} reported, no timeout |",
+        p50_max(&dead_bc)
     );
     let _ = writeln!(
         out,

@@ -1,0 +1,67 @@
+//! The SDK calls the suites and the bench make again and again, each
+//! panicking with what failed.
+
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use hostbus_client::protocol::commands::{VmList, VmListRequest, VmListResponse};
+use hostbus_client::protocol::names::Target;
+use hostbus_client::{
+    Broadcast, Client, ClientError, Notification, StartAt, SubscribeOptions, Subscription,
+};
+
+/// A subscription of `client` to the events matching `patterns`, from the
+/// next event on.
+pub async fn subscribe(client: &Client, patterns: &[&str]) -> Subscription {
+    subscribe_from(client, patterns, StartAt::Next).await
+}
+
+/// A subscription of `client` to the events matching `patterns`, reading
+/// the stream from `from`.
+pub async fn subscribe_from(client: &Client, patterns: &[&str], from: StartAt) -> Subscription {
+    client
+        .subscribe(
+            patterns,
+            SubscribeOptions {
+                from,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("subscribe to {patterns:?}: {e}"))
+}
+
+/// The next notification of `sub` within `within`; panics naming `what`
+/// when none comes, the subscription ends or fails.
+pub async fn next_notification(
+    sub: &mut Subscription,
+    within: Duration,
+    what: &str,
+) -> Notification {
+    tokio::time::timeout(within, sub.next())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {within:?}"))
+        .unwrap_or_else(|| panic!("{what}: the subscription ended"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// [`list_vms`] to the hosts labelled `label`.
+pub async fn list_group(
+    client: &Client,
+    label: &str,
+    timeout: Duration,
+) -> Result<Broadcast<VmListResponse>, ClientError> {
+    list_vms(client, &Target::Group(label.to_owned()), timeout).await
+}
+
+/// `vm.list` (every power state) broadcast to `target`, waiting up to
+/// `timeout` for the hosts expected to answer.
+pub async fn list_vms(
+    client: &Client,
+    target: &Target,
+    timeout: Duration,
+) -> Result<Broadcast<VmListResponse>, ClientError> {
+    client
+        .broadcast::<VmList>(target, VmListRequest { power_state: None }, timeout)
+        .await
+}

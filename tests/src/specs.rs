@@ -1,0 +1,125 @@
+//! Specs the suites create (disks, NICs, networks, the smallest VM that
+//! boots on the test driver) and the by-name requests they send.
+//!
+//! This file uses hostbus-protocol only, so the bridge's and the protocol's
+//! own tests, which cannot depend on hostbus-tests (it depends on them),
+//! include it by path (`#[path = "../../tests/src/specs.rs"] mod specs;`)
+//! instead of keeping copies.
+
+use hostbus_protocol::commands::{ObjectName, PoolName, SnapshotRef, VolumeKey};
+use hostbus_protocol::types::{
+    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, ForwardMode, IpSpec, NetworkSpec,
+    NicModel, NicSpec, VmSpec, VolumeRef,
+};
+
+/// A disk `target` on virtio backed by a new 1 GiB qcow2 volume in `pool`.
+pub fn new_disk_in(target: &str, pool: &str) -> DiskSpec {
+    DiskSpec {
+        target: target.to_owned(),
+        source: DiskSource::NewVolume {
+            pool: pool.to_owned(),
+            capacity_bytes: 1 << 30,
+        },
+        bus: DiskBus::Virtio,
+        format: Some(DiskFormat::Qcow2),
+        read_only: false,
+        device: DiskDevice::Disk,
+    }
+}
+
+/// [`new_disk_in`] pool `default`.
+pub fn new_disk(target: &str) -> DiskSpec {
+    new_disk_in(target, "default")
+}
+
+/// A writable virtio disk `target` on the existing volume `pool`/`volume`.
+pub fn volume_disk(target: &str, pool: &str, volume: &str, format: Option<DiskFormat>) -> DiskSpec {
+    DiskSpec {
+        target: target.to_owned(),
+        source: DiskSource::Volume(VolumeRef {
+            pool: pool.to_owned(),
+            volume: volume.to_owned(),
+        }),
+        bus: DiskBus::Virtio,
+        format,
+        read_only: false,
+        device: DiskDevice::Disk,
+    }
+}
+
+/// A virtio NIC on libvirt network `network`, with MAC `mac` when given.
+pub fn virtio_nic(network: &str, mac: Option<&str>) -> NicSpec {
+    NicSpec {
+        network: Some(network.to_owned()),
+        bridge: None,
+        mac: mac.map(str::to_owned),
+        model: NicModel::Virtio,
+    }
+}
+
+/// A NAT network `name` on `bridge`, the host at `address`/24 with DHCP
+/// from `dhcp.0` to `dhcp.1`; not started at boot.
+pub fn nat_network(name: &str, bridge: &str, address: &str, dhcp: (&str, &str)) -> NetworkSpec {
+    NetworkSpec {
+        name: name.to_owned(),
+        bridge: Some(bridge.to_owned()),
+        forward: ForwardMode::Nat,
+        ip: Some(IpSpec {
+            address: address.to_owned(),
+            prefix: 24,
+            dhcp_start: Some(dhcp.0.to_owned()),
+            dhcp_end: Some(dhcp.1.to_owned()),
+        }),
+        autostart: false,
+    }
+}
+
+/// An object by name (a VM, pool or network).
+pub fn named(name: &str) -> ObjectName {
+    ObjectName {
+        name: name.to_owned(),
+    }
+}
+
+/// A pool by name, for volume listings.
+pub fn pool_name(pool: &str) -> PoolName {
+    PoolName {
+        pool: pool.to_owned(),
+    }
+}
+
+/// Volume `name` in `pool`.
+pub fn volume_key(pool: &str, name: &str) -> VolumeKey {
+    VolumeKey {
+        pool: pool.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+/// Snapshot `name` of VM `vm`.
+pub fn snapshot_ref(vm: uuid::Uuid, name: &str) -> SnapshotRef {
+    SnapshotRef {
+        vm,
+        name: name.to_owned(),
+    }
+}
+
+/// A VM of 256 MiB and one vCPU named `name`, with a [`new_disk`] for each
+/// of `disks` (targets such as `vda`).
+pub fn small_vm(name: &str, disks: &[&str]) -> VmSpec {
+    VmSpec {
+        name: name.to_owned(),
+        uuid: None,
+        description: String::new(),
+        memory_kib: 262_144,
+        max_memory_kib: None,
+        vcpus: 1,
+        max_vcpus: None,
+        arch: None,
+        disks: disks.iter().map(|t| new_disk(t)).collect(),
+        nics: vec![],
+        autostart: false,
+        boot: Default::default(),
+        cpu_mode: None,
+    }
+}
