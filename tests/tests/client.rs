@@ -148,6 +148,30 @@ async fn hostctl_drives_every_subcommand() {
     assert_eq!(state(&["snapshot", "revert", "h1/app01", "s1"]), "running");
     ctl.json(&["snapshot", "delete", "h1/app01", "s1"]);
     ctl.json(&["vm", "destroy", "h1/app01"]);
+    let disks = |vm: &serde_json::Value| vm["disks"].as_array().map(Vec::len);
+    let nics = |vm: &serde_json::Value| vm["nics"].as_array().map(Vec::len);
+    let attached = ctl.json(&[
+        "vm",
+        "attach-disk",
+        "h1/app01",
+        "default:1",
+        "--target",
+        "vdb",
+    ]);
+    assert_eq!(disks(&attached), Some(2), "{attached}");
+    assert_eq!(
+        disks(&ctl.json(&["vm", "detach-disk", "h1/app01", "vdb"])),
+        Some(1)
+    );
+    // Detaching keeps the new volume (named after the VM and target).
+    ctl.json(&["volume", "delete", "h1/default/app01-vdb.qcow2"]);
+    let mac = "52:54:00:0a:0b:0c";
+    let attached = ctl.json(&["vm", "attach-nic", "h1/app01", "default", "--mac", mac]);
+    assert_eq!(nics(&attached), Some(2), "{attached}");
+    assert_eq!(
+        nics(&ctl.json(&["vm", "detach-nic", "h1/app01", mac])),
+        Some(1)
+    );
     ctl.json(&["vm", "delete", "h1/app01", "--remove-storage"]);
     assert_eq!(ctl.code(&["vm", "get", "h1/app01"]), 3, "gone: not found");
 
@@ -192,6 +216,10 @@ async fn hostctl_drives_every_subcommand() {
     assert_eq!(
         ctl.json(&["volume", "clone", "h1/iso/v1", "v2"])["name"],
         "v2"
+    );
+    assert_eq!(
+        ctl.json(&["volume", "get", "h1/iso/v2"])["capacity_bytes"],
+        ctl.json(&["volume", "get", "h1/iso/v1"])["capacity_bytes"]
     );
     ctl.json(&["volume", "delete", "h1/iso/v2"]);
     ctl.json(&["volume", "delete", "h1/iso/v1"]);
