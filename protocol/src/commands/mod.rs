@@ -62,32 +62,19 @@ mod arb {
 }
 pub use arb::MaybeArbitrary;
 
-/// Everything a request or response type is.
-pub trait Message:
-    Serialize
-    + DeserializeOwned
-    + JsonSchema
-    + Debug
-    + Clone
-    + PartialEq
-    + Send
-    + Sync
-    + MaybeArbitrary
-    + 'static
-{
+/// Declares a trait with `bounds` and implements it for every type that
+/// meets them (a trait alias), writing the bounds once.
+macro_rules! trait_alias {
+    ($(#[doc = $doc:literal])+ $name:ident = $($bound:tt)+) => {
+        $(#[doc = $doc])+
+        pub trait $name: $($bound)+ {}
+        impl<T: $($bound)+> $name for T {}
+    };
 }
-impl<T> Message for T where
-    T: Serialize
-        + DeserializeOwned
-        + JsonSchema
-        + Debug
-        + Clone
-        + PartialEq
-        + Send
-        + Sync
-        + MaybeArbitrary
-        + 'static
-{
+
+trait_alias! {
+    /// Everything a request or response type is.
+    Message = Serialize + DeserializeOwned + JsonSchema + Debug + Clone + PartialEq + Send + Sync + MaybeArbitrary + 'static
 }
 
 /// Who may run a command. Roles are cumulative: an operator may do what a
