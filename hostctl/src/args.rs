@@ -9,8 +9,6 @@ use std::str::FromStr;
 use hostbus_client::protocol::types::{DiskFormat, DiskSource, PowerState, VolumeRef};
 use hostbus_client::{Client, StartAt};
 
-use crate::cli::DiskArg;
-
 /// What an [`At`] addresses on its host: its name in messages.
 pub(crate) trait Object {
     /// `VM`, `POOL`, `NETWORK`.
@@ -174,6 +172,13 @@ fn volume(pool: &str, volume: &str) -> DiskSource {
 }
 
 /// `--disk`: `POOL:GiB`, `POOL/VOLUME` or `/path`, with an optional
+/// A `--disk`: where its data comes from, and its format if stated.
+#[derive(Clone, Debug)]
+pub(crate) struct DiskArg {
+    pub(crate) source: DiskSource,
+    pub(crate) format: Option<DiskFormat>,
+}
+
 /// `@raw` / `@qcow2`.
 pub(crate) fn disk(arg: &str) -> Result<DiskArg, String> {
     let (arg, format) = match arg.rsplit_once('@') {

@@ -12,7 +12,7 @@ use hostbus_client::protocol::types::{
 };
 use hostbus_client::StartAt;
 
-use crate::args::{At, Network, Pool, Vm, VolumeAt};
+use crate::args::{At, DiskArg, Network, Pool, Vm, VolumeAt};
 
 const EXIT_CODES: &str = "EXIT CODES:
   0  success
@@ -315,13 +315,6 @@ pub(crate) struct VmCreate {
     /// Start it once defined.
     #[arg(long)]
     pub(crate) start: bool,
-}
-
-/// A `--disk`: where its data comes from, and its format if stated.
-#[derive(Clone, Debug)]
-pub(crate) struct DiskArg {
-    pub(crate) source: DiskSource,
-    pub(crate) format: Option<DiskFormat>,
 }
 
 /// A boot device of `--boot`.
