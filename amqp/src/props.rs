@@ -23,29 +23,25 @@ pub fn short(s: &str) -> ShortString {
 /// types are left out.
 pub fn to_lapin(p: &AmqpProperties) -> BasicProperties {
     let mut b = BasicProperties::default();
-    if let Some(v) = &p.message_id {
-        b = b.with_message_id(short(v));
+    // Each text property set only when present, cut to a short string.
+    macro_rules! text {
+        ($($field:ident => $with:ident),+) => {
+            $(if let Some(v) = &p.$field {
+                b = b.$with(short(v));
+            })+
+        };
     }
-    if let Some(v) = &p.correlation_id {
-        b = b.with_correlation_id(short(v));
-    }
-    if let Some(v) = &p.reply_to {
-        b = b.with_reply_to(short(v));
-    }
-    if let Some(v) = &p.kind {
-        b = b.with_type(short(v));
-    }
-    if let Some(v) = &p.content_type {
-        b = b.with_content_type(short(v));
-    }
+    text!(
+        message_id => with_message_id,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        kind => with_type,
+        content_type => with_content_type,
+        expiration => with_expiration,
+        user_id => with_user_id
+    );
     if let Some(v) = p.timestamp {
         b = b.with_timestamp(v);
-    }
-    if let Some(v) = &p.expiration {
-        b = b.with_expiration(short(v));
-    }
-    if let Some(v) = &p.user_id {
-        b = b.with_user_id(short(v));
     }
     if let Some(v) = p.delivery_mode {
         b = b.with_delivery_mode(v);

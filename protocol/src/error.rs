@@ -168,12 +168,14 @@ impl Error {
 
     /// `INTERNAL` with a reason.
     pub fn internal(reason: impl fmt::Display) -> Self {
+        Self::with_reason(ErrorCode::Internal, "internal error", reason)
+    }
+
+    /// An error whose one parameter is `reason`, said after `what`.
+    fn with_reason(code: ErrorCode, what: &str, reason: impl fmt::Display) -> Self {
         let reason = reason.to_string();
-        Self::new(
-            ErrorCode::Internal,
-            [("reason", reason.clone())],
-            format!("internal error: {reason}"),
-        )
+        let message = format!("{what}: {reason}");
+        Self::new(code, [("reason", reason)], message)
     }
 
     /// `UNKNOWN_COMMAND` for a command name.
@@ -200,12 +202,7 @@ impl Error {
 
     /// `MALFORMED_MESSAGE` with a reason.
     pub fn malformed(reason: impl fmt::Display) -> Self {
-        let reason = reason.to_string();
-        Self::new(
-            ErrorCode::MalformedMessage,
-            [("reason", reason.clone())],
-            format!("malformed message: {reason}"),
-        )
+        Self::with_reason(ErrorCode::MalformedMessage, "malformed message", reason)
     }
 
     /// Whether retrying the same request later may succeed.
