@@ -48,7 +48,7 @@ impl Default for DiskDevice {
 }
 
 wire_enum! {
-    /// A device class the firmware boots from, in [`BootSpec::order`](super::BootSpec::order).
+    /// A device class the firmware boots from, in `BootSpec.order`.
     BootDevice {
         /// The first hard disk (disks in spec order).
         Disk = "disk",
