@@ -29,8 +29,8 @@ use hostbus_protocol::{
 use hostbus_tests::{
     commands_total, consume_no_ack, declare_queue, event_of, long_str, metric, named, nested_table,
     new_disk, next_online, ok, pool_name, reply_error, small_vm, spawn_online, table, to_lapin,
-    AgentProcess, AmqpPeer, QueueKind, RabbitNode, RawOutcome, RawProperties, RawProperty,
-    RawPublisher, Received,
+    AgentBuilder, AgentProcess, AmqpPeer, QueueKind, RabbitNode, RawOutcome, RawProperties,
+    RawProperty, RawPublisher, Received, Subscription,
 };
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
@@ -560,10 +560,8 @@ async fn an_agent_killed_mid_burst_reruns_interrupted_commands_and_runs_finished
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_command_id_twice_runs_once() {
-    let node = RabbitNode::start().expect("rabbit");
-    let url = node.amqp_url();
-    let (mut peer, _events, agent, _) =
-        spawn_online(AgentProcess::builder("h1", &url).env("HOSTBUS_STEP_PAUSE_MS", "300")).await;
+    let (_node, mut peer, _events, agent) =
+        h1_online(|b| b.env("HOSTBUS_STEP_PAUSE_MS", "300")).await;
     let key = host_key("h1");
 
     // One after the other.
@@ -1287,6 +1285,17 @@ async fn replies_for(consumer: &mut lapin::Consumer, ids: &[&str]) -> BTreeMap<S
     got
 }
 
+/// A private RabbitMQ node with agent `h1` (its builder adjusted by
+/// `configure`) online on it, and a peer that saw it come online.
+async fn h1_online(
+    configure: impl FnOnce(AgentBuilder) -> AgentBuilder,
+) -> (RabbitNode, AmqpPeer, Subscription, AgentProcess) {
+    let node = RabbitNode::start().expect("rabbit");
+    let (peer, events, agent, _) =
+        spawn_online(configure(AgentProcess::builder("h1", &node.amqp_url()))).await;
+    (node, peer, events, agent)
+}
+
 /// Issue 12, finding 1: a short string that is not UTF-8 (in `type`,
 /// `message_id`, `content_type` or a header name) made lapin fail the whole
 /// frame; the agent reconnected, the broker redelivered, for ever. A header
@@ -1294,11 +1303,8 @@ async fn replies_for(consumer: &mut lapin::Consumer, ids: &[&str]) -> BTreeMap<S
 /// agent. A version header of another type was refused as missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_no_client_library_could_parse_are_answered_and_the_agent_serves_on() {
-    let node = RabbitNode::start().expect("rabbit");
-    let url = node.amqp_url();
-    let (mut peer, _events, agent, _) =
-        spawn_online(AgentProcess::builder("h1", &url).heartbeat_interval(Duration::from_secs(5)))
-            .await;
+    let (node, mut peer, _events, agent) =
+        h1_online(|b| b.heartbeat_interval(Duration::from_secs(5))).await;
     let mut replies = reply_queue(&peer, RAW_REPLIES).await;
     let dead_before = dead_letters(&peer).await;
     let ping = encode(ContentType::MsgPack, &Ping { echo: None }).expect("encode");
@@ -1428,11 +1434,8 @@ fn forged_reply_to() -> String {
 /// answered on the reply lane, which the broker closes instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_reply_address_is_dead_lettered_after_at_most_one_lost_session() {
-    let node = RabbitNode::start().expect("rabbit");
-    let url = node.amqp_url();
-    let (mut peer, _events, agent, _) =
-        spawn_online(AgentProcess::builder("h1", &url).heartbeat_interval(Duration::from_secs(5)))
-            .await;
+    let (_node, mut peer, _events, agent) =
+        h1_online(|b| b.heartbeat_interval(Duration::from_secs(5))).await;
     let dead_before = dead_letters(&peer).await;
 
     // Garbage after the prefix: refused at once, no reply, no lost session.
@@ -1514,10 +1517,8 @@ async fn a_session_that_fails_at_once_backs_off_like_a_failed_connect() {
 /// answered ok; a long define ran past its deadline between steps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_past_its_deadline_after_waiting_or_between_steps_has_no_effect() {
-    let node = RabbitNode::start().expect("rabbit");
-    let url = node.amqp_url();
-    let (mut peer, _events, _agent, _) =
-        spawn_online(AgentProcess::builder("h1", &url).env("HOSTBUS_STEP_PAUSE_MS", "1000")).await;
+    let (_node, mut peer, _events, _agent) =
+        h1_online(|b| b.env("HOSTBUS_STEP_PAUSE_MS", "1000")).await;
     let mut replies = reply_queue(&peer, RAW_REPLIES).await;
 
     // A: defines `late` slowly (a pause per step), then fails on its second
@@ -1579,11 +1580,8 @@ async fn a_command_past_its_deadline_after_waiting_or_between_steps_has_no_effec
 async fn changes_to_one_object_apply_in_the_order_they_were_sent() {
     const BURSTS: u64 = 12;
     const PER_BURST: u64 = 8;
-    let node = RabbitNode::start().expect("rabbit");
-    let url = node.amqp_url();
-    let (mut peer, _events, _agent, _) =
-        spawn_online(AgentProcess::builder("h1", &url).heartbeat_interval(Duration::from_secs(5)))
-            .await;
+    let (_node, mut peer, _events, _agent) =
+        h1_online(|b| b.heartbeat_interval(Duration::from_secs(5))).await;
     let mut replies = reply_queue(&peer, RAW_REPLIES).await;
     let web: uuid::Uuid = WEB01.parse().expect("uuid");
     let mut out_of_order = 0;
@@ -1637,9 +1635,7 @@ async fn changes_to_one_object_apply_in_the_order_they_were_sent() {
 /// through their definition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_attaches_to_a_halted_vm() {
-    let node = RabbitNode::start().expect("rabbit");
-    let url = node.amqp_url();
-    let (mut peer, _events, _agent, _) = spawn_online(AgentProcess::builder("h1", &url)).await;
+    let (_node, mut peer, _events, _agent) = h1_online(|b| b).await;
     let db = ok::<VmGetByName>(&mut peer, "h1", &named("db01")).await;
     assert_eq!(db.power_state, PowerState::Halted);
     let vm = ok::<VmAttachDisk>(
