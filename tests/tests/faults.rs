@@ -32,6 +32,7 @@ use hostbus_tests::{
     AgentBuilder, AgentProcess, AmqpPeer, QueueKind, RabbitNode, RawOutcome, RawProperties,
     RawProperty, RawPublisher, Received, Subscription,
 };
+use lapin::message::BasicGetMessage;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
     ConfirmSelectOptions,
@@ -919,12 +920,7 @@ async fn ten_thousand_hostile_messages_are_answered_or_dead_lettered_in_flat_mem
         expected_dead,
         "{m}"
     );
-    let one = dl
-        .basic_get(names::DEAD_LETTER_QUEUE.into(), BasicGetOptions::default())
-        .await
-        .expect("basic.get")
-        .expect("a dead letter");
-    let props = hostbus_tests::from_lapin(&one.delivery.properties);
+    let (_one, props) = take_dead_letter(&dl, "a dead letter").await;
     let header = |k: &str| match props.headers.get(k) {
         Some(HeaderValue::Str(s)) => s.clone(),
         other => panic!("{k}: {other:?}"),
@@ -1092,12 +1088,7 @@ async fn a_command_that_never_finishes_is_dead_lettered_after_max_deliveries() {
     assert!(e.message.contains("delivered 4 times"), "{e}");
 
     let ch = peer.connection().create_channel().await.expect("channel");
-    let dead = ch
-        .basic_get(names::DEAD_LETTER_QUEUE.into(), BasicGetOptions::default())
-        .await
-        .expect("basic.get")
-        .expect("the command was dead-lettered");
-    let props = hostbus_tests::from_lapin(&dead.delivery.properties);
+    let (dead, props) = take_dead_letter(&ch, "the command was dead-lettered").await;
     assert_eq!(props.message_id.as_deref(), Some(poison.id.as_str()));
     assert_eq!(dead.delivery.data, poison.body, "the original message");
     let header = |k: &str| match props.headers.get(k) {
@@ -1244,6 +1235,18 @@ async fn dead_letters(peer: &AmqpPeer) -> u32 {
         .expect("passive declare");
     let _ = ch.close(200, "done".into()).await;
     q.message_count()
+}
+
+/// Gets the oldest dead letter on `ch` (unacked, so it stays in the queue
+/// if the channel closes) with its properties; `what` says why there must be one.
+async fn take_dead_letter(ch: &lapin::Channel, what: &str) -> (BasicGetMessage, AmqpProperties) {
+    let m = ch
+        .basic_get(names::DEAD_LETTER_QUEUE.into(), BasicGetOptions::default())
+        .await
+        .expect("basic.get")
+        .expect(what);
+    let props = hostbus_tests::from_lapin(&m.delivery.properties);
+    (m, props)
 }
 
 /// Declares `name` as an exclusive reply queue of `peer` and consumes it.
