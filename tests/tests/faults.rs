@@ -29,9 +29,10 @@ use hostbus_protocol::{
 use hostbus_tests::{
     commands_total, consume_no_ack, declare_queue, event_of, long_str, metric, named, nested_table,
     new_disk, next_online, ok, pool_name, reply_error, small_vm, spawn_online, table, to_lapin,
-    AgentProcess, AmqpPeer, QueueKind, RabbitNode, RawOutcome, RawProperties, RawProperty,
-    RawPublisher, Received,
+    AgentBuilder, AgentProcess, AmqpPeer, QueueKind, RabbitNode, RawOutcome, RawProperties,
+    RawProperty, RawPublisher, Received, Subscription,
 };
+use lapin::message::BasicGetMessage;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
     ConfirmSelectOptions,
@@ -560,10 +561,8 @@ async fn an_agent_killed_mid_burst_reruns_interrupted_commands_and_runs_finished
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_command_id_twice_runs_once() {
-    let node = RabbitNode::start().expect("rabbit");
-    let url = node.amqp_url();
-    let (mut peer, _events, agent, _) =
-        spawn_online(AgentProcess::builder("h1", &url).env("HOSTBUS_STEP_PAUSE_MS", "300")).await;
+    let (_node, mut peer, _events, agent) =
+        h1_online(|b| b.env("HOSTBUS_STEP_PAUSE_MS", "300")).await;
     let key = host_key("h1");
 
     // One after the other.
@@ -921,12 +920,7 @@ async fn ten_thousand_hostile_messages_are_answered_or_dead_lettered_in_flat_mem
         expected_dead,
         "{m}"
     );
-    let one = dl
-        .basic_get(names::DEAD_LETTER_QUEUE.into(), BasicGetOptions::default())
-        .await
-        .expect("basic.get")
-        .expect("a dead letter");
-    let props = hostbus_tests::from_lapin(&one.delivery.properties);
+    let (_one, props) = take_dead_letter(&dl, "a dead letter").await;
     let header = |k: &str| match props.headers.get(k) {
         Some(HeaderValue::Str(s)) => s.clone(),
         other => panic!("{k}: {other:?}"),
@@ -1094,12 +1088,7 @@ async fn a_command_that_never_finishes_is_dead_lettered_after_max_deliveries() {
     assert!(e.message.contains("delivered 4 times"), "{e}");
 
     let ch = peer.connection().create_channel().await.expect("channel");
-    let dead = ch
-        .basic_get(names::DEAD_LETTER_QUEUE.into(), BasicGetOptions::default())
-        .await
-        .expect("basic.get")
-        .expect("the command was dead-lettered");
-    let props = hostbus_tests::from_lapin(&dead.delivery.properties);
+    let (dead, props) = take_dead_letter(&ch, "the command was dead-lettered").await;
     assert_eq!(props.message_id.as_deref(), Some(poison.id.as_str()));
     assert_eq!(dead.delivery.data, poison.body, "the original message");
     let header = |k: &str| match props.headers.get(k) {
@@ -1248,6 +1237,18 @@ async fn dead_letters(peer: &AmqpPeer) -> u32 {
     q.message_count()
 }
 
+/// Gets the oldest dead letter on `ch` (unacked, so it stays in the queue
+/// if the channel closes) with its properties; `what` says why there must be one.
+async fn take_dead_letter(ch: &lapin::Channel, what: &str) -> (BasicGetMessage, AmqpProperties) {
+    let m = ch
+        .basic_get(names::DEAD_LETTER_QUEUE.into(), BasicGetOptions::default())
+        .await
+        .expect("basic.get")
+        .expect(what);
+    let props = hostbus_tests::from_lapin(&m.delivery.properties);
+    (m, props)
+}
+
 /// Declares `name` as an exclusive reply queue of `peer` and consumes it.
 async fn reply_queue(peer: &AmqpPeer, name: &str) -> lapin::Consumer {
     let ch = peer.connection().create_channel().await.expect("channel");
@@ -1287,6 +1288,17 @@ async fn replies_for(consumer: &mut lapin::Consumer, ids: &[&str]) -> BTreeMap<S
     got
 }
 
+/// A private RabbitMQ node with agent `h1` (its builder adjusted by
+/// `configure`) online on it, and a peer that saw it come online.
+async fn h1_online(
+    configure: impl FnOnce(AgentBuilder) -> AgentBuilder,
+) -> (RabbitNode, AmqpPeer, Subscription, AgentProcess) {
+    let node = RabbitNode::start().expect("rabbit");
+    let (peer, events, agent, _) =
+        spawn_online(configure(AgentProcess::builder("h1", &node.amqp_url()))).await;
+    (node, peer, events, agent)
+}
+
 /// Issue 12, finding 1: a short string that is not UTF-8 (in `type`,
 /// `message_id`, `content_type` or a header name) made lapin fail the whole
 /// frame; the agent reconnected, the broker redelivered, for ever. A header
@@ -1294,11 +1306,8 @@ async fn replies_for(consumer: &mut lapin::Consumer, ids: &[&str]) -> BTreeMap<S
 /// agent. A version header of another type was refused as missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_no_client_library_could_parse_are_answered_and_the_agent_serves_on() {
-    let node = RabbitNode::start().expect("rabbit");
-    let url = node.amqp_url();
-    let (mut peer, _events, agent, _) =
-        spawn_online(AgentProcess::builder("h1", &url).heartbeat_interval(Duration::from_secs(5)))
-            .await;
+    let (node, mut peer, _events, agent) =
+        h1_online(|b| b.heartbeat_interval(Duration::from_secs(5))).await;
     let mut replies = reply_queue(&peer, RAW_REPLIES).await;
     let dead_before = dead_letters(&peer).await;
     let ping = encode(ContentType::MsgPack, &Ping { echo: None }).expect("encode");
@@ -1428,11 +1437,8 @@ fn forged_reply_to() -> String {
 /// answered on the reply lane, which the broker closes instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_reply_address_is_dead_lettered_after_at_most_one_lost_session() {
-    let node = RabbitNode::start().expect("rabbit");
-    let url = node.amqp_url();
-    let (mut peer, _events, agent, _) =
-        spawn_online(AgentProcess::builder("h1", &url).heartbeat_interval(Duration::from_secs(5)))
-            .await;
+    let (_node, mut peer, _events, agent) =
+        h1_online(|b| b.heartbeat_interval(Duration::from_secs(5))).await;
     let dead_before = dead_letters(&peer).await;
 
     // Garbage after the prefix: refused at once, no reply, no lost session.
@@ -1514,10 +1520,8 @@ async fn a_session_that_fails_at_once_backs_off_like_a_failed_connect() {
 /// answered ok; a long define ran past its deadline between steps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_past_its_deadline_after_waiting_or_between_steps_has_no_effect() {
-    let node = RabbitNode::start().expect("rabbit");
-    let url = node.amqp_url();
-    let (mut peer, _events, _agent, _) =
-        spawn_online(AgentProcess::builder("h1", &url).env("HOSTBUS_STEP_PAUSE_MS", "1000")).await;
+    let (_node, mut peer, _events, _agent) =
+        h1_online(|b| b.env("HOSTBUS_STEP_PAUSE_MS", "1000")).await;
     let mut replies = reply_queue(&peer, RAW_REPLIES).await;
 
     // A: defines `late` slowly (a pause per step), then fails on its second
@@ -1579,11 +1583,8 @@ async fn a_command_past_its_deadline_after_waiting_or_between_steps_has_no_effec
 async fn changes_to_one_object_apply_in_the_order_they_were_sent() {
     const BURSTS: u64 = 12;
     const PER_BURST: u64 = 8;
-    let node = RabbitNode::start().expect("rabbit");
-    let url = node.amqp_url();
-    let (mut peer, _events, _agent, _) =
-        spawn_online(AgentProcess::builder("h1", &url).heartbeat_interval(Duration::from_secs(5)))
-            .await;
+    let (_node, mut peer, _events, _agent) =
+        h1_online(|b| b.heartbeat_interval(Duration::from_secs(5))).await;
     let mut replies = reply_queue(&peer, RAW_REPLIES).await;
     let web: uuid::Uuid = WEB01.parse().expect("uuid");
     let mut out_of_order = 0;
@@ -1637,9 +1638,7 @@ async fn changes_to_one_object_apply_in_the_order_they_were_sent() {
 /// through their definition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_attaches_to_a_halted_vm() {
-    let node = RabbitNode::start().expect("rabbit");
-    let url = node.amqp_url();
-    let (mut peer, _events, _agent, _) = spawn_online(AgentProcess::builder("h1", &url)).await;
+    let (_node, mut peer, _events, _agent) = h1_online(|b| b).await;
     let db = ok::<VmGetByName>(&mut peer, "h1", &named("db01")).await;
     assert_eq!(db.power_state, PowerState::Halted);
     let vm = ok::<VmAttachDisk>(

@@ -211,6 +211,14 @@ fn command(name: &str, asynchronous: bool) -> AmqpProperties {
     env.to_properties(now_ms())
 }
 
+/// Calls agent `h1` and waits for the reply; `what` names the call when
+/// none comes.
+async fn call_h1(peer: &mut AmqpPeer, props: &AmqpProperties, body: &[u8], what: &str) -> Received {
+    peer.call(&host_key("h1"), props, body, T)
+        .await
+        .expect(what)
+}
+
 fn reply<T: Message>(r: &Received) -> Reply<T> {
     decode(ContentType::MsgPack, &r.body, 16 << 20).expect("a MessagePack reply")
 }
@@ -372,10 +380,13 @@ async fn the_contract_a_third_party_client_relies_on_holds() {
 
     // §7.4: a read ignores x-hostbus-async and answers at once.
     let body = encode(ContentType::MsgPack, &Ping { echo: None }).expect("encode");
-    let r = peer
-        .call(&host_key("h1"), &command(HostPing::NAME, true), &body, T)
-        .await
-        .expect("async ping");
+    let r = call_h1(
+        &mut peer,
+        &command(HostPing::NAME, true),
+        &body,
+        "async ping",
+    )
+    .await;
     assert_eq!(r.header_str(STATUS_HEADER), Some("ok"));
     assert!(matches!(reply::<Pong>(&r), Reply::Ok(p) if p.host_id == "h1"));
 
@@ -398,10 +409,7 @@ async fn the_contract_a_third_party_client_relies_on_holds() {
         cpu_mode: None,
     };
     let body = encode(ContentType::MsgPack, &VmDefineRequest { spec }).expect("encode");
-    let r = peer
-        .call(&host_key("h1"), &p, &body, T)
-        .await
-        .expect("async define");
+    let r = call_h1(&mut peer, &p, &body, "async define").await;
     assert_eq!(r.header_str(STATUS_HEADER), Some("task"));
     let Reply::Task(task) = reply::<VmRecord>(&r) else {
         panic!("not a task: {r:?}\n{}", log());
@@ -420,10 +428,7 @@ async fn the_contract_a_third_party_client_relies_on_holds() {
     let started = Instant::now();
     let done = loop {
         let body = encode(ContentType::MsgPack, &TaskId { id: task.id }).expect("encode");
-        let r = peer
-            .call(&host_key("h1"), &command(TaskGet::NAME, false), &body, T)
-            .await
-            .expect("task.get");
+        let r = call_h1(&mut peer, &command(TaskGet::NAME, false), &body, "task.get").await;
         let Reply::Ok(t) = reply::<TaskRecord>(&r) else {
             panic!("task.get: {r:?}");
         };
@@ -444,10 +449,7 @@ async fn the_contract_a_third_party_client_relies_on_holds() {
     // §3.2: a command without `type` is answered with type `invalid`.
     let mut p = command(HostPing::NAME, false);
     p.kind = None;
-    let r = peer
-        .call(&host_key("h1"), &p, b"\x80", T)
-        .await
-        .expect("no type");
+    let r = call_h1(&mut peer, &p, b"\x80", "no type").await;
     assert_eq!(r.properties.kind.as_deref(), Some("invalid"));
     match reply::<Empty>(&r) {
         Reply::Error(e) => {
@@ -458,22 +460,17 @@ async fn the_contract_a_third_party_client_relies_on_holds() {
     }
 
     // §3.3: an unknown command is dead-lettered; a refused one is not.
-    let r = peer
-        .call(
-            &host_key("h1"),
-            &command("vm.frobnicate", false),
-            b"\x80",
-            T,
-        )
-        .await
-        .expect("unknown command");
+    let r = call_h1(
+        &mut peer,
+        &command("vm.frobnicate", false),
+        b"\x80",
+        "unknown command",
+    )
+    .await;
     assert_eq!(r.properties.kind.as_deref(), Some("vm.frobnicate"));
     let mut p = command(HostPing::NAME, false);
     p.user_id = None;
-    let r = peer
-        .call(&host_key("h1"), &p, b"\x80", T)
-        .await
-        .expect("no user_id");
+    let r = call_h1(&mut peer, &p, b"\x80", "no user_id").await;
     assert!(matches!(reply::<Empty>(&r), Reply::Error(e) if e.code == ErrorCode::PermissionDenied));
     let mut dead = Vec::new();
     while let Some(m) = peer

@@ -171,6 +171,29 @@ async fn channel(conn: &Connection) -> Channel {
     ch
 }
 
+/// Binds `queue` to the command exchange with `key`.
+async fn bind_command_key(ch: &Channel, queue: &str, key: &str) -> Result<(), lapin::Error> {
+    ch.queue_bind(
+        queue.into(),
+        names::COMMAND_EXCHANGE.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
+/// Starts consuming `queue` (the broker checks read permission here).
+async fn consume(ch: &Channel, queue: &str) -> Result<lapin::Consumer, lapin::Error> {
+    ch.basic_consume(
+        queue.into(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
 /// Publishes on a fresh channel and waits for the broker's confirm; the
 /// AMQP error code if the broker closed the channel instead.
 async fn publish(
@@ -350,15 +373,9 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
     .await
     .expect("h2 may declare its own queue");
     for key in ["host.h2", "all", "group.rack-b"] {
-        ch.queue_bind(
-            "hostbus.agent.h2".into(),
-            names::COMMAND_EXCHANGE.into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("h2 may bind its queue with {key}: {e}"));
+        bind_command_key(&ch, "hostbus.agent.h2", key)
+            .await
+            .unwrap_or_else(|e| panic!("h2 may bind its queue with {key}: {e}"));
     }
 
     let mut event_props = AmqpProperties {
@@ -404,15 +421,7 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
     let ch = channel(&h2).await;
     expect_code(
         "consume hostbus.agent.h1",
-        code_of(
-            ch.basic_consume(
-                "hostbus.agent.h1".into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await,
-        ),
+        code_of(consume(&ch, "hostbus.agent.h1").await),
         Some(403),
     );
     let ch = channel(&h2).await;
@@ -424,16 +433,7 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
     let ch = channel(&h2).await;
     expect_code(
         "bind hostbus.agent.h2 to host.h1",
-        code_of(
-            ch.queue_bind(
-                "hostbus.agent.h2".into(),
-                names::COMMAND_EXCHANGE.into(),
-                "host.h1".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await,
-        ),
+        code_of(bind_command_key(&ch, "hostbus.agent.h2", "host.h1").await),
         Some(403),
     );
     let ch = channel(&h2).await;

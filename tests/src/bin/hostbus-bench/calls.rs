@@ -14,7 +14,7 @@ use hostbus_tests::{AgentProcess, AmqpPeer, RabbitNode};
 
 use crate::measure::{list_call, measure, ping_call, Call, Meter, Run};
 use crate::raw::{raw_call, Raw, RawOpts};
-use crate::report::{self, hwm_kib, machine, row, rss_kib, write_section, HEADER};
+use crate::report::{self, hwm_kib, row, rss_kib, write_section, HEADER};
 use crate::{Args, WEB01};
 
 /// A step of the breakdown: its row name and the operation it adds.
@@ -230,15 +230,12 @@ pub(crate) async fn bench(a: &Args) {
         ));
     }
 
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "Machine: {}. The agent's command queue is a {} queue. Each cell: {} slices of {} s (each after 0.5 s of warm-up), interleaved with the other rows of its table; calls/s is the median slice, latencies and CPU cover all slices.\n",
-        machine(),
+    let mut out = report::preamble(format_args!(
+        "The agent's command queue is a {} queue. Each cell: {} slices of {} s (each after 0.5 s of warm-up), interleaved with the other rows of its table; calls/s is the median slice, latencies and CPU cover all slices.",
         a.queue_type,
         a.rounds,
         a.secs
-    );
+    ));
     let _ = writeln!(out, "### Calls through the broker\n");
     report::table(&mut out, HEADER, &table);
     let _ = writeln!(out, "\nCPU columns: microseconds of CPU per call in the broker (all its processes), the agent, and the benchmark process (the SDK client; for the raw rows, the raw client and responder).");

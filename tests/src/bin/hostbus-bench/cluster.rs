@@ -17,7 +17,7 @@ use lapin::options::QueueBindOptions;
 use lapin::types::FieldTable;
 
 use crate::measure::{measure, ping_call, quantile_ms, Meter, Run};
-use crate::report::{self, machine, write_section};
+use crate::report::{self, write_section};
 use crate::Args;
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
@@ -278,14 +278,11 @@ pub(crate) async fn bench(a: &Args) {
         .unwrap_or_default();
     drop((client, agent3, node, nodes));
 
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "Machine: {}. The same release agent (concurrency 64) and SDK on one RabbitMQ node with classic queues, then on a three-node cluster on this machine with quorum queues (command queue, dead-letter queue; the streams are replicated too). Each call cell: {} slices of {} s.\n",
-        machine(),
+    let mut out = report::preamble(format_args!(
+        "The same release agent (concurrency 64) and SDK on one RabbitMQ node with classic queues, then on a three-node cluster on this machine with quorum queues (command queue, dead-letter queue; the streams are replicated too). Each call cell: {} slices of {} s.",
         a.rounds,
         a.secs
-    );
+    ));
     report::table(&mut out, "| broker | concurrency | host.ping calls/s | p50 ms | p99 ms | broker µs | agent µs | client µs |\n|---|---:|---:|---:|---:|---:|---:|---:|", &calls);
     report::table(&mut out, "\n| events (pause/resume churn on one VM, one SDK subscriber) | events/s | latency p50 ms | broker CPU µs per event |\n|---|---:|---:|---:|", &event_rows);
     let _ = writeln!(

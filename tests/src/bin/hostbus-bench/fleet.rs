@@ -12,7 +12,7 @@ use hostbus_tests::sdk::{list_vms, subscribe};
 use hostbus_tests::{group_members, rss_kib, AgentProcess, AmqpPeer, RabbitNode};
 
 use crate::measure::{cpu_secs, quantile_ms};
-use crate::report::{machine, release_hostctl, write_section};
+use crate::report::{self, release_hostctl, write_section};
 use crate::Args;
 
 /// `p50 / max ms` of `v`, as the table shows a few runs.
@@ -282,80 +282,71 @@ pub(crate) async fn bench(a: &Args) {
     drop(agents);
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "Machine: {}. {n} simulated hosts in two `hostbus-agent --simulate` processes ({} and {doomed}) on one private RabbitMQ node, every agent at its default settings (heartbeat every 5 s, concurrency 8) with {} command queues; `hostctl` is a fresh release process each time.\n",
-        machine(),
+    let mut out = report::preamble(format_args!(
+        "{n} simulated hosts in two `hostbus-agent --simulate` processes ({} and {doomed}) on one private RabbitMQ node, every agent at its default settings (heartbeat every 5 s, concurrency 8) with {} command queues; `hostctl` is a fresh release process each time.",
         n - doomed,
         a.queue_type
-    );
-    let _ = writeln!(out, "| measure | figure | target |\n|---|---:|---|");
-    let _ = writeln!(
-        out,
-        "| fresh `hostctl hosts`, wall time (5 runs: p50 / max) | {}, {listed} hosts listed | under 1 s |",
-        p50_max(&hosts_runs)
-    );
-    let _ = writeln!(
-        out,
-        "| fresh fleet view in the SDK (`client.presence()`) | {:.0} ms | |",
-        ms(view)
-    );
-    let _ = writeln!(
-        out,
-        "| broadcast `vm.list` to all, from a running manager (10: p50 / p99) | {:.0} / {:.0} ms, {replies} replies, none missing | under 2 s, no timeout |",
-        quantile_ms(&bc, 0.5),
-        quantile_ms(&bc, 0.99)
-    );
-    let _ = writeln!(
-        out,
-        "| the same from a fresh `hostctl vm list --all` (3: p50 / max) | {} | |",
-        p50_max(&ctl_bc)
-    );
-    let _ = writeln!(
-        out,
-        "| broadcast right after {doomed} hosts were killed (3: p50 / max) | {}, {dead_missing} reported missing | all {doomed} reported, no timeout |",
-        p50_max(&dead_bc)
-    );
-    let _ = writeln!(
-        out,
-        "| the same from a fresh `hostctl` | {:.0} ms, exit {dead_code} | exit 7 |",
-        ms(dead_ctl)
-    );
-    let _ = writeln!(
-        out,
-        "| heartbeats through the broker | {beats_per_s:.0} /s | {} expected |",
-        n / 5
-    );
-    let _ = writeln!(
-        out,
-        "| broker CPU while the fleet only beats | {broker_share:.1}% of one core (simulator: {sim_share:.1}%) | |"
-    );
-    let _ = writeln!(
-        out,
-        "| one event from every host to one subscriber (SDK, event stream) | {} events in {events_secs:.1} s ({:.0}/s), latency p50 {:.0} ms, p99 {:.0} ms | |",
-        lat.len(),
-        lat.len() as f64 / events_secs,
-        quantile_ms(&lat, 0.5),
-        quantile_ms(&lat, 0.99)
-    );
-    let _ = writeln!(
-        out,
-        "| time until all {n} hosts were alive in a fresh view | {:.1} s | |",
-        startup.as_secs_f64()
-    );
-    let _ = writeln!(
-        out,
-        "| simulator memory | {:.0} MiB for {} hosts: {:.0} KiB per host | |",
-        sim_rss as f64 / 1024.0,
-        n - doomed,
-        sim_rss as f64 / f64::from(n - doomed)
-    );
-    let _ = writeln!(
-        out,
-        "| broker memory (all its processes) | {:.0} MiB with the fleet ({:.0} MiB idle) | |",
-        broker_rss as f64 / 1024.0,
-        broker_idle_rss as f64 / 1024.0
+    ));
+    let rows = [
+        format!(
+            "| fresh `hostctl hosts`, wall time (5 runs: p50 / max) | {}, {listed} hosts listed | under 1 s |",
+            p50_max(&hosts_runs)
+        ),
+        format!(
+            "| fresh fleet view in the SDK (`client.presence()`) | {:.0} ms | |",
+            ms(view)
+        ),
+        format!(
+            "| broadcast `vm.list` to all, from a running manager (10: p50 / p99) | {:.0} / {:.0} ms, {replies} replies, none missing | under 2 s, no timeout |",
+            quantile_ms(&bc, 0.5),
+            quantile_ms(&bc, 0.99)
+        ),
+        format!(
+            "| the same from a fresh `hostctl vm list --all` (3: p50 / max) | {} | |",
+            p50_max(&ctl_bc)
+        ),
+        format!(
+            "| broadcast right after {doomed} hosts were killed (3: p50 / max) | {}, {dead_missing} reported missing | all {doomed} reported, no timeout |",
+            p50_max(&dead_bc)
+        ),
+        format!(
+            "| the same from a fresh `hostctl` | {:.0} ms, exit {dead_code} | exit 7 |",
+            ms(dead_ctl)
+        ),
+        format!(
+            "| heartbeats through the broker | {beats_per_s:.0} /s | {} expected |",
+            n / 5
+        ),
+        format!(
+            "| broker CPU while the fleet only beats | {broker_share:.1}% of one core (simulator: {sim_share:.1}%) | |"
+        ),
+        format!(
+            "| one event from every host to one subscriber (SDK, event stream) | {} events in {events_secs:.1} s ({:.0}/s), latency p50 {:.0} ms, p99 {:.0} ms | |",
+            lat.len(),
+            lat.len() as f64 / events_secs,
+            quantile_ms(&lat, 0.5),
+            quantile_ms(&lat, 0.99)
+        ),
+        format!(
+            "| time until all {n} hosts were alive in a fresh view | {:.1} s | |",
+            startup.as_secs_f64()
+        ),
+        format!(
+            "| simulator memory | {:.0} MiB for {} hosts: {:.0} KiB per host | |",
+            sim_rss as f64 / 1024.0,
+            n - doomed,
+            sim_rss as f64 / f64::from(n - doomed)
+        ),
+        format!(
+            "| broker memory (all its processes) | {:.0} MiB with the fleet ({:.0} MiB idle) | |",
+            broker_rss as f64 / 1024.0,
+            broker_idle_rss as f64 / 1024.0
+        ),
+    ];
+    report::table(
+        &mut out,
+        "| measure | figure | target |\n|---|---:|---|",
+        &rows,
     );
     let _ = writeln!(
         out,

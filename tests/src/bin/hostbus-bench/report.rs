@@ -37,6 +37,12 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A report's opening paragraph: the machine it ran on, then `setup` (what
+/// ran, and how it was measured).
+pub(crate) fn preamble(setup: std::fmt::Arguments<'_>) -> String {
+    format!("Machine: {}. {setup}\n\n", machine())
+}
+
 pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
