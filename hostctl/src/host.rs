@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::cli::HostCmd;
-use crate::output::{mib, print_json, table, Ctx, Res};
+use crate::output::{mib, print_json, record, Ctx, Res};
 
 /// `hostctl hosts`: the fleet view, complete or said not to be.
 pub(crate) async fn hosts(ctx: &Ctx, listen_ms: u64) -> Res<()> {
@@ -18,32 +18,21 @@ pub(crate) async fn hosts(ctx: &Ctx, listen_ms: u64) -> Res<()> {
     ctx.list(
         &hosts,
         &[
-            "HOST",
-            "STATE",
-            "HEALTH",
-            "LABELS",
-            "VMS_ACTIVE",
-            "IN_FLIGHT",
-            "LAST_SEEN",
-            "AGENT",
-            "EPOCH",
-        ],
-        |h| {
-            vec![
-                h.host_id.clone(),
-                format!("{:?}", h.liveness).to_lowercase(),
-                h.health.status.to_string(),
-                h.labels.join(","),
-                h.load.vms_active.to_string(),
-                h.load.in_flight.to_string(),
+            ("HOST", &|h| h.host_id.clone()),
+            ("STATE", &|h| format!("{:?}", h.liveness).to_lowercase()),
+            ("HEALTH", &|h| h.health.status.to_string()),
+            ("LABELS", &|h| h.labels.join(",")),
+            ("VMS_ACTIVE", &|h| h.load.vms_active.to_string()),
+            ("IN_FLIGHT", &|h| h.load.in_flight.to_string()),
+            ("LAST_SEEN", &|h| {
                 h.last_seen_ms.map_or_else(
                     || format!(">{}s", p.lookback().as_secs()),
                     |ms| format!("{:.1}s", ms as f64 / 1000.0),
-                ),
-                h.versions.agent.clone(),
-                h.epoch.to_string(),
-            ]
-        },
+                )
+            }),
+            ("AGENT", &|h| h.versions.agent.clone()),
+            ("EPOCH", &|h| h.epoch.to_string()),
+        ],
     )
 }
 
@@ -71,26 +60,18 @@ pub(crate) async fn run(ctx: &Ctx, cmd: HostCmd) -> Res<()> {
         HostCmd::Info { host } => {
             let i = c.host(&host).info().await?;
             ctx.show(&i, |i| {
-                table(
-                    &[
-                        "HOST",
+                record(vec![
+                    ("HOST", i.host_id.clone()),
+                    (
                         "HYPERVISOR",
-                        "LIBVIRT",
-                        "ARCH",
-                        "CPUS",
-                        "MEMORY_MIB",
-                        "CPU_MODEL",
-                    ],
-                    vec![vec![
-                        i.host_id.clone(),
                         format!("{} {}", i.hypervisor, i.hypervisor_version),
-                        i.libvirt_version.clone(),
-                        i.arch.clone(),
-                        i.cpus.to_string(),
-                        mib(i.memory_kib),
-                        i.cpu_model.clone(),
-                    ]],
-                )
+                    ),
+                    ("LIBVIRT", i.libvirt_version.clone()),
+                    ("ARCH", i.arch.clone()),
+                    ("CPUS", i.cpus.to_string()),
+                    ("MEMORY_MIB", mib(i.memory_kib)),
+                    ("CPU_MODEL", i.cpu_model.clone()),
+                ])
             })
         }
         HostCmd::Caps { host } => {
@@ -106,24 +87,14 @@ pub(crate) async fn run(ctx: &Ctx, cmd: HostCmd) -> Res<()> {
         HostCmd::Stats { host } => {
             let s = c.host(&host).stats().await?;
             ctx.show(&s, |s| {
-                table(
-                    &[
-                        "MEMORY_MIB",
-                        "FREE_MIB",
-                        "VMS",
-                        "ACTIVE",
-                        "VM_MEMORY_MIB",
-                        "VM_VCPUS",
-                    ],
-                    vec![vec![
-                        mib(s.memory_total_kib),
-                        mib(s.memory_free_kib),
-                        s.vms_total.to_string(),
-                        s.vms_active.to_string(),
-                        mib(s.vm_memory_kib),
-                        s.vm_vcpus.to_string(),
-                    ]],
-                )
+                record(vec![
+                    ("MEMORY_MIB", mib(s.memory_total_kib)),
+                    ("FREE_MIB", mib(s.memory_free_kib)),
+                    ("VMS", s.vms_total.to_string()),
+                    ("ACTIVE", s.vms_active.to_string()),
+                    ("VM_MEMORY_MIB", mib(s.vm_memory_kib)),
+                    ("VM_VCPUS", s.vm_vcpus.to_string()),
+                ])
             })
         }
         HostCmd::Snapshot { host } => print_json(&c.host(&host).snapshot().await?),

@@ -1,6 +1,6 @@
 //! `hostctl network ...`: virtual networks.
 
-use hostbus_client::protocol::types::{IpSpec, NetworkSpec};
+use hostbus_client::protocol::types::{IpSpec, NetworkRecord, NetworkSpec};
 
 use crate::cli::NetworkCmd;
 use crate::output::{print_json, Ctx, Res};
@@ -13,18 +13,17 @@ pub(crate) async fn run(ctx: &Ctx, cmd: NetworkCmd) -> Res<()> {
             let nets = c.host(&host).networks().await?;
             ctx.list(
                 &nets,
-                &["NAME", "ACTIVE", "FORWARD", "BRIDGE", "ADDRESS"],
-                |n| {
-                    vec![
-                        n.name.clone(),
-                        n.active.to_string(),
-                        n.forward.to_string(),
-                        n.bridge.clone().unwrap_or_default(),
+                &[
+                    ("NAME", &|n| n.name.clone()),
+                    ("ACTIVE", &|n| n.active.to_string()),
+                    ("FORWARD", &|n| n.forward.to_string()),
+                    ("BRIDGE", &|n| n.bridge.clone().unwrap_or_default()),
+                    ("ADDRESS", &|n| {
                         n.ip.as_ref()
                             .map(|i| format!("{}/{}", i.address, i.prefix))
-                            .unwrap_or_default(),
-                    ]
-                },
+                            .unwrap_or_default()
+                    }),
+                ],
             )
         }
         NetworkCmd::Get { network } => print_json(&network.on(c).get().await?),
@@ -59,17 +58,16 @@ pub(crate) async fn run(ctx: &Ctx, cmd: NetworkCmd) -> Res<()> {
                 .await?;
             ctx.show(&r, |r| outln!("network {} defined", r.name))
         }
-        NetworkCmd::Start { network } => {
-            let r = network.on(c).start().await?;
-            ctx.show(&r, |r| outln!("network {} active: {}", r.name, r.active))
-        }
-        NetworkCmd::Stop { network } => {
-            let r = network.on(c).stop().await?;
-            ctx.show(&r, |r| outln!("network {} active: {}", r.name, r.active))
-        }
+        NetworkCmd::Start { network } => active(ctx, &network.on(c).start().await?),
+        NetworkCmd::Stop { network } => active(ctx, &network.on(c).stop().await?),
         NetworkCmd::Delete { network } => {
             network.on(c).undefine().await?;
             ctx.deleted("network", &network.name)
         }
     }
+}
+
+/// What `network start` and `network stop` print: the network and whether it is now active.
+fn active(ctx: &Ctx, r: &NetworkRecord) -> Res<()> {
+    ctx.show(r, |r| outln!("network {} active: {}", r.name, r.active))
 }

@@ -85,15 +85,13 @@ impl Ctx {
         }
     }
 
-    /// A list: a JSON array, or a table with a row per item.
-    pub(crate) fn list<T: Serialize>(
-        &self,
-        items: &[T],
-        headers: &[&str],
-        row: impl Fn(&T) -> Vec<String>,
-    ) -> Res<()> {
+    /// A list: a JSON array, or a table with a row per item and a cell per
+    /// column.
+    pub(crate) fn list<T: Serialize>(&self, items: &[T], columns: &[Column<'_, T>]) -> Res<()> {
+        let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
         self.show(&items, |items| {
-            table(headers, items.iter().map(row).collect())
+            let row = |item: &T| columns.iter().map(|(_, cell)| cell(item)).collect();
+            table(&headers, items.iter().map(row).collect())
         })
     }
 
@@ -111,6 +109,16 @@ pub(crate) fn print_json<T: Serialize>(v: &T) -> Res<()> {
     let s = serde_json::to_string_pretty(v)?;
     outln!("{s}");
     Ok(())
+}
+
+/// A table column: its header, and how an item fills its cell (written
+/// side by side so a header cannot drift from its cell).
+pub(crate) type Column<'a, T> = (&'a str, &'a dyn Fn(&T) -> String);
+
+/// A one-row table from (header, cell) pairs.
+pub(crate) fn record(cells: Vec<(&str, String)>) {
+    let (headers, row): (Vec<&str>, Vec<String>) = cells.into_iter().unzip();
+    table(&headers, vec![row]);
 }
 
 /// A table with a header line, columns as wide as their widest cell.

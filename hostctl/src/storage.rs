@@ -1,6 +1,6 @@
 //! `hostctl pool ...` and `hostctl volume ...`: storage.
 
-use hostbus_client::protocol::types::{PoolKind, PoolSpec, VolumeSpec};
+use hostbus_client::protocol::types::{PoolKind, PoolRecord, PoolSpec, VolumeSpec};
 
 use crate::cli::{PoolCmd, VolumeCmd};
 use crate::output::{gib, print_json, Ctx, Res};
@@ -14,25 +14,14 @@ pub(crate) async fn pool(ctx: &Ctx, cmd: PoolCmd) -> Res<()> {
             ctx.list(
                 &pools,
                 &[
-                    "NAME",
-                    "STATE",
-                    "KIND",
-                    "VOLUMES",
-                    "CAPACITY_GIB",
-                    "AVAILABLE_GIB",
-                    "PATH",
+                    ("NAME", &|p| p.name.clone()),
+                    ("STATE", &|p| p.state.to_string()),
+                    ("KIND", &|p| p.kind.to_string()),
+                    ("VOLUMES", &|p| p.volumes.to_string()),
+                    ("CAPACITY_GIB", &|p| gib(p.capacity_bytes)),
+                    ("AVAILABLE_GIB", &|p| gib(p.available_bytes)),
+                    ("PATH", &|p| p.target_path.clone().unwrap_or_default()),
                 ],
-                |p| {
-                    vec![
-                        p.name.clone(),
-                        p.state.to_string(),
-                        p.kind.to_string(),
-                        p.volumes.to_string(),
-                        gib(p.capacity_bytes),
-                        gib(p.available_bytes),
-                        p.target_path.clone().unwrap_or_default(),
-                    ]
-                },
             )
         }
         PoolCmd::Get { pool } => print_json(&pool.on(c).get().await?),
@@ -54,14 +43,8 @@ pub(crate) async fn pool(ctx: &Ctx, cmd: PoolCmd) -> Res<()> {
                 .await?;
             ctx.show(&r, |r| outln!("pool {} defined ({})", r.name, r.state))
         }
-        PoolCmd::Start { pool } => {
-            let r = pool.on(c).start().await?;
-            ctx.show(&r, |r| outln!("pool {} is {}", r.name, r.state))
-        }
-        PoolCmd::Stop { pool } => {
-            let r = pool.on(c).stop().await?;
-            ctx.show(&r, |r| outln!("pool {} is {}", r.name, r.state))
-        }
+        PoolCmd::Start { pool } => pool_state(ctx, &pool.on(c).start().await?),
+        PoolCmd::Stop { pool } => pool_state(ctx, &pool.on(c).stop().await?),
         PoolCmd::Refresh { pool } => {
             let r = pool.on(c).refresh().await?;
             ctx.show(&r, |r| {
@@ -75,6 +58,11 @@ pub(crate) async fn pool(ctx: &Ctx, cmd: PoolCmd) -> Res<()> {
     }
 }
 
+/// What `pool start` and `pool stop` print: the pool and its state now.
+fn pool_state(ctx: &Ctx, r: &PoolRecord) -> Res<()> {
+    ctx.show(r, |r| outln!("pool {} is {}", r.name, r.state))
+}
+
 /// `hostctl volume ...`.
 pub(crate) async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Res<()> {
     let c = &ctx.client;
@@ -83,16 +71,13 @@ pub(crate) async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Res<()> {
             let vols = pool.on(c).volumes().await?;
             ctx.list(
                 &vols,
-                &["NAME", "FORMAT", "CAPACITY_GIB", "ALLOCATION_GIB", "PATH"],
-                |v| {
-                    vec![
-                        v.name.clone(),
-                        v.format.to_string(),
-                        gib(v.capacity_bytes),
-                        gib(v.allocation_bytes),
-                        v.path.clone(),
-                    ]
-                },
+                &[
+                    ("NAME", &|v| v.name.clone()),
+                    ("FORMAT", &|v| v.format.to_string()),
+                    ("CAPACITY_GIB", &|v| gib(v.capacity_bytes)),
+                    ("ALLOCATION_GIB", &|v| gib(v.allocation_bytes)),
+                    ("PATH", &|v| v.path.clone()),
+                ],
             )
         }
         VolumeCmd::Create {

@@ -17,16 +17,15 @@ pub(crate) async fn run(ctx: &Ctx, cmd: TaskCmd) -> Res<()> {
             let tasks = c.host(&host).tasks(None).await?;
             ctx.list(
                 &tasks,
-                &["ID", "COMMAND", "STATUS", "PROGRESS", "OBJECT"],
-                |t| {
-                    vec![
-                        t.id.to_string(),
-                        t.command.clone(),
-                        t.status.to_string(),
-                        format!("{}%", t.progress),
-                        t.object.as_ref().map(|o| o.id.clone()).unwrap_or_default(),
-                    ]
-                },
+                &[
+                    ("ID", &|t| t.id.to_string()),
+                    ("COMMAND", &|t| t.command.clone()),
+                    ("STATUS", &|t| t.status.to_string()),
+                    ("PROGRESS", &|t| format!("{}%", t.progress)),
+                    ("OBJECT", &|t| {
+                        t.object.as_ref().map(|o| o.id.clone()).unwrap_or_default()
+                    }),
+                ],
             )
         }
         TaskCmd::Get { host, id } => print_json(&c.host(&host).task(id).get().await?),

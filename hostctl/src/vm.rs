@@ -434,16 +434,13 @@ pub(crate) async fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Res<()> {
             let snaps = vm.on(c).snapshots().await?;
             ctx.list(
                 &snaps,
-                &["NAME", "VM_STATE", "CURRENT", "PARENT", "DESCRIPTION"],
-                |s| {
-                    vec![
-                        s.name.clone(),
-                        s.vm_power_state.to_string(),
-                        s.current.to_string(),
-                        s.parent.clone().unwrap_or_default(),
-                        s.description.clone(),
-                    ]
-                },
+                &[
+                    ("NAME", &|s| s.name.clone()),
+                    ("VM_STATE", &|s| s.vm_power_state.to_string()),
+                    ("CURRENT", &|s| s.current.to_string()),
+                    ("PARENT", &|s| s.parent.clone().unwrap_or_default()),
+                    ("DESCRIPTION", &|s| s.description.clone()),
+                ],
             )
         }
         SnapshotCmd::Create {
