@@ -362,7 +362,7 @@ impl Dispatcher {
             return Err(refuse(Error::new(
                 ErrorCode::Busy,
                 [
-                    ("object", request.plan().lock_key().unwrap_or_default()),
+                    ("object", request.lock_key().unwrap_or_default().to_owned()),
                     ("retry_after_ms", retry.to_string()),
                 ],
                 format!(

@@ -85,8 +85,8 @@ impl Inner {
         use AnyRequest as R;
         use AnyResponse as A;
         progress.check()?;
-        let (req, plan) = req.into_parts();
-        let ticket = match (plan.lock_key(), turn) {
+        let (req, _, key) = req.into_parts();
+        let ticket = match (key, turn) {
             (Some(key), Some(Turn(t))) if t.key() == key => Some(t),
             (Some(key), _) => Some(self.locks.enqueue(&key)),
             (None, _) => None,

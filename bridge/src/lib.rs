@@ -153,9 +153,8 @@ impl Bridge {
     /// target (the catalogue says which object each command works on).
     pub fn take_turn(&self, request: &Planned) -> Option<Turn> {
         request
-            .plan()
             .lock_key()
-            .map(|k| Turn(self.inner.locks.enqueue(&k)))
+            .map(|k| Turn(self.inner.locks.enqueue(k)))
     }
 
     /// Validates and runs one command synchronously, taking its turn now.
@@ -286,10 +285,7 @@ impl Bridge {
 
     /// Operations waiting for or holding the lock of the object a request works on.
     pub fn queue_depth(&self, request: &Planned) -> usize {
-        request
-            .plan()
-            .lock_key()
-            .map_or(0, |k| self.inner.locks.depth(&k))
+        request.lock_key().map_or(0, |k| self.inner.locks.depth(k))
     }
 
     /// Compares libvirt's state with the last seen now, emitting events for

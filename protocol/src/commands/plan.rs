@@ -134,6 +134,8 @@ impl Plan {
 pub struct Planned {
     request: AnyRequest,
     plan: Plan,
+    /// The plan's lock key, formatted once.
+    lock_key: Option<String>,
 }
 
 impl Planned {
@@ -141,7 +143,17 @@ impl Planned {
     pub fn new(request: AnyRequest) -> Result<Self, Error> {
         request.validate()?;
         let plan = request.plan();
-        Ok(Self { request, plan })
+        let lock_key = plan.lock_key();
+        Ok(Self {
+            request,
+            plan,
+            lock_key,
+        })
+    }
+
+    /// The key of the line it waits in (see [`Target::lock_key`]), if any.
+    pub fn lock_key(&self) -> Option<&str> {
+        self.lock_key.as_deref()
     }
 
     /// The request.
@@ -154,8 +166,8 @@ impl Planned {
         &self.plan
     }
 
-    /// The request and its plan.
-    pub fn into_parts(self) -> (AnyRequest, Plan) {
-        (self.request, self.plan)
+    /// The request, its plan and its lock key.
+    pub fn into_parts(self) -> (AnyRequest, Plan, Option<String>) {
+        (self.request, self.plan, self.lock_key)
     }
 }
