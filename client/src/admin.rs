@@ -16,11 +16,13 @@ impl Client {
     /// Declares the shared broker objects (exchanges, dead-letter queue,
     /// streams) with `settings`, as an administrator does when agents may
     /// not (docs/security.md). Objects that exist with other arguments are
-    /// left as they are and returned.
+    /// left as they are and returned. Over an agent's socket, fails with
+    /// [`ErrorKind::Unsupported`].
     pub async fn declare_topology(
         &self,
         settings: &hostbus_amqp::topology::TopologySettings,
     ) -> Result<Vec<hostbus_amqp::topology::Mismatch>, ClientError> {
+        self.broker_only("declaring the broker's objects")?;
         let session = self.session().await?;
         Ok(hostbus_amqp::topology::declare_shared(&session.conn, settings).await?)
     }
@@ -31,8 +33,10 @@ impl Client {
     /// agent announces itself again). Refused with [`ErrorKind::BadState`]
     /// while the host looks alive, unless `force`. Needs the broker
     /// permissions to delete the queue and publish `<host>.forget` on
-    /// `hostbus.presence`.
+    /// `hostbus.presence`; over an agent's socket, fails with
+    /// [`ErrorKind::Unsupported`].
     pub async fn forget_host(&self, host: &str, force: bool) -> Result<(), ClientError> {
+        self.broker_only("forgetting a host")?;
         Target::Host(host.to_owned())
             .validate()
             .map_err(|e| ClientError::from(hostbus_protocol::Error::from(e)))?;

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use hostbus_protocol::envelope::HOST_HEADER;
 use hostbus_protocol::names::Target;
-use hostbus_protocol::{Command, HeaderValue, Reply};
+use hostbus_protocol::{Command, HeaderValue};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::client::{decode_reply, Client, Mode, Pending};
+use crate::client::{decode_reply, response, Client, Mode, Pending};
 use crate::config::CallOptions;
 use crate::connection::probe;
 use crate::error::{ClientError, ErrorKind};
@@ -43,6 +43,10 @@ impl Client {
     /// expected host that did not answer is in `missing`. `timeout` bounds
     /// the whole wait and is the command's deadline.
     ///
+    /// Over an agent's socket, the fleet is the one host it serves: the
+    /// command is a call to it when `target` reaches it (`all`, its id, or
+    /// one of its labels), else the broadcast is empty.
+    ///
     /// # Cancel safety
     /// Dropping the future abandons the wait, not the command.
     pub async fn broadcast<C: Command>(
@@ -53,6 +57,25 @@ impl Client {
     ) -> Result<Broadcast<C::Response>, ClientError> {
         let presence = self.presence().await?;
         let expected = presence.expected(target);
+        if self.inner.socket.is_some() {
+            let mut replies = BTreeMap::new();
+            let mut missing = Vec::new();
+            let opts = CallOptions {
+                timeout: Some(timeout),
+                command_id: None,
+            };
+            for host in expected.alive.into_iter().chain(expected.not_alive) {
+                match self.round_trip::<C>(&host, &req, &opts, false).await {
+                    Err(e) if matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout) => {
+                        missing.push(host)
+                    }
+                    r => {
+                        replies.insert(host, r.and_then(response::<C>));
+                    }
+                }
+            }
+            return Ok(Broadcast { replies, missing });
+        }
         let id = Uuid::new_v4();
         let corr = id.to_string();
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -116,14 +139,7 @@ impl Client {
                         Some(HeaderValue::Str(h)) => h.clone(),
                         _ => continue,
                     };
-                    let value = decode_reply::<C>(&raw).and_then(|r| match r {
-                        Reply::Ok(v) => Ok(v),
-                        Reply::Error(e) => Err(e.into()),
-                        Reply::Task(t) => Err(ClientError::new(
-                            ErrorKind::Internal,
-                            format!("unexpected task {}", t.id),
-                        )),
-                    });
+                    let value = decode_reply::<C>(&raw).and_then(response::<C>);
                     waiting.remove(&host);
                     replies.insert(host, value);
                 }

@@ -1,6 +1,7 @@
 //! The call session and the call machinery: calls with deadlines, casts,
-//! asynchronous submissions. Broadcasts are in `broadcast.rs`, fleet
-//! administration in `admin.rs`.
+//! asynchronous submissions, over the broker or a local agent's socket
+//! (`socket.rs`). Broadcasts are in `broadcast.rs`, fleet administration in
+//! `admin.rs`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,9 +24,10 @@ use crate::config::{CallOptions, ClientConfig};
 use crate::connection::{lock, Connector};
 use crate::error::{ClientError, ErrorKind};
 use crate::presence::Presence;
+use crate::socket::Socket;
 
 /// Largest reply the client accepts.
-const MAX_REPLY: usize = 64 << 20;
+pub(crate) const MAX_REPLY: usize = 64 << 20;
 
 /// A raw reply: its properties and body.
 #[derive(Debug, Clone)]
@@ -61,6 +63,9 @@ pub(crate) struct Mode {
 pub(crate) struct Inner {
     pub(crate) cfg: ClientConfig,
     connector: Connector,
+    /// The local agent's socket, when the client goes through one instead
+    /// of the broker.
+    pub(crate) socket: Option<Arc<Socket>>,
     /// The live session; read without waiting on every call.
     session: std::sync::RwLock<Option<Arc<Session>>>,
     /// Held while (re)connecting, so one task reconnects and the others wait.
@@ -73,26 +78,34 @@ pub(crate) struct Inner {
     presence: tokio::sync::OnceCell<Presence>,
 }
 
-/// A connection to the bus. Cheap to clone; reconnects on its own when the
-/// broker connection is lost (calls in flight at that moment fail with
-/// [`ErrorKind::Connection`]).
+/// A connection to the bus, or to one host through its agent's socket
+/// ([`ClientConfig::socket`]). Cheap to clone; reconnects on its own when
+/// the connection is lost (calls in flight at that moment are sent again
+/// with the same command id until their deadline).
 #[derive(Clone)]
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
 }
 
 impl Client {
-    /// Connects to the first broker URL that answers.
+    /// Connects to the first broker URL that answers, or, with
+    /// [`ClientConfig::socket`] set, to the agent on that socket (opening
+    /// no broker connection).
     pub async fn connect(cfg: ClientConfig) -> Result<Self, ClientError> {
-        if cfg.urls.is_empty() {
-            return Err(ClientError::new(
-                ErrorKind::InvalidArgument,
-                "no broker URL given",
-            ));
-        }
+        let socket = match &cfg.socket {
+            Some(path) => Some(Arc::new(Socket::connect(path).await?.0)),
+            None if cfg.urls.is_empty() => {
+                return Err(ClientError::new(
+                    ErrorKind::InvalidArgument,
+                    "no broker URL given",
+                ))
+            }
+            None => None,
+        };
         let client = Self {
             inner: Arc::new(Inner {
                 connector: Connector::new(&cfg),
+                socket,
                 cfg,
                 session: std::sync::RwLock::new(None),
                 reconnecting: tokio::sync::Mutex::new(()),
@@ -101,8 +114,48 @@ impl Client {
                 presence: tokio::sync::OnceCell::new(),
             }),
         };
-        client.session().await?;
+        if client.inner.socket.is_none() {
+            client.session().await?;
+        }
         Ok(client)
+    }
+
+    /// The host the agent socket serves, when the client goes through one
+    /// ([`ClientConfig::socket`]); `None` over the broker.
+    pub fn local_host(&self) -> Option<&str> {
+        self.inner.socket.as_deref().map(Socket::host)
+    }
+
+    /// Fails with [`ErrorKind::Unsupported`] when the client goes through
+    /// a local agent's socket: `what` needs the broker.
+    pub(crate) fn broker_only(&self, what: &str) -> Result<(), ClientError> {
+        match &self.inner.socket {
+            Some(s) => Err(ClientError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{what} needs a broker; this client drives host {} through its agent socket {}",
+                    s.host(),
+                    s.path().display()
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Over a socket: refuses a call to another host than the one the
+    /// agent serves (nothing is sent).
+    fn local(&self, socket: &Socket, host: &str) -> Result<(), ClientError> {
+        if host == socket.host() {
+            return Ok(());
+        }
+        Err(ClientError::new(
+            ErrorKind::NoRoute,
+            format!(
+                "this client drives host {} through its agent socket {}; {host} is another host (a socket serves one host)",
+                socket.host(),
+                socket.path().display()
+            ),
+        ))
     }
 
     /// The configuration.
@@ -130,6 +183,7 @@ impl Client {
 
     /// The live session, (re)connecting first if there is none.
     pub(crate) async fn session(&self) -> Result<Arc<Session>, ClientError> {
+        self.broker_only("a broker session")?;
         if let Some(s) = self.live_session() {
             return Ok(s);
         }
@@ -302,11 +356,12 @@ impl Client {
     }
 
     /// Sends one command to `host` and waits for its reply. When the
-    /// broker connection is lost on the way (a broker node died, the network
-    /// broke), the command is sent again with the same command id, over a
-    /// new connection, until its deadline: the agent runs a command id at
-    /// most once and answers a repeat from its journal.
-    async fn round_trip<C: Command>(
+    /// connection is lost on the way (a broker node died, the network
+    /// broke, the agent closed its socket), the command is sent again with
+    /// the same command id, over a new connection, until its deadline: the
+    /// agent runs a command id at most once, whichever binding carries it,
+    /// and answers a repeat from its journal.
+    pub(crate) async fn round_trip<C: Command>(
         &self,
         host: &str,
         req: &C::Request,
@@ -321,17 +376,30 @@ impl Client {
         let timeout = opts.timeout.unwrap_or(self.inner.cfg.timeout);
         let deadline = now_ms() + timeout.as_millis() as u64;
         let until = tokio::time::Instant::now() + timeout;
+        if let Some(s) = &self.inner.socket {
+            self.local(s, host)?;
+        }
         let mut pause = Duration::from_millis(100);
         loop {
-            let result = self
-                .attempt::<C>(host, req, &opts, asynchronous, deadline, until)
-                .await;
+            let result = match &self.inner.socket {
+                Some(s) => {
+                    let ct = self.inner.cfg.content_type;
+                    let call = s.call::<C>(req, ct, id, deadline, asynchronous);
+                    tokio::time::timeout_at(until, call)
+                        .await
+                        .unwrap_or_else(|_| Err(no_reply::<C>(host, timeout, id)))
+                }
+                None => {
+                    self.attempt::<C>(host, req, &opts, asynchronous, deadline, until)
+                        .await
+                }
+            };
             match result {
                 Err(e)
                     if e.kind() == ErrorKind::Connection
                         && tokio::time::Instant::now() + pause < until =>
                 {
-                    tracing::info!(command = C::NAME, command_id = %id, error = %e, "broker connection lost during a call; sending it again with the same command id");
+                    tracing::info!(command = C::NAME, command_id = %id, error = %e, "connection lost during a call; sending it again with the same command id");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
@@ -380,14 +448,7 @@ impl Client {
                     ErrorKind::Connection,
                     "the broker connection was lost while waiting for the reply",
                 )),
-                Err(_) => Err(ClientError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "no reply from {host} to {} within {} ms (command id {id})",
-                        C::NAME,
-                        timeout.as_millis()
-                    ),
-                )),
+                Err(_) => Err(no_reply::<C>(host, timeout, id)),
             }
         }
         .await;
@@ -416,18 +477,7 @@ impl Client {
         req: C::Request,
         opts: &CallOptions,
     ) -> Result<C::Response, ClientError> {
-        match self.round_trip::<C>(host, &req, opts, false).await? {
-            Reply::Ok(v) => Ok(v),
-            Reply::Error(e) => Err(e.into()),
-            Reply::Task(t) => Err(ClientError::new(
-                ErrorKind::Internal,
-                format!(
-                    "{} answered with task {} to a synchronous call",
-                    C::NAME,
-                    t.id
-                ),
-            )),
-        }
+        response::<C>(self.round_trip::<C>(host, &req, opts, false).await?)
     }
 
     /// Starts command `C` on `host` as a task and returns it at once.
@@ -453,11 +503,38 @@ impl Client {
     }
 
     /// Sends command `C` to `target` without waiting for anything (a cast).
+    ///
+    /// Over an agent's socket, HTTP has no one-way message: the command is
+    /// posted to the one host if `target` reaches it (else
+    /// [`ErrorKind::NoRoute`], as for a target no queue is bound to), and
+    /// its reply is awaited and dropped, as nobody reads a cast's reply on
+    /// the bus.
     pub async fn cast<C: Command>(
         &self,
         target: &Target,
         req: C::Request,
     ) -> Result<Uuid, ClientError> {
+        if let Some(s) = &self.inner.socket {
+            let reached = self.presence().await?.expected(target);
+            if reached.alive.is_empty() && reached.not_alive.is_empty() {
+                return Err(ClientError::new(
+                    ErrorKind::NoRoute,
+                    format!(
+                        "`{}` does not reach host {}, the one its agent socket {} serves",
+                        target.routing_key(),
+                        s.host(),
+                        s.path().display()
+                    ),
+                ));
+            }
+            let id = Uuid::new_v4();
+            let opts = CallOptions {
+                command_id: Some(id),
+                ..CallOptions::default()
+            };
+            self.round_trip::<C>(s.host(), &req, &opts, false).await?;
+            return Ok(id);
+        }
         Ok(self
             .publish::<C>(target, &req, &CallOptions::default(), Mode::default())
             .await?
@@ -466,13 +543,32 @@ impl Client {
 
     /// The fleet view (started on first use: it reads what the broker
     /// remembers of every host, then follows heartbeats and announcements).
+    /// Over an agent's socket, the one host it serves, from the agent's
+    /// heartbeat (read again every heartbeat interval).
     pub async fn presence(&self) -> Result<Presence, ClientError> {
         self.inner
             .presence
-            .get_or_try_init(|| Presence::start(self.inner.connector.clone()))
+            .get_or_try_init(|| async {
+                match &self.inner.socket {
+                    Some(s) => Presence::local(s.clone()).await,
+                    None => Presence::start(self.inner.connector.clone()).await,
+                }
+            })
             .await
             .cloned()
     }
+}
+
+/// The error of a call whose reply did not come in time.
+fn no_reply<C: Command>(host: &str, timeout: Duration, id: Uuid) -> ClientError {
+    ClientError::new(
+        ErrorKind::Timeout,
+        format!(
+            "no reply from {host} to {} within {} ms (command id {id})",
+            C::NAME,
+            timeout.as_millis()
+        ),
+    )
 }
 
 fn check_confirm(target: &Target, confirm: Confirmation) -> Result<(), ClientError> {
@@ -498,6 +594,22 @@ fn check_confirm(target: &Target, confirm: Confirmation) -> Result<(), ClientErr
             ),
         )),
         _ => Ok(()),
+    }
+}
+
+/// The response of a synchronous call's reply, or its error.
+pub(crate) fn response<C: Command>(reply: Reply<C::Response>) -> Result<C::Response, ClientError> {
+    match reply {
+        Reply::Ok(v) => Ok(v),
+        Reply::Error(e) => Err(e.into()),
+        Reply::Task(t) => Err(ClientError::new(
+            ErrorKind::Internal,
+            format!(
+                "{} answered with task {} to a synchronous call",
+                C::NAME,
+                t.id
+            ),
+        )),
     }
 }
 

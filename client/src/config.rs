@@ -1,16 +1,27 @@
-//! What a client is configured with: broker URLs, TLS, deadlines, and the
-//! options of one call.
+//! What a client is configured with: broker URLs or a local agent's
+//! socket, TLS, deadlines, and the options of one call.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hostbus_protocol::ContentType;
 use uuid::Uuid;
 
-/// How to reach the broker.
+/// How to reach the hosts: through the broker, or one host through its
+/// agent's Unix socket.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// Broker URLs, tried in order (`amqp://user:pass@host:5672/%2f`, `amqps://...`).
     pub urls: Vec<String>,
+    /// A local agent's HTTP socket (`/run/hostbus/agent.sock`, docs/http.md).
+    /// When set, the client opens no broker connection and `urls`, `tls`,
+    /// `user_id` and `connect` are not used: every call goes to the one
+    /// host that agent serves (a call naming another host fails with
+    /// [`crate::ErrorKind::NoRoute`]); broker administration fails with
+    /// [`crate::ErrorKind::Unsupported`]; subscriptions start at
+    /// [`crate::StartAt::Next`] only (the agent keeps no event history).
+    /// The agent authorizes the peer by its uid and gid.
+    pub socket: Option<PathBuf>,
     /// Default deadline of a call.
     pub timeout: Duration,
     /// Encoding of requests (replies come back in the same one).
@@ -30,11 +41,22 @@ impl ClientConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             urls: vec![url.into()],
+            socket: None,
             timeout: Duration::from_secs(10),
             content_type: ContentType::MsgPack,
             user_id: None,
             tls: hostbus_amqp::Tls::default(),
             connect: hostbus_amqp::ConnectOptions::default(),
+        }
+    }
+
+    /// A configuration for a local agent's HTTP socket (no broker) with a
+    /// 10 s default deadline: see [`ClientConfig::socket`].
+    pub fn local(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            urls: Vec::new(),
+            socket: Some(socket.into()),
+            ..Self::new("")
         }
     }
 

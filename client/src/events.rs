@@ -17,6 +17,13 @@
 //! really were lost: the agent dropped them while it was cut off from the
 //! broker (its `agent.online` carries the inventory), the agent restarted
 //! (a new epoch), or the offset asked for is older than the broker keeps.
+//!
+//! Over a local agent's socket, the subscription reads the agent's event
+//! stream (`GET /v1/events`, server-sent events) through the same filter
+//! and resync rules. The agent keeps no history, so it starts at the next
+//! event only and has no [`position`](Subscription::position); each
+//! (re)connection starts with the agent's `hello` (its epoch and last
+//! sequence number), which tells whether events were missed meanwhile.
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
@@ -27,13 +34,16 @@ use futures_lite::{Stream, StreamExt};
 use hostbus_protocol::commands::{Empty, HostSnapshot};
 use hostbus_protocol::names::EVENT_STREAM;
 use hostbus_protocol::types::{Inventory, ObjectClass};
-use hostbus_protocol::{decode, Event, EventAction};
+use hostbus_protocol::{decode, ContentType, Event, EventAction};
+use http_body_util::BodyExt;
 use lapin::options::{BasicAckOptions, BasicQosOptions};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::client::Client;
 use crate::error::{ClientError, ErrorKind};
+use crate::socket::{Socket, EVENTS};
+use crate::sse;
 use crate::stream::{self, content_type, offset_of};
 
 /// Where a subscription starts reading.
@@ -153,6 +163,9 @@ impl Drop for Subscription {
     }
 }
 
+/// The largest event decoded.
+const MAX_EVENT: usize = 64 << 20;
+
 /// Whether a topic pattern (`*` one word, `#` zero or more) matches a routing key.
 pub fn topic_matches(pattern: &str, key: &str) -> bool {
     fn rec(p: &[&str], k: &[&str]) -> bool {
@@ -200,6 +213,39 @@ struct Seen {
     hosts: HashMap<String, (Uuid, u64)>,
 }
 
+/// Where an event stands against what was seen of its host.
+enum Order {
+    /// The next one (or the first seen of its host).
+    Next,
+    /// A duplicate or an old event: already reflected.
+    Old,
+    /// Events were lost before it.
+    Lost(ResyncReason),
+}
+
+impl Seen {
+    fn order(&self, host: &str, epoch: Uuid, seq: u64) -> Order {
+        match self.hosts.get(host) {
+            None => Order::Next,
+            Some((e, _)) if *e != epoch => Order::Lost(ResyncReason::NewEpoch),
+            Some((_, last)) if seq <= *last => Order::Old,
+            Some((_, last)) if seq > last + 1 => Order::Lost(ResyncReason::Gap {
+                expected: last + 1,
+                got: seq,
+            }),
+            Some(_) => Order::Next,
+        }
+    }
+}
+
+/// The first message of an agent's event stream: where the agent stands.
+#[derive(serde::Deserialize)]
+struct Hello {
+    host_id: String,
+    epoch: Uuid,
+    last_seq: u64,
+}
+
 /// What one subscription's task needs.
 struct Follow {
     client: Client,
@@ -239,26 +285,24 @@ impl Follow {
         .await
     }
 
+    /// Whether the patterns follow `host`'s events.
+    fn followed(&self, host: &str) -> bool {
+        self.patterns
+            .iter()
+            .any(|p| pattern_host(p).is_none_or(|h| h == host))
+    }
+
     /// Handles one event read at `offset`; false when the subscriber is gone.
     async fn event(&mut self, ev: Event, offset: Option<u64>) -> bool {
         let host = ev.host_id.clone();
-        let reason = match self.seen.hosts.get(&host) {
-            None => None,
-            Some((epoch, _)) if *epoch != ev.epoch => Some(ResyncReason::NewEpoch),
-            // A duplicate or an old event: already reflected.
-            Some((_, last)) if ev.seq <= *last => return true,
-            Some((_, last)) if ev.seq > last + 1 => Some(ResyncReason::Gap {
-                expected: last + 1,
-                got: ev.seq,
-            }),
-            Some(_) => None,
+        let reason = match self.seen.order(&host, ev.epoch, ev.seq) {
+            Order::Next => None,
+            Order::Old => return true,
+            Order::Lost(reason) => Some(reason),
         };
         let online = ev.class == ObjectClass::Agent && ev.action == EventAction::Online;
         let reason = reason.or(online.then_some(ResyncReason::AgentOnline));
-        let followed = self
-            .patterns
-            .iter()
-            .any(|p| pattern_host(p).is_none_or(|h| h == host));
+        let followed = self.followed(&host);
         let mut last = ev.seq;
         if let (Some(reason), true, true) = (reason, self.resync, followed) {
             let (inventory, error) = match (&ev.inventory, online) {
@@ -294,6 +338,98 @@ impl Follow {
     }
 }
 
+impl Follow {
+    /// Handles an agent's `hello` (where it stands when the stream opens):
+    /// a host seen before resyncs when it restarted or published events
+    /// this subscription did not get; false when the subscriber is gone.
+    async fn hello(&mut self, h: Hello) -> bool {
+        // As if its next event had come: the last one published was seen.
+        let order = self.seen.order(&h.host_id, h.epoch, h.last_seq + 1);
+        if matches!(order, Order::Old) {
+            return true;
+        }
+        self.seen
+            .hosts
+            .insert(h.host_id.clone(), (h.epoch, h.last_seq));
+        match order {
+            Order::Lost(reason) if self.followed(&h.host_id) => {
+                self.resync(&h.host_id, reason, None).await
+            }
+            _ => true,
+        }
+    }
+
+    /// Handles one message of an agent's event stream; false when the
+    /// subscriber is gone.
+    async fn message(&mut self, m: sse::Message) -> bool {
+        let data = m.data.as_bytes();
+        if m.event == "hello" {
+            return match decode::<Hello>(ContentType::Json, data, MAX_EVENT) {
+                Ok(h) => self.hello(h).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable hello of the agent's event stream");
+                    true
+                }
+            };
+        }
+        match decode::<Event>(ContentType::Json, data, MAX_EVENT) {
+            Ok(ev) => self.event(ev, None).await,
+            Err(e) => {
+                tracing::warn!(error = %e, event = %m.event, "undecodable event skipped");
+                true
+            }
+        }
+    }
+}
+
+/// Follows the event stream of the agent on `socket` (`first`, then a new
+/// one whenever it ends), until the subscriber is gone.
+async fn follow_socket(
+    mut follow: Follow,
+    socket: std::sync::Arc<Socket>,
+    first: hyper::Response<hyper::body::Incoming>,
+) {
+    let mut current = Some(first);
+    loop {
+        let resp = reconnect(current.take(), || socket.stream(EVENTS)).await;
+        let mut body = resp.into_body();
+        let mut parser = sse::Parser::default();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            for m in parser.push(&chunk) {
+                if !follow.message(m).await {
+                    return;
+                }
+            }
+        }
+        tracing::info!("event subscription: the agent's event stream ended; reconnecting");
+    }
+}
+
+/// `current`, else what `open` opens once it succeeds, trying again after
+/// 200 ms, then twice as long each time, up to 5 s.
+async fn reconnect<T, F>(current: Option<T>, mut open: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Result<T, ClientError>>,
+{
+    if let Some(c) = current {
+        return c;
+    }
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match open().await {
+            Ok(c) => return c,
+            Err(e) => {
+                tracing::debug!(error = %e, "event subscription: cannot reconnect yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Opens a connection and a consumer on the event stream at `from`.
 async fn open(
     client: &Client,
@@ -317,7 +453,8 @@ impl Client {
     /// matches any of `patterns` (all when empty), reading the event stream
     /// from `opts.from`. Fails at once if the broker cannot be reached or
     /// the stream does not exist; after that, the subscription reconnects
-    /// on its own.
+    /// on its own. Over an agent's socket, `opts.from` must be
+    /// [`StartAt::Next`] (else [`ErrorKind::Unsupported`]).
     pub async fn subscribe(
         &self,
         patterns: &[&str],
@@ -331,7 +468,6 @@ impl Client {
         } else {
             patterns.iter().map(|p| (*p).to_owned()).collect()
         };
-        let first = open(self, opts.from).await?;
         let (tx, rx) = mpsc::channel(64);
         let mut follow = Follow {
             client: self.clone(),
@@ -340,6 +476,26 @@ impl Client {
             tx,
             seen: Seen::default(),
         };
+        if let Some(socket) = &self.inner.socket {
+            if opts.from != StartAt::Next {
+                return Err(ClientError::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "an agent socket ({}) serves events from the next one only: the agent keeps no history ({:?} needs the broker's event stream)",
+                        socket.path().display(),
+                        opts.from
+                    ),
+                ));
+            }
+            let first = socket.stream(EVENTS).await?;
+            let task = tokio::spawn(follow_socket(follow, socket.clone(), first));
+            return Ok(Subscription {
+                rx,
+                task,
+                position: None,
+            });
+        }
+        let first = open(self, opts.from).await?;
         let task = tokio::spawn(async move {
             // The offset the next delivery should have, when known.
             let mut asked = match opts.from {
@@ -347,24 +503,10 @@ impl Client {
                 _ => None,
             };
             let mut current = Some(first);
-            let mut pause = Duration::from_millis(200);
             loop {
-                let (conn, ch, mut consumer) = match current.take() {
-                    Some(c) => c,
-                    None => {
-                        let from = asked.map_or(StartAt::Next, StartAt::Offset);
-                        match open(&follow.client, from).await {
-                            Ok(c) => c,
-                            Err(e) => {
-                                tracing::debug!(error = %e, "event subscription: cannot reconnect yet");
-                                tokio::time::sleep(pause).await;
-                                pause = (pause * 2).min(Duration::from_secs(5));
-                                continue;
-                            }
-                        }
-                    }
-                };
-                pause = Duration::from_millis(200);
+                let from = asked.map_or(StartAt::Next, StartAt::Offset);
+                let (conn, ch, mut consumer) =
+                    reconnect(current.take(), || open(&follow.client, from)).await;
                 let mut first_delivery = true;
                 let mut unacked = 0u32;
                 while let Some(d) = consumer.next().await {
@@ -406,7 +548,7 @@ impl Client {
                     if let Some(o) = offset {
                         asked = Some(o + 1);
                     }
-                    match decode::<Event>(content_type(&d), &d.data, 64 << 20) {
+                    match decode::<Event>(content_type(&d), &d.data, MAX_EVENT) {
                         Ok(ev) => {
                             if !follow.event(ev, offset).await {
                                 return;

@@ -1,6 +1,7 @@
 //! The hostbus client SDK: what a cluster manager, an event subscriber or an
-//! operator uses to drive hosts through the broker. It speaks only the wire
-//! protocol and builds without libvirt.
+//! operator uses to drive hosts through the broker, or one host through its
+//! agent's socket. It speaks only the wire protocol and builds without
+//! libvirt.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), hostbus_client::ClientError> {
@@ -19,6 +20,21 @@
 //!   presence streams), then live.
 //! * [`ClientError`]: one error type with an [`ErrorKind`].
 //!
+//! Two transports: the broker (every host of the fleet), or one host
+//! through its agent's Unix socket, with no broker at all
+//! ([`ClientConfig::local`], the HTTP binding of docs/http.md): the same
+//! calls, handles, tasks and subscriptions, for the host that agent
+//! serves.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), hostbus_client::ClientError> {
+//! use hostbus_client::{Client, ClientConfig};
+//! let client = Client::connect(ClientConfig::local("/run/hostbus/agent.sock")).await?;
+//! let host = client.local_host().unwrap_or_default();
+//! println!("{:?}", client.host(host).vms(None).await?);
+//! # Ok(()) }
+//! ```
+//!
 //! Runnable examples live in `client/examples/`.
 
 mod admin;
@@ -30,6 +46,8 @@ mod error;
 mod events;
 mod handles;
 mod presence;
+mod socket;
+mod sse;
 mod stream;
 
 pub use broadcast::Broadcast;

@@ -22,6 +22,11 @@
 //! intervals of a thousand hosts read in a fraction of the time ten would.
 //! The view then keeps following both streams, and asks again about hosts
 //! that fall silent.
+//!
+//! A client that goes through a local agent's socket has no broker to ask:
+//! its view is the one host that agent serves, from the heartbeat the
+//! agent answers with, read again every heartbeat interval
+//! ([`Presence::local`]).
 
 mod reader;
 mod state;
@@ -39,6 +44,7 @@ use uuid::Uuid;
 
 use crate::connection::{lock, probe, Connector};
 use crate::error::ClientError;
+use crate::socket::Socket;
 use reader::{Item, Reader};
 use state::{view, State};
 
@@ -245,6 +251,44 @@ impl Presence {
                                 }
                             }
                         }
+                    }
+                }
+            }
+        });
+        Ok(p)
+    }
+
+    /// The view of the one host an agent's socket serves: complete at once,
+    /// then kept up to date by reading the agent's heartbeat every interval
+    /// (a host whose agent stops answering ages to stale, then gone).
+    pub(crate) async fn local(socket: Arc<Socket>) -> Result<Self, ClientError> {
+        let hb = socket.heartbeat().await?;
+        let mut every = Duration::from_millis(u64::from(hb.interval_ms.max(1000)));
+        let mut state = State::default();
+        state.beat(hb);
+        let p = Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(state),
+                lookback: MIN_LOOKBACK,
+                ready: AtomicBool::new(true),
+                ready_changed: Notify::new(),
+            }),
+        };
+        let weak = Arc::downgrade(&p.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                match socket.heartbeat().await {
+                    Ok(hb) => {
+                        every = Duration::from_millis(u64::from(hb.interval_ms.max(1000)));
+                        let Some(inner) = weak.upgrade() else { return };
+                        lock(&inner.state).beat(hb);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "presence: no heartbeat from the agent socket")
                     }
                 }
             }
