@@ -17,15 +17,18 @@ use crate::args::{At, DiskArg, Network, Pool, Vm, VolumeAt};
 const EXIT_CODES: &str = "EXIT CODES:
   0  success
   1  other error (internal, unexpected reply)
-  2  usage error (bad flags or arguments)
+  2  usage error (bad flags or arguments), or a broker-only command
+     (admin ..., host forget) with --socket
   3  not found (host, VM, pool, volume, network, snapshot, task)
   4  refused: invalid argument, bad state, already exists, unsupported
-  5  unreachable: broker connection failed, timeout, host unavailable, busy
+  5  unreachable: broker or agent socket connection failed, timeout,
+     host unavailable, busy
   6  permission denied
   7  partial: a broadcast where some expected hosts did not answer
 
 ENVIRONMENT:
   HOSTBUS_URL         broker URL(s), comma-separated (like --url)
+  HOSTBUS_SOCKET      a local agent's socket (like --socket; wins over HOSTBUS_URL)
   HOSTBUS_TIMEOUT_MS  call deadline (like --timeout-ms)
   HOSTBUS_OUTPUT      table or json (like --output)
   HOSTBUS_CA_FILE     CA certificate for amqps:// (like --ca-file)
@@ -41,21 +44,37 @@ EXAMPLES:
   hostctl events '*.vm.*' --follow
   hostctl events 'h1.#' --from -1h
   hostctl host forget h9
-  hostctl --output json vm get h1/web01 | jq .power_state";
+  hostctl --output json vm get h1/web01 | jq .power_state
+  hostctl --socket /run/hostbus/agent.sock vm list --all   (no broker)
+  HOSTBUS_SOCKET=/run/hostbus/agent.sock hostctl vm start h1/web01";
 
 #[derive(Parser)]
-#[command(name = "hostctl", version, about = "Drive hostbus hosts through the broker.", after_help = EXIT_CODES)]
+#[command(
+    name = "hostctl",
+    version,
+    about = "Drive hostbus hosts through the broker, or one host through its agent's socket.",
+    after_help = EXIT_CODES
+)]
 pub(crate) struct Cli {
     /// Broker URL; repeat for a cluster.
     #[arg(long = "url", global = true)]
     pub(crate) urls: Vec<String>,
+    /// A local agent's HTTP socket (/run/hostbus/agent.sock): drive the
+    /// one host its agent serves, without a broker.
+    ///
+    /// No --url is needed; a --url flag overrides HOSTBUS_SOCKET and the
+    /// config file's `socket`. Every command works through it, naming that
+    /// host, except `admin ...` and `host forget`, which administer the
+    /// broker (exit 2); `events` starts at the next event only.
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "urls")]
+    pub(crate) socket: Option<PathBuf>,
     /// Call deadline in milliseconds.
     #[arg(long, global = true)]
     pub(crate) timeout_ms: Option<u64>,
     /// Output format.
     #[arg(long, short, global = true, value_enum)]
     pub(crate) output: Option<Output>,
-    /// Config file (TOML with `urls`, `timeout_ms`, `output`, `ca_file`, `cert_file`, `key_file`).
+    /// Config file (TOML with `urls`, `socket`, `timeout_ms`, `output`, `ca_file`, `cert_file`, `key_file`).
     #[arg(long, global = true)]
     pub(crate) config: Option<PathBuf>,
     /// CA certificate (PEM) for amqps:// brokers.
@@ -80,6 +99,7 @@ pub(crate) enum Output {
 
 #[derive(Subcommand)]
 pub(crate) enum Cmd {
+    // Broker-only commands are listed in `Cmd::broker_only`.
     /// Every host of the fleet, as the broker remembers it: alive, stale or
     /// gone (until forgotten).
     Hosts {
@@ -119,6 +139,18 @@ pub(crate) enum Cmd {
     Schema,
     /// Prints a shell completion script.
     Completions { shell: clap_complete::Shell },
+}
+
+impl Cmd {
+    /// The verb of a command that administers the broker, and so cannot
+    /// run through an agent's socket.
+    pub(crate) fn broker_only(&self) -> Option<&'static str> {
+        match self {
+            Cmd::Admin(AdminCmd::Setup { .. }) => Some("admin setup"),
+            Cmd::Host(HostCmd::Forget { .. }) => Some("host forget"),
+            _ => None,
+        }
+    }
 }
 
 /// `hostctl events`' arguments.

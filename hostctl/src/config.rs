@@ -15,6 +15,7 @@ use crate::output::{Failure, Res};
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     urls: Option<Vec<String>>,
+    socket: Option<PathBuf>,
     timeout_ms: Option<u64>,
     output: Option<Output>,
     ca_file: Option<PathBuf>,
@@ -50,6 +51,18 @@ pub(crate) fn load(cli: &Cli) -> Res<(ClientConfig, Output)> {
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/hostbus/hostctl.toml"))
         });
     let file = FileConfig::read(path)?;
+    // A local agent's socket instead of the broker; a --url flag wins over
+    // a socket from the environment or the file.
+    let socket = cli.socket.clone().or_else(|| {
+        if cli.urls.is_empty() {
+            std::env::var_os("HOSTBUS_SOCKET")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .or(file.socket.clone())
+        } else {
+            None
+        }
+    });
     let urls = if !cli.urls.is_empty() {
         cli.urls.clone()
     } else if let Ok(v) = std::env::var("HOSTBUS_URL") {
@@ -90,9 +103,15 @@ pub(crate) fn load(cli: &Cli) -> Res<(ClientConfig, Output)> {
     let key = pick(&cli.key_file, "HOSTBUS_KEY_FILE", &file.key_file);
     let tls = hostbus_client::Tls::load(ca.as_deref(), cert.as_deref(), key.as_deref())
         .map_err(|e| Failure::usage(e.to_string()))?;
-    let mut cfg = ClientConfig::new(urls.first().cloned().unwrap_or_default());
-    cfg.urls = urls;
-    cfg.tls = tls;
+    let mut cfg = match socket {
+        Some(path) => ClientConfig::local(path),
+        None => {
+            let mut cfg = ClientConfig::new(urls.first().cloned().unwrap_or_default());
+            cfg.urls = urls;
+            cfg.tls = tls;
+            cfg
+        }
+    };
     cfg.timeout = Duration::from_millis(timeout_ms);
     Ok((cfg, output))
 }
@@ -111,6 +130,7 @@ mod tests {
             r#"
 # the lab cluster
 urls = ["amqp://a:5672/%2f", "amqp://b:5672/%2f"]  # both nodes
+socket = "/run/hostbus/agent.sock"
 timeout_ms = 2500
 output = "json"
 ca_file = "/etc/hostbus/ca.pem"
@@ -128,6 +148,7 @@ key_file = "/etc/hostbus/me.key"
                 ][..]
             )
         );
+        assert_eq!(c.socket, Some(PathBuf::from("/run/hostbus/agent.sock")));
         assert_eq!(c.timeout_ms, Some(2500));
         assert!(c.output == Some(Output::Json));
         assert_eq!(c.key_file, Some(PathBuf::from("/etc/hostbus/me.key")));

@@ -37,7 +37,7 @@ mod task;
 mod vm;
 
 use cli::{Cli, Cmd};
-use output::{Ctx, Res};
+use output::{Ctx, Failure, Res};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -80,10 +80,16 @@ fn main() -> ExitCode {
 /// Connects and runs one command.
 async fn run(cli: Cli) -> Res<()> {
     let (cfg, output) = config::load(&cli)?;
+    if let (Some(verb), Some(socket)) = (cli.cmd.broker_only(), &cfg.socket) {
+        return Err(Failure::usage(format!(
+            "`hostctl {verb}` administers the broker, which an agent socket ({}) cannot do: run it with --url",
+            socket.display()
+        )));
+    }
     let client = Client::connect(cfg).await?;
     let ctx = Ctx { client, output };
     match cli.cmd {
-        // Answered in `main`, without a broker.
+        // Answered in `main`, without a connection.
         Cmd::Schema | Cmd::Completions { .. } => Ok(()),
         Cmd::Hosts { listen_ms } => host::hosts(&ctx, listen_ms).await,
         Cmd::Ping { host } => host::ping(&ctx, &host).await,
