@@ -1,9 +1,11 @@
 //! `hostctl` as a test runs it: a fresh process every time, as an operator
-//! or a script would.
+//! or a script would; and hostctl's verbs, so that a suite can say which
+//! it did not run.
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::agent::workspace_dir;
@@ -57,27 +59,35 @@ pub struct CtlOutput {
     pub elapsed: Duration,
 }
 
-/// Runs `hostctl` as a fresh process: against one broker URL (or none),
-/// with no user config file. One runner for every suite; the builder
-/// methods say where a suite needs something else.
+/// Runs `hostctl` as a fresh process: against one broker URL (or none, or
+/// a local agent's socket), with no user config file. One runner for every
+/// suite; the builder methods say where a suite needs something else.
+/// Clones share what [`recording`](Self::recording) notes.
 #[derive(Debug, Clone)]
 pub struct Hostctl {
     bin: Option<PathBuf>,
     url: Option<String>,
+    /// Arguments before the command's own (`--socket PATH`).
+    global: Vec<String>,
     config: String,
     removed: Vec<String>,
     logged: Option<(PathBuf, Duration)>,
+    /// The arguments of every run, when recording.
+    ran: Option<Arc<Mutex<Vec<Vec<String>>>>>,
 }
 
 impl Hostctl {
-    /// `hostctl` with `HOSTBUS_URL=url` and `HOSTCTL_CONFIG=/nonexistent`.
+    /// `hostctl` with `HOSTBUS_URL=url` and `HOSTCTL_CONFIG=/nonexistent`
+    /// (and no `HOSTBUS_SOCKET`, which would win over the URL).
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             bin: None,
             url: Some(url.into()),
+            global: Vec::new(),
             config: "/nonexistent".to_owned(),
-            removed: Vec::new(),
+            removed: vec!["HOSTBUS_SOCKET".to_owned()],
             logged: None,
+            ran: None,
         }
     }
 
@@ -93,6 +103,15 @@ impl Hostctl {
         .env_remove("HOSTBUS_CA_FILE")
         .env_remove("HOSTBUS_CERT_FILE")
         .env_remove("HOSTBUS_KEY_FILE")
+    }
+
+    /// `hostctl --socket path ...`: one host through its agent's socket,
+    /// with no broker in the environment (as [`without_url`](Self::without_url)).
+    pub fn socket(path: &Path) -> Self {
+        Self {
+            global: vec!["--socket".to_owned(), path.display().to_string()],
+            ..Self::without_url()
+        }
     }
 
     /// Runs the binary at `path` instead of the one the harness builds.
@@ -127,16 +146,63 @@ impl Hostctl {
         self
     }
 
-    /// Runs `hostctl args...` and waits for it to exit.
-    pub fn run(&self, args: &[&str]) -> CtlOutput {
+    /// Notes the arguments of every run from now on (this runner's and its
+    /// clones'), for [`verbs_not_run`](Self::verbs_not_run).
+    pub fn recording(mut self) -> Self {
+        self.ran = Some(Arc::default());
+        self
+    }
+
+    /// The hostctl verbs (see [`hostctl_verbs`]) no recorded run used.
+    pub fn verbs_not_run(&self) -> Vec<String> {
+        let ran = self
+            .ran
+            .as_ref()
+            .expect("a recording runner")
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let verbs = hostctl_verbs();
+        let used: BTreeSet<&str> = ran.iter().filter_map(|a| verb_of(verbs, a)).collect();
+        verbs
+            .iter()
+            .filter(|v| !used.contains(v.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// The command for `hostctl args...`, noted when recording.
+    fn command(&self, args: &[&str]) -> Command {
+        if let Some(ran) = &self.ran {
+            ran.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(args.iter().map(|a| (*a).to_owned()).collect());
+        }
         let mut cmd = Command::new(self.binary_path());
-        cmd.args(args).env("HOSTCTL_CONFIG", &self.config);
+        cmd.args(&self.global)
+            .args(args)
+            .env("HOSTCTL_CONFIG", &self.config);
         if let Some(url) = &self.url {
             cmd.env("HOSTBUS_URL", url);
         }
         for key in &self.removed {
             cmd.env_remove(key);
         }
+        cmd
+    }
+
+    /// Starts `hostctl args...` in the background, its output piped.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start hostctl: {e}"))
+    }
+
+    /// Runs `hostctl args...` and waits for it to exit.
+    pub fn run(&self, args: &[&str]) -> CtlOutput {
+        let mut cmd = self.command(args);
         let started = Instant::now();
         let (code, stdout, stderr) = match &self.logged {
             Some((dir, timeout)) => {
@@ -189,4 +255,53 @@ impl Hostctl {
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         self.json_with_code(0, args)
     }
+}
+
+/// hostctl's verbs (`hosts`, `vm start`, `admin setup`, ...): every path of
+/// subcommands from the root of its command tree to a leaf, read once from
+/// its `--help` (the `Commands:` section of each level).
+pub fn hostctl_verbs() -> &'static BTreeSet<String> {
+    fn walk(ctl: &Hostctl, path: &mut Vec<String>, out: &mut BTreeSet<String>) {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let help = ctl.run(&args);
+        assert_eq!(help.code, 0, "hostctl {args:?}: {}", help.stderr);
+        let subs: Vec<String> = help
+            .stdout
+            .lines()
+            .skip_while(|l| l.trim_end() != "Commands:")
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty())
+            // `  name   what it does`; deeper lines continue a description.
+            .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| *w != "help")
+            .map(str::to_owned)
+            .collect();
+        if subs.is_empty() {
+            out.insert(path.join(" "));
+        }
+        for s in subs {
+            path.push(s);
+            walk(ctl, path, out);
+            path.pop();
+        }
+    }
+    static VERBS: OnceLock<BTreeSet<String>> = OnceLock::new();
+    VERBS.get_or_init(|| {
+        let mut out = BTreeSet::new();
+        walk(&Hostctl::without_url(), &mut Vec::new(), &mut out);
+        out
+    })
+}
+
+/// The verb a run's arguments name: the longest one at the first place
+/// where one starts (after options such as `-o json`).
+fn verb_of<'a>(verbs: &'a BTreeSet<String>, args: &[String]) -> Option<&'a str> {
+    (0..args.len()).find_map(|start| {
+        (start + 1..=args.len())
+            .rev()
+            .find_map(|end| verbs.get(&args[start..end].join(" ")))
+            .map(String::as_str)
+    })
 }

@@ -22,7 +22,9 @@
 //!   types only, so the bridge's and protocol's tests include that file by
 //!   path), queue and exchange declarations ([`declare_queue`],
 //!   [`declare_topic`], [`consume_no_ack`]), one `hostctl` runner
-//!   ([`Hostctl`]) and the SDK calls of the suites ([`sdk`]).
+//!   ([`Hostctl`], which can say which of [`hostctl_verbs`] a suite did not
+//!   run), the hostctl tour of one host that the broker and socket suites
+//!   share ([`tour`]) and the SDK calls of the suites ([`sdk`]).
 //! * [`QemuHost`]: the real hypervisor of the QEMU suite (libvirtd and a
 //!   tiny guest from `scripts/qemu-setup`), its gate and its libvirtd.
 //!
@@ -63,6 +65,7 @@ mod rabbit;
 mod raw;
 pub mod sdk;
 mod specs;
+pub mod tour;
 
 pub use agent::{
     agent_binary, cargo, commands_total, metric, node_file_uri, workspace_dir, AgentBuilder,
@@ -77,7 +80,7 @@ pub use calls::{
     REPLY_LIMIT,
 };
 pub use error::{ErrorKind, HarnessError, Result};
-pub use hostctl::{hostctl_binary, CtlOutput, Hostctl};
+pub use hostctl::{hostctl_binary, hostctl_verbs, CtlOutput, Hostctl};
 pub use online::{next_online, spawn_online, ONLINE_TIMEOUT};
 pub use process::{
     free_port, group_alive, group_members, rss_kib, run_logged, stat_fields, Signal, TempDir,

@@ -3,7 +3,6 @@
 //! a dead host, an event subscription that sees another client's change, and
 //! a slow subscriber that loses events, notices the gap and resyncs.
 
-use std::process::Command;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
@@ -13,7 +12,9 @@ use hostbus_client::protocol::types::PowerState;
 use hostbus_client::protocol::EventAction;
 use hostbus_client::{Client, ClientConfig, Notification, ResyncReason, StartAt};
 use hostbus_tests::sdk::{list_group, list_vms, next_notification, subscribe, subscribe_from};
-use hostbus_tests::{node_file_uri, small_vm, watch_online, AgentProcess, Hostctl, RabbitNode};
+use hostbus_tests::{
+    node_file_uri, small_vm, tour, watch_online, AgentProcess, Hostctl, RabbitNode,
+};
 use serde_json::Value;
 
 fn hostctl_binary() -> std::path::PathBuf {
@@ -37,7 +38,7 @@ async fn hostctl_drives_every_subcommand() {
         .libvirt_uri(node_file_uri("h2"))
         .start();
     wait_online.await;
-    let ctl = Hostctl::new(&url);
+    let ctl = Hostctl::new(&url).recording();
 
     let hosts = ctl.json(&["hosts"]);
     let ids: Vec<&str> = hosts
@@ -52,12 +53,7 @@ async fn hostctl_drives_every_subcommand() {
         .expect("array")
         .iter()
         .all(|h| h["liveness"] == "alive"));
-    assert_eq!(ctl.json(&["ping", "h1"])["host"], "h1");
-    assert_eq!(ctl.json(&["host", "info", "h1"])["host_id"], "h1");
-    assert!(ctl.json(&["host", "caps", "h1"])["commands"]
-        .as_array()
-        .is_some_and(|c| c.len() > 40));
-    assert_eq!(ctl.json(&["host", "stats", "h1"])["vms_total"], 3);
+    tour::host_facts(&ctl);
     assert_eq!(
         ctl.json(&["host", "snapshot", "h2"])["vms"]
             .as_array()
@@ -79,234 +75,26 @@ async fn hostctl_drives_every_subcommand() {
         ctl.json_len(&["vm", "list", "--host", "h1", "--state", "running"]),
         Some(1)
     );
-    assert_eq!(
-        ctl.json(&["vm", "get", "h1/web01"])["power_state"],
-        "running"
-    );
-
-    let state = |args: &[&str]| {
-        ctl.json(args)["power_state"]
-            .as_str()
-            .expect("state")
-            .to_owned()
-    };
-    assert_eq!(state(&["vm", "start", "h1/db01"]), "running");
-    assert_eq!(state(&["vm", "pause", "h1/db01"]), "paused");
-    assert_eq!(state(&["vm", "resume", "h1/db01"]), "running");
-    assert_eq!(state(&["vm", "suspend", "h1/db01"]), "suspended");
-    assert_eq!(state(&["vm", "resume", "h1/db01"]), "running");
-    assert_eq!(state(&["vm", "reboot", "h1/db01"]), "running");
-    assert_eq!(state(&["vm", "reset", "h1/db01"]), "running");
-    assert_eq!(
-        state(&["vm", "shutdown", "h1/db01", "--timeout", "5"]),
-        "halted"
-    );
-    assert_eq!(state(&["vm", "start", "h1/db01", "--paused"]), "paused");
-    assert_eq!(state(&["vm", "destroy", "h1/db01"]), "halted");
-
-    let vm = ctl.json(&[
-        "vm",
-        "create",
-        "h1",
-        "--name",
-        "app01",
-        "--memory",
-        "512",
-        "--vcpus",
-        "2",
-        "--disk",
-        "default:1",
-        "--network",
-        "default",
-        "--start",
-    ]);
-    assert_eq!(
-        (vm["name"].as_str(), vm["power_state"].as_str()),
-        (Some("app01"), Some("running"))
-    );
-    assert_eq!(
-        ctl.json(&["vm", "set-memory", "h1/app01", "256"])["memory_kib"],
-        262_144
-    );
-    assert_eq!(ctl.json(&["vm", "set-vcpus", "h1/app01", "1"])["vcpus"], 1);
-    assert!(ctl.json(&["vm", "stats", "h1/app01"])["cpu_time_ns"]
-        .as_u64()
-        .is_some());
-    assert_eq!(
-        ctl.json(&[
-            "snapshot",
-            "create",
-            "h1/app01",
-            "s1",
-            "--description",
-            "first"
-        ])["name"],
-        "s1"
-    );
-    assert_eq!(ctl.json_len(&["snapshot", "list", "h1/app01"]), Some(1));
-    ctl.json(&["vm", "destroy", "h1/app01"]);
-    assert_eq!(state(&["snapshot", "revert", "h1/app01", "s1"]), "running");
-    ctl.json(&["snapshot", "delete", "h1/app01", "s1"]);
-    ctl.json(&["vm", "destroy", "h1/app01"]);
-    let disks = |vm: &serde_json::Value| vm["disks"].as_array().map(Vec::len);
-    let nics = |vm: &serde_json::Value| vm["nics"].as_array().map(Vec::len);
-    let attached = ctl.json(&[
-        "vm",
-        "attach-disk",
-        "h1/app01",
-        "default:1",
-        "--target",
-        "vdb",
-    ]);
-    assert_eq!(disks(&attached), Some(2), "{attached}");
-    assert_eq!(
-        disks(&ctl.json(&["vm", "detach-disk", "h1/app01", "vdb"])),
-        Some(1)
-    );
-    // Detaching keeps the new volume (named after the VM and target).
-    ctl.json(&["volume", "delete", "h1/default/app01-vdb.qcow2"]);
-    let mac = "52:54:00:0a:0b:0c";
-    let attached = ctl.json(&["vm", "attach-nic", "h1/app01", "default", "--mac", mac]);
-    assert_eq!(nics(&attached), Some(2), "{attached}");
-    assert_eq!(
-        nics(&ctl.json(&["vm", "detach-nic", "h1/app01", mac])),
-        Some(1)
-    );
-    ctl.json(&["vm", "delete", "h1/app01", "--remove-storage"]);
-    assert_eq!(ctl.code(&["vm", "get", "h1/app01"]), 3, "gone: not found");
-
-    assert_eq!(
-        ctl.json(&["pool", "list", "h1"]).as_array().map(Vec::len),
-        Some(2)
-    );
-    assert_eq!(ctl.json(&["pool", "get", "h1/default"])["name"], "default");
-    assert_eq!(
-        ctl.json(&[
-            "pool",
-            "create",
-            "h1",
-            "--name",
-            "scratch",
-            "--path",
-            "/var/lib/hostbus/scratch"
-        ])["state"],
-        "inactive"
-    );
-    assert_eq!(
-        ctl.json(&["pool", "start", "h1/scratch"])["state"],
-        "running"
-    );
-    ctl.json(&["pool", "refresh", "h1/scratch"]);
-    assert_eq!(
-        ctl.json(&["pool", "stop", "h1/scratch"])["state"],
-        "inactive"
-    );
-    ctl.json(&["pool", "delete", "h1/scratch"]);
-    assert_eq!(ctl.json_len(&["volume", "list", "h1/default"]), Some(3));
-    assert_eq!(
-        ctl.json(&["volume", "create", "h1/iso", "v1", "--size", "1"])["capacity_bytes"],
-        1u64 << 30
-    );
-    let resized = ctl.run(&["-o", "json", "volume", "resize", "h1/iso/v1", "--size", "2"]);
-    assert!(
-        resized.code == 0 || resized.code == 4,
-        "resize: ok, or refused as unsupported: {}",
-        resized.stderr
-    );
-    assert_eq!(
-        ctl.json(&["volume", "clone", "h1/iso/v1", "v2"])["name"],
-        "v2"
-    );
-    assert_eq!(
-        ctl.json(&["volume", "get", "h1/iso/v2"])["capacity_bytes"],
-        ctl.json(&["volume", "get", "h1/iso/v1"])["capacity_bytes"]
-    );
-    ctl.json(&["volume", "delete", "h1/iso/v2"]);
-    ctl.json(&["volume", "delete", "h1/iso/v1"]);
-
-    assert_eq!(ctl.json_len(&["network", "list", "h1"]), Some(2));
-    assert_eq!(
-        ctl.json(&["network", "get", "h1/default"])["forward"],
-        "nat"
-    );
-    let net = ctl.json(&[
-        "network",
-        "create",
-        "h1",
-        "--name",
-        "lab",
-        "--bridge",
-        "virbr9",
-        "--ip",
-        "192.168.150.1/24",
-        "--dhcp",
-        "192.168.150.10-192.168.150.99",
-    ]);
-    assert_eq!(net["ip"]["prefix"], 24);
-    assert_eq!(ctl.json(&["network", "start", "h1/lab"])["active"], true);
-    assert_eq!(ctl.json(&["network", "stop", "h1/lab"])["active"], false);
-    ctl.json(&["network", "delete", "h1/lab"]);
-
-    // Tasks: one started through the SDK, waited for and inspected with hostctl.
+    tour::vm_lifecycle(&ctl);
+    tour::vm_create_and_devices(&ctl);
+    tour::storage(&ctl);
+    tour::networks(&ctl);
     let client = Client::connect(ClientConfig::new(&url))
         .await
         .expect("client");
-    let spec = small_vm("task01", &["vda"]);
-    let task = client
-        .submit::<VmDefine>("h1", VmDefineRequest { spec })
-        .await
-        .expect("submit");
-    let id = task.id.to_string();
-    assert_eq!(ctl.json(&["task", "wait", "h1", &id])["status"], "success");
-    assert_eq!(ctl.json(&["task", "get", "h1", &id])["progress"], 100);
-    assert!(ctl
-        .json(&["task", "list", "h1"])
-        .as_array()
-        .is_some_and(|t| t.iter().any(|t| t["id"] == id.as_str())));
-    assert_eq!(
-        ctl.code(&["task", "cancel", "h1", &id]),
-        4,
-        "a finished task cannot be cancelled"
-    );
-
-    // Events: a follower sees a change made meanwhile.
-    let follower = Command::new(hostctl_binary())
-        .args([
-            "-o",
-            "json",
-            "events",
-            "h1.vm.*",
-            "--count",
-            "1",
-            "--duration-ms",
-            "20000",
-        ])
-        .env("HOSTBUS_URL", &url)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("events");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    ctl.json(&["vm", "start", "h1/batch01"]);
-    let out = tokio::task::spawn_blocking(move || follower.wait_with_output())
-        .await
-        .expect("join")
-        .expect("events output");
-    let ev: Value =
-        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap_or_default())
-            .expect("event JSON");
-    assert_eq!(
-        (ev["action"].as_str(), ev["host_id"].as_str()),
-        (Some("started"), Some("h1"))
-    );
+    tour::tasks(&ctl, &client).await;
+    let ev = tour::event_of_a_change(&ctl).await;
     assert!(
         ev["offset"].is_u64(),
         "each event carries its stream offset: {ev}"
     );
+    tour::without_connection(&ctl);
 
-    let schema: Value = serde_json::from_str(&ctl.run(&["schema"]).stdout).expect("schema JSON");
-    assert!(schema["commands"].as_array().is_some_and(|c| c.len() > 40));
-    let completions = ctl.run(&["completions", "bash"]);
-    assert!(completions.code == 0 && completions.stdout.contains("hostctl"));
+    // Broker administration: declaring the shared objects (the agents did
+    // already), and forgetting a host, refused while it is alive.
+    assert_eq!(ctl.json(&["admin", "setup"])["declared"], true);
+    let refused = ctl.run(&["host", "forget", "h1"]);
+    assert_eq!(refused.code, 4, "{}", refused.stderr);
 
     // Exit codes scripts rely on.
     assert_eq!(ctl.code(&["vm", "get", "h1/nope"]), 3);
@@ -319,6 +107,12 @@ async fn hostctl_drives_every_subcommand() {
     assert_eq!(ctl.code(&["vm", "get", "no-slash"]), 2);
     let out = ctl.run(&["--url", "amqp://guest:guest@127.0.0.1:1/%2f", "ping", "h1"]);
     assert_eq!(out.code, 5, "{}", out.stderr);
+
+    let not_run = ctl.verbs_not_run();
+    assert!(
+        not_run.is_empty(),
+        "hostctl subcommands this suite does not run: {not_run:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,156 @@
+//! `hostctl --socket` with the broker down: the host-level CLI of the
+//! design (issue 17). A real agent whose broker is unreachable serves its
+//! HTTP binding on a Unix socket; every hostctl subcommand runs once
+//! through that socket with `--output json`, and its output is parsed back
+//! (the tour of host h1 the broker suite takes too, `hostbus_tests::tour`).
+//! A subcommand of hostctl's command tree that this suite does not run
+//! fails it, so a new verb is tried without a broker too.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hostbus_client::{Client, ClientConfig, ErrorKind, StartAt, SubscribeOptions};
+use hostbus_tests::{tour, AgentProcess, Hostctl};
+
+/// A broker URL where nothing listens: the broker is down.
+const NO_BROKER: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
+
+/// Starts agent h1 (at production defaults) with its broker down and its
+/// HTTP socket in its own folder; returns it and the socket's path once
+/// the socket exists.
+fn agent_with_socket() -> (AgentProcess, PathBuf) {
+    let mut agent = AgentProcess::builder("h1", NO_BROKER)
+        .arg("--http-socket")
+        .arg("agent.sock")
+        .start();
+    let socket = agent.dir().join("agent.sock");
+    let started = Instant::now();
+    while !socket.exists() {
+        assert!(
+            agent.is_running(),
+            "the agent exited: {}",
+            agent.log_tail(40)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no socket at {} after 60 s: {}",
+            socket.display(),
+            agent.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (agent, socket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hostctl_subcommand_runs_through_the_socket_with_the_broker_down() {
+    let (agent, socket) = tokio::task::block_in_place(agent_with_socket);
+    let ctl = Hostctl::socket(&socket).recording();
+
+    // The fleet is the one host, alive.
+    let hosts = ctl.json(&["hosts"]);
+    let hosts = hosts.as_array().expect("hosts");
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    assert_eq!(
+        (hosts[0]["host_id"].as_str(), hosts[0]["liveness"].as_str()),
+        (Some("h1"), Some("alive"))
+    );
+    tour::host_facts(&ctl);
+    assert_eq!(
+        ctl.json(&["host", "snapshot", "h1"])["vms"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+
+    // `vm list` of one host; `--all` and a label reach the one host there is.
+    assert_eq!(ctl.json_len(&["vm", "list", "--host", "h1"]), Some(3));
+    let all = ctl.json(&["vm", "list", "--all"]);
+    let rows = all["vms"].as_array().expect("vms");
+    assert_eq!(rows.len(), 3, "{all}");
+    assert!(rows.iter().all(|r| r["host"] == "h1"), "{all}");
+    assert_eq!(all["missing"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        ctl.json(&["vm", "list", "--label", "gpu"])["vms"]
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "h1 has no label: a group reaches no host"
+    );
+    assert_eq!(
+        ctl.json_len(&["vm", "list", "--host", "h1", "--state", "running"]),
+        Some(1)
+    );
+    tour::vm_lifecycle(&ctl);
+    tour::vm_create_and_devices(&ctl);
+    tour::storage(&ctl);
+    tour::networks(&ctl);
+
+    // Tasks: started through the SDK over the same socket (the
+    // `x-hostbus-async` path), then read and waited for with hostctl.
+    let client = Client::connect(ClientConfig::local(&socket))
+        .await
+        .expect("client over the socket");
+    assert_eq!(client.local_host(), Some("h1"));
+    tour::tasks(&ctl, &client).await;
+
+    // Events: the agent's own stream, from the next event only.
+    let ev = tour::event_of_a_change(&ctl).await;
+    assert!(ev["seq"].as_u64().is_some_and(|s| s > 0), "{ev}");
+    assert!(ev["offset"].is_null(), "no broker stream, no offset: {ev}");
+    assert_eq!(
+        ctl.code(&["events", "--from", "first", "--count", "1"]),
+        4,
+        "the agent keeps no history"
+    );
+    let refused = client
+        .subscribe(
+            &[],
+            SubscribeOptions {
+                from: StartAt::First,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(refused, Some(ErrorKind::Unsupported));
+    tour::without_connection(&ctl);
+
+    // Broker administration cannot run through a socket: a usage error
+    // that says so, before anything is sent.
+    for verb in [&["admin", "setup"][..], &["host", "forget", "h1"]] {
+        let out = ctl.run(verb);
+        assert_eq!(out.code, 2, "{verb:?}: {}{}", out.stderr, out.stdout);
+        assert!(
+            out.stderr.contains("administers the broker") && out.stderr.contains("--url"),
+            "{verb:?}: {}",
+            out.stderr
+        );
+    }
+
+    // Exit codes: another host is not behind this socket; a missing socket
+    // is unreachable, and says where it looked.
+    let other = ctl.run(&["ping", "h9"]);
+    assert_eq!(other.code, 3, "{}", other.stderr);
+    assert!(
+        other.stderr.contains("h9 is another host"),
+        "{}",
+        other.stderr
+    );
+    assert_eq!(ctl.code(&["vm", "get", "h1/nope"]), 3);
+    let missing = agent.dir().join("nothing.sock");
+    let out = Hostctl::socket(&missing).run(&["ping", "h1"]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&missing.display().to_string()),
+        "{}",
+        out.stderr
+    );
+
+    let not_run = ctl.verbs_not_run();
+    assert!(
+        not_run.is_empty(),
+        "hostctl subcommands this suite does not run through --socket: {not_run:?}"
+    );
+}
