@@ -23,6 +23,8 @@
 //!   path), queue and exchange declarations ([`declare_queue`],
 //!   [`declare_topic`], [`consume_no_ack`]), one `hostctl` runner
 //!   ([`Hostctl`]) and the SDK calls of the suites ([`sdk`]).
+//! * [`HttpPeer`]: the agent's HTTP binding on its Unix socket, raw
+//!   (status, headers, body, server-sent events); [`Pki`]: test certificates.
 //! * [`QemuHost`]: the real hypervisor of the QEMU suite (libvirtd and a
 //!   tiny guest from `scripts/qemu-setup`), its gate and its libvirtd.
 //!
@@ -56,7 +58,9 @@ mod amqp;
 mod calls;
 mod error;
 mod hostctl;
+mod http;
 mod online;
+mod pki;
 mod process;
 mod qemu;
 mod rabbit;
@@ -78,7 +82,9 @@ pub use calls::{
 };
 pub use error::{ErrorKind, HarnessError, Result};
 pub use hostctl::{hostctl_binary, CtlOutput, Hostctl};
+pub use http::{HttpPeer, HttpReply, SseMessage, SseStream};
 pub use online::{next_online, spawn_online, ONLINE_TIMEOUT};
+pub use pki::Pki;
 pub use process::{
     free_port, group_alive, group_members, rss_kib, run_logged, stat_fields, Signal, TempDir,
 };
