@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use hostbus_bridge::{Bridge, ObjectEvent};
-use hostbus_protocol::{now_ms, EventAction, RosterAction};
+use hostbus_bridge::Bridge;
+use hostbus_protocol::{now_ms, Event, EventAction, RosterAction};
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
@@ -26,7 +26,8 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::dispatch::{Dispatcher, Policy};
+use crate::dispatch::{Caller, Dispatcher, Policy};
+use crate::feed::Feed;
 use crate::journal::Journal;
 use crate::lane::ReplyLane;
 use crate::metrics::Metrics;
@@ -73,8 +74,8 @@ struct Lanes {
     lane: ReplyLane,
 }
 
-/// The bridge's events, awaited by one session's publisher at a time.
-type Events = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<ObjectEvent>>>;
+/// The stamped events for the bus, awaited by one session's publisher at a time.
+type Events = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Event>>>;
 
 /// One running agent.
 pub struct Agent {
@@ -84,6 +85,10 @@ pub struct Agent {
     metrics: Arc<Metrics>,
     /// Host id, epoch and event sequence: the stamp on what it publishes.
     stamp: Arc<Stamp>,
+    /// Where events are numbered and handed to the bindings.
+    feed: Arc<Feed>,
+    /// The feed's bus end, taken by `run`.
+    bus_events: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
     started_at: u64,
     facts: Arc<Mutex<Facts>>,
     refreshing: Arc<AtomicBool>,
@@ -111,6 +116,7 @@ impl Agent {
             ..hostbus_bridge::Config::default()
         })?);
         let stamp = Arc::new(Stamp::new(cfg.host_id.clone()));
+        let (feed, bus_events) = Feed::new(stamp.clone());
         let journal = Arc::new(Journal::open(
             &cfg.journal_path,
             Duration::from_secs(cfg.journal_max_age_s),
@@ -141,6 +147,8 @@ impl Agent {
             dispatcher,
             metrics,
             stamp,
+            feed: Arc::new(feed),
+            bus_events: Mutex::new(Some(bus_events)),
             started_at: now_ms(),
             facts: Arc::default(),
             refreshing: Arc::default(),
@@ -161,14 +169,42 @@ impl Agent {
         let agent = Arc::new(self);
         tracing::info!(host = %agent.cfg.host_id, epoch = %agent.stamp.epoch(), libvirt = %agent.cfg.libvirt_uri, "agent starting");
         // Bridge events cross from the bridge's threads to the runtime here:
-        // the thread that saw a change pushes it onto a channel the event
-        // publisher awaits, without a thread in between. Unbounded, as the
-        // bridge must never block on it; a session drains it at its start.
-        let (ev_tx, ev_rx) = mpsc::unbounded_channel::<ObjectEvent>();
+        // the thread that saw a change numbers it and hands it to both
+        // bindings (crate::feed), without a thread in between.
+        let feed = agent.feed.clone();
         agent
             .bridge
-            .subscribe_with(Box::new(move |ev| ev_tx.send(ev).is_ok()));
-        let events = Arc::new(tokio::sync::Mutex::new(ev_rx));
+            .subscribe_with(Box::new(move |ev| feed.bridge_event(ev)));
+        let Some(bus_events) = lock(&agent.bus_events).take() else {
+            anyhow::bail!("the agent runs once");
+        };
+        let events = Arc::new(tokio::sync::Mutex::new(bus_events));
+        // The HTTP binding serves from now on, broker or not; dropping the
+        // set stops it (and removes its socket).
+        let mut http = tokio::task::JoinSet::new();
+        if let Some(settings) = agent.cfg.http()? {
+            let listeners = crate::http::bind(&settings).await?;
+            // Heartbeats over HTTP name the libvirt and hypervisor versions
+            // before any broker session has read an inventory.
+            let bridge = agent.bridge.clone();
+            if let Ok(Ok(inv)) = tokio::task::spawn_blocking(move || bridge.inventory()).await {
+                agent.note_inventory(&inv);
+            }
+            let a = agent.clone();
+            let binding = Arc::new(crate::http::HttpBinding::new(
+                agent.dispatcher.clone(),
+                agent.feed.clone(),
+                Box::new(move || a.heartbeat_now()),
+                &settings,
+                agent.cfg.concurrency as usize,
+                agent.cfg.max_payload_bytes,
+            ));
+            http.spawn(async move {
+                if let Err(e) = crate::http::serve(binding, listeners).await {
+                    tracing::error!(error = %e, "the HTTP binding stopped");
+                }
+            });
+        }
         tokio::pin!(shutdown);
         let mut attempt: u32 = 0;
         let mut first = true;
@@ -309,9 +345,10 @@ impl Agent {
             let mut rx = events.lock().await;
             while rx.try_recv().is_ok() {}
         }
-        if let Err(e) = self.announce(&publ, EventAction::Online).await {
-            return SessionEnd::lost(format!("cannot publish agent.online: {e}"));
-        }
+        let online = match self.announce(&publ, EventAction::Online).await {
+            Ok(seq) => seq,
+            Err(e) => return SessionEnd::lost(format!("cannot publish agent.online: {e}")),
+        };
         if let Err(e) = self.enroll(&publ, RosterAction::Online).await {
             return SessionEnd::lost(format!("cannot publish the roster announcement: {e}"));
         }
@@ -332,7 +369,7 @@ impl Agent {
         tracing::info!(queue = %queue, labels = ?self.cfg.labels, "serving commands");
 
         let mut background = JoinSet::new();
-        background.spawn(self.clone().publish_events(publ.clone(), events));
+        background.spawn(self.clone().publish_events(publ.clone(), events, online));
         background.spawn(self.clone().heartbeats(publ.clone()));
         {
             let journal = self.journal.clone();
@@ -384,7 +421,7 @@ impl Agent {
                         // object then run in that order.
                         let props = hostbus_amqp::from_lapin(&d.properties);
                         let deliveries = self.deliveries(&d, &props);
-                        let admission = self.dispatcher.admit(&props, &d.data, deliveries);
+                        let admission = self.dispatcher.admit(&props, &d.data, deliveries, Caller::Bus);
                         let (agent, lanes) = (self.clone(), lanes.clone());
                         inflight.spawn(async move {
                             let _permit = permit;

@@ -24,7 +24,8 @@ pub enum Role {
 }
 
 impl Role {
-    fn grants(self, access: Access) -> bool {
+    /// Whether the role may run commands of this access level.
+    pub fn grants(self, access: Access) -> bool {
         match self {
             Role::ReadOnly => access == Access::Read,
             Role::Operator => access != Access::Admin,
@@ -43,30 +44,37 @@ impl Role {
     }
 }
 
-/// Checks that `sender` may run `command`, whose access level is `access`.
+/// Checks that `sender`, a broker login, may run `command`, whose access
+/// level is `access`.
 pub fn authorize(
     roles: &BTreeMap<String, Role>,
     sender: Option<&str>,
     command: &str,
     access: Access,
 ) -> Result<(), Error> {
-    let denied = |user: &str, why: String| {
-        Error::new(
-            ErrorCode::PermissionDenied,
-            [("user", user.to_owned()), ("command", command.to_owned())],
-            why,
-        )
-    };
     let Some(user) = sender.filter(|u| !u.is_empty()) else {
         return Err(denied(
             "",
+            command,
             format!("{command} needs a user_id property (set it to your broker login)"),
         ));
     };
-    match roles.get(user) {
+    authorize_role(user, roles.get(user).copied(), command, access)
+}
+
+/// Checks that `user`, whose role is `role` (`None`: it has none), may run
+/// `command`, whose access level is `access`.
+pub fn authorize_role(
+    user: &str,
+    role: Option<Role>,
+    command: &str,
+    access: Access,
+) -> Result<(), Error> {
+    match role {
         Some(role) if role.grants(access) => Ok(()),
         Some(role) => Err(denied(
             user,
+            command,
             format!(
                 "user {user} has role {role:?}, which may not run {command} ({} access)",
                 access.as_str()
@@ -74,9 +82,18 @@ pub fn authorize(
         )),
         None => Err(denied(
             user,
+            command,
             format!("user {user} has no role on this host"),
         )),
     }
+}
+
+fn denied(user: &str, command: &str, why: String) -> Error {
+    Error::new(
+        ErrorCode::PermissionDenied,
+        [("user", user.to_owned()), ("command", command.to_owned())],
+        why,
+    )
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use serde::Deserialize;
 mod validate;
 
 /// Command-line flags. Each overrides the file and the environment.
-#[derive(Debug, Parser, Default)]
+#[derive(Debug, Clone, Parser, Default)]
 #[command(
     name = "hostbus-agent",
     version,
@@ -55,6 +55,13 @@ pub struct Flags {
     /// Address of the Prometheus metrics endpoint, e.g. `127.0.0.1:9187`; `off` disables it.
     #[arg(long)]
     pub metrics_addr: Option<String>,
+    /// Serve the HTTP binding on this Unix socket (docs/http.md).
+    #[arg(long, value_name = "PATH")]
+    pub http_socket: Option<PathBuf>,
+    /// Serve the HTTP binding on this TCP address, TLS with client
+    /// certificates (`http_tls_cert`, `http_tls_key`, `http_client_ca`).
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<String>,
     /// Runs this many simulated hosts on libvirt's test driver instead of
     /// serving this host (a fleet for load tests; docs/operations.md).
     #[arg(long, value_name = "N")]
@@ -186,6 +193,30 @@ pub struct Config {
     /// Largest AMQP frame asked of the broker, bytes; 0 takes the broker's
     /// (a URL's `?frame_max=` wins). Sets each connection's buffers.
     pub amqp_frame_max: u32,
+    /// Unix socket of the HTTP binding (docs/http.md); absent: off.
+    #[serde(default)]
+    pub http_socket: Option<PathBuf>,
+    /// File mode of `http_socket`, octal.
+    pub http_socket_mode: String,
+    /// Owner given to `http_socket`: `UID` or `UID:GID`, numeric.
+    #[serde(default)]
+    pub http_socket_owner: Option<String>,
+    /// Roles of the socket's peers, by `uid:N` or `gid:N`; empty: root and
+    /// the agent's own user are admins.
+    #[serde(default)]
+    pub http_peer_roles: BTreeMap<String, String>,
+    /// TCP address of the HTTP binding (TLS with client certificates only).
+    #[serde(default)]
+    pub http_listen: Option<String>,
+    /// The HTTP binding's certificate chain (PEM), for `http_listen`.
+    #[serde(default)]
+    pub http_tls_cert: Option<PathBuf>,
+    /// The key (PEM) of `http_tls_cert`.
+    #[serde(default)]
+    pub http_tls_key: Option<PathBuf>,
+    /// CA (PEM) that signs the HTTP binding's client certificates.
+    #[serde(default)]
+    pub http_client_ca: Option<PathBuf>,
 }
 
 /// Every field, with its environment variable and default.
@@ -227,6 +258,13 @@ const FIELDS: &[&str] = &[
     "connect_timeout_ms",
     "amqp_heartbeat_s",
     "amqp_frame_max",
+    "http_socket",
+    "http_socket_mode",
+    "http_socket_owner",
+    "http_listen",
+    "http_tls_cert",
+    "http_tls_key",
+    "http_client_ca",
 ];
 
 /// `HOSTBUS_*` variables of other hostbus programs and of the test
@@ -241,6 +279,8 @@ const FOREIGN_VARIABLES: &[&str] = &[
     "HOSTBUS_KEY_FILE",
     "HOSTBUS_CONFIG",
     "HOSTBUS_ROLES",
+    "HOSTBUS_HTTP_PEER_ROLES",
+    "HOSTBUS_SOCKET",
     "HOSTBUS_AGENT_BIN",
     "HOSTBUS_RABBITMQ_BIN_DIR",
     "HOSTBUS_BLESS",
@@ -345,6 +385,8 @@ impl Config {
             .set_default("amqp_heartbeat_s", 10)
             .map_err(map)?
             .set_default("amqp_frame_max", 0)
+            .map_err(map)?
+            .set_default("http_socket_mode", "0660")
             .map_err(map)?;
         if let Some(unknown) = env.keys().filter(|k| k.starts_with("HOSTBUS_")).find(|k| {
             !FIELDS
@@ -434,8 +476,25 @@ impl Config {
             .set_override_option("log_level", flags.log_level.clone())
             .map_err(map)?
             .set_override_option("metrics_addr", flags.metrics_addr.clone())
+            .map_err(map)?
+            .set_override_option(
+                "http_socket",
+                flags.http_socket.as_ref().map(|p| p.display().to_string()),
+            )
+            .map_err(map)?
+            .set_override_option("http_listen", flags.http_listen.clone())
             .map_err(map)?;
-        let cfg: Config = b.build().map_err(map)?.try_deserialize().map_err(map)?;
+        let mut cfg: Config = b.build().map_err(map)?.try_deserialize().map_err(map)?;
+        // Keys like `uid:0` are no configuration paths: merged here.
+        if let Some(roles) = env.get("HOSTBUS_HTTP_PEER_ROLES") {
+            for pair in roles.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (peer, role) = pair.split_once('=').ok_or_else(|| {
+                    field_error("http_peer_roles", format_args!("{pair:?} is not peer=role"))
+                })?;
+                cfg.http_peer_roles
+                    .insert(peer.trim().to_owned(), role.trim().to_owned());
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -481,6 +540,10 @@ impl Config {
         hostbus_amqp::spread(&self.broker_urls, hostbus_amqp::stable_hash(&self.host_id))
     }
 }
+
+mod http;
+
+pub use http::{HttpSettings, PeerRoles, SocketSettings, TcpSettings};
 
 #[cfg(test)]
 mod tests;

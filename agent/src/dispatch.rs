@@ -18,7 +18,7 @@ use hostbus_protocol::{
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::auth::{authorize, Role};
+use crate::auth::{authorize, authorize_role, Role};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::stamp::Stamp;
@@ -37,11 +37,20 @@ pub struct ReplyMessage {
     pub body: Vec<u8>,
 }
 
-/// The result of handling one delivery.
+/// The result of handling one command, whichever binding carried it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Handled {
-    /// The reply to publish; `None` for casts.
-    pub reply: Option<ReplyMessage>,
+    /// Where the bus replies (`None` for casts and for the HTTP binding,
+    /// which answers on its own connection).
+    pub reply_to: Option<String>,
+    /// The reply's AMQP properties (the HTTP binding copies its headers).
+    pub properties: AmqpProperties,
+    /// `ok`, `task` or `error`.
+    pub status: ReplyStatus,
+    /// The encoded reply body (a protocol `Reply`), in `content_type`.
+    pub body: Vec<u8>,
+    /// The reply's encoding.
+    pub content_type: ContentType,
     /// The command name (or `invalid` when the envelope was unreadable).
     pub command: String,
     /// `ok`, `task` or the error code.
@@ -49,6 +58,34 @@ pub struct Handled {
     /// When set, the original message goes to the dead-letter exchange with
     /// this reason: it could not be processed, or kept failing.
     pub dead_letter: Option<String>,
+}
+
+impl Handled {
+    /// The bus reply to publish, if the sender asked for one; takes the body.
+    pub fn take_reply(&mut self) -> Option<ReplyMessage> {
+        let to = self.reply_to.clone()?;
+        Some(ReplyMessage {
+            to,
+            properties: self.properties.clone(),
+            body: std::mem::take(&mut self.body),
+        })
+    }
+}
+
+/// Who sent a command, as its binding established it.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller<'a> {
+    /// A bus message: the broker-verified `user_id` property, looked up in
+    /// the roles of broker logins.
+    Bus,
+    /// A peer the binding identified itself (the HTTP binding: a Unix
+    /// socket's peer uid, a TLS client certificate) with the role it maps to.
+    Peer {
+        /// How logs and errors name the peer (`uid:1000`, a certificate CN).
+        principal: &'a str,
+        /// Its role, if it has one.
+        role: Option<Role>,
+    },
 }
 
 /// Knobs of the dispatcher.
@@ -165,8 +202,14 @@ impl Dispatcher {
     /// Handles one delivery, start to end: [`admit`](Self::admit) then
     /// [`run`](Self::run). `deliveries` counts this delivery of the message
     /// (1 the first time).
-    pub async fn handle(&self, props: &AmqpProperties, body: &[u8], deliveries: u32) -> Handled {
-        match self.admit(props, body, deliveries) {
+    pub async fn handle(
+        &self,
+        props: &AmqpProperties,
+        body: &[u8],
+        deliveries: u32,
+        caller: Caller<'_>,
+    ) -> Handled {
+        match self.admit(props, body, deliveries, caller) {
             Admission::Done(h) => h,
             Admission::Ready(a) => self.run(a).await,
         }
@@ -177,7 +220,13 @@ impl Dispatcher {
     /// the deadline, decoding, validation, backpressure, and the command's
     /// place in the line of the object it changes. Call it in the order
     /// deliveries arrive: commands on one object then run in that order.
-    pub fn admit(&self, props: &AmqpProperties, body: &[u8], deliveries: u32) -> Admission {
+    pub fn admit(
+        &self,
+        props: &AmqpProperties,
+        body: &[u8],
+        deliveries: u32,
+        caller: Caller<'_>,
+    ) -> Admission {
         let started = Instant::now();
         let in_flight = self.metrics.start();
         let env = match Envelope::from_properties(props) {
@@ -199,13 +248,13 @@ impl Dispatcher {
                     "bad envelope: `reply_to` is not a reply address the broker issued",
                 );
                 let mut h = self.refuse_bad_envelope(props, err, started);
-                h.reply = None;
+                h.reply_to = None;
                 return Admission::Done(h);
             }
         }
         let span = tracing::info_span!("command", command = %env.command, command_id = %env.command_id, host = %self.host_id);
         let _enter = span.enter();
-        match self.check(&env, body, deliveries) {
+        match self.check(&env, body, deliveries, caller) {
             Err(out) => Admission::Done(self.finish(&env, out, started)),
             Ok(request) => {
                 let id_lock = request.plan().run.changes().then(|| {
@@ -265,13 +314,12 @@ impl Dispatcher {
         let label = command_info(&env.command).map_or("unknown", |i| i.name);
         self.metrics.command(label, &out.outcome, elapsed);
         tracing::info!(outcome = %out.outcome, duration_ms = elapsed.as_secs_f64() * 1000.0, cast = env.is_cast(), "command handled");
-        let reply = env.reply_to.clone().map(|to| ReplyMessage {
-            to,
-            properties: env.reply_properties(out.status, &self.host_id, now_ms()),
-            body: out.body,
-        });
         Handled {
-            reply,
+            reply_to: env.reply_to.clone(),
+            properties: env.reply_properties(out.status, &self.host_id, now_ms()),
+            status: out.status,
+            body: out.body,
+            content_type: env.content_type,
             command: env.command.clone(),
             outcome: out.outcome,
             dead_letter: out.dead_letter,
@@ -290,24 +338,19 @@ impl Dispatcher {
             .or_else(|| props.message_id.clone())
             .unwrap_or_default();
         let dead_letter = Some(format!("{}: {}", err.code, err.message));
-        let reply = props
-            .reply_to
-            .clone()
-            .filter(|r| !r.is_empty())
-            .map(|to| ReplyMessage {
-                to,
-                properties: reply_properties(
-                    correlation,
-                    &command,
-                    ct,
-                    ReplyStatus::Error,
-                    &self.host_id,
-                    now_ms(),
-                ),
-                body: encode_reply::<Empty>(ct, &Reply::Error(err)),
-            });
         Handled {
-            reply,
+            reply_to: props.reply_to.clone().filter(|r| !r.is_empty()),
+            properties: reply_properties(
+                correlation,
+                &command,
+                ct,
+                ReplyStatus::Error,
+                &self.host_id,
+                now_ms(),
+            ),
+            status: ReplyStatus::Error,
+            body: encode_reply::<Empty>(ct, &Reply::Error(err)),
+            content_type: ct,
             command,
             outcome,
             dead_letter,
@@ -316,7 +359,13 @@ impl Dispatcher {
 
     /// The checks of [`admit`](Self::admit) after the envelope.
     #[allow(clippy::result_large_err)]
-    fn check(&self, env: &Envelope, body: &[u8], deliveries: u32) -> Result<Planned, Outcome> {
+    fn check(
+        &self,
+        env: &Envelope,
+        body: &[u8],
+        deliveries: u32,
+        caller: Caller<'_>,
+    ) -> Result<Planned, Outcome> {
         let ct = env.content_type;
         let refuse = |e: Error| {
             tracing::info!(code = %e.code, message = %e.message, "command refused");
@@ -327,12 +376,18 @@ impl Dispatcher {
             o.dead_letter = Some(format!("UNKNOWN_COMMAND: {}", env.command));
             return Err(o);
         };
-        if let Err(e) = authorize(
-            &self.policy.roles,
-            env.sender.as_deref(),
-            info.name,
-            info.access,
-        ) {
+        let authorized = match caller {
+            Caller::Bus => authorize(
+                &self.policy.roles,
+                env.sender.as_deref(),
+                info.name,
+                info.access,
+            ),
+            Caller::Peer { principal, role } => {
+                authorize_role(principal, role, info.name, info.access)
+            }
+        };
+        if let Err(e) = authorized {
             return Err(refuse(e));
         }
         let now = now_ms();

@@ -11,6 +11,8 @@
 //! * [`agent`]: sessions, topology, events, presence, reconnection, shutdown.
 //! * [`settle`]: acks, coalesced where it is safe.
 //! * [`stamp`]: the session clock (host, epoch, seq) on all that is published.
+//! * [`feed`]: the one stamping point of events, feeding both bindings.
+//! * [`http`]: the HTTP binding (docs/http.md), over the same dispatcher.
 //! * [`metrics`]: the Prometheus endpoint.
 //! * [`fleet`]: many simulated hosts in one process (`--simulate`).
 
@@ -18,7 +20,9 @@ pub mod agent;
 pub mod auth;
 pub mod config;
 pub mod dispatch;
+pub mod feed;
 pub mod fleet;
+pub mod http;
 pub mod journal;
 pub mod lane;
 pub mod metrics;

@@ -2,7 +2,7 @@
 
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::{
-    ObjectClass, PoolKind, PoolRecord, PoolState, VolumeRecord, VolumeSpec,
+    ObjectClass, PoolKind, PoolRecord, PoolSpec, PoolState, VolumeRecord, VolumeSpec,
 };
 use hostbus_protocol::{Error, ErrorCode, ValidationError};
 use uuid::Uuid;
@@ -209,7 +209,15 @@ impl Inner {
         }
         let xml = xml::pool_xml(&spec)?;
         let subject = Subject::pool(&spec.name, "define");
-        let p = self.lv(&subject, conn.define_storage_pool_xml(&xml, 0))?;
+        let defined = conn.define_storage_pool_xml(&xml, 0);
+        if let Some(e) = defined
+            .as_ref()
+            .err()
+            .and_then(|e| source_conflict(&spec, e))
+        {
+            return Err(e);
+        }
+        let p = self.lv(&subject, defined)?;
         if spec.kind == PoolKind::Dir {
             // Creates the target directory on real hosts; drivers without
             // build support (the test driver) need none.
@@ -480,4 +488,31 @@ impl Inner {
         let _ = self.pool_get(&r.pool);
         self.volume_record(&r.pool, &v)
     }
+}
+
+/// libvirt refuses a pool whose directory or source another pool already
+/// uses as an operation failure ("Storage source conflict with pool"): it
+/// is the spec that is wrong, so it is `INVALID_ARGUMENT` on the field that
+/// collides (a directory pool's target path, another kind's source).
+fn source_conflict(spec: &PoolSpec, e: &virt::error::Error) -> Option<Error> {
+    if !e.message().contains("conflict with pool") {
+        return None;
+    }
+    let field = if spec.kind == PoolKind::Dir {
+        "spec.target_path"
+    } else {
+        "spec.source"
+    };
+    Some(Error::new(
+        ErrorCode::InvalidArgument,
+        [
+            ("field", field.to_owned()),
+            ("reason", e.message().to_owned()),
+        ],
+        format!(
+            "another pool already uses this {}: {}",
+            &field[5..],
+            e.message()
+        ),
+    ))
 }

@@ -90,6 +90,26 @@ fn pools_are_listed_defined_started_refreshed_stopped_and_undefined() {
         "field",
         "spec.source",
     );
+
+    // Another pool on the `iso` pool's directory: libvirt refuses it as an
+    // operation failure ("Storage source conflict"); it is the caller's
+    // spec that is wrong, not the host (found by fuzzing the HTTP binding,
+    // where it was a 500).
+    let iso = pools[1].target_path.clone().expect("iso's path");
+    let twin = PoolSpec {
+        name: "iso-twin".into(),
+        kind: PoolKind::Dir,
+        target_path: iso,
+        source: None,
+        autostart: false,
+    };
+    refused(
+        run::<PoolDefine>(&b, PoolDefineRequest { spec: twin }),
+        "iso",
+        ErrorCode::InvalidArgument,
+        "field",
+        "spec.target_path",
+    );
 }
 
 #[test]

@@ -27,6 +27,7 @@ pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod names;
+pub mod openapi;
 pub mod reply;
 pub mod schema;
 pub mod types;

@@ -60,6 +60,7 @@ pub fn schema() -> Value {
                 "code": c.as_str(),
                 "params": c.params(),
                 "retryable": c.is_retryable(),
+                "http_status": c.http_status(),
                 "description": c.description().trim(),
             })
         })

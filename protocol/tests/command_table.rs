@@ -221,3 +221,50 @@ fn the_parser_reads_columns_by_name_and_type_names_from_code_spans() {
     assert_eq!(type_name(&t.rows[1][4]), "VmRecord");
     assert_eq!(code(&t.rows[1][1]), "vm.define");
 }
+
+/// docs/http.md's table of HTTP statuses says what `ErrorCode::http_status`
+/// does, for every code (`*_NOT_FOUND` stands for each code so named).
+#[test]
+fn the_status_table_in_http_md_matches_the_error_codes() {
+    use hostbus_protocol::ErrorCode;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/http.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/http.md");
+    let lines: Vec<&str> = doc
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("| outcome"))
+        .collect();
+    let table = first_table(&lines);
+    let mut said: BTreeMap<String, u16> = BTreeMap::new();
+    for row in &table.rows {
+        let digits: String = row[1].chars().take_while(char::is_ascii_digit).collect();
+        let status: u16 = digits
+            .parse()
+            .unwrap_or_else(|_| panic!("no status in {row:?}"));
+        for name in row[0].split(',').map(code) {
+            let named: Vec<&str> = match name.strip_prefix('*') {
+                Some(suffix) => ErrorCode::ALL
+                    .iter()
+                    .map(|c| c.as_str())
+                    .filter(|c| c.ends_with(suffix))
+                    .collect(),
+                None => vec![name],
+            };
+            for n in named {
+                assert!(said.insert(n.to_owned(), status).is_none(), "{n} twice");
+            }
+        }
+    }
+    assert_eq!(said.remove("ok"), Some(200));
+    assert_eq!(said.remove("task"), Some(202));
+    for c in ErrorCode::ALL {
+        assert_eq!(
+            said.remove(c.as_str()),
+            Some(c.http_status()),
+            "docs/http.md and ErrorCode::http_status disagree on {c}"
+        );
+    }
+    assert!(
+        said.is_empty(),
+        "docs/http.md names codes that do not exist: {said:?}"
+    );
+}

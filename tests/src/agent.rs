@@ -422,7 +422,7 @@ impl AgentProcess {
         self.metrics_addr
     }
 
-    /// The agent's metrics page (Prometheus text, headers included). Panics
+    /// The agent's metrics page (OpenMetrics text, headers included). Panics
     /// when the agent serves no metrics or does not answer: a test asking
     /// for them cannot go on without.
     pub fn metrics_text(&self) -> String {
@@ -611,12 +611,21 @@ fn stop_guard(guard: &mut Option<Child>) {
     }
 }
 
-/// The value of metric line `name` (labels included) in a metrics page, 0
-/// when absent.
+/// The value of metric line `name` (labels included, in the order the
+/// agent prints them) in a metrics page, 0 when absent. Panics on a value
+/// that is not a number: a page the helper misreads must not pass for 0.
 pub fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
+    let Some(v) = text
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0, |v| v.trim().parse::<f64>().unwrap_or(0.0) as u64)
+    else {
+        return 0;
+    };
+    let n: f64 = v
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("`{name}` has no numeric value: {v:?}"));
+    n as u64
 }
 
 /// `hostbus_commands_total` of one command and outcome in a metrics page.

@@ -25,6 +25,8 @@
 //!   ([`Hostctl`], which can say which of [`hostctl_verbs`] a suite did not
 //!   run), the hostctl tour of one host that the broker and socket suites
 //!   share ([`tour`]) and the SDK calls of the suites ([`sdk`]).
+//! * [`HttpPeer`]: the agent's HTTP binding on its Unix socket, raw
+//!   (status, headers, body, server-sent events); [`Pki`]: test certificates.
 //! * [`QemuHost`]: the real hypervisor of the QEMU suite (libvirtd and a
 //!   tiny guest from `scripts/qemu-setup`), its gate and its libvirtd.
 //!
@@ -58,7 +60,9 @@ mod amqp;
 mod calls;
 mod error;
 mod hostctl;
+mod http;
 mod online;
+mod pki;
 mod process;
 mod qemu;
 mod rabbit;
@@ -81,7 +85,9 @@ pub use calls::{
 };
 pub use error::{ErrorKind, HarnessError, Result};
 pub use hostctl::{hostctl_binary, hostctl_verbs, CtlOutput, Hostctl};
+pub use http::{HttpPeer, HttpReply, SseMessage, SseStream};
 pub use online::{next_online, spawn_online, ONLINE_TIMEOUT};
+pub use pki::Pki;
 pub use process::{
     free_port, group_alive, group_members, rss_kib, run_logged, stat_fields, Signal, TempDir,
 };

@@ -169,3 +169,59 @@ fn agent_does_not_depend_on_the_client() {
     let c = dependency_closure();
     assert_forbidden(&c, "hostbus-agent", &["hostbus-client", "hostctl"]);
 }
+
+/// The HTTP binding is thin (docs/http.md): its modules reach the host
+/// only through the dispatcher the bus binding uses too, and know neither
+/// the bridge, libvirt nor AMQP. Every `crate::` path they use is one of
+/// the shared pieces (dispatch, the event feed, roles, settings).
+#[test]
+fn the_http_binding_holds_no_host_logic() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/src/http");
+    let allowed = [
+        "crate::auth",
+        "crate::config",
+        "crate::dispatch",
+        "crate::feed",
+    ];
+    let mut files = 0;
+    let mut dispatches = false;
+    for entry in std::fs::read_dir(&dir).expect("agent/src/http") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        files += 1;
+        for forbidden in [
+            "hostbus_bridge",
+            "virt::",
+            "lapin",
+            "hostbus_amqp",
+            "spawn_blocking",
+        ] {
+            assert!(
+                !text.contains(forbidden),
+                "{} mentions {forbidden}: the binding must go through the dispatcher",
+                path.display()
+            );
+        }
+        for (at, _) in text.match_indices("crate::") {
+            let rest = &text[at..];
+            let module: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            let module = module.trim_end_matches(':');
+            assert!(
+                allowed
+                    .iter()
+                    .any(|a| module == *a || module.starts_with(&format!("{a}::"))),
+                "{} uses {module}: only {allowed:?} are shared with the binding",
+                path.display()
+            );
+        }
+        dispatches |= text.contains(".dispatcher") && text.contains(".handle(");
+    }
+    assert!(files >= 3, "the binding's modules are in agent/src/http");
+    assert!(
+        dispatches,
+        "the binding runs commands through Dispatcher::handle"
+    );
+}

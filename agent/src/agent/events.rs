@@ -67,13 +67,21 @@ impl Agent {
         Ok(())
     }
 
-    /// Publishes the bridge's events as they come, each stamped with the
-    /// next sequence number, until the stream ends or a publish fails;
-    /// returns why it stopped.
-    pub(super) async fn publish_events(self: Arc<Self>, publ: Channel, events: Events) -> String {
+    /// Publishes the feed's events as they come, until the stream ends or
+    /// a publish fails; returns why it stopped. Events numbered before
+    /// this session's `agent.online` (number `online`) are skipped: its
+    /// inventory reflects them.
+    pub(super) async fn publish_events(
+        self: Arc<Self>,
+        publ: Channel,
+        events: Events,
+        online: u64,
+    ) -> String {
         let mut rx = events.lock().await;
-        while let Some(ev) = rx.recv().await {
-            let event = self.stamp.event(ev);
+        while let Some(event) = rx.recv().await {
+            if event.seq <= online {
+                continue;
+            }
             if let Err(e) = self.send_event(&publ, &event).await {
                 return format!("cannot publish an event: {e}");
             }
@@ -96,8 +104,13 @@ impl Agent {
         Ok(())
     }
 
-    /// Publishes `agent.online` (with the full inventory) or `agent.offline`.
-    pub(super) async fn announce(&self, publ: &Channel, action: EventAction) -> anyhow::Result<()> {
+    /// Publishes `agent.online` (with the full inventory) or `agent.offline`;
+    /// returns its sequence number.
+    pub(super) async fn announce(
+        &self,
+        publ: &Channel,
+        action: EventAction,
+    ) -> anyhow::Result<u64> {
         let inventory = if action == EventAction::Online {
             let bridge = self.bridge.clone();
             match tokio::task::spawn_blocking(move || bridge.inventory()).await? {
@@ -113,10 +126,12 @@ impl Agent {
         if let Some(inv) = &inventory {
             self.note_inventory(inv);
         }
-        let event = self.stamp.announcement(action, now_ms(), inventory);
+        let event = self
+            .feed
+            .announce(|s| s.announcement(action, now_ms(), inventory));
         let seq = event.seq;
         self.send_event(publ, &event).await?;
         tracing::info!(action = %action, seq, "announced");
-        Ok(())
+        Ok(seq)
     }
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use hostbus_protocol::events::{Health, Load, Versions};
 use hostbus_protocol::names;
 use hostbus_protocol::types::{HealthStatus, Inventory};
-use hostbus_protocol::{encode, now_ms, ContentType, RosterAction, COMMANDS, PROTOCOL_VERSION};
+use hostbus_protocol::{
+    encode, now_ms, ContentType, Heartbeat, RosterAction, COMMANDS, PROTOCOL_VERSION,
+};
 use lapin::Channel;
 
 use super::{lock, Agent};
@@ -107,7 +109,9 @@ impl Agent {
         });
     }
 
-    pub(super) async fn publish_heartbeat(&self, publ: &Channel) -> anyhow::Result<()> {
+    /// The host's heartbeat as of now (load facts refreshed in the
+    /// background, for the next one).
+    pub(crate) fn heartbeat_now(&self) -> Heartbeat {
         self.refresh_facts();
         let f = lock(&self.facts).clone();
         let h = self.bridge.health();
@@ -128,7 +132,11 @@ impl Agent {
             load_avg_milli: f.load_avg_milli,
             memory_free_kib: f.memory_free_kib,
         };
-        let hb = self.stamp.heartbeat(self.presence(&f), health, load);
+        self.stamp.heartbeat(self.presence(&f), health, load)
+    }
+
+    pub(super) async fn publish_heartbeat(&self, publ: &Channel) -> anyhow::Result<()> {
+        let hb = self.heartbeat_now();
         let body = encode(ContentType::MsgPack, &hb)?;
         // A heartbeat older than three intervals is worthless: let the broker drop it.
         let props = self.message_props(

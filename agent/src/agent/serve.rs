@@ -62,7 +62,7 @@ impl Agent {
         deliveries: u32,
     ) {
         let tag = d.delivery_tag;
-        let handled = match admission {
+        let mut handled = match admission {
             Admission::Done(h) => h,
             Admission::Ready(a) => self.dispatcher.run(a).await,
         };
@@ -78,7 +78,7 @@ impl Agent {
             }
             dead = true;
         }
-        if let Some(reply) = handled.reply {
+        if let Some(reply) = handled.take_reply() {
             // A message seen before may have been redelivered because its
             // reply closed our connection: reply where that cannot happen.
             let risky = deliveries > 1 && classify_reply_to(&reply.to) == ReplyAddress::Direct;

@@ -96,6 +96,7 @@ impl Config {
             ));
         }
         self.tls()?;
+        self.http()?;
         at_least("max_deliveries", self.max_deliveries, 1)?;
         at_least("max_object_queue", self.max_object_queue, 1)?;
         at_least("dead_letter_max_length", self.dead_letter_max_length, 1)?;

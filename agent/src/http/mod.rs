@@ -1,0 +1,365 @@
+//! The HTTP binding (docs/http.md): the whole catalogue over HTTP/1.1 on a
+//! Unix socket and, optionally, TCP with TLS and client certificates.
+//!
+//! Thin by design: a request becomes the same envelope a bus message
+//! would (command, command id, deadline, async flag, content type) and goes
+//! through the same [`Dispatcher`] (roles, validation, object locks, the
+//! journal, the bridge); events come from the same [`Feed`]. This module
+//! holds no host logic and knows neither the bridge nor AMQP;
+//! `tests/tests/crate_boundaries.rs` checks what it imports.
+
+mod events;
+mod listen;
+mod tls;
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hostbus_protocol::envelope::{ASYNC_HEADER, DEADLINE_HEADER, VERSION_HEADER};
+use hostbus_protocol::{
+    decode, encode, AmqpProperties, ContentType, Error, ErrorCode, Heartbeat, Reply, ReplyStatus,
+    PROTOCOL_VERSION,
+};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::auth::{authorize_role, Role};
+use crate::config::{HttpSettings, PeerRoles};
+use crate::dispatch::{Caller, Dispatcher, Handled};
+use crate::feed::Feed;
+
+pub use listen::{bind, serve, Listeners, Remote};
+
+/// Header carrying the command id (the bus's `message_id`).
+pub use hostbus_protocol::openapi::COMMAND_ID_HEADER;
+
+/// What the binding serves with.
+pub struct HttpBinding {
+    dispatcher: Arc<Dispatcher>,
+    feed: Arc<Feed>,
+    heartbeat: Box<dyn Fn() -> Heartbeat + Send + Sync>,
+    peer_roles: PeerRoles,
+    cert_roles: std::collections::BTreeMap<String, Role>,
+    /// Commands run at once over HTTP (the bus has its own bound).
+    permits: Semaphore,
+    max_payload: usize,
+}
+
+impl HttpBinding {
+    /// A binding over the agent's dispatcher and feed; `heartbeat` says
+    /// how the host is now; at most `concurrency` commands run at once.
+    pub fn new(
+        dispatcher: Arc<Dispatcher>,
+        feed: Arc<Feed>,
+        heartbeat: Box<dyn Fn() -> Heartbeat + Send + Sync>,
+        settings: &HttpSettings,
+        concurrency: usize,
+        max_payload: usize,
+    ) -> Self {
+        Self {
+            dispatcher,
+            feed,
+            heartbeat,
+            peer_roles: settings.peer_roles.clone(),
+            cert_roles: settings.roles.clone(),
+            permits: Semaphore::new(concurrency.max(1)),
+            max_payload,
+        }
+    }
+
+    /// The peer's name and role.
+    fn peer(&self, remote: &Remote) -> (String, Option<Role>) {
+        match remote {
+            Remote::Unix {
+                uid: Some(uid),
+                gid: Some(gid),
+            } => (format!("uid:{uid}"), self.peer_roles.role(*uid, *gid)),
+            Remote::Unix { .. } => ("unknown peer".to_owned(), None),
+            Remote::Cert { cn: Some(cn) } => (cn.clone(), self.cert_roles.get(cn).copied()),
+            Remote::Cert { cn: None } => ("certificate without a CN".to_owned(), None),
+        }
+    }
+
+    /// The refusal of a peer whose role does not allow reading, if it has none.
+    fn refuse_reader(&self, remote: &Remote, what: &str) -> Option<Response> {
+        let (principal, role) = self.peer(remote);
+        authorize_role(&principal, role, what, hostbus_protocol::Access::Read)
+            .err()
+            .map(|e| error_response(ContentType::Json, e))
+    }
+}
+
+/// The binding's routes.
+pub fn router(binding: Arc<HttpBinding>) -> Router {
+    Router::new()
+        .route("/v1/commands/{command}", post(command))
+        .route("/v1/events", get(events::events))
+        .route("/v1/heartbeat", get(heartbeat))
+        .route("/v1/openapi.json", get(openapi))
+        .fallback(not_found)
+        .with_state(binding)
+}
+
+/// A protocol error as an HTTP response, in `ct`.
+fn error_response(ct: ContentType, e: Error) -> Response {
+    let status =
+        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let retry = retry_after(&e);
+    let body = encode(ct, &Reply::<()>::Error(e)).unwrap_or_default();
+    let mut r = (status, body).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct.as_str()));
+    h.insert(
+        hostbus_protocol::envelope::STATUS_HEADER,
+        HeaderValue::from_static("error"),
+    );
+    if let Some(v) = retry {
+        h.insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+/// `Retry-After`, whole seconds rounded up, for `BUSY`.
+fn retry_after(e: &Error) -> Option<HeaderValue> {
+    let ms: u64 = e.param("retry_after_ms")?.parse().ok()?;
+    Some(HeaderValue::from(ms.div_ceil(1000).max(1)))
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    error_response(
+        ContentType::Json,
+        Error::new(
+            ErrorCode::UnknownCommand,
+            [("command", uri.path().to_owned())],
+            format!("no such path: {} (see /v1/openapi.json)", uri.path()),
+        ),
+    )
+}
+
+async fn heartbeat(
+    State(b): State<Arc<HttpBinding>>,
+    ConnectInfo(remote): ConnectInfo<Remote>,
+) -> Response {
+    if let Some(r) = b.refuse_reader(&remote, "GET /v1/heartbeat") {
+        return r;
+    }
+    json_response(&(b.heartbeat)())
+}
+
+async fn openapi(
+    State(b): State<Arc<HttpBinding>>,
+    ConnectInfo(remote): ConnectInfo<Remote>,
+) -> Response {
+    if let Some(r) = b.refuse_reader(&remote, "GET /v1/openapi.json") {
+        return r;
+    }
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = TEXT.get_or_init(hostbus_protocol::openapi::openapi_text);
+    ([(header::CONTENT_TYPE, "application/json")], text.clone()).into_response()
+}
+
+fn json_response<T: serde::Serialize>(value: &T) -> Response {
+    match encode(ContentType::Json, value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => error_response(ContentType::Json, Error::internal(e)),
+    }
+}
+
+/// `POST /v1/commands/{command}`: one command through the dispatcher.
+async fn command(
+    State(b): State<Arc<HttpBinding>>,
+    ConnectInfo(remote): ConnectInfo<Remote>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    // Errors before the dispatcher are answered in the request's encoding
+    // when it is one the protocol speaks, else JSON.
+    let ct = ContentType::parse(Some(content_type.as_deref().unwrap_or("application/json")))
+        .unwrap_or(ContentType::Json);
+    let body = match read_body(body, b.max_payload).await {
+        Ok(body) => body,
+        Err(e) => return error_response(ct, e),
+    };
+    let props = match envelope(&name, content_type, &headers, ct, body.is_empty()) {
+        Ok(p) => p,
+        Err(e) => return error_response(ct, e),
+    };
+    // An empty body is the empty request.
+    let body: &[u8] = match (body.is_empty(), ct) {
+        (false, _) => &body,
+        (true, ContentType::Json) => b"{}",
+        (true, ContentType::MsgPack) => &[0x80],
+    };
+    let (principal, role) = b.peer(&remote);
+    let Ok(_permit) = b.permits.acquire().await else {
+        return error_response(ct, Error::internal("the binding is stopping"));
+    };
+    let handled = b
+        .dispatcher
+        .handle(
+            &props,
+            body,
+            1,
+            Caller::Peer {
+                principal: &principal,
+                role,
+            },
+        )
+        .await;
+    reply_response(handled)
+}
+
+/// The body, at most `limit` bytes.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
+    match axum::body::to_bytes(body, limit.saturating_add(1)).await {
+        Ok(bytes) if bytes.len() > limit => Err(too_large(bytes.len(), limit)),
+        Ok(bytes) => Ok(bytes),
+        Err(e) => {
+            let source = e.into_inner();
+            if source.is::<http_body_util::LengthLimitError>() {
+                Err(too_large(limit + 1, limit))
+            } else {
+                Err(Error::new(
+                    ErrorCode::MalformedMessage,
+                    [("reason", format!("cannot read the body: {source}"))],
+                    format!("malformed message: cannot read the body: {source}"),
+                ))
+            }
+        }
+    }
+}
+
+fn too_large(size: usize, limit: usize) -> Error {
+    Error::new(
+        ErrorCode::PayloadTooLarge,
+        [("size", size.to_string()), ("limit", limit.to_string())],
+        format!("the payload is larger than the {limit} bytes accepted"),
+    )
+}
+
+/// The envelope a bus message with these properties would have.
+fn envelope(
+    name: &str,
+    content_type: Option<String>,
+    headers: &HeaderMap,
+    ct: ContentType,
+    empty: bool,
+) -> Result<AmqpProperties, Error> {
+    let bad = |property: &str, reason: String| {
+        Error::new(
+            ErrorCode::BadEnvelope,
+            [
+                ("property", property.to_owned()),
+                ("reason", reason.clone()),
+            ],
+            format!("bad envelope: `{property}` {reason}"),
+        )
+    };
+    let text = |name: &str| -> Result<Option<String>, Error> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .map(str::to_owned)
+                    .map_err(|_| bad(name, "is not visible ASCII".to_owned()))
+            })
+            .transpose()
+    };
+    let command_id = match text(COMMAND_ID_HEADER)? {
+        Some(id) => Uuid::parse_str(id.trim())
+            .map_err(|_| bad(COMMAND_ID_HEADER, format!("is not a UUID: {id:?}")))?,
+        None => Uuid::new_v4(),
+    };
+    let mut props = AmqpProperties {
+        message_id: Some(command_id.to_string()),
+        kind: Some(name.to_owned()),
+        // Without a body, the reply is JSON unless asked otherwise.
+        content_type: Some(match content_type {
+            Some(c) => c,
+            None if empty => ct.as_str().to_owned(),
+            None => ContentType::Json.as_str().to_owned(),
+        }),
+        ..AmqpProperties::default()
+    };
+    use hostbus_protocol::HeaderValue as H;
+    if let Some(d) = text(DEADLINE_HEADER)? {
+        let ms = d.trim().parse::<i64>().map_err(|_| {
+            bad(
+                DEADLINE_HEADER,
+                format!("is not ms since the Unix epoch: {d:?}"),
+            )
+        })?;
+        props.headers.insert(DEADLINE_HEADER.to_owned(), H::Int(ms));
+    }
+    if let Some(a) = text(ASYNC_HEADER)? {
+        let on = match a.trim() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => return Err(bad(ASYNC_HEADER, format!("is not true or false: {a:?}"))),
+        };
+        props.headers.insert(ASYNC_HEADER.to_owned(), H::Bool(on));
+    }
+    // Optional here: the request line already says which API this is.
+    let version = text(VERSION_HEADER)?.unwrap_or_else(|| PROTOCOL_VERSION.to_string());
+    props
+        .headers
+        .insert(VERSION_HEADER.to_owned(), H::Str(version));
+    Ok(props)
+}
+
+/// The dispatcher's answer as an HTTP response: the same `Reply` body, a
+/// status from its outcome, the reply's headers.
+fn reply_response(h: Handled) -> Response {
+    let error = (h.status == ReplyStatus::Error)
+        .then(|| decode::<Reply<serde::de::IgnoredAny>>(h.content_type, &h.body, usize::MAX).ok())
+        .flatten()
+        .and_then(|r| match r {
+            Reply::Error(e) => Some(e),
+            _ => None,
+        });
+    let status = match h.status {
+        ReplyStatus::Ok => StatusCode::OK,
+        ReplyStatus::Task => StatusCode::ACCEPTED,
+        ReplyStatus::Error => error
+            .as_ref()
+            .and_then(|e| StatusCode::from_u16(e.code.http_status()).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+    };
+    let mut r = (status, h.body).into_response();
+    let headers = r.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(h.content_type.as_str()),
+    );
+    if let Some(id) = h
+        .properties
+        .correlation_id
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
+        headers.insert(COMMAND_ID_HEADER, id);
+    }
+    for (k, v) in &h.properties.headers {
+        if let hostbus_protocol::HeaderValue::Str(s) = v {
+            if let (Ok(k), Ok(v)) = (
+                header::HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(s),
+            ) {
+                headers.insert(k, v);
+            }
+        }
+    }
+    if let Some(v) = error.as_ref().and_then(retry_after) {
+        headers.insert(header::RETRY_AFTER, v);
+    }
+    r
+}

@@ -1,0 +1,526 @@
+//! The HTTP binding (docs/http.md) end to end, against real agents on
+//! libvirt's test driver: one command id runs once whichever binding
+//! carries it; events reach HTTP subscribers with the bus's numbers; peers
+//! are authorized by their uid and gid with the bus's roles; the TLS
+//! listener admits only certificates of its CA; bad input gets structured
+//! errors with fitting statuses while the broker is down.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::Command as Process;
+use std::time::Duration;
+
+use hostbus_protocol::commands::{
+    HostPing, Ping, VmDefine, VmDefineRequest, VmList, VmListRequest, VmStart, VmStartRequest,
+};
+use hostbus_protocol::envelope::STATUS_HEADER;
+use hostbus_protocol::names::{host_key, EVENT_EXCHANGE};
+use hostbus_protocol::{encode, now_ms, Command, ContentType, ErrorCode, EventAction, Reply};
+use hostbus_tests::{
+    command_props, event_of, small_vm, spawn_online, AgentBuilder, AgentProcess, HttpPeer, Pki,
+    RabbitNode,
+};
+use uuid::Uuid;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A broker address where nothing listens: the broker is down.
+const NO_BROKER: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
+
+/// This process's uid and gid, as the agent sees them on the socket.
+fn me() -> (u32, u32) {
+    let m = std::fs::metadata("/proc/self").expect("/proc/self");
+    (m.uid(), m.gid())
+}
+
+/// An agent builder serving HTTP on a socket in a directory of its own.
+fn with_socket(builder: AgentBuilder, dir: &std::path::Path) -> (AgentBuilder, PathBuf) {
+    let socket = dir.join("agent.sock");
+    (builder.arg("--http-socket").arg(socket.clone()), socket)
+}
+
+fn scratch(name: &str) -> hostbus_tests::TempDir {
+    hostbus_tests::TempDir::new(name).expect("temporary directory")
+}
+
+/// An agent with the broker down and the socket up, its peer roles `roles`
+/// (`uid:N=role,...`); the agent and a client of its socket.
+async fn offline_agent(
+    host: &str,
+    roles: Option<&str>,
+) -> (AgentProcess, HttpPeer, hostbus_tests::TempDir) {
+    let dir = scratch(&format!("hostbus-http-{host}"));
+    let (mut b, socket) = with_socket(AgentProcess::builder(host, NO_BROKER), dir.path());
+    if let Some(r) = roles {
+        b = b.env("HOSTBUS_HTTP_PEER_ROLES", r);
+    }
+    let agent = b.spawn().expect("agent");
+    let peer = HttpPeer::wait(&socket, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_tail(30)));
+    (agent, peer, dir)
+}
+
+fn define(name: &str) -> VmDefineRequest {
+    VmDefineRequest {
+        spec: small_vm(name, &[]),
+    }
+}
+
+async fn names_of_vms(peer: &HttpPeer) -> Vec<String> {
+    let (r, reply) = peer
+        .call::<VmList>(&VmListRequest { power_state: None }, ContentType::Json, &[])
+        .await;
+    match reply {
+        Reply::Ok(l) => l.vms.into_iter().map(|v| v.name).collect(),
+        other => panic!("vm.list: {} {other:?}", r.status),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_command_id_runs_once_across_both_bindings() {
+    let node = RabbitNode::start().expect("rabbit");
+    let dir = scratch("hostbus-http-both");
+    let (b, socket) = with_socket(AgentProcess::builder("h1", &node.amqp_url()), dir.path());
+    let (mut bus, _events, agent, _online) = spawn_online(b).await;
+    let http = HttpPeer::wait(&socket, T).await.expect("socket");
+
+    // Over the bus first, then the same id over HTTP.
+    let id = Uuid::new_v4();
+    let mut props = command_props(VmDefine::NAME, "guest", ContentType::MsgPack);
+    props.message_id = Some(id.to_string());
+    let body = encode(ContentType::MsgPack, &define("both-a")).expect("encode");
+    let first = bus
+        .call(&host_key("h1"), &props, &body, T)
+        .await
+        .expect("bus call");
+    assert_eq!(first.header_str(STATUS_HEADER), Some("ok"));
+    let (second, reply) = http
+        .call::<VmDefine>(
+            &define("both-a"),
+            ContentType::Json,
+            &[("x-hostbus-command-id", &id.to_string())],
+        )
+        .await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(
+        second.header("x-hostbus-command-id"),
+        Some(id.to_string().as_str())
+    );
+    let Reply::Ok(vm) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(vm.name, "both-a");
+
+    // Over HTTP first (MessagePack), then the same id over the bus.
+    let id = Uuid::new_v4();
+    let (r, _) = http
+        .call::<VmDefine>(
+            &define("both-b"),
+            ContentType::MsgPack,
+            &[("x-hostbus-command-id", &id.to_string())],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.header("content-type")),
+        (200, Some("application/msgpack"))
+    );
+    props.message_id = Some(id.to_string());
+    let body = encode(ContentType::MsgPack, &define("both-b")).expect("encode");
+    let again = bus
+        .call(&host_key("h1"), &props, &body, T)
+        .await
+        .expect("bus call");
+    assert_eq!(again.header_str(STATUS_HEADER), Some("ok"));
+    assert_eq!(
+        again.body, r.body,
+        "the bus gets the journal's reply to the HTTP call"
+    );
+
+    // Each ran once: a second run of a define would be ALREADY_EXISTS, and
+    // the journal answered twice.
+    let vms = names_of_vms(&http).await;
+    assert_eq!(
+        vms.iter().filter(|n| n.starts_with("both-")).count(),
+        2,
+        "{vms:?}"
+    );
+    let log = agent.log();
+    assert_eq!(
+        log.matches("duplicate command answered from the journal")
+            .count(),
+        2,
+        "{}",
+        agent.log_tail(40)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_subscribers_get_the_bus_events_with_the_same_numbers() {
+    let node = RabbitNode::start().expect("rabbit");
+    let dir = scratch("hostbus-http-events");
+    let (b, socket) = with_socket(AgentProcess::builder("h1", &node.amqp_url()), dir.path());
+    let (bus, _announcements, _agent, online) = spawn_online(b).await;
+    let mut on_bus = bus
+        .subscribe(EVENT_EXCHANGE, "h1.vm.#")
+        .await
+        .expect("subscribe");
+    let http = HttpPeer::wait(&socket, T).await.expect("socket");
+    let (mut on_http, hello) = http.events().await.expect("event stream");
+    assert_eq!(hello.event, "hello");
+    let hello: serde_json::Value = serde_json::from_str(&hello.data).expect("hello json");
+    assert_eq!(
+        hello["epoch"],
+        online.epoch.to_string(),
+        "one epoch for both bindings"
+    );
+    assert!(hello["last_seq"].as_u64() >= Some(online.seq), "{hello}");
+
+    let (_, reply) = http
+        .call::<VmDefine>(&define("ev-1"), ContentType::Json, &[])
+        .await;
+    let Reply::Ok(vm) = reply else {
+        panic!("{reply:?}")
+    };
+    let (r, _) = http
+        .call::<VmStart>(
+            &VmStartRequest {
+                uuid: vm.uuid,
+                paused: false,
+            },
+            ContentType::Json,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The same two events, in order, with the same numbers, on both.
+    for action in [EventAction::Defined, EventAction::Started] {
+        let b = event_of(&on_bus.next(T).await.expect("bus event"));
+        let h = on_http.next(T).await.expect("http event");
+        let he: hostbus_protocol::Event = serde_json::from_str(&h.data).expect("event json");
+        assert_eq!((b.action, he.action), (action, action));
+        assert_eq!(
+            (he.seq, he.epoch, he.generation),
+            (b.seq, b.epoch, b.generation)
+        );
+        assert_eq!(h.id, Some(b.seq.to_string()));
+        assert_eq!(h.event, format!("vm.{action}"));
+        assert_eq!(he.record, b.record);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_peers_get_the_role_of_their_uid_or_gid_and_nobody_else_gets_in() {
+    let (uid, gid) = me();
+    let start = |uuid| VmStartRequest {
+        uuid,
+        paused: false,
+    };
+
+    // A read-only uid reads, and changes nothing.
+    let (_a, ro, _d) = offline_agent("ro1", Some(&format!("uid:{uid}=read-only"))).await;
+    let vms = names_of_vms(&ro).await;
+    assert!(!vms.is_empty(), "the test driver's VM");
+    let (r, _) = ro
+        .call::<VmDefine>(&define("nope"), ContentType::Json, &[])
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let e = r.error();
+    assert_eq!(
+        (e.code, e.param("user")),
+        (
+            ErrorCode::PermissionDenied,
+            Some(format!("uid:{uid}").as_str())
+        )
+    );
+    let (r, _) = ro
+        .call::<VmStart>(&start(Uuid::new_v4()), ContentType::Json, &[])
+        .await;
+    assert_eq!(
+        r.status,
+        403,
+        "operate needs more than read-only: {}",
+        r.text()
+    );
+    assert!(!names_of_vms(&ro).await.contains(&"nope".to_owned()));
+    let hb = ro
+        .request("GET", "/v1/heartbeat", &[], Vec::new())
+        .await
+        .expect("heartbeat");
+    assert_eq!(hb.status, 200, "{}", hb.text());
+
+    // A gid entry: operators start VMs but define none.
+    let (_b, op, _d2) = offline_agent(
+        "op1",
+        Some(&format!(
+            "gid:{gid}=operator,uid:{}=admin",
+            uid.wrapping_add(1)
+        )),
+    )
+    .await;
+    let (r, _) = op
+        .call::<VmStart>(&start(Uuid::new_v4()), ContentType::Json, &[])
+        .await;
+    assert_eq!(
+        (r.status, r.error().code),
+        (404, ErrorCode::VmNotFound),
+        "allowed, then not found"
+    );
+    let (r, _) = op
+        .call::<VmDefine>(&define("nope"), ContentType::Json, &[])
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    // A peer with no role gets nothing at all.
+    let (_c, stranger, _d3) =
+        offline_agent("st1", Some(&format!("uid:{}=admin", uid.wrapping_add(1)))).await;
+    let (r, _) = stranger
+        .call::<HostPing>(&Ping { echo: None }, ContentType::Json, &[])
+        .await;
+    assert_eq!(
+        (r.status, r.error().code),
+        (403, ErrorCode::PermissionDenied)
+    );
+    for path in ["/v1/heartbeat", "/v1/events", "/v1/openapi.json"] {
+        let r = stranger
+            .request("GET", path, &[], Vec::new())
+            .await
+            .expect("get");
+        assert_eq!(r.status, 403, "{path}: {}", r.text());
+        assert_eq!(r.error().code, ErrorCode::PermissionDenied);
+    }
+}
+
+/// A bad request: command, extra headers, body, and the status and code it gets.
+type BadCase = (
+    &'static str,
+    Vec<(&'static str, String)>,
+    Vec<u8>,
+    u16,
+    ErrorCode,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_structured_errors_with_fitting_statuses_and_the_agent_goes_on() {
+    let (mut agent, peer, _dir) = offline_agent("bad1", None).await;
+    let json = [("content-type", "application/json")];
+    let cases: Vec<BadCase> = vec![
+        (
+            "vm.start",
+            vec![],
+            b"{not json".to_vec(),
+            400,
+            ErrorCode::MalformedMessage,
+        ),
+        (
+            "vm.start",
+            vec![],
+            b"{\"uuid\": 7}".to_vec(),
+            400,
+            ErrorCode::MalformedMessage,
+        ),
+        (
+            "vm.define",
+            vec![],
+            br#"{"spec":{"name":"","memory_kib":0,"vcpus":0}}"#.to_vec(),
+            400,
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            "no.such",
+            vec![],
+            b"{}".to_vec(),
+            404,
+            ErrorCode::UnknownCommand,
+        ),
+        (
+            "host.ping",
+            vec![("x-hostbus-command-id", "zzz".into())],
+            b"{}".to_vec(),
+            400,
+            ErrorCode::BadEnvelope,
+        ),
+        (
+            "host.ping",
+            vec![("x-hostbus-deadline", (now_ms() - 1000).to_string())],
+            b"{}".to_vec(),
+            408,
+            ErrorCode::Expired,
+        ),
+        (
+            "host.ping",
+            vec![("x-hostbus-deadline", "soon".into())],
+            b"{}".to_vec(),
+            400,
+            ErrorCode::BadEnvelope,
+        ),
+        (
+            "host.ping",
+            vec![("x-hostbus-version", "9.0".into())],
+            b"{}".to_vec(),
+            400,
+            ErrorCode::UnsupportedVersion,
+        ),
+        (
+            "host.ping",
+            vec![("x-hostbus-async", "maybe".into())],
+            b"{}".to_vec(),
+            400,
+            ErrorCode::BadEnvelope,
+        ),
+        (
+            "host.ping",
+            vec![],
+            vec![b' '; 5 << 20],
+            413,
+            ErrorCode::PayloadTooLarge,
+        ),
+    ];
+    for (command, extra, body, status, code) in cases {
+        let mut headers: Vec<(&str, &str)> = json.to_vec();
+        headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+        let r = peer
+            .request("POST", &format!("/v1/commands/{command}"), &headers, body)
+            .await
+            .expect("request");
+        assert_eq!(
+            (r.status, r.error().code),
+            (status, code),
+            "{command} {extra:?}: {}",
+            r.text()
+        );
+        assert_eq!(r.header(STATUS_HEADER), Some("error"));
+    }
+    let r = peer
+        .request(
+            "POST",
+            "/v1/commands/host.ping",
+            &[("content-type", "text/plain")],
+            b"hi".to_vec(),
+        )
+        .await
+        .expect("request");
+    assert_eq!(
+        (r.status, r.error().code),
+        (415, ErrorCode::UnsupportedContentType)
+    );
+    let r = peer
+        .request("GET", "/nowhere", &[], Vec::new())
+        .await
+        .expect("request");
+    assert_eq!(r.status, 404);
+    // A read asked to run as a task runs now; a change runs as a task.
+    let (r, reply) = peer
+        .call::<HostPing>(
+            &Ping {
+                echo: Some("x".into()),
+            },
+            ContentType::Json,
+            &[("x-hostbus-async", "true")],
+        )
+        .await;
+    assert!(
+        matches!(reply, Reply::Ok(ref p) if p.echo.as_deref() == Some("x")),
+        "{}",
+        r.text()
+    );
+    let (r, reply) = peer
+        .call::<VmDefine>(
+            &define("as-task"),
+            ContentType::Json,
+            &[("x-hostbus-async", "true")],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert!(matches!(reply, Reply::Task(_)), "{reply:?}");
+    assert!(agent.is_running(), "{}", agent.log_tail(30));
+    let (r, _) = peer
+        .call::<HostPing>(&Ping { echo: None }, ContentType::MsgPack, &[])
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_listener_admits_only_certificates_of_its_ca_with_their_cn_s_role() {
+    let pki = Pki::make();
+    pki.client("manager", "manager", "0x1003");
+    pki.client("dash", "dash", "0x1004");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let f = |n: &str| pki.file(n).display().to_string();
+    let mut agent = AgentProcess::builder("tls1", NO_BROKER)
+        .arg("--http-listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("HOSTBUS_HTTP_TLS_CERT", f("server.pem"))
+        .env("HOSTBUS_HTTP_TLS_KEY", f("server.key"))
+        .env("HOSTBUS_HTTP_CLIENT_CA", f("ca.pem"))
+        .env("HOSTBUS_ROLES", "manager=admin,dash=read-only")
+        .spawn()
+        .expect("agent");
+    agent
+        .wait_for_log("HTTP binding listening", T)
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_tail(30)));
+    let curl = |cert: Option<&str>, command: &str| {
+        let mut c = Process::new("curl");
+        c.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            &f("ca.pem"),
+            "-X",
+            "POST",
+        ])
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            "{}",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ]);
+        if let Some(name) = cert {
+            c.args([
+                "--cert",
+                &f(&format!("{name}.pem")),
+                "--key",
+                &f(&format!("{name}.key")),
+            ]);
+        }
+        let out = c
+            .arg(format!("https://localhost:{port}/v1/commands/{command}"))
+            .output()
+            .expect("run curl (is it installed?)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = curl(Some("manager"), "host.ping");
+    assert!(
+        ok && out.ends_with("\n200") && out.contains("\"tls1\""),
+        "{out}"
+    );
+    let (ok, out) = curl(Some("dash"), "vm.list");
+    assert!(ok && out.ends_with("\n200"), "{out}");
+    let (ok, out) = curl(Some("dash"), "vm.define");
+    assert!(
+        ok && out.ends_with("\n403") && out.contains("PERMISSION_DENIED"),
+        "{out}"
+    );
+    let (ok, out) = curl(Some("client"), "host.ping");
+    assert!(
+        ok && out.ends_with("\n403") && out.contains("has no role"),
+        "CN guest has no role: {out}"
+    );
+    let (ok, out) = curl(None, "host.ping");
+    assert!(!ok, "no certificate, no connection: {out}");
+    let (ok, out) = curl(Some("stranger"), "host.ping");
+    assert!(!ok, "a certificate of another CA is refused: {out}");
+    assert!(agent.is_running(), "{}", agent.log_tail(30));
+}
