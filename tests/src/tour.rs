@@ -25,9 +25,24 @@ pub fn host_facts(ctl: &Hostctl) {
     assert_eq!(ctl.json(&["host", "stats", "h1"])["vms_total"], 3);
 }
 
-/// `vm get` and every lifecycle verb on h1's db01, each answered with the
-/// VM's new power state; db01 ends halted.
-pub fn vm_lifecycle(ctl: &Hostctl) {
+/// Every verb on h1's objects: its VMs and their lifecycle, a new VM and
+/// its devices and snapshots, pools and volumes, networks.
+pub fn objects(ctl: &Hostctl) {
+    vms(ctl);
+    vm_create_and_devices(ctl);
+    storage(ctl);
+    networks(ctl);
+}
+
+/// `vm list --host h1` (with and without a state), `vm get` and every
+/// lifecycle verb on h1's db01, each answered with the VM's new power
+/// state; db01 ends halted.
+fn vms(ctl: &Hostctl) {
+    assert_eq!(ctl.json_len(&["vm", "list", "--host", "h1"]), Some(3));
+    assert_eq!(
+        ctl.json_len(&["vm", "list", "--host", "h1", "--state", "running"]),
+        Some(1)
+    );
     assert_eq!(
         ctl.json(&["vm", "get", "h1/web01"])["power_state"],
         "running"
@@ -58,7 +73,7 @@ fn power_state(ctl: &Hostctl, args: &[&str]) -> String {
 
 /// A new VM app01 on h1, from `vm create --start` to `vm delete`: its
 /// memory, vCPUs, statistics, console, snapshots, disks and NICs.
-pub fn vm_create_and_devices(ctl: &Hostctl) {
+fn vm_create_and_devices(ctl: &Hostctl) {
     let vm = ctl.json(&[
         "vm",
         "create",
@@ -151,7 +166,7 @@ pub fn vm_create_and_devices(ctl: &Hostctl) {
 }
 
 /// Every `pool` and `volume` verb on h1.
-pub fn storage(ctl: &Hostctl) {
+fn storage(ctl: &Hostctl) {
     assert_eq!(ctl.json_len(&["pool", "list", "h1"]), Some(2));
     assert_eq!(ctl.json(&["pool", "get", "h1/default"])["name"], "default");
     assert_eq!(
@@ -206,7 +221,7 @@ pub fn storage(ctl: &Hostctl) {
 }
 
 /// Every `network` verb on h1.
-pub fn networks(ctl: &Hostctl) {
+fn networks(ctl: &Hostctl) {
     assert_eq!(ctl.json_len(&["network", "list", "h1"]), Some(2));
     assert_eq!(
         ctl.json(&["network", "get", "h1/default"])["forward"],

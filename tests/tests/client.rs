@@ -61,7 +61,6 @@ async fn hostctl_drives_every_subcommand() {
         Some(3)
     );
 
-    assert_eq!(ctl.json_len(&["vm", "list", "--host", "h1"]), Some(3));
     let all = ctl.json(&["vm", "list", "--all"]);
     assert_eq!(all["vms"].as_array().map(Vec::len), Some(6));
     assert_eq!(all["missing"].as_array().map(Vec::len), Some(0));
@@ -71,14 +70,7 @@ async fn hostctl_drives_every_subcommand() {
         .expect("vms")
         .iter()
         .all(|v| v["host"] == "h1"));
-    assert_eq!(
-        ctl.json_len(&["vm", "list", "--host", "h1", "--state", "running"]),
-        Some(1)
-    );
-    tour::vm_lifecycle(&ctl);
-    tour::vm_create_and_devices(&ctl);
-    tour::storage(&ctl);
-    tour::networks(&ctl);
+    tour::objects(&ctl);
     let client = Client::connect(ClientConfig::new(&url))
         .await
         .expect("client");

@@ -63,8 +63,7 @@ async fn every_hostctl_subcommand_runs_through_the_socket_with_the_broker_down()
         Some(3)
     );
 
-    // `vm list` of one host; `--all` and a label reach the one host there is.
-    assert_eq!(ctl.json_len(&["vm", "list", "--host", "h1"]), Some(3));
+    // `vm list --all` and a label reach the one host there is.
     let all = ctl.json(&["vm", "list", "--all"]);
     let rows = all["vms"].as_array().expect("vms");
     assert_eq!(rows.len(), 3, "{all}");
@@ -77,14 +76,7 @@ async fn every_hostctl_subcommand_runs_through_the_socket_with_the_broker_down()
         Some(0),
         "h1 has no label: a group reaches no host"
     );
-    assert_eq!(
-        ctl.json_len(&["vm", "list", "--host", "h1", "--state", "running"]),
-        Some(1)
-    );
-    tour::vm_lifecycle(&ctl);
-    tour::vm_create_and_devices(&ctl);
-    tour::storage(&ctl);
-    tour::networks(&ctl);
+    tour::objects(&ctl);
 
     // Tasks: started through the SDK over the same socket (the
     // `x-hostbus-async` path), then read and waited for with hostctl.
