@@ -87,7 +87,7 @@ pub use error::{ErrorKind, HarnessError, Result};
 pub use hostctl::{hostctl_binary, hostctl_verbs, CtlOutput, Hostctl};
 pub use http::{HttpPeer, HttpReply, SseMessage, SseStream};
 pub use online::{next_online, spawn_online, ONLINE_TIMEOUT};
-pub use pki::Pki;
+pub use pki::{Pki, TlsHttpAgent};
 pub use process::{
     free_port, group_alive, group_members, rss_kib, run_logged, stat_fields, Signal, TempDir,
 };

@@ -190,3 +190,69 @@ impl Pki {
         .expect("load TLS material")
     }
 }
+
+/// An agent serving the HTTP binding over TLS with this PKI (server
+/// certificate `server`, client CA `ca`), its broker down, and its port.
+pub struct TlsHttpAgent {
+    /// The agent.
+    pub agent: crate::AgentProcess,
+    /// The TLS port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Pki {
+    /// Starts agent `host` with the TLS listener on a free port and the
+    /// bus roles `roles` (`cn=role,...`, which certificate holders get),
+    /// the broker down; returns once it listens.
+    pub fn http_agent(&self, host: &str, roles: &str) -> TlsHttpAgent {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let f = |n: &str| self.file(n).display().to_string();
+        let mut agent = crate::AgentProcess::builder(host, "amqp://guest:guest@127.0.0.1:1/%2f")
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("HOSTBUS_HTTP_TLS_CERT", f("server.pem"))
+            .env("HOSTBUS_HTTP_TLS_KEY", f("server.key"))
+            .env("HOSTBUS_HTTP_CLIENT_CA", f("ca.pem"))
+            .env("HOSTBUS_ROLES", roles)
+            .spawn()
+            .expect("agent");
+        agent
+            .wait_for_log("HTTP binding listening", std::time::Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_tail(30)));
+        TlsHttpAgent { agent, port }
+    }
+
+    /// `POST /v1/commands/<command>` with `{}` through curl on `port`,
+    /// trusting the CA, with client certificate `cert` if given: whether
+    /// curl succeeded, and the body followed by a line with the status.
+    pub fn curl(&self, port: u16, cert: Option<&str>, command: &str) -> (bool, String) {
+        let f = |n: &str| self.file(n).display().to_string();
+        let mut c = Command::new("curl");
+        c.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            &f("ca.pem"),
+            "-X",
+            "POST",
+        ])
+        .args(["-H", "content-type: application/json", "-d", "{}"])
+        .args(["-o", "-", "-w", "\n%{http_code}"]);
+        if let Some(name) = cert {
+            c.args(["--cert", &f(&format!("{name}.pem"))])
+                .args(["--key", &f(&format!("{name}.key"))]);
+        }
+        let out = c
+            .arg(format!("https://localhost:{port}/v1/commands/{command}"))
+            .output()
+            .expect("run curl (is it installed?)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}

@@ -7,7 +7,6 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::Command as Process;
 use std::time::Duration;
 
 use hostbus_protocol::commands::{
@@ -17,8 +16,8 @@ use hostbus_protocol::envelope::STATUS_HEADER;
 use hostbus_protocol::names::{host_key, EVENT_EXCHANGE};
 use hostbus_protocol::{encode, now_ms, Command, ContentType, ErrorCode, EventAction, Reply};
 use hostbus_tests::{
-    command_props, event_of, small_vm, spawn_online, AgentBuilder, AgentProcess, HttpPeer, Pki,
-    RabbitNode,
+    command_props, event_of, small_vm, spawn_online, AgentBuilder, AgentProcess, AmqpPeer,
+    HttpPeer, Pki, RabbitNode, Received,
 };
 use uuid::Uuid;
 
@@ -85,15 +84,19 @@ async fn one_command_id_runs_once_across_both_bindings() {
     let (mut bus, _events, agent, _online) = spawn_online(b).await;
     let http = HttpPeer::wait(&socket, T).await.expect("socket");
 
+    // `vm.define` of `name` with command id `id` over the bus.
+    async fn bus_define(bus: &mut AmqpPeer, id: Uuid, name: &str) -> Received {
+        let mut props = command_props(VmDefine::NAME, "guest", ContentType::MsgPack);
+        props.message_id = Some(id.to_string());
+        let body = encode(ContentType::MsgPack, &define(name)).expect("encode");
+        bus.call(&host_key("h1"), &props, &body, T)
+            .await
+            .expect("bus call")
+    }
+
     // Over the bus first, then the same id over HTTP.
     let id = Uuid::new_v4();
-    let mut props = command_props(VmDefine::NAME, "guest", ContentType::MsgPack);
-    props.message_id = Some(id.to_string());
-    let body = encode(ContentType::MsgPack, &define("both-a")).expect("encode");
-    let first = bus
-        .call(&host_key("h1"), &props, &body, T)
-        .await
-        .expect("bus call");
+    let first = bus_define(&mut bus, id, "both-a").await;
     assert_eq!(first.header_str(STATUS_HEADER), Some("ok"));
     let (second, reply) = http
         .call::<VmDefine>(
@@ -125,12 +128,7 @@ async fn one_command_id_runs_once_across_both_bindings() {
         (r.status, r.header("content-type")),
         (200, Some("application/msgpack"))
     );
-    props.message_id = Some(id.to_string());
-    let body = encode(ContentType::MsgPack, &define("both-b")).expect("encode");
-    let again = bus
-        .call(&host_key("h1"), &props, &body, T)
-        .await
-        .expect("bus call");
+    let again = bus_define(&mut bus, id, "both-b").await;
     assert_eq!(again.header_str(STATUS_HEADER), Some("ok"));
     assert_eq!(
         again.body, r.body,
@@ -446,61 +444,8 @@ async fn the_tls_listener_admits_only_certificates_of_its_ca_with_their_cn_s_rol
     let pki = Pki::make();
     pki.client("manager", "manager", "0x1003");
     pki.client("dash", "dash", "0x1004");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        l.local_addr().expect("addr").port()
-    };
-    let f = |n: &str| pki.file(n).display().to_string();
-    let mut agent = AgentProcess::builder("tls1", NO_BROKER)
-        .arg("--http-listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("HOSTBUS_HTTP_TLS_CERT", f("server.pem"))
-        .env("HOSTBUS_HTTP_TLS_KEY", f("server.key"))
-        .env("HOSTBUS_HTTP_CLIENT_CA", f("ca.pem"))
-        .env("HOSTBUS_ROLES", "manager=admin,dash=read-only")
-        .spawn()
-        .expect("agent");
-    agent
-        .wait_for_log("HTTP binding listening", T)
-        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_tail(30)));
-    let curl = |cert: Option<&str>, command: &str| {
-        let mut c = Process::new("curl");
-        c.args([
-            "-sS",
-            "--max-time",
-            "10",
-            "--cacert",
-            &f("ca.pem"),
-            "-X",
-            "POST",
-        ])
-        .args([
-            "-H",
-            "content-type: application/json",
-            "-d",
-            "{}",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-        ]);
-        if let Some(name) = cert {
-            c.args([
-                "--cert",
-                &f(&format!("{name}.pem")),
-                "--key",
-                &f(&format!("{name}.key")),
-            ]);
-        }
-        let out = c
-            .arg(format!("https://localhost:{port}/v1/commands/{command}"))
-            .output()
-            .expect("run curl (is it installed?)");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let mut tls = pki.http_agent("tls1", "manager=admin,dash=read-only");
+    let curl = |cert: Option<&str>, command: &str| pki.curl(tls.port, cert, command);
     let (ok, out) = curl(Some("manager"), "host.ping");
     assert!(
         ok && out.ends_with("\n200") && out.contains("\"tls1\""),
@@ -522,5 +467,5 @@ async fn the_tls_listener_admits_only_certificates_of_its_ca_with_their_cn_s_rol
     assert!(!ok, "no certificate, no connection: {out}");
     let (ok, out) = curl(Some("stranger"), "host.ping");
     assert!(!ok, "a certificate of another CA is refused: {out}");
-    assert!(agent.is_running(), "{}", agent.log_tail(30));
+    assert!(tls.agent.is_running(), "{}", tls.agent.log_tail(30));
 }

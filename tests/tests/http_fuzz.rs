@@ -12,11 +12,8 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
-use hostbus_tests::{workspace_dir, AgentProcess, Pki};
-
-const NO_BROKER: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
+use hostbus_tests::{workspace_dir, Pki};
 
 fn schemathesis() -> PathBuf {
     std::env::var_os("HOSTBUS_TEST_SCHEMATHESIS")
@@ -33,22 +30,8 @@ fn schemathesis_finds_no_server_error_and_no_reply_off_the_schema() {
     let pki = Pki::make();
     pki.client("fuzzer", "fuzzer", "0x1005");
     let f = |n: &str| pki.file(n).display().to_string();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        l.local_addr().expect("addr").port()
-    };
-    let mut agent = AgentProcess::builder("fuzz1", NO_BROKER)
-        .arg("--http-listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("HOSTBUS_HTTP_TLS_CERT", f("server.pem"))
-        .env("HOSTBUS_HTTP_TLS_KEY", f("server.key"))
-        .env("HOSTBUS_HTTP_CLIENT_CA", f("ca.pem"))
-        .env("HOSTBUS_ROLES", "fuzzer=admin")
-        .spawn()
-        .expect("agent");
-    agent
-        .wait_for_log("HTTP binding listening", Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_tail(30)));
+    let mut tls = pki.http_agent("fuzz1", "fuzzer=admin");
+    let port = tls.port;
     let spec = workspace_dir().join("docs/openapi.json");
     let bin = schemathesis();
     let out = Command::new(&bin)
@@ -80,7 +63,7 @@ fn schemathesis_finds_no_server_error_and_no_reply_off_the_schema() {
         out.status.success(),
         "schemathesis found failures:\n{report}\n{}\nagent log:\n{}",
         String::from_utf8_lossy(&out.stderr),
-        agent.log_tail(40)
+        tls.agent.log_tail(40)
     );
     assert!(
         report.contains("passed") && !report.contains("failed"),
@@ -90,16 +73,9 @@ fn schemathesis_finds_no_server_error_and_no_reply_off_the_schema() {
     println!("{}", tail.join("\n"));
 
     // Still up, still answering, nothing panicked.
-    assert!(agent.is_running(), "{}", agent.log_tail(40));
-    let ping = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "--cacert", &f("ca.pem")])
-        .args(["--cert", &f("fuzzer.pem"), "--key", &f("fuzzer.key")])
-        .args(["-H", "content-type: application/json", "-d", "{}"])
-        .arg(format!("https://localhost:{port}/v1/commands/host.ping"))
-        .output()
-        .expect("curl");
-    let body = String::from_utf8_lossy(&ping.stdout);
+    assert!(tls.agent.is_running(), "{}", tls.agent.log_tail(40));
+    let (_, body) = pki.curl(port, Some("fuzzer"), "host.ping");
     assert!(body.contains("\"fuzz1\""), "{body}");
-    let log = agent.log();
-    assert!(!log.contains("panicked"), "{}", agent.log_tail(60));
+    let log = tls.agent.log();
+    assert!(!log.contains("panicked"), "{}", tls.agent.log_tail(60));
 }
