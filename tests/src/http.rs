@@ -169,20 +169,26 @@ impl HttpPeer {
         }
     }
 
-    async fn send(
-        &self,
+    /// A new HTTP/1.1 connection to the socket.
+    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| io(&self.socket.display().to_string(), e))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| io("HTTP handshake", e))?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// Sends a request on `sender`'s connection.
+    async fn send_on(
+        sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Result<hyper::Response<Incoming>> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| io(&self.socket.display().to_string(), e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| io("HTTP handshake", e))?;
-        tokio::spawn(conn);
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -193,10 +199,37 @@ impl HttpPeer {
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| io("request", e))?;
+        sender.ready().await.map_err(|e| io("connection", e))?;
         sender
             .send_request(req)
             .await
             .map_err(|e| io("HTTP request", e))
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<hyper::Response<Incoming>> {
+        let mut sender = self.connect().await?;
+        Self::send_on(&mut sender, method, path, headers, body).await
+    }
+
+    /// Two requests, `(method, path, body)` each, one after the other on
+    /// one kept-alive connection: the second fails if the server closed it.
+    pub async fn on_one_connection(
+        &self,
+        first: (&str, &str, Vec<u8>),
+        second: (&str, &str, Vec<u8>),
+    ) -> Result<(HttpReply, HttpReply)> {
+        let mut sender = self.connect().await?;
+        let json = [("content-type", "application/json")];
+        let a = Self::send_on(&mut sender, first.0, first.1, &json, first.2).await?;
+        let a = read(a).await?;
+        let b = Self::send_on(&mut sender, second.0, second.1, &json, second.2).await?;
+        Ok((a, read(b).await?))
     }
 
     /// Sends a request and reads the whole reply.
@@ -207,30 +240,7 @@ impl HttpPeer {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Result<HttpReply> {
-        let resp = self.send(method, path, headers, body).await?;
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| io("reply body", e))?
-            .to_bytes()
-            .to_vec();
-        Ok(HttpReply {
-            status,
-            headers,
-            body,
-        })
+        read(self.send(method, path, headers, body).await?).await
     }
 
     /// `POST /v1/commands/<C>` with `req` in `ct` and extra `headers`; the
@@ -265,4 +275,31 @@ impl HttpPeer {
         let hello = s.next(Duration::from_secs(10)).await?;
         Ok((s, hello))
     }
+}
+
+/// The whole reply.
+async fn read(resp: hyper::Response<Incoming>) -> Result<HttpReply> {
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| io("reply body", e))?
+        .to_bytes()
+        .to_vec();
+    Ok(HttpReply {
+        status,
+        headers,
+        body,
+    })
 }

@@ -408,6 +408,19 @@ async fn bad_input_gets_structured_errors_with_fitting_statuses_and_the_agent_go
         .await
         .expect("request");
     assert_eq!(r.status, 404);
+    // A refused method or path with a body keeps the connection: before,
+    // the unread body made the server close it, and a client reusing it
+    // met a reset (schemathesis reported "EOF in violation of protocol").
+    let body = vec![b'a'; 100_000];
+    let (a, b) = peer
+        .on_one_connection(
+            ("PUT", "/v1/commands/host.ping", body.clone()),
+            ("POST", "/nowhere", body),
+        )
+        .await
+        .expect("two requests on one connection");
+    assert_eq!((a.status, a.header("allow")), (405, Some("POST")));
+    assert_eq!((b.status, b.error().code), (404, ErrorCode::UnknownCommand));
     // A read asked to run as a task runs now; a change runs as a task.
     let (r, reply) = peer
         .call::<HostPing>(

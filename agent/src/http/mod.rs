@@ -102,6 +102,7 @@ pub fn router(binding: Arc<HttpBinding>) -> Router {
         .route("/v1/heartbeat", get(heartbeat))
         .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(binding)
 }
 
@@ -130,7 +131,54 @@ fn retry_after(e: &Error) -> Option<HeaderValue> {
     Some(HeaderValue::from(ms.div_ceil(1000).max(1)))
 }
 
-async fn not_found(uri: axum::http::Uri) -> Response {
+/// Reads and drops a request body nobody will use (up to the payload
+/// limit): a body left unread makes hyper close the connection after the
+/// reply, and a client reusing it meets a reset.
+async fn drain(b: &HttpBinding, body: Body) {
+    let _ = axum::body::to_bytes(body, b.max_payload).await;
+}
+
+async fn wrong_method(
+    State(b): State<Arc<HttpBinding>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    body: Body,
+) -> Response {
+    drain(&b, body).await;
+    let allow = if uri.path().starts_with("/v1/commands/") {
+        "POST"
+    } else {
+        "GET"
+    };
+    let mut r = error_response(
+        ContentType::Json,
+        Error::new(
+            ErrorCode::BadEnvelope,
+            [
+                ("property", "method".to_owned()),
+                (
+                    "reason",
+                    format!("{method} is not served here; use {allow}"),
+                ),
+            ],
+            format!(
+                "bad envelope: {method} {} is not served; use {allow}",
+                uri.path()
+            ),
+        ),
+    );
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+async fn not_found(
+    State(b): State<Arc<HttpBinding>>,
+    uri: axum::http::Uri,
+    body: Body,
+) -> Response {
+    drain(&b, body).await;
     error_response(
         ContentType::Json,
         Error::new(
@@ -144,7 +192,9 @@ async fn not_found(uri: axum::http::Uri) -> Response {
 async fn heartbeat(
     State(b): State<Arc<HttpBinding>>,
     ConnectInfo(remote): ConnectInfo<Remote>,
+    body: Body,
 ) -> Response {
+    drain(&b, body).await;
     if let Some(r) = b.refuse_reader(&remote, "GET /v1/heartbeat") {
         return r;
     }
@@ -154,7 +204,9 @@ async fn heartbeat(
 async fn openapi(
     State(b): State<Arc<HttpBinding>>,
     ConnectInfo(remote): ConnectInfo<Remote>,
+    body: Body,
 ) -> Response {
+    drain(&b, body).await;
     if let Some(r) = b.refuse_reader(&remote, "GET /v1/openapi.json") {
         return r;
     }
