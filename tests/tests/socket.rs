@@ -146,3 +146,71 @@ async fn every_hostctl_subcommand_runs_through_the_socket_with_the_broker_down()
         "hostctl subcommands this suite does not run through --socket: {not_run:?}"
     );
 }
+
+/// The SDK over the socket keeps the bus's promises: a retried command id
+/// runs once (the journal answers), another host is not behind the socket
+/// (nothing is sent), and a subscription that outlives an agent restart
+/// resyncs with the new epoch's inventory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_over_a_socket_runs_a_command_id_once_and_resyncs_after_a_restart() {
+    use futures_lite::StreamExt;
+    use hostbus_client::protocol::commands::{VmDefine, VmDefineRequest};
+    use hostbus_client::{CallOptions, Notification, ResyncReason};
+
+    let (mut agent, socket) = tokio::task::block_in_place(agent_with_socket);
+    let client = Client::connect(ClientConfig::local(&socket))
+        .await
+        .expect("client over the socket");
+    let opts = CallOptions {
+        command_id: Some(uuid::Uuid::new_v4()),
+        ..CallOptions::default()
+    };
+    let req = || VmDefineRequest {
+        spec: hostbus_tests::small_vm("once", &[]),
+    };
+    let a = client
+        .call_with::<VmDefine>("h1", req(), &opts)
+        .await
+        .expect("define");
+    let b = client
+        .call_with::<VmDefine>("h1", req(), &opts)
+        .await
+        .expect("the same id again: the journal's reply, not ALREADY_EXISTS");
+    assert_eq!(a.uuid, b.uuid);
+    assert_eq!(
+        agent
+            .log()
+            .matches("duplicate command answered from the journal")
+            .count(),
+        1
+    );
+    let e = client.host("h2").ping().await.expect_err("h2 is not here");
+    assert_eq!(e.kind(), ErrorKind::NoRoute, "{e}");
+
+    let mut sub = client
+        .subscribe(&["h1.vm.*"], SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    let old_epoch = client.host("h1").snapshot().await.expect("snapshot").epoch;
+    tokio::task::block_in_place(|| agent.restart()).expect("restart");
+    let n = tokio::time::timeout(Duration::from_secs(60), sub.next())
+        .await
+        .expect("a notification in time")
+        .expect("open")
+        .expect("ok");
+    match n {
+        Notification::Resync {
+            host,
+            reason,
+            inventory,
+            ..
+        } => {
+            assert_eq!((host.as_str(), reason), ("h1", ResyncReason::NewEpoch));
+            let inv = inventory.expect("the new epoch's inventory");
+            assert_ne!(inv.epoch, old_epoch);
+            // The test driver's state is per process: the node file's three.
+            assert_eq!(inv.vms.len(), 3, "{:?}", inv.vms);
+        }
+        other => panic!("{other:?}"),
+    }
+}
