@@ -43,16 +43,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.cmd {
         Cmd::Completions { shell } => {
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "hostctl",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "hostctl", &mut script);
+            outln!("{}", String::from_utf8_lossy(&script).trim_end());
             return ExitCode::SUCCESS;
         }
         Cmd::Schema => {
-            print!("{}", hostbus_client::protocol::schema::schema_text());
+            outln!(
+                "{}",
+                hostbus_client::protocol::schema::schema_text().trim_end()
+            );
             return ExitCode::SUCCESS;
         }
         _ => {}

@@ -34,6 +34,9 @@ pub(crate) async fn bench(a: &Args) {
         // As many commands in flight as the deepest client concurrency measured.
         .concurrency(64)
         .env("HOSTBUS_QUEUE_TYPE", &a.queue_type)
+        // The HTTP binding too, for the same calls without the broker.
+        .arg("--http-socket")
+        .arg("agent.sock")
         .start();
     beats
         .next(Duration::from_secs(60))
@@ -47,6 +50,9 @@ pub(crate) async fn bench(a: &Args) {
     let client = Client::connect(ClientConfig::new(&url))
         .await
         .expect("client");
+    let local = Client::connect(ClientConfig::local(agent.dir().join("agent.sock")))
+        .await
+        .expect("client over the agent's socket");
     let meter = Meter {
         broker: node
             .process_group()
@@ -87,6 +93,8 @@ pub(crate) async fn bench(a: &Args) {
         "raw lapin, task per request",
         "hostbus host.ping",
         "hostbus vm.list",
+        "hostbus host.ping, Unix socket",
+        "hostbus vm.list, Unix socket",
     ];
     for &c in levels {
         let paths = [
@@ -94,6 +102,8 @@ pub(crate) async fn bench(a: &Args) {
             raw_call(&raw_tasks),
             ping_call(&client),
             list_call(&client),
+            ping_call(&local),
+            list_call(&local),
         ];
         let runs = measure(&meter, c, a.secs, a.rounds, &paths).await;
         let base = if runs[1].rate() > runs[0].rate() {
@@ -236,9 +246,12 @@ pub(crate) async fn bench(a: &Args) {
         a.rounds,
         a.secs
     ));
-    let _ = writeln!(out, "### Calls through the broker\n");
+    let _ = writeln!(
+        out,
+        "### Calls through the broker, and over the agent's Unix socket\n"
+    );
     report::table(&mut out, HEADER, &table);
-    let _ = writeln!(out, "\nCPU columns: microseconds of CPU per call in the broker (all its processes), the agent, and the benchmark process (the SDK client; for the raw rows, the raw client and responder).");
+    let _ = writeln!(out, "\nCPU columns: microseconds of CPU per call in the broker (all its processes), the agent, and the benchmark process (the SDK client; for the raw rows, the raw client and responder). The `Unix socket` rows are the same SDK calls over the agent's HTTP binding (docs/http.md), no broker in the path; `of raw` still compares with the broker baseline.");
     if !breakdown.is_empty() {
         let _ = writeln!(
             out,

@@ -13,7 +13,8 @@
 //! `<!-- <section>:begin -->` and `<!-- <section>:end -->`). The calls
 //! section starts a private RabbitMQ node and a release-built agent on
 //! libvirt's test driver, then measures:
-//! * call round trips (`host.ping`, `vm.list`) through the SDK at
+//! * call round trips (`host.ping`, `vm.list`) through the SDK, over the
+//!   broker and over the agent's Unix socket (the HTTP binding), at
 //!   concurrency 1, 16 and 64, next to a raw-lapin baseline: the same broker,
 //!   a minimal responder that answers on direct reply-to, no hostbus code;
 //! * events from one agent to 1 and to 10 subscribers, with end-to-end latency;
