@@ -25,6 +25,34 @@ pub fn host_facts(ctl: &Hostctl) {
     assert_eq!(ctl.json(&["host", "stats", "h1"])["vms_total"], 3);
 }
 
+/// `hosts`, `host snapshot` and `vm list --all` of a fleet of `hosts`
+/// (each on a node file with three VMs): exactly these hosts, all alive,
+/// every VM listed and no host missing.
+pub fn fleet(ctl: &Hostctl, hosts: &[&str]) {
+    let listed = ctl.json(&["hosts"]);
+    let listed = listed.as_array().expect("hosts");
+    let ids: Vec<&str> = listed
+        .iter()
+        .filter_map(|h| h["host_id"].as_str())
+        .collect();
+    assert_eq!(ids, hosts);
+    assert!(
+        listed.iter().all(|h| h["liveness"] == "alive"),
+        "{listed:?}"
+    );
+    for h in hosts {
+        let vms = ctl.json(&["host", "snapshot", h])["vms"].clone();
+        assert_eq!(vms.as_array().map(Vec::len), Some(3), "{h}: {vms}");
+    }
+    let all = ctl.json(&["vm", "list", "--all"]);
+    assert_eq!(
+        all["vms"].as_array().map(Vec::len),
+        Some(3 * hosts.len()),
+        "{all}"
+    );
+    assert_eq!(all["missing"].as_array().map(Vec::len), Some(0), "{all}");
+}
+
 /// Every verb on h1's objects: its VMs and their lifecycle, a new VM and
 /// its devices and snapshots, pools and volumes, networks.
 pub fn objects(ctl: &Hostctl) {

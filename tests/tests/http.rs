@@ -14,10 +14,11 @@ use hostbus_protocol::commands::{
 };
 use hostbus_protocol::envelope::STATUS_HEADER;
 use hostbus_protocol::names::{host_key, EVENT_EXCHANGE};
+use hostbus_protocol::types::VmRecord;
 use hostbus_protocol::{encode, now_ms, Command, ContentType, ErrorCode, EventAction, Reply};
 use hostbus_tests::{
     command_props, event_of, small_vm, spawn_online, AgentBuilder, AgentProcess, AmqpPeer,
-    HttpPeer, Pki, RabbitNode, Received,
+    HttpPeer, HttpReply, Pki, RabbitNode, Received,
 };
 use uuid::Uuid;
 
@@ -98,13 +99,18 @@ async fn one_command_id_runs_once_across_both_bindings() {
     let id = Uuid::new_v4();
     let first = bus_define(&mut bus, id, "both-a").await;
     assert_eq!(first.header_str(STATUS_HEADER), Some("ok"));
-    let (second, reply) = http
-        .call::<VmDefine>(
-            &define("both-a"),
-            ContentType::Json,
-            &[("x-hostbus-command-id", &id.to_string())],
-        )
-        .await;
+    // `vm.define` of `name` with command id `id` over HTTP, in `ct`.
+    async fn http_define(
+        http: &HttpPeer,
+        id: Uuid,
+        name: &str,
+        ct: ContentType,
+    ) -> (HttpReply, Reply<VmRecord>) {
+        let id = id.to_string();
+        http.call::<VmDefine>(&define(name), ct, &[("x-hostbus-command-id", &id)])
+            .await
+    }
+    let (second, reply) = http_define(&http, id, "both-a", ContentType::Json).await;
     assert_eq!(second.status, 200, "{}", second.text());
     assert_eq!(
         second.header("x-hostbus-command-id"),
@@ -117,13 +123,7 @@ async fn one_command_id_runs_once_across_both_bindings() {
 
     // Over HTTP first (MessagePack), then the same id over the bus.
     let id = Uuid::new_v4();
-    let (r, _) = http
-        .call::<VmDefine>(
-            &define("both-b"),
-            ContentType::MsgPack,
-            &[("x-hostbus-command-id", &id.to_string())],
-        )
-        .await;
+    let (r, _) = http_define(&http, id, "both-b", ContentType::MsgPack).await;
     assert_eq!(
         (r.status, r.header("content-type")),
         (200, Some("application/msgpack"))

@@ -189,16 +189,28 @@ async fn not_found(
     )
 }
 
+/// A GET any reader may make: the body dropped, the peer checked, then
+/// `answer`.
+async fn read_only(
+    b: &HttpBinding,
+    remote: &Remote,
+    body: Body,
+    what: &str,
+    answer: impl FnOnce() -> Response,
+) -> Response {
+    drain(b, body).await;
+    b.refuse_reader(remote, what).unwrap_or_else(answer)
+}
+
 async fn heartbeat(
     State(b): State<Arc<HttpBinding>>,
     ConnectInfo(remote): ConnectInfo<Remote>,
     body: Body,
 ) -> Response {
-    drain(&b, body).await;
-    if let Some(r) = b.refuse_reader(&remote, "GET /v1/heartbeat") {
-        return r;
-    }
-    json_response(&(b.heartbeat)())
+    read_only(&b, &remote, body, "GET /v1/heartbeat", || {
+        json_response(&(b.heartbeat)())
+    })
+    .await
 }
 
 async fn openapi(
@@ -206,13 +218,12 @@ async fn openapi(
     ConnectInfo(remote): ConnectInfo<Remote>,
     body: Body,
 ) -> Response {
-    drain(&b, body).await;
-    if let Some(r) = b.refuse_reader(&remote, "GET /v1/openapi.json") {
-        return r;
-    }
     static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let text = TEXT.get_or_init(hostbus_protocol::openapi::openapi_text);
-    ([(header::CONTENT_TYPE, "application/json")], text.clone()).into_response()
+    read_only(&b, &remote, body, "GET /v1/openapi.json", || {
+        let text = TEXT.get_or_init(hostbus_protocol::openapi::openapi_text);
+        ([(header::CONTENT_TYPE, "application/json")], text.clone()).into_response()
+    })
+    .await
 }
 
 fn json_response<T: serde::Serialize>(value: &T) -> Response {
