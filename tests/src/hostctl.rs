@@ -170,6 +170,16 @@ impl Hostctl {
             .collect()
     }
 
+    /// Fails unless the recorded runs used every hostctl verb; `how` says
+    /// how this suite runs them (`through --socket`).
+    pub fn assert_every_verb_run(&self, how: &str) {
+        let not_run = self.verbs_not_run();
+        assert!(
+            not_run.is_empty(),
+            "hostctl subcommands this suite does not run {how}: {not_run:?}"
+        );
+    }
+
     /// The command for `hostctl args...`, noted when recording.
     fn command(&self, args: &[&str]) -> Command {
         if let Some(ran) = &self.ran {
