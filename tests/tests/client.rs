@@ -79,10 +79,6 @@ async fn hostctl_drives_every_subcommand() {
     assert_eq!(out.code, 5, "{}", out.stderr);
 
     ctl.assert_every_verb_run("through the broker");
-    assert!(
-        not_run.is_empty(),
-        "hostctl subcommands this suite does not run: {not_run:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

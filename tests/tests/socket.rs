@@ -122,10 +122,6 @@ async fn every_hostctl_subcommand_runs_through_the_socket_with_the_broker_down()
     );
 
     ctl.assert_every_verb_run("through --socket");
-    assert!(
-        not_run.is_empty(),
-        "hostctl subcommands this suite does not run through --socket: {not_run:?}"
-    );
 }
 
 /// The SDK over the socket keeps the bus's promises: a retried command id
