@@ -67,6 +67,9 @@ pub async fn simulate(
     tracing::info!(hosts = fleet.hosts, prefix = %fleet.prefix, dir = %dir.display(), "starting a simulated fleet");
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut running = tokio::task::JoinSet::new();
+    if base.http_socket.is_some() || base.http_listen.is_some() {
+        tracing::warn!("simulated hosts do not serve the HTTP binding; http_socket and http_listen are ignored");
+    }
     for i in 1..=fleet.hosts {
         let host_id = fleet.host_id(i);
         let node = dir.join(format!("{host_id}.xml"));
@@ -76,6 +79,9 @@ pub async fn simulate(
         cfg.libvirt_uri = format!("test://{}", node.display());
         cfg.journal_path = dir.join(format!("{host_id}.journal"));
         cfg.labels.push(format!("rack-{}", i % 10));
+        // One socket or port cannot serve a thousand agents.
+        cfg.http_socket = None;
+        cfg.http_listen = None;
         // lapin's buffers are 32 frames each way per connection: 8 MiB at
         // RabbitMQ's 128 KiB frames, 1 MiB at 16 KiB (a simulated host's
         // messages are small; larger ones are split, not refused).
