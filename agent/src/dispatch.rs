@@ -88,6 +88,16 @@ pub enum Caller<'a> {
     },
 }
 
+impl Caller<'_> {
+    /// The binding's name in logs.
+    fn binding(&self) -> &'static str {
+        match self {
+            Caller::Bus => "bus",
+            Caller::Peer { .. } => "http",
+        }
+    }
+}
+
 /// Knobs of the dispatcher.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -137,6 +147,8 @@ pub struct Admitted {
     /// delivery of the id; a duplicate waits on it.
     id_lock: Option<IdLock>,
     started: Instant,
+    /// Which binding carried it (`bus`, `http`), for the log.
+    binding: &'static str,
     _in_flight: crate::metrics::InFlight,
 }
 
@@ -255,7 +267,7 @@ impl Dispatcher {
         let span = tracing::info_span!("command", command = %env.command, command_id = %env.command_id, host = %self.host_id);
         let _enter = span.enter();
         match self.check(&env, body, deliveries, caller) {
-            Err(out) => Admission::Done(self.finish(&env, out, started)),
+            Err(out) => Admission::Done(self.finish(&env, out, started, caller.binding())),
             Ok(request) => {
                 let id_lock = request.plan().run.changes().then(|| {
                     let mut running = lock(&self.running);
@@ -284,6 +296,7 @@ impl Dispatcher {
                     turn,
                     id_lock,
                     started,
+                    binding: caller.binding(),
                     _in_flight: in_flight,
                 })
             }
@@ -302,18 +315,24 @@ impl Dispatcher {
                 self.run_journaled(&a.env, request, a.deliveries, turn, id_lock)
                     .await
             };
-            self.finish(&a.env, out, a.started)
+            self.finish(&a.env, out, a.started, a.binding)
         }
         .instrument(span)
         .await
     }
 
-    fn finish(&self, env: &Envelope, out: Outcome, started: Instant) -> Handled {
+    fn finish(
+        &self,
+        env: &Envelope,
+        out: Outcome,
+        started: Instant,
+        binding: &'static str,
+    ) -> Handled {
         let elapsed = started.elapsed();
         // Label by the catalogue's name: a `type` off the wire is any text.
         let label = command_info(&env.command).map_or("unknown", |i| i.name);
         self.metrics.command(label, &out.outcome, elapsed);
-        tracing::info!(outcome = %out.outcome, duration_ms = elapsed.as_secs_f64() * 1000.0, cast = env.is_cast(), "command handled");
+        tracing::info!(outcome = %out.outcome, duration_ms = elapsed.as_secs_f64() * 1000.0, binding, cast = binding == "bus" && env.is_cast(), "command handled");
         Handled {
             reply_to: env.reply_to.clone(),
             properties: env.reply_properties(out.status, &self.host_id, now_ms()),

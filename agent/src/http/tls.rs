@@ -22,6 +22,9 @@ use super::Remote;
 /// Longest TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest wait for a request's head on an open connection.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn certs(path: &std::path::Path) -> io::Result<Vec<CertificateDer<'static>>> {
     let bad = |e: rustls::pki_types::pem::Error| {
         io::Error::new(
@@ -102,7 +105,11 @@ pub(super) async fn serve(listener: TcpListener, tls: TlsAcceptor, app: Router) 
                 .and_then(|c| c.first())
                 .and_then(common_name);
             let app = app.layer(Extension(ConnectInfo(Remote::Cert { cn })));
+            // A client that opens a connection and never finishes a
+            // request head is dropped (hyper's timeout needs a timer).
             let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
                 .await;
             if let Err(e) = served {
