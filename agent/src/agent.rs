@@ -182,6 +182,7 @@ impl Agent {
         // The HTTP binding serves from now on, broker or not; dropping the
         // set stops it (and removes its socket).
         let mut http = tokio::task::JoinSet::new();
+        let mut binding = None;
         if let Some(settings) = agent.cfg.http()? {
             let listeners = crate::http::bind(&settings).await?;
             // Heartbeats over HTTP name the libvirt and hypervisor versions
@@ -191,7 +192,7 @@ impl Agent {
                 agent.note_inventory(&inv);
             }
             let a = agent.clone();
-            let binding = Arc::new(crate::http::HttpBinding::new(
+            let b = Arc::new(crate::http::HttpBinding::new(
                 agent.dispatcher.clone(),
                 agent.feed.clone(),
                 Box::new(move || a.heartbeat_now()),
@@ -199,8 +200,10 @@ impl Agent {
                 agent.cfg.concurrency as usize,
                 agent.cfg.max_payload_bytes,
             ));
+            let served = b.clone();
+            binding = Some(b);
             http.spawn(async move {
-                if let Err(e) = crate::http::serve(binding, listeners).await {
+                if let Err(e) = crate::http::serve(served, listeners).await {
                     tracing::error!(error = %e, "the HTTP binding stopped");
                 }
             });
@@ -208,14 +211,10 @@ impl Agent {
         tokio::pin!(shutdown);
         let mut attempt: u32 = 0;
         let mut first = true;
-        loop {
+        let stopped = loop {
             let (conn, url) = tokio::select! {
                 c = agent.connect(&mut attempt) => c,
-                () = &mut shutdown => {
-                    tracing::info!("stopping before a broker connection was made");
-                    agent.bridge.shutdown();
-                    return Ok(());
-                }
+                () = &mut shutdown => break "stopped before a broker connection was made",
             };
             if !first {
                 agent.metrics.reconnected();
@@ -226,11 +225,7 @@ impl Agent {
                 .session(conn, &url, events.clone(), &mut shutdown)
                 .await
             {
-                SessionEnd::Shutdown => {
-                    agent.bridge.shutdown();
-                    tracing::info!("agent stopped");
-                    return Ok(());
-                }
+                SessionEnd::Shutdown => break "agent stopped",
                 SessionEnd::Lost { why, serving_since } => {
                     let served = serving_since.map(|t| t.elapsed());
                     if served.is_some_and(|d| d >= STABLE_SESSION) {
@@ -247,15 +242,26 @@ impl Agent {
                     );
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
-                        () = &mut shutdown => {
-                            agent.bridge.shutdown();
-                            tracing::info!("agent stopped while reconnecting");
-                            return Ok(());
-                        }
+                        () = &mut shutdown => break "agent stopped while reconnecting",
                     }
                 }
             }
+        };
+        // HTTP commands in flight finish (within the bus's bound) before
+        // the bridge stops; new ones are answered HOST_UNAVAILABLE.
+        if let Some(b) = &binding {
+            let bound = Duration::from_millis(agent.cfg.shutdown_timeout_ms);
+            if !b.drain(bound).await {
+                tracing::warn!(
+                    bound_ms = agent.cfg.shutdown_timeout_ms,
+                    "HTTP commands did not finish in time"
+                );
+            }
         }
+        drop(http);
+        agent.bridge.shutdown();
+        tracing::info!("{stopped}");
+        Ok(())
     }
 
     /// The wait before reconnection attempt `attempt` (0 first): doubling

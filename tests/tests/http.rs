@@ -482,3 +482,38 @@ async fn the_tls_listener_admits_only_certificates_of_its_ca_with_their_cn_s_rol
     assert!(!ok, "a certificate of another CA is refused: {out}");
     assert!(tls.agent.is_running(), "{}", tls.agent.log_tail(30));
 }
+
+/// SIGTERM while an HTTP command runs: the command finishes and is
+/// answered, later ones are refused HOST_UNAVAILABLE, the agent exits 0
+/// and removes its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_agent_finishes_the_http_commands_it_runs() {
+    let dir = scratch("hostbus-http-stop");
+    let (b, socket) = with_socket(
+        AgentProcess::builder("stop1", NO_BROKER).env("HOSTBUS_STEP_PAUSE_MS", "400"),
+        dir.path(),
+    );
+    let mut agent = b.spawn().expect("agent");
+    let peer = HttpPeer::wait(&socket, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_tail(30)));
+    // A define with a new disk takes several paused steps.
+    let slow = VmDefineRequest {
+        spec: small_vm("slow", &["vda"]),
+    };
+    let running = {
+        let peer = peer.clone();
+        tokio::spawn(async move { peer.call::<VmDefine>(&slow, ContentType::Json, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::block_in_place(|| agent.terminate()).expect("SIGTERM");
+    let (r, reply) = running.await.expect("the call");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), agent.log_tail(30));
+    assert!(
+        matches!(reply, Reply::Ok(ref vm) if vm.name == "slow"),
+        "{reply:?}"
+    );
+    let status = tokio::task::block_in_place(|| agent.wait_exit(T)).expect("exits");
+    assert!(status.success(), "{status:?}\n{}", agent.log_tail(30));
+    assert!(!socket.exists(), "the socket is removed");
+}

@@ -47,6 +47,8 @@ pub struct HttpBinding {
     cert_roles: std::collections::BTreeMap<String, Role>,
     /// Commands run at once over HTTP (the bus has its own bound).
     permits: Semaphore,
+    /// How many permits there are.
+    concurrency: u32,
     max_payload: usize,
 }
 
@@ -68,8 +70,17 @@ impl HttpBinding {
             peer_roles: settings.peer_roles.clone(),
             cert_roles: settings.roles.clone(),
             permits: Semaphore::new(concurrency.max(1)),
+            concurrency: u32::try_from(concurrency.max(1)).unwrap_or(u32::MAX),
             max_payload,
         }
+    }
+
+    /// Stops taking commands and waits up to `bound` for those running;
+    /// whether they all finished. Later commands get `HOST_UNAVAILABLE`.
+    pub async fn drain(&self, bound: std::time::Duration) -> bool {
+        let all = tokio::time::timeout(bound, self.permits.acquire_many(self.concurrency)).await;
+        self.permits.close();
+        matches!(all, Ok(Ok(_)))
     }
 
     /// The peer's name and role.
@@ -264,7 +275,14 @@ async fn command(
     };
     let (principal, role) = b.peer(&remote);
     let Ok(_permit) = b.permits.acquire().await else {
-        return error_response(ct, Error::internal("the binding is stopping"));
+        return error_response(
+            ct,
+            Error::new(
+                ErrorCode::HostUnavailable,
+                [("reason", "the agent is stopping".to_owned())],
+                "the agent is stopping; retry on its next start",
+            ),
+        );
     };
     let handled = b
         .dispatcher
