@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use hostbus_bridge::Bridge;
+use hostbus_bridge::{Bridge, CallContext};
+use hostbus_protocol::commands::Empty;
 use hostbus_protocol::{now_ms, Event, EventAction, RosterAction};
+use hostbus_protocol::{AnyRequest, AnyResponse};
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
@@ -188,8 +190,11 @@ impl Agent {
             // Heartbeats over HTTP name the libvirt and hypervisor versions
             // before any broker session has read an inventory.
             let bridge = agent.bridge.clone();
-            if let Ok(Ok(inv)) = tokio::task::spawn_blocking(move || bridge.inventory()).await {
-                agent.note_inventory(&inv);
+            let info = tokio::task::spawn_blocking(move || {
+                bridge.call(AnyRequest::HostInfo(Empty {}), &CallContext::default())
+            });
+            if let Ok(Ok(AnyResponse::HostInfo(host))) = info.await {
+                agent.note_host(&host);
             }
             let a = agent.clone();
             let b = Arc::new(crate::http::HttpBinding::new(

@@ -15,7 +15,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use hostbus_protocol::envelope::{ASYNC_HEADER, DEADLINE_HEADER, VERSION_HEADER};
+use hostbus_protocol::envelope::{
+    ASYNC_HEADER, COMMAND_ID_HEADER, DEADLINE_HEADER, VERSION_HEADER,
+};
 use hostbus_protocol::{
     decode, encode, AmqpProperties, Command, ContentType, Heartbeat, Reply, PROTOCOL_VERSION,
 };
@@ -30,8 +32,6 @@ use crate::client::{decode_reply, RawReply, MAX_REPLY};
 use crate::connection::lock;
 use crate::error::{ClientError, ErrorKind};
 
-/// The header of the command id (the bus's `message_id`).
-pub(crate) const COMMAND_ID_HEADER: &str = "x-hostbus-command-id";
 /// The path of the host's heartbeat.
 const HEARTBEAT: &str = "/v1/heartbeat";
 /// The path of the host's event stream.

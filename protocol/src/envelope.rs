@@ -23,6 +23,9 @@ pub const ASYNC_HEADER: &str = "x-hostbus-async";
 pub const STATUS_HEADER: &str = "x-hostbus-status";
 /// Header of a reply: the id of the host that answered.
 pub const HOST_HEADER: &str = "x-hostbus-host";
+/// HTTP binding (docs/http.md): the header that carries the command id, the
+/// bus's `message_id`.
+pub const COMMAND_ID_HEADER: &str = "x-hostbus-command-id";
 
 /// A protocol version. Peers with the same major version interoperate;
 /// minor versions only add (fields, commands, codes, enum values).

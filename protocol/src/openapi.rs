@@ -8,7 +8,9 @@ use schemars::SchemaGenerator;
 use serde_json::{json, Map, Value};
 
 use crate::commands::{visit_commands, Command, CommandVisitor};
-use crate::envelope::{ASYNC_HEADER, DEADLINE_HEADER, STATUS_HEADER, VERSION_HEADER};
+use crate::envelope::{
+    ASYNC_HEADER, COMMAND_ID_HEADER, DEADLINE_HEADER, STATUS_HEADER, VERSION_HEADER,
+};
 use crate::error::{Error, ErrorCode};
 use crate::events::{Event, Heartbeat};
 use crate::types::TaskRecord;
@@ -16,9 +18,6 @@ use crate::PROTOCOL_VERSION;
 
 /// Path of the exported document, relative to the workspace root.
 pub const OPENAPI_PATH: &str = "docs/openapi.json";
-
-/// The request header carrying the command id.
-pub const COMMAND_ID_HEADER: &str = "x-hostbus-command-id";
 
 const JSON: &str = "application/json";
 

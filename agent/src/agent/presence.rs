@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use hostbus_protocol::events::{Health, Load, Versions};
 use hostbus_protocol::names;
-use hostbus_protocol::types::{HealthStatus, Inventory};
+use hostbus_protocol::types::{HealthStatus, HostRecord, Inventory};
 use hostbus_protocol::{
     encode, now_ms, ContentType, Heartbeat, RosterAction, COMMANDS, PROTOCOL_VERSION,
 };
@@ -83,9 +83,14 @@ impl Agent {
     }
 
     pub(super) fn note_inventory(&self, inv: &Inventory) {
+        self.note_host(&inv.host);
+    }
+
+    /// Keeps the versions heartbeats report from the host's record.
+    pub(super) fn note_host(&self, host: &HostRecord) {
         let mut f = lock(&self.facts);
-        f.libvirt = inv.host.libvirt_version.clone();
-        f.hypervisor = format!("{} {}", inv.host.hypervisor, inv.host.hypervisor_version);
+        f.libvirt = host.libvirt_version.clone();
+        f.hypervisor = format!("{} {}", host.hypervisor, host.hypervisor_version);
     }
 
     /// Refreshes load facts on a blocking thread; heartbeats never wait for it.

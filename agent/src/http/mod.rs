@@ -20,7 +20,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use hostbus_protocol::envelope::{ASYNC_HEADER, DEADLINE_HEADER, VERSION_HEADER};
+use hostbus_protocol::envelope::{
+    ASYNC_HEADER, COMMAND_ID_HEADER, DEADLINE_HEADER, VERSION_HEADER,
+};
 use hostbus_protocol::{
     decode, encode, AmqpProperties, ContentType, Error, ErrorCode, Heartbeat, Reply, ReplyStatus,
     PROTOCOL_VERSION,
@@ -34,9 +36,6 @@ use crate::dispatch::{Caller, Dispatcher, Handled};
 use crate::feed::Feed;
 
 pub use listen::{bind, serve, Listeners, Remote};
-
-/// Header carrying the command id (the bus's `message_id`).
-pub use hostbus_protocol::openapi::COMMAND_ID_HEADER;
 
 /// What the binding serves with.
 pub struct HttpBinding {
@@ -263,7 +262,7 @@ async fn command(
         Ok(body) => body,
         Err(e) => return error_response(ct, e),
     };
-    let props = match envelope(&name, content_type, &headers, ct, body.is_empty()) {
+    let props = match envelope(&name, content_type, &headers) {
         Ok(p) => p,
         Err(e) => return error_response(ct, e),
     };
@@ -332,8 +331,6 @@ fn envelope(
     name: &str,
     content_type: Option<String>,
     headers: &HeaderMap,
-    ct: ContentType,
-    empty: bool,
 ) -> Result<AmqpProperties, Error> {
     let bad = |property: &str, reason: String| {
         Error::new(
@@ -363,12 +360,8 @@ fn envelope(
     let mut props = AmqpProperties {
         message_id: Some(command_id.to_string()),
         kind: Some(name.to_owned()),
-        // Without a body, the reply is JSON unless asked otherwise.
-        content_type: Some(match content_type {
-            Some(c) => c,
-            None if empty => ct.as_str().to_owned(),
-            None => ContentType::Json.as_str().to_owned(),
-        }),
+        // Without a content type, JSON.
+        content_type: Some(content_type.unwrap_or_else(|| ContentType::Json.as_str().to_owned())),
         ..AmqpProperties::default()
     };
     use hostbus_protocol::HeaderValue as H;
