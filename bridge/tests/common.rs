@@ -57,19 +57,10 @@ pub fn uuid(s: &str) -> Uuid {
 
 pub fn spec(name: &str) -> VmSpec {
     VmSpec {
-        name: name.into(),
-        uuid: None,
-        description: String::new(),
-        memory_kib: 524_288,
         max_memory_kib: Some(1_048_576),
-        vcpus: 1,
         max_vcpus: Some(4),
-        arch: None,
-        disks: vec![],
         nics: vec![virtio_nic("default", None)],
-        autostart: false,
-        boot: Default::default(),
-        cpu_mode: None,
+        ..VmSpec::new(name, 524_288, 1)
     }
 }
 

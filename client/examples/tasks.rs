@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use hostbus_client::protocol::types::{
-    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, VmSpec,
-};
+use hostbus_client::protocol::types::{DiskSource, DiskSpec, VmSpec};
 
 mod common;
 
@@ -15,30 +13,14 @@ mod common;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (client, mut args) = common::connect().await?;
     let host = args.next().unwrap_or_else(|| "h1".into());
+    let disk = DiskSource::NewVolume {
+        pool: "default".into(),
+        capacity_bytes: 1 << 30,
+    };
     let spec = VmSpec {
-        name: format!("example-{}", std::process::id()),
-        uuid: None,
         description: "made by the tasks example".into(),
-        memory_kib: 512 * 1024,
-        max_memory_kib: None,
-        vcpus: 1,
-        max_vcpus: None,
-        arch: None,
-        disks: vec![DiskSpec {
-            target: "vda".into(),
-            source: DiskSource::NewVolume {
-                pool: "default".into(),
-                capacity_bytes: 1 << 30,
-            },
-            bus: DiskBus::Virtio,
-            format: Some(DiskFormat::Qcow2),
-            read_only: false,
-            device: DiskDevice::Disk,
-        }],
-        nics: vec![],
-        autostart: false,
-        boot: Default::default(),
-        cpu_mode: None,
+        disks: vec![DiskSpec::new("vda", disk)],
+        ..VmSpec::new(format!("example-{}", std::process::id()), 512 * 1024, 1)
     };
     let task = client.host(&host).define_vm_async(spec).await?;
     println!("task {}", task.id());

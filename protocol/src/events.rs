@@ -12,12 +12,10 @@
 
 use std::collections::BTreeMap;
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::names::{event_key, presence_key, roster_key};
-use crate::types::{wire_enum, HealthStatus, Inventory, ObjectClass, Record, Timestamp};
+use crate::types::{HealthStatus, Inventory, ObjectClass, Record, Timestamp};
 
 wire_enum! {
     /// What happened to an object.
@@ -59,31 +57,31 @@ wire_enum! {
     }
 }
 
-/// An event as published on the event exchange.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct Event {
-    /// The host it happened on.
-    pub host_id: String,
-    /// The publishing agent's epoch: a fresh id at every agent start.
-    pub epoch: Uuid,
-    /// Sequence number within the epoch: 1, 2, 3, ... without gaps.
-    pub seq: u64,
-    /// When the agent published it.
-    pub time: Timestamp,
-    /// Class of the object.
-    pub class: ObjectClass,
-    /// What happened.
-    pub action: EventAction,
-    /// The object's id (see [`crate::types::ObjectRef`]).
-    pub object_id: String,
-    /// The object's generation after the change.
-    pub generation: u64,
-    /// The full record after the change ([`Record::None`] once deleted).
-    pub record: Record,
-    /// The host's full inventory, on `agent.online` only.
-    #[serde(default)]
-    pub inventory: Option<Inventory>,
+wire_struct! {
+    /// An event as published on the event exchange.
+    Event {
+        /// The host it happened on.
+        host_id: String,
+        /// The publishing agent's epoch: a fresh id at every agent start.
+        epoch: Uuid,
+        /// Sequence number within the epoch: 1, 2, 3, ... without gaps.
+        seq: u64,
+        /// When the agent published it.
+        time: Timestamp,
+        /// Class of the object.
+        class: ObjectClass,
+        /// What happened.
+        action: EventAction,
+        /// The object's id (see [`crate::types::ObjectRef`]).
+        object_id: String,
+        /// The object's generation after the change.
+        generation: u64,
+        /// The full record after the change ([`Record::None`] once deleted).
+        record: Record,
+        /// The host's full inventory, on `agent.online` only.
+        #[serde(default)]
+        inventory: Option<Inventory>,
+    }
 }
 
 impl Event {
@@ -93,85 +91,85 @@ impl Event {
     }
 }
 
-/// Versions an agent reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct Versions {
-    /// hostbus agent version.
-    pub agent: String,
-    /// Protocol version spoken, `major.minor`.
-    pub protocol: String,
-    /// libvirt library version.
-    pub libvirt: String,
-    /// Hypervisor driver and version, e.g. `QEMU 8.2.0`.
-    pub hypervisor: String,
+wire_struct! {
+    /// Versions an agent reports.
+    Versions {
+        /// hostbus agent version.
+        agent: String,
+        /// Protocol version spoken, `major.minor`.
+        protocol: String,
+        /// libvirt library version.
+        libvirt: String,
+        /// Hypervisor driver and version, e.g. `QEMU 8.2.0`.
+        hypervisor: String,
+    }
 }
 
-/// Agent health.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct Health {
-    /// Summary.
-    pub status: HealthStatus,
-    /// Whether the hypervisor connection is up.
-    pub hypervisor_connected: bool,
-    /// What is wrong, when not `ok`.
-    #[serde(default)]
-    pub message: String,
+wire_struct! {
+    /// Agent health.
+    Health {
+        /// Summary.
+        status: HealthStatus,
+        /// Whether the hypervisor connection is up.
+        hypervisor_connected: bool,
+        /// What is wrong, when not `ok`.
+        #[serde(default)]
+        message: String,
+    }
 }
 
-/// Agent load.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct Load {
-    /// Commands executing now.
-    pub in_flight: u32,
-    /// Commands handled since start.
-    pub commands_total: u64,
-    /// Tasks running.
-    pub tasks_running: u32,
-    /// VMs running or paused.
-    pub vms_active: u32,
-    /// Host one-minute load average × 1000.
-    pub load_avg_milli: u32,
-    /// Host free memory, KiB.
-    pub memory_free_kib: u64,
+wire_struct! {
+    /// Agent load.
+    Load {
+        /// Commands executing now.
+        in_flight: u32,
+        /// Commands handled since start.
+        commands_total: u64,
+        /// Tasks running.
+        tasks_running: u32,
+        /// VMs running or paused.
+        vms_active: u32,
+        /// Host one-minute load average × 1000.
+        load_avg_milli: u32,
+        /// Host free memory, KiB.
+        memory_free_kib: u64,
+    }
 }
 
-/// A presence heartbeat, published on the presence exchange under
-/// `<host>.heartbeat` every `interval_ms`. A manager considers a host stale
-/// after missing about three intervals.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct Heartbeat {
-    /// The host.
-    pub host_id: String,
-    /// The agent's epoch.
-    pub epoch: Uuid,
-    /// The agent's event sequence number at the time: a subscriber whose
-    /// last seen event is older knows it missed events.
-    pub last_seq: u64,
-    /// When sent.
-    pub time: Timestamp,
-    /// When the agent started.
-    pub started_at: Timestamp,
-    /// Heartbeat interval, ms.
-    pub interval_ms: u32,
-    /// Versions.
-    pub versions: Versions,
-    /// Commands served. Empty from protocol 1.1 on: the list is in the
-    /// host's [`Announcement`] and `host.capabilities`, not in every beat.
-    #[serde(default)]
-    pub capabilities: Vec<String>,
-    /// Labels (command groups the host belongs to).
-    pub labels: Vec<String>,
-    /// Health.
-    pub health: Health,
-    /// Load.
-    pub load: Load,
-    /// Free-form facts (e.g. `kvm: true`).
-    #[serde(default)]
-    pub facts: BTreeMap<String, String>,
+wire_struct! {
+    /// A presence heartbeat, published on the presence exchange under
+    /// `<host>.heartbeat` every `interval_ms`. A manager considers a host stale
+    /// after missing about three intervals.
+    Heartbeat {
+        /// The host.
+        host_id: String,
+        /// The agent's epoch.
+        epoch: Uuid,
+        /// The agent's event sequence number at the time: a subscriber whose
+        /// last seen event is older knows it missed events.
+        last_seq: u64,
+        /// When sent.
+        time: Timestamp,
+        /// When the agent started.
+        started_at: Timestamp,
+        /// Heartbeat interval, ms.
+        interval_ms: u32,
+        /// Versions.
+        versions: Versions,
+        /// Commands served. Empty from protocol 1.1 on: the list is in the
+        /// host's [`Announcement`] and `host.capabilities`, not in every beat.
+        #[serde(default)]
+        capabilities: Vec<String>,
+        /// Labels (command groups the host belongs to).
+        labels: Vec<String>,
+        /// Health.
+        health: Health,
+        /// Load.
+        load: Load,
+        /// Free-form facts (e.g. `kvm: true`).
+        #[serde(default)]
+        facts: BTreeMap<String, String>,
+    }
 }
 
 impl Heartbeat {
@@ -193,41 +191,41 @@ wire_enum! {
     }
 }
 
-/// A host's entry in the fleet roster, published on the presence exchange
-/// under `<host>.online`, `<host>.offline` or `<host>.forget` and kept by the
-/// broker in [`crate::names::ROSTER_STREAM`] for days: a process that starts
-/// reads it to know every host of the fleet, the dead ones too, until they
-/// are forgotten or the retention passes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct Announcement {
-    /// The host.
-    pub host_id: String,
-    /// What happened.
-    pub action: RosterAction,
-    /// The agent's epoch (absent for `forget`).
-    #[serde(default)]
-    pub epoch: Option<Uuid>,
-    /// When published.
-    pub time: Timestamp,
-    /// When the agent started (0 for `forget`).
-    #[serde(default)]
-    pub started_at: Timestamp,
-    /// The agent's heartbeat interval, ms (0 for `forget`).
-    #[serde(default)]
-    pub interval_ms: u32,
-    /// The host's labels.
-    #[serde(default)]
-    pub labels: Vec<String>,
-    /// Versions (on `online`).
-    #[serde(default)]
-    pub versions: Option<Versions>,
-    /// Commands served (on `online`).
-    #[serde(default)]
-    pub capabilities: Vec<String>,
-    /// Who published a `forget` (the broker-verified login), if known.
-    #[serde(default)]
-    pub by: Option<String>,
+wire_struct! {
+    /// A host's entry in the fleet roster, published on the presence exchange
+    /// under `<host>.online`, `<host>.offline` or `<host>.forget` and kept by the
+    /// broker in [`crate::names::ROSTER_STREAM`] for days: a process that starts
+    /// reads it to know every host of the fleet, the dead ones too, until they
+    /// are forgotten or the retention passes.
+    Announcement {
+        /// The host.
+        host_id: String,
+        /// What happened.
+        action: RosterAction,
+        /// The agent's epoch (absent for `forget`).
+        #[serde(default)]
+        epoch: Option<Uuid>,
+        /// When published.
+        time: Timestamp,
+        /// When the agent started (0 for `forget`).
+        #[serde(default)]
+        started_at: Timestamp,
+        /// The agent's heartbeat interval, ms (0 for `forget`).
+        #[serde(default)]
+        interval_ms: u32,
+        /// The host's labels.
+        #[serde(default)]
+        labels: Vec<String>,
+        /// Versions (on `online`).
+        #[serde(default)]
+        versions: Option<Versions>,
+        /// Commands served (on `online`).
+        #[serde(default)]
+        capabilities: Vec<String>,
+        /// Who published a `forget` (the broker-verified login), if known.
+        #[serde(default)]
+        by: Option<String>,
+    }
 }
 
 impl Announcement {

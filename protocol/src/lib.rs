@@ -21,6 +21,9 @@
 //!
 //! The wire is specified for implementers in `docs/protocol.md`.
 
+#[macro_use]
+mod macros;
+
 pub mod codec;
 pub mod commands;
 pub mod envelope;

@@ -2,8 +2,8 @@
 
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::{
-    BootDevice, BootSpec, CpuMode, DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec,
-    ForwardMode, NetworkSpec, NicModel, NicSpec, PoolKind, PoolSpec, VmSpec, VolumeRef, VolumeSpec,
+    BootDevice, CpuMode, DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, ForwardMode,
+    NetworkSpec, NicModel, NicSpec, PoolKind, PoolSpec, VmSpec, VolumeRef, VolumeSpec,
 };
 use hostbus_protocol::{Error, ErrorCode, Validate};
 use uuid::Uuid;
@@ -17,19 +17,9 @@ use specs::{nat_network, virtio_nic};
 
 fn vm_spec() -> VmSpec {
     VmSpec {
-        name: "web01".into(),
-        uuid: None,
-        description: String::new(),
-        memory_kib: 524_288,
-        max_memory_kib: None,
-        vcpus: 1,
-        max_vcpus: None,
-        arch: None,
         disks: vec![disk("vda")],
         nics: vec![virtio_nic("default", None)],
-        autostart: false,
-        boot: BootSpec::default(),
-        cpu_mode: None,
+        ..VmSpec::new("web01", 524_288, 1)
     }
 }
 

@@ -8,22 +8,18 @@
 
 use hostbus_protocol::commands::{ObjectName, PoolName, SnapshotRef, VolumeKey};
 use hostbus_protocol::types::{
-    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, ForwardMode, IpSpec, NetworkSpec,
-    NicModel, NicSpec, VmSpec, VolumeRef,
+    DiskFormat, DiskSource, DiskSpec, ForwardMode, IpSpec, NetworkSpec, NicSpec, VmSpec, VolumeRef,
 };
 
 /// A disk `target` on virtio backed by a new 1 GiB qcow2 volume in `pool`.
 pub fn new_disk_in(target: &str, pool: &str) -> DiskSpec {
+    let source = DiskSource::NewVolume {
+        pool: pool.to_owned(),
+        capacity_bytes: 1 << 30,
+    };
     DiskSpec {
-        target: target.to_owned(),
-        source: DiskSource::NewVolume {
-            pool: pool.to_owned(),
-            capacity_bytes: 1 << 30,
-        },
-        bus: DiskBus::Virtio,
         format: Some(DiskFormat::Qcow2),
-        read_only: false,
-        device: DiskDevice::Disk,
+        ..DiskSpec::new(target, source)
     }
 }
 
@@ -34,26 +30,21 @@ pub fn new_disk(target: &str) -> DiskSpec {
 
 /// A writable virtio disk `target` on the existing volume `pool`/`volume`.
 pub fn volume_disk(target: &str, pool: &str, volume: &str, format: Option<DiskFormat>) -> DiskSpec {
+    let source = DiskSource::Volume(VolumeRef {
+        pool: pool.to_owned(),
+        volume: volume.to_owned(),
+    });
     DiskSpec {
-        target: target.to_owned(),
-        source: DiskSource::Volume(VolumeRef {
-            pool: pool.to_owned(),
-            volume: volume.to_owned(),
-        }),
-        bus: DiskBus::Virtio,
         format,
-        read_only: false,
-        device: DiskDevice::Disk,
+        ..DiskSpec::new(target, source)
     }
 }
 
 /// A virtio NIC on libvirt network `network`, with MAC `mac` when given.
 pub fn virtio_nic(network: &str, mac: Option<&str>) -> NicSpec {
     NicSpec {
-        network: Some(network.to_owned()),
-        bridge: None,
         mac: mac.map(str::to_owned),
-        model: NicModel::Virtio,
+        ..NicSpec::on_network(network)
     }
 }
 
@@ -108,18 +99,7 @@ pub fn snapshot_ref(vm: uuid::Uuid, name: &str) -> SnapshotRef {
 /// of `disks` (targets such as `vda`).
 pub fn small_vm(name: &str, disks: &[&str]) -> VmSpec {
     VmSpec {
-        name: name.to_owned(),
-        uuid: None,
-        description: String::new(),
-        memory_kib: 262_144,
-        max_memory_kib: None,
-        vcpus: 1,
-        max_vcpus: None,
-        arch: None,
         disks: disks.iter().map(|t| new_disk(t)).collect(),
-        nics: vec![],
-        autostart: false,
-        boot: Default::default(),
-        cpu_mode: None,
+        ..VmSpec::new(name, 262_144, 1)
     }
 }

@@ -393,21 +393,7 @@ async fn the_contract_a_third_party_client_relies_on_holds() {
     // §7.4: a change becomes a task; its id is the message_id, a
     // vm.define task names the VM by name, the uuid comes in the result.
     let p = command(VmDefine::NAME, true);
-    let spec = VmSpec {
-        name: "py01".into(),
-        uuid: None,
-        description: String::new(),
-        memory_kib: 65_536,
-        max_memory_kib: None,
-        vcpus: 1,
-        max_vcpus: None,
-        arch: None,
-        disks: vec![],
-        nics: vec![],
-        autostart: false,
-        boot: Default::default(),
-        cpu_mode: None,
-    };
+    let spec = VmSpec::new("py01", 65_536, 1);
     let body = encode(ContentType::MsgPack, &VmDefineRequest { spec }).expect("encode");
     let r = call_h1(&mut peer, &p, &body, "async define").await;
     assert_eq!(r.header_str(STATUS_HEADER), Some("task"));

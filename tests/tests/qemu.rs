@@ -157,24 +157,16 @@ impl Bench {
     /// A VM spec booting the guest's kernel and initramfs on a serial console.
     fn guest(&self, name: &str, disks: Vec<DiskSpec>, cmdline: &str) -> VmSpec {
         VmSpec {
-            name: name.into(),
-            uuid: None,
             description: "hostbus real-hypervisor suite".into(),
-            memory_kib: 192 * 1024,
             max_memory_kib: Some(256 * 1024),
-            vcpus: 1,
-            max_vcpus: None,
-            arch: None,
             disks,
-            nics: vec![],
-            autostart: false,
             boot: BootSpec {
                 order: vec![],
                 kernel: Some(self.q.kernel.display().to_string()),
                 initrd: Some(self.q.initrd.display().to_string()),
                 cmdline: Some(format!("console=ttyS0 {cmdline}")),
             },
-            cpu_mode: None,
+            ..VmSpec::new(name, 192 * 1024, 1)
         }
     }
 }

@@ -3,16 +3,12 @@
 
 use super::*;
 use crate::types::*;
-use crate::validate::{check_name, Validate, Validation};
+use crate::validate::check_name;
 
 wire_struct! {
     /// No parameters (encodes as an empty map; any map is accepted).
     Empty {}
-}
-impl Validate for Empty {
-    fn validate(&self) -> Validation {
-        Ok(())
-    }
+    validate(this) { Ok(()) }
 }
 
 wire_struct! {
@@ -21,11 +17,7 @@ wire_struct! {
         /// The name.
         name: String,
     }
-}
-impl Validate for ObjectName {
-    fn validate(&self) -> Validation {
-        check_name("name", &self.name)
-    }
+    validate(this) { check_name("name", &this.name) }
 }
 
 /// Turns a response into the record a task stores as its result.

@@ -1,10 +1,7 @@
 //! Request types of the host commands.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
 use crate::types::Timestamp;
-use crate::validate::{check_text, Validate, Validation};
+use crate::validate::check_text;
 
 wire_struct! {
     /// Request of `host.ping`.
@@ -13,10 +10,8 @@ wire_struct! {
         #[serde(default)]
         echo: Option<String>,
     }
-}
-impl Validate for Ping {
-    fn validate(&self) -> Validation {
-        self.echo
+    validate(this) {
+        this.echo
             .as_deref()
             .map_or(Ok(()), |e| check_text("echo", e))
     }

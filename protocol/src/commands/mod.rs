@@ -15,19 +15,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::validate::Validate;
 
-/// Declares a wire struct: named fields, serde, schema and (feature
-/// `arbitrary`) fuzzing support.
-macro_rules! wire_struct {
-    ($(#[doc = $doc:literal])+ $name:ident { $( $(#[doc = $fdoc:literal])+ $(#[serde($($attr:tt)*)])? $field:ident : $ty:ty, )* }) => {
-        $(#[doc = $doc])+
-        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-        #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-        pub struct $name {
-            $( $(#[doc = $fdoc])+ $(#[serde($($attr)*)])? pub $field: $ty, )*
-        }
-    };
-}
-
 mod catalogue;
 pub mod common;
 pub mod host;

@@ -1,10 +1,6 @@
 //! Request and response types of the network commands.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
 use crate::types::*;
-use crate::validate::*;
 
 wire_struct! {
     /// Response of `network.list`.
@@ -20,9 +16,5 @@ wire_struct! {
         /// What to define.
         spec: NetworkSpec,
     }
-}
-impl Validate for NetworkDefineRequest {
-    fn validate(&self) -> Validation {
-        self.spec.validate().map_err(|e| e.within("spec"))
-    }
+    validate(this) { this.spec.validate().map_err(|e| e.within("spec")) }
 }

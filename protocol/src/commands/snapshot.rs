@@ -1,7 +1,5 @@
 //! Request and response types of the snapshot commands.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::types::*;
@@ -18,11 +16,9 @@ wire_struct! {
         #[serde(default)]
         description: String,
     }
-}
-impl Validate for SnapshotCreateRequest {
-    fn validate(&self) -> Validation {
-        check_name("name", &self.name)?;
-        check_text("description", &self.description)
+    validate(this) {
+        check_name("name", &this.name)?;
+        check_text("description", &this.description)
     }
 }
 
@@ -42,9 +38,5 @@ wire_struct! {
         /// Snapshot name.
         name: String,
     }
-}
-impl Validate for SnapshotRef {
-    fn validate(&self) -> Validation {
-        check_name("name", &self.name)
-    }
+    validate(this) { check_name("name", &this.name) }
 }

@@ -1,8 +1,5 @@
 //! Request and response types of the pool and volume commands.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
 use crate::types::*;
 use crate::validate::*;
 
@@ -20,11 +17,7 @@ wire_struct! {
         /// What to define.
         spec: PoolSpec,
     }
-}
-impl Validate for PoolDefineRequest {
-    fn validate(&self) -> Validation {
-        self.spec.validate().map_err(|e| e.within("spec"))
-    }
+    validate(this) { this.spec.validate().map_err(|e| e.within("spec")) }
 }
 
 wire_struct! {
@@ -33,11 +26,7 @@ wire_struct! {
         /// Pool name.
         pool: String,
     }
-}
-impl Validate for PoolName {
-    fn validate(&self) -> Validation {
-        check_name("pool", &self.pool)
-    }
+    validate(this) { check_name("pool", &this.pool) }
 }
 
 wire_struct! {
@@ -56,11 +45,9 @@ wire_struct! {
         /// Volume name.
         name: String,
     }
-}
-impl Validate for VolumeKey {
-    fn validate(&self) -> Validation {
-        check_name("pool", &self.pool)?;
-        check_name("name", &self.name)
+    validate(this) {
+        check_name("pool", &this.pool)?;
+        check_name("name", &this.name)
     }
 }
 
@@ -72,11 +59,9 @@ wire_struct! {
         /// What to create.
         spec: VolumeSpec,
     }
-}
-impl Validate for VolumeCreateRequest {
-    fn validate(&self) -> Validation {
-        check_name("pool", &self.pool)?;
-        self.spec.validate().map_err(|e| e.within("spec"))
+    validate(this) {
+        check_name("pool", &this.pool)?;
+        this.spec.validate().map_err(|e| e.within("spec"))
     }
 }
 
@@ -90,12 +75,10 @@ wire_struct! {
         /// New virtual size, bytes; must not be smaller than the current one.
         capacity_bytes: u64,
     }
-}
-impl Validate for VolumeResizeRequest {
-    fn validate(&self) -> Validation {
-        check_name("pool", &self.pool)?;
-        check_name("name", &self.name)?;
-        check_range("capacity_bytes", self.capacity_bytes, 1, MAX_VOLUME_BYTES)
+    validate(this) {
+        check_name("pool", &this.pool)?;
+        check_name("name", &this.name)?;
+        check_range("capacity_bytes", this.capacity_bytes, 1, MAX_VOLUME_BYTES)
     }
 }
 
@@ -109,11 +92,9 @@ wire_struct! {
         /// Name of the new volume.
         new_name: String,
     }
-}
-impl Validate for VolumeCloneRequest {
-    fn validate(&self) -> Validation {
-        check_name("pool", &self.pool)?;
-        check_name("name", &self.name)?;
-        check_name("new_name", &self.new_name)
+    validate(this) {
+        check_name("pool", &this.pool)?;
+        check_name("name", &this.name)?;
+        check_name("new_name", &this.new_name)
     }
 }

@@ -1,11 +1,8 @@
 //! Request and response types of the task commands.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::types::*;
-use crate::validate::*;
 
 wire_struct! {
     /// A task by id.
@@ -13,11 +10,7 @@ wire_struct! {
         /// Task id.
         id: Uuid,
     }
-}
-impl Validate for TaskId {
-    fn validate(&self) -> Validation {
-        Ok(())
-    }
+    validate(this) { Ok(()) }
 }
 
 wire_struct! {
@@ -27,13 +20,9 @@ wire_struct! {
         #[serde(default)]
         status: Option<TaskStatus>,
     }
-}
-impl Validate for TaskListRequest {
-    /// A filter this agent does not know (or `unknown`, which nothing is ever
-    /// in) is refused rather than answered with an empty list.
-    fn validate(&self) -> Validation {
-        self.status.map_or(Ok(()), |v| v.known("status"))
-    }
+    // A filter this agent does not know (or `unknown`, which nothing is ever
+    // in) is refused rather than answered with an empty list.
+    validate(this) { this.status.map_or(Ok(()), |v| v.known("status")) }
 }
 
 wire_struct! {

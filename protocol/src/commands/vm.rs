@@ -1,7 +1,5 @@
 //! Request and response types of the VM commands.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::types::*;
@@ -14,13 +12,9 @@ wire_struct! {
         #[serde(default)]
         power_state: Option<PowerState>,
     }
-}
-impl Validate for VmListRequest {
-    /// A filter this agent does not know (or `unknown`, which nothing is ever
-    /// in) is refused rather than answered with an empty list.
-    fn validate(&self) -> Validation {
-        self.power_state.map_or(Ok(()), |v| v.known("power_state"))
-    }
+    // A filter this agent does not know (or `unknown`, which nothing is ever
+    // in) is refused rather than answered with an empty list.
+    validate(this) { this.power_state.map_or(Ok(()), |v| v.known("power_state")) }
 }
 
 wire_struct! {
@@ -37,11 +31,7 @@ wire_struct! {
         /// The VM.
         uuid: Uuid,
     }
-}
-impl Validate for VmUuid {
-    fn validate(&self) -> Validation {
-        Ok(())
-    }
+    validate(this) { Ok(()) }
 }
 
 wire_struct! {
@@ -50,11 +40,7 @@ wire_struct! {
         /// What to define.
         spec: VmSpec,
     }
-}
-impl Validate for VmDefineRequest {
-    fn validate(&self) -> Validation {
-        self.spec.validate().map_err(|e| e.within("spec"))
-    }
+    validate(this) { this.spec.validate().map_err(|e| e.within("spec")) }
 }
 
 wire_struct! {
@@ -66,11 +52,7 @@ wire_struct! {
         #[serde(default)]
         remove_storage: bool,
     }
-}
-impl Validate for VmUndefineRequest {
-    fn validate(&self) -> Validation {
-        Ok(())
-    }
+    validate(this) { Ok(()) }
 }
 
 wire_struct! {
@@ -82,11 +64,7 @@ wire_struct! {
         #[serde(default)]
         paused: bool,
     }
-}
-impl Validate for VmStartRequest {
-    fn validate(&self) -> Validation {
-        Ok(())
-    }
+    validate(this) { Ok(()) }
 }
 
 wire_struct! {
@@ -101,14 +79,10 @@ wire_struct! {
         #[serde(default)]
         force: bool,
     }
+    validate(this) { check_range("timeout_s", this.timeout_s, 0, MAX_SHUTDOWN_TIMEOUT_S) }
 }
 fn default_shutdown_timeout() -> u32 {
     120
-}
-impl Validate for VmShutdownRequest {
-    fn validate(&self) -> Validation {
-        check_range("timeout_s", self.timeout_s, 0, MAX_SHUTDOWN_TIMEOUT_S)
-    }
 }
 
 wire_struct! {
@@ -119,12 +93,10 @@ wire_struct! {
         /// New memory, KiB; at most the VM's `max_memory_kib`.
         memory_kib: u64,
     }
-}
-impl Validate for VmSetMemoryRequest {
-    fn validate(&self) -> Validation {
+    validate(this) {
         check_range(
             "memory_kib",
-            self.memory_kib,
+            this.memory_kib,
             MIN_MEMORY_KIB,
             MAX_MEMORY_KIB,
         )
@@ -139,11 +111,7 @@ wire_struct! {
         /// New vCPU count; at most the VM's `max_vcpus`.
         vcpus: u32,
     }
-}
-impl Validate for VmSetVcpusRequest {
-    fn validate(&self) -> Validation {
-        check_range("vcpus", self.vcpus, 1, MAX_VCPUS)
-    }
+    validate(this) { check_range("vcpus", this.vcpus, 1, MAX_VCPUS) }
 }
 
 wire_struct! {
@@ -154,11 +122,7 @@ wire_struct! {
         /// The disk.
         disk: DiskSpec,
     }
-}
-impl Validate for VmAttachDiskRequest {
-    fn validate(&self) -> Validation {
-        self.disk.validate().map_err(|e| e.within("disk"))
-    }
+    validate(this) { this.disk.validate().map_err(|e| e.within("disk")) }
 }
 
 wire_struct! {
@@ -169,11 +133,7 @@ wire_struct! {
         /// Guest device name, e.g. `vdb`.
         target: String,
     }
-}
-impl Validate for VmDetachDiskRequest {
-    fn validate(&self) -> Validation {
-        check_device_target("target", &self.target)
-    }
+    validate(this) { check_device_target("target", &this.target) }
 }
 
 wire_struct! {
@@ -184,11 +144,7 @@ wire_struct! {
         /// The NIC.
         nic: NicSpec,
     }
-}
-impl Validate for VmAttachNicRequest {
-    fn validate(&self) -> Validation {
-        self.nic.validate().map_err(|e| e.within("nic"))
-    }
+    validate(this) { this.nic.validate().map_err(|e| e.within("nic")) }
 }
 
 wire_struct! {
@@ -199,9 +155,5 @@ wire_struct! {
         /// MAC address of the NIC.
         mac: String,
     }
-}
-impl Validate for VmDetachNicRequest {
-    fn validate(&self) -> Validation {
-        check_mac("mac", &self.mac)
-    }
+    validate(this) { check_mac("mac", &this.mac) }
 }

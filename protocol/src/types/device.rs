@@ -1,10 +1,5 @@
 //! Device kinds a VM and its volumes use: disk formats and buses, boot devices, CPU modes, NIC models.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
-use super::wire_enum;
-
 wire_enum! {
     /// How a disk's image is stored.
     DiskFormat {

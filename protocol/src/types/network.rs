@@ -1,10 +1,7 @@
 //! Virtual networks: forward modes, records, specs.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::wire_enum;
 use crate::validate::*;
 
 wire_enum! {
@@ -23,51 +20,48 @@ wire_enum! {
     }
 }
 
-/// A virtual network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct NetworkRecord {
-    /// Stable identity.
-    pub uuid: Uuid,
-    /// Unique name on the host; networks are addressed by name.
-    pub name: String,
-    /// Started.
-    pub active: bool,
-    /// Started when the host boots.
-    pub autostart: bool,
-    /// Defined persistently.
-    pub persistent: bool,
-    /// Host bridge device.
-    pub bridge: Option<String>,
-    /// Forwarding mode.
-    pub forward: ForwardMode,
-    /// Host-side address and DHCP range.
-    pub ip: Option<IpSpec>,
-    /// Generation of the record.
-    pub generation: u64,
+wire_struct! {
+    /// A virtual network.
+    NetworkRecord {
+        /// Stable identity.
+        uuid: Uuid,
+        /// Unique name on the host; networks are addressed by name.
+        name: String,
+        /// Started.
+        active: bool,
+        /// Started when the host boots.
+        autostart: bool,
+        /// Defined persistently.
+        persistent: bool,
+        /// Host bridge device.
+        bridge: Option<String>,
+        /// Forwarding mode.
+        forward: ForwardMode,
+        /// Host-side address and DHCP range.
+        ip: Option<IpSpec>,
+        /// Generation of the record.
+        generation: u64,
+    }
 }
 
-/// The host side of a virtual network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct IpSpec {
-    /// Host address on the network, IPv4.
-    pub address: String,
-    /// Prefix length, 1 to 30.
-    pub prefix: u8,
-    /// First DHCP address, if DHCP is on.
-    #[serde(default)]
-    pub dhcp_start: Option<String>,
-    /// Last DHCP address, if DHCP is on.
-    #[serde(default)]
-    pub dhcp_end: Option<String>,
-}
-
-impl Validate for IpSpec {
-    fn validate(&self) -> Validation {
-        check_ipv4("address", &self.address)?;
-        check_range("prefix", self.prefix, 1, 30)?;
-        match (&self.dhcp_start, &self.dhcp_end) {
+wire_struct! {
+    /// The host side of a virtual network.
+    IpSpec {
+        /// Host address on the network, IPv4.
+        address: String,
+        /// Prefix length, 1 to 30.
+        prefix: u8,
+        /// First DHCP address, if DHCP is on.
+        #[serde(default)]
+        dhcp_start: Option<String>,
+        /// Last DHCP address, if DHCP is on.
+        #[serde(default)]
+        dhcp_end: Option<String>,
+    }
+    validate(this) {
+        check_ipv4("address", &this.address)?;
+        check_range("prefix", this.prefix, 1, 30)?;
+        match (&this.dhcp_start, &this.dhcp_end) {
             (Some(s), Some(e)) => {
                 check_ipv4("dhcp_start", s)?;
                 check_ipv4("dhcp_end", e)
@@ -81,44 +75,41 @@ impl Validate for IpSpec {
     }
 }
 
-/// A virtual network to define.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct NetworkSpec {
-    /// Unique name.
-    pub name: String,
-    /// Host bridge device name (generated when absent, required for `bridge` forwarding).
-    #[serde(default)]
-    pub bridge: Option<String>,
-    /// Forwarding mode.
-    pub forward: ForwardMode,
-    /// Host address and DHCP range.
-    #[serde(default)]
-    pub ip: Option<IpSpec>,
-    /// Start when the host boots.
-    #[serde(default)]
-    pub autostart: bool,
-}
-
-impl Validate for NetworkSpec {
-    fn validate(&self) -> Validation {
-        check_name("name", &self.name)?;
-        if let Some(b) = &self.bridge {
+wire_struct! {
+    /// A virtual network to define.
+    NetworkSpec {
+        /// Unique name.
+        name: String,
+        /// Host bridge device name (generated when absent, required for `bridge` forwarding).
+        #[serde(default)]
+        bridge: Option<String>,
+        /// Forwarding mode.
+        forward: ForwardMode,
+        /// Host address and DHCP range.
+        #[serde(default)]
+        ip: Option<IpSpec>,
+        /// Start when the host boots.
+        #[serde(default)]
+        autostart: bool,
+    }
+    validate(this) {
+        check_name("name", &this.name)?;
+        if let Some(b) = &this.bridge {
             check_name("bridge", b)?;
             if b.len() > 15 {
                 return Err(ValidationError::new("bridge", "must be at most 15 bytes"));
             }
         }
-        if self.forward == ForwardMode::Unknown {
+        if this.forward == ForwardMode::Unknown {
             return Err(ValidationError::new("forward", "unknown forward mode"));
         }
-        if self.forward == ForwardMode::Bridge && self.bridge.is_none() {
+        if this.forward == ForwardMode::Bridge && this.bridge.is_none() {
             return Err(ValidationError::new(
                 "bridge",
                 "is required when forward is `bridge`",
             ));
         }
-        if let Some(ip) = &self.ip {
+        if let Some(ip) = &this.ip {
             ip.validate().map_err(|e| e.within("ip"))?;
         }
         Ok(())

@@ -1,36 +1,29 @@
 //! References to objects: classes, object and volume references.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
-use super::wire_enum;
 use crate::validate::*;
 
-/// A reference to a volume in a pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct VolumeRef {
-    /// Pool name.
-    pub pool: String,
-    /// Volume name inside the pool.
-    pub volume: String,
-}
-
-impl Validate for VolumeRef {
-    fn validate(&self) -> Validation {
-        check_name("pool", &self.pool)?;
-        check_name("volume", &self.volume)
+wire_struct! {
+    /// A reference to a volume in a pool.
+    VolumeRef {
+        /// Pool name.
+        pool: String,
+        /// Volume name inside the pool.
+        volume: String,
+    }
+    validate(this) {
+        check_name("pool", &this.pool)?;
+        check_name("volume", &this.volume)
     }
 }
 
-/// What a task is doing it to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct ObjectRef {
-    /// Object class: `vm`, `pool`, `volume`, `network`, `snapshot`, `host`.
-    pub class: ObjectClass,
-    /// Its id: a uuid for VMs, a name for pools and networks, `pool/volume`, `vm-uuid/snapshot`.
-    pub id: String,
+wire_struct! {
+    /// What a task is doing it to.
+    ObjectRef {
+        /// Object class: `vm`, `pool`, `volume`, `network`, `snapshot`, `host`.
+        class: ObjectClass,
+        /// Its id: a uuid for VMs, a name for pools and networks, `pool/volume`, `vm-uuid/snapshot`.
+        id: String,
+    }
 }
 
 wire_enum! {

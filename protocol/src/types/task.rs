@@ -10,7 +10,7 @@ use super::network::*;
 use super::object::*;
 use super::storage::*;
 use super::vm::*;
-use super::{wire_enum, Timestamp};
+use super::Timestamp;
 use crate::error::Error;
 
 wire_enum! {
@@ -41,33 +41,33 @@ impl TaskStatus {
     }
 }
 
-/// A long operation that runs in the background.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct TaskRecord {
-    /// Task id.
-    pub id: Uuid,
-    /// The command that started it, e.g. `vm.start`.
-    pub command: String,
-    /// The object it works on.
-    pub object: Option<ObjectRef>,
-    /// Status.
-    pub status: TaskStatus,
-    /// Progress, 0 to 100.
-    #[schemars(range(max = 100))]
-    pub progress: u8,
-    /// Created.
-    pub created_at: Timestamp,
-    /// Finished, if it has.
-    pub finished_at: Option<Timestamp>,
-    /// Whether `task.cancel` can interrupt it now.
-    pub cancellable: bool,
-    /// The command's result on success.
-    pub result: Option<Record>,
-    /// The command's error on failure or cancellation.
-    pub error: Option<Error>,
-    /// Generation of the record.
-    pub generation: u64,
+wire_struct! {
+    /// A long operation that runs in the background.
+    TaskRecord {
+        /// Task id.
+        id: Uuid,
+        /// The command that started it, e.g. `vm.start`.
+        command: String,
+        /// The object it works on.
+        object: Option<ObjectRef>,
+        /// Status.
+        status: TaskStatus,
+        /// Progress, 0 to 100.
+        #[schemars(range(max = 100))]
+        progress: u8,
+        /// Created.
+        created_at: Timestamp,
+        /// Finished, if it has.
+        finished_at: Option<Timestamp>,
+        /// Whether `task.cancel` can interrupt it now.
+        cancellable: bool,
+        /// The command's result on success.
+        result: Option<Record>,
+        /// The command's error on failure or cancellation.
+        error: Option<Error>,
+        /// Generation of the record.
+        generation: u64,
+    }
 }
 
 /// Any record, tagged by class.
