@@ -15,7 +15,7 @@ pub(crate) async fn hosts(ctx: &Ctx, listen_ms: u64) -> Res<()> {
         );
     }
     let hosts = p.hosts();
-    ctx.list(
+    ctx.list_with(
         &hosts,
         &[
             ("HOST", &|h| h.host_id.clone()),

@@ -3,29 +3,13 @@
 use hostbus_client::protocol::types::{IpSpec, NetworkRecord, NetworkSpec};
 
 use crate::cli::NetworkCmd;
-use crate::output::{print_json, Ctx, Res};
+use crate::output::{print_json, Column, Ctx, Listed, Res};
 
 /// `hostctl network ...`.
 pub(crate) async fn run(ctx: &Ctx, cmd: NetworkCmd) -> Res<()> {
     let c = &ctx.client;
     match cmd {
-        NetworkCmd::List { host } => {
-            let nets = c.host(&host).networks().await?;
-            ctx.list(
-                &nets,
-                &[
-                    ("NAME", &|n| n.name.clone()),
-                    ("ACTIVE", &|n| n.active.to_string()),
-                    ("FORWARD", &|n| n.forward.to_string()),
-                    ("BRIDGE", &|n| n.bridge.clone().unwrap_or_default()),
-                    ("ADDRESS", &|n| {
-                        n.ip.as_ref()
-                            .map(|i| format!("{}/{}", i.address, i.prefix))
-                            .unwrap_or_default()
-                    }),
-                ],
-            )
-        }
+        NetworkCmd::List { host } => ctx.list(&c.host(&host).networks().await?),
         NetworkCmd::Get { network } => print_json(&network.on(c).get().await?),
         NetworkCmd::Create {
             host,
@@ -70,4 +54,19 @@ pub(crate) async fn run(ctx: &Ctx, cmd: NetworkCmd) -> Res<()> {
 /// What `network start` and `network stop` print: the network and whether it is now active.
 fn active(ctx: &Ctx, r: &NetworkRecord) -> Res<()> {
     ctx.show(r, |r| outln!("network {} active: {}", r.name, r.active))
+}
+
+/// What `hostctl network list` prints.
+impl Listed for NetworkRecord {
+    const COLUMNS: &'static [Column<'static, Self>] = &[
+        ("NAME", &|n| n.name.clone()),
+        ("ACTIVE", &|n| n.active.to_string()),
+        ("FORWARD", &|n| n.forward.to_string()),
+        ("BRIDGE", &|n| n.bridge.clone().unwrap_or_default()),
+        ("ADDRESS", &|n| {
+            n.ip.as_ref()
+                .map(|i| format!("{}/{}", i.address, i.prefix))
+                .unwrap_or_default()
+        }),
+    ];
 }

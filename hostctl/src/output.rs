@@ -85,9 +85,19 @@ impl Ctx {
         }
     }
 
+    /// A list of records: a JSON array, or a table of the record type's
+    /// [`Listed::COLUMNS`].
+    pub(crate) fn list<T: Listed>(&self, items: &[T]) -> Res<()> {
+        self.list_with(items, T::COLUMNS)
+    }
+
     /// A list: a JSON array, or a table with a row per item and a cell per
     /// column.
-    pub(crate) fn list<T: Serialize>(&self, items: &[T], columns: &[Column<'_, T>]) -> Res<()> {
+    pub(crate) fn list_with<T: Serialize>(
+        &self,
+        items: &[T],
+        columns: &[Column<'_, T>],
+    ) -> Res<()> {
         let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
         self.show(&items, |items| {
             let row = |item: &T| columns.iter().map(|(_, cell)| cell(item)).collect();
@@ -114,6 +124,13 @@ pub(crate) fn print_json<T: Serialize>(v: &T) -> Res<()> {
 /// A table column: its header, and how an item fills its cell (written
 /// side by side so a header cannot drift from its cell).
 pub(crate) type Column<'a, T> = (&'a str, &'a dyn Fn(&T) -> String);
+
+/// A record type's table: the columns its `list` verb prints, declared
+/// beside the verbs of its class.
+pub(crate) trait Listed: Serialize + Sized + 'static {
+    /// Header and cell of each column, left to right.
+    const COLUMNS: &'static [Column<'static, Self>];
+}
 
 /// A one-row table from (header, cell) pairs.
 pub(crate) fn record(cells: Vec<(&str, String)>) {

@@ -1,29 +1,15 @@
 //! `hostctl pool ...` and `hostctl volume ...`: storage.
 
-use hostbus_client::protocol::types::{PoolKind, PoolRecord, PoolSpec, VolumeSpec};
+use hostbus_client::protocol::types::{PoolKind, PoolRecord, PoolSpec, VolumeRecord, VolumeSpec};
 
 use crate::cli::{PoolCmd, VolumeCmd};
-use crate::output::{gib, print_json, Ctx, Res};
+use crate::output::{gib, print_json, Column, Ctx, Listed, Res};
 
 /// `hostctl pool ...`.
 pub(crate) async fn pool(ctx: &Ctx, cmd: PoolCmd) -> Res<()> {
     let c = &ctx.client;
     match cmd {
-        PoolCmd::List { host } => {
-            let pools = c.host(&host).pools().await?;
-            ctx.list(
-                &pools,
-                &[
-                    ("NAME", &|p| p.name.clone()),
-                    ("STATE", &|p| p.state.to_string()),
-                    ("KIND", &|p| p.kind.to_string()),
-                    ("VOLUMES", &|p| p.volumes.to_string()),
-                    ("CAPACITY_GIB", &|p| gib(p.capacity_bytes)),
-                    ("AVAILABLE_GIB", &|p| gib(p.available_bytes)),
-                    ("PATH", &|p| p.target_path.clone().unwrap_or_default()),
-                ],
-            )
-        }
+        PoolCmd::List { host } => ctx.list(&c.host(&host).pools().await?),
         PoolCmd::Get { pool } => print_json(&pool.on(c).get().await?),
         PoolCmd::Create {
             host,
@@ -67,19 +53,7 @@ fn pool_state(ctx: &Ctx, r: &PoolRecord) -> Res<()> {
 pub(crate) async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Res<()> {
     let c = &ctx.client;
     match cmd {
-        VolumeCmd::List { pool } => {
-            let vols = pool.on(c).volumes().await?;
-            ctx.list(
-                &vols,
-                &[
-                    ("NAME", &|v| v.name.clone()),
-                    ("FORMAT", &|v| v.format.to_string()),
-                    ("CAPACITY_GIB", &|v| gib(v.capacity_bytes)),
-                    ("ALLOCATION_GIB", &|v| gib(v.allocation_bytes)),
-                    ("PATH", &|v| v.path.clone()),
-                ],
-            )
-        }
+        VolumeCmd::List { pool } => ctx.list(&pool.on(c).volumes().await?),
         VolumeCmd::Create {
             pool,
             name,
@@ -134,4 +108,28 @@ pub(crate) async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Res<()> {
             ctx.show(&r, |r| outln!("volume {} cloned to {}", v.volume, r.name))
         }
     }
+}
+
+/// What `hostctl pool list` prints.
+impl Listed for PoolRecord {
+    const COLUMNS: &'static [Column<'static, Self>] = &[
+        ("NAME", &|p| p.name.clone()),
+        ("STATE", &|p| p.state.to_string()),
+        ("KIND", &|p| p.kind.to_string()),
+        ("VOLUMES", &|p| p.volumes.to_string()),
+        ("CAPACITY_GIB", &|p| gib(p.capacity_bytes)),
+        ("AVAILABLE_GIB", &|p| gib(p.available_bytes)),
+        ("PATH", &|p| p.target_path.clone().unwrap_or_default()),
+    ];
+}
+
+/// What `hostctl volume list` prints.
+impl Listed for VolumeRecord {
+    const COLUMNS: &'static [Column<'static, Self>] = &[
+        ("NAME", &|v| v.name.clone()),
+        ("FORMAT", &|v| v.format.to_string()),
+        ("CAPACITY_GIB", &|v| gib(v.capacity_bytes)),
+        ("ALLOCATION_GIB", &|v| gib(v.allocation_bytes)),
+        ("PATH", &|v| v.path.clone()),
+    ];
 }

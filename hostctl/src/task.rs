@@ -7,27 +7,14 @@ use futures_lite::StreamExt;
 use hostbus_client::{Notification, SubscribeOptions};
 
 use crate::cli::{EventsArgs, Output, TaskCmd};
-use crate::output::{print_json, task_outcome, Ctx, Progress, Res};
+use crate::output::{print_json, task_outcome, Column, Ctx, Listed, Progress, Res};
+use hostbus_client::protocol::types::TaskRecord;
 
 /// `hostctl task ...`.
 pub(crate) async fn run(ctx: &Ctx, cmd: TaskCmd) -> Res<()> {
     let c = &ctx.client;
     match cmd {
-        TaskCmd::List { host } => {
-            let tasks = c.host(&host).tasks(None).await?;
-            ctx.list(
-                &tasks,
-                &[
-                    ("ID", &|t| t.id.to_string()),
-                    ("COMMAND", &|t| t.command.clone()),
-                    ("STATUS", &|t| t.status.to_string()),
-                    ("PROGRESS", &|t| format!("{}%", t.progress)),
-                    ("OBJECT", &|t| {
-                        t.object.as_ref().map(|o| o.id.clone()).unwrap_or_default()
-                    }),
-                ],
-            )
-        }
+        TaskCmd::List { host } => ctx.list(&c.host(&host).tasks(None).await?),
         TaskCmd::Get { host, id } => print_json(&c.host(&host).task(id).get().await?),
         TaskCmd::Wait { host, id } => {
             let bar = Progress::new(&format!("task {id}"));
@@ -104,4 +91,17 @@ pub(crate) async fn events(ctx: &Ctx, args: EventsArgs) -> Res<()> {
         }
     }
     Ok(())
+}
+
+/// What `hostctl task list` prints.
+impl Listed for TaskRecord {
+    const COLUMNS: &'static [Column<'static, Self>] = &[
+        ("ID", &|t| t.id.to_string()),
+        ("COMMAND", &|t| t.command.clone()),
+        ("STATUS", &|t| t.status.to_string()),
+        ("PROGRESS", &|t| format!("{}%", t.progress)),
+        ("OBJECT", &|t| {
+            t.object.as_ref().map(|o| o.id.clone()).unwrap_or_default()
+        }),
+    ];
 }

@@ -6,12 +6,12 @@ use hostbus_client::protocol::commands::{VmList, VmListRequest};
 use hostbus_client::protocol::names::Target;
 use hostbus_client::protocol::types::{
     BootSpec, DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, NicModel, NicSpec, PowerState,
-    Record, VmRecord, VmSpec,
+    Record, SnapshotRecord, VmRecord, VmSpec,
 };
 use serde::Serialize;
 
 use crate::cli::{Lifecycle, SnapshotCmd, VmCmd, VmCreate};
-use crate::output::{mib, table, task_outcome, Ctx, Failure, Progress, Res};
+use crate::output::{mib, table, task_outcome, Column, Ctx, Failure, Listed, Progress, Res};
 
 /// `hostctl vm ...`.
 pub(crate) async fn run(ctx: &Ctx, cmd: VmCmd) -> Res<()> {
@@ -357,39 +357,18 @@ async fn create(ctx: &Ctx, args: VmCreate) -> Res<()> {
     let mut drives = Vec::with_capacity(disks.len() + cdroms.len());
     for (i, d) in disks.into_iter().enumerate() {
         drives.push(DiskSpec {
-            target: target("vd", b'a', i, "disks")?,
-            source: d.source,
-            bus: DiskBus::Virtio,
             format: d.format,
-            read_only: false,
-            device: DiskDevice::Disk,
+            ..DiskSpec::new(target("vd", b'a', i, "disks")?, d.source)
         });
     }
     for (i, source) in cdroms.into_iter().enumerate() {
         // IDE: every machine type has it; hdc is the secondary master.
         drives.push(cdrom(target("hd", b'c', i, "cdroms")?, source));
     }
-    let nics = networks
-        .into_iter()
-        .map(|n| NicSpec {
-            network: Some(n),
-            bridge: None,
-            mac: None,
-            model: NicModel::Virtio,
-        })
-        .collect();
     let spec = VmSpec {
-        name,
-        uuid: None,
         description: description.unwrap_or_default(),
-        memory_kib: memory * 1024,
-        max_memory_kib: None,
-        vcpus,
-        max_vcpus: None,
-        arch: None,
         disks: drives,
-        nics,
-        autostart: false,
+        nics: networks.into_iter().map(NicSpec::on_network).collect(),
         boot: BootSpec {
             order: boot.into_iter().map(Into::into).collect(),
             kernel,
@@ -397,6 +376,7 @@ async fn create(ctx: &Ctx, args: VmCreate) -> Res<()> {
             cmdline,
         },
         cpu_mode: cpu_mode.map(Into::into),
+        ..VmSpec::new(name, memory * 1024, vcpus)
     };
     let hh = ctx.client.host(&host);
     let task = hh.define_vm_async(spec).await?;
@@ -417,12 +397,11 @@ async fn create(ctx: &Ctx, args: VmCreate) -> Res<()> {
 /// A read-only raw CD-ROM drive on IDE.
 fn cdrom(target: String, source: DiskSource) -> DiskSpec {
     DiskSpec {
-        target,
-        source,
         bus: DiskBus::Ide,
         format: Some(DiskFormat::Raw),
         read_only: true,
         device: DiskDevice::Cdrom,
+        ..DiskSpec::new(target, source)
     }
 }
 
@@ -430,19 +409,7 @@ fn cdrom(target: String, source: DiskSource) -> DiskSpec {
 pub(crate) async fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Res<()> {
     let c = &ctx.client;
     match cmd {
-        SnapshotCmd::List { vm } => {
-            let snaps = vm.on(c).snapshots().await?;
-            ctx.list(
-                &snaps,
-                &[
-                    ("NAME", &|s| s.name.clone()),
-                    ("VM_STATE", &|s| s.vm_power_state.to_string()),
-                    ("CURRENT", &|s| s.current.to_string()),
-                    ("PARENT", &|s| s.parent.clone().unwrap_or_default()),
-                    ("DESCRIPTION", &|s| s.description.clone()),
-                ],
-            )
-        }
+        SnapshotCmd::List { vm } => ctx.list(&vm.on(c).snapshots().await?),
         SnapshotCmd::Create {
             vm,
             name,
@@ -469,4 +436,15 @@ pub(crate) async fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Res<()> {
             ctx.deleted("snapshot", &name)
         }
     }
+}
+
+/// What `hostctl snapshot list` prints.
+impl Listed for SnapshotRecord {
+    const COLUMNS: &'static [Column<'static, Self>] = &[
+        ("NAME", &|s| s.name.clone()),
+        ("VM_STATE", &|s| s.vm_power_state.to_string()),
+        ("CURRENT", &|s| s.current.to_string()),
+        ("PARENT", &|s| s.parent.clone().unwrap_or_default()),
+        ("DESCRIPTION", &|s| s.description.clone()),
+    ];
 }
