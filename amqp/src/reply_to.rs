@@ -73,27 +73,32 @@ fn is_pid_term(b: &[u8]) -> bool {
     len > 0 && rest.len() == len + tail && rest[..len].contains(&b'@')
 }
 
+/// A direct reply-to address in the form RabbitMQ 3.10 on Erlang 25 issues
+/// (v2 encoding: the node is `reply@<hash>`) whose node is in no cluster:
+/// [`ReplyAddress::Direct`] to [`classify_reply_to`], yet a broker closes
+/// the connection that replies to it. For tests of that case.
+pub fn forged_direct_reply_to() -> String {
+    let node = b"reply@1234567";
+    let mut pid = vec![131, 88, 118, 0, node.len() as u8];
+    pid.extend_from_slice(node);
+    pid.extend_from_slice(&[0, 0, 3, 1, 0, 0, 0, 0, 99, 104, 35, 17]);
+    format!(
+        "{DIRECT_REPLY_TO}.{}.{}",
+        STANDARD.encode(pid),
+        STANDARD.encode([7u8; 16])
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// An address as RabbitMQ 3.10 on Erlang 25 issues it (v2 encoding: the
-    /// node is `reply@<hash>`).
-    fn issued() -> String {
-        let node = b"reply@1234567";
-        let mut pid = vec![131, 88, 118, 0, node.len() as u8];
-        pid.extend_from_slice(node);
-        pid.extend_from_slice(&[0, 0, 3, 1, 0, 0, 0, 0, 99, 104, 35, 17]);
-        format!(
-            "amq.rabbitmq.reply-to.{}.{}",
-            STANDARD.encode(pid),
-            STANDARD.encode([7u8; 16])
-        )
-    }
-
     #[test]
     fn issued_addresses_are_direct() {
-        assert_eq!(classify_reply_to(&issued()), ReplyAddress::Direct);
+        assert_eq!(
+            classify_reply_to(&forged_direct_reply_to()),
+            ReplyAddress::Direct
+        );
     }
 
     #[test]
@@ -110,7 +115,7 @@ mod tests {
 
     #[test]
     fn what_the_broker_cannot_decode_is_invalid() {
-        let good = issued();
+        let good = forged_direct_reply_to();
         let (_, key) = good.rsplit_once('.').expect("key");
         for bad in [
             "amq.rabbitmq.reply-to".to_owned(),

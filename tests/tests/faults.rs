@@ -1412,23 +1412,6 @@ async fn messages_no_client_library_could_parse_are_answered_and_the_agent_serve
     );
 }
 
-/// A direct reply-to address with a well-formed pid on a node that is not
-/// in the cluster: RabbitMQ 3.10 closes the connection of whoever replies.
-fn forged_reply_to() -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let node = b"reply@1234567";
-    let mut pid = vec![131, 88, 118, 0, node.len() as u8];
-    pid.extend_from_slice(node);
-    pid.extend_from_slice(&[0, 0, 3, 1, 0, 0, 0, 0, 99, 104, 35, 17]);
-    format!(
-        "{}.{}.{}",
-        names::DIRECT_REPLY_TO,
-        b64.encode(pid),
-        b64.encode([7u8; 16])
-    )
-}
-
 /// Issue 12, findings 2 and 3: a poison `reply_to` made RabbitMQ close the
 /// agent's connection on every reply; the agent kept replying before acking
 /// (hundreds of deliveries) and reconnected within milliseconds. Now an
@@ -1454,7 +1437,7 @@ async fn a_poison_reply_address_is_dead_lettered_after_at_most_one_lost_session(
             uuid: web,
             memory_kib: 777 * 1024,
         },
-        &forged_reply_to(),
+        &hostbus_amqp::reply_to::forged_direct_reply_to(),
     );
     peer.publish_command(&host_key("h1"), &forged.props, &forged.body)
         .await
