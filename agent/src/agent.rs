@@ -188,13 +188,18 @@ impl Agent {
         if let Some(settings) = agent.cfg.http()? {
             let listeners = crate::http::bind(&settings).await?;
             // Heartbeats over HTTP name the libvirt and hypervisor versions
-            // before any broker session has read an inventory.
+            // and the host's load before any broker session has read an
+            // inventory.
             let bridge = agent.bridge.clone();
             let info = tokio::task::spawn_blocking(move || {
-                bridge.call(AnyRequest::HostInfo(Empty {}), &CallContext::default())
+                let info = bridge.call(AnyRequest::HostInfo(Empty {}), &CallContext::default());
+                (info, bridge.host_load())
             });
-            if let Ok(Ok(AnyResponse::HostInfo(host))) = info.await {
-                agent.note_host(&host);
+            if let Ok((info, load)) = info.await {
+                if let Ok(AnyResponse::HostInfo(host)) = info {
+                    agent.note_host(&host);
+                }
+                agent.note_load(&load);
             }
             let a = agent.clone();
             let b = Arc::new(crate::http::HttpBinding::new(

@@ -575,6 +575,34 @@ async fn events_carry_growing_sequence_numbers_and_heartbeats_arrive() {
     assert!(a.capabilities.iter().any(|c| c == "vm.start"));
 }
 
+/// At the production heartbeat interval (5 s) the first heartbeat is what
+/// a manager, or `hostctl hosts` in a fresh process, sees for five seconds
+/// after an agent (re)starts: its load must be the host's, not zeros (it
+/// said `vms_active: 0` and `memory_free_kib: 0` before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_heartbeat_reports_the_hosts_load() {
+    let node = RabbitNode::start().expect("rabbit");
+    let peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
+    let mut events = peer.watch(names::EVENT_EXCHANGE, "h1.agent.online").await;
+    let mut beats = peer.watch(names::PRESENCE_EXCHANGE, "h1.heartbeat").await;
+    let _agent = AgentProcess::builder("h1", &node.amqp_url()).start();
+    let online = events.next(Duration::from_secs(60)).await.expect("online");
+    let online: Event = decode(ContentType::MsgPack, &online.body, 64 << 20).expect("event");
+    let inv = online.inventory.expect("inventory");
+    let active = inv
+        .vms
+        .iter()
+        .filter(|v| matches!(v.power_state, PowerState::Running | PowerState::Paused))
+        .count();
+    assert!(active > 0, "the h1 inventory runs a VM");
+    let first = beats.next(T).await.expect("first heartbeat");
+    let hb: Heartbeat = decode(ContentType::MsgPack, &first.body, 1 << 20).expect("heartbeat");
+    assert_eq!(hb.interval_ms, 5000, "production default");
+    assert_eq!(hb.load.vms_active as usize, active, "{hb:?}");
+    assert!(hb.load.memory_free_kib > 0, "{hb:?}");
+    assert!(!hb.versions.libvirt.is_empty(), "{hb:?}");
+}
+
 const ONLINE_AGAIN: &str = "test.online-again";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

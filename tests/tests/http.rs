@@ -247,6 +247,10 @@ async fn socket_peers_get_the_role_of_their_uid_or_gid_and_nobody_else_gets_in()
         .await
         .expect("heartbeat");
     assert_eq!(hb.status, 200, "{}", hb.text());
+    // Read at start, without a broker session: the host's load and versions.
+    let hb: serde_json::Value = serde_json::from_str(&hb.text()).expect("json");
+    assert!(hb["load"]["memory_free_kib"].as_u64() > Some(0), "{hb}");
+    assert_ne!(hb["versions"]["libvirt"], "", "{hb}");
 
     // A gid entry: operators start VMs but define none.
     let (_b, op, _d2) = offline_agent(

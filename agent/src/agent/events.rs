@@ -113,7 +113,12 @@ impl Agent {
     ) -> anyhow::Result<u64> {
         let inventory = if action == EventAction::Online {
             let bridge = self.bridge.clone();
-            match tokio::task::spawn_blocking(move || bridge.inventory()).await? {
+            let (inv, load) =
+                tokio::task::spawn_blocking(move || (bridge.inventory(), bridge.host_load()))
+                    .await?;
+            // The first heartbeat follows at once: it reports this load.
+            self.note_load(&load);
+            match inv {
                 Ok(inv) => Some(inv),
                 Err(e) => {
                     tracing::warn!(error = %e, "no inventory for agent.online");

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use hostbus_bridge::HostLoad;
 use hostbus_protocol::events::{Health, Load, Versions};
 use hostbus_protocol::names;
 use hostbus_protocol::types::{HealthStatus, HostRecord, Inventory};
@@ -24,6 +25,16 @@ pub(super) struct Facts {
     vms_active: u32,
     memory_free_kib: u64,
     load_avg_milli: u32,
+}
+
+impl Facts {
+    fn note_load(&mut self, load: &HostLoad) {
+        self.load_avg_milli = load.load_avg_milli;
+        if let (Some(vms), Some(free)) = (load.vms_active, load.memory_free_kib) {
+            self.vms_active = vms;
+            self.memory_free_kib = free;
+        }
+    }
 }
 
 impl Agent {
@@ -102,16 +113,16 @@ impl Agent {
         let facts = self.facts.clone();
         let flag = self.refreshing.clone();
         tokio::task::spawn_blocking(move || {
-            let load = bridge.host_load();
-            let mut f = lock(&facts);
-            f.load_avg_milli = load.load_avg_milli;
-            if let (Some(vms), Some(free)) = (load.vms_active, load.memory_free_kib) {
-                f.vms_active = vms;
-                f.memory_free_kib = free;
-            }
-            drop(f);
+            lock(&facts).note_load(&bridge.host_load());
             flag.store(false, Ordering::SeqCst);
         });
+    }
+
+    /// Keeps load facts read on a blocking thread (at session start, with
+    /// the inventory), so the first heartbeat after a start reports the
+    /// host's load rather than zeros.
+    pub(super) fn note_load(&self, load: &HostLoad) {
+        lock(&self.facts).note_load(load);
     }
 
     /// The host's heartbeat as of now (load facts refreshed in the
