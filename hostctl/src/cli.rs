@@ -160,7 +160,12 @@ pub(crate) struct EventsArgs {
     /// Where to start: `next` (default), `first` (the oldest the broker
     /// keeps), a stream offset (a printed `offset` plus one), or a time
     /// (`-10m`, `-2h`: that long ago).
-    #[arg(long, default_value = "next", value_parser = crate::args::start_at)]
+    #[arg(
+        long,
+        default_value = "next",
+        value_parser = crate::args::start_at,
+        allow_hyphen_values = true
+    )]
     pub(crate) from: StartAt,
     /// Keep printing until interrupted.
     #[arg(long)]
@@ -550,11 +555,76 @@ pub(crate) enum TaskCmd {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     #[test]
     fn the_command_line_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    /// A command line as a shell would split it: environment assignments
+    /// in front, a pipe or a second command after, and a trailing
+    /// `(comment)` are not hostctl's; quotes only group.
+    fn words(line: &str) -> Vec<String> {
+        let line = line.split(['|', ';']).next().unwrap_or_default();
+        let line = line.split("  (").next().unwrap_or_default();
+        let mut words: Vec<String> = Vec::new();
+        let mut quoted = false;
+        let mut word = String::new();
+        for c in line.trim().chars() {
+            match c {
+                '\'' => quoted = !quoted,
+                ' ' if !quoted => {
+                    words.extend((!word.is_empty()).then(|| std::mem::take(&mut word)))
+                }
+                c => word.push(c),
+            }
+        }
+        words.extend((!word.is_empty()).then_some(word));
+        words
+            .into_iter()
+            .skip_while(|w| w.contains('=') && !w.starts_with('-'))
+            .collect()
+    }
+
+    /// Every hostctl command line the help's EXAMPLES, the README and the
+    /// guides show parses (`--from -1h` did not: clap took `-1h` for a flag).
+    #[test]
+    fn every_documented_command_line_parses() {
+        let help = super::EXIT_CODES
+            .split("EXAMPLES:")
+            .nth(1)
+            .expect("examples");
+        let docs = [
+            include_str!("../../README.md"),
+            include_str!("../../docs/operations.md"),
+            include_str!("../../docs/security.md"),
+        ];
+        let mut lines: Vec<&str> = help.lines().filter(|l| l.starts_with("  ")).collect();
+        for doc in docs {
+            lines.extend(doc.lines().filter_map(|l| {
+                let l = l.strip_prefix("$ ").unwrap_or(l);
+                l.starts_with("hostctl ").then_some(l)
+            }));
+        }
+        assert!(lines.len() > 20, "{lines:?}");
+        for line in lines {
+            let words = words(line);
+            assert_eq!(words.first().map(String::as_str), Some("hostctl"), "{line}");
+            if let Err(e) = super::Cli::try_parse_from(&words) {
+                panic!("`{line}` does not parse: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn events_start_at_a_time_ago() {
+        let cli = super::Cli::try_parse_from(["hostctl", "events", "h1.#", "--from", "-10m"])
+            .expect("parses");
+        let super::Cmd::Events(args) = cli.cmd else {
+            panic!("not events");
+        };
+        assert!(matches!(args.from, hostbus_client::StartAt::Time(_)));
     }
 
     /// Every command of the catalogue names the hostctl verb that sends
