@@ -24,6 +24,14 @@ impl Failure {
         }
     }
 
+    /// Exit 4: refused, the object does not support what was asked.
+    pub(crate) fn refused(message: impl Into<String>) -> Self {
+        Self {
+            code: 4,
+            message: message.into(),
+        }
+    }
+
     /// Exit 2: bad flags or arguments.
     pub(crate) fn usage(message: impl Into<String>) -> Self {
         Self {

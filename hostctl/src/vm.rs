@@ -301,7 +301,7 @@ fn console(ctx: &Ctx, host: &str, vm: &VmRecord) -> Res<()> {
     let c = vm
         .console
         .as_ref()
-        .ok_or_else(|| Failure::other(format!("vm {} has no serial console", vm.name)))?;
+        .ok_or_else(|| Failure::refused(format!("vm {} has no serial console", vm.name)))?;
     let out = Console {
         host,
         vm: &vm.name,

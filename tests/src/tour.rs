@@ -140,6 +140,9 @@ fn vm_create_and_devices(ctl: &Hostctl) {
         (console["host"].as_str(), console["vm"].as_str()),
         (Some("h1"), Some("app01"))
     );
+    // The node file's web01 has no serial device: refused (unsupported),
+    // not exit 1, which scripts read as hostctl's own failure.
+    assert_eq!(ctl.code(&["vm", "console", "h1/web01"]), 4);
     assert_eq!(
         ctl.json(&[
             "snapshot",
