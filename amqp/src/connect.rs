@@ -132,12 +132,35 @@ pub async fn connect(
     };
     match tokio::time::timeout(opts.timeout, attempt).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", redact(url))),
+        Ok(Err(e)) => Err(format!(
+            "cannot connect to {}: {e}{}",
+            redact(url),
+            wrong_port_hint(&e, url.starts_with("amqps:"))
+        )),
         Err(_) => Err(format!(
             "cannot connect to {}: no AMQP session within {} ms",
             redact(url),
             opts.timeout.as_millis()
         )),
+    }
+}
+
+/// What to check when the server at the URL's port answered, but not as
+/// an AMQP 0-9-1 broker (an HTTP port, the management UI) or not with
+/// the transport the URL's scheme says: lapin's own words for those are
+/// a parser dump and a TLS record type.
+fn wrong_port_hint(e: &lapin::Error, tls: bool) -> &'static str {
+    match e.kind() {
+        lapin::ErrorKind::ParsingError(_) if tls => {
+            " (the server there is not an AMQP 0-9-1 broker over TLS: is it RabbitMQ's TLS port, 5671 by default?)"
+        }
+        lapin::ErrorKind::ParsingError(_) => {
+            " (the server there does not speak AMQP 0-9-1: is it RabbitMQ's AMQP port, 5672 by default, and not its management or another HTTP port? amqps:// for a TLS port)"
+        }
+        lapin::ErrorKind::IOError(io) if tls && io.kind() == std::io::ErrorKind::InvalidData => {
+            " (no TLS there: is it RabbitMQ's TLS port, 5671 by default? amqp:// for a plain port)"
+        }
+        _ => "",
     }
 }
 
@@ -197,6 +220,56 @@ pub fn is_precondition_failed(e: &lapin::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on a free local port that answers whatever it is sent with
+    /// `reply` and closes, as an HTTP server does to an AMQP greeting.
+    async fn answering(reply: &'static [u8]) -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(reply).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        port
+    }
+
+    /// A wrong port gets a hint in words, not only lapin's parser dump
+    /// (`failed to parse: Parsing Error: ParserErrors { .. }`) or a TLS
+    /// record type (`received corrupt message of type InvalidContentType`).
+    #[tokio::test]
+    async fn a_port_that_is_not_an_amqp_broker_is_named_as_such() {
+        let http = answering(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+        let opts = ConnectOptions {
+            timeout: Duration::from_secs(5),
+            ..ConnectOptions::default()
+        };
+        let plain = connect(
+            &format!("amqp://u:secret@127.0.0.1:{http}/%2f"),
+            "test",
+            &Tls::default(),
+            opts,
+        )
+        .await
+        .expect_err("not a broker");
+        assert!(plain.contains("does not speak AMQP 0-9-1"), "{plain}");
+        assert!(!plain.contains("secret"), "{plain}");
+        let tls = connect(
+            &format!("amqps://u:secret@127.0.0.1:{http}/%2f"),
+            "test",
+            &Tls::default(),
+            opts,
+        )
+        .await
+        .expect_err("not TLS");
+        assert!(tls.contains("TLS port"), "{tls}");
+    }
 
     #[test]
     fn urls_spread_by_key_and_keep_their_order() {
