@@ -74,7 +74,8 @@ pub(crate) struct Cli {
     /// Output format.
     #[arg(long, short, global = true, value_enum)]
     pub(crate) output: Option<Output>,
-    /// Config file (TOML with `urls`, `socket`, `timeout_ms`, `output`, `ca_file`, `cert_file`, `key_file`).
+    /// Config file (TOML with `urls`, `socket`, `timeout_ms`, `output`,
+    /// `ca_file`, `cert_file`, `key_file`); one named here must exist.
     #[arg(long, global = true)]
     pub(crate) config: Option<PathBuf>,
     /// CA certificate (PEM) for amqps:// brokers.

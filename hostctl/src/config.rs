@@ -1,5 +1,7 @@
-//! Settings: flags < `HOSTBUS_*` environment < config file < defaults, in
-//! that order of precedence (a flag wins).
+//! Settings: a flag wins over the `HOSTBUS_*` environment, which wins over
+//! the config file, which wins over the defaults. A value hostctl cannot
+//! use, wherever it comes from, is a usage error (exit 2) naming where it
+//! came from, never replaced by a default; an empty variable is unset.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,15 +26,22 @@ struct FileConfig {
 }
 
 impl FileConfig {
-    /// Reads `path`; no file there is an empty configuration.
-    fn read(path: Option<PathBuf>) -> Res<Self> {
-        match path {
-            Some(p) if p.exists() => {
-                let text = std::fs::read_to_string(&p)
-                    .map_err(|e| Failure::usage(format!("cannot read {}: {e}", p.display())))?;
-                Self::parse(&p, &text)
-            }
-            _ => Ok(Self::default()),
+    /// Reads the file named by `--config`/`HOSTCTL_CONFIG`, which must
+    /// exist, or else the default one, which need not.
+    fn read(named: Option<PathBuf>) -> Res<Self> {
+        let explicit = named.is_some();
+        let Some(path) = named.or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/hostbus/hostctl.toml"))
+        }) else {
+            return Ok(Self::default());
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Self::default()),
+            Err(e) => Err(Failure::usage(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
         }
     }
 
@@ -43,14 +52,11 @@ impl FileConfig {
 
 /// The client configuration and output format `cli` asks for.
 pub(crate) fn load(cli: &Cli) -> Res<(ClientConfig, Output)> {
-    let path = cli
-        .config
-        .clone()
-        .or_else(|| std::env::var_os("HOSTCTL_CONFIG").map(PathBuf::from))
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/hostbus/hostctl.toml"))
-        });
-    let file = FileConfig::read(path)?;
+    let named = match cli.config.clone() {
+        Some(p) => Some(p),
+        None => env_value("HOSTCTL_CONFIG", |v| Ok(PathBuf::from(v)))?,
+    };
+    let file = FileConfig::read(named)?;
     // A local agent's socket instead of the broker; a --url flag wins over
     // a socket from the environment or the file.
     let socket = cli.socket.clone().or_else(|| {
@@ -75,24 +81,21 @@ pub(crate) fn load(cli: &Cli) -> Res<(ClientConfig, Output)> {
         file.urls
             .unwrap_or_else(|| vec!["amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()])
     };
-    let timeout_ms = cli
-        .timeout_ms
-        .or_else(|| {
-            std::env::var("HOSTBUS_TIMEOUT_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-        })
-        .or(file.timeout_ms)
-        .unwrap_or(10_000);
-    let output = cli
-        .output
-        .or_else(|| match std::env::var("HOSTBUS_OUTPUT").as_deref() {
-            Ok("json") => Some(Output::Json),
-            Ok("table") => Some(Output::Table),
-            _ => None,
-        })
-        .or(file.output)
-        .unwrap_or(Output::Table);
+    let timeout_ms = match cli.timeout_ms {
+        Some(t) => Some(t),
+        None => env_value("HOSTBUS_TIMEOUT_MS", |v| {
+            v.parse::<u64>()
+                .map_err(|e| format!("not a number of milliseconds ({e})"))
+        })?,
+    };
+    let timeout_ms = timeout_ms.or(file.timeout_ms).unwrap_or(10_000);
+    let output = match cli.output {
+        Some(o) => Some(o),
+        None => env_value("HOSTBUS_OUTPUT", |v| {
+            <Output as clap::ValueEnum>::from_str(v, false).map_err(|_| "say table or json".into())
+        })?,
+    };
+    let output = output.or(file.output).unwrap_or(Output::Table);
     let pick = |flag: &Option<PathBuf>, env: &str, file: &Option<PathBuf>| {
         flag.clone()
             .or_else(|| std::env::var_os(env).map(PathBuf::from))
@@ -114,6 +117,20 @@ pub(crate) fn load(cli: &Cli) -> Res<(ClientConfig, Output)> {
     };
     cfg.timeout = Duration::from_millis(timeout_ms);
     Ok((cfg, output))
+}
+
+/// The value of environment variable `name` as `parse` reads it: unset
+/// or empty is `None`; one `parse` refuses is a usage error naming the
+/// variable and its value.
+fn env_value<T>(name: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Res<Option<T>> {
+    match std::env::var(name) {
+        Ok(v) if v.is_empty() => Ok(None),
+        Ok(v) => parse(&v)
+            .map(Some)
+            .map_err(|e| Failure::usage(format!("{name}={v}: {e}"))),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(e) => Err(Failure::usage(format!("{name}: {e}"))),
+    }
 }
 
 #[cfg(test)]
