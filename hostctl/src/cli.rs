@@ -34,7 +34,8 @@ ENVIRONMENT:
   HOSTBUS_CA_FILE     CA certificate for amqps:// (like --ca-file)
   HOSTBUS_CERT_FILE   client certificate (like --cert-file)
   HOSTBUS_KEY_FILE    client key (like --key-file)
-  HOSTCTL_CONFIG      config file (default ~/.config/hostbus/hostctl.toml)
+  HOSTCTL_CONFIG      config file (like --config; must exist, /dev/null for none;
+                      default ~/.config/hostbus/hostctl.toml, if it exists)
 
 EXAMPLES:
   hostctl hosts

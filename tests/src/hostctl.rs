@@ -77,14 +77,15 @@ pub struct Hostctl {
 }
 
 impl Hostctl {
-    /// `hostctl` with `HOSTBUS_URL=url` and `HOSTCTL_CONFIG=/nonexistent`
-    /// (and no `HOSTBUS_SOCKET`, which would win over the URL).
+    /// `hostctl` with `HOSTBUS_URL=url` and `HOSTCTL_CONFIG=/dev/null` (an
+    /// empty configuration; a named file must exist) and no
+    /// `HOSTBUS_SOCKET`, which would win over the URL.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             bin: None,
             url: Some(url.into()),
             global: Vec::new(),
-            config: "/nonexistent".to_owned(),
+            config: "/dev/null".to_owned(),
             removed: vec!["HOSTBUS_SOCKET".to_owned()],
             logged: None,
             ran: None,

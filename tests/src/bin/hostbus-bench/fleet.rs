@@ -69,7 +69,7 @@ fn hostctl(bin: &std::path::Path, url: &str, args: &[&str]) -> (Duration, i32, S
     let out = std::process::Command::new(bin)
         .args(args)
         .env("HOSTBUS_URL", url)
-        .env("HOSTCTL_CONFIG", "/nonexistent")
+        .env("HOSTCTL_CONFIG", "/dev/null")
         .output()
         .expect("hostctl");
     (
