@@ -133,6 +133,26 @@ pub(crate) fn power_state(s: &str) -> Result<PowerState, String> {
         .ok_or_else(|| format!("unknown state `{s}`"))
 }
 
+/// A whole number of GiB (`--size`, `POOL:GiB`), in bytes.
+pub(crate) fn gib_in_bytes(s: &str) -> Result<u64, String> {
+    scaled(s, 1 << 30, "GiB")
+}
+
+/// A whole number of MiB (`--memory`, `set-memory`), in KiB.
+pub(crate) fn mib_in_kib(s: &str) -> Result<u64, String> {
+    scaled(s, 1024, "MiB")
+}
+
+/// `s` whole `unit_name`s of `unit` each; a count the wire's 64 bits cannot
+/// hold is refused, not wrapped into a small one.
+fn scaled(s: &str, unit: u64, unit_name: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number of {unit_name}"))?;
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("{n} {unit_name} is more than 64 bits can count"))
+}
+
 /// `--from` of `hostctl events`: `next`, `first`, an offset, or `-<n><s|m|h|d>`.
 pub(crate) fn start_at(s: &str) -> Result<StartAt, String> {
     match s {
@@ -194,12 +214,10 @@ pub(crate) fn disk(arg: &str) -> Result<DiskArg, String> {
     let source = if arg.starts_with('/') {
         DiskSource::Path(arg.to_owned())
     } else if let Some((pool, size)) = arg.split_once(':') {
-        let gib: u64 = size
-            .parse()
-            .map_err(|_| format!("disk `{arg}`: size must be whole GiB"))?;
+        let capacity_bytes = gib_in_bytes(size).map_err(|e| format!("disk `{arg}`: {e}"))?;
         DiskSource::NewVolume {
             pool: pool.to_owned(),
-            capacity_bytes: gib << 30,
+            capacity_bytes,
         }
     } else if let Some((pool, name)) = arg.split_once('/') {
         volume(pool, name)
@@ -239,6 +257,29 @@ pub(crate) fn range(arg: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sizes the wire's 64 bits cannot hold are refused: `--size` was
+    /// shifted by 30 bits unchecked, so 17179869185 GiB created 1 GiB.
+    #[test]
+    fn sizes_are_scaled_and_never_wrap() {
+        assert_eq!(gib_in_bytes("10"), Ok(10 << 30));
+        assert_eq!(mib_in_kib("512"), Ok(512 * 1024));
+        assert!(gib_in_bytes("17179869185").is_err());
+        assert!(mib_in_kib(&u64::MAX.to_string()).is_err());
+        assert!(gib_in_bytes("-1").is_err());
+        assert!(disk("default:17179869185").is_err());
+        use clap::Parser;
+        let huge = [
+            "hostctl",
+            "volume",
+            "create",
+            "h1/default",
+            "v",
+            "--size",
+            "17179869185",
+        ];
+        assert!(crate::cli::Cli::try_parse_from(huge).is_err());
+    }
 
     #[test]
     fn addresses_split_at_the_first_slash() {

@@ -262,7 +262,11 @@ pub(crate) enum VmCmd {
         remove_storage: bool,
     },
     /// Sets memory, MiB.
-    SetMemory { vm: At<Vm>, mib: u64 },
+    SetMemory {
+        vm: At<Vm>,
+        #[arg(value_name = "MIB", value_parser = crate::args::mib_in_kib)]
+        memory_kib: u64,
+    },
     /// Sets vCPUs.
     SetVcpus { vm: At<Vm>, vcpus: u32 },
     /// CPU, memory, disk and network counters.
@@ -318,8 +322,8 @@ pub(crate) struct VmCreate {
     #[arg(long)]
     pub(crate) name: String,
     /// Memory, MiB.
-    #[arg(long)]
-    pub(crate) memory: u64,
+    #[arg(long = "memory", value_name = "MIB", value_parser = crate::args::mib_in_kib)]
+    pub(crate) memory_kib: u64,
     #[arg(long, default_value_t = 1)]
     pub(crate) vcpus: u32,
     /// `POOL:GiB` for a new volume, `POOL/VOLUME` for an existing one, or an absolute path;
@@ -453,8 +457,8 @@ pub(crate) enum VolumeCmd {
         pool: At<Pool>,
         name: String,
         /// Size, GiB.
-        #[arg(long)]
-        size: u64,
+        #[arg(long = "size", value_name = "GIB", value_parser = crate::args::gib_in_bytes)]
+        size_bytes: u64,
         #[arg(long, value_enum, default_value = "qcow2", hide_possible_values = true)]
         format: VolumeFormat,
     },
@@ -465,8 +469,8 @@ pub(crate) enum VolumeCmd {
     /// Grows HOST/POOL/VOLUME to a size in GiB.
     Resize {
         volume: VolumeAt,
-        #[arg(long)]
-        size: u64,
+        #[arg(long = "size", value_name = "GIB", value_parser = crate::args::gib_in_bytes)]
+        size_bytes: u64,
     },
     /// Copies HOST/POOL/VOLUME to NEW in the same pool.
     Clone { volume: VolumeAt, new_name: String },

@@ -57,14 +57,14 @@ pub(crate) async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Res<()> {
         VolumeCmd::Create {
             pool,
             name,
-            size,
+            size_bytes,
             format,
         } => {
             let v = pool
                 .on(c)
                 .create_volume(VolumeSpec {
                     name,
-                    capacity_bytes: size << 30,
+                    capacity_bytes: size_bytes,
                     allocation_bytes: 0,
                     format: format.into(),
                 })
@@ -94,8 +94,11 @@ pub(crate) async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Res<()> {
             v.pool.on(c).delete_volume(&v.volume).await?;
             ctx.deleted("volume", &v.volume)
         }
-        VolumeCmd::Resize { volume: v, size } => {
-            let r = v.pool.on(c).resize_volume(&v.volume, size << 30).await?;
+        VolumeCmd::Resize {
+            volume: v,
+            size_bytes,
+        } => {
+            let r = v.pool.on(c).resize_volume(&v.volume, size_bytes).await?;
             ctx.show(&r, |r| {
                 outln!("volume {} is now {} GiB", r.name, gib(r.capacity_bytes))
             })

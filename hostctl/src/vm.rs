@@ -62,8 +62,8 @@ pub(crate) async fn run(ctx: &Ctx, cmd: VmCmd) -> Res<()> {
             vm.on(c).undefine(remove_storage).await?;
             ctx.deleted("vm", &vm.name)
         }
-        VmCmd::SetMemory { vm, mib } => {
-            let r = vm.on(c).set_memory(mib * 1024).await?;
+        VmCmd::SetMemory { vm, memory_kib } => {
+            let r = vm.on(c).set_memory(memory_kib).await?;
             ctx.show(&r, |r| outln!("{} has {} MiB", r.name, r.memory_kib / 1024))
         }
         VmCmd::SetVcpus { vm, vcpus } => {
@@ -341,7 +341,7 @@ async fn create(ctx: &Ctx, args: VmCreate) -> Res<()> {
     let VmCreate {
         host,
         name,
-        memory,
+        memory_kib,
         vcpus,
         disks,
         cdroms,
@@ -376,7 +376,7 @@ async fn create(ctx: &Ctx, args: VmCreate) -> Res<()> {
             cmdline,
         },
         cpu_mode: cpu_mode.map(Into::into),
-        ..VmSpec::new(name, memory * 1024, vcpus)
+        ..VmSpec::new(name, memory_kib, vcpus)
     };
     let hh = ctx.client.host(&host);
     let task = hh.define_vm_async(spec).await?;
