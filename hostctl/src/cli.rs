@@ -568,25 +568,13 @@ mod tests {
         super::Cli::command().debug_assert();
     }
 
-    /// A command line as a shell would split it: environment assignments
-    /// in front, a pipe or a second command after, and a trailing
-    /// `(comment)` are not hostctl's; quotes only group.
+    /// A command line as a shell splits it (shlex), without what is not
+    /// hostctl's: environment assignments in front, a pipe or a second
+    /// command after, a trailing `(comment)`.
     fn words(line: &str) -> Vec<String> {
         let line = line.split(['|', ';']).next().unwrap_or_default();
         let line = line.split("  (").next().unwrap_or_default();
-        let mut words: Vec<String> = Vec::new();
-        let mut quoted = false;
-        let mut word = String::new();
-        for c in line.trim().chars() {
-            match c {
-                '\'' => quoted = !quoted,
-                ' ' if !quoted => {
-                    words.extend((!word.is_empty()).then(|| std::mem::take(&mut word)))
-                }
-                c => word.push(c),
-            }
-        }
-        words.extend((!word.is_empty()).then_some(word));
+        let words = shlex::split(line).unwrap_or_else(|| panic!("unbalanced quotes: {line}"));
         words
             .into_iter()
             .skip_while(|w| w.contains('=') && !w.starts_with('-'))
