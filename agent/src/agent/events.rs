@@ -116,10 +116,14 @@ impl Agent {
             let (inv, load) =
                 tokio::task::spawn_blocking(move || (bridge.inventory(), bridge.host_load()))
                     .await?;
-            // The first heartbeat follows at once: it reports this load.
+            // The first heartbeat follows at once: it reports this load and
+            // these versions.
             self.note_load(&load);
             match inv {
-                Ok(inv) => Some(inv),
+                Ok(inv) => {
+                    self.note_host(&inv.host);
+                    Some(inv)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "no inventory for agent.online");
                     None
@@ -128,9 +132,6 @@ impl Agent {
         } else {
             None
         };
-        if let Some(inv) = &inventory {
-            self.note_inventory(inv);
-        }
         let event = self
             .feed
             .announce(|s| s.announcement(action, now_ms(), inventory));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use hostbus_bridge::HostLoad;
 use hostbus_protocol::events::{Health, Load, Versions};
 use hostbus_protocol::names;
-use hostbus_protocol::types::{HealthStatus, HostRecord, Inventory};
+use hostbus_protocol::types::{HealthStatus, HostRecord};
 use hostbus_protocol::{
     encode, now_ms, ContentType, Heartbeat, RosterAction, COMMANDS, PROTOCOL_VERSION,
 };
@@ -91,10 +91,6 @@ impl Agent {
             libvirt: f.libvirt.clone(),
             hypervisor: f.hypervisor.clone(),
         }
-    }
-
-    pub(super) fn note_inventory(&self, inv: &Inventory) {
-        self.note_host(&inv.host);
     }
 
     /// Keeps the versions heartbeats report from the host's record.
