@@ -504,6 +504,20 @@ impl Config {
         Duration::from_millis(self.heartbeat_interval_ms)
     }
 
+    /// The `tracing` filter of the agent's log: `log_level`, with lapin's
+    /// own events off unless it names lapin. lapin logs the end of a
+    /// connection at ERROR from its I/O thread ("Socket was readable but we
+    /// read 0", "Exponential backoff attempts exhausted"), also where the
+    /// agent ends it on purpose (an attempt it gave up on) and where the
+    /// agent already reports it at WARN, with lapin's error as the reason.
+    pub fn log_directives(&self) -> String {
+        if self.log_level.contains("lapin") {
+            self.log_level.clone()
+        } else {
+            format!("{},lapin=off", self.log_level)
+        }
+    }
+
     /// How broker connections are made.
     pub fn connect_options(&self) -> hostbus_amqp::ConnectOptions {
         hostbus_amqp::ConnectOptions {

@@ -24,7 +24,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let filter = EnvFilter::try_new(&cfg.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_new(cfg.log_directives()).unwrap_or_else(|_| EnvFilter::new("info"));
     match cfg.log_format {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()

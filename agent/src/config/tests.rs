@@ -64,6 +64,18 @@ fn invalid_values_name_the_field() {
 }
 
 #[test]
+fn lapins_own_events_are_off_unless_the_filter_names_lapin() {
+    let level = |l: &str| {
+        Config::load(&Flags::default(), &env(&[("HOSTBUS_LOG_LEVEL", l)]))
+            .expect("a filter")
+            .log_directives()
+    };
+    assert_eq!(level("info"), "info,lapin=off");
+    assert_eq!(level("debug"), "debug,lapin=off");
+    assert_eq!(level("lapin=debug,info"), "lapin=debug,info");
+}
+
+#[test]
 fn the_frame_size_reaches_the_connection_options() {
     let c = Config::load(&Flags::default(), &env(&[])).expect("defaults");
     assert_eq!(
