@@ -1,12 +1,16 @@
 //! Connecting to the broker, over TCP or TLS, the same way for the agent
 //! and the client.
 
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::tcp::{AsyncTcpStream, OwnedIdentity, OwnedTLSConfig};
 use lapin::types::LongString;
-use lapin::uri::AMQPUri;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
 
 use crate::redact;
@@ -99,6 +103,13 @@ impl Default for ConnectOptions {
 /// `name` in the broker's management view, within `opts.timeout`. Errors say
 /// which broker (without its password) and why, e.g. a certificate signed
 /// by an unknown CA.
+///
+/// An attempt that fails or times out at any stage leaves nothing behind:
+/// lapin runs a connection's I/O on a thread of its own from the AMQP
+/// handshake on, and that thread waits for the broker as long as the
+/// socket stays open, whoever stopped waiting for the handshake; so the
+/// socket of an attempt given up on is shut down here, which ends the
+/// thread and frees its buffers.
 pub async fn connect(
     url: &str,
     name: &str,
@@ -114,9 +125,6 @@ pub async fn connect(
     if uri.query.frame_max.is_none() {
         uri.query.frame_max = opts.frame_max;
     }
-    if uri.query.connection_timeout.is_none() {
-        uri.query.connection_timeout = Some(opts.timeout.as_millis() as u64);
-    }
     let props =
         ConnectionProperties::default().with_connection_name(LongString::from(name.as_bytes()));
     let config = OwnedTLSConfig {
@@ -126,11 +134,16 @@ pub async fn connect(
             .map(|(pem, key)| OwnedIdentity::PKCS8 { pem, key }),
         cert_chain: tls.ca_pem.clone(),
     };
-    let attempt = async {
-        let rt = lapin::runtime::default_runtime()?;
-        Connection::connect_uri_with_config(uri, props, config, rt).await
-    };
-    match tokio::time::timeout(opts.timeout, attempt).await {
+    let mut socket = None;
+    let outcome =
+        tokio::time::timeout(opts.timeout, handshake(uri, props, &config, &mut socket)).await;
+    if !matches!(outcome, Ok(Ok(_))) {
+        if let Some(s) = socket {
+            // Ends lapin's I/O thread of this attempt, if it has one.
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+    match outcome {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(format!(
             "cannot connect to {}: {e}{}",
@@ -143,6 +156,55 @@ pub async fn connect(
             opts.timeout.as_millis()
         )),
     }
+}
+
+/// TCP, TLS and the AMQP handshake of one attempt. As soon as the TCP
+/// connection stands, a second handle on its socket goes to `socket`, so
+/// that the caller can shut the socket down if it gives up on the attempt.
+/// TCP and TLS run in this future (dropping it ends them); the AMQP
+/// handshake runs on lapin's I/O thread, over the stream handed to it.
+async fn handshake(
+    uri: AMQPUri,
+    props: ConnectionProperties,
+    tls: &OwnedTLSConfig,
+    socket: &mut Option<std::net::TcpStream>,
+) -> lapin::Result<Connection> {
+    let rt = lapin::runtime::default_runtime()?;
+    let host = uri.authority.host.clone();
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), uri.authority.port))
+        .await?
+        .collect();
+    let mut stream = AsyncTcpStream::connect(&rt, addrs).await?;
+    if let AsyncTcpStream::Plain(tcp) = &stream {
+        *socket = Some(std::net::TcpStream::from(
+            tcp.get_ref().as_fd().try_clone_to_owned()?,
+        ));
+    }
+    if uri.scheme == AMQPScheme::AMQPS {
+        stream = stream.into_tls(&host, tls.as_ref()).await?;
+    }
+    // lapin calls this once: it retries a transport only with automatic
+    // recovery, which hostbus does not use (it reconnects by itself).
+    let handed = Mutex::new(Some(stream));
+    Connection::connector(
+        uri,
+        rt,
+        async move |_, _| {
+            handed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the connection's socket was already used",
+                    )
+                    .into()
+                })
+        },
+        props,
+    )
+    .await
 }
 
 /// What to check when the server at the URL's port answered, but not as

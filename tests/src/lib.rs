@@ -27,6 +27,9 @@
 //!   share ([`tour`]) and the SDK calls of the suites ([`sdk`]).
 //! * [`HttpPeer`]: the agent's HTTP binding on its Unix socket, raw
 //!   (status, headers, body, server-sent events); [`Pki`]: test certificates.
+//! * [`NotABroker`]: a local server that accepts TCP connections and is
+//!   not a broker (silent, answering garbage, closing at once), for what a
+//!   failed connection attempt must leave behind: nothing.
 //! * [`QemuHost`]: the real hypervisor of the QEMU suite (libvirtd and a
 //!   tiny guest from `scripts/qemu-setup`), its gate and its libvirtd.
 //!
@@ -61,6 +64,7 @@ mod calls;
 mod error;
 mod hostctl;
 mod http;
+mod not_a_broker;
 mod online;
 mod pki;
 mod process;
@@ -86,10 +90,12 @@ pub use calls::{
 pub use error::{ErrorKind, HarnessError, Result};
 pub use hostctl::{hostctl_binary, hostctl_verbs, CtlOutput, Hostctl};
 pub use http::{HttpPeer, HttpReply, SseMessage, SseStream};
+pub use not_a_broker::{Behaviour, NotABroker};
 pub use online::{next_online, spawn_online, ONLINE_TIMEOUT};
 pub use pki::{Pki, TlsHttpAgent};
 pub use process::{
-    free_port, group_alive, group_members, rss_kib, run_logged, stat_fields, Signal, TempDir,
+    free_port, group_alive, group_members, rss_kib, run_logged, stat_fields, thread_names, Signal,
+    TempDir,
 };
 pub use qemu::{
     wait_for_text, QemuHost, QEMU_HOME_ENV, QEMU_INITRD_ENV, QEMU_KERNEL_ENV, QEMU_PREFIX,
