@@ -158,8 +158,22 @@ pub(crate) fn map_error(e: &virt::error::Error, subject: &Subject) -> Error {
         }
         ErrorNumber::NoConnect | ErrorNumber::InvalidConn => host_unavailable(&detail),
         ErrorNumber::SystemError if is_connection_error(e) => host_unavailable(&detail),
+        _ if needs_qemu_img(&detail) => Error::new(
+            ErrorCode::OperationNotSupported,
+            [("operation", class.to_owned()), ("reason", detail.clone())],
+            format!("the hypervisor needs qemu-img (package qemu-utils) for this {class} operation: {detail}"),
+        ),
         _ => Error::internal(detail),
     }
+}
+
+/// Whether libvirt failed for want of `qemu-img` ("creation of non-raw
+/// file images is not supported without qemu-img."), which the host lacks
+/// (`host.capabilities` says which volume formats it can create). The
+/// bridge checks before creating a volume; this catches what the daemon
+/// finds missing on its own `PATH`.
+fn needs_qemu_img(message: &str) -> bool {
+    message.contains("without qemu-img")
 }
 
 /// Whether libvirt refused a flag (combination) the driver does not
@@ -257,4 +271,17 @@ pub(crate) fn state_error(
         ],
         format!("{class} {name} is {current}; {op} is not possible"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libvirts_words_for_a_missing_qemu_img_are_recognised() {
+        assert!(needs_qemu_img(
+            "creation of non-raw file images is not supported without qemu-img."
+        ));
+        assert!(!needs_qemu_img("cannot open file: Permission denied"));
+    }
 }

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::{
-    Capabilities, HostRecord, HostStats, Inventory, ObjectClass, PoolState, PowerState,
+    Capabilities, DiskFormat, HostRecord, HostStats, Inventory, ObjectClass, PoolState, PowerState,
 };
-use hostbus_protocol::{now_ms, Error, COMMANDS};
+use hostbus_protocol::{now_ms, Error, ErrorCode, COMMANDS};
 use virt::connect::Connect;
 
 use crate::errors::Subject;
@@ -36,6 +36,41 @@ fn load_avg_milli() -> u32 {
                 .and_then(|l| l.parse::<f64>().ok())
         })
         .map_or(0, |l| (l * 1000.0) as u32)
+}
+
+/// The volume formats a host of libvirt driver `driver` (`QEMU`, `Test`,
+/// ...) can create, with or without `qemu-img`.
+fn creatable_formats(driver: &str, qemu_img: bool) -> Vec<DiskFormat> {
+    if qemu_img || driver.eq_ignore_ascii_case("test") {
+        vec![DiskFormat::Raw, DiskFormat::Qcow2]
+    } else {
+        vec![DiskFormat::Raw]
+    }
+}
+
+/// The first file named `name` in a directory of `PATH`.
+fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Why a host without `qemu-img` refuses to create a `format` volume.
+pub(crate) fn no_qemu_img(op: &str, format: DiskFormat) -> Error {
+    Error::new(
+        ErrorCode::OperationNotSupported,
+        [
+            ("operation", op.to_owned()),
+            (
+                "reason",
+                format!("{format} volumes need qemu-img (package qemu-utils), which this host lacks; it can create raw volumes"),
+            ),
+        ],
+        format!(
+            "{op} of a {format} volume is not supported by this host: it has no qemu-img (install qemu-utils), and creates raw volumes only"
+        ),
+    )
 }
 
 fn version_string(v: u32) -> String {
@@ -98,7 +133,33 @@ impl Inner {
             commands: COMMANDS.iter().map(|c| c.name.to_owned()).collect(),
             live_resize: true,
             snapshots: true,
+            volume_formats: self.volume_formats(&conn),
         })
+    }
+
+    /// The formats this host can create volumes in. libvirt's storage
+    /// driver makes every file volume but a raw one with `qemu-img` (Debian
+    /// package `qemu-utils`), which a hypervisor host need not have; the
+    /// test driver needs nothing.
+    pub(crate) fn volume_formats(&self, conn: &Connect) -> Vec<DiskFormat> {
+        creatable_formats(
+            &conn.driver_type().unwrap_or_default(),
+            find_in_path("qemu-img").is_some(),
+        )
+    }
+
+    /// `OPERATION_NOT_SUPPORTED` for `op` when this host cannot create a
+    /// volume of `format` (see [`Self::volume_formats`]).
+    pub(crate) fn check_creatable(
+        &self,
+        conn: &Connect,
+        op: &str,
+        format: DiskFormat,
+    ) -> Result<(), Error> {
+        if self.volume_formats(conn).contains(&format) {
+            return Ok(());
+        }
+        Err(no_qemu_img(op, format))
     }
 
     pub(crate) fn host_load(&self) -> HostLoad {
@@ -191,5 +252,40 @@ impl Inner {
             networks,
             tasks: self.tasks.list(None),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_qemu_img_a_hypervisor_host_creates_raw_volumes_only() {
+        assert_eq!(creatable_formats("QEMU", false), [DiskFormat::Raw]);
+        assert_eq!(
+            creatable_formats("QEMU", true),
+            [DiskFormat::Raw, DiskFormat::Qcow2]
+        );
+        assert_eq!(
+            creatable_formats("Test", false),
+            [DiskFormat::Raw, DiskFormat::Qcow2]
+        );
+    }
+
+    #[test]
+    fn a_missing_qemu_img_is_named_in_a_structured_refusal() {
+        let e = no_qemu_img("volume.create", DiskFormat::Qcow2);
+        assert_eq!(e.code, ErrorCode::OperationNotSupported);
+        assert_eq!(e.param("operation"), Some("volume.create"));
+        assert!(
+            e.param("reason").is_some_and(|r| r.contains("qemu-utils")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn programs_are_found_on_the_path() {
+        assert!(find_in_path("sh").is_some());
+        assert!(find_in_path("no-such-program-hostbus").is_none());
     }
 }

@@ -330,6 +330,7 @@ impl Inner {
         if p.lookup_storage_vol_by_name(&spec.name).is_ok() {
             return Err(already_exists("volume", &format!("{pool}/{}", spec.name)));
         }
+        self.check_creatable(conn, "volume.create", spec.format)?;
         let v = self.lv(
             &Subject::volume(pool, &spec.name),
             StorageVol::create_xml(&p, &xml::volume_xml(spec), 0),
@@ -468,6 +469,7 @@ impl Inner {
             ));
         }
         let src_rec = self.volume_raw(&r.pool, &src)?;
+        self.check_creatable(&conn, "volume.clone", src_rec.format)?;
         let users = self.volume_users(&conn, &r.pool, &r.name, &src_rec.path)?;
         let writers: Vec<&VolumeUser> = users.iter().filter(|u| u.active && !u.read_only).collect();
         if !writers.is_empty() {

@@ -81,6 +81,8 @@ pub(crate) async fn run(ctx: &Ctx, cmd: HostCmd) -> Res<()> {
                 for (a, t) in &c.guest_domain_types {
                     outln!("guests {a}: {}", t.join(", "));
                 }
+                let formats: Vec<&str> = c.volume_formats.iter().map(|f| f.as_str()).collect();
+                outln!("volume formats: {}", formats.join(", "));
                 outln!("commands: {}", c.commands.len());
             })
         }

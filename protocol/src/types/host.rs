@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::Timestamp;
+use super::{DiskFormat, Timestamp};
 
 wire_enum! {
     /// The health of an agent and its hypervisor connection.
@@ -69,6 +69,12 @@ wire_struct! {
         live_resize: bool,
         /// Whether snapshots are supported.
         snapshots: bool,
+        /// The formats this host can create volumes in (`volume.create`,
+        /// new disks of `vm.define`, `volume.clone`): `qcow2` needs
+        /// `qemu-img` on a hypervisor host, `raw` nothing. Empty from an
+        /// agent older than this field.
+        #[serde(default)]
+        volume_formats: Vec<DiskFormat>,
     }
 }
 
