@@ -430,13 +430,13 @@ impl Dispatcher {
             }
         };
         let request = Planned::new(request).map_err(refuse)?;
-        let depth = self.bridge.queue_depth(&request);
+        let (depth, object) = self.bridge.queue_depth(&request);
         if depth >= self.policy.max_object_queue {
             let retry = 200 * depth as u64;
             return Err(refuse(Error::new(
                 ErrorCode::Busy,
                 [
-                    ("object", request.lock_key().unwrap_or_default().to_owned()),
+                    ("object", object.unwrap_or_default().to_owned()),
                     ("retry_after_ms", retry.to_string()),
                 ],
                 format!(

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::conn::Conn;
 use crate::errors::{is_connection_error, map_error, Subject};
 use crate::events::RawEvent;
-use crate::locks::{self, lock, LockTable, Turn};
+use crate::locks::{lock, LockTable, Turn};
 use crate::observe::{Observed, Observer};
 use crate::tasks::{Progress, TaskTable};
 
@@ -85,13 +85,12 @@ impl Inner {
         use AnyRequest as R;
         use AnyResponse as A;
         progress.check()?;
-        let (req, _, key) = req.into_parts();
-        let ticket = match (key, turn) {
-            (Some(key), Some(Turn(t))) if t.key() == key => Some(t),
-            (Some(key), _) => Some(self.locks.enqueue(&key)),
-            (None, _) => None,
+        let (req, _, keys) = req.into_parts();
+        let turn = match turn {
+            Some(t) if t.is_for(&keys) => t,
+            _ => self.locks.enqueue_all(&keys),
         };
-        let _guard = ticket.map(locks::Ticket::wait);
+        let _guards = turn.wait();
         // Waiting in line may have taken past the deadline or a cancel.
         progress.check()?;
         let span = tracing::debug_span!("bridge", command = req.name(), command_id = %id);

@@ -152,9 +152,8 @@ impl Bridge {
     /// in that order whatever threads run them. The line is the plan's
     /// target (the catalogue says which object each command works on).
     pub fn take_turn(&self, request: &Planned) -> Option<Turn> {
-        request
-            .lock_key()
-            .map(|k| Turn(self.inner.locks.enqueue(k)))
+        let keys = request.lock_keys();
+        (!keys.is_empty()).then(|| self.inner.locks.enqueue_all(keys))
     }
 
     /// Validates and runs one command synchronously, taking its turn now.
@@ -283,9 +282,15 @@ impl Bridge {
         self.inner.tasks.running_count()
     }
 
-    /// Operations waiting for or holding the lock of the object a request works on.
-    pub fn queue_depth(&self, request: &Planned) -> usize {
-        request.lock_key().map_or(0, |k| self.inner.locks.depth(k))
+    /// Operations waiting for or holding the lock of the busiest object a
+    /// request works on, and that object's key.
+    pub fn queue_depth<'r>(&self, request: &'r Planned) -> (usize, Option<&'r str>) {
+        request
+            .lock_keys()
+            .iter()
+            .map(|k| (self.inner.locks.depth(k), Some(k.as_str())))
+            .max_by_key(|(depth, _)| *depth)
+            .unwrap_or((0, None))
     }
 
     /// Compares libvirt's state with the last seen now, emitting events for

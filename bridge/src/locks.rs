@@ -6,6 +6,13 @@
 //! receives requests in order (the agent's consumer) takes their places in
 //! that order and only then hands them to threads, whose scheduling can no
 //! longer reorder them.
+//!
+//! A command on several objects (`volume.clone`: its source and its new
+//! name) takes a place in each of their lines at once, under the table's
+//! one mutex, and waits for them in key order. Every line is then ordered
+//! by the same sequence, the order places were taken in: a command only
+//! ever waits for commands that took their places before it, so no two can
+//! wait for each other.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -41,15 +48,30 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A request's place in the line of the object it changes, taken with
+/// A request's places in the lines of the objects it changes, taken with
 /// [`Bridge::take_turn`](crate::Bridge::take_turn). Operations on one object
 /// run in the order their turns were taken; dropping a turn unused leaves
-/// the line.
-pub struct Turn(pub(crate) Ticket);
+/// the lines.
+pub struct Turn(pub(crate) Vec<Ticket>);
+
+impl Turn {
+    /// Whether this turn holds places in exactly the lines `keys` (sorted).
+    pub(crate) fn is_for(&self, keys: &[String]) -> bool {
+        self.0.len() == keys.len() && self.0.iter().zip(keys).all(|(t, k)| t.key() == k)
+    }
+
+    /// Blocks until this turn has come in every line, then holds them all;
+    /// they are released together when the guards drop.
+    pub(crate) fn wait(self) -> Vec<ObjectGuard> {
+        self.0.into_iter().map(Ticket::wait).collect()
+    }
+}
 
 impl std::fmt::Debug for Turn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Turn").field(&self.0.key()).finish()
+        f.debug_list()
+            .entries(self.0.iter().map(Ticket::key))
+            .finish()
     }
 }
 
@@ -95,9 +117,27 @@ impl LockTable {
         slots.get(key).map_or(0, |s| lock(&s.state).line.len())
     }
 
+    /// Takes the next place in the line of each of `keys` (sorted, without
+    /// repeats: [`Plan::lock_keys`](hostbus_protocol::Plan::lock_keys)), all
+    /// at once and without blocking.
+    pub(crate) fn enqueue_all(&self, keys: &[String]) -> Turn {
+        let mut slots = lock(&self.shared.slots);
+        Turn(
+            keys.iter()
+                .map(|k| self.enqueue_in(&mut slots, k))
+                .collect(),
+        )
+    }
+
     /// Takes the next place in the line of `key`, without blocking.
+    #[cfg(test)]
     pub(crate) fn enqueue(&self, key: &str) -> Ticket {
-        let slot = Arc::clone(lock(&self.shared.slots).entry(key.to_owned()).or_default());
+        let mut slots = lock(&self.shared.slots);
+        self.enqueue_in(&mut slots, key)
+    }
+
+    fn enqueue_in(&self, slots: &mut HashMap<String, Arc<Slot>>, key: &str) -> Ticket {
+        let slot = Arc::clone(slots.entry(key.to_owned()).or_default());
         let id = {
             let mut st = lock(&slot.state);
             let id = st.next;
@@ -236,6 +276,76 @@ mod tests {
             t.join().expect("join");
         }
         assert_eq!(*lock(&order), (0..8).collect::<Vec<_>>());
+    }
+
+    /// Turns on several keys, in every combination, from several threads:
+    /// each key is held by one turn at a time, and every turn gets all its
+    /// keys (no two turns wait for each other), which a watchdog checks.
+    #[test]
+    fn turns_on_several_keys_never_deadlock_and_stay_exclusive() {
+        const SETS: &[&[&str]] = &[
+            &["a", "b"],
+            &["b", "c"],
+            &["a", "c"],
+            &["a", "b", "c"],
+            &["c"],
+        ];
+        let table = Arc::new(LockTable::new(None));
+        let inside: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let (done, finished) = std::sync::mpsc::channel();
+        for t in 0..4 {
+            let (table, inside, done) = (table.clone(), inside.clone(), done.clone());
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    let keys: Vec<String> = SETS[(t + i) % SETS.len()]
+                        .iter()
+                        .map(|k| (*k).to_owned())
+                        .collect();
+                    let guards = table.enqueue_all(&keys).wait();
+                    for k in &keys {
+                        let mut inside = lock(&inside);
+                        let n = inside.entry(k.clone()).or_default();
+                        *n += 1;
+                        assert_eq!(*n, 1, "{k} held twice");
+                    }
+                    std::thread::yield_now();
+                    for k in &keys {
+                        *lock(&inside).get_mut(k).expect("counted") -= 1;
+                    }
+                    drop(guards);
+                }
+                let _ = done.send(());
+            });
+        }
+        for _ in 0..4 {
+            finished
+                .recv_timeout(Duration::from_secs(20))
+                .expect("a thread never finished: turns waited for each other");
+        }
+        assert!(lock(&table.shared.slots).is_empty());
+    }
+
+    /// A turn's places are taken together and in key order: a turn that
+    /// came later waits behind it in every line they share.
+    #[test]
+    fn a_turn_on_several_keys_takes_all_its_places_at_once() {
+        let table = LockTable::new(None);
+        let keys = |ks: &[&str]| ks.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>();
+        let first = table.enqueue_all(&keys(&["a", "b"]));
+        let second = table.enqueue_all(&keys(&["a", "b"]));
+        assert!(first.is_for(&keys(&["a", "b"])) && !first.is_for(&keys(&["a"])));
+        assert_eq!((table.depth("a"), table.depth("b")), (2, 2));
+        let waiter = std::thread::spawn(move || drop(second.wait()));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            !waiter.is_finished(),
+            "the later turn got a key the earlier holds"
+        );
+        drop(first.wait());
+        waiter
+            .join()
+            .expect("the later turn ran after the earlier one");
+        assert_eq!((table.depth("a"), table.depth("b")), (0, 0));
     }
 
     /// A place given up before its turn (the command was refused, its

@@ -30,9 +30,9 @@ macro_rules! catalogue {
                 const RUN: Run = Run::$run;
                 const CLI: &'static str = $cli;
                 type Request = $req;
-                fn target(request: &$req) -> Option<Target> {
-                    let target: fn(&$req) -> Option<Target> = $target;
-                    target(request)
+                fn targets(request: &$req) -> Vec<Target> {
+                    let targets: fn(&$req) -> Vec<Target> = $target;
+                    targets(request)
                 }
                 type Response = $resp;
                 fn wrap(request: $req) -> AnyRequest {
@@ -121,7 +121,7 @@ macro_rules! catalogue {
                         command: $name,
                         access: Access::$access,
                         run: Run::$run,
-                        target: <$marker as Command>::target(r),
+                        targets: <$marker as Command>::targets(r),
                     }, )+
                 }
             }
@@ -169,115 +169,116 @@ macro_rules! catalogue {
 // One line per command:
 //   Marker = "wire.name", Access, Request => Response, Run, target, "hostctl verb";
 // `Run` is Inline / Read (reads) or Change / Cancellable (changes: journaled,
-// may run as a task); `target` is the object whose line a change waits in
-// (`|_| None` for reads); the verb is checked against hostctl's commands.
+// may run as a task); `targets` are the objects whose lines a change waits
+// in, the one its task names first (`|_| vec![]` for reads); the verb is
+// checked against hostctl's commands.
 catalogue! {
     /// Checks that the agent is alive and serving; echoes `echo`.
-    HostPing = "host.ping", Read, Ping => Pong, Inline, |_| None, "ping";
+    HostPing = "host.ping", Read, Ping => Pong, Inline, |_| vec![], "ping";
     /// The host record: hardware, hypervisor and versions.
-    HostInfo = "host.info", Read, Empty => HostRecord, Read, |_| None, "host info";
+    HostInfo = "host.info", Read, Empty => HostRecord, Read, |_| vec![], "host info";
     /// What the host and its hypervisor can do, and which commands it serves.
-    HostCapabilities = "host.capabilities", Read, Empty => Capabilities, Read, |_| None, "host caps";
+    HostCapabilities = "host.capabilities", Read, Empty => Capabilities, Read, |_| vec![], "host caps";
     /// Memory, CPU and VM load of the host now.
-    HostStatsGet = "host.stats", Read, Empty => HostStats, Read, |_| None, "host stats";
+    HostStatsGet = "host.stats", Read, Empty => HostStats, Read, |_| vec![], "host stats";
     /// Every record of the host with its generation, for resync.
-    HostSnapshot = "host.snapshot", Read, Empty => Inventory, Read, |_| None, "host snapshot";
+    HostSnapshot = "host.snapshot", Read, Empty => Inventory, Read, |_| vec![], "host snapshot";
 
     /// VMs of the host, optionally only those in one power state.
-    VmList = "vm.list", Read, VmListRequest => VmListResponse, Read, |_| None, "vm list";
+    VmList = "vm.list", Read, VmListRequest => VmListResponse, Read, |_| vec![], "vm list";
     /// One VM by uuid.
-    VmGet = "vm.get", Read, VmUuid => VmRecord, Read, |_| None, "vm get";
+    VmGet = "vm.get", Read, VmUuid => VmRecord, Read, |_| vec![], "vm get";
     /// One VM by name.
-    VmGetByName = "vm.get_by_name", Read, ObjectName => VmRecord, Read, |_| None, "vm get";
+    VmGetByName = "vm.get_by_name", Read, ObjectName => VmRecord, Read, |_| vec![], "vm get";
     /// Defines a VM from a typed spec; it starts halted.
-    VmDefine = "vm.define", Admin, VmDefineRequest => VmRecord, Cancellable, |r| Some(Target::NewVm(r.spec.name.clone())), "vm create";
+    VmDefine = "vm.define", Admin, VmDefineRequest => VmRecord, Cancellable, |r| vec![Target::NewVm(r.spec.name.clone())], "vm create";
     /// Removes a halted VM's definition, its snapshots, and optionally the volumes it owns.
-    VmUndefine = "vm.undefine", Admin, VmUndefineRequest => Empty, Cancellable, |r| Some(Target::Vm(r.uuid)), "vm delete";
+    VmUndefine = "vm.undefine", Admin, VmUndefineRequest => Empty, Cancellable, |r| vec![Target::Vm(r.uuid)], "vm delete";
     /// Starts a halted VM, optionally paused.
-    VmStart = "vm.start", Operate, VmStartRequest => VmRecord, Change, |r| Some(Target::Vm(r.uuid)), "vm start";
+    VmStart = "vm.start", Operate, VmStartRequest => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm start";
     /// Asks the guest to shut down cleanly; fails with `TIMEOUT` (or forces off when `force`) after `timeout_s`.
-    VmShutdown = "vm.shutdown", Operate, VmShutdownRequest => VmRecord, Cancellable, |r| Some(Target::Vm(r.uuid)), "vm shutdown";
+    VmShutdown = "vm.shutdown", Operate, VmShutdownRequest => VmRecord, Cancellable, |r| vec![Target::Vm(r.uuid)], "vm shutdown";
     /// Stops a VM at once, like pulling the plug.
-    VmDestroy = "vm.destroy", Operate, VmUuid => VmRecord, Change, |r| Some(Target::Vm(r.uuid)), "vm destroy";
+    VmDestroy = "vm.destroy", Operate, VmUuid => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm destroy";
     /// Asks the guest to reboot.
-    VmReboot = "vm.reboot", Operate, VmUuid => VmRecord, Change, |r| Some(Target::Vm(r.uuid)), "vm reboot";
+    VmReboot = "vm.reboot", Operate, VmUuid => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm reboot";
     /// Resets the VM like a reset button, without guest cooperation.
-    VmReset = "vm.reset", Operate, VmUuid => VmRecord, Change, |r| Some(Target::Vm(r.uuid)), "vm reset";
+    VmReset = "vm.reset", Operate, VmUuid => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm reset";
     /// Stops a running VM's vCPUs; memory stays resident.
-    VmPause = "vm.pause", Operate, VmUuid => VmRecord, Change, |r| Some(Target::Vm(r.uuid)), "vm pause";
+    VmPause = "vm.pause", Operate, VmUuid => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm pause";
     /// Resumes a paused VM, or restores a suspended one.
-    VmResume = "vm.resume", Operate, VmUuid => VmRecord, Change, |r| Some(Target::Vm(r.uuid)), "vm resume";
+    VmResume = "vm.resume", Operate, VmUuid => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm resume";
     /// Saves a running or paused VM's memory to disk and stops it.
-    VmSuspend = "vm.suspend", Operate, VmUuid => VmRecord, Change, |r| Some(Target::Vm(r.uuid)), "vm suspend";
+    VmSuspend = "vm.suspend", Operate, VmUuid => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm suspend";
     /// Changes a VM's memory (live when running, and in its definition).
-    VmSetMemory = "vm.set_memory", Operate, VmSetMemoryRequest => VmRecord, Change, |r| Some(Target::Vm(r.uuid)), "vm set-memory";
+    VmSetMemory = "vm.set_memory", Operate, VmSetMemoryRequest => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm set-memory";
     /// Changes a VM's vCPU count (live when running, and in its definition).
-    VmSetVcpus = "vm.set_vcpus", Operate, VmSetVcpusRequest => VmRecord, Change, |r| Some(Target::Vm(r.uuid)), "vm set-vcpus";
+    VmSetVcpus = "vm.set_vcpus", Operate, VmSetVcpusRequest => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm set-vcpus";
     /// Attaches a disk.
-    VmAttachDisk = "vm.attach_disk", Operate, VmAttachDiskRequest => VmRecord, Change, |r| Some(Target::Vm(r.uuid)), "vm attach-disk";
+    VmAttachDisk = "vm.attach_disk", Operate, VmAttachDiskRequest => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm attach-disk";
     /// Detaches a disk by guest target.
-    VmDetachDisk = "vm.detach_disk", Operate, VmDetachDiskRequest => VmRecord, Change, |r| Some(Target::Vm(r.uuid)), "vm detach-disk";
+    VmDetachDisk = "vm.detach_disk", Operate, VmDetachDiskRequest => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm detach-disk";
     /// Attaches a NIC.
-    VmAttachNic = "vm.attach_nic", Operate, VmAttachNicRequest => VmRecord, Change, |r| Some(Target::Vm(r.uuid)), "vm attach-nic";
+    VmAttachNic = "vm.attach_nic", Operate, VmAttachNicRequest => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm attach-nic";
     /// Detaches a NIC by MAC address.
-    VmDetachNic = "vm.detach_nic", Operate, VmDetachNicRequest => VmRecord, Change, |r| Some(Target::Vm(r.uuid)), "vm detach-nic";
+    VmDetachNic = "vm.detach_nic", Operate, VmDetachNicRequest => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm detach-nic";
     /// CPU, memory, block and network counters of a VM.
-    VmStatsGet = "vm.stats", Read, VmUuid => VmStats, Read, |_| None, "vm stats";
+    VmStatsGet = "vm.stats", Read, VmUuid => VmStats, Read, |_| vec![], "vm stats";
 
     /// Takes a snapshot of a VM.
-    SnapshotCreate = "snapshot.create", Operate, SnapshotCreateRequest => SnapshotRecord, Change, |r| Some(Target::Vm(r.vm)), "snapshot create";
+    SnapshotCreate = "snapshot.create", Operate, SnapshotCreateRequest => SnapshotRecord, Change, |r| vec![Target::Vm(r.vm)], "snapshot create";
     /// Snapshots of a VM.
-    SnapshotList = "snapshot.list", Read, VmUuid => SnapshotListResponse, Read, |_| None, "snapshot list";
+    SnapshotList = "snapshot.list", Read, VmUuid => SnapshotListResponse, Read, |_| vec![], "snapshot list";
     /// Reverts a VM to a snapshot, restoring its power state at the time.
-    SnapshotRevert = "snapshot.revert", Operate, SnapshotRef => VmRecord, Change, |r| Some(Target::Vm(r.vm)), "snapshot revert";
+    SnapshotRevert = "snapshot.revert", Operate, SnapshotRef => VmRecord, Change, |r| vec![Target::Vm(r.vm)], "snapshot revert";
     /// Deletes a snapshot.
-    SnapshotDelete = "snapshot.delete", Admin, SnapshotRef => Empty, Change, |r| Some(Target::Vm(r.vm)), "snapshot delete";
+    SnapshotDelete = "snapshot.delete", Admin, SnapshotRef => Empty, Change, |r| vec![Target::Vm(r.vm)], "snapshot delete";
 
     /// Storage pools of the host.
-    PoolList = "pool.list", Read, Empty => PoolListResponse, Read, |_| None, "pool list";
+    PoolList = "pool.list", Read, Empty => PoolListResponse, Read, |_| vec![], "pool list";
     /// One pool by name.
-    PoolGet = "pool.get", Read, ObjectName => PoolRecord, Read, |_| None, "pool get";
+    PoolGet = "pool.get", Read, ObjectName => PoolRecord, Read, |_| vec![], "pool get";
     /// Defines a pool; it starts inactive unless `autostart` is set.
-    PoolDefine = "pool.define", Admin, PoolDefineRequest => PoolRecord, Change, |r| Some(Target::Pool(r.spec.name.clone())), "pool create";
+    PoolDefine = "pool.define", Admin, PoolDefineRequest => PoolRecord, Change, |r| vec![Target::Pool(r.spec.name.clone())], "pool create";
     /// Starts (activates) a pool.
-    PoolStart = "pool.start", Operate, ObjectName => PoolRecord, Change, |r| Some(Target::Pool(r.name.clone())), "pool start";
+    PoolStart = "pool.start", Operate, ObjectName => PoolRecord, Change, |r| vec![Target::Pool(r.name.clone())], "pool start";
     /// Stops (deactivates) a pool.
-    PoolStop = "pool.stop", Operate, ObjectName => PoolRecord, Change, |r| Some(Target::Pool(r.name.clone())), "pool stop";
+    PoolStop = "pool.stop", Operate, ObjectName => PoolRecord, Change, |r| vec![Target::Pool(r.name.clone())], "pool stop";
     /// Rescans a pool's volumes.
-    PoolRefresh = "pool.refresh", Operate, ObjectName => PoolRecord, Change, |r| Some(Target::Pool(r.name.clone())), "pool refresh";
+    PoolRefresh = "pool.refresh", Operate, ObjectName => PoolRecord, Change, |r| vec![Target::Pool(r.name.clone())], "pool refresh";
     /// Removes an inactive pool's definition; its data stays.
-    PoolUndefine = "pool.undefine", Admin, ObjectName => Empty, Change, |r| Some(Target::Pool(r.name.clone())), "pool delete";
+    PoolUndefine = "pool.undefine", Admin, ObjectName => Empty, Change, |r| vec![Target::Pool(r.name.clone())], "pool delete";
 
     /// Volumes of an active pool.
-    VolumeList = "volume.list", Read, PoolName => VolumeListResponse, Read, |_| None, "volume list";
+    VolumeList = "volume.list", Read, PoolName => VolumeListResponse, Read, |_| vec![], "volume list";
     /// One volume.
-    VolumeGet = "volume.get", Read, VolumeKey => VolumeRecord, Read, |_| None, "volume get";
+    VolumeGet = "volume.get", Read, VolumeKey => VolumeRecord, Read, |_| vec![], "volume get";
     /// Creates a volume.
-    VolumeCreate = "volume.create", Admin, VolumeCreateRequest => VolumeRecord, Change, |r| Some(Target::Volume { pool: r.pool.clone(), name: r.spec.name.clone() }), "volume create";
+    VolumeCreate = "volume.create", Admin, VolumeCreateRequest => VolumeRecord, Change, |r| vec![Target::Volume { pool: r.pool.clone(), name: r.spec.name.clone() }], "volume create";
     /// Deletes a volume and its data.
-    VolumeDelete = "volume.delete", Admin, VolumeKey => Empty, Change, |r| Some(Target::Volume { pool: r.pool.clone(), name: r.name.clone() }), "volume delete";
+    VolumeDelete = "volume.delete", Admin, VolumeKey => Empty, Change, |r| vec![Target::Volume { pool: r.pool.clone(), name: r.name.clone() }], "volume delete";
     /// Grows a volume (shrinking is refused).
-    VolumeResize = "volume.resize", Admin, VolumeResizeRequest => VolumeRecord, Change, |r| Some(Target::Volume { pool: r.pool.clone(), name: r.name.clone() }), "volume resize";
+    VolumeResize = "volume.resize", Admin, VolumeResizeRequest => VolumeRecord, Change, |r| vec![Target::Volume { pool: r.pool.clone(), name: r.name.clone() }], "volume resize";
     /// Copies a volume into a new one in the same pool.
-    VolumeClone = "volume.clone", Admin, VolumeCloneRequest => VolumeRecord, Change, |r| Some(Target::Volume { pool: r.pool.clone(), name: r.new_name.clone() }), "volume clone";
+    VolumeClone = "volume.clone", Admin, VolumeCloneRequest => VolumeRecord, Change, |r| vec![Target::Volume { pool: r.pool.clone(), name: r.new_name.clone() }, Target::Volume { pool: r.pool.clone(), name: r.name.clone() }], "volume clone";
 
     /// Virtual networks of the host.
-    NetworkList = "network.list", Read, Empty => NetworkListResponse, Read, |_| None, "network list";
+    NetworkList = "network.list", Read, Empty => NetworkListResponse, Read, |_| vec![], "network list";
     /// One network by name.
-    NetworkGet = "network.get", Read, ObjectName => NetworkRecord, Read, |_| None, "network get";
+    NetworkGet = "network.get", Read, ObjectName => NetworkRecord, Read, |_| vec![], "network get";
     /// Defines a network; it starts inactive unless `autostart` is set.
-    NetworkDefine = "network.define", Admin, NetworkDefineRequest => NetworkRecord, Change, |r| Some(Target::Network(r.spec.name.clone())), "network create";
+    NetworkDefine = "network.define", Admin, NetworkDefineRequest => NetworkRecord, Change, |r| vec![Target::Network(r.spec.name.clone())], "network create";
     /// Starts a network.
-    NetworkStart = "network.start", Operate, ObjectName => NetworkRecord, Change, |r| Some(Target::Network(r.name.clone())), "network start";
+    NetworkStart = "network.start", Operate, ObjectName => NetworkRecord, Change, |r| vec![Target::Network(r.name.clone())], "network start";
     /// Stops a network.
-    NetworkStop = "network.stop", Operate, ObjectName => NetworkRecord, Change, |r| Some(Target::Network(r.name.clone())), "network stop";
+    NetworkStop = "network.stop", Operate, ObjectName => NetworkRecord, Change, |r| vec![Target::Network(r.name.clone())], "network stop";
     /// Removes an inactive network's definition.
-    NetworkUndefine = "network.undefine", Admin, ObjectName => Empty, Change, |r| Some(Target::Network(r.name.clone())), "network delete";
+    NetworkUndefine = "network.undefine", Admin, ObjectName => Empty, Change, |r| vec![Target::Network(r.name.clone())], "network delete";
 
     /// One task by id.
-    TaskGet = "task.get", Read, TaskId => TaskRecord, Read, |_| None, "task get";
+    TaskGet = "task.get", Read, TaskId => TaskRecord, Read, |_| vec![], "task get";
     /// Tasks not yet collected, optionally only those in one status.
-    TaskList = "task.list", Read, TaskListRequest => TaskListResponse, Read, |_| None, "task list";
+    TaskList = "task.list", Read, TaskListRequest => TaskListResponse, Read, |_| vec![], "task list";
     /// Asks a task to stop; it ends `cancelled` if its operation allows it.
-    TaskCancel = "task.cancel", Operate, TaskId => TaskRecord, Change, |_| None, "task cancel";
+    TaskCancel = "task.cancel", Operate, TaskId => TaskRecord, Change, |_| vec![], "task cancel";
 }

@@ -111,8 +111,9 @@ pub trait Command: 'static {
     /// Takes this command's response out of an [`AnyResponse`]; `None` when
     /// it holds another command's response.
     fn unwrap(response: AnyResponse) -> Option<Self::Response>;
-    /// The object a request of this command works on (its lock line).
-    fn target(request: &Self::Request) -> Option<Target>;
+    /// The objects a request of this command works on, each a line it
+    /// waits in; the first is the one its task names.
+    fn targets(request: &Self::Request) -> Vec<Target>;
 }
 
 /// Receives each command type of the catalogue in turn.
@@ -278,19 +279,24 @@ mod plan_tests {
         let uuid = uuid::Uuid::new_v4();
         let start = request("vm.start", &format!(r#"{{"uuid":"{uuid}"}}"#)).plan();
         assert_eq!(start.run, Run::Change);
-        assert_eq!(start.lock_key(), Some(format!("vm:{uuid}")));
+        assert_eq!(start.lock_keys(), [format!("vm:{uuid}")]);
         let define = request(
             "vm.define",
             r#"{"spec":{"name":"web","memory_kib":1048576,"vcpus":1}}"#,
         )
         .plan();
         assert_eq!(define.run, Run::Cancellable);
-        assert_eq!(define.lock_key().as_deref(), Some("vm-name:web"));
+        assert_eq!(define.lock_keys(), ["vm-name:web"]);
         assert_eq!(define.object().map(|o| o.id).as_deref(), Some("web"));
-        let clone = request("volume.clone", r#"{"pool":"p","name":"a","new_name":"b"}"#).plan();
-        assert_eq!(clone.lock_key().as_deref(), Some("volume:p/b"));
+        // A clone waits in its source's line and its new name's, taken in
+        // key order whichever is named first.
+        let clone = request("volume.clone", r#"{"pool":"p","name":"z","new_name":"b"}"#).plan();
+        assert_eq!(clone.lock_keys(), ["volume:p/b", "volume:p/z"]);
+        assert_eq!(clone.object().map(|o| o.id).as_deref(), Some("p/b"));
+        let back = request("volume.clone", r#"{"pool":"p","name":"b","new_name":"z"}"#).plan();
+        assert_eq!(back.lock_keys(), clone.lock_keys());
         let ping = request("host.ping", "{}").plan();
-        assert_eq!((ping.run, ping.target), (Run::Inline, None));
+        assert_eq!((ping.run, ping.targets), (Run::Inline, vec![]));
     }
 
     #[test]

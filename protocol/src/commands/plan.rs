@@ -1,5 +1,5 @@
 //! What a server does with a request, decided once from the catalogue:
-//! how it runs, and the object whose line it waits in.
+//! how it runs, and the objects whose lines it waits in.
 
 use uuid::Uuid;
 
@@ -111,19 +111,31 @@ pub struct Plan {
     pub access: Access,
     /// How it runs.
     pub run: Run,
-    /// The object it works on; `None` for reads and `task.cancel`.
-    pub target: Option<Target>,
+    /// The objects it works on, each a line it waits in: the first is the
+    /// one its task names (`volume.clone`: the new volume, then its
+    /// source). Empty for reads and `task.cancel`.
+    pub targets: Vec<Target>,
 }
 
 impl Plan {
-    /// The lock key of its object, if it takes a turn.
-    pub fn lock_key(&self) -> Option<String> {
-        self.target.as_ref().map(Target::lock_key)
+    /// The object its task names, if it works on one.
+    pub fn target(&self) -> Option<&Target> {
+        self.targets.first()
+    }
+
+    /// The keys of the lines it waits in, in the one global order every
+    /// command takes them in (sorted, without repeats), so that two
+    /// commands never wait for each other.
+    pub fn lock_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.targets.iter().map(Target::lock_key).collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
 
     /// The object, for task records.
     pub fn object(&self) -> Option<ObjectRef> {
-        self.target.as_ref().map(Target::object)
+        self.target().map(Target::object)
     }
 }
 
@@ -134,8 +146,8 @@ impl Plan {
 pub struct Planned {
     request: AnyRequest,
     plan: Plan,
-    /// The plan's lock key, formatted once.
-    lock_key: Option<String>,
+    /// The plan's lock keys, in order, formatted once.
+    lock_keys: Vec<String>,
 }
 
 impl Planned {
@@ -143,17 +155,18 @@ impl Planned {
     pub fn new(request: AnyRequest) -> Result<Self, Error> {
         request.validate()?;
         let plan = request.plan();
-        let lock_key = plan.lock_key();
+        let lock_keys = plan.lock_keys();
         Ok(Self {
             request,
             plan,
-            lock_key,
+            lock_keys,
         })
     }
 
-    /// The key of the line it waits in (see [`Target::lock_key`]), if any.
-    pub fn lock_key(&self) -> Option<&str> {
-        self.lock_key.as_deref()
+    /// The keys of the lines it waits in (see [`Plan::lock_keys`]); empty
+    /// for a request that takes no turn.
+    pub fn lock_keys(&self) -> &[String] {
+        &self.lock_keys
     }
 
     /// The request.
@@ -166,8 +179,8 @@ impl Planned {
         &self.plan
     }
 
-    /// The request, its plan and its lock key.
-    pub fn into_parts(self) -> (AnyRequest, Plan, Option<String>) {
-        (self.request, self.plan, self.lock_key)
+    /// The request, its plan and its lock keys.
+    pub fn into_parts(self) -> (AnyRequest, Plan, Vec<String>) {
+        (self.request, self.plan, self.lock_keys)
     }
 }
