@@ -1,8 +1,20 @@
 //! Re-runs of interrupted commands. A changing command that was running
-//! when its agent died is run again; before that, what a half-done run
-//! left behind is cleaned up ([`Inner::clean_interrupted`]), and after it,
-//! a failure that only says the first run already did the work is turned
-//! into that work's answer ([`Inner::recover`]).
+//! when its agent died is run again with the same command id. What that
+//! re-run does is a fact of each command, stated once in [`recovery`], a
+//! match over every command with no catch-all arm: a new command does not
+//! compile until someone says what its re-run does.
+//!
+//! * [`Recovery::Rerun`]: it runs again as if new; a first run leaves
+//!   nothing half-made and a second one does what the first did (a set to
+//!   a value, a reboot).
+//! * [`Recovery::FromState`]: it runs again, and a failure that only says
+//!   the first run already took effect (the VM is already running, the
+//!   volume already exists, is already gone) is answered with the object's
+//!   state.
+//! * [`Recovery::CleanThen`]: what a half-done first run left is removed
+//!   first ([`Inner::clean_interrupted`]), then as `FromState`.
+//! * [`Recovery::NotJournaled`]: reads, which are never journaled and so
+//!   never found interrupted.
 
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::{DiskSource, PowerState, VmRecord};
@@ -13,19 +25,173 @@ use crate::inner::Inner;
 use crate::tasks::Progress;
 use crate::vm::new_volume_name;
 
-/// A power operation whose effect stands once its VM is in one of these
-/// states, and its response built from the VM's record.
-type PowerOutcome = (Uuid, &'static [PowerState], fn(VmRecord) -> AnyResponse);
+/// What a re-run of an interrupted command does.
+#[derive(Debug)]
+pub(crate) enum Recovery<'a> {
+    /// A read: never journaled, never re-run as interrupted.
+    NotJournaled,
+    /// Runs again as if new.
+    Rerun,
+    /// Runs again; a failure that says the first run took effect is
+    /// answered from the object's state.
+    FromState(Done<'a>),
+    /// Removes what a half-done first run left, then as `FromState`.
+    CleanThen(Clean<'a>, Done<'a>),
+}
+
+/// How a re-run's failure shows that the first run took effect, and the
+/// answer it then gets.
+#[derive(Debug)]
+pub(crate) enum Done<'a> {
+    /// A power operation: its VM is in one of these states
+    /// (`VM_BAD_POWER_STATE` naming one of them as current).
+    Power(Uuid, &'static [PowerState], fn(VmRecord) -> AnyResponse),
+    /// The object it creates exists (`ALREADY_EXISTS`); the answer is it.
+    Created(Created<'a>),
+    /// The object it removes is gone (this not-found code); the answer is
+    /// empty.
+    Removed(ErrorCode, fn(Empty) -> AnyResponse),
+    /// A device it attaches is there (`INVALID_ARGUMENT` on this field:
+    /// the target or MAC is already used); the answer is the VM.
+    Attached(Uuid, &'static str, fn(VmRecord) -> AnyResponse),
+    /// A device it detaches is gone (`DEVICE_NOT_FOUND`); the answer is the VM.
+    Detached(Uuid, fn(VmRecord) -> AnyResponse),
+    /// A pool or network it starts or stops is already in the state it
+    /// leaves it in (`*_BAD_STATE`); the answer is its record.
+    Switched(Switched<'a>),
+}
+
+/// An object a create makes, by class.
+#[derive(Debug)]
+pub(crate) enum Created<'a> {
+    Vm(&'a str),
+    Volume(&'a str, &'a str, fn(VolumeRecordOf) -> AnyResponse),
+    Snapshot(Uuid, &'a str),
+    Pool(&'a str),
+    Network(&'a str),
+}
+
+/// A pool or network switched on or off.
+#[derive(Debug)]
+pub(crate) enum Switched<'a> {
+    Pool(&'a str, fn(PoolRecordOf) -> AnyResponse),
+    Network(&'a str, fn(NetworkRecordOf) -> AnyResponse),
+}
+
+type VolumeRecordOf = hostbus_protocol::types::VolumeRecord;
+type PoolRecordOf = hostbus_protocol::types::PoolRecord;
+type NetworkRecordOf = hostbus_protocol::types::NetworkRecord;
+
+/// What a half-done first run may have left.
+#[derive(Debug)]
+pub(crate) enum Clean<'a> {
+    /// `vm.define`: the volumes it creates for new disks, when the VM
+    /// itself was not defined.
+    DefinedVolumes(&'a VmDefineRequest),
+}
+
+/// What a re-run of `request` does: one arm per command, no catch-all.
+pub(crate) fn recovery(request: &AnyRequest) -> Recovery<'_> {
+    use AnyRequest as R;
+    use AnyResponse as A;
+    use PowerState::*;
+    use Recovery::*;
+    match request {
+        R::HostPing(_)
+        | R::HostInfo(_)
+        | R::HostCapabilities(_)
+        | R::HostStatsGet(_)
+        | R::HostSnapshot(_)
+        | R::VmList(_)
+        | R::VmGet(_)
+        | R::VmGetByName(_)
+        | R::VmStatsGet(_)
+        | R::SnapshotList(_)
+        | R::PoolList(_)
+        | R::PoolGet(_)
+        | R::VolumeList(_)
+        | R::VolumeGet(_)
+        | R::NetworkList(_)
+        | R::NetworkGet(_)
+        | R::TaskGet(_)
+        | R::TaskList(_) => NotJournaled,
+        R::VmDefine(r) => CleanThen(
+            Clean::DefinedVolumes(r),
+            Done::Created(Created::Vm(&r.spec.name)),
+        ),
+        R::VmUndefine(_) => FromState(Done::Removed(ErrorCode::VmNotFound, A::VmUndefine)),
+        R::VmStart(r) => FromState(Done::Power(r.uuid, &[Running, Paused], A::VmStart)),
+        R::VmShutdown(r) => FromState(Done::Power(r.uuid, &[Halted], A::VmShutdown)),
+        R::VmDestroy(r) => FromState(Done::Power(r.uuid, &[Halted], A::VmDestroy)),
+        R::VmPause(r) => FromState(Done::Power(r.uuid, &[Paused], A::VmPause)),
+        R::VmResume(r) => FromState(Done::Power(r.uuid, &[Running], A::VmResume)),
+        R::VmSuspend(r) => FromState(Done::Power(r.uuid, &[Suspended], A::VmSuspend)),
+        // A second reboot or reset of a running guest, a second set to the
+        // same value: what the first did, again.
+        R::VmReboot(_) | R::VmReset(_) | R::VmSetMemory(_) | R::VmSetVcpus(_) => Rerun,
+        R::VmAttachDisk(r) => FromState(Done::Attached(r.uuid, "disk.target", A::VmAttachDisk)),
+        R::VmDetachDisk(r) => FromState(Done::Detached(r.uuid, A::VmDetachDisk)),
+        // A NIC without a MAC gets one derived from the command id, so the
+        // re-run names the NIC the first run attached.
+        R::VmAttachNic(r) => FromState(Done::Attached(r.uuid, "nic.mac", A::VmAttachNic)),
+        R::VmDetachNic(r) => FromState(Done::Detached(r.uuid, A::VmDetachNic)),
+        R::SnapshotCreate(r) => FromState(Done::Created(Created::Snapshot(r.vm, &r.name))),
+        // Reverting again to the same snapshot leaves the VM as the first did.
+        R::SnapshotRevert(_) => Rerun,
+        R::SnapshotDelete(_) => FromState(Done::Removed(
+            ErrorCode::SnapshotNotFound,
+            A::SnapshotDelete,
+        )),
+        R::PoolDefine(r) => FromState(Done::Created(Created::Pool(&r.spec.name))),
+        R::PoolStart(r) => FromState(Done::Switched(Switched::Pool(&r.name, A::PoolStart))),
+        R::PoolStop(r) => FromState(Done::Switched(Switched::Pool(&r.name, A::PoolStop))),
+        R::PoolRefresh(_) => Rerun,
+        R::PoolUndefine(_) => FromState(Done::Removed(ErrorCode::PoolNotFound, A::PoolUndefine)),
+        R::VolumeCreate(r) => FromState(Done::Created(Created::Volume(
+            &r.pool,
+            &r.spec.name,
+            A::VolumeCreate,
+        ))),
+        R::VolumeDelete(_) => FromState(Done::Removed(ErrorCode::VolumeNotFound, A::VolumeDelete)),
+        // Growing to a size the volume already has is allowed.
+        R::VolumeResize(_) => Rerun,
+        // libvirt makes the copy in one call, which goes on in libvirtd if
+        // the agent dies: the clone found under the new name is that copy.
+        R::VolumeClone(r) => FromState(Done::Created(Created::Volume(
+            &r.pool,
+            &r.new_name,
+            A::VolumeClone,
+        ))),
+        R::NetworkDefine(r) => FromState(Done::Created(Created::Network(&r.spec.name))),
+        R::NetworkStart(r) => {
+            FromState(Done::Switched(Switched::Network(&r.name, A::NetworkStart)))
+        }
+        R::NetworkStop(r) => FromState(Done::Switched(Switched::Network(&r.name, A::NetworkStop))),
+        R::NetworkUndefine(_) => FromState(Done::Removed(
+            ErrorCode::NetworkNotFound,
+            A::NetworkUndefine,
+        )),
+        // Tasks do not outlive their agent: the re-run finds none to cancel.
+        R::TaskCancel(_) => Rerun,
+    }
+}
 
 impl Inner {
-    /// An interrupted `vm.define` may have left the volumes it created
-    /// without the VM. If the VM does not exist, they are removed so the
-    /// re-run starts clean; if it does, the re-run reconciles to it. Other
-    /// commands leave nothing to clean.
+    /// Removes what a half-done first run of `request` left, where its
+    /// [`recovery`] says it may have left something.
     pub(crate) fn clean_interrupted(&self, request: &AnyRequest) {
-        let AnyRequest::VmDefine(r) = request else {
+        let Recovery::CleanThen(clean, _) = recovery(request) else {
             return;
         };
+        match clean {
+            Clean::DefinedVolumes(r) => self.clean_defined_volumes(r),
+        }
+    }
+
+    /// An interrupted `vm.define` may have left the volumes it created
+    /// without the VM. If the VM does not exist, they are removed so the
+    /// re-run starts clean; if it does, the re-run reconciles to it.
+    fn clean_defined_volumes(&self, r: &VmDefineRequest) {
         let spec = &r.spec;
         if self.vm_get_by_name(&spec.name).is_ok() {
             return;
@@ -58,53 +224,110 @@ impl Inner {
     /// After a crash, a re-run may fail only because the first run already
     /// did the work (the VM is already running, the volume already
     /// exists). Then the answer is the object's current state; `None` when
-    /// `err` is a real failure.
+    /// `err` is a real failure or the command's re-run is not answered
+    /// from state.
     pub(crate) fn recover(&self, request: &AnyRequest, err: &Error) -> Option<AnyResponse> {
-        use AnyRequest as R;
-        use PowerState::*;
-        // A power operation whose target state already stands: answer with the VM.
-        let power: Option<PowerOutcome> = match request {
-            R::VmStart(r) => Some((r.uuid, &[Running, Paused], AnyResponse::VmStart)),
-            R::VmResume(r) => Some((r.uuid, &[Running], AnyResponse::VmResume)),
-            R::VmPause(r) => Some((r.uuid, &[Paused], AnyResponse::VmPause)),
-            R::VmSuspend(r) => Some((r.uuid, &[Suspended], AnyResponse::VmSuspend)),
-            R::VmShutdown(r) => Some((r.uuid, &[Halted], AnyResponse::VmShutdown)),
-            R::VmDestroy(r) => Some((r.uuid, &[Halted], AnyResponse::VmDestroy)),
-            _ => None,
+        let done = match recovery(request) {
+            Recovery::FromState(done) | Recovery::CleanThen(_, done) => done,
+            Recovery::NotJournaled | Recovery::Rerun => return None,
         };
-        if let Some((uuid, done, wrap)) = power {
-            let current = err
-                .param("current")
-                .and_then(|c| PowerState::ALL.iter().find(|s| s.as_str() == c));
-            if err.code != ErrorCode::VmBadPowerState || !current.is_some_and(|c| done.contains(c))
-            {
-                return None;
+        match done {
+            Done::Power(uuid, states, wrap) => {
+                let current = err
+                    .param("current")
+                    .and_then(|c| PowerState::ALL.iter().find(|s| s.as_str() == c));
+                (err.code == ErrorCode::VmBadPowerState
+                    && current.is_some_and(|c| states.contains(c)))
+                .then(|| self.vm_get(uuid).ok().map(wrap))
+                .flatten()
             }
-            return self.vm_get(uuid).ok().map(wrap);
+            Done::Created(created) => {
+                if err.code != ErrorCode::AlreadyExists {
+                    return None;
+                }
+                match created {
+                    Created::Vm(name) => self.vm_get_by_name(name).ok().map(AnyResponse::VmDefine),
+                    Created::Volume(pool, name, wrap) => self.volume_get(pool, name).ok().map(wrap),
+                    Created::Snapshot(vm, name) => self
+                        .snapshot_list(vm)
+                        .ok()?
+                        .snapshots
+                        .into_iter()
+                        .find(|s| s.name == name)
+                        .map(AnyResponse::SnapshotCreate),
+                    Created::Pool(name) => self.pool_get(name).ok().map(AnyResponse::PoolDefine),
+                    Created::Network(name) => {
+                        self.network_get(name).ok().map(AnyResponse::NetworkDefine)
+                    }
+                }
+            }
+            Done::Removed(code, wrap) => (err.code == code).then(|| wrap(Empty {})),
+            Done::Attached(uuid, field, wrap) => (err.code == ErrorCode::InvalidArgument
+                && err.param("field") == Some(field))
+            .then(|| self.vm_get(uuid).ok().map(wrap))
+            .flatten(),
+            Done::Detached(uuid, wrap) => (err.code == ErrorCode::DeviceNotFound)
+                .then(|| self.vm_get(uuid).ok().map(wrap))
+                .flatten(),
+            Done::Switched(Switched::Pool(name, wrap)) => (err.code == ErrorCode::PoolBadState)
+                .then(|| self.pool_get(name).ok().map(wrap))
+                .flatten(),
+            Done::Switched(Switched::Network(name, wrap)) => (err.code
+                == ErrorCode::NetworkBadState)
+                .then(|| self.network_get(name).ok().map(wrap))
+                .flatten(),
         }
-        match (request, err.code) {
-            (R::VmDefine(r), ErrorCode::AlreadyExists) => self
-                .vm_get_by_name(&r.spec.name)
-                .ok()
-                .map(AnyResponse::VmDefine),
-            (R::VolumeCreate(r), ErrorCode::AlreadyExists) => self
-                .volume_get(&r.pool, &r.spec.name)
-                .ok()
-                .map(AnyResponse::VolumeCreate),
-            (R::VmUndefine(_), ErrorCode::VmNotFound) => Some(AnyResponse::VmUndefine(Empty {})),
-            (R::VolumeDelete(_), ErrorCode::VolumeNotFound) => {
-                Some(AnyResponse::VolumeDelete(Empty {}))
-            }
-            (R::SnapshotDelete(_), ErrorCode::SnapshotNotFound) => {
-                Some(AnyResponse::SnapshotDelete(Empty {}))
-            }
-            (R::PoolUndefine(_), ErrorCode::PoolNotFound) => {
-                Some(AnyResponse::PoolUndefine(Empty {}))
-            }
-            (R::NetworkUndefine(_), ErrorCode::NetworkNotFound) => {
-                Some(AnyResponse::NetworkUndefine(Empty {}))
-            }
-            _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hostbus_protocol::COMMANDS;
+
+    /// Reads are the commands the journal never sees, and only they.
+    #[test]
+    fn reads_and_only_reads_are_not_journaled() {
+        let mut unsampled = Vec::new();
+        for info in COMMANDS {
+            let Some(request) = sample(info.name) else {
+                unsampled.push(info.name);
+                continue;
+            };
+            let not_journaled = matches!(recovery(&request), Recovery::NotJournaled);
+            assert_eq!(not_journaled, !info.run.changes(), "{}", info.name);
         }
+        assert!(unsampled.len() <= 8, "no sample request for {unsampled:?}");
+    }
+
+    /// A request of command `name` decoded from the smallest JSON body its
+    /// type accepts, or `None` where that needs more than a few fields.
+    fn sample(name: &str) -> Option<AnyRequest> {
+        let uuid = "11111111-0000-4000-8000-000000000001";
+        for body in [
+            "{}".to_owned(),
+            format!(r#"{{"uuid":"{uuid}"}}"#),
+            r#"{"name":"n"}"#.to_owned(),
+            r#"{"pool":"p"}"#.to_owned(),
+            r#"{"pool":"p","name":"n"}"#.to_owned(),
+            r#"{"pool":"p","name":"n","new_name":"m"}"#.to_owned(),
+            format!(r#"{{"vm":"{uuid}","name":"n"}}"#),
+            format!(r#"{{"id":"{uuid}"}}"#),
+            format!(r#"{{"uuid":"{uuid}","memory_kib":1024}}"#),
+            format!(r#"{{"uuid":"{uuid}","vcpus":1}}"#),
+            format!(r#"{{"uuid":"{uuid}","target":"vda"}}"#),
+            format!(r#"{{"uuid":"{uuid}","mac":"52:54:00:00:00:01"}}"#),
+            r#"{"spec":{"name":"n","memory_kib":1024,"vcpus":1}}"#.to_owned(),
+        ] {
+            if let Ok(r) = AnyRequest::decode(
+                name,
+                hostbus_protocol::ContentType::Json,
+                body.as_bytes(),
+                usize::MAX,
+            ) {
+                return Some(r);
+            }
+        }
+        None
     }
 }

@@ -15,6 +15,7 @@ use virt::sys;
 use crate::errors::Subject;
 use crate::errors::{already_exists, state_error};
 use crate::inner::{read_all, uuid_of, Inner};
+use crate::tasks::Progress;
 use crate::xml;
 
 fn pool_state(raw: u32) -> PoolState {
@@ -342,12 +343,15 @@ impl Inner {
         &self,
         pool: &str,
         spec: &VolumeSpec,
+        progress: &Progress,
     ) -> Result<VolumeRecord, Error> {
         let conn = self.conn()?;
+        progress.step(0, 1)?;
         let v = self.create_volume_raw(&conn, pool, spec)?;
         let rec = self.volume_record(pool, &v)?;
         let _ = self.pool_get(pool);
         tracing::info!(pool, volume = %spec.name, "created volume");
+        progress.took_effect(1, 1);
         Ok(rec)
     }
 
@@ -458,7 +462,11 @@ impl Inner {
         self.volume_record(&r.pool, &v)
     }
 
-    pub(crate) fn volume_clone(&self, r: VolumeCloneRequest) -> Result<VolumeRecord, Error> {
+    pub(crate) fn volume_clone(
+        &self,
+        r: VolumeCloneRequest,
+        progress: &Progress,
+    ) -> Result<VolumeRecord, Error> {
         let conn = self.conn()?;
         let p = self.running_pool(&conn, &r.pool, "volume.clone")?;
         let src = self.lookup_volume(&conn, &r.pool, &r.name)?;
@@ -483,12 +491,15 @@ impl Inner {
             allocation_bytes: 0,
             format: src_rec.format,
         };
+        progress.step(0, 1)?;
         let v = self.lv(
             &Subject::volume(&r.pool, &r.new_name),
             StorageVol::create_xml_from(&p, &xml::volume_xml(&spec), &src, 0),
         )?;
         let _ = self.pool_get(&r.pool);
-        self.volume_record(&r.pool, &v)
+        let rec = self.volume_record(&r.pool, &v)?;
+        progress.took_effect(1, 1);
+        Ok(rec)
     }
 }
 

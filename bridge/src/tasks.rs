@@ -83,6 +83,18 @@ impl Progress {
         self.check()
     }
 
+    /// Reports step `done` of `total` once the operation took effect, and
+    /// pauses like [`step`](Self::step), but checks nothing: a cancel or a
+    /// passed deadline can no longer undo what was done.
+    pub(crate) fn took_effect(&self, done: usize, total: usize) {
+        if let Some(report) = &self.report {
+            report(percent(done as u64, total as u64));
+        }
+        if !self.pause.is_zero() {
+            std::thread::sleep(self.pause);
+        }
+    }
+
     /// Reports a fraction without pausing (for waits with their own timing).
     pub(crate) fn fraction(&self, done: u64, total: u64) {
         if let Some(report) = &self.report {

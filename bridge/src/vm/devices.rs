@@ -10,7 +10,7 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
 
-use super::{random_mac, VmResult};
+use super::{mac_of, VmResult};
 use crate::errors::{is_unsupported_flags, Subject};
 use crate::inner::Inner;
 use crate::xml::{self, DiskSrc, DiskXml, NicXml};
@@ -208,7 +208,7 @@ impl Inner {
     pub(crate) fn vm_attach_nic(&self, r: VmAttachNicRequest, id: Uuid) -> VmResult {
         let (conn, dom, rec) = self.prepare(r.uuid, VmOperation::AttachNic)?;
         self.check_networks(&conn, std::slice::from_ref(&r.nic))?;
-        let mac = r.nic.mac.clone().unwrap_or_else(random_mac);
+        let mac = r.nic.mac.clone().unwrap_or_else(|| mac_of(id));
         if rec.nics.iter().any(|n| n.mac.eq_ignore_ascii_case(&mac)) {
             return Err(ValidationError::new(
                 "nic.mac",

@@ -86,6 +86,14 @@ pub(crate) fn require(vm: &VmRecord, op: VmOperation) -> Result<(), Error> {
 }
 
 /// A MAC address in QEMU's locally administered range.
+/// The MAC a NIC attached by command `id` gets when its spec names none:
+/// the same for every run of the command, so a re-run after a crash finds
+/// the NIC the first run attached instead of adding a second one.
+pub(crate) fn mac_of(id: Uuid) -> String {
+    let b = id.as_bytes();
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[13], b[14], b[15])
+}
+
 pub(crate) fn random_mac() -> String {
     let b = Uuid::new_v4();
     let b = b.as_bytes();

@@ -12,6 +12,7 @@ use virt::domain_snapshot::DomainSnapshot;
 use super::require;
 use crate::errors::{already_exists, Subject};
 use crate::inner::Inner;
+use crate::tasks::Progress;
 use crate::xml;
 
 /// QEMU keeps a snapshot inside the VM's qcow2 images (and the memory
@@ -121,6 +122,7 @@ impl Inner {
         &self,
         r: SnapshotCreateRequest,
         id: Uuid,
+        progress: &Progress,
     ) -> Result<SnapshotRecord, Error> {
         let (dom, rec) = self.prepare_snapshot(r.vm, VmOperation::SnapshotCreate)?;
         if Domain::lookup_snapshot_by_name(&dom, &r.name, 0).is_ok() {
@@ -129,6 +131,7 @@ impl Inner {
         if matches!(rec.domain_type.as_deref(), Some("kvm" | "qemu")) {
             internal_snapshot_possible(&rec)?;
         }
+        progress.step(0, 1)?;
         let _op = self.begin_op(r.vm, id, VmOperation::SnapshotCreate);
         let snap = self.lv(
             &Subject::snapshot(r.vm, &r.name),
@@ -137,6 +140,7 @@ impl Inner {
         let rec = self.snapshot_record(r.vm, &snap)?;
         self.vm_snapshots(r.vm, &dom)?;
         self.vm_record(&dom)?;
+        progress.took_effect(1, 1);
         Ok(rec)
     }
 
