@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::dispatch::{Caller, Dispatcher, Policy};
+use crate::dispatch::{Dispatcher, Policy};
 use crate::feed::Feed;
 use crate::journal::Journal;
 use crate::lane::ReplyLane;
@@ -437,7 +437,7 @@ impl Agent {
                         // object then run in that order.
                         let props = hostbus_amqp::from_lapin(&d.properties);
                         let deliveries = self.deliveries(&d, &props);
-                        let admission = self.dispatcher.admit(&props, &d.data, deliveries, Caller::Bus);
+                        let admission = self.admit(&props, &d.data, deliveries);
                         let (agent, lanes) = (self.clone(), lanes.clone());
                         inflight.spawn(async move {
                             let _permit = permit;

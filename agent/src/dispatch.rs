@@ -1,19 +1,24 @@
-//! From a delivery to a reply: envelope, authorization, deadline, decoding,
-//! validation, backpressure, the journal, then the bridge on a blocking
-//! thread with panics contained. Nothing here touches AMQP; the session
-//! publishes what this returns.
+//! The dispatcher: the one seam between the bindings and the bridge. Each
+//! binding maps its own wire onto a typed [`Request`] (command, command id,
+//! deadline, async flag, protocol version, content type, caller, payload)
+//! and gets back a typed [`Handled`] (a reply, a task or an error with its
+//! code, encoded in the request's content type). In between: authorization,
+//! the deadline, decoding, validation, backpressure, the object lines, the
+//! journal, then the bridge on a blocking thread with panics contained.
+//! Nothing here knows a binding's wire: no AMQP property, reply address,
+//! ack or dead-letter queue, no HTTP status (the crate-boundary test checks
+//! what this module imports).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use hostbus_amqp::{classify_reply_to, ReplyAddress};
 use hostbus_bridge::{Bridge, Turn};
 use hostbus_protocol::commands::*;
-use hostbus_protocol::envelope::reply_properties;
+use hostbus_protocol::types::Timestamp;
 use hostbus_protocol::{
-    command_info, encode, now_ms, AmqpProperties, AnyRequest, AnyResponse, ContentType, Envelope,
-    Error, ErrorCode, Reply, ReplyStatus,
+    command_info, encode, now_ms, AnyRequest, AnyResponse, ContentType, Error, ErrorCode,
+    ProtocolVersion, Reply, ReplyStatus,
 };
 use tracing::Instrument;
 use uuid::Uuid;
@@ -26,58 +31,49 @@ use crate::sync::lock;
 
 mod run;
 
-/// Where and what to reply.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReplyMessage {
-    /// The `reply_to` queue.
-    pub to: String,
-    /// Reply properties.
-    pub properties: AmqpProperties,
-    /// Encoded body.
-    pub body: Vec<u8>,
-}
-
-/// The result of handling one command, whichever binding carried it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Handled {
-    /// Where the bus replies (`None` for casts and for the HTTP binding,
-    /// which answers on its own connection).
-    pub reply_to: Option<String>,
-    /// The reply's AMQP properties (the HTTP binding copies its headers).
-    pub properties: AmqpProperties,
-    /// `ok`, `task` or `error`.
-    pub status: ReplyStatus,
-    /// The encoded reply body (a protocol `Reply`), in `content_type`.
-    pub body: Vec<u8>,
-    /// The reply's encoding.
-    pub content_type: ContentType,
-    /// The command name (or `invalid` when the envelope was unreadable).
+/// Everything about a command but its payload and its sender, as every
+/// binding reads it from its own wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The command's wire name, as received (it may name no command).
     pub command: String,
-    /// `ok`, `task` or the error code.
-    pub outcome: String,
-    /// When set, the original message goes to the dead-letter exchange with
-    /// this reason: it could not be processed, or kept failing.
-    pub dead_letter: Option<String>,
+    /// The command id: the key of at-most-once execution.
+    pub command_id: Uuid,
+    /// Absolute deadline, ms since the Unix epoch; past it, nothing runs.
+    pub deadline: Option<Timestamp>,
+    /// Run as a task and answer with the task at once.
+    pub asynchronous: bool,
+    /// The sender's protocol version (one this peer accepts).
+    pub version: ProtocolVersion,
+    /// The payload's encoding, and the reply's.
+    pub content_type: ContentType,
 }
 
-impl Handled {
-    /// The bus reply to publish, if the sender asked for one; takes the body.
-    pub fn take_reply(&mut self) -> Option<ReplyMessage> {
-        let to = self.reply_to.clone()?;
-        Some(ReplyMessage {
-            to,
-            properties: self.properties.clone(),
-            body: std::mem::take(&mut self.body),
-        })
-    }
+/// One command as a binding hands it to the dispatcher.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// What the command is.
+    pub head: &'a Head,
+    /// Who sent it.
+    pub caller: Caller<'a>,
+    /// The encoded request payload.
+    pub payload: &'a [u8],
+    /// How many times the binding has seen this message, this time
+    /// included (1 for a binding that never redelivers).
+    pub deliveries: u32,
 }
 
 /// Who sent a command, as its binding established it.
 #[derive(Debug, Clone, Copy)]
 pub enum Caller<'a> {
-    /// A bus message: the broker-verified `user_id` property, looked up in
-    /// the roles of broker logins.
-    Bus,
+    /// A bus message: the login the broker verified (`user_id`), looked up
+    /// in the roles of broker logins; `cast` when nobody waits for a reply.
+    Bus {
+        /// The broker-verified login, if the message carried one.
+        user: Option<&'a str>,
+        /// Whether the sender asked for no reply.
+        cast: bool,
+    },
     /// A peer the binding identified itself (the HTTP binding: a Unix
     /// socket's peer uid, a TLS client certificate) with the role it maps to.
     Peer {
@@ -92,10 +88,35 @@ impl Caller<'_> {
     /// The binding's name in logs.
     fn binding(&self) -> &'static str {
         match self {
-            Caller::Bus => "bus",
+            Caller::Bus { .. } => "bus",
             Caller::Peer { .. } => "http",
         }
     }
+
+    fn cast(&self) -> bool {
+        matches!(self, Caller::Bus { cast: true, .. })
+    }
+}
+
+/// What the dispatcher answers a command with, whichever binding carried it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handled {
+    /// `ok`, `task` or `error`.
+    pub status: ReplyStatus,
+    /// The error, when the status is `error`.
+    pub error: Option<Error>,
+    /// The encoded reply body (a protocol `Reply`), in `content_type`.
+    pub body: Vec<u8>,
+    /// The reply's encoding.
+    pub content_type: ContentType,
+    /// `ok`, `task`, the error code, or `journal-…` when answered from the
+    /// journal.
+    pub outcome: String,
+    /// Set when the message itself cannot be processed (it does not decode,
+    /// names no command) or kept failing (delivered too often): a binding
+    /// that can set messages aside (the bus's dead-letter exchange) does so,
+    /// with this reason.
+    pub unprocessable: Option<String>,
 }
 
 /// Knobs of the dispatcher.
@@ -107,15 +128,15 @@ pub struct Policy {
     pub roles: BTreeMap<String, Role>,
     /// Operations queued on one object before `BUSY`.
     pub max_object_queue: usize,
-    /// Executions of one command (crashes included) before it is dead-lettered.
+    /// Executions of one command (crashes included) before it is given up.
     pub max_deliveries: u32,
 }
 
-/// Turns deliveries into replies.
+/// Turns requests into answers.
 pub struct Dispatcher {
     bridge: Arc<Bridge>,
     host_id: String,
-    /// Stamps `host.snapshot` inventories with the epoch and last event number.
+    /// Stamps inventories in responses with the epoch and last event number.
     stamp: Arc<Stamp>,
     policy: Policy,
     journal: Arc<Journal>,
@@ -137,9 +158,9 @@ pub enum Admission {
 }
 
 /// A command admitted to run: decoded, validated, authorized, with its
-/// place in the line of the object it changes taken in arrival order.
+/// places in the lines of the objects it changes taken in arrival order.
 pub struct Admitted {
-    env: Envelope,
+    head: Head,
     request: Planned,
     deliveries: u32,
     turn: Option<Turn>,
@@ -149,6 +170,7 @@ pub struct Admitted {
     started: Instant,
     /// Which binding carried it (`bus`, `http`), for the log.
     binding: &'static str,
+    cast: bool,
     _in_flight: crate::metrics::InFlight,
 }
 
@@ -169,19 +191,31 @@ fn encode_reply<T: serde::Serialize>(ct: ContentType, reply: &Reply<T>) -> Vec<u
 /// What execution produced: an encoded reply body with its status.
 struct Outcome {
     status: ReplyStatus,
+    error: Option<Error>,
     body: Vec<u8>,
     outcome: String,
-    dead_letter: Option<String>,
+    unprocessable: Option<String>,
 }
 
 impl Outcome {
     fn error(ct: ContentType, e: Error) -> Self {
-        let outcome = e.code.as_str().to_owned();
         Self {
             status: ReplyStatus::Error,
-            body: encode_reply::<Empty>(ct, &Reply::Error(e)),
-            outcome,
-            dead_letter: None,
+            body: encode_reply::<Empty>(ct, &Reply::Error(e.clone())),
+            outcome: e.code.as_str().to_owned(),
+            error: Some(e),
+            unprocessable: None,
+        }
+    }
+
+    fn into_handled(self, ct: ContentType) -> Handled {
+        Handled {
+            status: self.status,
+            error: self.error,
+            body: self.body,
+            content_type: ct,
+            outcome: self.outcome,
+            unprocessable: self.unprocessable,
         }
     }
 }
@@ -211,74 +245,60 @@ impl Dispatcher {
         }
     }
 
-    /// Handles one delivery, start to end: [`admit`](Self::admit) then
-    /// [`run`](Self::run). `deliveries` counts this delivery of the message
-    /// (1 the first time).
-    pub async fn handle(
-        &self,
-        props: &AmqpProperties,
-        body: &[u8],
-        deliveries: u32,
-        caller: Caller<'_>,
-    ) -> Handled {
-        match self.admit(props, body, deliveries, caller) {
+    /// The id of the host this dispatcher serves.
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    /// Handles one request, start to end: [`admit`](Self::admit) then
+    /// [`run`](Self::run).
+    pub async fn handle(&self, request: Request<'_>) -> Handled {
+        match self.admit(request) {
             Admission::Done(h) => h,
             Admission::Ready(a) => self.run(a).await,
         }
     }
 
-    /// Everything about a delivery that needs neither libvirt nor the
-    /// journal, without blocking: the envelope, the command, authorization,
-    /// the deadline, decoding, validation, backpressure, and the command's
-    /// place in the line of the object it changes. Call it in the order
-    /// deliveries arrive: commands on one object then run in that order.
-    pub fn admit(
-        &self,
-        props: &AmqpProperties,
-        body: &[u8],
-        deliveries: u32,
-        caller: Caller<'_>,
-    ) -> Admission {
+    /// A request whose head the binding could not read (a missing command
+    /// id, an unsupported version or content type, ...): logged, counted
+    /// as `command` (`invalid` when it names none), answered with `err` in
+    /// `ct`, and unprocessable.
+    pub fn refuse(&self, command: Option<&str>, ct: ContentType, err: Error) -> Handled {
+        let command = command.unwrap_or("invalid");
+        tracing::info!(command = %command, code = %err.code, message = %err.message, "bad envelope");
+        self.metrics
+            .command("invalid", err.code.as_str(), std::time::Duration::ZERO);
+        let reason = format!("{}: {}", err.code, err.message);
+        let mut o = Outcome::error(ct, err);
+        o.unprocessable = Some(reason);
+        o.into_handled(ct)
+    }
+
+    /// Everything about a request that needs neither libvirt nor the
+    /// journal, without blocking: the command, authorization, the deadline,
+    /// decoding, validation, backpressure, and the command's places in the
+    /// lines of the objects it changes. Call it in the order requests
+    /// arrive: commands on one object then run in that order.
+    pub fn admit(&self, r: Request<'_>) -> Admission {
         let started = Instant::now();
         let in_flight = self.metrics.start();
-        let env = match Envelope::from_properties(props) {
-            Ok(env) => env,
-            Err(err) => return Admission::Done(self.refuse_bad_envelope(props, err, started)),
-        };
-        if let Some(to) = &env.reply_to {
-            if classify_reply_to(to) == ReplyAddress::Invalid {
-                // Replying would make the broker close our connection.
-                let err = Error::new(
-                    ErrorCode::BadEnvelope,
-                    [
-                        ("property", "reply_to".to_owned()),
-                        (
-                            "reason",
-                            "is not a reply address the broker issued".to_owned(),
-                        ),
-                    ],
-                    "bad envelope: `reply_to` is not a reply address the broker issued",
-                );
-                let mut h = self.refuse_bad_envelope(props, err, started);
-                h.reply_to = None;
-                return Admission::Done(h);
-            }
-        }
-        let span = tracing::info_span!("command", command = %env.command, command_id = %env.command_id, host = %self.host_id);
+        let head = r.head;
+        let span = tracing::info_span!("command", command = %head.command, command_id = %head.command_id, host = %self.host_id);
         let _enter = span.enter();
-        match self.check(&env, body, deliveries, caller) {
-            Err(out) => Admission::Done(self.finish(&env, out, started, caller.binding())),
+        let binding = r.caller.binding();
+        match self.check(&r) {
+            Err(out) => Admission::Done(self.finish(head, out, started, binding, r.caller.cast())),
             Ok(request) => {
                 let id_lock = request.plan().run.changes().then(|| {
                     let mut running = lock(&self.running);
-                    match running.get(&env.command_id) {
+                    match running.get(&head.command_id) {
                         Some(m) => IdLock::Wait(m.clone()),
                         None => {
                             let m = Arc::new(tokio::sync::Mutex::new(()));
-                            running.insert(env.command_id, m.clone());
+                            running.insert(head.command_id, m.clone());
                             match m.try_lock_owned() {
                                 Ok(g) => IdLock::Held(g),
-                                Err(_) => IdLock::Wait(running[&env.command_id].clone()),
+                                Err(_) => IdLock::Wait(running[&head.command_id].clone()),
                             }
                         }
                     }
@@ -290,32 +310,33 @@ impl Dispatcher {
                     _ => self.bridge.take_turn(&request),
                 };
                 Admission::Ready(Admitted {
-                    env,
+                    head: head.clone(),
                     request,
-                    deliveries,
+                    deliveries: r.deliveries,
                     turn,
                     id_lock,
                     started,
-                    binding: caller.binding(),
+                    binding,
+                    cast: r.caller.cast(),
                     _in_flight: in_flight,
                 })
             }
         }
     }
 
-    /// Runs an admitted command and builds its reply.
+    /// Runs an admitted command and builds its answer.
     pub async fn run(&self, a: Admitted) -> Handled {
-        let span = tracing::info_span!("command", command = %a.env.command, command_id = %a.env.command_id, host = %self.host_id);
+        let span = tracing::info_span!("command", command = %a.head.command, command_id = %a.head.command_id, host = %self.host_id);
         async move {
             // `a` (its in-flight guard with it) lives until the reply is built.
             let out = if !a.request.plan().run.changes() {
-                self.run_read(&a.env, a.request, a.deliveries).await
+                self.run_read(&a.head, a.request).await
             } else {
                 let (request, turn, id_lock) = (a.request, a.turn, a.id_lock);
-                self.run_journaled(&a.env, request, a.deliveries, turn, id_lock)
+                self.run_journaled(&a.head, request, a.deliveries, turn, id_lock)
                     .await
             };
-            self.finish(&a.env, out, a.started, a.binding)
+            self.finish(&a.head, out, a.started, a.binding, a.cast)
         }
         .instrument(span)
         .await
@@ -323,85 +344,36 @@ impl Dispatcher {
 
     fn finish(
         &self,
-        env: &Envelope,
+        head: &Head,
         out: Outcome,
         started: Instant,
         binding: &'static str,
+        cast: bool,
     ) -> Handled {
         let elapsed = started.elapsed();
-        // Label by the catalogue's name: a `type` off the wire is any text.
-        let label = command_info(&env.command).map_or("unknown", |i| i.name);
+        // Label by the catalogue's name: a command name off the wire is any text.
+        let label = command_info(&head.command).map_or("unknown", |i| i.name);
         self.metrics.command(label, &out.outcome, elapsed);
-        tracing::info!(outcome = %out.outcome, duration_ms = elapsed.as_secs_f64() * 1000.0, binding, cast = binding == "bus" && env.is_cast(), "command handled");
-        Handled {
-            reply_to: env.reply_to.clone(),
-            properties: env.reply_properties(out.status, &self.host_id, now_ms()),
-            status: out.status,
-            body: out.body,
-            content_type: env.content_type,
-            command: env.command.clone(),
-            outcome: out.outcome,
-            dead_letter: out.dead_letter,
-        }
+        tracing::info!(outcome = %out.outcome, duration_ms = elapsed.as_secs_f64() * 1000.0, binding, cast, "command handled");
+        out.into_handled(head.content_type)
     }
 
-    fn refuse_bad_envelope(&self, props: &AmqpProperties, err: Error, started: Instant) -> Handled {
-        let ct = ContentType::parse(props.content_type.as_deref()).unwrap_or_default();
-        let command = props.kind.clone().unwrap_or_else(|| "invalid".to_owned());
-        tracing::info!(command = %command, code = %err.code, message = %err.message, "bad envelope");
-        let outcome = err.code.as_str().to_owned();
-        self.metrics.command("invalid", &outcome, started.elapsed());
-        let correlation = props
-            .correlation_id
-            .clone()
-            .or_else(|| props.message_id.clone())
-            .unwrap_or_default();
-        let dead_letter = Some(format!("{}: {}", err.code, err.message));
-        Handled {
-            reply_to: props.reply_to.clone().filter(|r| !r.is_empty()),
-            properties: reply_properties(
-                correlation,
-                &command,
-                ct,
-                ReplyStatus::Error,
-                &self.host_id,
-                now_ms(),
-            ),
-            status: ReplyStatus::Error,
-            body: encode_reply::<Empty>(ct, &Reply::Error(err)),
-            content_type: ct,
-            command,
-            outcome,
-            dead_letter,
-        }
-    }
-
-    /// The checks of [`admit`](Self::admit) after the envelope.
+    /// The checks of [`admit`](Self::admit).
     #[allow(clippy::result_large_err)]
-    fn check(
-        &self,
-        env: &Envelope,
-        body: &[u8],
-        deliveries: u32,
-        caller: Caller<'_>,
-    ) -> Result<Planned, Outcome> {
-        let ct = env.content_type;
+    fn check(&self, r: &Request<'_>) -> Result<Planned, Outcome> {
+        let head = r.head;
+        let ct = head.content_type;
         let refuse = |e: Error| {
             tracing::info!(code = %e.code, message = %e.message, "command refused");
             Outcome::error(ct, e)
         };
-        let Some(info) = command_info(&env.command) else {
-            let mut o = refuse(Error::unknown_command(&env.command));
-            o.dead_letter = Some(format!("UNKNOWN_COMMAND: {}", env.command));
+        let Some(info) = command_info(&head.command) else {
+            let mut o = refuse(Error::unknown_command(&head.command));
+            o.unprocessable = Some(format!("UNKNOWN_COMMAND: {}", head.command));
             return Err(o);
         };
-        let authorized = match caller {
-            Caller::Bus => authorize(
-                &self.policy.roles,
-                env.sender.as_deref(),
-                info.name,
-                info.access,
-            ),
+        let authorized = match r.caller {
+            Caller::Bus { user, .. } => authorize(&self.policy.roles, user, info.name, info.access),
             Caller::Peer { principal, role } => {
                 authorize_role(principal, role, info.name, info.access)
             }
@@ -410,25 +382,26 @@ impl Dispatcher {
             return Err(refuse(e));
         }
         let now = now_ms();
-        if env.is_expired(now) {
-            return Err(refuse(env.expired_error(now)));
+        if let Some(deadline) = head.deadline.filter(|d| now >= *d) {
+            return Err(refuse(Error::expired(&head.command, deadline, now)));
         }
         // Reads are not journaled: their deliveries are all there is to
         // count. (A changing command's are counted with its journal.)
-        if !info.run.changes() && deliveries > self.policy.max_deliveries {
-            return Err(self.give_up(env, deliveries));
+        if !info.run.changes() && r.deliveries > self.policy.max_deliveries {
+            return Err(self.give_up(head, r.deliveries));
         }
-        let request = match AnyRequest::decode(&env.command, ct, body, self.policy.max_payload) {
-            Ok(r) => r,
-            Err(e) => {
-                let mut o = refuse(e);
-                o.dead_letter = Some(format!(
-                    "{}: the payload does not decode as {}",
-                    o.outcome, env.command
-                ));
-                return Err(o);
-            }
-        };
+        let request =
+            match AnyRequest::decode(&head.command, ct, r.payload, self.policy.max_payload) {
+                Ok(r) => r,
+                Err(e) => {
+                    let mut o = refuse(e);
+                    o.unprocessable = Some(format!(
+                        "{}: the payload does not decode as {}",
+                        o.outcome, head.command
+                    ));
+                    return Err(o);
+                }
+            };
         let request = Planned::new(request).map_err(refuse)?;
         let (depth, object) = self.bridge.queue_depth(&request);
         if depth >= self.policy.max_object_queue {
@@ -447,14 +420,14 @@ impl Dispatcher {
         Ok(request)
     }
 
-    fn give_up(&self, env: &Envelope, attempts: u32) -> Outcome {
+    fn give_up(&self, head: &Head, attempts: u32) -> Outcome {
         let reason = format!(
             "{} was delivered {attempts} times without finishing",
-            env.command
+            head.command
         );
-        tracing::error!(attempts, "poison command: dead-lettered");
-        let mut o = Outcome::error(env.content_type, Error::internal(&reason));
-        o.dead_letter = Some(reason);
+        tracing::error!(attempts, "poison command: given up");
+        let mut o = Outcome::error(head.content_type, Error::internal(&reason));
+        o.unprocessable = Some(reason);
         o
     }
 }

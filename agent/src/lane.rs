@@ -16,7 +16,18 @@ use hostbus_amqp::to_lapin;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Confirmation, Connection};
 
-use crate::dispatch::ReplyMessage;
+use hostbus_protocol::AmqpProperties;
+
+/// A reply to publish: where, its properties, its body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplyMessage {
+    /// The `reply_to` queue.
+    pub to: String,
+    /// Reply properties.
+    pub properties: AmqpProperties,
+    /// Encoded body.
+    pub body: Vec<u8>,
+}
 
 /// Why a reply did not go out on the lane.
 #[derive(Debug)]

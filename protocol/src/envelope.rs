@@ -54,6 +54,33 @@ impl ProtocolVersion {
     pub fn accepts(self, other: ProtocolVersion) -> bool {
         self.major == other.major
     }
+
+    /// The version a request states in [`VERSION_HEADER`], if this peer
+    /// serves it: `BAD_ENVELOPE` for text that is no version,
+    /// `UNSUPPORTED_VERSION` for another major version.
+    pub fn accepted(text: &str) -> Result<Self, Error> {
+        let version = Self::parse(text).ok_or_else(|| {
+            Error::new(
+                ErrorCode::BadEnvelope,
+                [
+                    ("property", VERSION_HEADER.to_owned()),
+                    ("reason", "is not `<major>.<minor>`".to_owned()),
+                ],
+                format!("bad envelope: `{VERSION_HEADER}` is not `<major>.<minor>`"),
+            )
+        })?;
+        if !PROTOCOL_VERSION.accepts(version) {
+            return Err(Error::new(
+                ErrorCode::UnsupportedVersion,
+                [
+                    ("version", version.to_string()),
+                    ("supported", PROTOCOL_VERSION.to_string()),
+                ],
+                format!("protocol version {version} is not supported; this peer speaks {PROTOCOL_VERSION}"),
+            ));
+        }
+        Ok(version)
+    }
 }
 
 impl fmt::Display for ProtocolVersion {
@@ -262,21 +289,11 @@ impl Envelope {
             .ok_or_else(|| bad("type", "is missing"))?;
         let version = match p.headers.get(VERSION_HEADER) {
             None => return Err(bad(VERSION_HEADER, "is missing")),
-            Some(v) => v
-                .as_str()
-                .and_then(ProtocolVersion::parse)
-                .ok_or_else(|| bad(VERSION_HEADER, "is not `<major>.<minor>`"))?,
+            Some(v) => ProtocolVersion::accepted(
+                v.as_str()
+                    .ok_or_else(|| bad(VERSION_HEADER, "is not `<major>.<minor>`"))?,
+            )?,
         };
-        if !PROTOCOL_VERSION.accepts(version) {
-            return Err(Error::new(
-                ErrorCode::UnsupportedVersion,
-                [
-                    ("version", version.to_string()),
-                    ("supported", PROTOCOL_VERSION.to_string()),
-                ],
-                format!("protocol version {version} is not supported; this peer speaks {PROTOCOL_VERSION}"),
-            ));
-        }
         let content_type = ContentType::parse(p.content_type.as_deref())?;
         let deadline = match p.headers.get(DEADLINE_HEADER) {
             None => None,

@@ -195,6 +195,11 @@ fn the_http_binding_holds_no_host_logic() {
             "lapin",
             "hostbus_amqp",
             "spawn_blocking",
+            // No AMQP envelope built only for the dispatcher to parse back,
+            // and no decoding of its own reply to learn the status.
+            "AmqpProperties",
+            "Envelope::",
+            "decode::<Reply",
         ] {
             assert!(
                 !text.contains(forbidden),
@@ -224,4 +229,38 @@ fn the_http_binding_holds_no_host_logic() {
         dispatches,
         "the binding runs commands through Dispatcher::handle"
     );
+}
+
+/// The dispatcher is the seam between the bindings and the bridge: it
+/// takes a typed request and returns a typed answer, and knows no
+/// binding's wire (no AMQP property, reply address, ack or dead-letter
+/// queue; no HTTP).
+#[test]
+fn the_dispatcher_knows_no_bindings_wire() {
+    let agent = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/src");
+    let mut files = vec![agent.join("dispatch.rs")];
+    for entry in std::fs::read_dir(agent.join("dispatch")).expect("agent/src/dispatch") {
+        files.push(entry.expect("entry").path());
+    }
+    assert!(files.len() >= 2, "{files:?}");
+    for path in files {
+        let text = std::fs::read_to_string(&path).expect("read");
+        for forbidden in [
+            "lapin",
+            "hostbus_amqp",
+            "AmqpProperties",
+            "Envelope::",
+            "reply_to",
+            "dead_letter",
+            "axum",
+            "StatusCode",
+            "HostSnapshot",
+        ] {
+            assert!(
+                !text.contains(forbidden),
+                "{} mentions {forbidden}: the dispatcher takes a typed request and knows no binding's wire nor any one command",
+                path.display()
+            );
+        }
+    }
 }

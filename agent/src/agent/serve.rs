@@ -1,17 +1,51 @@
-//! One delivery after admission: run it, dead-letter it when asked, reply
-//! (on the reply lane when a redelivered message's direct reply could cost
-//! the connection), then settle its ack; and how many times a message was
-//! delivered.
+//! The bus binding of one delivery: its AMQP properties read into the
+//! dispatcher's typed request (the bus alone knows properties, reply
+//! addresses, acks and dead-lettering), then run, dead-lettered when the
+//! dispatcher finds it unprocessable, replied to (on the reply lane when a
+//! redelivered message's direct reply could cost the connection), and its
+//! ack settled; and how many times a message was delivered.
 
+use hostbus_protocol::envelope::reply_properties;
 use hostbus_protocol::names;
-use hostbus_protocol::{now_ms, AmqpProperties, HeaderValue};
+use hostbus_protocol::{
+    now_ms, AmqpProperties, ContentType, Envelope, Error, ErrorCode, HeaderValue,
+};
 use lapin::options::BasicPublishOptions;
 use lapin::{Channel, Confirmation};
 
-use crate::dispatch::{Admission, ReplyMessage};
-use crate::lane::LaneError;
+use crate::dispatch::{Admission, Caller, Handled, Head, Request};
+use crate::lane::{LaneError, ReplyMessage};
 use crate::settle::Settle;
 use hostbus_amqp::{classify_reply_to, to_lapin, ReplyAddress};
+
+/// Where and how a delivery is answered on the bus.
+pub(super) struct BusReply {
+    /// The `reply_to` address; `None` for a cast or an address the broker
+    /// would refuse.
+    to: Option<String>,
+    /// The reply's `correlation_id`.
+    correlation: String,
+    /// The reply's `type`.
+    command: String,
+}
+
+impl BusReply {
+    fn message(self, h: &mut Handled, host_id: &str) -> Option<ReplyMessage> {
+        let to = self.to?;
+        Some(ReplyMessage {
+            to,
+            properties: reply_properties(
+                self.correlation,
+                &self.command,
+                h.content_type,
+                h.status,
+                host_id,
+                now_ms(),
+            ),
+            body: std::mem::take(&mut h.body),
+        })
+    }
+}
 
 use super::{lock, Agent, Lanes};
 
@@ -52,11 +86,86 @@ impl Agent {
         (*n).max(broker)
     }
 
+    /// Reads a delivery's properties into the dispatcher's request and
+    /// admits it; call it in arrival order. Properties that do not make an
+    /// envelope, and a reply address the broker would refuse, are refused
+    /// here.
+    pub(super) fn admit(
+        &self,
+        props: &AmqpProperties,
+        payload: &[u8],
+        deliveries: u32,
+    ) -> (Admission, BusReply) {
+        let env = match Envelope::from_properties(props) {
+            Ok(env) => env,
+            Err(err) => {
+                let ct = ContentType::parse(props.content_type.as_deref()).unwrap_or_default();
+                let reply = BusReply {
+                    to: props.reply_to.clone().filter(|r| !r.is_empty()),
+                    correlation: props
+                        .correlation_id
+                        .clone()
+                        .or_else(|| props.message_id.clone())
+                        .unwrap_or_default(),
+                    command: props.kind.clone().unwrap_or_else(|| "invalid".to_owned()),
+                };
+                let refused = self.dispatcher.refuse(props.kind.as_deref(), ct, err);
+                return (Admission::Done(refused), reply);
+            }
+        };
+        let mut reply = BusReply {
+            to: env.reply_to.clone(),
+            correlation: env.reply_correlation(),
+            command: env.command.clone(),
+        };
+        if reply
+            .to
+            .as_deref()
+            .is_some_and(|to| classify_reply_to(to) == ReplyAddress::Invalid)
+        {
+            // Replying would make the broker close our connection.
+            reply.to = None;
+            let err = Error::new(
+                ErrorCode::BadEnvelope,
+                [
+                    ("property", "reply_to".to_owned()),
+                    (
+                        "reason",
+                        "is not a reply address the broker issued".to_owned(),
+                    ),
+                ],
+                "bad envelope: `reply_to` is not a reply address the broker issued",
+            );
+            let refused = self
+                .dispatcher
+                .refuse(Some(&env.command), env.content_type, err);
+            return (Admission::Done(refused), reply);
+        }
+        let head = Head {
+            command: env.command,
+            command_id: env.command_id,
+            deadline: env.deadline,
+            asynchronous: env.asynchronous,
+            version: env.version,
+            content_type: env.content_type,
+        };
+        let admission = self.dispatcher.admit(Request {
+            head: &head,
+            caller: Caller::Bus {
+                user: env.sender.as_deref(),
+                cast: reply.to.is_none(),
+            },
+            payload,
+            deliveries,
+        });
+        (admission, reply)
+    }
+
     /// Handles one admitted delivery: reply first, then ack.
     pub(super) async fn serve(
         &self,
         lanes: &Lanes,
-        admission: Admission,
+        (admission, reply): (Admission, BusReply),
         props: AmqpProperties,
         d: lapin::message::Delivery,
         deliveries: u32,
@@ -66,8 +175,9 @@ impl Agent {
             Admission::Done(h) => h,
             Admission::Ready(a) => self.dispatcher.run(a).await,
         };
+        let command = reply.command.clone();
         let mut dead = false;
-        if let Some(reason) = &handled.dead_letter {
+        if let Some(reason) = &handled.unprocessable {
             if let Err(e) = self
                 .dead_letter(&lanes.publ, props.clone(), &d, reason, &handled.outcome)
                 .await
@@ -78,7 +188,7 @@ impl Agent {
             }
             dead = true;
         }
-        if let Some(reply) = handled.take_reply() {
+        if let Some(reply) = reply.message(&mut handled, &self.cfg.host_id) {
             // A message seen before may have been redelivered because its
             // reply closed our connection: reply where that cannot happen.
             let risky = deliveries > 1 && classify_reply_to(&reply.to) == ReplyAddress::Direct;
@@ -90,7 +200,7 @@ impl Agent {
                 {
                     Ok(()) => Ok(()),
                     Err(LaneError::Refused(e)) => {
-                        tracing::warn!(command = %handled.command, reply_to = %reply.to, error = %e, "the broker refused this reply address; not replying to it again");
+                        tracing::warn!(command = %command, reply_to = %reply.to, error = %e, "the broker refused this reply address; not replying to it again");
                         let why = format!("the broker closed the connection when given reply_to {:?}; not replied", reply.to);
                         if !dead {
                             if let Err(e) = self
@@ -110,7 +220,7 @@ impl Agent {
                 self.publish_reply(&lanes.publ, &lanes.cmd, reply).await
             };
             if let Err(e) = sent {
-                tracing::warn!(command = %handled.command, error = %e, "cannot publish the reply; the command will be redelivered");
+                tracing::warn!(command = %command, error = %e, "cannot publish the reply; the command will be redelivered");
                 lanes.settler.settle(Settle::Requeue(tag));
                 return;
             }

@@ -1,11 +1,13 @@
 //! The HTTP binding (docs/http.md): the whole catalogue over HTTP/1.1 on a
 //! Unix socket and, optionally, TCP with TLS and client certificates.
 //!
-//! Thin by design: a request becomes the same envelope a bus message
-//! would (command, command id, deadline, async flag, content type) and goes
-//! through the same [`Dispatcher`] (roles, validation, object locks, the
-//! journal, the bridge); events come from the same [`Feed`]. This module
-//! holds no host logic and knows neither the bridge nor AMQP;
+//! Thin by design: a request's path and headers become the dispatcher's
+//! typed [`Request`] (command, command id, deadline, async flag, version,
+//! content type, the peer and its role) and go through the same
+//! [`Dispatcher`] (roles, validation, object locks, the journal, the
+//! bridge); its typed answer becomes the response, the status from the
+//! error's code. Events come from the same [`Feed`]. This module holds no
+//! host logic and knows neither the bridge nor AMQP;
 //! `tests/tests/crate_boundaries.rs` checks what it imports.
 
 mod events;
@@ -21,10 +23,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use hostbus_protocol::envelope::{
-    ASYNC_HEADER, COMMAND_ID_HEADER, DEADLINE_HEADER, VERSION_HEADER,
+    ASYNC_HEADER, COMMAND_ID_HEADER, DEADLINE_HEADER, HOST_HEADER, STATUS_HEADER, VERSION_HEADER,
 };
 use hostbus_protocol::{
-    decode, encode, AmqpProperties, ContentType, Error, ErrorCode, Heartbeat, Reply, ReplyStatus,
+    encode, ContentType, Error, ErrorCode, Heartbeat, ProtocolVersion, Reply, ReplyStatus,
     PROTOCOL_VERSION,
 };
 use tokio::sync::Semaphore;
@@ -32,7 +34,7 @@ use uuid::Uuid;
 
 use crate::auth::{authorize_role, Role};
 use crate::config::{HttpSettings, PeerRoles};
-use crate::dispatch::{Caller, Dispatcher, Handled};
+use crate::dispatch::{Caller, Dispatcher, Handled, Head, Request};
 use crate::feed::Feed;
 
 pub use listen::{bind, serve, Listeners, Remote};
@@ -251,23 +253,23 @@ async fn command(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     // Errors before the dispatcher are answered in the request's encoding
     // when it is one the protocol speaks, else JSON.
-    let ct = ContentType::parse(Some(content_type.as_deref().unwrap_or("application/json")))
+    let asked = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let ct = ContentType::parse(Some(asked.as_deref().unwrap_or("application/json")))
         .unwrap_or(ContentType::Json);
     let body = match read_body(body, b.max_payload).await {
         Ok(body) => body,
         Err(e) => return error_response(ct, e),
     };
-    let props = match envelope(&name, content_type, &headers) {
-        Ok(p) => p,
-        Err(e) => return error_response(ct, e),
+    let head = match head(&name, asked.as_deref(), &headers) {
+        Ok(h) => h,
+        Err(e) => return reply_response(&b, None, b.dispatcher.refuse(Some(&name), ct, e)),
     };
     // An empty body is the empty request.
-    let body: &[u8] = match (body.is_empty(), ct) {
+    let payload: &[u8] = match (body.is_empty(), head.content_type) {
         (false, _) => &body,
         (true, ContentType::Json) => b"{}",
         (true, ContentType::MsgPack) => &[0x80],
@@ -285,17 +287,17 @@ async fn command(
     };
     let handled = b
         .dispatcher
-        .handle(
-            &props,
-            body,
-            1,
-            Caller::Peer {
+        .handle(Request {
+            head: &head,
+            caller: Caller::Peer {
                 principal: &principal,
                 role,
             },
-        )
+            payload,
+            deliveries: 1,
+        })
         .await;
-    reply_response(handled)
+    reply_response(&b, Some(head.command_id), handled)
 }
 
 /// The body, at most `limit` bytes.
@@ -326,12 +328,11 @@ fn too_large(size: usize, limit: usize) -> Error {
     )
 }
 
-/// The envelope a bus message with these properties would have.
-fn envelope(
-    name: &str,
-    content_type: Option<String>,
-    headers: &HeaderMap,
-) -> Result<AmqpProperties, Error> {
+/// The command's head from the request's path and headers
+/// (docs/http.md): the command id (a new one when absent), the deadline,
+/// the async flag, the protocol version (this peer's when absent) and the
+/// content type (JSON when absent).
+fn head(name: &str, content_type: Option<&str>, headers: &HeaderMap) -> Result<Head, Error> {
     let bad = |property: &str, reason: String| {
         Error::new(
             ErrorCode::BadEnvelope,
@@ -357,56 +358,45 @@ fn envelope(
             .map_err(|_| bad(COMMAND_ID_HEADER, format!("is not a UUID: {id:?}")))?,
         None => Uuid::new_v4(),
     };
-    let mut props = AmqpProperties {
-        message_id: Some(command_id.to_string()),
-        kind: Some(name.to_owned()),
-        // Without a content type, JSON.
-        content_type: Some(content_type.unwrap_or_else(|| ContentType::Json.as_str().to_owned())),
-        ..AmqpProperties::default()
-    };
-    use hostbus_protocol::HeaderValue as H;
-    if let Some(d) = text(DEADLINE_HEADER)? {
-        let ms = d.trim().parse::<i64>().map_err(|_| {
+    let deadline = match text(DEADLINE_HEADER)? {
+        Some(d) => Some(d.trim().parse::<u64>().map_err(|_| {
             bad(
                 DEADLINE_HEADER,
                 format!("is not ms since the Unix epoch: {d:?}"),
             )
-        })?;
-        props.headers.insert(DEADLINE_HEADER.to_owned(), H::Int(ms));
-    }
-    if let Some(a) = text(ASYNC_HEADER)? {
-        let on = match a.trim() {
-            "true" | "1" => true,
-            "false" | "0" => false,
-            _ => return Err(bad(ASYNC_HEADER, format!("is not true or false: {a:?}"))),
-        };
-        props.headers.insert(ASYNC_HEADER.to_owned(), H::Bool(on));
-    }
+        })?),
+        None => None,
+    };
+    let asynchronous = match text(ASYNC_HEADER)?.as_deref().map(str::trim) {
+        None | Some("false" | "0") => false,
+        Some("true" | "1") => true,
+        Some(a) => return Err(bad(ASYNC_HEADER, format!("is not true or false: {a:?}"))),
+    };
     // Optional here: the request line already says which API this is.
-    let version = text(VERSION_HEADER)?.unwrap_or_else(|| PROTOCOL_VERSION.to_string());
-    props
-        .headers
-        .insert(VERSION_HEADER.to_owned(), H::Str(version));
-    Ok(props)
+    let version = match text(VERSION_HEADER)? {
+        Some(v) => ProtocolVersion::accepted(&v)?,
+        None => PROTOCOL_VERSION,
+    };
+    Ok(Head {
+        command: name.to_owned(),
+        command_id,
+        deadline,
+        asynchronous,
+        version,
+        content_type: ContentType::parse(Some(content_type.unwrap_or("application/json")))?,
+    })
 }
 
 /// The dispatcher's answer as an HTTP response: the same `Reply` body, a
-/// status from its outcome, the reply's headers.
-fn reply_response(h: Handled) -> Response {
-    let error = (h.status == ReplyStatus::Error)
-        .then(|| decode::<Reply<serde::de::IgnoredAny>>(h.content_type, &h.body, usize::MAX).ok())
-        .flatten()
-        .and_then(|r| match r {
-            Reply::Error(e) => Some(e),
-            _ => None,
-        });
-    let status = match h.status {
-        ReplyStatus::Ok => StatusCode::OK,
-        ReplyStatus::Task => StatusCode::ACCEPTED,
-        ReplyStatus::Error => error
-            .as_ref()
-            .and_then(|e| StatusCode::from_u16(e.code.http_status()).ok())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+/// status from its outcome (an error's from its code), the reply headers.
+fn reply_response(b: &HttpBinding, command_id: Option<Uuid>, h: Handled) -> Response {
+    let status = match (&h.status, &h.error) {
+        (ReplyStatus::Ok, _) => StatusCode::OK,
+        (ReplyStatus::Task, _) => StatusCode::ACCEPTED,
+        (ReplyStatus::Error, Some(e)) => {
+            StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+        (ReplyStatus::Error, None) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let mut r = (status, h.body).into_response();
     let headers = r.headers_mut();
@@ -414,25 +404,17 @@ fn reply_response(h: Handled) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static(h.content_type.as_str()),
     );
-    if let Some(id) = h
-        .properties
-        .correlation_id
-        .as_deref()
-        .and_then(|c| HeaderValue::from_str(c).ok())
-    {
+    if let Some(id) = command_id.and_then(|c| HeaderValue::from_str(&c.to_string()).ok()) {
         headers.insert(COMMAND_ID_HEADER, id);
     }
-    for (k, v) in &h.properties.headers {
-        if let hostbus_protocol::HeaderValue::Str(s) = v {
-            if let (Ok(k), Ok(v)) = (
-                header::HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_str(s),
-            ) {
-                headers.insert(k, v);
-            }
-        }
+    if let Ok(v) = HeaderValue::from_str(&PROTOCOL_VERSION.to_string()) {
+        headers.insert(VERSION_HEADER, v);
     }
-    if let Some(v) = error.as_ref().and_then(retry_after) {
+    headers.insert(STATUS_HEADER, HeaderValue::from_static(h.status.as_str()));
+    if let Ok(host) = HeaderValue::from_str(b.dispatcher.host_id()) {
+        headers.insert(HOST_HEADER, host);
+    }
+    if let Some(v) = h.error.as_ref().and_then(retry_after) {
         headers.insert(header::RETRY_AFTER, v);
     }
     r

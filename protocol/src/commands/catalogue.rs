@@ -156,6 +156,14 @@ macro_rules! catalogue {
                 }
             }
 
+            /// The inventory the response carries (`host.snapshot`'s), for
+            /// the server to stamp with its session before replying.
+            pub fn inventory_mut(&mut self) -> Option<&mut Inventory> {
+                match self {
+                    $( AnyResponse::$marker(v) => v.inventory_mut(), )+
+                }
+            }
+
             /// The response as a record, for task results (lists and stats give [`Record::None`]).
             pub fn into_record(self) -> Record {
                 match self {

@@ -24,6 +24,23 @@ wire_struct! {
 pub trait IntoRecord {
     /// The record, or [`Record::None`] for responses that are not one object.
     fn into_record(self) -> Record;
+
+    /// The inventory the response carries, if it is one: a server stamps
+    /// it with its session (epoch, last event number) before replying, so
+    /// a subscriber knows which events it already covers.
+    fn inventory_mut(&mut self) -> Option<&mut Inventory> {
+        None
+    }
+}
+
+impl IntoRecord for Inventory {
+    fn into_record(self) -> Record {
+        Record::None
+    }
+
+    fn inventory_mut(&mut self) -> Option<&mut Inventory> {
+        Some(self)
+    }
 }
 
 macro_rules! into_record {
@@ -44,7 +61,7 @@ macro_rules! into_record {
 into_record!(
     HostRecord => Host, VmRecord => Vm, SnapshotRecord => Snapshot, PoolRecord => Pool,
     VolumeRecord => Volume, NetworkRecord => Network, TaskRecord => Task;
-    Empty, Pong, Capabilities, HostStats, Inventory, VmListResponse, VmStats,
+    Empty, Pong, Capabilities, HostStats, VmListResponse, VmStats,
     SnapshotListResponse, PoolListResponse, VolumeListResponse, NetworkListResponse,
     TaskListResponse
 );
