@@ -5,6 +5,8 @@
 //! are here.
 
 mod domain;
+#[cfg(test)]
+mod golden;
 mod network;
 mod storage;
 
