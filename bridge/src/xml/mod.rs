@@ -1,8 +1,8 @@
 //! Generation and parsing of libvirt XML. Nothing outside the bridge sees
 //! XML: specs go in, records come out. One submodule per object class:
 //! `domain` (VMs, their devices and snapshots), `storage` (pools and
-//! volumes), `network`; the host's capabilities, the shared readers and
-//! the shared writing are here.
+//! volumes), `network`; `node` (the test driver's node file); the host's
+//! capabilities, the shared readers and the shared writing are here.
 //!
 //! Every document is written by quick-xml's `Writer` (through [`element`],
 //! [`empty`] and [`text`]), which escapes text and attribute values; a
@@ -13,10 +13,12 @@ mod domain;
 #[cfg(test)]
 mod golden;
 mod network;
+mod node;
 mod storage;
 
 pub(crate) use domain::*;
 pub(crate) use network::*;
+pub(crate) use node::*;
 pub(crate) use storage::*;
 
 use std::collections::BTreeMap;
@@ -89,6 +91,11 @@ impl Around {
     /// Whether the elements around are exactly `names`.
     fn is(&self, names: &[&str]) -> bool {
         self.0.len() == names.len() && self.0.iter().zip(names).all(|(a, n)| a == n.as_bytes())
+    }
+
+    /// Whether the innermost element around is named `name`.
+    fn within(&self, name: &str) -> bool {
+        self.0.last().is_some_and(|a| a == name.as_bytes())
     }
 }
 
