@@ -165,26 +165,31 @@ fn difference(stored: &str, written: &str) -> Option<String> {
 /// Characters XML escapes, in text and in attribute values.
 const TRICKY: &str = "it's \"quoted\" & <tagged> > done";
 
-fn file_disk() -> DiskXml<'static> {
+/// A writable hard disk on an image outside every pool: a file, or a
+/// block device (under `/dev/`).
+fn path_disk(
+    target: &'static str,
+    path: &str,
+    bus: DiskBus,
+    format: DiskFormat,
+) -> DiskXml<'static> {
     DiskXml {
-        target: "vda",
-        source: DiskSrc::Path("/var/lib/hostbus/images/web01.qcow2".into()),
-        bus: DiskBus::Virtio,
-        format: DiskFormat::Qcow2,
+        target,
+        source: DiskSrc::Path(path.into()),
+        bus,
+        format,
         read_only: false,
         device: DiskDevice::Disk,
     }
 }
 
+fn file_disk() -> DiskXml<'static> {
+    let image = "/var/lib/hostbus/images/web01.qcow2";
+    path_disk("vda", image, DiskBus::Virtio, DiskFormat::Qcow2)
+}
+
 fn block_disk() -> DiskXml<'static> {
-    DiskXml {
-        target: "sda",
-        source: DiskSrc::Path("/dev/mapper/vg-data".into()),
-        bus: DiskBus::Sata,
-        format: DiskFormat::Raw,
-        read_only: false,
-        device: DiskDevice::Disk,
-    }
+    path_disk("sda", "/dev/mapper/vg-data", DiskBus::Sata, DiskFormat::Raw)
 }
 
 fn volume_disk() -> DiskXml<'static> {
