@@ -13,7 +13,7 @@ use virt::sys;
 use super::{mac_of, VmResult};
 use crate::errors::{is_unsupported_flags, Subject};
 use crate::inner::Inner;
-use crate::xml::{self, DiskSrc, DiskXml, NicXml};
+use crate::xml::{self, Device, DiskSrc, DiskXml, NicXml};
 
 fn live_flags(state: PowerState, persistent: bool) -> u32 {
     let live = matches!(state, PowerState::Running | PowerState::Paused);
@@ -106,8 +106,8 @@ impl Inner {
         // test driver answers "unsupported flags", as an invalid argument).
         if rec.power_state == PowerState::Halted && rec.persistent {
             let current = self.lv(&subject, dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE))?;
-            let changed = match change {
-                DeviceChange::Attach(x) => xml::add_device(&current, x)?,
+            let changed = match &change {
+                DeviceChange::Attach(device) => xml::add_device(&current, device)?,
                 DeviceChange::Detach(_, tag, matches) => {
                     xml::remove_device(&current, tag, matches)?
                         .ok_or_else(|| device_not_found(rec.uuid, tag))?
@@ -119,7 +119,7 @@ impl Inner {
         }
         let flags = live_flags(rec.power_state, rec.persistent);
         let result = match &change {
-            DeviceChange::Attach(x) => dom.attach_device_flags(x, flags),
+            DeviceChange::Attach(device) => dom.attach_device_flags(&device.xml(), flags),
             DeviceChange::Detach(x, _, _) => dom.detach_device_flags(x, flags),
         };
         self.lv(&subject, result)?;
@@ -128,7 +128,7 @@ impl Inner {
         // device still in the live definition was not removed.
         if let DeviceChange::Detach(_, tag, matches) = change {
             let live = self.lv(&subject, dom.xml_desc(0))?;
-            if xml::remove_device(&live, tag, matches)?.is_some() {
+            if xml::has_device(&live, tag, matches)? {
                 return Err(Error::new(
                     ErrorCode::DeviceDetachPending,
                     [
@@ -156,7 +156,7 @@ impl Inner {
         }
         let _op = self.begin_op(r.uuid, id, VmOperation::AttachDisk);
         let (source, format, created) = self.resolve_disk(&conn, &rec.name, &r.disk, "disk")?;
-        let xml = xml::disk_xml(&DiskXml {
+        let disk = Device::Disk(DiskXml {
             target: &r.disk.target,
             source,
             bus: r.disk.bus,
@@ -165,7 +165,7 @@ impl Inner {
             device: r.disk.device,
         });
         if let Err(e) =
-            self.change_device(&conn, &dom, &rec, "attach_disk", DeviceChange::Attach(&xml))
+            self.change_device(&conn, &dom, &rec, "attach_disk", DeviceChange::Attach(disk))
         {
             self.rollback_volumes(created.into_iter().collect());
             return Err(e);
@@ -186,14 +186,15 @@ impl Inner {
             },
             None => DiskSrc::Path(disk.source_path.clone().unwrap_or_default()),
         };
-        let xml = xml::disk_xml(&DiskXml {
+        let xml = Device::Disk(DiskXml {
             target: &disk.target,
             source,
             bus: disk.bus,
             format: disk.format,
             read_only: disk.read_only,
             device: disk.device,
-        });
+        })
+        .xml();
         let target = r.target.clone();
         self.change_device(
             &conn,
@@ -217,13 +218,13 @@ impl Inner {
             .into());
         }
         let _op = self.begin_op(r.uuid, id, VmOperation::AttachNic);
-        let xml = xml::nic_xml(&NicXml {
+        let nic = Device::Nic(NicXml {
             network: r.nic.network.as_deref(),
             bridge: r.nic.bridge.as_deref(),
             mac,
             model: r.nic.model,
         });
-        self.change_device(&conn, &dom, &rec, "attach_nic", DeviceChange::Attach(&xml))?;
+        self.change_device(&conn, &dom, &rec, "attach_nic", DeviceChange::Attach(nic))?;
         self.vm_record(&dom)
     }
 
@@ -232,12 +233,13 @@ impl Inner {
         let same_mac = |n: &NicRecord| n.mac.eq_ignore_ascii_case(&r.mac);
         let nic = find_device(&rec.nics, r.uuid, &r.mac, same_mac)?;
         let _op = self.begin_op(r.uuid, id, VmOperation::DetachNic);
-        let xml = xml::nic_xml(&NicXml {
+        let xml = Device::Nic(NicXml {
             network: nic.network.as_deref(),
             bridge: nic.bridge.as_deref(),
             mac: nic.mac.clone(),
             model: nic.model,
-        });
+        })
+        .xml();
         let mac = r.mac.clone();
         self.change_device(
             &conn,
@@ -256,8 +258,8 @@ struct Size<T>(VmOperation, &'static str, fn(&VmRecord) -> T);
 
 /// A device change for [`Inner::change_device`].
 enum DeviceChange<'a> {
-    /// Attach this device XML.
-    Attach(&'a str),
+    /// Attach this device.
+    Attach(Device<'a>),
     /// Detach this device XML; for redefinition, the tag and a matcher.
     Detach(
         &'a str,

@@ -1,22 +1,39 @@
 //! Domain XML: definitions, devices, snapshots.
 
-use std::fmt::Write as _;
+use std::io;
 
 use hostbus_protocol::types::{
     BootDevice, BootSpec, ConsoleRecord, CpuMode, DiskBus, DiskDevice, DiskFormat, DiskRecord,
     NicModel, NicRecord, PowerState, VolumeRef,
 };
 use hostbus_protocol::Error;
+use quick_xml::events::Event;
 use roxmltree::Node;
 use uuid::Uuid;
 
-use super::{attr_at, child, esc, parse, size_at, text_at};
+use super::{
+    attr_at, child, document, element, empty, is, parse, rewrite, size_at, text, text_at, Xml,
+};
 
 pub(crate) enum DiskSrc {
     /// A file or block device outside every pool.
     Path(String),
     /// A volume of a pool (`<disk type='volume'>`): the record then names it.
     Volume { pool: String, volume: String },
+}
+
+impl DiskSrc {
+    /// The `<disk type>` of this source, and the attributes of its `<source>`.
+    fn attributes(&self) -> (&'static str, Vec<(&'static str, &str)>) {
+        match self {
+            DiskSrc::Path(p) if p.starts_with("/dev/") => ("block", vec![("dev", p.as_str())]),
+            DiskSrc::Path(p) => ("file", vec![("file", p.as_str())]),
+            DiskSrc::Volume { pool, volume } => (
+                "volume",
+                vec![("pool", pool.as_str()), ("volume", volume.as_str())],
+            ),
+        }
+    }
 }
 
 /// A disk as the bridge writes it into domain XML.
@@ -57,45 +74,59 @@ pub(crate) struct DomainXml<'a> {
     pub nics: Vec<NicXml<'a>>,
 }
 
-pub(crate) fn disk_xml(d: &DiskXml<'_>) -> String {
-    let (kind, source) = match &d.source {
-        DiskSrc::Path(p) if p.starts_with("/dev/") => {
-            ("block", format!("<source dev='{}'/>", esc(p)))
-        }
-        DiskSrc::Path(p) => ("file", format!("<source file='{}'/>", esc(p))),
-        DiskSrc::Volume { pool, volume } => (
-            "volume",
-            format!("<source pool='{}' volume='{}'/>", esc(pool), esc(volume)),
-        ),
-    };
-    let device = match d.device {
-        DiskDevice::Cdrom => "cdrom",
-        _ => "disk",
-    };
-    let mut s = format!(
-        "<disk type='{kind}' device='{device}'><driver name='qemu' type='{}'/>{source}<target dev='{}' bus='{}'/>",
-        d.format.as_str(),
-        esc(d.target),
-        d.bus.as_str()
-    );
-    if d.read_only || d.device == DiskDevice::Cdrom {
-        s.push_str("<readonly/>");
-    }
-    s.push_str("</disk>");
-    s
+/// A device the bridge attaches or detaches: written alone for libvirt's
+/// device API ([`Device::xml`]), or into a halted VM's definition
+/// ([`add_device`]).
+pub(crate) enum Device<'a> {
+    Disk(DiskXml<'a>),
+    Nic(NicXml<'a>),
 }
 
-pub(crate) fn nic_xml(n: &NicXml<'_>) -> String {
-    let (kind, source) = match (n.network, n.bridge) {
-        (Some(net), _) => ("network", format!("<source network='{}'/>", esc(net))),
-        (None, Some(br)) => ("bridge", format!("<source bridge='{}'/>", esc(br))),
-        (None, None) => ("network", "<source network='default'/>".to_owned()),
+impl Device<'_> {
+    pub(crate) fn xml(&self) -> String {
+        document(|w| self.write(w))
+    }
+
+    fn write(&self, w: &mut Xml) -> io::Result<()> {
+        match self {
+            Device::Disk(d) => write_disk(w, d),
+            Device::Nic(n) => write_nic(w, n),
+        }
+    }
+}
+
+fn write_disk(w: &mut Xml, d: &DiskXml<'_>) -> io::Result<()> {
+    let (kind, source) = d.source.attributes();
+    let device = match d.device {
+        DiskDevice::Cdrom => "cdrom",
+        DiskDevice::Disk | DiskDevice::Unknown => "disk",
     };
-    format!(
-        "<interface type='{kind}'><mac address='{}'/>{source}<model type='{}'/></interface>",
-        esc(&n.mac),
-        n.model.as_str()
-    )
+    element(w, "disk", &[("type", kind), ("device", device)], |w| {
+        empty(
+            w,
+            "driver",
+            &[("name", "qemu"), ("type", d.format.as_str())],
+        )?;
+        empty(w, "source", &source)?;
+        empty(w, "target", &[("dev", d.target), ("bus", d.bus.as_str())])?;
+        if d.read_only || d.device == DiskDevice::Cdrom {
+            empty(w, "readonly", &[])?;
+        }
+        Ok(())
+    })
+}
+
+fn write_nic(w: &mut Xml, n: &NicXml<'_>) -> io::Result<()> {
+    let (kind, source) = match (n.network, n.bridge) {
+        (Some(net), _) => ("network", ("network", net)),
+        (None, Some(br)) => ("bridge", ("bridge", br)),
+        (None, None) => ("network", ("network", "default")),
+    };
+    element(w, "interface", &[("type", kind)], |w| {
+        empty(w, "mac", &[("address", n.mac.as_str())])?;
+        empty(w, "source", &[source])?;
+        empty(w, "model", &[("type", n.model.as_str())])
+    })
 }
 
 fn boot_dev(d: BootDevice) -> Option<&'static str> {
@@ -107,74 +138,84 @@ fn boot_dev(d: BootDevice) -> Option<&'static str> {
     }
 }
 
-fn cpu_xml(mode: CpuMode) -> Option<&'static str> {
+/// The `<cpu mode>` of a CPU mode; `None`: no `<cpu>` element.
+fn cpu_mode(mode: CpuMode) -> Option<&'static str> {
     match mode {
-        CpuMode::HostModel => Some("<cpu mode='host-model'/>"),
-        CpuMode::HostPassthrough => Some("<cpu mode='host-passthrough'/>"),
-        CpuMode::Maximum => Some("<cpu mode='maximum'/>"),
+        CpuMode::HostModel => Some("host-model"),
+        CpuMode::HostPassthrough => Some("host-passthrough"),
+        CpuMode::Maximum => Some("maximum"),
         CpuMode::HypervisorDefault | CpuMode::Unknown => None,
     }
 }
 
 pub(crate) fn domain_xml(d: &DomainXml<'_>) -> String {
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        "<domain type='{}'><name>{}</name><uuid>{}</uuid><description>{}</description>\
-         <memory unit='KiB'>{}</memory><currentMemory unit='KiB'>{}</currentMemory>\
-         <vcpu placement='static' current='{}'>{}</vcpu><os><type arch='{}'>hvm</type>",
-        esc(d.domain_type),
-        esc(d.name),
-        d.uuid,
-        esc(d.description),
-        d.max_memory_kib,
-        d.memory_kib,
-        d.vcpus,
-        d.max_vcpus,
-        esc(d.arch)
-    );
-    if let Some(k) = &d.boot.kernel {
-        let _ = write!(s, "<kernel>{}</kernel>", esc(k));
-        if let Some(i) = &d.boot.initrd {
-            let _ = write!(s, "<initrd>{}</initrd>", esc(i));
+    document(|w| {
+        element(w, "domain", &[("type", d.domain_type)], |w| {
+            text(w, "name", &[], d.name)?;
+            text(w, "uuid", &[], &d.uuid.to_string())?;
+            text(w, "description", &[], d.description)?;
+            let kib = [("unit", "KiB")];
+            text(w, "memory", &kib, &d.max_memory_kib.to_string())?;
+            text(w, "currentMemory", &kib, &d.memory_kib.to_string())?;
+            let current = d.vcpus.to_string();
+            let vcpu = [("placement", "static"), ("current", current.as_str())];
+            text(w, "vcpu", &vcpu, &d.max_vcpus.to_string())?;
+            element(w, "os", &[], |w| write_os(w, d.arch, d.boot))?;
+            element(w, "features", &[], |w| empty(w, "acpi", &[]))?;
+            if let Some(mode) = d.cpu_mode.and_then(cpu_mode) {
+                empty(w, "cpu", &[("mode", mode)])?;
+            }
+            text(w, "on_poweroff", &[], "destroy")?;
+            text(w, "on_reboot", &[], "restart")?;
+            text(w, "on_crash", &[], "destroy")?;
+            element(w, "devices", &[], |w| {
+                for disk in &d.disks {
+                    write_disk(w, disk)?;
+                }
+                for nic in &d.nics {
+                    write_nic(w, nic)?;
+                }
+                write_console(w, d.console_log.as_deref())
+            })
+        })
+    })
+}
+
+fn write_os(w: &mut Xml, arch: &str, boot: &BootSpec) -> io::Result<()> {
+    text(w, "type", &[("arch", arch)], "hvm")?;
+    if let Some(k) = &boot.kernel {
+        text(w, "kernel", &[], k)?;
+        if let Some(i) = &boot.initrd {
+            text(w, "initrd", &[], i)?;
         }
-        if let Some(c) = &d.boot.cmdline {
-            let _ = write!(s, "<cmdline>{}</cmdline>", esc(c));
+        if let Some(c) = &boot.cmdline {
+            text(w, "cmdline", &[], c)?;
         }
     }
-    if d.boot.order.is_empty() {
-        if d.boot.kernel.is_none() {
-            s.push_str("<boot dev='hd'/>");
+    if boot.order.is_empty() {
+        if boot.kernel.is_none() {
+            empty(w, "boot", &[("dev", "hd")])?;
         }
     } else {
-        for dev in d.boot.order.iter().filter_map(|b| boot_dev(*b)) {
-            let _ = write!(s, "<boot dev='{dev}'/>");
+        for dev in boot.order.iter().filter_map(|b| boot_dev(*b)) {
+            empty(w, "boot", &[("dev", dev)])?;
         }
     }
-    s.push_str("</os><features><acpi/></features>");
-    if let Some(cpu) = d.cpu_mode.and_then(cpu_xml) {
-        s.push_str(cpu);
-    }
-    s.push_str(
-        "<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash><devices>",
-    );
-    for disk in &d.disks {
-        s.push_str(&disk_xml(disk));
-    }
-    for nic in &d.nics {
-        s.push_str(&nic_xml(nic));
-    }
-    // One serial port, which is also the console; libvirt's virtlogd
-    // copies its output to `console_log`.
-    s.push_str("<serial type='pty'>");
-    if let Some(log) = &d.console_log {
-        let _ = write!(s, "<log file='{}' append='on'/>", esc(log));
-    }
-    s.push_str(
-        "<target port='0'/></serial><console type='pty'><target type='serial' port='0'/></console>",
-    );
-    s.push_str("</devices></domain>");
-    s
+    Ok(())
+}
+
+/// One serial port, which is also the console; libvirt's virtlogd copies
+/// its output to `log`.
+fn write_console(w: &mut Xml, log: Option<&str>) -> io::Result<()> {
+    element(w, "serial", &[("type", "pty")], |w| {
+        if let Some(log) = log {
+            empty(w, "log", &[("file", log), ("append", "on")])?;
+        }
+        empty(w, "target", &[("port", "0")])
+    })?;
+    element(w, "console", &[("type", "pty")], |w| {
+        empty(w, "target", &[("type", "serial"), ("port", "0")])
+    })
 }
 
 /// What the bridge reads back from a domain definition.
@@ -344,26 +385,33 @@ pub(crate) fn parse_domain(xml: &str) -> Result<DomainFacts, Error> {
     })
 }
 
-/// The domain definition with `device` added to its devices.
-pub(crate) fn add_device(domain: &str, device: &str) -> Result<String, Error> {
-    if let Some(i) = domain.rfind("</devices>") {
-        return Ok(format!("{}{device}{}", &domain[..i], &domain[i..]));
+/// The domain definition with `device` added to its devices: before
+/// `</devices>`, or in a `<devices>` element of its own where there was
+/// none or an empty one.
+pub(crate) fn add_device(domain: &str, device: &Device<'_>) -> Result<String, Error> {
+    let mut added = false;
+    let changed = rewrite(domain, |w, event, around| {
+        match &event {
+            Event::End(e) if !added && is(e.name(), "devices") && around.is(&["domain"]) => {
+                added = true;
+                device.write(w)?;
+            }
+            Event::Empty(e) if !added && is(e.name(), "devices") && around.is(&["domain"]) => {
+                added = true;
+                return element(w, "devices", &[], |w| device.write(w));
+            }
+            Event::End(e) if !added && is(e.name(), "domain") && around.is(&[]) => {
+                added = true;
+                element(w, "devices", &[], |w| device.write(w))?;
+            }
+            _ => {}
+        }
+        w.write_event(event)
+    })?;
+    if !added {
+        return Err(Error::internal("domain XML without a closing tag"));
     }
-    if let Some(i) = domain.find("<devices/>") {
-        return Ok(format!(
-            "{}<devices>{device}</devices>{}",
-            &domain[..i],
-            &domain[i + "<devices/>".len()..]
-        ));
-    }
-    if let Some(i) = domain.rfind("</domain>") {
-        return Ok(format!(
-            "{}<devices>{device}</devices>{}",
-            &domain[..i],
-            &domain[i..]
-        ));
-    }
-    Err(Error::internal("domain XML without a closing tag"))
+    Ok(changed)
 }
 
 /// The domain definition without the first `tag` device (`disk` or
@@ -373,17 +421,60 @@ pub(crate) fn remove_device(
     tag: &str,
     matches: impl Fn(Node<'_, '_>) -> bool,
 ) -> Result<Option<String>, Error> {
+    let Some(index) = device_index(domain, tag, matches)? else {
+        return Ok(None);
+    };
+    // The `tag` devices met so far, and whether the events are the
+    // removed device's.
+    let mut seen = 0;
+    let mut removing = false;
+    let changed = rewrite(domain, |w, event, around| {
+        let device = around.is(&["domain", "devices"]);
+        match &event {
+            Event::Start(e) | Event::Empty(e) if device && is(e.name(), tag) => {
+                seen += 1;
+                if seen - 1 == index {
+                    removing = matches!(event, Event::Start(_));
+                    return Ok(());
+                }
+            }
+            Event::End(_) if removing && device => {
+                removing = false;
+                return Ok(());
+            }
+            _ if removing => return Ok(()),
+            _ => {}
+        }
+        w.write_event(event)
+    })?;
+    Ok(Some(changed))
+}
+
+/// Whether the domain definition has a `tag` device for which `matches`
+/// holds.
+pub(crate) fn has_device(
+    domain: &str,
+    tag: &str,
+    matches: impl Fn(Node<'_, '_>) -> bool,
+) -> Result<bool, Error> {
+    Ok(device_index(domain, tag, matches)?.is_some())
+}
+
+/// Which of the domain's `tag` devices is the first for which `matches`
+/// holds, counting from 0.
+fn device_index(
+    domain: &str,
+    tag: &str,
+    matches: impl Fn(Node<'_, '_>) -> bool,
+) -> Result<Option<usize>, Error> {
     let doc = parse(domain)?;
     let Some(devices) = child(doc.root_element(), "devices") else {
         return Ok(None);
     };
-    let found = devices
+    Ok(devices
         .children()
-        .find(|c| c.has_tag_name(tag) && matches(*c));
-    Ok(found.map(|n| {
-        let r = n.range();
-        format!("{}{}", &domain[..r.start], &domain[r.end..])
-    }))
+        .filter(|c| c.has_tag_name(tag))
+        .position(matches))
 }
 
 /// Whether a `<disk>` node has guest target `target`.
@@ -399,11 +490,12 @@ pub(crate) fn nic_has_mac(n: Node<'_, '_>, mac: &str) -> bool {
 // ---------------------------------------------------------------- snapshots
 
 pub(crate) fn snapshot_xml(name: &str, description: &str) -> String {
-    format!(
-        "<domainsnapshot><name>{}</name><description>{}</description></domainsnapshot>",
-        esc(name),
-        esc(description)
-    )
+    document(|w| {
+        element(w, "domainsnapshot", &[], |w| {
+            text(w, "name", &[], name)?;
+            text(w, "description", &[], description)
+        })
+    })
 }
 
 /// What the bridge reads back from a snapshot.
@@ -436,8 +528,6 @@ pub(crate) fn parse_snapshot(xml: &str) -> Result<SnapshotFacts, Error> {
         parent: text_at(root, &["parent", "name"]),
     })
 }
-
-// -------------------------------------------------------------------- pools
 
 #[cfg(test)]
 mod tests {

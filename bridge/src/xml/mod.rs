@@ -1,36 +1,137 @@
 //! Generation and parsing of libvirt XML. Nothing outside the bridge sees
 //! XML: specs go in, records come out. One submodule per object class:
 //! `domain` (VMs, their devices and snapshots), `storage` (pools and
-//! volumes), `network`; the host's capabilities and the shared readers
-//! are here.
+//! volumes), `network`; `node` (the test driver's node file); the host's
+//! capabilities, the shared readers and the shared writing are here.
+//!
+//! Every document is written by quick-xml's `Writer` (through [`element`],
+//! [`empty`] and [`text`]), which escapes text and attribute values; a
+//! document libvirt gave is changed by [`rewrite`], which copies it event
+//! by event from quick-xml's `Reader` to a `Writer`. roxmltree reads.
 
 mod domain;
+#[cfg(test)]
+mod golden;
 mod network;
+mod node;
 mod storage;
 
 pub(crate) use domain::*;
 pub(crate) use network::*;
+pub(crate) use node::*;
 pub(crate) use storage::*;
 
 use std::collections::BTreeMap;
+use std::io;
 
 use hostbus_protocol::Error;
+use quick_xml::events::{BytesText, Event};
+use quick_xml::name::QName;
+use quick_xml::{Reader, Writer};
 use roxmltree::{Document, Node};
 
-/// Escapes text for XML content and attribute values.
-pub(crate) fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
+/// The writer every document for libvirt goes through, into memory.
+type Xml = Writer<Vec<u8>>;
+
+/// The document `write` writes.
+fn document(write: impl FnOnce(&mut Xml) -> io::Result<()>) -> String {
+    let mut xml = Xml::new(Vec::new());
+    // A `Vec<u8>` takes every write, so writing cannot fail (as `write!`
+    // into a `String` cannot).
+    let _ = write(&mut xml);
+    into_string(xml)
+}
+
+/// What `xml` wrote. Everything written is `&str`, or events read from
+/// one, so the bytes are UTF-8.
+fn into_string(xml: Xml) -> String {
+    String::from_utf8(xml.into_inner())
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Writes `<name attributes>`, what `content` writes, `</name>`.
+fn element(
+    w: &mut Xml,
+    name: &str,
+    attributes: &[(&str, &str)],
+    content: impl FnOnce(&mut Xml) -> io::Result<()>,
+) -> io::Result<()> {
+    w.create_element(name)
+        .with_attributes(attributes.iter().copied())
+        .write_inner_content(content)
+        .map(drop)
+}
+
+/// Writes the empty element `<name attributes/>`.
+fn empty(w: &mut Xml, name: &str, attributes: &[(&str, &str)]) -> io::Result<()> {
+    w.create_element(name)
+        .with_attributes(attributes.iter().copied())
+        .write_empty()
+        .map(drop)
+}
+
+/// Writes `<name attributes>text</name>`.
+fn text(w: &mut Xml, name: &str, attributes: &[(&str, &str)], text: &str) -> io::Result<()> {
+    w.create_element(name)
+        .with_attributes(attributes.iter().copied())
+        .write_text_content(BytesText::new(text))
+        .map(drop)
+}
+
+/// Whether an element read is named `name`.
+fn is(element: QName<'_>, name: &str) -> bool {
+    element.as_ref() == name.as_bytes()
+}
+
+/// The names of the elements around an event of [`rewrite`], outermost
+/// first.
+struct Around(Vec<Vec<u8>>);
+
+impl Around {
+    /// Whether the elements around are exactly `names`.
+    fn is(&self, names: &[&str]) -> bool {
+        self.0.len() == names.len() && self.0.iter().zip(names).all(|(a, n)| a == n.as_bytes())
     }
-    out
+
+    /// Whether the innermost element around is named `name`.
+    fn within(&self, name: &str) -> bool {
+        self.0.last().is_some_and(|a| a == name.as_bytes())
+    }
+}
+
+/// `xml` (a definition libvirt gave, say) copied event by event from
+/// quick-xml's reader to its writer, each event through `edit`, which
+/// writes it as it is (`w.write_event(event)`), changed, with more around
+/// it, or not at all. An event written as it is keeps its bytes: the
+/// document's quotes, whitespace and comments stay. `edit` is told the
+/// elements around the event: an element's parents; for text, the element
+/// it is in.
+fn rewrite(
+    xml: &str,
+    mut edit: impl FnMut(&mut Xml, Event<'_>, &Around) -> io::Result<()>,
+) -> Result<String, Error> {
+    let mut reader = Reader::from_str(xml);
+    let mut out = Xml::new(Vec::new());
+    let mut around = Around(Vec::new());
+    loop {
+        let event = reader.read_event().map_err(|e| {
+            let at = reader.error_position();
+            Error::internal(format!("unparsable XML at byte {at}: {e}"))
+        })?;
+        let opened = match &event {
+            Event::Eof => break,
+            Event::Start(e) => Some(e.name().as_ref().to_vec()),
+            Event::End(_) => {
+                around.0.pop();
+                None
+            }
+            _ => None,
+        };
+        edit(&mut out, event, &around)
+            .map_err(|e| Error::internal(format!("cannot rewrite XML: {e}")))?;
+        around.0.extend(opened);
+    }
+    Ok(into_string(out))
 }
 
 pub(super) fn parse(xml: &str) -> Result<Document<'_>, Error> {
@@ -89,11 +190,8 @@ pub(super) fn size_at(
     ))
 }
 
-// ------------------------------------------------------------------ domains
-
-/// Where a disk's image is, as the bridge writes it.
+/// What the bridge reads from the host's capabilities.
 #[derive(Debug, Clone, PartialEq, Eq)]
-
 pub(crate) struct CapsFacts {
     pub arch: String,
     pub cpu_model: String,

@@ -1,49 +1,48 @@
 //! Network XML.
 
-use std::fmt::Write as _;
-
 use hostbus_protocol::types::{ForwardMode, IpSpec, NetworkSpec};
 use hostbus_protocol::Error;
 
-use super::{attr_at, child, esc, parse, path_node};
+use super::{attr_at, child, document, element, empty, parse, path_node, text};
 
 pub(crate) fn network_xml(spec: &NetworkSpec) -> String {
-    let mut s = format!("<network><name>{}</name>", esc(&spec.name));
-    if let Some(b) = &spec.bridge {
-        if spec.forward == ForwardMode::Bridge {
-            // An existing host bridge: libvirt manages none of it, and
-            // refuses stp and delay for it (QEMU's driver and the test
-            // driver alike).
-            let _ = write!(s, "<bridge name='{}'/>", esc(b));
-        } else {
-            let _ = write!(s, "<bridge name='{}' stp='on' delay='0'/>", esc(b));
-        }
-    }
-    match spec.forward {
-        ForwardMode::Isolated | ForwardMode::Unknown => {}
-        mode => {
-            let _ = write!(s, "<forward mode='{}'/>", mode.as_str());
-        }
-    }
-    if let Some(ip) = &spec.ip {
-        let _ = write!(
-            s,
-            "<ip address='{}' prefix='{}'>",
-            esc(&ip.address),
-            ip.prefix
-        );
-        if let (Some(a), Some(b)) = (&ip.dhcp_start, &ip.dhcp_end) {
-            let _ = write!(
-                s,
-                "<dhcp><range start='{}' end='{}'/></dhcp>",
-                esc(a),
-                esc(b)
-            );
-        }
-        s.push_str("</ip>");
-    }
-    s.push_str("</network>");
-    s
+    document(|w| {
+        element(w, "network", &[], |w| {
+            text(w, "name", &[], &spec.name)?;
+            if let Some(b) = &spec.bridge {
+                if spec.forward == ForwardMode::Bridge {
+                    // An existing host bridge: libvirt manages none of it,
+                    // and refuses stp and delay for it (QEMU's driver and
+                    // the test driver alike).
+                    empty(w, "bridge", &[("name", b.as_str())])?;
+                } else {
+                    empty(
+                        w,
+                        "bridge",
+                        &[("name", b.as_str()), ("stp", "on"), ("delay", "0")],
+                    )?;
+                }
+            }
+            match spec.forward {
+                ForwardMode::Isolated | ForwardMode::Unknown => {}
+                mode => empty(w, "forward", &[("mode", mode.as_str())])?,
+            }
+            if let Some(ip) = &spec.ip {
+                let prefix = ip.prefix.to_string();
+                let at = [
+                    ("address", ip.address.as_str()),
+                    ("prefix", prefix.as_str()),
+                ];
+                element(w, "ip", &at, |w| match (&ip.dhcp_start, &ip.dhcp_end) {
+                    (Some(a), Some(b)) => element(w, "dhcp", &[], |w| {
+                        empty(w, "range", &[("start", a.as_str()), ("end", b.as_str())])
+                    }),
+                    _ => Ok(()),
+                })?;
+            }
+            Ok(())
+        })
+    })
 }
 
 pub(crate) struct NetworkFacts {
@@ -92,8 +91,6 @@ pub(crate) fn parse_network(xml: &str) -> Result<NetworkFacts, Error> {
     })
 }
 
-// ------------------------------------------------------------- capabilities
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,7 +109,13 @@ mod tests {
             !bridged.contains("stp") && !bridged.contains("delay"),
             "{bridged}"
         );
-        assert!(network_xml(&spec(ForwardMode::Nat)).contains("stp='on'"));
+        let nat = network_xml(&spec(ForwardMode::Nat));
+        let doc = parse(&nat).expect("parse");
+        assert_eq!(
+            attr_at(doc.root_element(), &["bridge"], "stp").as_deref(),
+            Some("on"),
+            "{nat}"
+        );
     }
 
     #[test]

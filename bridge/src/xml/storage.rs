@@ -3,15 +3,23 @@
 use hostbus_protocol::types::{DiskFormat, PoolKind, PoolSpec, VolumeSpec};
 use hostbus_protocol::Error;
 
-use super::{attr_at, esc, parse, text_at};
+use super::{attr_at, document, element, empty, parse, text, text_at};
+
+/// The `<source>` of a pool, by kind.
+enum PoolSource<'a> {
+    /// `fs` and `disk`: the block device.
+    Device(&'a str),
+    /// `logical`: the volume group.
+    Group(&'a str),
+    /// `netfs`: the server and its exported directory.
+    Export { host: &'a str, dir: &'a str },
+}
 
 pub(crate) fn pool_xml(spec: &PoolSpec) -> Result<String, Error> {
     let source = match (spec.kind, spec.source.as_deref()) {
-        (PoolKind::Dir, _) => String::new(),
-        (PoolKind::Fs | PoolKind::Disk, Some(dev)) => {
-            format!("<source><device path='{}'/></source>", esc(dev))
-        }
-        (PoolKind::Logical, Some(vg)) => format!("<source><name>{}</name></source>", esc(vg)),
+        (PoolKind::Dir, _) => None,
+        (PoolKind::Fs | PoolKind::Disk, Some(dev)) => Some(PoolSource::Device(dev)),
+        (PoolKind::Logical, Some(vg)) => Some(PoolSource::Group(vg)),
         (PoolKind::Netfs, Some(src)) => {
             let (host, dir) = src.split_once(':').ok_or_else(|| {
                 Error::from(hostbus_protocol::ValidationError::new(
@@ -19,11 +27,7 @@ pub(crate) fn pool_xml(spec: &PoolSpec) -> Result<String, Error> {
                     "must be `host:/path` for a netfs pool",
                 ))
             })?;
-            format!(
-                "<source><host name='{}'/><dir path='{}'/></source>",
-                esc(host),
-                esc(dir)
-            )
+            Some(PoolSource::Export { host, dir })
         }
         (kind, None) if kind != PoolKind::Dir => {
             return Err(hostbus_protocol::ValidationError::new(
@@ -43,12 +47,25 @@ pub(crate) fn pool_xml(spec: &PoolSpec) -> Result<String, Error> {
             ))
         }
     };
-    Ok(format!(
-        "<pool type='{}'><name>{}</name>{source}<target><path>{}</path></target></pool>",
-        spec.kind.as_str(),
-        esc(&spec.name),
-        esc(&spec.target_path)
-    ))
+    Ok(document(|w| {
+        element(w, "pool", &[("type", spec.kind.as_str())], |w| {
+            text(w, "name", &[], &spec.name)?;
+            match source {
+                None => {}
+                Some(source) => element(w, "source", &[], |w| match source {
+                    PoolSource::Device(dev) => empty(w, "device", &[("path", dev)]),
+                    PoolSource::Group(vg) => text(w, "name", &[], vg),
+                    PoolSource::Export { host, dir } => {
+                        empty(w, "host", &[("name", host)])?;
+                        empty(w, "dir", &[("path", dir)])
+                    }
+                })?,
+            }
+            element(w, "target", &[], |w| {
+                text(w, "path", &[], &spec.target_path)
+            })
+        })
+    }))
 }
 
 pub(crate) struct PoolFacts {
@@ -76,14 +93,17 @@ pub(crate) fn parse_pool(xml: &str) -> Result<PoolFacts, Error> {
 }
 
 pub(crate) fn volume_xml(spec: &VolumeSpec) -> String {
-    format!(
-        "<volume><name>{}</name><capacity unit='bytes'>{}</capacity><allocation unit='bytes'>{}</allocation>\
-         <target><format type='{}'/></target></volume>",
-        esc(&spec.name),
-        spec.capacity_bytes,
-        spec.allocation_bytes,
-        spec.format.as_str()
-    )
+    let bytes = [("unit", "bytes")];
+    document(|w| {
+        element(w, "volume", &[], |w| {
+            text(w, "name", &[], &spec.name)?;
+            text(w, "capacity", &bytes, &spec.capacity_bytes.to_string())?;
+            text(w, "allocation", &bytes, &spec.allocation_bytes.to_string())?;
+            element(w, "target", &[], |w| {
+                empty(w, "format", &[("type", spec.format.as_str())])
+            })
+        })
+    })
 }
 
 pub(crate) fn parse_volume_format(xml: &str) -> Result<DiskFormat, Error> {
@@ -97,5 +117,3 @@ pub(crate) fn parse_volume_format(xml: &str) -> Result<DiskFormat, Error> {
         },
     )
 }
-
-// ----------------------------------------------------------------- networks
