@@ -2,11 +2,18 @@
 
 use super::*;
 
-fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+/// An environment of these variables only.
+pub(super) fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect()
+}
+
+/// The flags of this command line, as clap reads them.
+pub(super) fn flags(args: &[&str]) -> Flags {
+    Flags::try_parse_from(std::iter::once("hostbus-agent").chain(args.iter().copied()))
+        .expect("flags")
 }
 
 /// A configuration file with `text`, in a directory of its own per test.
@@ -21,13 +28,13 @@ fn config_file(test: &str, text: &str) -> std::path::PathBuf {
 #[test]
 fn layers_apply_in_order() {
     let file = config_file("layers", "host_id = \"from-file\"\nconcurrency = 3\nlabels = [\"a\", \"b\"]\nheartbeat_interval_ms = 1000\n");
-    let flags = Flags {
-        config: Some(file.clone()),
-        concurrency: Some(5),
-        ..Flags::default()
-    };
     let c = Config::load(
-        &flags,
+        &flags(&[
+            "--config",
+            file.to_str().expect("utf-8"),
+            "--concurrency",
+            "5",
+        ]),
         &env(&[
             ("HOSTBUS_HEARTBEAT_INTERVAL_MS", "2000"),
             ("HOSTBUS_LABELS", "x,y"),
@@ -94,30 +101,21 @@ fn the_frame_size_reaches_the_connection_options() {
 #[test]
 fn domain_type_comes_from_the_environment_or_a_flag() {
     let c = Config::load(&Flags::default(), &env(&[])).expect("defaults");
-    assert_eq!(
-        c.bridge_domain_type().ok(),
-        Some(hostbus_bridge::DomainType::Auto)
-    );
+    assert_eq!(c.domain_type, DomainType::Auto);
     let c = Config::load(&Flags::default(), &env(&[("HOSTBUS_DOMAIN_TYPE", "qemu")])).expect("env");
-    assert_eq!(
-        c.bridge_domain_type().ok(),
-        Some(hostbus_bridge::DomainType::Qemu)
-    );
-    let flags = Flags {
-        domain_type: Some("kvm".into()),
-        ..Flags::default()
-    };
-    let c = Config::load(&flags, &env(&[("HOSTBUS_DOMAIN_TYPE", "qemu")])).expect("flag");
-    assert_eq!(
-        c.bridge_domain_type().ok(),
-        Some(hostbus_bridge::DomainType::Kvm)
-    );
+    assert_eq!(c.domain_type, DomainType::Qemu);
+    let c = Config::load(
+        &flags(&["--domain-type", "kvm"]),
+        &env(&[("HOSTBUS_DOMAIN_TYPE", "qemu")]),
+    )
+    .expect("flag");
+    assert_eq!(c.domain_type, DomainType::Kvm);
     let c = Config::load(
         &Flags::default(),
         &env(&[("HOSTBUS_CONSOLE_LOG_DIR", "off")]),
     )
     .expect("off");
-    assert_eq!(c.bridge_console_log_dir(), None);
+    assert_eq!(c.console_log_dir, None);
 }
 
 /// Issue 14: `HOSTBUS_QUEUE_TYPE` was silently ignored; now it is a
@@ -150,13 +148,37 @@ fn queue_type_is_a_setting_and_unknown_variables_are_refused() {
 fn unknown_file_fields_are_refused() {
     let file = config_file("unknown", "hots_id = \"typo\"\n");
     let err = Config::load(
-        &Flags {
-            config: Some(file.clone()),
-            ..Flags::default()
-        },
+        &flags(&["--config", file.to_str().expect("utf-8")]),
         &HashMap::new(),
     )
     .expect_err("typo");
     assert!(err.to_string().contains("hots_id"), "{err}");
     let _ = std::fs::remove_dir_all(file.parent().expect("dir"));
+}
+
+/// docs/operations.md's settings table is the declarations': a setting
+/// added, renamed or given another flag, variable, default or meaning
+/// fails here until the table says so. `HOSTBUS_BLESS=1` rewrites it.
+#[test]
+fn the_operations_guide_lists_every_setting_as_declared() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/operations.md");
+    let start = doc
+        .find(declare::TABLE_HEADER)
+        .expect("the settings table's header");
+    let end = doc[start..]
+        .find("\n\n")
+        .map_or(doc.len(), |n| start + n + 1);
+    let table = reference_table();
+    if std::env::var_os("HOSTBUS_BLESS").is_some() {
+        let blessed = format!("{}{table}{}", &doc[..start], &doc[end..]);
+        std::fs::write(&path, blessed).expect("write docs/operations.md");
+        return;
+    }
+    assert_eq!(
+        doc[start..end],
+        table,
+        "docs/operations.md's settings table differs from the declarations in agent/src/config.rs; \
+         HOSTBUS_BLESS=1 cargo test -p hostbus-agent --lib config rewrites it"
+    );
 }
