@@ -113,8 +113,8 @@ impl Agent {
             task_ttl: Duration::from_secs(cfg.task_ttl_s),
             reconcile_interval: Duration::from_millis(cfg.reconcile_interval_ms),
             step_pause: Duration::from_millis(cfg.step_pause_ms),
-            domain_type: cfg.bridge_domain_type()?,
-            console_log_dir: cfg.bridge_console_log_dir(),
+            domain_type: cfg.domain_type,
+            console_log_dir: cfg.console_log_dir.clone(),
             ..hostbus_bridge::Config::default()
         })?);
         let stamp = Arc::new(Stamp::new(cfg.host_id.clone()));
@@ -131,7 +131,7 @@ impl Agent {
         }
         let policy = Policy {
             max_payload: cfg.max_payload_bytes,
-            roles: cfg.role_map()?,
+            roles: cfg.roles.clone(),
             max_object_queue: cfg.max_object_queue,
             max_deliveries: cfg.max_deliveries,
         };

@@ -33,6 +33,15 @@ impl Role {
         }
     }
 
+    /// The role's name: `read-only`, `operator` or `admin`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::ReadOnly => "read-only",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
     /// Parses `read-only`, `operator` or `admin`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {

@@ -1,17 +1,188 @@
 //! The agent's configuration: defaults < TOML file < `HOSTBUS_*` environment
-//! < command-line flags, merged with the `config` crate, validated before
-//! anything connects. Every field is documented in `docs/operations.md`.
+//! < command-line flags, read and typed at load, validated before anything
+//! connects.
+//!
+//! Each setting is declared once, in the `settings!` block below: its name,
+//! type, default, flag and doc line. The [`Config`] struct, the flags, the
+//! environment variables (`HOSTBUS_` and the name in capitals), the known
+//! variables and the settings table of docs/operations.md all come from
+//! that declaration ([`SETTINGS`]; a test compares the table with the docs).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
-use serde::Deserialize;
+use hostbus_bridge::DomainType;
 
+use crate::auth::Role;
+
+#[macro_use]
+mod declare;
+mod http;
 mod validate;
+mod value;
 
-/// Command-line flags. Each overrides the file and the environment.
+use declare::Layers;
+pub use declare::{reference_table, SettingFlags, SettingInfo};
+pub use http::{HttpSettings, PeerRoles, SocketSettings, TcpSettings};
+pub use value::FileMode;
+use value::SettingValue;
+
+settings! {
+    /// Broker URLs (`amqp://` or `amqps://`); several for a broker cluster.
+    /// Tried in turn from a position derived from the host id, so a fleet
+    /// spreads over the nodes.
+    broker_urls: Vec<String> = vec!["amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()],
+        flag "broker-url";
+    /// Host id on the bus: 1–63 of `a-z 0-9 -`, not starting or ending with `-`.
+    host_id: String = hostname(), shown "the hostname (first label, lowercase)", flag "host-id";
+    /// Labels; the agent also serves `group.<label>`. Same rules as host ids.
+    labels: Vec<String> = Vec::new(), flag "label";
+    /// libvirt connection URI. `test:///default` or `test:///path/node.xml`
+    /// for demos and tests.
+    libvirt_uri: String = "qemu:///system".to_owned(), flag "libvirt-uri";
+    /// Commands executed at once; also the AMQP prefetch. 1–1024.
+    concurrency: u32 = 8, flag "concurrency";
+    /// Presence heartbeat interval. 50–3600000.
+    heartbeat_interval_ms: u64 = 5000, flag "heartbeat-interval-ms";
+    /// Where the command journal lives.
+    journal_path: PathBuf = PathBuf::from("/var/lib/hostbus/journal"), flag "journal-path";
+    /// `text` or `json` (one object per line, for log shippers).
+    log_format: LogFormat = LogFormat::Text, flag "log-format";
+    /// A `tracing` filter: `info`, `debug`, `hostbus_agent=debug,info`.
+    /// lapin's own events are off unless the filter names lapin
+    /// (`lapin=debug,info`): the agent reports what they would, at the
+    /// levels below.
+    log_level: String = "info".to_owned(), flag "log-level";
+    /// Prometheus endpoint (`/metrics`), or `off`.
+    metrics_addr: Option<SocketAddr> = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9187))),
+        flag "metrics-addr";
+    /// How often the bridge compares libvirt's state with what it last saw
+    /// (catches changes made outside hostbus). At least 100.
+    reconcile_interval_ms: u64 = 30_000;
+    /// How long finished tasks stay visible to `task.get`.
+    task_ttl_s: u64 = 600;
+    /// Bound on draining in-flight commands at shutdown.
+    shutdown_timeout_ms: u64 = 30_000;
+    /// Largest command payload accepted; larger ones get `PAYLOAD_TOO_LARGE`.
+    /// 1024–67108864.
+    max_payload_bytes: usize = hostbus_protocol::DEFAULT_MAX_PAYLOAD;
+    /// Longest wait between broker reconnection attempts. At least 100.
+    reconnect_max_backoff_ms: u64 = 30_000;
+    /// Pause after each step of multi-step operations. For demos and tests
+    /// on the instant test driver only.
+    step_pause_ms: u64 = 0;
+    /// Broker users (as carried in the broker-verified `user_id`) and their
+    /// roles: `read-only`, `operator`, `admin`. See [security.md](security.md).
+    roles: BTreeMap<String, Role> = BTreeMap::from([("guest".to_owned(), Role::Admin)]),
+        shown "`guest = \"admin\"` when no `[roles]` table is given";
+    /// CA certificates (PEM) that sign the broker's certificate, for
+    /// `amqps://` URLs.
+    tls_ca_file: Option<PathBuf> = None, shown "none (system roots)";
+    /// Client certificate (PEM), for brokers that verify clients. With
+    /// `tls_key_file`.
+    tls_cert_file: Option<PathBuf> = None;
+    /// Client key (PEM, PKCS#8).
+    tls_key_file: Option<PathBuf> = None;
+    /// Finished journal entries older than this are dropped (at start and
+    /// every 10 minutes).
+    journal_max_age_s: u64 = 86_400;
+    /// Most journal entries kept; the oldest finished ones go first. Entries
+    /// of interrupted commands are kept.
+    journal_max_entries: u64 = 100_000;
+    /// Operations waiting on one object (a VM, a pool) before new ones are
+    /// answered `BUSY` with a `retry_after_ms` hint.
+    max_object_queue: usize = 16;
+    /// Deliveries of one message (counted by the broker on quorum queues,
+    /// else by the agent), or executions of one changing command (crashes
+    /// included, from the journal), before it is dead-lettered and answered
+    /// `INTERNAL`.
+    max_deliveries: u32 = 3;
+    /// Declare the shared objects on connecting: exchanges, the dead-letter
+    /// queue and the three streams. Set `false` when an administrator
+    /// declares them (`hostctl admin setup`) and host users may not (see
+    /// [security.md](security.md)).
+    declare_exchanges: bool = true;
+    /// Type of the command queue and the dead-letter queue: `quorum` or
+    /// `classic` (see "Queue types" below).
+    queue_type: QueueType = QueueType::Quorum;
+    /// The broker deletes a command queue (and its bindings) that has had no
+    /// consumer for this long (7 days by default): the queue of a retired
+    /// host does not collect broadcasts for ever. `0`: never.
+    queue_expires_s: u64 = 7 * 86_400;
+    /// Most messages `hostbus.dead-letter` keeps; beyond it the oldest are
+    /// dropped.
+    dead_letter_max_length: u64 = 100_000;
+    /// Dead letters older than this are dropped. At least 60.
+    dead_letter_max_age_s: u64 = 7 * 86_400;
+    /// How long the stream `hostbus.events` keeps events: how long a
+    /// subscriber may be away and still resume without a resync. At least 60.
+    event_retention_s: u64 = 86_400;
+    /// Most bytes of events kept (whichever limit comes first). At least 1 MiB.
+    event_retention_bytes: u64 = 1 << 30;
+    /// How long `hostbus.presence.roster` keeps host announcements: a dead
+    /// host not forgotten stays in fleet views this long after its last
+    /// (re)connection. At least 60.
+    roster_retention_s: u64 = 7 * 86_400;
+    /// How long `hostbus.presence.beats` keeps heartbeats (fleet views read
+    /// one to three intervals back). At least 60.
+    beat_retention_s: u64 = 600;
+    /// Longest time to open a broker connection (TCP, TLS and the AMQP
+    /// handshake): a node that accepts and hangs does not hang the agent.
+    /// 100–600000.
+    connect_timeout_ms: u64 = 10_000;
+    /// AMQP heartbeat asked of the broker: a dead peer on a silent network
+    /// is noticed after about two. A URL's `?heartbeat=N` wins.
+    amqp_heartbeat_s: u16 = 10;
+    /// Largest AMQP frame asked of the broker, in bytes; `0` takes the
+    /// broker's (128 KiB on RabbitMQ). The AMQP client keeps 32 frames of
+    /// buffer each way per connection, so this sets the memory of each of
+    /// the agent's two connections: 8 MiB at 128 KiB, 1 MiB at 16384.
+    /// Larger messages are split into more frames. `0` or at least 4096; a
+    /// URL's `?frame_max=N` wins. The simulator uses 16384 unless set.
+    amqp_frame_max: u32 = 0;
+    /// Hypervisor domain type of new VMs: `auto` (`kvm` when the host's
+    /// capabilities list it for the guest architecture, else the first type
+    /// listed), `kvm`, or `qemu` (TCG: software emulation). See
+    /// [Running on a real host](#running-on-a-real-host).
+    domain_type: DomainType = DomainType::Auto, flag "domain-type";
+    /// Where each new VM's serial console is logged (`<dir>/<vm>-serial0.log`,
+    /// written by libvirt's virtlogd, appended across restarts), or `off`.
+    /// An absolute directory.
+    console_log_dir: Option<String> = Some("/var/log/libvirt/qemu".to_owned());
+    /// Serve the HTTP binding (docs/http.md) on this Unix socket, broker or
+    /// not; `/run/hostbus/agent.sock` is the documented place. A stale
+    /// socket file is replaced; one another process serves on is refused
+    /// (exit 1).
+    http_socket: Option<PathBuf> = None, shown "off", flag "http-socket" value "PATH";
+    /// File mode of the socket (octal).
+    http_socket_mode: FileMode = FileMode(0o660);
+    /// `UID` or `UID:GID` (numeric) given to the socket file.
+    http_socket_owner: Option<(u32, Option<u32>)> = None, shown "unchanged";
+    /// Roles of the socket's peers by `uid:N` or `gid:N` (their primary
+    /// gid); a uid entry wins. In TOML, an `[http_peer_roles]` table with
+    /// quoted keys (`"uid:0" = "admin"`). See [security.md](security.md).
+    http_peer_roles: PeerRoles = PeerRoles::default(),
+        shown "root and the agent's own uid: `admin`";
+    /// Also serve the HTTP binding on TCP, TLS with client certificates
+    /// only; needs the next three.
+    http_listen: Option<SocketAddr> = None, shown "off", flag "http-listen" value "ADDR";
+    /// The listener's certificate chain (PEM).
+    http_tls_cert: Option<PathBuf> = None;
+    /// The key (PEM) of `http_tls_cert`.
+    http_tls_key: Option<PathBuf> = None;
+    /// CA (PEM) whose client certificates are admitted; the subject CN is
+    /// looked up in `roles`.
+    http_client_ca: Option<PathBuf> = None;
+}
+
+/// The environment variable of `--config`.
+const CONFIG_VARIABLE: &str = "HOSTBUS_CONFIG";
+
+/// Command-line flags: the settings' ([`SettingFlags`]), each over the file
+/// and the environment, and those that are no setting.
 #[derive(Debug, Clone, Parser, Default)]
 #[command(
     name = "hostbus-agent",
@@ -20,48 +191,11 @@ mod validate;
 )]
 pub struct Flags {
     /// TOML configuration file (also `HOSTBUS_CONFIG`).
-    #[arg(long, env = "HOSTBUS_CONFIG")]
+    #[arg(long, env = CONFIG_VARIABLE)]
     pub config: Option<PathBuf>,
-    /// Broker URL; repeat for a broker cluster (tried in order).
-    #[arg(long = "broker-url")]
-    pub broker_urls: Vec<String>,
-    /// Host id on the bus (default: the hostname).
-    #[arg(long)]
-    pub host_id: Option<String>,
-    /// A label; repeat for several. The agent also serves `group.<label>`.
-    #[arg(long = "label")]
-    pub labels: Vec<String>,
-    /// libvirt URI.
-    #[arg(long)]
-    pub libvirt_uri: Option<String>,
-    /// Hypervisor domain type of new VMs: `auto`, `kvm` or `qemu` (TCG).
-    #[arg(long)]
-    pub domain_type: Option<String>,
-    /// Commands executed at once (also the AMQP prefetch).
-    #[arg(long)]
-    pub concurrency: Option<u32>,
-    /// Heartbeat interval in milliseconds.
-    #[arg(long)]
-    pub heartbeat_interval_ms: Option<u64>,
-    /// Path of the command journal.
-    #[arg(long)]
-    pub journal_path: Option<PathBuf>,
-    /// Log format: `text` or `json`.
-    #[arg(long)]
-    pub log_format: Option<String>,
-    /// Log filter, e.g. `info` or `hostbus_agent=debug`.
-    #[arg(long)]
-    pub log_level: Option<String>,
-    /// Address of the Prometheus metrics endpoint, e.g. `127.0.0.1:9187`; `off` disables it.
-    #[arg(long)]
-    pub metrics_addr: Option<String>,
-    /// Serve the HTTP binding on this Unix socket (docs/http.md).
-    #[arg(long, value_name = "PATH")]
-    pub http_socket: Option<PathBuf>,
-    /// Serve the HTTP binding on this TCP address, TLS with client
-    /// certificates (`http_tls_cert`, `http_tls_key`, `http_client_ca`).
-    #[arg(long, value_name = "ADDR")]
-    pub http_listen: Option<String>,
+    /// The settings' flags.
+    #[command(flatten)]
+    pub settings: SettingFlags,
     /// Runs this many simulated hosts on libvirt's test driver instead of
     /// serving this host (a fleet for load tests; docs/operations.md).
     #[arg(long, value_name = "N")]
@@ -73,8 +207,7 @@ pub struct Flags {
 
 /// The RabbitMQ queue type of the agent's command queue and of the
 /// dead-letter queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueType {
     /// Replicated over a broker cluster (Raft), counts deliveries even when
     /// a consumer's connection drops, dead-letters at least once.
@@ -84,6 +217,9 @@ pub enum QueueType {
 }
 
 impl QueueType {
+    /// Every queue type.
+    pub const ALL: &'static [QueueType] = &[QueueType::Quorum, QueueType::Classic];
+
     /// The `x-queue-type` value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -94,8 +230,7 @@ impl QueueType {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -103,173 +238,22 @@ pub enum LogFormat {
     Json,
 }
 
-/// The validated configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// Broker URLs (`amqp://` or `amqps://`), tried in order.
-    pub broker_urls: Vec<String>,
-    /// Host id on the bus.
-    pub host_id: String,
-    /// Labels: the agent also serves `group.<label>`.
-    pub labels: Vec<String>,
-    /// libvirt URI.
-    pub libvirt_uri: String,
-    /// Commands executed at once; also the AMQP prefetch.
-    pub concurrency: u32,
-    /// Heartbeat interval, ms.
-    pub heartbeat_interval_ms: u64,
-    /// Command journal path.
-    pub journal_path: PathBuf,
-    /// Log format.
-    pub log_format: LogFormat,
-    /// Log filter.
-    pub log_level: String,
-    /// Prometheus endpoint address, or `off`.
-    pub metrics_addr: String,
-    /// How often the bridge reconciles with libvirt, ms.
-    pub reconcile_interval_ms: u64,
-    /// How long finished tasks stay queryable, s.
-    pub task_ttl_s: u64,
-    /// Bound on draining in-flight commands at shutdown, ms.
-    pub shutdown_timeout_ms: u64,
-    /// Largest accepted command payload, bytes.
-    pub max_payload_bytes: usize,
-    /// Longest wait between reconnection attempts, ms.
-    pub reconnect_max_backoff_ms: u64,
-    /// Pause after each step of multi-step operations, ms (demos and tests only).
-    pub step_pause_ms: u64,
-    /// Users (broker logins, as carried in `user_id`) and their roles:
-    /// `read-only`, `operator` or `admin`.
-    pub roles: BTreeMap<String, String>,
-    /// CA certificates (PEM) for `amqps://` brokers; system roots when absent.
-    #[serde(default)]
-    pub tls_ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for brokers that verify clients.
-    #[serde(default)]
-    pub tls_cert_file: Option<PathBuf>,
-    /// Client key (PEM, PKCS#8) for `tls_cert_file`.
-    #[serde(default)]
-    pub tls_key_file: Option<PathBuf>,
-    /// Journal entries older than this are dropped, s.
-    pub journal_max_age_s: u64,
-    /// Most journal entries kept.
-    pub journal_max_entries: u64,
-    /// Operations queued on one object before new ones get `BUSY`.
-    pub max_object_queue: usize,
-    /// Deliveries of one command (crashes included) before it is dead-lettered.
-    pub max_deliveries: u32,
-    /// Declare the exchanges on connecting. Turn off when an administrator
-    /// declares them and host users have no `configure` permission on them
-    /// (docs/security.md).
-    pub declare_exchanges: bool,
-    /// Hypervisor domain type of new VMs: `auto` (`kvm` when the host lists
-    /// it), `kvm`, or `qemu` (TCG, where KVM is absent or unusable).
-    pub domain_type: String,
-    /// Directory where each new VM's serial console is logged
-    /// (`<dir>/<vm>-serial0.log`, written by virtlogd); `off` for none.
-    pub console_log_dir: String,
-    /// Queue type of the command queue and the dead-letter queue.
-    pub queue_type: QueueType,
-    /// A command queue without a consumer for this long is deleted by the
-    /// broker (with its bindings), s; 0 keeps it for ever.
-    pub queue_expires_s: u64,
-    /// Most messages kept in the dead-letter queue (oldest dropped first).
-    pub dead_letter_max_length: u64,
-    /// Dead letters older than this are dropped, s.
-    pub dead_letter_max_age_s: u64,
-    /// How long the event stream keeps events, s.
-    pub event_retention_s: u64,
-    /// Most bytes the event stream keeps.
-    pub event_retention_bytes: u64,
-    /// How long the roster stream keeps host announcements, s.
-    pub roster_retention_s: u64,
-    /// How long the heartbeat stream keeps heartbeats, s.
-    pub beat_retention_s: u64,
-    /// Longest time to open a broker connection (TCP, TLS, AMQP handshake), ms.
-    pub connect_timeout_ms: u64,
-    /// AMQP heartbeat asked of the broker, s (a URL's `?heartbeat=` wins).
-    pub amqp_heartbeat_s: u16,
-    /// Largest AMQP frame asked of the broker, bytes; 0 takes the broker's
-    /// (a URL's `?frame_max=` wins). Sets each connection's buffers.
-    pub amqp_frame_max: u32,
-    /// Unix socket of the HTTP binding (docs/http.md); absent: off.
-    #[serde(default)]
-    pub http_socket: Option<PathBuf>,
-    /// File mode of `http_socket`, octal.
-    pub http_socket_mode: String,
-    /// Owner given to `http_socket`: `UID` or `UID:GID`, numeric.
-    #[serde(default)]
-    pub http_socket_owner: Option<String>,
-    /// Roles of the socket's peers, by `uid:N` or `gid:N`; empty: root and
-    /// the agent's own user are admins.
-    #[serde(default)]
-    pub http_peer_roles: BTreeMap<String, String>,
-    /// TCP address of the HTTP binding (TLS with client certificates only).
-    #[serde(default)]
-    pub http_listen: Option<String>,
-    /// The HTTP binding's certificate chain (PEM), for `http_listen`.
-    #[serde(default)]
-    pub http_tls_cert: Option<PathBuf>,
-    /// The key (PEM) of `http_tls_cert`.
-    #[serde(default)]
-    pub http_tls_key: Option<PathBuf>,
-    /// CA (PEM) that signs the HTTP binding's client certificates.
-    #[serde(default)]
-    pub http_client_ca: Option<PathBuf>,
-}
+impl LogFormat {
+    /// Every format.
+    pub const ALL: &'static [LogFormat] = &[LogFormat::Text, LogFormat::Json];
 
-/// Every field, with its environment variable and default.
-const FIELDS: &[&str] = &[
-    "broker_urls",
-    "host_id",
-    "labels",
-    "libvirt_uri",
-    "concurrency",
-    "heartbeat_interval_ms",
-    "journal_path",
-    "log_format",
-    "log_level",
-    "metrics_addr",
-    "reconcile_interval_ms",
-    "task_ttl_s",
-    "shutdown_timeout_ms",
-    "max_payload_bytes",
-    "reconnect_max_backoff_ms",
-    "step_pause_ms",
-    "tls_ca_file",
-    "tls_cert_file",
-    "tls_key_file",
-    "journal_max_age_s",
-    "journal_max_entries",
-    "max_object_queue",
-    "max_deliveries",
-    "declare_exchanges",
-    "domain_type",
-    "console_log_dir",
-    "queue_type",
-    "queue_expires_s",
-    "dead_letter_max_length",
-    "dead_letter_max_age_s",
-    "event_retention_s",
-    "event_retention_bytes",
-    "roster_retention_s",
-    "beat_retention_s",
-    "connect_timeout_ms",
-    "amqp_heartbeat_s",
-    "amqp_frame_max",
-    "http_socket",
-    "http_socket_mode",
-    "http_socket_owner",
-    "http_listen",
-    "http_tls_cert",
-    "http_tls_key",
-    "http_client_ca",
-];
+    /// The setting's value: `text` or `json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
 
 /// `HOSTBUS_*` variables of other hostbus programs and of the test
 /// harness, which the agent leaves alone. Any other `HOSTBUS_*` variable
-/// that names no agent field is refused: a typo must not be ignored.
+/// that names no agent setting is refused: a typo must not be ignored.
 const FOREIGN_VARIABLES: &[&str] = &[
     "HOSTBUS_URL",
     "HOSTBUS_TIMEOUT_MS",
@@ -277,9 +261,6 @@ const FOREIGN_VARIABLES: &[&str] = &[
     "HOSTBUS_CA_FILE",
     "HOSTBUS_CERT_FILE",
     "HOSTBUS_KEY_FILE",
-    "HOSTBUS_CONFIG",
-    "HOSTBUS_ROLES",
-    "HOSTBUS_HTTP_PEER_ROLES",
     "HOSTBUS_SOCKET",
     "HOSTBUS_AGENT_BIN",
     "HOSTBUS_RABBITMQ_BIN_DIR",
@@ -309,192 +290,56 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
+/// Whether `var`, a `HOSTBUS_*` variable, is a setting's, `--config`'s or
+/// another program's.
+fn known_variable(var: &str) -> bool {
+    SETTINGS.iter().any(|s| s.env() == var)
+        || var == CONFIG_VARIABLE
+        || FOREIGN_VARIABLES.contains(&var)
+        || FOREIGN_PREFIXES.iter().any(|p| var.starts_with(p))
+}
+
+/// The TOML file at `path`, as a table whose keys are all settings.
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    if let Some(unknown) = table
+        .keys()
+        .find(|k| !SETTINGS.iter().any(|s| s.name == *k))
+    {
+        return Err(ConfigError(format!(
+            "unknown field `{unknown}` in {}: the settings are the fields of docs/operations.md",
+            path.display()
+        )));
+    }
+    Ok(table)
+}
+
 impl Config {
     /// Loads the configuration from `flags`, the environment `env` and the
     /// file the flags or environment name, then validates it.
     pub fn load(flags: &Flags, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let map = |e: config::ConfigError| ConfigError(e.to_string());
-        let mut b = config::Config::builder()
-            .set_default("broker_urls", vec!["amqp://guest:guest@127.0.0.1:5672/%2f"])
-            .map_err(map)?
-            .set_default("host_id", hostname())
-            .map_err(map)?
-            .set_default("labels", Vec::<String>::new())
-            .map_err(map)?
-            .set_default("libvirt_uri", "qemu:///system")
-            .map_err(map)?
-            .set_default("concurrency", 8)
-            .map_err(map)?
-            .set_default("heartbeat_interval_ms", 5000)
-            .map_err(map)?
-            .set_default("journal_path", "/var/lib/hostbus/journal")
-            .map_err(map)?
-            .set_default("log_format", "text")
-            .map_err(map)?
-            .set_default("log_level", "info")
-            .map_err(map)?
-            .set_default("metrics_addr", "127.0.0.1:9187")
-            .map_err(map)?
-            .set_default("reconcile_interval_ms", 30_000)
-            .map_err(map)?
-            .set_default("task_ttl_s", 600)
-            .map_err(map)?
-            .set_default("shutdown_timeout_ms", 30_000)
-            .map_err(map)?
-            .set_default(
-                "max_payload_bytes",
-                hostbus_protocol::DEFAULT_MAX_PAYLOAD as u64,
-            )
-            .map_err(map)?
-            .set_default("reconnect_max_backoff_ms", 30_000)
-            .map_err(map)?
-            .set_default("step_pause_ms", 0)
-            .map_err(map)?
-            .set_default("journal_max_age_s", 86_400)
-            .map_err(map)?
-            .set_default("journal_max_entries", 100_000)
-            .map_err(map)?
-            .set_default("max_object_queue", 16)
-            .map_err(map)?
-            .set_default("max_deliveries", 3)
-            .map_err(map)?
-            .set_default("declare_exchanges", true)
-            .map_err(map)?
-            .set_default("domain_type", "auto")
-            .map_err(map)?
-            .set_default("console_log_dir", "/var/log/libvirt/qemu")
-            .map_err(map)?
-            .set_default("queue_type", "quorum")
-            .map_err(map)?
-            .set_default("queue_expires_s", 7 * 86_400)
-            .map_err(map)?
-            .set_default("dead_letter_max_length", 100_000)
-            .map_err(map)?
-            .set_default("dead_letter_max_age_s", 7 * 86_400)
-            .map_err(map)?
-            .set_default("event_retention_s", 86_400)
-            .map_err(map)?
-            .set_default("event_retention_bytes", 1u64 << 30)
-            .map_err(map)?
-            .set_default("roster_retention_s", 7 * 86_400)
-            .map_err(map)?
-            .set_default("beat_retention_s", 600)
-            .map_err(map)?
-            .set_default("connect_timeout_ms", 10_000)
-            .map_err(map)?
-            .set_default("amqp_heartbeat_s", 10)
-            .map_err(map)?
-            .set_default("amqp_frame_max", 0)
-            .map_err(map)?
-            .set_default("http_socket_mode", "0660")
-            .map_err(map)?;
-        if let Some(unknown) = env.keys().filter(|k| k.starts_with("HOSTBUS_")).find(|k| {
-            !FIELDS
-                .iter()
-                .any(|f| **k == format!("HOSTBUS_{}", f.to_ascii_uppercase()))
-                && !FOREIGN_VARIABLES.contains(&k.as_str())
-                && !FOREIGN_PREFIXES.iter().any(|p| k.starts_with(p))
-        }) {
+        if let Some(unknown) = env
+            .keys()
+            .find(|k| k.starts_with("HOSTBUS_") && !known_variable(k))
+        {
             return Err(ConfigError(format!(
                 "unknown setting {unknown}: the agent's variables are HOSTBUS_ followed by a field of docs/operations.md, e.g. HOSTBUS_QUEUE_TYPE"
             )));
         }
-        // Without a [roles] table, the broker's default `guest` login is an
-        // admin: right for a laptop, wrong for production (docs/security.md).
-        let has_roles_file = flags.config.as_ref().is_some_and(|p| {
-            std::fs::read_to_string(p).is_ok_and(|t| t.lines().any(|l| l.trim() == "[roles]"))
-        });
-        if !has_roles_file && !env.contains_key("HOSTBUS_ROLES") {
-            b = b.set_default("roles.guest", "admin").map_err(map)?;
-        }
-        if let Some(roles) = env.get("HOSTBUS_ROLES") {
-            for pair in roles.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                let (user, role) = pair.split_once('=').ok_or_else(|| {
-                    field_error("roles", format_args!("{pair:?} is not user=role"))
-                })?;
-                b = b
-                    .set_override(format!("roles.{}", user.trim()), role.trim())
-                    .map_err(map)?;
-            }
-        }
-        if let Some(path) = &flags.config {
-            b = b.add_source(
-                config::File::from(path.clone())
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
-        }
-        // Only the agent's own variables: other HOSTBUS_* variables (the
-        // client's, the tests') must not trip `deny_unknown_fields`.
-        let own: config::Map<String, String> = FIELDS
-            .iter()
-            .filter_map(|f| {
-                env.get(&format!("HOSTBUS_{}", f.to_ascii_uppercase()))
-                    .map(|v| (format!("HOSTBUS_{}", f.to_ascii_uppercase()), v.clone()))
-            })
-            .collect();
-        b = b.add_source(
-            config::Environment::with_prefix("HOSTBUS")
-                .prefix_separator("_")
-                .list_separator(",")
-                .with_list_parse_key("broker_urls")
-                .with_list_parse_key("labels")
-                .try_parsing(true)
-                .source(Some(own)),
-        );
-        if !flags.broker_urls.is_empty() {
-            b = b
-                .set_override("broker_urls", flags.broker_urls.clone())
-                .map_err(map)?;
-        }
-        if !flags.labels.is_empty() {
-            b = b
-                .set_override("labels", flags.labels.clone())
-                .map_err(map)?;
-        }
-        b = b
-            .set_override_option("host_id", flags.host_id.clone())
-            .map_err(map)?
-            .set_override_option("libvirt_uri", flags.libvirt_uri.clone())
-            .map_err(map)?
-            .set_override_option("domain_type", flags.domain_type.clone())
-            .map_err(map)?
-            .set_override_option("concurrency", flags.concurrency.map(i64::from))
-            .map_err(map)?
-            .set_override_option(
-                "heartbeat_interval_ms",
-                flags.heartbeat_interval_ms.map(|v| v.to_string()),
-            )
-            .map_err(map)?
-            .set_override_option(
-                "journal_path",
-                flags.journal_path.as_ref().map(|p| p.display().to_string()),
-            )
-            .map_err(map)?
-            .set_override_option("log_format", flags.log_format.clone())
-            .map_err(map)?
-            .set_override_option("log_level", flags.log_level.clone())
-            .map_err(map)?
-            .set_override_option("metrics_addr", flags.metrics_addr.clone())
-            .map_err(map)?
-            .set_override_option(
-                "http_socket",
-                flags.http_socket.as_ref().map(|p| p.display().to_string()),
-            )
-            .map_err(map)?
-            .set_override_option("http_listen", flags.http_listen.clone())
-            .map_err(map)?;
-        let mut cfg: Config = b.build().map_err(map)?.try_deserialize().map_err(map)?;
-        // Keys like `uid:0` are no configuration paths: merged here.
-        if let Some(roles) = env.get("HOSTBUS_HTTP_PEER_ROLES") {
-            for pair in roles.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                let (peer, role) = pair.split_once('=').ok_or_else(|| {
-                    field_error("http_peer_roles", format_args!("{pair:?} is not peer=role"))
-                })?;
-                cfg.http_peer_roles
-                    .insert(peer.trim().to_owned(), role.trim().to_owned());
-            }
-        }
+        let (file, file_name) = match &flags.config {
+            Some(path) => (read_file(path)?, path.display().to_string()),
+            None => (toml::Table::new(), String::new()),
+        };
+        let cfg = Config::from_layers(&mut Layers {
+            file,
+            file_name,
+            env,
+            flags: &flags.settings,
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -554,10 +399,6 @@ impl Config {
         hostbus_amqp::spread(&self.broker_urls, hostbus_amqp::stable_hash(&self.host_id))
     }
 }
-
-mod http;
-
-pub use http::{HttpSettings, PeerRoles, SocketSettings, TcpSettings};
 
 #[cfg(test)]
 mod tests;

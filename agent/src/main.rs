@@ -77,7 +77,7 @@ fn main() -> ExitCode {
 
 async fn run(cfg: Config, fleet: Option<hostbus_agent::fleet::Fleet>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    if let Some(addr) = cfg.metrics_socket()? {
+    if let Some(addr) = cfg.metrics_addr {
         let m = metrics.clone();
         tokio::spawn(async move {
             if let Err(e) = hostbus_agent::metrics::serve(addr, m).await {

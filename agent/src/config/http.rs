@@ -1,4 +1,4 @@
-//! The HTTP binding's settings (docs/http.md), parsed and checked.
+//! The HTTP binding's settings (docs/http.md), gathered and checked.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use crate::auth::Role;
 
+use super::value::{entries_of_text, entries_of_toml, role, SettingValue};
 use super::{field_error, Config, ConfigError};
 
 /// Where and how the HTTP binding serves; `None` parts are off.
@@ -60,6 +61,55 @@ impl PeerRoles {
     pub fn role(&self, uid: u32, gid: u32) -> Option<Role> {
         self.uids.get(&uid).or_else(|| self.gids.get(&gid)).copied()
     }
+
+    /// No peer has a role.
+    pub fn is_empty(&self) -> bool {
+        self.uids.is_empty() && self.gids.is_empty()
+    }
+
+    fn from_entries(entries: Vec<(String, String)>) -> Result<Self, String> {
+        let mut roles = PeerRoles::default();
+        for (peer, name) in entries {
+            let role = role(&peer, &name)?;
+            let bad = || format!("{peer} = {name:?}: peers are uid:N or gid:N");
+            let id = |n: &str| n.parse::<u32>().map_err(|_| bad());
+            match peer.split_once(':') {
+                Some(("uid", n)) => roles.uids.insert(id(n)?, role),
+                Some(("gid", n)) => roles.gids.insert(id(n)?, role),
+                _ => return Err(bad()),
+            };
+        }
+        Ok(roles)
+    }
+}
+
+/// `uid:N=role,gid:N=role` in the environment, a table in the file.
+impl SettingValue for PeerRoles {
+    const FORM: Option<&'static str> = Some("uid:1000=read-only,gid:990=operator");
+
+    fn parse(text: &str) -> Result<Self, String> {
+        Self::from_entries(entries_of_text(text, "peer=role")?)
+    }
+    fn from_toml(value: toml::Value) -> Result<Self, String> {
+        Self::from_entries(entries_of_toml(value)?)
+    }
+    fn over(mut self, mut lower: Self) -> Self {
+        lower.uids.append(&mut self.uids);
+        lower.gids.append(&mut self.gids);
+        lower
+    }
+    fn show(&self) -> Option<String> {
+        let uids = self
+            .uids
+            .iter()
+            .map(|(n, r)| format!("uid:{n}={}", r.as_str()));
+        let gids = self
+            .gids
+            .iter()
+            .map(|(n, r)| format!("gid:{n}={}", r.as_str()));
+        let entries: Vec<String> = uids.chain(gids).collect();
+        (!entries.is_empty()).then(|| entries.join(","))
+    }
 }
 
 /// The uid this process runs as (the owner of its `/proc` entry).
@@ -70,38 +120,14 @@ fn own_uid() -> Option<u32> {
 impl Config {
     /// The HTTP binding's settings; `None` when it is off.
     pub fn http(&self) -> Result<Option<HttpSettings>, ConfigError> {
-        let socket = match &self.http_socket {
-            None => None,
-            Some(path) => Some(SocketSettings {
-                path: path.clone(),
-                mode: u32::from_str_radix(self.http_socket_mode.trim_start_matches("0o"), 8)
-                    .ok()
-                    .filter(|m| *m <= 0o777)
-                    .ok_or_else(|| {
-                        field_error(
-                            "http_socket_mode",
-                            format_args!(
-                                "{:?} is no octal file mode like 0660",
-                                self.http_socket_mode
-                            ),
-                        )
-                    })?,
-                owner: self
-                    .http_socket_owner
-                    .as_deref()
-                    .map(parse_owner)
-                    .transpose()?,
-            }),
-        };
-        let tcp = match &self.http_listen {
+        let socket = self.http_socket.as_ref().map(|path| SocketSettings {
+            path: path.clone(),
+            mode: self.http_socket_mode.0,
+            owner: self.http_socket_owner,
+        });
+        let tcp = match self.http_listen {
             None => None,
             Some(addr) => {
-                let addr = addr.parse().map_err(|_| {
-                    field_error(
-                        "http_listen",
-                        format_args!("{addr:?} is not an address like 0.0.0.0:9443"),
-                    )
-                })?;
                 let need = |field: &str, v: &Option<PathBuf>| {
                     v.clone().ok_or_else(|| {
                         field_error(field, "is needed with http_listen: the TCP binding is TLS with client certificates only")
@@ -118,24 +144,8 @@ impl Config {
         if socket.is_none() && tcp.is_none() {
             return Ok(None);
         }
-        let mut peer_roles = PeerRoles::default();
-        for (peer, role) in &self.http_peer_roles {
-            let bad = |why: &str| {
-                field_error("http_peer_roles", format_args!("{peer} = {role:?}: {why}"))
-            };
-            let role =
-                Role::parse(role).ok_or_else(|| bad("roles are read-only, operator or admin"))?;
-            let id = |s: &str| {
-                s.parse::<u32>()
-                    .map_err(|_| bad("peers are uid:N or gid:N"))
-            };
-            match peer.split_once(':') {
-                Some(("uid", n)) => peer_roles.uids.insert(id(n)?, role),
-                Some(("gid", n)) => peer_roles.gids.insert(id(n)?, role),
-                _ => return Err(bad("peers are uid:N or gid:N")),
-            };
-        }
-        if self.http_peer_roles.is_empty() {
+        let mut peer_roles = self.http_peer_roles.clone();
+        if peer_roles.is_empty() {
             peer_roles.uids.insert(0, Role::Admin);
             if let Some(uid) = own_uid() {
                 peer_roles.uids.insert(uid, Role::Admin);
@@ -145,49 +155,26 @@ impl Config {
             socket,
             tcp,
             peer_roles,
-            roles: self.role_map()?,
+            roles: self.roles.clone(),
         }))
     }
 }
 
-fn parse_owner(s: &str) -> Result<(u32, Option<u32>), ConfigError> {
-    let bad = || {
-        field_error(
-            "http_socket_owner",
-            format_args!("{s:?} is not UID or UID:GID (numeric)"),
-        )
-    };
-    let (uid, gid) = match s.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (s, None),
-    };
-    Ok((
-        uid.parse().map_err(|_| bad())?,
-        gid.map(|g| g.parse().map_err(|_| bad())).transpose()?,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{env, flags};
     use super::super::Flags;
     use super::*;
 
-    fn load(env: &[(&str, &str)], flags: Flags) -> Result<Config, ConfigError> {
-        let env = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        Config::load(&flags, &env)
+    fn load(pairs: &[(&str, &str)], flags: Flags) -> Result<Config, ConfigError> {
+        Config::load(&flags, &env(pairs))
     }
 
     #[test]
     fn the_binding_is_off_by_default_and_peers_map_to_roles() {
         let c = load(&[], Flags::default()).expect("load");
         assert!(c.http().expect("http").is_none());
-        let flags = Flags {
-            http_socket: Some("/run/hostbus/agent.sock".into()),
-            ..Flags::default()
-        };
+        let socket = flags(&["--http-socket", "/run/hostbus/agent.sock"]);
         let c = load(
             &[
                 (
@@ -196,7 +183,7 @@ mod tests {
                 ),
                 ("HOSTBUS_HTTP_SOCKET_OWNER", "0:27"),
             ],
-            flags.clone(),
+            socket.clone(),
         )
         .expect("load");
         let h = c.http().expect("http").expect("on");
@@ -213,7 +200,7 @@ mod tests {
             None,
             "given roles replace the default"
         );
-        let d = load(&[], flags.clone())
+        let d = load(&[], socket.clone())
             .expect("load")
             .http()
             .expect("http")
@@ -230,13 +217,10 @@ mod tests {
             ("HOSTBUS_HTTP_SOCKET_MODE", "0999"),
             ("HOSTBUS_HTTP_SOCKET_OWNER", "bob"),
         ] {
-            let e = load(&[(k, v)], flags.clone()).expect_err(v);
+            let e = load(&[(k, v)], socket.clone()).expect_err(v);
             assert!(e.to_string().contains("http_"), "{e}");
         }
-        let tcp = Flags {
-            http_listen: Some("127.0.0.1:9443".into()),
-            ..Flags::default()
-        };
+        let tcp = flags(&["--http-listen", "127.0.0.1:9443"]);
         let e = load(&[], tcp).expect_err("no TLS material");
         assert!(e.to_string().contains("http_tls_cert"), "{e}");
     }

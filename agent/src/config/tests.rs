@@ -1,12 +1,21 @@
 //! Tests of the layered configuration.
 
+use std::net::SocketAddr;
+
 use super::*;
 
-fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+/// An environment of these variables only.
+pub(super) fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect()
+}
+
+/// The flags of this command line, as clap reads them.
+pub(super) fn flags(args: &[&str]) -> Flags {
+    Flags::try_parse_from(std::iter::once("hostbus-agent").chain(args.iter().copied()))
+        .expect("flags")
 }
 
 /// A configuration file with `text`, in a directory of its own per test.
@@ -21,13 +30,13 @@ fn config_file(test: &str, text: &str) -> std::path::PathBuf {
 #[test]
 fn layers_apply_in_order() {
     let file = config_file("layers", "host_id = \"from-file\"\nconcurrency = 3\nlabels = [\"a\", \"b\"]\nheartbeat_interval_ms = 1000\n");
-    let flags = Flags {
-        config: Some(file.clone()),
-        concurrency: Some(5),
-        ..Flags::default()
-    };
     let c = Config::load(
-        &flags,
+        &flags(&[
+            "--config",
+            file.to_str().expect("utf-8"),
+            "--concurrency",
+            "5",
+        ]),
         &env(&[
             ("HOSTBUS_HEARTBEAT_INTERVAL_MS", "2000"),
             ("HOSTBUS_LABELS", "x,y"),
@@ -94,30 +103,21 @@ fn the_frame_size_reaches_the_connection_options() {
 #[test]
 fn domain_type_comes_from_the_environment_or_a_flag() {
     let c = Config::load(&Flags::default(), &env(&[])).expect("defaults");
-    assert_eq!(
-        c.bridge_domain_type().ok(),
-        Some(hostbus_bridge::DomainType::Auto)
-    );
+    assert_eq!(c.domain_type, DomainType::Auto);
     let c = Config::load(&Flags::default(), &env(&[("HOSTBUS_DOMAIN_TYPE", "qemu")])).expect("env");
-    assert_eq!(
-        c.bridge_domain_type().ok(),
-        Some(hostbus_bridge::DomainType::Qemu)
-    );
-    let flags = Flags {
-        domain_type: Some("kvm".into()),
-        ..Flags::default()
-    };
-    let c = Config::load(&flags, &env(&[("HOSTBUS_DOMAIN_TYPE", "qemu")])).expect("flag");
-    assert_eq!(
-        c.bridge_domain_type().ok(),
-        Some(hostbus_bridge::DomainType::Kvm)
-    );
+    assert_eq!(c.domain_type, DomainType::Qemu);
+    let c = Config::load(
+        &flags(&["--domain-type", "kvm"]),
+        &env(&[("HOSTBUS_DOMAIN_TYPE", "qemu")]),
+    )
+    .expect("flag");
+    assert_eq!(c.domain_type, DomainType::Kvm);
     let c = Config::load(
         &Flags::default(),
         &env(&[("HOSTBUS_CONSOLE_LOG_DIR", "off")]),
     )
     .expect("off");
-    assert_eq!(c.bridge_console_log_dir(), None);
+    assert_eq!(c.console_log_dir, None);
 }
 
 /// Issue 14: `HOSTBUS_QUEUE_TYPE` was silently ignored; now it is a
@@ -150,13 +150,202 @@ fn queue_type_is_a_setting_and_unknown_variables_are_refused() {
 fn unknown_file_fields_are_refused() {
     let file = config_file("unknown", "hots_id = \"typo\"\n");
     let err = Config::load(
-        &Flags {
-            config: Some(file.clone()),
-            ..Flags::default()
-        },
+        &flags(&["--config", file.to_str().expect("utf-8")]),
         &HashMap::new(),
     )
     .expect_err("typo");
     assert!(err.to_string().contains("hots_id"), "{err}");
     let _ = std::fs::remove_dir_all(file.parent().expect("dir"));
+}
+
+/// docs/operations.md's settings table is the declarations': a setting
+/// added, renamed or given another flag, variable, default or meaning
+/// fails here until the table says so. `HOSTBUS_BLESS=1` rewrites it.
+#[test]
+fn the_operations_guide_lists_every_setting_as_declared() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/operations.md");
+    let start = doc
+        .find(declare::TABLE_HEADER)
+        .expect("the settings table's header");
+    let end = doc[start..]
+        .find("\n\n")
+        .map_or(doc.len(), |n| start + n + 1);
+    let table = reference_table();
+    if std::env::var_os("HOSTBUS_BLESS").is_some() {
+        let blessed = format!("{}{table}{}", &doc[..start], &doc[end..]);
+        std::fs::write(&path, blessed).expect("write docs/operations.md");
+        return;
+    }
+    assert_eq!(
+        doc[start..end],
+        table,
+        "docs/operations.md's settings table differs from the declarations in agent/src/config.rs; \
+         HOSTBUS_BLESS=1 cargo test -p hostbus-agent --lib config rewrites it"
+    );
+}
+
+/// Every setting reads back the text of its default, from its
+/// environment variable and from its flag, to the same configuration: each
+/// variable and flag is the setting's, and each type reads what it shows.
+#[test]
+fn every_default_reads_back_from_its_variable_and_its_flag() {
+    let defaults = Config::load(&Flags::default(), &env(&[])).expect("defaults");
+    let texts: Vec<(&SettingInfo, String)> = SETTINGS
+        .iter()
+        .filter_map(|s| (s.default)().map(|text| (s, text)))
+        .collect();
+    assert!(texts.len() > 30, "most settings have a default");
+    let vars: Vec<(String, &str)> = texts.iter().map(|(s, t)| (s.env(), t.as_str())).collect();
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let from_env = Config::load(&Flags::default(), &env(&pairs)).expect("every variable");
+    assert_eq!(format!("{from_env:?}"), format!("{defaults:?}"));
+    let mut args = Vec::new();
+    for (s, text) in &texts {
+        if let Some(flag) = s.flag {
+            args.push(format!("--{flag}"));
+            args.push(text.clone());
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(args.len() >= 20, "{args:?}");
+    let from_flags = Config::load(&flags(&args), &env(&[])).expect("every flag");
+    assert_eq!(format!("{from_flags:?}"), format!("{defaults:?}"));
+}
+
+#[test]
+fn values_are_typed_at_load_from_every_layer() {
+    let file = config_file(
+        "typed",
+        "metrics_addr = \"off\"\nhttp_socket_mode = \"0600\"\nlog_format = \"json\"\n\
+         declare_exchanges = false\nconsole_log_dir = \"off\"\nqueue_type = \"classic\"\n\
+         http_socket_owner = \"0:27\"\n[roles]\nalice = \"operator\"\n\
+         [http_peer_roles]\n\"uid:1000\" = \"admin\"\n",
+    );
+    let path = file.to_str().expect("utf-8");
+    let c = Config::load(&flags(&["--config", path]), &env(&[])).expect("file");
+    assert_eq!(c.metrics_addr, None, "`off` is no endpoint");
+    assert_eq!(c.http_socket_mode, FileMode(0o600));
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert!(!c.declare_exchanges);
+    assert_eq!(c.console_log_dir, None);
+    assert_eq!(c.queue_type, QueueType::Classic);
+    assert_eq!(c.http_socket_owner, Some((0, Some(27))));
+    assert_eq!(
+        c.roles,
+        BTreeMap::from([("alice".to_owned(), Role::Operator)]),
+        "a [roles] table replaces the default guest"
+    );
+    assert_eq!(c.http_peer_roles.role(1000, 0), Some(Role::Admin));
+    let c = Config::load(
+        &flags(&["--config", path, "--metrics-addr", "0.0.0.0:9999"]),
+        &env(&[
+            ("HOSTBUS_METRICS_ADDR", "127.0.0.1:9188"),
+            ("HOSTBUS_HTTP_SOCKET_MODE", "0o640"),
+            ("HOSTBUS_ROLES", "bob=read-only, alice=admin"),
+            ("HOSTBUS_HTTP_PEER_ROLES", "gid:27=operator"),
+        ]),
+    )
+    .expect("all layers");
+    assert_eq!(c.metrics_addr, Some(SocketAddr::from(([0, 0, 0, 0], 9999))));
+    assert_eq!(c.http_socket_mode, FileMode(0o640));
+    assert_eq!(
+        c.roles,
+        BTreeMap::from([
+            ("alice".to_owned(), Role::Admin),
+            ("bob".to_owned(), Role::ReadOnly)
+        ]),
+        "the environment's roles add to the file's, and win"
+    );
+    assert_eq!(
+        (
+            c.http_peer_roles.role(1000, 27),
+            c.http_peer_roles.role(1, 27)
+        ),
+        (Some(Role::Admin), Some(Role::Operator))
+    );
+    let _ = std::fs::remove_dir_all(file.parent().expect("dir"));
+}
+
+#[test]
+fn the_guest_is_an_admin_only_when_no_roles_are_given() {
+    let guest = BTreeMap::from([("guest".to_owned(), Role::Admin)]);
+    let c = Config::load(&Flags::default(), &env(&[])).expect("defaults");
+    assert_eq!(c.roles, guest);
+    let c = Config::load(
+        &Flags::default(),
+        &env(&[("HOSTBUS_ROLES", "ops=operator")]),
+    )
+    .expect("roles");
+    assert_eq!(
+        c.roles,
+        BTreeMap::from([("ops".to_owned(), Role::Operator)])
+    );
+    let c = Config::load(&Flags::default(), &env(&[("HOSTBUS_ROLES", "")])).expect("none");
+    assert!(c.roles.is_empty(), "an empty list gives no one a role");
+    for bad in ["ops", "ops=root"] {
+        let e = Config::load(&Flags::default(), &env(&[("HOSTBUS_ROLES", bad)]))
+            .expect_err(bad)
+            .to_string();
+        assert!(e.contains("`roles`") && e.contains("HOSTBUS_ROLES"), "{e}");
+    }
+}
+
+#[test]
+fn a_bad_value_names_the_setting_and_the_layer_it_came_from() {
+    let file = config_file("bad", "");
+    let path = file.to_str().expect("utf-8");
+    // (file text, flags, what the message names)
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            "concurrency = \"many\"\n",
+            &["--config", path],
+            &["`concurrency`", path],
+        ),
+        (
+            "",
+            &["--concurrency", "many"],
+            &["`concurrency`", "--concurrency"],
+        ),
+        (
+            "",
+            &["--metrics-addr", "nowhere"],
+            &["`metrics_addr`", "or `off`"],
+        ),
+        (
+            "roles = \"guest=admin\"\n",
+            &["--config", path],
+            &["`roles`", "table"],
+        ),
+        (
+            "host_id = [\"h1\"]\n",
+            &["--config", path],
+            &["`host_id`", "array"],
+        ),
+    ];
+    for (text, args, names) in cases {
+        std::fs::write(&file, text).expect("write");
+        let e = Config::load(&flags(args), &env(&[]))
+            .expect_err("a bad value")
+            .to_string();
+        assert!(names.iter().all(|n| e.contains(n)), "{names:?} in {e}");
+    }
+    let _ = std::fs::remove_dir_all(file.parent().expect("dir"));
+}
+
+#[test]
+fn the_simulator_flags_are_no_settings_and_still_parse() {
+    let f = flags(&["--simulate", "3", "--host-prefix", "lab-"]);
+    assert_eq!((f.simulate, f.host_prefix.as_str()), (Some(3), "lab-"));
+    assert_eq!(flags(&["--simulate", "2"]).host_prefix, "sim-");
+    assert!(
+        Flags::try_parse_from(["hostbus-agent", "--host-prefix", "x-"]).is_err(),
+        "--host-prefix needs --simulate"
+    );
+    assert!(
+        !SETTINGS
+            .iter()
+            .any(|s| ["simulate", "host_prefix", "config"].contains(&s.name)),
+        "no setting shadows them"
+    );
 }

@@ -1,9 +1,8 @@
-//! Validation of a loaded configuration, and the values parsed from its
-//! text for the bridge, authorization, TLS and metrics.
+//! Validation of a loaded configuration: what a value's type does not say
+//! (ranges, names, settings that go together), and the TLS material read
+//! from the files it names.
 
-use std::collections::BTreeMap;
 use std::fmt::Display;
-use std::net::SocketAddr;
 
 use hostbus_protocol::names::{check_host_id, check_label};
 
@@ -29,18 +28,6 @@ fn between<T: PartialOrd + Display>(field: &str, v: T, min: T, max: T) -> Result
 }
 
 impl Config {
-    /// `domain_type` for the bridge.
-    pub fn bridge_domain_type(&self) -> Result<hostbus_bridge::DomainType, ConfigError> {
-        self.domain_type
-            .parse()
-            .map_err(|e: String| field_error("domain_type", e))
-    }
-
-    /// `console_log_dir` for the bridge (`None` when `off`).
-    pub fn bridge_console_log_dir(&self) -> Option<String> {
-        (self.console_log_dir != "off").then(|| self.console_log_dir.clone())
-    }
-
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.broker_urls.is_empty() {
             return Err(field_error(
@@ -61,8 +48,11 @@ impl Config {
         if self.libvirt_uri.is_empty() {
             return Err(field_error("libvirt_uri", "must not be empty"));
         }
-        self.bridge_domain_type()?;
-        if self.console_log_dir != "off" && !self.console_log_dir.starts_with('/') {
+        if self
+            .console_log_dir
+            .as_ref()
+            .is_some_and(|dir| !dir.starts_with('/'))
+        {
             return Err(field_error(
                 "console_log_dir",
                 "must be an absolute directory or `off`",
@@ -87,8 +77,6 @@ impl Config {
             self.reconnect_max_backoff_ms,
             100,
         )?;
-        self.metrics_socket()?;
-        self.role_map()?;
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return Err(field_error(
                 "tls_cert_file",
@@ -119,23 +107,6 @@ impl Config {
         Ok(())
     }
 
-    /// The roles, parsed.
-    pub fn role_map(&self) -> Result<BTreeMap<String, crate::auth::Role>, ConfigError> {
-        self.roles
-            .iter()
-            .map(|(u, r)| {
-                crate::auth::Role::parse(r)
-                    .map(|role| (u.clone(), role))
-                    .ok_or_else(|| {
-                        field_error(
-                            "roles",
-                            format_args!("{u} = {r:?}: roles are read-only, operator or admin"),
-                        )
-                    })
-            })
-            .collect()
-    }
-
     /// The TLS material, read from the configured files.
     pub fn tls(&self) -> Result<hostbus_amqp::Tls, ConfigError> {
         hostbus_amqp::Tls::load(
@@ -144,21 +115,5 @@ impl Config {
             self.tls_key_file.as_deref(),
         )
         .map_err(|e| field_error("tls_ca_file", e))
-    }
-
-    /// The metrics address, or `None` when disabled.
-    pub fn metrics_socket(&self) -> Result<Option<SocketAddr>, ConfigError> {
-        if self.metrics_addr == "off" || self.metrics_addr.is_empty() {
-            return Ok(None);
-        }
-        self.metrics_addr.parse().map(Some).map_err(|_| {
-            field_error(
-                "metrics_addr",
-                format_args!(
-                    "{:?} is not an address like 127.0.0.1:9187, or `off`",
-                    self.metrics_addr
-                ),
-            )
-        })
     }
 }
