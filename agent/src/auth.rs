@@ -55,7 +55,7 @@ impl Role {
 
 /// Checks that `sender`, a broker login, may run `command`, whose access
 /// level is `access`.
-pub fn authorize(
+pub(crate) fn authorize(
     roles: &BTreeMap<String, Role>,
     sender: Option<&str>,
     command: &str,
@@ -73,7 +73,7 @@ pub fn authorize(
 
 /// Checks that `user`, whose role is `role` (`None`: it has none), may run
 /// `command`, whose access level is `access`.
-pub fn authorize_role(
+pub(crate) fn authorize_role(
     user: &str,
     role: Option<Role>,
     command: &str,

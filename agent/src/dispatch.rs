@@ -34,7 +34,7 @@ mod run;
 /// Everything about a command but its payload and its sender, as every
 /// binding reads it from its own wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
+pub(crate) struct Head {
     /// The command's wire name, as received (it may name no command).
     pub command: String,
     /// The command id: the key of at-most-once execution.
@@ -51,7 +51,7 @@ pub struct Head {
 
 /// One command as a binding hands it to the dispatcher.
 #[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
+pub(crate) struct Request<'a> {
     /// What the command is.
     pub head: &'a Head,
     /// Who sent it.
@@ -65,7 +65,7 @@ pub struct Request<'a> {
 
 /// Who sent a command, as its binding established it.
 #[derive(Debug, Clone, Copy)]
-pub enum Caller<'a> {
+pub(crate) enum Caller<'a> {
     /// A bus message: the login the broker verified (`user_id`), looked up
     /// in the roles of broker logins; `cast` when nobody waits for a reply.
     Bus {
@@ -100,7 +100,7 @@ impl Caller<'_> {
 
 /// What the dispatcher answers a command with, whichever binding carried it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Handled {
+pub(crate) struct Handled {
     /// `ok`, `task` or `error`.
     pub status: ReplyStatus,
     /// The error, when the status is `error`.
@@ -121,7 +121,7 @@ pub struct Handled {
 
 /// Knobs of the dispatcher.
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// Largest payload accepted.
     pub max_payload: usize,
     /// Users and their roles.
@@ -133,7 +133,7 @@ pub struct Policy {
 }
 
 /// Turns requests into answers.
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     bridge: Arc<Bridge>,
     host_id: String,
     /// Stamps inventories in responses with the epoch and last event number.
@@ -150,7 +150,7 @@ pub struct Dispatcher {
 /// What [`Dispatcher::admit`] decided.
 // One per delivery, consumed at once: its size does not matter.
 #[allow(clippy::large_enum_variant)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// Answered without running anything: refused, or given up.
     Done(Handled),
     /// To be run by [`Dispatcher::run`]; holds its place in line.
@@ -159,7 +159,7 @@ pub enum Admission {
 
 /// A command admitted to run: decoded, validated, authorized, with its
 /// places in the lines of the objects it changes taken in arrival order.
-pub struct Admitted {
+pub(crate) struct Admitted {
     head: Head,
     request: Planned,
     deliveries: u32,
@@ -227,7 +227,7 @@ enum Executed {
 
 impl Dispatcher {
     /// A dispatcher for one agent epoch.
-    pub fn new(
+    pub(crate) fn new(
         bridge: Arc<Bridge>,
         stamp: Arc<Stamp>,
         policy: Policy,
@@ -246,13 +246,13 @@ impl Dispatcher {
     }
 
     /// The id of the host this dispatcher serves.
-    pub fn host_id(&self) -> &str {
+    pub(crate) fn host_id(&self) -> &str {
         &self.host_id
     }
 
     /// Handles one request, start to end: [`admit`](Self::admit) then
     /// [`run`](Self::run).
-    pub async fn handle(&self, request: Request<'_>) -> Handled {
+    pub(crate) async fn handle(&self, request: Request<'_>) -> Handled {
         match self.admit(request) {
             Admission::Done(h) => h,
             Admission::Ready(a) => self.run(a).await,
@@ -263,7 +263,7 @@ impl Dispatcher {
     /// id, an unsupported version or content type, ...): logged, counted
     /// as `command` (`invalid` when it names none), answered with `err` in
     /// `ct`, and unprocessable.
-    pub fn refuse(&self, command: Option<&str>, ct: ContentType, err: Error) -> Handled {
+    pub(crate) fn refuse(&self, command: Option<&str>, ct: ContentType, err: Error) -> Handled {
         let command = command.unwrap_or("invalid");
         tracing::info!(command = %command, code = %err.code, message = %err.message, "bad envelope");
         self.metrics
@@ -279,7 +279,7 @@ impl Dispatcher {
     /// decoding, validation, backpressure, and the command's places in the
     /// lines of the objects it changes. Call it in the order requests
     /// arrive: commands on one object then run in that order.
-    pub fn admit(&self, r: Request<'_>) -> Admission {
+    pub(crate) fn admit(&self, r: Request<'_>) -> Admission {
         let started = Instant::now();
         let in_flight = self.metrics.start();
         let head = r.head;
@@ -325,7 +325,7 @@ impl Dispatcher {
     }
 
     /// Runs an admitted command and builds its answer.
-    pub async fn run(&self, a: Admitted) -> Handled {
+    pub(crate) async fn run(&self, a: Admitted) -> Handled {
         let span = tracing::info_span!("command", command = %a.head.command, command_id = %a.head.command_id, host = %self.host_id);
         async move {
             // `a` (its in-flight guard with it) lives until the reply is built.

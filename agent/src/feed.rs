@@ -18,10 +18,10 @@ use crate::sync::lock;
 
 /// Events an HTTP subscriber may fall behind by before it misses some
 /// (and sees a gap in `seq`, which tells it to resync).
-pub const SUBSCRIBER_BUFFER: usize = 1024;
+pub(crate) const SUBSCRIBER_BUFFER: usize = 1024;
 
 /// Numbers events and hands them to the bindings.
-pub struct Feed {
+pub(crate) struct Feed {
     stamp: Arc<Stamp>,
     order: Mutex<()>,
     /// To the bus publisher: unbounded, as the bridge's thread must never
@@ -33,7 +33,7 @@ pub struct Feed {
 
 impl Feed {
     /// A feed stamping with `stamp`, and the bus publisher's end of it.
-    pub fn new(stamp: Arc<Stamp>) -> (Self, mpsc::UnboundedReceiver<Event>) {
+    pub(crate) fn new(stamp: Arc<Stamp>) -> (Self, mpsc::UnboundedReceiver<Event>) {
         let (bus, rx) = mpsc::unbounded_channel();
         let (http, _) = broadcast::channel(SUBSCRIBER_BUFFER);
         let feed = Self {
@@ -48,7 +48,7 @@ impl Feed {
     /// Numbers a bridge event and hands it to both bindings. Called on the
     /// bridge's observing threads: never blocks on anything but the lock.
     /// `false` once the bus publisher's end is gone.
-    pub fn bridge_event(&self, ev: ObjectEvent) -> bool {
+    pub(crate) fn bridge_event(&self, ev: ObjectEvent) -> bool {
         let _order = lock(&self.order);
         let event = self.stamp.event(ev);
         let _ = self.http.send(event.clone());
@@ -58,7 +58,7 @@ impl Feed {
     /// Numbers an event made by `make` (an announcement, which the session
     /// publishes itself, confirmed) and hands it to HTTP subscribers;
     /// returns it for the bus.
-    pub fn announce(&self, make: impl FnOnce(&Stamp) -> Event) -> Event {
+    pub(crate) fn announce(&self, make: impl FnOnce(&Stamp) -> Event) -> Event {
         let _order = lock(&self.order);
         let event = make(&self.stamp);
         let _ = self.http.send(event.clone());
@@ -67,13 +67,13 @@ impl Feed {
 
     /// A new HTTP subscription, and the last number given out before it:
     /// the subscription delivers every event numbered after it.
-    pub fn subscribe(&self) -> (broadcast::Receiver<Event>, u64) {
+    pub(crate) fn subscribe(&self) -> (broadcast::Receiver<Event>, u64) {
         let _order = lock(&self.order);
         (self.http.subscribe(), self.stamp.last_seq())
     }
 
     /// The stamp (host id, epoch, last number).
-    pub fn stamp(&self) -> &Stamp {
+    pub(crate) fn stamp(&self) -> &Stamp {
         &self.stamp
     }
 }

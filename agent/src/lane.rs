@@ -20,7 +20,7 @@ use hostbus_protocol::AmqpProperties;
 
 /// A reply to publish: where, its properties, its body.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ReplyMessage {
+pub(crate) struct ReplyMessage {
     /// The `reply_to` queue.
     pub to: String,
     /// Reply properties.
@@ -31,7 +31,7 @@ pub struct ReplyMessage {
 
 /// Why a reply did not go out on the lane.
 #[derive(Debug)]
-pub enum LaneError {
+pub(crate) enum LaneError {
     /// The broker closed the lane when given this reply while the session
     /// stayed up: the address is poison; do not reply to it again.
     Refused(String),
@@ -41,7 +41,7 @@ pub enum LaneError {
 
 /// A lazily opened connection with one confirm channel; replies on it are
 /// serialized.
-pub struct ReplyLane {
+pub(crate) struct ReplyLane {
     url: String,
     name: String,
     tls: hostbus_amqp::Tls,
@@ -54,7 +54,7 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ReplyLane {
     /// A lane to the broker at `url`; nothing connects until the first reply.
-    pub fn new(
+    pub(crate) fn new(
         url: &str,
         host_id: &str,
         tls: &hostbus_amqp::Tls,
@@ -72,7 +72,7 @@ impl ReplyLane {
     /// Publishes `reply` and waits for the broker's confirm. `session_up`
     /// tells whether the agent's own session is still connected, which is
     /// how a refusal of this reply is told from an outage.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         reply: &ReplyMessage,
         session_up: impl Fn() -> bool,

@@ -6,28 +6,28 @@
 //! with publisher confirms, reconnects forever, and drains on SIGTERM. It is
 //! the only host-side crate that knows AMQP.
 //!
-//! * [`config`]: the layered configuration.
-//! * [`dispatch`]: delivery → reply, with no AMQP in it.
-//! * [`agent`]: sessions, topology, events, presence, reconnection, shutdown.
-//! * [`settle`]: acks, coalesced where it is safe.
-//! * [`stamp`]: the session clock (host, epoch, seq) on all that is published.
-//! * [`feed`]: the one stamping point of events, feeding both bindings.
-//! * [`http`]: the HTTP binding (docs/http.md), over the same dispatcher.
-//! * [`metrics`]: the Prometheus endpoint.
-//! * [`fleet`]: many simulated hosts in one process (`--simulate`).
+//! Public, for the binary and the tests: [`config`] (the settings),
+//! [`Agent`] (one host's service), [`fleet`] (many simulated hosts in one
+//! process, `--simulate`), [`metrics`] (the Prometheus endpoint) and
+//! [`journal`] (the command journal, which tests open after a crash). The
+//! rest is the crate's own: `dispatch` (the typed seam between the
+//! bindings and the bridge), `agent` (the bus binding: sessions, topology,
+//! events, presence, reconnection, shutdown), `http` (the HTTP binding),
+//! `settle` (acks), `stamp` (the session clock), `feed` (the one stamping
+//! point of events, feeding both bindings), `auth`, `lane`.
 
-pub mod agent;
-pub mod auth;
+mod agent;
+mod auth;
 pub mod config;
-pub mod dispatch;
-pub mod feed;
+mod dispatch;
+mod feed;
 pub mod fleet;
-pub mod http;
+mod http;
 pub mod journal;
-pub mod lane;
+mod lane;
 pub mod metrics;
-pub mod settle;
-pub mod stamp;
+mod settle;
+mod stamp;
 mod sync;
 
 pub use agent::Agent;

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 /// How one delivery ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
+pub(crate) enum Settle {
     /// Done (its reply, if any, is out): ack.
     Ack(u64),
     /// Not done here: back to the queue.
@@ -30,7 +30,7 @@ pub enum Settle {
 
 /// One frame to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     /// `basic.ack`.
     Ack {
         /// The delivery tag.
@@ -47,7 +47,7 @@ pub enum Op {
 
 /// Turns batches of finished deliveries into as few frames as is safe.
 #[derive(Debug, Default)]
-pub struct Coalescer {
+pub(crate) struct Coalescer {
     /// Every tag up to here is settled on the wire.
     floor: u64,
     /// Tags above `floor` already settled on the wire.
@@ -56,7 +56,7 @@ pub struct Coalescer {
 
 impl Coalescer {
     /// The frames that settle `batch` (tags not settled before).
-    pub fn plan(&mut self, batch: &[Settle]) -> Vec<Op> {
+    pub(crate) fn plan(&mut self, batch: &[Settle]) -> Vec<Op> {
         let mut ops = Vec::new();
         let mut acks = BTreeSet::new();
         for s in batch {
@@ -104,7 +104,7 @@ impl Coalescer {
 
 /// The sending side: serving tasks report here.
 #[derive(Clone)]
-pub struct Settler {
+pub(crate) struct Settler {
     tx: mpsc::UnboundedSender<Settle>,
 }
 
@@ -112,13 +112,13 @@ impl Settler {
     /// Starts the settling task for `channel` (one per session: delivery
     /// tags are per channel). It ends when every `Settler` is dropped,
     /// after sending what it was given.
-    pub fn start(channel: Channel) -> (Self, JoinHandle<()>) {
+    pub(crate) fn start(channel: Channel) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (Self { tx }, tokio::spawn(run(channel, rx)))
     }
 
     /// Reports how a delivery ended.
-    pub fn settle(&self, s: Settle) {
+    pub(crate) fn settle(&self, s: Settle) {
         if self.tx.send(s).is_err() {
             tracing::warn!(settle = ?s, "the settling task is gone; the command will be redelivered");
         }

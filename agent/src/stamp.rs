@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 /// Host id, epoch and the sequence of this agent's events.
 #[derive(Debug)]
-pub struct Stamp {
+pub(crate) struct Stamp {
     host_id: String,
     epoch: Uuid,
     /// The last sequence number given out (0: none yet).
@@ -23,7 +23,7 @@ pub struct Stamp {
 /// What presence messages (heartbeats, roster announcements) say about
 /// the agent besides their stamp.
 #[derive(Debug, Clone)]
-pub struct Presence {
+pub(crate) struct Presence {
     /// When it was said.
     pub time: Timestamp,
     /// When the agent started.
@@ -38,7 +38,7 @@ pub struct Presence {
 
 impl Stamp {
     /// A fresh epoch for `host_id`, no event numbered yet.
-    pub fn new(host_id: impl Into<String>) -> Self {
+    pub(crate) fn new(host_id: impl Into<String>) -> Self {
         Self {
             host_id: host_id.into(),
             epoch: Uuid::new_v4(),
@@ -47,17 +47,17 @@ impl Stamp {
     }
 
     /// The host id.
-    pub fn host_id(&self) -> &str {
+    pub(crate) fn host_id(&self) -> &str {
         &self.host_id
     }
 
     /// This agent's epoch.
-    pub fn epoch(&self) -> Uuid {
+    pub(crate) fn epoch(&self) -> Uuid {
         self.epoch
     }
 
     /// The last sequence number given to an event.
-    pub fn last_seq(&self) -> u64 {
+    pub(crate) fn last_seq(&self) -> u64 {
         self.seq.load(Ordering::SeqCst)
     }
 
@@ -66,7 +66,7 @@ impl Stamp {
     }
 
     /// A bridge event as the protocol event it is published as, numbered next.
-    pub fn event(&self, ev: ObjectEvent) -> Event {
+    pub(crate) fn event(&self, ev: ObjectEvent) -> Event {
         Event {
             host_id: self.host_id.clone(),
             epoch: self.epoch,
@@ -83,7 +83,7 @@ impl Stamp {
 
     /// `agent.online` (with the inventory, stamped with this event's
     /// number) or `agent.offline`, numbered next.
-    pub fn announcement(
+    pub(crate) fn announcement(
         &self,
         action: EventAction,
         time: Timestamp,
@@ -113,13 +113,13 @@ impl Stamp {
 
     /// Stamps a `host.snapshot` inventory with the epoch and the last event
     /// number it reflects.
-    pub fn inventory(&self, inv: &mut Inventory) {
+    pub(crate) fn inventory(&self, inv: &mut Inventory) {
         inv.epoch = Some(self.epoch);
         inv.seq = self.last_seq();
     }
 
     /// A heartbeat with the last event number.
-    pub fn heartbeat(&self, p: Presence, health: Health, load: Load) -> Heartbeat {
+    pub(crate) fn heartbeat(&self, p: Presence, health: Health, load: Load) -> Heartbeat {
         Heartbeat {
             host_id: self.host_id.clone(),
             epoch: self.epoch,
@@ -138,7 +138,7 @@ impl Stamp {
     }
 
     /// A roster announcement.
-    pub fn roster(
+    pub(crate) fn roster(
         &self,
         p: Presence,
         action: RosterAction,

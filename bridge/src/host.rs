@@ -84,7 +84,7 @@ impl Inner {
 
     pub(crate) fn ping(&self, r: Ping) -> Pong {
         Pong {
-            host_id: self.config.host_id.clone(),
+            host_id: self.config().host_id.clone(),
             time: now_ms(),
             echo: r.echo,
         }
@@ -96,9 +96,9 @@ impl Inner {
         let node = self.lv(&h, conn.node_info())?;
         let caps = self.caps_facts(&conn)?;
         let rec = HostRecord {
-            host_id: self.config.host_id.clone(),
+            host_id: self.config().host_id.clone(),
             hostname: conn.hostname().unwrap_or_default(),
-            uri: self.conn.uri().to_owned(),
+            uri: self.connection().uri().to_owned(),
             hypervisor: conn.driver_type().unwrap_or_default(),
             hypervisor_version: conn.hyp_version().map(version_string).unwrap_or_default(),
             libvirt_version: conn.lib_version().map(version_string).unwrap_or_default(),
@@ -215,7 +215,7 @@ impl Inner {
             }
         }
         let live: HashSet<String> = vms.iter().map(|v| v.uuid.to_string()).collect();
-        for id in self.observer.existing(ObjectClass::Vm) {
+        for id in self.observer().existing(ObjectClass::Vm) {
             if !live.contains(&id) {
                 self.refresh_vm_by_uuid(&id, None)?;
             }
@@ -228,14 +228,14 @@ impl Inner {
             }
         }
         let pool_names: HashSet<&str> = pools.iter().map(|(_, r)| r.name.as_str()).collect();
-        for id in self.observer.existing(ObjectClass::Pool) {
+        for id in self.observer().existing(ObjectClass::Pool) {
             if !pool_names.contains(id.as_str()) {
                 self.refresh_pool(&id)?;
             }
         }
         let networks = self.all_networks(&conn)?;
         let net_names: HashSet<&str> = networks.iter().map(|n| n.name.as_str()).collect();
-        for id in self.observer.existing(ObjectClass::Network) {
+        for id in self.observer().existing(ObjectClass::Network) {
             if !net_names.contains(id.as_str()) {
                 self.refresh_network(&id)?;
             }
@@ -250,7 +250,7 @@ impl Inner {
             pools: pools.into_iter().map(|(_, r)| r).collect(),
             volumes,
             networks,
-            tasks: self.tasks.list(None),
+            tasks: self.tasks().list(None),
         })
     }
 }

@@ -24,17 +24,51 @@ use crate::observe::{Observed, Observer};
 use crate::tasks::{Progress, TaskTable};
 
 pub(crate) struct Inner {
-    pub(crate) config: Config,
-    pub(crate) conn: Conn,
-    pub(crate) observer: Observer,
-    pub(crate) locks: LockTable,
-    pub(crate) tasks: TaskTable,
+    config: Config,
+    conn: Conn,
+    observer: Observer,
+    locks: LockTable,
+    tasks: TaskTable,
     /// Operations in progress per VM uuid.
-    pub(crate) current_ops: Mutex<HashMap<Uuid, Vec<CurrentOperation>>>,
+    current_ops: Mutex<HashMap<Uuid, Vec<CurrentOperation>>>,
     /// Whether the first full scan (without events) has been made.
-    pub(crate) baseline: AtomicBool,
-    pub(crate) stop: AtomicBool,
-    pub(crate) wake: (Mutex<()>, Condvar),
+    baseline: AtomicBool,
+    stop: AtomicBool,
+    wake: (Mutex<()>, Condvar),
+}
+
+/// The parts of the state other modules use, each through the methods of
+/// the module that owns it (`config`, `conn`, `observe`, `locks`, `tasks`);
+/// current operations and the worker threads' stop flag only through
+/// `Inner`'s own methods.
+impl Inner {
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn connection(&self) -> &Conn {
+        &self.conn
+    }
+
+    pub(crate) fn observer(&self) -> &Observer {
+        &self.observer
+    }
+
+    pub(crate) fn locks(&self) -> &LockTable {
+        &self.locks
+    }
+
+    pub(crate) fn tasks(&self) -> &TaskTable {
+        &self.tasks
+    }
+
+    /// Tells the event worker and the reconciliation loop to stop, and
+    /// wakes them.
+    pub(crate) fn stop_workers(&self) {
+        let _guard = lock(&self.wake.0);
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake.1.notify_all();
+    }
 }
 
 impl Inner {

@@ -31,7 +31,6 @@ mod tasks;
 mod vm;
 mod xml;
 
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -104,7 +103,7 @@ pub struct Bridge {
 impl std::fmt::Debug for Bridge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bridge")
-            .field("config", &self.inner.config)
+            .field("config", &self.inner.config())
             .finish_non_exhaustive()
     }
 }
@@ -147,7 +146,7 @@ impl Bridge {
     /// target (the catalogue says which object each command works on).
     pub fn take_turn(&self, request: &Planned) -> Option<Turn> {
         let keys = request.lock_keys();
-        (!keys.is_empty()).then(|| self.inner.locks.enqueue_all(keys))
+        (!keys.is_empty()).then(|| self.inner.locks().enqueue_all(keys))
     }
 
     /// Validates and runs one command synchronously, taking its turn now.
@@ -164,7 +163,7 @@ impl Bridge {
         ctx: &CallContext,
         turn: Option<Turn>,
     ) -> Result<AnyResponse, Error> {
-        let progress = Progress::untracked(self.inner.config.step_pause)
+        let progress = Progress::untracked(self.inner.config().step_pause)
             .with_deadline(request.plan().command, ctx.deadline);
         self.inner.execute(request, &progress, ctx.command_id, turn)
     }
@@ -186,37 +185,37 @@ impl Bridge {
         turn: Option<Turn>,
     ) -> Result<TaskRecord, Error> {
         let id = ctx.command_id;
-        if let Ok(existing) = self.inner.tasks.get(id) {
+        if let Ok(existing) = self.inner.tasks().get(id) {
             return Ok(existing);
         }
         let plan = request.plan();
         let (record, cancel) =
             self.inner
-                .tasks
+                .tasks()
                 .create(id, plan.command, plan.object(), plan.run.cancellable());
         self.inner
-            .observer
+            .observer()
             .task_event(EventAction::Created, record.clone());
         let inner = self.inner.clone();
         let progress = {
             let inner2 = inner.clone();
-            Progress::new(id, cancel, inner.config.step_pause).with_report(Arc::new(move |pct| {
-                if let Some(t) = inner2.tasks.progress(id, pct) {
-                    inner2.observer.task_event(EventAction::Progress, t);
+            Progress::new(id, cancel, inner.config().step_pause).with_report(Arc::new(move |pct| {
+                if let Some(t) = inner2.tasks().progress(id, pct) {
+                    inner2.observer().task_event(EventAction::Progress, t);
                 }
             }))
         };
         std::thread::Builder::new()
             .name("hostbus-task".into())
             .spawn(move || {
-                if let Some(t) = inner.tasks.running(id) {
-                    inner.observer.task_event(EventAction::Progress, t);
+                if let Some(t) = inner.tasks().running(id) {
+                    inner.observer().task_event(EventAction::Progress, t);
                 }
                 let result = inner
                     .execute(request, &progress, id, turn)
                     .map(AnyResponse::into_record);
-                if let Some(t) = inner.tasks.finish(id, result) {
-                    inner.observer.task_event(EventAction::Finished, t);
+                if let Some(t) = inner.tasks().finish(id, result) {
+                    inner.observer().task_event(EventAction::Finished, t);
                 }
             })
             .map_err(|e| Error::internal(format!("cannot start a task thread: {e}")))?;
@@ -237,7 +236,7 @@ impl Bridge {
     /// awaits, say an async runtime's unbounded channel) and returns
     /// `false` to end the subscription.
     pub fn subscribe_with(&self, deliver: Deliver) {
-        self.inner.observer.subscribe(deliver);
+        self.inner.observer().subscribe(deliver);
     }
 
     /// Cleans up what an interrupted run of `request` left behind, before
@@ -268,12 +267,12 @@ impl Bridge {
 
     /// Health of the hypervisor connection.
     pub fn health(&self) -> HealthReport {
-        self.inner.conn.health()
+        self.inner.connection().health()
     }
 
     /// Tasks not yet finished.
     pub fn running_tasks(&self) -> usize {
-        self.inner.tasks.running_count()
+        self.inner.tasks().running_count()
     }
 
     /// Operations waiting for or holding the lock of the busiest object a
@@ -282,7 +281,7 @@ impl Bridge {
         request
             .lock_keys()
             .iter()
-            .map(|k| (self.inner.locks.depth(k), Some(k.as_str())))
+            .map(|k| (self.inner.locks().depth(k), Some(k.as_str())))
             .max_by_key(|(depth, _)| *depth)
             .unwrap_or((0, None))
     }
@@ -296,21 +295,17 @@ impl Bridge {
 
     /// The configuration.
     pub fn config(&self) -> &Config {
-        &self.inner.config
+        self.inner.config()
     }
 
     /// Stops the background threads and closes the connection. Running
     /// tasks finish on their own threads.
     pub fn shutdown(&self) {
-        {
-            let _guard = lock(&self.inner.wake.0);
-            self.inner.stop.store(true, Ordering::SeqCst);
-            self.inner.wake.1.notify_all();
-        }
+        self.inner.stop_workers();
         for t in lock(&self.threads).drain(..) {
             let _ = t.join();
         }
-        self.inner.conn.close();
+        self.inner.connection().close();
     }
 }
 

@@ -206,7 +206,7 @@ impl Inner {
                 name: name.clone(),
             });
             // Through `execute`, so the volume's lock is taken as for any delete.
-            let progress = Progress::untracked(self.config.step_pause);
+            let progress = Progress::untracked(self.config().step_pause);
             let result = Planned::new(delete)
                 .and_then(|delete| self.execute(delete, &progress, Uuid::new_v4(), None));
             match result {

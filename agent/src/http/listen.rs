@@ -16,7 +16,7 @@ use super::{router, HttpBinding};
 
 /// Who is at the other end of a connection.
 #[derive(Debug, Clone)]
-pub enum Remote {
+pub(crate) enum Remote {
     /// A Unix socket peer, by its credentials (`None`: unknown).
     Unix {
         /// Its uid.
@@ -71,13 +71,13 @@ fn bind_socket(s: &SocketSettings) -> io::Result<UnixListener> {
 }
 
 /// The binding's listeners, bound.
-pub struct Listeners {
+pub(crate) struct Listeners {
     unix: Option<(UnixListener, PathBuf)>,
     tcp: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
 }
 
 /// Binds where `settings` say; fails if a listener cannot be set up.
-pub async fn bind(settings: &HttpSettings) -> io::Result<Listeners> {
+pub(crate) async fn bind(settings: &HttpSettings) -> io::Result<Listeners> {
     let unix = match &settings.socket {
         Some(s) => {
             let listener = bind_socket(s).map_err(|e| {
@@ -103,7 +103,7 @@ pub async fn bind(settings: &HttpSettings) -> io::Result<Listeners> {
 }
 
 /// Serves the binding on `listeners` until the task is dropped.
-pub async fn serve(binding: Arc<HttpBinding>, listeners: Listeners) -> io::Result<()> {
+pub(crate) async fn serve(binding: Arc<HttpBinding>, listeners: Listeners) -> io::Result<()> {
     let app = router(binding);
     let mut servers = tokio::task::JoinSet::new();
     if let Some((listener, path)) = listeners.unix {

@@ -37,10 +37,10 @@ use crate::config::{HttpSettings, PeerRoles};
 use crate::dispatch::{Caller, Dispatcher, Handled, Head, Request};
 use crate::feed::Feed;
 
-pub use listen::{bind, serve, Listeners, Remote};
+pub(crate) use listen::{bind, serve, Remote};
 
 /// What the binding serves with.
-pub struct HttpBinding {
+pub(crate) struct HttpBinding {
     dispatcher: Arc<Dispatcher>,
     feed: Arc<Feed>,
     heartbeat: Box<dyn Fn() -> Heartbeat + Send + Sync>,
@@ -56,7 +56,7 @@ pub struct HttpBinding {
 impl HttpBinding {
     /// A binding over the agent's dispatcher and feed; `heartbeat` says
     /// how the host is now; at most `concurrency` commands run at once.
-    pub fn new(
+    pub(crate) fn new(
         dispatcher: Arc<Dispatcher>,
         feed: Arc<Feed>,
         heartbeat: Box<dyn Fn() -> Heartbeat + Send + Sync>,
@@ -78,7 +78,7 @@ impl HttpBinding {
 
     /// Stops taking commands and waits up to `bound` for those running;
     /// whether they all finished. Later commands get `HOST_UNAVAILABLE`.
-    pub async fn drain(&self, bound: std::time::Duration) -> bool {
+    pub(crate) async fn drain(&self, bound: std::time::Duration) -> bool {
         let all = tokio::time::timeout(bound, self.permits.acquire_many(self.concurrency)).await;
         self.permits.close();
         matches!(all, Ok(Ok(_)))
@@ -107,7 +107,7 @@ impl HttpBinding {
 }
 
 /// The binding's routes.
-pub fn router(binding: Arc<HttpBinding>) -> Router {
+pub(crate) fn router(binding: Arc<HttpBinding>) -> Router {
     Router::new()
         .route("/v1/commands/{command}", post(command))
         .route("/v1/events", get(events::events))

@@ -199,7 +199,7 @@ impl Inner {
                 format_args!("this host runs no {arch} guests"),
             ))
         })?;
-        let domain_type = match self.config.domain_type {
+        let domain_type = match self.config().domain_type {
             DomainType::Auto if types.iter().any(|t| t == "kvm") => "kvm",
             DomainType::Auto => types.first().map_or("qemu", String::as_str),
             wanted => {
@@ -288,7 +288,7 @@ impl Inner {
             boot: &spec.boot,
             cpu_mode,
             console_log: self
-                .config
+                .config()
                 .console_log_dir
                 .as_ref()
                 .map(|dir| format!("{}/{}-serial0.log", dir.trim_end_matches('/'), spec.name)),

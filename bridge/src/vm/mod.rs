@@ -134,7 +134,7 @@ impl Inner {
 
     /// Reads a VM's record from libvirt, without observing it.
     pub(crate) fn vm_raw(&self, dom: &Domain) -> Result<RawVm, Error> {
-        let ticket = self.observer.ticket();
+        let ticket = self.observer().ticket();
         let id = dom.get_uuid_string_lossy();
         let subject = Subject::vm(&id, "get");
         let mut facts = xml::parse_domain(&self.lv(&subject, dom.xml_desc(0))?)?;
@@ -214,7 +214,7 @@ impl Inner {
     }
 
     pub(crate) fn vm_gone(&self, uuid: &str) {
-        for snap in self.observer.existing(ObjectClass::Snapshot) {
+        for snap in self.observer().existing(ObjectClass::Snapshot) {
             if snap.starts_with(uuid) {
                 self.gone(ObjectClass::Snapshot, &snap);
             }
