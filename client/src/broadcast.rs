@@ -10,10 +10,11 @@ use hostbus_protocol::{Command, HeaderValue};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::client::{decode_reply, response, Client, Mode, Pending};
+use crate::client::{Client, Mode, Pending};
 use crate::config::CallOptions;
 use crate::connection::probe;
 use crate::error::{ClientError, ErrorKind};
+use crate::reply::{decode_reply, response};
 
 /// How long a broadcast waits before asking the broker whether the alive
 /// hosts that have not answered still have a consumer, and how often after.

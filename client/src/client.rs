@@ -11,9 +11,7 @@ use futures_lite::StreamExt;
 use hostbus_amqp::{from_lapin, to_lapin};
 use hostbus_protocol::names::{Target, COMMAND_EXCHANGE, DIRECT_REPLY_TO};
 use hostbus_protocol::types::TaskRecord;
-use hostbus_protocol::{
-    decode, encode, now_ms, AmqpProperties, Command, ContentType, Envelope, Reply,
-};
+use hostbus_protocol::{encode, now_ms, Command, Envelope, Reply};
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection};
@@ -24,17 +22,8 @@ use crate::config::{CallOptions, ClientConfig};
 use crate::connection::{lock, Connector};
 use crate::error::{ClientError, ErrorKind};
 use crate::presence::Presence;
+use crate::reply::{decode_reply, response, RawReply};
 use crate::socket::Socket;
-
-/// Largest reply the client accepts.
-pub(crate) const MAX_REPLY: usize = 64 << 20;
-
-/// A raw reply: its properties and body.
-#[derive(Debug, Clone)]
-pub(crate) struct RawReply {
-    pub(crate) props: AmqpProperties,
-    pub(crate) body: Vec<u8>,
-}
 
 /// A call or broadcast waiting for replies.
 pub(crate) enum Pending {
@@ -595,32 +584,4 @@ fn check_confirm(target: &Target, confirm: Confirmation) -> Result<(), ClientErr
         )),
         _ => Ok(()),
     }
-}
-
-/// The response of a synchronous call's reply, or its error.
-pub(crate) fn response<C: Command>(reply: Reply<C::Response>) -> Result<C::Response, ClientError> {
-    match reply {
-        Reply::Ok(v) => Ok(v),
-        Reply::Error(e) => Err(e.into()),
-        Reply::Task(t) => Err(ClientError::new(
-            ErrorKind::Internal,
-            format!(
-                "{} answered with task {} to a synchronous call",
-                C::NAME,
-                t.id
-            ),
-        )),
-    }
-}
-
-/// A reply's body as command `C`'s reply.
-pub(crate) fn decode_reply<C: Command>(raw: &RawReply) -> Result<Reply<C::Response>, ClientError> {
-    let ct = ContentType::parse(raw.props.content_type.as_deref())
-        .map_err(|e| ClientError::new(ErrorKind::Internal, e.to_string()))?;
-    decode(ct, &raw.body, MAX_REPLY).map_err(|e| {
-        ClientError::new(
-            ErrorKind::Internal,
-            format!("undecodable reply to {}: {e}", C::NAME),
-        )
-    })
 }

@@ -46,6 +46,7 @@ mod error;
 mod events;
 mod handles;
 mod presence;
+mod reply;
 mod socket;
 mod sse;
 mod stream;

@@ -28,9 +28,9 @@ use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use uuid::Uuid;
 
-use crate::client::{decode_reply, RawReply, MAX_REPLY};
 use crate::connection::lock;
 use crate::error::{ClientError, ErrorKind};
+use crate::reply::{decode_reply, RawReply, MAX_REPLY};
 
 /// The path of the host's heartbeat.
 const HEARTBEAT: &str = "/v1/heartbeat";

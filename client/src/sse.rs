@@ -11,7 +11,7 @@
 
 /// The longest line or message kept (a longer one is dropped whole): the
 /// same bound as a reply's.
-const LIMIT: usize = crate::client::MAX_REPLY;
+const LIMIT: usize = crate::reply::MAX_REPLY;
 
 /// One message: its `event` field (`message` when it had none) and its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
