@@ -18,9 +18,9 @@
 //! * Helpers every suite shares instead of rewriting them: typed calls over
 //!   a peer ([`call_as`], [`call_in`], [`ok`], [`error_of`]), agents
 //!   started and waited for ([`spawn_online`], [`next_online`]), specs and
-//!   by-name requests ([`small_vm`], [`new_disk`], [`named`], ...; protocol
-//!   types only, so the bridge's and protocol's tests include that file by
-//!   path), queue and exchange declarations ([`declare_queue`],
+//!   by-name requests ([`small_vm`], [`new_disk`], [`named`], ...: the
+//!   test kit's, re-exported; the bridge's and protocol's tests take
+//!   `hostbus-testkit` itself), queue and exchange declarations ([`declare_queue`],
 //!   [`declare_topic`], [`consume_no_ack`]), one `hostctl` runner
 //!   ([`Hostctl`], which can say which of [`hostctl_verbs`] a suite did not
 //!   run), the hostctl tour of one host that the broker and socket suites
@@ -72,7 +72,6 @@ mod qemu;
 mod rabbit;
 mod raw;
 pub mod sdk;
-mod specs;
 pub mod tour;
 
 pub use agent::{
@@ -88,6 +87,10 @@ pub use calls::{
     REPLY_LIMIT,
 };
 pub use error::{ErrorKind, HarnessError, Result};
+pub use hostbus_testkit::{
+    named, nat_network, new_disk, new_disk_in, pool_name, small_vm, snapshot_ref, virtio_nic,
+    volume_disk, volume_key,
+};
 pub use hostctl::{hostctl_binary, hostctl_verbs, CtlOutput, Hostctl};
 pub use http::{HttpPeer, HttpReply, SseMessage, SseStream};
 pub use not_a_broker::{Behaviour, NotABroker};
@@ -104,8 +107,4 @@ pub use qemu::{
 pub use rabbit::{RabbitNode, TlsListener, EXTERNAL_URL_ENV, RABBITMQ_BIN_DIR_ENV, START_TIMEOUT};
 pub use raw::{
     long_str, nested_table, short_str, table, RawOutcome, RawProperties, RawProperty, RawPublisher,
-};
-pub use specs::{
-    named, nat_network, new_disk, new_disk_in, pool_name, small_vm, snapshot_ref, virtio_nic,
-    volume_disk, volume_key,
 };
