@@ -30,8 +30,11 @@
 //! * [`NotABroker`]: a local server that accepts TCP connections and is
 //!   not a broker (silent, answering garbage, closing at once), for what a
 //!   failed connection attempt must leave behind: nothing.
-//! * [`QemuHost`]: the real hypervisor of the QEMU suite (libvirtd and a
-//!   tiny guest from `scripts/qemu-setup`), its gate and its libvirtd.
+//! * [`QemuHost`]: the real hypervisor of the QEMU suites (libvirtd and a
+//!   tiny guest from `scripts/qemu-setup`), its gate and its libvirtd;
+//!   [`qemu_bench`]: what those suites share (a bench of hypervisor,
+//!   broker, agent and SDK client, the host's events, the guest's console,
+//!   the turns they take).
 //!
 //! Process management blocks. Called from a multi-threaded tokio runtime
 //! (`#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`), the
@@ -69,6 +72,7 @@ mod online;
 mod pki;
 mod process;
 mod qemu;
+pub mod qemu_bench;
 mod rabbit;
 mod raw;
 pub mod sdk;

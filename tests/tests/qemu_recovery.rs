@@ -1,0 +1,225 @@
+//! Faults on a real hypervisor (QEMU under TCG, libvirtd), through a real
+//! agent and the SDK: an agent killed during a burst of definitions answers
+//! each and defines one VM each, and a libvirtd restart shows in the
+//! host's health and loses no change.
+//!
+//! Needs what `scripts/qemu-setup` prepares (scripts/test runs it): without
+//! its environment the suite says so and does not run, except where it is
+//! required (`HOSTBUS_QEMU_REQUIRED` or `CI`), where that is a failure
+//! (`hostbus_tests::QemuHost::from_env`). The real-hypervisor tests share
+//! one libvirtd, so they take turns: within this binary on
+//! `hostbus_tests::qemu_bench::TURNS`; the `qemu_*` binaries never run at
+//! once, as `cargo test` and scripts/test's first phase run test binaries
+//! one after another.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use hostbus_client::protocol::types::{
+    DiskBus, DiskDevice, DiskSource, DiskSpec, HealthStatus, ObjectClass, PowerState, VmRecord,
+};
+use hostbus_client::protocol::{ErrorCode, EventAction};
+use hostbus_tests::qemu_bench::{
+    code, console, console_log, type_on_console, volume_names, Bench, StartLibvirtdOnDrop, BOOTED,
+    HOST, MIB, TURNS,
+};
+use hostbus_tests::{Hostctl, QEMU_PREFIX};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_during_a_define_burst_answers_each_and_defines_one_vm_each() {
+    let _turn = TURNS.lock().await;
+    // Two at a time, each step of a definition 300 ms long (its volume,
+    // then the vm), so the kill lands in the middle of some.
+    let Some(mut b) = Bench::start_with(
+        120_000,
+        &[
+            ("HOSTBUS_CONCURRENCY", "2"),
+            ("HOSTBUS_STEP_PAUSE_MS", "300"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let pool = format!("{QEMU_PREFIX}burst");
+    b.pool(&pool).await;
+    let host = b.host();
+    let mut ev = b.events().await;
+
+    // Eight definitions, each creating a volume; the agent dies while they run.
+    let names: Vec<String> = (0..8).map(|i| format!("{QEMU_PREFIX}burst-{i}")).collect();
+    let calls: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let host = host.clone();
+            let mut spec = b.guest(n, vec![], "");
+            spec.disks = vec![DiskSpec {
+                target: "vda".into(),
+                source: DiskSource::NewVolume {
+                    pool: pool.clone(),
+                    capacity_bytes: 16 * MIB,
+                },
+                bus: DiskBus::Virtio,
+                format: None,
+                read_only: false,
+                device: DiskDevice::Disk,
+            }];
+            tokio::spawn(async move { host.define_vm(spec).await })
+        })
+        .collect();
+    ev.next_matching(Duration::from_secs(60), "a first definition", |e| {
+        e.class == ObjectClass::Vm && e.action == EventAction::Defined
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    b.agent.kill().expect("SIGKILL");
+    let killed = Instant::now();
+    b.agent.restart().expect("restart on the same journal");
+    b.wait_serving().await;
+    println!("agent back {:?} after SIGKILL", killed.elapsed());
+
+    // Every call is answered, with the one VM that stands for it.
+    let mut answers: BTreeMap<String, VmRecord> = BTreeMap::new();
+    for (name, call) in names.iter().zip(calls) {
+        let vm = call
+            .await
+            .expect("join")
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", b.agent.log_tail(60)));
+        assert_eq!(&vm.name, name);
+        answers.insert(name.clone(), vm);
+    }
+    let vms = host.vms(None).await.expect("vm.list");
+    for (name, answer) in &answers {
+        let now: Vec<&VmRecord> = vms.iter().filter(|v| &v.name == name).collect();
+        assert_eq!(now.len(), 1, "{name} is defined exactly once");
+        assert_eq!(
+            now[0].uuid, answer.uuid,
+            "{name}: the answer is the vm that stands"
+        );
+        assert_eq!(now[0].disks.len(), 1, "{name}");
+    }
+    // libvirtd holds the state: no volume without its vm, none twice.
+    let mut volumes = volume_names(&host.pool(&pool)).await;
+    volumes.sort();
+    let mut expected: Vec<String> = names.iter().map(|n| format!("{n}-vda.qcow2")).collect();
+    expected.sort();
+    assert_eq!(volumes, expected);
+    let log = b.agent.log();
+    let second = log
+        .split("=== hostbus-tests: start #2")
+        .nth(1)
+        .unwrap_or_default();
+    let interrupted = second
+        .matches("command was interrupted before it finished")
+        .count();
+    println!(
+        "after the restart: {interrupted} interrupted commands re-run, {} answered from the journal",
+        second.matches("duplicate command answered from the journal").count()
+    );
+    assert!(
+        interrupted >= 1,
+        "the kill must hit running definitions\n{}",
+        b.agent.log_tail(60)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_libvirtd_restart_is_seen_in_health_and_loses_no_change() {
+    // Reconciliation every second: it is what reconnects and catches up.
+
+    let Some((_turn, b, host, mut ev)) = Bench::turn_watched(1_000).await else {
+        return;
+    };
+    let presence = b.client.presence().await.expect("presence");
+    let health = || {
+        presence
+            .hosts()
+            .into_iter()
+            .find(|h| h.host_id == HOST)
+            .map(|h| h.health.status)
+    };
+    let wait_health = |want: HealthStatus| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while health() != Some(want) {
+            assert!(
+                Instant::now() < deadline,
+                "health is {:?}, not {want}",
+                health()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    wait_health(HealthStatus::Ok).await;
+
+    // This one through hostctl, as an operator would.
+    let name = format!("{QEMU_PREFIX}restart");
+    let _ = std::fs::remove_file(format!("/var/log/libvirt/qemu/{name}-serial0.log"));
+    let created = Hostctl::new(&b.url).json(&[
+        "vm",
+        "create",
+        HOST,
+        "--name",
+        &name,
+        "--memory",
+        "192",
+        "--kernel",
+        b.q.kernel.to_str().expect("utf-8"),
+        "--initrd",
+        b.q.initrd.to_str().expect("utf-8"),
+        "--cmdline",
+        "console=ttyS0",
+        "--cpu-mode",
+        "maximum",
+        "--start",
+    ]);
+    let vm: VmRecord = serde_json::from_value(created).expect("a vm record");
+    assert_eq!(vm.power_state, PowerState::Running);
+    assert_eq!(vm.boot.cmdline.as_deref(), Some("console=ttyS0"));
+    let h = host.vm(vm.uuid);
+    let running = h.get().await.expect("get");
+    console(&running, BOOTED, 1, Duration::from_secs(60));
+    let before = ev
+        .vm(&vm, EventAction::Started, Duration::from_secs(10))
+        .await;
+    let where_ = Hostctl::new(&b.url).json(&["vm", "console", &format!("{HOST}/{name}")]);
+    assert_eq!(where_["log_path"].as_str(), Some(console_log(&vm).as_str()));
+    assert!(
+        where_["attach"]
+            .as_str()
+            .is_some_and(|a| a.contains("virsh")),
+        "{where_}"
+    );
+
+    // libvirtd goes away: health goes down, commands say the host is unavailable.
+    let mut restart = StartLibvirtdOnDrop(true, b.q.clone());
+    b.q.stop_libvirtd().expect("stop libvirtd");
+    wait_health(HealthStatus::Down).await;
+    assert_eq!(code(h.get().await), ErrorCode::HostUnavailable);
+
+    // Meanwhile the guest powers itself off (typed on its serial console);
+    // nobody is connected to tell.
+    let pty = where_["pty"]
+        .as_str()
+        .expect("the console's pty")
+        .to_owned();
+    type_on_console(&running, &pty, "poweroff", "reboot: Power down");
+
+    // libvirtd is back: health recovers and the missed change is an event.
+    b.q.start_libvirtd().expect("start libvirtd");
+    restart.0 = false;
+    wait_health(HealthStatus::Ok).await;
+    let stopped = ev
+        .vm(&vm, EventAction::Stopped, Duration::from_secs(30))
+        .await;
+    assert!(stopped.generation > before.generation);
+    assert_eq!(h.get().await.expect("get").power_state, PowerState::Halted);
+
+    // Events go on as before.
+    h.undefine(false).await.expect("undefine");
+    let gone = ev
+        .next_matching(Duration::from_secs(10), "vm.undefined", |e| {
+            e.object_id == vm.uuid.to_string() && e.action == EventAction::Undefined
+        })
+        .await;
+    assert!(gone.generation > stopped.generation);
+}
