@@ -24,7 +24,8 @@
 //!   [`declare_topic`], [`consume_no_ack`]), one `hostctl` runner
 //!   ([`Hostctl`], which can say which of [`hostctl_verbs`] a suite did not
 //!   run), the hostctl tour of one host that the broker and socket suites
-//!   share ([`tour`]) and the SDK calls of the suites ([`sdk`]).
+//!   share ([`tour`]), the SDK calls of the suites ([`sdk`]) and the steps
+//!   the fault suites share ([`faults`]).
 //! * [`HttpPeer`]: the agent's HTTP binding on its Unix socket, raw
 //!   (status, headers, body, server-sent events); [`Pki`]: test certificates.
 //! * [`NotABroker`]: a local server that accepts TCP connections and is
@@ -65,6 +66,7 @@ mod agent;
 mod amqp;
 mod calls;
 mod error;
+pub mod faults;
 mod hostctl;
 mod http;
 mod not_a_broker;
