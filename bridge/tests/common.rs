@@ -11,12 +11,10 @@ use hostbus_protocol::types::{PowerState, VmRecord, VmSpec};
 use hostbus_protocol::{Command, Error, ErrorCode};
 use uuid::Uuid;
 
-/// The disk, NIC, network and VM builders of tests/src/specs.rs (protocol
-/// types only), shared with hostbus-tests and the protocol's tests.
-#[path = "../../tests/src/specs.rs"]
-mod specs;
+/// The disk, NIC, network and VM builders of the test kit (protocol types
+/// only), shared with hostbus-tests and the protocol's tests.
 #[allow(unused_imports)]
-pub use specs::{
+pub use hostbus_testkit::{
     named, nat_network, new_disk_in, pool_name, snapshot_ref, virtio_nic, volume_disk, volume_key,
 };
 

@@ -1,6 +1,6 @@
 //! Disks backed by volumes, volumes in use, boot options, CPU modes and
 //! consoles, on the test driver (issue 15's findings that do not need a
-//! real hypervisor; tests/tests/qemu.rs has the rest on QEMU).
+//! real hypervisor; tests/tests/qemu_*.rs have the rest on QEMU).
 
 mod common;
 

@@ -20,14 +20,8 @@ use hostbus_protocol::{
     decode, encode, Announcement, ContentType, Error, Event, EventAction, Heartbeat, Reply,
     RosterAction,
 };
+use hostbus_testkit::virtio_nic;
 use uuid::Uuid;
-
-/// The disk, NIC, network and VM builders of tests/src/specs.rs, shared
-/// with the bridge's tests and hostbus-tests.
-#[allow(dead_code, unreachable_pub)]
-#[path = "../../tests/src/specs.rs"]
-mod specs;
-use specs::virtio_nic;
 
 fn bless() -> bool {
     std::env::var_os("HOSTBUS_BLESS").is_some()

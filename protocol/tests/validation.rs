@@ -6,14 +6,8 @@ use hostbus_protocol::types::{
     NetworkSpec, NicModel, NicSpec, PoolKind, PoolSpec, VmSpec, VolumeRef, VolumeSpec,
 };
 use hostbus_protocol::{Error, ErrorCode, Validate};
+use hostbus_testkit::{nat_network, virtio_nic};
 use uuid::Uuid;
-
-/// The disk, NIC, network and VM builders of tests/src/specs.rs, shared
-/// with the bridge's tests and hostbus-tests.
-#[allow(dead_code, unreachable_pub)]
-#[path = "../../tests/src/specs.rs"]
-mod specs;
-use specs::{nat_network, virtio_nic};
 
 fn vm_spec() -> VmSpec {
     VmSpec {

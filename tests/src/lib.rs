@@ -18,20 +18,24 @@
 //! * Helpers every suite shares instead of rewriting them: typed calls over
 //!   a peer ([`call_as`], [`call_in`], [`ok`], [`error_of`]), agents
 //!   started and waited for ([`spawn_online`], [`next_online`]), specs and
-//!   by-name requests ([`small_vm`], [`new_disk`], [`named`], ...; protocol
-//!   types only, so the bridge's and protocol's tests include that file by
-//!   path), queue and exchange declarations ([`declare_queue`],
+//!   by-name requests ([`small_vm`], [`new_disk`], [`named`], ...: the
+//!   test kit's, re-exported; the bridge's and protocol's tests take
+//!   `hostbus-testkit` itself), queue and exchange declarations ([`declare_queue`],
 //!   [`declare_topic`], [`consume_no_ack`]), one `hostctl` runner
 //!   ([`Hostctl`], which can say which of [`hostctl_verbs`] a suite did not
 //!   run), the hostctl tour of one host that the broker and socket suites
-//!   share ([`tour`]) and the SDK calls of the suites ([`sdk`]).
+//!   share ([`tour`]), the SDK calls of the suites ([`sdk`]) and the steps
+//!   the fault suites share ([`faults`]).
 //! * [`HttpPeer`]: the agent's HTTP binding on its Unix socket, raw
 //!   (status, headers, body, server-sent events); [`Pki`]: test certificates.
 //! * [`NotABroker`]: a local server that accepts TCP connections and is
 //!   not a broker (silent, answering garbage, closing at once), for what a
 //!   failed connection attempt must leave behind: nothing.
-//! * [`QemuHost`]: the real hypervisor of the QEMU suite (libvirtd and a
-//!   tiny guest from `scripts/qemu-setup`), its gate and its libvirtd.
+//! * [`QemuHost`]: the real hypervisor of the QEMU suites (libvirtd and a
+//!   tiny guest from `scripts/qemu-setup`), its gate and its libvirtd;
+//!   [`qemu_bench`]: what those suites share (a bench of hypervisor,
+//!   broker, agent and SDK client, the host's events, the guest's console,
+//!   the turns they take).
 //!
 //! Process management blocks. Called from a multi-threaded tokio runtime
 //! (`#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`), the
@@ -62,6 +66,7 @@ mod agent;
 mod amqp;
 mod calls;
 mod error;
+pub mod faults;
 mod hostctl;
 mod http;
 mod not_a_broker;
@@ -69,10 +74,10 @@ mod online;
 mod pki;
 mod process;
 mod qemu;
+pub mod qemu_bench;
 mod rabbit;
 mod raw;
 pub mod sdk;
-mod specs;
 pub mod tour;
 
 pub use agent::{
@@ -88,6 +93,10 @@ pub use calls::{
     REPLY_LIMIT,
 };
 pub use error::{ErrorKind, HarnessError, Result};
+pub use hostbus_testkit::{
+    named, nat_network, new_disk, new_disk_in, pool_name, small_vm, snapshot_ref, virtio_nic,
+    volume_disk, volume_key,
+};
 pub use hostctl::{hostctl_binary, hostctl_verbs, CtlOutput, Hostctl};
 pub use http::{HttpPeer, HttpReply, SseMessage, SseStream};
 pub use not_a_broker::{Behaviour, NotABroker};
@@ -104,8 +113,4 @@ pub use qemu::{
 pub use rabbit::{RabbitNode, TlsListener, EXTERNAL_URL_ENV, RABBITMQ_BIN_DIR_ENV, START_TIMEOUT};
 pub use raw::{
     long_str, nested_table, short_str, table, RawOutcome, RawProperties, RawProperty, RawPublisher,
-};
-pub use specs::{
-    named, nat_network, new_disk, new_disk_in, pool_name, small_vm, snapshot_ref, virtio_nic,
-    volume_disk, volume_key,
 };

@@ -1,5 +1,5 @@
-//! The real hypervisor of `tests/tests/qemu.rs`: libvirtd with QEMU and a
-//! tiny guest, as `scripts/qemu-setup` prepares them.
+//! The real hypervisor of the `tests/tests/qemu_*.rs` suites: libvirtd with
+//! QEMU and a tiny guest, as `scripts/qemu-setup` prepares them.
 //!
 //! The suite runs when `scripts/qemu-setup`'s variables are set
 //! ([`QEMU_URI_ENV`], [`QEMU_HOME_ENV`], [`QEMU_KERNEL_ENV`],

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use hostbus_client::protocol::commands::{VmDefine, VmDefineRequest};
 use hostbus_client::Client;
+use hostbus_testkit::small_vm;
 use serde_json::Value;
 
 use crate::hostctl::Hostctl;
-use crate::specs::small_vm;
 
 /// `ping`, `host info`, `host caps` and `host stats` of `h1`.
 pub fn host_facts(ctl: &Hostctl) {

@@ -1,7 +1,9 @@
 //! Enforces the crate boundaries of DESIGN.md from `cargo metadata`: the
 //! protocol is a leaf, the bridge knows no AMQP or async runtime, the client
 //! never pulls in libvirt, the bridge or the agent, nor (being a library a
-//! manager embeds) the CLI's crates; `hostctl` is a client like any other.
+//! manager embeds) the CLI's crates; `hostctl` is a client like any other;
+//! the test kit the protocol's and bridge's tests share is protocol types
+//! only, and no source file is shared by a path include.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -101,6 +103,65 @@ fn protocol_is_a_leaf() {
             "hostctl",
         ],
     );
+}
+
+/// The test kit is what the protocol's and the bridge's own tests take as a
+/// dev-dependency: protocol types only. It depends on the protocol and on
+/// nothing the protocol does not depend on itself, so no runtime, broker
+/// client, libvirt or other crate of the workspace.
+#[test]
+fn testkit_is_a_leaf_over_the_protocol() {
+    let c = dependency_closure();
+    let (kit, protocol) = (&c["hostbus-testkit"], &c["hostbus-protocol"]);
+    assert!(
+        kit.contains("hostbus-protocol"),
+        "the test kit builds protocol types"
+    );
+    let beyond: Vec<&String> = kit
+        .iter()
+        .filter(|d| *d != "hostbus-protocol" && !protocol.contains(*d))
+        .collect();
+    assert!(
+        beyond.is_empty(),
+        "hostbus-testkit depends on {beyond:?}, which hostbus-protocol does not"
+    );
+    assert_forbidden(&c, "hostbus-testkit", &["tokio", "lapin", "virt"]);
+}
+
+/// Code several crates' tests share lives in a crate (the test kit, the
+/// harness), never in a file another crate includes by path: such a file
+/// is compiled into each includer with its own lints, dead code and types.
+#[test]
+fn no_source_file_is_included_by_path() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // Spelled in two pieces, so this file does not find itself.
+    let include = ["#[", "path"].concat();
+    let mut found = Vec::new();
+    let mut stack = vec![root.clone()];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read a folder") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if path.is_dir() {
+                // Third-party copies, build output and hidden folders.
+                if !(name.starts_with('.') || name == "vendor" || name == "target") {
+                    stack.push(path);
+                }
+            } else if name.ends_with(".rs") {
+                files += 1;
+                let text = std::fs::read_to_string(&path).expect("read a source file");
+                if text.lines().any(|l| l.trim_start().starts_with(&include)) {
+                    found.push(path.strip_prefix(&root).unwrap_or(&path).to_owned());
+                }
+            }
+        }
+    }
+    assert!(
+        files > 100,
+        "only {files} source files found under {root:?}"
+    );
+    assert!(found.is_empty(), "files with a path include: {found:?}");
 }
 
 #[test]

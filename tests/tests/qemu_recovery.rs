@@ -1,195 +1,302 @@
-//! Commands interrupted by a SIGKILL of their agent, on a real libvirtd
-//! (whose state outlives the agent, unlike the test driver's), one test per
-//! recovery class of bridge/src/recover.rs that leaves objects behind: a
-//! re-run answered from the object's state (`volume.create`,
-//! `volume.clone`, `snapshot.create`; `vm.define`, which also cleans what
-//! a half-done run left, is tests/tests/qemu.rs's define burst). Each step
-//! of a command pauses 300 ms (`HOSTBUS_STEP_PAUSE_MS`), before and after
-//! the libvirt call, so the kill lands both before a command took effect
-//! and after it took effect but before its reply. After the restart every
-//! call is answered once, with the object that stands for it, and nothing
-//! stands twice or half-made.
+//! Faults on a real hypervisor (QEMU under TCG, libvirtd), through a real
+//! agent and the SDK: an agent killed during a burst of definitions answers
+//! each and defines one VM each; killed during bursts of `volume.create`,
+//! `volume.clone` and `snapshot.create`, it answers each once and every
+//! object stands once (one test per recovery class of
+//! bridge/src/recover.rs that leaves objects behind, on a libvirtd whose
+//! state outlives the agent, unlike the test driver's); and a libvirtd
+//! restart shows in the host's health and loses no change.
 //!
-//! Gated like the real-hypervisor suite (`scripts/qemu-setup`); its tests
-//! share the machine's libvirtd with qemu.rs, whose binary scripts/test
-//! runs before or after this one, never beside it.
+//! Needs what `scripts/qemu-setup` prepares (scripts/test runs it): without
+//! its environment the suite says so and does not run, except where it is
+//! required (`HOSTBUS_QEMU_REQUIRED` or `CI`), where that is a failure
+//! (`hostbus_tests::QemuHost::from_env`). The real-hypervisor tests share
+//! one libvirtd, so they take turns: within this binary on
+//! `hostbus_tests::qemu_bench::TURNS`; the `qemu_*` binaries never run at
+//! once, as `cargo test` and scripts/test's first phase run test binaries
+//! one after another.
 
-use std::collections::BTreeSet;
-use std::future::Future;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use futures_lite::StreamExt;
 use hostbus_client::protocol::types::{
-    BootSpec, DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, ObjectClass, PoolKind,
-    PoolSpec, VmSpec, VolumeSpec,
+    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, HealthStatus, ObjectClass, PowerState,
+    VmRecord, VolumeSpec,
 };
-use hostbus_client::protocol::EventAction;
-use hostbus_client::{Client, ClientConfig, Host, Notification, SubscribeOptions};
-use hostbus_tests::{AgentProcess, QemuHost, RabbitNode, QEMU_PREFIX};
-use tokio::sync::Mutex;
+use hostbus_client::protocol::{ErrorCode, EventAction};
+use hostbus_tests::qemu_bench::{
+    code, console, console_log, type_on_console, volume_names, Bench, StartLibvirtdOnDrop, BOOTED,
+    HOST, MIB, TURNS,
+};
+use hostbus_tests::{Hostctl, QEMU_PREFIX};
 
-static TURNS: Mutex<()> = Mutex::const_new(());
-const HOST: &str = "q1";
-const MIB: u64 = 1 << 20;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_during_a_define_burst_answers_each_and_defines_one_vm_each() {
+    let _turn = TURNS.lock().await;
+    // Two at a time, each step of a definition 300 ms long (its volume,
+    // then the vm), so the kill lands in the middle of some.
+    let Some(mut b) = Bench::start_with(
+        120_000,
+        &[
+            ("HOSTBUS_CONCURRENCY", "2"),
+            ("HOSTBUS_STEP_PAUSE_MS", "300"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let pool = format!("{QEMU_PREFIX}burst");
+    b.pool(&pool).await;
+    let host = b.host();
+    let mut ev = b.events().await;
 
-/// A libvirtd, a private broker, an agent whose steps pause, a client and
-/// a running dir pool.
-struct Rig {
-    q: QemuHost,
-    agent: AgentProcess,
-    client: Client,
-    pool: String,
-    _node: RabbitNode,
+    // Eight definitions, each creating a volume; the agent dies while they run.
+    let names: Vec<String> = (0..8).map(|i| format!("{QEMU_PREFIX}burst-{i}")).collect();
+    let calls: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let host = host.clone();
+            let mut spec = b.guest(n, vec![], "");
+            spec.disks = vec![DiskSpec {
+                target: "vda".into(),
+                source: DiskSource::NewVolume {
+                    pool: pool.clone(),
+                    capacity_bytes: 16 * MIB,
+                },
+                bus: DiskBus::Virtio,
+                format: None,
+                read_only: false,
+                device: DiskDevice::Disk,
+            }];
+            tokio::spawn(async move { host.define_vm(spec).await })
+        })
+        .collect();
+    ev.next_matching(Duration::from_secs(60), "a first definition", |e| {
+        e.class == ObjectClass::Vm && e.action == EventAction::Defined
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    b.agent.kill().expect("SIGKILL");
+    let killed = Instant::now();
+    b.agent.restart().expect("restart on the same journal");
+    b.wait_serving().await;
+    println!("agent back {:?} after SIGKILL", killed.elapsed());
+
+    // Every call is answered, with the one VM that stands for it.
+    let mut answers: BTreeMap<String, VmRecord> = BTreeMap::new();
+    for (name, call) in names.iter().zip(calls) {
+        let vm = call
+            .await
+            .expect("join")
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", b.agent.log_tail(60)));
+        assert_eq!(&vm.name, name);
+        answers.insert(name.clone(), vm);
+    }
+    let vms = host.vms(None).await.expect("vm.list");
+    for (name, answer) in &answers {
+        let now: Vec<&VmRecord> = vms.iter().filter(|v| &v.name == name).collect();
+        assert_eq!(now.len(), 1, "{name} is defined exactly once");
+        assert_eq!(
+            now[0].uuid, answer.uuid,
+            "{name}: the answer is the vm that stands"
+        );
+        assert_eq!(now[0].disks.len(), 1, "{name}");
+    }
+    // libvirtd holds the state: no volume without its vm, none twice.
+    let mut volumes = volume_names(&host.pool(&pool)).await;
+    volumes.sort();
+    let mut expected: Vec<String> = names.iter().map(|n| format!("{n}-vda.qcow2")).collect();
+    expected.sort();
+    assert_eq!(volumes, expected);
+    let log = b.agent.log();
+    let second = log
+        .split("=== hostbus-tests: start #2")
+        .nth(1)
+        .unwrap_or_default();
+    let interrupted = second
+        .matches("command was interrupted before it finished")
+        .count();
+    println!(
+        "after the restart: {interrupted} interrupted commands re-run, {} answered from the journal",
+        second.matches("duplicate command answered from the journal").count()
+    );
+    assert!(
+        interrupted >= 1,
+        "the kill must hit running definitions\n{}",
+        b.agent.log_tail(60)
+    );
 }
 
-impl Rig {
-    async fn start() -> Option<Self> {
-        let q = QemuHost::from_env().expect("the real-hypervisor environment")?;
-        q.start_libvirtd().expect("libvirtd runs");
-        q.remove_leftovers();
-        let node = RabbitNode::start().expect("rabbit");
-        let agent = AgentProcess::builder(HOST, &node.amqp_url())
-            .libvirt_uri(&q.uri)
-            .env("HOSTBUS_DOMAIN_TYPE", "qemu")
-            .env("HOSTBUS_CONCURRENCY", "2")
-            .env("HOSTBUS_STEP_PAUSE_MS", "300")
-            .env("HOSTBUS_RECONNECT_MAX_BACKOFF_MS", "1000")
-            .spawn()
-            .expect("agent");
-        let mut cfg = ClientConfig::new(node.amqp_url());
-        cfg.timeout = Duration::from_secs(90);
-        let client = Client::connect(cfg).await.expect("client");
-        let pool = format!("{QEMU_PREFIX}recovery");
-        let rig = Self {
-            q,
-            agent,
-            client,
-            pool,
-            _node: node,
-        };
-        rig.wait_serving().await;
-        let host = rig.host();
-        host.define_pool(PoolSpec {
-            name: rig.pool.clone(),
-            kind: PoolKind::Dir,
-            target_path: rig.q.pool_dir(&rig.pool).display().to_string(),
-            source: None,
-            autostart: false,
-        })
-        .await
-        .expect("define the pool");
-        host.pool(&rig.pool).start().await.expect("start the pool");
-        Some(rig)
-    }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_libvirtd_restart_is_seen_in_health_and_loses_no_change() {
+    // Reconciliation every second: it is what reconnects and catches up.
 
-    fn host(&self) -> Host {
-        self.client.host(HOST)
-    }
-
-    async fn wait_serving(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while let Err(e) = self.host().ping().await {
+    let Some((_turn, b, host, mut ev)) = Bench::turn_watched(1_000).await else {
+        return;
+    };
+    let presence = b.client.presence().await.expect("presence");
+    let health = || {
+        presence
+            .hosts()
+            .into_iter()
+            .find(|h| h.host_id == HOST)
+            .map(|h| h.health.status)
+    };
+    let wait_health = |want: HealthStatus| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while health() != Some(want) {
             assert!(
                 Instant::now() < deadline,
-                "the agent does not serve: {e}\n{}",
-                self.agent.log_tail(40)
+                "health is {:?}, not {want}",
+                health()
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
+    };
+    wait_health(HealthStatus::Ok).await;
 
-    /// Runs `calls` at once; once the first event of `class` shows that
-    /// one took effect, SIGKILLs the agent, restarts it on its journal and
-    /// returns every call's answer, panicking on any failure. Asserts that
-    /// the kill hit commands in flight.
-    async fn killed_during<T, F>(&mut self, class: ObjectClass, calls: Vec<F>) -> Vec<T>
-    where
-        T: Send + 'static,
-        F: Future<Output = Result<T, hostbus_client::ClientError>> + Send + 'static,
-    {
-        let mut sub = self
-            .client
-            .subscribe(
-                &[&format!("{HOST}.#")],
-                SubscribeOptions {
-                    resync: false,
-                    ..SubscribeOptions::default()
-                },
-            )
-            .await
-            .expect("subscribe");
-        let running: Vec<_> = calls.into_iter().map(tokio::spawn).collect();
-        let first = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(n) = sub.next().await {
-                if let Ok(Notification::Event(e)) = n {
-                    if e.class == class && e.action == EventAction::Created {
-                        return;
-                    }
-                }
-            }
+    // This one through hostctl, as an operator would.
+    let name = format!("{QEMU_PREFIX}restart");
+    let _ = std::fs::remove_file(format!("/var/log/libvirt/qemu/{name}-serial0.log"));
+    let created = Hostctl::new(&b.url).json(&[
+        "vm",
+        "create",
+        HOST,
+        "--name",
+        &name,
+        "--memory",
+        "192",
+        "--kernel",
+        b.q.kernel.to_str().expect("utf-8"),
+        "--initrd",
+        b.q.initrd.to_str().expect("utf-8"),
+        "--cmdline",
+        "console=ttyS0",
+        "--cpu-mode",
+        "maximum",
+        "--start",
+    ]);
+    let vm: VmRecord = serde_json::from_value(created).expect("a vm record");
+    assert_eq!(vm.power_state, PowerState::Running);
+    assert_eq!(vm.boot.cmdline.as_deref(), Some("console=ttyS0"));
+    let h = host.vm(vm.uuid);
+    let running = h.get().await.expect("get");
+    console(&running, BOOTED, 1, Duration::from_secs(60));
+    let before = ev
+        .vm(&vm, EventAction::Started, Duration::from_secs(10))
+        .await;
+    let where_ = Hostctl::new(&b.url).json(&["vm", "console", &format!("{HOST}/{name}")]);
+    assert_eq!(where_["log_path"].as_str(), Some(console_log(&vm).as_str()));
+    assert!(
+        where_["attach"]
+            .as_str()
+            .is_some_and(|a| a.contains("virsh")),
+        "{where_}"
+    );
+
+    // libvirtd goes away: health goes down, commands say the host is unavailable.
+    let mut restart = StartLibvirtdOnDrop(true, b.q.clone());
+    b.q.stop_libvirtd().expect("stop libvirtd");
+    wait_health(HealthStatus::Down).await;
+    assert_eq!(code(h.get().await), ErrorCode::HostUnavailable);
+
+    // Meanwhile the guest powers itself off (typed on its serial console);
+    // nobody is connected to tell.
+    let pty = where_["pty"]
+        .as_str()
+        .expect("the console's pty")
+        .to_owned();
+    type_on_console(&running, &pty, "poweroff", "reboot: Power down");
+
+    // libvirtd is back: health recovers and the missed change is an event.
+    b.q.start_libvirtd().expect("start libvirtd");
+    restart.0 = false;
+    wait_health(HealthStatus::Ok).await;
+    let stopped = ev
+        .vm(&vm, EventAction::Stopped, Duration::from_secs(30))
+        .await;
+    assert!(stopped.generation > before.generation);
+    assert_eq!(h.get().await.expect("get").power_state, PowerState::Halted);
+
+    // Events go on as before.
+    h.undefine(false).await.expect("undefine");
+    let gone = ev
+        .next_matching(Duration::from_secs(10), "vm.undefined", |e| {
+            e.object_id == vm.uuid.to_string() && e.action == EventAction::Undefined
         })
         .await;
-        assert!(
-            first.is_ok(),
-            "no {class:?} was created\n{}",
-            self.agent.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        self.agent.kill().expect("SIGKILL");
-        self.agent.restart().expect("restart on the same journal");
-        self.wait_serving().await;
-        let mut answers = Vec::new();
-        for call in running {
-            let answer = call
-                .await
-                .expect("join")
-                .unwrap_or_else(|e| panic!("a call failed: {e}\n{}", self.agent.log_tail(60)));
-            answers.push(answer);
-        }
-        let log = self.agent.log();
-        let second = log
-            .split("=== hostbus-tests: start #2")
-            .nth(1)
-            .unwrap_or_default();
-        let interrupted = second
-            .matches("command was interrupted before it finished")
-            .count();
-        let from_state = second
-            .matches("the interrupted command had already taken effect")
-            .count();
-        println!(
-            "after the restart: {interrupted} interrupted commands re-run, {} answered from the journal, {from_state} answered from the object's state",
-            second.matches("duplicate command answered from the journal").count(),
-        );
-        // The kill lands 150 ms into the 300 ms between a command's effect
-        // (its event) and its reply: that command's re-run finds its object.
-        assert!(
-            interrupted >= 1 && from_state >= 1,
-            "the kill must hit a command that took effect and was not answered\n{}",
-            self.agent.log_tail(60)
-        );
-        answers
-    }
-
-    async fn volume_names(&self) -> BTreeSet<String> {
-        self.host()
-            .pool(&self.pool)
-            .volumes()
-            .await
-            .expect("volumes")
-            .into_iter()
-            .map(|v| v.name)
-            .collect()
-    }
+    assert!(gone.generation > stopped.generation);
 }
 
-impl Drop for Rig {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.agent.log_tail(60));
-        }
-        self.q.remove_leftovers();
+// ------------------------------------------------ interrupted creations
+
+/// An agent whose steps pause 300 ms, before and after each libvirt call,
+/// two commands at a time, with a running dir pool `<prefix>recovery`.
+async fn pausing_bench() -> Option<(Bench, String)> {
+    let b = Bench::start_with(
+        120_000,
+        &[
+            ("HOSTBUS_CONCURRENCY", "2"),
+            ("HOSTBUS_STEP_PAUSE_MS", "300"),
+        ],
+    )
+    .await?;
+    let pool = format!("{QEMU_PREFIX}recovery");
+    b.pool(&pool).await;
+    Some((b, pool))
+}
+
+/// Runs `calls` at once; once an event shows that one of `class` was
+/// created, SIGKILLs the agent 150 ms into the 300 ms between that
+/// command's effect and its reply, restarts it on its journal and returns
+/// every call's answer, panicking on any failure. Asserts that the kill
+/// hit a command that had taken effect and was answered from the object's
+/// state after the restart.
+async fn killed_during<T, F>(b: &mut Bench, class: ObjectClass, calls: Vec<F>) -> Vec<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, hostbus_client::ClientError>> + Send + 'static,
+{
+    let mut ev = b.events().await;
+    let running: Vec<_> = calls.into_iter().map(tokio::spawn).collect();
+    ev.next_matching(Duration::from_secs(60), "a first creation", |e| {
+        e.class == class && e.action == EventAction::Created
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    b.agent.kill().expect("SIGKILL");
+    b.agent.restart().expect("restart on the same journal");
+    b.wait_serving().await;
+    let mut answers = Vec::new();
+    for call in running {
+        let answer = call
+            .await
+            .expect("join")
+            .unwrap_or_else(|e| panic!("a call failed: {e}\n{}", b.agent.log_tail(60)));
+        answers.push(answer);
     }
+    let log = b.agent.log();
+    let second = log
+        .split("=== hostbus-tests: start #2")
+        .nth(1)
+        .unwrap_or_default();
+    let interrupted = second
+        .matches("command was interrupted before it finished")
+        .count();
+    let from_state = second
+        .matches("the interrupted command had already taken effect")
+        .count();
+    println!(
+        "after the restart: {interrupted} interrupted commands re-run, {} answered from the journal, {from_state} answered from the object's state",
+        second.matches("duplicate command answered from the journal").count(),
+    );
+    assert!(
+        interrupted >= 1 && from_state >= 1,
+        "the kill must hit a command that took effect and was not answered\n{}",
+        b.agent.log_tail(60)
+    );
+    answers
 }
 
 fn volume(name: &str) -> VolumeSpec {
@@ -201,53 +308,55 @@ fn volume(name: &str) -> VolumeSpec {
     }
 }
 
+async fn volume_set(pool: &hostbus_client::Pool) -> BTreeSet<String> {
+    volume_names(pool).await.into_iter().collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volumes_created_while_their_agent_is_killed_stand_once_each() {
     let _turn = TURNS.lock().await;
-    let Some(mut rig) = Rig::start().await else {
+    let Some((mut b, pool)) = pausing_bench().await else {
         return;
     };
     let names: Vec<String> = (0..8).map(|i| format!("v{i}.qcow2")).collect();
-    let pool = rig.host().pool(&rig.pool);
+    let p = b.host().pool(&pool);
     let calls = names
         .iter()
         .map(|n| {
-            let (pool, spec) = (pool.clone(), volume(n));
-            async move { pool.create_volume(spec).await }
+            let (p, spec) = (p.clone(), volume(n));
+            async move { p.create_volume(spec).await }
         })
         .collect();
-    let answers = rig.killed_during(ObjectClass::Volume, calls).await;
+    let answers = killed_during(&mut b, ObjectClass::Volume, calls).await;
     let answered: BTreeSet<String> = answers.into_iter().map(|v| v.name).collect();
     let expected: BTreeSet<String> = names.into_iter().collect();
     assert_eq!(answered, expected);
-    assert_eq!(rig.volume_names().await, expected);
+    assert_eq!(volume_set(&p).await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clones_made_while_their_agent_is_killed_stand_once_each() {
     let _turn = TURNS.lock().await;
-    let Some(mut rig) = Rig::start().await else {
+    let Some((mut b, pool)) = pausing_bench().await else {
         return;
     };
-    let pool = rig.host().pool(&rig.pool);
-    pool.create_volume(volume("src.qcow2"))
-        .await
-        .expect("the source");
+    let p = b.host().pool(&pool);
+    p.create_volume(volume("src.qcow2")).await.expect("the source");
     let names: Vec<String> = (0..6).map(|i| format!("c{i}.qcow2")).collect();
     let calls = names
         .iter()
         .map(|n| {
-            let (pool, n) = (pool.clone(), n.clone());
-            async move { pool.clone_volume("src.qcow2", &n).await }
+            let (p, n) = (p.clone(), n.clone());
+            async move { p.clone_volume("src.qcow2", &n).await }
         })
         .collect();
-    let answers = rig.killed_during(ObjectClass::Volume, calls).await;
+    let answers = killed_during(&mut b, ObjectClass::Volume, calls).await;
     let answered: BTreeSet<String> = answers.into_iter().map(|v| v.name).collect();
     let mut expected: BTreeSet<String> = names.into_iter().collect();
     assert_eq!(answered, expected);
     expected.insert("src.qcow2".into());
-    assert_eq!(rig.volume_names().await, expected);
-    for v in pool.volumes().await.expect("volumes") {
+    assert_eq!(volume_set(&p).await, expected);
+    for v in p.volumes().await.expect("volumes") {
         assert_eq!(v.capacity_bytes, 16 * MIB, "{} is whole", v.name);
     }
 }
@@ -255,32 +364,27 @@ async fn clones_made_while_their_agent_is_killed_stand_once_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_taken_while_their_agent_is_killed_stand_once_each() {
     let _turn = TURNS.lock().await;
-    let Some(mut rig) = Rig::start().await else {
+    let Some((mut b, pool)) = pausing_bench().await else {
         return;
     };
     let name = format!("{QEMU_PREFIX}snaps");
-    let spec = VmSpec {
-        disks: vec![DiskSpec {
-            target: "vda".into(),
-            source: DiskSource::NewVolume {
-                pool: rig.pool.clone(),
-                capacity_bytes: 16 * MIB,
-            },
-            bus: DiskBus::Virtio,
-            format: None,
-            read_only: false,
-            device: DiskDevice::Disk,
-        }],
-        boot: BootSpec {
-            order: vec![],
-            kernel: Some(rig.q.kernel.display().to_string()),
-            initrd: Some(rig.q.initrd.display().to_string()),
-            cmdline: Some("console=ttyS0".into()),
+    let disk = DiskSpec {
+        target: "vda".into(),
+        source: DiskSource::NewVolume {
+            pool,
+            capacity_bytes: 16 * MIB,
         },
-        ..VmSpec::new(&name, 128 * 1024, 1)
+        bus: DiskBus::Virtio,
+        format: None,
+        read_only: false,
+        device: DiskDevice::Disk,
     };
-    let vm = rig.host().define_vm(spec).await.expect("define");
-    let handle = rig.host().vm(vm.uuid);
+    let vm = b
+        .host()
+        .define_vm(b.guest(&name, vec![disk], ""))
+        .await
+        .expect("define");
+    let handle = b.host().vm(vm.uuid);
     let names: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
     let calls = names
         .iter()
@@ -289,7 +393,7 @@ async fn snapshots_taken_while_their_agent_is_killed_stand_once_each() {
             async move { h.snapshot(&n, "taken in a crash test").await }
         })
         .collect();
-    let answers = rig.killed_during(ObjectClass::Snapshot, calls).await;
+    let answers = killed_during(&mut b, ObjectClass::Snapshot, calls).await;
     let answered: BTreeSet<String> = answers.into_iter().map(|s| s.name).collect();
     let expected: BTreeSet<String> = names.into_iter().collect();
     assert_eq!(answered, expected);

@@ -1,10 +1,5 @@
 //! Specs the suites create (disks, NICs, networks, the smallest VM that
 //! boots on the test driver) and the by-name requests they send.
-//!
-//! This file uses hostbus-protocol only, so the bridge's and the protocol's
-//! own tests, which cannot depend on hostbus-tests (it depends on them),
-//! include it by path (`#[path = "../../tests/src/specs.rs"] mod specs;`)
-//! instead of keeping copies.
 
 use hostbus_protocol::commands::{ObjectName, PoolName, SnapshotRef, VolumeKey};
 use hostbus_protocol::types::{
