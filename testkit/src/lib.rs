@@ -15,7 +15,10 @@
 //! assert_eq!(spec.disks[0].target, "vda");
 //! ```
 
+mod minimal;
 mod specs;
+
+pub use minimal::minimal_request;
 
 pub use specs::{
     named, nat_network, new_disk, new_disk_in, pool_name, small_vm, snapshot_ref, virtio_nic,

@@ -325,3 +325,65 @@ fn the_dispatcher_knows_no_bindings_wire() {
         }
     }
 }
+
+/// The client's modules import each other in one direction, as
+/// ARCHITECTURE.md draws them (a module and its submodules count as one;
+/// `lib.rs`, which only re-exports, is left out): a cycle is a module that
+/// should be split or a piece that belongs lower down.
+#[test]
+fn the_clients_modules_import_each_other_in_one_direction() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../client/src");
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut read = |module: &str, path: &std::path::Path| {
+        let text = std::fs::read_to_string(path).expect("read");
+        for (at, _) in text.match_indices("crate::") {
+            let used: String = text[at + "crate::".len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !used.is_empty() && used != module {
+                edges.entry(module.to_owned()).or_default().insert(used);
+            }
+        }
+    };
+    for entry in std::fs::read_dir(&src).expect("client/src") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if path.is_dir() {
+            for sub in std::fs::read_dir(&path).expect("a module folder") {
+                read(&name, &sub.expect("entry").path());
+            }
+        } else if name != "lib" {
+            read(&name, &path);
+        }
+    }
+    assert!(edges.len() > 5, "{edges:?}");
+    // Depth-first search for a cycle.
+    fn visit<'a>(
+        m: &'a str,
+        edges: &'a BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+    ) {
+        if let Some(at) = path.iter().position(|p| *p == m) {
+            panic!("the client's modules import in a cycle: {:?}", &path[at..]);
+        }
+        if !done.insert(m) {
+            return;
+        }
+        path.push(m);
+        for next in edges.get(m).into_iter().flatten() {
+            visit(next, edges, path, done);
+        }
+        path.pop();
+    }
+    let mut done = BTreeSet::new();
+    for m in edges.keys() {
+        visit(m, &edges, &mut Vec::new(), &mut done);
+    }
+}

@@ -341,7 +341,9 @@ async fn clones_made_while_their_agent_is_killed_stand_once_each() {
         return;
     };
     let p = b.host().pool(&pool);
-    p.create_volume(volume("src.qcow2")).await.expect("the source");
+    p.create_volume(volume("src.qcow2"))
+        .await
+        .expect("the source");
     let names: Vec<String> = (0..6).map(|i| format!("c{i}.qcow2")).collect();
     let calls = names
         .iter()
