@@ -407,6 +407,8 @@ async fn bad_input_gets_structured_errors_with_fitting_statuses_and_the_agent_go
         (r.status, r.error().code),
         (415, ErrorCode::UnsupportedContentType)
     );
+    // A client that could not speak the request's encoding can read this.
+    assert_eq!(r.header("content-type"), Some("application/json"));
     let r = peer
         .request("GET", "/nowhere", &[], Vec::new())
         .await
