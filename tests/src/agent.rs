@@ -166,6 +166,7 @@ pub struct AgentBuilder {
     journal_path: Option<PathBuf>,
     env: Vec<(String, Option<String>)>,
     args: Vec<OsString>,
+    binary: Option<PathBuf>,
 }
 
 impl AgentBuilder {
@@ -253,6 +254,13 @@ impl AgentBuilder {
         args.into_iter().fold(self, Self::arg)
     }
 
+    /// Runs this agent binary instead of the harness's (another build, to
+    /// compare with).
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
+    }
+
     /// Builds the agent if needed, makes the agent's temporary directory and
     /// starts the process. Does not wait for the agent to be ready: wait for
     /// its online event or heartbeat, or use [`AgentProcess::wait_for_log`].
@@ -265,7 +273,10 @@ impl AgentBuilder {
 
     /// Starts the agent (see [`start`](Self::start), which panics instead).
     pub fn spawn(self) -> Result<AgentProcess> {
-        let bin = agent_binary()?;
+        let bin = match &self.binary {
+            Some(b) => b.clone(),
+            None => agent_binary()?,
+        };
         let dir = TempDir::new(&format!("hostbus-agent-{}", self.host_id))?;
         let journal_path = self
             .journal_path
@@ -326,6 +337,7 @@ impl AgentProcess {
             journal_path: None,
             env: Vec::new(),
             args: Vec::new(),
+            binary: None,
         }
     }
 

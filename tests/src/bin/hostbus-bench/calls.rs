@@ -12,7 +12,7 @@ use hostbus_client::protocol::{decode, now_ms, ContentType, Event};
 use hostbus_client::{Client, ClientConfig};
 use hostbus_tests::{AgentProcess, AmqpPeer, RabbitNode};
 
-use crate::measure::{list_call, measure, ping_call, Call, Meter, Run};
+use crate::measure::{change_call, list_call, measure, ping_call, Call, Meter, Run};
 use crate::raw::{raw_call, Raw, RawOpts};
 use crate::report::{self, hwm_kib, row, rss_kib, write_section, HEADER};
 use crate::{Args, WEB01};
@@ -53,12 +53,39 @@ pub(crate) async fn bench(a: &Args) {
     let local = Client::connect(ClientConfig::local(agent.dir().join("agent.sock")))
         .await
         .expect("client over the agent's socket");
+    // Another agent build to compare with (HOSTBUS_BENCH_COMPARE_AGENT),
+    // served on its Unix socket only (no broker), measured in the same
+    // interleaved slices as this build's socket rows.
+    let compared = std::env::var_os("HOSTBUS_BENCH_COMPARE_AGENT").map(|bin| {
+        AgentProcess::builder("h1", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .binary(bin)
+            .arg("--log-level")
+            .arg("warn")
+            .concurrency(64)
+            .metrics(false)
+            .arg("--http-socket")
+            .arg("agent.sock")
+            .start()
+    });
+    let mut agents = vec![pid];
+    let mut other = None;
+    if let Some(c) = &compared {
+        agents.extend(c.pid());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        other = loop {
+            match Client::connect(ClientConfig::local(c.dir().join("agent.sock"))).await {
+                Ok(cl) => break Some(cl),
+                Err(e) if Instant::now() > deadline => panic!("the compared agent: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+    }
     let meter = Meter {
         broker: node
             .process_group()
             .map(hostbus_tests::group_members)
             .unwrap_or_default(),
-        agent: pid,
+        agents,
     };
     if let Some(c) = a.profile {
         eprintln!(
@@ -88,23 +115,36 @@ pub(crate) async fn bench(a: &Args) {
     let mut table = Vec::new();
     let mut targets = Vec::new();
     let levels: &[usize] = if a.breakdown_only { &[] } else { &[1, 16, 64] };
-    let names = [
+    let mut names = vec![
         "raw lapin, inline responder",
         "raw lapin, task per request",
         "hostbus host.ping",
         "hostbus vm.list",
         "hostbus host.ping, Unix socket",
         "hostbus vm.list, Unix socket",
+        "hostbus vm.set_memory (a change)",
+        "hostbus vm.set_memory, Unix socket",
     ];
+    if other.is_some() {
+        names.extend([
+            "compared build: vm.list, Unix socket",
+            "compared build: vm.set_memory, Unix socket",
+        ]);
+    }
     for &c in levels {
-        let paths = [
+        let mut paths = vec![
             raw_call(&raw_inline),
             raw_call(&raw_tasks),
             ping_call(&client),
             list_call(&client),
             ping_call(&local),
             list_call(&local),
+            change_call(&client),
+            change_call(&local),
         ];
+        if let Some(o) = &other {
+            paths.extend([list_call(o), change_call(o)]);
+        }
         let runs = measure(&meter, c, a.secs, a.rounds, &paths).await;
         let base = if runs[1].rate() > runs[0].rate() {
             &runs[1]

@@ -127,7 +127,7 @@ async fn measure_setup(
     let client = Client::connect(client_config(urls)).await.expect("client");
     let meter = Meter {
         broker,
-        agent: agent.pid().expect("pid"),
+        agents: vec![agent.pid().expect("pid")],
     };
     for c in [1usize, 16] {
         let r = measure(&meter, c, a.secs, a.rounds, &[ping_call(&client)]).await;

@@ -20,7 +20,7 @@
 //! * events from one agent to 1 and to 10 subscribers, with end-to-end latency;
 //! * the agent's footprint: RSS idle and under load, time to first heartbeat.
 
-const WEB01: &str = "11111111-0000-4000-8000-000000000001";
+pub(crate) const WEB01: &str = "11111111-0000-4000-8000-000000000001";
 
 mod calls;
 mod cluster;
@@ -97,8 +97,21 @@ fn args() -> Args {
 
 fn main() {
     let a = args();
-    eprintln!("hostbus-bench: building the release agent");
-    let agent = report::release_build("hostbus-agent", "hostbus-agent");
+    // An agent binary named in the environment (another build, to compare
+    // with) is measured as it is; else the release build of this tree.
+    let agent = match std::env::var_os(hostbus_tests::AGENT_BIN_ENV) {
+        Some(bin) => {
+            eprintln!(
+                "hostbus-bench: measuring the agent {}",
+                bin.to_string_lossy()
+            );
+            std::path::PathBuf::from(bin)
+        }
+        None => {
+            eprintln!("hostbus-bench: building the release agent");
+            report::release_build("hostbus-agent", "hostbus-agent")
+        }
+    };
     // The harness runs the binary this variable names; set before any other thread exists.
     std::env::set_var(hostbus_tests::AGENT_BIN_ENV, agent);
     let runtime = tokio::runtime::Builder::new_multi_thread()

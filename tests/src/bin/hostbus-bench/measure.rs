@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hostbus_client::protocol::commands::{HostPing, Ping, VmList, VmListRequest};
+use hostbus_client::protocol::commands::{
+    HostPing, Ping, VmList, VmListRequest, VmSetMemory, VmSetMemoryRequest,
+};
 use hostbus_client::Client;
 
 /// Latency samples and a count over one or more windows.
@@ -56,18 +58,18 @@ impl Run {
     }
 }
 
-/// Where the CPU goes: the broker's process group, the agent, this process.
+/// Where the CPU goes: the broker's process group, the agents, this process.
 #[derive(Clone)]
 pub(crate) struct Meter {
     pub(crate) broker: Vec<u32>,
-    pub(crate) agent: u32,
+    pub(crate) agents: Vec<u32>,
 }
 
 impl Meter {
     pub(crate) fn sample(&self) -> [f64; 3] {
         [
             cpu_secs(&self.broker),
-            cpu_secs(&[self.agent]),
+            cpu_secs(&self.agents),
             cpu_secs(&[std::process::id()]),
         ]
     }
@@ -92,6 +94,27 @@ pub(crate) fn list_call(client: &Client) -> Call {
             cl.call::<VmList>("h1", VmListRequest { power_state: None })
                 .await
                 .is_ok()
+        })
+    })
+}
+
+/// `vm.set_memory` of web01 to the memory it has: a change (journaled,
+/// in web01's line, through the bridge) that leaves the VM as it was.
+pub(crate) fn change_call(client: &Client) -> Call {
+    let cl = client.clone();
+    let uuid = crate::WEB01.parse().unwrap_or_default();
+    Arc::new(move || {
+        let cl = cl.clone();
+        Box::pin(async move {
+            cl.call::<VmSetMemory>(
+                "h1",
+                VmSetMemoryRequest {
+                    uuid,
+                    memory_kib: 1_048_576,
+                },
+            )
+            .await
+            .is_ok()
         })
     })
 }
