@@ -388,7 +388,7 @@ impl Dispatcher {
         // Reads are not journaled: their deliveries are all there is to
         // count. (A changing command's are counted with its journal.)
         if !info.run.changes() && r.deliveries > self.policy.max_deliveries {
-            return Err(self.give_up(head, r.deliveries));
+            return Err(give_up(head, r.deliveries));
         }
         let request =
             match AnyRequest::decode(&head.command, ct, r.payload, self.policy.max_payload) {
@@ -419,15 +419,17 @@ impl Dispatcher {
         }
         Ok(request)
     }
+}
 
-    fn give_up(&self, head: &Head, attempts: u32) -> Outcome {
-        let reason = format!(
-            "{} was delivered {attempts} times without finishing",
-            head.command
-        );
-        tracing::error!(attempts, "poison command: given up");
-        let mut o = Outcome::error(head.content_type, Error::internal(&reason));
-        o.unprocessable = Some(reason);
-        o
-    }
+/// The answer to a command delivered or begun `attempts` times without
+/// finishing: an internal error, and unprocessable (a poison message).
+fn give_up(head: &Head, attempts: u32) -> Outcome {
+    let reason = format!(
+        "{} was delivered {attempts} times without finishing",
+        head.command
+    );
+    tracing::error!(attempts, "poison command: given up");
+    let mut o = Outcome::error(head.content_type, Error::internal(&reason));
+    o.unprocessable = Some(reason);
+    o
 }

@@ -532,6 +532,15 @@ impl AgentProcess {
         )
     }
 
+    /// What the agent logged since its start number `n` (1 the first;
+    /// [`restart`](Self::restart) makes the next), empty before it.
+    pub fn log_since_start(&self, n: u32) -> String {
+        let log = self.log();
+        let marker = format!("=== hostbus-tests: start #{n} ");
+        log.find(&marker)
+            .map_or_else(String::new, |i| log[i..].to_owned())
+    }
+
     /// Waits up to `timeout` until the log of the current start contains
     /// `needle`. An error, with the log's tail, on timeout or when the
     /// process exits first.

@@ -98,11 +98,8 @@ async fn an_agent_killed_mid_burst_reruns_interrupted_commands_and_runs_finished
     let (dup_ids, extra) = check_replies(&sent, &replies);
     println!("{dup_ids} ids answered more than once ({extra} extra deliveries)");
 
-    let log = agent.log();
-    let second_run = log
-        .split("=== hostbus-tests: start #2")
-        .nth(1)
-        .expect("the second start's log");
+    let second_run = agent.log_since_start(2);
+    assert!(!second_run.is_empty(), "the agent was not restarted");
     let interrupted = second_run
         .matches("command was interrupted before it finished")
         .count();

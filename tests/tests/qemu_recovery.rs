@@ -109,11 +109,7 @@ async fn an_agent_killed_during_a_define_burst_answers_each_and_defines_one_vm_e
     let mut expected: Vec<String> = names.iter().map(|n| format!("{n}-vda.qcow2")).collect();
     expected.sort();
     assert_eq!(volumes, expected);
-    let log = b.agent.log();
-    let second = log
-        .split("=== hostbus-tests: start #2")
-        .nth(1)
-        .unwrap_or_default();
+    let second = b.agent.log_since_start(2);
     let interrupted = second
         .matches("command was interrupted before it finished")
         .count();
@@ -276,11 +272,7 @@ where
             .unwrap_or_else(|e| panic!("a call failed: {e}\n{}", b.agent.log_tail(60)));
         answers.push(answer);
     }
-    let log = b.agent.log();
-    let second = log
-        .split("=== hostbus-tests: start #2")
-        .nth(1)
-        .unwrap_or_default();
+    let second = b.agent.log_since_start(2);
     let interrupted = second
         .matches("command was interrupted before it finished")
         .count();

@@ -13,7 +13,7 @@ use hostbus_protocol::{decode, encode, ContentType, Error, Planned, Reply, Reply
 
 use crate::journal::{Entry, Journal, State};
 
-use super::{encode_reply, lock, Dispatcher, Executed, Head, IdLock, Outcome};
+use super::{encode_reply, give_up, lock, Dispatcher, Executed, Head, IdLock, Outcome};
 
 impl Dispatcher {
     pub(super) async fn run_read(&self, head: &Head, request: Planned) -> Outcome {
@@ -203,7 +203,7 @@ impl Journaled {
         // (broker or memory), whichever is more.
         let attempts = attempts.max(self.deliveries);
         let out = if attempts > self.max_deliveries {
-            self.give_up(attempts)
+            give_up(&self.work.head, attempts)
         } else {
             self.work
                 .encode(self.execute(request, turn, prev.is_some()))
@@ -244,18 +244,6 @@ impl Journaled {
             },
             other => other,
         }
-    }
-
-    fn give_up(&self, attempts: u32) -> Outcome {
-        let head = &self.work.head;
-        let reason = format!(
-            "{} was delivered {attempts} times without finishing",
-            head.command
-        );
-        tracing::error!(attempts, "poison command: given up");
-        let mut o = Outcome::error(head.content_type, Error::internal(&reason));
-        o.unprocessable = Some(reason);
-        o
     }
 }
 
