@@ -21,18 +21,26 @@ fn hostctl_binary() -> std::path::PathBuf {
     hostbus_tests::hostctl_binary().expect("hostctl")
 }
 
-async fn online(node: &RabbitNode, n: usize) {
-    let (_peer, mut sub) = watch_online(&node.amqp_url()).await;
-    sub.take(n, Duration::from_secs(60))
-        .await
-        .expect("agent online");
+/// Watches for `n` agents coming online: the watch is bound now, before
+/// the agents start, so no announcement is missed; await the returned
+/// future once they are started. (Binding it when first awaited, after the
+/// agents started, lost an `agent.online` a fast agent had already sent:
+/// the test then waited 60 s for nothing, seen once on a loaded machine.)
+async fn online(node: &RabbitNode, n: usize) -> impl std::future::Future<Output = ()> {
+    let (peer, mut sub) = watch_online(&node.amqp_url()).await;
+    async move {
+        let _peer = peer;
+        sub.take(n, Duration::from_secs(60))
+            .await
+            .expect("agent online");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostctl_drives_every_subcommand() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let wait_online = online(&node, 2);
+    let wait_online = online(&node, 2).await;
     let _h1 = AgentProcess::builder("h1", &url).label("gpu").start();
     let _h2 = AgentProcess::builder("h2", &url)
         .libvirt_uri(node_file_uri("h2"))
@@ -87,7 +95,7 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
     let _ = tokio::task::spawn_blocking(hostctl_binary).await;
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let wait_online = online(&node, 3);
+    let wait_online = online(&node, 3).await;
     // The agents' default heartbeat interval (5 s), as in production.
     let _h1 = AgentProcess::builder("h1", &url).label("rack-a").start();
     let _h2 = AgentProcess::builder("h2", &url)
@@ -148,7 +156,7 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
     // A fresh hostctl knows the whole fleet from the broker: it reports h4,
     // which heartbeats but does not answer in time (busy with one slow
     // command, concurrency 1), and h3, dead and not forgotten.
-    let wait_h4 = online(&node, 1);
+    let wait_h4 = online(&node, 1).await;
     let _h4 = AgentProcess::builder("h4", &url)
         .label("rack-b")
         .libvirt_uri(node_file_uri("h3"))
@@ -190,7 +198,7 @@ async fn a_broadcast_reports_the_host_that_did_not_answer() {
 async fn a_subscriber_sees_another_clients_change_and_a_slow_one_resyncs() {
     let node = RabbitNode::start().expect("rabbit");
     let url = node.amqp_url();
-    let wait_online = online(&node, 1);
+    let wait_online = online(&node, 1).await;
     let _h1 = AgentProcess::builder("h1", &url).spawn().expect("h1");
     wait_online.await;
     let watcher = Client::connect(ClientConfig::new(&url))
@@ -261,7 +269,7 @@ async fn a_subscriber_sees_another_clients_change_and_a_slow_one_resyncs() {
 async fn a_subscriber_beyond_the_event_retention_resyncs_from_a_snapshot() {
     let node = RabbitNode::start_private().expect("rabbit");
     let url = node.amqp_url();
-    let wait_online = online(&node, 1);
+    let wait_online = online(&node, 1).await;
     // The smallest retention: 1 MiB of events, in segments of 1 MiB.
     let _h1 = AgentProcess::builder("h1", &url)
         .env("HOSTBUS_EVENT_RETENTION_BYTES", "1048576")

@@ -23,16 +23,17 @@ fn hostctl(args: &[&str]) -> (i32, String, String) {
     (out.code, out.stdout, out.stderr)
 }
 
-/// Waits for `n` `agent.online` events (watched over the plain listener).
-async fn wait_online(node: &RabbitNode, agents: &[&AgentProcess], n: usize) {
+/// Starts the agent `start` makes and waits for its `agent.online`,
+/// watched over the plain listener from before the agent starts (a watch
+/// bound after it could miss the announcement).
+async fn start_online(node: &RabbitNode, start: impl FnOnce() -> AgentProcess) -> AgentProcess {
     let peer = AmqpPeer::connect(&node.amqp_url()).await.expect("peer");
     let mut sub = peer.watch(names::EVENT_EXCHANGE, "*.agent.online").await;
-    for _ in 0..n {
-        if let Err(e) = sub.next(ONLINE).await {
-            let logs: Vec<String> = agents.iter().map(|a| a.log_tail(30)).collect();
-            panic!("{e}\n{}", logs.join("\n"));
-        }
+    let agent = start();
+    if let Err(e) = sub.next(ONLINE).await {
+        panic!("{e}\n{}", agent.log_tail(30));
     }
+    agent
 }
 
 /// The broker's view of a connection: `(server port, ssl)` of the
@@ -85,10 +86,12 @@ async fn agent_sdk_and_hostctl_connect_over_tls_and_a_foreign_ca_is_refused() {
     let ca = pki.file("ca.pem");
     let ca_str = ca.to_str().expect("utf-8 path");
 
-    let agent = AgentProcess::builder("h1", &url)
-        .env("HOSTBUS_TLS_CA_FILE", ca_str)
-        .start();
-    wait_online(&node, &[&agent], 1).await;
+    let _agent = start_online(&node, || {
+        AgentProcess::builder("h1", &url)
+            .env("HOSTBUS_TLS_CA_FILE", ca_str)
+            .start()
+    })
+    .await;
     let tls_port = node.tls_port().expect("TLS port");
     assert_eq!(
         broker_connection(&node, "hostbus-agent/h1"),
@@ -173,12 +176,14 @@ async fn a_broker_that_requires_client_certificates_admits_only_certified_client
     let (node, url) = pki.broker(true, "127.0.0.1");
     let path = |name: &str| pki.file(name).to_str().expect("utf-8 path").to_owned();
 
-    let agent = AgentProcess::builder("h1", &url)
-        .env("HOSTBUS_TLS_CA_FILE", path("ca.pem"))
-        .env("HOSTBUS_TLS_CERT_FILE", path("client.pem"))
-        .env("HOSTBUS_TLS_KEY_FILE", path("client.key"))
-        .start();
-    wait_online(&node, &[&agent], 1).await;
+    let _agent = start_online(&node, || {
+        AgentProcess::builder("h1", &url)
+            .env("HOSTBUS_TLS_CA_FILE", path("ca.pem"))
+            .env("HOSTBUS_TLS_CERT_FILE", path("client.pem"))
+            .env("HOSTBUS_TLS_KEY_FILE", path("client.key"))
+            .start()
+    })
+    .await;
 
     // With the client certificate: admitted.
     assert_eq!(
