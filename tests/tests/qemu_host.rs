@@ -154,3 +154,59 @@ async fn the_setup_starts_virtlogd_when_only_a_decoy_of_its_name_runs() {
     started.expect("scripts/qemu-setup start-libvirtd");
     assert!(answers, "virtlogd does not answer after scripts/qemu-setup");
 }
+
+/// `scripts/qemu-setup stop-libvirtd` ends a libvirtd that outlives its
+/// SIGTERM: in CI a libvirtd still shutting down 10 s after SIGTERM made
+/// the stop fail ("did not stop") and the start after it fail ("Unable to
+/// obtain pidfile"), and every later real-hypervisor test with them. Here a
+/// process that ignores SIGTERM stands in for it, found through its own
+/// pidfile, so the real daemon is not touched.
+#[test]
+fn the_setup_kills_a_libvirtd_that_outlives_its_sigterm() {
+    if std::path::Path::new("/run/systemd/system").exists() {
+        eprintln!("systemd stops libvirtd here: nothing to check");
+        return;
+    }
+    let dir = hostbus_tests::TempDir::new("stubborn").expect("a folder");
+    // An ignored signal stays ignored across exec.
+    let mut stubborn = std::process::Command::new("sh")
+        .args(["-c", "trap '' TERM; exec sleep 120"])
+        .spawn()
+        .expect("a process that ignores SIGTERM");
+    let pidfile = dir.join("libvirtd.pid");
+    std::fs::write(&pidfile, stubborn.id().to_string()).expect("pidfile");
+    let started = Instant::now();
+    let out = std::process::Command::new(hostbus_tests::workspace_dir().join("scripts/qemu-setup"))
+        .arg("stop-libvirtd")
+        .env("HOSTBUS_LIBVIRTD_PIDFILE", &pidfile)
+        .env("HOSTBUS_LIBVIRTD_STOP_GRACE_S", "1")
+        .output()
+        .expect("run scripts/qemu-setup");
+    let end = Instant::now() + Duration::from_secs(2);
+    let mut ended = stubborn.try_wait().expect("wait");
+    while ended.is_none() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+        ended = stubborn.try_wait().expect("wait");
+    }
+    if ended.is_none() {
+        let _ = stubborn.kill();
+        let _ = stubborn.wait();
+    }
+    assert!(
+        out.status.success(),
+        "stop-libvirtd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        ended.and_then(|s| s.signal()),
+        Some(9),
+        "the process was not killed"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SIGKILL"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
