@@ -472,9 +472,11 @@ fn compose_file_matches_the_script() {
     // The broker: RabbitMQ with the management plugin and a health check,
     // and a user that may log in from other containers.
     let rabbit = services.get("rabbitmq").expect("a rabbitmq service");
+    // RabbitMQ 4 by default; another image through a variable
+    // (broker-compose/images names local ones in .env).
     assert_eq!(
         str_at(rabbit.get("image")).as_deref(),
-        Some("rabbitmq:3-management")
+        Some("${HOSTBUS_RABBITMQ_IMAGE:-rabbitmq:4-management}")
     );
     let test = rabbit
         .get("healthcheck")
@@ -502,6 +504,13 @@ fn compose_file_matches_the_script() {
         };
         assert_eq!(name, &id, "agent services are named after their host");
         assert_eq!(env_str(env, "HOSTBUS_BROKER_URLS", name), broker_url);
+        // hostctl logs in as the broker's user: without a role there, every
+        // command was PERMISSION_DENIED (found by the compose suite).
+        assert_eq!(
+            env_str(env, "HOSTBUS_ROLES", name),
+            format!("{user}=admin"),
+            "{name} gives the broker's user a role"
+        );
         assert_eq!(env_str(env, "HOSTBUS_METRICS_ADDR", name), "0.0.0.0:9187");
         let uri = env_str(env, "HOSTBUS_LIBVIRT_URI", name);
         let node_file = uri
@@ -523,6 +532,25 @@ fn compose_file_matches_the_script() {
             str_at(build.get("dockerfile")).as_deref(),
             Some("broker-compose/Dockerfile")
         );
+        // The base images are build arguments the Dockerfile declares,
+        // from variables defaulting to the official images.
+        for (arg, default) in [
+            ("RUST_IMAGE", "rust:1-bookworm"),
+            ("DEBIAN_IMAGE", "debian:bookworm-slim"),
+        ] {
+            let var = format!("HOSTBUS_{arg}");
+            assert_eq!(
+                str_at(build.get("args").and_then(|a| a.get(arg))).as_deref(),
+                Some(format!("${{{var}:-{default}}}").as_str()),
+                "{name}: build argument {arg}"
+            );
+            assert!(
+                dockerfile
+                    .lines()
+                    .any(|l| l.trim() == format!("ARG {arg}={default}")),
+                "the Dockerfile declares ARG {arg}={default}"
+            );
+        }
         assert_eq!(
             str_at(
                 service
@@ -579,6 +607,102 @@ fn compose_file_matches_the_script() {
         hostctl.get("image"),
         services.get("h1").and_then(|h| h.get("image")),
         "hostctl runs the agents' image"
+    );
+}
+
+/// The broker-cluster profile (`broker-cluster.yml`, on top of
+/// docker-compose.yml): three RabbitMQ nodes whose host names are the nodes
+/// `rabbitmq/cluster.conf` names, one cookie, every agent and hostctl given
+/// every node, agents started once every node is healthy. (The compose suite
+/// runs it; this checks what it cannot see: that nothing was left out.)
+#[test]
+fn broker_cluster_profile_gives_every_node_to_every_agent() {
+    let dir = repo().join("broker-compose");
+    let path = dir.join("broker-cluster.yml");
+    let doc = read_yaml(&fs::read_to_string(&path).expect("read broker-cluster.yml"));
+    if let Some(reference) = pyyaml(&path) {
+        assert_eq!(doc, reference, "the YAML parser agrees with PyYAML");
+    }
+    let base = read_yaml(&fs::read_to_string(dir.join("docker-compose.yml")).expect("read"));
+    let services = map(doc.get("services").expect("services"), "services");
+    let conf = fs::read_to_string(dir.join("rabbitmq/cluster.conf")).expect("cluster.conf");
+    let mut nodes: Vec<String> = conf
+        .lines()
+        .filter_map(|l| l.split_once("cluster_formation.classic_config.nodes."))
+        .filter_map(|(_, rest)| rest.split_once('=').map(|(_, n)| n.trim().to_owned()))
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes.len(), 3, "three nodes in cluster.conf: {nodes:?}");
+    let mut cookies = BTreeSet::new();
+    let mut urls = Vec::new();
+    for node in &nodes {
+        let host = node.strip_prefix("rabbit@").expect("rabbit@<host>");
+        let svc = services
+            .get(host)
+            .unwrap_or_else(|| panic!("a service for node {node}"));
+        // The first node's host name and image come from docker-compose.yml.
+        let hostname = svc
+            .get("hostname")
+            .or_else(|| base["services"][host].get("hostname"))
+            .and_then(scalar);
+        assert_eq!(hostname.as_deref(), Some(host), "{host}'s host name");
+        let env = env_of(svc, host);
+        cookies.insert(env_str(env, "RABBITMQ_ERLANG_COOKIE", host));
+        assert!(
+            env_str(env, "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", host).contains("-setcookie"),
+            "{host} is given the cookie"
+        );
+        let mounts = svc
+            .get("volumes")
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        assert!(
+            mounts.contains("./rabbitmq/cluster.conf:/etc/rabbitmq/conf.d/"),
+            "{host} reads cluster.conf: {mounts}"
+        );
+        let test = svc
+            .get("healthcheck")
+            .and_then(|h| h.get("test"))
+            .map(Value::to_string)
+            .unwrap_or_default();
+        assert!(test.contains("await_online_nodes 3"), "{host}: {test}");
+        urls.push(format!("amqp://hostbus:hostbus@{host}:5672/%2f"));
+    }
+    assert_eq!(cookies.len(), 1, "one Erlang cookie: {cookies:?}");
+    let all = urls.join(",");
+    let base_services = map(base.get("services").expect("services"), "services");
+    for (name, svc) in base_services {
+        let is_agent = svc
+            .get("environment")
+            .and_then(|e| e.get("HOSTBUS_HOST_ID"))
+            .is_some();
+        if !is_agent {
+            continue;
+        }
+        let over = services
+            .get(name)
+            .unwrap_or_else(|| panic!("broker-cluster.yml overrides agent {name}"));
+        assert_eq!(
+            env_str(env_of(over, name), "HOSTBUS_BROKER_URLS", name),
+            all,
+            "{name} is given every node"
+        );
+        for node in &nodes {
+            let host = node.trim_start_matches("rabbit@");
+            assert_eq!(
+                over["depends_on"][host]["condition"].as_str(),
+                Some("service_healthy"),
+                "{name} waits for {host}"
+            );
+        }
+    }
+    assert_eq!(
+        env_str(
+            env_of(&services["hostctl"], "hostctl"),
+            "HOSTBUS_URL",
+            "hostctl"
+        ),
+        all
     );
 }
 
