@@ -65,6 +65,7 @@
 mod agent;
 mod amqp;
 mod calls;
+pub mod compose;
 mod error;
 pub mod faults;
 mod hostctl;
