@@ -32,5 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !b.missing.is_empty() {
         println!("no answer from {}", b.missing.join(", "));
     }
+    // Closed, not only dropped: the broker logs a clean close.
+    client.close().await?;
     Ok(())
 }

@@ -41,5 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(e) => return Err(e.into()),
     }
     println!("{:#?}", vm.get().await?.allowed_operations);
+    // Closed, not only dropped: the broker logs a clean close.
+    client.close().await?;
     Ok(())
 }

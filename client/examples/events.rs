@@ -5,6 +5,7 @@
 //! carrying the host's full inventory.
 //!
 //! `cargo run -p hostbus-client --example events -- amqp://guest:guest@127.0.0.1:5682/%2f '*.vm.*' [offset]`
+//! (Ctrl-C ends it).
 
 use futures_lite::StreamExt;
 use hostbus_client::{Notification, StartAt, SubscribeOptions};
@@ -29,7 +30,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         )
         .await?;
-    while let Some(n) = events.next().await {
+    loop {
+        let next = tokio::select! {
+            n = events.next() => n,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(n) = next else { break };
         match n? {
             // Store `events.position()` to resume from here later.
             Notification::Event(e) => println!(
@@ -54,5 +60,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    // Ended by Ctrl-C: both connections are closed, not only dropped, so
+    // the broker logs a clean close.
+    events.close().await?;
+    client.close().await?;
     Ok(())
 }

@@ -22,5 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
+    // Closed, not only dropped: the broker logs a clean close.
+    client.close().await?;
     Ok(())
 }

@@ -33,5 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(done) => println!("finished: {:?}", done?.status),
         Err(_) => println!("cancelling: {:?}", task.cancel().await?.status),
     }
+    // Closed, not only dropped: the broker logs a clean close.
+    client.close().await?;
     Ok(())
 }

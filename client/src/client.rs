@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::config::{CallOptions, ClientConfig};
-use crate::connection::{lock, Connector};
+use crate::connection::{close, closed_error, lock, Connector, Ties};
 use crate::error::{ClientError, ErrorKind};
 use crate::presence::Presence;
 use crate::reply::{decode_reply, response, RawReply};
@@ -31,9 +31,11 @@ pub(crate) enum Pending {
     Many(mpsc::UnboundedSender<RawReply>),
 }
 
-/// The connection and channel calls go out on.
+/// The connection and channel calls go out on. The session's reply reader
+/// holds the connection too: it closes it when the client closes or is
+/// dropped.
 pub(crate) struct Session {
-    pub(crate) conn: Connection,
+    pub(crate) conn: Arc<Connection>,
     pub(crate) channel: Channel,
 }
 
@@ -65,12 +67,36 @@ pub(crate) struct Inner {
     /// Number of the latest session.
     session_gen: std::sync::atomic::AtomicU64,
     presence: tokio::sync::OnceCell<Presence>,
+    /// The tasks that hold a connection (each session's reply reader, the
+    /// fleet view's, the subscriptions'), which [`Client::close`] tells to
+    /// close it and waits for.
+    pub(crate) ties: Ties,
 }
 
 /// A connection to the bus, or to one host through its agent's socket
 /// ([`ClientConfig::socket`]). Cheap to clone; reconnects on its own when
 /// the connection is lost (calls in flight at that moment are sent again
 /// with the same command id until their deadline).
+///
+/// # Closing
+/// A client holds broker connections: one for calls, one for the fleet
+/// view once [`Client::presence`] (or a broadcast) started it, and one per
+/// [`Subscription`](crate::Subscription). Call [`Client::close`] when done:
+/// it closes them all with AMQP's `connection.close`, so the broker logs a
+/// clean close instead of a client that vanished, and it returns within
+/// about two seconds even when the broker is gone.
+///
+/// Dropping the last clone without closing sends the same
+/// `connection.close` for the call connection and the fleet view's, but
+/// without waiting: the client's tasks on the tokio runtime it was
+/// connected on see it gone and close them there. That reaches the broker
+/// if the runtime keeps running for a moment, as in a long-running
+/// program; a program that returns from `main`, or shuts its runtime down,
+/// right after the drop ends first (the broker then logs `client
+/// unexpectedly closed TCP connection`): call `close` instead. Dropping
+/// never blocks and never panics, even outside a runtime. Each
+/// subscription holds a clone of its client, so a client with a
+/// subscription open stays connected until the subscription ends too.
 #[derive(Clone)]
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
@@ -101,6 +127,7 @@ impl Client {
                 pending: Mutex::default(),
                 session_gen: std::sync::atomic::AtomicU64::new(0),
                 presence: tokio::sync::OnceCell::new(),
+                ties: Ties::new(),
             }),
         };
         if client.inner.socket.is_none() {
@@ -152,10 +179,50 @@ impl Client {
         &self.inner.cfg
     }
 
-    /// Opens a new AMQP connection to the first URL that answers (for
-    /// subscriptions, which own their connection).
-    pub(crate) async fn open_connection(&self, purpose: &str) -> Result<Connection, ClientError> {
-        self.inner.connector.open(purpose).await
+    /// Opens a new AMQP connection to the first URL that answers and sets
+    /// it up (for subscriptions, which own their connection); see
+    /// `Connector::open`.
+    pub(crate) async fn open_connection<T>(
+        &self,
+        purpose: &str,
+        setup: impl AsyncFnOnce(&Connection) -> Result<T, ClientError>,
+    ) -> Result<(Connection, T), ClientError> {
+        self.inner.connector.open(purpose, setup).await
+    }
+
+    /// Closes every broker connection this client (and its clones)
+    /// opened, with AMQP's `connection.close`: the call connection, the
+    /// fleet view's, and those of the subscriptions still open, which then
+    /// end. All are closed at once; the broker's confirmation is awaited at
+    /// most two seconds, so a broker that is gone does not hold up the
+    /// caller. Afterwards, calls, broadcasts and new subscriptions through
+    /// any clone fail with [`ErrorKind::BadState`]; a [`Presence`] taken
+    /// from the client keeps the view it had. Over an agent's socket there
+    /// is no broker connection: the fleet view's polling stops. Closing a
+    /// closed client does nothing.
+    ///
+    /// What dropping without closing does is said on [`Client`].
+    ///
+    /// # Errors
+    /// The first connection that could not be closed cleanly (the broker
+    /// did not confirm in time: [`ErrorKind::Timeout`]); it is given up on
+    /// all the same.
+    ///
+    /// # Cancel safety
+    /// Dropping the future leaves the client closed (no new calls) but may
+    /// leave connections open until their tasks finish closing them.
+    pub async fn close(self) -> Result<(), ClientError> {
+        // No reconnection is under way, and none starts after this.
+        let _reconnecting = self.inner.reconnecting.lock().await;
+        // Every connection's task closes it: the call session's reply
+        // reader, the fleet view's, the subscriptions'.
+        self.inner.ties.close();
+        *self
+            .inner
+            .session
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        self.inner.ties.ended().await
     }
 
     fn live_session(&self) -> Option<Arc<Session>> {
@@ -177,6 +244,9 @@ impl Client {
             return Ok(s);
         }
         let _reconnecting = self.inner.reconnecting.lock().await;
+        if self.inner.ties.closed() {
+            return Err(closed_error());
+        }
         if let Some(s) = self.live_session() {
             return Ok(s);
         }
@@ -189,59 +259,84 @@ impl Client {
         {
             tracing::info!("broker connection lost; reconnecting");
         }
-        let conn = self.open_connection("calls").await?;
-        let channel = conn.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let mut consumer = channel
-            .basic_consume(
-                DIRECT_REPLY_TO.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let (conn, (channel, mut consumer)) = self
+            .open_connection("calls", async |conn| {
+                let channel = conn.create_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                let consumer = channel
+                    .basic_consume(
+                        DIRECT_REPLY_TO.into(),
+                        "".into(),
+                        BasicConsumeOptions {
+                            no_ack: true,
+                            ..BasicConsumeOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                Ok((channel, consumer))
+            })
             .await?;
         let gen = self
             .inner
             .session_gen
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
+        let conn = Arc::new(conn);
         let inner = Arc::downgrade(&self.inner);
+        let dropped = self.inner.ties.dropped();
+        let Some(mut tie) = self.inner.ties.tie() else {
+            let _ = close(&conn, "client closed").await;
+            return Err(closed_error());
+        };
+        let held = conn.clone();
         tokio::spawn(async move {
-            while let Some(Ok(d)) = consumer.next().await {
-                let Some(inner) = inner.upgrade() else { return };
-                let props = from_lapin(&d.properties);
-                let Some(corr) = props.correlation_id.clone() else {
-                    continue;
-                };
-                let reply = RawReply {
-                    props,
-                    body: d.data,
-                };
-                let mut pending = lock(&inner.pending);
-                match pending.get(&corr) {
-                    Some((_, Pending::Many(tx))) => {
-                        let _ = tx.send(reply);
-                    }
-                    Some((_, Pending::One(_))) => {
-                        if let Some((_, Pending::One(tx))) = pending.remove(&corr) {
+            let routed = async {
+                while let Some(Ok(d)) = consumer.next().await {
+                    let Some(inner) = inner.upgrade() else { return };
+                    let props = from_lapin(&d.properties);
+                    let Some(corr) = props.correlation_id.clone() else {
+                        continue;
+                    };
+                    let reply = RawReply {
+                        props,
+                        body: d.data,
+                    };
+                    let mut pending = lock(&inner.pending);
+                    match pending.get(&corr) {
+                        Some((_, Pending::Many(tx))) => {
                             let _ = tx.send(reply);
                         }
-                    }
-                    None => {
-                        tracing::debug!(correlation_id = %corr, "late or unknown reply dropped")
+                        Some((_, Pending::One(_))) => {
+                            if let Some((_, Pending::One(tx))) = pending.remove(&corr) {
+                                let _ = tx.send(reply);
+                            }
+                        }
+                        None => {
+                            tracing::debug!(correlation_id = %corr, "late or unknown reply dropped")
+                        }
                     }
                 }
+                // The connection is gone: fail the calls that waited on it
+                // now (not those of a newer session).
+                if let Some(inner) = inner.upgrade() {
+                    lock(&inner.pending).retain(|_, (g, _)| *g > gen);
+                }
+            };
+            tokio::select! {
+                () = routed => {}
+                () = dropped => {}
+                () = tie.client_closed() => {}
             }
-            // The connection is gone: fail the calls that waited on it now
-            // (not those of a newer session).
-            if let Some(inner) = inner.upgrade() {
-                lock(&inner.pending).retain(|_, (g, _)| *g > gen);
-            }
+            // Lost, or the client closed or was dropped: the connection is
+            // closed here, also a session's that was retired (see
+            // `confirmed`), whose reader still routes the replies of the
+            // calls it carried. lapin would never close it by itself, as
+            // the reader's consumer keeps its channel open.
+            let closed = close(&held, "client closed").await;
+            tie.end(&closed);
         });
         // Shared, not cloned per call: cloning a lapin channel showed in profiles.
         let s = Arc::new(Session { conn, channel });
@@ -270,7 +365,9 @@ impl Client {
     /// routed to refused it) also retires the channel: RabbitMQ 3.10
     /// registers a channel with each quorum queue it publishes to on its
     /// first publish, and a channel whose registration timed out (a queue's
-    /// leader was busy or moving) is refused by that queue for good.
+    /// leader was busy or moving) is refused by that queue for good. The
+    /// retired session's connection stays open for the replies of the
+    /// calls it carried, and is closed with the client.
     fn confirmed(&self, target: &Target, confirm: Confirmation) -> Result<(), ClientError> {
         let checked = check_confirm(target, confirm);
         if checked
@@ -357,6 +454,9 @@ impl Client {
         opts: &CallOptions,
         asynchronous: bool,
     ) -> Result<Reply<C::Response>, ClientError> {
+        if self.inner.ties.closed() {
+            return Err(closed_error());
+        }
         let id = opts.command_id.unwrap_or_else(Uuid::new_v4);
         let opts = CallOptions {
             command_id: Some(id),
@@ -538,9 +638,10 @@ impl Client {
         self.inner
             .presence
             .get_or_try_init(|| async {
+                let tie = self.inner.ties.tie().ok_or_else(closed_error)?;
                 match &self.inner.socket {
-                    Some(s) => Presence::local(s.clone()).await,
-                    None => Presence::start(self.inner.connector.clone()).await,
+                    Some(s) => Presence::local(s.clone(), tie).await,
+                    None => Presence::start(self.inner.connector.clone(), tie).await,
                 }
             })
             .await

@@ -37,10 +37,11 @@ use hostbus_protocol::types::{Inventory, ObjectClass};
 use hostbus_protocol::{decode, ContentType, Event, EventAction};
 use http_body_util::BodyExt;
 use lapin::options::{BasicAckOptions, BasicQosOptions};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::client::Client;
+use crate::connection::{close, closed_error, Tie};
 use crate::error::{ClientError, ErrorKind};
 use crate::socket::{Socket, EVENTS};
 use crate::sse;
@@ -123,10 +124,25 @@ pub enum Notification {
     },
 }
 
-/// A stream of notifications. Dropping it ends the subscription.
+/// A stream of notifications, read by a task of its own over a broker
+/// connection of its own (over an agent's socket, an HTTP stream).
+///
+/// # Closing
+/// [`Subscription::close`] ends it and closes its connection with AMQP's
+/// `connection.close`, waiting for the broker's confirmation at most two
+/// seconds; [`Client::close`] does the same for every subscription of the
+/// client still open. Dropping the subscription ends it too: its task is
+/// told without waiting, and closes the connection the same way on the
+/// tokio runtime it runs on; that reaches the broker if the runtime keeps
+/// running for a moment (a long-running program), not if the program
+/// exits or shuts its runtime down right after the drop (the broker then
+/// logs `client unexpectedly closed TCP connection`). Dropping never
+/// blocks and never panics, even outside a runtime.
 pub struct Subscription {
     rx: mpsc::Receiver<(Option<u64>, Result<Notification, ClientError>)>,
-    task: tokio::task::JoinHandle<()>,
+    /// Tells the task to stop and close its connection; dropping it does too.
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), ClientError>>,
     position: Option<u64>,
 }
 
@@ -137,6 +153,29 @@ impl Subscription {
     /// `StartAt::Offset(position + 1)`.
     pub fn position(&self) -> Option<u64> {
         self.position
+    }
+
+    /// Ends the subscription and closes its broker connection with AMQP's
+    /// `connection.close`, waiting for the broker's confirmation at most
+    /// two seconds. Notifications not taken yet are dropped; store
+    /// [`position`](Self::position) first to resume later.
+    ///
+    /// # Errors
+    /// The broker did not confirm in time ([`ErrorKind::Timeout`]); the
+    /// connection is given up on all the same.
+    ///
+    /// # Cancel safety
+    /// Dropping the future leaves the task closing the connection on its
+    /// own, as dropping the subscription does.
+    pub async fn close(self) -> Result<(), ClientError> {
+        let Self { stop, task, .. } = self;
+        let _ = stop.send(());
+        task.await.unwrap_or_else(|e| {
+            Err(ClientError::new(
+                ErrorKind::Internal,
+                format!("the subscription's task failed: {e}"),
+            ))
+        })
     }
 }
 
@@ -154,12 +193,6 @@ impl Stream for Subscription {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -430,22 +463,117 @@ where
     }
 }
 
+/// A connection to the event stream: the connection, its channel and the
+/// stream's consumer.
+type Reading = (lapin::Connection, (lapin::Channel, lapin::Consumer));
+
 /// Opens a connection and a consumer on the event stream at `from`.
-async fn open(
-    client: &Client,
+async fn open(client: &Client, from: StartAt) -> Result<Reading, ClientError> {
+    client
+        .open_connection("events", async |conn| {
+            let ch = conn.create_channel().await?;
+            ch.basic_qos(500, BasicQosOptions::default()).await?;
+            let offset = match from {
+                StartAt::Next => stream::named("next"),
+                StartAt::First => stream::named("first"),
+                StartAt::Time(ms) => stream::at_time(ms),
+                StartAt::Offset(o) => stream::at(o),
+            };
+            let consumer = stream::consume(&ch, EVENT_STREAM, offset).await?;
+            Ok((ch, consumer))
+        })
+        .await
+}
+
+/// Follows the broker's event stream (`first`, then a new connection
+/// whenever one is lost), until the subscriber is gone; the connection in
+/// use is kept in `conn`, for the caller to close.
+async fn follow_broker(
+    mut follow: Follow,
     from: StartAt,
-) -> Result<(lapin::Connection, lapin::Channel, lapin::Consumer), ClientError> {
-    let conn = client.open_connection("events").await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(500, BasicQosOptions::default()).await?;
-    let offset = match from {
-        StartAt::Next => stream::named("next"),
-        StartAt::First => stream::named("first"),
-        StartAt::Time(ms) => stream::at_time(ms),
-        StartAt::Offset(o) => stream::at(o),
+    first: Reading,
+    conn: &mut Option<lapin::Connection>,
+) {
+    // The offset the next delivery should have, when known.
+    let mut asked = match from {
+        StartAt::Offset(o) => Some(o),
+        _ => None,
     };
-    let consumer = stream::consume(&ch, EVENT_STREAM, offset).await?;
-    Ok((conn, ch, consumer))
+    let mut current = Some(first);
+    loop {
+        let from = asked.map_or(StartAt::Next, StartAt::Offset);
+        let (c, (ch, mut consumer)) =
+            reconnect(current.take(), || open(&follow.client, from)).await;
+        *conn = Some(c);
+        let mut first_delivery = true;
+        let mut unacked = 0u32;
+        while let Some(d) = consumer.next().await {
+            let Ok(d) = d else { break };
+            let offset = offset_of(&d);
+            unacked += 1;
+            if unacked >= 100 {
+                unacked = 0;
+                let _ = d.acker.ack(BasicAckOptions { multiple: true }).await;
+            }
+            if let (Some(o), Some(a)) = (offset, asked) {
+                if o < a {
+                    // The broker starts at a chunk's beginning.
+                    continue;
+                }
+                if first_delivery && o > a {
+                    // Retention removed what was asked for.
+                    let hosts: BTreeSet<String> = follow
+                        .seen
+                        .hosts
+                        .keys()
+                        .cloned()
+                        .chain(
+                            follow
+                                .patterns
+                                .iter()
+                                .filter_map(|p| pattern_host(p).map(str::to_owned)),
+                        )
+                        .collect();
+                    for h in hosts {
+                        let reason = ResyncReason::Truncated { asked: a, first: o };
+                        if !follow.resync(&h, reason, None).await {
+                            return;
+                        }
+                    }
+                }
+            }
+            first_delivery = false;
+            if let Some(o) = offset {
+                asked = Some(o + 1);
+            }
+            match decode::<Event>(content_type(&d), &d.data, MAX_EVENT) {
+                Ok(ev) => {
+                    if !follow.event(ev, offset).await {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "undecodable event skipped"),
+            }
+        }
+        drop((consumer, ch));
+        if let Some(c) = conn.take() {
+            // Usually lost already; a consumer that failed on a live
+            // connection leaves it to be closed.
+            let _ = close(&c, "subscription reconnecting").await;
+        }
+        tracing::info!("event subscription: connection lost; resuming after the last event read");
+    }
+}
+
+/// Closes a subscription's broker connection, if it has one, and ends its
+/// tie to the client with the outcome.
+async fn finish(conn: Option<lapin::Connection>, tie: Tie) -> Result<(), ClientError> {
+    let closed = match conn {
+        Some(c) => close(&c, "subscription closed").await,
+        None => Ok(()),
+    };
+    tie.end(&closed);
+    closed
 }
 
 impl Client {
@@ -454,7 +582,9 @@ impl Client {
     /// from `opts.from`. Fails at once if the broker cannot be reached or
     /// the stream does not exist; after that, the subscription reconnects
     /// on its own. Over an agent's socket, `opts.from` must be
-    /// [`StartAt::Next`] (else [`ErrorKind::Unsupported`]).
+    /// [`StartAt::Next`] (else [`ErrorKind::Unsupported`]). The
+    /// subscription has a broker connection of its own: close it with
+    /// [`Subscription::close`] (or [`Client::close`]) when done.
     pub async fn subscribe(
         &self,
         patterns: &[&str],
@@ -468,8 +598,10 @@ impl Client {
         } else {
             patterns.iter().map(|p| (*p).to_owned()).collect()
         };
+        let tie = self.inner.ties.tie().ok_or_else(closed_error)?;
         let (tx, rx) = mpsc::channel(64);
-        let mut follow = Follow {
+        let (stop, stopped) = oneshot::channel();
+        let follow = Follow {
             client: self.clone(),
             patterns,
             resync: opts.resync,
@@ -488,83 +620,31 @@ impl Client {
                 ));
             }
             let first = socket.stream(EVENTS).await?;
-            let task = tokio::spawn(follow_socket(follow, socket.clone(), first));
+            let socket = socket.clone();
+            let task = tokio::spawn(async move {
+                let mut tie = tie;
+                tie.until_stopped(follow_socket(follow, socket, first), stopped)
+                    .await;
+                finish(None, tie).await
+            });
             return Ok(Subscription {
                 rx,
+                stop,
                 task,
                 position: None,
             });
         }
         let first = open(self, opts.from).await?;
         let task = tokio::spawn(async move {
-            // The offset the next delivery should have, when known.
-            let mut asked = match opts.from {
-                StartAt::Offset(o) => Some(o),
-                _ => None,
-            };
-            let mut current = Some(first);
-            loop {
-                let from = asked.map_or(StartAt::Next, StartAt::Offset);
-                let (conn, ch, mut consumer) =
-                    reconnect(current.take(), || open(&follow.client, from)).await;
-                let mut first_delivery = true;
-                let mut unacked = 0u32;
-                while let Some(d) = consumer.next().await {
-                    let Ok(d) = d else { break };
-                    let offset = offset_of(&d);
-                    unacked += 1;
-                    if unacked >= 100 {
-                        unacked = 0;
-                        let _ = d.acker.ack(BasicAckOptions { multiple: true }).await;
-                    }
-                    if let (Some(o), Some(a)) = (offset, asked) {
-                        if o < a {
-                            // The broker starts at a chunk's beginning.
-                            continue;
-                        }
-                        if first_delivery && o > a {
-                            // Retention removed what was asked for.
-                            let hosts: BTreeSet<String> = follow
-                                .seen
-                                .hosts
-                                .keys()
-                                .cloned()
-                                .chain(
-                                    follow
-                                        .patterns
-                                        .iter()
-                                        .filter_map(|p| pattern_host(p).map(str::to_owned)),
-                                )
-                                .collect();
-                            for h in hosts {
-                                let reason = ResyncReason::Truncated { asked: a, first: o };
-                                if !follow.resync(&h, reason, None).await {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                    first_delivery = false;
-                    if let Some(o) = offset {
-                        asked = Some(o + 1);
-                    }
-                    match decode::<Event>(content_type(&d), &d.data, MAX_EVENT) {
-                        Ok(ev) => {
-                            if !follow.event(ev, offset).await {
-                                return;
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "undecodable event skipped"),
-                    }
-                }
-                drop((consumer, ch, conn));
-                tracing::info!(
-                    "event subscription: connection lost; resuming after the last event read"
-                );
-            }
+            let mut tie = tie;
+            let mut conn = None;
+            let follow = follow_broker(follow, opts.from, first, &mut conn);
+            tie.until_stopped(follow, stopped).await;
+            finish(conn, tie).await
         });
         Ok(Subscription {
             rx,
+            stop,
             task,
             position: None,
         })

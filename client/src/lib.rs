@@ -9,6 +9,7 @@
 //! let client = Client::connect(ClientConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")).await?;
 //! let vm = client.host("h1").vm_named("web01").start().await?;
 //! println!("{} is {}", vm.name, vm.power_state);
+//! client.close().await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -32,8 +33,20 @@
 //! let client = Client::connect(ClientConfig::local("/run/hostbus/agent.sock")).await?;
 //! let host = client.local_host().unwrap_or_default();
 //! println!("{:?}", client.host(host).vms(None).await?);
+//! client.close().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Closing
+//!
+//! A client holds broker connections (one for calls, one for the fleet
+//! view once used, one per subscription). Close them when done:
+//! [`Client::close`] closes every one of them with AMQP's
+//! `connection.close`, [`Subscription::close`] one subscription's, each
+//! waiting at most two seconds for the broker. A program that only drops
+//! them and exits leaves `client unexpectedly closed TCP connection` in the
+//! broker's log for each; a long-running program that drops them gets them
+//! closed in the background (see [`Client`] for what a drop guarantees).
 //!
 //! Runnable examples live in `client/examples/`.
 

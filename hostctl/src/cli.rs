@@ -25,6 +25,10 @@ const EXIT_CODES: &str = "EXIT CODES:
      host unavailable, busy
   6  permission denied
   7  partial: a broadcast where some expected hosts did not answer
+  130  interrupted (SIGINT, Ctrl-C), as `events --follow` ends
+  143  terminated (SIGTERM)
+  Whatever the code, hostctl closes its broker connections before it exits;
+  a command already sent when it is interrupted may still run.
 
 ENVIRONMENT:
   HOSTBUS_URL         broker URL(s), comma-separated (like --url)

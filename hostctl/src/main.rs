@@ -12,14 +12,18 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use hostbus_client::Client;
 
-/// `println!` that ends the program quietly when stdout is a closed pipe
-/// (`hostctl ... | head`), like other Unix tools.
+/// `println!` that stops printing once stdout is a closed pipe
+/// (`hostctl ... | head`): the command ends, its connections are closed,
+/// and hostctl exits 0 quietly, like other Unix tools
+/// ([`output::stdout_closed`]).
 macro_rules! outln {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
+        if !$crate::output::stdout_closed() {
+            if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    $crate::output::stdout_was_closed();
+                }
             }
         }
     }};
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
+        _ if output::stdout_closed() => ExitCode::SUCCESS,
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("hostctl: {}", f.message);
@@ -77,7 +82,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Connects and runs one command.
+/// Connects, runs one command, and closes the connections whichever way
+/// the command ends: done, failed (every exit code), or interrupted by
+/// SIGINT or SIGTERM (`events --follow` ends so). The broker then logs a
+/// clean close, not a client that vanished; closing is bounded, so a dead
+/// broker does not hold up the exit.
 async fn run(cli: Cli) -> Res<()> {
     let (cfg, output) = config::load(&cli)?;
     if let (Some(verb), Some(socket)) = (cli.cmd.broker_only(), &cfg.socket) {
@@ -86,21 +95,37 @@ async fn run(cli: Cli) -> Res<()> {
             socket.display()
         )));
     }
-    let client = Client::connect(cfg).await?;
+    let mut interrupted = std::pin::pin!(output::interrupted()?);
+    let client = tokio::select! {
+        client = Client::connect(cfg) => client?,
+        failure = &mut interrupted => return Err(failure),
+    };
     let ctx = Ctx { client, output };
-    match cli.cmd {
+    let outcome = tokio::select! {
+        outcome = command(&ctx, cli.cmd) => outcome,
+        failure = &mut interrupted => Err(failure),
+    };
+    // A subscription the interrupted command dropped is closed too: the
+    // client's close waits for it.
+    let _ = ctx.client.close().await;
+    outcome
+}
+
+/// Runs one command.
+async fn command(ctx: &Ctx, cmd: Cmd) -> Res<()> {
+    match cmd {
         // Answered in `main`, without a connection.
         Cmd::Schema | Cmd::Completions { .. } => Ok(()),
-        Cmd::Hosts { listen_ms } => host::hosts(&ctx, listen_ms).await,
-        Cmd::Ping { host } => host::ping(&ctx, &host).await,
-        Cmd::Host(cmd) => host::run(&ctx, cmd).await,
-        Cmd::Vm(cmd) => vm::run(&ctx, cmd).await,
-        Cmd::Snapshot(cmd) => vm::snapshot(&ctx, cmd).await,
-        Cmd::Pool(cmd) => storage::pool(&ctx, cmd).await,
-        Cmd::Volume(cmd) => storage::volume(&ctx, cmd).await,
-        Cmd::Network(cmd) => network::run(&ctx, cmd).await,
-        Cmd::Task(cmd) => task::run(&ctx, cmd).await,
-        Cmd::Events(args) => task::events(&ctx, args).await,
-        Cmd::Admin(cmd) => admin::run(&ctx, cmd).await,
+        Cmd::Hosts { listen_ms } => host::hosts(ctx, listen_ms).await,
+        Cmd::Ping { host } => host::ping(ctx, &host).await,
+        Cmd::Host(cmd) => host::run(ctx, cmd).await,
+        Cmd::Vm(cmd) => vm::run(ctx, cmd).await,
+        Cmd::Snapshot(cmd) => vm::snapshot(ctx, cmd).await,
+        Cmd::Pool(cmd) => storage::pool(ctx, cmd).await,
+        Cmd::Volume(cmd) => storage::volume(ctx, cmd).await,
+        Cmd::Network(cmd) => network::run(ctx, cmd).await,
+        Cmd::Task(cmd) => task::run(ctx, cmd).await,
+        Cmd::Events(args) => task::events(ctx, args).await,
+        Cmd::Admin(cmd) => admin::run(ctx, cmd).await,
     }
 }

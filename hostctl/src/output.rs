@@ -1,7 +1,9 @@
 //! What hostctl prints and how it fails: tables or JSON, the progress bar,
-//! and the exit code of each error.
+//! a closed stdout, and the exit code of each error and of an interruption.
 
+use std::future::Future;
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use hostbus_client::protocol::types::{TaskRecord, TaskStatus};
 use hostbus_client::{Client, ClientError, ErrorKind};
@@ -39,6 +41,44 @@ impl Failure {
             message: message.into(),
         }
     }
+}
+
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM with the failure
+/// hostctl then exits with: 130 or 143, what a shell reports for a program
+/// those signals ended. The handlers are installed when this returns, so
+/// from then on a signal ends the command and hostctl closes its
+/// connections before it exits, instead of dying at once.
+pub(crate) fn interrupted() -> Res<impl Future<Output = Failure>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listen =
+        |kind| signal(kind).map_err(|e| Failure::other(format!("cannot listen for signals: {e}")));
+    let mut interrupt = listen(SignalKind::interrupt())?;
+    let mut terminate = listen(SignalKind::terminate())?;
+    Ok(async move {
+        let (code, name) = tokio::select! {
+            _ = interrupt.recv() => (130, "interrupted (SIGINT)"),
+            _ = terminate.recv() => (143, "terminated (SIGTERM)"),
+        };
+        Failure {
+            code,
+            message: name.to_owned(),
+        }
+    })
+}
+
+/// Set once stdout is found to be a closed pipe (`hostctl ... | head`).
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether stdout is a closed pipe: `outln!` prints nothing more, a
+/// command that would print for ever stops, and hostctl exits 0 once its
+/// connections are closed.
+pub(crate) fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// Notes that stdout is a closed pipe (see [`stdout_closed`]).
+pub(crate) fn stdout_was_closed() {
+    STDOUT_CLOSED.store(true, Ordering::Relaxed);
 }
 
 impl From<ClientError> for Failure {

@@ -7,7 +7,7 @@ use futures_lite::StreamExt;
 use hostbus_client::{Notification, SubscribeOptions};
 
 use crate::cli::{EventsArgs, Output, TaskCmd};
-use crate::output::{print_json, task_outcome, Column, Ctx, Listed, Progress, Res};
+use crate::output::{print_json, stdout_closed, task_outcome, Column, Ctx, Listed, Progress, Res};
 use hostbus_client::protocol::types::TaskRecord;
 
 /// `hostctl task ...`.
@@ -86,10 +86,12 @@ pub(crate) async fn events(ctx: &Ctx, args: EventsArgs) -> Res<()> {
             }
         }
         let _ = std::io::stdout().flush();
-        if count.is_some_and(|n| seen >= n) {
+        if count.is_some_and(|n| seen >= n) || stdout_closed() {
             break;
         }
     }
+    // The subscription's connection is closed with the client's, in
+    // `main`, however this ends.
     Ok(())
 }
 

@@ -1,16 +1,20 @@
 //! The SDK and `hostctl` against real agents on a real broker: every hostctl
 //! subcommand end to end with its JSON parsed back, a broadcast that reports
-//! a dead host, an event subscription that sees another client's change, and
-//! a slow subscriber that loses events, notices the gap and resyncs.
+//! a dead host, an event subscription that sees another client's change, a
+//! slow subscriber that loses events, notices the gap and resyncs, and
+//! connections closed as the broker expects, read from its log.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
 use hostbus_client::protocol::commands::{VmDefine, VmDefineRequest};
 use hostbus_client::protocol::names::Target;
 use hostbus_client::protocol::types::PowerState;
 use hostbus_client::protocol::EventAction;
-use hostbus_client::{Client, ClientConfig, Notification, ResyncReason, StartAt};
+use hostbus_client::{Client, ClientConfig, ErrorKind, Notification, ResyncReason, StartAt};
 use hostbus_tests::sdk::{list_group, list_vms, next_notification, subscribe, subscribe_from};
 use hostbus_tests::{
     node_file_uri, small_vm, tour, watch_online, AgentProcess, Hostctl, RabbitNode,
@@ -302,4 +306,252 @@ async fn a_subscriber_beyond_the_event_retention_resyncs_from_a_snapshot() {
         }
         other => panic!("expected a resync for the events the broker dropped, got {other:?}"),
     }
+}
+
+/// How a connection a hostbus client opened ended, as the broker logged it:
+/// `None` while it is open; `Ok` when the client closed it
+/// (`[info] ... closing AMQP connection`); `Err` with the line of any other
+/// end (`client unexpectedly closed TCP connection`, missed heartbeats).
+type Fate = Option<Result<(), String>>;
+
+/// The broker log's bytes so far (where a test's part of it starts).
+fn log_len(log: &Path) -> usize {
+    std::fs::metadata(log).map_or(0, |m| m.len() as usize)
+}
+
+/// The connections of hostbus clients (named `hostbus-client/...`) in
+/// `log`, by the Erlang process that served each (every line of the log
+/// names one), with their name and how each ended.
+fn client_connections(log: &str) -> BTreeMap<String, (String, Fate)> {
+    let mut conns: BTreeMap<String, (String, Fate)> = BTreeMap::new();
+    for line in log.lines() {
+        // `<time> [<level>] <pid> <text>`
+        let Some((head, rest)) = line.split_once("] ") else {
+            continue;
+        };
+        let level = head.rsplit_once('[').map_or("", |(_, l)| l);
+        let Some((pid, text)) = rest.split_once(' ') else {
+            continue;
+        };
+        if let Some((_, name)) = text.split_once("has a client-provided name: ") {
+            if name.starts_with("hostbus-client/") {
+                conns.insert(pid.to_owned(), (name.trim().to_owned(), None));
+            }
+            continue;
+        }
+        let Some((_, fate)) = conns.get_mut(pid) else {
+            continue;
+        };
+        let closing = text.contains("closing AMQP connection");
+        if closing && level == "info" {
+            fate.get_or_insert(Ok(()));
+        } else if (closing || text.contains("unexpectedly closed")) && !matches!(fate, Some(Err(_)))
+        {
+            *fate = Some(Err(line.to_owned()));
+        }
+    }
+    conns
+}
+
+/// Reads the broker's log from byte `from` until it shows at least
+/// `at_least` connections of hostbus clients and how each ended (the
+/// broker writes its log a moment after the fact), at most 10 s; then
+/// fails unless each was closed by its client, and unless no connection
+/// at all vanished without a close meanwhile. Returns how many there were.
+async fn assert_clients_closed_cleanly(node: &RabbitNode, from: usize, at_least: usize) -> usize {
+    let path = node.log_file().expect("a private node's log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read(&path).expect("the broker's log");
+        let part = String::from_utf8_lossy(log.get(from..).unwrap_or_default()).into_owned();
+        let conns = client_connections(&part);
+        let settled = conns.len() >= at_least && conns.values().all(|(_, f)| f.is_some());
+        if settled || Instant::now() >= deadline {
+            assert!(
+                !part.contains("client unexpectedly closed TCP connection"),
+                "a connection vanished without an AMQP close:\n{part}"
+            );
+            let unclean: Vec<_> = conns
+                .iter()
+                .filter(|(_, (_, fate))| !matches!(fate, Some(Ok(()))))
+                .collect();
+            assert!(
+                unclean.is_empty(),
+                "connections not closed by their client: {unclean:?}\n{part}"
+            );
+            assert!(
+                conns.len() >= at_least,
+                "{} client connections in the broker's log, {at_least} expected:\n{part}",
+                conns.len()
+            );
+            return conns.len();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The first line `child` prints, within `within`.
+fn first_line(child: &mut std::process::Child, within: Duration) -> String {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(within)
+        .unwrap_or_else(|_| panic!("nothing printed within {within:?}"))
+}
+
+/// Sends `signal` (`INT`, `STOP`, ...) to `target`, a pid or `-<group>`.
+fn kill(signal: &str, target: &str) {
+    let status = std::process::Command::new("kill")
+        .args(["-s", signal, "--", target])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -s {signal} {target}");
+}
+
+/// hostctl closes its broker connections before it exits, whichever way
+/// it ends: done (0), refused with a structured error (4), not found (3),
+/// a broadcast that missed a host (7), and `events --follow` interrupted
+/// by Ctrl-C (130). The broker logs each close as a normal one, never
+/// `client unexpectedly closed TCP connection` (as it did for every
+/// connection of every run). With the broker frozen, an interrupted
+/// hostctl still exits within its close bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostctl_closes_its_connections_however_it_exits() {
+    let mut node = RabbitNode::start_private().expect("rabbit");
+    let url = node.amqp_url();
+    let wait_online = online(&node, 2).await;
+    let _h1 = AgentProcess::builder("h1", &url).start();
+    let mut h2 = AgentProcess::builder("h2", &url)
+        .libvirt_uri(node_file_uri("h2"))
+        .start();
+    wait_online.await;
+    // h2 stops with a goodbye: the fleet still knows it, and a broadcast
+    // to all hosts misses it.
+    h2.terminate().expect("stop h2");
+    assert!(h2.wait_exit(Duration::from_secs(30)).is_some(), "h2 stops");
+    let ctl = Hostctl::new(&url);
+    let _ = tokio::task::spawn_blocking(hostctl_binary).await;
+    let from = log_len(&node.log_file().expect("log"));
+
+    let runs: [(&[&str], i32); 6] = [
+        (&["hosts"], 0),
+        (&["vm", "list", "--host", "h1"], 0),
+        (&["vm", "pause", "h1/db01"], 4),
+        (&["vm", "get", "h1/nope"], 3),
+        (&["ping", "h9"], 3),
+        (&["vm", "list", "--all"], 7),
+    ];
+    let mut codes = Vec::new();
+    for (args, _) in &runs {
+        let out = ctl.run(args);
+        codes.push((args.join(" "), out.code, out.stderr));
+    }
+    // Following h1's events from the stream's start: the first one
+    // printed says it follows; then Ctrl-C.
+    let mut follow = ctl.spawn(&["events", "h1.#", "--from", "first", "--follow"]);
+    let event = first_line(&mut follow, Duration::from_secs(30));
+    assert!(event.contains("h1"), "{event}");
+    kill("INT", &follow.id().to_string());
+    let interrupted = tokio::task::spawn_blocking(move || follow.wait_with_output())
+        .await
+        .expect("join")
+        .expect("hostctl events ends");
+
+    let closed = assert_clients_closed_cleanly(&node, from, runs.len() + 1).await;
+    println!(
+        "{closed} connections of {} hostctl runs closed cleanly",
+        runs.len() + 1
+    );
+    for ((args, code), (run, got, stderr)) in runs.iter().zip(&codes) {
+        assert_eq!(got, code, "hostctl {args:?} ({run}): {stderr}");
+    }
+    assert_eq!(
+        interrupted.status.code(),
+        Some(130),
+        "hostctl events --follow after Ctrl-C: {:?} {}",
+        interrupted.status,
+        String::from_utf8_lossy(&interrupted.stderr)
+    );
+
+    // A broker that stops answering does not hold hostctl's exit up for
+    // longer than its close bound.
+    let mut follow = ctl.spawn(&["events", "h1.#", "--from", "first", "--follow"]);
+    first_line(&mut follow, Duration::from_secs(30));
+    let group = format!("-{}", node.process_group().expect("a private node"));
+    kill("STOP", &group);
+    let sent = Instant::now();
+    kill("INT", &follow.id().to_string());
+    let out = tokio::task::spawn_blocking(move || follow.wait_with_output())
+        .await
+        .expect("join")
+        .expect("hostctl events ends");
+    let took = sent.elapsed();
+    kill("CONT", &group);
+    println!("hostctl exited {took:?} after Ctrl-C with its broker frozen");
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    assert!(
+        took < Duration::from_secs(6),
+        "hostctl took {took:?} to exit with its broker frozen"
+    );
+    assert!(node.is_running());
+}
+
+/// A program on the SDK closes what it opened: a client (its call
+/// connection and its fleet view's) and a subscription, closed by the user
+/// before the program's runtime ends, as returning from `main` ends it;
+/// the closed client refuses further calls. A client and a subscription
+/// that were only dropped while the program went on are closed as well.
+/// The broker logs every close as a normal one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_program_closes_its_client_and_subscription() {
+    let node = RabbitNode::start_private().expect("rabbit");
+    let url = node.amqp_url();
+    let wait_online = online(&node, 1).await;
+    let _h1 = AgentProcess::builder("h1", &url).start();
+    wait_online.await;
+    let from = log_len(&node.log_file().expect("log"));
+    // The program has a runtime of its own, shut down when it returns.
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(sdk_program(url));
+    })
+    .await
+    .expect("the program runs");
+    // Three connections for each client: calls, fleet view, subscription.
+    assert_clients_closed_cleanly(&node, from, 6).await;
+}
+
+/// What [`an_sdk_program_closes_its_client_and_subscription`] runs.
+async fn sdk_program(url: String) {
+    // Dropped early; the program goes on.
+    let dropped = Client::connect(ClientConfig::new(&url))
+        .await
+        .expect("client");
+    dropped.presence().await.expect("fleet view");
+    let sub = subscribe_from(&dropped, &["h1.#"], StartAt::First).await;
+    drop((dropped, sub));
+
+    let client = Client::connect(ClientConfig::new(&url))
+        .await
+        .expect("client");
+    let mut sub = subscribe_from(&client, &["h1.#"], StartAt::First).await;
+    next_notification(&mut sub, Duration::from_secs(20), "h1's first event").await;
+    let b = list_vms(&client, &Target::All, Duration::from_secs(5))
+        .await
+        .expect("broadcast");
+    assert!(b.missing.is_empty() && b.replies.contains_key("h1"));
+    sub.close().await.expect("the subscription closes");
+    let clone = client.clone();
+    client.close().await.expect("the client closes");
+    let refused = clone.host("h1").ping().await.expect_err("a closed client");
+    assert_eq!(refused.kind(), ErrorKind::BadState, "{refused}");
+    clone.close().await.expect("closing again does nothing");
 }

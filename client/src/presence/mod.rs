@@ -32,17 +32,17 @@ mod reader;
 mod state;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use hostbus_protocol::events::{Health, Load, Versions};
 use hostbus_protocol::names::Target;
 use hostbus_protocol::now_ms;
 use hostbus_protocol::types::Timestamp;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use uuid::Uuid;
 
-use crate::connection::{lock, probe, Connector};
+use crate::connection::{lock, probe, Connector, Tie};
 use crate::error::ClientError;
 use crate::socket::Socket;
 use reader::{Item, Reader};
@@ -112,10 +112,18 @@ struct Inner {
     lookback: Duration,
     ready: AtomicBool,
     ready_changed: Notify,
+    /// Dropped with the last clone of the view: tells the background task
+    /// to close its connection and end.
+    _stop: oneshot::Sender<()>,
 }
 
 /// The fleet view. Cheap to clone; a background task with its own broker
 /// connection keeps it up to date (reconnecting on its own).
+///
+/// The connection is the client's: [`Client::close`](crate::Client::close)
+/// closes it (the view then keeps what it had), and so does dropping the
+/// last clone of the view once the client is dropped too, without waiting
+/// (see [`Client`](crate::Client) for what that guarantees).
 #[derive(Clone)]
 pub struct Presence {
     inner: Arc<Inner>,
@@ -138,160 +146,65 @@ impl Presence {
     /// Starts a view and reads the broker's history; returns once the view
     /// is complete (every host the broker remembers is in it), or after
     /// ten seconds with what it has (then [`Presence::is_ready`] is false).
-    pub(crate) async fn start(connector: Connector) -> Result<Self, ClientError> {
+    /// Its task ends, closing its connection, when the view is dropped or
+    /// the client of `tie` closes.
+    pub(crate) async fn start(connector: Connector, tie: Tie) -> Result<Self, ClientError> {
         // Every alive host beat within the last interval: read that much
         // first (the heartbeat stream is the bulk of what a view reads).
         let mut reader = Reader::open(&connector, FIRST_LOOKBACK).await?;
-        let (roster, beats) = reader.read_history().await?;
-        let longest = roster
-            .iter()
-            .map(|a| u64::from(a.interval_ms))
-            .chain(beats.iter().map(|b| u64::from(b.interval_ms)))
-            .max()
-            .unwrap_or(0);
-        let lookback = MIN_LOOKBACK.max(Duration::from_millis(longest.saturating_mul(3) + 2000));
-        let mut state = State::default();
-        for a in roster {
-            state.announce(a);
-        }
-        for hb in beats {
-            state.beat(hb);
-        }
-        let first = FIRST_LOOKBACK.max(Duration::from_millis(longest + FIRST_MARGIN_MS));
-        if first > FIRST_LOOKBACK {
-            // Some host beats slowly: read one of its intervals.
-            for hb in reader.read_beats_again(first).await? {
-                state.beat(hb);
+        let (state, lookback) = match read_fleet(&mut reader).await {
+            Ok(read) => read,
+            Err(e) => {
+                let _ = reader.close().await;
+                return Err(e);
             }
-        }
-        // A host not heard from in that interval is gone unless its agent
-        // is still connected; only then does its last beat matter (alive
-        // with a beat missed, or stale), so only then is the heartbeat
-        // stream read three intervals back.
-        let first_ms = first.as_millis() as u64;
-        let unheard: Vec<String> = state
-            .hosts
-            .values()
-            .filter(|e| {
-                !e.offline
-                    && e.last
-                        .is_none_or(|t| now_ms().saturating_sub(t) >= first_ms)
-            })
-            .map(|e| e.host_id.clone())
-            .collect();
-        let answers = probe(reader.conn(), unheard).await;
-        if answers.iter().any(|(_, connected)| *connected) {
-            for hb in reader.read_beats_again(lookback).await? {
-                state.beat(hb);
-            }
-        }
-        // Every host silent for three intervals was among those asked.
-        for (host, connected) in answers {
-            if let Some(e) = state.hosts.get_mut(&host) {
-                e.connected = Some(connected);
-            }
-        }
+        };
+        let (stop, stopped) = oneshot::channel();
         let p = Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),
                 lookback,
                 ready: AtomicBool::new(reader.caught_up),
                 ready_changed: Notify::new(),
+                _stop: stop,
             }),
         };
         let weak = Arc::downgrade(&p.inner);
         tokio::spawn(async move {
-            let mut reader = reader;
-            let mut ask = tokio::time::interval(PROBE_EVERY);
-            ask.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let Some(inner) = weak.upgrade() else { return };
-                let delivered = tokio::select! {
-                    d = reader.next() => d,
-                    _ = ask.tick() => {
-                        let silent: Vec<String> = {
-                            let state = lock(&inner.state);
-                            let now = now_ms();
-                            state
-                                .hosts
-                                .values()
-                                .filter(|e| e.needs_probe(now))
-                                .map(|e| e.host_id.clone())
-                                .collect()
-                        };
-                        let answers = probe(reader.conn(), silent).await;
-                        let mut state = lock(&inner.state);
-                        for (host, connected) in answers {
-                            if let Some(e) = state.hosts.get_mut(&host) {
-                                e.connected = Some(connected);
-                            }
-                        }
-                        continue;
-                    }
-                };
-                match delivered {
-                    Some(Item::Roster(a)) => lock(&inner.state).announce(a),
-                    Some(Item::Beat(hb)) => lock(&inner.state).beat(hb),
-                    Some(Item::Synced) => {
-                        inner.ready.store(true, Ordering::SeqCst);
-                        inner.ready_changed.notify_waiters();
-                    }
-                    None => {
-                        drop(inner);
-                        tracing::info!("presence connection lost; reconnecting");
-                        loop {
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            if weak.strong_count() == 0 {
-                                return;
-                            }
-                            match reader.reopen(&connector).await {
-                                Ok(()) => break,
-                                Err(e) => {
-                                    tracing::debug!(error = %e, "presence: cannot reconnect yet")
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            let (mut reader, mut tie) = (reader, tie);
+            tie.until_stopped(follow(&mut reader, &weak, &connector), stopped)
+                .await;
+            let closed = reader.close().await;
+            tie.end(&closed);
         });
         Ok(p)
     }
 
     /// The view of the one host an agent's socket serves: complete at once,
     /// then kept up to date by reading the agent's heartbeat every interval
-    /// (a host whose agent stops answering ages to stale, then gone).
-    pub(crate) async fn local(socket: Arc<Socket>) -> Result<Self, ClientError> {
+    /// (a host whose agent stops answering ages to stale, then gone) until
+    /// the view is dropped or the client of `tie` closes.
+    pub(crate) async fn local(socket: Arc<Socket>, tie: Tie) -> Result<Self, ClientError> {
         let hb = socket.heartbeat().await?;
-        let mut every = Duration::from_millis(u64::from(hb.interval_ms.max(1000)));
+        let every = Duration::from_millis(u64::from(hb.interval_ms.max(1000)));
         let mut state = State::default();
         state.beat(hb);
+        let (stop, stopped) = oneshot::channel();
         let p = Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),
                 lookback: MIN_LOOKBACK,
                 ready: AtomicBool::new(true),
                 ready_changed: Notify::new(),
+                _stop: stop,
             }),
         };
         let weak = Arc::downgrade(&p.inner);
         tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if weak.strong_count() == 0 {
-                    return;
-                }
-                match socket.heartbeat().await {
-                    Ok(hb) => {
-                        every = Duration::from_millis(u64::from(hb.interval_ms.max(1000)));
-                        let Some(inner) = weak.upgrade() else { return };
-                        lock(&inner.state).beat(hb);
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "presence: no heartbeat from the agent socket")
-                    }
-                }
-            }
+            let mut tie = tie;
+            tie.until_stopped(poll(&socket, &weak, every), stopped)
+                .await;
+            tie.end(&Ok(()));
         });
         Ok(p)
     }
@@ -362,5 +275,143 @@ impl Presence {
             .hosts
             .get(host_id)
             .map(|e| view(e, now, lookback))
+    }
+}
+
+/// Reads the broker's history of the fleet from `reader` (opened
+/// [`FIRST_LOOKBACK`] back): the state it makes and the view's look-back.
+async fn read_fleet(reader: &mut Reader) -> Result<(State, Duration), ClientError> {
+    let (roster, beats) = reader.read_history().await?;
+    let longest = roster
+        .iter()
+        .map(|a| u64::from(a.interval_ms))
+        .chain(beats.iter().map(|b| u64::from(b.interval_ms)))
+        .max()
+        .unwrap_or(0);
+    let lookback = MIN_LOOKBACK.max(Duration::from_millis(longest.saturating_mul(3) + 2000));
+    let mut state = State::default();
+    for a in roster {
+        state.announce(a);
+    }
+    for hb in beats {
+        state.beat(hb);
+    }
+    let first = FIRST_LOOKBACK.max(Duration::from_millis(longest + FIRST_MARGIN_MS));
+    if first > FIRST_LOOKBACK {
+        // Some host beats slowly: read one of its intervals.
+        for hb in reader.read_beats_again(first).await? {
+            state.beat(hb);
+        }
+    }
+    // A host not heard from in that interval is gone unless its agent
+    // is still connected; only then does its last beat matter (alive
+    // with a beat missed, or stale), so only then is the heartbeat
+    // stream read three intervals back.
+    let first_ms = first.as_millis() as u64;
+    let unheard: Vec<String> = state
+        .hosts
+        .values()
+        .filter(|e| {
+            !e.offline
+                && e.last
+                    .is_none_or(|t| now_ms().saturating_sub(t) >= first_ms)
+        })
+        .map(|e| e.host_id.clone())
+        .collect();
+    let answers = probe(reader.conn(), unheard).await;
+    if answers.iter().any(|(_, connected)| *connected) {
+        for hb in reader.read_beats_again(lookback).await? {
+            state.beat(hb);
+        }
+    }
+    // Every host silent for three intervals was among those asked.
+    for (host, connected) in answers {
+        if let Some(e) = state.hosts.get_mut(&host) {
+            e.connected = Some(connected);
+        }
+    }
+    Ok((state, lookback))
+}
+
+/// Keeps the view behind `weak` up to date from `reader`, asking the
+/// broker about hosts that fall silent and reconnecting when the
+/// connection is lost, until the view is gone. No reference to the view is
+/// held while waiting, so that dropping its last clone stops this.
+async fn follow(reader: &mut Reader, weak: &Weak<Inner>, connector: &Connector) {
+    let mut ask = tokio::time::interval(PROBE_EVERY);
+    ask.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let delivered = tokio::select! {
+            d = reader.next() => d,
+            _ = ask.tick() => {
+                let Some(inner) = weak.upgrade() else { return };
+                let silent: Vec<String> = {
+                    let state = lock(&inner.state);
+                    let now = now_ms();
+                    state
+                        .hosts
+                        .values()
+                        .filter(|e| e.needs_probe(now))
+                        .map(|e| e.host_id.clone())
+                        .collect()
+                };
+                drop(inner);
+                let answers = probe(reader.conn(), silent).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let mut state = lock(&inner.state);
+                for (host, connected) in answers {
+                    if let Some(e) = state.hosts.get_mut(&host) {
+                        e.connected = Some(connected);
+                    }
+                }
+                continue;
+            }
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        match delivered {
+            Some(Item::Roster(a)) => lock(&inner.state).announce(a),
+            Some(Item::Beat(hb)) => lock(&inner.state).beat(hb),
+            Some(Item::Synced) => {
+                inner.ready.store(true, Ordering::SeqCst);
+                inner.ready_changed.notify_waiters();
+            }
+            None => {
+                drop(inner);
+                tracing::info!("presence connection lost; reconnecting");
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if weak.strong_count() == 0 {
+                        return;
+                    }
+                    match reader.reopen(connector).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "presence: cannot reconnect yet")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the agent's heartbeat on `socket` every interval into the view
+/// behind `weak`, until the view is gone.
+async fn poll(socket: &Socket, weak: &Weak<Inner>, mut every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if weak.strong_count() == 0 {
+            return;
+        }
+        match socket.heartbeat().await {
+            Ok(hb) => {
+                every = Duration::from_millis(u64::from(hb.interval_ms.max(1000)));
+                let Some(inner) = weak.upgrade() else { return };
+                lock(&inner.state).beat(hb);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "presence: no heartbeat from the agent socket")
+            }
+        }
     }
 }

@@ -14,7 +14,7 @@ use lapin::types::AMQPValue;
 use lapin::{Channel, Connection, Consumer};
 use uuid::Uuid;
 
-use crate::connection::Connector;
+use crate::connection::{close, Connector};
 use crate::error::{ClientError, ErrorKind};
 use crate::stream::{self, consume, content_type, offset_of};
 
@@ -64,16 +64,26 @@ pub(super) struct Reader {
 }
 
 /// A connection and channel for the streams, with a fresh sync marker
-/// published on it first: everything the streams hold before the marker
-/// is what the broker had when this reader (re)started.
-async fn connect(connector: &Connector) -> Result<(Connection, Channel, String), ClientError> {
-    let conn = connector.open("presence").await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let marker = Uuid::new_v4().simple().to_string();
-    publish_marker(&ch, &marker).await?;
-    Ok((conn, ch, marker))
+/// published on it first (everything the streams hold before the marker
+/// is what the broker had when this reader (re)started), and the streams'
+/// consumers, which `consumers` starts on the channel. When anything
+/// fails, the connection is closed.
+async fn connect(
+    connector: &Connector,
+    consumers: impl AsyncFnOnce(&Channel) -> Result<(Consumer, Consumer), ClientError>,
+) -> Result<(Connection, Channel, String, Consumer, Consumer), ClientError> {
+    let (conn, (ch, marker, roster, beats)) = connector
+        .open("presence", async |conn| {
+            let ch = conn.create_channel().await?;
+            ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            let marker = Uuid::new_v4().simple().to_string();
+            publish_marker(&ch, &marker).await?;
+            let (roster, beats) = consumers(&ch).await?;
+            Ok((ch, marker, roster, beats))
+        })
+        .await?;
+    Ok((conn, ch, marker, roster, beats))
 }
 
 impl Reader {
@@ -83,9 +93,12 @@ impl Reader {
         connector: &Connector,
         lookback: Duration,
     ) -> Result<Self, ClientError> {
-        let (conn, ch, marker) = connect(connector).await?;
-        let roster = consume(&ch, names::ROSTER_STREAM, stream::named("first")).await?;
-        let beats = consume(&ch, names::BEAT_STREAM, since(lookback)).await?;
+        let (conn, ch, marker, roster, beats) = connect(connector, async |ch| {
+            let roster = consume(ch, names::ROSTER_STREAM, stream::named("first")).await?;
+            let beats = consume(ch, names::BEAT_STREAM, since(lookback)).await?;
+            Ok((roster, beats))
+        })
+        .await?;
         Ok(Self {
             conn,
             ch,
@@ -165,6 +178,11 @@ impl Reader {
         &self.conn
     }
 
+    /// Closes the connection (see [`close`]).
+    pub(super) async fn close(self) -> Result<(), ClientError> {
+        close(&self.conn, "fleet view closed").await
+    }
+
     fn is_marker(&self, d: &lapin::message::Delivery) -> bool {
         d.routing_key.as_str().strip_prefix("_sync.") == Some(self.marker.as_str())
     }
@@ -221,10 +239,16 @@ impl Reader {
 
     /// Opens a new connection and resumes both streams where they stopped.
     pub(super) async fn reopen(&mut self, connector: &Connector) -> Result<(), ClientError> {
-        let (conn, ch, marker) = connect(connector).await?;
         let at = |o: Option<u64>| o.map_or_else(|| stream::named("next"), stream::at);
-        self.roster = consume(&ch, names::ROSTER_STREAM, at(self.next_roster)).await?;
-        self.beats = Some(consume(&ch, names::BEAT_STREAM, at(self.next_beat)).await?);
+        let (next_roster, next_beat) = (self.next_roster, self.next_beat);
+        let (conn, ch, marker, roster, beats) = connect(connector, async |ch| {
+            let roster = consume(ch, names::ROSTER_STREAM, at(next_roster)).await?;
+            let beats = consume(ch, names::BEAT_STREAM, at(next_beat)).await?;
+            Ok((roster, beats))
+        })
+        .await?;
+        self.roster = roster;
+        self.beats = Some(beats);
         self.marker = marker;
         self.ch = ch;
         self.conn = conn;

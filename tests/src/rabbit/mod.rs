@@ -300,6 +300,16 @@ impl RabbitNode {
         })
     }
 
+    /// The node's own log file (`log/<node name>.log` in its data
+    /// directory), where the broker says which connections it accepted
+    /// and how each ended; `None` for an external broker.
+    pub fn log_file(&self) -> Option<PathBuf> {
+        match &self.inner {
+            Inner::Private(n) => Some(n.log_file()),
+            Inner::External { .. } => None,
+        }
+    }
+
     /// The last `lines` lines of the node's own log and of its console.
     pub fn log_tail(&self, lines: usize) -> String {
         match &self.inner {

@@ -392,15 +392,16 @@ impl PrivateNode {
         }
     }
 
+    /// The node's own log file.
+    pub(super) fn log_file(&self) -> PathBuf {
+        self.dir.join("log").join(format!("{}.log", self.name))
+    }
+
     pub(super) fn log_tail(&self, lines: usize) -> String {
         format!(
-            "--- {}/log/{}.log (last {lines} lines) ---\n{}\n--- console ---\n{}",
-            self.dir.path().display(),
-            self.name,
-            tail_file(
-                &self.dir.join("log").join(format!("{}.log", self.name)),
-                lines
-            ),
+            "--- {} (last {lines} lines) ---\n{}\n--- console ---\n{}",
+            self.log_file().display(),
+            tail_file(&self.log_file(), lines),
             tail_file(&self.dir.join("console.log"), lines)
         )
     }
