@@ -204,6 +204,19 @@ fn the_readme_cluster_runs_on_compose_v2_and_v1() {
             events.stdout
         );
 
+        // Every hostctl run closed its connection: RabbitMQ 4 logged the
+        // closes, and no `client unexpectedly closed TCP connection`.
+        let broker_log = c.logs("rabbitmq");
+        assert!(
+            broker_log.contains("closing AMQP connection"),
+            "the broker logs connection closes: {broker_log}"
+        );
+        let unexpected: Vec<&str> = broker_log
+            .lines()
+            .filter(|l| l.contains("unexpectedly closed TCP connection"))
+            .collect();
+        assert!(unexpected.is_empty(), "{flavour:?}: {unexpected:#?}");
+
         let t = Instant::now();
         c.down();
         println!("{flavour:?}: down -v in {:?}", t.elapsed());
