@@ -154,6 +154,8 @@ impl Inner {
             R::VmDetachDisk(r) => A::VmDetachDisk(self.vm_detach_disk(r, id)?),
             R::VmAttachNic(r) => A::VmAttachNic(self.vm_attach_nic(r, id)?),
             R::VmDetachNic(r) => A::VmDetachNic(self.vm_detach_nic(r, id)?),
+            R::VmClone(r) => A::VmClone(self.vm_clone(r, progress, id)?),
+            R::VmSetTemplate(r) => A::VmSetTemplate(self.vm_set_template(r, id)?),
             R::VmStatsGet(r) => A::VmStatsGet(self.vm_stats(r.uuid)?),
             R::SnapshotCreate(r) => A::SnapshotCreate(self.snapshot_create(r, id, progress)?),
             R::SnapshotList(r) => A::SnapshotList(self.snapshot_list(r.uuid)?),

@@ -64,7 +64,7 @@ pub(crate) enum Done<'a> {
 /// An object a create makes, by class.
 #[derive(Debug)]
 pub(crate) enum Created<'a> {
-    Vm(&'a str),
+    Vm(&'a str, fn(VmRecord) -> AnyResponse),
     Volume(&'a str, &'a str, fn(VolumeRecordOf) -> AnyResponse),
     Snapshot(Uuid, &'a str),
     Pool(&'a str),
@@ -88,6 +88,9 @@ pub(crate) enum Clean<'a> {
     /// `vm.define`: the volumes it creates for new disks, when the VM
     /// itself was not defined.
     DefinedVolumes(&'a VmDefineRequest),
+    /// `vm.clone`: the volumes it creates for the clone's disks, when the
+    /// clone itself was not defined.
+    ClonedVolumes(&'a VmCloneRequest),
 }
 
 /// What a re-run of `request` does: one arm per command, no catch-all.
@@ -117,8 +120,19 @@ pub(crate) fn recovery(request: &AnyRequest) -> Recovery<'_> {
         | R::TaskList(_) => NotJournaled,
         R::VmDefine(r) => CleanThen(
             Clean::DefinedVolumes(r),
-            Done::Created(Created::Vm(&r.spec.name)),
+            Done::Created(Created::Vm(&r.spec.name, A::VmDefine)),
         ),
+        // Finished, not only cleaned: the definition is the clone's last
+        // step and is made at once, so a clone found defined is whole and
+        // is the answer; volumes without it are removed and the re-run
+        // makes the clone again (with the same uuid and MACs, derived from
+        // the command id), which is what the caller asked for.
+        R::VmClone(r) => CleanThen(
+            Clean::ClonedVolumes(r),
+            Done::Created(Created::Vm(&r.name, A::VmClone)),
+        ),
+        // Marking again what is marked sets the same element.
+        R::VmSetTemplate(_) => Rerun,
         R::VmUndefine(_) => FromState(Done::Removed(ErrorCode::VmNotFound, A::VmUndefine)),
         R::VmStart(r) => FromState(Done::Power(r.uuid, &[Running, Paused], A::VmStart)),
         R::VmShutdown(r) => FromState(Done::Power(r.uuid, &[Halted], A::VmShutdown)),
@@ -185,6 +199,7 @@ impl Inner {
         };
         match clean {
             Clean::DefinedVolumes(r) => self.clean_defined_volumes(r),
+            Clean::ClonedVolumes(r) => self.clean_cloned_volumes(r),
         }
     }
 
@@ -201,22 +216,27 @@ impl Inner {
                 continue;
             };
             let name = new_volume_name(&spec.name, &d.target, d.format);
-            let delete = AnyRequest::VolumeDelete(VolumeKey {
-                pool: pool.clone(),
-                name: name.clone(),
-            });
-            // Through `execute`, so the volume's lock is taken as for any delete.
-            let progress = Progress::untracked(self.config().step_pause);
-            let result = Planned::new(delete)
-                .and_then(|delete| self.execute(delete, &progress, Uuid::new_v4(), None));
-            match result {
-                Ok(_) => {
-                    tracing::info!(volume = %name, "removed a volume left by an interrupted vm.define")
-                }
-                Err(e) if e.code == ErrorCode::VolumeNotFound => {}
-                Err(e) => {
-                    tracing::warn!(volume = %name, error = %e, "cannot remove a volume left by an interrupted vm.define")
-                }
+            self.remove_left_volume(pool, &name, "vm.define");
+        }
+    }
+
+    /// Removes volume `pool/name`, left by an interrupted `command`.
+    pub(crate) fn remove_left_volume(&self, pool: &str, name: &str, command: &str) {
+        let delete = AnyRequest::VolumeDelete(VolumeKey {
+            pool: pool.to_owned(),
+            name: name.to_owned(),
+        });
+        // Through `execute`, so the volume's lock is taken as for any delete.
+        let progress = Progress::untracked(self.config().step_pause);
+        let result = Planned::new(delete)
+            .and_then(|delete| self.execute(delete, &progress, Uuid::new_v4(), None));
+        match result {
+            Ok(_) => {
+                tracing::info!(volume = %name, command, "removed a volume left by an interrupted command")
+            }
+            Err(e) if e.code == ErrorCode::VolumeNotFound => {}
+            Err(e) => {
+                tracing::warn!(volume = %name, command, error = %e, "cannot remove a volume left by an interrupted command")
             }
         }
     }
@@ -246,7 +266,7 @@ impl Inner {
                     return None;
                 }
                 match created {
-                    Created::Vm(name) => self.vm_get_by_name(name).ok().map(AnyResponse::VmDefine),
+                    Created::Vm(name, wrap) => self.vm_get_by_name(name).ok().map(wrap),
                     Created::Volume(pool, name, wrap) => self.volume_get(pool, name).ok().map(wrap),
                     Created::Snapshot(vm, name) => self
                         .snapshot_list(vm)

@@ -118,23 +118,25 @@ impl Inner {
         Ok(self.observed(&id, rec, None))
     }
 
-    fn volume_raw(&self, pool: &str, v: &StorageVol) -> Result<VolumeRecord, Error> {
+    pub(crate) fn volume_raw(&self, pool: &str, v: &StorageVol) -> Result<VolumeRecord, Error> {
         let name = v.name().unwrap_or_default();
         let subject = Subject::volume(pool, &name);
         let info = self.lv(&subject, v.info())?;
+        let desc = self.lv(&subject, v.xml_desc(0))?;
         Ok(VolumeRecord {
             pool: pool.to_owned(),
             key: v.key().unwrap_or_default(),
             path: v.path().unwrap_or_default(),
-            format: xml::parse_volume_format(&self.lv(&subject, v.xml_desc(0))?)?,
+            format: xml::parse_volume_format(&desc)?,
             capacity_bytes: info.capacity,
             allocation_bytes: info.allocation,
             generation: 0,
+            backing_path: xml::parse_volume_backing(&desc)?,
             name,
         })
     }
 
-    fn volume_record(&self, pool: &str, v: &StorageVol) -> Result<VolumeRecord, Error> {
+    pub(crate) fn volume_record(&self, pool: &str, v: &StorageVol) -> Result<VolumeRecord, Error> {
         let rec = self.volume_raw(pool, v)?;
         let id = format!("{pool}/{}", rec.name);
         Ok(self.observed(&id, rec, None))
@@ -297,7 +299,12 @@ impl Inner {
         Ok(Empty {})
     }
 
-    fn running_pool(&self, conn: &Connect, pool: &str, op: &str) -> Result<StoragePool, Error> {
+    pub(crate) fn running_pool(
+        &self,
+        conn: &Connect,
+        pool: &str,
+        op: &str,
+    ) -> Result<StoragePool, Error> {
         let p = self.lookup_pool(conn, pool)?;
         let rec = self.pool_record(&p)?;
         if rec.state != PoolState::Running {

@@ -105,6 +105,8 @@ error_codes! {
     VmNotFound = "VM_NOT_FOUND", http: 404, retryable: false, params: ["vm"];
     /// The VM's power state does not allow the operation; `allowed` lists the states that do, comma-separated.
     VmBadPowerState = "VM_BAD_POWER_STATE", http: 409, retryable: false, params: ["vm", "operation", "current", "allowed"];
+    /// The VM is a template (`vm.set_template`): it is cloned, not run; `operation` is what was refused.
+    VmIsTemplate = "VM_IS_TEMPLATE", http: 409, retryable: false, params: ["vm", "operation"];
     /// No snapshot of this name exists for the VM.
     SnapshotNotFound = "SNAPSHOT_NOT_FOUND", http: 404, retryable: false, params: ["vm", "snapshot"];
     /// No storage pool of this name exists.

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hostbus_protocol::commands::{Message, Pong, VmDefineRequest, VmStartRequest};
+use hostbus_protocol::commands::{Message, Pong, VmCloneRequest, VmDefineRequest, VmStartRequest};
 use hostbus_protocol::error::ErrorCode;
 use hostbus_protocol::events::{Health, Load, Versions};
 use hostbus_protocol::types::{
@@ -150,7 +150,21 @@ fn vm_record() -> VmRecord {
             pty: Some("/dev/pts/3".into()),
             log_path: Some("/var/log/libvirt/qemu/web01-serial0.log".into()),
         }),
+        template: false,
     }
+}
+
+#[test]
+fn request_vm_clone() {
+    check(
+        "request-vm-clone",
+        &VmCloneRequest {
+            source: uuid(1),
+            name: "web02".into(),
+            linked: true,
+            pool: None,
+        },
+    );
 }
 
 #[test]

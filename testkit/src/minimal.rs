@@ -19,6 +19,8 @@ pub fn minimal_request(name: &str) -> Option<AnyRequest> {
         r#"{"pool":"p","spec":{"name":"n","capacity_bytes":1048576}}"#.to_owned(),
         format!(r#"{{"vm":"{uuid}","name":"n"}}"#),
         format!(r#"{{"id":"{uuid}"}}"#),
+        format!(r#"{{"source":"{uuid}","name":"n"}}"#),
+        format!(r#"{{"uuid":"{uuid}","template":true}}"#),
         format!(r#"{{"uuid":"{uuid}","memory_kib":1024}}"#),
         format!(r#"{{"uuid":"{uuid}","vcpus":1}}"#),
         format!(r#"{{"uuid":"{uuid}","target":"vda"}}"#),

@@ -3,6 +3,7 @@
 //! (define/undefine and disk resolution), devices (memory, vCPUs, disks,
 //! NICs), stats, snapshots, and recover (re-runs of interrupted commands).
 
+mod clone;
 mod define;
 mod devices;
 mod power;
@@ -17,6 +18,8 @@ use virt::connect::Connect;
 use virt::domain::{Domain, DomainState};
 use virt::enumutil::Enum;
 use virt::storage_vol::StorageVol;
+
+pub(crate) use clone::require_not_template;
 
 use crate::errors::Subject;
 use crate::inner::{read_all, Inner};
@@ -47,6 +50,7 @@ pub fn allowed_states(op: VmOperation) -> &'static [PowerState] {
         Op::SnapshotCreate => &[Halted, Running, Paused],
         Op::SnapshotRevert => &[Halted, Running, Paused, Crashed],
         Op::SnapshotDelete => &[Halted, Running, Paused, Suspended, Crashed],
+        Op::Clone | Op::SetTemplate => &[Halted],
         Op::Unknown => &[],
     }
 }
@@ -162,12 +166,17 @@ impl Inner {
             has_saved_state: power_state == PowerState::Suspended,
             current_snapshot,
             generation: 0,
-            allowed_operations: allowed_operations(power_state),
+            // A template is never started (`vm.start` refuses it).
+            allowed_operations: allowed_operations(power_state)
+                .into_iter()
+                .filter(|op| !(facts.template && *op == VmOperation::Start))
+                .collect(),
             current_operations: self.current_ops(facts.uuid),
             boot: facts.boot,
             cpu_mode: facts.cpu_mode,
             domain_type: facts.domain_type,
             console: facts.console,
+            template: facts.template,
         };
         Ok(RawVm {
             record: rec,

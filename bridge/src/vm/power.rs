@@ -11,7 +11,7 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
 
-use super::{require, VmResult};
+use super::{require, require_not_template, VmResult};
 use crate::errors::Subject;
 use crate::inner::Inner;
 use crate::tasks::Progress;
@@ -27,6 +27,9 @@ impl Inner {
         let dom = self.lookup_vm(&conn, uuid)?;
         let rec = self.vm_record(&dom)?;
         require(&rec, op)?;
+        if op == VmOperation::Start {
+            require_not_template(&rec, op)?;
+        }
         Ok((conn, dom, rec))
     }
 

@@ -7,7 +7,7 @@ use hostbus_protocol::types::{
     NicModel, NicRecord, PowerState, VolumeRef,
 };
 use hostbus_protocol::Error;
-use quick_xml::events::Event;
+use quick_xml::events::{BytesStart, BytesText, Event};
 use roxmltree::Node;
 use uuid::Uuid;
 
@@ -238,6 +238,8 @@ pub(crate) struct DomainFacts {
     pub console: Option<ConsoleRecord>,
     /// Whether any disk is marked shareable between VMs, by target.
     pub shareable: Vec<String>,
+    /// Marked a template in hostbus's metadata ([`template_metadata`]).
+    pub template: bool,
 }
 
 pub(crate) fn parse_domain(xml: &str) -> Result<DomainFacts, Error> {
@@ -382,7 +384,157 @@ pub(crate) fn parse_domain(xml: &str) -> Result<DomainFacts, Error> {
         domain_type: root.attribute("type").map(str::to_owned),
         console,
         shareable,
+        template: child(root, "metadata").is_some_and(|m| {
+            m.children()
+                .filter(|c| c.tag_name().namespace() == Some(HOSTBUS_NS))
+                .any(|c| c.has_tag_name((HOSTBUS_NS, "vm")) && child(c, "template").is_some())
+        }),
     })
+}
+
+// ---------------------------------------------------------------- metadata
+
+/// The XML namespace of hostbus's own element in a domain's `<metadata>`,
+/// which libvirt keeps in the definition (so it survives agent restarts)
+/// and never interprets.
+pub(crate) const HOSTBUS_NS: &str = "urn:hostbus:vm:1";
+
+/// The prefix libvirt writes hostbus's metadata element with.
+pub(crate) const HOSTBUS_PREFIX: &str = "hostbus";
+
+/// hostbus's metadata element of a template: `<vm><template/></vm>`, which
+/// libvirt stores as `<hostbus:vm xmlns:hostbus="urn:hostbus:vm:1">`.
+pub(crate) fn template_metadata() -> String {
+    document(|w| element(w, "vm", &[], |w| empty(w, "template", &[])))
+}
+
+// ---------------------------------------------------------------- clones
+
+/// What a clone changes in its source's definition.
+pub(crate) struct CloneXml<'a> {
+    pub name: &'a str,
+    pub uuid: Uuid,
+    /// The MAC of each NIC, in order.
+    pub macs: Vec<String>,
+    /// The new source of each disk, in order; `None`: the disk keeps its
+    /// source (a CD-ROM, a read-only disk).
+    pub disks: Vec<Option<(DiskSrc, DiskFormat)>>,
+    /// The console log file, when the source has one.
+    pub console_log: Option<String>,
+}
+
+/// The definition of a clone of the domain `source` (its inactive XML):
+/// the same, copied event by event, with `clone`'s name, uuid, MACs, disk
+/// sources and console log, and without hostbus's metadata (a clone of a
+/// template is an ordinary VM).
+pub(crate) fn clone_domain(source: &str, clone: &CloneXml<'_>) -> Result<String, Error> {
+    let uuid = clone.uuid.to_string();
+    let mut disk = 0usize;
+    let mut nic = 0usize;
+    // The disk being copied, when its source is replaced.
+    let mut replacing: Option<&(DiskSrc, DiskFormat)> = None;
+    // Depth of an element being left out (its events are dropped).
+    let mut skipping = 0usize;
+    rewrite(source, |w, event, around| {
+        if skipping > 0 {
+            match &event {
+                Event::Start(_) => skipping += 1,
+                Event::End(_) => skipping -= 1,
+                _ => {}
+            }
+            return Ok(());
+        }
+        let in_disk = around.is(&["domain", "devices", "disk"]);
+        match &event {
+            Event::Text(_) if around.is(&["domain", "name"]) => {
+                return w.write_event(Event::Text(BytesText::new(clone.name)));
+            }
+            Event::Text(_) if around.is(&["domain", "uuid"]) => {
+                return w.write_event(Event::Text(BytesText::new(&uuid)));
+            }
+            Event::Start(e) | Event::Empty(e)
+                if around.is(&["domain", "metadata"])
+                    && e.attributes()
+                        .flatten()
+                        .any(|a| a.value.as_ref() == HOSTBUS_NS.as_bytes()) =>
+            {
+                skipping = usize::from(matches!(event, Event::Start(_)));
+                return Ok(());
+            }
+            Event::Start(e) | Event::Empty(e)
+                if around.is(&["domain", "devices"]) && is(e.name(), "disk") =>
+            {
+                replacing = clone.disks.get(disk).and_then(Option::as_ref);
+                disk += 1;
+                if let Some((src, _)) = replacing {
+                    let (kind, _) = src.attributes();
+                    let start = with_attribute(e, "type", kind);
+                    return w.write_event(match event {
+                        Event::Start(_) => Event::Start(start),
+                        _ => Event::Empty(start),
+                    });
+                }
+            }
+            Event::Start(e) | Event::Empty(e) if in_disk => {
+                let Some((src, format)) = replacing else {
+                    return w.write_event(event);
+                };
+                if is(e.name(), "source") {
+                    skipping = usize::from(matches!(event, Event::Start(_)));
+                    let (_, attributes) = src.attributes();
+                    return empty(w, "source", &attributes);
+                }
+                // The copy's own chain is libvirt's to find, not the source's.
+                if is(e.name(), "backingStore") {
+                    skipping = usize::from(matches!(event, Event::Start(_)));
+                    return Ok(());
+                }
+                if is(e.name(), "driver") {
+                    let driver = with_attribute(e, "type", format.as_str());
+                    return w.write_event(match event {
+                        Event::Start(_) => Event::Start(driver),
+                        _ => Event::Empty(driver),
+                    });
+                }
+            }
+            Event::Empty(e)
+                if around.is(&["domain", "devices", "interface"]) && is(e.name(), "mac") =>
+            {
+                if let Some(mac) = clone.macs.get(nic) {
+                    nic += 1;
+                    return w.write_event(Event::Empty(with_attribute(e, "address", mac)));
+                }
+            }
+            Event::Empty(e)
+                if around.is(&["domain", "devices", "serial"]) && is(e.name(), "log") =>
+            {
+                if let Some(log) = &clone.console_log {
+                    return w.write_event(Event::Empty(with_attribute(e, "file", log)));
+                }
+            }
+            _ => {}
+        }
+        w.write_event(event)
+    })
+}
+
+/// `e` with attribute `name` set to `value` (in its place, or last).
+fn with_attribute(e: &BytesStart<'_>, name: &str, value: &str) -> BytesStart<'static> {
+    let tag = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+    let mut out = BytesStart::new(tag);
+    let mut set = false;
+    for a in e.attributes().flatten() {
+        if a.key.as_ref() == name.as_bytes() {
+            out.push_attribute((name, value));
+            set = true;
+        } else {
+            out.push_attribute(a);
+        }
+    }
+    if !set {
+        out.push_attribute((name, value));
+    }
+    out
 }
 
 /// The domain definition with `device` added to its devices: before

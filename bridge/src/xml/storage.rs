@@ -93,6 +93,16 @@ pub(crate) fn parse_pool(xml: &str) -> Result<PoolFacts, Error> {
 }
 
 pub(crate) fn volume_xml(spec: &VolumeSpec) -> String {
+    volume_document(spec, None)
+}
+
+/// A qcow2 volume over the image at `backing` (of format `backing_format`):
+/// reads fall through to it, writes stay in the new volume.
+pub(crate) fn overlay_xml(spec: &VolumeSpec, backing: &str, backing_format: DiskFormat) -> String {
+    volume_document(spec, Some((backing, backing_format)))
+}
+
+fn volume_document(spec: &VolumeSpec, backing: Option<(&str, DiskFormat)>) -> String {
     let bytes = [("unit", "bytes")];
     document(|w| {
         element(w, "volume", &[], |w| {
@@ -101,9 +111,22 @@ pub(crate) fn volume_xml(spec: &VolumeSpec) -> String {
             text(w, "allocation", &bytes, &spec.allocation_bytes.to_string())?;
             element(w, "target", &[], |w| {
                 empty(w, "format", &[("type", spec.format.as_str())])
-            })
+            })?;
+            if let Some((path, format)) = backing {
+                element(w, "backingStore", &[], |w| {
+                    text(w, "path", &[], path)?;
+                    empty(w, "format", &[("type", format.as_str())])
+                })?;
+            }
+            Ok(())
         })
     })
+}
+
+/// The path of the image a volume is an overlay on, if it is one.
+pub(crate) fn parse_volume_backing(xml: &str) -> Result<Option<String>, Error> {
+    let doc = parse(xml)?;
+    Ok(text_at(doc.root_element(), &["backingStore", "path"]).filter(|p| !p.is_empty()))
 }
 
 pub(crate) fn parse_volume_format(xml: &str) -> Result<DiskFormat, Error> {

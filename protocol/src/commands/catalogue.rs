@@ -230,6 +230,10 @@ catalogue! {
     VmAttachNic = "vm.attach_nic", Operate, VmAttachNicRequest => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm attach-nic";
     /// Detaches a NIC by MAC address.
     VmDetachNic = "vm.detach_nic", Operate, VmDetachNicRequest => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm detach-nic";
+    /// Makes a new VM (new name, uuid and MACs) from a halted one, copying its disks or overlaying them (`linked`).
+    VmClone = "vm.clone", Admin, VmCloneRequest => VmRecord, Cancellable, |r| vec![Target::NewVm(r.name.clone()), Target::Vm(r.source)], "vm clone";
+    /// Marks a halted VM as a template (it can be cloned, not started), or unmarks it.
+    VmSetTemplate = "vm.set_template", Admin, VmSetTemplateRequest => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm template";
     /// CPU, memory, block and network counters of a VM.
     VmStatsGet = "vm.stats", Read, VmUuid => VmStats, Read, |_| vec![], "vm stats";
 

@@ -157,3 +157,42 @@ wire_struct! {
     }
     validate(this) { check_mac("mac", &this.mac) }
 }
+
+wire_struct! {
+    /// Request of `vm.clone`.
+    VmCloneRequest {
+        /// The VM to copy; it must be halted.
+        source: Uuid,
+        /// The new VM's name.
+        name: String,
+        /// Each disk a qcow2 overlay on the source's volume, in that
+        /// volume's pool, instead of a full copy.
+        #[serde(default)]
+        linked: bool,
+        /// The pool full copies go in (default: each source disk's own).
+        #[serde(default)]
+        pool: Option<String>,
+    }
+    validate(this) {
+        check_name("name", &this.name)?;
+        match &this.pool {
+            Some(_) if this.linked => Err(ValidationError::new(
+                "pool",
+                "a linked clone's overlays stay in their source volume's pool",
+            )),
+            Some(p) => check_name("pool", p),
+            None => Ok(()),
+        }
+    }
+}
+
+wire_struct! {
+    /// Request of `vm.set_template`.
+    VmSetTemplateRequest {
+        /// The VM; it must be halted.
+        uuid: Uuid,
+        /// Whether it is a template (false: an ordinary VM again).
+        template: bool,
+    }
+    validate(this) { Ok(()) }
+}

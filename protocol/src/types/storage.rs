@@ -91,6 +91,10 @@ wire_struct! {
         allocation_bytes: u64,
         /// Generation of the record.
         generation: u64,
+        /// The image it is an overlay on (a linked clone's disk): that
+        /// image must stay while this volume does.
+        #[serde(default)]
+        backing_path: Option<String>,
     }
 }
 

@@ -62,6 +62,10 @@ wire_enum! {
         SnapshotRevert = "snapshot_revert",
         /// `snapshot.delete`.
         SnapshotDelete = "snapshot_delete",
+        /// `vm.clone` (of this VM, the source).
+        Clone = "clone",
+        /// `vm.set_template`.
+        SetTemplate = "set_template",
     }
 }
 
@@ -166,6 +170,9 @@ wire_struct! {
         /// The serial console, when the VM has one.
         #[serde(default)]
         console: Option<ConsoleRecord>,
+        /// A template (`vm.set_template`): it is cloned, never started.
+        #[serde(default)]
+        template: bool,
     }
 }
 
