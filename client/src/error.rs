@@ -131,9 +131,11 @@ impl From<WireError> for ClientError {
             | C::BadEnvelope
             | C::UnsupportedContentType
             | C::UnknownCommand => ErrorKind::InvalidArgument,
-            C::VmBadPowerState | C::PoolBadState | C::NetworkBadState | C::TaskNotCancellable => {
-                ErrorKind::BadState
-            }
+            C::VmBadPowerState
+            | C::VmIsTemplate
+            | C::PoolBadState
+            | C::NetworkBadState
+            | C::TaskNotCancellable => ErrorKind::BadState,
             C::PermissionDenied => ErrorKind::PermissionDenied,
             C::Expired => ErrorKind::Expired,
             C::Busy | C::InsufficientResources => ErrorKind::Busy,

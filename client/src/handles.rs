@@ -289,6 +289,31 @@ impl Vm {
         })
         .await
     }
+    /// `vm.clone` as a task: a new VM `name` from this halted VM, its
+    /// disks copied into their own pools (or `pool`), or overlaid on them
+    /// when `linked`. The task's result is the new VM's record.
+    pub async fn clone_to(
+        &self,
+        name: &str,
+        linked: bool,
+        pool: Option<&str>,
+    ) -> Result<Task, ClientError> {
+        let source = self.uuid().await?;
+        self.host
+            .submit::<VmClone>(VmCloneRequest {
+                source,
+                name: name.to_owned(),
+                linked,
+                pool: pool.map(str::to_owned),
+            })
+            .await
+    }
+    /// `vm.set_template`: marks the halted VM a template (it can then be
+    /// cloned, not started), or an ordinary VM again.
+    pub async fn set_template(&self, template: bool) -> Result<VmRecord, ClientError> {
+        self.call_on::<VmSetTemplate>(|uuid| VmSetTemplateRequest { uuid, template })
+            .await
+    }
     /// `vm.undefine`.
     pub async fn undefine(&self, remove_storage: bool) -> Result<(), ClientError> {
         self.call_on::<VmUndefine>(|uuid| VmUndefineRequest {

@@ -46,6 +46,8 @@ EXAMPLES:
   hostctl vm list --all
   hostctl vm start h1/web01
   hostctl vm create h1 --name app01 --memory 1024 --vcpus 2 --disk default:10 --network default
+  hostctl vm template h1/base01
+  hostctl vm create h1 --from-template base01 --name app02 --linked --start
   hostctl events '*.vm.*' --follow
   hostctl events 'h1.#' --from -1h
   hostctl host forget h9
@@ -299,6 +301,28 @@ pub(crate) enum VmCmd {
     },
     /// Detaches the NIC with MAC.
     DetachNic { vm: At<Vm>, mac: String },
+    /// Makes NEW from the halted HOST/VM (new uuid and MACs): its disks
+    /// copied, or with --linked qcow2 overlays on them; waits for the task
+    /// with a progress bar.
+    Clone {
+        vm: At<Vm>,
+        #[arg(value_name = "NEW")]
+        name: String,
+        /// Overlay each disk on its source volume instead of copying it
+        /// (in the source's pool; the source must then stay).
+        #[arg(long, conflicts_with = "pool")]
+        linked: bool,
+        /// The pool full copies go in (default: each disk's own).
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Marks a halted VM as a template (cloned, never started); --off
+    /// makes it an ordinary VM again.
+    Template {
+        vm: At<Vm>,
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 /// The one-word lifecycle operations: `hostctl vm <op> HOST/VM`, each
@@ -325,11 +349,20 @@ pub(crate) struct VmCreate {
     pub(crate) host: String,
     #[arg(long)]
     pub(crate) name: String,
-    /// Memory, MiB.
-    #[arg(long = "memory", value_name = "MIB", value_parser = crate::args::mib_in_kib)]
-    pub(crate) memory_kib: u64,
-    #[arg(long, default_value_t = 1)]
-    pub(crate) vcpus: u32,
+    /// Clone this template (a VM of HOST, by name or uuid) instead of
+    /// defining from flags; --memory, --vcpus and --start then apply to
+    /// the clone, and --linked overlays its disks.
+    #[arg(long, value_name = "TEMPLATE", conflicts_with_all = ["disks", "cdroms", "boot", "kernel", "cpu_mode", "networks", "description"])]
+    pub(crate) from_template: Option<String>,
+    /// With --from-template: overlay the template's disks instead of copying them.
+    #[arg(long, requires = "from_template")]
+    pub(crate) linked: bool,
+    /// Memory, MiB (required without --from-template).
+    #[arg(long = "memory", value_name = "MIB", value_parser = crate::args::mib_in_kib, required_unless_present = "from_template")]
+    pub(crate) memory_kib: Option<u64>,
+    /// vCPUs (default 1, or the template's).
+    #[arg(long)]
+    pub(crate) vcpus: Option<u32>,
     /// `POOL:GiB` for a new volume, `POOL/VOLUME` for an existing one, or an absolute path;
     /// `@raw` or `@qcow2` after it states the format (an existing volume's own is the
     /// default; a path outside every pool needs it). Repeat.

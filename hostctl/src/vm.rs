@@ -92,6 +92,26 @@ pub(crate) async fn run(ctx: &Ctx, cmd: VmCmd) -> Res<()> {
             print_vm(ctx, &vm.on(c).attach_nic(nic).await?)
         }
         VmCmd::DetachNic { vm, mac } => print_vm(ctx, &vm.on(c).detach_nic(&mac).await?),
+        VmCmd::Clone {
+            vm,
+            name,
+            linked,
+            pool,
+        } => {
+            let new = clone(&vm.on(c), &name, linked, pool.as_deref()).await?;
+            print_vm(ctx, &new)
+        }
+        VmCmd::Template { vm, off } => {
+            let r = vm.on(c).set_template(!off).await?;
+            ctx.show(&r, |r| {
+                let what = if r.template {
+                    "a template"
+                } else {
+                    "not a template"
+                };
+                outln!("{} is {what}", r.name)
+            })
+        }
         VmCmd::Stats { vm } => {
             let s = vm.on(c).stats().await?;
             ctx.show(&s, |s| {
@@ -277,6 +297,9 @@ fn print_vm(ctx: &Ctx, vm: &VmRecord) -> Res<()> {
                 c.log_path.as_deref().unwrap_or("-")
             );
         }
+        if v.template {
+            outln!("template:    yes (cloned, not started)");
+        }
         let ops: Vec<&str> = v.allowed_operations.iter().map(|o| o.as_str()).collect();
         outln!("allowed:     {}", ops.join(", "));
         outln!("generation:  {}", v.generation);
@@ -335,9 +358,49 @@ fn target(prefix: &str, first: u8, index: usize, what: &str) -> Res<String> {
     Ok(format!("{prefix}{}", letter as char))
 }
 
+/// `vm.clone` of `source` to `name` as a task, waited for with a progress
+/// bar; the new VM's record.
+async fn clone(
+    source: &hostbus_client::Vm,
+    name: &str,
+    linked: bool,
+    pool: Option<&str>,
+) -> Res<VmRecord> {
+    let task = source.clone_to(name, linked, pool).await?;
+    let bar = Progress::new("vm.clone");
+    let t = task.wait(|t| bar.update(t)).await?;
+    bar.done();
+    task_outcome(&t)?;
+    match t.result {
+        Some(Record::Vm(vm)) => Ok(vm),
+        other => Err(Failure::other(format!("unexpected task result {other:?}"))),
+    }
+}
+
+/// `hostctl vm create --from-template`: clones the template, then sets
+/// memory and vCPUs if given and starts the clone if asked.
+async fn create_from_template(ctx: &Ctx, args: VmCreate, template: &str) -> Res<()> {
+    let hh = ctx.client.host(&args.host);
+    let mut vm = clone(&hh.vm_key(template), &args.name, args.linked, None).await?;
+    let handle = hh.vm(vm.uuid);
+    if let Some(kib) = args.memory_kib.filter(|k| *k != vm.memory_kib) {
+        vm = handle.set_memory(kib).await?;
+    }
+    if let Some(n) = args.vcpus.filter(|n| *n != vm.vcpus) {
+        vm = handle.set_vcpus(n).await?;
+    }
+    if args.start {
+        vm = handle.start().await?;
+    }
+    print_vm(ctx, &vm)
+}
+
 /// `hostctl vm create`: defines the VM as a task (its new volumes take
 /// time), with a progress bar, and starts it if asked.
 async fn create(ctx: &Ctx, args: VmCreate) -> Res<()> {
+    if let Some(template) = args.from_template.clone() {
+        return create_from_template(ctx, args, &template).await;
+    }
     let VmCreate {
         host,
         name,
@@ -353,7 +416,12 @@ async fn create(ctx: &Ctx, args: VmCreate) -> Res<()> {
         networks,
         description,
         start,
+        from_template: _,
+        linked: _,
     } = args;
+    let memory_kib =
+        memory_kib.ok_or_else(|| Failure::usage("--memory is required without --from-template"))?;
+    let vcpus = vcpus.unwrap_or(1);
     let mut drives = Vec::with_capacity(disks.len() + cdroms.len());
     for (i, d) in disks.into_iter().enumerate() {
         drives.push(DiskSpec {
