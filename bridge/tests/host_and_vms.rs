@@ -9,7 +9,7 @@ use hostbus_bridge::Bridge;
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::VmRecord;
 use hostbus_protocol::types::{
-    DiskBus, DiskDevice, DiskSource, DiskSpec, PowerState, VmOperation, VolumeRef,
+    DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, PowerState, VmOperation, VolumeRef,
 };
 use hostbus_protocol::{Command, Error, ErrorCode, COMMANDS};
 use uuid::Uuid;
@@ -195,6 +195,8 @@ fn power_state_table() {
         VmOperation::SetMemory,
         VmOperation::SetVcpus,
         VmOperation::SnapshotCreate,
+        VmOperation::Clone,
+        VmOperation::SetTemplate,
     ];
     let mut n = 0;
     for state in states {
@@ -251,6 +253,18 @@ fn power_state_table() {
                     },
                 )
                 .map(|_| Some(state)),
+                VmOperation::Clone => {
+                    run::<VmClone>(&b, clone_of(u, &format!("sm{n:03}-c"), false))
+                        .map(|r| Some(r.power_state))
+                }
+                VmOperation::SetTemplate => run::<VmSetTemplate>(
+                    &b,
+                    VmSetTemplateRequest {
+                        uuid: u,
+                        template: true,
+                    },
+                )
+                .map(|r| Some(r.power_state)),
                 other => unreachable!("{other}"),
             };
             let allowed = allowed_states(op);
@@ -491,5 +505,174 @@ fn snapshots_create_list_revert_and_delete() {
             },
         ),
         ErrorCode::VmNotFound,
+    );
+}
+
+/// A clone of VM `source` named `name`, into the source disks' own pools.
+fn clone_of(source: Uuid, name: &str, linked: bool) -> VmCloneRequest {
+    VmCloneRequest {
+        source,
+        name: name.into(),
+        linked,
+        pool: None,
+    }
+}
+
+#[test]
+fn full_clone_copies_disks_under_a_new_name_uuid_and_macs_and_leaves_the_source() {
+    let b = open();
+    let db01 = uuid(DB01);
+    let before = run::<VmGet>(&b, VmUuid { uuid: db01 }).expect("db01");
+    let c = run::<VmClone>(&b, clone_of(db01, "db02", false)).expect("clone");
+    assert_eq!(
+        (c.name.as_str(), c.power_state),
+        ("db02", PowerState::Halted)
+    );
+    assert_ne!(c.uuid, db01);
+    assert!(!c.template);
+    assert_eq!((c.memory_kib, c.vcpus), (before.memory_kib, before.vcpus));
+    assert_eq!(c.nics.len(), 1);
+    assert_ne!(c.nics[0].mac, before.nics[0].mac);
+    assert!(c.nics[0].mac.starts_with("52:54:00:"), "{}", c.nics[0].mac);
+    // Its disk is a copy of db01's image, in the same pool.
+    let vda = &c.disks[0];
+    let copy = vda.volume.as_ref().expect("a pool volume");
+    assert_eq!(
+        (copy.pool.as_str(), copy.volume.as_str()),
+        ("default", "db02-vda.qcow2")
+    );
+    let vol = run::<VolumeGet>(&b, volume_key("default", "db02-vda.qcow2")).expect("copy");
+    assert_eq!(vol.backing_path, None, "a full copy stands alone");
+    let src = run::<VolumeGet>(&b, volume_key("default", "db01.qcow2")).expect("source");
+    assert_eq!(vol.capacity_bytes, src.capacity_bytes);
+    // The source is as it was.
+    let after = run::<VmGet>(&b, VmUuid { uuid: db01 }).expect("db01");
+    assert_eq!((after.disks, after.nics), (before.disks, before.nics));
+    // The clone runs.
+    let started = run::<VmStart>(
+        &b,
+        VmStartRequest {
+            uuid: c.uuid,
+            paused: false,
+        },
+    )
+    .expect("start the clone");
+    assert_eq!(started.power_state, PowerState::Running);
+    // A second clone to the same name is refused before anything is made.
+    refused(
+        run::<VmClone>(&b, clone_of(db01, "db02", false)),
+        "same name",
+        ErrorCode::AlreadyExists,
+        "name",
+        "db02",
+    );
+}
+
+#[test]
+fn linked_clone_overlays_each_disk_on_its_source_volume() {
+    let b = open();
+    let c = run::<VmClone>(&b, clone_of(uuid(DB01), "db03", true)).expect("linked clone");
+    let overlay = run::<VolumeGet>(&b, volume_key("default", "db03-vda.qcow2")).expect("overlay");
+    let src = run::<VolumeGet>(&b, volume_key("default", "db01.qcow2")).expect("source");
+    assert_eq!(overlay.format, DiskFormat::Qcow2);
+    assert_eq!(overlay.backing_path.as_deref(), Some(src.path.as_str()));
+    assert_eq!(overlay.capacity_bytes, src.capacity_bytes);
+    let vda = c.disks[0].volume.as_ref().expect("a pool volume");
+    assert_eq!(vda.volume, "db03-vda.qcow2");
+    // An overlay stays in its source's pool: a pool for a linked clone is refused.
+    let err = run::<VmClone>(
+        &b,
+        VmCloneRequest {
+            pool: Some("default".into()),
+            ..clone_of(uuid(DB01), "db04", true)
+        },
+    )
+    .expect_err("linked with a pool");
+    assert_eq!(err.param("field"), Some("pool"), "{err}");
+}
+
+#[test]
+fn clone_refuses_a_running_vm_and_a_disk_outside_every_pool_and_leaves_nothing() {
+    let b = open();
+    refused(
+        run::<VmClone>(&b, clone_of(uuid(WEB01), "web02", false)),
+        "running",
+        ErrorCode::VmBadPowerState,
+        "operation",
+        "clone",
+    );
+    let mut s = spec("foreign01");
+    s.disks = vec![DiskSpec {
+        source: DiskSource::Path("/srv/images/foreign.img".into()),
+        format: Some(DiskFormat::Raw),
+        ..volume_disk("vda", "x", "x", None)
+    }];
+    let vm = run::<VmDefine>(&b, VmDefineRequest { spec: s }).expect("define");
+    let err = run::<VmClone>(&b, clone_of(vm.uuid, "foreign02", false)).expect_err("a path");
+    assert_eq!(err.code, ErrorCode::OperationNotSupported, "{err}");
+    for name in ["web02", "foreign02"] {
+        assert_code(run::<VmGetByName>(&b, named(name)), ErrorCode::VmNotFound);
+    }
+    assert_code(
+        run::<VolumeGet>(&b, volume_key("default", "web02-vda.qcow2")),
+        ErrorCode::VolumeNotFound,
+    );
+}
+
+#[test]
+fn a_template_refuses_to_start_and_its_clone_is_an_ordinary_vm() {
+    let b = open();
+    let t = define(&b, "tmpl01");
+    let marked = run::<VmSetTemplate>(
+        &b,
+        VmSetTemplateRequest {
+            uuid: t.uuid,
+            template: true,
+        },
+    )
+    .expect("mark");
+    assert!(marked.template);
+    assert!(!marked.allowed_operations.contains(&VmOperation::Start));
+    assert!(marked.allowed_operations.contains(&VmOperation::Clone));
+    let start = |u| {
+        run::<VmStart>(
+            &b,
+            VmStartRequest {
+                uuid: u,
+                paused: false,
+            },
+        )
+    };
+    refused(
+        start(t.uuid),
+        "a template",
+        ErrorCode::VmIsTemplate,
+        "operation",
+        "start",
+    );
+    assert!(
+        run::<VmGet>(&b, VmUuid { uuid: t.uuid })
+            .expect("get")
+            .template
+    );
+    let c = run::<VmClone>(&b, clone_of(t.uuid, "app01", false)).expect("clone");
+    assert!(!c.template, "a clone of a template is not a template");
+    assert_eq!(
+        start(c.uuid).expect("start").power_state,
+        PowerState::Running
+    );
+    // Unmarked, it is an ordinary VM again.
+    let plain = run::<VmSetTemplate>(
+        &b,
+        VmSetTemplateRequest {
+            uuid: t.uuid,
+            template: false,
+        },
+    )
+    .expect("unmark");
+    assert!(!plain.template);
+    assert_eq!(
+        start(t.uuid).expect("start").power_state,
+        PowerState::Running
     );
 }

@@ -69,3 +69,45 @@ fn a_real_failure_of_a_rerun_is_not_taken_for_the_first_runs_effect() {
         .expect_err("invalid");
     assert!(b.recover(&create, &err).is_none(), "{err:?}");
 }
+
+/// An interrupted `vm.clone` that made a disk but not the VM: the clean
+/// removes the disk, the re-run makes the whole clone, and a further re-run
+/// (the clone defined) is answered with that VM, the same uuid and MACs.
+#[test]
+fn an_interrupted_clone_is_cleaned_then_finished_and_a_finished_one_answered() {
+    let b = open();
+    let ctx = CallContext::new();
+    let clone = AnyRequest::VmClone(VmCloneRequest {
+        source: uuid(DB01),
+        name: "db05".into(),
+        linked: false,
+        pool: None,
+    });
+    // What a first run killed after its first step left.
+    run::<VolumeClone>(
+        &b,
+        VolumeCloneRequest {
+            pool: "default".into(),
+            name: "db01.qcow2".into(),
+            new_name: "db05-vda.qcow2".into(),
+        },
+    )
+    .expect("the half-made disk");
+    b.clean_interrupted(&clone);
+    assert_code(
+        run::<VolumeGet>(&b, volume_key("default", "db05-vda.qcow2")),
+        ErrorCode::VolumeNotFound,
+    );
+    let Ok(AnyResponse::VmClone(first)) = b.call(clone.clone(), &ctx) else {
+        panic!("the re-run did not clone");
+    };
+    // Killed after the definition: nothing to clean, the VM is the answer.
+    b.clean_interrupted(&clone);
+    run::<VolumeGet>(&b, volume_key("default", "db05-vda.qcow2")).expect("the clone's disk stays");
+    let err = b.call(clone.clone(), &ctx).expect_err("the clone exists");
+    assert_eq!(err.code, ErrorCode::AlreadyExists, "{err:?}");
+    let Some(AnyResponse::VmClone(again)) = b.recover(&clone, &err) else {
+        panic!("the re-run of a finished clone is not answered with it");
+    };
+    assert_eq!((again.uuid, &again.nics), (first.uuid, &first.nics));
+}

@@ -407,6 +407,57 @@ fn volumes(g: &mut Golden) {
         };
         g.check(&format!("volume-{name}"), &volume_xml(&spec));
     }
+    let overlay = VolumeSpec {
+        name: "app01-vda.qcow2".into(),
+        capacity_bytes: 10 << 30,
+        allocation_bytes: 0,
+        format: DiskFormat::Qcow2,
+    };
+    g.check(
+        "volume-overlay-on-raw",
+        &overlay_xml(
+            &overlay,
+            "/var/lib/hostbus/images/base & <01>.img",
+            DiskFormat::Raw,
+        ),
+    );
+}
+
+/// A clone of a template with a volume disk, a file disk in a pool, a
+/// CD-ROM (shared), two NICs and a console log.
+fn clones(g: &mut Golden) {
+    let source = input("domain-template.xml");
+    let xml = clone_domain(
+        &source,
+        &CloneXml {
+            name: "app & <01>",
+            uuid: Uuid::from_u128(0x6a8f_1b8e_8a8e_4d47_9d6f_3c1f_0000_0010),
+            macs: vec!["52:54:00:00:00:10".into(), "52:54:00:00:00:11".into()],
+            disks: vec![
+                Some((
+                    DiskSrc::Volume {
+                        pool: "default".into(),
+                        volume: "app01-vda.qcow2".into(),
+                    },
+                    DiskFormat::Qcow2,
+                )),
+                Some((
+                    DiskSrc::Volume {
+                        pool: "fast".into(),
+                        volume: "app01-vdb.qcow2".into(),
+                    },
+                    DiskFormat::Qcow2,
+                )),
+                None,
+            ],
+            console_log: Some("/var/log/hostbus/console/app01-serial0.log".into()),
+        },
+    )
+    .expect("clone");
+    g.check("clone-of-a-template", &xml);
+    let facts = parse_domain(&xml).expect("parse the clone");
+    assert!(parse_domain(&source).expect("parse").template);
+    assert!(!facts.template, "a clone is not a template");
 }
 
 fn networks(g: &mut Golden) {
@@ -532,5 +583,6 @@ fn xml_writers_match_their_fixtures() {
     networks(&mut g);
     splices(&mut g);
     simulated_nodes(&mut g);
+    clones(&mut g);
     g.finish();
 }
