@@ -321,3 +321,126 @@ async fn an_interrupted_command_that_already_took_effect_is_answered_as_done() {
         .expect("reply");
     assert_eq!(again.header_str(STATUS_HEADER), Some("ok"));
 }
+
+/// A `vm.clone` of db01 to `name`, replying to `reply_to`.
+fn clone_command(name: &str, reply_to: &str) -> Sent {
+    let db01: uuid::Uuid = "11111111-0000-4000-8000-000000000002"
+        .parse()
+        .expect("uuid");
+    command::<VmClone>(
+        &VmCloneRequest {
+            source: db01,
+            name: name.into(),
+            linked: false,
+            pool: None,
+        },
+        reply_to,
+    )
+}
+
+/// An agent killed between a clone's disk copy and its definition: the
+/// redelivered clone runs again as interrupted and is answered once with
+/// the whole clone, one VM and one copy of its disk. (The test driver's
+/// state dies with the process; what cleaning a half-made clone removes is
+/// shown by the next test, which leaves the half-made disk in place.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_clone_makes_the_whole_clone_after_its_restart() {
+    const REPLIES: &str = "faults.clone.replies";
+    let node = RabbitNode::start().expect("rabbit");
+    let url = node.amqp_url();
+    let (peer, mut events, mut agent, _) = spawn_online(
+        AgentProcess::builder("h1", &url)
+            .concurrency(1)
+            .env("HOSTBUS_STEP_PAUSE_MS", "1000"),
+    )
+    .await;
+    declare_reply_queue(&url, REPLIES).await;
+    let clone = clone_command("db01-kill", REPLIES);
+    peer.publish_command(&host_key("h1"), &clone.props, &clone.body)
+        .await
+        .expect("publish");
+    // Step 1 (pause, copy the disk) ends at about 1 s, step 2 (pause, define) at 2 s.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.kill().expect("SIGKILL");
+    agent.restart().expect("restart on the same journal");
+    next_online(&mut events, &agent).await;
+    let ids = BTreeSet::from([clone.id.clone()]);
+    let replies = collect_replies(&url, REPLIES, &ids, (30, 1), &agent).await;
+    let r = &replies[&clone.id];
+    assert_eq!(r.len(), 1, "one answer");
+    let vm = vm_of(&r[0]);
+    assert_eq!((vm.name.as_str(), vm.disks.len()), ("db01-kill", 1));
+    assert!(
+        agent
+            .log_since_start(2)
+            .contains("command was interrupted before it finished"),
+        "the clone was not interrupted\n{}",
+        agent.log_tail(40)
+    );
+    let mut peer = AmqpPeer::connect(&url).await.expect("peer");
+    let vms = vm_names(&mut peer).await;
+    let now: Vec<&VmRecord> = vms.iter().filter(|v| v.name == "db01-kill").collect();
+    assert_eq!(now.len(), 1, "one clone");
+    assert_eq!(now[0].uuid, vm.uuid, "the answer is the clone that stands");
+    let volumes = volume_names(&mut peer).await;
+    let copies: Vec<&String> = volumes
+        .iter()
+        .filter(|v| v.starts_with("db01-kill"))
+        .collect();
+    assert_eq!(copies, ["db01-kill-vda.qcow2"], "{volumes:?}");
+}
+
+/// A clone whose first run copied a disk and died before defining the VM
+/// (its journal entry says started, its disk is there, the VM is not): the
+/// redelivery removes that disk, then makes the clone, so one copy stands
+/// and no half-made clone is left. Without the clean, the re-run would find
+/// the disk's name taken and fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_clone_removes_the_disk_its_first_run_left_then_finishes() {
+    let node = RabbitNode::start().expect("rabbit");
+    let dir = hostbus_tests::TempDir::new("halfclone").expect("temp dir");
+    let journal_path = dir.path().join("journal");
+    let clone = clone_command("halfclone", names::DIRECT_REPLY_TO);
+    {
+        let j =
+            hostbus_agent::journal::Journal::open(&journal_path, Duration::from_secs(3600), 1000)
+                .expect("journal");
+        j.start(&clone.id, VmClone::NAME).expect("clone entry");
+    }
+    let (mut peer, _online, agent, _) =
+        spawn_online(AgentProcess::builder("h1", &node.amqp_url()).journal_path(&journal_path))
+            .await;
+    let leftover = ok::<VolumeClone>(
+        &mut peer,
+        "h1",
+        &VolumeCloneRequest {
+            pool: "default".into(),
+            name: "db01.qcow2".into(),
+            new_name: "halfclone-vda.qcow2".into(),
+        },
+    )
+    .await;
+    let r = peer
+        .call(&host_key("h1"), &clone.props, &clone.body, T)
+        .await
+        .expect("reply");
+    match decode::<Reply<VmRecord>>(ContentType::MsgPack, &r.body, 1 << 20).expect("decode") {
+        Reply::Ok(vm) => assert_eq!((vm.name.as_str(), vm.disks.len()), ("halfclone", 1)),
+        other => panic!("the interrupted vm.clone was not finished: {other:?}"),
+    }
+    assert!(
+        agent
+            .log_since_start(1)
+            .contains("removed a volume left by an interrupted command"),
+        "{}",
+        agent.log_tail(40)
+    );
+    let vols = volume_names(&mut peer).await;
+    assert_eq!(
+        vols.iter().filter(|v| **v == leftover.name).count(),
+        1,
+        "{vols:?}"
+    );
+    let vms = vm_names(&mut peer).await;
+    assert_eq!(vms.iter().filter(|v| v.name == "halfclone").count(), 1);
+}

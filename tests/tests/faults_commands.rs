@@ -248,3 +248,67 @@ async fn a_disk_attaches_to_a_halted_vm() {
     .await;
     assert!(vm.disks.iter().any(|d| d.target == "vdc"), "{vm:?}");
 }
+
+/// `vm.clone` waits in its source's line: a `vm.undefine` of the source
+/// sent just after it waits until the clone is made (two steps of 300 ms),
+/// instead of pulling the source from under the copy. The same clone sent
+/// again with its command id is answered from the journal with the same VM,
+/// though its source is gone by then, and makes no second VM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undefine_of_a_clones_source_waits_for_the_clone_and_a_repeat_is_answered_from_the_journal(
+) {
+    const DB01: &str = "11111111-0000-4000-8000-000000000002";
+    let (_node, mut peer, _events, agent) =
+        h1_online(|b| b.env("HOSTBUS_STEP_PAUSE_MS", "300")).await;
+    let mut replies = reply_queue(&peer, RAW_REPLIES).await;
+    let db01: uuid::Uuid = DB01.parse().expect("uuid");
+    let clone = command::<VmClone>(
+        &VmCloneRequest {
+            source: db01,
+            name: "db01-copy".into(),
+            linked: false,
+            pool: None,
+        },
+        RAW_REPLIES,
+    );
+    let undefine = command::<VmUndefine>(
+        &VmUndefineRequest {
+            uuid: db01,
+            remove_storage: false,
+        },
+        RAW_REPLIES,
+    );
+    for s in [&clone, &undefine] {
+        peer.publish_command(&host_key("h1"), &s.props, &s.body)
+            .await
+            .expect("publish");
+    }
+    let first = next_reply_for(&mut replies, &clone.id).await;
+    let vm = vm_of(&first);
+    assert_eq!(vm.name, "db01-copy");
+    assert_eq!(
+        vm.disks[0].volume.as_ref().map(|v| v.volume.as_str()),
+        Some("db01-copy-vda.qcow2")
+    );
+    let undone = next_reply_for(&mut replies, &undefine.id).await;
+    assert_eq!(
+        undone.header_str(STATUS_HEADER),
+        Some("ok"),
+        "{:?}",
+        reply_error(&undone)
+    );
+
+    let mut again = clone.props.clone();
+    again.reply_to = Some(names::DIRECT_REPLY_TO.into());
+    let repeat = peer
+        .call(&host_key("h1"), &again, &clone.body, T)
+        .await
+        .expect("repeat");
+    assert_eq!(repeat.body, first.body, "the journal's reply");
+    let vms = vm_names(&mut peer).await;
+    assert_eq!(vms.iter().filter(|v| v.name == "db01-copy").count(), 1);
+    assert!(!vms.iter().any(|v| v.uuid == db01), "db01 was undefined");
+    let m = agent.metrics_text();
+    assert_eq!(commands_total(&m, VmClone::NAME, "ok"), 1, "{m}");
+    assert_eq!(commands_total(&m, VmClone::NAME, "journal-ok"), 1, "{m}");
+}
