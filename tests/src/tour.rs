@@ -58,6 +58,7 @@ pub fn fleet(ctl: &Hostctl, hosts: &[&str]) {
 pub fn objects(ctl: &Hostctl) {
     vms(ctl);
     vm_create_and_devices(ctl);
+    templates_and_clones(ctl);
     storage(ctl);
     networks(ctl);
 }
@@ -89,6 +90,48 @@ fn vms(ctl: &Hostctl) {
     );
     assert_eq!(state(&["vm", "start", "h1/db01", "--paused"]), "paused");
     assert_eq!(state(&["vm", "destroy", "h1/db01"]), "halted");
+}
+
+/// db01 (halted) as a template: it refuses to start (exit 4), a VM made
+/// from it with `vm create --from-template` (linked, resized, started) is
+/// an ordinary VM, `vm clone` copies it; the clones are deleted with their
+/// storage and db01 is unmarked, as it was.
+fn templates_and_clones(ctl: &Hostctl) {
+    assert_eq!(ctl.json(&["vm", "template", "h1/db01"])["template"], true);
+    assert_eq!(
+        ctl.code(&["vm", "start", "h1/db01"]),
+        4,
+        "a template is not started"
+    );
+    let app = ctl.json(&[
+        "vm",
+        "create",
+        "h1",
+        "--from-template",
+        "db01",
+        "--name",
+        "app02",
+        "--linked",
+        "--memory",
+        "256",
+        "--start",
+    ]);
+    assert_eq!(
+        (&app["name"], &app["power_state"], &app["template"]),
+        (&"app02".into(), &"running".into(), &false.into())
+    );
+    assert_eq!(app["memory_kib"], 262_144);
+    let copy = ctl.json(&["vm", "clone", "h1/db01", "db01-copy"]);
+    assert_eq!(copy["power_state"], "halted");
+    assert_eq!(copy["disks"][0]["volume"]["volume"], "db01-copy-vda.qcow2");
+    assert_eq!(power_state(ctl, &["vm", "destroy", "h1/app02"]), "halted");
+    for vm in ["h1/app02", "h1/db01-copy"] {
+        ctl.json(&["vm", "delete", vm, "--remove-storage"]);
+    }
+    assert_eq!(
+        ctl.json(&["vm", "template", "h1/db01", "--off"])["template"],
+        false
+    );
 }
 
 /// The `power_state` of what `-o json args...` prints.
