@@ -377,3 +377,62 @@ async fn requests_a_guest_ignores_are_not_reported_as_done() {
     assert_eq!(r.power_state, PowerState::Halted);
     h.undefine(false).await.expect("undefine");
 }
+
+/// A halted guest marked as a template refuses to start; a full clone and
+/// a linked clone of it (a qcow2 overlay on its volume) each boot to the
+/// guest's shell and see their disk; removing them with their storage
+/// leaves the template's volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_and_linked_clones_of_a_halted_guest_boot() {
+    let Some((_turn, b, host, _ev)) = Bench::turn_watched(120_000).await else {
+        return;
+    };
+    let pool = format!("{QEMU_PREFIX}pool");
+    b.pool(&pool).await;
+    let p = host.pool(&pool);
+    let root = p
+        .create_volume(VolumeSpec {
+            name: "base.qcow2".into(),
+            capacity_bytes: 64 * MIB,
+            allocation_bytes: 0,
+            format: DiskFormat::Qcow2,
+        })
+        .await
+        .expect("root volume");
+    let spec = b.guest(
+        &format!("{QEMU_PREFIX}base"),
+        vec![volume_disk("vda", &pool, "base.qcow2", None)],
+        "",
+    );
+    let base = host.define_vm(spec).await.expect("define");
+    let t = host.vm(base.uuid);
+    assert!(t.set_template(true).await.expect("mark").template);
+    assert_eq!(code(t.start().await), ErrorCode::VmIsTemplate);
+
+    for linked in [false, true] {
+        let name = format!("{QEMU_PREFIX}{}", if linked { "linked" } else { "full" });
+        let task = t.clone_to(&name, linked, None).await.expect("clone");
+        let done = task.wait(|_| {}).await.expect("the clone task");
+        let Some(Record::Vm(vm)) = done.result else {
+            panic!("{name}: {done:?}");
+        };
+        assert!(!vm.template);
+        assert_ne!(vm.uuid, base.uuid);
+        let disk = format!("{name}-vda.qcow2");
+        let vol = p.volume(&disk).await.expect("the clone's disk");
+        let backing = linked.then(|| root.path.clone());
+        assert_eq!(vol.backing_path, backing, "{disk}");
+        let _ = std::fs::remove_file(console_log(&vm));
+        let h = host.vm(vm.uuid);
+        let t0 = Instant::now();
+        let running = h.start().await.expect("start the clone");
+        console(&running, BOOTED, 1, Duration::from_secs(60));
+        wait_guest_disks(&running, "vda").await;
+        println!("{name} booted in {:?}", t0.elapsed());
+        h.destroy().await.expect("destroy");
+        h.undefine(true).await.expect("undefine with storage");
+        assert!(!volume_names(&p).await.contains(&disk), "{disk} removed");
+    }
+    assert!(!t.set_template(false).await.expect("unmark").template);
+    t.undefine(true).await.expect("undefine the base");
+}
