@@ -23,7 +23,7 @@ use hostbus_tests::faults::{
 };
 use hostbus_tests::{
     commands_total, event_of, next_online, ok, reply_error, spawn_online, AgentProcess, AmqpPeer,
-    RabbitNode,
+    RabbitNode, Subscription,
 };
 
 const WEB01: &str = "11111111-0000-4000-8000-000000000001";
@@ -174,20 +174,10 @@ async fn an_agent_killed_mid_burst_reruns_interrupted_commands_and_runs_finished
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_that_never_finishes_is_dead_lettered_after_max_deliveries() {
     const REPLIES: &str = "faults.poison.replies";
-    let node = RabbitNode::start().expect("rabbit");
-    let url = node.amqp_url();
     // Three steps of 1 s: long enough to be killed in the middle, every time.
-    let (peer, mut events, mut agent, _) = spawn_online(
-        AgentProcess::builder("h1", &url)
-            .concurrency(1)
-            .env("HOSTBUS_STEP_PAUSE_MS", "1000"),
-    )
-    .await;
-    declare_reply_queue(&url, REPLIES).await;
     let poison = command::<VmDefine>(&define_request("poison-vm", 2), REPLIES);
-    peer.publish_command(&host_key("h1"), &poison.props, &poison.body)
-        .await
-        .expect("publish");
+    let (node, peer, mut events, mut agent) = slow_h1_running(REPLIES, &poison).await;
+    let url = node.amqp_url();
     // The default HOSTBUS_MAX_DELIVERIES is 3: kill the agent during each of
     // the first three executions.
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -322,6 +312,28 @@ async fn an_interrupted_command_that_already_took_effect_is_answered_as_done() {
     assert_eq!(again.header_str(STATUS_HEADER), Some("ok"));
 }
 
+/// A RabbitMQ node and an agent h1 that runs one command at a time, a
+/// second a step, with `sent` published to it (its replies kept in the
+/// durable queue `replies`).
+async fn slow_h1_running(
+    replies: &str,
+    sent: &Sent,
+) -> (RabbitNode, AmqpPeer, Subscription, AgentProcess) {
+    let node = RabbitNode::start().expect("rabbit");
+    let url = node.amqp_url();
+    let (peer, events, agent, _) = spawn_online(
+        AgentProcess::builder("h1", &url)
+            .concurrency(1)
+            .env("HOSTBUS_STEP_PAUSE_MS", "1000"),
+    )
+    .await;
+    declare_reply_queue(&url, replies).await;
+    peer.publish_command(&host_key("h1"), &sent.props, &sent.body)
+        .await
+        .expect("publish");
+    (node, peer, events, agent)
+}
+
 /// A `vm.clone` of db01 to `name`, replying to `reply_to`.
 fn clone_command(name: &str, reply_to: &str) -> Sent {
     let db01: uuid::Uuid = "11111111-0000-4000-8000-000000000002"
@@ -346,19 +358,9 @@ fn clone_command(name: &str, reply_to: &str) -> Sent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_clone_makes_the_whole_clone_after_its_restart() {
     const REPLIES: &str = "faults.clone.replies";
-    let node = RabbitNode::start().expect("rabbit");
-    let url = node.amqp_url();
-    let (peer, mut events, mut agent, _) = spawn_online(
-        AgentProcess::builder("h1", &url)
-            .concurrency(1)
-            .env("HOSTBUS_STEP_PAUSE_MS", "1000"),
-    )
-    .await;
-    declare_reply_queue(&url, REPLIES).await;
     let clone = clone_command("db01-kill", REPLIES);
-    peer.publish_command(&host_key("h1"), &clone.props, &clone.body)
-        .await
-        .expect("publish");
+    let (node, _peer, mut events, mut agent) = slow_h1_running(REPLIES, &clone).await;
+    let url = node.amqp_url();
     // Step 1 (pause, copy the disk) ends at about 1 s, step 2 (pause, define) at 2 s.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     agent.kill().expect("SIGKILL");
