@@ -10,9 +10,11 @@ use std::time::Duration;
 
 mod node;
 mod url;
+mod version;
 
 use node::PrivateNode;
 use url::{percent_encode, replace_userinfo, url_port};
+pub use version::RabbitVersion;
 
 use crate::amqp::redact;
 use crate::error::{ErrorKind, HarnessError, Result};
@@ -225,6 +227,15 @@ impl RabbitNode {
         }
     }
 
+    /// The RabbitMQ release of a private node (`None` for an external
+    /// broker), for the assertions that differ between releases.
+    pub fn version(&self) -> Option<RabbitVersion> {
+        match &self.inner {
+            Inner::Private(n) => Some(n.version),
+            Inner::External { .. } => None,
+        }
+    }
+
     /// The data directory of a private node.
     pub fn data_dir(&self) -> Option<&Path> {
         match &self.inner {
@@ -308,6 +319,26 @@ impl RabbitNode {
         }
     }
 
+    /// The deprecated features the node's log says were asked for since the
+    /// last call (RabbitMQ 4 logs each use; 3.10 has none to log): for the
+    /// test that asks for them on purpose. A 4.x node whose log names one
+    /// no test took fails the test when it is dropped: every suite that
+    /// runs on RabbitMQ 4 thereby shows that hostbus uses none.
+    pub fn take_deprecated_feature_uses(&mut self) -> Vec<String> {
+        match &mut self.inner {
+            Inner::Private(n) => {
+                let uses = n.deprecated_feature_uses();
+                let new = uses
+                    .get(n.deprecated_uses_taken..)
+                    .unwrap_or_default()
+                    .to_vec();
+                n.deprecated_uses_taken = uses.len();
+                new
+            }
+            Inner::External { .. } => Vec::new(),
+        }
+    }
+
     fn private(&self, what: &str) -> Result<&PrivateNode> {
         match &self.inner {
             Inner::Private(n) => Ok(n),
@@ -335,9 +366,27 @@ fn needs_private(what: &str, url: &str) -> HarnessError {
 }
 
 impl Drop for RabbitNode {
+    /// Kills a private node; then, unless the test is already failing,
+    /// panics if the node's log says a deprecated feature was asked for
+    /// that the test did not take (RabbitMQ 4 only; see
+    /// [`take_deprecated_feature_uses`](Self::take_deprecated_feature_uses)).
     fn drop(&mut self) {
         if let Inner::Private(node) = &mut self.inner {
             blocking(|| node.kill());
+            if std::thread::panicking() || !node.version.has_deprecated_features() {
+                return;
+            }
+            let uses = node.deprecated_feature_uses();
+            let untaken = uses.get(node.deprecated_uses_taken..).unwrap_or_default();
+            if !untaken.is_empty() {
+                panic!(
+                    "RabbitMQ {} node {} was asked for deprecated features, which it denies: {}\n{}",
+                    node.version,
+                    node.name,
+                    untaken.join(", "),
+                    node.log_tail(40)
+                );
+            }
         }
     }
 }

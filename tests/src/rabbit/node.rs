@@ -38,6 +38,12 @@
 //!   advice for shared machines): test nodes share two cores with agents and
 //!   other suites.
 //! * A node is ready in about 5 to 10 s on two cores; a stop takes about 2 s.
+//!
+//! RabbitMQ 4.0 (Debian 13, Erlang 27) runs the same way through the
+//! wrappers of `scripts/rabbitmq4-root` (a Debian 13 root entered with
+//! `unshare --mount` and `--root`, in the caller's process group); the
+//! harness asks `rabbitmqctl version` which release it starts and gives 4.x
+//! nodes the settings that deny its deprecated features (`version.rs`).
 
 use std::fs;
 use std::io::Write;
@@ -45,9 +51,13 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::url::percent_encode;
+use super::version::{
+    deprecated_features_used, unknown_deprecated_features, version_of, RabbitVersion,
+};
 use super::{TlsListener, RABBITMQ_BIN_DIR_ENV, START_TIMEOUT};
 use crate::error::{ErrorKind, HarnessError, Result};
 use crate::process::{
@@ -58,9 +68,10 @@ use crate::process::{
 /// How long a clean stop may take before the node is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The node's configuration file. `loopback_users = none` lets every user,
-/// `guest` included, log in from any address; the disk limit is low so a
-/// nearly full disk on a CI machine does not block publishers.
+/// The node's configuration file, on every version (a version adds its own
+/// lines, [`RabbitVersion::config`]). `loopback_users = none` lets every
+/// user, `guest` included, log in from any address; the disk limit is low
+/// so a nearly full disk on a CI machine does not block publishers.
 const CONFIG: &str = "\
 loopback_users = none
 disk_free_limit.absolute = 10MB
@@ -103,6 +114,10 @@ pub(super) struct PrivateNode {
     /// A TLS listener and its port, when asked for.
     pub(super) tls: Option<(TlsListener, u16)>,
     bin_dir: Option<PathBuf>,
+    pub(super) version: RabbitVersion,
+    /// How many of the deprecated features the log names a test has
+    /// already taken (see [`RabbitNode::take_deprecated_feature_uses`]).
+    pub(super) deprecated_uses_taken: usize,
     pub(super) child: Option<Child>,
     // Last: removed after the node is dead.
     pub(super) dir: TempDir,
@@ -132,6 +147,7 @@ impl PrivateNode {
                 let debian = PathBuf::from("/usr/lib/rabbitmq/bin");
                 debian.join("rabbitmq-server").exists().then_some(debian)
             });
+        let version = version_of(bin_dir.as_deref())?;
         let tls = match tls {
             Some(t) => Some((t, free_port()?)),
             None => None,
@@ -142,6 +158,8 @@ impl PrivateNode {
             dist_port: free_port()?,
             tls,
             bin_dir,
+            version,
+            deprecated_uses_taken: 0,
             child: None,
             dir,
         };
@@ -158,9 +176,50 @@ impl PrivateNode {
                         *port = free_port()?;
                     }
                 }
-                result => return result.map(|()| node),
+                Err(e) => return Err(e),
+                Ok(()) => break,
             }
         }
+        if let Err(e) = node.check_deprecated_features() {
+            node.kill();
+            return Err(e);
+        }
+        Ok(node)
+    }
+
+    /// On a release with deprecated features, checks (once per folder of
+    /// programs and test process) that the node lists none the harness does
+    /// not deny: a newer RabbitMQ's new deprecation must be added to
+    /// [`DEPRECATED_FEATURES`](super::version::DEPRECATED_FEATURES), not
+    /// permitted unseen.
+    fn check_deprecated_features(&self) -> Result<()> {
+        static CHECKED: Mutex<Vec<Option<PathBuf>>> = Mutex::new(Vec::new());
+        if !self.version.has_deprecated_features()
+            || CHECKED
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&self.bin_dir)
+        {
+            return Ok(());
+        }
+        let listed = self.ctl(&["-q", "list_deprecated_features", "name"])?;
+        let unknown = unknown_deprecated_features(&listed);
+        if !unknown.is_empty() {
+            return Err(HarnessError::new(
+                ErrorKind::Startup,
+                format!(
+                    "RabbitMQ {} lists deprecated features the harness does not deny: {}; \
+                     add them to DEPRECATED_FEATURES in tests/src/rabbit/version.rs",
+                    self.version,
+                    unknown.join(", ")
+                ),
+            ));
+        }
+        CHECKED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(self.bin_dir.clone());
+        Ok(())
     }
 
     pub(super) fn url_for(&self, user: &str, password: &str) -> String {
@@ -215,6 +274,7 @@ impl PrivateNode {
 
     pub(super) fn spawn_and_wait(&mut self) -> Result<()> {
         let mut config = CONFIG.to_owned();
+        config.push_str(&self.version.config());
         if let Some((tls, port)) = &self.tls {
             config.push_str(&tls.config(*port));
         }
@@ -392,15 +452,22 @@ impl PrivateNode {
         }
     }
 
+    /// The deprecated features the node's log says were asked for.
+    pub(super) fn deprecated_feature_uses(&self) -> Vec<String> {
+        let log = fs::read(self.log_file()).unwrap_or_default();
+        deprecated_features_used(&String::from_utf8_lossy(&log))
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.dir.join("log").join(format!("{}.log", self.name))
+    }
+
     pub(super) fn log_tail(&self, lines: usize) -> String {
         format!(
             "--- {}/log/{}.log (last {lines} lines) ---\n{}\n--- console ---\n{}",
             self.dir.path().display(),
             self.name,
-            tail_file(
-                &self.dir.join("log").join(format!("{}.log", self.name)),
-                lines
-            ),
+            tail_file(&self.log_file(), lines),
             tail_file(&self.dir.join("console.log"), lines)
         )
     }
