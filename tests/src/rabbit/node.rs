@@ -142,6 +142,7 @@ impl PrivateNode {
         }
         write_file(&dir.join("enabled_plugins"), "[].\n")?;
         let bin_dir = std::env::var_os(RABBITMQ_BIN_DIR_ENV)
+            .filter(|d| !d.is_empty())
             .map(PathBuf::from)
             .or_else(|| {
                 let debian = PathBuf::from("/usr/lib/rabbitmq/bin");
