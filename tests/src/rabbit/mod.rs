@@ -136,10 +136,34 @@ impl RabbitNode {
         for node in nodes.iter().skip(1) {
             node.ctl(&["stop_app"])?;
             node.ctl(&["join_cluster", &first])?;
-            node.ctl(&["start_app"])?;
+            node.start_app_after_join()?;
             node.ctl(&["await_startup"])?;
         }
         Ok(nodes)
+    }
+
+    /// `rabbitmqctl start_app` on a node that has just joined a cluster.
+    /// RabbitMQ 4.0.5 refuses it now and then with
+    /// `failed_to_deny_deprecated_features` (see
+    /// [`PrivateNode::spawn_and_wait`]); it is then tried again, up to five
+    /// times in all.
+    fn start_app_after_join(&self) -> Result<()> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.ctl(&["start_app"]) {
+                Ok(_) => return Ok(()),
+                Err(e) if tries < 5 && e.to_string().contains(node::DENIAL_RACE) => {
+                    eprintln!(
+                        "hostbus-tests: `start_app` of {} refused with {} (a RabbitMQ 4.0 \
+                         race); trying again",
+                        self.node_name().unwrap_or("?"),
+                        node::DENIAL_RACE
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Like [`start`](Self::start), but an error at once (before the test

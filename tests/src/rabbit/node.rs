@@ -65,6 +65,11 @@ use crate::process::{
     Signal, TempDir,
 };
 
+/// What RabbitMQ 4.0.5 says when it refuses to boot because its check that
+/// a denied deprecated feature is unused failed (see
+/// [`PrivateNode::spawn_and_wait`]).
+pub(super) const DENIAL_RACE: &str = "failed_to_deny_deprecated_features";
+
 /// How long a clean stop may take before the node is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -275,15 +280,17 @@ impl PrivateNode {
 
     /// Starts the node and waits until it is ready.
     ///
-    /// A RabbitMQ 4.0.5 node that has data and denies a deprecated feature
-    /// checks at boot that the feature is unused; an error in that check
-    /// counts as "in use" (`rabbit_ff_controller`,
-    /// `list_deprecated_features_that_cant_be_denied`) and the boot fails
-    /// with `failed_to_deny_deprecated_features`. Seen once, on a restart in
-    /// `faults_broker_loss` on a loaded machine, and not again in dozens of
-    /// restarts: a race in the broker, not something hostbus did (the
-    /// feature's use would have been refused, and logged). Such a boot is
-    /// tried again, twice at most, and says so on stderr.
+    /// A RabbitMQ 4.0.5 node that denies `transient_nonexcl_queues` checks at
+    /// boot that no transient non-exclusive queue exists; on a node with
+    /// data (restarted, or just joined to a cluster) that check can run
+    /// before Mnesia has loaded its `rabbit_queue` table, fail (`{aborted,
+    /// {no_exists, [rabbit_queue, ...]}}`, logged as "Feature flags: error
+    /// while running: rabbit_amqqueue:are_transient_nonexcl_used"), and
+    /// 4.0.5 counts a failed check as a use: the boot ends with
+    /// [`DENIAL_RACE`]. A race in the broker (seen on restarts and, on a
+    /// loaded machine, in 4 of 6 cluster joins), not a use by hostbus (that
+    /// would be refused, logged, and fail the test): such a boot is tried
+    /// again, twice at most, and says so on stderr.
     pub(super) fn spawn_and_wait(&mut self) -> Result<()> {
         let mut refused = 0;
         loop {
@@ -292,15 +299,12 @@ impl PrivateNode {
                 Err(e)
                     if e.kind() == ErrorKind::Startup
                         && refused < 2
-                        && self
-                            .log_since(log_before)
-                            .contains("failed_to_deny_deprecated_features") =>
+                        && self.log_since(log_before).contains(DENIAL_RACE) =>
                 {
                     refused += 1;
                     eprintln!(
                         "hostbus-tests: RabbitMQ {} node {} failed to boot with \
-                         failed_to_deny_deprecated_features (a RabbitMQ 4.0 boot race); \
-                         starting it again",
+                         {DENIAL_RACE} (a RabbitMQ 4.0 boot race); starting it again",
                         self.version, self.name
                     );
                 }
