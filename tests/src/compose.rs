@@ -7,7 +7,7 @@
 //! Needs a Docker engine with the compose base images at hand:
 //! `broker-compose/images` makes them (scripts/test runs it). Without an
 //! engine, [`Compose::available`] says why; where the suite is required
-//! (`HOSTBUS_DOCKER_REQUIRED` or `CI`), that is a failure.
+//! (`HOSTBUS_TEST_DOCKER_REQUIRED` or `CI`), that is a failure.
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -107,7 +107,8 @@ impl Compose {
 
     /// Whether a missing Docker engine fails the suite instead of skipping it.
     pub fn required() -> bool {
-        std::env::var_os("HOSTBUS_DOCKER_REQUIRED").is_some() || std::env::var_os("CI").is_some()
+        std::env::var_os("HOSTBUS_TEST_DOCKER_REQUIRED").is_some()
+            || std::env::var_os("CI").is_some()
     }
 
     /// The one-broker cluster of docker-compose.yml.

@@ -111,7 +111,9 @@ pub use qemu::{
     wait_for_text, QemuHost, QEMU_HOME_ENV, QEMU_INITRD_ENV, QEMU_KERNEL_ENV, QEMU_PREFIX,
     QEMU_REQUIRED_ENV, QEMU_URI_ENV,
 };
-pub use rabbit::{RabbitNode, TlsListener, EXTERNAL_URL_ENV, RABBITMQ_BIN_DIR_ENV, START_TIMEOUT};
+pub use rabbit::{
+    RabbitNode, RabbitVersion, TlsListener, EXTERNAL_URL_ENV, RABBITMQ_BIN_DIR_ENV, START_TIMEOUT,
+};
 pub use raw::{
     long_str, nested_table, short_str, table, RawOutcome, RawProperties, RawProperty, RawPublisher,
 };

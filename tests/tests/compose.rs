@@ -8,7 +8,7 @@
 //!
 //! Needs a Docker engine and the base images (`broker-compose/images`,
 //! which scripts/test runs first); without an engine the suite says so and
-//! does not run, except where it is required (`HOSTBUS_DOCKER_REQUIRED` or
+//! does not run, except where it is required (`HOSTBUS_TEST_DOCKER_REQUIRED` or
 //! `CI`). The tests take turns: one compose project, fixed ports. Figures
 //! are printed; run with `--nocapture`.
 

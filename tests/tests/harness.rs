@@ -2,7 +2,8 @@
 //! durable state survives a restart, a stopped node refuses connections,
 //! nothing is left running after a node is dropped (also on panic), users
 //! added with rabbitmqctl can log in, the AMQP peer's call and subscription
-//! helpers work, and the agent binary is built and run.
+//! helpers work, the agent binary is built and run, and RabbitMQ 4 nodes
+//! deny the deprecated features.
 
 use std::process::Command;
 use std::sync::Mutex;
@@ -16,7 +17,9 @@ use hostbus_tests::{
     consume_no_ack, declare_queue, declare_topic, group_alive, to_lapin, AgentProcess, AmqpPeer,
     QueueKind, RabbitNode,
 };
-use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,12 +86,9 @@ async fn stopped_node_refuses_connections_until_started_again() {
         "a stopped node accepts no connection"
     );
     assert!(
-        peer.channel()
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions::default(),
-                FieldTable::default()
-            )
+        // Exclusive: RabbitMQ 4 refuses a transient queue that is not,
+        // node up or down.
+        declare_queue(peer.channel(), "", QueueKind::Exclusive)
             .await
             .is_err(),
         "an open connection fails when its node stops"
@@ -97,6 +97,60 @@ async fn stopped_node_refuses_connections_until_started_again() {
     AmqpPeer::connect(&node.amqp_url())
         .await
         .expect("connect after starting again");
+}
+
+/// The proof that hostbus uses none of RabbitMQ 4's deprecated features
+/// rests on this: on a 4.x node of the harness, a deprecated feature is
+/// denied, and its use, refused or quietly ignored, shows in the node's log,
+/// which fails the test that asked for it when the node is dropped.
+/// Checked with the two an AMQP 0-9-1 client can reach: a transient queue
+/// that is not exclusive (refused: the connection is closed), and a QoS for
+/// the whole channel (ignored: it becomes per consumer). RabbitMQ 3.10
+/// knows no deprecated features and permits both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_4_nodes_deny_its_deprecated_features_and_log_their_use() {
+    let mut node = RabbitNode::start_private().expect("start a node");
+    let version = node.version().expect("a private node");
+    let peer = AmqpPeer::connect(&node.amqp_url()).await.expect("connect");
+    let transient = peer
+        .channel()
+        .queue_declare(
+            "harness.transient".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    // On a connection of its own: the refusal above closes the first one.
+    let peer = AmqpPeer::connect(&node.amqp_url()).await.expect("connect");
+    let global_qos = peer
+        .channel()
+        .basic_qos(10, BasicQosOptions { global: true })
+        .await;
+    if version.has_deprecated_features() {
+        let err = transient
+            .expect_err("a transient non-exclusive queue is refused")
+            .to_string();
+        assert!(err.contains("transient_nonexcl_queues"), "{err}");
+        global_qos.expect("a global QoS is taken, as a per-consumer one");
+        // The log is written a moment after the refusal.
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let mut uses = Vec::new();
+        while uses.len() < 2 && std::time::Instant::now() < deadline {
+            uses.extend(node.take_deprecated_feature_uses());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        uses.sort();
+        assert_eq!(
+            uses,
+            ["global_qos", "transient_nonexcl_queues"],
+            "RabbitMQ {version}'s log\n{}",
+            node.log_tail(40)
+        );
+    } else {
+        transient.expect("RabbitMQ 3.10 declares a transient non-exclusive queue");
+        global_qos.expect("RabbitMQ 3.10 takes a global QoS");
+        assert_eq!(node.take_deprecated_feature_uses(), Vec::<String>::new());
+    }
 }
 
 #[test]
