@@ -90,9 +90,8 @@ pub fn printed(out: &Output) -> String {
 
 impl Compose {
     /// Whether this machine can run the compose suite: a Docker engine that
-    /// answers and the base images `broker-compose/.env` names (or none
-    /// named: the official images, from a registry). `Err` says what is
-    /// missing.
+    /// answers (the images are built by `up --build`, from the base images
+    /// `broker-compose/images` made). `Err` says what is missing.
     pub fn available() -> Result<(), String> {
         let info = docker()
             .arg("info")
