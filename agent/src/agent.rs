@@ -115,6 +115,16 @@ impl Agent {
             step_pause: Duration::from_millis(cfg.step_pause_ms),
             domain_type: cfg.domain_type,
             console_log_dir: cfg.console_log_dir.clone(),
+            migration_uri: cfg.migration_uri.clone(),
+            peers: crate::peers::BusPeers::for_agent(&cfg)?,
+            state_file: cfg.journal_path.parent().map(|d| {
+                d.join(format!(
+                    "{}.placement.json",
+                    cfg.journal_path
+                        .file_name()
+                        .map_or("journal".into(), |f| f.to_string_lossy())
+                ))
+            }),
             ..hostbus_bridge::Config::default()
         })?);
         let stamp = Arc::new(Stamp::new(cfg.host_id.clone()));
@@ -134,6 +144,11 @@ impl Agent {
             roles: cfg.roles.clone(),
             max_object_queue: cfg.max_object_queue,
             max_deliveries: cfg.max_deliveries,
+            own_login: hostbus_client::ClientConfig {
+                urls: cfg.broker_urls.clone(),
+                ..hostbus_client::ClientConfig::new("")
+            }
+            .user(),
         };
         let tls = cfg.tls()?;
         let dispatcher = Arc::new(Dispatcher::new(

@@ -19,8 +19,14 @@ pub enum Role {
     ReadOnly,
     /// Reads, plus changing the running state of existing objects.
     Operator,
-    /// Everything, including creating and destroying objects and data.
+    /// Everything, including creating and destroying objects and data,
+    /// but the host-to-host steps.
     Admin,
+    /// Another host's agent: reads and the host-to-host steps of
+    /// operations that span two hosts (a migration's prepare on its
+    /// destination), nothing else. An agent's own broker login has it
+    /// too, whatever `roles` says of it.
+    Agent,
 }
 
 impl Role {
@@ -28,26 +34,29 @@ impl Role {
     pub fn grants(self, access: Access) -> bool {
         match self {
             Role::ReadOnly => access == Access::Read,
-            Role::Operator => access != Access::Admin,
-            Role::Admin => true,
+            Role::Operator => matches!(access, Access::Read | Access::Operate),
+            Role::Admin => access != Access::Peer,
+            Role::Agent => matches!(access, Access::Read | Access::Peer),
         }
     }
 
-    /// The role's name: `read-only`, `operator` or `admin`.
+    /// The role's name: `read-only`, `operator`, `admin` or `agent`.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::ReadOnly => "read-only",
             Role::Operator => "operator",
             Role::Admin => "admin",
+            Role::Agent => "agent",
         }
     }
 
-    /// Parses `read-only`, `operator` or `admin`.
+    /// Parses `read-only`, `operator`, `admin` or `agent`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "read-only" | "readonly" | "read" => Some(Role::ReadOnly),
             "operator" => Some(Role::Operator),
             "admin" => Some(Role::Admin),
+            "agent" => Some(Role::Agent),
             _ => None,
         }
     }

@@ -43,6 +43,11 @@ settings! {
     /// libvirt connection URI. `test:///default` or `test:///path/node.xml`
     /// for demos and tests.
     libvirt_uri: String = "qemu:///system".to_owned(), flag "libvirt-uri";
+    /// How other hosts' libvirt reaches this host's libvirt to migrate VMs
+    /// here (`qemu+tls://h2.example/system`; see operations.md), shown in
+    /// the roster and `host.capabilities`; `none`: this host takes no
+    /// migrations (it can still send its VMs away).
+    migration_uri: Option<String> = None, shown "none", flag "migration-uri";
     /// Commands executed at once; also the AMQP prefetch. 1–1024.
     concurrency: u32 = 8, flag "concurrency";
     /// Presence heartbeat interval. 50–3600000.

@@ -130,6 +130,9 @@ pub(crate) struct Policy {
     pub max_object_queue: usize,
     /// Executions of one command (crashes included) before it is given up.
     pub max_deliveries: u32,
+    /// The agent's own broker login: other agents of the fleet send their
+    /// host-to-host commands as it (or as a login with role `agent`).
+    pub own_login: Option<String>,
 }
 
 /// Turns requests into answers.
@@ -373,6 +376,13 @@ impl Dispatcher {
             return Err(o);
         };
         let authorized = match r.caller {
+            Caller::Bus { user, .. }
+                if info.access == hostbus_protocol::Access::Peer
+                    && user.is_some()
+                    && user == self.policy.own_login.as_deref() =>
+            {
+                Ok(())
+            }
             Caller::Bus { user, .. } => authorize(&self.policy.roles, user, info.name, info.access),
             Caller::Peer { principal, role } => {
                 authorize_role(principal, role, info.name, info.access)
@@ -403,6 +413,7 @@ impl Dispatcher {
                 }
             };
         let request = Planned::new(request).map_err(refuse)?;
+        self.bridge.excluded(&request).map_err(refuse)?;
         let (depth, object) = self.bridge.queue_depth(&request);
         if depth >= self.policy.max_object_queue {
             let retry = 200 * depth as u64;

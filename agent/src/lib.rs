@@ -25,6 +25,7 @@ pub mod fleet;
 mod http;
 pub mod journal;
 mod lane;
+mod peers;
 pub mod metrics;
 mod settle;
 mod stamp;

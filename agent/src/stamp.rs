@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hostbus_bridge::ObjectEvent;
 use hostbus_protocol::events::{Health, Load, Versions};
-use hostbus_protocol::types::{Inventory, ObjectClass, Record, Timestamp};
+use hostbus_protocol::types::{Inventory, ObjectClass, Placement, Record, Timestamp};
 use hostbus_protocol::{Announcement, Event, EventAction, Heartbeat, RosterAction};
 use uuid::Uuid;
 
@@ -34,6 +34,10 @@ pub(crate) struct Presence {
     pub labels: Vec<String>,
     /// Agent, protocol, libvirt and hypervisor versions.
     pub versions: Versions,
+    /// Whether the host takes new VMs (`host.disable`).
+    pub placement: Placement,
+    /// How other hosts' libvirt reaches this one's for migrations.
+    pub migration_uri: Option<String>,
 }
 
 impl Stamp {
@@ -78,6 +82,7 @@ impl Stamp {
             generation: ev.generation,
             record: ev.record,
             inventory: None,
+            migration: ev.migration,
         }
     }
 
@@ -108,6 +113,7 @@ impl Stamp {
                 .as_ref()
                 .map_or(Record::None, |i| Record::Host(i.host.clone())),
             inventory,
+            migration: None,
         }
     }
 
@@ -134,6 +140,7 @@ impl Stamp {
             health,
             load,
             facts: Default::default(),
+            placement: p.placement,
         }
     }
 
@@ -155,6 +162,7 @@ impl Stamp {
             versions: Some(p.versions),
             capabilities,
             by: None,
+            migration_uri: p.migration_uri,
         }
     }
 }

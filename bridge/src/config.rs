@@ -1,8 +1,36 @@
 //! How the bridge is set up: [`Config`] and the domain type of new VMs.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use hostbus_protocol::commands::{
+    VmMigrateAbortRequest, VmMigratePrepareRequest, VmMigratePrepareResponse,
+};
+use hostbus_protocol::types::VmRecord;
+use hostbus_protocol::Error;
+use uuid::Uuid;
+
 use crate::locks::LockHook;
+
+/// The host-to-host steps of a migration, which go over the bus: the bridge
+/// knows no bus, so the agent hands it this. Every method blocks (the
+/// bridge calls them from a task's thread, never from an async runtime).
+pub trait Peers: Send + Sync {
+    /// Asks `host` to take a VM: `vm.migrate_prepare` there, refused at
+    /// once (`PEER_UNAVAILABLE`) when the fleet view says its agent is not
+    /// serving.
+    fn prepare(
+        &self,
+        host: &str,
+        request: VmMigratePrepareRequest,
+    ) -> Result<VmMigratePrepareResponse, Error>;
+    /// Tells `host` that a migration it prepared did not happen
+    /// (`vm.migrate_abort`).
+    fn abort(&self, host: &str, request: VmMigrateAbortRequest) -> Result<(), Error>;
+    /// The VM's record on `host` (`vm.get` there).
+    fn vm_get(&self, host: &str, uuid: Uuid) -> Result<VmRecord, Error>;
+}
 
 /// How the bridge is set up.
 #[derive(Clone)]
@@ -30,6 +58,15 @@ pub struct Config {
     /// `<dir>/<vm name>-serial0.log` (written by libvirt's virtlogd).
     /// `None`: consoles are reachable through their pty only.
     pub console_log_dir: Option<String>,
+    /// How other hosts' libvirt reaches this host's for migrations (a
+    /// libvirt URI such as `qemu+tls://h2.example/system`); `None`: this
+    /// host takes no migrations.
+    pub migration_uri: Option<String>,
+    /// The agent's link to other hosts; `None`: `vm.migrate` is refused.
+    pub peers: Option<Arc<dyn Peers>>,
+    /// Where the host's placement (`host.disable`) is kept across
+    /// restarts; `None`: in memory only.
+    pub state_file: Option<PathBuf>,
 }
 
 /// Which hypervisor domain type new VMs get.
@@ -82,6 +119,9 @@ impl Default for Config {
             libvirt_events: true,
             domain_type: DomainType::Auto,
             console_log_dir: Some("/var/log/libvirt/qemu".into()),
+            migration_uri: None,
+            peers: None,
+            state_file: None,
         }
     }
 }
@@ -97,6 +137,9 @@ impl std::fmt::Debug for Config {
             .field("libvirt_events", &self.libvirt_events)
             .field("domain_type", &self.domain_type)
             .field("console_log_dir", &self.console_log_dir)
+            .field("migration_uri", &self.migration_uri)
+            .field("peers", &self.peers.is_some())
+            .field("state_file", &self.state_file)
             .finish_non_exhaustive()
     }
 }

@@ -58,3 +58,13 @@ pub(crate) fn node_cpu_times(conn: &Connect) -> Result<BTreeMap<String, u64>, vi
         })
         .collect())
 }
+
+/// Aborts the domain's current job (a migration): `virDomainAbortJob`.
+pub(crate) fn abort_job(dom: &virt::domain::Domain) -> Result<(), virt::error::Error> {
+    // SAFETY: `dom` is a live domain handle for the duration of the call.
+    let rc = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
+    if rc < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    Ok(())
+}

@@ -5,9 +5,10 @@ use std::collections::{BTreeMap, HashSet};
 
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::{
-    Capabilities, DiskFormat, HostRecord, HostStats, Inventory, ObjectClass, PoolState, PowerState,
+    Capabilities, DiskFormat, HostRecord, HostStats, Inventory, ObjectClass, Placement, PoolState,
+    PowerState,
 };
-use hostbus_protocol::{now_ms, Error, ErrorCode, COMMANDS};
+use hostbus_protocol::{now_ms, ContentType, Error, ErrorCode, COMMANDS};
 use virt::connect::Connect;
 
 use crate::errors::Subject;
@@ -116,6 +117,8 @@ impl Inner {
             cores: node.cores,
             threads: node.threads,
             memory_kib: node.memory,
+            placement: self.placement(),
+            migration_uri: self.config().migration_uri.clone(),
             generation: 0,
         };
         let id = rec.host_id.clone();
@@ -134,6 +137,7 @@ impl Inner {
             live_resize: true,
             snapshots: true,
             volume_formats: self.volume_formats(&conn),
+            migration_uri: self.config().migration_uri.clone(),
         })
     }
 
@@ -160,6 +164,14 @@ impl Inner {
             return Ok(());
         }
         Err(no_qemu_img(op, format))
+    }
+
+    /// `host.disable` (`enabled` false, with the operator's reason) and
+    /// `host.enable`: the host record with its new placement.
+    pub(crate) fn set_placement(&self, enabled: bool, reason: String) -> Result<HostRecord, Error> {
+        self.store_placement(Placement { enabled, reason })?;
+        tracing::info!(enabled, reason = %self.placement().reason, "host placement set");
+        self.host_info()
     }
 
     pub(crate) fn host_load(&self) -> HostLoad {
@@ -288,4 +300,38 @@ mod tests {
         assert!(find_in_path("sh").is_some());
         assert!(find_in_path("no-such-program-hostbus").is_none());
     }
+}
+
+/// The placement kept in `file` (JSON), enabled when there is none or it
+/// cannot be read (said in the log).
+pub(crate) fn load_placement(file: Option<&std::path::Path>) -> Placement {
+    let Some(file) = file else {
+        return Placement::default();
+    };
+    match std::fs::read(file) {
+        Ok(bytes) => hostbus_protocol::decode(ContentType::Json, &bytes, 64 * 1024)
+            .unwrap_or_else(|e| {
+                tracing::warn!(file = %file.display(), error = %e, "cannot read the host's placement; taking new vms");
+                Placement::default()
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Placement::default(),
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "cannot read the host's placement; taking new vms");
+            Placement::default()
+        }
+    }
+}
+
+/// Writes `placement` to `file` (through a temporary file, so a crash
+/// leaves the old or the new one).
+pub(crate) fn save_placement(file: Option<&std::path::Path>, placement: &Placement) -> Result<(), Error> {
+    let Some(file) = file else {
+        return Ok(());
+    };
+    let bytes = hostbus_protocol::encode(ContentType::Json, placement)
+        .map_err(|e| Error::internal(format!("cannot encode the placement: {e}")))?;
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, file))
+        .map_err(|e| Error::internal(format!("cannot keep the placement in {}: {e}", file.display())))
 }

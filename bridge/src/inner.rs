@@ -10,7 +10,7 @@ use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use hostbus_protocol::commands::*;
-use hostbus_protocol::types::{CurrentOperation, ObjectClass, TaskRecord};
+use hostbus_protocol::types::{CurrentOperation, ObjectClass, Placement, TaskRecord, VmOperation};
 use hostbus_protocol::{AnyRequest, AnyResponse, Error, ErrorCode, EventAction};
 use uuid::Uuid;
 use virt::connect::Connect;
@@ -31,6 +31,8 @@ pub(crate) struct Inner {
     tasks: TaskTable,
     /// Operations in progress per VM uuid.
     current_ops: Mutex<HashMap<Uuid, Vec<CurrentOperation>>>,
+    /// Whether the host takes new VMs (`host.disable`), as last set.
+    placement: Mutex<Placement>,
     /// Whether the first full scan (without events) has been made.
     baseline: AtomicBool,
     stop: AtomicBool,
@@ -81,6 +83,7 @@ impl Inner {
             locks: LockTable::new(config.lock_hook.clone()),
             tasks: TaskTable::new(config.task_ttl),
             current_ops: Mutex::default(),
+            placement: Mutex::new(crate::host::load_placement(config.state_file.as_deref())),
             baseline: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             wake: (Mutex::new(()), Condvar::new()),
@@ -135,6 +138,8 @@ impl Inner {
             R::HostCapabilities(_) => A::HostCapabilities(self.capabilities()?),
             R::HostStatsGet(_) => A::HostStatsGet(self.host_stats()?),
             R::HostSnapshot(_) => A::HostSnapshot(self.inventory()?),
+            R::HostDisable(r) => A::HostDisable(self.set_placement(false, r.reason)?),
+            R::HostEnable(_) => A::HostEnable(self.set_placement(true, String::new())?),
             R::VmList(r) => A::VmList(self.vm_list(r)?),
             R::VmGet(r) => A::VmGet(self.vm_get(r.uuid)?),
             R::VmGetByName(r) => A::VmGetByName(self.vm_get_by_name(&r.name)?),
@@ -156,6 +161,9 @@ impl Inner {
             R::VmDetachNic(r) => A::VmDetachNic(self.vm_detach_nic(r, id)?),
             R::VmClone(r) => A::VmClone(self.vm_clone(r, progress, id)?),
             R::VmSetTemplate(r) => A::VmSetTemplate(self.vm_set_template(r, id)?),
+            R::VmMigrate(r) => A::VmMigrate(self.vm_migrate(r, progress, id)?),
+            R::VmMigratePrepare(r) => A::VmMigratePrepare(self.vm_migrate_prepare(r)?),
+            R::VmMigrateAbort(r) => A::VmMigrateAbort(self.vm_migrate_abort(r)?),
             R::VmStatsGet(r) => A::VmStatsGet(self.vm_stats(r.uuid)?),
             R::SnapshotCreate(r) => A::SnapshotCreate(self.snapshot_create(r, id, progress)?),
             R::SnapshotList(r) => A::SnapshotList(self.snapshot_list(r.uuid)?),
@@ -210,6 +218,43 @@ impl Inner {
             vm,
             id,
         }
+    }
+
+    /// The host's placement now.
+    pub(crate) fn placement(&self) -> Placement {
+        lock(&self.placement).clone()
+    }
+
+    /// Sets the placement, keeping it in the state file when there is one.
+    pub(crate) fn store_placement(&self, placement: Placement) -> Result<(), Error> {
+        crate::host::save_placement(self.config.state_file.as_deref(), &placement)?;
+        *lock(&self.placement) = placement;
+        Ok(())
+    }
+
+    /// `OPERATION_IN_PROGRESS` when `request` may not even wait in line
+    /// because its object runs an operation that excludes it: a second
+    /// migration of a migrating VM (it would find the VM gone).
+    pub(crate) fn excluded(&self, request: &AnyRequest) -> Result<(), Error> {
+        let AnyRequest::VmMigrate(r) = request else {
+            return Ok(());
+        };
+        let ops = self.current_ops(r.uuid);
+        let Some(op) = ops.iter().find(|o| o.operation == VmOperation::Migrate) else {
+            return Ok(());
+        };
+        Err(Error::new(
+            ErrorCode::OperationInProgress,
+            [
+                ("object", format!("vm:{}", r.uuid)),
+                ("operation", "migrate".to_owned()),
+                ("task", op.id.to_string()),
+            ],
+            format!(
+                "vm {} is being migrated (task {}); wait for that task to end",
+                r.uuid, op.id
+            ),
+        ))
     }
 
     pub(crate) fn current_ops(&self, vm: Uuid) -> Vec<CurrentOperation> {

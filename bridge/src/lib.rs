@@ -39,7 +39,7 @@ use hostbus_protocol::types::{Inventory, TaskRecord};
 use hostbus_protocol::{AnyRequest, AnyResponse, Error, EventAction, Planned};
 use uuid::Uuid;
 
-pub use config::{Config, DomainType};
+pub use config::{Config, DomainType, Peers};
 pub use conn::HealthReport;
 pub use host::HostLoad;
 pub use locks::{LockEvent, LockHook, Turn};
@@ -147,6 +147,19 @@ impl Bridge {
     pub fn take_turn(&self, request: &Planned) -> Option<Turn> {
         let keys = request.lock_keys();
         (!keys.is_empty()).then(|| self.inner.locks().enqueue_all(keys))
+    }
+
+    /// `OPERATION_IN_PROGRESS` when `request` is refused at once, without
+    /// waiting in its object's line, because an operation running on that
+    /// object excludes it (a second `vm.migrate` of a migrating VM). Call
+    /// it when admitting a request, before [`take_turn`](Self::take_turn).
+    pub fn excluded(&self, request: &Planned) -> Result<(), Error> {
+        self.inner.excluded(request.request())
+    }
+
+    /// Whether the host takes new VMs, and why not (`host.disable`).
+    pub fn placement(&self) -> hostbus_protocol::types::Placement {
+        self.inner.placement()
     }
 
     /// Validates and runs one command synchronously, taking its turn now.

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 /// Reboot reports of one object closer than this are one reboot.
 const MOMENTARY_DEDUP: Duration = Duration::from_secs(2);
 
-use hostbus_protocol::types::{ObjectClass, PoolState, PowerState, Record, Timestamp};
+use hostbus_protocol::types::{
+    MigrationNote, ObjectClass, PoolState, PowerState, Record, Timestamp,
+};
 use hostbus_protocol::{now_ms, EventAction};
 
 use crate::locks::lock;
@@ -34,6 +36,18 @@ pub struct ObjectEvent {
     pub record: Record,
     /// When the bridge saw it.
     pub time: Timestamp,
+    /// The migration that made it: on a migrated VM's `undefined` event
+    /// on the host it left and on its first event on the host it reached.
+    pub migration: Option<MigrationNote>,
+}
+
+/// A migration of a VM the observer expects to see: leaving this host
+/// (its `undefined` event carries the note) or arriving (its first event
+/// does, and its generation continues above `floor`).
+struct Move {
+    note: MigrationNote,
+    incoming: bool,
+    floor: u64,
 }
 
 struct Seen {
@@ -93,6 +107,8 @@ pub(crate) struct Observer {
     /// Orders reads: a ticket is taken before reading an object's state.
     clock: AtomicU64,
     subscribers: Mutex<Vec<Deliver>>,
+    /// Migrations in flight, by VM uuid.
+    moves: Mutex<HashMap<String, Move>>,
 }
 
 /// Where one subscription's events go. It is called on the thread that
@@ -121,6 +137,7 @@ pub(crate) fn set_generation(r: &mut Record, g: u64) {
         Record::Volume(x) => x.generation = g,
         Record::Network(x) => x.generation = g,
         Record::Task(x) => x.generation = g,
+        Record::Migration(x) => x.vm.generation = g,
         Record::None => {}
     }
 }
@@ -170,6 +187,25 @@ fn infer(class: ObjectClass, old: Option<&Record>, new: Option<&Record>) -> Even
 }
 
 impl Observer {
+    /// Expects VM `uuid` to leave this host (`incoming` false) or arrive
+    /// (true) by the migration `note`; an arriving VM's generations
+    /// continue above `floor`. The note goes on the event that shows it.
+    pub(crate) fn expect_move(&self, uuid: &str, note: MigrationNote, incoming: bool, floor: u64) {
+        lock(&self.moves).insert(
+            uuid.to_owned(),
+            Move {
+                note,
+                incoming,
+                floor,
+            },
+        );
+    }
+
+    /// Forgets an expected migration that did not happen.
+    pub(crate) fn forget_move(&self, uuid: &str) {
+        lock(&self.moves).remove(uuid);
+    }
+
     pub(crate) fn subscribe(&self, deliver: Deliver) {
         lock(&self.subscribers).push(deliver);
     }
@@ -245,6 +281,23 @@ impl Observer {
                 Some(h) if momentary => h,
                 _ => infer(class, entry.last.as_ref(), norm.as_ref()),
             };
+            let mut migration = None;
+            if class == ObjectClass::Vm {
+                let mut moves = lock(&self.moves);
+                let shows = moves.get(id).is_some_and(|m| {
+                    if m.incoming {
+                        record.is_some()
+                    } else {
+                        action == EventAction::Undefined
+                    }
+                });
+                if let Some(m) = shows.then(|| moves.remove(id)).flatten() {
+                    if m.incoming {
+                        entry.generation = entry.generation.max(m.floor);
+                    }
+                    migration = Some(m.note);
+                }
+            }
             entry.generation += 1;
             entry.last = norm;
             if emit && (entry.generation > 1 || record.is_some()) {
@@ -257,6 +310,7 @@ impl Observer {
                     generation: entry.generation,
                     record: rec,
                     time: now_ms(),
+                    migration,
                 });
             }
         }
@@ -289,6 +343,7 @@ impl Observer {
             generation: task.generation,
             record: Record::Task(Box::new(task)),
             time: now_ms(),
+            migration: None,
         });
     }
 

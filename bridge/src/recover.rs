@@ -13,6 +13,8 @@
 //!   state.
 //! * [`Recovery::CleanThen`]: what a half-done first run left is removed
 //!   first ([`Inner::clean_interrupted`]), then as `FromState`.
+//! * [`Recovery::CleanThenRerun`]: what a half-done first run left is
+//!   removed, then it runs again as new.
 //! * [`Recovery::NotJournaled`]: reads, which are never journaled and so
 //!   never found interrupted.
 
@@ -37,6 +39,8 @@ pub(crate) enum Recovery<'a> {
     FromState(Done<'a>),
     /// Removes what a half-done first run left, then as `FromState`.
     CleanThen(Clean<'a>, Done<'a>),
+    /// Removes what a half-done first run left, then runs again as new.
+    CleanThenRerun(Clean<'a>),
 }
 
 /// How a re-run's failure shows that the first run took effect, and the
@@ -59,6 +63,9 @@ pub(crate) enum Done<'a> {
     /// A pool or network it starts or stops is already in the state it
     /// leaves it in (`*_BAD_STATE`); the answer is its record.
     Switched(Switched<'a>),
+    /// A migration whose VM is gone from here (`VM_NOT_FOUND`): the
+    /// answer is where it runs, when the destination has it.
+    Migrated(&'a VmMigrateRequest),
 }
 
 /// An object a create makes, by class.
@@ -91,6 +98,10 @@ pub(crate) enum Clean<'a> {
     /// `vm.clone`: the volumes it creates for the clone's disks, when the
     /// clone itself was not defined.
     ClonedVolumes(&'a VmCloneRequest),
+    /// `vm.migrate`: a prepare on the destination, when the VM is still here.
+    Migration(&'a VmMigrateRequest),
+    /// `vm.migrate_prepare`: the volumes it made, when the VM did not arrive.
+    PreparedVolumes(&'a VmMigratePrepareRequest),
 }
 
 /// What a re-run of `request` does: one arm per command, no catch-all.
@@ -187,6 +198,18 @@ pub(crate) fn recovery(request: &AnyRequest) -> Recovery<'_> {
         )),
         // Tasks do not outlive their agent: the re-run finds none to cancel.
         R::TaskCancel(_) => Rerun,
+        // Setting the placement again sets the same.
+        R::HostDisable(_) | R::HostEnable(_) => Rerun,
+        // libvirt runs the migration peer to peer: it goes on, or is
+        // undone, without the agent. The clean-up waits for it to end;
+        // a VM still here has its destination's prepare undone and the
+        // re-run migrates it; a VM gone (`VM_NOT_FOUND`) is answered with
+        // where it runs, from the destination.
+        R::VmMigrate(r) => CleanThen(Clean::Migration(r), Done::Migrated(r)),
+        // A prepare whose volumes are left has them removed (the VM did
+        // not arrive) and runs again; an abort is as good twice.
+        R::VmMigratePrepare(r) => CleanThenRerun(Clean::PreparedVolumes(r)),
+        R::VmMigrateAbort(_) => Rerun,
     }
 }
 
@@ -194,12 +217,15 @@ impl Inner {
     /// Removes what a half-done first run of `request` left, where its
     /// [`recovery`] says it may have left something.
     pub(crate) fn clean_interrupted(&self, request: &AnyRequest) {
-        let Recovery::CleanThen(clean, _) = recovery(request) else {
-            return;
+        let clean = match recovery(request) {
+            Recovery::CleanThen(clean, _) | Recovery::CleanThenRerun(clean) => clean,
+            Recovery::NotJournaled | Recovery::Rerun | Recovery::FromState(_) => return,
         };
         match clean {
             Clean::DefinedVolumes(r) => self.clean_defined_volumes(r),
             Clean::ClonedVolumes(r) => self.clean_cloned_volumes(r),
+            Clean::Migration(r) => self.clean_interrupted_migration(r),
+            Clean::PreparedVolumes(r) => self.clean_prepared_volumes(r),
         }
     }
 
@@ -217,6 +243,17 @@ impl Inner {
             };
             let name = new_volume_name(&spec.name, &d.target, d.format);
             self.remove_left_volume(pool, &name, "vm.define");
+        }
+    }
+
+    /// An interrupted `vm.migrate_prepare` may have made volumes for a VM
+    /// that never arrived: they go, so the re-run can make them.
+    fn clean_prepared_volumes(&self, r: &VmMigratePrepareRequest) {
+        if self.vm_get(r.uuid).is_ok() {
+            return;
+        }
+        for d in &r.disks {
+            self.remove_left_volume(&d.pool, &d.name, "vm.migrate_prepare");
         }
     }
 
@@ -249,7 +286,7 @@ impl Inner {
     pub(crate) fn recover(&self, request: &AnyRequest, err: &Error) -> Option<AnyResponse> {
         let done = match recovery(request) {
             Recovery::FromState(done) | Recovery::CleanThen(_, done) => done,
-            Recovery::NotJournaled | Recovery::Rerun => return None,
+            Recovery::NotJournaled | Recovery::Rerun | Recovery::CleanThenRerun(_) => return None,
         };
         match done {
             Done::Power(uuid, states, wrap) => {
@@ -289,6 +326,10 @@ impl Inner {
             Done::Detached(uuid, wrap) => (err.code == ErrorCode::DeviceNotFound)
                 .then(|| self.vm_get(uuid).ok().map(wrap))
                 .flatten(),
+            Done::Migrated(r) => (err.code == ErrorCode::VmNotFound)
+                .then(|| self.migrated_after_all(r))
+                .flatten()
+                .map(AnyResponse::VmMigrate),
             Done::Switched(Switched::Pool(name, wrap)) => (err.code == ErrorCode::PoolBadState)
                 .then(|| self.pool_get(name).ok().map(wrap))
                 .flatten(),

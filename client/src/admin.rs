@@ -77,6 +77,7 @@ impl Client {
             versions: None,
             capabilities: Vec::new(),
             by: self.inner.cfg.user(),
+            migration_uri: None,
         };
         let body = encode(ContentType::MsgPack, &a)
             .map_err(|e| ClientError::new(ErrorKind::Internal, e.to_string()))?;

@@ -60,7 +60,9 @@ impl ClientConfig {
         }
     }
 
-    pub(crate) fn user(&self) -> Option<String> {
+    /// The login this configuration sends as: `user_id`, else the first
+    /// URL's user.
+    pub fn user(&self) -> Option<String> {
         self.user_id.clone().or_else(|| {
             let url = self.urls.first()?;
             let rest = url.split_once("://")?.1;

@@ -133,6 +133,12 @@ error_codes! {
     AlreadyExists = "ALREADY_EXISTS", http: 409, retryable: false, params: ["class", "name"];
     /// The host lacks the resources (memory, space, CPUs) for the operation.
     InsufficientResources = "INSUFFICIENT_RESOURCES", http: 422, retryable: false, params: ["resource", "reason"];
+    /// Another operation that excludes this one is running on the object (a second migration of a migrating VM); `task` is its task.
+    OperationInProgress = "OPERATION_IN_PROGRESS", http: 409, retryable: true, params: ["object", "operation", "task"];
+    /// The host takes no new VMs (`host.disable`): a migration or placement to it is refused; `reason` is the operator's.
+    HostDisabled = "HOST_DISABLED", http: 409, retryable: false, params: ["host", "reason"];
+    /// Another host this command needs (a migration's destination) is not serving: its agent is offline, stale or unknown to the fleet.
+    PeerUnavailable = "PEER_UNAVAILABLE", http: 503, retryable: true, params: ["host", "reason"];
     /// An unexpected failure inside the agent or the hypervisor; `reason` has the detail.
     Internal = "INTERNAL", http: 500, retryable: false, params: ["reason"];
 }

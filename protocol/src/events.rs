@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use crate::names::{event_key, presence_key, roster_key};
-use crate::types::{HealthStatus, Inventory, ObjectClass, Record, Timestamp};
+use crate::types::{
+    HealthStatus, Inventory, MigrationNote, ObjectClass, Placement, Record, Timestamp,
+};
 
 wire_enum! {
     /// What happened to an object.
@@ -81,6 +83,10 @@ wire_struct! {
         /// The host's full inventory, on `agent.online` only.
         #[serde(default)]
         inventory: Option<Inventory>,
+        /// On a migrated VM's `undefined` event on the host it left and
+        /// its first event on the host it reached: the move.
+        #[serde(default)]
+        migration: Option<MigrationNote>,
     }
 }
 
@@ -169,6 +175,9 @@ wire_struct! {
         /// Free-form facts (e.g. `kvm: true`).
         #[serde(default)]
         facts: BTreeMap<String, String>,
+        /// Whether the host takes new VMs, and why not (`host.disable`).
+        #[serde(default)]
+        placement: Placement,
     }
 }
 
@@ -225,6 +234,10 @@ wire_struct! {
         /// Who published a `forget` (the broker-verified login), if known.
         #[serde(default)]
         by: Option<String>,
+        /// How other hosts' libvirt reaches this one's for migrations
+        /// (on `online`; absent when the agent does not take migrations).
+        #[serde(default)]
+        migration_uri: Option<String>,
     }
 }
 

@@ -285,6 +285,7 @@ fn event_vm_started() {
             generation: 7,
             record: Record::Vm(vm_record()),
             inventory: None,
+            migration: None,
         },
     );
 }
@@ -322,6 +323,7 @@ fn heartbeat() {
                 memory_free_kib: 8_000_000,
             },
             facts: BTreeMap::from([("kvm".to_owned(), "false".to_owned())]),
+            placement: Default::default(),
         },
     );
 }
@@ -346,6 +348,7 @@ fn announcement() {
             }),
             capabilities: vec!["host.ping".into(), "vm.start".into()],
             by: None,
+            migration_uri: None,
         },
     );
 }

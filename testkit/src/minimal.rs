@@ -21,6 +21,10 @@ pub fn minimal_request(name: &str) -> Option<AnyRequest> {
         format!(r#"{{"id":"{uuid}"}}"#),
         format!(r#"{{"source":"{uuid}","name":"n"}}"#),
         format!(r#"{{"uuid":"{uuid}","template":true}}"#),
+        format!(r#"{{"uuid":"{uuid}","destination":"h2"}}"#),
+        format!(
+            r#"{{"uuid":"{uuid}","name":"n","source":"h1","task":"{uuid}","live":true,"memory_kib":1024,"generation":1}}"#
+        ),
         format!(r#"{{"uuid":"{uuid}","memory_kib":1024}}"#),
         format!(r#"{{"uuid":"{uuid}","vcpus":1}}"#),
         format!(r#"{{"uuid":"{uuid}","target":"vda"}}"#),

@@ -81,6 +81,8 @@ impl Agent {
             interval_ms: u32::try_from(self.cfg.heartbeat_interval_ms).unwrap_or(u32::MAX),
             labels: self.cfg.labels.clone(),
             versions: self.versions(f),
+            placement: self.bridge.placement(),
+            migration_uri: self.cfg.migration_uri.clone(),
         }
     }
 

@@ -6,6 +6,7 @@
 mod clone;
 mod define;
 mod devices;
+mod migrate;
 mod power;
 mod snapshots;
 mod stats;
@@ -51,6 +52,7 @@ pub fn allowed_states(op: VmOperation) -> &'static [PowerState] {
         Op::SnapshotRevert => &[Halted, Running, Paused, Crashed],
         Op::SnapshotDelete => &[Halted, Running, Paused, Suspended, Crashed],
         Op::Clone | Op::SetTemplate => &[Halted],
+        Op::Migrate => &[Halted, Running, Paused],
         Op::Unknown => &[],
     }
 }

@@ -38,7 +38,7 @@ use std::time::Duration;
 use hostbus_protocol::events::{Health, Load, Versions};
 use hostbus_protocol::names::Target;
 use hostbus_protocol::now_ms;
-use hostbus_protocol::types::Timestamp;
+use hostbus_protocol::types::{Placement, Timestamp};
 use tokio::sync::{oneshot, Notify};
 use uuid::Uuid;
 
@@ -96,6 +96,12 @@ pub struct HostView {
     pub load: Load,
     /// Commands the agent serves (from its announcement).
     pub capabilities: Vec<String>,
+    /// Whether it takes new VMs (from its last heartbeat; `host.disable`):
+    /// placement skips a disabled host.
+    pub placement: Placement,
+    /// How other hosts' libvirt reaches its libvirt for migrations (from
+    /// its announcement); `None`: it takes no migrations.
+    pub migration_uri: Option<String>,
 }
 
 /// The hosts a broadcast expects, computed once.

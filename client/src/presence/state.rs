@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use hostbus_protocol::events::{Health, Load, Versions};
-use hostbus_protocol::types::{HealthStatus, Timestamp};
+use hostbus_protocol::types::{HealthStatus, Placement, Timestamp};
 use hostbus_protocol::{Announcement, Heartbeat, RosterAction};
 use uuid::Uuid;
 
@@ -20,6 +20,7 @@ pub(super) struct Entry {
     labels: Vec<String>,
     versions: Option<Versions>,
     capabilities: Vec<String>,
+    migration_uri: Option<String>,
     /// When last heard of: the latest heartbeat's or announcement's time.
     pub(super) last: Option<Timestamp>,
     beat: Option<Heartbeat>,
@@ -39,6 +40,7 @@ impl Entry {
             labels: Vec::new(),
             versions: None,
             capabilities: Vec::new(),
+            migration_uri: None,
             last: None,
             beat: None,
             offline: false,
@@ -117,6 +119,9 @@ impl State {
         if !a.capabilities.is_empty() {
             e.capabilities = a.capabilities;
         }
+        if a.action == RosterAction::Online {
+            e.migration_uri = a.migration_uri;
+        }
         e.offline = a.action == RosterAction::Offline;
         e.connected = None;
         e.last = Some(e.last.unwrap_or(0).max(a.time));
@@ -172,8 +177,13 @@ pub(super) fn view(e: &Entry, now: Timestamp, lookback_ms: u64) -> HostView {
         (Some(a), None) if a < 10 * interval => Liveness::Stale,
         _ => Liveness::Gone,
     };
-    let (health, load, last_seq) = match &e.beat {
-        Some(hb) => (hb.health.clone(), hb.load.clone(), hb.last_seq),
+    let (health, load, last_seq, placement) = match &e.beat {
+        Some(hb) => (
+            hb.health.clone(),
+            hb.load.clone(),
+            hb.last_seq,
+            hb.placement.clone(),
+        ),
         None => (
             Health {
                 status: HealthStatus::Down,
@@ -182,6 +192,7 @@ pub(super) fn view(e: &Entry, now: Timestamp, lookback_ms: u64) -> HostView {
             },
             idle(),
             0,
+            Placement::default(),
         ),
     };
     HostView {
@@ -203,6 +214,8 @@ pub(super) fn view(e: &Entry, now: Timestamp, lookback_ms: u64) -> HostView {
         health,
         load,
         capabilities: e.capabilities.clone(),
+        placement,
+        migration_uri: e.migration_uri.clone(),
     }
 }
 

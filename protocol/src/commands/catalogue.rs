@@ -191,6 +191,10 @@ catalogue! {
     HostStatsGet = "host.stats", Read, Empty => HostStats, Read, |_| vec![], "host stats";
     /// Every record of the host with its generation, for resync.
     HostSnapshot = "host.snapshot", Read, Empty => Inventory, Read, |_| vec![], "host snapshot";
+    /// Marks the host as taking no new VMs (migrations to it are refused; placement skips it), e.g. while it drains; VMs on it keep running.
+    HostDisable = "host.disable", Operate, HostDisableRequest => HostRecord, Change, |_| vec![], "host disable";
+    /// Lets the host take new VMs again.
+    HostEnable = "host.enable", Operate, Empty => HostRecord, Change, |_| vec![], "host enable";
 
     /// VMs of the host, optionally only those in one power state.
     VmList = "vm.list", Read, VmListRequest => VmListResponse, Read, |_| vec![], "vm list";
@@ -234,6 +238,12 @@ catalogue! {
     VmClone = "vm.clone", Admin, VmCloneRequest => VmRecord, Cancellable, |r| vec![Target::NewVm(r.name.clone()), Target::Vm(r.source)], "vm clone";
     /// Marks a halted VM as a template (it can be cloned, not started), or unmarks it.
     VmSetTemplate = "vm.set_template", Admin, VmSetTemplateRequest => VmRecord, Change, |r| vec![Target::Vm(r.uuid)], "vm template";
+    /// Moves a VM to another host (live, or a halted VM's definition offline; storage shared or copied), as a cancellable task with progress; the destination is prepared over the bus first.
+    VmMigrate = "vm.migrate", Operate, VmMigrateRequest => MigrationRecord, Cancellable, |r| vec![Target::Vm(r.uuid)], "vm migrate";
+    /// Host to host, from a migration's source: checks this host can take the VM (enabled, free memory, name and uuid, networks, pools), makes copied storage's volumes, answers with the migration URI.
+    VmMigratePrepare = "vm.migrate_prepare", Peer, VmMigratePrepareRequest => VmMigratePrepareResponse, Change, |r| vec![Target::NewVm(r.name.clone())], "vm migrate";
+    /// Host to host, from a migration's source: the prepared migration did not happen; removes the volumes the prepare made.
+    VmMigrateAbort = "vm.migrate_abort", Peer, VmMigrateAbortRequest => Empty, Change, |r| vec![Target::NewVm(r.name.clone())], "vm migrate";
     /// CPU, memory, block and network counters of a VM.
     VmStatsGet = "vm.stats", Read, VmUuid => VmStats, Read, |_| vec![], "vm stats";
 

@@ -60,8 +60,9 @@ macro_rules! into_record {
 
 into_record!(
     HostRecord => Host, VmRecord => Vm, SnapshotRecord => Snapshot, PoolRecord => Pool,
-    VolumeRecord => Volume, NetworkRecord => Network, TaskRecord => Task;
+    VolumeRecord => Volume, NetworkRecord => Network, TaskRecord => Task,
+    MigrationRecord => Migration;
     Empty, Pong, Capabilities, HostStats, VmListResponse, VmStats,
     SnapshotListResponse, PoolListResponse, VolumeListResponse, NetworkListResponse,
-    TaskListResponse
+    TaskListResponse, VmMigratePrepareResponse
 );

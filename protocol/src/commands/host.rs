@@ -29,3 +29,13 @@ wire_struct! {
         echo: Option<String>,
     }
 }
+
+wire_struct! {
+    /// Request of `host.disable`.
+    HostDisableRequest {
+        /// Why (shown in the fleet view and in refusals), at most 1024 bytes.
+        #[serde(default)]
+        reason: String,
+    }
+    validate(this) { check_text("reason", &this.reason) }
+}

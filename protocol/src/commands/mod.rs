@@ -77,15 +77,20 @@ pub enum Access {
     Operate,
     /// Creates or destroys objects and data (define, undefine, delete, resize).
     Admin,
+    /// Host-to-host steps of an operation that spans two hosts (a
+    /// migration's prepare on its destination): only other agents, never a
+    /// manager's or an operator's login, whatever its role.
+    Peer,
 }
 
 impl Access {
-    /// The wire name: `read`, `operate`, `admin`.
+    /// The wire name: `read`, `operate`, `admin`, `peer`.
     pub fn as_str(self) -> &'static str {
         match self {
             Access::Read => "read",
             Access::Operate => "operate",
             Access::Admin => "admin",
+            Access::Peer => "peer",
         }
     }
 }
@@ -300,14 +305,16 @@ mod plan_tests {
     }
 
     #[test]
-    fn every_change_works_on_an_object_except_task_cancel() {
+    fn every_change_works_on_an_object_except_task_cancel_and_placement() {
         for c in COMMANDS {
             assert!(c.run.fits(c.access), "{}", c.name);
             assert!(!c.cli.is_empty(), "{}", c.name);
         }
         let changes_without_target: Vec<&str> = COMMANDS
             .iter()
-            .filter(|c| c.run.changes() && c.name != "task.cancel")
+            // host.disable / host.enable set one value of the host's, not
+            // an object with a line.
+            .filter(|c| c.run.changes() && !matches!(c.name, "task.cancel" | "host.enable"))
             .filter(|c| c.request == "Empty" || c.request == "TaskId")
             .map(|c| c.name)
             .collect();

@@ -196,3 +196,114 @@ wire_struct! {
     }
     validate(this) { Ok(()) }
 }
+
+wire_struct! {
+    /// Request of `vm.migrate`, sent to the VM's host (the source).
+    VmMigrateRequest {
+        /// The VM.
+        uuid: Uuid,
+        /// The host id it moves to.
+        destination: String,
+        /// Move a halted VM's definition only (default: a live migration
+        /// of a running or paused VM).
+        #[serde(default)]
+        offline: bool,
+        /// Copy its disks to the destination (default: the storage is
+        /// shared, the same paths reach the same data on both hosts).
+        #[serde(default)]
+        copy_storage: bool,
+        /// Bandwidth limit, MiB/s (default: libvirt's, unlimited).
+        #[serde(default)]
+        bandwidth_mib_s: Option<u64>,
+        /// Longest pause of the guest at the switch-over, ms (default: libvirt's).
+        #[serde(default)]
+        max_downtime_ms: Option<u64>,
+    }
+    validate(this) {
+        crate::names::check_host_id("destination", &this.destination)?;
+        if let Some(b) = this.bandwidth_mib_s {
+            check_range("bandwidth_mib_s", b, 1, 1 << 20)?;
+        }
+        if let Some(d) = this.max_downtime_ms {
+            check_range("max_downtime_ms", d, 1, 600_000)?;
+        }
+        if this.offline && this.copy_storage {
+            return Err(ValidationError::new(
+                "copy_storage",
+                "an offline migration moves the definition only; copy the volumes with a live one",
+            ));
+        }
+        Ok(())
+    }
+}
+
+wire_struct! {
+    /// Request of `vm.migrate_prepare`, sent by a migration's source agent
+    /// to its destination: what the VM needs there.
+    VmMigratePrepareRequest {
+        /// The VM's uuid (it keeps it).
+        uuid: Uuid,
+        /// Its name (it keeps it).
+        name: String,
+        /// The source host.
+        source: String,
+        /// The `vm.migrate` task on the source.
+        task: Uuid,
+        /// Whether it arrives running (a live migration).
+        live: bool,
+        /// Memory it needs, KiB (checked against the destination's free
+        /// memory when it arrives running).
+        memory_kib: u64,
+        /// Virtual networks its NICs use.
+        #[serde(default)]
+        networks: Vec<String>,
+        /// Storage pools its disks are in.
+        #[serde(default)]
+        pools: Vec<String>,
+        /// Volumes to make for copied storage (empty for shared storage).
+        #[serde(default)]
+        disks: Vec<MigrationDisk>,
+        /// The VM's generation on the source when the migration began:
+        /// the destination's records of it continue above it.
+        generation: u64,
+    }
+    validate(this) {
+        check_name("name", &this.name)?;
+        crate::names::check_host_id("source", &this.source)?;
+        check_each("disks", &this.disks, 64)
+    }
+}
+
+wire_struct! {
+    /// Response of `vm.migrate_prepare`: how the source reaches the
+    /// destination's hypervisor, and what it made there.
+    VmMigratePrepareResponse {
+        /// The destination host.
+        host_id: String,
+        /// The libvirt URI the source's libvirt migrates to (the
+        /// destination's `migration_uri` setting).
+        migration_uri: String,
+        /// The volumes made for copied storage.
+        #[serde(default)]
+        created: Vec<MigrationDisk>,
+    }
+}
+
+wire_struct! {
+    /// Request of `vm.migrate_abort`: a migration prepared on this host
+    /// (the destination) did not happen; the volumes its prepare made are
+    /// removed unless the VM arrived after all.
+    VmMigrateAbortRequest {
+        /// The VM.
+        uuid: Uuid,
+        /// Its name.
+        name: String,
+        /// The volumes the prepare made.
+        #[serde(default)]
+        created: Vec<MigrationDisk>,
+    }
+    validate(this) {
+        check_name("name", &this.name)?;
+        check_each("created", &this.created, 64)
+    }
+}

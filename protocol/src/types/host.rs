@@ -47,9 +47,43 @@ wire_struct! {
         threads: u32,
         /// Physical memory, KiB.
         memory_kib: u64,
+        /// Whether it takes new VMs (`host.disable`, `host.enable`).
+        #[serde(default)]
+        placement: Placement,
+        /// How other hosts' libvirt reaches this one's for migrations
+        /// (the agent's `migration_uri`); absent: it takes none.
+        #[serde(default)]
+        migration_uri: Option<String>,
         /// Generation of the host record.
         generation: u64,
     }
+}
+
+wire_struct! {
+    /// Whether a host takes new VMs. A disabled host keeps running what it
+    /// runs and serves every command but refuses to be a migration's
+    /// destination; managers' placement skips it (xapi's `host.disable`).
+    Placement {
+        /// False after `host.disable`, until `host.enable`.
+        #[serde(default = "crate::types::host::enabled")]
+        enabled: bool,
+        /// The operator's reason, when disabled.
+        #[serde(default)]
+        reason: String,
+    }
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            reason: String::new(),
+        }
+    }
+}
+
+pub(crate) fn enabled() -> bool {
+    true
 }
 
 wire_struct! {
@@ -75,6 +109,10 @@ wire_struct! {
         /// agent older than this field.
         #[serde(default)]
         volume_formats: Vec<DiskFormat>,
+        /// How other hosts' libvirt reaches this one's for migrations (the
+        /// agent's `migration_uri`); absent: it takes no migrations.
+        #[serde(default)]
+        migration_uri: Option<String>,
     }
 }
 

@@ -3,13 +3,14 @@
 //! object's generation and the operations it allows now.
 //!
 //! Split by object class: [`host`], [`vm`] (records) and [`vm_spec`] (what
-//! to define), [`storage`], [`network`], [`task`]; [`object`] and
+//! to define), [`migration`] (a move's result and notes), [`storage`], [`network`], [`task`]; [`object`] and
 //! [`device`] hold what several classes refer to; [`task`] has
 //! [`Record`] (any record, a task's result), [`inventory`] the [`Inventory`].
 
 pub mod device;
 pub mod host;
 pub mod inventory;
+pub mod migration;
 pub mod network;
 pub mod object;
 pub mod storage;
@@ -20,6 +21,7 @@ pub mod vm_spec;
 pub use device::*;
 pub use host::*;
 pub use inventory::*;
+pub use migration::*;
 pub use network::*;
 pub use object::*;
 pub use storage::*;

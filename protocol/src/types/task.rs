@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::host::*;
+use super::migration::*;
 use super::network::*;
 use super::object::*;
 use super::storage::*;
@@ -89,6 +90,8 @@ pub enum Record {
     Network(NetworkRecord),
     /// A task record.
     Task(Box<TaskRecord>),
+    /// A migration's result: the VM and where it runs.
+    Migration(Box<MigrationRecord>),
     /// No record (a command whose result is empty, or an object that is gone).
     None,
 }
@@ -104,6 +107,7 @@ impl Record {
             Record::Volume(_) => ObjectClass::Volume,
             Record::Network(_) => ObjectClass::Network,
             Record::Task(_) => ObjectClass::Task,
+            Record::Migration(_) => ObjectClass::Vm,
             Record::None => return None,
         })
     }

@@ -66,6 +66,8 @@ wire_enum! {
         Clone = "clone",
         /// `vm.set_template`.
         SetTemplate = "set_template",
+        /// `vm.migrate` (live of a running or paused VM, offline of a halted one).
+        Migrate = "migrate",
     }
 }
 
