@@ -36,6 +36,9 @@
 //!   [`qemu_bench`]: what those suites share (a bench of hypervisor,
 //!   broker, agent and SDK client, the host's events, the guest's console,
 //!   the turns they take).
+//! * [`libvirt_hosts`]: N independent libvirt hosts on this one machine
+//!   (`scripts/libvirt-hosts`: a libvirtd each, in a mount namespace of
+//!   its own), between which real guests migrate.
 //!
 //! Process management blocks. Called from a multi-threaded tokio runtime
 //! (`#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`), the
@@ -70,6 +73,7 @@ mod error;
 pub mod faults;
 mod hostctl;
 mod http;
+pub mod libvirt_hosts;
 mod not_a_broker;
 mod online;
 mod pki;
@@ -108,8 +112,8 @@ pub use process::{
     TempDir,
 };
 pub use qemu::{
-    wait_for_text, QemuHost, QEMU_HOME_ENV, QEMU_INITRD_ENV, QEMU_KERNEL_ENV, QEMU_PREFIX,
-    QEMU_REQUIRED_ENV, QEMU_URI_ENV,
+    type_on_serial, wait_for_text, QemuHost, QEMU_HOME_ENV, QEMU_INITRD_ENV, QEMU_KERNEL_ENV,
+    QEMU_PREFIX, QEMU_REQUIRED_ENV, QEMU_URI_ENV,
 };
 pub use rabbit::{
     RabbitNode, RabbitVersion, TlsListener, EXTERNAL_URL_ENV, RABBITMQ_BIN_DIR_ENV, START_TIMEOUT,

@@ -92,27 +92,7 @@ impl QemuHost {
 
     /// Runs `virsh -c <uri> <args>`; its standard output.
     pub fn virsh(&self, args: &[&str]) -> Result<String> {
-        let out = blocking(|| {
-            Command::new("virsh")
-                .arg("-q")
-                .arg("-c")
-                .arg(&self.uri)
-                .args(args)
-                .stdin(Stdio::null())
-                .output()
-        })
-        .map_err(|e| HarnessError::io("cannot run virsh", e))?;
-        if !out.status.success() {
-            return Err(HarnessError::new(
-                ErrorKind::Command,
-                format!(
-                    "virsh {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        virsh(&self.uri, args)
     }
 
     /// Names of libvirt objects of a kind (`list --all --name`,
@@ -185,6 +165,72 @@ impl QemuHost {
         })
         .map_err(|e| HarnessError::io(format!("cannot run {}", script.display()), e))?;
         crate::process::succeeded(&out, || format!("scripts/qemu-setup {what}"))
+    }
+}
+
+/// Runs `virsh -q -c <uri> <args>`; its standard output. Shared by
+/// [`QemuHost`] and the hosts of [`crate::libvirt_hosts`].
+pub(crate) fn virsh(uri: &str, args: &[&str]) -> Result<String> {
+    let out = blocking(|| {
+        Command::new("virsh")
+            .arg("-q")
+            .arg("-c")
+            .arg(uri)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+    })
+    .map_err(|e| HarnessError::io("cannot run virsh", e))?;
+    if !out.status.success() {
+        return Err(HarnessError::new(
+            ErrorKind::Command,
+            format!(
+                "virsh {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Types `line` on a guest's serial console through its host pty `pty`
+/// until the console's log `log` shows `expect` (at most `within`). QEMU
+/// notices a reader of its pty only on a timer (about a second), so the pty
+/// stays open and the line is repeated every two seconds until then: a
+/// line that must run once guards itself.
+pub fn type_on_serial(
+    pty: &Path,
+    line: &str,
+    log: &Path,
+    expect: &str,
+    within: Duration,
+) -> Result<()> {
+    use std::io::Write;
+    let mut tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(pty)
+        .map_err(|e| HarnessError::io(format!("cannot open {}", pty.display()), e))?;
+    let deadline = Instant::now() + within;
+    loop {
+        tty.write_all(format!("{line}\r").as_bytes())
+            .map_err(|e| HarnessError::io(format!("cannot type on {}", pty.display()), e))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match wait_for_text(log, expect, 1, left.min(Duration::from_secs(2))) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(HarnessError::with_source(
+                    ErrorKind::Timeout,
+                    format!(
+                        "typing {line:?} on {} did not bring {expect:?}",
+                        pty.display()
+                    ),
+                    e,
+                ))
+            }
+            Err(_) => {}
+        }
     }
 }
 
