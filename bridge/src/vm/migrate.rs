@@ -131,7 +131,7 @@ impl Inner {
             memory_kib: rec.memory_kib,
             networks: networks.into_iter().collect(),
             pools: pools.into_iter().collect(),
-            disks,
+            disks: disks.clone(),
             generation: rec.generation,
         };
         let prepared = peers
@@ -175,6 +175,11 @@ impl Inner {
                         .or_else(|| completed_downtime(&prepared.migration_uri, rec.uuid)),
                     ..moved
                 };
+                // Copied storage's originals belong to no VM now: they go,
+                // as the VM's own storage would with it.
+                for d in &disks {
+                    self.remove_left_volume(&d.pool, &d.name, "vm.migrate");
+                }
                 let vm = peers.vm_get(&r.destination, rec.uuid).unwrap_or(rec);
                 tracing::info!(vm = %vm.name, destination = %r.destination, elapsed_ms = moved.elapsed_ms, downtime_ms = ?moved.downtime_ms, "migrated vm");
                 progress.took_effect(100, 100);
