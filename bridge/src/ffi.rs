@@ -68,3 +68,42 @@ pub(crate) fn abort_job(dom: &virt::domain::Domain) -> Result<(), virt::error::E
     }
     Ok(())
 }
+
+/// The guest's downtime (ms) of the domain's last completed job, a
+/// migration, as libvirt measured it: the `downtime` field of
+/// `virDomainGetJobStats(.., VIR_DOMAIN_JOB_STATS_COMPLETED)`. `None` when
+/// there is no completed job or no such field. (virt 0.5's `job_stats`
+/// reads libvirt's parameter array without checking it for null, which it
+/// is when there is no job.)
+pub(crate) fn completed_downtime_ms(dom: &virt::domain::Domain) -> Option<u64> {
+    let mut kind: c_int = 0;
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    let mut n: c_int = 0;
+    // SAFETY: `dom` is live; libvirt allocates `params` (n entries) or
+    // leaves it null.
+    let rc = unsafe {
+        sys::virDomainGetJobStats(
+            dom.as_ptr(),
+            &mut kind,
+            &mut params,
+            &mut n,
+            sys::VIR_DOMAIN_JOB_STATS_COMPLETED,
+        )
+    };
+    if rc < 0 || params.is_null() {
+        return None;
+    }
+    let count = usize::try_from(n).unwrap_or(0);
+    // SAFETY: libvirt returned `n` initialised entries at `params`.
+    let entries = unsafe { std::slice::from_raw_parts(params, count) };
+    let downtime = entries.iter().find_map(|p| {
+        // SAFETY: libvirt NUL-terminates `field` within its 80 bytes.
+        let name = unsafe { CStr::from_ptr(p.field.as_ptr()) };
+        (name.to_bytes() == b"downtime" && p.type_ == sys::VIR_TYPED_PARAM_ULLONG as c_int)
+            // SAFETY: the type says the union holds an unsigned long long.
+            .then(|| unsafe { p.value.ul })
+    });
+    // SAFETY: `params` and `n` are what libvirt returned.
+    unsafe { sys::virTypedParamsFree(params, n) };
+    downtime
+}

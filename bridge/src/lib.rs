@@ -224,9 +224,12 @@ impl Bridge {
                 if let Some(t) = inner.tasks().running(id) {
                     inner.observer().task_event(EventAction::Progress, t);
                 }
-                let result = inner
-                    .execute(request, &progress, id, turn)
-                    .map(AnyResponse::into_record);
+                // A panic ends the task failed, not running for ever.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    inner.execute(request, &progress, id, turn)
+                }))
+                .unwrap_or_else(|_| Err(Error::internal(format!("task {id} panicked"))))
+                .map(AnyResponse::into_record);
                 if let Some(t) = inner.tasks().finish(id, result) {
                     inner.observer().task_event(EventAction::Finished, t);
                 }

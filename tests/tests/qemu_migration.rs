@@ -13,6 +13,8 @@
 //! one after another.
 
 use std::path::Path;
+
+use futures_lite::StreamExt;
 use std::time::{Duration, Instant};
 
 use hostbus_tests::libvirt_hosts::LibvirtHosts;
@@ -196,4 +198,409 @@ async fn two_libvirt_hosts_live_migrate_a_counting_guest_with_virsh() {
             .collect::<Vec<_>>()
             .join("; ")
     );
+}
+
+// ---- hostbus's own migrations: two (or three) agents, one per libvirt host.
+
+use hostbus_client::protocol::commands::{VmMigrate, VmMigrateRequest};
+use hostbus_client::protocol::types::{
+    BootSpec, DiskSource, DiskSpec, MigrationRecord, PowerState, Record, TaskRecord, TaskStatus,
+    VmRecord, VmSpec,
+};
+use hostbus_client::protocol::{ErrorCode, EventAction};
+use hostbus_client::{Client, ClientConfig, Host, Notification, SubscribeOptions};
+use hostbus_tests::libvirt_hosts::{VirtHost, IMAGES_POOL};
+use hostbus_tests::{watch_online, AgentProcess, RabbitNode};
+
+/// Libvirt hosts `m1`.., an agent for each (taking migrations at its
+/// host's unix-socket URI, consoles logged where every host reaches), a
+/// private broker and an SDK client.
+struct Cluster {
+    q: QemuHost,
+    hosts: LibvirtHosts,
+    agents: Vec<AgentProcess>,
+    client: Client,
+    url: String,
+    // Last: the broker outlives the agents and the client.
+    _node: RabbitNode,
+}
+
+fn host_id(i: usize) -> String {
+    format!("m{}", i + 1)
+}
+
+impl Cluster {
+    async fn start(q: QemuHost, n: usize) -> Self {
+        let hosts = LibvirtHosts::start(n).expect("libvirt hosts");
+        let node = RabbitNode::start().expect("rabbit");
+        let url = node.amqp_url();
+        let (_peer, mut online) = watch_online(&url).await;
+        let mut agents = Vec::new();
+        for i in 0..n {
+            agents.push(Self::agent(&hosts, &url, i, None));
+        }
+        online
+            .take(n, Duration::from_secs(60))
+            .await
+            .expect("agents online");
+        let mut cfg = ClientConfig::new(url.clone());
+        cfg.timeout = Duration::from_secs(120);
+        let client = Client::connect(cfg).await.expect("client");
+        Self {
+            q,
+            hosts,
+            agents,
+            client,
+            url,
+            _node: node,
+        }
+    }
+
+    /// The agent of host `i` (on the journal of an earlier one, to restart it).
+    fn agent(hosts: &LibvirtHosts, url: &str, i: usize, journal: Option<&Path>) -> AgentProcess {
+        let h = &hosts.hosts()[i];
+        let mut b = AgentProcess::builder(&host_id(i), url)
+            .libvirt_uri(&h.uri)
+            .env("HOSTBUS_DOMAIN_TYPE", "qemu")
+            .env("HOSTBUS_MIGRATION_URI", &h.uri)
+            .env(
+                "HOSTBUS_CONSOLE_LOG_DIR",
+                hosts.shared_dir().display().to_string(),
+            )
+            .env("HOSTBUS_RECONCILE_INTERVAL_MS", "2000")
+            .env("HOSTBUS_HEARTBEAT_INTERVAL_MS", "1000")
+            .env("HOSTBUS_RECONNECT_MAX_BACKOFF_MS", "1000");
+        if let Some(j) = journal {
+            b = b.journal_path(j);
+        }
+        b.spawn().expect("agent")
+    }
+
+    fn host(&self, i: usize) -> Host {
+        self.client.host(&host_id(i))
+    }
+
+    fn virt(&self, i: usize) -> &VirtHost {
+        &self.hosts.hosts()[i]
+    }
+
+    /// A 128 MiB guest on host `i` booted to its shell and counting on its
+    /// console; its record and console log.
+    async fn counting_guest(&self, i: usize, name: &str, disks: Vec<DiskSpec>) -> (VmRecord, std::path::PathBuf) {
+        let spec = VmSpec {
+            disks,
+            boot: BootSpec {
+                order: vec![],
+                kernel: Some(self.q.kernel.display().to_string()),
+                initrd: Some(self.q.initrd.display().to_string()),
+                cmdline: Some("console=ttyS0".into()),
+            },
+            ..VmSpec::new(name, 128 * 1024, 1)
+        };
+        let vm = self.host(i).define_vm(spec).await.expect("define");
+        self.host(i).vm(vm.uuid).start().await.expect("start");
+        let log = self.hosts.shared_dir().join(format!("{name}-serial0.log"));
+        wait_for_text(&log, BOOTED, 1, Duration::from_secs(90)).expect("the guest boots");
+        self.type_on(i, name, START_COUNTING, &log, &format!("{COUNT}1"));
+        (vm, log)
+    }
+
+    /// Types `line` on the console of `name` on host `i` until `expect` shows.
+    fn type_on(&self, i: usize, name: &str, line: &str, log: &Path, expect: &str) {
+        let pty = self.virt(i).virsh(&["ttyconsole", name]).expect("the console's pty");
+        type_on_serial(Path::new(pty.trim()), line, log, expect, Duration::from_secs(30))
+            .expect("typed on the console");
+    }
+
+    /// The names of the domains of libvirt host `i`, by virsh.
+    fn domains(&self, i: usize) -> Vec<String> {
+        self.virt(i)
+            .virsh(&["list", "--all", "--name"])
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for a in &self.agents {
+                eprintln!("--- {}\n{}", a.host_id(), a.log_tail(40));
+            }
+        }
+    }
+}
+
+fn migrate_req(uuid: uuid::Uuid, to: usize) -> VmMigrateRequest {
+    VmMigrateRequest {
+        uuid,
+        destination: host_id(to),
+        offline: false,
+        copy_storage: false,
+        bandwidth_mib_s: None,
+        max_downtime_ms: None,
+    }
+}
+
+fn migration_of(t: &TaskRecord) -> MigrationRecord {
+    assert_eq!(t.status, TaskStatus::Success, "{:?}", t.error);
+    match &t.result {
+        Some(Record::Migration(m)) => (**m).clone(),
+        other => panic!("not a migration's result: {other:?}"),
+    }
+}
+
+/// Waits until the guest's counter passes `n`: it runs (somewhere).
+async fn counts_past(log: &Path, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while last_count(log) <= n {
+        assert!(
+            Instant::now() < deadline,
+            "the guest stopped counting at {}",
+            last_count(log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_progress(task: &hostbus_client::Task, min: u8) -> TaskRecord {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = task.get().await.expect("task");
+        if t.progress >= min || t.status.is_final() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "no progress: {t:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A running guest with a disk moves live to the other host with its
+/// disk's data, counting on; both hosts' events say it migrated; the
+/// source keeps nothing of it; then, halted, it goes back offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_guest_moves_live_with_its_disk_and_back_offline() {
+    let _turn = TURNS.lock().await;
+    let Some(q) = QemuHost::from_env().expect("the real-hypervisor environment") else {
+        return;
+    };
+    let c = Cluster::start(q, 2).await;
+    let disk = DiskSpec::new(
+        "vda",
+        DiskSource::NewVolume {
+            pool: IMAGES_POOL.into(),
+            capacity_bytes: 16 << 20,
+        },
+    );
+    let (vm, log) = c.counting_guest(0, "hbm-live", vec![disk]).await;
+    let volume = vm.disks[0].volume.clone().expect("a volume").volume;
+    c.type_on(
+        0,
+        "hbm-live",
+        "printf hbdata42 > /dev/vda && sync && echo wrote-$((6*7))",
+        &log,
+        "wrote-42",
+    );
+    let mut events = c
+        .client
+        .subscribe(
+            &["m1.vm.#", "m2.vm.#"],
+            SubscribeOptions {
+                resync: false,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .expect("subscribe");
+    let task = c
+        .host(0)
+        .submit::<VmMigrate>(VmMigrateRequest {
+            copy_storage: true,
+            ..migrate_req(vm.uuid, 1)
+        })
+        .await
+        .expect("submit");
+    let mut progress = Vec::new();
+    let t = task
+        .wait(|t| progress.push(t.progress))
+        .await
+        .expect("task");
+    let m = migration_of(&t);
+    assert_eq!((m.source.as_str(), m.host.as_str()), ("m1", "m2"));
+    assert_eq!(m.vm.power_state, PowerState::Running);
+    assert!(m.live && m.copy_storage);
+    let at_end = last_count(&log);
+    counts_past(&log, at_end).await;
+
+    // One guest, on m2; m1 keeps neither it nor its disk.
+    assert_eq!(c.domains(0), Vec::<String>::new());
+    assert_eq!(c.domains(1), vec!["hbm-live".to_owned()]);
+    assert_eq!(
+        c.host(1).vm(vm.uuid).get().await.expect("on m2").power_state,
+        PowerState::Running
+    );
+    assert!(c.host(0).vm(vm.uuid).get().await.is_err());
+    let left: Vec<String> = c
+        .host(0)
+        .pool(IMAGES_POOL)
+        .volumes()
+        .await
+        .expect("m1's volumes")
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert!(!left.contains(&volume), "{volume} left on m1: {left:?}");
+    // Its disk's data came along; it never booted again.
+    c.type_on(1, "hbm-live", "echo read-$(head -c 8 /dev/vda)-end", &log, "read-hbdata42-end");
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(text.matches(BOOTED).count(), 1, "booted once");
+    let seen = counts(&log);
+    assert!(
+        seen.windows(2).all(|w| w[1] == w[0] + 1),
+        "counted on one by one: {seen:?}"
+    );
+
+    // The events: gone from m1 and arrived on m2, both naming the move,
+    // the generation growing across hosts.
+    let (mut gone, mut arrived) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gone.is_none() || arrived.is_none() {
+        assert!(Instant::now() < deadline, "gone {gone:?}, arrived {arrived:?}");
+        let Ok(Some(n)) = tokio::time::timeout(Duration::from_secs(5), events.next()).await else {
+            continue;
+        };
+        let Ok(Notification::Event(ev)) = n else { continue };
+        if ev.object_id != vm.uuid.to_string() {
+            continue;
+        }
+        if let Some(note) = &ev.migration {
+            assert_eq!((note.source.as_str(), note.destination.as_str(), note.task), ("m1", "m2", task.id()));
+            if ev.host_id == "m1" {
+                assert_eq!(ev.action, EventAction::Undefined);
+                gone = Some(ev.generation);
+            } else {
+                assert_eq!(ev.host_id, "m2");
+                arrived = Some(ev.generation);
+            }
+        }
+    }
+    assert!(
+        arrived > gone,
+        "m2's generation {arrived:?} continues above m1's {gone:?}"
+    );
+
+    // Halted, it goes back offline: its definition only.
+    c.host(1).vm(vm.uuid).destroy().await.expect("destroy on m2");
+    let back = c
+        .host(1)
+        .submit::<VmMigrate>(VmMigrateRequest {
+            offline: true,
+            ..migrate_req(vm.uuid, 0)
+        })
+        .await
+        .expect("submit")
+        .wait(|_| {})
+        .await
+        .expect("task");
+    let b = migration_of(&back);
+    assert_eq!((b.host.as_str(), b.live), ("m1", false));
+    assert_eq!(
+        c.host(0).vm(vm.uuid).get().await.expect("on m1").power_state,
+        PowerState::Halted
+    );
+    assert_eq!(c.domains(1), Vec::<String>::new());
+    eprintln!(
+        "live migration with copied storage (16 MiB disk, 128 MiB guest): {} ms, downtime {:?} ms, \
+         {:?} bytes, progress seen {progress:?}; offline back: {} ms",
+        m.elapsed_ms, m.downtime_ms, m.data_bytes, b.elapsed_ms
+    );
+}
+
+/// A slow migration (bandwidth-limited) is the VM's one operation: a
+/// second is refused while it runs; cancelled, it leaves the guest
+/// running on its source and nothing on the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_migration_leaves_the_guest_running_on_its_source() {
+    let _turn = TURNS.lock().await;
+    let Some(q) = QemuHost::from_env().expect("the real-hypervisor environment") else {
+        return;
+    };
+    let c = Cluster::start(q, 2).await;
+    let (vm, log) = c.counting_guest(0, "hbm-slow", vec![]).await;
+    let task = c
+        .host(0)
+        .submit::<VmMigrate>(VmMigrateRequest {
+            bandwidth_mib_s: Some(1),
+            ..migrate_req(vm.uuid, 1)
+        })
+        .await
+        .expect("submit");
+    let t = wait_progress(&task, 6).await;
+    assert_eq!(t.status, TaskStatus::Running, "{t:?}");
+    let second = c.host(0).submit::<VmMigrate>(migrate_req(vm.uuid, 1)).await;
+    let Err(e) = second else {
+        panic!("a second migration was accepted")
+    };
+    assert_eq!(e.code(), Some(ErrorCode::OperationInProgress), "{e}");
+    assert_eq!(e.param("task"), Some(task.id().to_string().as_str()));
+
+    task.cancel().await.expect("cancel");
+    let t = task.wait(|_| {}).await.expect("task");
+    assert_eq!(t.status, TaskStatus::Cancelled, "{t:?}");
+    assert_eq!(
+        c.host(0).vm(vm.uuid).get().await.expect("on m1").power_state,
+        PowerState::Running
+    );
+    assert_eq!(c.domains(1), Vec::<String>::new());
+    counts_past(&log, last_count(&log)).await;
+}
+
+/// The source's agent is killed while libvirt migrates (peer to peer, the
+/// move goes on without it): restarted, it finds the guest on the
+/// destination, and the task says so; one guest runs, on m2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_agent_killed_mid_migration_ends_with_one_guest_and_a_task_that_says_where() {
+    let _turn = TURNS.lock().await;
+    let Some(q) = QemuHost::from_env().expect("the real-hypervisor environment") else {
+        return;
+    };
+    let mut c = Cluster::start(q, 2).await;
+    let (vm, log) = c.counting_guest(0, "hbm-crash", vec![]).await;
+    let task = c
+        .host(0)
+        .submit::<VmMigrate>(VmMigrateRequest {
+            bandwidth_mib_s: Some(8),
+            ..migrate_req(vm.uuid, 1)
+        })
+        .await
+        .expect("submit");
+    let t = wait_progress(&task, 8).await;
+    assert_eq!(t.status, TaskStatus::Running, "{t:?}");
+    let journal = c.agents[0].journal_path().to_path_buf();
+    c.agents[0].kill().expect("SIGKILL m1's agent");
+    c.agents[0] = Cluster::agent(&c.hosts, &c.url, 0, Some(&journal));
+
+    // The broker gives the restarted agent the command again; its
+    // recovery waits for libvirt's job and answers with where the VM is.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let t = loop {
+        match task.get().await {
+            Ok(t) if t.status.is_final() => break t,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the task never ended after the restart");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let m = migration_of(&t);
+    assert_eq!(m.host, "m2");
+    assert_eq!(c.domains(0), Vec::<String>::new(), "nothing left on m1");
+    assert_eq!(c.domains(1), vec!["hbm-crash".to_owned()]);
+    assert_eq!(
+        c.virt(1).virsh(&["domstate", "hbm-crash"]).expect("state").trim(),
+        "running"
+    );
+    counts_past(&log, last_count(&log)).await;
 }

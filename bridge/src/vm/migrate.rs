@@ -318,7 +318,8 @@ impl Inner {
                     downtime_set = dom.migrate_set_max_downtime(ms, 0).is_ok();
                 }
             }
-            if let Ok(stats) = dom.job_stats(0) {
+            // `job_info`, not `job_stats`: see `ffi::completed_downtime_ms`.
+            if let Ok(stats) = dom.job_info() {
                 let total = stats.data_total.unwrap_or(0);
                 let processed = stats.data_processed.unwrap_or(0);
                 if total > 0 {
@@ -518,8 +519,7 @@ fn completed_downtime(uri: &str, uuid: Uuid) -> Option<u64> {
     let downtime = conn
         .lookup_domain_by_uuid_string(&uuid.to_string())
         .ok()
-        .and_then(|d| d.job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED).ok())
-        .and_then(|s| s.downtime);
+        .and_then(|d| ffi::completed_downtime_ms(&d));
     drop(conn);
     downtime
 }
