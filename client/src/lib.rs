@@ -71,7 +71,7 @@ pub use error::{ClientError, ErrorKind};
 pub use events::{
     topic_matches, Notification, ResyncReason, StartAt, SubscribeOptions, Subscription,
 };
-pub use handles::{Host, Network, Pool, Task, Vm};
+pub use handles::{Host, MigrateOptions, Network, Pool, Task, Vm};
 pub use hostbus_amqp::{topology, ConnectOptions, Tls};
 pub use hostbus_protocol as protocol;
 pub use presence::{Expected, HostView, Liveness, Presence};
