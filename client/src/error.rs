@@ -13,7 +13,8 @@ pub enum ErrorKind {
     NotFound,
     /// A request field is invalid, or the request is malformed.
     InvalidArgument,
-    /// The object's state does not allow the operation.
+    /// The object's state does not allow the operation (a disabled host
+    /// refuses to take a VM).
     BadState,
     /// The sender may not run the command.
     PermissionDenied,
@@ -23,9 +24,11 @@ pub enum ErrorKind {
     Connection,
     /// The command's deadline passed before it ran; nothing ran.
     Expired,
-    /// The host is overloaded; retry later.
+    /// The host is overloaded, or the object is busy with another operation
+    /// that excludes this one (a migrating VM); retry later.
     Busy,
-    /// The host cannot serve right now (hypervisor down).
+    /// The host cannot serve right now (hypervisor down), or another host
+    /// the command needs (a migration's destination) is not serving.
     Unavailable,
     /// The object already exists.
     AlreadyExists,
@@ -135,11 +138,12 @@ impl From<WireError> for ClientError {
             | C::VmIsTemplate
             | C::PoolBadState
             | C::NetworkBadState
-            | C::TaskNotCancellable => ErrorKind::BadState,
+            | C::TaskNotCancellable
+            | C::HostDisabled => ErrorKind::BadState,
             C::PermissionDenied => ErrorKind::PermissionDenied,
             C::Expired => ErrorKind::Expired,
-            C::Busy | C::InsufficientResources => ErrorKind::Busy,
-            C::HostUnavailable => ErrorKind::Unavailable,
+            C::Busy | C::InsufficientResources | C::OperationInProgress => ErrorKind::Busy,
+            C::HostUnavailable | C::PeerUnavailable => ErrorKind::Unavailable,
             C::Timeout => ErrorKind::Timeout,
             C::Cancelled => ErrorKind::Cancelled,
             C::AlreadyExists => ErrorKind::AlreadyExists,
@@ -184,6 +188,10 @@ mod tests {
             WireError::new(ErrorCode::VmNotFound, [("vm", "x".to_owned())], "nope").into();
         assert_eq!((e.kind(), e.is_retryable()), (ErrorKind::NotFound, false));
         assert!(ClientError::new(ErrorKind::Timeout, "slow").is_retryable());
+        let kind = |code| ClientError::from(WireError::new(code, [], "x")).kind();
+        assert_eq!(kind(ErrorCode::HostDisabled), ErrorKind::BadState);
+        assert_eq!(kind(ErrorCode::OperationInProgress), ErrorKind::Busy);
+        assert_eq!(kind(ErrorCode::PeerUnavailable), ErrorKind::Unavailable);
         assert!(!ClientError::new(ErrorKind::NoRoute, "who").is_retryable());
     }
 }

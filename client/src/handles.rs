@@ -79,6 +79,19 @@ impl Host {
     pub async fn stats(&self) -> Result<HostStats, ClientError> {
         self.call::<HostStatsGet>(Empty {}).await
     }
+    /// `host.disable`: the host takes no new VMs (migrations to it are
+    /// refused, placement skips it) until [`Host::enable`]; what it runs
+    /// keeps running. `reason` is shown in the fleet view and in refusals.
+    pub async fn disable(&self, reason: &str) -> Result<HostRecord, ClientError> {
+        self.call::<HostDisable>(HostDisableRequest {
+            reason: reason.to_owned(),
+        })
+        .await
+    }
+    /// `host.enable`: the host takes new VMs again.
+    pub async fn enable(&self) -> Result<HostRecord, ClientError> {
+        self.call::<HostEnable>(Empty {}).await
+    }
     /// `host.snapshot`: every record, for resync.
     pub async fn snapshot(&self) -> Result<Inventory, ClientError> {
         self.call::<HostSnapshot>(Empty {}).await
@@ -308,6 +321,31 @@ impl Vm {
             })
             .await
     }
+    /// `vm.migrate` as a task: moves this VM to host `to` (sent to the
+    /// host the handle names, the VM's current one). The task's progress
+    /// follows the hypervisor's job; its result is a
+    /// [`Record::Migration`](hostbus_protocol::types::Record::Migration)
+    /// (wait with [`Task::wait`] or [`Task::result`]); `task.cancel`
+    /// aborts the move and leaves the VM where it was.
+    pub async fn migrate(&self, to: &str, opts: MigrateOptions) -> Result<Task, ClientError> {
+        let uuid = self.uuid().await?;
+        let MigrateOptions {
+            offline,
+            copy_storage,
+            bandwidth_mib_s,
+            max_downtime_ms,
+        } = opts;
+        self.host
+            .submit::<VmMigrate>(VmMigrateRequest {
+                uuid,
+                destination: to.to_owned(),
+                offline,
+                copy_storage,
+                bandwidth_mib_s,
+                max_downtime_ms,
+            })
+            .await
+    }
     /// `vm.set_template`: marks the halted VM a template (it can then be
     /// cloned, not started), or an ordinary VM again.
     pub async fn set_template(&self, template: bool) -> Result<VmRecord, ClientError> {
@@ -357,6 +395,22 @@ impl Vm {
         .await
         .map(|_| ())
     }
+}
+
+/// How [`Vm::migrate`] moves a VM. The default: live (it keeps running),
+/// over shared storage (the same disk paths reach the same data on both
+/// hosts), at libvirt's bandwidth and downtime.
+#[derive(Debug, Clone, Default)]
+pub struct MigrateOptions {
+    /// Move a halted VM's definition only, not a running guest.
+    pub offline: bool,
+    /// Copy the VM's disks to the destination (its volumes are made
+    /// there first); not with `offline`.
+    pub copy_storage: bool,
+    /// Bandwidth limit, MiB/s.
+    pub bandwidth_mib_s: Option<u64>,
+    /// Longest pause of the guest at the switch-over, ms.
+    pub max_downtime_ms: Option<u64>,
 }
 
 /// A handle on an object its host knows by name: the struct, `call` for

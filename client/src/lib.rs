@@ -19,6 +19,8 @@
 //!   stream, resumable from an offset, reconnecting on its own.
 //! * [`Presence`]: the fleet view, complete at once (read from the broker's
 //!   presence streams), then live.
+//! * [`Client::evacuate`]: every running VM off one host, each migrated to
+//!   the target with the most free memory.
 //! * [`ClientError`]: one error type with an [`ErrorKind`].
 //!
 //! Two transports: the broker (every host of the fleet), or one host
@@ -56,6 +58,7 @@ mod client;
 mod config;
 mod connection;
 mod error;
+mod evacuate;
 mod events;
 mod handles;
 mod presence;
@@ -68,10 +71,14 @@ pub use broadcast::Broadcast;
 pub use client::Client;
 pub use config::{CallOptions, ClientConfig};
 pub use error::{ClientError, ErrorKind};
+pub use evacuate::{
+    EvacuateOptions, EvacuationOutcome, EvacuationProgress, EvacuationReport, SkippedHost, Targets,
+    VmEvacuation, EVACUATING,
+};
 pub use events::{
     topic_matches, Notification, ResyncReason, StartAt, SubscribeOptions, Subscription,
 };
-pub use handles::{Host, Network, Pool, Task, Vm};
+pub use handles::{Host, MigrateOptions, Network, Pool, Task, Vm};
 pub use hostbus_amqp::{topology, ConnectOptions, Tls};
 pub use hostbus_protocol as protocol;
 pub use presence::{Expected, HostView, Liveness, Presence};

@@ -24,7 +24,9 @@ const EXIT_CODES: &str = "EXIT CODES:
   5  unreachable: broker or agent socket connection failed, timeout,
      host unavailable, busy
   6  permission denied
-  7  partial: a broadcast where some expected hosts did not answer
+  7  partial: a broadcast where some expected hosts did not answer, or an
+     evacuation that left VMs on their host (none had room, or a
+     migration failed)
   130  interrupted (SIGINT, Ctrl-C), as `events --follow` ends
   143  terminated (SIGTERM)
   Whatever the code, hostctl closes its broker connections before it exits;
@@ -48,6 +50,9 @@ EXAMPLES:
   hostctl vm create h1 --name app01 --memory 1024 --vcpus 2 --disk default:10 --network default
   hostctl vm template h1/base01
   hostctl vm create h1 --from-template base01 --name app02 --linked --start
+  hostctl vm migrate h1/web01 --to h2
+  hostctl host evacuate h1 --label rack-a --parallel 3
+  hostctl host enable h1
   hostctl events '*.vm.*' --follow
   hostctl events 'h1.#' --from -1h
   hostctl host forget h9
@@ -222,6 +227,49 @@ pub(crate) enum HostCmd {
     Stats { host: String },
     /// Every record of the host (JSON).
     Snapshot { host: String },
+    /// Takes no new VMs: migrations to the host are refused and placement
+    /// skips it; what it runs keeps running.
+    Disable {
+        host: String,
+        /// Why (shown by `hosts` and in refusals).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Takes new VMs again (after `host disable` or `host evacuate`).
+    Enable { host: String },
+    /// Disables the host and live-migrates its running and paused VMs away,
+    /// largest first, each to the target with the most free memory; the
+    /// host stays disabled (`host enable` after the maintenance). Exits 7
+    /// when a VM stayed.
+    #[command(group(clap::ArgGroup::new("targets").required(true).args(["to", "label"])))]
+    Evacuate {
+        host: String,
+        /// Destination hosts, comma-separated.
+        #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
+        to: Vec<String>,
+        /// Every host with this label is a destination.
+        #[arg(long)]
+        label: Option<String>,
+        /// Migrations at once.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+        parallel: u16,
+        #[command(flatten)]
+        how: MoveFlags,
+    },
+}
+
+/// How `vm migrate` and `host evacuate` move a VM.
+#[derive(clap::Args)]
+pub(crate) struct MoveFlags {
+    /// Copy the disks to the destination (default: the storage is shared).
+    #[arg(long)]
+    pub(crate) copy_storage: bool,
+    /// Bandwidth limit, MiB/s.
+    #[arg(long = "bandwidth", value_name = "MIB_S", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub(crate) bandwidth_mib_s: Option<u64>,
+    /// Longest pause of the guest at the switch-over, ms.
+    #[arg(long = "max-downtime", value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub(crate) max_downtime_ms: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -315,6 +363,23 @@ pub(crate) enum VmCmd {
         /// The pool full copies go in (default: each disk's own).
         #[arg(long)]
         pool: Option<String>,
+    },
+    /// Moves HOST/VM to host --to: live, with the guest running (or
+    /// paused), or with --offline a halted VM's definition; waits for the
+    /// task with a progress bar unless --async.
+    Migrate {
+        vm: At<Vm>,
+        #[arg(long, value_name = "HOST")]
+        to: String,
+        /// Move a halted VM's definition only.
+        #[arg(long, conflicts_with = "copy_storage")]
+        offline: bool,
+        #[command(flatten)]
+        how: MoveFlags,
+        /// Print the task and return at once (`hostctl task wait HOST ID`
+        /// waits for it, `hostctl task cancel HOST ID` stops the move).
+        #[arg(long = "async")]
+        detach: bool,
     },
     /// Marks a halted VM as a template (cloned, never started); --off
     /// makes it an ordinary VM again.
@@ -656,6 +721,32 @@ mod tests {
             panic!("not events");
         };
         assert!(matches!(args.from, hostbus_client::StartAt::Time(_)));
+    }
+
+    #[test]
+    fn an_evacuation_names_its_destinations_one_way() {
+        let parse = |line: &str| super::Cli::try_parse_from(line.split(' '));
+        let cli = parse("hostctl host evacuate h1 --to h2,h3 --parallel 3").expect("parses");
+        let super::Cmd::Host(super::HostCmd::Evacuate { to, parallel, .. }) = cli.cmd else {
+            panic!("not host evacuate");
+        };
+        assert_eq!(
+            (to.as_slice(), parallel),
+            (&["h2".into(), "h3".into()][..], 3)
+        );
+        for refused in [
+            "hostctl host evacuate h1",
+            "hostctl host evacuate h1 --to h2 --label rack-a",
+            "hostctl host evacuate h1 --label rack-a --parallel 0",
+            "hostctl vm migrate h1/web01 --to h2 --offline --copy-storage",
+            "hostctl vm migrate h1/web01 --to h2 --max-downtime 0",
+            "hostctl vm migrate h1/web01",
+        ] {
+            let e = parse(refused)
+                .err()
+                .unwrap_or_else(|| panic!("`{refused}` parses"));
+            assert_eq!(e.exit_code(), 2, "{refused}");
+        }
     }
 
     /// Every command of the catalogue names the hostctl verb that sends

@@ -111,8 +111,8 @@ impl From<serde_json::Error> for Failure {
     }
 }
 
-/// A command's result: the exit code on success (0, or 7 for a partial
-/// broadcast), a [`Failure`] otherwise.
+/// A command's result: the exit code on success (0), a [`Failure`]
+/// otherwise (7 for a partial broadcast or evacuation).
 pub(crate) type Res<T> = Result<T, Failure>;
 
 /// What every command runs with: the connection and the output format.
@@ -218,9 +218,11 @@ pub(crate) fn gib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1u64 << 30) as f64)
 }
 
-/// Draws a progress bar on stderr when it is a terminal.
+/// Draws a progress bar on stderr when it is a terminal, and prints lines
+/// above it (on stderr, terminal or not).
 pub(crate) struct Progress {
     tty: bool,
+    quiet: bool,
     label: String,
 }
 
@@ -228,24 +230,50 @@ impl Progress {
     pub(crate) fn new(label: &str) -> Self {
         Self {
             tty: std::io::stderr().is_terminal(),
+            quiet: false,
             label: label.to_owned(),
         }
     }
 
+    /// Draws and prints nothing (`--output json`: a script reads the result).
+    pub(crate) fn hidden() -> Self {
+        Self {
+            tty: false,
+            quiet: true,
+            label: String::new(),
+        }
+    }
+
+    /// A task's progress and status.
     pub(crate) fn update(&self, t: &TaskRecord) {
+        let tail = format!("{:>3}% {}", t.progress, t.status);
+        self.draw(usize::from(t.progress), 100, &tail);
+    }
+
+    /// The bar at `done` of `total`, followed by `tail`.
+    pub(crate) fn draw(&self, done: usize, total: usize, tail: &str) {
         if !self.tty {
             return;
         }
-        let filled = usize::from(t.progress.min(100)) * 30 / 100;
+        let filled = done.min(total) * 30 / total.max(1);
         eprint!(
-            "\r{} [{}{}] {:>3}% {}",
+            "\r{} [{}{}] {tail}\x1b[K",
             self.label,
             "#".repeat(filled),
             ".".repeat(30 - filled),
-            t.progress,
-            t.status
         );
         let _ = std::io::stderr().flush();
+    }
+
+    /// A line of its own above the bar (which the next `draw` redraws).
+    pub(crate) fn line(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        if self.tty {
+            eprint!("\r\x1b[K");
+        }
+        eprintln!("{text}");
     }
 
     pub(crate) fn done(&self) {

@@ -8,9 +8,11 @@ use hostbus_client::protocol::types::{
     BootSpec, DiskBus, DiskDevice, DiskFormat, DiskSource, DiskSpec, NicModel, NicSpec, PowerState,
     Record, SnapshotRecord, VmRecord, VmSpec,
 };
+use hostbus_client::MigrateOptions;
 use serde::Serialize;
 
-use crate::cli::{Lifecycle, SnapshotCmd, VmCmd, VmCreate};
+use crate::args::At;
+use crate::cli::{Lifecycle, MoveFlags, Output, SnapshotCmd, VmCmd, VmCreate};
 use crate::output::{mib, table, task_outcome, Column, Ctx, Failure, Listed, Progress, Res};
 
 /// `hostctl vm ...`.
@@ -101,6 +103,13 @@ pub(crate) async fn run(ctx: &Ctx, cmd: VmCmd) -> Res<()> {
             let new = clone(&vm.on(c), &name, linked, pool.as_deref()).await?;
             print_vm(ctx, &new)
         }
+        VmCmd::Migrate {
+            vm,
+            to,
+            offline,
+            how,
+            detach,
+        } => migrate(ctx, &vm, &to, how.options(offline), detach).await,
         VmCmd::Template { vm, off } => {
             let r = vm.on(c).set_template(!off).await?;
             ctx.show(&r, |r| {
@@ -374,6 +383,75 @@ async fn clone(
     match t.result {
         Some(Record::Vm(vm)) => Ok(vm),
         other => Err(Failure::other(format!("unexpected task result {other:?}"))),
+    }
+}
+
+/// `hostctl vm migrate`: submits `vm.migrate` to the VM's host; with
+/// `detach` prints the task, else waits for it with a progress bar (none
+/// with `--output json`) and prints the move.
+async fn migrate(
+    ctx: &Ctx,
+    vm: &At<crate::args::Vm>,
+    to: &str,
+    opts: MigrateOptions,
+    detach: bool,
+) -> Res<()> {
+    let task = vm.on(&ctx.client).migrate(to, opts).await?;
+    if detach {
+        let t = task.get().await?;
+        return ctx.show(&t, |t| {
+            outln!(
+                "migrating {} to {to}: task {} on {} (hostctl task wait {} {})",
+                vm.name,
+                t.id,
+                vm.host,
+                vm.host,
+                t.id
+            )
+        });
+    }
+    let bar = match ctx.output {
+        Output::Json => Progress::hidden(),
+        Output::Table => Progress::new("vm.migrate"),
+    };
+    let t = task.wait(|t| bar.update(t)).await?;
+    bar.done();
+    task_outcome(&t)?;
+    let m = match t.result {
+        Some(Record::Migration(m)) => m,
+        other => return Err(Failure::other(format!("unexpected task result {other:?}"))),
+    };
+    ctx.show(&m, |m| {
+        let downtime = m
+            .downtime_ms
+            .map(|d| format!(" (downtime {d} ms)"))
+            .unwrap_or_default();
+        outln!(
+            "moved {} from {} to {} in {} ms{downtime}",
+            m.vm.name,
+            m.source,
+            m.host,
+            m.elapsed_ms
+        )
+    })?;
+    if m.host != m.destination {
+        return Err(Failure::other(format!(
+            "{} is on {}, not {}: the migration was interrupted",
+            m.vm.name, m.host, m.destination
+        )));
+    }
+    Ok(())
+}
+
+impl MoveFlags {
+    /// The SDK's options, live unless `offline`.
+    pub(crate) fn options(self, offline: bool) -> MigrateOptions {
+        MigrateOptions {
+            offline,
+            copy_storage: self.copy_storage,
+            bandwidth_mib_s: self.bandwidth_mib_s,
+            max_downtime_ms: self.max_downtime_ms,
+        }
     }
 }
 

@@ -246,6 +246,7 @@ mod tests {
             },
             load: idle(),
             facts: BTreeMap::new(),
+            placement: Placement::default(),
         }
     }
 
@@ -261,6 +262,7 @@ mod tests {
             versions: None,
             capabilities: vec![],
             by: None,
+            migration_uri: None,
         }
     }
 
@@ -331,6 +333,30 @@ mod tests {
         assert!(s.hosts.is_empty());
         s.announce(announcement("h", RosterAction::Online, Uuid::new_v4(), 300));
         assert_eq!(s.hosts.len(), 1);
+    }
+
+    #[test]
+    fn placement_is_the_last_beats_and_the_migration_uri_the_last_online_announcements() {
+        let e = Uuid::new_v4();
+        let mut s = State::default();
+        let mut online = announcement("h", RosterAction::Online, e, 100);
+        online.migration_uri = Some("qemu+tls://h.example/system".into());
+        s.announce(online);
+        let mut hb = beat("h", e, 200);
+        hb.placement = Placement {
+            enabled: false,
+            reason: "evacuating".into(),
+        };
+        s.beat(hb);
+        let v = view(&s.hosts["h"], 300, 17_000);
+        assert_eq!(
+            v.migration_uri.as_deref(),
+            Some("qemu+tls://h.example/system")
+        );
+        assert!(!v.placement.enabled);
+        assert_eq!(v.placement.reason, "evacuating");
+        s.beat(beat("h", e, 400));
+        assert!(view(&s.hosts["h"], 500, 17_000).placement.enabled);
     }
 
     #[test]
