@@ -93,9 +93,7 @@ impl BusPeers {
     /// The peers of the agent configured by `cfg` (its broker URLs, TLS
     /// and login), on the current runtime; `None` outside a runtime (the
     /// bridge then refuses `vm.migrate`).
-    pub(crate) fn for_agent(
-        cfg: &crate::config::Config,
-    ) -> anyhow::Result<Option<Arc<dyn Peers>>> {
+    pub(crate) fn for_agent(cfg: &crate::config::Config) -> anyhow::Result<Option<Arc<dyn Peers>>> {
         let Ok(runtime) = Handle::try_current() else {
             return Ok(None);
         };
@@ -117,7 +115,10 @@ impl Inner {
 
     /// The client, once the fleet view says `host` serves.
     async fn serving(&self, host: &str) -> Result<&Client, Error> {
-        let client = self.client().await.map_err(|e| unavailable(host, e.message()))?;
+        let client = self
+            .client()
+            .await
+            .map_err(|e| unavailable(host, e.message()))?;
         let presence = client
             .presence()
             .await
@@ -134,10 +135,10 @@ impl Inner {
                         Liveness::Stale => "stale",
                         _ => "gone",
                     },
-                    v.last_seen_ms
-                        .map_or("before the fleet view's look-back".to_owned(), |ms| format!(
-                            "{ms} ms ago"
-                        ))
+                    v.last_seen_ms.map_or(
+                        "before the fleet view's look-back".to_owned(),
+                        |ms| format!("{ms} ms ago")
+                    )
                 ),
             )),
         }

@@ -324,7 +324,10 @@ pub(crate) fn load_placement(file: Option<&std::path::Path>) -> Placement {
 
 /// Writes `placement` to `file` (through a temporary file, so a crash
 /// leaves the old or the new one).
-pub(crate) fn save_placement(file: Option<&std::path::Path>, placement: &Placement) -> Result<(), Error> {
+pub(crate) fn save_placement(
+    file: Option<&std::path::Path>,
+    placement: &Placement,
+) -> Result<(), Error> {
     let Some(file) = file else {
         return Ok(());
     };
@@ -333,5 +336,10 @@ pub(crate) fn save_placement(file: Option<&std::path::Path>, placement: &Placeme
     let tmp = file.with_extension("tmp");
     std::fs::write(&tmp, bytes)
         .and_then(|()| std::fs::rename(&tmp, file))
-        .map_err(|e| Error::internal(format!("cannot keep the placement in {}: {e}", file.display())))
+        .map_err(|e| {
+            Error::internal(format!(
+                "cannot keep the placement in {}: {e}",
+                file.display()
+            ))
+        })
 }

@@ -85,7 +85,10 @@ async fn a_refused_migration_says_why_and_leaves_the_vm_running_at_home() {
     let (code, msg) = migrate(&h1, request(web01, "h2")).await.expect("refused");
     assert_eq!(code, ErrorCode::AlreadyExists, "{msg}");
     assert!(msg.contains("destination h2 refused"), "{msg}");
-    h2.vm_named("web01").undefine(false).await.expect("undefine");
+    h2.vm_named("web01")
+        .undefine(false)
+        .await
+        .expect("undefine");
 
     // More memory than the destination has free.
     let big = h1
@@ -93,18 +96,21 @@ async fn a_refused_migration_says_why_and_leaves_the_vm_running_at_home() {
         .await
         .expect("define big01");
     h1.vm(big.uuid).start().await.expect("start big01");
-    let (code, msg) = migrate(&h1, request(big.uuid, "h2")).await.expect("refused");
+    let (code, msg) = migrate(&h1, request(big.uuid, "h2"))
+        .await
+        .expect("refused");
     assert_eq!(code, ErrorCode::InsufficientResources, "{msg}");
     assert_eq!(state(&h1, "big01").await, PowerState::Running);
 
     // A disabled destination.
-    let rec = h2.call::<hostbus_client::protocol::commands::HostDisable>(
-        hostbus_client::protocol::commands::HostDisableRequest {
-            reason: "new firmware".into(),
-        },
-    )
-    .await
-    .expect("disable");
+    let rec = h2
+        .call::<hostbus_client::protocol::commands::HostDisable>(
+            hostbus_client::protocol::commands::HostDisableRequest {
+                reason: "new firmware".into(),
+            },
+        )
+        .await
+        .expect("disable");
     assert!(!rec.placement.enabled);
     let (code, msg) = migrate(&h1, request(web01, "h2")).await.expect("refused");
     assert_eq!(code, ErrorCode::HostDisabled, "{msg}");
@@ -156,8 +162,14 @@ async fn a_refused_migration_says_why_and_leaves_the_vm_running_at_home() {
         .expect("h2's agent stops");
     let fleet = client.presence().await.expect("fleet view");
     let seen = Instant::now();
-    while fleet.host("h2").is_some_and(|v| v.liveness == Liveness::Alive) {
-        assert!(seen.elapsed() < Duration::from_secs(10), "h2 still looks alive");
+    while fleet
+        .host("h2")
+        .is_some_and(|v| v.liveness == Liveness::Alive)
+    {
+        assert!(
+            seen.elapsed() < Duration::from_secs(10),
+            "h2 still looks alive"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let t = Instant::now();

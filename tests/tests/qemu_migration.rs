@@ -286,7 +286,12 @@ impl Cluster {
 
     /// A 128 MiB guest on host `i` booted to its shell and counting on its
     /// console; its record and console log.
-    async fn counting_guest(&self, i: usize, name: &str, disks: Vec<DiskSpec>) -> (VmRecord, std::path::PathBuf) {
+    async fn counting_guest(
+        &self,
+        i: usize,
+        name: &str,
+        disks: Vec<DiskSpec>,
+    ) -> (VmRecord, std::path::PathBuf) {
         let spec = VmSpec {
             disks,
             boot: BootSpec {
@@ -307,9 +312,18 @@ impl Cluster {
 
     /// Types `line` on the console of `name` on host `i` until `expect` shows.
     fn type_on(&self, i: usize, name: &str, line: &str, log: &Path, expect: &str) {
-        let pty = self.virt(i).virsh(&["ttyconsole", name]).expect("the console's pty");
-        type_on_serial(Path::new(pty.trim()), line, log, expect, Duration::from_secs(30))
-            .expect("typed on the console");
+        let pty = self
+            .virt(i)
+            .virsh(&["ttyconsole", name])
+            .expect("the console's pty");
+        type_on_serial(
+            Path::new(pty.trim()),
+            line,
+            log,
+            expect,
+            Duration::from_secs(30),
+        )
+        .expect("typed on the console");
     }
 
     /// The names of the domains of libvirt host `i`, by virsh.
@@ -439,7 +453,12 @@ async fn a_running_guest_moves_live_with_its_disk_and_back_offline() {
     assert_eq!(c.domains(0), Vec::<String>::new());
     assert_eq!(c.domains(1), vec!["hbm-live".to_owned()]);
     assert_eq!(
-        c.host(1).vm(vm.uuid).get().await.expect("on m2").power_state,
+        c.host(1)
+            .vm(vm.uuid)
+            .get()
+            .await
+            .expect("on m2")
+            .power_state,
         PowerState::Running
     );
     assert!(c.host(0).vm(vm.uuid).get().await.is_err());
@@ -454,7 +473,13 @@ async fn a_running_guest_moves_live_with_its_disk_and_back_offline() {
         .collect();
     assert!(!left.contains(&volume), "{volume} left on m1: {left:?}");
     // Its disk's data came along; it never booted again.
-    c.type_on(1, "hbm-live", "echo read-$(head -c 8 /dev/vda)-end", &log, "read-hbdata42-end");
+    c.type_on(
+        1,
+        "hbm-live",
+        "echo read-$(head -c 8 /dev/vda)-end",
+        &log,
+        "read-hbdata42-end",
+    );
     let text = std::fs::read_to_string(&log).expect("log");
     assert_eq!(text.matches(BOOTED).count(), 1, "booted once");
     let seen = counts(&log);
@@ -468,16 +493,24 @@ async fn a_running_guest_moves_live_with_its_disk_and_back_offline() {
     let (mut gone, mut arrived) = (None, None);
     let deadline = Instant::now() + Duration::from_secs(20);
     while gone.is_none() || arrived.is_none() {
-        assert!(Instant::now() < deadline, "gone {gone:?}, arrived {arrived:?}");
+        assert!(
+            Instant::now() < deadline,
+            "gone {gone:?}, arrived {arrived:?}"
+        );
         let Ok(Some(n)) = tokio::time::timeout(Duration::from_secs(5), events.next()).await else {
             continue;
         };
-        let Ok(Notification::Event(ev)) = n else { continue };
+        let Ok(Notification::Event(ev)) = n else {
+            continue;
+        };
         if ev.object_id != vm.uuid.to_string() {
             continue;
         }
         if let Some(note) = &ev.migration {
-            assert_eq!((note.source.as_str(), note.destination.as_str(), note.task), ("m1", "m2", task.id()));
+            assert_eq!(
+                (note.source.as_str(), note.destination.as_str(), note.task),
+                ("m1", "m2", task.id())
+            );
             if ev.host_id == "m1" {
                 assert_eq!(ev.action, EventAction::Undefined);
                 gone = Some(ev.generation);
@@ -493,7 +526,11 @@ async fn a_running_guest_moves_live_with_its_disk_and_back_offline() {
     );
 
     // Halted, it goes back offline: its definition only.
-    c.host(1).vm(vm.uuid).destroy().await.expect("destroy on m2");
+    c.host(1)
+        .vm(vm.uuid)
+        .destroy()
+        .await
+        .expect("destroy on m2");
     let back = c
         .host(1)
         .submit::<VmMigrate>(VmMigrateRequest {
@@ -508,7 +545,12 @@ async fn a_running_guest_moves_live_with_its_disk_and_back_offline() {
     let b = migration_of(&back);
     assert_eq!((b.host.as_str(), b.live), ("m1", false));
     assert_eq!(
-        c.host(0).vm(vm.uuid).get().await.expect("on m1").power_state,
+        c.host(0)
+            .vm(vm.uuid)
+            .get()
+            .await
+            .expect("on m1")
+            .power_state,
         PowerState::Halted
     );
     assert_eq!(c.domains(1), Vec::<String>::new());
@@ -551,7 +593,12 @@ async fn a_cancelled_migration_leaves_the_guest_running_on_its_source() {
     let t = task.wait(|_| {}).await.expect("task");
     assert_eq!(t.status, TaskStatus::Cancelled, "{t:?}");
     assert_eq!(
-        c.host(0).vm(vm.uuid).get().await.expect("on m1").power_state,
+        c.host(0)
+            .vm(vm.uuid)
+            .get()
+            .await
+            .expect("on m1")
+            .power_state,
         PowerState::Running
     );
     assert_eq!(c.domains(1), Vec::<String>::new());
@@ -591,7 +638,10 @@ async fn a_source_agent_killed_mid_migration_ends_with_one_guest_and_a_task_that
             Ok(t) if t.status.is_final() => break t,
             _ => {}
         }
-        assert!(Instant::now() < deadline, "the task never ended after the restart");
+        assert!(
+            Instant::now() < deadline,
+            "the task never ended after the restart"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     let m = migration_of(&t);
@@ -599,7 +649,10 @@ async fn a_source_agent_killed_mid_migration_ends_with_one_guest_and_a_task_that
     assert_eq!(c.domains(0), Vec::<String>::new(), "nothing left on m1");
     assert_eq!(c.domains(1), vec!["hbm-crash".to_owned()]);
     assert_eq!(
-        c.virt(1).virsh(&["domstate", "hbm-crash"]).expect("state").trim(),
+        c.virt(1)
+            .virsh(&["domstate", "hbm-crash"])
+            .expect("state")
+            .trim(),
         "running"
     );
     counts_past(&log, last_count(&log)).await;

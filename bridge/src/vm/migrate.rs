@@ -49,7 +49,10 @@ fn migrate_error(reason: impl Into<String>) -> Error {
     let reason = reason.into();
     Error::new(
         ErrorCode::OperationNotSupported,
-        [("operation", "vm.migrate".to_owned()), ("reason", reason.clone())],
+        [
+            ("operation", "vm.migrate".to_owned()),
+            ("reason", reason.clone()),
+        ],
         format!("vm.migrate is not possible: {reason}"),
     )
 }
@@ -119,7 +122,8 @@ impl Inner {
             ));
         }
         let (pools, disks) = self.migration_disks(&rec, r.copy_storage)?;
-        let networks: BTreeSet<String> = rec.nics.iter().filter_map(|n| n.network.clone()).collect();
+        let networks: BTreeSet<String> =
+            rec.nics.iter().filter_map(|n| n.network.clone()).collect();
         let _op = self.begin_op(r.uuid, id, VmOperation::Migrate);
         progress.check()?;
         let prepare = VmMigratePrepareRequest {
@@ -297,10 +301,7 @@ impl Inner {
         done: &AtomicBool,
         last: &Mutex<Option<u64>>,
     ) {
-        let Ok(dom) = self
-            .conn()
-            .and_then(|c| self.lookup_vm(&c, r.uuid))
-        else {
+        let Ok(dom) = self.conn().and_then(|c| self.lookup_vm(&c, r.uuid)) else {
             return;
         };
         let mut aborted = false;
@@ -310,7 +311,9 @@ impl Inner {
                 aborted = true;
                 match ffi::abort_job(&dom) {
                     Ok(()) => tracing::info!(vm = %r.uuid, "migration cancelled: job aborted"),
-                    Err(e) => tracing::warn!(vm = %r.uuid, error = %e.message(), "cannot abort the migration job"),
+                    Err(e) => {
+                        tracing::warn!(vm = %r.uuid, error = %e.message(), "cannot abort the migration job")
+                    }
                 }
             }
             if !downtime_set {
@@ -345,7 +348,11 @@ impl Inner {
                 [("host", me.clone()), ("reason", placement.reason.clone())],
                 format!(
                     "host {me} takes no new vms (host.disable: {})",
-                    if placement.reason.is_empty() { "no reason given" } else { &placement.reason }
+                    if placement.reason.is_empty() {
+                        "no reason given"
+                    } else {
+                        &placement.reason
+                    }
                 ),
             ));
         }
@@ -355,7 +362,10 @@ impl Inner {
             )));
         };
         let conn = self.conn()?;
-        if conn.lookup_domain_by_uuid_string(&r.uuid.to_string()).is_ok() {
+        if conn
+            .lookup_domain_by_uuid_string(&r.uuid.to_string())
+            .is_ok()
+        {
             return Err(already_exists("vm", &r.uuid.to_string()));
         }
         if conn.lookup_domain_by_name(&r.name).is_ok() {
@@ -477,7 +487,9 @@ impl Inner {
             }
             std::thread::sleep(WATCH);
         };
-        let Ok(rec) = self.vm_record(&dom) else { return };
+        let Ok(rec) = self.vm_record(&dom) else {
+            return;
+        };
         let Ok(peers) = self.peers() else { return };
         let Ok((_, created)) = self.migration_disks(&rec, r.copy_storage) else {
             return;
@@ -488,8 +500,12 @@ impl Inner {
             created,
         };
         match peers.abort(&r.destination, abort) {
-            Ok(()) => tracing::info!(vm = %rec.name, destination = %r.destination, "an interrupted migration left the vm here; undid its prepare"),
-            Err(e) => tracing::warn!(vm = %rec.name, destination = %r.destination, error = %e, "cannot undo an interrupted migration's prepare"),
+            Ok(()) => {
+                tracing::info!(vm = %rec.name, destination = %r.destination, "an interrupted migration left the vm here; undid its prepare")
+            }
+            Err(e) => {
+                tracing::warn!(vm = %rec.name, destination = %r.destination, error = %e, "cannot undo an interrupted migration's prepare")
+            }
         }
     }
 
