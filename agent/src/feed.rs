@@ -92,6 +92,7 @@ mod tests {
             generation: 1,
             record: Record::None,
             time: 1,
+            migration: None,
         }
     }
 

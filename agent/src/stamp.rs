@@ -184,6 +184,7 @@ mod tests {
             generation: 7,
             record: Record::None,
             time: 2,
+            migration: None,
         });
         assert_eq!((ev.seq, ev.generation, ev.host_id.as_str()), (2, 7, "h1"));
         assert_eq!(s.last_seq(), 2);

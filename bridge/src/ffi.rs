@@ -99,9 +99,12 @@ pub(crate) fn completed_downtime_ms(dom: &virt::domain::Domain) -> Option<u64> {
     let downtime = entries.iter().find_map(|p| {
         // SAFETY: libvirt NUL-terminates `field` within its 80 bytes.
         let name = unsafe { CStr::from_ptr(p.field.as_ptr()) };
-        (name.to_bytes() == b"downtime" && p.type_ == sys::VIR_TYPED_PARAM_ULLONG as c_int)
+        if name.to_bytes() == b"downtime" && p.type_ == sys::VIR_TYPED_PARAM_ULLONG as c_int {
             // SAFETY: the type says the union holds an unsigned long long.
-            .then(|| unsafe { p.value.ul })
+            Some(unsafe { p.value.ul })
+        } else {
+            None
+        }
     });
     // SAFETY: `params` and `n` are what libvirt returned.
     unsafe { sys::virTypedParamsFree(params, n) };

@@ -267,41 +267,6 @@ impl Inner {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn without_qemu_img_a_hypervisor_host_creates_raw_volumes_only() {
-        assert_eq!(creatable_formats("QEMU", false), [DiskFormat::Raw]);
-        assert_eq!(
-            creatable_formats("QEMU", true),
-            [DiskFormat::Raw, DiskFormat::Qcow2]
-        );
-        assert_eq!(
-            creatable_formats("Test", false),
-            [DiskFormat::Raw, DiskFormat::Qcow2]
-        );
-    }
-
-    #[test]
-    fn a_missing_qemu_img_is_named_in_a_structured_refusal() {
-        let e = no_qemu_img("volume.create", DiskFormat::Qcow2);
-        assert_eq!(e.code, ErrorCode::OperationNotSupported);
-        assert_eq!(e.param("operation"), Some("volume.create"));
-        assert!(
-            e.param("reason").is_some_and(|r| r.contains("qemu-utils")),
-            "{e:?}"
-        );
-    }
-
-    #[test]
-    fn programs_are_found_on_the_path() {
-        assert!(find_in_path("sh").is_some());
-        assert!(find_in_path("no-such-program-hostbus").is_none());
-    }
-}
-
 /// The placement kept in `file` (JSON), enabled when there is none or it
 /// cannot be read (said in the log).
 pub(crate) fn load_placement(file: Option<&std::path::Path>) -> Placement {
@@ -342,4 +307,39 @@ pub(crate) fn save_placement(
                 file.display()
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_qemu_img_a_hypervisor_host_creates_raw_volumes_only() {
+        assert_eq!(creatable_formats("QEMU", false), [DiskFormat::Raw]);
+        assert_eq!(
+            creatable_formats("QEMU", true),
+            [DiskFormat::Raw, DiskFormat::Qcow2]
+        );
+        assert_eq!(
+            creatable_formats("Test", false),
+            [DiskFormat::Raw, DiskFormat::Qcow2]
+        );
+    }
+
+    #[test]
+    fn a_missing_qemu_img_is_named_in_a_structured_refusal() {
+        let e = no_qemu_img("volume.create", DiskFormat::Qcow2);
+        assert_eq!(e.code, ErrorCode::OperationNotSupported);
+        assert_eq!(e.param("operation"), Some("volume.create"));
+        assert!(
+            e.param("reason").is_some_and(|r| r.contains("qemu-utils")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn programs_are_found_on_the_path() {
+        assert!(find_in_path("sh").is_some());
+        assert!(find_in_path("no-such-program-hostbus").is_none());
+    }
 }

@@ -131,6 +131,7 @@ impl Bridge {
                 .name("hostbus-reconcile".into())
                 .spawn(move || inner.reconcile_loop())?
         };
+        inner.resume_migrations();
         Ok(Self {
             inner,
             threads: Mutex::new(vec![worker, reconciler]),

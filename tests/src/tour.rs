@@ -23,6 +23,20 @@ pub fn host_facts(ctl: &Hostctl) {
         .as_array()
         .is_some_and(|c| c.len() > 40));
     assert_eq!(ctl.json(&["host", "stats", "h1"])["vms_total"], 3);
+    // Placement: a disabled host says so, and why, until enabled again.
+    let off = ctl.json(&["host", "disable", "h1", "--reason", "tour"]);
+    assert_eq!(
+        (&off["placement"]["enabled"], &off["placement"]["reason"]),
+        (&serde_json::json!(false), &serde_json::json!("tour"))
+    );
+    assert_eq!(
+        ctl.json(&["host", "enable", "h1"])["placement"]["enabled"],
+        true
+    );
+    // A migration to the VM's own host is refused before anything moves.
+    let out = ctl.run(&["vm", "migrate", "h1/web01", "--to", "h1"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains("destination"), "{}", out.stderr);
 }
 
 /// `hosts`, `host snapshot` and `vm list --all` of a fleet of `hosts`

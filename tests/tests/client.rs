@@ -72,6 +72,12 @@ async fn hostctl_drives_every_subcommand() {
     );
     tour::without_connection(&ctl);
 
+    // An evacuation with nowhere to go (h2 takes no migrations: no
+    // migration_uri) moves nothing and says so: exit 7, partial.
+    let out = ctl.run(&["host", "evacuate", "h1", "--to", "h2"]);
+    assert_eq!(out.code, 7, "{}{}", out.stdout, out.stderr);
+    ctl.json(&["host", "enable", "h1"]);
+
     // Broker administration: declaring the shared objects (the agents did
     // already), and forgetting a host, refused while it is alive.
     assert_eq!(ctl.json(&["admin", "setup"])["declared"], true);

@@ -628,7 +628,10 @@ async fn a_source_agent_killed_mid_migration_ends_with_one_guest_and_a_task_that
     assert_eq!(t.status, TaskStatus::Running, "{t:?}");
     let journal = c.agents[0].journal_path().to_path_buf();
     c.agents[0].kill().expect("SIGKILL m1's agent");
-    c.agents[0] = Cluster::agent(&c.hosts, &c.url, 0, Some(&journal));
+    // The killed agent's folder (its journal and state) stays until the
+    // end: the new agent runs on them.
+    let restarted = Cluster::agent(&c.hosts, &c.url, 0, Some(&journal));
+    let _killed = std::mem::replace(&mut c.agents[0], restarted);
 
     // The broker gives the restarted agent the command again; its
     // recovery waits for libvirt's job and answers with where the VM is.

@@ -90,6 +90,10 @@ async fn every_hostctl_subcommand_runs_through_the_socket_with_the_broker_down()
     assert_eq!(refused, Some(ErrorKind::Unsupported));
     tour::without_connection(&ctl);
 
+    // An evacuation needs the fleet view, which a socket does not give.
+    let out = ctl.run(&["host", "evacuate", "h1", "--to", "h2"]);
+    assert_eq!(out.code, 4, "{}{}", out.stdout, out.stderr);
+
     // Broker administration cannot run through a socket: a usage error
     // that says so, before anything is sent.
     for verb in [&["admin", "setup"][..], &["host", "forget", "h1"]] {

@@ -125,6 +125,7 @@ impl Inner {
         let networks: BTreeSet<String> =
             rec.nics.iter().filter_map(|n| n.network.clone()).collect();
         let _op = self.begin_op(r.uuid, id, VmOperation::Migrate);
+        let _in_flight = self.note_in_flight(&r, id);
         progress.check()?;
         let prepare = VmMigratePrepareRequest {
             uuid: rec.uuid,
@@ -288,7 +289,7 @@ impl Inner {
             }),
             Err(e) => {
                 progress.check_cancelled()?;
-                Err(self.lv(&subject, Err::<(), _>(e)).unwrap_err())
+                self.lv(&subject, Err(e)).map(|()| Moved::default())
             }
         }
     }
@@ -325,10 +326,10 @@ impl Inner {
             if let Ok(stats) = dom.job_info() {
                 let total = stats.data_total.unwrap_or(0);
                 let processed = stats.data_processed.unwrap_or(0);
-                if total > 0 {
+                // 5 % for the prepare, 90 for the data, 5 for the end.
+                if let Some(done) = (90 * processed.min(total)).checked_div(total) {
                     *lock(last) = Some(processed);
-                    // 5 % for the prepare, 90 for the data, 5 for the end.
-                    progress.fraction(5 + 90 * processed.min(total) / total, 100);
+                    progress.fraction(5 + done, 100);
                 }
             }
             std::thread::sleep(WATCH);
@@ -538,4 +539,142 @@ fn completed_downtime(uri: &str, uuid: Uuid) -> Option<u64> {
         .and_then(|d| ffi::completed_downtime_ms(&d));
     drop(conn);
     downtime
+}
+
+/// The file that says migration `id` is in flight, beside the host's
+/// state file; `None` without one.
+fn in_flight_file(state: Option<&std::path::Path>, id: Uuid) -> Option<std::path::PathBuf> {
+    let state = state?;
+    let stem = state.file_stem()?.to_string_lossy().into_owned();
+    Some(state.with_file_name(format!("{stem}.migration-{id}.json")))
+}
+
+/// Removes its file when the migration ends, whichever way; left behind
+/// only by a process that died meanwhile.
+struct InFlight(Option<std::path::PathBuf>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(f) = &self.0 {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+impl Inner {
+    /// Notes migration `id` as in flight (its request, in a file beside the
+    /// host's state file) until the guard drops.
+    fn note_in_flight(&self, r: &VmMigrateRequest, id: Uuid) -> InFlight {
+        let file = in_flight_file(self.config().state_file.as_deref(), id);
+        if let Some(f) = &file {
+            let written = hostbus_protocol::encode(hostbus_protocol::ContentType::Json, r)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| std::fs::write(f, bytes).map_err(|e| e.to_string()));
+            if let Err(e) = written {
+                tracing::warn!(file = %f.display(), error = %e, "cannot note a migration in flight");
+            }
+        }
+        InFlight(file)
+    }
+
+    /// The migrations a dead agent left in flight: each is a task again
+    /// (its own id), which waits for libvirt's job to end and says where
+    /// the VM is: here (the migration did not happen: `CANCELLED`, the
+    /// destination's prepare undone) or on its destination (its record).
+    pub(crate) fn resume_migrations(self: &std::sync::Arc<Self>) {
+        let Some(state) = self.config().state_file.clone() else {
+            return;
+        };
+        let Some(stem) = state.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+            return;
+        };
+        let prefix = format!("{stem}.migration-");
+        let Some(dir) = state.parent() else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(id) = name
+                .strip_prefix(&prefix)
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| Uuid::parse_str(n).ok())
+            else {
+                continue;
+            };
+            let request = std::fs::read(e.path()).ok().and_then(|b| {
+                hostbus_protocol::decode::<VmMigrateRequest>(
+                    hostbus_protocol::ContentType::Json,
+                    &b,
+                    1 << 20,
+                )
+                .ok()
+            });
+            let guard = InFlight(Some(e.path()));
+            let Some(r) = request else {
+                tracing::warn!(file = %e.path().display(), "an unreadable note of a migration in flight: removed");
+                continue;
+            };
+            let object = Some(hostbus_protocol::commands::Target::Vm(r.uuid).object());
+            let (record, _) = self.tasks().create(id, "vm.migrate", object, false);
+            self.observer()
+                .task_event(hostbus_protocol::EventAction::Created, record);
+            let inner = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("hostbus-task".into())
+                .spawn(move || {
+                    let _guard = guard;
+                    if let Some(t) = inner.tasks().running(id) {
+                        inner
+                            .observer()
+                            .task_event(hostbus_protocol::EventAction::Progress, t);
+                    }
+                    let result = inner.finish_interrupted_migration(&r, id);
+                    if let Some(t) = inner.tasks().finish(id, result) {
+                        inner
+                            .observer()
+                            .task_event(hostbus_protocol::EventAction::Finished, t);
+                    }
+                });
+            if let Err(err) = spawned {
+                tracing::warn!(task = %id, error = %err, "cannot resume a migration's task");
+            }
+        }
+    }
+
+    fn finish_interrupted_migration(
+        &self,
+        r: &VmMigrateRequest,
+        id: Uuid,
+    ) -> Result<hostbus_protocol::types::Record, Error> {
+        self.clean_interrupted_migration(r);
+        let me = self.config().host_id.clone();
+        let here = self
+            .conn()
+            .is_ok_and(|c| c.lookup_domain_by_uuid_string(&r.uuid.to_string()).is_ok());
+        if here {
+            let _ = self.refresh_vm_by_uuid(&r.uuid.to_string(), None);
+            tracing::warn!(vm = %r.uuid, task = %id, "a migration interrupted by the agent's restart did not happen: the vm stays here");
+            return Err(Error::new(
+                ErrorCode::Cancelled,
+                [("task", id.to_string())],
+                format!(
+                    "the agent restarted during the migration of vm {} to {}; libvirt ended it with the vm on {me}",
+                    r.uuid, r.destination
+                ),
+            ));
+        }
+        let _ = self.refresh_vm_by_uuid(&r.uuid.to_string(), None);
+        match self.migrated_after_all(r) {
+            Some(m) => Ok(hostbus_protocol::types::Record::Migration(Box::new(m))),
+            None => Err(Error::new(
+                ErrorCode::VmNotFound,
+                [("vm", r.uuid.to_string())],
+                format!(
+                    "vm {} is neither here ({me}) nor on {} after an interrupted migration",
+                    r.uuid, r.destination
+                ),
+            )),
+        }
+    }
 }
