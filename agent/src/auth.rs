@@ -137,6 +137,20 @@ mod tests {
         let e = authorize(&roles, Some("eve"), "vm.list", Access::Read).expect_err("stranger");
         assert_eq!(e.param("user"), Some("eve"));
         assert!(authorize(&roles, None, "vm.list", Access::Read).is_err());
+        // The host-to-host steps: role agent only, never admin; role agent
+        // reads, nothing else.
+        let roles: BTreeMap<String, Role> = [
+            ("root".to_owned(), Role::Admin),
+            ("peer".to_owned(), Role::Agent),
+        ]
+        .into();
+        let peer_step = "vm.migrate_prepare";
+        assert!(authorize(&roles, Some("root"), peer_step, Access::Peer).is_err());
+        assert!(authorize(&roles, Some("peer"), peer_step, Access::Peer).is_ok());
+        assert!(authorize(&roles, Some("peer"), "vm.list", Access::Read).is_ok());
+        assert!(authorize(&roles, Some("peer"), "vm.start", Access::Operate).is_err());
+        assert!(authorize(&roles, Some("peer"), "vm.define", Access::Admin).is_err());
+        assert_eq!(Role::parse("agent"), Some(Role::Agent));
         assert!(authorize(&roles, Some(""), "vm.list", Access::Read).is_err());
     }
 }

@@ -375,6 +375,26 @@ impl Inner {
 
     /// Every VM disk backed by volume `pool/name` (at `path`), by pool and
     /// volume name or by path, in the VMs' live definitions.
+    /// The volumes (`pool/name`), in every running pool, whose backing
+    /// file is `path`: qcow2 overlays such as a linked clone's disks.
+    fn overlays_of(&self, conn: &Connect, path: &str) -> Result<Vec<String>, Error> {
+        if path.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for (p, rec) in self.all_pools(conn)? {
+            if rec.state != PoolState::Running {
+                continue;
+            }
+            for v in self.pool_volumes(&p, &rec.name)? {
+                if v.backing_path.as_deref() == Some(path) {
+                    out.push(format!("{}/{}", rec.name, v.name));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub(crate) fn volume_users(
         &self,
         conn: &Connect,
@@ -420,6 +440,24 @@ impl Inner {
                 name,
                 "volume.delete",
                 &users.iter().collect::<Vec<_>>(),
+            ));
+        }
+        let overlays = self.overlays_of(&conn, &path)?;
+        if !overlays.is_empty() {
+            // A linked clone's disk reads through its backing file: gone,
+            // the clone's disk is broken.
+            return Err(Error::new(
+                ErrorCode::VolumeInUse,
+                [
+                    ("pool", pool.to_owned()),
+                    ("volume", name.to_owned()),
+                    ("vms", String::new()),
+                ],
+                format!(
+                    "volume {pool}/{name} is the backing file of {} (linked clones' disks); \
+                     volume.delete is refused while they exist",
+                    overlays.join(", ")
+                ),
             ));
         }
         self.lv(&Subject::volume(pool, name), v.delete(0))?;

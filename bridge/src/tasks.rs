@@ -56,6 +56,11 @@ impl Progress {
         }
     }
 
+    /// Whether the operation runs as a task (not a synchronous call).
+    pub(crate) fn is_task(&self) -> bool {
+        self.task.is_some()
+    }
+
     /// Adds the caller's deadline (ms since the epoch) of `command`: past
     /// it, [`check`](Self::check) fails with `EXPIRED`.
     pub(crate) fn with_deadline(mut self, command: &'static str, deadline: Option<u64>) -> Self {

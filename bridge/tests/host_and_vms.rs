@@ -589,6 +589,29 @@ fn linked_clone_overlays_each_disk_on_its_source_volume() {
     )
     .expect_err("linked with a pool");
     assert_eq!(err.param("field"), Some("pool"), "{err}");
+    // The source's volume backs the clone's disk even once no VM uses it
+    // directly: deleting it is refused, naming the overlay.
+    run::<VmUndefine>(
+        &b,
+        VmUndefineRequest {
+            uuid: uuid(DB01),
+            remove_storage: false,
+        },
+    )
+    .expect("undefine db01, keeping its volume");
+    let err = run::<VolumeDelete>(&b, volume_key("default", "db01.qcow2"))
+        .expect_err("the backing file of a linked clone");
+    assert_eq!(err.code, ErrorCode::VolumeInUse, "{err}");
+    assert!(err.message.contains("default/db03-vda.qcow2"), "{err}");
+    run::<VmUndefine>(
+        &b,
+        VmUndefineRequest {
+            uuid: c.uuid,
+            remove_storage: true,
+        },
+    )
+    .expect("undefine the clone and its overlay");
+    run::<VolumeDelete>(&b, volume_key("default", "db01.qcow2")).expect("backing nothing now");
 }
 
 #[test]
@@ -660,6 +683,49 @@ fn a_template_refuses_to_start_and_its_clone_is_an_ordinary_vm() {
     assert_eq!(
         start(c.uuid).expect("start").power_state,
         PowerState::Running
+    );
+    // Reverting it to a snapshot taken while it ran would start it.
+    let snap_vm = define(&b, "tmpl02");
+    let start_it = |u| {
+        run::<VmStart>(
+            &b,
+            VmStartRequest {
+                uuid: u,
+                paused: false,
+            },
+        )
+    };
+    start_it(snap_vm.uuid).expect("start tmpl02");
+    run::<SnapshotCreate>(
+        &b,
+        SnapshotCreateRequest {
+            vm: snap_vm.uuid,
+            name: "running".into(),
+            description: String::new(),
+        },
+    )
+    .expect("a snapshot while it runs");
+    run::<VmDestroy>(&b, VmUuid { uuid: snap_vm.uuid }).expect("destroy");
+    run::<VmSetTemplate>(
+        &b,
+        VmSetTemplateRequest {
+            uuid: snap_vm.uuid,
+            template: true,
+        },
+    )
+    .expect("mark tmpl02");
+    refused(
+        run::<SnapshotRevert>(
+            &b,
+            SnapshotRef {
+                vm: snap_vm.uuid,
+                name: "running".into(),
+            },
+        ),
+        "a template reverted to a running snapshot",
+        ErrorCode::VmIsTemplate,
+        "operation",
+        "snapshot_revert",
     );
     // Unmarked, it is an ordinary VM again.
     let plain = run::<VmSetTemplate>(

@@ -80,6 +80,7 @@ mod pki;
 mod process;
 mod qemu;
 pub mod qemu_bench;
+pub mod qemu_cluster;
 mod rabbit;
 mod raw;
 pub mod sdk;

@@ -182,3 +182,84 @@ async fn a_refused_migration_says_why_and_leaves_the_vm_running_at_home() {
     );
     assert_eq!(state(&h1, "web01").await, PowerState::Running);
 }
+
+/// The host-to-host steps are the agents' own: a manager's login is
+/// refused them whatever its role, a login with role `agent` (or the
+/// agent's own) is served, and role `agent` grants nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_agents_may_send_the_host_to_host_steps() {
+    use hostbus_client::protocol::commands::{
+        VmMigrateAbort, VmMigrateAbortRequest, VmMigratePrepare, VmMigratePrepareRequest, VmStart,
+        VmStartRequest,
+    };
+    let node = RabbitNode::start().expect("rabbit");
+    let url = node.amqp_url();
+    node.add_user("mgr", "mgr-pw").expect("mgr");
+    node.add_user("peer", "peer-pw").expect("peer");
+    let (_peer, mut online) = watch_online(&url).await;
+    let _h2 = AgentProcess::builder("h2", &url)
+        .libvirt_uri(node_file_uri("h2"))
+        .env("HOSTBUS_MIGRATION_URI", "test:///h2-migration")
+        .env("HOSTBUS_ROLES", "guest=admin,mgr=admin,peer=agent")
+        .start();
+    online
+        .take(1, Duration::from_secs(60))
+        .await
+        .expect("agent online");
+    let as_user = |user: &str, pw: &str| {
+        ClientConfig::new(url.replace("guest:guest", &format!("{user}:{pw}")))
+    };
+    let mgr = Client::connect(as_user("mgr", "mgr-pw"))
+        .await
+        .expect("mgr");
+    let peer = Client::connect(as_user("peer", "peer-pw"))
+        .await
+        .expect("peer");
+    let prepare = VmMigratePrepareRequest {
+        uuid: Uuid::new_v4(),
+        name: "visitor".into(),
+        source: "h9".into(),
+        task: Uuid::new_v4(),
+        live: false,
+        memory_kib: 1024,
+        networks: vec![],
+        pools: vec![],
+        disks: vec![],
+        generation: 1,
+    };
+    let e = mgr
+        .host("h2")
+        .call::<VmMigratePrepare>(prepare.clone())
+        .await
+        .expect_err("an admin is no agent");
+    assert_eq!(e.code(), Some(ErrorCode::PermissionDenied), "{e}");
+    let ok = peer
+        .host("h2")
+        .call::<VmMigratePrepare>(prepare.clone())
+        .await
+        .expect("an agent's login prepares");
+    assert_eq!(ok.migration_uri, "test:///h2-migration");
+    peer.host("h2")
+        .call::<VmMigrateAbort>(VmMigrateAbortRequest {
+            uuid: prepare.uuid,
+            name: prepare.name.clone(),
+            created: ok.created,
+        })
+        .await
+        .expect("and aborts");
+    let api01 = peer
+        .host("h2")
+        .vm_named("api01")
+        .get()
+        .await
+        .expect("role agent reads");
+    let e = peer
+        .host("h2")
+        .call::<VmStart>(VmStartRequest {
+            uuid: api01.uuid,
+            paused: false,
+        })
+        .await
+        .expect_err("role agent operates nothing");
+    assert_eq!(e.code(), Some(ErrorCode::PermissionDenied), "{e}");
+}

@@ -13,21 +13,20 @@
 //! one after another.
 
 use std::path::Path;
-
-use futures_lite::StreamExt;
 use std::time::{Duration, Instant};
 
-use hostbus_tests::libvirt_hosts::LibvirtHosts;
+use futures_lite::StreamExt;
+use hostbus_client::protocol::commands::{VmMigrate, VmMigrateRequest};
+use hostbus_client::protocol::types::{DiskSource, DiskSpec, PowerState, TaskStatus, VmSpec};
+use hostbus_client::protocol::{ErrorCode, EventAction};
+use hostbus_client::{Notification, SubscribeOptions};
+use hostbus_tests::libvirt_hosts::{LibvirtHosts, IMAGES_POOL};
 use hostbus_tests::qemu_bench::{BOOTED, TURNS};
+use hostbus_tests::qemu_cluster::{
+    counts, counts_past, last_count, migrate_req, migration_of, wait_progress, Cluster, COUNT,
+    START_COUNTING,
+};
 use hostbus_tests::{type_on_serial, wait_for_text, QemuHost};
-
-/// What the counting guest prints before each number.
-const COUNT: &str = "hb-count ";
-
-/// Starts a counter on the guest's console, once however often it is typed:
-/// `hb-count 1`, `hb-count 2`, ... one a second.
-const START_COUNTING: &str = "[ -e /tmp/counting ] || { touch /tmp/counting; n=0; \
-     while :; do n=$((n+1)); echo hb-count $n; sleep 1; done & }";
 
 /// A 128 MiB TCG guest without disk or NIC that boots the suite's kernel
 /// and initramfs to a shell on its serial console, logged to `log` (append:
@@ -56,20 +55,6 @@ fn counting_guest(q: &QemuHost, name: &str, log: &Path) -> String {
         initrd = q.initrd.display(),
         log = log.display(),
     )
-}
-
-/// The counter's numbers in the console log, in order (the typed line's
-/// echo, `echo hb-count $n`, is no number).
-fn counts(log: &Path) -> Vec<u64> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.rsplit_once(COUNT)?.1.trim().parse().ok())
-        .collect()
-}
-
-fn last_count(log: &Path) -> u64 {
-    counts(log).last().copied().unwrap_or(0)
 }
 
 /// The reference for the migration suite: a guest that counts on its
@@ -198,198 +183,6 @@ async fn two_libvirt_hosts_live_migrate_a_counting_guest_with_virsh() {
             .collect::<Vec<_>>()
             .join("; ")
     );
-}
-
-// ---- hostbus's own migrations: two (or three) agents, one per libvirt host.
-
-use hostbus_client::protocol::commands::{VmMigrate, VmMigrateRequest};
-use hostbus_client::protocol::types::{
-    BootSpec, DiskSource, DiskSpec, MigrationRecord, PowerState, Record, TaskRecord, TaskStatus,
-    VmRecord, VmSpec,
-};
-use hostbus_client::protocol::{ErrorCode, EventAction};
-use hostbus_client::{Client, ClientConfig, Host, Notification, SubscribeOptions};
-use hostbus_tests::libvirt_hosts::{VirtHost, IMAGES_POOL};
-use hostbus_tests::{watch_online, AgentProcess, RabbitNode};
-
-/// Libvirt hosts `m1`.., an agent for each (taking migrations at its
-/// host's unix-socket URI, consoles logged where every host reaches), a
-/// private broker and an SDK client.
-struct Cluster {
-    q: QemuHost,
-    hosts: LibvirtHosts,
-    agents: Vec<AgentProcess>,
-    client: Client,
-    url: String,
-    // Last: the broker outlives the agents and the client.
-    _node: RabbitNode,
-}
-
-fn host_id(i: usize) -> String {
-    format!("m{}", i + 1)
-}
-
-impl Cluster {
-    async fn start(q: QemuHost, n: usize) -> Self {
-        let hosts = LibvirtHosts::start(n).expect("libvirt hosts");
-        let node = RabbitNode::start().expect("rabbit");
-        let url = node.amqp_url();
-        let (_peer, mut online) = watch_online(&url).await;
-        let mut agents = Vec::new();
-        for i in 0..n {
-            agents.push(Self::agent(&hosts, &url, i, None));
-        }
-        online
-            .take(n, Duration::from_secs(60))
-            .await
-            .expect("agents online");
-        let mut cfg = ClientConfig::new(url.clone());
-        cfg.timeout = Duration::from_secs(120);
-        let client = Client::connect(cfg).await.expect("client");
-        Self {
-            q,
-            hosts,
-            agents,
-            client,
-            url,
-            _node: node,
-        }
-    }
-
-    /// The agent of host `i` (on the journal of an earlier one, to restart it).
-    fn agent(hosts: &LibvirtHosts, url: &str, i: usize, journal: Option<&Path>) -> AgentProcess {
-        let h = &hosts.hosts()[i];
-        let mut b = AgentProcess::builder(&host_id(i), url)
-            .libvirt_uri(&h.uri)
-            .env("HOSTBUS_DOMAIN_TYPE", "qemu")
-            .env("HOSTBUS_MIGRATION_URI", &h.uri)
-            .env(
-                "HOSTBUS_CONSOLE_LOG_DIR",
-                hosts.shared_dir().display().to_string(),
-            )
-            .env("HOSTBUS_RECONCILE_INTERVAL_MS", "2000")
-            .env("HOSTBUS_HEARTBEAT_INTERVAL_MS", "1000")
-            .env("HOSTBUS_RECONNECT_MAX_BACKOFF_MS", "1000");
-        if let Some(j) = journal {
-            b = b.journal_path(j);
-        }
-        b.spawn().expect("agent")
-    }
-
-    fn host(&self, i: usize) -> Host {
-        self.client.host(&host_id(i))
-    }
-
-    fn virt(&self, i: usize) -> &VirtHost {
-        &self.hosts.hosts()[i]
-    }
-
-    /// A 128 MiB guest on host `i` booted to its shell and counting on its
-    /// console; its record and console log.
-    async fn counting_guest(
-        &self,
-        i: usize,
-        name: &str,
-        disks: Vec<DiskSpec>,
-    ) -> (VmRecord, std::path::PathBuf) {
-        let spec = VmSpec {
-            disks,
-            boot: BootSpec {
-                order: vec![],
-                kernel: Some(self.q.kernel.display().to_string()),
-                initrd: Some(self.q.initrd.display().to_string()),
-                cmdline: Some("console=ttyS0".into()),
-            },
-            ..VmSpec::new(name, 128 * 1024, 1)
-        };
-        let vm = self.host(i).define_vm(spec).await.expect("define");
-        self.host(i).vm(vm.uuid).start().await.expect("start");
-        let log = self.hosts.shared_dir().join(format!("{name}-serial0.log"));
-        wait_for_text(&log, BOOTED, 1, Duration::from_secs(90)).expect("the guest boots");
-        self.type_on(i, name, START_COUNTING, &log, &format!("{COUNT}1"));
-        (vm, log)
-    }
-
-    /// Types `line` on the console of `name` on host `i` until `expect` shows.
-    fn type_on(&self, i: usize, name: &str, line: &str, log: &Path, expect: &str) {
-        let pty = self
-            .virt(i)
-            .virsh(&["ttyconsole", name])
-            .expect("the console's pty");
-        type_on_serial(
-            Path::new(pty.trim()),
-            line,
-            log,
-            expect,
-            Duration::from_secs(30),
-        )
-        .expect("typed on the console");
-    }
-
-    /// The names of the domains of libvirt host `i`, by virsh.
-    fn domains(&self, i: usize) -> Vec<String> {
-        self.virt(i)
-            .virsh(&["list", "--all", "--name"])
-            .unwrap_or_default()
-            .lines()
-            .map(|l| l.trim().to_owned())
-            .filter(|l| !l.is_empty())
-            .collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for a in &self.agents {
-                eprintln!("--- {}\n{}", a.host_id(), a.log_tail(40));
-            }
-        }
-    }
-}
-
-fn migrate_req(uuid: uuid::Uuid, to: usize) -> VmMigrateRequest {
-    VmMigrateRequest {
-        uuid,
-        destination: host_id(to),
-        offline: false,
-        copy_storage: false,
-        bandwidth_mib_s: None,
-        max_downtime_ms: None,
-    }
-}
-
-fn migration_of(t: &TaskRecord) -> MigrationRecord {
-    assert_eq!(t.status, TaskStatus::Success, "{:?}", t.error);
-    match &t.result {
-        Some(Record::Migration(m)) => (**m).clone(),
-        other => panic!("not a migration's result: {other:?}"),
-    }
-}
-
-/// Waits until the guest's counter passes `n`: it runs (somewhere).
-async fn counts_past(log: &Path, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while last_count(log) <= n {
-        assert!(
-            Instant::now() < deadline,
-            "the guest stopped counting at {}",
-            last_count(log)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn wait_progress(task: &hostbus_client::Task, min: u8) -> TaskRecord {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let t = task.get().await.expect("task");
-        if t.progress >= min || t.status.is_final() {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "no progress: {t:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A running guest with a disk moves live to the other host with its
@@ -570,8 +363,34 @@ async fn a_cancelled_migration_leaves_the_guest_running_on_its_source() {
     let Some(q) = QemuHost::from_env().expect("the real-hypervisor environment") else {
         return;
     };
-    let c = Cluster::start(q, 2).await;
+    let mut c = Cluster::start(q, 2).await;
     let (vm, log) = c.counting_guest(0, "hbm-slow", vec![]).await;
+
+    // Refused by the destination, which has a VM of that name: nothing moves.
+    let clash = c
+        .host(1)
+        .define_vm(VmSpec::new("hbm-slow", 64 * 1024, 1))
+        .await
+        .expect("a namesake on m2");
+    let t = c
+        .host(0)
+        .submit::<VmMigrate>(migrate_req(vm.uuid, 1))
+        .await
+        .expect("submit")
+        .wait(|_| {})
+        .await
+        .expect("task");
+    assert_eq!(t.status, TaskStatus::Failure, "{t:?}");
+    let e = t.error.expect("an error");
+    assert_eq!(e.code, ErrorCode::AlreadyExists, "{e:?}");
+    assert!(e.message.contains("destination m2 refused"), "{e:?}");
+    c.host(1)
+        .vm(clash.uuid)
+        .undefine(false)
+        .await
+        .expect("remove the namesake");
+    assert_eq!(c.domains(0), vec!["hbm-slow".to_owned()]);
+
     let task = c
         .host(0)
         .submit::<VmMigrate>(VmMigrateRequest {
@@ -603,6 +422,37 @@ async fn a_cancelled_migration_leaves_the_guest_running_on_its_source() {
     );
     assert_eq!(c.domains(1), Vec::<String>::new());
     counts_past(&log, last_count(&log)).await;
+
+    // m2's agent stops: refused at once from the fleet view.
+    c.agents[1].terminate().expect("stop m2's agent");
+    c.agents[1]
+        .wait_exit(Duration::from_secs(30))
+        .expect("m2's agent stops");
+    let fleet = c.client.presence().await.expect("fleet view");
+    let since = Instant::now();
+    while fleet
+        .host("m2")
+        .is_some_and(|v| v.liveness == hostbus_client::Liveness::Alive)
+    {
+        assert!(since.elapsed() < Duration::from_secs(10), "m2 still alive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t0 = Instant::now();
+    let t = c
+        .host(0)
+        .submit::<VmMigrate>(migrate_req(vm.uuid, 1))
+        .await
+        .expect("submit")
+        .wait(|_| {})
+        .await
+        .expect("task");
+    assert_eq!(
+        t.error.as_ref().map(|e| e.code),
+        Some(ErrorCode::PeerUnavailable),
+        "{t:?}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert_eq!(c.domains(0), vec!["hbm-slow".to_owned()]);
 }
 
 /// The source's agent is killed while libvirt migrates (peer to peer, the
@@ -659,4 +509,72 @@ async fn a_source_agent_killed_mid_migration_ends_with_one_guest_and_a_task_that
         "running"
     );
     counts_past(&log, last_count(&log)).await;
+}
+
+/// A host with three running guests is drained to two others: it is
+/// disabled first, every guest moves (two at a time) to the target with
+/// the most free memory, both targets get some, each guest runs on, and
+/// the report says where each went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_three_guests_is_evacuated_to_two_others() {
+    let _turn = TURNS.lock().await;
+    let Some(q) = QemuHost::from_env().expect("the real-hypervisor environment") else {
+        return;
+    };
+    let c = Cluster::start(q, 3).await;
+    let mut logs = Vec::new();
+    for name in ["hbm-evac1", "hbm-evac2", "hbm-evac3"] {
+        let (_, log) = c.counting_guest(0, name, vec![]).await;
+        logs.push(log);
+    }
+    let started = Instant::now();
+    let mut finished = 0;
+    let report = c
+        .client
+        .evacuate(
+            "m1",
+            hostbus_client::Targets::Hosts(vec!["m2".into(), "m3".into()]),
+            hostbus_client::EvacuateOptions::default(),
+            |p| {
+                if matches!(p, hostbus_client::EvacuationProgress::Finished(_)) {
+                    finished += 1;
+                }
+            },
+        )
+        .await
+        .expect("evacuate");
+    let took = started.elapsed();
+    assert!(report.all_moved(), "{report:?}");
+    assert_eq!((report.vms.len(), finished), (3, 3), "{report:?}");
+    let to: Vec<&str> = report
+        .vms
+        .iter()
+        .filter_map(|v| v.destination.as_deref())
+        .collect();
+    assert!(
+        to.contains(&"m2") && to.contains(&"m3"),
+        "placed by free memory over both targets: {to:?}"
+    );
+    assert_eq!(c.domains(0), Vec::<String>::new(), "m1 is empty");
+    let mut moved = c.domains(1);
+    moved.extend(c.domains(2));
+    moved.sort();
+    assert_eq!(moved, ["hbm-evac1", "hbm-evac2", "hbm-evac3"]);
+    for log in &logs {
+        counts_past(log, last_count(log)).await;
+    }
+    let m1 = c.host(0).info().await.expect("m1");
+    assert!(
+        !m1.placement.enabled,
+        "m1 stays disabled: {:?}",
+        m1.placement
+    );
+    eprintln!(
+        "evacuation of 3 running 128 MiB TCG guests to 2 hosts, 2 at a time: {took:.1?}; each: {:?}",
+        report
+            .vms
+            .iter()
+            .map(|v| format!("{} → {:?} {:?}", v.name, v.destination, v.outcome))
+            .collect::<Vec<_>>()
+    );
 }

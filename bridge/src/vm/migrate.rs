@@ -125,7 +125,10 @@ impl Inner {
         let networks: BTreeSet<String> =
             rec.nics.iter().filter_map(|n| n.network.clone()).collect();
         let _op = self.begin_op(r.uuid, id, VmOperation::Migrate);
-        let _in_flight = self.note_in_flight(&r, id);
+        // A task's message is acked when the task starts: only this note
+        // brings it back after a crash. A synchronous call's is redelivered
+        // and recovered through the journal (`recover.rs`).
+        let _in_flight = progress.is_task().then(|| self.note_in_flight(&r, id));
         progress.check()?;
         let prepare = VmMigratePrepareRequest {
             uuid: rec.uuid,

@@ -2,14 +2,14 @@
 
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::{
-    DiskDevice, DiskFormat, ObjectClass, SnapshotRecord, VmOperation, VmRecord,
+    DiskDevice, DiskFormat, ObjectClass, PowerState, SnapshotRecord, VmOperation, VmRecord,
 };
 use hostbus_protocol::{Error, ErrorCode};
 use uuid::Uuid;
 use virt::domain::Domain;
 use virt::domain_snapshot::DomainSnapshot;
 
-use super::require;
+use super::{require, require_not_template};
 use crate::errors::{already_exists, Subject};
 use crate::inner::Inner;
 use crate::tasks::Progress;
@@ -145,6 +145,18 @@ impl Inner {
     }
 
     pub(crate) fn snapshot_revert(&self, r: SnapshotRef, id: Uuid) -> Result<VmRecord, Error> {
+        // A template is cloned, not run: reverting it to a snapshot taken
+        // while it ran would start it.
+        let vm = self.vm_get(r.vm)?;
+        if vm.template {
+            let runs = self.snapshot_list(r.vm)?.snapshots.iter().any(|s| {
+                s.name == r.name
+                    && matches!(s.vm_power_state, PowerState::Running | PowerState::Paused)
+            });
+            if runs {
+                require_not_template(&vm, VmOperation::SnapshotRevert)?;
+            }
+        }
         self.snapshot_op(&r, id, VmOperation::SnapshotRevert, |s| s.revert(0))
     }
 

@@ -6,6 +6,7 @@
 //! cargo run --release -p hostbus-tests --bin hostbus-bench            # calls: print and write docs/performance.md
 //! cargo run --release -p hostbus-tests --bin hostbus-bench -- fleet    # 1,000 simulated hosts
 //! cargo run --release -p hostbus-tests --bin hostbus-bench -- cluster  # three nodes and quorum queues against one node and classic queues
+//! cargo run --release -p hostbus-tests --bin hostbus-bench -- migration  # real QEMU guests on three libvirt hosts (after scripts/qemu-setup)
 //! cargo run --release -p hostbus-tests --bin hostbus-bench -- all --no-write --secs 2
 //! ```
 //!
@@ -26,6 +27,7 @@ mod calls;
 mod cluster;
 mod fleet;
 mod measure;
+mod migration;
 mod raw;
 mod report;
 
@@ -35,6 +37,7 @@ enum Section {
     Calls,
     Fleet,
     Cluster,
+    Migration,
     All,
 }
 
@@ -77,6 +80,7 @@ fn args() -> Args {
             "calls" => a.section = Section::Calls,
             "fleet" => a.section = Section::Fleet,
             "cluster" => a.section = Section::Cluster,
+            "migration" => a.section = Section::Migration,
             "all" => a.section = Section::All,
             "--hosts" => a.hosts = it.next().and_then(|v| v.parse().ok()).unwrap_or(1000),
             "--queue-type" => a.queue_type = it.next().unwrap_or_else(|| "quorum".into()),
@@ -128,5 +132,9 @@ fn main() {
     }
     if matches!(section, Section::Cluster | Section::All) {
         runtime.block_on(cluster::bench(&a));
+    }
+    // Needs real hypervisors (scripts/qemu-setup): never part of `all`.
+    if section == Section::Migration {
+        runtime.block_on(migration::bench(&a));
     }
 }
