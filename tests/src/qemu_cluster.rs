@@ -116,6 +116,26 @@ impl Cluster {
         b.spawn().expect("agent")
     }
 
+    /// The real-hypervisor suites' turn (they share the machine's cores),
+    /// then [`start`](Self::start); `None` when the suite is not configured
+    /// here (and not required).
+    pub async fn turn(n: usize) -> Option<(tokio::sync::MutexGuard<'static, ()>, Self)> {
+        let turn = crate::qemu_bench::TURNS.lock().await;
+        let q = QemuHost::from_env().expect("the real-hypervisor environment")?;
+        Some((turn, Self::start(q, n).await))
+    }
+
+    /// Submits `req` on host `from` as a task and waits for its end.
+    pub async fn migrate(&self, from: usize, req: VmMigrateRequest) -> TaskRecord {
+        self.host(from)
+            .submit::<hostbus_client::protocol::commands::VmMigrate>(req)
+            .await
+            .expect("submit vm.migrate")
+            .wait(|_| {})
+            .await
+            .expect("the migration's task")
+    }
+
     /// The SDK handle of host `i`.
     pub fn host(&self, i: usize) -> Host {
         self.client.host(&host_id(i))

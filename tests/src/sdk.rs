@@ -65,3 +65,36 @@ pub async fn list_vms(
         .broadcast::<VmList>(target, VmListRequest { power_state: None }, timeout)
         .await
 }
+
+/// Stops `agent` (SIGTERM), waits for its exit and until `client`'s fleet
+/// view no longer sees its host alive (its goodbye was read), up to 10 s.
+pub async fn stop_and_see_gone(client: &Client, agent: &mut crate::AgentProcess) {
+    agent.terminate().expect("stop the agent");
+    agent
+        .wait_exit(Duration::from_secs(30))
+        .expect("the agent stops");
+    let fleet = client.presence().await.expect("fleet view");
+    let since = std::time::Instant::now();
+    while fleet
+        .host(agent.host_id())
+        .is_some_and(|v| v.liveness == hostbus_client::Liveness::Alive)
+    {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "{} still looks alive",
+            agent.host_id()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The names of the volumes of `pool` on `host`.
+pub async fn volume_names_of(host: &hostbus_client::Host, pool: &str) -> Vec<String> {
+    host.pool(pool)
+        .volumes()
+        .await
+        .expect("volumes")
+        .into_iter()
+        .map(|v| v.name)
+        .collect()
+}

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use hostbus_client::protocol::commands::{VmMigrate, VmMigrateRequest};
 use hostbus_client::protocol::types::{PowerState, TaskStatus, VmSpec};
 use hostbus_client::protocol::ErrorCode;
-use hostbus_client::{Client, ClientConfig, Host, Liveness};
+use hostbus_client::{Client, ClientConfig, Host};
+use hostbus_tests::sdk::{stop_and_see_gone, volume_names_of};
 use hostbus_tests::{node_file_uri, watch_online, AgentProcess, RabbitNode};
 use uuid::Uuid;
 
@@ -125,14 +126,7 @@ async fn a_refused_migration_says_why_and_leaves_the_vm_running_at_home() {
 
     // Copied storage: the destination makes the volume, the test driver
     // cannot migrate, and the volume made for it is removed again.
-    let before: Vec<String> = h2
-        .pool("default")
-        .volumes()
-        .await
-        .expect("volumes")
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
+    let before = volume_names_of(&h2, "default").await;
     let (code, msg) = migrate(
         &h1,
         VmMigrateRequest {
@@ -143,35 +137,14 @@ async fn a_refused_migration_says_why_and_leaves_the_vm_running_at_home() {
     .await
     .expect("the test driver cannot migrate");
     assert_eq!(code, ErrorCode::OperationNotSupported, "{msg}");
-    let after: Vec<String> = h2
-        .pool("default")
-        .volumes()
-        .await
-        .expect("volumes")
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
+    let after = volume_names_of(&h2, "default").await;
     assert_eq!(after, before, "the prepare's volume was removed");
     assert!(h2.vm(web01).get().await.is_err(), "web01 did not arrive");
     assert_eq!(state(&h1, "web01").await, PowerState::Running);
 
     // The destination's agent stops: refused at once from the fleet view,
     // not after the prepare's timeout.
-    h2p.terminate().expect("stop h2's agent");
-    h2p.wait_exit(Duration::from_secs(30))
-        .expect("h2's agent stops");
-    let fleet = client.presence().await.expect("fleet view");
-    let seen = Instant::now();
-    while fleet
-        .host("h2")
-        .is_some_and(|v| v.liveness == Liveness::Alive)
-    {
-        assert!(
-            seen.elapsed() < Duration::from_secs(10),
-            "h2 still looks alive"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stop_and_see_gone(&client, &mut h2p).await;
     let t = Instant::now();
     let (code, msg) = migrate(&h1, request(web01, "h2")).await.expect("refused");
     assert_eq!(code, ErrorCode::PeerUnavailable, "{msg}");

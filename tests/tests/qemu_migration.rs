@@ -26,7 +26,8 @@ use hostbus_tests::qemu_cluster::{
     counts, counts_past, last_count, migrate_req, migration_of, wait_progress, Cluster, COUNT,
     START_COUNTING,
 };
-use hostbus_tests::{type_on_serial, wait_for_text, QemuHost};
+use hostbus_tests::sdk::{stop_and_see_gone, volume_names_of};
+use hostbus_tests::{type_on_serial, wait_for_text, Hostctl, QemuHost};
 
 /// A 128 MiB TCG guest without disk or NIC that boots the suite's kernel
 /// and initramfs to a shell on its serial console, logged to `log` (append:
@@ -190,11 +191,9 @@ async fn two_libvirt_hosts_live_migrate_a_counting_guest_with_virsh() {
 /// source keeps nothing of it; then, halted, it goes back offline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_guest_moves_live_with_its_disk_and_back_offline() {
-    let _turn = TURNS.lock().await;
-    let Some(q) = QemuHost::from_env().expect("the real-hypervisor environment") else {
+    let Some((_turn, c)) = Cluster::turn(2).await else {
         return;
     };
-    let c = Cluster::start(q, 2).await;
     let disk = DiskSpec::new(
         "vda",
         DiskSource::NewVolume {
@@ -255,15 +254,7 @@ async fn a_running_guest_moves_live_with_its_disk_and_back_offline() {
         PowerState::Running
     );
     assert!(c.host(0).vm(vm.uuid).get().await.is_err());
-    let left: Vec<String> = c
-        .host(0)
-        .pool(IMAGES_POOL)
-        .volumes()
-        .await
-        .expect("m1's volumes")
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
+    let left = volume_names_of(&c.host(0), IMAGES_POOL).await;
     assert!(!left.contains(&volume), "{volume} left on m1: {left:?}");
     // Its disk's data came along; it never booted again.
     c.type_on(
@@ -318,25 +309,23 @@ async fn a_running_guest_moves_live_with_its_disk_and_back_offline() {
         "m2's generation {arrived:?} continues above m1's {gone:?}"
     );
 
-    // Halted, it goes back offline: its definition only.
+    // Halted, it goes back offline (its definition only), with hostctl.
     c.host(1)
         .vm(vm.uuid)
         .destroy()
         .await
         .expect("destroy on m2");
-    let back = c
-        .host(1)
-        .submit::<VmMigrate>(VmMigrateRequest {
-            offline: true,
-            ..migrate_req(vm.uuid, 0)
-        })
-        .await
-        .expect("submit")
-        .wait(|_| {})
-        .await
-        .expect("task");
-    let b = migration_of(&back);
-    assert_eq!((b.host.as_str(), b.live), ("m1", false));
+    let ctl = Hostctl::new(&c.url);
+    let b = ctl.json(&["vm", "migrate", "m2/hbm-live", "--to", "m1", "--offline"]);
+    assert_eq!(
+        (&b["host"], &b["live"], &b["vm"]["uuid"]),
+        (
+            &serde_json::json!("m1"),
+            &serde_json::json!(false),
+            &serde_json::json!(vm.uuid.to_string())
+        ),
+        "{b}"
+    );
     assert_eq!(
         c.host(0)
             .vm(vm.uuid)
@@ -350,7 +339,7 @@ async fn a_running_guest_moves_live_with_its_disk_and_back_offline() {
     eprintln!(
         "live migration with copied storage (16 MiB disk, 128 MiB guest): {} ms, downtime {:?} ms, \
          {:?} bytes, progress seen {progress:?}; offline back: {} ms",
-        m.elapsed_ms, m.downtime_ms, m.data_bytes, b.elapsed_ms
+        m.elapsed_ms, m.downtime_ms, m.data_bytes, b["elapsed_ms"]
     );
 }
 
@@ -359,11 +348,9 @@ async fn a_running_guest_moves_live_with_its_disk_and_back_offline() {
 /// running on its source and nothing on the destination.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_migration_leaves_the_guest_running_on_its_source() {
-    let _turn = TURNS.lock().await;
-    let Some(q) = QemuHost::from_env().expect("the real-hypervisor environment") else {
+    let Some((_turn, mut c)) = Cluster::turn(2).await else {
         return;
     };
-    let mut c = Cluster::start(q, 2).await;
     let (vm, log) = c.counting_guest(0, "hbm-slow", vec![]).await;
 
     // Refused by the destination, which has a VM of that name: nothing moves.
@@ -372,14 +359,7 @@ async fn a_cancelled_migration_leaves_the_guest_running_on_its_source() {
         .define_vm(VmSpec::new("hbm-slow", 64 * 1024, 1))
         .await
         .expect("a namesake on m2");
-    let t = c
-        .host(0)
-        .submit::<VmMigrate>(migrate_req(vm.uuid, 1))
-        .await
-        .expect("submit")
-        .wait(|_| {})
-        .await
-        .expect("task");
+    let t = c.migrate(0, migrate_req(vm.uuid, 1)).await;
     assert_eq!(t.status, TaskStatus::Failure, "{t:?}");
     let e = t.error.expect("an error");
     assert_eq!(e.code, ErrorCode::AlreadyExists, "{e:?}");
@@ -424,28 +404,9 @@ async fn a_cancelled_migration_leaves_the_guest_running_on_its_source() {
     counts_past(&log, last_count(&log)).await;
 
     // m2's agent stops: refused at once from the fleet view.
-    c.agents[1].terminate().expect("stop m2's agent");
-    c.agents[1]
-        .wait_exit(Duration::from_secs(30))
-        .expect("m2's agent stops");
-    let fleet = c.client.presence().await.expect("fleet view");
-    let since = Instant::now();
-    while fleet
-        .host("m2")
-        .is_some_and(|v| v.liveness == hostbus_client::Liveness::Alive)
-    {
-        assert!(since.elapsed() < Duration::from_secs(10), "m2 still alive");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stop_and_see_gone(&c.client, &mut c.agents[1]).await;
     let t0 = Instant::now();
-    let t = c
-        .host(0)
-        .submit::<VmMigrate>(migrate_req(vm.uuid, 1))
-        .await
-        .expect("submit")
-        .wait(|_| {})
-        .await
-        .expect("task");
+    let t = c.migrate(0, migrate_req(vm.uuid, 1)).await;
     assert_eq!(
         t.error.as_ref().map(|e| e.code),
         Some(ErrorCode::PeerUnavailable),
@@ -460,11 +421,9 @@ async fn a_cancelled_migration_leaves_the_guest_running_on_its_source() {
 /// destination, and the task says so; one guest runs, on m2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_agent_killed_mid_migration_ends_with_one_guest_and_a_task_that_says_where() {
-    let _turn = TURNS.lock().await;
-    let Some(q) = QemuHost::from_env().expect("the real-hypervisor environment") else {
+    let Some((_turn, mut c)) = Cluster::turn(2).await else {
         return;
     };
-    let mut c = Cluster::start(q, 2).await;
     let (vm, log) = c.counting_guest(0, "hbm-crash", vec![]).await;
     let task = c
         .host(0)
@@ -517,11 +476,9 @@ async fn a_source_agent_killed_mid_migration_ends_with_one_guest_and_a_task_that
 /// the report says where each went.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_with_three_guests_is_evacuated_to_two_others() {
-    let _turn = TURNS.lock().await;
-    let Some(q) = QemuHost::from_env().expect("the real-hypervisor environment") else {
+    let Some((_turn, c)) = Cluster::turn(3).await else {
         return;
     };
-    let c = Cluster::start(q, 3).await;
     let mut logs = Vec::new();
     for name in ["hbm-evac1", "hbm-evac2", "hbm-evac3"] {
         let (_, log) = c.counting_guest(0, name, vec![]).await;
@@ -569,6 +526,24 @@ async fn a_host_with_three_guests_is_evacuated_to_two_others() {
         "m1 stays disabled: {:?}",
         m1.placement
     );
+    // The fleet view shows it (from m1's heartbeats), until it is enabled.
+    let ctl = Hostctl::new(&c.url);
+    let placement_of_m1 = |ctl: &Hostctl| {
+        ctl.json(&["hosts"])
+            .as_array()
+            .and_then(|hs| hs.iter().find(|h| h["host_id"] == "m1").cloned())
+            .map(|h| h["placement"].clone())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while placement_of_m1(&ctl).map(|p| p["enabled"].clone()) != Some(serde_json::json!(false)) {
+        assert!(
+            Instant::now() < deadline,
+            "hostctl hosts: {:?}",
+            placement_of_m1(&ctl)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    ctl.json(&["host", "enable", "m1"]);
     eprintln!(
         "evacuation of 3 running 128 MiB TCG guests to 2 hosts, 2 at a time: {took:.1?}; each: {:?}",
         report
