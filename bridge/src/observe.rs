@@ -201,6 +201,13 @@ impl Observer {
         );
     }
 
+    /// The generation of an object as last observed (0: never seen).
+    pub(crate) fn generation(&self, class: ObjectClass, id: &str) -> u64 {
+        lock(&self.seen)
+            .get(&(class, id.to_owned()))
+            .map_or(0, |s| s.generation)
+    }
+
     /// Forgets an expected migration that did not happen.
     pub(crate) fn forget_move(&self, uuid: &str) {
         lock(&self.moves).remove(uuid);
@@ -264,6 +271,18 @@ impl Observer {
             record.clone_from(&entry.last_full);
         } else {
             entry.ticket = ticket;
+        }
+        // A VM leaving by migration passes through states (paused at the
+        // switch-over, stopped) that are the move's, not the VM's: its
+        // source publishes none of them, only its `undefined` at the end
+        // (or, when the move fails, the state it is left in once the move
+        // is forgotten), so its last generation here is the one the
+        // destination continues above.
+        if class == ObjectClass::Vm
+            && record.is_some()
+            && lock(&self.moves).get(id).is_some_and(|m| !m.incoming)
+        {
+            return entry.last_full.clone();
         }
         let norm = record.as_ref().map(normalized);
         let changed = norm != entry.last || (entry.generation == 0 && record.is_some());

@@ -274,6 +274,7 @@ async fn a_running_guest_moves_live_with_its_disk_and_back_offline() {
 
     // The events: gone from m1 and arrived on m2, both naming the move,
     // the generation growing across hosts.
+    let mut from_m1 = Vec::new();
     let (mut gone, mut arrived) = (None, None);
     let deadline = Instant::now() + Duration::from_secs(20);
     while gone.is_none() || arrived.is_none() {
@@ -289,6 +290,9 @@ async fn a_running_guest_moves_live_with_its_disk_and_back_offline() {
         };
         if ev.object_id != vm.uuid.to_string() {
             continue;
+        }
+        if ev.host_id == "m1" {
+            from_m1.push(ev.action);
         }
         if let Some(note) = &ev.migration {
             assert_eq!(
@@ -307,6 +311,11 @@ async fn a_running_guest_moves_live_with_its_disk_and_back_offline() {
     assert!(
         arrived > gone,
         "m2's generation {arrived:?} continues above m1's {gone:?}"
+    );
+    assert_eq!(
+        from_m1,
+        [EventAction::Undefined],
+        "m1 publishes the VM's departure, not the move's pause and stop"
     );
 
     // Halted, it goes back offline (its definition only), with hostctl.

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use hostbus_protocol::commands::*;
 use hostbus_protocol::types::{
-    DiskDevice, MigrationDisk, MigrationNote, MigrationRecord, PowerState, VmOperation, VmRecord,
-    VolumeSpec,
+    DiskDevice, MigrationDisk, MigrationNote, MigrationRecord, ObjectClass, PowerState,
+    VmOperation, VmRecord, VolumeSpec,
 };
 use hostbus_protocol::{Error, ErrorCode};
 use uuid::Uuid;
@@ -38,9 +38,9 @@ use crate::tasks::Progress;
 
 /// How often the watcher reads the job's statistics.
 const WATCH: Duration = Duration::from_millis(200);
-/// Generations a VM's source may still publish after the prepare (the
-/// pause at the switch-over, the `undefined`): the destination's continue
-/// above them.
+/// Generations a VM's source may still publish after the prepare: only
+/// its `undefined` (the observer holds back the move's own states), and
+/// one spare; the destination's continue above them.
 const SOURCE_TAIL: u64 = 2;
 /// How long a recovery waits for a migration libvirt still runs.
 const JOB_WAIT: Duration = Duration::from_secs(600);
@@ -125,11 +125,25 @@ impl Inner {
         let networks: BTreeSet<String> =
             rec.nics.iter().filter_map(|n| n.network.clone()).collect();
         let _op = self.begin_op(r.uuid, id, VmOperation::Migrate);
+        let uuid = rec.uuid.to_string();
+        let note = MigrationNote {
+            source: me.clone(),
+            destination: r.destination.clone(),
+            task: id,
+        };
+        // From here the source publishes nothing of the VM but its
+        // departure: the generation the destination continues above is
+        // final.
+        self.observer().expect_move(&uuid, note, false, 0);
+        let generation = self.observer().generation(ObjectClass::Vm, &uuid);
         // A task's message is acked when the task starts: only this note
         // brings it back after a crash. A synchronous call's is redelivered
         // and recovered through the journal (`recover.rs`).
         let _in_flight = progress.is_task().then(|| self.note_in_flight(&r, id));
-        progress.check()?;
+        if let Err(e) = progress.check() {
+            self.observer().forget_move(&uuid);
+            return Err(e);
+        }
         let prepare = VmMigratePrepareRequest {
             uuid: rec.uuid,
             name: rec.name.clone(),
@@ -140,19 +154,16 @@ impl Inner {
             networks: networks.into_iter().collect(),
             pools: pools.into_iter().collect(),
             disks: disks.clone(),
-            generation: rec.generation,
+            generation,
         };
-        let prepared = peers
-            .prepare(&r.destination, prepare)
-            .map_err(|e| refused_by(&r.destination, e))?;
+        let prepared = match peers.prepare(&r.destination, prepare) {
+            Ok(p) => p,
+            Err(e) => {
+                self.observer().forget_move(&uuid);
+                return Err(refused_by(&r.destination, e));
+            }
+        };
         progress.fraction(5, 100);
-        let uuid = rec.uuid.to_string();
-        let note = MigrationNote {
-            source: me.clone(),
-            destination: r.destination.clone(),
-            task: id,
-        };
-        self.observer().expect_move(&uuid, note, false, 0);
         tracing::info!(vm = %rec.name, %uuid, destination = %r.destination, uri = %prepared.migration_uri, live, copy_storage = r.copy_storage, "migrating vm");
         let outcome = self.run_migration(&dom, &r, &prepared.migration_uri, progress);
         // Whatever libvirt said, where the VM is now decides: a job that
@@ -164,6 +175,7 @@ impl Inner {
         match outcome {
             Err(e) if here => {
                 self.observer().forget_move(&uuid);
+                let _ = self.refresh_vm_by_uuid(&uuid, None);
                 let abort = VmMigrateAbortRequest {
                     uuid: rec.uuid,
                     name: rec.name.clone(),
