@@ -256,7 +256,16 @@ async fn fake_responder(url: &str) -> tokio::task::JoinHandle<()> {
         .expect("consume");
     tokio::spawn(async move {
         let _peer = peer;
-        while let Some(Ok(d)) = consumer.next().await {
+        // An error from the consumer ends the responder: said, so a test
+        // that then waits for a reply in vain shows why.
+        while let Some(next) = consumer.next().await {
+            let d = match next {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("fake responder: its consumer failed: {e}");
+                    break;
+                }
+            };
             let Some(reply_to) = d.properties.reply_to().clone() else {
                 continue;
             };
@@ -279,8 +288,12 @@ async fn fake_responder(url: &str) -> tokio::task::JoinHandle<()> {
                 to_lapin(&props),
             )
             .await
-            .expect("reply");
+            .map_or_else(
+                |e| eprintln!("fake responder: cannot publish a reply: {e}"),
+                |_| {},
+            );
         }
+        eprintln!("fake responder: its consumer ended");
     })
 }
 
