@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use hostbus_client::protocol::commands::VmMigrateRequest;
 use hostbus_client::protocol::types::{
-    BootSpec, DiskSpec, MigrationRecord, Record, TaskRecord, TaskStatus, VmRecord, VmSpec,
+    BootSpec, DiskSpec, MigrationRecord, PowerState, Record, TaskRecord, TaskStatus, VmRecord,
+    VmSpec,
 };
 use hostbus_client::{Client, ClientConfig, Host};
 
@@ -134,6 +135,23 @@ impl Cluster {
             .wait(|_| {})
             .await
             .expect("the migration's task")
+    }
+
+    /// The power state of VM `uuid` on host `i`, as its agent reads it.
+    pub async fn power_state(&self, i: usize, uuid: uuid::Uuid) -> PowerState {
+        self.host(i)
+            .vm(uuid)
+            .get()
+            .await
+            .unwrap_or_else(|e| panic!("vm {uuid} on {}: {e}", host_id(i)))
+            .power_state
+    }
+
+    /// Stops VM `uuid` on host `i` and removes it with its storage.
+    pub async fn remove(&self, i: usize, uuid: uuid::Uuid) {
+        let vm = self.host(i).vm(uuid);
+        vm.destroy().await.expect("destroy");
+        vm.undefine(true).await.expect("undefine");
     }
 
     /// The SDK handle of host `i`.

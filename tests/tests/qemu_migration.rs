@@ -244,15 +244,7 @@ async fn a_running_guest_moves_live_with_its_disk_and_back_offline() {
     // One guest, on m2; m1 keeps neither it nor its disk.
     assert_eq!(c.domains(0), Vec::<String>::new());
     assert_eq!(c.domains(1), vec!["hbm-live".to_owned()]);
-    assert_eq!(
-        c.host(1)
-            .vm(vm.uuid)
-            .get()
-            .await
-            .expect("on m2")
-            .power_state,
-        PowerState::Running
-    );
+    assert_eq!(c.power_state(1, vm.uuid).await, PowerState::Running);
     assert!(c.host(0).vm(vm.uuid).get().await.is_err());
     let left = volume_names_of(&c.host(0), IMAGES_POOL).await;
     assert!(!left.contains(&volume), "{volume} left on m1: {left:?}");
@@ -335,15 +327,7 @@ async fn a_running_guest_moves_live_with_its_disk_and_back_offline() {
         ),
         "{b}"
     );
-    assert_eq!(
-        c.host(0)
-            .vm(vm.uuid)
-            .get()
-            .await
-            .expect("on m1")
-            .power_state,
-        PowerState::Halted
-    );
+    assert_eq!(c.power_state(0, vm.uuid).await, PowerState::Halted);
     assert_eq!(c.domains(1), Vec::<String>::new());
     eprintln!(
         "live migration with copied storage (16 MiB disk, 128 MiB guest): {} ms, downtime {:?} ms, \
@@ -400,15 +384,7 @@ async fn a_cancelled_migration_leaves_the_guest_running_on_its_source() {
     task.cancel().await.expect("cancel");
     let t = task.wait(|_| {}).await.expect("task");
     assert_eq!(t.status, TaskStatus::Cancelled, "{t:?}");
-    assert_eq!(
-        c.host(0)
-            .vm(vm.uuid)
-            .get()
-            .await
-            .expect("on m1")
-            .power_state,
-        PowerState::Running
-    );
+    assert_eq!(c.power_state(0, vm.uuid).await, PowerState::Running);
     assert_eq!(c.domains(1), Vec::<String>::new());
     counts_past(&log, last_count(&log)).await;
 

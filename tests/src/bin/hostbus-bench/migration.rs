@@ -90,12 +90,7 @@ pub(crate) async fn bench(a: &Args) {
     // Live, shared storage (no disk): the guest's memory only.
     let (vm, _) = c.counting_guest(0, "hbb-live", vec![]).await;
     let live = back_and_forth(&c, vm.uuid, rounds, false).await;
-    c.host(0).vm(vm.uuid).destroy().await.expect("destroy");
-    c.host(0)
-        .vm(vm.uuid)
-        .undefine(true)
-        .await
-        .expect("undefine");
+    c.remove(0, vm.uuid).await;
 
     // Live with a 256 MiB disk copied, 64 MiB of it written.
     let disk = DiskSpec::new(
@@ -114,12 +109,7 @@ pub(crate) async fn bench(a: &Args) {
         "filled-64",
     );
     let copied = back_and_forth(&c, vm.uuid, rounds, true).await;
-    c.host(0).vm(vm.uuid).destroy().await.expect("destroy");
-    c.host(0)
-        .vm(vm.uuid)
-        .undefine(true)
-        .await
-        .expect("undefine");
+    c.remove(0, vm.uuid).await;
 
     // Evacuation: three guests from m1 to m2 and m3, two at a time.
     for i in 1..=3 {
