@@ -198,8 +198,14 @@ impl Drop for Ticket {
             st.line.is_empty()
         };
         // Forget idle slots so the table does not grow with every object
-        // ever touched (the map and this ticket hold the only references).
-        if empty && Arc::strong_count(&self.slot) == 2 {
+        // ever touched. Every live ticket has its place in the line until
+        // its drop, and places are taken under the table's mutex, held
+        // here: an empty line is an idle slot. (Counting the slot's
+        // references instead kept it when another ticket had left the line
+        // but not yet dropped its reference, its fields dropping after its
+        // `drop`: a slot left behind for ever, seen in
+        // `one_key_is_exclusive_and_idle_slots_are_forgotten`.)
+        if empty {
             slots.remove(&self.key);
         }
     }
