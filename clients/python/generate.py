@@ -199,27 +199,12 @@ class Schema:
     def __init__(self, doc: dict[str, Any]) -> None:
         self.doc = doc
         self.defs: dict[str, Any] = doc["$defs"]
-        _shim(doc)
 
     def kind(self, name: str) -> str:
         d = self.defs[name]
         if "oneOf" in d:
             return "enum" if all("const" in o for o in d["oneOf"]) else "union"
         return "struct"
-
-
-def _shim(doc: dict[str, Any]) -> None:
-    # TEMPORARY until the schema carries `runs` and `family`.
-    md = (SCHEMA.parent / "protocol.md").read_text()
-    runs = {}
-    for m in re.finditer(r"^\| `([a-z_.]+)` \| (\w+) \| ([a-z, ]+) \|", md, re.M):
-        runs[m.group(1)] = "cancellable" if "cancellable" in m.group(3) else m.group(3).strip()
-    for c in doc["commands"]:
-        c.setdefault("runs", runs[c["name"]])
-    fam = {"INVALID_ARGUMENT": "invalid_argument", "MALFORMED_MESSAGE": "invalid_argument", "PAYLOAD_TOO_LARGE": "invalid_argument", "BAD_ENVELOPE": "invalid_argument", "UNSUPPORTED_CONTENT_TYPE": "invalid_argument", "UNKNOWN_COMMAND": "invalid_argument", "PERMISSION_DENIED": "permission_denied", "EXPIRED": "expired", "BUSY": "busy", "INSUFFICIENT_RESOURCES": "busy", "OPERATION_IN_PROGRESS": "busy", "HOST_UNAVAILABLE": "unavailable", "PEER_UNAVAILABLE": "unavailable", "TIMEOUT": "timeout", "CANCELLED": "cancelled", "ALREADY_EXISTS": "already_exists", "OPERATION_NOT_SUPPORTED": "unsupported", "UNSUPPORTED_VERSION": "unsupported", "INTERNAL": "internal", "UNKNOWN": "internal"}
-    for c in doc["error_codes"]:
-        code = c["code"]
-        c.setdefault("family", fam.get(code) or ("not_found" if code.endswith("_NOT_FOUND") else "bad_state"))
 
 
 def sub(template: str, value: str) -> str:

@@ -50,7 +50,7 @@ class HostService(ServiceBase):
         """
         Checks that the agent is alive and serving; echoes `echo`.
 
-        Command `host.ping` (access `read`, runs `inline`; hostctl ``).
+        Command `host.ping` (access `read`, runs `inline`; hostctl `ping`).
         """
         return self._call('host.ping', t.Ping(echo=echo), t.Pong.from_wire, timeout, command_id)
 
@@ -58,7 +58,7 @@ class HostService(ServiceBase):
         """
         The host record: hardware, hypervisor and versions.
 
-        Command `host.info` (access `read`, runs `read`; hostctl ``).
+        Command `host.info` (access `read`, runs `read`; hostctl `host info`).
         """
         return self._call('host.info', t.Empty(), t.HostRecord.from_wire, timeout, command_id)
 
@@ -66,7 +66,7 @@ class HostService(ServiceBase):
         """
         What the host and its hypervisor can do, and which commands it serves.
 
-        Command `host.capabilities` (access `read`, runs `read`; hostctl ``).
+        Command `host.capabilities` (access `read`, runs `read`; hostctl `host caps`).
         """
         return self._call('host.capabilities', t.Empty(), t.Capabilities.from_wire, timeout, command_id)
 
@@ -74,7 +74,7 @@ class HostService(ServiceBase):
         """
         Memory, CPU and VM load of the host now.
 
-        Command `host.stats` (access `read`, runs `read`; hostctl ``).
+        Command `host.stats` (access `read`, runs `read`; hostctl `host stats`).
         """
         return self._call('host.stats', t.Empty(), t.HostStats.from_wire, timeout, command_id)
 
@@ -82,7 +82,7 @@ class HostService(ServiceBase):
         """
         Every record of the host with its generation, for resync.
 
-        Command `host.snapshot` (access `read`, runs `read`; hostctl ``).
+        Command `host.snapshot` (access `read`, runs `read`; hostctl `host snapshot`).
         """
         return self._call('host.snapshot', t.Empty(), t.Inventory.from_wire, timeout, command_id)
 
@@ -91,7 +91,8 @@ class HostService(ServiceBase):
         Marks the host as taking no new VMs (migrations to it are refused; placement
         skips it), e.g. while it drains; VMs on it keep running.
 
-        Command `host.disable` (access `operate`, runs `change`; hostctl ``).
+        Command `host.disable` (access `operate`, runs `change`; hostctl `host
+        disable`).
         """
         return self._call('host.disable', t.HostDisableRequest(reason=reason), t.HostRecord.from_wire, timeout, command_id)
 
@@ -106,7 +107,7 @@ class HostService(ServiceBase):
         """
         Lets the host take new VMs again.
 
-        Command `host.enable` (access `operate`, runs `change`; hostctl ``).
+        Command `host.enable` (access `operate`, runs `change`; hostctl `host enable`).
         """
         return self._call('host.enable', t.Empty(), t.HostRecord.from_wire, timeout, command_id)
 
@@ -136,7 +137,7 @@ class VmsService(ServiceBase):
         """
         VMs of the host, optionally only those in one power state.
 
-        Command `vm.list` (access `read`, runs `read`; hostctl ``).
+        Command `vm.list` (access `read`, runs `read`; hostctl `vm list`).
         """
         return self._call('vm.list', t.VmListRequest(power_state=power_state), t.VmListResponse.from_wire, timeout, command_id).vms
 
@@ -144,7 +145,7 @@ class VmsService(ServiceBase):
         """
         One VM by name.
 
-        Command `vm.get_by_name` (access `read`, runs `read`; hostctl ``).
+        Command `vm.get_by_name` (access `read`, runs `read`; hostctl `vm get`).
         """
         return self._call('vm.get_by_name', t.ObjectName(name=name), t.VmRecord.from_wire, timeout, command_id)
 
@@ -152,9 +153,9 @@ class VmsService(ServiceBase):
         """
         Defines a VM from a typed spec; it starts halted.
 
-        Command `vm.define` (access `admin`, runs `cancellable`; hostctl ``). Runs as a
-        task and waits for its end (`timeout` bounds the wait; `progress` sees each
-        step); `define_async` returns the task instead.
+        Command `vm.define` (access `admin`, runs `cancellable`; hostctl `vm create`).
+        Runs as a task and waits for its end (`timeout` bounds the wait; `progress` sees
+        each step); `define_async` returns the task instead.
         """
         task = self._submit('vm.define', t.VmDefineRequest(spec=spec), timeout, command_id)
         return task.wait_result(t.VmRecord, timeout=timeout, progress=progress)
@@ -172,7 +173,8 @@ class VmsService(ServiceBase):
         (enabled, free memory, name and uuid, networks, pools), makes copied storage's
         volumes, answers with the migration URI.
 
-        Command `vm.migrate_prepare` (access `peer`, runs `change`; hostctl ``).
+        Command `vm.migrate_prepare` (access `peer`, runs `change`; hostctl `vm
+        migrate`).
         """
         return self._call('vm.migrate_prepare', t.VmMigratePrepareRequest(uuid=uuid, name=name, source=source, task=task, live=live, memory_kib=memory_kib, generation=generation, disks=disks if disks is not None else [], networks=networks if networks is not None else [], pools=pools if pools is not None else []), t.VmMigratePrepareResponse.from_wire, timeout, command_id)
 
@@ -188,7 +190,7 @@ class VmsService(ServiceBase):
         Host to host, from a migration's source: the prepared migration did not happen;
         removes the volumes the prepare made.
 
-        Command `vm.migrate_abort` (access `peer`, runs `change`; hostctl ``).
+        Command `vm.migrate_abort` (access `peer`, runs `change`; hostctl `vm migrate`).
         """
         self._call('vm.migrate_abort', t.VmMigrateAbortRequest(uuid=uuid, name=name, created=created if created is not None else []), t.Empty.from_wire, timeout, command_id)
 
@@ -214,7 +216,7 @@ class VmService(VmBase):
         """
         One VM by uuid.
 
-        Command `vm.get` (access `read`, runs `read`; hostctl ``).
+        Command `vm.get` (access `read`, runs `read`; hostctl `vm get`).
         """
         return self._call('vm.get', t.VmUuid(uuid=self._uuid()), t.VmRecord.from_wire, timeout, command_id)
 
@@ -223,9 +225,9 @@ class VmService(VmBase):
         Removes a halted VM's definition, its snapshots, and optionally the volumes it
         owns.
 
-        Command `vm.undefine` (access `admin`, runs `cancellable`; hostctl ``). Runs as
-        a task and waits for its end (`timeout` bounds the wait; `progress` sees each
-        step); `undefine_async` returns the task instead.
+        Command `vm.undefine` (access `admin`, runs `cancellable`; hostctl `vm delete`).
+        Runs as a task and waits for its end (`timeout` bounds the wait; `progress` sees
+        each step); `undefine_async` returns the task instead.
         """
         task = self._submit('vm.undefine', t.VmUndefineRequest(uuid=self._uuid(), remove_storage=remove_storage), timeout, command_id)
         task.wait(timeout=timeout, progress=progress)
@@ -241,7 +243,7 @@ class VmService(VmBase):
         """
         Starts a halted VM, optionally paused.
 
-        Command `vm.start` (access `operate`, runs `change`; hostctl ``).
+        Command `vm.start` (access `operate`, runs `change`; hostctl `vm start`).
         """
         return self._call('vm.start', t.VmStartRequest(uuid=self._uuid(), paused=paused), t.VmRecord.from_wire, timeout, command_id)
 
@@ -257,9 +259,9 @@ class VmService(VmBase):
         Asks the guest to shut down cleanly; fails with `TIMEOUT` (or forces off when
         `force`) after `timeout_s`.
 
-        Command `vm.shutdown` (access `operate`, runs `cancellable`; hostctl ``). Runs
-        as a task and waits for its end (`timeout` bounds the wait; `progress` sees each
-        step); `shutdown_async` returns the task instead.
+        Command `vm.shutdown` (access `operate`, runs `cancellable`; hostctl `vm
+        shutdown`). Runs as a task and waits for its end (`timeout` bounds the wait;
+        `progress` sees each step); `shutdown_async` returns the task instead.
         """
         task = self._submit('vm.shutdown', t.VmShutdownRequest(uuid=self._uuid(), force=force, timeout_s=timeout_s), timeout, command_id)
         return task.wait_result(t.VmRecord, timeout=timeout, progress=progress)
@@ -275,7 +277,7 @@ class VmService(VmBase):
         """
         Stops a VM at once, like pulling the plug.
 
-        Command `vm.destroy` (access `operate`, runs `change`; hostctl ``).
+        Command `vm.destroy` (access `operate`, runs `change`; hostctl `vm destroy`).
         """
         return self._call('vm.destroy', t.VmUuid(uuid=self._uuid()), t.VmRecord.from_wire, timeout, command_id)
 
@@ -290,7 +292,7 @@ class VmService(VmBase):
         """
         Asks the guest to reboot.
 
-        Command `vm.reboot` (access `operate`, runs `change`; hostctl ``).
+        Command `vm.reboot` (access `operate`, runs `change`; hostctl `vm reboot`).
         """
         return self._call('vm.reboot', t.VmUuid(uuid=self._uuid()), t.VmRecord.from_wire, timeout, command_id)
 
@@ -305,7 +307,7 @@ class VmService(VmBase):
         """
         Resets the VM like a reset button, without guest cooperation.
 
-        Command `vm.reset` (access `operate`, runs `change`; hostctl ``).
+        Command `vm.reset` (access `operate`, runs `change`; hostctl `vm reset`).
         """
         return self._call('vm.reset', t.VmUuid(uuid=self._uuid()), t.VmRecord.from_wire, timeout, command_id)
 
@@ -320,7 +322,7 @@ class VmService(VmBase):
         """
         Stops a running VM's vCPUs; memory stays resident.
 
-        Command `vm.pause` (access `operate`, runs `change`; hostctl ``).
+        Command `vm.pause` (access `operate`, runs `change`; hostctl `vm pause`).
         """
         return self._call('vm.pause', t.VmUuid(uuid=self._uuid()), t.VmRecord.from_wire, timeout, command_id)
 
@@ -335,7 +337,7 @@ class VmService(VmBase):
         """
         Resumes a paused VM, or restores a suspended one.
 
-        Command `vm.resume` (access `operate`, runs `change`; hostctl ``).
+        Command `vm.resume` (access `operate`, runs `change`; hostctl `vm resume`).
         """
         return self._call('vm.resume', t.VmUuid(uuid=self._uuid()), t.VmRecord.from_wire, timeout, command_id)
 
@@ -350,7 +352,7 @@ class VmService(VmBase):
         """
         Saves a running or paused VM's memory to disk and stops it.
 
-        Command `vm.suspend` (access `operate`, runs `change`; hostctl ``).
+        Command `vm.suspend` (access `operate`, runs `change`; hostctl `vm suspend`).
         """
         return self._call('vm.suspend', t.VmUuid(uuid=self._uuid()), t.VmRecord.from_wire, timeout, command_id)
 
@@ -365,7 +367,8 @@ class VmService(VmBase):
         """
         Changes a VM's memory (live when running, and in its definition).
 
-        Command `vm.set_memory` (access `operate`, runs `change`; hostctl ``).
+        Command `vm.set_memory` (access `operate`, runs `change`; hostctl `vm set-
+        memory`).
         """
         return self._call('vm.set_memory', t.VmSetMemoryRequest(uuid=self._uuid(), memory_kib=memory_kib), t.VmRecord.from_wire, timeout, command_id)
 
@@ -380,7 +383,8 @@ class VmService(VmBase):
         """
         Changes a VM's vCPU count (live when running, and in its definition).
 
-        Command `vm.set_vcpus` (access `operate`, runs `change`; hostctl ``).
+        Command `vm.set_vcpus` (access `operate`, runs `change`; hostctl `vm set-
+        vcpus`).
         """
         return self._call('vm.set_vcpus', t.VmSetVcpusRequest(uuid=self._uuid(), vcpus=vcpus), t.VmRecord.from_wire, timeout, command_id)
 
@@ -395,7 +399,8 @@ class VmService(VmBase):
         """
         Attaches a disk.
 
-        Command `vm.attach_disk` (access `operate`, runs `change`; hostctl ``).
+        Command `vm.attach_disk` (access `operate`, runs `change`; hostctl `vm attach-
+        disk`).
         """
         return self._call('vm.attach_disk', t.VmAttachDiskRequest(uuid=self._uuid(), disk=disk), t.VmRecord.from_wire, timeout, command_id)
 
@@ -410,7 +415,8 @@ class VmService(VmBase):
         """
         Detaches a disk by guest target.
 
-        Command `vm.detach_disk` (access `operate`, runs `change`; hostctl ``).
+        Command `vm.detach_disk` (access `operate`, runs `change`; hostctl `vm detach-
+        disk`).
         """
         return self._call('vm.detach_disk', t.VmDetachDiskRequest(uuid=self._uuid(), target=target), t.VmRecord.from_wire, timeout, command_id)
 
@@ -425,7 +431,8 @@ class VmService(VmBase):
         """
         Attaches a NIC.
 
-        Command `vm.attach_nic` (access `operate`, runs `change`; hostctl ``).
+        Command `vm.attach_nic` (access `operate`, runs `change`; hostctl `vm attach-
+        nic`).
         """
         return self._call('vm.attach_nic', t.VmAttachNicRequest(uuid=self._uuid(), nic=nic), t.VmRecord.from_wire, timeout, command_id)
 
@@ -440,7 +447,8 @@ class VmService(VmBase):
         """
         Detaches a NIC by MAC address.
 
-        Command `vm.detach_nic` (access `operate`, runs `change`; hostctl ``).
+        Command `vm.detach_nic` (access `operate`, runs `change`; hostctl `vm detach-
+        nic`).
         """
         return self._call('vm.detach_nic', t.VmDetachNicRequest(uuid=self._uuid(), mac=mac), t.VmRecord.from_wire, timeout, command_id)
 
@@ -456,9 +464,9 @@ class VmService(VmBase):
         Makes a new VM (new name, uuid and MACs) from a halted one, copying its disks or
         overlaying them (`linked`).
 
-        Command `vm.clone` (access `admin`, runs `cancellable`; hostctl ``). Runs as a
-        task and waits for its end (`timeout` bounds the wait; `progress` sees each
-        step); `clone_async` returns the task instead.
+        Command `vm.clone` (access `admin`, runs `cancellable`; hostctl `vm clone`).
+        Runs as a task and waits for its end (`timeout` bounds the wait; `progress` sees
+        each step); `clone_async` returns the task instead.
         """
         task = self._submit('vm.clone', t.VmCloneRequest(source=self._uuid(), name=name, linked=linked, pool=pool), timeout, command_id)
         return task.wait_result(t.VmRecord, timeout=timeout, progress=progress)
@@ -474,7 +482,8 @@ class VmService(VmBase):
         """
         Marks a halted VM as a template (it can be cloned, not started), or unmarks it.
 
-        Command `vm.set_template` (access `admin`, runs `change`; hostctl ``).
+        Command `vm.set_template` (access `admin`, runs `change`; hostctl `vm
+        template`).
         """
         return self._call('vm.set_template', t.VmSetTemplateRequest(uuid=self._uuid(), template=template), t.VmRecord.from_wire, timeout, command_id)
 
@@ -491,9 +500,9 @@ class VmService(VmBase):
         shared or copied), as a cancellable task with progress; the destination is
         prepared over the bus first.
 
-        Command `vm.migrate` (access `operate`, runs `cancellable`; hostctl ``). Runs as
-        a task and waits for its end (`timeout` bounds the wait; `progress` sees each
-        step); `migrate_async` returns the task instead.
+        Command `vm.migrate` (access `operate`, runs `cancellable`; hostctl `vm
+        migrate`). Runs as a task and waits for its end (`timeout` bounds the wait;
+        `progress` sees each step); `migrate_async` returns the task instead.
         """
         task = self._submit('vm.migrate', t.VmMigrateRequest(uuid=self._uuid(), destination=destination, bandwidth_mib_s=bandwidth_mib_s, copy_storage=copy_storage, max_downtime_ms=max_downtime_ms, offline=offline), timeout, command_id)
         return task.wait_result(t.MigrationRecord, timeout=timeout, progress=progress)
@@ -509,7 +518,7 @@ class VmService(VmBase):
         """
         CPU, memory, block and network counters of a VM.
 
-        Command `vm.stats` (access `read`, runs `read`; hostctl ``).
+        Command `vm.stats` (access `read`, runs `read`; hostctl `vm stats`).
         """
         return self._call('vm.stats', t.VmUuid(uuid=self._uuid()), t.VmStats.from_wire, timeout, command_id)
 
@@ -529,7 +538,8 @@ class SnapshotsService(ServiceBase):
         """
         Takes a snapshot of a VM.
 
-        Command `snapshot.create` (access `operate`, runs `change`; hostctl ``).
+        Command `snapshot.create` (access `operate`, runs `change`; hostctl `snapshot
+        create`).
         """
         return self._call('snapshot.create', t.SnapshotCreateRequest(vm=self._vm, name=name, description=description), t.SnapshotRecord.from_wire, timeout, command_id)
 
@@ -544,7 +554,7 @@ class SnapshotsService(ServiceBase):
         """
         Snapshots of a VM.
 
-        Command `snapshot.list` (access `read`, runs `read`; hostctl ``).
+        Command `snapshot.list` (access `read`, runs `read`; hostctl `snapshot list`).
         """
         return self._call('snapshot.list', t.VmUuid(uuid=self._vm), t.SnapshotListResponse.from_wire, timeout, command_id).snapshots
 
@@ -561,7 +571,8 @@ class SnapshotService(ServiceBase):
         """
         Reverts a VM to a snapshot, restoring its power state at the time.
 
-        Command `snapshot.revert` (access `operate`, runs `change`; hostctl ``).
+        Command `snapshot.revert` (access `operate`, runs `change`; hostctl `snapshot
+        revert`).
         """
         return self._call('snapshot.revert', t.SnapshotRef(name=self._name, vm=self._vm), t.VmRecord.from_wire, timeout, command_id)
 
@@ -576,7 +587,8 @@ class SnapshotService(ServiceBase):
         """
         Deletes a snapshot.
 
-        Command `snapshot.delete` (access `admin`, runs `change`; hostctl ``).
+        Command `snapshot.delete` (access `admin`, runs `change`; hostctl `snapshot
+        delete`).
         """
         self._call('snapshot.delete', t.SnapshotRef(name=self._name, vm=self._vm), t.Empty.from_wire, timeout, command_id)
 
@@ -599,7 +611,7 @@ class PoolsService(ServiceBase):
         """
         Storage pools of the host.
 
-        Command `pool.list` (access `read`, runs `read`; hostctl ``).
+        Command `pool.list` (access `read`, runs `read`; hostctl `pool list`).
         """
         return self._call('pool.list', t.Empty(), t.PoolListResponse.from_wire, timeout, command_id).pools
 
@@ -607,7 +619,7 @@ class PoolsService(ServiceBase):
         """
         Defines a pool; it starts inactive unless `autostart` is set.
 
-        Command `pool.define` (access `admin`, runs `change`; hostctl ``).
+        Command `pool.define` (access `admin`, runs `change`; hostctl `pool create`).
         """
         return self._call('pool.define', t.PoolDefineRequest(spec=spec), t.PoolRecord.from_wire, timeout, command_id)
 
@@ -634,7 +646,7 @@ class PoolService(ServiceBase):
         """
         One pool by name.
 
-        Command `pool.get` (access `read`, runs `read`; hostctl ``).
+        Command `pool.get` (access `read`, runs `read`; hostctl `pool get`).
         """
         return self._call('pool.get', t.ObjectName(name=self._name), t.PoolRecord.from_wire, timeout, command_id)
 
@@ -642,7 +654,7 @@ class PoolService(ServiceBase):
         """
         Starts (activates) a pool.
 
-        Command `pool.start` (access `operate`, runs `change`; hostctl ``).
+        Command `pool.start` (access `operate`, runs `change`; hostctl `pool start`).
         """
         return self._call('pool.start', t.ObjectName(name=self._name), t.PoolRecord.from_wire, timeout, command_id)
 
@@ -657,7 +669,7 @@ class PoolService(ServiceBase):
         """
         Stops (deactivates) a pool.
 
-        Command `pool.stop` (access `operate`, runs `change`; hostctl ``).
+        Command `pool.stop` (access `operate`, runs `change`; hostctl `pool stop`).
         """
         return self._call('pool.stop', t.ObjectName(name=self._name), t.PoolRecord.from_wire, timeout, command_id)
 
@@ -672,7 +684,8 @@ class PoolService(ServiceBase):
         """
         Rescans a pool's volumes.
 
-        Command `pool.refresh` (access `operate`, runs `change`; hostctl ``).
+        Command `pool.refresh` (access `operate`, runs `change`; hostctl `pool
+        refresh`).
         """
         return self._call('pool.refresh', t.ObjectName(name=self._name), t.PoolRecord.from_wire, timeout, command_id)
 
@@ -687,7 +700,7 @@ class PoolService(ServiceBase):
         """
         Removes an inactive pool's definition; its data stays.
 
-        Command `pool.undefine` (access `admin`, runs `change`; hostctl ``).
+        Command `pool.undefine` (access `admin`, runs `change`; hostctl `pool delete`).
         """
         self._call('pool.undefine', t.ObjectName(name=self._name), t.Empty.from_wire, timeout, command_id)
 
@@ -714,7 +727,7 @@ class VolumesService(ServiceBase):
         """
         Volumes of an active pool.
 
-        Command `volume.list` (access `read`, runs `read`; hostctl ``).
+        Command `volume.list` (access `read`, runs `read`; hostctl `volume list`).
         """
         return self._call('volume.list', t.PoolName(pool=self._pool), t.VolumeListResponse.from_wire, timeout, command_id).volumes
 
@@ -722,7 +735,8 @@ class VolumesService(ServiceBase):
         """
         Creates a volume.
 
-        Command `volume.create` (access `admin`, runs `change`; hostctl ``).
+        Command `volume.create` (access `admin`, runs `change`; hostctl `volume
+        create`).
         """
         return self._call('volume.create', t.VolumeCreateRequest(pool=self._pool, spec=spec), t.VolumeRecord.from_wire, timeout, command_id)
 
@@ -746,7 +760,7 @@ class VolumeService(ServiceBase):
         """
         One volume.
 
-        Command `volume.get` (access `read`, runs `read`; hostctl ``).
+        Command `volume.get` (access `read`, runs `read`; hostctl `volume get`).
         """
         return self._call('volume.get', t.VolumeKey(name=self._name, pool=self._pool), t.VolumeRecord.from_wire, timeout, command_id)
 
@@ -754,7 +768,8 @@ class VolumeService(ServiceBase):
         """
         Deletes a volume and its data.
 
-        Command `volume.delete` (access `admin`, runs `change`; hostctl ``).
+        Command `volume.delete` (access `admin`, runs `change`; hostctl `volume
+        delete`).
         """
         self._call('volume.delete', t.VolumeKey(name=self._name, pool=self._pool), t.Empty.from_wire, timeout, command_id)
 
@@ -769,7 +784,8 @@ class VolumeService(ServiceBase):
         """
         Grows a volume (shrinking is refused).
 
-        Command `volume.resize` (access `admin`, runs `change`; hostctl ``).
+        Command `volume.resize` (access `admin`, runs `change`; hostctl `volume
+        resize`).
         """
         return self._call('volume.resize', t.VolumeResizeRequest(name=self._name, pool=self._pool, capacity_bytes=capacity_bytes), t.VolumeRecord.from_wire, timeout, command_id)
 
@@ -784,7 +800,7 @@ class VolumeService(ServiceBase):
         """
         Copies a volume into a new one in the same pool.
 
-        Command `volume.clone` (access `admin`, runs `change`; hostctl ``).
+        Command `volume.clone` (access `admin`, runs `change`; hostctl `volume clone`).
         """
         return self._call('volume.clone', t.VolumeCloneRequest(name=self._name, pool=self._pool, new_name=new_name), t.VolumeRecord.from_wire, timeout, command_id)
 
@@ -807,7 +823,7 @@ class NetworksService(ServiceBase):
         """
         Virtual networks of the host.
 
-        Command `network.list` (access `read`, runs `read`; hostctl ``).
+        Command `network.list` (access `read`, runs `read`; hostctl `network list`).
         """
         return self._call('network.list', t.Empty(), t.NetworkListResponse.from_wire, timeout, command_id).networks
 
@@ -815,7 +831,8 @@ class NetworksService(ServiceBase):
         """
         Defines a network; it starts inactive unless `autostart` is set.
 
-        Command `network.define` (access `admin`, runs `change`; hostctl ``).
+        Command `network.define` (access `admin`, runs `change`; hostctl `network
+        create`).
         """
         return self._call('network.define', t.NetworkDefineRequest(spec=spec), t.NetworkRecord.from_wire, timeout, command_id)
 
@@ -838,7 +855,7 @@ class NetworkService(ServiceBase):
         """
         One network by name.
 
-        Command `network.get` (access `read`, runs `read`; hostctl ``).
+        Command `network.get` (access `read`, runs `read`; hostctl `network get`).
         """
         return self._call('network.get', t.ObjectName(name=self._name), t.NetworkRecord.from_wire, timeout, command_id)
 
@@ -846,7 +863,8 @@ class NetworkService(ServiceBase):
         """
         Starts a network.
 
-        Command `network.start` (access `operate`, runs `change`; hostctl ``).
+        Command `network.start` (access `operate`, runs `change`; hostctl `network
+        start`).
         """
         return self._call('network.start', t.ObjectName(name=self._name), t.NetworkRecord.from_wire, timeout, command_id)
 
@@ -861,7 +879,8 @@ class NetworkService(ServiceBase):
         """
         Stops a network.
 
-        Command `network.stop` (access `operate`, runs `change`; hostctl ``).
+        Command `network.stop` (access `operate`, runs `change`; hostctl `network
+        stop`).
         """
         return self._call('network.stop', t.ObjectName(name=self._name), t.NetworkRecord.from_wire, timeout, command_id)
 
@@ -876,7 +895,8 @@ class NetworkService(ServiceBase):
         """
         Removes an inactive network's definition.
 
-        Command `network.undefine` (access `admin`, runs `change`; hostctl ``).
+        Command `network.undefine` (access `admin`, runs `change`; hostctl `network
+        delete`).
         """
         self._call('network.undefine', t.ObjectName(name=self._name), t.Empty.from_wire, timeout, command_id)
 
@@ -899,7 +919,7 @@ class TasksService(ServiceBase):
         """
         Tasks not yet collected, optionally only those in one status.
 
-        Command `task.list` (access `read`, runs `read`; hostctl ``).
+        Command `task.list` (access `read`, runs `read`; hostctl `task list`).
         """
         return self._call('task.list', t.TaskListRequest(status=status), t.TaskListResponse.from_wire, timeout, command_id).tasks
 
@@ -914,7 +934,7 @@ class TaskService(TaskBase):
         """
         One task by id.
 
-        Command `task.get` (access `read`, runs `read`; hostctl ``).
+        Command `task.get` (access `read`, runs `read`; hostctl `task get`).
         """
         return self._call('task.get', t.TaskId(id=self._id), t.TaskRecord.from_wire, timeout, command_id)
 
@@ -922,7 +942,7 @@ class TaskService(TaskBase):
         """
         Asks a task to stop; it ends `cancelled` if its operation allows it.
 
-        Command `task.cancel` (access `operate`, runs `change`; hostctl ``).
+        Command `task.cancel` (access `operate`, runs `change`; hostctl `task cancel`).
         """
         return self._call('task.cancel', t.TaskId(id=self._id), t.TaskRecord.from_wire, timeout, command_id)
 
