@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use hostbus_protocol::{Error as WireError, ErrorCode};
+use hostbus_protocol::{Error as WireError, ErrorCode, ErrorFamily};
 
 /// What kind of failure, for programs to branch on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,36 +119,19 @@ impl std::error::Error for ClientError {}
 
 impl From<WireError> for ClientError {
     fn from(e: WireError) -> Self {
-        use ErrorCode as C;
-        let kind = match e.code {
-            C::VmNotFound
-            | C::SnapshotNotFound
-            | C::PoolNotFound
-            | C::VolumeNotFound
-            | C::NetworkNotFound
-            | C::DeviceNotFound
-            | C::TaskNotFound => ErrorKind::NotFound,
-            C::InvalidArgument
-            | C::MalformedMessage
-            | C::PayloadTooLarge
-            | C::BadEnvelope
-            | C::UnsupportedContentType
-            | C::UnknownCommand => ErrorKind::InvalidArgument,
-            C::VmBadPowerState
-            | C::VmIsTemplate
-            | C::PoolBadState
-            | C::NetworkBadState
-            | C::TaskNotCancellable
-            | C::HostDisabled => ErrorKind::BadState,
-            C::PermissionDenied => ErrorKind::PermissionDenied,
-            C::Expired => ErrorKind::Expired,
-            C::Busy | C::InsufficientResources | C::OperationInProgress => ErrorKind::Busy,
-            C::HostUnavailable | C::PeerUnavailable => ErrorKind::Unavailable,
-            C::Timeout => ErrorKind::Timeout,
-            C::Cancelled => ErrorKind::Cancelled,
-            C::AlreadyExists => ErrorKind::AlreadyExists,
-            C::OperationNotSupported | C::UnsupportedVersion => ErrorKind::Unsupported,
-            _ => ErrorKind::Internal,
+        let kind = match e.code.family() {
+            ErrorFamily::InvalidArgument => ErrorKind::InvalidArgument,
+            ErrorFamily::NotFound => ErrorKind::NotFound,
+            ErrorFamily::BadState => ErrorKind::BadState,
+            ErrorFamily::PermissionDenied => ErrorKind::PermissionDenied,
+            ErrorFamily::Expired => ErrorKind::Expired,
+            ErrorFamily::Busy => ErrorKind::Busy,
+            ErrorFamily::Unavailable => ErrorKind::Unavailable,
+            ErrorFamily::Timeout => ErrorKind::Timeout,
+            ErrorFamily::Cancelled => ErrorKind::Cancelled,
+            ErrorFamily::AlreadyExists => ErrorKind::AlreadyExists,
+            ErrorFamily::Unsupported => ErrorKind::Unsupported,
+            ErrorFamily::Internal => ErrorKind::Internal,
         };
         Self {
             kind,
@@ -192,6 +175,9 @@ mod tests {
         assert_eq!(kind(ErrorCode::HostDisabled), ErrorKind::BadState);
         assert_eq!(kind(ErrorCode::OperationInProgress), ErrorKind::Busy);
         assert_eq!(kind(ErrorCode::PeerUnavailable), ErrorKind::Unavailable);
+        assert_eq!(kind(ErrorCode::VolumeInUse), ErrorKind::BadState);
+        assert_eq!(kind(ErrorCode::DeviceDetachPending), ErrorKind::BadState);
+        assert_eq!(kind(ErrorCode::Unknown), ErrorKind::Internal);
         assert!(!ClientError::new(ErrorKind::NoRoute, "who").is_retryable());
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::validate::ValidationError;
 
 macro_rules! error_codes {
-    ($( $(#[doc = $doc:literal])+ $variant:ident = $wire:literal, http: $http:literal, retryable: $retry:literal, params: [$($param:literal),*]; )+) => {
+    ($( $(#[doc = $doc:literal])+ $variant:ident = $wire:literal, http: $http:literal, family: $family:ident, retryable: $retry:literal, params: [$($param:literal),*]; )+) => {
         /// The error codes of the protocol. Peers must treat a code they do not
         /// know as [`ErrorCode::Unknown`] (it decodes that way) and fall back on
         /// the message.
@@ -61,6 +61,15 @@ macro_rules! error_codes {
                 }
             }
 
+            /// The family the code belongs to, which SDKs map to their
+            /// error kinds (the schema's `family` of each code).
+            pub fn family(self) -> ErrorFamily {
+                match self {
+                    $(ErrorCode::$variant => ErrorFamily::$family,)+
+                    ErrorCode::Unknown => ErrorFamily::Internal,
+                }
+            }
+
             /// Whether the same request may succeed if sent again later unchanged.
             pub fn is_retryable(self) -> bool {
                 match self {
@@ -74,73 +83,147 @@ macro_rules! error_codes {
 
 error_codes! {
     /// A request field is invalid; `field` names it (a path such as `spec.disks[0].capacity_bytes`).
-    InvalidArgument = "INVALID_ARGUMENT", http: 400, retryable: false, params: ["field", "reason"];
+    InvalidArgument = "INVALID_ARGUMENT", http: 400, family: InvalidArgument, retryable: false, params: ["field", "reason"];
     /// The payload could not be decoded in its content type, or has the wrong shape for the command.
-    MalformedMessage = "MALFORMED_MESSAGE", http: 400, retryable: false, params: ["reason"];
+    MalformedMessage = "MALFORMED_MESSAGE", http: 400, family: InvalidArgument, retryable: false, params: ["reason"];
     /// The payload is larger than the receiver accepts.
-    PayloadTooLarge = "PAYLOAD_TOO_LARGE", http: 413, retryable: false, params: ["size", "limit"];
+    PayloadTooLarge = "PAYLOAD_TOO_LARGE", http: 413, family: InvalidArgument, retryable: false, params: ["size", "limit"];
     /// The `content_type` property names an encoding the receiver does not speak.
-    UnsupportedContentType = "UNSUPPORTED_CONTENT_TYPE", http: 415, retryable: false, params: ["content_type"];
+    UnsupportedContentType = "UNSUPPORTED_CONTENT_TYPE", http: 415, family: InvalidArgument, retryable: false, params: ["content_type"];
     /// The `type` property names no command this agent knows.
-    UnknownCommand = "UNKNOWN_COMMAND", http: 404, retryable: false, params: ["command"];
+    UnknownCommand = "UNKNOWN_COMMAND", http: 404, family: InvalidArgument, retryable: false, params: ["command"];
     /// The request's protocol major version is not spoken by the receiver.
-    UnsupportedVersion = "UNSUPPORTED_VERSION", http: 400, retryable: false, params: ["version", "supported"];
+    UnsupportedVersion = "UNSUPPORTED_VERSION", http: 400, family: Unsupported, retryable: false, params: ["version", "supported"];
     /// A required envelope property is missing or invalid (`message_id`, `type`, ...).
-    BadEnvelope = "BAD_ENVELOPE", http: 400, retryable: false, params: ["property", "reason"];
+    BadEnvelope = "BAD_ENVELOPE", http: 400, family: InvalidArgument, retryable: false, params: ["property", "reason"];
     /// The command's deadline passed before it could run; nothing was executed.
-    Expired = "EXPIRED", http: 408, retryable: false, params: ["deadline", "now"];
+    Expired = "EXPIRED", http: 408, family: Expired, retryable: false, params: ["deadline", "now"];
     /// The sender may not run this command (no verified `user_id`, or its role lacks the command).
-    PermissionDenied = "PERMISSION_DENIED", http: 403, retryable: false, params: ["user", "command"];
+    PermissionDenied = "PERMISSION_DENIED", http: 403, family: PermissionDenied, retryable: false, params: ["user", "command"];
     /// Too much work is queued on the object or the agent; retry after `retry_after_ms`.
-    Busy = "BUSY", http: 429, retryable: true, params: ["object", "retry_after_ms"];
+    Busy = "BUSY", http: 429, family: Busy, retryable: true, params: ["object", "retry_after_ms"];
     /// The hypervisor connection is down; the agent is reconnecting.
-    HostUnavailable = "HOST_UNAVAILABLE", http: 503, retryable: true, params: ["reason"];
+    HostUnavailable = "HOST_UNAVAILABLE", http: 503, family: Unavailable, retryable: true, params: ["reason"];
     /// The operation exists but this host or driver does not support it.
-    OperationNotSupported = "OPERATION_NOT_SUPPORTED", http: 422, retryable: false, params: ["operation", "reason"];
+    OperationNotSupported = "OPERATION_NOT_SUPPORTED", http: 422, family: Unsupported, retryable: false, params: ["operation", "reason"];
     /// The operation did not complete in time (for example a clean shutdown).
-    Timeout = "TIMEOUT", http: 504, retryable: true, params: ["operation", "timeout_s"];
+    Timeout = "TIMEOUT", http: 504, family: Timeout, retryable: true, params: ["operation", "timeout_s"];
     /// The operation was cancelled through `task.cancel`.
-    Cancelled = "CANCELLED", http: 409, retryable: false, params: ["task"];
+    Cancelled = "CANCELLED", http: 409, family: Cancelled, retryable: false, params: ["task"];
     /// No VM with this uuid or name exists on the host.
-    VmNotFound = "VM_NOT_FOUND", http: 404, retryable: false, params: ["vm"];
+    VmNotFound = "VM_NOT_FOUND", http: 404, family: NotFound, retryable: false, params: ["vm"];
     /// The VM's power state does not allow the operation; `allowed` lists the states that do, comma-separated.
-    VmBadPowerState = "VM_BAD_POWER_STATE", http: 409, retryable: false, params: ["vm", "operation", "current", "allowed"];
+    VmBadPowerState = "VM_BAD_POWER_STATE", http: 409, family: BadState, retryable: false, params: ["vm", "operation", "current", "allowed"];
     /// The VM is a template (`vm.set_template`): it is cloned, not run; `operation` is what was refused.
-    VmIsTemplate = "VM_IS_TEMPLATE", http: 409, retryable: false, params: ["vm", "operation"];
+    VmIsTemplate = "VM_IS_TEMPLATE", http: 409, family: BadState, retryable: false, params: ["vm", "operation"];
     /// No snapshot of this name exists for the VM.
-    SnapshotNotFound = "SNAPSHOT_NOT_FOUND", http: 404, retryable: false, params: ["vm", "snapshot"];
+    SnapshotNotFound = "SNAPSHOT_NOT_FOUND", http: 404, family: NotFound, retryable: false, params: ["vm", "snapshot"];
     /// No storage pool of this name exists.
-    PoolNotFound = "POOL_NOT_FOUND", http: 404, retryable: false, params: ["pool"];
+    PoolNotFound = "POOL_NOT_FOUND", http: 404, family: NotFound, retryable: false, params: ["pool"];
     /// The pool's state does not allow the operation (e.g. volumes of an inactive pool).
-    PoolBadState = "POOL_BAD_STATE", http: 409, retryable: false, params: ["pool", "operation", "current"];
+    PoolBadState = "POOL_BAD_STATE", http: 409, family: BadState, retryable: false, params: ["pool", "operation", "current"];
     /// No volume of this name exists in the pool.
-    VolumeNotFound = "VOLUME_NOT_FOUND", http: 404, retryable: false, params: ["pool", "volume"];
+    VolumeNotFound = "VOLUME_NOT_FOUND", http: 404, family: NotFound, retryable: false, params: ["pool", "volume"];
     /// No network of this name exists.
-    NetworkNotFound = "NETWORK_NOT_FOUND", http: 404, retryable: false, params: ["network"];
+    NetworkNotFound = "NETWORK_NOT_FOUND", http: 404, family: NotFound, retryable: false, params: ["network"];
     /// The network's state does not allow the operation.
-    NetworkBadState = "NETWORK_BAD_STATE", http: 409, retryable: false, params: ["network", "operation", "current"];
+    NetworkBadState = "NETWORK_BAD_STATE", http: 409, family: BadState, retryable: false, params: ["network", "operation", "current"];
     /// The volume backs a disk of a VM that must not lose it now (`vms`: their uuids, comma-separated): deleting or cloning it is refused while a VM that writes it runs, deleting it while any VM is defined on it; detach it or stop the VM first.
-    VolumeInUse = "VOLUME_IN_USE", http: 409, retryable: false, params: ["pool", "volume", "vms"];
+    VolumeInUse = "VOLUME_IN_USE", http: 409, family: BadState, retryable: false, params: ["pool", "volume", "vms"];
     /// The guest did not release the device within the wait (it ignores or has not finished the unplug request); the device stays attached until it does, and a vm `changed` event reports its removal then.
-    DeviceDetachPending = "DEVICE_DETACH_PENDING", http: 409, retryable: false, params: ["vm", "device"];
+    DeviceDetachPending = "DEVICE_DETACH_PENDING", http: 409, family: BadState, retryable: false, params: ["vm", "device"];
     /// No device with this target or MAC is attached to the VM.
-    DeviceNotFound = "DEVICE_NOT_FOUND", http: 404, retryable: false, params: ["vm", "device"];
+    DeviceNotFound = "DEVICE_NOT_FOUND", http: 404, family: NotFound, retryable: false, params: ["vm", "device"];
     /// No task with this id is known (it may have been collected after its TTL).
-    TaskNotFound = "TASK_NOT_FOUND", http: 404, retryable: false, params: ["task"];
+    TaskNotFound = "TASK_NOT_FOUND", http: 404, family: NotFound, retryable: false, params: ["task"];
     /// The task has finished or its operation cannot be interrupted.
-    TaskNotCancellable = "TASK_NOT_CANCELLABLE", http: 409, retryable: false, params: ["task", "status"];
+    TaskNotCancellable = "TASK_NOT_CANCELLABLE", http: 409, family: BadState, retryable: false, params: ["task", "status"];
     /// An object of this class and name (or uuid) already exists.
-    AlreadyExists = "ALREADY_EXISTS", http: 409, retryable: false, params: ["class", "name"];
+    AlreadyExists = "ALREADY_EXISTS", http: 409, family: AlreadyExists, retryable: false, params: ["class", "name"];
     /// The host lacks the resources (memory, space, CPUs) for the operation.
-    InsufficientResources = "INSUFFICIENT_RESOURCES", http: 422, retryable: false, params: ["resource", "reason"];
+    InsufficientResources = "INSUFFICIENT_RESOURCES", http: 422, family: Busy, retryable: false, params: ["resource", "reason"];
     /// Another operation that excludes this one is running on the object (a second migration of a migrating VM); `task` is its task.
-    OperationInProgress = "OPERATION_IN_PROGRESS", http: 409, retryable: true, params: ["object", "operation", "task"];
+    OperationInProgress = "OPERATION_IN_PROGRESS", http: 409, family: Busy, retryable: true, params: ["object", "operation", "task"];
     /// The host takes no new VMs (`host.disable`): a migration or placement to it is refused; `reason` is the operator's.
-    HostDisabled = "HOST_DISABLED", http: 409, retryable: false, params: ["host", "reason"];
+    HostDisabled = "HOST_DISABLED", http: 409, family: BadState, retryable: false, params: ["host", "reason"];
     /// Another host this command needs (a migration's destination) is not serving: its agent is offline, stale or unknown to the fleet.
-    PeerUnavailable = "PEER_UNAVAILABLE", http: 503, retryable: true, params: ["host", "reason"];
+    PeerUnavailable = "PEER_UNAVAILABLE", http: 503, family: Unavailable, retryable: true, params: ["host", "reason"];
     /// An unexpected failure inside the agent or the hypervisor; `reason` has the detail.
-    Internal = "INTERNAL", http: 500, retryable: false, params: ["reason"];
+    Internal = "INTERNAL", http: 500, family: Internal, retryable: false, params: ["reason"];
+}
+
+/// A group of error codes that a caller handles alike; SDKs map each to
+/// one error kind (`ClientError::kind` in Rust). Every code has exactly one
+/// (`ErrorCode::family`); the schema exports it as `family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorFamily {
+    /// The request is invalid or malformed, or names no known command.
+    InvalidArgument,
+    /// The object does not exist.
+    NotFound,
+    /// The object's state does not allow the operation.
+    BadState,
+    /// The sender may not run the command.
+    PermissionDenied,
+    /// The deadline passed before the command ran; nothing ran.
+    Expired,
+    /// The host or the object is busy; retry later.
+    Busy,
+    /// The host, or another host the command needs, is not serving.
+    Unavailable,
+    /// The operation did not complete in time.
+    Timeout,
+    /// The operation was cancelled.
+    Cancelled,
+    /// The object already exists.
+    AlreadyExists,
+    /// The host, driver or protocol version does not support the operation.
+    Unsupported,
+    /// An unexpected failure, or a code this peer does not know.
+    Internal,
+}
+
+impl ErrorFamily {
+    /// Every family, for documentation and tests.
+    pub const ALL: &'static [ErrorFamily] = &[
+        ErrorFamily::InvalidArgument,
+        ErrorFamily::NotFound,
+        ErrorFamily::BadState,
+        ErrorFamily::PermissionDenied,
+        ErrorFamily::Expired,
+        ErrorFamily::Busy,
+        ErrorFamily::Unavailable,
+        ErrorFamily::Timeout,
+        ErrorFamily::Cancelled,
+        ErrorFamily::AlreadyExists,
+        ErrorFamily::Unsupported,
+        ErrorFamily::Internal,
+    ];
+
+    /// The snake_case name, as in the schema: `not_found`, `bad_state`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorFamily::InvalidArgument => "invalid_argument",
+            ErrorFamily::NotFound => "not_found",
+            ErrorFamily::BadState => "bad_state",
+            ErrorFamily::PermissionDenied => "permission_denied",
+            ErrorFamily::Expired => "expired",
+            ErrorFamily::Busy => "busy",
+            ErrorFamily::Unavailable => "unavailable",
+            ErrorFamily::Timeout => "timeout",
+            ErrorFamily::Cancelled => "cancelled",
+            ErrorFamily::AlreadyExists => "already_exists",
+            ErrorFamily::Unsupported => "unsupported",
+            ErrorFamily::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl fmt::Display for ErrorCode {
@@ -252,6 +335,24 @@ mod tests {
             let back: ErrorCode = serde_json::from_str(&json).expect("decode");
             assert_eq!(back, code);
         }
+    }
+
+    #[test]
+    fn every_family_is_named_as_serde_names_it_and_has_a_code() {
+        for &family in ErrorFamily::ALL {
+            let json = serde_json::to_string(&family).expect("encode");
+            assert_eq!(json, format!("\"{}\"", family.as_str()));
+            assert!(
+                ErrorCode::ALL.iter().any(|c| c.family() == family),
+                "{family} groups no code"
+            );
+        }
+        assert_eq!(ErrorCode::Unknown.family(), ErrorFamily::Internal);
+        assert_eq!(ErrorCode::VolumeInUse.family(), ErrorFamily::BadState);
+        assert_eq!(
+            ErrorCode::UnsupportedVersion.family(),
+            ErrorFamily::Unsupported
+        );
     }
 
     #[test]

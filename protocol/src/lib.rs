@@ -44,7 +44,7 @@ pub use commands::{
 pub use envelope::{
     AmqpProperties, Envelope, HeaderValue, ProtocolVersion, Reply, ReplyStatus, PROTOCOL_VERSION,
 };
-pub use error::{Error, ErrorCode};
+pub use error::{Error, ErrorCode, ErrorFamily};
 pub use events::{Announcement, Event, EventAction, Heartbeat, RosterAction};
 pub use validate::{Validate, ValidationError};
 

@@ -29,6 +29,8 @@ impl CommandVisitor for Collect<'_> {
         self.commands.push(json!({
             "name": C::NAME,
             "access": C::ACCESS.as_str(),
+            "runs": C::RUN.name(),
+            "cli": C::CLI,
             "description": C::DOC.trim(),
             "request": request,
             "response": response,
@@ -59,6 +61,7 @@ pub fn schema() -> Value {
             json!({
                 "code": c.as_str(),
                 "params": c.params(),
+                "family": c.family().as_str(),
                 "retryable": c.is_retryable(),
                 "http_status": c.http_status(),
                 "description": c.description().trim(),

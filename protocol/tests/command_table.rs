@@ -268,3 +268,38 @@ fn the_status_table_in_http_md_matches_the_error_codes() {
         "docs/http.md names codes that do not exist: {said:?}"
     );
 }
+
+/// docs/protocol.md §9's table of error codes lists every code with its
+/// family and whether it is retryable, as `ErrorCode` says.
+#[test]
+fn the_error_table_in_protocol_md_matches_the_error_codes() {
+    use hostbus_protocol::ErrorCode;
+    let doc = protocol_md();
+    let lines = section(&doc, "## 9. Errors");
+    let table = first_table(&lines);
+    let (family, retry) = (table.column("family"), table.column("retry"));
+    let mut said: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    for row in &table.rows {
+        let name = code(&row[table.column("code")]).to_owned();
+        let retryable = row[retry].contains("yes");
+        let entry = (code(&row[family]).to_owned(), retryable);
+        assert!(said.insert(name.clone(), entry).is_none(), "{name} twice");
+    }
+    let mut problems = Vec::new();
+    for c in ErrorCode::ALL {
+        let code_says = (c.family().as_str().to_owned(), c.is_retryable());
+        match said.remove(c.as_str()) {
+            None => problems.push(format!("{c}: missing")),
+            Some(doc_says) if doc_says != code_says => {
+                problems.push(format!("{c}: docs {doc_says:?}, code {code_says:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    problems.extend(said.keys().map(|n| format!("{n}: no such code")));
+    assert!(
+        problems.is_empty(),
+        "docs/protocol.md §9 and ErrorCode disagree:\n  {}",
+        problems.join("\n  ")
+    );
+}

@@ -303,6 +303,15 @@ type BadCase = (
     ErrorCode,
 );
 
+/// Checks that `r`'s body is a JSON `{"error": {...}}` with `code`, read
+/// as JSON whatever its content type says.
+fn assert_json_error(r: &HttpReply, code: ErrorCode) {
+    match serde_json::from_slice::<Reply<serde::de::IgnoredAny>>(&r.body) {
+        Ok(Reply::Error(e)) => assert_eq!(e.code, code, "{}", r.text()),
+        other => panic!("not a JSON error ({other:?}): {:?}", r.text()),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_structured_errors_with_fitting_statuses_and_the_agent_goes_on() {
     let (mut agent, peer, _dir) = offline_agent("bad1", None).await;
@@ -407,8 +416,71 @@ async fn bad_input_gets_structured_errors_with_fitting_statuses_and_the_agent_go
         (r.status, r.error().code),
         (415, ErrorCode::UnsupportedContentType)
     );
-    // A client that could not speak the request's encoding can read this.
-    assert_eq!(r.header("content-type"), Some("application/json"));
+    // A client that could not speak the request's encoding can read this,
+    // whatever the type it sent: a refusal made before the request's
+    // encoding is known is JSON (docs/http.md).
+    for ct in [
+        "text/plain",
+        "text/plain; charset=utf-8",
+        "application/x-www-form-urlencoded",
+        "application/json, text/plain",
+    ] {
+        let r = peer
+            .request(
+                "POST",
+                "/v1/commands/host.ping",
+                &[("content-type", ct)],
+                b"hi".to_vec(),
+            )
+            .await
+            .expect("request");
+        assert_eq!(r.status, 415, "{ct}: {}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/json"), "{ct}");
+        assert_json_error(&r, ErrorCode::UnsupportedContentType);
+    }
+    // A wrong path or method is refused in JSON even when the request was
+    // MessagePack; a command name the catalogue lacks, in the request's.
+    let msgpack = [("content-type", "application/msgpack")];
+    for (method, path, status, code) in [
+        ("POST", "/nowhere", 404, ErrorCode::UnknownCommand),
+        ("PUT", "/v1/commands/host.ping", 405, ErrorCode::BadEnvelope),
+    ] {
+        let r = peer
+            .request(method, path, &msgpack, vec![0x80])
+            .await
+            .expect("request");
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_json_error(&r, code);
+    }
+    let r = peer
+        .request("POST", "/v1/commands/no.such", &msgpack, vec![0x80])
+        .await
+        .expect("request");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("content-type"), Some("application/msgpack"));
+    // The reply is in the request's content type, also for an empty body;
+    // without a content type (or with an empty one) the request is JSON.
+    let r = peer
+        .request("POST", "/v1/commands/host.ping", &msgpack, Vec::new())
+        .await
+        .expect("request");
+    assert_eq!(
+        (r.status, r.header("content-type")),
+        (200, Some("application/msgpack"))
+    );
+    for headers in [vec![], vec![("content-type", "")]] {
+        let r = peer
+            .request("POST", "/v1/commands/host.ping", &headers, b"{}".to_vec())
+            .await
+            .expect("request");
+        assert_eq!(
+            (r.status, r.header("content-type")),
+            (200, Some("application/json")),
+            "{headers:?}: {}",
+            r.text()
+        );
+    }
     let r = peer
         .request("GET", "/nowhere", &[], Vec::new())
         .await

@@ -254,10 +254,13 @@ async fn command(
     body: Body,
 ) -> Response {
     // Errors before the dispatcher are answered in the request's encoding
-    // when it is one the protocol speaks, else JSON.
+    // when it is one the protocol speaks, else JSON. An empty
+    // `Content-Type` is no content type: JSON here (on the bus, where an
+    // absent one means MessagePack, so does an empty one).
     let asked = headers
         .get(header::CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .filter(|v| !v.trim().is_empty());
     let ct = ContentType::parse(Some(asked.as_deref().unwrap_or("application/json")))
         .unwrap_or(ContentType::Json);
     let body = match read_body(body, b.max_payload).await {

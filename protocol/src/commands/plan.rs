@@ -42,6 +42,17 @@ impl Run {
         matches!(access, Access::Read) != self.changes()
     }
 
+    /// The snake_case name, the `runs` of each command in the schema:
+    /// `inline`, `read`, `change`, `cancellable`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Run::Inline => "inline",
+            Run::Read => "read",
+            Run::Change => "change",
+            Run::Cancellable => "cancellable",
+        }
+    }
+
     /// The name used in docs/protocol.md's command table.
     pub fn as_str(self) -> &'static str {
         match self {
