@@ -1,0 +1,222 @@
+"""The fleet view (docs/protocol.md §10.2 to §10.4).
+
+The first part needs no broker: how announcements, heartbeats and the
+broker's answers make a host alive, stale or gone. The second part reads
+the cluster of the fixtures (conftest.py): h1 (rack-a, gpu), h2 (rack-a)
+and h3 (rack-b), alive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pika
+import pytest
+
+import hostbus.presence as presence
+from hostbus.presence import HostView, Liveness, expected, fleet_view, probe, still_consuming
+
+# --------------------------------------------------------------- helpers
+
+
+def opener(url: str) -> Callable[[str], pika.BlockingConnection]:
+    """The runtime's ``open_connection``: a fresh named connection."""
+
+    def open_connection(name: str) -> pika.BlockingConnection:
+        params = pika.URLParameters(url)
+        params.client_properties = {"connection_name": name}
+        return pika.BlockingConnection(params)
+
+    return open_connection
+
+
+def beat(host: str, epoch: str, t: int, interval_ms: int = 5000, **extra: Any) -> dict[str, Any]:
+    hb: dict[str, Any] = {
+        "host_id": host, "epoch": epoch, "last_seq": 1, "time": t, "started_at": 1,
+        "interval_ms": interval_ms,
+        "versions": {"agent": "0.1.0", "protocol": "1.1", "libvirt": "", "hypervisor": ""},
+        "capabilities": [], "labels": ["gpu"],
+        "health": {"status": "ok", "hypervisor_connected": True, "message": ""},
+        "load": {"in_flight": 0, "commands_total": 0, "tasks_running": 0, "vms_active": 0,
+                 "load_avg_milli": 0, "memory_free_kib": 0},
+        "facts": {}, "placement": {"enabled": True, "reason": ""},
+    }
+    hb.update(extra)
+    return hb
+
+
+def announcement(host: str, action: str, epoch: str | None, t: int, **extra: Any) -> dict[str, Any]:
+    a: dict[str, Any] = {
+        "host_id": host, "action": action, "epoch": epoch, "time": t, "started_at": t,
+        "interval_ms": 5000, "labels": ["gpu"], "versions": None, "capabilities": [],
+        "by": None, "migration_uri": None,
+    }
+    a.update(extra)
+    return a
+
+
+def views(state: Any, now: int, lookback: int = 17_000) -> dict[str, HostView]:
+    return {h: state.view(e, now, lookback) for h, e in state.hosts.items()}
+
+
+# --------------------------------------------------------------- no broker
+
+
+def test_liveness_follows_the_last_beat_the_broker_and_goodbyes() -> None:
+    now = 1_000_000
+    s = presence._State()  # noqa: SLF001
+    s.announce(announcement("alive", "online", "e1", now - 100_000))
+    s.beat(beat("alive", "e1", now - 4_000))
+    s.beat(beat("late", "e2", now - 20_000))
+    s.beat(beat("hung", "e2", now - 40_000))
+    s.beat(beat("dead", "e2", now - 20_000))
+    s.announce(announcement("old", "online", "e1", now - 500_000))
+    s.announce(announcement("left", "online", "e2", now - 9_000))
+    s.announce(announcement("left", "offline", "e2", now - 8_000))
+    # What the broker says of the ones asked about.
+    s.hosts["hung"].connected = True
+    s.hosts["dead"].connected = False
+    v = views(s, now)
+    assert v["alive"].liveness == Liveness.ALIVE
+    assert v["alive"].last_seen_ms == 4_000
+    assert v["alive"].announced_at == now - 100_000
+    assert v["late"].liveness == Liveness.STALE, "not asked: by age"
+    assert v["hung"].liveness == Liveness.STALE, "connected, silent"
+    assert v["dead"].liveness == Liveness.GONE, "not connected"
+    assert v["old"].liveness == Liveness.GONE
+    assert v["old"].last_seen_ms is None, "older than the windows read"
+    assert v["old"].heartbeat is None and v["old"].health is None
+    assert v["left"].liveness == Liveness.GONE
+    # A beat makes a host alive again, whatever the broker said.
+    s.beat(beat("dead", "e2", now))
+    assert views(s, now)["dead"].liveness == Liveness.ALIVE
+
+
+def test_a_forgotten_host_leaves_until_it_announces_itself_again() -> None:
+    s = presence._State()  # noqa: SLF001
+    s.announce(announcement("h", "online", "e", 100))
+    s.announce(announcement("h", "forget", None, 200, by="admin"))
+    assert not s.hosts
+    s.beat(beat("h", "e", 150))
+    assert not s.hosts, "its old heartbeats, read after the roster, do not bring it back"
+    s.announce(announcement("h", "online", "e2", 300))
+    assert list(s.hosts) == ["h"]
+
+
+def test_placement_is_the_last_beats_and_the_migration_uri_the_last_online_announcements() -> None:
+    s = presence._State()  # noqa: SLF001
+    s.announce(announcement("h", "online", "e", 100, migration_uri="qemu+tls://h.example/system",
+                            capabilities=["host.ping", "vm.start"]))
+    s.beat(beat("h", "e", 200, placement={"enabled": False, "reason": "evacuating"}))
+    v = views(s, 300)["h"]
+    assert v.migration_uri == "qemu+tls://h.example/system"
+    assert v.capabilities == ["host.ping", "vm.start"]
+    assert v.placement.enabled is False and v.placement.reason == "evacuating"
+    assert v.heartbeat is not None and v.heartbeat.host_id == "h"
+    s.beat(beat("h", "e", 400))
+    assert views(s, 500)["h"].placement.enabled is True
+
+
+def test_a_new_epoch_replaces_a_goodbye() -> None:
+    s = presence._State()  # noqa: SLF001
+    s.announce(announcement("h", "offline", "e1", 100))
+    s.beat(beat("h", "e1", 90))
+    assert s.hosts["h"].offline, "a late beat of the old epoch"
+    s.beat(beat("h", "e2", 200))
+    assert not s.hosts["h"].offline
+    assert s.hosts["h"].epoch == "e2"
+
+
+def hv(host: str, liveness: Liveness, labels: list[str]) -> HostView:
+    return HostView(host, liveness, labels, None, None, 1000, None, [], None, None, None, None,
+                    None, None)
+
+
+def test_expected_splits_the_hosts_a_target_reaches_by_liveness() -> None:
+    vs = [hv("h3", Liveness.ALIVE, ["rack-b"]), hv("h1", Liveness.ALIVE, ["rack-a", "gpu"]),
+          hv("h2", Liveness.STALE, ["rack-a"]), hv("h4", Liveness.GONE, ["gpu"])]
+    assert expected(vs, "all") == (["h1", "h3"], ["h2", "h4"])
+    assert expected(vs, "group.rack-a") == (["h1"], ["h2"])
+    assert expected(vs, "group.gpu") == (["h1"], ["h4"])
+    assert expected(vs, "host.h4") == ([], ["h4"])
+    assert expected(vs, "group.none") == ([], [])
+    for bad in ("h1", "group.", "host.", "everything"):
+        with pytest.raises(ValueError):
+            expected(vs, bad)
+
+
+# --------------------------------------------------------------- the cluster
+
+
+def test_a_fresh_process_sees_every_host_alive_at_once(
+        viewer_url: str, hosts: list[str], heartbeat_ms: int) -> None:
+    package = Path(presence.__file__).resolve().parent.parent
+    script = (
+        "import json, sys, time\n"
+        "t = time.monotonic()\n"
+        "import pika\n"
+        "from hostbus.presence import fleet_view\n"
+        "def open_connection(name):\n"
+        "    p = pika.URLParameters(sys.argv[1])\n"
+        "    p.client_properties = {'connection_name': name}\n"
+        "    return pika.BlockingConnection(p)\n"
+        "v = fleet_view(open_connection)\n"
+        "print(json.dumps({'took': time.monotonic() - t, 'hosts': [\n"
+        "    {'host_id': h.host_id, 'liveness': h.liveness.value, 'labels': h.labels,\n"
+        "     'last_seen_ms': h.last_seen_ms, 'epoch': h.epoch, 'interval_ms': h.interval_ms,\n"
+        "     'health': h.health.status, 'agent': h.versions.agent} for h in v]}))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(package), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", script, viewer_url], env=env, check=True,
+                         capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    result = json.loads(out.stdout)
+    seen = {h["host_id"]: h for h in result["hosts"]}
+    labels = {"h1": ["rack-a", "gpu"], "h2": ["rack-a"], "h3": ["rack-b"]}
+    for host in hosts:
+        h = seen[host]
+        assert h["liveness"] == "alive", h
+        assert sorted(h["labels"]) == sorted(labels[host]), h
+        assert h["last_seen_ms"] is not None and 0 <= h["last_seen_ms"] <= 3 * heartbeat_ms, h
+        assert h["interval_ms"] == heartbeat_ms and h["epoch"], h
+        assert h["health"] == "ok" and h["agent"], h
+    ids = [h["host_id"] for h in result["hosts"]]
+    assert ids == sorted(ids)
+    assert result["took"] < 3.0, result["took"]
+    assert elapsed < 5.0, elapsed
+
+
+def test_expected_of_the_cluster(url: str, hosts: list[str]) -> None:
+    views = fleet_view(opener(url))
+    mine = [v for v in views if v.host_id in hosts]
+    alive, not_alive = expected(mine, "group.rack-a")
+    assert (alive, not_alive) == (["h1", "h2"], [])
+    assert expected(mine, "group.rack-b") == (["h3"], [])
+    assert expected(mine, "group.gpu") == (["h1"], [])
+    assert expected(mine, "host.h2") == (["h2"], [])
+    assert expected(mine, "all") == (sorted(hosts), [])
+    alive, not_alive = expected(views, "group.rack-a")
+    assert {"h1", "h2"} <= set(alive) and "h3" not in alive + not_alive
+
+
+def test_still_consuming_asks_the_broker(url: str, hosts: list[str]) -> None:
+    ghost = "pyev-no-such-host"
+    assert still_consuming(opener(url), [*hosts, ghost]) == set(hosts)
+    assert still_consuming(opener(url), []) == set()
+    conn = opener(url)("hostbus-python presence test")
+    try:
+        # A missing queue closes its channel: the next host is asked on another.
+        answers = probe(conn, [ghost, hosts[0], ghost, hosts[1]])
+        assert answers == {ghost: False, hosts[0]: True, hosts[1]: True}
+        assert conn.is_open
+    finally:
+        conn.close()
+
