@@ -315,7 +315,12 @@ async fn the_contract_a_third_party_client_relies_on_holds() {
         .subscribe(names::PRESENCE_EXCHANGE, "h1.*")
         .await
         .expect("subscribe presence");
-    let agent = AgentProcess::builder("h1", &node.amqp_url())
+    // The agent logs in as itself, as in production, not as its callers
+    // (a dead letter's copy must not carry their `user_id`, which the
+    // broker would refuse from the agent's login).
+    node.add_user("hostbus-agent", "hostbus-agent")
+        .expect("the agent's login");
+    let agent = AgentProcess::builder("h1", &node.url_for("hostbus-agent", "hostbus-agent"))
         .libvirt_uri("test:///default")
         .heartbeat_interval(Duration::from_secs(1))
         .spawn()
@@ -435,7 +440,10 @@ async fn the_contract_a_third_party_client_relies_on_holds() {
     // §3.2: a command without `type` is answered with type `invalid`.
     let mut p = command(HostPing::NAME, false);
     p.kind = None;
-    let r = call_h1(&mut peer, &p, b"\x80", "no type").await;
+    let r = match peer.call(&host_key("h1"), &p, b"\x80", T).await {
+        Ok(r) => r,
+        Err(e) => panic!("no type: {e}\n{}", log()),
+    };
     assert_eq!(r.properties.kind.as_deref(), Some("invalid"));
     match reply::<Empty>(&r) {
         Reply::Error(e) => {
@@ -489,6 +497,10 @@ async fn the_contract_a_third_party_client_relies_on_holds() {
         assert_eq!(m.exchange, names::DEAD_LETTER_EXCHANGE);
         assert_eq!(m.routing_key, names::agent_queue("h1"));
         assert_eq!(m.header_str("x-hostbus-dead-host"), Some("h1"));
+        // The sender's verified login moves to a header: the copy is
+        // published by the agent's login.
+        assert_eq!(m.properties.user_id, None);
+        assert_eq!(m.header_str("x-hostbus-dead-user"), Some("guest"));
         assert!(m.header_str("x-hostbus-dead-reason").is_some());
         assert!(matches!(
             m.properties.headers.get("x-hostbus-dead-at"),

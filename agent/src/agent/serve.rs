@@ -249,6 +249,15 @@ impl Agent {
             return Ok(());
         }
         props.expiration = None;
+        // The sender's login, which the broker verified, moves to a header:
+        // the copy is published under the agent's login, and RabbitMQ
+        // refuses a `user_id` that is not the publisher's (closing the
+        // channel, and the reply to the command with it).
+        if let Some(user) = props.user_id.take() {
+            props
+                .headers
+                .insert("x-hostbus-dead-user".into(), HeaderValue::Str(user));
+        }
         props.headers.insert(
             "x-hostbus-dead-reason".into(),
             HeaderValue::Str(reason.to_owned()),
