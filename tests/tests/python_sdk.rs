@@ -18,6 +18,7 @@
 //! | `HOSTBUS_TEST_URL` | AMQP URL of the `guest` login, `admin` on every agent |
 //! | `HOSTBUS_TEST_VIEWER_URL` | AMQP URL of the `viewer` login, `read-only` |
 //! | `HOSTBUS_TEST_HOSTS` | `h1,h2,h3` |
+//! | `HOSTBUS_TEST_SLOW_HOST` | `h3`, whose agent pauses 700 ms between the steps of an operation |
 //! | `HOSTBUS_TEST_SOCKET` | h1's HTTP socket (docs/http.md); the tests run as root, `admin` there |
 //! | `HOSTBUS_TEST_CTL` | the control script, [`CTL_SCRIPT`] |
 //! | `HOSTBUS_TEST_HEARTBEAT_MS` | the agents' heartbeat interval, `1000` |
@@ -56,7 +57,17 @@ const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 /// The agents' heartbeat interval.
 const HEARTBEAT: Duration = Duration::from_millis(1000);
 /// The agents' roles: the admin login of the suites, and a read-only one.
+/// The agents log in as [`AGENT`], not as `guest`: an agent serves the
+/// host-to-host steps of a migration to its own login, and the SDK's tests
+/// check that `guest`, an admin, may not send them.
 const ROLES: &str = "guest=admin,viewer=read-only";
+/// The agents' own broker login (user and password).
+const AGENT: &str = "hostbus-agent";
+/// The host whose agent pauses between the steps of multi-step operations
+/// (`HOSTBUS_STEP_PAUSE_MS`), so that a test can cancel a task between them.
+const SLOW_HOST: &str = "h3";
+/// The pause, in milliseconds.
+const STEP_PAUSE_MS: &str = "700";
 /// The read-only login (user and password), added to the broker.
 const VIEWER: &str = "viewer";
 /// How long the SDK's pytest suite may take.
@@ -349,6 +360,8 @@ impl Cluster {
         let started = Instant::now();
         let node = RabbitNode::start_private().expect("rabbit");
         node.add_user(VIEWER, VIEWER).expect("the viewer login");
+        node.add_user(AGENT, AGENT).expect("the agents' login");
+        let agent_url = node.url_for(AGENT, AGENT);
         let dir = TempDir::new("hostbus-python-sdk").expect("temporary directory");
         let socket = dir.join("h1.sock");
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -360,7 +373,7 @@ impl Cluster {
             let (peer, mut online) = watch_online(&node.amqp_url()).await;
             let mut agents = Vec::new();
             for host in quickstart_hosts() {
-                let mut agent = AgentProcess::builder(&host.id, &node.amqp_url())
+                let mut agent = AgentProcess::builder(&host.id, &agent_url)
                     .labels(&host.labels)
                     .libvirt_uri(format!(
                         "test://{}/bridge/testdata/{}",
@@ -371,6 +384,9 @@ impl Cluster {
                     .env("HOSTBUS_ROLES", ROLES);
                 if host.id == "h1" {
                     agent = agent.arg("--http-socket").arg(&socket);
+                }
+                if host.id == SLOW_HOST {
+                    agent = agent.env("HOSTBUS_STEP_PAUSE_MS", STEP_PAUSE_MS);
                 }
                 agents.push(agent.start());
             }
@@ -458,6 +474,7 @@ impl Cluster {
             ("HOSTBUS_TEST_URL", self.node.amqp_url()),
             ("HOSTBUS_TEST_VIEWER_URL", self.node.url_for(VIEWER, VIEWER)),
             ("HOSTBUS_TEST_HOSTS", hosts.join(",")),
+            ("HOSTBUS_TEST_SLOW_HOST", SLOW_HOST.to_owned()),
             ("HOSTBUS_TEST_SOCKET", self.socket.display().to_string()),
             ("HOSTBUS_TEST_CTL", self.ctl.display().to_string()),
             (
@@ -645,6 +662,12 @@ fn the_python_sdk_passes_its_tests_against_real_agents() {
         "no:cacheprovider",
         "clients/python/tests",
     ])
+    // To run part of the suite by hand: HOSTBUS_TEST_PYTEST_ARGS="-k socket".
+    .args(
+        std::env::var("HOSTBUS_TEST_PYTEST_ARGS")
+            .unwrap_or_default()
+            .split_whitespace(),
+    )
     .current_dir(&ws)
     .env("PYTHONPATH", ws.join("clients/python"))
     .envs(cluster.test_env());

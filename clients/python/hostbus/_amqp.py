@@ -59,10 +59,13 @@ class Broker:
         self.heartbeat = heartbeat
 
     def parameters(self, role: str) -> list[Any]:
+        """Connection parameters for each URL; the connection's name is
+        `role` when it names the SDK already, else `<name> <role>`."""
+        label = role if role.startswith("hostbus-python") else f"{self.name} {role}"
         out = []
         for url in self.urls:
             p = pika.URLParameters(url)
-            p.client_properties = {"connection_name": f"{self.name} {role}", "product": "hostbus-python"}
+            p.client_properties = {"connection_name": label, "product": "hostbus-python"}
             p.socket_timeout = self.connect_timeout
             p.blocked_connection_timeout = 30
             p.heartbeat = self.heartbeat

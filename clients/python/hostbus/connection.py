@@ -113,9 +113,9 @@ class Connection:
         from . import presence
 
         if self._socket is not None:
-            return [presence.local_view(t.Heartbeat.from_wire(self._socket.heartbeat()))]
+            return [_local_view(t.Heartbeat.from_wire(self._socket.heartbeat()))]
         broker = self._need_broker("the fleet view")
-        return presence.fleet_view(lambda: broker.open("fleet view"), timeout=timeout or self.timeout)
+        return presence.fleet_view(broker.open, timeout=timeout or self.timeout)
 
     def events(self, patterns: str | Iterable[str] = "#", *, start: Any = "next", resync: bool = True) -> Any:
         """A subscription to the events whose routing key
@@ -136,7 +136,7 @@ class Connection:
         from . import events
 
         broker = self._need_broker("a subscription")
-        return events.Subscription(lambda: broker.open("subscription"), pats, start=start, snapshot=snapshot)
+        return events.Subscription(broker.open, pats, start=start, snapshot=snapshot)
 
     def test(self, host_id: str | None = None) -> bool:
         """Whether a host answers a ping (oVirt's `Connection.test`)."""
@@ -296,7 +296,7 @@ class Connection:
             while pending and time.monotonic() < until:
                 if not asked and time.monotonic() - started >= _ASK_AFTER:
                     asked = True
-                    consuming = presence.still_consuming(lambda: broker.open("fleet view"), sorted(pending))
+                    consuming = presence.still_consuming(broker.open, sorted(pending))
                     pending &= consuming
                     if not pending:
                         break
@@ -336,6 +336,32 @@ class Connection:
         answered = set(result.replies) | set(result.errors)
         result.missing = sorted(set(result.expected) - answered)
         return result
+
+
+def _local_view(beat: t.Heartbeat) -> HostView:
+    """The one host an agent's socket serves, from its current heartbeat: it
+    answered, so it is alive."""
+    from .presence import HostView, Liveness
+
+    return HostView(
+        host_id=beat.host_id,
+        liveness=Liveness.ALIVE,
+        labels=list(beat.labels),
+        epoch=beat.epoch,
+        last_seen_ms=max(0, _wire.now_ms() - beat.time),
+        interval_ms=beat.interval_ms,
+        versions=beat.versions,
+        capabilities=list(beat.capabilities),
+        health=beat.health,
+        load=beat.load,
+        placement=beat.placement,
+        migration_uri=None,
+        heartbeat=beat,
+        announced_at=None,
+        connected=True,
+        started_at=beat.started_at,
+        last_seq=beat.last_seq,
+    )
 
 
 def _no_reply(command: str, host: str, limit: float, cid: str) -> TimeoutError:

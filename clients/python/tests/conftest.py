@@ -50,6 +50,13 @@ def hosts() -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def slow_host() -> str:
+    """A host whose agent pauses between the steps of an operation (so a
+    task can be cancelled between them): h3."""
+    return _env("HOSTBUS_TEST_SLOW_HOST")
+
+
+@pytest.fixture(scope="session")
 def socket_path() -> str:
     """h1's HTTP socket (docs/http.md); the tests run as root, `admin` there."""
     return _env("HOSTBUS_TEST_SOCKET")
