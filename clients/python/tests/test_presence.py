@@ -8,6 +8,7 @@ and h3 (rack-b), alive.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,26 +20,36 @@ from typing import Any, Callable
 import pika
 import pytest
 
+import hostbus
 import hostbus.presence as presence
-from hostbus.presence import HostView, Liveness, expected, fleet_view, probe, still_consuming
+from hostbus import types as t
+from hostbus.presence import (
+    HostView,
+    Liveness,
+    expected,
+    fleet_view,
+    local_view,
+    probe,
+    still_consuming,
+)
 
 # --------------------------------------------------------------- helpers
 
 
 def opener(url: str) -> Callable[[str], pika.BlockingConnection]:
-    """The runtime's ``open_connection``: a fresh named connection."""
+    """The runtime's ``open_connection``: a fresh connection named for its role."""
 
-    def open_connection(name: str) -> pika.BlockingConnection:
+    def open_connection(role: str) -> pika.BlockingConnection:
         params = pika.URLParameters(url)
-        params.client_properties = {"connection_name": name}
+        params.client_properties = {"connection_name": f"hostbus-python {role}"}
         return pika.BlockingConnection(params)
 
     return open_connection
 
 
-def beat(host: str, epoch: str, t: int, interval_ms: int = 5000, **extra: Any) -> dict[str, Any]:
+def beat(host: str, epoch: str, time_ms: int, interval_ms: int = 5000, **extra: Any) -> t.Heartbeat:
     hb: dict[str, Any] = {
-        "host_id": host, "epoch": epoch, "last_seq": 1, "time": t, "started_at": 1,
+        "host_id": host, "epoch": epoch, "last_seq": 1, "time": time_ms, "started_at": 1,
         "interval_ms": interval_ms,
         "versions": {"agent": "0.1.0", "protocol": "1.1", "libvirt": "", "hypervisor": ""},
         "capabilities": [], "labels": ["gpu"],
@@ -48,17 +59,18 @@ def beat(host: str, epoch: str, t: int, interval_ms: int = 5000, **extra: Any) -
         "facts": {}, "placement": {"enabled": True, "reason": ""},
     }
     hb.update(extra)
-    return hb
+    return t.Heartbeat.from_wire(hb)
 
 
-def announcement(host: str, action: str, epoch: str | None, t: int, **extra: Any) -> dict[str, Any]:
+def announcement(host: str, action: str, epoch: str | None, time_ms: int,
+                 **extra: Any) -> t.Announcement:
     a: dict[str, Any] = {
-        "host_id": host, "action": action, "epoch": epoch, "time": t, "started_at": t,
+        "host_id": host, "action": action, "epoch": epoch, "time": time_ms, "started_at": time_ms,
         "interval_ms": 5000, "labels": ["gpu"], "versions": None, "capabilities": [],
         "by": None, "migration_uri": None,
     }
     a.update(extra)
-    return a
+    return t.Announcement.from_wire(a)
 
 
 def views(state: Any, now: int, lookback: int = 17_000) -> dict[str, HostView]:
@@ -91,7 +103,8 @@ def test_liveness_follows_the_last_beat_the_broker_and_goodbyes() -> None:
     assert v["dead"].liveness == Liveness.GONE, "not connected"
     assert v["old"].liveness == Liveness.GONE
     assert v["old"].last_seen_ms is None, "older than the windows read"
-    assert v["old"].heartbeat is None and v["old"].health is None
+    assert v["old"].heartbeat is None and v["old"].health.status == t.HealthStatus.DOWN
+    assert v["old"].placement.enabled and v["old"].load.vms_active == 0
     assert v["left"].liveness == Liveness.GONE
     # A beat makes a host alive again, whatever the broker said.
     s.beat(beat("dead", "e2", now))
@@ -134,8 +147,15 @@ def test_a_new_epoch_replaces_a_goodbye() -> None:
 
 
 def hv(host: str, liveness: Liveness, labels: list[str]) -> HostView:
-    return HostView(host, liveness, labels, None, None, 1000, None, [], None, None, None, None,
-                    None, None)
+    return dataclasses.replace(local_view(beat(host, "e", 1, labels=labels)), liveness=liveness)
+
+
+def test_the_local_view_is_the_agents_heartbeat() -> None:
+    now = int(time.time() * 1000)
+    v = local_view(beat("h9", "e9", now - 1500, interval_ms=1000, labels=["rack-z"], last_seq=7))
+    assert (v.host_id, v.liveness, v.labels, v.epoch) == ("h9", Liveness.ALIVE, ["rack-z"], "e9")
+    assert v.last_seen_ms is not None and 1500 <= v.last_seen_ms < 60_000
+    assert v.last_seq == 7 and v.interval_ms == 1000 and v.heartbeat is not None
 
 
 def test_expected_splits_the_hosts_a_target_reaches_by_liveness() -> None:
@@ -162,15 +182,14 @@ def test_a_fresh_process_sees_every_host_alive_at_once(
         "t = time.monotonic()\n"
         "import pika\n"
         "from hostbus.presence import fleet_view\n"
-        "def open_connection(name):\n"
+        "def open_connection():\n"
         "    p = pika.URLParameters(sys.argv[1])\n"
-        "    p.client_properties = {'connection_name': name}\n"
         "    return pika.BlockingConnection(p)\n"
         "v = fleet_view(open_connection)\n"
         "print(json.dumps({'took': time.monotonic() - t, 'hosts': [\n"
         "    {'host_id': h.host_id, 'liveness': h.liveness.value, 'labels': h.labels,\n"
         "     'last_seen_ms': h.last_seen_ms, 'epoch': h.epoch, 'interval_ms': h.interval_ms,\n"
-        "     'health': h.health.status, 'agent': h.versions.agent} for h in v]}))\n"
+        "     'health': h.health.status.value, 'agent': h.versions.agent} for h in v]}))\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(package), *filter(None, [os.environ.get("PYTHONPATH")])]))
@@ -211,7 +230,7 @@ def test_still_consuming_asks_the_broker(url: str, hosts: list[str]) -> None:
     ghost = "pyev-no-such-host"
     assert still_consuming(opener(url), [*hosts, ghost]) == set(hosts)
     assert still_consuming(opener(url), []) == set()
-    conn = opener(url)("hostbus-python presence test")
+    conn = opener(url)("presence test")
     try:
         # A missing queue closes its channel: the next host is asked on another.
         answers = probe(conn, [ghost, hosts[0], ghost, hosts[1]])
@@ -220,3 +239,13 @@ def test_still_consuming_asks_the_broker(url: str, hosts: list[str]) -> None:
     finally:
         conn.close()
 
+
+
+def test_the_connections_fleet_view(url: str, socket_path: str, hosts: list[str]) -> None:
+    with hostbus.Connection(url=url) as conn:
+        views = {v.host_id: v for v in conn.hosts()}
+    assert all(views[h].liveness == Liveness.ALIVE for h in hosts)
+    with hostbus.Connection(socket=socket_path) as local:
+        (one,) = local.hosts()
+    assert one.liveness == Liveness.ALIVE and one.heartbeat is not None
+    assert one.last_seen_ms is not None and one.last_seen_ms < 60_000
