@@ -26,6 +26,7 @@ import pika
 import pika.exceptions
 
 from . import types as t
+from .errors import AuthError, ConnectionError, NotFoundError
 from .events import OpenConnection, close_quietly, decode_body, open_named, stream_offset_of
 
 __all__ = [
@@ -229,12 +230,14 @@ class _State:
         interval = max(1, e.interval_ms)
         if e.offline:
             liveness = Liveness.GONE
+        elif e.connected is False:
+            # Asked since its last beat: no consumer (§10.4 step 4), however
+            # recent that beat (a later beat clears the answer).
+            liveness = Liveness.GONE
         elif age is not None and age < 3 * interval:
             liveness = Liveness.ALIVE
         elif e.connected is True:
             liveness = Liveness.STALE
-        elif e.connected is False:
-            liveness = Liveness.GONE
         elif age is not None and age < 10 * interval:
             liveness = Liveness.STALE
         else:
@@ -429,46 +432,66 @@ def fleet_view(open_connection: OpenConnection, timeout: float = 10.0) -> list[H
     deadline = time.monotonic() + timeout
     conn = open_named(open_connection, "fleet view")
     try:
-        reader = _Reader(conn, deadline)
-        # 2., 3.: the roster from its start and one interval of heartbeats, at once.
-        raw_roster, raw_beats = reader.read(
-            [(ROSTER_STREAM, "first"), (BEAT_STREAM, _since(_FIRST_LOOKBACK_MS))])
-        roster = _decoded(t.Announcement.from_wire, raw_roster)
-        beats = _decoded(t.Heartbeat.from_wire, raw_beats)
-        state = _State()
-        for a in roster:
-            state.announce(a)
-        longest = max([a.interval_ms for a in roster] + [b.interval_ms for b in beats] + [0])
-        lookback = max(_MIN_LOOKBACK_MS, 3 * longest + _LOOKBACK_MARGIN_MS)
-        for b in beats:
-            state.beat(b)
-        first = max(_FIRST_LOOKBACK_MS, longest + _FIRST_MARGIN_MS)
-        if first > _FIRST_LOOKBACK_MS:
-            # Some host beats slowly: read one of its intervals.
-            (again,) = reader.read([(BEAT_STREAM, _since(first))])
-            for b in _decoded(t.Heartbeat.from_wire, again):
-                state.beat(b)
-        # 4.: a host not heard from in that window is gone unless its agent
-        # is still connected.
-        now = _now_ms()
-        unheard = [
-            e.host_id for e in state.hosts.values()
-            if not e.offline and (e.last is None or now - e.last >= first)
-        ]
-        answers = probe(conn, unheard)
-        # 5.: only then does its last beat matter (alive with a beat missed, or stale).
-        if any(answers.values()):
-            (again,) = reader.read([(BEAT_STREAM, _since(lookback))])
-            for b in _decoded(t.Heartbeat.from_wire, again):
-                state.beat(b)
-        for host, connected in answers.items():
-            e = state.hosts.get(host)
-            if e is not None:
-                e.connected = connected
-        now = _now_ms()
-        return [state.view(state.hosts[h], now, lookback) for h in sorted(state.hosts)]
+        return _read_fleet(conn, deadline)
+    except pika.exceptions.ChannelClosedByBroker as e:
+        if e.reply_code == 404:
+            raise NotFoundError(
+                f"the presence exchange or streams do not exist on this broker ({e.reply_text}): "
+                "no agent of this version has connected yet (agents declare them), or an "
+                "administrator must run `hostctl admin setup`") from e
+        if e.reply_code == 403:
+            raise AuthError(
+                f"the fleet view needs to read {ROSTER_STREAM} and {BEAT_STREAM} and to publish "
+                f"on {PRESENCE_EXCHANGE} with `_sync.` keys (docs/security.md): {e.reply_text}") from e
+        raise ConnectionError(f"the fleet view's channel was closed: {e!r}") from e
+    except pika.exceptions.NackError as e:
+        raise ConnectionError("the broker refused the fleet view's sync marker") from e
+    except pika.exceptions.AMQPError as e:
+        raise ConnectionError(f"the fleet view lost its broker connection: {e!r}") from e
     finally:
         close_quietly(conn)
+
+
+def _read_fleet(conn: Any, deadline: float) -> list[HostView]:
+    """§10.4 on ``conn``."""
+    reader = _Reader(conn, deadline)
+    # 2., 3.: the roster from its start and one interval of heartbeats, at once.
+    raw_roster, raw_beats = reader.read(
+        [(ROSTER_STREAM, "first"), (BEAT_STREAM, _since(_FIRST_LOOKBACK_MS))])
+    roster = _decoded(t.Announcement.from_wire, raw_roster)
+    beats = _decoded(t.Heartbeat.from_wire, raw_beats)
+    state = _State()
+    for a in roster:
+        state.announce(a)
+    longest = max([a.interval_ms for a in roster] + [b.interval_ms for b in beats] + [0])
+    lookback = max(_MIN_LOOKBACK_MS, 3 * longest + _LOOKBACK_MARGIN_MS)
+    for b in beats:
+        state.beat(b)
+    first = max(_FIRST_LOOKBACK_MS, longest + _FIRST_MARGIN_MS)
+    if first > _FIRST_LOOKBACK_MS:
+        # Some host beats slowly: read one of its intervals.
+        (again,) = reader.read([(BEAT_STREAM, _since(first))])
+        for b in _decoded(t.Heartbeat.from_wire, again):
+            state.beat(b)
+    # 4.: a host not heard from in that window is gone unless its agent
+    # is still connected.
+    now = _now_ms()
+    unheard = [
+        e.host_id for e in state.hosts.values()
+        if not e.offline and (e.last is None or now - e.last >= first)
+    ]
+    answers = probe(conn, unheard)
+    # 5.: only then does its last beat matter (alive with a beat missed, or stale).
+    if any(answers.values()):
+        (again,) = reader.read([(BEAT_STREAM, _since(lookback))])
+        for b in _decoded(t.Heartbeat.from_wire, again):
+            state.beat(b)
+    for host, connected in answers.items():
+        e = state.hosts.get(host)
+        if e is not None:
+            e.connected = connected
+    now = _now_ms()
+    return [state.view(state.hosts[h], now, lookback) for h in sorted(state.hosts)]
 
 
 def _reacher(target: str) -> Callable[[HostView], bool]:

@@ -9,6 +9,7 @@ and h3 (rack-b), alive.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import subprocess
@@ -17,7 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import msgpack
 import pika
+import pika.frame
+import pika.spec
 import pytest
 
 import hostbus
@@ -249,3 +253,173 @@ def test_the_connections_fleet_view(url: str, socket_path: str, hosts: list[str]
         (one,) = local.hosts()
     assert one.liveness == Liveness.ALIVE and one.heartbeat is not None
     assert one.last_seen_ms is not None and one.last_seen_ms < 60_000
+
+
+# ---- a scripted broker for §10.4's steps
+
+
+class FakeFleet:
+    """The two presence streams, the agents' command queues, and what the view asked."""
+
+    def __init__(self) -> None:
+        self.roster: list[tuple[str, Any, bytes, int]] = []  # key, props, body, time ms
+        self.beats: list[tuple[str, Any, bytes, int]] = []
+        self.consumers: dict[str, int] = {}  # host -> consumers of its queue (absent: no queue)
+        self.reads: list[tuple[str, Any]] = []
+        self.declared: list[str] = []
+        self.channels = 0
+        self.open = True
+
+    def announce(self, a: dict[str, Any]) -> None:
+        self.roster.append((f"{a['host_id']}.{a['action']}", pika.BasicProperties(
+            content_type="application/msgpack", type="announcement"), msgpack.packb(a), a["time"]))
+
+    def beat(self, hb: dict[str, Any]) -> None:
+        self.beats.append((f"{hb['host_id']}.heartbeat", pika.BasicProperties(
+            content_type="application/json", type="heartbeat"), json.dumps(hb).encode(), hb["time"]))
+
+    def marker(self, key: str) -> None:
+        for stream in (self.roster, self.beats):
+            stream.append((key, pika.BasicProperties(type="sync"), b"", now_ms()))
+
+    # the connection
+    def channel(self) -> FakeFleetChannel:
+        self.channels += 1
+        return FakeFleetChannel(self)
+
+    def process_data_events(self, time_limit: float | None = 0) -> None:
+        for ch in list(FakeFleetChannel.live):
+            ch.pump()
+
+    @property
+    def is_open(self) -> bool:
+        return self.open
+
+    def close(self) -> None:
+        self.open = False
+
+
+class FakeFleetChannel:
+    live: list[FakeFleetChannel] = []
+
+    def __init__(self, fleet: FakeFleet) -> None:
+        self.fleet = fleet
+        self.is_open = True
+        self.cursors: dict[str, tuple[list[tuple[str, Any, bytes, int]], int, Callable[..., None]]] = {}
+        FakeFleetChannel.live.append(self)
+
+    def basic_qos(self, prefetch_count: int) -> None:
+        pass
+
+    def confirm_delivery(self) -> None:
+        pass
+
+    def basic_publish(self, exchange: str, routing_key: str, body: bytes, properties: Any) -> None:
+        assert exchange == "hostbus.presence" and routing_key.startswith("_sync.") and body == b""
+        assert properties.type == "sync"
+        self.fleet.marker(routing_key)
+
+    def basic_consume(self, queue: str, callback: Callable[..., None], auto_ack: bool,
+                      arguments: dict[str, Any]) -> str:
+        offset = arguments["x-stream-offset"]
+        self.fleet.reads.append((queue, offset))
+        stream = self.fleet.roster if queue == "hostbus.presence.roster" else self.fleet.beats
+        if offset == "first":
+            at = 0
+        else:
+            assert isinstance(offset, dt.datetime) and offset.tzinfo is not None
+            since = int(offset.timestamp()) * 1000
+            at = next((i for i, m in enumerate(stream) if m[3] >= since), len(stream))
+        tag = f"c{len(self.fleet.reads)}"
+        self.cursors[tag] = (stream, at, callback)
+        return tag
+
+    def basic_cancel(self, tag: str) -> None:
+        del self.cursors[tag]
+
+    def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        pass
+
+    def pump(self) -> None:
+        for tag, (stream, at, cb) in list(self.cursors.items()):
+            if at < len(stream) and tag in self.cursors:
+                key, props, body, _ = stream[at]
+                self.cursors[tag] = (stream, at + 1, cb)
+                cb(self, pika.spec.Basic.Deliver(delivery_tag=at + 1, routing_key=key), props, body)
+
+    def queue_declare(self, queue: str, passive: bool = False) -> Any:
+        assert passive
+        host = queue.removeprefix("hostbus.agent.")
+        self.fleet.declared.append(host)
+        if host not in self.fleet.consumers:
+            self.is_open = False
+            raise pika.exceptions.ChannelClosedByBroker(404, f"NOT_FOUND - no queue '{queue}'")
+        return pika.frame.Method(1, pika.spec.Queue.DeclareOk(queue, 0, self.fleet.consumers[host]))
+
+    def close(self) -> None:
+        self.is_open = False
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def wire_beat(host: str, epoch: str, ago_ms: int, interval_ms: int = 5000) -> dict[str, Any]:
+    return beat(host, epoch, now_ms() - ago_ms, interval_ms).to_wire()
+
+
+def wire_announcement(host: str, action: str, epoch: str | None, ago_ms: int,
+                      interval_ms: int = 5000) -> dict[str, Any]:
+    return announcement(host, action, epoch, now_ms() - ago_ms, interval_ms=interval_ms).to_wire()
+
+
+def test_the_view_asks_the_broker_and_reads_further_back_only_when_needed() -> None:
+    fleet = FakeFleet()
+    for h in ("up", "late", "hung", "dead", "left"):
+        fleet.announce(wire_announcement(h, "online", "e", 600_000))
+    fleet.announce(wire_announcement("left", "offline", "e", 20_000))
+    fleet.beat(wire_beat("hung", "e", 40_000))
+    fleet.marker("_sync.someone-elses")
+    fleet.beat(wire_beat("late", "e", 10_000))
+    fleet.beat(wire_beat("dead", "e", 9_000))
+    fleet.beat(wire_beat("up", "e", 1_000))
+    fleet.consumers = {"up": 1, "late": 1, "hung": 1, "left": 0}
+    views = {v.host_id: v for v in fleet_view(lambda: fleet)}
+    assert [(q, o if isinstance(o, str) else "time") for q, o in fleet.reads] == [
+        ("hostbus.presence.roster", "first"), ("hostbus.presence.beats", "time"),
+        ("hostbus.presence.beats", "time")], "one interval, then three as some are connected"
+    first_window = now_ms() - int(fleet.reads[1][1].timestamp() * 1000)
+    second_window = now_ms() - int(fleet.reads[2][1].timestamp() * 1000)
+    assert 8_000 <= first_window < 10_000 and 17_000 <= second_window < 19_000
+    assert sorted(fleet.declared) == ["dead", "hung", "late"], "the silent hosts, not the offline one"
+    assert views["up"].liveness == Liveness.ALIVE and views["up"].connected is None
+    assert views["late"].liveness == Liveness.ALIVE, "connected, a beat missed"
+    assert views["late"].last_seen_ms is not None and views["late"].connected is True
+    assert views["hung"].liveness == Liveness.STALE and views["hung"].last_seen_ms is None
+    assert views["dead"].liveness == Liveness.GONE and views["dead"].connected is False
+    assert views["left"].liveness == Liveness.GONE
+    assert not fleet.open, "the view closes its connection"
+
+
+def test_the_view_reads_no_further_when_no_silent_host_is_connected() -> None:
+    fleet = FakeFleet()
+    fleet.announce(wire_announcement("up", "online", "e", 60_000, interval_ms=1000))
+    fleet.announce(wire_announcement("dead", "online", "e", 60_000, interval_ms=1000))
+    fleet.beat(wire_beat("up", "e", 500, interval_ms=1000))
+    fleet.consumers = {"up": 1, "dead": 0}
+    views = {v.host_id: v for v in fleet_view(lambda: fleet)}
+    assert [q for q, _ in fleet.reads] == ["hostbus.presence.roster", "hostbus.presence.beats"]
+    assert fleet.declared == ["dead"]
+    assert (views["up"].liveness, views["dead"].liveness) == (Liveness.ALIVE, Liveness.GONE)
+
+
+def test_a_slow_beating_host_lengthens_the_first_window() -> None:
+    fleet = FakeFleet()
+    fleet.announce(wire_announcement("slow", "online", "e", 60_000, interval_ms=30_000))
+    fleet.beat(wire_beat("slow", "e", 20_000, interval_ms=30_000))
+    fleet.consumers = {"slow": 1}
+    views = fleet_view(lambda: fleet)
+    windows = [now_ms() - int(o.timestamp() * 1000) for q, o in fleet.reads if q.endswith("beats")]
+    assert len(windows) == 2 and 33_000 <= windows[1] < 35_000, windows
+    assert fleet.declared == [], "heard from within its interval"
+    assert views[0].liveness == Liveness.ALIVE and views[0].last_seen_ms is not None
