@@ -408,8 +408,9 @@ class Subscription:
         self._pause = _FIRST_PAUSE
         self._retry_at = 0.0
         self._closed = False
-        #: How many times the subscription reconnected.
+        #: How many times a lost connection was reopened.
         self.reconnections = 0
+        self._connected_once = False
         self._connect()
 
     # ---- public
@@ -541,6 +542,9 @@ class Subscription:
         except BaseException:
             close_quietly(conn)
             raise
+        if self._connected_once:
+            self.reconnections += 1
+        self._connected_once = True
         self._conn, self._ch, self._tag = conn, ch, str(tag)
         self._first_of_connection = True
         self._unacked = 0
@@ -554,8 +558,8 @@ class Subscription:
         self._conn = self._ch = None
         self._tag = None
         self._generation += 1
-        self.reconnections += 1
         self._retry_at = time.monotonic() + self._pause
+        self._pause = min(self._pause * 2, _MAX_PAUSE)
 
     def _received(self, gen: int, method: Any, props: Any, body: bytes) -> None:
         """A delivery arrived (inside ``process_data_events``)."""
