@@ -391,7 +391,7 @@ class Gen:
                 args.append(f"            {py}=" + sub(info.decode, src) + ",")
             else:
                 dflt = self.default_value(props[wire], info)
-                args.append(f"            {py}=" + sub(info.decode, f'v["{wire}"]') + f' if "{wire}" in v else {dflt},')
+                args.append(f"            {py}=(" + sub(info.decode, f'v["{wire}"]') + f') if "{wire}" in v else {dflt},')
         if args:
             out.append("        return cls(")
             out.extend(args)

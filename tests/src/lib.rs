@@ -109,8 +109,8 @@ pub use not_a_broker::{Behaviour, NotABroker};
 pub use online::{next_online, spawn_online, ONLINE_TIMEOUT};
 pub use pki::{Pki, TlsHttpAgent};
 pub use process::{
-    free_port, group_alive, group_members, rss_kib, run_logged, stat_fields, thread_names, Signal,
-    TempDir,
+    free_port, group_alive, group_members, rss_kib, run_logged, signal_group, stat_fields,
+    thread_names, Signal, TempDir,
 };
 pub use qemu::{
     type_on_serial, wait_for_text, QemuHost, QEMU_HOME_ENV, QEMU_INITRD_ENV, QEMU_KERNEL_ENV,

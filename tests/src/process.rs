@@ -101,7 +101,7 @@ pub(crate) fn signal_pid(pid: u32, signal: Signal) -> Result<()> {
 }
 
 /// Sends `signal` to every process of the process group `pgid`.
-pub(crate) fn signal_group(pgid: u32, signal: Signal) -> Result<()> {
+pub fn signal_group(pgid: u32, signal: Signal) -> Result<()> {
     run_kill(signal, &format!("-{pgid}"))
 }
 

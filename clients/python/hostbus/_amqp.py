@@ -23,7 +23,7 @@ import pika
 import pika.exceptions
 
 from . import _wire
-from .errors import ConnectionError, NoRouteError
+from .errors import AuthError, ConnectionError, Error, NoRouteError
 
 _NAMES = itertools.count(1)
 
@@ -82,7 +82,18 @@ class Broker:
         try:
             return pika.BlockingConnection(self.parameters(role))
         except pika.exceptions.AMQPError as e:
-            raise ConnectionError(f"cannot reach the broker at {', '.join(self._shown())}: {e!r}") from e
+            raise self.refusal(e) from e
+
+    def refusal(self, e: BaseException) -> Error:
+        """The error of a connection that did not open: `AuthError` when the
+        broker refused the login (sending again will not help), else
+        `ConnectionError`."""
+        where = ", ".join(self._shown())
+        if isinstance(e, (pika.exceptions.ProbableAuthenticationError, pika.exceptions.ProbableAccessDeniedError)) or (
+            isinstance(e, pika.exceptions.AMQPConnectionError) and "ACCESS_REFUSED" in repr(e)
+        ):
+            return AuthError(f"the broker at {where} refused the login: {e!r}")
+        return ConnectionError(f"cannot reach the broker at {where}: {e!r}")
 
     def _shown(self) -> list[str]:
         shown = []
@@ -115,7 +126,7 @@ class Session:
         self._thread.start()
         self._ready.wait(broker.connect_timeout + 5)
         if self._error is not None:
-            raise ConnectionError(f"cannot reach the broker at {', '.join(broker._shown())}: {self._error!r}")
+            raise broker.refusal(self._error)
         if not self.alive:
             raise ConnectionError("the broker connection did not open in time")
 

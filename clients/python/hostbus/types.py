@@ -681,14 +681,14 @@ class Announcement:
             host_id=_str(_req(v, "host_id", "Announcement")),
             action=RosterAction(_req(v, "action", "Announcement")),
             time=_int(_req(v, "time", "Announcement")),
-            by=None if v["by"] is None else _str(v["by"]) if "by" in v else None,
-            capabilities=[_str(x) for x in _list(v["capabilities"])] if "capabilities" in v else [],
-            epoch=None if v["epoch"] is None else _str(v["epoch"]) if "epoch" in v else None,
-            interval_ms=_int(v["interval_ms"]) if "interval_ms" in v else 0,
-            labels=[_str(x) for x in _list(v["labels"])] if "labels" in v else [],
-            migration_uri=None if v["migration_uri"] is None else _str(v["migration_uri"]) if "migration_uri" in v else None,
-            started_at=_int(v["started_at"]) if "started_at" in v else 0,
-            versions=None if v["versions"] is None else Versions.from_wire(v["versions"]) if "versions" in v else None,
+            by=(None if v["by"] is None else _str(v["by"])) if "by" in v else None,
+            capabilities=([_str(x) for x in _list(v["capabilities"])]) if "capabilities" in v else [],
+            epoch=(None if v["epoch"] is None else _str(v["epoch"])) if "epoch" in v else None,
+            interval_ms=(_int(v["interval_ms"])) if "interval_ms" in v else 0,
+            labels=([_str(x) for x in _list(v["labels"])]) if "labels" in v else [],
+            migration_uri=(None if v["migration_uri"] is None else _str(v["migration_uri"])) if "migration_uri" in v else None,
+            started_at=(_int(v["started_at"])) if "started_at" in v else 0,
+            versions=(None if v["versions"] is None else Versions.from_wire(v["versions"])) if "versions" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -768,10 +768,10 @@ class BootSpec:
         """Decodes a `BootSpec` from its wire form (a map keyed by field name)."""
         v = _obj(value, "BootSpec")
         return cls(
-            cmdline=None if v["cmdline"] is None else _str(v["cmdline"]) if "cmdline" in v else None,
-            initrd=None if v["initrd"] is None else _str(v["initrd"]) if "initrd" in v else None,
-            kernel=None if v["kernel"] is None else _str(v["kernel"]) if "kernel" in v else None,
-            order=[BootDevice(x) for x in _list(v["order"])] if "order" in v else [],
+            cmdline=(None if v["cmdline"] is None else _str(v["cmdline"])) if "cmdline" in v else None,
+            initrd=(None if v["initrd"] is None else _str(v["initrd"])) if "initrd" in v else None,
+            kernel=(None if v["kernel"] is None else _str(v["kernel"])) if "kernel" in v else None,
+            order=([BootDevice(x) for x in _list(v["order"])]) if "order" in v else [],
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -826,8 +826,8 @@ class Capabilities:
             commands=[_str(x) for x in _list(_req(v, "commands", "Capabilities"))],
             live_resize=_bool(_req(v, "live_resize", "Capabilities")),
             snapshots=_bool(_req(v, "snapshots", "Capabilities")),
-            migration_uri=None if v["migration_uri"] is None else _str(v["migration_uri"]) if "migration_uri" in v else None,
-            volume_formats=[DiskFormat(x) for x in _list(v["volume_formats"])] if "volume_formats" in v else [],
+            migration_uri=(None if v["migration_uri"] is None else _str(v["migration_uri"])) if "migration_uri" in v else None,
+            volume_formats=([DiskFormat(x) for x in _list(v["volume_formats"])]) if "volume_formats" in v else [],
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -867,8 +867,8 @@ class ConsoleRecord:
         v = _obj(value, "ConsoleRecord")
         return cls(
             guest_device=_str(_req(v, "guest_device", "ConsoleRecord")),
-            log_path=None if v["log_path"] is None else _str(v["log_path"]) if "log_path" in v else None,
-            pty=None if v["pty"] is None else _str(v["pty"]) if "pty" in v else None,
+            log_path=(None if v["log_path"] is None else _str(v["log_path"])) if "log_path" in v else None,
+            pty=(None if v["pty"] is None else _str(v["pty"])) if "pty" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -932,9 +932,9 @@ class DiskRecord:
             bus=DiskBus(_req(v, "bus", "DiskRecord")),
             format=DiskFormat(_req(v, "format", "DiskRecord")),
             read_only=_bool(_req(v, "read_only", "DiskRecord")),
-            device=DiskDevice(v["device"]) if "device" in v else DiskDevice('disk'),
-            source_path=None if v["source_path"] is None else _str(v["source_path"]) if "source_path" in v else None,
-            volume=None if v["volume"] is None else VolumeRef.from_wire(v["volume"]) if "volume" in v else None,
+            device=(DiskDevice(v["device"])) if "device" in v else DiskDevice('disk'),
+            source_path=(None if v["source_path"] is None else _str(v["source_path"])) if "source_path" in v else None,
+            volume=(None if v["volume"] is None else VolumeRef.from_wire(v["volume"])) if "volume" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -1069,10 +1069,10 @@ class DiskSpec:
         return cls(
             target=_str(_req(v, "target", "DiskSpec")),
             source=disk_source_from_wire(_req(v, "source", "DiskSpec")),
-            bus=DiskBus(v["bus"]) if "bus" in v else DiskBus('virtio'),
-            device=DiskDevice(v["device"]) if "device" in v else DiskDevice('disk'),
-            format=None if v["format"] is None else DiskFormat(v["format"]) if "format" in v else None,
-            read_only=_bool(v["read_only"]) if "read_only" in v else False,
+            bus=(DiskBus(v["bus"])) if "bus" in v else DiskBus('virtio'),
+            device=(DiskDevice(v["device"])) if "device" in v else DiskDevice('disk'),
+            format=(None if v["format"] is None else DiskFormat(v["format"])) if "format" in v else None,
+            read_only=(_bool(v["read_only"])) if "read_only" in v else False,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -1119,8 +1119,8 @@ class Error:
         v = _obj(value, "Error")
         return cls(
             code=ErrorCode(_req(v, "code", "Error")),
-            message=_str(v["message"]) if "message" in v else '',
-            params={k: _str(x) for k, x in _dict(v["params"]).items()} if "params" in v else {},
+            message=(_str(v["message"])) if "message" in v else '',
+            params=({k: _str(x) for k, x in _dict(v["params"]).items()}) if "params" in v else {},
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -1175,8 +1175,8 @@ class Event:
             object_id=_str(_req(v, "object_id", "Event")),
             generation=_int(_req(v, "generation", "Event")),
             record=record_from_wire(_req(v, "record", "Event")),
-            inventory=None if v["inventory"] is None else Inventory.from_wire(v["inventory"]) if "inventory" in v else None,
-            migration=None if v["migration"] is None else MigrationNote.from_wire(v["migration"]) if "migration" in v else None,
+            inventory=(None if v["inventory"] is None else Inventory.from_wire(v["inventory"])) if "inventory" in v else None,
+            migration=(None if v["migration"] is None else MigrationNote.from_wire(v["migration"])) if "migration" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -1213,7 +1213,7 @@ class Health:
         return cls(
             status=HealthStatus(_req(v, "status", "Health")),
             hypervisor_connected=_bool(_req(v, "hypervisor_connected", "Health")),
-            message=_str(v["message"]) if "message" in v else '',
+            message=(_str(v["message"])) if "message" in v else '',
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -1280,9 +1280,9 @@ class Heartbeat:
             labels=[_str(x) for x in _list(_req(v, "labels", "Heartbeat"))],
             health=Health.from_wire(_req(v, "health", "Heartbeat")),
             load=Load.from_wire(_req(v, "load", "Heartbeat")),
-            capabilities=[_str(x) for x in _list(v["capabilities"])] if "capabilities" in v else [],
-            facts={k: _str(x) for k, x in _dict(v["facts"]).items()} if "facts" in v else {},
-            placement=Placement.from_wire(v["placement"]) if "placement" in v else Placement.from_wire({'enabled': True, 'reason': ''}),
+            capabilities=([_str(x) for x in _list(v["capabilities"])]) if "capabilities" in v else [],
+            facts=({k: _str(x) for k, x in _dict(v["facts"]).items()}) if "facts" in v else {},
+            placement=(Placement.from_wire(v["placement"])) if "placement" in v else Placement.from_wire({'enabled': True, 'reason': ''}),
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -1315,7 +1315,7 @@ class HostDisableRequest:
         """Decodes a `HostDisableRequest` from its wire form (a map keyed by field name)."""
         v = _obj(value, "HostDisableRequest")
         return cls(
-            reason=_str(v["reason"]) if "reason" in v else '',
+            reason=(_str(v["reason"])) if "reason" in v else '',
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -1386,8 +1386,8 @@ class HostRecord:
             threads=_int(_req(v, "threads", "HostRecord")),
             memory_kib=_int(_req(v, "memory_kib", "HostRecord")),
             generation=_int(_req(v, "generation", "HostRecord")),
-            migration_uri=None if v["migration_uri"] is None else _str(v["migration_uri"]) if "migration_uri" in v else None,
-            placement=Placement.from_wire(v["placement"]) if "placement" in v else Placement.from_wire({'enabled': True, 'reason': ''}),
+            migration_uri=(None if v["migration_uri"] is None else _str(v["migration_uri"])) if "migration_uri" in v else None,
+            placement=(Placement.from_wire(v["placement"])) if "placement" in v else Placement.from_wire({'enabled': True, 'reason': ''}),
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -1506,8 +1506,8 @@ class Inventory:
             volumes=[VolumeRecord.from_wire(x) for x in _list(_req(v, "volumes", "Inventory"))],
             networks=[NetworkRecord.from_wire(x) for x in _list(_req(v, "networks", "Inventory"))],
             tasks=[TaskRecord.from_wire(x) for x in _list(_req(v, "tasks", "Inventory"))],
-            epoch=None if v["epoch"] is None else _str(v["epoch"]) if "epoch" in v else None,
-            seq=_int(v["seq"]) if "seq" in v else 0,
+            epoch=(None if v["epoch"] is None else _str(v["epoch"])) if "epoch" in v else None,
+            seq=(_int(v["seq"])) if "seq" in v else 0,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -1545,8 +1545,8 @@ class IpSpec:
         return cls(
             address=_str(_req(v, "address", "IpSpec")),
             prefix=_int(_req(v, "prefix", "IpSpec")),
-            dhcp_end=None if v["dhcp_end"] is None else _str(v["dhcp_end"]) if "dhcp_end" in v else None,
-            dhcp_start=None if v["dhcp_start"] is None else _str(v["dhcp_start"]) if "dhcp_start" in v else None,
+            dhcp_end=(None if v["dhcp_end"] is None else _str(v["dhcp_end"])) if "dhcp_end" in v else None,
+            dhcp_start=(None if v["dhcp_start"] is None else _str(v["dhcp_start"])) if "dhcp_start" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -1717,8 +1717,8 @@ class MigrationRecord:
             live=_bool(_req(v, "live", "MigrationRecord")),
             copy_storage=_bool(_req(v, "copy_storage", "MigrationRecord")),
             elapsed_ms=_int(_req(v, "elapsed_ms", "MigrationRecord")),
-            data_bytes=None if v["data_bytes"] is None else _int(v["data_bytes"]) if "data_bytes" in v else None,
-            downtime_ms=None if v["downtime_ms"] is None else _int(v["downtime_ms"]) if "downtime_ms" in v else None,
+            data_bytes=(None if v["data_bytes"] is None else _int(v["data_bytes"])) if "data_bytes" in v else None,
+            downtime_ms=(None if v["downtime_ms"] is None else _int(v["downtime_ms"])) if "downtime_ms" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -1762,7 +1762,7 @@ class NetStats:
             rx_packets=_int(_req(v, "rx_packets", "NetStats")),
             tx_bytes=_int(_req(v, "tx_bytes", "NetStats")),
             tx_packets=_int(_req(v, "tx_packets", "NetStats")),
-            interface=None if v["interface"] is None else _str(v["interface"]) if "interface" in v else None,
+            interface=(None if v["interface"] is None else _str(v["interface"])) if "interface" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -1853,8 +1853,8 @@ class NetworkRecord:
             persistent=_bool(_req(v, "persistent", "NetworkRecord")),
             forward=ForwardMode(_req(v, "forward", "NetworkRecord")),
             generation=_int(_req(v, "generation", "NetworkRecord")),
-            bridge=None if v["bridge"] is None else _str(v["bridge"]) if "bridge" in v else None,
-            ip=None if v["ip"] is None else IpSpec.from_wire(v["ip"]) if "ip" in v else None,
+            bridge=(None if v["bridge"] is None else _str(v["bridge"])) if "bridge" in v else None,
+            ip=(None if v["ip"] is None else IpSpec.from_wire(v["ip"])) if "ip" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -1895,9 +1895,9 @@ class NetworkSpec:
         return cls(
             name=_str(_req(v, "name", "NetworkSpec")),
             forward=ForwardMode(_req(v, "forward", "NetworkSpec")),
-            autostart=_bool(v["autostart"]) if "autostart" in v else False,
-            bridge=None if v["bridge"] is None else _str(v["bridge"]) if "bridge" in v else None,
-            ip=None if v["ip"] is None else IpSpec.from_wire(v["ip"]) if "ip" in v else None,
+            autostart=(_bool(v["autostart"])) if "autostart" in v else False,
+            bridge=(None if v["bridge"] is None else _str(v["bridge"])) if "bridge" in v else None,
+            ip=(None if v["ip"] is None else IpSpec.from_wire(v["ip"])) if "ip" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -1930,8 +1930,8 @@ class NicRecord:
         return cls(
             mac=_str(_req(v, "mac", "NicRecord")),
             model=NicModel(_req(v, "model", "NicRecord")),
-            bridge=None if v["bridge"] is None else _str(v["bridge"]) if "bridge" in v else None,
-            network=None if v["network"] is None else _str(v["network"]) if "network" in v else None,
+            bridge=(None if v["bridge"] is None else _str(v["bridge"])) if "bridge" in v else None,
+            network=(None if v["network"] is None else _str(v["network"])) if "network" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -1961,10 +1961,10 @@ class NicSpec:
         """Decodes a `NicSpec` from its wire form (a map keyed by field name)."""
         v = _obj(value, "NicSpec")
         return cls(
-            bridge=None if v["bridge"] is None else _str(v["bridge"]) if "bridge" in v else None,
-            mac=None if v["mac"] is None else _str(v["mac"]) if "mac" in v else None,
-            model=NicModel(v["model"]) if "model" in v else NicModel('virtio'),
-            network=None if v["network"] is None else _str(v["network"]) if "network" in v else None,
+            bridge=(None if v["bridge"] is None else _str(v["bridge"])) if "bridge" in v else None,
+            mac=(None if v["mac"] is None else _str(v["mac"])) if "mac" in v else None,
+            model=(NicModel(v["model"])) if "model" in v else NicModel('virtio'),
+            network=(None if v["network"] is None else _str(v["network"])) if "network" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -2037,7 +2037,7 @@ class Ping:
         """Decodes a `Ping` from its wire form (a map keyed by field name)."""
         v = _obj(value, "Ping")
         return cls(
-            echo=None if v["echo"] is None else _str(v["echo"]) if "echo" in v else None,
+            echo=(None if v["echo"] is None else _str(v["echo"])) if "echo" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -2064,8 +2064,8 @@ class Placement:
         """Decodes a `Placement` from its wire form (a map keyed by field name)."""
         v = _obj(value, "Placement")
         return cls(
-            enabled=_bool(v["enabled"]) if "enabled" in v else True,
-            reason=_str(v["reason"]) if "reason" in v else '',
+            enabled=(_bool(v["enabled"])) if "enabled" in v else True,
+            reason=(_str(v["reason"])) if "reason" in v else '',
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -2093,7 +2093,7 @@ class Pong:
         return cls(
             host_id=_str(_req(v, "host_id", "Pong")),
             time=_int(_req(v, "time", "Pong")),
-            echo=None if v["echo"] is None else _str(v["echo"]) if "echo" in v else None,
+            echo=(None if v["echo"] is None else _str(v["echo"])) if "echo" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -2212,7 +2212,7 @@ class PoolRecord:
             persistent=_bool(_req(v, "persistent", "PoolRecord")),
             volumes=_int(_req(v, "volumes", "PoolRecord")),
             generation=_int(_req(v, "generation", "PoolRecord")),
-            target_path=None if v["target_path"] is None else _str(v["target_path"]) if "target_path" in v else None,
+            target_path=(None if v["target_path"] is None else _str(v["target_path"])) if "target_path" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -2255,8 +2255,8 @@ class PoolSpec:
             name=_str(_req(v, "name", "PoolSpec")),
             kind=PoolKind(_req(v, "kind", "PoolSpec")),
             target_path=_str(_req(v, "target_path", "PoolSpec")),
-            autostart=_bool(v["autostart"]) if "autostart" in v else False,
-            source=None if v["source"] is None else _str(v["source"]) if "source" in v else None,
+            autostart=(_bool(v["autostart"])) if "autostart" in v else False,
+            source=(None if v["source"] is None else _str(v["source"])) if "source" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -2337,7 +2337,7 @@ class SnapshotCreateRequest:
         return cls(
             vm=_str(_req(v, "vm", "SnapshotCreateRequest")),
             name=_str(_req(v, "name", "SnapshotCreateRequest")),
-            description=_str(v["description"]) if "description" in v else '',
+            description=(_str(v["description"])) if "description" in v else '',
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -2401,8 +2401,8 @@ class SnapshotRecord:
             vm_power_state=PowerState(_req(v, "vm_power_state", "SnapshotRecord")),
             current=_bool(_req(v, "current", "SnapshotRecord")),
             generation=_int(_req(v, "generation", "SnapshotRecord")),
-            description=_str(v["description"]) if "description" in v else '',
-            parent=None if v["parent"] is None else _str(v["parent"]) if "parent" in v else None,
+            description=(_str(v["description"])) if "description" in v else '',
+            parent=(None if v["parent"] is None else _str(v["parent"])) if "parent" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -2476,7 +2476,7 @@ class TaskListRequest:
         """Decodes a `TaskListRequest` from its wire form (a map keyed by field name)."""
         v = _obj(value, "TaskListRequest")
         return cls(
-            status=None if v["status"] is None else TaskStatus(v["status"]) if "status" in v else None,
+            status=(None if v["status"] is None else TaskStatus(v["status"])) if "status" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -2545,10 +2545,10 @@ class TaskRecord:
             created_at=_int(_req(v, "created_at", "TaskRecord")),
             cancellable=_bool(_req(v, "cancellable", "TaskRecord")),
             generation=_int(_req(v, "generation", "TaskRecord")),
-            error=None if v["error"] is None else Error.from_wire(v["error"]) if "error" in v else None,
-            finished_at=None if v["finished_at"] is None else _int(v["finished_at"]) if "finished_at" in v else None,
-            object=None if v["object"] is None else ObjectRef.from_wire(v["object"]) if "object" in v else None,
-            result=None if v["result"] is None else record_from_wire(v["result"]) if "result" in v else None,
+            error=(None if v["error"] is None else Error.from_wire(v["error"])) if "error" in v else None,
+            finished_at=(None if v["finished_at"] is None else _int(v["finished_at"])) if "finished_at" in v else None,
+            object=(None if v["object"] is None else ObjectRef.from_wire(v["object"])) if "object" in v else None,
+            result=(None if v["result"] is None else record_from_wire(v["result"])) if "result" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -2673,8 +2673,8 @@ class VmCloneRequest:
         return cls(
             source=_str(_req(v, "source", "VmCloneRequest")),
             name=_str(_req(v, "name", "VmCloneRequest")),
-            linked=_bool(v["linked"]) if "linked" in v else False,
-            pool=None if v["pool"] is None else _str(v["pool"]) if "pool" in v else None,
+            linked=(_bool(v["linked"])) if "linked" in v else False,
+            pool=(None if v["pool"] is None else _str(v["pool"])) if "pool" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -2769,7 +2769,7 @@ class VmListRequest:
         """Decodes a `VmListRequest` from its wire form (a map keyed by field name)."""
         v = _obj(value, "VmListRequest")
         return cls(
-            power_state=None if v["power_state"] is None else PowerState(v["power_state"]) if "power_state" in v else None,
+            power_state=(None if v["power_state"] is None else PowerState(v["power_state"])) if "power_state" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -2821,7 +2821,7 @@ class VmMigrateAbortRequest:
         return cls(
             uuid=_str(_req(v, "uuid", "VmMigrateAbortRequest")),
             name=_str(_req(v, "name", "VmMigrateAbortRequest")),
-            created=[MigrationDisk.from_wire(x) for x in _list(v["created"])] if "created" in v else [],
+            created=([MigrationDisk.from_wire(x) for x in _list(v["created"])]) if "created" in v else [],
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -2878,9 +2878,9 @@ class VmMigratePrepareRequest:
             live=_bool(_req(v, "live", "VmMigratePrepareRequest")),
             memory_kib=_int(_req(v, "memory_kib", "VmMigratePrepareRequest")),
             generation=_int(_req(v, "generation", "VmMigratePrepareRequest")),
-            disks=[MigrationDisk.from_wire(x) for x in _list(v["disks"])] if "disks" in v else [],
-            networks=[_str(x) for x in _list(v["networks"])] if "networks" in v else [],
-            pools=[_str(x) for x in _list(v["pools"])] if "pools" in v else [],
+            disks=([MigrationDisk.from_wire(x) for x in _list(v["disks"])]) if "disks" in v else [],
+            networks=([_str(x) for x in _list(v["networks"])]) if "networks" in v else [],
+            pools=([_str(x) for x in _list(v["pools"])]) if "pools" in v else [],
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -2922,7 +2922,7 @@ class VmMigratePrepareResponse:
         return cls(
             host_id=_str(_req(v, "host_id", "VmMigratePrepareResponse")),
             migration_uri=_str(_req(v, "migration_uri", "VmMigratePrepareResponse")),
-            created=[MigrationDisk.from_wire(x) for x in _list(v["created"])] if "created" in v else [],
+            created=([MigrationDisk.from_wire(x) for x in _list(v["created"])]) if "created" in v else [],
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -2963,10 +2963,10 @@ class VmMigrateRequest:
         return cls(
             uuid=_str(_req(v, "uuid", "VmMigrateRequest")),
             destination=_str(_req(v, "destination", "VmMigrateRequest")),
-            bandwidth_mib_s=None if v["bandwidth_mib_s"] is None else _int(v["bandwidth_mib_s"]) if "bandwidth_mib_s" in v else None,
-            copy_storage=_bool(v["copy_storage"]) if "copy_storage" in v else False,
-            max_downtime_ms=None if v["max_downtime_ms"] is None else _int(v["max_downtime_ms"]) if "max_downtime_ms" in v else None,
-            offline=_bool(v["offline"]) if "offline" in v else False,
+            bandwidth_mib_s=(None if v["bandwidth_mib_s"] is None else _int(v["bandwidth_mib_s"])) if "bandwidth_mib_s" in v else None,
+            copy_storage=(_bool(v["copy_storage"])) if "copy_storage" in v else False,
+            max_downtime_ms=(None if v["max_downtime_ms"] is None else _int(v["max_downtime_ms"])) if "max_downtime_ms" in v else None,
+            offline=(_bool(v["offline"])) if "offline" in v else False,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -3044,18 +3044,18 @@ class VmRecord:
             autostart=_bool(_req(v, "autostart", "VmRecord")),
             persistent=_bool(_req(v, "persistent", "VmRecord")),
             generation=_int(_req(v, "generation", "VmRecord")),
-            allowed_operations=[VmOperation(x) for x in _list(v["allowed_operations"])] if "allowed_operations" in v else [],
-            boot=BootSpec.from_wire(v["boot"]) if "boot" in v else BootSpec.from_wire({'cmdline': None, 'initrd': None, 'kernel': None, 'order': []}),
-            console=None if v["console"] is None else ConsoleRecord.from_wire(v["console"]) if "console" in v else None,
-            cpu_mode=None if v["cpu_mode"] is None else CpuMode(v["cpu_mode"]) if "cpu_mode" in v else None,
-            current_operations=[CurrentOperation.from_wire(x) for x in _list(v["current_operations"])] if "current_operations" in v else [],
-            current_snapshot=None if v["current_snapshot"] is None else _str(v["current_snapshot"]) if "current_snapshot" in v else None,
-            description=_str(v["description"]) if "description" in v else '',
-            disks=[DiskRecord.from_wire(x) for x in _list(v["disks"])] if "disks" in v else [],
-            domain_type=None if v["domain_type"] is None else _str(v["domain_type"]) if "domain_type" in v else None,
-            has_saved_state=_bool(v["has_saved_state"]) if "has_saved_state" in v else False,
-            nics=[NicRecord.from_wire(x) for x in _list(v["nics"])] if "nics" in v else [],
-            template=_bool(v["template"]) if "template" in v else False,
+            allowed_operations=([VmOperation(x) for x in _list(v["allowed_operations"])]) if "allowed_operations" in v else [],
+            boot=(BootSpec.from_wire(v["boot"])) if "boot" in v else BootSpec.from_wire({'cmdline': None, 'initrd': None, 'kernel': None, 'order': []}),
+            console=(None if v["console"] is None else ConsoleRecord.from_wire(v["console"])) if "console" in v else None,
+            cpu_mode=(None if v["cpu_mode"] is None else CpuMode(v["cpu_mode"])) if "cpu_mode" in v else None,
+            current_operations=([CurrentOperation.from_wire(x) for x in _list(v["current_operations"])]) if "current_operations" in v else [],
+            current_snapshot=(None if v["current_snapshot"] is None else _str(v["current_snapshot"])) if "current_snapshot" in v else None,
+            description=(_str(v["description"])) if "description" in v else '',
+            disks=([DiskRecord.from_wire(x) for x in _list(v["disks"])]) if "disks" in v else [],
+            domain_type=(None if v["domain_type"] is None else _str(v["domain_type"])) if "domain_type" in v else None,
+            has_saved_state=(_bool(v["has_saved_state"])) if "has_saved_state" in v else False,
+            nics=([NicRecord.from_wire(x) for x in _list(v["nics"])]) if "nics" in v else [],
+            template=(_bool(v["template"])) if "template" in v else False,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -3179,8 +3179,8 @@ class VmShutdownRequest:
         v = _obj(value, "VmShutdownRequest")
         return cls(
             uuid=_str(_req(v, "uuid", "VmShutdownRequest")),
-            force=_bool(v["force"]) if "force" in v else False,
-            timeout_s=_int(v["timeout_s"]) if "timeout_s" in v else 120,
+            force=(_bool(v["force"])) if "force" in v else False,
+            timeout_s=(_int(v["timeout_s"])) if "timeout_s" in v else 120,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -3233,16 +3233,16 @@ class VmSpec:
             name=_str(_req(v, "name", "VmSpec")),
             memory_kib=_int(_req(v, "memory_kib", "VmSpec")),
             vcpus=_int(_req(v, "vcpus", "VmSpec")),
-            arch=None if v["arch"] is None else _str(v["arch"]) if "arch" in v else None,
-            autostart=_bool(v["autostart"]) if "autostart" in v else False,
-            boot=BootSpec.from_wire(v["boot"]) if "boot" in v else BootSpec.from_wire({'cmdline': None, 'initrd': None, 'kernel': None, 'order': []}),
-            cpu_mode=None if v["cpu_mode"] is None else CpuMode(v["cpu_mode"]) if "cpu_mode" in v else None,
-            description=_str(v["description"]) if "description" in v else '',
-            disks=[DiskSpec.from_wire(x) for x in _list(v["disks"])] if "disks" in v else [],
-            max_memory_kib=None if v["max_memory_kib"] is None else _int(v["max_memory_kib"]) if "max_memory_kib" in v else None,
-            max_vcpus=None if v["max_vcpus"] is None else _int(v["max_vcpus"]) if "max_vcpus" in v else None,
-            nics=[NicSpec.from_wire(x) for x in _list(v["nics"])] if "nics" in v else [],
-            uuid=None if v["uuid"] is None else _str(v["uuid"]) if "uuid" in v else None,
+            arch=(None if v["arch"] is None else _str(v["arch"])) if "arch" in v else None,
+            autostart=(_bool(v["autostart"])) if "autostart" in v else False,
+            boot=(BootSpec.from_wire(v["boot"])) if "boot" in v else BootSpec.from_wire({'cmdline': None, 'initrd': None, 'kernel': None, 'order': []}),
+            cpu_mode=(None if v["cpu_mode"] is None else CpuMode(v["cpu_mode"])) if "cpu_mode" in v else None,
+            description=(_str(v["description"])) if "description" in v else '',
+            disks=([DiskSpec.from_wire(x) for x in _list(v["disks"])]) if "disks" in v else [],
+            max_memory_kib=(None if v["max_memory_kib"] is None else _int(v["max_memory_kib"])) if "max_memory_kib" in v else None,
+            max_vcpus=(None if v["max_vcpus"] is None else _int(v["max_vcpus"])) if "max_vcpus" in v else None,
+            nics=([NicSpec.from_wire(x) for x in _list(v["nics"])]) if "nics" in v else [],
+            uuid=(None if v["uuid"] is None else _str(v["uuid"])) if "uuid" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -3278,7 +3278,7 @@ class VmStartRequest:
         v = _obj(value, "VmStartRequest")
         return cls(
             uuid=_str(_req(v, "uuid", "VmStartRequest")),
-            paused=_bool(v["paused"]) if "paused" in v else False,
+            paused=(_bool(v["paused"])) if "paused" in v else False,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -3324,7 +3324,7 @@ class VmStats:
             memory_kib=_int(_req(v, "memory_kib", "VmStats")),
             block=[BlockStats.from_wire(x) for x in _list(_req(v, "block", "VmStats"))],
             net=[NetStats.from_wire(x) for x in _list(_req(v, "net", "VmStats"))],
-            memory_rss_kib=None if v["memory_rss_kib"] is None else _int(v["memory_rss_kib"]) if "memory_rss_kib" in v else None,
+            memory_rss_kib=(None if v["memory_rss_kib"] is None else _int(v["memory_rss_kib"])) if "memory_rss_kib" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -3356,7 +3356,7 @@ class VmUndefineRequest:
         v = _obj(value, "VmUndefineRequest")
         return cls(
             uuid=_str(_req(v, "uuid", "VmUndefineRequest")),
-            remove_storage=_bool(v["remove_storage"]) if "remove_storage" in v else False,
+            remove_storage=(_bool(v["remove_storage"])) if "remove_storage" in v else False,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -3526,7 +3526,7 @@ class VolumeRecord:
             capacity_bytes=_int(_req(v, "capacity_bytes", "VolumeRecord")),
             allocation_bytes=_int(_req(v, "allocation_bytes", "VolumeRecord")),
             generation=_int(_req(v, "generation", "VolumeRecord")),
-            backing_path=None if v["backing_path"] is None else _str(v["backing_path"]) if "backing_path" in v else None,
+            backing_path=(None if v["backing_path"] is None else _str(v["backing_path"])) if "backing_path" in v else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -3617,8 +3617,8 @@ class VolumeSpec:
         return cls(
             name=_str(_req(v, "name", "VolumeSpec")),
             capacity_bytes=_int(_req(v, "capacity_bytes", "VolumeSpec")),
-            allocation_bytes=_int(v["allocation_bytes"]) if "allocation_bytes" in v else 0,
-            format=DiskFormat(v["format"]) if "format" in v else DiskFormat('qcow2'),
+            allocation_bytes=(_int(v["allocation_bytes"])) if "allocation_bytes" in v else 0,
+            format=(DiskFormat(v["format"])) if "format" in v else DiskFormat('qcow2'),
         )
 
     def to_wire(self) -> dict[str, Any]:

@@ -5,7 +5,7 @@
 //! cleans up the node's processes; `url.rs` rewrites AMQP URLs.
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 mod node;
@@ -291,6 +291,15 @@ impl RabbitNode {
     pub fn ctl(&self, args: &[&str]) -> Result<String> {
         let node = self.private("`rabbitmqctl`")?;
         blocking(|| node.ctl(args))
+    }
+
+    /// `rabbitmqctl -n <node>` as [`ctl`](Self::ctl) runs it, not run:
+    /// its program, first arguments, working directory and environment
+    /// (`Command::get_envs` lists what it sets and what it removes), for a
+    /// test that hands `rabbitmqctl` to a program of its own (a control
+    /// script in another language). Private nodes only.
+    pub fn ctl_command(&self) -> Result<Command> {
+        Ok(self.private("`rabbitmqctl`")?.ctl_command())
     }
 
     /// Adds a user with a password and full permissions on the default

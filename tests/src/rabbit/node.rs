@@ -429,11 +429,16 @@ impl PrivateNode {
         }
     }
 
+    /// `rabbitmqctl -n <node>`, with the node's environment.
+    pub(super) fn ctl_command(&self) -> Command {
+        let mut cmd = self.command("rabbitmqctl");
+        cmd.arg("-n").arg(&self.name);
+        cmd
+    }
+
     pub(super) fn ctl(&self, args: &[&str]) -> Result<String> {
         let out = self
-            .command("rabbitmqctl")
-            .arg("-n")
-            .arg(&self.name)
+            .ctl_command()
             .args(args)
             .output()
             .map_err(|e| HarnessError::io("cannot run rabbitmqctl", e))?;
