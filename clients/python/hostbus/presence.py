@@ -26,7 +26,7 @@ import pika
 import pika.exceptions
 
 from . import types as t
-from .errors import AuthError, ConnectionError, NotFoundError
+from .errors import AuthError, ConnectionError, Error, NotFoundError
 from .events import OpenConnection, close_quietly, decode_body, open_named, stream_offset_of
 
 __all__ = [
@@ -322,8 +322,8 @@ def still_consuming(open_connection: OpenConnection, hosts: Iterable[str]) -> se
         return set()
     try:
         conn = open_named(open_connection, "fleet view")
-    except (pika.exceptions.AMQPError, OSError):
-        return set(wanted)
+    except (pika.exceptions.AMQPError, OSError, Error):
+        return set(wanted)  # not asked: still waited for
     try:
         answers = probe(conn, wanted)
     finally:
