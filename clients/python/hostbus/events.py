@@ -6,17 +6,19 @@ start: ``"next"`` (from now), ``"first"`` (the oldest kept), a stream offset
 (an ``int``: a stored :attr:`Subscription.position` plus one) or a time (a
 ``datetime``). It filters by its topic patterns itself, so it still sees
 every sequence number of every host and can tell a lost event from one it
-was not sent. A resync (a fresh ``host.snapshot``) is reported only when
-events really were lost: a gap in a host's ``seq``, a new epoch (the agent
-restarted), or an offset older than the broker keeps.
+was not sent. A :class:`Resync` (with a fresh ``host.snapshot``) is reported
+only when events really were lost (a gap in a host's ``seq``, a new epoch:
+the agent restarted; an offset older than the broker keeps), and when an
+agent announces itself with its full inventory (``agent.online``).
 
 A subscription whose connection drops reconnects on its own and resumes
-right after the last event it read: nothing missed, nothing twice.
+right after the last event it read: nothing missed, nothing twice. (Started
+at ``"next"`` and cut off before its first event, it starts at ``"next"``
+again: it knows no offset yet.)
 
 Everything runs on the caller's thread: the connection is only read while
-:meth:`Subscription.next` waits. Call it often enough for the connection's
-heartbeats (a minute by default); a connection the broker closed meanwhile
-is reopened where it stopped.
+:meth:`Subscription.next` waits. A connection the broker closed meanwhile
+for want of heartbeats is reopened where it stopped.
 """
 
 from __future__ import annotations
@@ -466,10 +468,12 @@ class Subscription:
             limit = 1.0 if remaining is None else max(0.0, min(remaining, 1.0))
             try:
                 self._conn.process_data_events(time_limit=limit)
-                if not self._ch.is_open or self._tag not in self._ch.consumer_tags:
+                ch = self._ch
+                if ch is not None and (not ch.is_open or self._tag not in ch.consumer_tags):
                     raise pika.exceptions.ChannelClosed(0, "the stream consumer ended")
             except _LOST as e:
-                self._lost(e)
+                if self._conn is not None:  # else lost already, by an ack
+                    self._lost(e)
             polled = True
 
     def __iter__(self) -> Iterator[Notification]:

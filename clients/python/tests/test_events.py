@@ -229,6 +229,8 @@ class FakeBroker:
         self.stream = {first + i: e for i, e in enumerate(events)}
         self.first = first
         self.kill_after: list[int] = []  # deliveries per connection before it dies
+        self.acks = 0
+        self.failing_acks: set[int] = set()  # the acks (counted from 1) that find the channel closed
         self.connections: list[FakeConn] = []
         self.names: set[str] = set()
 
@@ -313,6 +315,11 @@ class FakeChannel:
         return "ctag"
 
     def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        b = self.conn.broker
+        b.acks += 1
+        if b.acks in b.failing_acks:
+            self.conn.is_open = False
+            raise pika.exceptions.ChannelWrongStateError("Channel is closed.")
         self.acked.append(delivery_tag)
 
 
@@ -344,6 +351,19 @@ def test_reconnections_resume_after_the_last_event_read_nothing_missed_or_double
     assert broker.names == {sub.name}
     assert sub.name == f"subscription {sub.id}"
     sub.close()
+
+
+def test_an_ack_that_finds_the_connection_gone_loses_nothing() -> None:
+    events = [ev("a", "e1", i + 1) for i in range(120)]
+    broker = FakeBroker(events)
+    # Reconnections mid-chunk make the broker resend the chunk's start,
+    # skipped and acked inside pika's callback (prefetch 1: each acked).
+    broker.kill_after = [15, 23, 37]
+    broker.failing_acks = {3, 20, 21, 44, 90}
+    with Subscription(broker.open, ["#"], start="first", prefetch=1) as sub:
+        got = drain(sub)
+    assert [n.offset for n in got] == list(range(120))
+    assert sub.reconnections >= 5
 
 
 def test_a_stored_offset_resumes_within_its_chunk() -> None:
