@@ -23,10 +23,12 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import httpx
 
+from . import errors
+from .errors import Error
 from .events import (
     EventNotification,
     Notification,
@@ -156,18 +158,16 @@ class SseParser:
                 self._size += len(value) + 1
 
 
-class _Refused(Exception):
-    """The agent answered the stream request with an error."""
-
-    def __init__(self, status: int, body: bytes) -> None:
-        detail = body.decode("utf-8", errors="replace")[:500]
-        try:
-            err = json.loads(body)["error"]
-            detail = f'{err["code"]}: {err.get("message", "")}'
-        except Exception:  # noqa: BLE001 - the raw body will do
-            pass
-        super().__init__(f"the agent refused {EVENTS_PATH} ({status}): {detail}")
-        self.status = status
+def _refusal(status: int, body: bytes) -> Error:
+    """The error for an agent's refusal of the stream request."""
+    try:
+        reply = json.loads(body)
+        if isinstance(reply, dict) and isinstance(reply.get("error"), dict):
+            return errors.from_wire(reply["error"])
+    except ValueError:
+        pass
+    text = body.decode("utf-8", errors="replace")[:500]
+    return errors.InternalError(f"the agent answered {EVENTS_PATH} with {status}: {text}")
 
 
 def _socket_client(path: str) -> httpx.Client:
@@ -184,23 +184,22 @@ class SocketSubscription:
     stream over its HTTP binding: the same interface as
     :class:`hostbus.events.Subscription`.
 
-    ``socket_path`` is the agent's Unix socket; ``make_client`` (instead)
-    returns an ``httpx.Client`` whose ``base_url`` reaches the agent (for
-    TLS over TCP). Only ``start="next"`` is served: the agent keeps no
-    history. Raises at once if the agent cannot be reached or refuses;
+    ``agent`` is the agent's Unix socket, or an ``httpx.Client`` whose
+    ``base_url`` reaches the agent (the connection's own: it is left open).
+    Only ``start="next"`` is served (else ``ValueError``): the agent keeps
+    no history. Raises at once if the agent cannot be reached
+    (``hostbus.ConnectionError``) or refuses (the error it answered with);
     after that, a lost stream is reopened (after 0.1 s, doubling up to 2 s).
     """
 
     def __init__(
         self,
-        socket_path: str | None,
+        agent: str | httpx.Client,
         patterns: Sequence[str] = ("#",),
         start: Start = "next",
         snapshot: Snapshot | None = None,
-        *,
-        make_client: Callable[[], httpx.Client] | None = None,
     ) -> None:
-        if start != "next" or isinstance(start, bool):
+        if isinstance(start, bool) or start != "next":
             raise ValueError(
                 f"an agent socket serves events from the next one only (the agent keeps no "
                 f"history): start={start!r} needs the broker's event stream"
@@ -210,15 +209,9 @@ class SocketSubscription:
         pats = list(patterns) or ["#"]
         for p in pats:
             check_pattern(p)
-        if make_client is None:
-            if socket_path is None:
-                raise ValueError("a socket path or make_client is needed")
-            path = socket_path
-
-            def make_client() -> httpx.Client:
-                return _socket_client(path)
-
-        self._make_client: Callable[[], httpx.Client] = make_client
+        # A client of the caller's (which it also calls with) is left open.
+        self._own_client = not isinstance(agent, httpx.Client)
+        self._client = _socket_client(agent) if isinstance(agent, str) else agent
         self._tracker = Tracker(pats, snapshot)
         # Bounded: a subscriber that does not keep up holds the agent back,
         # whose buffer then drops events, which shows as a gap (a resync).
@@ -230,9 +223,13 @@ class SocketSubscription:
         self._closed = False
         #: How many times the stream was reopened.
         self.reconnections = 0
-        client, resp = self._open()  # fails at once
+        try:
+            resp = self._open()  # fails at once
+        except BaseException:
+            self._close_client()
+            raise
         self._thread = threading.Thread(
-            target=self._run, args=(client, resp), name="hostbus-sse", daemon=True)
+            target=self._run, args=(resp,), name="hostbus-sse", daemon=True)
         self._thread.start()
 
     # ---- public
@@ -311,34 +308,34 @@ class SocketSubscription:
                 return self._tracker.hello(
                     str(raw["host_id"]), str(raw["epoch"]), int(raw["last_seq"]))
             return self._tracker.event(raw, None, None)
-        except Exception as e:  # noqa: BLE001 - one bad message does not end the stream
+        except (ValueError, LookupError, TypeError) as e:  # one bad message does not end the stream
             log.warning("undecodable %s message of the agent's event stream skipped: %s",
                         m.event, e)
             return []
 
     # ---- the stream (reader thread)
 
-    def _open(self) -> tuple[httpx.Client, httpx.Response]:
-        client = self._make_client()
+    def _open(self) -> httpx.Response:
         try:
-            req = client.build_request(
+            req = self._client.build_request(
                 "GET", EVENTS_PATH,
                 headers={"accept": "text/event-stream"},
                 timeout=httpx.Timeout(10.0, read=_READ_TIMEOUT),
             )
-            resp = client.send(req, stream=True)
-            if resp.status_code != 200:
+            resp = self._client.send(req, stream=True)
+        except httpx.TransportError as e:
+            raise errors.ConnectionError(f"the agent's event stream {EVENTS_PATH}: {e!r}") from e
+        if resp.status_code != 200:
+            try:
                 body = resp.read()
+            finally:
                 resp.close()
-                raise _Refused(resp.status_code, body)
-        except BaseException:
-            client.close()
-            raise
+            raise _refusal(resp.status_code, body)
         stream = resp.extensions.get("network_stream")
         sock = stream.get_extra_info("socket") if stream is not None else None
         with self._lock:
             self._sock = sock if isinstance(sock, socket.socket) else None
-        return client, resp
+        return resp
 
     def _put(self, item: _Item) -> None:
         """Hands an item over, waiting for room (until closed)."""
@@ -349,46 +346,48 @@ class SocketSubscription:
             except queue.Full:
                 continue
 
-    def _run(self, client: httpx.Client, resp: httpx.Response) -> None:
+    def _run(self, resp: httpx.Response) -> None:
         pause = _FIRST_PAUSE
-        current: tuple[httpx.Client, httpx.Response] | None = (client, resp)
-        while not self._stop.is_set():
-            if current is None:
+        current: httpx.Response | None = resp
+        try:
+            while not self._stop.is_set():
+                if current is None:
+                    try:
+                        current = self._open()
+                        self.reconnections += 1
+                    except Exception as e:  # noqa: BLE001 - retried
+                        log.info("event subscription: cannot reopen the agent's stream yet: %s", e)
+                        if self._stop.wait(pause):
+                            break
+                        pause = min(pause * 2, _MAX_PAUSE)
+                        continue
+                resp, current = current, None
+                parser = SseParser()
                 try:
-                    current = self._open()
-                    self.reconnections += 1
-                except Exception as e:  # noqa: BLE001 - retried
-                    log.info("event subscription: cannot reopen the agent's stream yet: %s", e)
-                    if self._stop.wait(pause):
-                        break
-                    pause = min(pause * 2, _MAX_PAUSE)
-                    continue
-            client, resp = current
-            current = None
-            parser = SseParser()
-            try:
-                for chunk in resp.iter_raw():
-                    for m in parser.push(chunk):
-                        if m.event == "hello":
-                            pause = _FIRST_PAUSE
-                        self._put(m)
-                    if self._stop.is_set():
-                        break
-            except Exception as e:  # noqa: BLE001 - reconnect
-                if not self._stop.is_set():
-                    log.info("event subscription: the agent's stream failed: %s", e)
-            finally:
-                with self._lock:
-                    self._sock = None
-                try:
-                    resp.close()
+                    for chunk in resp.iter_raw():
+                        for m in parser.push(chunk):
+                            if m.event == "hello":
+                                pause = _FIRST_PAUSE
+                            self._put(m)
+                        if self._stop.is_set():
+                            break
+                except Exception as e:  # noqa: BLE001 - reconnect
+                    if not self._stop.is_set():
+                        log.info("event subscription: the agent's stream failed: %s", e)
                 finally:
-                    client.close()
-            if self._stop.is_set():
-                break
-            log.info("event subscription: the agent's event stream ended; reconnecting")
-            self._put(None)
-            if self._stop.wait(pause):
-                break
-            pause = min(pause * 2, _MAX_PAUSE)
+                    with self._lock:
+                        self._sock = None
+                    resp.close()
+                if self._stop.is_set():
+                    break
+                log.info("event subscription: the agent's event stream ended; reconnecting")
+                self._put(None)
+                if self._stop.wait(pause):
+                    break
+                pause = min(pause * 2, _MAX_PAUSE)
+        finally:
+            self._close_client()
 
+    def _close_client(self) -> None:
+        if self._own_client:
+            self._client.close()

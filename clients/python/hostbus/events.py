@@ -6,17 +6,19 @@ start: ``"next"`` (from now), ``"first"`` (the oldest kept), a stream offset
 (an ``int``: a stored :attr:`Subscription.position` plus one) or a time (a
 ``datetime``). It filters by its topic patterns itself, so it still sees
 every sequence number of every host and can tell a lost event from one it
-was not sent. A resync (a fresh ``host.snapshot``) is reported only when
-events really were lost: a gap in a host's ``seq``, a new epoch (the agent
-restarted), or an offset older than the broker keeps.
+was not sent. A :class:`Resync` (with a fresh ``host.snapshot``) is reported
+only when events really were lost (a gap in a host's ``seq``, a new epoch:
+the agent restarted; an offset older than the broker keeps), and when an
+agent announces itself with its full inventory (``agent.online``).
 
 A subscription whose connection drops reconnects on its own and resumes
-right after the last event it read: nothing missed, nothing twice.
+right after the last event it read: nothing missed, nothing twice. (Started
+at ``"next"`` and cut off before its first event, it starts at ``"next"``
+again: it knows no offset yet.)
 
 Everything runs on the caller's thread: the connection is only read while
-:meth:`Subscription.next` waits. Call it often enough for the connection's
-heartbeats (a minute by default); a connection the broker closed meanwhile
-is reopened where it stopped.
+:meth:`Subscription.next` waits. A connection the broker closed meanwhile
+for want of heartbeats is reopened where it stopped.
 """
 
 from __future__ import annotations
@@ -24,11 +26,10 @@ from __future__ import annotations
 import collections
 import datetime as _dt
 import enum
-import importlib
+import inspect
 import json
 import logging
 import time
-import types as _pytypes
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, Union
@@ -36,6 +37,9 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import msgpack
 import pika
 import pika.exceptions
+
+from . import types as t
+from .errors import NotFoundError
 
 __all__ = [
     "EVENT_STREAM",
@@ -56,13 +60,15 @@ log = logging.getLogger("hostbus.events")
 #: The stream every event is kept in.
 EVENT_STREAM = "hostbus.events"
 
-#: Opens a fresh ``pika.BlockingConnection`` whose ``client_properties``
-#: carry ``{"connection_name": <the argument>}`` (the runtime builds it with
-#: the user's URLs and TLS settings).
-OpenConnection = Callable[[str], Any]
+#: Opens a fresh ``pika.BlockingConnection`` (the runtime builds it with the
+#: user's URLs and TLS settings). When it takes an argument, it is given a
+#: role, such as ``"subscription 0f3a9c2e51b7"``, for the connection's
+#: ``client_properties["connection_name"]`` to end with (see
+#: :func:`open_named`).
+OpenConnection = Union[Callable[[], Any], Callable[[str], Any]]
 
-#: ``host.snapshot`` of one host: an ``Inventory`` (with ``epoch`` and ``seq``).
-Snapshot = Callable[[str], Any]
+#: ``host.snapshot`` of one host.
+Snapshot = Callable[[str], "t.Inventory"]
 
 #: Where a subscription starts: ``"next"``, ``"first"``, a stream offset or a time.
 Start = Union[str, int, _dt.datetime]
@@ -90,42 +96,17 @@ def decode_body(content_type: str | None, body: bytes) -> Any:
     raise ValueError(f"unsupported content type {content_type!r}")
 
 
-def _attrs(value: Any) -> Any:
-    """Maps as attribute objects, recursively (until ``hostbus.types`` exists)."""
-    if isinstance(value, dict):
-        return _pytypes.SimpleNamespace(**{str(k): _attrs(v) for k, v in value.items()})
-    if isinstance(value, list):
-        return [_attrs(v) for v in value]
-    return value
-
-
-def from_wire(kind: str, value: Any) -> Any:
-    """``hostbus.types.<kind>.from_wire(value)``; attribute objects when the
-    generated types are not there."""
+def open_named(open_connection: OpenConnection, role: str) -> Any:
+    """``open_connection(role)``, or ``open_connection()`` when it takes no
+    argument (its connections are then named however it names them)."""
+    opener: Callable[..., Any] = open_connection
     try:
-        types_module = importlib.import_module("hostbus.types")
-    except ImportError:
-        return _attrs(value)
-    cls = getattr(types_module, kind, None)
-    if cls is None:
-        return _attrs(value)
-    return cls.from_wire(value)
-
-
-def field(obj: Any, name: str, default: Any = None) -> Any:
-    """A field of a decoded object or of a plain map."""
-    if isinstance(obj, dict):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-def _str(v: Any) -> str | None:
-    """A string field (enums as their value, UUIDs as text)."""
-    if v is None:
-        return None
-    if isinstance(v, enum.Enum):
-        return str(v.value)
-    return str(v)
+        params = list(inspect.signature(opener).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    if any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params):
+        return opener(role)
+    return opener()
 
 
 # --------------------------------------------------------------- patterns
@@ -187,8 +168,7 @@ class ResyncReason(str, enum.Enum):
 class EventNotification:
     """An event matching the subscription's patterns."""
 
-    #: The event (``hostbus.types.Event``).
-    event: Any
+    event: t.Event
     #: Its stream offset (``None`` over an agent's socket).
     offset: int | None
     #: Its routing key, ``<host>.<class>.<action>`` (what the patterns matched).
@@ -201,9 +181,9 @@ class Resync:
 
     host_id: str
     reason: ResyncReason
-    #: The host's full state (``hostbus.types.Inventory``); ``None`` without a
-    #: snapshot function, or when the snapshot failed (see ``error``).
-    inventory: Any
+    #: The host's full state; ``None`` without a snapshot function, or when
+    #: the snapshot failed (see ``error``).
+    inventory: t.Inventory | None
     #: The stream offset of the event that showed the loss, if any.
     offset: int | None = None
     #: Why ``inventory`` is missing, when the snapshot failed.
@@ -211,6 +191,11 @@ class Resync:
 
 
 Notification = Union[EventNotification, Resync]
+
+
+def _key_of(raw: dict[str, Any]) -> str:
+    """An event's routing key from its wire map (unknown enum values as sent)."""
+    return f"{raw.get('host_id')}.{raw.get('class')}.{raw.get('action')}"
 
 
 class Tracker:
@@ -246,7 +231,7 @@ class Tracker:
             return ResyncReason.GAP
         return None
 
-    def _snapshot(self, host: str) -> tuple[Any, BaseException | None]:
+    def _snapshot(self, host: str) -> tuple[t.Inventory | None, BaseException | None]:
         if self.snapshot is None:
             return None, None
         try:
@@ -258,9 +243,8 @@ class Tracker:
     def resync(self, host: str, reason: ResyncReason, offset: int | None) -> Resync:
         """Snapshots ``host`` and makes its inventory the new baseline."""
         inv, err = self._snapshot(host)
-        epoch = _str(field(inv, "epoch")) if inv is not None else None
-        if epoch is not None:
-            self.seen[host] = (epoch, int(field(inv, "seq", 0) or 0))
+        if inv is not None and inv.epoch is not None:
+            self.seen[host] = (inv.epoch, inv.seq)
         return Resync(host, reason, inv, offset, err)
 
     def hosts(self) -> list[str]:
@@ -268,44 +252,34 @@ class Tracker:
         named = {h for h in map(pattern_host, self.patterns) if h is not None}
         return sorted(set(self.seen) | named)
 
-    def event(self, raw: dict[str, Any], key: str | None, offset: int | None) -> list[Notification]:
-        """Takes in one event (its wire map); the notifications it makes."""
-        host = str(raw["host_id"])
-        epoch = str(raw["epoch"])
-        seq = int(raw["seq"])
+    def event(self, raw: Any, key: str | None, offset: int | None) -> list[Notification]:
+        """Takes in one event (its wire map: ``DecodeError`` when it is not
+        one); the notifications it makes."""
+        ev = t.Event.from_wire(raw)
+        host, epoch, seq = ev.host_id, ev.epoch, ev.seq
         order = self._order(host, epoch, seq)
         if order is False:
             return []
-        online = raw.get("class") == "agent" and raw.get("action") == "online"
-        reason: ResyncReason | None = order if isinstance(order, ResyncReason) else None
+        online = ev.class_ == t.ObjectClass.AGENT and ev.action == t.EventAction.ONLINE
+        reason = order if isinstance(order, ResyncReason) else None
         if reason is None and online:
             reason = ResyncReason.AGENT_ONLINE
         out: list[Notification] = []
         last = seq
-        ev: Any = None
         keep = True
         if reason is not None and self.followed(host):
-            inv_raw = raw.get("inventory") if online else None
-            if inv_raw is not None:
-                # agent.online carries the inventory, stamped with its own seq.
-                ev = from_wire("Event", raw)
-                inv, err = field(ev, "inventory"), None
-            else:
-                inv, err = self._snapshot(host)
-            if inv is not None and _str(field(inv, "epoch")) == epoch:
-                inv_seq = int(field(inv, "seq", 0) or 0)
-                if inv_seq >= seq and inv_raw is None:
+            carried = ev.inventory if online else None
+            inv, err = (carried, None) if carried is not None else self._snapshot(host)
+            if inv is not None and inv.epoch == epoch:
+                if inv.seq >= seq and carried is None:
                     # The inventory already reflects this event.
                     keep = False
-                last = max(last, inv_seq)
+                last = max(last, inv.seq)
             out.append(Resync(host, reason, inv, offset, err))
         self.seen[host] = (epoch, last)
         if keep:
-            if key is None:
-                key = f"{host}.{raw.get('class')}.{raw.get('action')}"
+            key = key or _key_of(raw)
             if self.matches(key):
-                if ev is None:
-                    ev = from_wire("Event", raw)
                 out.append(EventNotification(ev, offset, key))
         return out
 
@@ -382,16 +356,19 @@ class Subscription:
     """An iterator of notifications (:class:`EventNotification` and
     :class:`Resync`) read from the broker's event stream.
 
-    ``open_connection(name)`` must return a fresh ``pika.BlockingConnection``
-    named ``name`` (``client_properties={"connection_name": name}``);
-    it is called for the first connection and for every reconnection.
+    ``open_connection`` returns a fresh ``pika.BlockingConnection``; it is
+    called for the first connection and for every reconnection, with the
+    subscription's :attr:`name` (``"subscription <id>"``) when it takes an
+    argument, for the connection's ``connection_name`` to end with (so that
+    one subscription's connections can be told apart in
+    ``rabbitmqctl list_connections``).
     ``patterns`` are topic patterns on routing keys
     ``<host>.<class>.<action>`` (``h1.vm.*``, ``*.task.finished``, ``#``;
     all when empty). ``snapshot(host)`` returns a fresh ``host.snapshot``
     inventory for resyncs (without it, resyncs carry no inventory).
 
-    Raises at once if the broker cannot be reached or the stream does not
-    exist; after that, a lost connection is reopened (after 0.1 s, doubling
+    Raises at once if the broker cannot be reached (what ``open_connection``
+    raises) or the stream does not exist (``NotFoundError``); after that, a lost connection is reopened (after 0.1 s, doubling
     up to 2 s) and reading resumes after the last event read.
     """
 
@@ -416,8 +393,9 @@ class Subscription:
         self._ack_every = max(1, prefetch // 4)
         self._tracker = Tracker(pats, snapshot)
         self.id = uuid.uuid4().hex[:12]
-        #: The name its connections carry (``client_properties.connection_name``).
-        self.connection_name = f"hostbus-python subscription {self.id}"
+        #: The role its connections are opened for (``open_connection(name)``):
+        #: their ``connection_name`` ends with it.
+        self.name = f"subscription {self.id}"
         # The offset the next delivery should have, once known.
         self._asked: int | None = start if isinstance(start, int) and not isinstance(start, bool) else None
         self._position: int | None = None
@@ -432,8 +410,9 @@ class Subscription:
         self._pause = _FIRST_PAUSE
         self._retry_at = 0.0
         self._closed = False
-        #: How many times the subscription reconnected.
+        #: How many times a lost connection was reopened.
         self.reconnections = 0
+        self._connected_once = False
         self._connect()
 
     # ---- public
@@ -481,7 +460,7 @@ class Subscription:
                 try:
                     self._connect()
                 except _LOST as e:
-                    log.info("%s: cannot reconnect yet: %s", self.connection_name, e)
+                    log.info("%s: cannot reconnect yet: %s", self.name, e)
                     self._retry_at = time.monotonic() + self._pause
                     self._pause = min(self._pause * 2, _MAX_PAUSE)
                 polled = True
@@ -489,10 +468,12 @@ class Subscription:
             limit = 1.0 if remaining is None else max(0.0, min(remaining, 1.0))
             try:
                 self._conn.process_data_events(time_limit=limit)
-                if not self._ch.is_open or self._tag not in self._ch.consumer_tags:
+                ch = self._ch
+                if ch is not None and (not ch.is_open or self._tag not in ch.consumer_tags):
                     raise pika.exceptions.ChannelClosed(0, "the stream consumer ended")
             except _LOST as e:
-                self._lost(e)
+                if self._conn is not None:  # else lost already, by an ack
+                    self._lost(e)
             polled = True
 
     def __iter__(self) -> Iterator[Notification]:
@@ -538,7 +519,7 @@ class Subscription:
     def _connect(self) -> None:
         """Opens a connection and a consumer at the offset to resume from."""
         start = self._asked if self._asked is not None else self._start_arg
-        conn = self._open(self.connection_name)
+        conn = open_named(self._open, self.name)
         try:
             ch = conn.channel()
             ch.basic_qos(prefetch_count=self._prefetch)
@@ -554,24 +535,35 @@ class Subscription:
                 auto_ack=False,
                 arguments={"x-stream-offset": start},
             )
+        except pika.exceptions.ChannelClosedByBroker as e:
+            close_quietly(conn)
+            if e.reply_code == 404:
+                raise NotFoundError(
+                    f"the stream {EVENT_STREAM} does not exist on this broker: no agent of this "
+                    "version has connected yet (agents declare it), or an administrator must run "
+                    "`hostctl admin setup`") from e
+            raise
         except BaseException:
             close_quietly(conn)
             raise
+        if self._connected_once:
+            self.reconnections += 1
+        self._connected_once = True
         self._conn, self._ch, self._tag = conn, ch, str(tag)
         self._first_of_connection = True
         self._unacked = 0
         self._pause = _FIRST_PAUSE
-        log.debug("%s: consuming %s at %r", self.connection_name, EVENT_STREAM, start)
+        log.debug("%s: consuming %s at %r", self.name, EVENT_STREAM, start)
 
     def _lost(self, e: BaseException) -> None:
         log.info("%s: connection lost (%s); resuming after the last event read",
-                 self.connection_name, e)
+                 self.name, e)
         close_quietly(self._conn)
         self._conn = self._ch = None
         self._tag = None
         self._generation += 1
-        self.reconnections += 1
         self._retry_at = time.monotonic() + self._pause
+        self._pause = min(self._pause * 2, _MAX_PAUSE)
 
     def _received(self, gen: int, method: Any, props: Any, body: bytes) -> None:
         """A delivery arrived (inside ``process_data_events``)."""
@@ -609,7 +601,7 @@ class Subscription:
     def _take(self, item: _Delivery | _Lost) -> None:
         if isinstance(item, _Lost):
             log.warning("%s: offsets %d..%d are no longer kept; resyncing every host followed",
-                        self.connection_name, item.asked, item.first - 1)
+                        self.name, item.asked, item.first - 1)
             for host in self._tracker.hosts():
                 self._pending.append(
                     (self._tracker.resync(host, ResyncReason.HISTORY_LOST, None), None))
@@ -617,12 +609,10 @@ class Subscription:
         self._ack(item)
         try:
             raw = decode_body(item.content_type, item.body)
-            if not isinstance(raw, dict):
-                raise ValueError("an event is a map")
             out = self._tracker.event(raw, item.key, item.offset)
-        except Exception as e:  # noqa: BLE001 - one bad event does not end the subscription
+        except (ValueError, LookupError, TypeError, msgpack.UnpackException) as e:  # one bad event does not end it
             log.warning("%s: undecodable event at offset %s skipped: %s",
-                        self.connection_name, item.offset, e)
+                        self.name, item.offset, e)
             out = []
         if not out:
             if item.offset is not None:

@@ -20,12 +20,14 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import pika
 import pika.exceptions
 
-from .events import OpenConnection, close_quietly, decode_body, field, from_wire, stream_offset_of
+from . import types as t
+from .errors import AuthError, ConnectionError, Error, NotFoundError
+from .events import OpenConnection, close_quietly, decode_body, open_named, stream_offset_of
 
 __all__ = [
     "BEAT_STREAM",
@@ -35,6 +37,7 @@ __all__ = [
     "ROSTER_STREAM",
     "expected",
     "fleet_view",
+    "local_view",
     "probe",
     "still_consuming",
 ]
@@ -85,34 +88,50 @@ class HostView:
     epoch: str | None
     #: Milliseconds since the host was last heard of (its last heartbeat, or
     #: its latest announcement); ``None`` when that was before the windows
-    #: read (gone for longer than that).
+    #: of heartbeats read (gone for longer than that).
     last_seen_ms: int | None
     #: Heartbeat interval, ms.
     interval_ms: int
-    #: ``Versions`` (agent, protocol, libvirt, hypervisor); ``None`` when unknown.
-    versions: Any
+    #: Agent, protocol, libvirt and hypervisor versions (empty strings when
+    #: none were seen).
+    versions: t.Versions
     #: Commands the agent serves (from its announcement).
     capabilities: list[str]
-    #: ``Health`` from the last heartbeat; ``None`` when none was seen.
-    health: Any
-    #: ``Load`` from the last heartbeat; ``None`` when none was seen.
-    load: Any
-    #: ``Placement`` from the last heartbeat; ``None`` when none was seen
-    #: (placement then counts it enabled).
-    placement: Any
-    #: How other hosts' libvirt reaches this one's (from its announcement).
+    #: Health from the last heartbeat (``down``, "no heartbeat seen", when none was).
+    health: t.Health
+    #: Load from the last heartbeat (zeros when none was seen).
+    load: t.Load
+    #: Whether it takes new VMs (``host.disable``), from the last heartbeat
+    #: (enabled when none was seen): placement skips a disabled host.
+    placement: t.Placement
+    #: How other hosts' libvirt reaches this one's for migrations (from its
+    #: announcement); ``None``: it takes none.
     migration_uri: str | None
-    #: The last heartbeat seen (``Heartbeat``), or ``None``.
-    heartbeat: Any
+    #: The last heartbeat seen, or ``None``.
+    heartbeat: t.Heartbeat | None
     #: When its latest announcement was published, ms since the Unix epoch.
     announced_at: int | None
     #: Whether its agent was connected to the broker when asked (a host is
     #: asked about once silent); ``None`` when not asked.
     connected: bool | None = None
     #: When the agent's latest session started, ms since the Unix epoch.
-    started_at: int | None = None
-    #: The agent's last event sequence number (from its last heartbeat).
-    last_seq: int | None = None
+    started_at: int = 0
+    #: The agent's last event sequence number (from its last heartbeat; 0 without).
+    last_seq: int = 0
+
+
+def _no_versions() -> t.Versions:
+    return t.Versions(agent="", protocol="", libvirt="", hypervisor="")
+
+
+def _no_health() -> t.Health:
+    return t.Health(status=t.HealthStatus.DOWN, hypervisor_connected=False,
+                    message="no heartbeat seen")
+
+
+def _idle() -> t.Load:
+    return t.Load(in_flight=0, commands_total=0, tasks_running=0, vms_active=0,
+                  load_avg_milli=0, memory_free_kib=0)
 
 
 # --------------------------------------------------------------- state
@@ -122,17 +141,16 @@ class HostView:
 class _Entry:
     host_id: str
     epoch: str | None = None
-    started_at: int | None = None
+    started_at: int = 0
     interval_ms: int = 5000
     labels: list[str] = dc_field(default_factory=list)
-    versions: Any = None
+    versions: t.Versions | None = None
     capabilities: list[str] = dc_field(default_factory=list)
     migration_uri: str | None = None
     #: When last heard of: the latest heartbeat's or announcement's time.
     last: int | None = None
     announced_at: int | None = None
-    beat: Any = None
-    beat_raw: dict[str, Any] | None = None
+    beat: t.Heartbeat | None = None
     offline: bool = False
     connected: bool | None = None
 
@@ -145,75 +163,66 @@ class _State:
         # Hosts forgotten, and when: what they published before is ignored.
         self.forgotten: dict[str, int] = {}
 
-    def _entry(self, host: str, t: int) -> _Entry | None:
+    def _entry(self, host: str, time_ms: int) -> _Entry | None:
         f = self.forgotten.get(host)
-        if f is not None and t <= f:
+        if f is not None and time_ms <= f:
             return None
         e = self.hosts.get(host)
         if e is None:
             e = self.hosts[host] = _Entry(host)
         return e
 
-    def announce(self, raw: dict[str, Any]) -> None:
-        host = str(raw["host_id"])
-        action = str(raw.get("action"))
-        t = int(raw.get("time") or 0)
-        if action == "forget":
-            e = self.hosts.get(host)
-            if e is None or (e.last or 0) <= t:
-                self.hosts.pop(host, None)
-            self.forgotten[host] = max(self.forgotten.get(host, 0), t)
+    def announce(self, a: t.Announcement) -> None:
+        if a.action == t.RosterAction.FORGET:
+            # Only what the host publishes after this brings it back.
+            e = self.hosts.get(a.host_id)
+            if e is None or (e.last or 0) <= a.time:
+                self.hosts.pop(a.host_id, None)
+            self.forgotten[a.host_id] = max(self.forgotten.get(a.host_id, 0), a.time)
             return
-        if action not in ("online", "offline"):
+        if a.action not in (t.RosterAction.ONLINE, t.RosterAction.OFFLINE):
             return
-        e = self._entry(host, t)
+        e = self._entry(a.host_id, a.time)
         if e is None:
             return
-        if e.last is not None and e.last > t and action == "online":
+        if e.last is not None and e.last > a.time and a.action == t.RosterAction.ONLINE:
             return
-        epoch = raw.get("epoch")
-        if epoch is not None:
-            if str(epoch) != e.epoch:
-                e.beat = e.beat_raw = None
-            e.epoch = str(epoch)
-        e.started_at = int(raw.get("started_at") or 0)
-        if int(raw.get("interval_ms") or 0) > 0:
-            e.interval_ms = int(raw["interval_ms"])
-        e.labels = [str(x) for x in raw.get("labels") or []]
-        if raw.get("versions") is not None:
-            e.versions = from_wire("Versions", raw["versions"])
-        if raw.get("capabilities"):
-            e.capabilities = [str(x) for x in raw["capabilities"]]
-        if action == "online":
-            mu = raw.get("migration_uri")
-            e.migration_uri = None if mu is None else str(mu)
-        e.offline = action == "offline"
+        if a.epoch is not None:
+            if a.epoch != e.epoch:
+                e.beat = None
+            e.epoch = a.epoch
+        e.started_at = a.started_at
+        if a.interval_ms > 0:
+            e.interval_ms = a.interval_ms
+        e.labels = list(a.labels)
+        if a.versions is not None:
+            e.versions = a.versions
+        if a.capabilities:
+            e.capabilities = list(a.capabilities)
+        if a.action == t.RosterAction.ONLINE:
+            e.migration_uri = a.migration_uri
+        e.offline = a.action == t.RosterAction.OFFLINE
         e.connected = None
-        e.last = max(e.last or 0, t)
-        e.announced_at = max(e.announced_at or 0, t)
+        e.last = max(e.last or 0, a.time)
+        e.announced_at = max(e.announced_at or 0, a.time)
 
-    def beat(self, raw: dict[str, Any]) -> None:
-        host = str(raw["host_id"])
-        t = int(raw.get("time") or 0)
-        e = self._entry(host, t)
+    def beat(self, hb: t.Heartbeat) -> None:
+        e = self._entry(hb.host_id, hb.time)
         if e is None:
             return
-        if e.last is not None and e.last > t:
+        if e.last is not None and e.last > hb.time:
             return
-        epoch = str(raw.get("epoch"))
-        if epoch != e.epoch:
+        if hb.epoch != e.epoch:
             e.offline = False
-            e.epoch = epoch
-            e.started_at = int(raw.get("started_at") or 0)
+            e.epoch = hb.epoch
+            e.started_at = hb.started_at
         elif e.offline:
             return  # a late beat of an epoch that said goodbye
-        e.interval_ms = int(raw.get("interval_ms") or e.interval_ms)
-        e.labels = [str(x) for x in raw.get("labels") or []]
-        if raw.get("versions") is not None:
-            e.versions = from_wire("Versions", raw["versions"])
-        e.last = t
-        e.beat_raw = raw
-        e.beat = None  # decoded when viewed
+        e.interval_ms = hb.interval_ms
+        e.labels = list(hb.labels)
+        e.versions = hb.versions
+        e.last = hb.time
+        e.beat = hb
         e.connected = None
 
     def view(self, e: _Entry, now: int, lookback_ms: int) -> HostView:
@@ -221,18 +230,18 @@ class _State:
         interval = max(1, e.interval_ms)
         if e.offline:
             liveness = Liveness.GONE
+        elif e.connected is False:
+            # Asked since its last beat: no consumer (§10.4 step 4), however
+            # recent that beat (a later beat clears the answer).
+            liveness = Liveness.GONE
         elif age is not None and age < 3 * interval:
             liveness = Liveness.ALIVE
         elif e.connected is True:
             liveness = Liveness.STALE
-        elif e.connected is False:
-            liveness = Liveness.GONE
         elif age is not None and age < 10 * interval:
             liveness = Liveness.STALE
         else:
             liveness = Liveness.GONE
-        if e.beat is None and e.beat_raw is not None:
-            e.beat = from_wire("Heartbeat", e.beat_raw)
         hb = e.beat
         return HostView(
             host_id=e.host_id,
@@ -241,18 +250,28 @@ class _State:
             epoch=e.epoch,
             last_seen_ms=age if age is not None and age <= lookback_ms else None,
             interval_ms=e.interval_ms,
-            versions=e.versions,
+            versions=e.versions or _no_versions(),
             capabilities=list(e.capabilities),
-            health=None if hb is None else field(hb, "health"),
-            load=None if hb is None else field(hb, "load"),
-            placement=None if hb is None else field(hb, "placement"),
+            health=hb.health if hb is not None else _no_health(),
+            load=hb.load if hb is not None else _idle(),
+            placement=hb.placement if hb is not None else t.Placement(),
             migration_uri=e.migration_uri,
             heartbeat=hb,
             announced_at=e.announced_at,
             connected=e.connected,
             started_at=e.started_at,
-            last_seq=None if e.beat_raw is None else int(e.beat_raw.get("last_seq") or 0),
+            last_seq=hb.last_seq if hb is not None else 0,
         )
+
+
+def local_view(hb: t.Heartbeat) -> HostView:
+    """The view of the one host an agent's socket serves, from the heartbeat
+    it answered with just now: alive (it answered)."""
+    state = _State()
+    state.beat(hb)
+    view = state.view(state.hosts[hb.host_id], max(_now_ms(), hb.time), 1 << 62)
+    view.liveness = Liveness.ALIVE
+    return view
 
 
 # --------------------------------------------------------------- broker
@@ -302,9 +321,9 @@ def still_consuming(open_connection: OpenConnection, hosts: Iterable[str]) -> se
     if not wanted:
         return set()
     try:
-        conn = open_connection("hostbus-python presence probe")
-    except (pika.exceptions.AMQPError, OSError):
-        return set(wanted)
+        conn = open_named(open_connection, "fleet view")
+    except (pika.exceptions.AMQPError, OSError, Error):
+        return set(wanted)  # not asked: still waited for
     try:
         answers = probe(conn, wanted)
     finally:
@@ -331,10 +350,10 @@ class _Reader:
         )
         self.complete = True
 
-    def read(self, streams: Sequence[tuple[str, Any]]) -> list[list[tuple[str, dict[str, Any]]]]:
+    def read(self, streams: Sequence[tuple[str, Any]]) -> list[list[Any]]:
         """Reads each ``(stream, x-stream-offset)`` up to this view's marker
-        (all at once); per stream, its decoded messages as (routing key, map)."""
-        out: list[list[tuple[str, dict[str, Any]]]] = [[] for _ in streams]
+        (all at once); per stream, its messages' bodies as plain data."""
+        out: list[list[Any]] = [[] for _ in streams]
         done = [False for _ in streams]
         tags: list[str | None] = [None for _ in streams]
         unacked = [0 for _ in streams]
@@ -361,8 +380,7 @@ class _Reader:
                     log.debug("undecodable presence message %s at %s skipped: %s",
                               key, stream_offset_of(props), e)
                     return
-                if isinstance(raw, dict) and "host_id" in raw:
-                    out[i].append((key, raw))
+                out[i].append(raw)
             return on_message
 
         for i, (queue, offset) in enumerate(streams):
@@ -384,6 +402,21 @@ class _Reader:
         return out
 
 
+D = TypeVar("D")
+
+
+def _decoded(decode: Callable[[Any], D], raws: Iterable[Any]) -> list[D]:
+    """What decodes of ``raws`` (what a newer or broken peer sent that does
+    not is skipped, as the Rust SDK does)."""
+    out: list[D] = []
+    for raw in raws:
+        try:
+            out.append(decode(raw))
+        except (ValueError, LookupError, TypeError) as e:
+            log.debug("undecodable presence message skipped: %r", e)
+    return out
+
+
 def _since(lookback_ms: int) -> _dt.datetime:
     """An ``x-stream-offset`` ``lookback_ms`` ago (an AMQP timestamp, seconds)."""
     return _dt.datetime.fromtimestamp((_now_ms() - lookback_ms) // 1000, tz=_dt.timezone.utc)
@@ -392,53 +425,73 @@ def _since(lookback_ms: int) -> _dt.datetime:
 def fleet_view(open_connection: OpenConnection, timeout: float = 10.0) -> list[HostView]:
     """Every host the broker remembers (announced in the last seven days and
     not forgotten), alive, stale or gone, sorted by host id: §10.4 step by
-    step, on a connection of its own (``open_connection(name)``), closed
-    before returning. When the broker's history does not all arrive within
+    step, on a connection of its own (``open_connection()``, or
+    ``open_connection("fleet view")`` when it takes a role), closed before
+    returning. When the broker's history does not all arrive within
     ``timeout`` seconds, returns what it read (and logs a warning)."""
     deadline = time.monotonic() + timeout
-    conn = open_connection("hostbus-python presence")
+    conn = open_named(open_connection, "fleet view")
     try:
-        reader = _Reader(conn, deadline)
-        # 2., 3.: the roster from its start and one interval of heartbeats, at once.
-        roster, beats = reader.read([(ROSTER_STREAM, "first"), (BEAT_STREAM, _since(_FIRST_LOOKBACK_MS))])
-        state = _State()
-        for _, a in roster:
-            state.announce(a)
-        longest = max(
-            [int(a.get("interval_ms") or 0) for _, a in roster]
-            + [int(b.get("interval_ms") or 0) for _, b in beats]
-            + [0]
-        )
-        lookback = max(_MIN_LOOKBACK_MS, 3 * longest + _LOOKBACK_MARGIN_MS)
-        for _, b in beats:
-            state.beat(b)
-        first = max(_FIRST_LOOKBACK_MS, longest + _FIRST_MARGIN_MS)
-        if first > _FIRST_LOOKBACK_MS:
-            # Some host beats slowly: read one of its intervals.
-            (again,) = reader.read([(BEAT_STREAM, _since(first))])
-            for _, b in again:
-                state.beat(b)
-        # 4.: a host not heard from in that window is gone unless its agent
-        # is still connected.
-        now = _now_ms()
-        unheard = [
-            e.host_id for e in state.hosts.values()
-            if not e.offline and (e.last is None or now - e.last >= first)
-        ]
-        answers = probe(conn, unheard)
-        # 5.: only then does its last beat matter (alive with a beat missed, or stale).
-        if any(answers.values()):
-            (again,) = reader.read([(BEAT_STREAM, _since(lookback))])
-            for _, b in again:
-                state.beat(b)
-        for host, connected in answers.items():
-            e = state.hosts.get(host)
-            if e is not None:
-                e.connected = connected
-        now = _now_ms()
-        return [state.view(state.hosts[h], now, lookback) for h in sorted(state.hosts)]
+        return _read_fleet(conn, deadline)
+    except pika.exceptions.ChannelClosedByBroker as e:
+        if e.reply_code == 404:
+            raise NotFoundError(
+                f"the presence exchange or streams do not exist on this broker ({e.reply_text}): "
+                "no agent of this version has connected yet (agents declare them), or an "
+                "administrator must run `hostctl admin setup`") from e
+        if e.reply_code == 403:
+            raise AuthError(
+                f"the fleet view needs to read {ROSTER_STREAM} and {BEAT_STREAM} and to publish "
+                f"on {PRESENCE_EXCHANGE} with `_sync.` keys (docs/security.md): {e.reply_text}") from e
+        raise ConnectionError(f"the fleet view's channel was closed: {e!r}") from e
+    except pika.exceptions.NackError as e:
+        raise ConnectionError("the broker refused the fleet view's sync marker") from e
+    except pika.exceptions.AMQPError as e:
+        raise ConnectionError(f"the fleet view lost its broker connection: {e!r}") from e
     finally:
         close_quietly(conn)
+
+
+def _read_fleet(conn: Any, deadline: float) -> list[HostView]:
+    """§10.4 on ``conn``."""
+    reader = _Reader(conn, deadline)
+    # 2., 3.: the roster from its start and one interval of heartbeats, at once.
+    raw_roster, raw_beats = reader.read(
+        [(ROSTER_STREAM, "first"), (BEAT_STREAM, _since(_FIRST_LOOKBACK_MS))])
+    roster = _decoded(t.Announcement.from_wire, raw_roster)
+    beats = _decoded(t.Heartbeat.from_wire, raw_beats)
+    state = _State()
+    for a in roster:
+        state.announce(a)
+    longest = max([a.interval_ms for a in roster] + [b.interval_ms for b in beats] + [0])
+    lookback = max(_MIN_LOOKBACK_MS, 3 * longest + _LOOKBACK_MARGIN_MS)
+    for b in beats:
+        state.beat(b)
+    first = max(_FIRST_LOOKBACK_MS, longest + _FIRST_MARGIN_MS)
+    if first > _FIRST_LOOKBACK_MS:
+        # Some host beats slowly: read one of its intervals.
+        (again,) = reader.read([(BEAT_STREAM, _since(first))])
+        for b in _decoded(t.Heartbeat.from_wire, again):
+            state.beat(b)
+    # 4.: a host not heard from in that window is gone unless its agent
+    # is still connected.
+    now = _now_ms()
+    unheard = [
+        e.host_id for e in state.hosts.values()
+        if not e.offline and (e.last is None or now - e.last >= first)
+    ]
+    answers = probe(conn, unheard)
+    # 5.: only then does its last beat matter (alive with a beat missed, or stale).
+    if any(answers.values()):
+        (again,) = reader.read([(BEAT_STREAM, _since(lookback))])
+        for b in _decoded(t.Heartbeat.from_wire, again):
+            state.beat(b)
+    for host, connected in answers.items():
+        e = state.hosts.get(host)
+        if e is not None:
+            e.connected = connected
+    now = _now_ms()
+    return [state.view(state.hosts[h], now, lookback) for h in sorted(state.hosts)]
 
 
 def _reacher(target: str) -> Callable[[HostView], bool]:

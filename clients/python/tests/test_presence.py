@@ -8,6 +8,8 @@ and h3 (rack-b), alive.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import os
 import subprocess
@@ -16,29 +18,42 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import msgpack
 import pika
+import pika.frame
+import pika.spec
 import pytest
 
+import hostbus
 import hostbus.presence as presence
-from hostbus.presence import HostView, Liveness, expected, fleet_view, probe, still_consuming
+from hostbus import types as t
+from hostbus.presence import (
+    HostView,
+    Liveness,
+    expected,
+    fleet_view,
+    local_view,
+    probe,
+    still_consuming,
+)
 
 # --------------------------------------------------------------- helpers
 
 
 def opener(url: str) -> Callable[[str], pika.BlockingConnection]:
-    """The runtime's ``open_connection``: a fresh named connection."""
+    """The runtime's ``open_connection``: a fresh connection named for its role."""
 
-    def open_connection(name: str) -> pika.BlockingConnection:
+    def open_connection(role: str) -> pika.BlockingConnection:
         params = pika.URLParameters(url)
-        params.client_properties = {"connection_name": name}
+        params.client_properties = {"connection_name": f"hostbus-python {role}"}
         return pika.BlockingConnection(params)
 
     return open_connection
 
 
-def beat(host: str, epoch: str, t: int, interval_ms: int = 5000, **extra: Any) -> dict[str, Any]:
+def beat(host: str, epoch: str, time_ms: int, interval_ms: int = 5000, **extra: Any) -> t.Heartbeat:
     hb: dict[str, Any] = {
-        "host_id": host, "epoch": epoch, "last_seq": 1, "time": t, "started_at": 1,
+        "host_id": host, "epoch": epoch, "last_seq": 1, "time": time_ms, "started_at": 1,
         "interval_ms": interval_ms,
         "versions": {"agent": "0.1.0", "protocol": "1.1", "libvirt": "", "hypervisor": ""},
         "capabilities": [], "labels": ["gpu"],
@@ -48,17 +63,18 @@ def beat(host: str, epoch: str, t: int, interval_ms: int = 5000, **extra: Any) -
         "facts": {}, "placement": {"enabled": True, "reason": ""},
     }
     hb.update(extra)
-    return hb
+    return t.Heartbeat.from_wire(hb)
 
 
-def announcement(host: str, action: str, epoch: str | None, t: int, **extra: Any) -> dict[str, Any]:
+def announcement(host: str, action: str, epoch: str | None, time_ms: int,
+                 **extra: Any) -> t.Announcement:
     a: dict[str, Any] = {
-        "host_id": host, "action": action, "epoch": epoch, "time": t, "started_at": t,
+        "host_id": host, "action": action, "epoch": epoch, "time": time_ms, "started_at": time_ms,
         "interval_ms": 5000, "labels": ["gpu"], "versions": None, "capabilities": [],
         "by": None, "migration_uri": None,
     }
     a.update(extra)
-    return a
+    return t.Announcement.from_wire(a)
 
 
 def views(state: Any, now: int, lookback: int = 17_000) -> dict[str, HostView]:
@@ -91,7 +107,8 @@ def test_liveness_follows_the_last_beat_the_broker_and_goodbyes() -> None:
     assert v["dead"].liveness == Liveness.GONE, "not connected"
     assert v["old"].liveness == Liveness.GONE
     assert v["old"].last_seen_ms is None, "older than the windows read"
-    assert v["old"].heartbeat is None and v["old"].health is None
+    assert v["old"].heartbeat is None and v["old"].health.status == t.HealthStatus.DOWN
+    assert v["old"].placement.enabled and v["old"].load.vms_active == 0
     assert v["left"].liveness == Liveness.GONE
     # A beat makes a host alive again, whatever the broker said.
     s.beat(beat("dead", "e2", now))
@@ -134,8 +151,15 @@ def test_a_new_epoch_replaces_a_goodbye() -> None:
 
 
 def hv(host: str, liveness: Liveness, labels: list[str]) -> HostView:
-    return HostView(host, liveness, labels, None, None, 1000, None, [], None, None, None, None,
-                    None, None)
+    return dataclasses.replace(local_view(beat(host, "e", 1, labels=labels)), liveness=liveness)
+
+
+def test_the_local_view_is_the_agents_heartbeat() -> None:
+    now = int(time.time() * 1000)
+    v = local_view(beat("h9", "e9", now - 1500, interval_ms=1000, labels=["rack-z"], last_seq=7))
+    assert (v.host_id, v.liveness, v.labels, v.epoch) == ("h9", Liveness.ALIVE, ["rack-z"], "e9")
+    assert v.last_seen_ms is not None and 1500 <= v.last_seen_ms < 60_000
+    assert v.last_seq == 7 and v.interval_ms == 1000 and v.heartbeat is not None
 
 
 def test_expected_splits_the_hosts_a_target_reaches_by_liveness() -> None:
@@ -162,15 +186,14 @@ def test_a_fresh_process_sees_every_host_alive_at_once(
         "t = time.monotonic()\n"
         "import pika\n"
         "from hostbus.presence import fleet_view\n"
-        "def open_connection(name):\n"
+        "def open_connection():\n"
         "    p = pika.URLParameters(sys.argv[1])\n"
-        "    p.client_properties = {'connection_name': name}\n"
         "    return pika.BlockingConnection(p)\n"
         "v = fleet_view(open_connection)\n"
         "print(json.dumps({'took': time.monotonic() - t, 'hosts': [\n"
         "    {'host_id': h.host_id, 'liveness': h.liveness.value, 'labels': h.labels,\n"
         "     'last_seen_ms': h.last_seen_ms, 'epoch': h.epoch, 'interval_ms': h.interval_ms,\n"
-        "     'health': h.health.status, 'agent': h.versions.agent} for h in v]}))\n"
+        "     'health': h.health.status.value, 'agent': h.versions.agent} for h in v]}))\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(package), *filter(None, [os.environ.get("PYTHONPATH")])]))
@@ -211,7 +234,7 @@ def test_still_consuming_asks_the_broker(url: str, hosts: list[str]) -> None:
     ghost = "pyev-no-such-host"
     assert still_consuming(opener(url), [*hosts, ghost]) == set(hosts)
     assert still_consuming(opener(url), []) == set()
-    conn = opener(url)("hostbus-python presence test")
+    conn = opener(url)("presence test")
     try:
         # A missing queue closes its channel: the next host is asked on another.
         answers = probe(conn, [ghost, hosts[0], ghost, hosts[1]])
@@ -220,3 +243,183 @@ def test_still_consuming_asks_the_broker(url: str, hosts: list[str]) -> None:
     finally:
         conn.close()
 
+
+
+def test_the_connections_fleet_view(url: str, socket_path: str, hosts: list[str]) -> None:
+    with hostbus.Connection(url=url) as conn:
+        views = {v.host_id: v for v in conn.hosts()}
+    assert all(views[h].liveness == Liveness.ALIVE for h in hosts)
+    with hostbus.Connection(socket=socket_path) as local:
+        (one,) = local.hosts()
+    assert one.liveness == Liveness.ALIVE and one.heartbeat is not None
+    assert one.last_seen_ms is not None and one.last_seen_ms < 60_000
+
+
+# ---- a scripted broker for §10.4's steps
+
+
+class FakeFleet:
+    """The two presence streams, the agents' command queues, and what the view asked."""
+
+    def __init__(self) -> None:
+        self.roster: list[tuple[str, Any, bytes, int]] = []  # key, props, body, time ms
+        self.beats: list[tuple[str, Any, bytes, int]] = []
+        self.consumers: dict[str, int] = {}  # host -> consumers of its queue (absent: no queue)
+        self.reads: list[tuple[str, Any]] = []
+        self.declared: list[str] = []
+        self.channels = 0
+        self.open = True
+
+    def announce(self, a: dict[str, Any]) -> None:
+        self.roster.append((f"{a['host_id']}.{a['action']}", pika.BasicProperties(
+            content_type="application/msgpack", type="announcement"), msgpack.packb(a), a["time"]))
+
+    def beat(self, hb: dict[str, Any]) -> None:
+        self.beats.append((f"{hb['host_id']}.heartbeat", pika.BasicProperties(
+            content_type="application/json", type="heartbeat"), json.dumps(hb).encode(), hb["time"]))
+
+    def marker(self, key: str) -> None:
+        for stream in (self.roster, self.beats):
+            stream.append((key, pika.BasicProperties(type="sync"), b"", now_ms()))
+
+    # the connection
+    def channel(self) -> FakeFleetChannel:
+        self.channels += 1
+        return FakeFleetChannel(self)
+
+    def process_data_events(self, time_limit: float | None = 0) -> None:
+        for ch in list(FakeFleetChannel.live):
+            ch.pump()
+
+    @property
+    def is_open(self) -> bool:
+        return self.open
+
+    def close(self) -> None:
+        self.open = False
+
+
+class FakeFleetChannel:
+    live: list[FakeFleetChannel] = []
+
+    def __init__(self, fleet: FakeFleet) -> None:
+        self.fleet = fleet
+        self.is_open = True
+        self.cursors: dict[str, tuple[list[tuple[str, Any, bytes, int]], int, Callable[..., None]]] = {}
+        FakeFleetChannel.live.append(self)
+
+    def basic_qos(self, prefetch_count: int) -> None:
+        pass
+
+    def confirm_delivery(self) -> None:
+        pass
+
+    def basic_publish(self, exchange: str, routing_key: str, body: bytes, properties: Any) -> None:
+        assert exchange == "hostbus.presence" and routing_key.startswith("_sync.") and body == b""
+        assert properties.type == "sync"
+        self.fleet.marker(routing_key)
+
+    def basic_consume(self, queue: str, callback: Callable[..., None], auto_ack: bool,
+                      arguments: dict[str, Any]) -> str:
+        offset = arguments["x-stream-offset"]
+        self.fleet.reads.append((queue, offset))
+        stream = self.fleet.roster if queue == "hostbus.presence.roster" else self.fleet.beats
+        if offset == "first":
+            at = 0
+        else:
+            assert isinstance(offset, dt.datetime) and offset.tzinfo is not None
+            since = int(offset.timestamp()) * 1000
+            at = next((i for i, m in enumerate(stream) if m[3] >= since), len(stream))
+        tag = f"c{len(self.fleet.reads)}"
+        self.cursors[tag] = (stream, at, callback)
+        return tag
+
+    def basic_cancel(self, tag: str) -> None:
+        del self.cursors[tag]
+
+    def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        pass
+
+    def pump(self) -> None:
+        for tag, (stream, at, cb) in list(self.cursors.items()):
+            if at < len(stream) and tag in self.cursors:
+                key, props, body, _ = stream[at]
+                self.cursors[tag] = (stream, at + 1, cb)
+                cb(self, pika.spec.Basic.Deliver(delivery_tag=at + 1, routing_key=key), props, body)
+
+    def queue_declare(self, queue: str, passive: bool = False) -> Any:
+        assert passive
+        host = queue.removeprefix("hostbus.agent.")
+        self.fleet.declared.append(host)
+        if host not in self.fleet.consumers:
+            self.is_open = False
+            raise pika.exceptions.ChannelClosedByBroker(404, f"NOT_FOUND - no queue '{queue}'")
+        return pika.frame.Method(1, pika.spec.Queue.DeclareOk(queue, 0, self.fleet.consumers[host]))
+
+    def close(self) -> None:
+        self.is_open = False
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def wire_beat(host: str, epoch: str, ago_ms: int, interval_ms: int = 5000) -> dict[str, Any]:
+    return beat(host, epoch, now_ms() - ago_ms, interval_ms).to_wire()
+
+
+def wire_announcement(host: str, action: str, epoch: str | None, ago_ms: int,
+                      interval_ms: int = 5000) -> dict[str, Any]:
+    return announcement(host, action, epoch, now_ms() - ago_ms, interval_ms=interval_ms).to_wire()
+
+
+def test_the_view_asks_the_broker_and_reads_further_back_only_when_needed() -> None:
+    fleet = FakeFleet()
+    for h in ("up", "late", "hung", "dead", "left"):
+        fleet.announce(wire_announcement(h, "online", "e", 600_000))
+    fleet.announce(wire_announcement("left", "offline", "e", 20_000))
+    fleet.beat(wire_beat("hung", "e", 40_000))
+    fleet.marker("_sync.someone-elses")
+    fleet.beat(wire_beat("late", "e", 10_000))
+    fleet.beat(wire_beat("dead", "e", 9_000))
+    fleet.beat(wire_beat("up", "e", 1_000))
+    fleet.consumers = {"up": 1, "late": 1, "hung": 1, "left": 0}
+    views = {v.host_id: v for v in fleet_view(lambda: fleet)}
+    assert [(q, o if isinstance(o, str) else "time") for q, o in fleet.reads] == [
+        ("hostbus.presence.roster", "first"), ("hostbus.presence.beats", "time"),
+        ("hostbus.presence.beats", "time")], "one interval, then three as some are connected"
+    first_window = now_ms() - int(fleet.reads[1][1].timestamp() * 1000)
+    second_window = now_ms() - int(fleet.reads[2][1].timestamp() * 1000)
+    assert 8_000 <= first_window < 10_000 and 17_000 <= second_window < 19_000
+    assert sorted(fleet.declared) == ["dead", "hung", "late"], "the silent hosts, not the offline one"
+    assert views["up"].liveness == Liveness.ALIVE and views["up"].connected is None
+    assert views["late"].liveness == Liveness.ALIVE, "connected, a beat missed"
+    assert views["late"].last_seen_ms is not None and views["late"].connected is True
+    assert views["hung"].liveness == Liveness.STALE and views["hung"].last_seen_ms is None
+    assert views["dead"].liveness == Liveness.GONE and views["dead"].connected is False
+    assert views["left"].liveness == Liveness.GONE
+    assert not fleet.open, "the view closes its connection"
+
+
+def test_the_view_reads_no_further_when_no_silent_host_is_connected() -> None:
+    fleet = FakeFleet()
+    fleet.announce(wire_announcement("up", "online", "e", 60_000, interval_ms=1000))
+    fleet.announce(wire_announcement("dead", "online", "e", 60_000, interval_ms=1000))
+    fleet.beat(wire_beat("up", "e", 500, interval_ms=1000))
+    fleet.consumers = {"up": 1, "dead": 0}
+    views = {v.host_id: v for v in fleet_view(lambda: fleet)}
+    assert [q for q, _ in fleet.reads] == ["hostbus.presence.roster", "hostbus.presence.beats"]
+    assert fleet.declared == ["dead"]
+    assert (views["up"].liveness, views["dead"].liveness) == (Liveness.ALIVE, Liveness.GONE)
+
+
+def test_a_slow_beating_host_lengthens_the_first_window() -> None:
+    fleet = FakeFleet()
+    fleet.announce(wire_announcement("slow", "online", "e", 60_000, interval_ms=30_000))
+    fleet.beat(wire_beat("slow", "e", 20_000, interval_ms=30_000))
+    fleet.consumers = {"slow": 1}
+    views = fleet_view(lambda: fleet)
+    windows = [now_ms() - int(o.timestamp() * 1000) for q, o in fleet.reads if q.endswith("beats")]
+    assert len(windows) == 2 and 33_000 <= windows[1] < 35_000, windows
+    assert fleet.declared == [], "heard from within its interval"
+    assert views[0].liveness == Liveness.ALIVE and views[0].last_seen_ms is not None
