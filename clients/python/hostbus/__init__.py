@@ -15,7 +15,7 @@ connection, its two transports, the fleet view and subscriptions are
 written by hand. docs/python.md is the guide.
 """
 
-from . import catalogue, errors, types
+from . import catalogue, errors, events, presence, types
 from .broadcast import BroadcastResult
 from .connection import Connection
 from .errors import (
@@ -53,6 +53,8 @@ from .services import (
     VolumeService,
     VolumesService,
 )
+from .events import EventNotification, Resync, ResyncReason, Subscription
+from .presence import HostView, Liveness
 from .types import PROTOCOL_VERSION
 
 __version__ = "0.1.0"
@@ -70,10 +72,13 @@ __all__ = [
     "Connection",
     "ConnectionError",
     "Error",
+    "EventNotification",
     "ExpiredError",
     "HostService",
+    "HostView",
     "InternalError",
     "InvalidArgumentError",
+    "Liveness",
     "NetworkService",
     "NetworksService",
     "NoRouteError",
@@ -81,8 +86,11 @@ __all__ = [
     "PermissionDeniedError",
     "PoolService",
     "PoolsService",
+    "Resync",
+    "ResyncReason",
     "SnapshotService",
     "SnapshotsService",
+    "Subscription",
     "TaskService",
     "TasksService",
     "TimeoutError",
@@ -94,5 +102,7 @@ __all__ = [
     "VolumesService",
     "catalogue",
     "errors",
+    "events",
+    "presence",
     "types",
 ]
