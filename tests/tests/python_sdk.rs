@@ -24,9 +24,10 @@
 //! | `HOSTBUS_TEST_HEARTBEAT_MS` | the agents' heartbeat interval, `1000` |
 //!
 //! The cluster is the SDK's to break: `ctl kill-agent` SIGKILLs an agent
-//! and `ctl broker stop` stops the broker, and nothing starts them again;
+//! for good, `ctl broker stop` stops the broker until `ctl broker start`;
 //! the SDK's tests that do so live in a file named to sort last. Each test
-//! here starts its own cluster, and those that do take turns.
+//! here starts its own cluster, and those that do take turns. pytest must
+//! report at least `HOSTBUS_TEST_PYTEST_MIN` (default 1) tests passed.
 
 use std::collections::BTreeSet;
 use std::fs;
