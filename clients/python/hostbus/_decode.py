@@ -33,9 +33,9 @@ def _str(value: Any) -> str:
 
 
 def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DecodeError(f"expected an integer, got {type(value).__name__}")
-    return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise DecodeError(f"expected an integer, got {type(value).__name__}")
 
 
 def _bool(value: Any) -> bool:
