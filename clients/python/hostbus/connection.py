@@ -77,8 +77,11 @@ class Connection:
         self.task_timeout = task_timeout
         self.content_type = _wire.content_type_of(content_type)
         self._socket = _http.Socket(socket) if socket is not None else None
+        self.name = name or f"hostbus-python {os.getpid()}"
+        """What the broker shows of this client's connections (their
+        `connection_name` starts with it)."""
         self._broker = (
-            _amqp.Broker(all_urls, name=name or f"hostbus-python {os.getpid()}", ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+            _amqp.Broker(all_urls, name=self.name, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
             if all_urls
             else None
         )

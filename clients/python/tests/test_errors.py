@@ -4,8 +4,10 @@ again."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -108,3 +110,30 @@ def test_a_task_is_cancelled_between_its_steps(conn: hostbus.Connection, slow_ho
         vms.get_by_name(name)
     left = {v.name for v in conn.host(slow_host).pools().get("default").volumes().list()}
     assert not {n for n in left if n.startswith(name)}, f"the cancelled define left volumes: {left}"
+
+
+def test_a_call_whose_connection_is_killed_is_resent_with_its_id_and_runs_once(url: str, slow_host: str, ctl: Any) -> None:
+    """The broker closes the call's connection while the agent runs it (a
+    define that pauses between its steps): the SDK sends it again with the
+    same command id over a new connection and gets the one VM it made."""
+    name = f"pyresend-{uuid.uuid4().hex[:8]}"
+    spec = t.VmSpec(
+        name=name,
+        memory_kib=65536,
+        vcpus=1,
+        disks=[t.DiskSpec(target=f"vd{c}", source=t.DiskSourceNewVolume(pool="default", capacity_bytes=1 << 20)) for c in "ab"],
+    )
+    with hostbus.Connection(url=url, timeout=30, name=f"pyresend-{uuid.uuid4().hex[:6]}") as conn:
+        vms = conn.host(slow_host).vms()
+        assert vms.list() is not None  # the calls connection is open
+        closed: list[int] = []
+        killer = threading.Timer(0.8, lambda: closed.append(ctl.close_connections(conn.name)))
+        killer.start()
+        # Synchronously (its plain method runs it as a task): the reply
+        # comes after the steps, over the connection that is killed.
+        made = vms.call("vm.define", t.VmDefineRequest(spec=spec))
+        killer.join()
+        assert closed == [1], f"the calls connection was not found to close: {closed}"
+        assert made.name == name
+        assert [v.uuid for v in vms.list() if v.name == name] == [made.uuid], "one VM, not two"
+        vms.get(made.uuid).undefine(remove_storage=True)
