@@ -30,6 +30,7 @@ import httpx
 from . import errors
 from .errors import Error
 from .events import (
+    Iterating,
     EventNotification,
     Notification,
     Resync,
@@ -178,7 +179,7 @@ def _socket_client(path: str) -> httpx.Client:
 _Item = SseMessage | None
 
 
-class SocketSubscription:
+class SocketSubscription(Iterating):
     """An iterator of notifications (:class:`EventNotification`, with
     ``offset`` ``None``, and :class:`Resync`) read from an agent's event
     stream over its HTTP binding: the same interface as
@@ -261,16 +262,6 @@ class SocketSubscription:
             if item is None:
                 continue
             self._pending.extend(self._message(item))
-
-    def __iter__(self) -> Iterator[Notification]:
-        return self
-
-    def __next__(self) -> Notification:
-        if self._closed:
-            raise StopIteration
-        n = self.next(None)
-        assert n is not None
-        return n
 
     def close(self) -> None:
         """Ends the subscription and closes its stream."""

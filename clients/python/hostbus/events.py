@@ -352,7 +352,26 @@ class _Lost:
     first: int
 
 
-class Subscription:
+class Iterating:
+    """Iteration over a subscription: `next(None)` until it is closed."""
+
+    _closed: bool
+
+    def next(self, timeout: float | None = None) -> Notification | None:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Notification]:
+        return self
+
+    def __next__(self) -> Notification:
+        if self._closed:
+            raise StopIteration
+        n = self.next(None)
+        assert n is not None
+        return n
+
+
+class Subscription(Iterating):
     """An iterator of notifications (:class:`EventNotification` and
     :class:`Resync`) read from the broker's event stream.
 
@@ -475,16 +494,6 @@ class Subscription:
                 if self._conn is not None:  # else lost already, by an ack
                     self._lost(e)
             polled = True
-
-    def __iter__(self) -> Iterator[Notification]:
-        return self
-
-    def __next__(self) -> Notification:
-        if self._closed:
-            raise StopIteration
-        n = self.next(None)
-        assert n is not None
-        return n
 
     def close(self) -> None:
         """Ends the subscription and closes its connection. Store

@@ -25,6 +25,7 @@ import msgpack
 import pika
 import pika.exceptions
 import pytest
+from _helpers import opener
 
 import hostbus
 from hostbus import types as t
@@ -44,15 +45,6 @@ from hostbus.events import (
 # --------------------------------------------------------------- helpers
 
 
-def opener(url: str) -> Callable[[str], pika.BlockingConnection]:
-    """The runtime's ``open_connection``: a fresh connection named for its role."""
-
-    def open_connection(role: str) -> pika.BlockingConnection:
-        params = pika.URLParameters(url)
-        params.client_properties = {"connection_name": f"hostbus-python {role}"}
-        return pika.BlockingConnection(params)
-
-    return open_connection
 
 
 def inventory_wire(epoch: str, seq: int) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import pika
 import pika.frame
 import pika.spec
 import pytest
+from _helpers import opener
 
 import hostbus
 import hostbus.presence as presence
@@ -40,15 +41,6 @@ from hostbus.presence import (
 # --------------------------------------------------------------- helpers
 
 
-def opener(url: str) -> Callable[[str], pika.BlockingConnection]:
-    """The runtime's ``open_connection``: a fresh connection named for its role."""
-
-    def open_connection(role: str) -> pika.BlockingConnection:
-        params = pika.URLParameters(url)
-        params.client_properties = {"connection_name": f"hostbus-python {role}"}
-        return pika.BlockingConnection(params)
-
-    return open_connection
 
 
 def beat(host: str, epoch: str, time_ms: int, interval_ms: int = 5000, **extra: Any) -> t.Heartbeat:
