@@ -166,6 +166,15 @@ impl State {
             return;
         };
         if e.last.is_some_and(|t| t > hb.time) {
+            // Older than the latest news. A beat of the current epoch
+            // still says what announcements do not (health, load,
+            // placement) when no later beat did: an agent beats as its
+            // session starts, then announces itself, and a new view
+            // applies the roster before the beats.
+            let newer = e.beat.as_ref().is_some_and(|b| b.time >= hb.time);
+            if hb.epoch == e.epoch && !e.offline && !newer {
+                e.beat = Some(hb);
+            }
             return;
         }
         if hb.epoch != e.epoch {
@@ -428,6 +437,26 @@ mod tests {
         assert_eq!(v.placement.reason, "evacuating");
         s.beat(beat("h", e, 400));
         assert!(s.host("h", 500).expect("h").placement.enabled);
+    }
+
+    #[test]
+    fn an_agents_first_beat_counts_though_its_announcement_came_after_it() {
+        // An agent beats as its session starts, then announces itself; a
+        // fresh view applies the roster first, then the beats it read.
+        let e = Uuid::new_v4();
+        let mut s = State::default();
+        s.announce(announcement("h", RosterAction::Online, e, 100));
+        s.beat(beat("h", e, 90));
+        let v = s.host("h", 150).expect("h");
+        assert_eq!(v.health.status, HealthStatus::Ok, "{:?}", v.health);
+        assert_eq!(
+            v.last_seen_ms,
+            Some(50),
+            "the announcement is the latest news"
+        );
+        // A beat of an older epoch stays ignored.
+        s.beat(beat("h", Uuid::new_v4(), 95));
+        assert_eq!(s.hosts["h"].epoch, e);
     }
 
     #[test]
