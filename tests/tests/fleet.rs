@@ -10,17 +10,24 @@
 
 use std::time::{Duration, Instant};
 
+use futures_lite::StreamExt;
 use hostbus_client::protocol::commands::Ping;
 use hostbus_client::protocol::names::{self, Target};
 use hostbus_client::protocol::types::PowerState;
 use hostbus_client::{Client, ClientConfig, Liveness, Notification};
 use hostbus_protocol::commands::HostPing;
-use hostbus_protocol::{now_ms, AmqpProperties, ContentType};
+use hostbus_protocol::{decode, now_ms, AmqpProperties, Announcement, ContentType, Heartbeat};
 use hostbus_tests::sdk::{list_group, list_vms, next_notification, subscribe};
 use hostbus_tests::{
     declare_queue, node_file_uri, workspace_dir, AgentProcess, AmqpPeer, Hostctl, QueueKind,
     RabbitNode, Subscription,
 };
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -289,6 +296,113 @@ async fn last_seen_is_the_age_of_the_beat_read_or_a_bound_that_holds() {
         !bound && secs <= new_beat.elapsed().as_secs_f64() + 0.2,
         "{secs}"
     );
+}
+
+/// docs/protocol.md §10.4, steps 1 to 3, followed by a reader that knows
+/// only the document: both presence streams hold other readers' sync
+/// markers (an empty body, `type` `sync`, no content type, routing key
+/// `_sync.<id>`), which decode as nothing; skipped by the rule the steps
+/// give, everything else decodes, up to the reader's own marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_following_the_steps_skips_other_readers_markers() {
+    let node = RabbitNode::start().expect("rabbit");
+    let url = node.amqp_url();
+    let ctl = Hostctl::new(&url);
+    let _ = tokio::task::spawn_blocking(hostbus_tests::hostctl_binary).await;
+    assert_eq!(ctl.json(&["admin", "setup"])["declared"], true);
+    let peer = AmqpPeer::connect(&url).await.expect("peer");
+    let epoch = Uuid::new_v4();
+    publish_presence(
+        &peer,
+        "announcement-online",
+        "h1.online",
+        "h1",
+        epoch,
+        now_ms(),
+    )
+    .await;
+    publish_presence(&peer, "heartbeat", "h1.heartbeat", "h1", epoch, now_ms()).await;
+    // Two readers before this one, each leaving its marker in both streams.
+    for _ in 0..2 {
+        let out = ctl.run(&["hosts"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    // Step 1.
+    let ch = peer.connection().create_channel().await.expect("channel");
+    ch.basic_qos(2000, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let mine = names::sync_key(&Uuid::new_v4().simple().to_string());
+    let confirm = ch
+        .basic_publish(
+            names::PRESENCE_EXCHANGE.into(),
+            mine.as_str().into(),
+            BasicPublishOptions::default(),
+            b"",
+            BasicProperties::default().with_type("sync".into()),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack());
+    // Steps 2 and 3.
+    let from_first = AMQPValue::LongString("first".into());
+    let minute_ago = AMQPValue::Timestamp(now_ms() / 1000 - 60);
+    for (stream, offset) in [
+        (names::ROSTER_STREAM, from_first),
+        (names::BEAT_STREAM, minute_ago),
+    ] {
+        let mut args = FieldTable::default();
+        args.insert("x-stream-offset".into(), offset);
+        let mut consumer = ch
+            .basic_consume(
+                stream.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                args,
+            )
+            .await
+            .expect("consume");
+        let (mut markers, mut messages) = (0, 0);
+        loop {
+            let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+                .await
+                .unwrap_or_else(|_| panic!("{stream}: my marker did not arrive"))
+                .expect("a delivery")
+                .expect("a delivery");
+            d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+            let key = d.routing_key.as_str();
+            if key == mine {
+                break;
+            }
+            let kind = d.properties.kind().as_ref().map(|k| k.as_str());
+            let ct = d.properties.content_type().as_ref().map(|c| c.as_str());
+            if kind == Some("sync") || key.starts_with("_sync.") {
+                assert!(
+                    d.data.is_empty() && kind == Some("sync") && ct.is_none(),
+                    "{stream}: a marker as §10.4 describes it: {key} {kind:?} {ct:?} {:?}",
+                    d.data
+                );
+                assert!(decode::<Announcement>(ContentType::MsgPack, &d.data, 1 << 20).is_err());
+                markers += 1;
+                continue;
+            }
+            let ct = ContentType::parse(ct).expect("a content type of §4");
+            let decoded = if stream == names::ROSTER_STREAM {
+                decode::<Announcement>(ct, &d.data, 1 << 20).map(drop)
+            } else {
+                decode::<Heartbeat>(ct, &d.data, 1 << 20).map(drop)
+            };
+            decoded.unwrap_or_else(|e| panic!("{stream}: {key}: {e}"));
+            messages += 1;
+        }
+        assert!(markers >= 2, "{stream}: other readers' markers: {markers}");
+        assert!(messages >= 1, "{stream}: h1's message");
+    }
 }
 
 /// A dead host's queue is not filled for ever by broadcasts, and the
