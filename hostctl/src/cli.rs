@@ -57,7 +57,7 @@ EXAMPLES:
   hostctl events 'h1.#' --from -1h
   hostctl host forget h9
   hostctl --output json vm get h1/web01 | jq .power_state
-  hostctl --socket /run/hostbus/agent.sock vm list --all   (no broker)
+  hostctl --socket /run/hostbus/agent.sock vm list   (no broker; its host)
   HOSTBUS_SOCKET=/run/hostbus/agent.sock hostctl vm start h1/web01";
 
 #[derive(Parser)]
@@ -274,7 +274,8 @@ pub(crate) struct MoveFlags {
 
 #[derive(Subcommand)]
 pub(crate) enum VmCmd {
-    /// Lists VMs of one host, a label group or all hosts.
+    /// Lists VMs of one host, a label group or all hosts (through
+    /// --socket, the socket's host unless said otherwise).
     List {
         #[arg(long, conflicts_with_all = ["all", "label"])]
         host: Option<String>,

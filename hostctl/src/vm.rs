@@ -25,11 +25,13 @@ pub(crate) async fn run(ctx: &Ctx, cmd: VmCmd) -> Res<()> {
             label,
             state,
         } => {
-            let target = match (host, all, label) {
-                (Some(h), _, _) => Target::Host(h),
-                (None, true, _) => Target::All,
-                (None, false, Some(l)) => Target::Group(l),
-                (None, false, None) => {
+            let target = match (host, all, label, c.local_host()) {
+                (Some(h), _, _, _) => Target::Host(h),
+                (None, true, _, _) => Target::All,
+                (None, false, Some(l), _) => Target::Group(l),
+                // An agent's socket serves one host: that one.
+                (None, false, None, Some(local)) => Target::Host(local.to_owned()),
+                (None, false, None, None) => {
                     return Err(Failure::usage(
                         "say which hosts: --host H, --all or --label L",
                     ))

@@ -6,6 +6,9 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorCode};
 
+mod maps_only;
+use maps_only::MapsOnly;
+
 /// Largest payload a peer accepts by default: 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 
@@ -117,8 +120,9 @@ pub fn encode<T: Serialize + ?Sized>(ct: ContentType, value: &T) -> Result<Vec<u
     }
 }
 
-/// Decodes a value, refusing payloads over `limit` bytes before looking at them.
-/// Never panics, whatever the bytes.
+/// Decodes a value, refusing payloads over `limit` bytes before looking at them
+/// and arrays where a struct is expected (structs are maps, never positional
+/// arrays). Never panics, whatever the bytes.
 pub fn decode<T: DeserializeOwned>(
     ct: ContentType,
     bytes: &[u8],
@@ -147,10 +151,13 @@ pub fn decode<T: DeserializeOwned>(
                 }
             }
             let mut de = rmp_serde::Deserializer::from_read_ref(bytes).with_human_readable();
-            T::deserialize(&mut de).map_err(|e| CodecError::Malformed(e.to_string()))
+            T::deserialize(MapsOnly(&mut de)).map_err(|e| CodecError::Malformed(e.to_string()))
         }
         ContentType::Json => {
-            serde_json::from_slice(bytes).map_err(|e| CodecError::Malformed(e.to_string()))
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            T::deserialize(MapsOnly(&mut de))
+                .and_then(|value| de.end().map(|()| value))
+                .map_err(|e| CodecError::Malformed(e.to_string()))
         }
     }
 }
@@ -225,7 +232,73 @@ fn msgpack_value_len(buf: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::{Empty, Ping};
+    use crate::commands::{Empty, Ping, Pong, VmDefineRequest, VmStartRequest};
+    use crate::reply::Reply;
+    use crate::types::DiskSpec;
+
+    /// `json` as JSON text and as MessagePack (maps with names, arrays).
+    fn both(json: &str) -> [(ContentType, Vec<u8>); 2] {
+        let value: serde_json::Value = serde_json::from_str(json).expect("test json");
+        let msgpack = rmp_serde::to_vec(&value).expect("test msgpack");
+        [
+            (ContentType::Json, json.as_bytes().to_vec()),
+            (ContentType::MsgPack, msgpack),
+        ]
+    }
+
+    /// Decodes `json` in both encodings as `T`: `Ok` when both decode.
+    fn decode_both<T: DeserializeOwned>(json: &str) -> Result<(), String> {
+        for (ct, bytes) in both(json) {
+            decode::<T>(ct, &bytes, DEFAULT_MAX_PAYLOAD)
+                .map_err(|e| format!("{ct:?}: {}", Error::from(e).message))?;
+        }
+        Ok(())
+    }
+
+    /// `json` is refused in both encodings with `MALFORMED_MESSAGE`, whose
+    /// reason says a map was expected.
+    fn refused_as_positional<T: DeserializeOwned + std::fmt::Debug>(json: &str) {
+        for (ct, bytes) in both(json) {
+            let e: Error = decode::<T>(ct, &bytes, DEFAULT_MAX_PAYLOAD)
+                .map(|v| panic!("{ct:?} {json} decoded as {v:?}"))
+                .unwrap_err()
+                .into();
+            assert_eq!(e.code, ErrorCode::MalformedMessage, "{ct:?} {json}");
+            let reason = e.param("reason").unwrap_or_default();
+            assert!(reason.contains("expected a map"), "{ct:?} {json}: {reason}");
+        }
+    }
+
+    #[test]
+    fn structs_are_maps_never_positional_arrays() {
+        // Top level: the empty request, a request.
+        refused_as_positional::<Empty>("[]");
+        refused_as_positional::<VmStartRequest>(
+            r#"["6a8f1b8e-8a8e-4d47-9d6f-3c1f00000001", false]"#,
+        );
+        // Nested: a struct in a struct, in an enum's value, a struct variant.
+        refused_as_positional::<VmDefineRequest>(
+            r#"{"spec": ["web01", null, "", 1048576, null, 2]}"#,
+        );
+        refused_as_positional::<Reply<Pong>>(r#"{"ok": ["h1", 1700000000000, "hi"]}"#);
+        refused_as_positional::<DiskSpec>(
+            r#"{"target": "vda", "source": {"new_volume": ["default", 1048576]}}"#,
+        );
+        // The same as maps decode; arrays stay arrays where a list is expected.
+        decode_both::<Empty>("{}").expect("empty map");
+        decode_both::<VmStartRequest>(
+            r#"{"uuid": "6a8f1b8e-8a8e-4d47-9d6f-3c1f00000001", "paused": false}"#,
+        )
+        .expect("vm.start as a map");
+        decode_both::<VmDefineRequest>(
+            r#"{"spec": {"name": "web01", "memory_kib": 1048576, "vcpus": 2, "disks": [
+                {"target": "vda", "source": {"new_volume": {"pool": "default", "capacity_bytes": 1048576}}}
+            ], "boot": {"order": ["disk", "network"]}}}"#,
+        )
+        .expect("vm.define with lists");
+        decode_both::<Reply<Pong>>(r#"{"ok": {"host_id": "h1", "time": 1, "echo": null}}"#)
+            .expect("a reply");
+    }
 
     #[test]
     fn content_types_parse_leniently_but_refuse_strangers() {

@@ -454,3 +454,44 @@ fn schema_lists_every_command_with_request_and_response() {
         }
     }
 }
+
+/// docs/protocol.md §4.4 describes how `reply-ok-vm` starts: the map16
+/// header it quotes and the number of `VmRecord` fields it names must be
+/// those of the fixture and of a record as encoded, so the sentence goes
+/// stale never again when a field is added.
+#[test]
+fn protocol_md_says_how_reply_ok_vm_starts() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/protocol.md");
+    let lead = "Its reply (`reply-ok-vm`) starts `81 a2 \"ok\" de ";
+    let at = doc.find(lead).expect("§4.4 quotes how reply-ok-vm starts") + lead.len();
+    let sentence: String = doc[at..].chars().take(200).collect();
+    let quoted = u16::from_str_radix(&sentence[..4], 16).expect("four hex digits after `de`");
+    let named: usize = sentence
+        .split_once("map16 of the ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("`map16 of the N `VmRecord` fields`");
+
+    let bytes = encode(ContentType::MsgPack, &Reply::Ok(vm_record())).expect("encode");
+    assert_eq!(
+        bytes[..5],
+        [0x81, 0xa2, b'o', b'k', 0xde],
+        "a map16 in `ok`"
+    );
+    let encoded = u16::from_be_bytes([bytes[5], bytes[6]]);
+    let fields = serde_json::to_value(vm_record())
+        .expect("json")
+        .as_object()
+        .map(|o| o.len())
+        .expect("an object");
+    assert_eq!(usize::from(encoded), fields, "every field is encoded");
+    let stored = std::fs::read_to_string(golden_dir().join("reply-ok-vm.msgpack.hex"))
+        .expect("reply-ok-vm fixture");
+    assert_eq!(unhex(&stored)[..7], bytes[..7], "the fixture starts so");
+    assert_eq!(
+        (quoted, named),
+        (encoded, fields),
+        "docs/protocol.md §4.4 says `de {quoted:04x}` and {named} fields; a VmRecord is encoded as `de {encoded:04x}`, {fields} fields"
+    );
+}

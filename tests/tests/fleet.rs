@@ -1,7 +1,8 @@
 //! A fleet, not three hosts (issue 13): at the agents' default settings
 //! (a heartbeat every 5 s), a fresh process — `hostctl` is one every time —
 //! sees every host at once, from the broker; a dead host stays listed as
-//! stale, then gone, until it is forgotten; broadcasts know when they are
+//! gone (stale while its agent is still connected but silent) until it is
+//! forgotten, with a true last-seen time; broadcasts know when they are
 //! done and name every expected host that did not answer; nothing piles up
 //! for hosts that are gone; one process simulates hundreds of hosts.
 //!
@@ -9,17 +10,26 @@
 
 use std::time::{Duration, Instant};
 
+use futures_lite::StreamExt;
 use hostbus_client::protocol::commands::Ping;
 use hostbus_client::protocol::names::{self, Target};
 use hostbus_client::protocol::types::PowerState;
 use hostbus_client::{Client, ClientConfig, Liveness, Notification};
 use hostbus_protocol::commands::HostPing;
+use hostbus_protocol::{decode, now_ms, AmqpProperties, Announcement, ContentType, Heartbeat};
 use hostbus_tests::sdk::{list_group, list_vms, next_notification, subscribe};
 use hostbus_tests::{
-    declare_queue, node_file_uri, AgentProcess, AmqpPeer, Hostctl, QueueKind, RabbitNode,
-    Subscription,
+    declare_queue, node_file_uri, workspace_dir, AgentProcess, AmqpPeer, Hostctl, QueueKind,
+    RabbitNode, Subscription,
 };
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
 use serde_json::Value;
+use uuid::Uuid;
 
 /// Subscribes to roster announcements (`<host>.online` on the presence
 /// exchange, the last thing an agent publishes before it serves) before
@@ -196,6 +206,203 @@ async fn a_fresh_process_sees_the_whole_fleet_and_its_dead_until_forgotten() {
     );
     let v = ctl.json(&["vm", "list", "--all"]);
     assert_eq!(v["missing"], serde_json::json!([]));
+}
+
+/// A presence message as an agent would publish it: the golden fixture
+/// `fixture` (JSON) with `host_id`, `epoch` and `time` replaced.
+async fn publish_presence(
+    peer: &AmqpPeer,
+    fixture: &str,
+    key: &str,
+    host: &str,
+    epoch: Uuid,
+    time: u64,
+) {
+    let path = workspace_dir().join(format!("protocol/tests/golden/{fixture}.json"));
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture"))
+        .expect("json fixture");
+    v["host_id"] = host.into();
+    v["epoch"] = epoch.to_string().into();
+    v["time"] = time.into();
+    let props = AmqpProperties {
+        content_type: Some(ContentType::Json.as_str().to_owned()),
+        ..AmqpProperties::default()
+    };
+    let body = serde_json::to_vec(&v).expect("encode");
+    peer.publish(names::PRESENCE_EXCHANGE, key, &props, &body)
+        .await
+        .expect("publish");
+}
+
+/// LAST_SEEN is true. A fresh `hostctl hosts` reads about one interval of
+/// heartbeats (docs/protocol.md §10.4 step 3), and three only when a
+/// silent host is still connected (step 5): a host whose agent died, its
+/// last beat older than what was read, shows a bound its silence exceeds
+/// (`>8s`), not the three intervals it did not read (`>17s`, when its beat
+/// was 12 s old). A beat it read shows its age. Neither is ever stale: no
+/// agent is connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_seen_is_the_age_of_the_beat_read_or_a_bound_that_holds() {
+    let node = RabbitNode::start().expect("rabbit");
+    let url = node.amqp_url();
+    let ctl = Hostctl::new(&url);
+    let _ = tokio::task::spawn_blocking(hostbus_tests::hostctl_binary).await;
+    assert_eq!(ctl.json(&["admin", "setup"])["declared"], true);
+    let peer = AmqpPeer::connect(&url).await.expect("peer");
+    // Two hosts that came online a minute ago; their agents are gone
+    // (they have no queue). `old` last beat twelve seconds before the
+    // view starts, `new` just before.
+    let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
+    let minute_ago = now_ms() - 60_000;
+    for (host, epoch) in [("old", old), ("new", new)] {
+        let key = format!("{host}.online");
+        publish_presence(&peer, "announcement-online", &key, host, epoch, minute_ago).await;
+    }
+    publish_presence(&peer, "heartbeat", "old.heartbeat", "old", old, now_ms()).await;
+    let old_beat = Instant::now();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    publish_presence(&peer, "heartbeat", "new.heartbeat", "new", new, now_ms()).await;
+    let new_beat = Instant::now();
+    let out = ctl.run(&["hosts"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    println!("{}", out.stdout);
+    let last_seen = |host: &str| {
+        let row = out
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(host))
+            .unwrap_or_else(|| panic!("no {host} in\n{}", out.stdout));
+        let state = row.split_whitespace().nth(1).unwrap_or_default().to_owned();
+        let seen = row
+            .split_whitespace()
+            .find_map(|t| {
+                let (bound, t) = t.strip_prefix('>').map_or((false, t), |t| (true, t));
+                Some((bound, t.strip_suffix('s')?.parse::<f64>().ok()?))
+            })
+            .unwrap_or_else(|| panic!("no LAST_SEEN in {row}"));
+        (state, seen)
+    };
+    let (state, (bound, secs)) = last_seen("old");
+    assert_eq!(state, "gone", "no consumer: gone, never stale");
+    assert!(bound, "its beat was not read: {secs}");
+    assert!(
+        secs <= old_beat.elapsed().as_secs_f64(),
+        "`>{secs}s`, but its last beat is {:?} old",
+        old_beat.elapsed()
+    );
+    let (state, (bound, secs)) = last_seen("new");
+    assert_eq!(state, "alive");
+    assert!(
+        !bound && secs <= new_beat.elapsed().as_secs_f64() + 0.2,
+        "{secs}"
+    );
+}
+
+/// docs/protocol.md §10.4, steps 1 to 3, followed by a reader that knows
+/// only the document: both presence streams hold other readers' sync
+/// markers (an empty body, `type` `sync`, no content type, routing key
+/// `_sync.<id>`), which decode as nothing; skipped by the rule the steps
+/// give, everything else decodes, up to the reader's own marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_following_the_steps_skips_other_readers_markers() {
+    let node = RabbitNode::start().expect("rabbit");
+    let url = node.amqp_url();
+    let ctl = Hostctl::new(&url);
+    let _ = tokio::task::spawn_blocking(hostbus_tests::hostctl_binary).await;
+    assert_eq!(ctl.json(&["admin", "setup"])["declared"], true);
+    let peer = AmqpPeer::connect(&url).await.expect("peer");
+    let epoch = Uuid::new_v4();
+    publish_presence(
+        &peer,
+        "announcement-online",
+        "h1.online",
+        "h1",
+        epoch,
+        now_ms(),
+    )
+    .await;
+    publish_presence(&peer, "heartbeat", "h1.heartbeat", "h1", epoch, now_ms()).await;
+    // Two readers before this one, each leaving its marker in both streams.
+    for _ in 0..2 {
+        let out = ctl.run(&["hosts"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    // Step 1.
+    let ch = peer.connection().create_channel().await.expect("channel");
+    ch.basic_qos(2000, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let mine = names::sync_key(&Uuid::new_v4().simple().to_string());
+    let confirm = ch
+        .basic_publish(
+            names::PRESENCE_EXCHANGE.into(),
+            mine.as_str().into(),
+            BasicPublishOptions::default(),
+            b"",
+            BasicProperties::default().with_type("sync".into()),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack());
+    // Steps 2 and 3.
+    let from_first = AMQPValue::LongString("first".into());
+    let minute_ago = AMQPValue::Timestamp(now_ms() / 1000 - 60);
+    for (stream, offset) in [
+        (names::ROSTER_STREAM, from_first),
+        (names::BEAT_STREAM, minute_ago),
+    ] {
+        let mut args = FieldTable::default();
+        args.insert("x-stream-offset".into(), offset);
+        let mut consumer = ch
+            .basic_consume(
+                stream.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                args,
+            )
+            .await
+            .expect("consume");
+        let (mut markers, mut messages) = (0, 0);
+        loop {
+            let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+                .await
+                .unwrap_or_else(|_| panic!("{stream}: my marker did not arrive"))
+                .expect("a delivery")
+                .expect("a delivery");
+            d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+            let key = d.routing_key.as_str();
+            if key == mine {
+                break;
+            }
+            let kind = d.properties.kind().as_ref().map(|k| k.as_str());
+            let ct = d.properties.content_type().as_ref().map(|c| c.as_str());
+            if kind == Some("sync") || key.starts_with("_sync.") {
+                assert!(
+                    d.data.is_empty() && kind == Some("sync") && ct.is_none(),
+                    "{stream}: a marker as §10.4 describes it: {key} {kind:?} {ct:?} {:?}",
+                    d.data
+                );
+                assert!(decode::<Announcement>(ContentType::MsgPack, &d.data, 1 << 20).is_err());
+                markers += 1;
+                continue;
+            }
+            let ct = ContentType::parse(ct).expect("a content type of §4");
+            let decoded = if stream == names::ROSTER_STREAM {
+                decode::<Announcement>(ct, &d.data, 1 << 20).map(drop)
+            } else {
+                decode::<Heartbeat>(ct, &d.data, 1 << 20).map(drop)
+            };
+            decoded.unwrap_or_else(|e| panic!("{stream}: {key}: {e}"));
+            messages += 1;
+        }
+        assert!(markers >= 2, "{stream}: other readers' markers: {markers}");
+        assert!(messages >= 1, "{stream}: h1's message");
+    }
 }
 
 /// A dead host's queue is not filled for ever by broadcasts, and the

@@ -338,6 +338,21 @@ async fn bad_input_gets_structured_errors_with_fitting_statuses_and_the_agent_go
             400,
             ErrorCode::InvalidArgument,
         ),
+        // Structs are maps, never positional arrays (docs/protocol.md §4.2).
+        (
+            "vm.start",
+            vec![],
+            br#"["6a8f1b8e-8a8e-4d47-9d6f-3c1f00000001", false]"#.to_vec(),
+            400,
+            ErrorCode::MalformedMessage,
+        ),
+        (
+            "host.ping",
+            vec![],
+            b"[]".to_vec(),
+            400,
+            ErrorCode::MalformedMessage,
+        ),
         (
             "no.such",
             vec![],

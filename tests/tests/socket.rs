@@ -47,8 +47,19 @@ async fn every_hostctl_subcommand_runs_through_the_socket_with_the_broker_down()
     let (agent, socket) = tokio::task::block_in_place(agent_with_socket);
     let ctl = Hostctl::socket(&socket).recording();
 
-    // The fleet is the one host, alive; `vm list --all` reaches it.
+    // The fleet is the one host, alive; `vm list --all` reaches it, and
+    // so does `vm list` without saying which hosts: the socket's.
     tour::fleet(&ctl, &["h1"]);
+    let local = ctl.run(&["-o", "json", "vm", "list"]);
+    assert_eq!(local.code, 0, "{}{}", local.stderr, local.stdout);
+    let local: serde_json::Value = serde_json::from_str(&local.stdout).expect("json");
+    let hosts: Vec<&str> = local
+        .as_array()
+        .expect("h1's VMs")
+        .iter()
+        .filter_map(|row| row["host"].as_str())
+        .collect();
+    assert_eq!(hosts, ["h1"; 3], "{local}");
     tour::host_facts(&ctl);
     assert_eq!(
         ctl.json(&["vm", "list", "--label", "gpu"])["vms"]

@@ -46,7 +46,7 @@ use crate::connection::{lock, probe, Connector, Tie};
 use crate::error::ClientError;
 use crate::socket::Socket;
 use reader::{Item, Reader};
-use state::{view, State};
+use state::State;
 
 /// How alive a host looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -77,8 +77,10 @@ pub struct HostView {
     /// The agent's epoch (of its latest session seen).
     pub epoch: Uuid,
     /// Milliseconds since the host was last heard of (its last heartbeat,
-    /// or its latest announcement); `None` when that was before the
-    /// view's look-back (see [`Presence::lookback`]): gone longer than that.
+    /// or its latest announcement): the real age, for every host heard of
+    /// since the point from which the view has read every heartbeat;
+    /// `None` for a host silent since before then, longer than
+    /// [`Presence::lookback`].
     pub last_seen_ms: Option<u64>,
     /// When the agent's latest session started, ms since the epoch.
     pub started_at: Timestamp,
@@ -115,7 +117,6 @@ pub struct Expected {
 }
 struct Inner {
     state: Mutex<State>,
-    lookback: Duration,
     ready: AtomicBool,
     ready_changed: Notify,
     /// Dropped with the last clone of the view: tells the background task
@@ -158,7 +159,7 @@ impl Presence {
         // Every alive host beat within the last interval: read that much
         // first (the heartbeat stream is the bulk of what a view reads).
         let mut reader = Reader::open(&connector, FIRST_LOOKBACK).await?;
-        let (state, lookback) = match read_fleet(&mut reader).await {
+        let state = match read_fleet(&mut reader).await {
             Ok(read) => read,
             Err(e) => {
                 let _ = reader.close().await;
@@ -169,7 +170,6 @@ impl Presence {
         let p = Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),
-                lookback,
                 ready: AtomicBool::new(reader.caught_up),
                 ready_changed: Notify::new(),
                 _stop: stop,
@@ -199,7 +199,6 @@ impl Presence {
         let p = Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),
-                lookback: MIN_LOOKBACK,
                 ready: AtomicBool::new(true),
                 ready_changed: Notify::new(),
                 _stop: stop,
@@ -234,22 +233,17 @@ impl Presence {
         let _ = tokio::time::timeout(max, wait).await;
     }
 
-    /// How far back this view read heartbeats: hosts silent for longer show
-    /// `last_seen_ms: None`.
+    /// How far back from now this view has every heartbeat: a host silent
+    /// for longer shows `last_seen_ms: None`. A new view reads about one
+    /// interval back (three when a silent host's agent is still connected,
+    /// docs/protocol.md §10.4); it grows while the view follows the fleet.
     pub fn lookback(&self) -> Duration {
-        self.inner.lookback
+        Duration::from_millis(lock(&self.inner.state).lookback(now_ms()))
     }
 
     /// Every host known, sorted by id.
     pub fn hosts(&self) -> Vec<HostView> {
-        let now = now_ms();
-        let lookback = self.inner.lookback.as_millis() as u64;
-        let state = lock(&self.inner.state);
-        state
-            .hosts
-            .values()
-            .map(|e| view(e, now, lookback))
-            .collect()
+        lock(&self.inner.state).views(now_ms()).collect()
     }
 
     /// The hosts `target` reaches, by liveness, computed once.
@@ -275,18 +269,13 @@ impl Presence {
 
     /// One host, if known.
     pub fn host(&self, host_id: &str) -> Option<HostView> {
-        let now = now_ms();
-        let lookback = self.inner.lookback.as_millis() as u64;
-        lock(&self.inner.state)
-            .hosts
-            .get(host_id)
-            .map(|e| view(e, now, lookback))
+        lock(&self.inner.state).host(host_id, now_ms())
     }
 }
 
 /// Reads the broker's history of the fleet from `reader` (opened
-/// [`FIRST_LOOKBACK`] back): the state it makes and the view's look-back.
-async fn read_fleet(reader: &mut Reader) -> Result<(State, Duration), ClientError> {
+/// [`FIRST_LOOKBACK`] back): the state it makes.
+async fn read_fleet(reader: &mut Reader) -> Result<State, ClientError> {
     let (roster, beats) = reader.read_history().await?;
     let longest = roster
         .iter()
@@ -336,7 +325,8 @@ async fn read_fleet(reader: &mut Reader) -> Result<(State, Duration), ClientErro
             e.connected = Some(connected);
         }
     }
-    Ok((state, lookback))
+    state.read_from(reader.beats_from);
+    Ok(state)
 }
 
 /// Keeps the view behind `weak` up to date from `reader`, asking the

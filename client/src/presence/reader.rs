@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use hostbus_protocol::names::{self, PRESENCE_EXCHANGE};
+use hostbus_protocol::types::Timestamp;
 use hostbus_protocol::{decode, now_ms, Announcement, Heartbeat};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -27,9 +28,11 @@ const PREFETCH: u16 = 1000;
 /// The largest announcement or heartbeat read.
 const MAX_MESSAGE: usize = 1 << 20;
 
-/// A stream offset `lookback` ago.
-fn since(lookback: Duration) -> AMQPValue {
-    stream::at_time(now_ms().saturating_sub(lookback.as_millis() as u64))
+/// A stream offset `lookback` ago, and that time (ms since the epoch,
+/// rounded down to the second as the broker takes it).
+fn since(lookback: Duration) -> (Timestamp, AMQPValue) {
+    let from = now_ms().saturating_sub(lookback.as_millis() as u64) / 1000 * 1000;
+    (from, stream::at_time(from))
 }
 
 /// What the reader hands on.
@@ -56,6 +59,9 @@ pub(super) struct Reader {
     roster: Consumer,
     beats: Option<Consumer>,
     marker: String,
+    /// Where the heartbeats read start (ms since the epoch): every beat
+    /// published since is read.
+    pub(super) beats_from: Timestamp,
     /// Offsets to resume from after a reconnection.
     next_roster: Option<u64>,
     next_beat: Option<u64>,
@@ -93,9 +99,12 @@ impl Reader {
         connector: &Connector,
         lookback: Duration,
     ) -> Result<Self, ClientError> {
+        let mut beats_from = 0;
         let (conn, ch, marker, roster, beats) = connect(connector, async |ch| {
             let roster = consume(ch, names::ROSTER_STREAM, stream::named("first")).await?;
-            let beats = consume(ch, names::BEAT_STREAM, since(lookback)).await?;
+            let (from, offset) = since(lookback);
+            beats_from = from;
+            let beats = consume(ch, names::BEAT_STREAM, offset).await?;
             Ok((roster, beats))
         })
         .await?;
@@ -105,6 +114,7 @@ impl Reader {
             roster,
             beats: Some(beats),
             marker,
+            beats_from,
             next_roster: None,
             next_beat: None,
             caught_up: false,
@@ -151,7 +161,9 @@ impl Reader {
         &mut self,
         lookback: Duration,
     ) -> Result<Vec<Heartbeat>, ClientError> {
-        let mut consumer = consume(&self.ch, names::BEAT_STREAM, since(lookback)).await?;
+        let (from, offset) = since(lookback);
+        let mut consumer = consume(&self.ch, names::BEAT_STREAM, offset).await?;
+        self.beats_from = self.beats_from.min(from);
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {

@@ -65,9 +65,39 @@ pub(super) struct State {
     pub(super) hosts: BTreeMap<String, Entry>,
     /// Hosts forgotten, and when: what they published before is ignored.
     forgotten: HashMap<String, Timestamp>,
+    /// Since when the view has every heartbeat (ms since the epoch): it
+    /// reads the heartbeat stream without a gap from there on (or polls an
+    /// agent's socket every interval). A host heard of since then has its
+    /// real last-seen age; one not heard of has been silent for longer.
+    heard_since: Option<Timestamp>,
 }
 
 impl State {
+    /// Notes that every heartbeat from `time` on is read.
+    pub(super) fn read_from(&mut self, time: Timestamp) {
+        self.heard_since = Some(self.heard_since.map_or(time, |t| t.min(time)));
+    }
+
+    /// How far back from `now` the view has every heartbeat: a host
+    /// silent for longer shows no last-seen age.
+    pub(super) fn lookback(&self, now: Timestamp) -> u64 {
+        self.heard_since.map_or(0, |t| now.saturating_sub(t))
+    }
+
+    /// What the view says of every host at `now`.
+    pub(super) fn views(&self, now: Timestamp) -> impl Iterator<Item = HostView> + '_ {
+        self.hosts.values().map(move |e| self.view(e, now))
+    }
+
+    /// What the view says of `host` at `now`, if it knows it.
+    pub(super) fn host(&self, host: &str, now: Timestamp) -> Option<HostView> {
+        self.hosts.get(host).map(|e| self.view(e, now))
+    }
+
+    fn view(&self, e: &Entry, now: Timestamp) -> HostView {
+        view(e, now, self.heard_since.unwrap_or(Timestamp::MAX))
+    }
+
     /// The entry of `host` for news from `time`; `None` when the host was
     /// forgotten since (what it published before is ignored).
     fn entry(&mut self, host: &str, time: Timestamp) -> Option<&mut Entry> {
@@ -127,12 +157,24 @@ impl State {
         e.last = Some(e.last.unwrap_or(0).max(a.time));
     }
 
-    /// Takes in a heartbeat.
+    /// Takes in a heartbeat. Heartbeats are read in the order they were
+    /// published, from a point on and without a gap: every beat after this
+    /// one is read too.
     pub(super) fn beat(&mut self, hb: Heartbeat) {
+        self.read_from(hb.time);
         let Some(e) = self.entry(&hb.host_id, hb.time) else {
             return;
         };
         if e.last.is_some_and(|t| t > hb.time) {
+            // Older than the latest news. A beat of the current epoch
+            // still says what announcements do not (health, load,
+            // placement) when no later beat did: an agent beats as its
+            // session starts, then announces itself, and a new view
+            // applies the roster before the beats.
+            let newer = e.beat.as_ref().is_some_and(|b| b.time >= hb.time);
+            if hb.epoch == e.epoch && !e.offline && !newer {
+                e.beat = Some(hb);
+            }
             return;
         }
         if hb.epoch != e.epoch {
@@ -164,9 +206,9 @@ fn idle() -> Load {
     }
 }
 
-/// What the view says of `e` at `now`, having read heartbeats
-/// `lookback_ms` back.
-pub(super) fn view(e: &Entry, now: Timestamp, lookback_ms: u64) -> HostView {
+/// What the view says of `e` at `now`, having every heartbeat since
+/// `heard_since`.
+fn view(e: &Entry, now: Timestamp, heard_since: Timestamp) -> HostView {
     let age = e.last.map(|t| now.saturating_sub(t));
     let interval = u64::from(e.interval_ms.max(1));
     let liveness = match (age, e.connected) {
@@ -200,7 +242,7 @@ pub(super) fn view(e: &Entry, now: Timestamp, lookback_ms: u64) -> HostView {
         liveness,
         connected: e.connected,
         epoch: e.epoch,
-        last_seen_ms: age.filter(|a| *a <= lookback_ms),
+        last_seen_ms: e.last.filter(|t| *t >= heard_since).and(age),
         started_at: e.started_at,
         interval_ms: e.interval_ms,
         last_seq,
@@ -298,11 +340,7 @@ mod tests {
         // What the broker says.
         s.hosts.get_mut("hung").expect("hung").connected = Some(true);
         s.hosts.get_mut("dead").expect("dead").connected = Some(false);
-        let v: BTreeMap<String, HostView> = s
-            .hosts
-            .values()
-            .map(|e| (e.host_id.clone(), view(e, now, 17_000)))
-            .collect();
+        let v: BTreeMap<String, HostView> = s.views(now).map(|v| (v.host_id.clone(), v)).collect();
         assert_eq!(v["alive"].liveness, Liveness::Alive);
         assert_eq!(v["alive"].last_seen_ms, Some(4_000));
         assert_eq!(v["late"].liveness, Liveness::Stale, "not asked yet: by age");
@@ -313,10 +351,52 @@ mod tests {
         assert_eq!(v["left"].liveness, Liveness::Gone);
         // A beat makes a host alive again, whatever the broker said.
         s.beat(beat("dead", e2, now));
+        assert_eq!(s.host("dead", now).expect("dead").liveness, Liveness::Alive);
+    }
+
+    #[test]
+    fn the_last_seen_age_is_the_real_one_for_every_beat_the_view_has() {
+        // A live view saw a host's last beat 40 s ago; its agent died.
+        let now = 1_000_000;
+        let e = Uuid::new_v4();
+        let mut s = State::default();
+        s.announce(announcement("dead", RosterAction::Online, e, now - 600_000));
+        s.beat(beat("dead", e, now - 40_000));
+        s.hosts.get_mut("dead").expect("dead").connected = Some(false);
+        let v = s.host("dead", now).expect("dead");
+        assert_eq!(v.liveness, Liveness::Gone);
+        assert_eq!(v.last_seen_ms, Some(40_000), "the beat it has");
+    }
+
+    #[test]
+    fn a_host_not_heard_of_since_the_heartbeats_read_shows_how_far_back_they_go() {
+        // A fresh view read heartbeats 8 s back (then the broker said no
+        // agent of these hosts is connected, so it read no further): one
+        // host announced itself a minute ago and beat 12 s ago, unread.
+        let now = 1_000_000;
+        let e = Uuid::new_v4();
+        let mut s = State::default();
+        s.read_from(now - 8_000);
+        s.announce(announcement("dead", RosterAction::Online, e, now - 60_000));
+        s.announce(announcement("new", RosterAction::Online, e, now - 5_000));
+        s.hosts.get_mut("dead").expect("dead").connected = Some(false);
+        let v = s.host("dead", now).expect("dead");
+        assert_eq!((v.liveness, v.last_seen_ms), (Liveness::Gone, None));
         assert_eq!(
-            view(&s.hosts["dead"], now, 17_000).liveness,
-            Liveness::Alive
+            s.lookback(now),
+            8_000,
+            "silent for more than this, not 17 s"
         );
+        // An announcement since then is news too: nothing came after it.
+        assert_eq!(s.host("new", now).expect("new").last_seen_ms, Some(5_000));
+        // A beat read from before that point (the stream starts at a chunk
+        // boundary): every beat after it is read, so its age is the real one.
+        s.beat(beat("dead", e, now - 12_000));
+        assert_eq!(
+            s.host("dead", now).expect("dead").last_seen_ms,
+            Some(12_000)
+        );
+        assert_eq!(s.lookback(now), 12_000);
     }
 
     #[test]
@@ -348,7 +428,7 @@ mod tests {
             reason: "evacuating".into(),
         };
         s.beat(hb);
-        let v = view(&s.hosts["h"], 300, 17_000);
+        let v = s.host("h", 300).expect("h");
         assert_eq!(
             v.migration_uri.as_deref(),
             Some("qemu+tls://h.example/system")
@@ -356,7 +436,27 @@ mod tests {
         assert!(!v.placement.enabled);
         assert_eq!(v.placement.reason, "evacuating");
         s.beat(beat("h", e, 400));
-        assert!(view(&s.hosts["h"], 500, 17_000).placement.enabled);
+        assert!(s.host("h", 500).expect("h").placement.enabled);
+    }
+
+    #[test]
+    fn an_agents_first_beat_counts_though_its_announcement_came_after_it() {
+        // An agent beats as its session starts, then announces itself; a
+        // fresh view applies the roster first, then the beats it read.
+        let e = Uuid::new_v4();
+        let mut s = State::default();
+        s.announce(announcement("h", RosterAction::Online, e, 100));
+        s.beat(beat("h", e, 90));
+        let v = s.host("h", 150).expect("h");
+        assert_eq!(v.health.status, HealthStatus::Ok, "{:?}", v.health);
+        assert_eq!(
+            v.last_seen_ms,
+            Some(50),
+            "the announcement is the latest news"
+        );
+        // A beat of an older epoch stays ignored.
+        s.beat(beat("h", Uuid::new_v4(), 95));
+        assert_eq!(s.hosts["h"].epoch, e);
     }
 
     #[test]
