@@ -365,9 +365,17 @@ impl Agent {
             publ.confirm_select(ConfirmSelectOptions::default()).await?;
             let prefetch = u16::try_from(self.cfg.concurrency).unwrap_or(u16::MAX);
             cmd.basic_qos(prefetch, BasicQosOptions::default()).await?;
-            Ok::<_, lapin::Error>((cmd, publ, queue))
+            // The read lane: its own channel, so its acks and replies never
+            // wait behind the command queue's.
+            let reads = conn.create_channel().await?;
+            reads
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            let read_queue =
+                topology::declare_read_queue(&reads, &self.cfg.host_id, &self.cfg.labels).await?;
+            Ok::<_, lapin::Error>((cmd, publ, queue, reads, read_queue))
         };
-        let (cmd, publ, queue) = match setup.await {
+        let (cmd, publ, queue, reads, read_queue) = match setup.await {
             Ok(x) => x,
             Err(e) => return SessionEnd::lost(format!("cannot set up channels and topology: {e}")),
         };
@@ -396,8 +404,21 @@ impl Agent {
             Ok(c) => c,
             Err(e) => return SessionEnd::lost(format!("cannot consume {queue}: {e}")),
         };
+        let read_tag = format!("{tag}-reads");
+        let mut read_consumer = match reads
+            .basic_consume(
+                read_queue.as_str().into(),
+                read_tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::lost(format!("cannot consume {read_queue}: {e}")),
+        };
         let serving_since = Some(std::time::Instant::now());
-        tracing::info!(queue = %queue, labels = ?self.cfg.labels, "serving commands");
+        tracing::info!(queue = %queue, read_queue = %read_queue, labels = ?self.cfg.labels, "serving commands");
 
         let mut background = JoinSet::new();
         background.spawn(self.clone().publish_events(publ.clone(), events, online));
@@ -437,6 +458,18 @@ impl Agent {
             settler,
             lane,
         });
+        let (read_settler, read_settling) = Settler::start(reads.clone());
+        let read_lanes = Arc::new(Lanes {
+            publ: publ.clone(),
+            cmd: reads.clone(),
+            settler: read_settler,
+            lane: ReplyLane::new(
+                url,
+                &self.cfg.host_id,
+                &self.tls,
+                self.cfg.connect_options(),
+            ),
+        });
         let permits = Arc::new(Semaphore::new(self.cfg.concurrency as usize));
         let mut inflight = JoinSet::new();
         let lost = |why: String| SessionEnd::Lost { why, serving_since };
@@ -462,6 +495,24 @@ impl Agent {
                     Some(Err(e)) => break lost(format!("consumer failed: {e}")),
                     None => break lost("the broker cancelled the consumer".into()),
                 },
+                delivery = read_consumer.next() => match delivery {
+                    Some(Ok(d)) => {
+                        let permit = match permits.clone().acquire_owned().await {
+                            Ok(p) => p,
+                            Err(_) => break lost("the command semaphore closed".into()),
+                        };
+                        let props = hostbus_amqp::from_lapin(&d.properties);
+                        let deliveries = self.deliveries(&d, &props);
+                        let admission = self.admit_read(&props, &d.data, deliveries);
+                        let (agent, lanes) = (self.clone(), read_lanes.clone());
+                        inflight.spawn(async move {
+                            let _permit = permit;
+                            agent.serve(&lanes, admission, props, d, deliveries).await;
+                        });
+                    }
+                    Some(Err(e)) => break lost(format!("read consumer failed: {e}")),
+                    None => break lost("the broker cancelled the read consumer".into()),
+                },
                 Some(done) = background.join_next() => {
                     let why = done.unwrap_or_else(|e| format!("a background task failed: {e}"));
                     break lost(why);
@@ -476,6 +527,7 @@ impl Agent {
                 // In-flight commands finish on their own; unacked ones are redelivered.
                 inflight.detach_all();
                 settling.abort();
+                read_settling.abort();
                 lost
             }
             SessionEnd::Shutdown => {
@@ -485,6 +537,12 @@ impl Agent {
                     .await
                 {
                     tracing::warn!(error = %e, "cannot cancel the consumer");
+                }
+                if let Err(e) = reads
+                    .basic_cancel(read_tag.as_str().into(), BasicCancelOptions::default())
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot cancel the read consumer");
                 }
                 let bound = Duration::from_millis(self.cfg.shutdown_timeout_ms);
                 let drained = tokio::time::timeout(bound, async {
@@ -501,7 +559,9 @@ impl Agent {
                 }
                 // Acks still queued go out before the connection closes.
                 drop(lanes);
+                drop(read_lanes);
                 let _ = tokio::time::timeout(Duration::from_secs(1), settling).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), read_settling).await;
                 // Let pending events out before saying goodbye.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 background.abort_all();

@@ -291,3 +291,47 @@ pub async fn declare_agent_queue(
     let _ = ch.close(200, "declared".into()).await;
     Ok((queue, mismatch))
 }
+
+/// Most reads waiting in an agent's read queue; past it the oldest is
+/// dropped (its caller sends it again when its reply does not come).
+pub const READ_QUEUE_MAX_LENGTH: u64 = 10_000;
+
+/// Declares an agent's read queue on `ch` (the channel that will consume
+/// it): classic, exclusive to the agent's connection (it goes with it, so a
+/// read never waits for an agent that is not there: the caller's publish
+/// comes back unroutable and goes to the durable queue instead), bounded,
+/// bound with `read.host.<id>`, `read.all` and `read.group.<label>`.
+/// Returns its name.
+pub async fn declare_read_queue(
+    ch: &lapin::Channel,
+    host_id: &str,
+    labels: &[String],
+) -> lapin::Result<String> {
+    let queue = names::agent_read_queue(host_id);
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), int(READ_QUEUE_MAX_LENGTH));
+    args.insert("x-overflow".into(), long("drop-head"));
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await?;
+    let mut targets = vec![names::Target::Host(host_id.to_owned()), names::Target::All];
+    targets.extend(labels.iter().map(|l| names::Target::Group(l.clone())));
+    for target in targets {
+        ch.queue_bind(
+            queue.as_str().into(),
+            names::COMMAND_EXCHANGE.into(),
+            target.read_key().as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    Ok(queue)
+}

@@ -99,11 +99,21 @@ impl Client {
         // Refused or cut off: publish again, with the same command id (an
         // agent that already has it answers once and runs it once).
         let give_up = tokio::time::Instant::now() + timeout;
-        let reply = Mode {
+        let mut reply = Mode {
             reply: true,
+            read_lane: C::ACCESS == hostbus_protocol::Access::Read,
             ..Mode::default()
         };
         let mut published = self.publish::<C>(target, &req, &opts, reply).await;
+        if reply.read_lane
+            && published
+                .as_ref()
+                .is_err_and(|e| e.kind() == ErrorKind::NoRoute)
+        {
+            // No agent of the target has a read lane: their durable queues.
+            reply.read_lane = false;
+            published = self.publish::<C>(target, &req, &opts, reply).await;
+        }
         while published
             .as_ref()
             .is_err_and(|e| e.kind() == ErrorKind::Connection)

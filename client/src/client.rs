@@ -11,7 +11,7 @@ use futures_lite::StreamExt;
 use hostbus_amqp::{from_lapin, to_lapin};
 use hostbus_protocol::names::{Target, COMMAND_EXCHANGE, DIRECT_REPLY_TO};
 use hostbus_protocol::types::TaskRecord;
-use hostbus_protocol::{encode, now_ms, Command, Envelope, Reply};
+use hostbus_protocol::{encode, now_ms, Access, Command, Envelope, Reply};
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection};
@@ -49,7 +49,15 @@ pub(crate) struct Mode {
     /// An absolute deadline, ms since the epoch, kept across retries of
     /// one command; else now plus the call's timeout.
     pub(crate) deadline: Option<u64>,
+    /// Send it on the read lane (`read.host.<id>`, ...): the agents' classic
+    /// read queues instead of their durable command queues. Reads only.
+    pub(crate) read_lane: bool,
 }
+
+/// How long a read on the read lane waits for its reply before it is sent
+/// again with the same command id (then twice as long, and so on): a read
+/// queue goes with the broker node it lives on, taking the reads in it.
+const READ_RESEND: Duration = Duration::from_secs(2);
 
 pub(crate) struct Inner {
     pub(crate) cfg: ClientConfig,
@@ -415,13 +423,28 @@ impl Client {
             .channel
             .basic_publish(
                 COMMAND_EXCHANGE.into(),
-                target.routing_key().as_str().into(),
+                if mode.read_lane {
+                    target.read_key()
+                } else {
+                    target.routing_key()
+                }
+                .as_str()
+                .into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
                 &body,
-                to_lapin(&env.to_properties(now)),
+                to_lapin(&{
+                    let mut props = env.to_properties(now);
+                    if mode.read_lane {
+                        // No per-message TTL on the read lane: its queue is
+                        // bounded and short-lived, and the agent refuses a
+                        // read past its deadline anyway (EXPIRED).
+                        props.expiration = None;
+                    }
+                    props
+                }),
             )
             .await?;
         Ok((env, confirm))
@@ -513,10 +536,11 @@ impl Client {
         let timeout = opts.timeout.unwrap_or(self.inner.cfg.timeout);
         let target = Target::Host(host.to_owned());
         let result = async {
-            let mode = Mode {
+            let mut mode = Mode {
                 reply: true,
                 asynchronous,
                 deadline: Some(deadline),
+                read_lane: C::ACCESS == Access::Read,
             };
             let (_, confirm) = self.send::<C>(&target, req, opts, mode).await?;
             // The reply proves delivery: wait for it and for the confirm at
@@ -524,11 +548,36 @@ impl Client {
             // still matters when the broker returns an unroutable command.
             let reply = tokio::time::timeout_at(until, rx);
             tokio::pin!(reply);
-            let waited = tokio::select! {
-                r = &mut reply => r,
-                c = confirm => {
-                    self.confirmed(&target, c?)?;
-                    reply.await
+            let mut confirm = Some(Box::pin(confirm));
+            let mut resend = READ_RESEND;
+            let mut resend_at = tokio::time::Instant::now() + resend;
+            let waited = loop {
+                tokio::select! {
+                    r = &mut reply => break r,
+                    c = async { confirm.as_mut().expect("guarded").await }, if confirm.is_some() => {
+                        confirm = None;
+                        match self.confirmed(&target, c?) {
+                            Ok(()) => {}
+                            // No read queue took it: the agent is away (its
+                            // read queue goes with its connection) or older
+                            // than the read lane. Its durable queue takes it.
+                            Err(e) if mode.read_lane && e.kind() == ErrorKind::NoRoute => {
+                                mode.read_lane = false;
+                                let (_, c) = self.send::<C>(&target, req, opts, mode).await?;
+                                confirm = Some(Box::pin(c));
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    () = tokio::time::sleep_until(resend_at), if mode.read_lane && confirm.is_none() => {
+                        // A read lost with its queue's broker node: the same
+                        // read again, same id (a read runs twice harmlessly).
+                        tracing::info!(command = C::NAME, command_id = %id, "no reply to a read yet; sending it again");
+                        let (_, c) = self.send::<C>(&target, req, opts, mode).await?;
+                        confirm = Some(Box::pin(c));
+                        resend *= 2;
+                        resend_at = tokio::time::Instant::now() + resend;
+                    }
                 }
             };
             match waited {

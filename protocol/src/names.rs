@@ -58,6 +58,20 @@ pub fn agent_queue(host_id: &str) -> String {
     format!("hostbus.agent.{host_id}")
 }
 
+/// Prefix of the read lane's routing keys: a read sent with
+/// `read.host.<id>`, `read.all` or `read.group.<label>` reaches the agents'
+/// read queues ([`agent_read_queue`]) instead of their durable command
+/// queues.
+pub const READ_PREFIX: &str = "read.";
+
+/// The read queue of one agent, `hostbus.agent.<id>.reads`: classic,
+/// exclusive to the agent's connection, for read commands only. A read
+/// loses nothing when it is lost with its queue: it is sent again with the
+/// same command id.
+pub fn agent_read_queue(host_id: &str) -> String {
+    format!("hostbus.agent.{host_id}.reads")
+}
+
 /// Routing key of an event: `<host>.<class>.<action>`, e.g. `h1.vm.started`.
 pub fn event_key(host_id: &str, class: &str, action: &str) -> String {
     format!("{host_id}.{class}.{action}")
@@ -135,6 +149,12 @@ impl Target {
             Target::All => ALL_KEY.to_owned(),
             Target::Group(label) => group_key(label),
         }
+    }
+
+    /// The routing key of the read lane: [`READ_PREFIX`] and
+    /// [`Target::routing_key`].
+    pub fn read_key(&self) -> String {
+        format!("{READ_PREFIX}{}", self.routing_key())
     }
 
     /// Checks the host id or label.

@@ -154,6 +154,77 @@ async fn losing_a_node_loses_no_command_and_runs_none_twice() {
     drop(node);
 }
 
+/// A read travels on the read lane, the agent's classic read queue, which
+/// lives on the node the agent is connected to and goes with it. Here a
+/// read waits in that queue (the agent is frozen) when its node is
+/// stopped: the client, connected to another node, sends it again with the
+/// same command id when no reply comes, and the agent, moved to another
+/// node, answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_lost_with_its_node_is_sent_again_and_answered() {
+    let mut nodes = RabbitNode::start_cluster(3).expect("cluster");
+    let urls: Vec<String> = nodes.iter().map(RabbitNode::amqp_url).collect();
+    let mut agents = wait_online(&urls[0], 1, || {
+        let mut b = AgentProcess::builder("h1", &urls[0]);
+        for u in &urls[1..] {
+            b = b.broker_url(u.clone());
+        }
+        vec![b.spawn().expect("agent")]
+    })
+    .await;
+    let agent = &mut agents[0];
+    let victim = nodes
+        .iter()
+        .position(|n| agent.log().contains(&format!("127.0.0.1:{}/", n.port())))
+        .expect("the agent's node");
+    let read_queue = names::agent_read_queue("h1");
+    let queues = nodes[victim]
+        .ctl(&["list_queues", "-q", "--no-table-headers", "name", "pid"])
+        .expect("list_queues");
+    assert!(
+        queues
+            .lines()
+            .any(|l| l.starts_with(&read_queue)
+                && l.contains(nodes[victim].node_name().unwrap_or("?"))),
+        "the read queue lives on the agent's node:\n{queues}"
+    );
+    // The client on another node.
+    let mut cfg = ClientConfig::new(urls[(victim + 1) % 3].clone());
+    cfg.timeout = Duration::from_secs(60);
+    let client = Client::connect(cfg).await.expect("client");
+    let web: uuid::Uuid = WEB01.parse().expect("uuid");
+    client
+        .call::<VmGet>("h1", VmUuid { uuid: web })
+        .await
+        .expect("a read before");
+
+    agent
+        .signal(hostbus_tests::Signal::Stop)
+        .expect("freeze the agent");
+    let read = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let r = client.call::<VmGet>("h1", VmUuid { uuid: web }).await;
+            (r, t.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut node = nodes.remove(victim);
+    tokio::task::spawn_blocking(move || node.stop().map(|()| node))
+        .await
+        .expect("join")
+        .expect("stop the agent's node");
+    agent
+        .signal(hostbus_tests::Signal::Cont)
+        .expect("thaw the agent");
+    let (r, took) = read.await.expect("join");
+    let vm = r.unwrap_or_else(|e| panic!("the read was lost: {e}\n{}", agent.log_tail(30)));
+    assert_eq!(vm.uuid, web);
+    println!("the read lost with its node was answered after {took:?}");
+    assert!(took < Duration::from_secs(45), "{took:?}");
+}
+
 /// A subscriber whose connection is killed resumes by itself after the last
 /// event it read; one that stops and starts again from its stored position
 /// gets every event it missed, in order; neither calls `host.snapshot`. A

@@ -508,6 +508,37 @@ async fn the_contract_a_third_party_client_relies_on_holds() {
         ));
     }
 
+    // §2: the read lane takes reads (`read.host.h1`), and refuses a change.
+    let r = match peer
+        .call(
+            &names::Target::Host("h1".into()).read_key(),
+            &command(HostPing::NAME, false),
+            b"\x80",
+            T,
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => panic!("a read on the read lane: {e}\n{}", log()),
+    };
+    assert!(matches!(reply::<Pong>(&r), Reply::Ok(p) if p.host_id == "h1"));
+    let r = peer
+        .call(
+            &names::Target::Host("h1".into()).read_key(),
+            &command(VmDefine::NAME, false),
+            b"\x80",
+            T,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("a change on the read lane: {e}\n{}", log()));
+    match reply::<Empty>(&r) {
+        Reply::Error(e) => {
+            assert_eq!(e.code, ErrorCode::BadEnvelope, "{e:?}");
+            assert_eq!(e.param("property"), Some("routing_key"));
+        }
+        other => panic!("a change on the read lane is refused: {other:?}"),
+    }
+
     // §2: a client repeating the documented declarations is accepted ...
     let conn = peer.connection();
     for d in documented_declarations() {

@@ -161,6 +161,53 @@ impl Agent {
         (admission, reply)
     }
 
+    /// [`admit`](Self::admit) for a delivery from the read queue, which
+    /// takes reads only: a change that arrives there (a client sending it
+    /// with a `read.` key) is refused with `BAD_ENVELOPE` before it takes a
+    /// place in any line, since the read queue keeps nothing across an
+    /// agent's or a broker node's loss.
+    pub(super) fn admit_read(
+        &self,
+        props: &AmqpProperties,
+        payload: &[u8],
+        deliveries: u32,
+    ) -> (Admission, BusReply) {
+        let change = props.kind.as_deref().is_some_and(|k| {
+            hostbus_protocol::COMMANDS
+                .iter()
+                .any(|c| c.name == k && c.access != hostbus_protocol::Access::Read)
+        });
+        if !change {
+            return self.admit(props, payload, deliveries);
+        }
+        let command = props.kind.clone().unwrap_or_default();
+        let err = Error::new(
+            ErrorCode::BadEnvelope,
+            [
+                ("property", "routing_key".to_owned()),
+                (
+                    "reason",
+                    format!("{command} changes; the read lane takes reads only: send it with host.<id>, all or group.<label>"),
+                ),
+            ],
+            format!("bad envelope: {command} was sent to the read lane, which takes reads only"),
+        );
+        let ct = ContentType::parse(props.content_type.as_deref()).unwrap_or_default();
+        let reply = BusReply {
+            to: props.reply_to.clone().filter(|r| !r.is_empty()),
+            correlation: props
+                .correlation_id
+                .clone()
+                .or_else(|| props.message_id.clone())
+                .unwrap_or_default(),
+            command: command.clone(),
+        };
+        (
+            Admission::Done(self.dispatcher.refuse(Some(&command), ct, err)),
+            reply,
+        )
+    }
+
     /// Handles one admitted delivery: reply first, then ack.
     pub(super) async fn serve(
         &self,

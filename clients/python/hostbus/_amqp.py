@@ -246,8 +246,10 @@ def command_properties(
     asynchronous: bool,
     read: bool,
     reply: bool = True,
+    read_lane: bool = False,
 ) -> Any:
-    """The AMQP properties of a command (docs/protocol.md §3.1)."""
+    """The AMQP properties of a command (docs/protocol.md §3.1); on the read
+    lane without a per-message TTL (the agent refuses a late read itself)."""
     now = _wire.now_ms()
     headers: dict[str, Any] = {_wire.VERSION_HEADER: _protocol_version(), _wire.DEADLINE_HEADER: deadline_ms}
     if asynchronous:
@@ -259,7 +261,7 @@ def command_properties(
         type=command,
         content_type=content_type,
         timestamp=now // 1000,
-        expiration=str(max(0, deadline_ms - now)),
+        expiration=None if read_lane else str(max(0, deadline_ms - now)),
         user_id=user,
         # A read answered on direct reply-to is transient (§3.1).
         delivery_mode=1 if (read and reply) else 2,

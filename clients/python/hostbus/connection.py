@@ -13,13 +13,17 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from . import _amqp, _http, _wire
 from . import types as t
 from .broadcast import BroadcastResult
-from .errors import ConnectionError, Error, InternalError, TimeoutError, UnsupportedError, from_wire
+from .errors import ConnectionError, Error, InternalError, NoRouteError, TimeoutError, UnsupportedError, from_wire
 from .services import BroadcastService, HostService
 
 if TYPE_CHECKING:
     from .presence import HostView
 
 T = TypeVar("T")
+
+# How long a read on the read lane waits for its reply before it is sent
+# again with the same id (then twice as long, ...).
+_READ_RESEND = 2.0
 
 # How long a broadcast waits for an alive host that has not answered before
 # asking the broker whether its agent still consumes (docs/protocol.md §10.4).
@@ -224,13 +228,31 @@ class Connection:
         replies = _amqp.Replies()
         session.route(cid, replies)
         try:
-            props = _amqp.command_properties(command, cid, content_type=self.content_type, user=self.user, deadline_ms=deadline_ms, asynchronous=asynchronous, read=read)
-            confirm = session.publish(f"host.{host}", body, props)
-            confirm.result(timeout=max(0.0, until - time.monotonic()) + 1)
-            try:
-                rprops, rbody = replies.queue.get(timeout=max(0.0, until - time.monotonic()))
-            except Exception:  # queue.Empty
-                raise _no_reply(command, host, limit, cid) from None
+            # A read goes on the read lane (docs/protocol.md §2): the agent's
+            # classic read queue; when no read queue takes it (the agent is
+            # away, or older), its durable queue; when no reply comes, it is
+            # sent again with the same id (its queue went with a broker node).
+            lane = read and not asynchronous
+            props = _amqp.command_properties(command, cid, content_type=self.content_type, user=self.user, deadline_ms=deadline_ms, asynchronous=asynchronous, read=read, read_lane=lane)
+            resend = _READ_RESEND
+            while True:
+                key = f"read.host.{host}" if lane else f"host.{host}"
+                try:
+                    session.publish(key, body, props).result(timeout=max(0.0, until - time.monotonic()) + 1)
+                except NoRouteError:
+                    if not lane:
+                        raise
+                    lane = False
+                    props = _amqp.command_properties(command, cid, content_type=self.content_type, user=self.user, deadline_ms=deadline_ms, asynchronous=asynchronous, read=read)
+                    continue
+                wait = max(0.0, until - time.monotonic())
+                try:
+                    rprops, rbody = replies.queue.get(timeout=min(wait, resend) if lane else wait)
+                    break
+                except Exception:  # queue.Empty
+                    if not lane or time.monotonic() >= until:
+                        raise _no_reply(command, host, limit, cid) from None
+                    resend *= 2
             if rprops is None:
                 raise ConnectionError("the broker connection was lost while waiting for the reply")
             return _amqp.reply_of(rprops, rbody)
@@ -290,12 +312,18 @@ class Connection:
         try:
             props = _amqp.command_properties(command, cid, content_type=self.content_type, user=self.user, deadline_ms=deadline_ms, asynchronous=False, read=read)
             try:
-                session.publish(target, body, props).result(timeout=limit)
-            except Error as e:
-                if e.__class__.__name__ == "NoRouteError":
-                    result.missing = sorted(result.expected)
-                    return result
-                raise
+                if read:
+                    try:
+                        lane_props = _amqp.command_properties(command, cid, content_type=self.content_type, user=self.user, deadline_ms=deadline_ms, asynchronous=False, read=read, read_lane=True)
+                        session.publish(f"read.{target}", body, lane_props).result(timeout=limit)
+                    except NoRouteError:
+                        # No agent of the target has a read lane.
+                        session.publish(target, body, props).result(timeout=limit)
+                else:
+                    session.publish(target, body, props).result(timeout=limit)
+            except NoRouteError:
+                result.missing = sorted(result.expected)
+                return result
             while pending and time.monotonic() < until:
                 if not asked and time.monotonic() - started >= _ASK_AFTER:
                     asked = True

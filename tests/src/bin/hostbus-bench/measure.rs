@@ -79,10 +79,15 @@ impl Meter {
 pub(crate) type Call = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 pub(crate) fn ping_call(client: &Client) -> Call {
+    ping_call_on(client, "h1")
+}
+
+/// `host.ping` of `host`.
+pub(crate) fn ping_call_on(client: &Client, host: &'static str) -> Call {
     let cl = client.clone();
     Arc::new(move || {
         let cl = cl.clone();
-        Box::pin(async move { cl.call::<HostPing>("h1", Ping { echo: None }).await.is_ok() })
+        Box::pin(async move { cl.call::<HostPing>(host, Ping { echo: None }).await.is_ok() })
     })
 }
 
@@ -101,13 +106,18 @@ pub(crate) fn list_call(client: &Client) -> Call {
 /// `vm.set_memory` of web01 to the memory it has: a change (journaled,
 /// in web01's line, through the bridge) that leaves the VM as it was.
 pub(crate) fn change_call(client: &Client) -> Call {
+    change_call_on(client, "h1")
+}
+
+/// [`change_call`] on `host`.
+pub(crate) fn change_call_on(client: &Client, host: &'static str) -> Call {
     let cl = client.clone();
     let uuid = crate::WEB01.parse().unwrap_or_default();
     Arc::new(move || {
         let cl = cl.clone();
         Box::pin(async move {
             cl.call::<VmSetMemory>(
-                "h1",
+                host,
                 VmSetMemoryRequest {
                     uuid,
                     memory_kib: 1_048_576,

@@ -41,6 +41,9 @@ pub(crate) struct RawOpts {
     pub(crate) durable: bool,
     /// Persistent requests (delivery mode 2).
     pub(crate) persistent: bool,
+    /// A quorum queue (durable, replicated on a cluster; every message a
+    /// Raft command), as hostbus's command queues by default.
+    pub(crate) quorum: bool,
     /// The responder answers each request in its own task.
     pub(crate) spawn: bool,
     /// The responder acks each request after publishing its reply.
@@ -69,14 +72,22 @@ impl Raw {
             .await
             .expect("raw server");
         let sch = server.create_channel().await.expect("channel");
+        let mut args = FieldTable::default();
+        if opts.quorum {
+            args.insert(
+                "x-queue-type".into(),
+                lapin::types::AMQPValue::LongString("quorum".into()),
+            );
+        }
+        let durable = opts.durable || opts.quorum;
         sch.queue_declare(
             queue.as_str().into(),
             QueueDeclareOptions {
-                exclusive: !opts.durable,
-                durable: opts.durable,
+                exclusive: !durable,
+                durable,
                 ..QueueDeclareOptions::default()
             },
-            FieldTable::default(),
+            args,
         )
         .await
         .expect("queue");
