@@ -366,13 +366,26 @@ impl Agent {
             let prefetch = u16::try_from(self.cfg.concurrency).unwrap_or(u16::MAX);
             cmd.basic_qos(prefetch, BasicQosOptions::default()).await?;
             // The read lane: its own channel, so its acks and replies never
-            // wait behind the command queue's.
+            // wait behind the command queue's. A broker user that may not
+            // declare it (permissions from before the read lane) gets
+            // none: reads then come through the command queue.
             let reads = conn.create_channel().await?;
             reads
                 .basic_qos(prefetch, BasicQosOptions::default())
                 .await?;
-            let read_queue =
-                topology::declare_read_queue(&reads, &self.cfg.host_id, &self.cfg.labels).await?;
+            let read_queue = match topology::declare_read_queue(
+                &reads,
+                &self.cfg.host_id,
+                &self.cfg.labels,
+            )
+            .await
+            {
+                Ok(q) => Some(q),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot declare the read queue; reads come through the command queue (docs/security.md, \"Host users\")");
+                    None
+                }
+            };
             Ok::<_, lapin::Error>((cmd, publ, queue, reads, read_queue))
         };
         let (cmd, publ, queue, reads, read_queue) = match setup.await {
@@ -405,20 +418,23 @@ impl Agent {
             Err(e) => return SessionEnd::lost(format!("cannot consume {queue}: {e}")),
         };
         let read_tag = format!("{tag}-reads");
-        let mut read_consumer = match reads
-            .basic_consume(
-                read_queue.as_str().into(),
-                read_tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => return SessionEnd::lost(format!("cannot consume {read_queue}: {e}")),
+        let mut read_consumer = match &read_queue {
+            Some(q) => match reads
+                .basic_consume(
+                    q.as_str().into(),
+                    read_tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+            {
+                Ok(c) => Some(c),
+                Err(e) => return SessionEnd::lost(format!("cannot consume {q}: {e}")),
+            },
+            None => None,
         };
         let serving_since = Some(std::time::Instant::now());
-        tracing::info!(queue = %queue, read_queue = %read_queue, labels = ?self.cfg.labels, "serving commands");
+        tracing::info!(queue = %queue, read_queue = ?read_queue, labels = ?self.cfg.labels, "serving commands");
 
         let mut background = JoinSet::new();
         background.spawn(self.clone().publish_events(publ.clone(), events, online));
@@ -495,7 +511,7 @@ impl Agent {
                     Some(Err(e)) => break lost(format!("consumer failed: {e}")),
                     None => break lost("the broker cancelled the consumer".into()),
                 },
-                delivery = read_consumer.next() => match delivery {
+                delivery = async { read_consumer.as_mut().expect("guarded").next().await }, if read_consumer.is_some() => match delivery {
                     Some(Ok(d)) => {
                         let permit = match permits.clone().acquire_owned().await {
                             Ok(p) => p,
@@ -538,11 +554,13 @@ impl Agent {
                 {
                     tracing::warn!(error = %e, "cannot cancel the consumer");
                 }
-                if let Err(e) = reads
-                    .basic_cancel(read_tag.as_str().into(), BasicCancelOptions::default())
-                    .await
-                {
-                    tracing::warn!(error = %e, "cannot cancel the read consumer");
+                if read_consumer.is_some() {
+                    if let Err(e) = reads
+                        .basic_cancel(read_tag.as_str().into(), BasicCancelOptions::default())
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot cancel the read consumer");
+                    }
                 }
                 let bound = Duration::from_millis(self.cfg.shutdown_timeout_ms);
                 let drained = tokio::time::timeout(bound, async {

@@ -56,11 +56,11 @@ fn expect_code(what: &str, got: Option<u16>, want: Option<u16>) {
 /// exchange (for bindings) to read.
 fn host_permissions(h: &str) -> [String; 3] {
     [
-        format!(r"^hostbus\.agent\.{h}$"),
+        format!(r"^hostbus\.agent\.{h}(\.reads)?$"),
         format!(
-            r"^(hostbus\.agent\.{h}|hostbus\.evt|hostbus\.presence|hostbus\.dlx|amq\.default)$"
+            r"^(hostbus\.agent\.{h}(\.reads)?|hostbus\.evt|hostbus\.presence|hostbus\.dlx|amq\.default)$"
         ),
-        format!(r"^(hostbus\.agent\.{h}|hostbus\.cmd)$"),
+        format!(r"^(hostbus\.agent\.{h}(\.reads)?|hostbus\.cmd)$"),
     ]
 }
 
@@ -82,7 +82,7 @@ fn host_topic_permissions(h: &str) -> [[String; 3]; 3] {
         [
             "hostbus.cmd".to_owned(),
             "^$".to_owned(),
-            format!(r"^(host\.{h}|all|group\.[a-z0-9-]+)$"),
+            format!(r"^(read\.)?(host\.{h}|all|group\.[a-z0-9-]+)$"),
         ],
     ]
 }
