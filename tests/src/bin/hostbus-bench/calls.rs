@@ -336,7 +336,7 @@ pub(crate) async fn bench(a: &Args) {
     }
     let _ = writeln!(
         out,
-        "\n### Targets (host.ping against the raw baseline of the same run)\n"
+        "\n### Targets (against the raw baselines of the same run)\n"
     );
     let _ = writeln!(out, "Reads (`host.ping`, on the read lane) against the raw classic echo; a change (`vm.set_memory`) on the default quorum queue against the raw quorum echo.\n");
     let _ = writeln!(out, "| concurrency | reads, default (target ≥ 0.90) | reads, classic queues (target ≥ 0.90) | p99 ratio | change vs raw quorum |\n|---:|---:|---:|---:|---:|");
