@@ -218,7 +218,8 @@ def ref_name(p: dict[str, Any]) -> str | None:
 
 
 def pyname(name: str) -> str:
-    return name + "_" if keyword.iskeyword(name) or name in {"id", "type"} and False else (name + "_" if keyword.iskeyword(name) else name)
+    """A field's Python name: the wire name, `_`-suffixed when a keyword."""
+    return name + "_" if keyword.iskeyword(name) else name
 
 
 def member(value: str) -> str:
@@ -459,13 +460,11 @@ class Gen:
             else:
                 inner = {"type": "object", "properties": {key: p}, "required": [key], "description": o.get("description", "")}
             self.struct(cls, inner, out)
-        alias = " | ".join([c for _, c in members] + (["None"] if consts else []))
         late = self.late
         late.append("")
         late.append(f"{name} = Union[{', '.join([c for _, c in members] + (['None'] if consts else []))}]")
         desc = (d.get("description") or "").strip()
         late.append(f'"""{desc} On the wire a map with one key naming the variant' + (f'; `"{consts[0]["const"]}"` is None.' if consts else ".") + '"""')
-        _ = alias
         out.append("")
         out.append("")
         out.append(f"def {fn}_from_wire(value: Any) -> {name}:")
@@ -875,7 +874,7 @@ def params_of(schema: Schema, gen: Gen, req_name: str, bound: set[str]) -> tuple
                 dflt = "t." + dflt
             opt_sig.append(f"{pyname(o)}: {ann} = {dflt}")
             args.append(f"{pyname(o)}={pyname(o)}")
-    return sig + (["*"] if opt_sig or True else []) + opt_sig, args
+    return sig + ["*"] + opt_sig, args
 
 
 def qualify_expr(expr: str) -> str:
@@ -910,8 +909,6 @@ def method(schema: Schema, gen: Gen, c: dict[str, Any], pl: Placement, svc: str)
     changes = runs in ("change", "cancellable")
     common = ["timeout: float | None = None", "command_id: str | None = None"]
     sig_s = ", ".join(["self"] + sig + common)
-    if sig_s.endswith("*, " + ", ".join(common)) or "*," in sig_s:
-        pass
     doc = c["description"].strip()
     meta = f"Command `{c['name']}` (access `{c['access']}`, runs `{runs}`; hostctl `{c.get('cli', '')}`)."
     out = [""]
