@@ -8,6 +8,8 @@ use crate::error::{Error, ErrorCode};
 
 mod maps_only;
 use maps_only::MapsOnly;
+#[cfg(test)]
+mod prescan_tests;
 
 /// Largest payload a peer accepts by default: 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
@@ -166,9 +168,12 @@ pub fn decode<T: DeserializeOwned>(
 /// `None` when it is truncated or uses the reserved marker. Iterative, so
 /// hostile nesting cannot exhaust the stack; every step consumes a byte.
 fn msgpack_value_len(buf: &[u8]) -> Option<usize> {
+    /// The `n`-byte (1, 2 or 4) big-endian unsigned integer at `pos`.
     fn be(buf: &[u8], pos: usize, n: usize) -> Option<u64> {
         let bytes = buf.get(pos..pos.checked_add(n)?)?;
-        Some(bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+        let mut word = [0u8; 8];
+        word.get_mut(8 - n..)?.copy_from_slice(bytes);
+        Some(u64::from_be_bytes(word))
     }
     let mut pos = 0usize;
     let mut pending: u64 = 1;
