@@ -245,9 +245,9 @@ mod tests {
                 })
             })
             .collect();
-        for t in threads {
-            t.join().expect("join");
-        }
+        finishes("four threads taking one lock in turn", move || {
+            threads.into_iter().for_each(|t| t.join().expect("join"));
+        });
         assert_eq!(max.load(Ordering::SeqCst), 1);
         assert_eq!(table.depth("vm:a"), 0);
         assert!(lock(&table.shared.slots).is_empty());
@@ -278,9 +278,9 @@ mod tests {
             })
             .collect();
         drop(holder);
-        for t in threads {
-            t.join().expect("join");
-        }
+        finishes("eight places served in turn", move || {
+            threads.into_iter().for_each(|t| t.join().expect("join"));
+        });
         assert_eq!(*lock(&order), (0..8).collect::<Vec<_>>());
     }
 
@@ -347,15 +347,56 @@ mod tests {
             !waiter.is_finished(),
             "the later turn got a key the earlier holds"
         );
-        drop(first.wait());
-        waiter
-            .join()
-            .expect("the later turn ran after the earlier one");
+        finishes("the earlier turn", move || drop(first.wait()));
+        finishes("the later turn, after the earlier one", move || {
+            waiter.join()
+        })
+        .expect("the later turn ran after the earlier one");
         assert_eq!((table.depth("a"), table.depth("b")), (0, 0));
     }
 
+    /// Runs `f` on a thread and returns what it returns, failing the test
+    /// when it is still blocked after five seconds (a lost wake-up fails
+    /// here instead of hanging the test run).
+    fn finishes<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(v) => v,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("{what}: still blocked after 5 s")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
+        }
+    }
+
+    /// Starts waiting for `ticket` on a thread; `true` from the receiver
+    /// once it holds the lock (and it then lets go at once).
+    fn waiting(ticket: Ticket) -> std::sync::mpsc::Receiver<bool> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(ticket.wait());
+            let _ = tx.send(true);
+        });
+        rx
+    }
+
+    /// Whether the waiter behind `rx` got its lock within `ms`.
+    fn got_it(rx: &std::sync::mpsc::Receiver<bool>, ms: u64) -> bool {
+        rx.recv_timeout(Duration::from_millis(ms)).is_ok()
+    }
+
+    fn slots(table: &LockTable) -> Vec<String> {
+        let mut keys: Vec<String> = lock(&table.shared.slots).keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
     /// A place given up before its turn (the command was refused, its
-    /// caller went away) does not hold up those behind it.
+    /// caller went away) does not hold up those behind it, and leaves the
+    /// object's slot to them.
     #[test]
     fn a_place_left_before_its_turn_does_not_block_the_line() {
         let table = LockTable::new(None);
@@ -363,9 +404,115 @@ mod tests {
         let skipped = table.enqueue("vm:a");
         let next = table.enqueue("vm:a");
         drop(skipped);
-        let waiter = std::thread::spawn(move || drop(next.wait()));
+        assert_eq!(table.depth("vm:a"), 2, "the holder and the next stay");
+        assert_eq!(slots(&table), ["vm:a"], "their slot stays");
+        let next = waiting(next);
+        assert!(!got_it(&next, 50), "the next got the lock the holder holds");
         drop(holder);
-        waiter.join().expect("the next in line got the lock");
+        assert!(got_it(&next, 5000), "the next never got the lock");
         assert_eq!(table.depth("vm:a"), 0);
+        assert!(slots(&table).is_empty(), "an idle slot was kept");
+    }
+
+    /// The holder's leaving wakes the next in line, which then holds the
+    /// lock alone: a newcomer waits behind it.
+    #[test]
+    fn a_holder_leaving_hands_the_lock_to_the_next_in_line() {
+        let table = Arc::new(LockTable::new(None));
+        let holder = table.acquire("vm:a");
+        let next = table.enqueue("vm:a");
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let g = next.wait();
+            let _ = held_tx.send(());
+            let _ = go_rx.recv();
+            drop(g);
+        });
+        assert!(held_rx.recv_timeout(Duration::from_millis(50)).is_err());
+        drop(holder);
+        held_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the holder left, but the next in line was never woken");
+        assert_eq!(table.depth("vm:a"), 1);
+        let newcomer = waiting(table.enqueue("vm:a"));
+        assert!(!got_it(&newcomer, 50), "a newcomer got a held lock");
+        drop(go_tx);
+        assert!(got_it(&newcomer, 5000), "the newcomer never got the lock");
+        assert!(slots(&table).is_empty());
+    }
+
+    /// A place left in the middle of a line keeps the slot for those around
+    /// it; whoever leaves last, however (held, waited for or not), forgets
+    /// the slot, and only that object's.
+    #[test]
+    fn only_the_last_place_to_leave_forgets_the_slot() {
+        let table = LockTable::new(None);
+        let other = table.acquire("vm:b");
+        let holder = table.acquire("vm:a");
+        let middle = table.enqueue("vm:a");
+        let last = table.enqueue("vm:a");
+        drop(middle);
+        assert_eq!(slots(&table), ["vm:a", "vm:b"]);
+        drop(holder);
+        assert_eq!(
+            slots(&table),
+            ["vm:a", "vm:b"],
+            "the last one is still in line"
+        );
+        assert_eq!(table.depth("vm:a"), 1);
+        // The last one leaves without having waited.
+        drop(last);
+        assert_eq!(slots(&table), ["vm:b"]);
+        assert_eq!(table.depth("vm:a"), 0);
+        // A fresh line on the forgotten object works as a new one.
+        let again = finishes("a lock on a forgotten slot", {
+            let table = Arc::new(table);
+            move || {
+                drop(table.acquire("vm:a"));
+                table
+            }
+        });
+        assert_eq!(slots(&again), ["vm:b"]);
+        drop(other);
+        assert!(slots(&again).is_empty());
+    }
+
+    /// A turn holds places in exactly its keys; its debug form lists them.
+    #[test]
+    fn a_turn_knows_its_keys() {
+        let table = LockTable::new(None);
+        let keys = |ks: &[&str]| ks.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>();
+        let turn = table.enqueue_all(&keys(&["a", "b"]));
+        assert!(turn.is_for(&keys(&["a", "b"])));
+        assert!(!turn.is_for(&keys(&["a"])), "fewer keys");
+        assert!(!turn.is_for(&keys(&["a", "b", "c"])), "more keys");
+        assert!(!turn.is_for(&keys(&["a", "c"])), "another key");
+        assert!(!turn.is_for(&keys(&["b", "a"])), "another order");
+        assert_eq!(format!("{turn:?}"), r#"["a", "b"]"#);
+    }
+
+    /// The hook hears each acquisition and each release, in order.
+    #[test]
+    fn the_hook_hears_acquired_then_released() {
+        let heard: Arc<Mutex<Vec<String>>> = Arc::default();
+        let hook: LockHook = {
+            let heard = heard.clone();
+            Arc::new(move |ev: LockEvent<'_>| lock(&heard).push(format!("{ev:?}")))
+        };
+        let table = LockTable::new(Some(hook));
+        let a = table.acquire("vm:a");
+        let b = table.acquire("vm:b");
+        drop(a);
+        drop(b);
+        assert_eq!(
+            *lock(&heard),
+            [
+                r#"Acquired("vm:a")"#,
+                r#"Acquired("vm:b")"#,
+                r#"Released("vm:a")"#,
+                r#"Released("vm:b")"#
+            ]
+        );
     }
 }
