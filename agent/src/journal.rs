@@ -167,7 +167,13 @@ impl Journal {
     /// finished ones beyond the entry bound. Started entries stay: they are
     /// the evidence of an interrupted command. Returns how many were dropped.
     pub fn prune(&self) -> Result<usize, JournalError> {
-        let cutoff = now_ms().saturating_sub(self.max_age.as_millis() as u64);
+        self.prune_at(now_ms())
+    }
+
+    /// [`Journal::prune`] as at `now` (ms): entries first seen before
+    /// `now - max_age` are over the age bound.
+    fn prune_at(&self, now: u64) -> Result<usize, JournalError> {
+        let cutoff = now.saturating_sub(self.max_age.as_millis() as u64);
         let txn = self.db.begin_write().map_err(err)?;
         let dropped = {
             let mut table = txn.open_table(COMMANDS).map_err(err)?;
@@ -272,5 +278,146 @@ mod tests {
         assert_eq!(j0.prune().expect("prune"), 1);
         let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_file(temp("prune-age"));
+    }
+
+    /// A journal at a fresh path, removed when the test's value drops.
+    struct Fresh(Journal, std::path::PathBuf);
+
+    impl Drop for Fresh {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.1);
+        }
+    }
+
+    fn fresh(name: &str, max_age: Duration, max_entries: u64) -> Fresh {
+        let path = temp(name);
+        let _ = std::fs::remove_file(&path);
+        Fresh(
+            Journal::open(&path, max_age, max_entries).expect("open"),
+            path,
+        )
+    }
+
+    fn entry(state: State, first_seen: u64) -> Entry {
+        Entry {
+            state,
+            command: "vm.pause".into(),
+            attempts: 1,
+            first_seen,
+            status: (state == State::Done).then(|| "ok".into()),
+            content_type: None,
+            body: None,
+        }
+    }
+
+    fn ids(j: &Journal) -> Vec<String> {
+        let txn = j.db.begin_read().expect("read");
+        let table = txn.open_table(COMMANDS).expect("table");
+        let mut ids: Vec<String> = table
+            .iter()
+            .expect("iter")
+            .map(|item| item.expect("item").0.value().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Each reply status reads back as itself, with the reply's encoding
+    /// and body; an entry without one reads as an error.
+    #[test]
+    fn replies_read_back_with_their_status_encoding_and_body() {
+        let f = fresh("status", Duration::from_secs(3600), 100);
+        let j = &f.0;
+        assert!(j.is_empty().expect("empty"));
+        for (id, status, ct) in [
+            ("ok", ReplyStatus::Ok, ContentType::MsgPack),
+            ("task", ReplyStatus::Task, ContentType::Json),
+            ("error", ReplyStatus::Error, ContentType::MsgPack),
+        ] {
+            j.finish(id, "vm.start", status, ct, id.as_bytes())
+                .expect("finish");
+            let e = j.get(id).expect("get").expect("entry");
+            assert_eq!(e.reply_status(), status, "{id}");
+            assert_eq!(e.content_type.as_deref(), Some(ct.as_str()), "{id}");
+            assert_eq!(e.body.as_deref(), Some(id.as_bytes()), "{id}");
+            assert_eq!((e.state, e.command.as_str()), (State::Done, "vm.start"));
+        }
+        assert!(!j.is_empty().expect("empty"));
+        assert_eq!(j.len().expect("len"), 3);
+        assert_eq!(entry(State::Started, 1).reply_status(), ReplyStatus::Error);
+        assert_eq!(j.get("never").expect("get"), None);
+    }
+
+    /// A finish keeps the attempts and first sighting its starts recorded;
+    /// a finish never started counts one attempt.
+    #[test]
+    fn a_finish_keeps_the_attempts_and_first_sighting_of_its_starts() {
+        let f = fresh("finish", Duration::from_secs(3600), 100);
+        let j = &f.0;
+        j.put("a", &entry(State::Started, 1_000)).expect("put");
+        assert_eq!(j.start("a", "vm.pause").expect("start"), 2);
+        assert_eq!(j.start("a", "vm.pause").expect("start"), 3);
+        j.finish("a", "vm.pause", ReplyStatus::Ok, ContentType::MsgPack, b"")
+            .expect("finish");
+        let a = j.get("a").expect("get").expect("a");
+        assert_eq!((a.attempts, a.first_seen), (3, 1_000));
+        let before = now_ms();
+        j.finish("b", "vm.pause", ReplyStatus::Ok, ContentType::MsgPack, b"")
+            .expect("finish");
+        let b = j.get("b").expect("get").expect("b");
+        assert_eq!(b.attempts, 1);
+        assert!(
+            (before..=now_ms()).contains(&b.first_seen),
+            "{}",
+            b.first_seen
+        );
+    }
+
+    /// The age bound drops finished entries first seen before `now -
+    /// max_age` (one at the bound stays); started ones stay however old.
+    #[test]
+    fn the_age_bound_drops_finished_entries_older_than_it() {
+        let f = fresh("age", Duration::from_millis(1_000), 100);
+        let j = &f.0;
+        j.put("old", &entry(State::Done, 8_999)).expect("put");
+        j.put("at-bound", &entry(State::Done, 9_000)).expect("put");
+        j.put("young", &entry(State::Done, 9_500)).expect("put");
+        j.put("old-started", &entry(State::Started, 1))
+            .expect("put");
+        assert_eq!(j.prune_at(10_000).expect("prune"), 1);
+        assert_eq!(ids(j), ["at-bound", "old-started", "young"]);
+        // Long after: all finished ones go, the started one stays.
+        assert_eq!(j.prune_at(u64::MAX).expect("prune"), 2);
+        assert_eq!(ids(j), ["old-started"]);
+    }
+
+    /// The entry bound drops the oldest finished entries until the journal
+    /// is within it, counting one both old and over the bound once, and
+    /// never a started one.
+    #[test]
+    fn the_entry_bound_drops_the_oldest_finished_entries() {
+        let f = fresh("size", Duration::from_millis(1_000), 3);
+        let j = &f.0;
+        j.put("s", &entry(State::Started, 1)).expect("put");
+        for (id, t) in [
+            ("d5", 9_500),
+            ("d2", 9_200),
+            ("d4", 9_400),
+            ("d3", 9_300),
+            ("d1", 8_000),
+        ] {
+            j.put(id, &entry(State::Done, t)).expect("put");
+        }
+        // Six entries, three over: d1 (also past the age bound), d2, d3.
+        assert_eq!(j.prune_at(10_000).expect("prune"), 3);
+        assert_eq!(ids(j), ["d4", "d5", "s"]);
+        assert_eq!(j.prune_at(10_000).expect("prune"), 0, "within both bounds");
+        // Started entries over the bound stay.
+        let g = fresh("size-started", Duration::from_secs(3600), 1);
+        for id in ["s1", "s2", "s3"] {
+            g.0.put(id, &entry(State::Started, 5)).expect("put");
+        }
+        assert_eq!(g.0.prune_at(10_000).expect("prune"), 0);
+        assert_eq!(g.0.len().expect("len"), 3);
     }
 }
