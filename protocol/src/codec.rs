@@ -307,6 +307,12 @@ mod tests {
 
     #[test]
     fn content_types_parse_leniently_but_refuse_strangers() {
+        // Each type's property value is its documented name and parses back.
+        assert_eq!(ContentType::MsgPack.as_str(), "application/msgpack");
+        assert_eq!(ContentType::Json.as_str(), "application/json");
+        for ct in [ContentType::MsgPack, ContentType::Json] {
+            assert_eq!(ContentType::parse(Some(ct.as_str())), Ok(ct));
+        }
         assert_eq!(ContentType::parse(None), Ok(ContentType::MsgPack));
         assert_eq!(
             ContentType::parse(Some("application/json; charset=utf-8")),
