@@ -89,6 +89,17 @@ type VolumeRecordOf = hostbus_protocol::types::VolumeRecord;
 type PoolRecordOf = hostbus_protocol::types::PoolRecord;
 type NetworkRecordOf = hostbus_protocol::types::NetworkRecord;
 
+/// What became of a volume an interrupted command left.
+#[derive(Debug)]
+pub(crate) enum LeftVolume {
+    /// It was there and is removed.
+    Removed,
+    /// It was not there.
+    Absent,
+    /// It is there and could not be removed (in use, say): a warning.
+    Kept(Error),
+}
+
 /// What a half-done first run may have left.
 #[derive(Debug)]
 pub(crate) enum Clean<'a> {
@@ -257,8 +268,9 @@ impl Inner {
         }
     }
 
-    /// Removes volume `pool/name`, left by an interrupted `command`.
-    pub(crate) fn remove_left_volume(&self, pool: &str, name: &str, command: &str) {
+    /// Removes volume `pool/name`, left by an interrupted `command`; one
+    /// already gone is no news, one that cannot go is logged as a warning.
+    pub(crate) fn remove_left_volume(&self, pool: &str, name: &str, command: &str) -> LeftVolume {
         let delete = AnyRequest::VolumeDelete(VolumeKey {
             pool: pool.to_owned(),
             name: name.to_owned(),
@@ -269,11 +281,13 @@ impl Inner {
             .and_then(|delete| self.execute(delete, &progress, Uuid::new_v4(), None));
         match result {
             Ok(_) => {
-                tracing::info!(volume = %name, command, "removed a volume left by an interrupted command")
+                tracing::info!(volume = %name, command, "removed a volume left by an interrupted command");
+                LeftVolume::Removed
             }
-            Err(e) if e.code == ErrorCode::VolumeNotFound => {}
+            Err(e) if e.code == ErrorCode::VolumeNotFound => LeftVolume::Absent,
             Err(e) => {
-                tracing::warn!(volume = %name, command, error = %e, "cannot remove a volume left by an interrupted command")
+                tracing::warn!(volume = %name, command, error = %e, "cannot remove a volume left by an interrupted command");
+                LeftVolume::Kept(e)
             }
         }
     }
@@ -359,5 +373,36 @@ mod tests {
             assert_eq!(not_journaled, !info.run.changes(), "{}", info.name);
         }
         assert!(unsampled.is_empty(), "no minimal request of {unsampled:?}");
+    }
+
+    /// A left volume is removed; one already gone is told apart from one
+    /// that cannot go (which is warned about).
+    #[test]
+    fn a_left_volume_is_removed_absent_or_kept_with_its_reason() {
+        let b = crate::Bridge::open(crate::Config {
+            uri: format!("test://{}/testdata/node-h1.xml", env!("CARGO_MANIFEST_DIR")),
+            host_id: "h1".into(),
+            ..crate::Config::default()
+        })
+        .expect("open");
+        let left = |name: &str| b.inner.remove_left_volume("default", name, "vm.define");
+        let create = AnyRequest::VolumeCreate(VolumeCreateRequest {
+            pool: "default".into(),
+            spec: hostbus_protocol::types::VolumeSpec {
+                name: "left.qcow2".into(),
+                capacity_bytes: 1 << 20,
+                allocation_bytes: 0,
+                format: hostbus_protocol::types::DiskFormat::Qcow2,
+            },
+        });
+        b.call(create, &crate::CallContext::new())
+            .expect("a volume left behind");
+        assert!(matches!(left("left.qcow2"), LeftVolume::Removed));
+        assert!(matches!(left("left.qcow2"), LeftVolume::Absent));
+        // web01's disk: in use by its VM, so it stays, with the reason.
+        match left("web01.qcow2") {
+            LeftVolume::Kept(e) => assert_eq!(e.code, ErrorCode::VolumeInUse, "{e:?}"),
+            other => panic!("a volume in use was {other:?}"),
+        }
     }
 }
