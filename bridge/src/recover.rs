@@ -279,17 +279,21 @@ impl Inner {
         let progress = Progress::untracked(self.config().step_pause);
         let result = Planned::new(delete)
             .and_then(|delete| self.execute(delete, &progress, Uuid::new_v4(), None));
-        match result {
-            Ok(_) => {
-                tracing::info!(volume = %name, command, "removed a volume left by an interrupted command");
-                LeftVolume::Removed
-            }
+        let left = match result {
+            Ok(_) => LeftVolume::Removed,
             Err(e) if e.code == ErrorCode::VolumeNotFound => LeftVolume::Absent,
-            Err(e) => {
+            Err(e) => LeftVolume::Kept(e),
+        };
+        match &left {
+            LeftVolume::Removed => {
+                tracing::info!(volume = %name, command, "removed a volume left by an interrupted command");
+            }
+            LeftVolume::Absent => {}
+            LeftVolume::Kept(e) => {
                 tracing::warn!(volume = %name, command, error = %e, "cannot remove a volume left by an interrupted command");
-                LeftVolume::Kept(e)
             }
         }
+        left
     }
 
     /// After a crash, a re-run may fail only because the first run already
