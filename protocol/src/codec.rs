@@ -305,6 +305,18 @@ mod tests {
             .expect("a reply");
     }
 
+    /// The wrapper forwards the wrapped deserializer's human readability
+    /// (UUIDs are strings in one, 16 bytes in the other), both ways.
+    #[test]
+    fn maps_only_keeps_the_wrapped_deserializers_readability() {
+        use serde::Deserializer as _;
+        let bytes = [0xc0];
+        let mut compact = rmp_serde::Deserializer::from_read_ref(&bytes[..]);
+        assert!(!MapsOnly(&mut compact).is_human_readable());
+        let mut readable = rmp_serde::Deserializer::from_read_ref(&bytes[..]).with_human_readable();
+        assert!(MapsOnly(&mut readable).is_human_readable());
+    }
+
     #[test]
     fn content_types_parse_leniently_but_refuse_strangers() {
         // Each type's property value is its documented name and parses back.
