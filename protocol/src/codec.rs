@@ -317,6 +317,74 @@ mod tests {
         assert!(MapsOnly(&mut readable).is_human_readable());
     }
 
+    /// What the wrapper hands on keeps what the wrapped one says: the
+    /// sizes of sequences and maps (which size the decoded collections),
+    /// what a visitor expected (in error messages), a unit variant's check.
+    #[test]
+    fn maps_only_hands_on_sizes_expectations_and_unit_variants() {
+        use serde::de::{MapAccess, SeqAccess, Visitor};
+        use serde::Deserializer as _;
+        struct Hint;
+        impl<'de> Visitor<'de> for Hint {
+            type Value = Option<usize>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence or a map")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let hint = seq.size_hint();
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(hint)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let hint = map.size_hint();
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(hint)
+            }
+        }
+        let hint = |bytes: &[u8]| {
+            let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+            MapsOnly(&mut de).deserialize_any(Hint).expect("a hint")
+        };
+        assert_eq!(hint(&[0x93, 1, 2, 3]), Some(3), "a sequence of 3");
+        assert_eq!(
+            hint(&[0x82, 0xa1, b'a', 1, 0xa1, b'b', 2]),
+            Some(2),
+            "a map of 2"
+        );
+
+        for (ct, bytes) in both(r#""x""#) {
+            let e = decode::<Ping>(ct, &bytes, DEFAULT_MAX_PAYLOAD).unwrap_err();
+            assert!(
+                e.to_string().contains("expected struct Ping"),
+                "{ct:?}: {e}"
+            );
+        }
+
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        enum Shape {
+            Unit,
+            Sized(u32),
+        }
+        // A unit variant given a value is refused, not taken with the value left over.
+        for (ct, bytes) in both(r#"{"Unit": 5}"#) {
+            let got = decode::<Shape>(ct, &bytes, DEFAULT_MAX_PAYLOAD);
+            assert!(got.is_err(), "{ct:?}: {got:?}");
+        }
+        for (ct, bytes) in both(r#"{"Sized": 5}"#) {
+            assert!(
+                matches!(
+                    decode::<Shape>(ct, &bytes, DEFAULT_MAX_PAYLOAD),
+                    Ok(Shape::Sized(5))
+                ),
+                "{ct:?}"
+            );
+        }
+    }
+
     #[test]
     fn content_types_parse_leniently_but_refuse_strangers() {
         // Each type's property value is its documented name and parses back.
