@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn places_are_served_in_the_order_they_were_taken() {
         let table = LockTable::new(None);
-        let holder = table.acquire("vm:a");
+        let holder = take(&table, "vm:a");
         let tickets: Vec<Ticket> = (0..8).map(|_| table.enqueue("vm:a")).collect();
         assert_eq!(table.depth("vm:a"), 9);
         let order = Arc::new(Mutex::new(Vec::new()));
@@ -372,6 +372,13 @@ mod tests {
         }
     }
 
+    /// Takes the lock of `key`, which must be free (or soon), failing the
+    /// test instead of blocking it for ever.
+    fn take(table: &LockTable, key: &str) -> ObjectGuard {
+        let ticket = table.enqueue(key);
+        finishes(&format!("taking the lock of {key}"), move || ticket.wait())
+    }
+
     /// Starts waiting for `ticket` on a thread; `true` from the receiver
     /// once it holds the lock (and it then lets go at once).
     fn waiting(ticket: Ticket) -> std::sync::mpsc::Receiver<bool> {
@@ -400,7 +407,7 @@ mod tests {
     #[test]
     fn a_place_left_before_its_turn_does_not_block_the_line() {
         let table = LockTable::new(None);
-        let holder = table.acquire("vm:a");
+        let holder = take(&table, "vm:a");
         let skipped = table.enqueue("vm:a");
         let next = table.enqueue("vm:a");
         drop(skipped);
@@ -419,7 +426,7 @@ mod tests {
     #[test]
     fn a_holder_leaving_hands_the_lock_to_the_next_in_line() {
         let table = Arc::new(LockTable::new(None));
-        let holder = table.acquire("vm:a");
+        let holder = take(&table, "vm:a");
         let next = table.enqueue("vm:a");
         let (held_tx, held_rx) = std::sync::mpsc::channel();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
@@ -448,8 +455,8 @@ mod tests {
     #[test]
     fn only_the_last_place_to_leave_forgets_the_slot() {
         let table = LockTable::new(None);
-        let other = table.acquire("vm:b");
-        let holder = table.acquire("vm:a");
+        let other = take(&table, "vm:b");
+        let holder = take(&table, "vm:a");
         let middle = table.enqueue("vm:a");
         let last = table.enqueue("vm:a");
         drop(middle);
@@ -501,8 +508,8 @@ mod tests {
             Arc::new(move |ev: LockEvent<'_>| lock(&heard).push(format!("{ev:?}")))
         };
         let table = LockTable::new(Some(hook));
-        let a = table.acquire("vm:a");
-        let b = table.acquire("vm:b");
+        let a = take(&table, "vm:a");
+        let b = take(&table, "vm:b");
         drop(a);
         drop(b);
         assert_eq!(
