@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use futures_lite::{Stream, StreamExt};
 use hostbus_protocol::commands::{Empty, HostSnapshot};
-use hostbus_protocol::names::EVENT_STREAM;
+use hostbus_protocol::names::{EVENT_EXCHANGE, EVENT_STREAM};
 use hostbus_protocol::types::{Inventory, ObjectClass};
 use hostbus_protocol::{decode, ContentType, Event, EventAction};
 use http_body_util::BodyExt;
@@ -547,6 +547,7 @@ async fn follow_broker(
                 asked = Some(o + 1);
             }
             match decode::<Event>(content_type(&d), &d.data, MAX_EVENT) {
+                Ok(ev) if !stream::published_as(&d, EVENT_EXCHANGE, &ev.routing_key()) => {}
                 Ok(ev) => {
                     if !follow.event(ev, offset).await {
                         return;

@@ -41,6 +41,27 @@ pub(crate) fn content_type(d: &lapin::message::Delivery) -> ContentType {
     ContentType::parse(d.properties.content_type().as_ref().map(|c| c.as_str())).unwrap_or_default()
 }
 
+/// Whether stream delivery `d` was published through `exchange` under
+/// `key`, the routing key its body gives: only then did the broker's topic
+/// permissions check that its publisher may speak for the host it names.
+/// The default exchange reaches every queue by name, streams included, and
+/// hosts may write to it (their replies go through it), so a host could
+/// append a message claiming to be another's (docs/security.md); such a
+/// message is skipped, with a warning.
+pub(crate) fn published_as(d: &lapin::message::Delivery, exchange: &str, key: &str) -> bool {
+    let ok = d.exchange.as_str() == exchange && d.routing_key.as_str() == key;
+    if !ok {
+        tracing::warn!(
+            exchange = d.exchange.as_str(),
+            routing_key = d.routing_key.as_str(),
+            expected_exchange = exchange,
+            expected_key = key,
+            "skipped a stream message not published under its own routing key (forged, or a peer's defect)"
+        );
+    }
+    ok
+}
+
 /// Starts consuming stream `queue` at `offset`.
 pub(crate) async fn consume(
     ch: &Channel,

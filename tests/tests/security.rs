@@ -12,21 +12,23 @@
 //!   heartbeats under h1's id, commands to `hostbus.cmd`, consuming,
 //!   declaring or binding to h1's commands, declaring exchanges, and (406)
 //!   a forged `user_id`; what it cannot refuse, a message put into h1's
-//!   queue through the default exchange, the agent refuses (h2 has no role).
+//!   queue through the default exchange, the agent refuses (h2 has no role),
+//!   and an event or goodbye of h1's put into the streams that way, the
+//!   SDK's subscription and fleet views skip.
 //!
 //! The permission strings below are the ones docs/security.md shows; change
 //! both together.
 
 use std::time::Duration;
 
-use hostbus_client::{Client, ClientConfig, Notification};
+use hostbus_client::{Client, ClientConfig, Liveness, Notification};
 use hostbus_protocol::commands::*;
 use hostbus_protocol::envelope::STATUS_HEADER;
 use hostbus_protocol::names;
 use hostbus_protocol::types::{PowerState, VmRecord};
 use hostbus_protocol::{
-    decode, encode, AmqpProperties, Command, ContentType, ErrorCode, Event, EventAction, Heartbeat,
-    Reply,
+    decode, encode, now_ms, AmqpProperties, Announcement, Command, ContentType, ErrorCode, Event,
+    EventAction, Heartbeat, Reply, RosterAction,
 };
 use hostbus_tests::sdk::{next_notification, subscribe};
 use hostbus_tests::{
@@ -478,6 +480,85 @@ async fn per_host_users_are_confined_and_roles_are_enforced() {
             assert_eq!(e.param("user"), Some("h2"));
         }
         other => panic!("h2's command must be refused: {other:?}"),
+    }
+
+    // The same path reaches the streams: h2 can append to `hostbus.events`
+    // an event that claims to be h1's, and to the roster h1's goodbye. The
+    // broker takes both; a subscription and a fleet view skip them, for
+    // neither came through its topic exchange under the key its body gives
+    // (the key h2's topic permissions refuse it above).
+    let mut forged = ev.clone();
+    forged.object_id = BATCH01.into();
+    forged.seq += 1;
+    let msgpack = AmqpProperties {
+        content_type: Some(ContentType::MsgPack.as_str().into()),
+        ..AmqpProperties::default()
+    };
+    sneaky
+        .publish(
+            "",
+            names::EVENT_STREAM,
+            &msgpack,
+            &encode(ContentType::MsgPack, &forged).expect("encode"),
+        )
+        .await
+        .expect("the default exchange takes a forged event into the stream");
+    let h1_view = presence
+        .hosts()
+        .into_iter()
+        .find(|h| h.host_id == "h1")
+        .expect("h1 in the fleet view");
+    let bye = Announcement {
+        host_id: "h1".into(),
+        action: RosterAction::Offline,
+        epoch: Some(h1_view.epoch),
+        time: now_ms(),
+        started_at: 0,
+        interval_ms: 0,
+        labels: vec![],
+        versions: None,
+        capabilities: vec![],
+        by: None,
+        migration_uri: None,
+    };
+    sneaky
+        .publish(
+            "",
+            names::ROSTER_STREAM,
+            &msgpack,
+            &encode(ContentType::MsgPack, &bye).expect("encode"),
+        )
+        .await
+        .expect("the default exchange takes a forged goodbye into the roster");
+    // A real event after the forged one: the subscription's next event.
+    let (_, reply) = call_as::<VmDestroy>(&mut ops, "h1", "ops", &VmUuid { uuid: db01 }).await;
+    assert!(matches!(reply, Reply::Ok(_)), "{reply:?}");
+    loop {
+        match next_notification(&mut sub, T, "h1's real event after the forged one").await {
+            Notification::Event(e) if e.object_id == BATCH01 => {
+                panic!("a forged event reached the subscriber: {e:?}")
+            }
+            Notification::Event(e) if e.action == EventAction::Stopped => {
+                assert_eq!(e.object_id, DB01);
+                break;
+            }
+            Notification::Resync { host, reason, .. } => {
+                panic!("a resync of {host} ({reason:?}): the forged event was taken in")
+            }
+            _ => {}
+        }
+    }
+    // Both fleet views, the one following the streams and a fresh one,
+    // still see h1 alive.
+    let fresh = ops_client.presence().await.expect("a fresh fleet view");
+    fresh.wait_ready(Duration::from_secs(5)).await;
+    for (what, view) in [("following", &presence), ("fresh", &fresh)] {
+        let h1 = view
+            .hosts()
+            .into_iter()
+            .find(|h| h.host_id == "h1")
+            .expect("h1");
+        assert_eq!(h1.liveness, Liveness::Alive, "{what} view: {h1:?}");
     }
 
     // h1 kept working through all of this, and nothing h2 sent ran.

@@ -179,7 +179,7 @@ impl Reader {
                     .await;
                 return Ok(out);
             }
-            if let Ok(hb) = decode::<Heartbeat>(content_type(&d), &d.data, MAX_MESSAGE) {
+            if let Some(hb) = beat(&d) {
                 out.push(hb);
             }
         }
@@ -226,10 +226,12 @@ impl Reader {
         if d.routing_key.as_str().starts_with("_sync.") {
             return None;
         }
-        let ct = content_type(d);
         match from {
-            Source::Roster => decode(ct, &d.data, MAX_MESSAGE).ok().map(Item::Roster),
-            Source::Beats => decode(ct, &d.data, MAX_MESSAGE).ok().map(Item::Beat),
+            Source::Roster => decode::<Announcement>(content_type(d), &d.data, MAX_MESSAGE)
+                .ok()
+                .filter(|a| stream::published_as(d, PRESENCE_EXCHANGE, &a.routing_key()))
+                .map(Item::Roster),
+            Source::Beats => beat(d).map(Item::Beat),
         }
     }
 
@@ -267,6 +269,14 @@ impl Reader {
         self.unacked.clear();
         Ok(())
     }
+}
+
+/// The heartbeat delivery `d` carries, if it is one and came through the
+/// presence exchange under its host's key.
+fn beat(d: &lapin::message::Delivery) -> Option<Heartbeat> {
+    decode::<Heartbeat>(content_type(d), &d.data, MAX_MESSAGE)
+        .ok()
+        .filter(|hb| stream::published_as(d, PRESENCE_EXCHANGE, &hb.routing_key()))
 }
 
 /// Publishes this reader's sync marker on the presence exchange (bound to

@@ -59,6 +59,8 @@ log = logging.getLogger("hostbus.events")
 
 #: The stream every event is kept in.
 EVENT_STREAM = "hostbus.events"
+#: The exchange agents publish events on, each under its own key.
+EVENT_EXCHANGE = "hostbus.evt"
 
 #: Opens a fresh ``pika.BlockingConnection`` (the runtime builds it with the
 #: user's URLs and TLS settings). When it takes an argument, it is given a
@@ -191,6 +193,21 @@ class Resync:
 
 
 Notification = Union[EventNotification, Resync]
+
+
+def published_as(exchange: str, key: str, want_exchange: str, want_key: str) -> bool:
+    """Whether a stream message came through ``want_exchange`` under
+    ``want_key``, the routing key its body gives: only then did the
+    broker's topic permissions check that its publisher may speak for the
+    host it names. The default exchange reaches every queue by name,
+    streams included, and hosts may write to it (their replies go through
+    it), so a host could append a message claiming to be another's
+    (docs/security.md); such a message is skipped, with a warning."""
+    if exchange == want_exchange and key == want_key:
+        return True
+    log.warning("skipped a stream message published on %r under %r, not on %r under %r "
+                "(forged, or a peer's defect)", exchange, key, want_exchange, want_key)
+    return False
 
 
 def _key_of(raw: dict[str, Any]) -> str:
@@ -338,6 +355,7 @@ def close_quietly(conn: Any) -> None:
 class _Delivery:
     generation: int
     tag: int
+    exchange: str
     key: str
     content_type: str | None
     body: bytes
@@ -579,7 +597,7 @@ class Subscription(Iterating):
         if gen != self._generation:
             return
         offset = stream_offset_of(props)
-        d = _Delivery(gen, int(method.delivery_tag), str(method.routing_key),
+        d = _Delivery(gen, int(method.delivery_tag), str(method.exchange), str(method.routing_key),
                       getattr(props, "content_type", None), bytes(body), offset)
         if offset is not None and self._asked is not None:
             if offset < self._asked:
@@ -618,7 +636,10 @@ class Subscription(Iterating):
         self._ack(item)
         try:
             raw = decode_body(item.content_type, item.body)
-            out = self._tracker.event(raw, item.key, item.offset)
+            if not published_as(item.exchange, item.key, EVENT_EXCHANGE, _key_of(raw)):
+                out = []
+            else:
+                out = self._tracker.event(raw, item.key, item.offset)
         except (ValueError, LookupError, TypeError, msgpack.UnpackException) as e:  # one bad event does not end it
             log.warning("%s: undecodable event at offset %s skipped: %s",
                         self.name, item.offset, e)

@@ -27,7 +27,7 @@ import pika.exceptions
 
 from . import types as t
 from .errors import AuthError, ConnectionError, Error, NotFoundError
-from .events import OpenConnection, close_quietly, decode_body, open_named, stream_offset_of
+from .events import OpenConnection, close_quietly, decode_body, open_named, published_as, stream_offset_of
 
 __all__ = [
     "BEAT_STREAM",
@@ -379,6 +379,11 @@ class _Reader:
                 except Exception as e:  # noqa: BLE001 - skipped, as the Rust SDK does
                     log.debug("undecodable presence message %s at %s skipped: %s",
                               key, stream_offset_of(props), e)
+                    return
+                host = raw.get("host_id") if isinstance(raw, dict) else None
+                what = "heartbeat" if streams[i][0] == BEAT_STREAM else (
+                    raw.get("action") if isinstance(raw, dict) else None)
+                if not published_as(str(method.exchange), key, PRESENCE_EXCHANGE, f"{host}.{what}"):
                     return
                 out[i].append(raw)
             return on_message

@@ -263,7 +263,7 @@ class FakeConn:
             if body is None:
                 return
             ch.delivered += 1
-            method = pika.spec.Basic.Deliver(delivery_tag=ch.delivered, routing_key=(
+            method = pika.spec.Basic.Deliver(delivery_tag=ch.delivered, exchange="hostbus.evt", routing_key=(
                 f"{body['host_id']}.{body['class']}.{body['action']}"))
             props = pika.BasicProperties(content_type="application/msgpack",
                                          headers={"x-stream-offset": ch.at})
@@ -537,6 +537,24 @@ def test_a_subscription_from_next_sees_a_vm_come_and_go_in_order(url: str, bus: 
     assert all(n.key.startswith("h1.") for n in got if isinstance(n, EventNotification))
     offsets = [offset_of(n) for n in got]
     assert offsets == sorted(set(offsets))
+
+
+def test_an_event_put_into_the_stream_directly_is_skipped(url: str, bus: Bus) -> None:
+    """The default exchange reaches the event stream too, and every host may
+    write to it (its replies go through it): an event put there directly,
+    claiming to be h1's, did not pass the topic permission of h1's key. The
+    subscription skips it (logged) and goes on with h1's real events."""
+    forged_vm = str(uuid.uuid4())
+    forged = dict(ev("h1", str(uuid.uuid4()), 1, "vm", "started"), object_id=forged_vm)
+    with Subscription(opener(url), ["h1.#"]) as sub:
+        bus.ch.basic_publish(exchange="", routing_key="hostbus.events", body=msgpack.packb(forged),
+                             properties=pika.BasicProperties(content_type="application/msgpack"))
+        vm = vm_cycle(bus.call, "h1", "forged")
+        got = read_until(sub, vm)
+    assert not any(isinstance(n, EventNotification) and str(n.event.object_id) == forged_vm
+                   for n in got), [kind(n) for n in got]
+    assert vm_story(got, vm)[0] == "vm.defined"
+    assert_consecutive(got)
 
 
 def test_a_killed_connection_resumes_with_nothing_missed_or_doubled(

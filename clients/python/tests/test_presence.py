@@ -337,7 +337,11 @@ class FakeFleetChannel:
             if at < len(stream) and tag in self.cursors:
                 key, props, body, _ = stream[at]
                 self.cursors[tag] = (stream, at + 1, cb)
-                cb(self, pika.spec.Basic.Deliver(delivery_tag=at + 1, routing_key=key), props, body)
+                # What was put into a stream through the default exchange
+                # carries the stream's name as its routing key.
+                exchange = "" if key.startswith("hostbus.") else "hostbus.presence"
+                cb(self, pika.spec.Basic.Deliver(delivery_tag=at + 1, exchange=exchange, routing_key=key),
+                   props, body)
 
     def queue_declare(self, queue: str, passive: bool = False) -> Any:
         assert passive
@@ -391,6 +395,27 @@ def test_the_view_asks_the_broker_and_reads_further_back_only_when_needed() -> N
     assert views["dead"].liveness == Liveness.GONE and views["dead"].connected is False
     assert views["left"].liveness == Liveness.GONE
     assert not fleet.open, "the view closes its connection"
+
+
+def test_what_was_put_into_the_presence_streams_directly_is_skipped() -> None:
+    """The default exchange reaches the presence streams too, and every host
+    may write to it: a goodbye or a heartbeat put there directly claims a
+    host the broker's topic permissions did not check it for. The view
+    skips both: the host said goodbye to is alive, the one beaten for gone."""
+    fleet = FakeFleet()
+    fleet.announce(wire_announcement("up", "online", "e", 60_000))
+    fleet.announce(wire_announcement("ghost", "online", "e", 60_000))
+    fleet.beat(wire_beat("up", "e", 1_000))
+    bye = wire_announcement("up", "offline", "e", 500)
+    fleet.roster.append(("hostbus.presence.roster", pika.BasicProperties(
+        content_type="application/msgpack", type="announcement"), msgpack.packb(bye), bye["time"]))
+    beat_ = wire_beat("ghost", "e", 500)
+    fleet.beats.append(("hostbus.presence.beats", pika.BasicProperties(
+        content_type="application/json", type="heartbeat"), json.dumps(beat_).encode(), beat_["time"]))
+    fleet.consumers = {"up": 1, "ghost": 0}
+    views = {v.host_id: v for v in fleet_view(lambda: fleet)}
+    assert views["up"].liveness == Liveness.ALIVE
+    assert views["ghost"].liveness == Liveness.GONE
 
 
 def test_the_view_reads_no_further_when_no_silent_host_is_connected() -> None:
