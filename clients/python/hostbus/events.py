@@ -52,6 +52,8 @@ __all__ = [
     "Start",
     "Subscription",
     "check_pattern",
+    "published_as",
+    "stream_channel",
     "topic_matches",
 ]
 
@@ -193,6 +195,22 @@ class Resync:
 
 
 Notification = Union[EventNotification, Resync]
+
+
+def _forget(*_args: Any, **_kwargs: Any) -> None:
+    """A reject that does nothing (see :func:`stream_channel`)."""
+
+
+def stream_channel(conn: Any) -> Any:
+    """A channel of ``conn`` for stream consumers. pika rejects the
+    deliveries a cancelled consumer still had pending or in flight, and a
+    stream answers ``basic.reject`` by closing the whole connection (540
+    NOT_IMPLEMENTED): a fleet view that cancelled its beats consumer with
+    beats in flight lost its connection. A stream needs no reject (it keeps
+    every message; acks are only credit), so this channel drops them."""
+    ch = conn.channel()
+    ch._impl.basic_reject = _forget  # over pika's method, for this channel only
+    return ch
 
 
 def published_as(exchange: str, key: str, want_exchange: str, want_key: str) -> bool:
@@ -548,7 +566,7 @@ class Subscription(Iterating):
         start = self._asked if self._asked is not None else self._start_arg
         conn = open_named(self._open, self.name)
         try:
-            ch = conn.channel()
+            ch = stream_channel(conn)
             ch.basic_qos(prefetch_count=self._prefetch)
             self._generation += 1
             gen = self._generation

@@ -27,7 +27,8 @@ import pika.exceptions
 
 from . import types as t
 from .errors import AuthError, ConnectionError, Error, NotFoundError
-from .events import OpenConnection, close_quietly, decode_body, open_named, published_as, stream_offset_of
+from .events import (OpenConnection, close_quietly, decode_body, open_named, published_as,
+                     stream_channel, stream_offset_of)
 
 __all__ = [
     "BEAT_STREAM",
@@ -337,7 +338,7 @@ class _Reader:
     def __init__(self, conn: Any, deadline: float) -> None:
         self.conn = conn
         self.deadline = deadline
-        self.ch = conn.channel()
+        self.ch = stream_channel(conn)
         self.ch.basic_qos(prefetch_count=_PREFETCH)
         self.ch.confirm_delivery()
         self.marker = uuid.uuid4().hex

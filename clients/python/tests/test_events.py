@@ -39,6 +39,7 @@ from hostbus.events import (
     Subscription,
     Tracker,
     check_pattern,
+    stream_channel,
     topic_matches,
 )
 
@@ -537,6 +538,27 @@ def test_a_subscription_from_next_sees_a_vm_come_and_go_in_order(url: str, bus: 
     assert all(n.key.startswith("h1.") for n in got if isinstance(n, EventNotification))
     offsets = [offset_of(n) for n in got]
     assert offsets == sorted(set(offsets))
+
+
+def test_a_stream_consumer_cancelled_with_deliveries_in_flight_keeps_its_connection(url: str) -> None:
+    """pika rejects what a cancelled consumer had in flight, and a stream
+    answers a reject by closing the connection: on a plain channel this
+    cancel lost the connection (a fleet view failed that way). On a
+    ``stream_channel`` the connection goes on."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        for stream in ("hostbus.presence.beats", "hostbus.events"):
+            ch = stream_channel(conn)
+            ch.basic_qos(prefetch_count=100)
+            tag = ch.basic_consume(stream, lambda *_: None, auto_ack=False,
+                                   arguments={"x-stream-offset": "first"})
+            ch.basic_cancel(tag)
+            ch.queue_declare(stream, passive=True)
+            conn.process_data_events(time_limit=0.3)
+            assert conn.is_open and ch.is_open, stream
+    finally:
+        if conn.is_open:
+            conn.close()
 
 
 def test_an_event_put_into_the_stream_directly_is_skipped(url: str, bus: Bus) -> None:
