@@ -209,7 +209,9 @@ def stream_channel(conn: Any) -> Any:
     beats in flight lost its connection. A stream needs no reject (it keeps
     every message; acks are only credit), so this channel drops them."""
     ch = conn.channel()
-    ch._impl.basic_reject = _forget  # over pika's method, for this channel only
+    impl = getattr(ch, "_impl", None)  # a BlockingChannel's pika.channel.Channel
+    if impl is not None:
+        impl.basic_reject = _forget  # over pika's method, for this channel only
     return ch
 
 
