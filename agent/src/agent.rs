@@ -490,52 +490,45 @@ impl Agent {
         let mut inflight = JoinSet::new();
         let lost = |why: String| SessionEnd::Lost { why, serving_since };
         let end = loop {
-            tokio::select! {
-                delivery = consumer.next() => match delivery {
-                    Some(Ok(d)) => {
-                        let permit = match permits.clone().acquire_owned().await {
-                            Ok(p) => p,
-                            Err(_) => break lost("the command semaphore closed".into()),
-                        };
-                        // Admitted here, in arrival order: commands on one
-                        // object then run in that order.
-                        let props = hostbus_amqp::from_lapin(&d.properties);
-                        let deliveries = self.deliveries(&d, &props);
-                        let admission = self.admit(&props, &d.data, deliveries);
-                        let (agent, lanes) = (self.clone(), lanes.clone());
-                        inflight.spawn(async move {
-                            let _permit = permit;
-                            agent.serve(&lanes, admission, props, d, deliveries).await;
-                        });
-                    }
-                    Some(Err(e)) => break lost(format!("consumer failed: {e}")),
-                    None => break lost("the broker cancelled the consumer".into()),
-                },
-                delivery = async { read_consumer.as_mut().expect("guarded").next().await }, if read_consumer.is_some() => match delivery {
-                    Some(Ok(d)) => {
-                        let permit = match permits.clone().acquire_owned().await {
-                            Ok(p) => p,
-                            Err(_) => break lost("the command semaphore closed".into()),
-                        };
-                        let props = hostbus_amqp::from_lapin(&d.properties);
-                        let deliveries = self.deliveries(&d, &props);
-                        let admission = self.admit_read(&props, &d.data, deliveries);
-                        let (agent, lanes) = (self.clone(), read_lanes.clone());
-                        inflight.spawn(async move {
-                            let _permit = permit;
-                            agent.serve(&lanes, admission, props, d, deliveries).await;
-                        });
-                    }
-                    Some(Err(e)) => break lost(format!("read consumer failed: {e}")),
-                    None => break lost("the broker cancelled the read consumer".into()),
-                },
+            // A delivery from the command queue (`read` false) or from the
+            // read queue, handled alike but admitted by its own rule.
+            let (read, delivery) = tokio::select! {
+                d = consumer.next() => (false, d),
+                d = async { read_consumer.as_mut().expect("guarded").next().await }, if read_consumer.is_some() => (true, d),
                 Some(done) = background.join_next() => {
                     let why = done.unwrap_or_else(|e| format!("a background task failed: {e}"));
                     break lost(why);
                 }
-                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+                Some(_) = inflight.join_next(), if !inflight.is_empty() => continue,
                 () = shutdown.as_mut() => break SessionEnd::Shutdown,
-            }
+            };
+            let which = if read { "read consumer" } else { "consumer" };
+            let d = match delivery {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => break lost(format!("{which} failed: {e}")),
+                None => break lost(format!("the broker cancelled the {which}")),
+            };
+            let permit = match permits.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => break lost("the command semaphore closed".into()),
+            };
+            // Admitted here, in arrival order: commands on one object then
+            // run in that order.
+            let props = hostbus_amqp::from_lapin(&d.properties);
+            let deliveries = self.deliveries(&d, &props);
+            let (admission, lanes) = if read {
+                (
+                    self.admit_read(&props, &d.data, deliveries),
+                    read_lanes.clone(),
+                )
+            } else {
+                (self.admit(&props, &d.data, deliveries), lanes.clone())
+            };
+            let agent = self.clone();
+            inflight.spawn(async move {
+                let _permit = permit;
+                agent.serve(&lanes, admission, props, d, deliveries).await;
+            });
         };
         match end {
             lost @ SessionEnd::Lost { .. } => {

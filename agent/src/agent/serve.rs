@@ -98,20 +98,7 @@ impl Agent {
     ) -> (Admission, BusReply) {
         let env = match Envelope::from_properties(props) {
             Ok(env) => env,
-            Err(err) => {
-                let ct = ContentType::parse(props.content_type.as_deref()).unwrap_or_default();
-                let reply = BusReply {
-                    to: props.reply_to.clone().filter(|r| !r.is_empty()),
-                    correlation: props
-                        .correlation_id
-                        .clone()
-                        .or_else(|| props.message_id.clone())
-                        .unwrap_or_default(),
-                    command: props.kind.clone().unwrap_or_else(|| "invalid".to_owned()),
-                };
-                let refused = self.dispatcher.refuse(props.kind.as_deref(), ct, err);
-                return (Admission::Done(refused), reply);
-            }
+            Err(err) => return self.refuse_unread(props, err),
         };
         let mut reply = BusReply {
             to: env.reply_to.clone(),
@@ -172,15 +159,14 @@ impl Agent {
         payload: &[u8],
         deliveries: u32,
     ) -> (Admission, BusReply) {
-        let change = props.kind.as_deref().is_some_and(|k| {
-            hostbus_protocol::COMMANDS
-                .iter()
-                .any(|c| c.name == k && c.access != hostbus_protocol::Access::Read)
-        });
-        if !change {
+        let change = props
+            .kind
+            .as_deref()
+            .and_then(hostbus_protocol::command_info);
+        let Some(change) = change.filter(|c| c.access != hostbus_protocol::Access::Read) else {
             return self.admit(props, payload, deliveries);
-        }
-        let command = props.kind.clone().unwrap_or_default();
+        };
+        let command = change.name;
         let err = Error::new(
             ErrorCode::BadEnvelope,
             [
@@ -192,6 +178,13 @@ impl Agent {
             ],
             format!("bad envelope: {command} was sent to the read lane, which takes reads only"),
         );
+        self.refuse_unread(props, err)
+    }
+
+    /// Refuses a delivery with `err` from its raw properties, before (or
+    /// instead of) reading them as an envelope: the reply goes where they
+    /// say, in the encoding they name.
+    fn refuse_unread(&self, props: &AmqpProperties, err: Error) -> (Admission, BusReply) {
         let ct = ContentType::parse(props.content_type.as_deref()).unwrap_or_default();
         let reply = BusReply {
             to: props.reply_to.clone().filter(|r| !r.is_empty()),
@@ -200,12 +193,10 @@ impl Agent {
                 .clone()
                 .or_else(|| props.message_id.clone())
                 .unwrap_or_default(),
-            command: command.clone(),
+            command: props.kind.clone().unwrap_or_else(|| "invalid".to_owned()),
         };
-        (
-            Admission::Done(self.dispatcher.refuse(Some(&command), ct, err)),
-            reply,
-        )
+        let refused = self.dispatcher.refuse(props.kind.as_deref(), ct, err);
+        (Admission::Done(refused), reply)
     }
 
     /// Handles one admitted delivery: reply first, then ack.
