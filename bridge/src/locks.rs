@@ -220,6 +220,33 @@ impl Drop for ObjectGuard {
     }
 }
 
+/// Runs `f` on a thread and returns what it returns, failing the test when
+/// it is still blocked after `secs` seconds: a test that waits for a lock
+/// fails, instead of hanging the crate's test run, when the lock table
+/// loses a wake-up or never gives a lock back (cargo mutants makes both).
+/// A panic of `f` is the test's.
+#[cfg(test)]
+pub(crate) fn finishes_within<T: Send + 'static>(
+    what: &str,
+    secs: u64,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what}: still blocked after {secs} s")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match h.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => panic!("{what}: ended without a result"),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,21 +382,9 @@ mod tests {
         assert_eq!((table.depth("a"), table.depth("b")), (0, 0));
     }
 
-    /// Runs `f` on a thread and returns what it returns, failing the test
-    /// when it is still blocked after five seconds (a lost wake-up fails
-    /// here instead of hanging the test run).
+    /// [`finishes_within`] five seconds.
     fn finishes<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(f());
-        });
-        match rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(v) => v,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                panic!("{what}: still blocked after 5 s")
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
-        }
+        finishes_within(what, 5, f)
     }
 
     /// Takes the lock of `key`, which must be free (or soon), failing the
